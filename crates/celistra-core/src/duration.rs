@@ -1,0 +1,51 @@
+//! Human durations for the CLI: `500ms`, `10s`, `2m`, `1h`, `1h30m`; a bare number is seconds.
+
+/// Parses a duration into milliseconds.
+pub fn parse_millis(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bad = || format!("invalid duration `{text}`; use e.g. 500ms, 10s, 2m, 1h30m");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return secs.checked_mul(1000).ok_or_else(bad);
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = number.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_millis;
+
+    #[test]
+    fn parses_units_and_compounds() {
+        assert_eq!(parse_millis("500ms"), Ok(500));
+        assert_eq!(parse_millis("10"), Ok(10_000));
+        assert_eq!(parse_millis("2m"), Ok(120_000));
+        assert_eq!(parse_millis("1h30m"), Ok(5_400_000));
+        for bad in ["", "s", "10x", "1.5s", "-1s", "99999999999999999999"] {
+            assert!(parse_millis(bad).is_err(), "{bad}");
+        }
+    }
+}

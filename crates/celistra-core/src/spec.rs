@@ -1,0 +1,128 @@
+//! Agent specs: what makes one valid, and how an update changes one.
+
+use celistra_proto::{AgentSpec, UpdateRequest};
+
+use crate::names;
+
+/// Longest command line accepted, in bytes.
+pub const MAX_COMMAND_LEN: usize = 64 * 1024;
+/// Largest per-agent output ring, in KiB.
+pub const MAX_SCROLLBACK_KB: u32 = 64 * 1024;
+const DAY_MS: u64 = 86_400_000;
+
+/// Checks a spec. An empty name is allowed only when `name_required` is false (one will be generated).
+pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
+    if !spec.name.is_empty() || name_required {
+        names::validate_name(&spec.name)?;
+    }
+    if spec.command.trim().is_empty() {
+        return Err("command is empty; give the command line to run, e.g. 'python3 run.py'".into());
+    }
+    if spec.command.len() > MAX_COMMAND_LEN {
+        return Err(format!("command is {} bytes long; at most {MAX_COMMAND_LEN} are allowed", spec.command.len()));
+    }
+    if spec.command.contains('\0') {
+        return Err("command contains a NUL byte".into());
+    }
+    if let Some(workspace) = &spec.workspace {
+        if !workspace.starts_with('/') {
+            return Err(format!("workspace `{workspace}` is not an absolute path"));
+        }
+        if workspace.contains('\0') {
+            return Err("workspace contains a NUL byte".into());
+        }
+    }
+    for (key, value) in &spec.env {
+        names::validate_env(key, value)?;
+    }
+    check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
+}
+
+/// Checks the numeric overrides of a spec; on error returns the field's name and what is wrong.
+pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
+    let within = |field: &'static str, value: Option<u64>, min: u64, max: u64| match value {
+        Some(v) if v < min || v > max => Err((field, format!("{v} is out of range; use {min} to {max}"))),
+        _ => Ok(()),
+    };
+    within("stop_timeout_ms", spec.stop_timeout_ms, 0, DAY_MS)?;
+    within("restart_max", spec.restart_max.map(u64::from), 0, 10_000)?;
+    within("restart_window_secs", spec.restart_window_secs, 1, 86_400)?;
+    within("backoff_initial_ms", spec.backoff_initial_ms, 0, DAY_MS)?;
+    within("backoff_max_ms", spec.backoff_max_ms, 0, DAY_MS)?;
+    within("backoff_reset_secs", spec.backoff_reset_secs, 0, 86_400)?;
+    within("scrollback_kb", spec.scrollback_kb.map(u64::from), 1, u64::from(MAX_SCROLLBACK_KB))?;
+    Ok(())
+}
+
+/// Applies the fields an update names. The caller validates the result.
+pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
+    let UpdateRequest {
+        name,
+        command,
+        workspace,
+        env,
+        auto_restart,
+        stop_signal,
+        stop_timeout_ms,
+        restart_max,
+        restart_window_secs,
+        backoff_initial_ms,
+        backoff_max_ms,
+        backoff_reset_secs,
+        scrollback_kb,
+        restart: _,
+    } = update.clone();
+    if let Some(name) = name {
+        spec.name = name;
+    }
+    if let Some(command) = command {
+        spec.command = command;
+    }
+    if workspace.is_some() {
+        spec.workspace = workspace;
+    }
+    if let Some(env) = env {
+        spec.env = env;
+    }
+    if let Some(auto_restart) = auto_restart {
+        spec.auto_restart = auto_restart;
+    }
+    spec.stop_signal = stop_signal.or(spec.stop_signal);
+    spec.stop_timeout_ms = stop_timeout_ms.or(spec.stop_timeout_ms);
+    spec.restart_max = restart_max.or(spec.restart_max);
+    spec.restart_window_secs = restart_window_secs.or(spec.restart_window_secs);
+    spec.backoff_initial_ms = backoff_initial_ms.or(spec.backoff_initial_ms);
+    spec.backoff_max_ms = backoff_max_ms.or(spec.backoff_max_ms);
+    spec.backoff_reset_secs = backoff_reset_secs.or(spec.backoff_reset_secs);
+    spec.scrollback_kb = scrollback_kb.or(spec.scrollback_kb);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(command: &str) -> AgentSpec {
+        AgentSpec { name: "web".into(), command: command.into(), ..AgentSpec::default() }
+    }
+
+    #[test]
+    fn rejects_what_cannot_run() {
+        assert!(validate(&spec("sleep 1"), true).is_ok());
+        assert!(validate(&spec("  "), true).unwrap_err().contains("command is empty"));
+        let relative = AgentSpec { workspace: Some("rel/dir".into()), ..spec("x") };
+        assert!(validate(&relative, true).unwrap_err().contains("absolute"));
+        let unnamed = AgentSpec { name: String::new(), ..spec("x") };
+        assert!(validate(&unnamed, false).is_ok());
+        assert!(validate(&unnamed, true).is_err());
+        let slow = AgentSpec { restart_window_secs: Some(0), ..spec("x") };
+        assert!(validate(&slow, true).unwrap_err().starts_with("restart_window_secs"));
+    }
+
+    #[test]
+    fn update_changes_only_named_fields() {
+        let mut s = AgentSpec { stop_timeout_ms: Some(5), ..spec("a") };
+        apply_update(&mut s, &UpdateRequest { command: Some("b".into()), restart_max: Some(2), ..Default::default() });
+        assert_eq!((s.command.as_str(), s.stop_timeout_ms, s.restart_max), ("b", Some(5), Some(2)));
+        assert_eq!(s.name, "web");
+    }
+}

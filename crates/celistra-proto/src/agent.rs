@@ -1,0 +1,239 @@
+//! Agents as the API shows them: specs, live state, settings and the bodies of agent requests.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::Signal;
+
+/// Lifecycle state of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    /// Its process is being created.
+    Starting,
+    /// Its process is alive.
+    Running,
+    /// It died and will be restarted at `next_restart_at_ms`.
+    Backoff,
+    /// An operator asked it to stop; waiting for its process group to exit.
+    Stopping,
+    /// It exited with code 0 and will not be restarted.
+    Exited,
+    /// It exited non-zero or by a signal and will not be restarted.
+    Failed,
+    /// An operator stopped it.
+    Stopped,
+    /// It hit its restart ceiling and will not be restarted until started again.
+    CrashedOut,
+}
+
+impl AgentState {
+    /// Whether a process exists (or is about to) in this state.
+    pub fn is_active(self) -> bool {
+        matches!(self, AgentState::Starting | AgentState::Running | AgentState::Stopping)
+    }
+
+    /// The kebab-case name used on the wire and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Backoff => "backoff",
+            AgentState::Stopping => "stopping",
+            AgentState::Exited => "exited",
+            AgentState::Failed => "failed",
+            AgentState::Stopped => "stopped",
+            AgentState::CrashedOut => "crashed-out",
+        }
+    }
+}
+
+/// What an agent is: everything needed to (re)spawn it. `POST /v1/agents` takes it (an empty `name`
+/// means "generate one"), `apply` files list it, and `apply` compares it field by field. The optional
+/// settings override the daemon's defaults (`config.json`); absent ones take the default in force when
+/// the agent is next spawned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Unique on this machine: letters, digits, `.`, `_`, `-`, at most 64 characters, not shaped like an id.
+    #[serde(default)]
+    pub name: String,
+    /// Shell command line, run as `/bin/sh -c COMMAND`.
+    pub command: String,
+    /// Working directory; must exist. Absent: the daemon's home directory (`$HOME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Restart after any exit the operator did not ask for.
+    #[serde(default)]
+    pub auto_restart: bool,
+    /// Signal sent to the process group by `stop` (default TERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "TERM")]
+    pub stop_signal: Option<Signal>,
+    /// Grace period between the stop signal and SIGKILL, in milliseconds (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_ms: Option<u64>,
+    /// Restart ceiling: at most this many restarts in any rolling window (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_max: Option<u32>,
+    /// Length of the rolling restart window, in seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_window_secs: Option<u64>,
+    /// First restart delay, in milliseconds; doubles per consecutive crash (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_initial_ms: Option<u64>,
+    /// Cap of the restart delay, in milliseconds (default 30000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u64>,
+    /// Uptime after which a run counts as healthy and the backoff resets, in seconds (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_reset_secs: Option<u64>,
+    /// Size of the agent's output ring, in KiB (default: the daemon's `--scrollback-kb`, 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrollback_kb: Option<u32>,
+}
+
+/// Body of `PATCH /v1/agents/{agent}`: the fields to change; absent (or null) fields stay as they are.
+/// Changes apply from the next spawn; `restart: true` restarts a running agent at once so they do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Replaces the whole environment map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_restart: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "TERM")]
+    pub stop_signal: Option<Signal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_window_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_initial_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_reset_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrollback_kb: Option<u32>,
+    /// Restart the agent now so the change takes effect.
+    #[serde(default)]
+    pub restart: bool,
+}
+
+/// Body of `POST /v1/agents/{agent}/rename`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    pub name: String,
+}
+
+/// Body of `POST /v1/agents/{agent}/kill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KillRequest {
+    #[schema(value_type = String, example = "TERM")]
+    pub signal: Signal,
+}
+
+/// The settings an agent's current (or last) run was spawned with, defaults resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EffectiveSettings {
+    #[schema(value_type = String, example = "TERM")]
+    pub stop_signal: Signal,
+    pub stop_timeout_ms: u64,
+    pub restart_max: u32,
+    pub restart_window_secs: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub backoff_reset_secs: u64,
+    pub scrollback_kb: u32,
+}
+
+/// An agent as `ls` and `status` show it. Environment values are never shown here (see
+/// `GET /v1/agents/{agent}/spec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    /// `ag-` followed by 4 or more lowercase letters and digits.
+    pub id: String,
+    pub name: String,
+    pub state: AgentState,
+    /// Pid of the agent's process (its session and process-group leader) while one exists.
+    pub pid: Option<u32>,
+    /// Restarts since the operator last spawned or started it.
+    pub restarts: u32,
+    /// Exit code of the last run, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the last run, e.g. `SIGKILL`.
+    pub exit_signal: Option<String>,
+    pub command: String,
+    pub workspace: String,
+    pub env_keys: Vec<String>,
+    pub auto_restart: bool,
+    /// Which surface spawned it: `cli`, `api`, `config`, …
+    pub source: String,
+    /// Run counter: 1 for the first run, +1 for every spawn of a new process.
+    pub run: u64,
+    pub created_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub exited_at_ms: Option<u64>,
+    /// When the next restart is due (state `backoff`).
+    pub next_restart_at_ms: Option<u64>,
+    /// Why the last spawn failed, if it did.
+    pub last_error: Option<String>,
+    pub settings: EffectiveSettings,
+}
+
+/// Body of `POST /v1/apply`: make the daemon's agents match `agents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub agents: Vec<AgentSpec>,
+    /// Remove agents that are not in `agents`.
+    #[serde(default)]
+    pub prune: bool,
+    /// Report what would be done without doing it.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What `apply` did (or would do), by agent name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub removed: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Body of `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    /// Stable id of this machine's daemon state; the fleet hub will route by it.
+    pub machine_id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub agents: u32,
+    pub agents_running: u32,
+    /// Whether per-agent cgroups are in use (every descendant is tracked and killed with its agent).
+    pub cgroups: bool,
+}

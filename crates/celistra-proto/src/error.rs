@@ -1,0 +1,81 @@
+//! The JSON error body and its stable machine-readable codes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Stable machine-readable error code. New codes may be added; existing ones never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Missing or wrong bearer secret.
+    Unauthorized,
+    /// No such route or no such agent.
+    NotFound,
+    /// The method is not allowed on this route.
+    MethodNotAllowed,
+    /// The body is not valid JSON or does not match the expected shape.
+    InvalidJson,
+    /// The body is larger than the server accepts.
+    PayloadTooLarge,
+    /// A field has a value that is not allowed (bad name, bad env key, …).
+    InvalidRequest,
+    /// Another agent already has that name.
+    NameTaken,
+    /// The workspace does not exist or is not a directory.
+    WorkspaceInvalid,
+    /// The signal is not one of HUP, INT, TERM, QUIT, KILL.
+    InvalidSignal,
+    /// The request conflicts with the agent's current state.
+    Conflict,
+    /// The daemon's `config.json` is malformed.
+    ConfigInvalid,
+    /// The process could not be spawned.
+    SpawnFailed,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// A bug or an I/O failure inside the daemon.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is sent with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::NameTaken | ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::InvalidJson
+            | ErrorCode::InvalidRequest
+            | ErrorCode::WorkspaceInvalid
+            | ErrorCode::InvalidSignal => 400,
+            ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
+            ErrorCode::ShuttingDown => 503,
+        }
+    }
+}
+
+/// Every error response has this body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    /// What was wrong and what to do about it, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}

@@ -1,0 +1,168 @@
+//! Typed events of `GET /v1/events`: one JSON object per Server-Sent Event, its `type` the SSE event
+//! name and its `id` the SSE id (monotonically increasing for the life of the daemon's state dir).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{AgentInfo, AgentState, Signal};
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCause {
+    /// The process ended by itself (exit or an unrequested signal).
+    Exited,
+    /// An operator stopped, killed, restarted or removed it.
+    Operator,
+    /// The daemon was shutting down.
+    Shutdown,
+}
+
+/// One event. `actor` names the credential whose request caused it (`system` for the daemon itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub id: u64,
+    pub time_ms: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The event's type and body; serialised with the type in the `type` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    DaemonStarted {
+        pid: u32,
+        version: String,
+    },
+    DaemonStopping,
+    AgentSpawned {
+        agent: Box<AgentInfo>,
+        actor: String,
+    },
+    AgentState {
+        agent_id: String,
+        name: String,
+        state: AgentState,
+        pid: Option<u32>,
+    },
+    AgentExited {
+        agent_id: String,
+        name: String,
+        run: u64,
+        exit_code: Option<i32>,
+        exit_signal: Option<String>,
+        cause: ExitCause,
+        uptime_ms: u64,
+    },
+    AgentRestarted {
+        agent_id: String,
+        name: String,
+        /// Restart number since the operator last started it.
+        attempt: u32,
+        pid: u32,
+    },
+    AgentBackoff {
+        agent_id: String,
+        name: String,
+        delay_ms: u64,
+        next_restart_at_ms: u64,
+    },
+    AgentCrashedOut {
+        agent_id: String,
+        name: String,
+        restarts_in_window: u32,
+        window_secs: u64,
+    },
+    AgentSpawnFailed {
+        agent_id: String,
+        name: String,
+        error: String,
+    },
+    AgentRenamed {
+        agent_id: String,
+        old_name: String,
+        new_name: String,
+        actor: String,
+    },
+    AgentUpdated {
+        agent_id: String,
+        name: String,
+        actor: String,
+    },
+    AgentSignalled {
+        agent_id: String,
+        name: String,
+        #[schema(value_type = String)]
+        signal: Signal,
+        actor: String,
+    },
+    AgentStopRequested {
+        agent_id: String,
+        name: String,
+        actor: String,
+    },
+    AgentStartRequested {
+        agent_id: String,
+        name: String,
+        actor: String,
+    },
+    AgentRemoved {
+        agent_id: String,
+        name: String,
+        actor: String,
+    },
+    /// The client asked to resume from an id older than the backlog holds: events were missed and the
+    /// client should re-read `GET /v1/agents`.
+    Resync {
+        oldest_available: u64,
+    },
+}
+
+impl EventKind {
+    /// The `type` name, also used as the SSE `event:` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::DaemonStarted { .. } => "daemon_started",
+            EventKind::DaemonStopping => "daemon_stopping",
+            EventKind::AgentSpawned { .. } => "agent_spawned",
+            EventKind::AgentState { .. } => "agent_state",
+            EventKind::AgentExited { .. } => "agent_exited",
+            EventKind::AgentRestarted { .. } => "agent_restarted",
+            EventKind::AgentBackoff { .. } => "agent_backoff",
+            EventKind::AgentCrashedOut { .. } => "agent_crashed_out",
+            EventKind::AgentSpawnFailed { .. } => "agent_spawn_failed",
+            EventKind::AgentRenamed { .. } => "agent_renamed",
+            EventKind::AgentUpdated { .. } => "agent_updated",
+            EventKind::AgentSignalled { .. } => "agent_signalled",
+            EventKind::AgentStopRequested { .. } => "agent_stop_requested",
+            EventKind::AgentStartRequested { .. } => "agent_start_requested",
+            EventKind::AgentRemoved { .. } => "agent_removed",
+            EventKind::Resync { .. } => "resync",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_field_matches_name() {
+        let event = Event {
+            id: 7,
+            time_ms: 1,
+            kind: EventKind::AgentRenamed {
+                agent_id: "ag-abcd".into(),
+                old_name: "a".into(),
+                new_name: "b".into(),
+                actor: "machine-secret".into(),
+            },
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], event.kind.name());
+        assert_eq!(json["id"], 7);
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+    }
+}

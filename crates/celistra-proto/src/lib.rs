@@ -1,0 +1,19 @@
+//! Wire types of the celistrad HTTP API: request and response bodies, agent states, signals, events
+//! and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
+
+mod agent;
+mod error;
+mod event;
+mod signal;
+
+pub use agent::*;
+pub use error::*;
+pub use event::*;
+pub use signal::*;
+
+/// Version of this API; bumped when a breaking change is made to any type here.
+pub const API_VERSION: &str = "v1";
+
+/// Header a client sets to say which surface it is (`cli`, `dashboard`, `api`, …). It is recorded with
+/// each spawned agent and will be a match key of capability grants.
+pub const SOURCE_HEADER: &str = "x-celistra-source";
