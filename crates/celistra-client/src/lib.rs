@@ -1,1 +1,238 @@
-//! placeholder
+//! Typed async client of a celistrad's HTTP API, over the daemon's Unix socket (the default for a
+//! local `ctl`) or TCP. One HTTP/1.1 connection per request keeps it simple and stateless.
+
+mod sse;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use celistra_proto::{ApiError, SOURCE_HEADER};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use sse::{SseFrame, SseParser};
+
+/// What went wrong talking to a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("daemon not running at {}; start it with `celistrad`", home.display())]
+    NotRunning { home: PathBuf },
+    #[error("cannot read {}: {source}; is this the daemon's state directory?", path.display())]
+    Secret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Api(ApiError),
+    #[error("talking to the daemon failed: {0}")]
+    Transport(String),
+}
+
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+/// A client of one daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+    home: PathBuf,
+    secret: String,
+    source: String,
+}
+
+#[derive(serde::Deserialize)]
+struct AuthFile {
+    secret: String,
+}
+
+impl Client {
+    /// A client of the daemon whose state directory is `home`, over its Unix socket, with the
+    /// secret from its `auth.json`. `source` names the caller's surface (`cli`, …).
+    pub fn for_home(home: &Path, source: &str) -> Result<Client, ClientError> {
+        let auth_path = home.join("auth.json");
+        let text = match std::fs::read_to_string(&auth_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::NotRunning {
+                    home: home.to_owned(),
+                });
+            }
+            Err(source) => {
+                return Err(ClientError::Secret {
+                    path: auth_path,
+                    source,
+                });
+            }
+        };
+        let auth: AuthFile = serde_json::from_str(&text).map_err(|e| ClientError::Secret {
+            path: auth_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(Client {
+            endpoint: Endpoint::Unix(home.join("celistrad.sock")),
+            home: home.to_owned(),
+            secret: auth.secret,
+            source: source.to_owned(),
+        })
+    }
+
+    /// The same client, over TCP to `addr` instead of the Unix socket.
+    pub fn over_tcp(mut self, addr: SocketAddr) -> Client {
+        self.endpoint = Endpoint::Tcp(addr);
+        self
+    }
+
+    /// The same client, presenting `secret` instead (to test authentication).
+    pub fn with_secret(mut self, secret: &str) -> Client {
+        self.secret = secret.to_owned();
+        self
+    }
+
+    /// Sends a request and returns the response whatever its status.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "localhost")
+            .header(SOURCE_HEADER, &self.source);
+        if !self.secret.is_empty() {
+            builder = builder.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", self.secret),
+            );
+        }
+        if body.is_some() {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let transport_error = |e: hyper::Error| ClientError::Transport(e.to_string());
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| self.connect_error(e))?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(transport_error)?;
+                tokio::spawn(connection);
+                sender.send_request(request).await.map_err(transport_error)
+            }
+            Endpoint::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| self.connect_error(e))?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(transport_error)?;
+                tokio::spawn(connection);
+                sender.send_request(request).await.map_err(transport_error)
+            }
+        }
+    }
+
+    fn connect_error(&self, error: std::io::Error) -> ClientError {
+        use std::io::ErrorKind::{ConnectionRefused, NotFound};
+        match error.kind() {
+            NotFound | ConnectionRefused => ClientError::NotRunning {
+                home: self.home.clone(),
+            },
+            _ => ClientError::Transport(error.to_string()),
+        }
+    }
+
+    /// Sends a request and decodes a JSON answer; an error status becomes [`ClientError::Api`].
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialise"));
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        decode(status, &bytes)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// Opens a streaming response (logs, events); an error status becomes [`ClientError::Api`].
+    pub async fn open_stream(&self, path: &str) -> Result<Incoming, ClientError> {
+        let response = self.send(Method::GET, path, None).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        Err(decode::<()>(status, &bytes)
+            .err()
+            .unwrap_or_else(|| ClientError::Transport(format!("status {status}"))))
+    }
+}
+
+/// Decodes a JSON body: the expected type on success, the API error otherwise.
+pub fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, ClientError> {
+    if status.is_success() {
+        return serde_json::from_slice(bytes)
+            .map_err(|e| ClientError::Transport(format!("unexpected answer: {e}")));
+    }
+    match serde_json::from_slice::<ApiError>(bytes) {
+        Ok(error) => Err(ClientError::Api(error)),
+        Err(_) => Err(ClientError::Transport(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(bytes)
+        ))),
+    }
+}
+
+/// Reads the next chunk of a streaming body, skipping trailers; `None` at the end.
+pub async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, ClientError> {
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(ClientError::Transport(e.to_string())),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}

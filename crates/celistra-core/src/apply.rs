@@ -17,15 +17,23 @@ pub struct ApplyPlan {
 }
 
 /// Plans `desired` against the `current` specs. Every desired spec needs a valid, unique name.
-pub fn plan(current: &[AgentSpec], desired: &[AgentSpec], prune: bool) -> Result<ApplyPlan, String> {
+pub fn plan(
+    current: &[AgentSpec],
+    desired: &[AgentSpec],
+    prune: bool,
+) -> Result<ApplyPlan, String> {
     let mut seen = BTreeSet::new();
     for (index, wanted) in desired.iter().enumerate() {
         spec::validate(wanted, true).map_err(|e| format!("agents[{index}]: {e}"))?;
         if !seen.insert(wanted.name.as_str()) {
-            return Err(format!("agents[{index}]: the name `{}` is listed twice", wanted.name));
+            return Err(format!(
+                "agents[{index}]: the name `{}` is listed twice",
+                wanted.name
+            ));
         }
     }
-    let existing: BTreeMap<&str, &AgentSpec> = current.iter().map(|s| (s.name.as_str(), s)).collect();
+    let existing: BTreeMap<&str, &AgentSpec> =
+        current.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut plan = ApplyPlan::default();
     for wanted in desired {
         match existing.get(wanted.name.as_str()) {
@@ -35,7 +43,11 @@ pub fn plan(current: &[AgentSpec], desired: &[AgentSpec], prune: bool) -> Result
         }
     }
     if prune {
-        plan.remove = existing.keys().filter(|name| !seen.contains(*name)).map(|n| (*n).to_owned()).collect();
+        plan.remove = existing
+            .keys()
+            .filter(|name| !seen.contains(*name))
+            .map(|n| (*n).to_owned())
+            .collect();
     }
     Ok(plan)
 }
@@ -45,7 +57,11 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, command: &str) -> AgentSpec {
-        AgentSpec { name: name.into(), command: command.into(), ..AgentSpec::default() }
+        AgentSpec {
+            name: name.into(),
+            command: command.into(),
+            ..AgentSpec::default()
+        }
     }
 
     #[test]

@@ -95,14 +95,18 @@ mod tests {
     fn empty_file_gives_defaults_and_overrides_win() {
         let config = DaemonConfig::parse("{}", "config.json").unwrap();
         assert_eq!(config, DaemonConfig::default());
-        let spec = AgentSpec { stop_timeout_ms: Some(500), ..AgentSpec::default() };
+        let spec = AgentSpec {
+            stop_timeout_ms: Some(500),
+            ..AgentSpec::default()
+        };
         let settings = config.resolve(&spec);
         assert_eq!((settings.stop_timeout_ms, settings.restart_max), (500, 5));
     }
 
     #[test]
     fn errors_name_the_field() {
-        let err = DaemonConfig::parse("{\n \"stop_signal\": \"STOP\"\n}", "/x/config.json").unwrap_err();
+        let err =
+            DaemonConfig::parse("{\n \"stop_signal\": \"STOP\"\n}", "/x/config.json").unwrap_err();
         assert_eq!((err.line, err.path.as_str()), (2, "stop_signal"));
         let err = DaemonConfig::parse("{\"restart_window_secs\": 0}", "c").unwrap_err();
         assert_eq!(err.path, "restart_window_secs");

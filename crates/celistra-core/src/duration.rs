@@ -13,13 +13,17 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1000,
@@ -29,7 +33,10 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total = number.checked_mul(scale).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        total = number
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
     }
     Ok(total)
 }

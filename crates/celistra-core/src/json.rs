@@ -33,7 +33,9 @@ pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, JsonErr
         let path = err.path().to_string();
         error_at(origin, path, &err.into_inner())
     })?;
-    deserializer.end().map_err(|err| error_at(origin, String::new(), &err))?;
+    deserializer
+        .end()
+        .map_err(|err| error_at(origin, String::new(), &err))?;
     Ok(value)
 }
 

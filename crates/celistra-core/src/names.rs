@@ -8,7 +8,10 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Whether `text` has the shape of an agent id: `ag-` then 4 or more lowercase letters or digits.
 pub fn is_agent_id(text: &str) -> bool {
     text.strip_prefix(ID_PREFIX).is_some_and(|rest| {
-        rest.len() >= 4 && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        rest.len() >= 4
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     })
 }
 
@@ -30,18 +33,28 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err("agent name is empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("agent name is {} characters long; at most {MAX_NAME_LEN} are allowed", name.len()));
+        return Err(format!(
+            "agent name is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        ));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(format!(
             "agent name `{name}` contains `{bad}`; use letters, digits, `.`, `_` and `-`"
         ));
     }
     if name.starts_with(['-', '.']) {
-        return Err(format!("agent name `{name}` must not start with `-` or `.`"));
+        return Err(format!(
+            "agent name `{name}` must not start with `-` or `.`"
+        ));
     }
     if is_agent_id(name) {
-        return Err(format!("agent name `{name}` looks like an agent id; pick a name that does not start with `ag-`"));
+        return Err(format!(
+            "agent name `{name}` looks like an agent id; pick a name that does not start with `ag-`"
+        ));
     }
     Ok(())
 }
@@ -72,7 +85,9 @@ pub fn generate_name(command: &str, is_taken: impl Fn(&str) -> bool) -> String {
 /// Checks an environment variable's key and value.
 pub fn validate_env(key: &str, value: &str) -> Result<(), String> {
     let mut chars = key.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!(
             "environment key `{key}` is invalid; use letters, digits and `_`, not starting with a digit"
@@ -120,10 +135,16 @@ mod tests {
     #[test]
     fn generated_names_avoid_taken_ones() {
         assert_eq!(generate_name("python3 run.py", |_| false), "python3");
-        assert_eq!(generate_name("/usr/bin/sleep 1", |n| n == "sleep"), "sleep-2");
+        assert_eq!(
+            generate_name("/usr/bin/sleep 1", |n| n == "sleep"),
+            "sleep-2"
+        );
         assert_eq!(generate_name("'weird' x", |_| false), "weird");
         assert_eq!(generate_name("ag-abcd", |_| false), "agent");
-        assert_eq!(generate_name("   ", |n| n == "agent" || n == "agent-2"), "agent-3");
+        assert_eq!(
+            generate_name("   ", |n| n == "agent" || n == "agent-2"),
+            "agent-3"
+        );
     }
 
     #[test]

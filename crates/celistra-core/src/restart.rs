@@ -41,16 +41,28 @@ pub struct RestartTracker {
 impl RestartTracker {
     /// Decides what follows an unrequested exit at `now_ms` of a run that lasted `uptime_ms`.
     /// `jitter` is a uniform random number in `[0, 1)`.
-    pub fn on_exit(&mut self, policy: &RestartPolicy, now_ms: u64, uptime_ms: u64, jitter: f64) -> RestartDecision {
+    pub fn on_exit(
+        &mut self,
+        policy: &RestartPolicy,
+        now_ms: u64,
+        uptime_ms: u64,
+        jitter: f64,
+    ) -> RestartDecision {
         if uptime_ms >= policy.reset_after_ms {
             self.streak = 0;
         }
-        while self.recent.front().is_some_and(|&t| now_ms.saturating_sub(t) >= policy.window_ms) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= policy.window_ms)
+        {
             self.recent.pop_front();
         }
         let in_window = u32::try_from(self.recent.len()).unwrap_or(u32::MAX);
         if in_window >= policy.max_restarts {
-            return RestartDecision::CrashedOut { restarts_in_window: in_window };
+            return RestartDecision::CrashedOut {
+                restarts_in_window: in_window,
+            };
         }
         let nominal = policy
             .backoff_initial_ms
@@ -59,7 +71,10 @@ impl RestartTracker {
         let cut = (nominal as f64 * JITTER * jitter.clamp(0.0, 1.0)) as u64;
         self.streak = self.streak.saturating_add(1);
         self.recent.push_back(now_ms);
-        RestartDecision::Restart { delay_ms: nominal - cut.min(nominal), attempt: self.streak }
+        RestartDecision::Restart {
+            delay_ms: nominal - cut.min(nominal),
+            attempt: self.streak,
+        }
     }
 
     /// Forgets all history: the operator started the agent afresh.
@@ -106,7 +121,10 @@ mod tests {
         let mut tracker = RestartTracker::default();
         for hour in 0..1000u64 {
             let decision = tracker.on_exit(&POLICY, hour * 3_600_000, 3_600_000, 0.5);
-            assert!(matches!(decision, RestartDecision::Restart { attempt: 1, .. }), "{decision:?}");
+            assert!(
+                matches!(decision, RestartDecision::Restart { attempt: 1, .. }),
+                "{decision:?}"
+            );
         }
     }
 
@@ -117,11 +135,23 @@ mod tests {
             tracker.on_exit(&POLICY, i, 1, 0.0);
         }
         let decision = tracker.on_exit(&POLICY, 10_000, 10_000, 0.0);
-        assert_eq!(decision, RestartDecision::Restart { delay_ms: 10, attempt: 1 });
+        assert_eq!(
+            decision,
+            RestartDecision::Restart {
+                delay_ms: 10,
+                attempt: 1
+            }
+        );
         tracker.on_exit(&POLICY, 10_001, 1, 0.0);
-        assert!(matches!(tracker.on_exit(&POLICY, 10_002, 1, 0.0), RestartDecision::CrashedOut { .. }));
+        assert!(matches!(
+            tracker.on_exit(&POLICY, 10_002, 1, 0.0),
+            RestartDecision::CrashedOut { .. }
+        ));
         tracker.reset();
-        assert!(matches!(tracker.on_exit(&POLICY, 10_003, 1, 0.0), RestartDecision::Restart { attempt: 1, .. }));
+        assert!(matches!(
+            tracker.on_exit(&POLICY, 10_003, 1, 0.0),
+            RestartDecision::Restart { attempt: 1, .. }
+        ));
     }
 
     proptest! {

@@ -19,7 +19,10 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
         return Err("command is empty; give the command line to run, e.g. 'python3 run.py'".into());
     }
     if spec.command.len() > MAX_COMMAND_LEN {
-        return Err(format!("command is {} bytes long; at most {MAX_COMMAND_LEN} are allowed", spec.command.len()));
+        return Err(format!(
+            "command is {} bytes long; at most {MAX_COMMAND_LEN} are allowed",
+            spec.command.len()
+        ));
     }
     if spec.command.contains('\0') {
         return Err("command contains a NUL byte".into());
@@ -41,7 +44,9 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
 /// Checks the numeric overrides of a spec; on error returns the field's name and what is wrong.
 pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
     let within = |field: &'static str, value: Option<u64>, min: u64, max: u64| match value {
-        Some(v) if v < min || v > max => Err((field, format!("{v} is out of range; use {min} to {max}"))),
+        Some(v) if v < min || v > max => {
+            Err((field, format!("{v} is out of range; use {min} to {max}")))
+        }
         _ => Ok(()),
     };
     within("stop_timeout_ms", spec.stop_timeout_ms, 0, DAY_MS)?;
@@ -50,7 +55,12 @@ pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
     within("backoff_initial_ms", spec.backoff_initial_ms, 0, DAY_MS)?;
     within("backoff_max_ms", spec.backoff_max_ms, 0, DAY_MS)?;
     within("backoff_reset_secs", spec.backoff_reset_secs, 0, 86_400)?;
-    within("scrollback_kb", spec.scrollback_kb.map(u64::from), 1, u64::from(MAX_SCROLLBACK_KB))?;
+    within(
+        "scrollback_kb",
+        spec.scrollback_kb.map(u64::from),
+        1,
+        u64::from(MAX_SCROLLBACK_KB),
+    )?;
     Ok(())
 }
 
@@ -102,27 +112,61 @@ mod tests {
     use super::*;
 
     fn spec(command: &str) -> AgentSpec {
-        AgentSpec { name: "web".into(), command: command.into(), ..AgentSpec::default() }
+        AgentSpec {
+            name: "web".into(),
+            command: command.into(),
+            ..AgentSpec::default()
+        }
     }
 
     #[test]
     fn rejects_what_cannot_run() {
         assert!(validate(&spec("sleep 1"), true).is_ok());
-        assert!(validate(&spec("  "), true).unwrap_err().contains("command is empty"));
-        let relative = AgentSpec { workspace: Some("rel/dir".into()), ..spec("x") };
+        assert!(
+            validate(&spec("  "), true)
+                .unwrap_err()
+                .contains("command is empty")
+        );
+        let relative = AgentSpec {
+            workspace: Some("rel/dir".into()),
+            ..spec("x")
+        };
         assert!(validate(&relative, true).unwrap_err().contains("absolute"));
-        let unnamed = AgentSpec { name: String::new(), ..spec("x") };
+        let unnamed = AgentSpec {
+            name: String::new(),
+            ..spec("x")
+        };
         assert!(validate(&unnamed, false).is_ok());
         assert!(validate(&unnamed, true).is_err());
-        let slow = AgentSpec { restart_window_secs: Some(0), ..spec("x") };
-        assert!(validate(&slow, true).unwrap_err().starts_with("restart_window_secs"));
+        let slow = AgentSpec {
+            restart_window_secs: Some(0),
+            ..spec("x")
+        };
+        assert!(
+            validate(&slow, true)
+                .unwrap_err()
+                .starts_with("restart_window_secs")
+        );
     }
 
     #[test]
     fn update_changes_only_named_fields() {
-        let mut s = AgentSpec { stop_timeout_ms: Some(5), ..spec("a") };
-        apply_update(&mut s, &UpdateRequest { command: Some("b".into()), restart_max: Some(2), ..Default::default() });
-        assert_eq!((s.command.as_str(), s.stop_timeout_ms, s.restart_max), ("b", Some(5), Some(2)));
+        let mut s = AgentSpec {
+            stop_timeout_ms: Some(5),
+            ..spec("a")
+        };
+        apply_update(
+            &mut s,
+            &UpdateRequest {
+                command: Some("b".into()),
+                restart_max: Some(2),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (s.command.as_str(), s.stop_timeout_ms, s.restart_max),
+            ("b", Some(5), Some(2))
+        );
         assert_eq!(s.name, "web");
     }
 }

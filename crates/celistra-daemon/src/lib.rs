@@ -1,1 +1,219 @@
-//! placeholder
+//! The celistrad daemon as a library: [`run`] boots it on a state directory and serves until the
+//! cancellation token fires, so tests can run a real daemon in-process.
+
+mod api;
+mod events;
+mod home;
+mod store;
+mod supervisor;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use celistra_proto::{EventKind, Health};
+use celistra_sandbox::{CgroupRoot, DeathGuard};
+use tokio_util::sync::CancellationToken;
+
+pub use home::Home;
+
+/// Default HTTP listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:33120";
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub home: PathBuf,
+    /// HTTP listen address; port 0 picks a free port (written to `http.addr`).
+    pub listen: SocketAddr,
+    /// `--scrollback-kb`: ring size of agents that set none, overriding `config.json`.
+    pub scrollback_kb: Option<u32>,
+    /// Become the child subreaper and reap orphaned descendants. Set by the binary; left off by
+    /// in-process tests, whose test harness owns the process.
+    pub subreaper: bool,
+}
+
+/// Errors that stop the daemon from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("celistrad is already running with state directory {} (pid {pid}); stop it first or use another --home", home.display())]
+    AlreadyRunning { home: PathBuf, pid: String },
+    #[error("{0}")]
+    Insecure(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(context: String, source: std::io::Error) -> Error {
+        Error::Io { context, source }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then stops every agent gracefully and returns.
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+    let home = Home::new(&options.home);
+    home.create()?;
+    let _lock = home.lock()?;
+    let secret = home.load_or_create_secret()?;
+    let machine_id = home.load_or_create_machine_id()?;
+    let config_path = home.config_file();
+    if let Ok(text) = std::fs::read_to_string(&config_path) {
+        celistra_core::config::DaemonConfig::parse(&text, &config_path.display().to_string())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+    }
+
+    if options.subreaper {
+        celistra_sandbox::become_subreaper()
+            .map_err(|e| Error::io("cannot become child subreaper".into(), e))?;
+    }
+    let cgroups = CgroupRoot::create(&home_tag(&home));
+    let guard = match &cgroups {
+        Some(root) => Some(
+            DeathGuard::start(root)
+                .map_err(|e| Error::io("cannot start the death guard".into(), e))?,
+        ),
+        None => None,
+    };
+
+    let (store, stored, last_seq) = store::Store::load(home.agents_file());
+    let writer_stop = CancellationToken::new();
+    let writer = tokio::spawn(Arc::clone(&store).write_loop(writer_stop.clone()));
+    let shared = Arc::new(supervisor::Shared {
+        home: home.clone(),
+        events: events::EventBus::new(last_seq, 0, Arc::clone(&store)),
+        store: Arc::clone(&store),
+        cgroups,
+        scrollback_kb: options.scrollback_kb,
+        default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
+        base_env: std::env::vars()
+            .filter(|(k, _)| !k.starts_with("CELISTRA_"))
+            .chain([("TERM".into(), "xterm-256color".into())])
+            .collect(),
+    });
+    let supervisor = Arc::new(supervisor::Supervisor::new(Arc::clone(&shared)));
+
+    let socket_path = home.socket_file();
+    let _ = std::fs::remove_file(&socket_path);
+    let unix = tokio::net::UnixListener::bind(&socket_path)
+        .map_err(|e| Error::io(format!("cannot listen on {}", socket_path.display()), e))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("cannot restrict {}", socket_path.display()), e))?;
+    let tcp = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| Error::io(format!("cannot listen on {}", options.listen), e))?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|e| Error::io("cannot read the bound address".into(), e))?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!("listening on {bound}, which is reachable from other machines");
+    }
+    std::fs::write(home.addr_file(), format!("{bound}\n"))
+        .map_err(|e| Error::io(format!("cannot write {}", home.addr_file().display()), e))?;
+
+    let stopping = CancellationToken::new();
+    let state = api::AppState {
+        supervisor: Arc::clone(&supervisor),
+        secret: secret.into(),
+        health: Arc::new(Health {
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            machine_id,
+            hostname: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+            pid: std::process::id(),
+            started_at_ms: now_ms(),
+            agents: 0,
+            agents_running: 0,
+            cgroups: shared.cgroups.is_some(),
+        }),
+        stopping: stopping.clone(),
+    };
+    let router = api::router(state);
+    let unix_server = tokio::spawn(
+        axum::serve(unix, router.clone())
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .into_future(),
+    );
+    let tcp_server = tokio::spawn(
+        axum::serve(tcp, router)
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .into_future(),
+    );
+    let reaper = options
+        .subreaper
+        .then(|| tokio::spawn(reap_orphans_forever(stopping.clone())));
+
+    shared.events.publish(EventKind::DaemonStarted {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    });
+    tracing::info!(home = %home.dir.display(), http = %bound, "celistrad is running");
+    supervisor.restore(stored).await;
+
+    shutdown.cancelled().await;
+    tracing::info!("stopping every agent");
+    shared.events.publish(EventKind::DaemonStopping);
+    stopping.cancel();
+    supervisor.shutdown().await;
+    let _ = tokio::join!(unix_server, tcp_server);
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
+    writer_stop.cancel();
+    let _ = writer.await;
+    if let Some(root) = &shared.cgroups {
+        root.destroy();
+    }
+    drop(guard);
+    let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_file(home.addr_file());
+    tracing::info!("celistrad stopped");
+    Ok(())
+}
+
+/// A short stable tag of the state directory, so daemons on different state directories never
+/// touch each other's cgroups.
+fn home_tag(home: &Home) -> String {
+    let canonical = std::fs::canonicalize(&home.dir).unwrap_or_else(|_| home.dir.clone());
+    let hash = canonical
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{:08x}", hash as u32)
+}
+
+/// Reaps orphans re-parented to the daemon whenever a child changes state.
+async fn reap_orphans_forever(stopping: CancellationToken) {
+    let Ok(mut children) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+    else {
+        tracing::warn!(
+            "cannot watch SIGCHLD; orphans of agents are reaped by their cgroup kill only"
+        );
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = children.recv() => {}
+            () = stopping.cancelled() => return,
+        }
+        let _ = tokio::task::spawn_blocking(celistra_sandbox::reap_orphans).await;
+    }
+}

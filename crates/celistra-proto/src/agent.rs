@@ -32,7 +32,10 @@ pub enum AgentState {
 impl AgentState {
     /// Whether a process exists (or is about to) in this state.
     pub fn is_active(self) -> bool {
-        matches!(self, AgentState::Starting | AgentState::Running | AgentState::Stopping)
+        matches!(
+            self,
+            AgentState::Starting | AgentState::Running | AgentState::Stopping
+        )
     }
 
     /// The kebab-case name used on the wire and in tables.

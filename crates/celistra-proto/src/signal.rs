@@ -18,7 +18,13 @@ pub enum Signal {
 }
 
 impl Signal {
-    pub const ALL: [Signal; 5] = [Signal::Hup, Signal::Int, Signal::Term, Signal::Quit, Signal::Kill];
+    pub const ALL: [Signal; 5] = [
+        Signal::Hup,
+        Signal::Int,
+        Signal::Term,
+        Signal::Quit,
+        Signal::Kill,
+    ];
 
     /// The conventional upper-case name without the `SIG` prefix.
     pub fn name(self) -> &'static str {
@@ -49,7 +55,11 @@ pub struct UnknownSignal(pub String);
 
 impl fmt::Display for UnknownSignal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown signal `{}`; use one of HUP, INT, TERM, QUIT, KILL", self.0)
+        write!(
+            f,
+            "unknown signal `{}`; use one of HUP, INT, TERM, QUIT, KILL",
+            self.0
+        )
     }
 }
 
@@ -100,9 +110,9 @@ impl<'de> Deserialize<'de> for Signal {
 /// Name of a signal number for display: `SIGSEGV` for 11, `signal 64` when unnamed.
 pub fn signal_name(number: i32) -> String {
     const NAMES: [&str; 32] = [
-        "", "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
-        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
-        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+        "", "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV",
+        "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU",
+        "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
     ];
     match usize::try_from(number).ok().and_then(|n| NAMES.get(n)) {
         Some(name) if !name.is_empty() => format!("SIG{name}"),

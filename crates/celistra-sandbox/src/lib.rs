@@ -1,1 +1,38 @@
-//! placeholder
+//! The only place that creates, signals and reaps processes. It spawns agents in their own PTY,
+//! session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
+//! one, kills the group (or cgroup) as a whole, and reaps orphans for a daemon that is a subreaper.
+//! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
+//! The kernel sandbox (bubblewrap, Landlock, seccomp) will live here too.
+
+mod cgroup;
+mod guard;
+mod reaper;
+mod spawn;
+
+pub use cgroup::{AgentCgroup, CgroupRoot};
+pub use guard::DeathGuard;
+pub use reaper::{become_subreaper, reap_orphans};
+/// The PTY types handed out with a spawned child.
+pub mod pty {
+    pub use pty_process::{OwnedReadPty, OwnedWritePty, Pty};
+}
+
+pub use spawn::{Child, ExitInfo, PtySize, PtySpawn, SpawnedPty, signal_group, spawn_in_pty};
+
+/// Errors of process control, each naming what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open a PTY: {0}")]
+    Pty(#[source] std::io::Error),
+    #[error("cannot start `{program}` in {cwd}: {source}")]
+    Spawn {
+        program: String,
+        cwd: String,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        source: std::io::Error,
+    },
+}

@@ -1,1 +1,120 @@
-fn main() {}
+//! `celistrad`: runs the daemon (no subcommand) or talks to it (`celistrad ctl …`).
+
+mod ctl;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Keeps long-running processes alive, each in its own PTY: AI coding agents, scrapers, servers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "celistrad",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    home: HomeArg,
+    /// HTTP listen address (port 0 picks a free one; the bound address goes to `http.addr`).
+    #[arg(long, default_value = celistra_daemon::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Size of each agent's output ring in KiB, for agents that set none (overrides config.json).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    scrollback_kb: Option<u32>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The daemon's state directory.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HomeArg {
+    /// State directory [default: $CELISTRA_HOME, else ~/.celistra].
+    #[arg(long, global = true, env = "CELISTRA_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+}
+
+impl HomeArg {
+    pub(crate) fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(home) = &self.home {
+            return Ok(std::path::absolute(home)?);
+        }
+        let user_home =
+            std::env::var_os("HOME").context("neither --home, $CELISTRA_HOME nor $HOME is set")?;
+        Ok(PathBuf::from(user_home).join(".celistra"))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Control a running daemon.
+    Ctl(ctl::Ctl),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Ctl(ctl)) => ctl::run(ctl, &cli.home).await,
+            None => run_daemon(cli).await.map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELISTRA_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let options = celistra_daemon::Options {
+        home: cli.home.resolve()?,
+        listen: cli.listen,
+        scrollback_kb: cli.scrollback_kb,
+        subreaper: true,
+    };
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install SIGTERM/SIGINT handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        on_signal.cancel();
+    });
+    celistra_daemon::run(options, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! Agent routes: list, get, spawn, update, rename, stop, start, restart, kill, remove, logs, apply.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use celistra_proto::{
+    AgentInfo, AgentSpec, ApiError, ApplyReport, ApplyRequest, KillRequest, RenameRequest,
+    UpdateRequest,
+};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Actor, AppState, Failure, JsonBody, Source};
+use crate::supervisor::output::tail_lines;
+
+type ApiResult<T> = Result<T, Failure>;
+
+/// List every agent, oldest first.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = Vec<AgentInfo>), (status = 401, body = ApiError)))]
+pub(crate) async fn list(State(state): State<AppState>) -> Json<Vec<AgentInfo>> {
+    Json(state.supervisor.list())
+}
+
+/// One agent, by id or name.
+#[utoipa::path(get, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(state.supervisor.find(&agent)?.info().clone()))
+}
+
+/// An agent's full spec, environment values included (as `apply` files hold it).
+#[utoipa::path(get, path = "/v1/agents/{agent}/spec", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentSpec), (status = 404, body = ApiError)))]
+pub(crate) async fn spec(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+) -> ApiResult<Json<AgentSpec>> {
+    Ok(Json(state.supervisor.find(&agent)?.spec().clone()))
+}
+
+/// Spawn a new agent. An empty `name` gets a generated one.
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = AgentSpec,
+    responses((status = 201, body = AgentInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+pub(crate) async fn spawn(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(source): Extension<Source>,
+    JsonBody(spec): JsonBody<AgentSpec>,
+) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
+    let info = state.supervisor.spawn(spec, &source.0, &actor.0).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Change an agent's settings; they apply from its next spawn (or now, with `restart: true`).
+#[utoipa::path(patch, path = "/v1/agents/{agent}", tag = "agents", request_body = UpdateRequest,
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+    JsonBody(update): JsonBody<UpdateRequest>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(
+        state.supervisor.update(&agent, &update, &actor.0).await?,
+    ))
+}
+
+/// Rename an agent.
+#[utoipa::path(post, path = "/v1/agents/{agent}/rename", tag = "agents", request_body = RenameRequest,
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 409, body = ApiError)))]
+pub(crate) async fn rename(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+    JsonBody(request): JsonBody<RenameRequest>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(
+        state
+            .supervisor
+            .rename(&agent, &request.name, &actor.0)
+            .await?,
+    ))
+}
+
+/// Stop an agent: its stop signal to the process group, the grace period, then SIGKILL. Answers
+/// once it has stopped.
+#[utoipa::path(post, path = "/v1/agents/{agent}/stop", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn stop(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(state.supervisor.stop(&agent, &actor.0).await?))
+}
+
+/// Start an agent that is not running (resets its restart ceiling).
+#[utoipa::path(post, path = "/v1/agents/{agent}/start", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn start(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(state.supervisor.start(&agent, &actor.0).await?))
+}
+
+/// Stop (if running) and start an agent.
+#[utoipa::path(post, path = "/v1/agents/{agent}/restart", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn restart(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(state.supervisor.restart(&agent, &actor.0).await?))
+}
+
+/// Send a signal: `HUP` hangs up the agent's terminal, the others go to its process group. The run
+/// it ends is not restarted.
+#[utoipa::path(post, path = "/v1/agents/{agent}/kill", tag = "agents", request_body = KillRequest,
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+pub(crate) async fn kill(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+    JsonBody(request): JsonBody<KillRequest>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(
+        state
+            .supervisor
+            .kill(&agent, request.signal, &actor.0)
+            .await?,
+    ))
+}
+
+/// Stop an agent and forget it.
+#[utoipa::path(delete, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn remove(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+) -> ApiResult<Json<AgentInfo>> {
+    Ok(Json(state.supervisor.remove(&agent, &actor.0).await?))
+}
+
+/// Make the agents match a list of specs.
+#[utoipa::path(post, path = "/v1/apply", tag = "agents", request_body = ApplyRequest,
+    responses((status = 200, body = ApplyReport), (status = 400, body = ApiError)))]
+pub(crate) async fn apply(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Extension(source): Extension<Source>,
+    JsonBody(request): JsonBody<ApplyRequest>,
+) -> ApiResult<Json<ApplyReport>> {
+    let source = if source.0 == "api" {
+        "config".to_owned()
+    } else {
+        source.0
+    };
+    Ok(Json(
+        state.supervisor.apply(request, &source, &actor.0).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogsQuery {
+    /// Only the last N lines of what is kept.
+    tail: Option<usize>,
+    /// Keep the response open and stream new output, across restarts of the agent.
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The agent's output kept in its ring (raw terminal bytes), optionally followed live.
+#[utoipa::path(get, path = "/v1/agents/{agent}/logs", tag = "agents",
+    params(("agent" = String, Path, description = "Agent id or name"), LogsQuery),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ApiError)))]
+pub(crate) async fn logs(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query.map_err(super::bad_query)?;
+    let handle = state.supervisor.find(&agent)?;
+    let content_type = [(header::CONTENT_TYPE, "application/octet-stream")];
+    if !query.follow {
+        let kept = handle.output.snapshot();
+        let shown = query
+            .tail
+            .map_or(&kept[..], |n| tail_lines(&kept, n))
+            .to_vec();
+        return Ok((content_type, shown).into_response());
+    }
+    let (kept, live) = handle.output.snapshot_and_follow();
+    let shown = Bytes::from(
+        query
+            .tail
+            .map_or(&kept[..], |n| tail_lines(&kept, n))
+            .to_vec(),
+    );
+    let live = futures_util::stream::unfold(live, |mut live| async move {
+        let chunk = match live.recv().await {
+            Ok(chunk) => chunk,
+            Err(RecvError::Lagged(_)) => {
+                Bytes::from_static(b"\r\n[celistra: output skipped, the reader fell behind]\r\n")
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, Infallible>(chunk), live))
+    });
+    let stream = futures_util::stream::once(async move { Ok(shown) })
+        .chain(live)
+        .take_until(state.stopping.cancelled_owned());
+    Ok((content_type, Body::from_stream(stream)).into_response())
+}

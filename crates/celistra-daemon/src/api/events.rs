@@ -1,0 +1,86 @@
+//! `GET /v1/events`: Server-Sent Events with resumption by `Last-Event-ID`.
+
+use std::convert::Infallible;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use celistra_proto::{ApiError, Event, EventKind};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{AppState, Failure};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventsQuery {
+    /// Resume after this event id (same as the `Last-Event-ID` header, which wins).
+    after: Option<u64>,
+    /// `false`: end the stream once the replay is sent (default `true`: stay open for live events).
+    #[serde(default = "default_follow")]
+    follow: bool,
+}
+
+fn default_follow() -> bool {
+    true
+}
+
+/// Live events as Server-Sent Events. Each SSE event's name is the event's `type`, its id the
+/// event's `id`, its data the event as JSON. With `Last-Event-ID` (or `?after=`), events still in the
+/// backlog (4096) are replayed first; if some were lost a `resync` event says so.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
+    responses((status = 200, content_type = "text/event-stream", body = Event), (status = 401, body = ApiError)))]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Failure> {
+    let Query(query) = query.map_err(super::bad_query)?;
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(query.after);
+    let subscription = state.supervisor.shared.events.subscribe(last_id);
+    let replay = futures_util::stream::iter(subscription.replay);
+    let live = futures_util::stream::unfold(subscription.live, |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(event) => return Some((event, live)),
+                Err(RecvError::Lagged(_)) => {
+                    let resync = Event {
+                        id: 0,
+                        time_ms: crate::now_ms(),
+                        kind: EventKind::Resync {
+                            oldest_available: 0,
+                        },
+                    };
+                    return Some((resync, live));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    let events = if query.follow {
+        replay.chain(live).boxed()
+    } else {
+        replay.boxed()
+    };
+    let events = events
+        .map(|event| Ok(to_sse(&event)))
+        .take_until(state.stopping.cancelled_owned());
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    let data = serde_json::to_string(event).expect("events serialise");
+    let sse = SseEvent::default().event(event.kind.name()).data(data);
+    // A lag marker has no id of its own: leaving the SSE id out keeps the client's resume point.
+    if event.id == 0 {
+        sse
+    } else {
+        sse.id(event.id.to_string())
+    }
+}

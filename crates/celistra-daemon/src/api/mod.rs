@@ -1,0 +1,196 @@
+//! The HTTP API under `/v1`: routing, bearer authentication, JSON bodies and JSON errors. The same
+//! router serves the Unix socket and the TCP listener.
+
+mod agents;
+mod events;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use celistra_proto::{ApiError, ErrorCode, Health, SOURCE_HEADER};
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::supervisor::Supervisor;
+
+/// Largest request body accepted.
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
+
+/// The only credential so far; every request records it as its actor. Roles will add more.
+pub(crate) const SECRET_ACTOR: &str = "machine-secret";
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub supervisor: Arc<Supervisor>,
+    pub secret: Arc<str>,
+    pub health: Arc<Health>,
+    /// Cancelled when the daemon stops, ending long-lived streams so shutdown is not held up.
+    pub stopping: CancellationToken,
+}
+
+/// Who made a request: the credential's name. Set by [`authenticate`].
+#[derive(Debug, Clone)]
+pub(crate) struct Actor(pub String);
+
+/// Which surface made a request (`cli`, `dashboard`, …; `api` when not said).
+#[derive(Debug, Clone)]
+pub(crate) struct Source(pub String);
+
+/// An error as the API sends it: status from the code, JSON body.
+pub(crate) struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure(error)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+pub(crate) fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure(ApiError::new(code, message))
+}
+
+/// A JSON request body whose errors say what was wrong, where, and in which field.
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Failure;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection: BytesRejection| {
+                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        failure(
+                            ErrorCode::PayloadTooLarge,
+                            format!("request body is larger than {MAX_BODY} bytes"),
+                        )
+                    } else {
+                        failure(
+                            ErrorCode::InvalidJson,
+                            format!("cannot read request body: {rejection}"),
+                        )
+                    }
+                })?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| failure(ErrorCode::InvalidJson, "request body is not UTF-8"))?;
+        celistra_core::json::parse(text, "request body")
+            .map(JsonBody)
+            .map_err(|e| failure(ErrorCode::InvalidJson, e.to_string()))
+    }
+}
+
+/// A query string that does not parse.
+pub(crate) fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> Failure {
+    failure(
+        ErrorCode::InvalidRequest,
+        format!("bad query string: {}", rejection.body_text()),
+    )
+}
+
+/// Checks `Authorization: Bearer <secret>` in constant time; records the actor and source.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool = presented.as_bytes().ct_eq(state.secret.as_bytes()).into();
+    if !matches {
+        let why = if presented.is_empty() {
+            "missing bearer token"
+        } else {
+            "wrong bearer token"
+        };
+        tracing::info!(path = %request.uri().path(), "unauthorized request: {why}");
+        let mut response = failure(
+            ErrorCode::Unauthorized,
+            format!("{why}; send `Authorization: Bearer <secret>` with the secret from auth.json in the daemon's state directory"),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    let source = source_of(request.headers());
+    request
+        .extensions_mut()
+        .insert(Actor(SECRET_ACTOR.to_owned()));
+    request.extensions_mut().insert(Source(source));
+    next.run(request).await
+}
+
+fn source_of(headers: &HeaderMap) -> String {
+    headers
+        .get(SOURCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        })
+        .unwrap_or("api")
+        .to_owned()
+}
+
+/// The whole API. Every route, the unknown ones included, requires the bearer secret.
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/agents", get(agents::list).post(agents::spawn))
+        .route(
+            "/v1/agents/{agent}",
+            get(agents::get)
+                .patch(agents::update)
+                .delete(agents::remove),
+        )
+        .route("/v1/agents/{agent}/spec", get(agents::spec))
+        .route("/v1/agents/{agent}/stop", post(agents::stop))
+        .route("/v1/agents/{agent}/start", post(agents::start))
+        .route("/v1/agents/{agent}/restart", post(agents::restart))
+        .route("/v1/agents/{agent}/kill", post(agents::kill))
+        .route("/v1/agents/{agent}/rename", post(agents::rename))
+        .route("/v1/agents/{agent}/logs", get(agents::logs))
+        .route("/v1/apply", post(agents::apply))
+        .route("/v1/events", get(events::stream))
+        .fallback(|| async { failure(ErrorCode::NotFound, "no such route; see /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            failure(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route; see /v1/openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Daemon status.
+#[utoipa::path(get, path = "/v1/health", tag = "daemon", responses((status = 200, body = Health), (status = 401, body = ApiError)))]
+pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
+    let (agents, agents_running) = state.supervisor.counts();
+    Json(Health {
+        agents,
+        agents_running,
+        ..(*state.health).clone()
+    })
+}

@@ -1,0 +1,50 @@
+//! `GET /v1/openapi.json`: the OpenAPI document, generated from the handlers' annotations and the
+//! wire types' schemas.
+
+use axum::Json;
+use celistra_proto::{
+    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings,
+    ErrorCode, Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
+};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{agents, events};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output and events. Every route needs `Authorization: Bearer <secret>`."),
+    paths(
+        super::health, document,
+        agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
+        agents::stop, agents::start, agents::restart, agents::kill, agents::remove, agents::apply, agents::logs,
+        events::stream,
+    ),
+    components(schemas(
+        AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
+        Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "daemon", responses((status = 200, description = "OpenAPI document")))]
+pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    Json(doc)
+}

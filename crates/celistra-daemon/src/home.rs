@@ -1,0 +1,190 @@
+//! The state directory: its layout, its single-daemon lock, the machine secret and the machine id.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    pub fn new(dir: impl Into<PathBuf>) -> Home {
+        Home { dir: dir.into() }
+    }
+    /// `auth.json` (0600): the machine secret.
+    pub fn auth_file(&self) -> PathBuf {
+        self.dir.join("auth.json")
+    }
+    /// `config.json`: the daemon's defaults, read at every spawn.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    /// `agents.json` (0600): agent specs (environment values included) and their desired state.
+    pub fn agents_file(&self) -> PathBuf {
+        self.dir.join("agents.json")
+    }
+    /// `celistrad.sock` (0600): the API over a Unix socket.
+    pub fn socket_file(&self) -> PathBuf {
+        self.dir.join("celistrad.sock")
+    }
+    /// `http.addr`: the bound HTTP address, for clients.
+    pub fn addr_file(&self) -> PathBuf {
+        self.dir.join("http.addr")
+    }
+    /// `celistrad.lock`: held (flock) by the running daemon; holds its pid.
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join("celistrad.lock")
+    }
+    /// `machine-id`: stable id of this daemon's state, for the fleet.
+    pub fn machine_id_file(&self) -> PathBuf {
+        self.dir.join("machine-id")
+    }
+
+    /// Creates the directory (0700) if it does not exist.
+    pub(crate) fn create(&self) -> Result<(), Error> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| {
+                Error::io(
+                    format!("cannot create state directory {}", self.dir.display()),
+                    e,
+                )
+            })
+    }
+
+    /// Takes the single-daemon lock, failing with the running daemon's pid if another holds it.
+    pub(crate) fn lock(&self) -> Result<File, Error> {
+        let path = self.lock_file();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(Error::AlreadyRunning {
+                home: self.dir.clone(),
+                pid: text.trim().to_owned(),
+            });
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        Ok(file)
+    }
+
+    /// Reads the machine secret, creating a 256-bit random one (0600) on first run. Refuses a secret
+    /// file that others can read.
+    pub(crate) fn load_or_create_secret(&self) -> Result<String, Error> {
+        let path = self.auth_file();
+        match fs::metadata(&path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(Error::Insecure(format!(
+                        "{} has mode {mode:04o}, so other users may read the machine secret; run `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    )));
+                }
+                let text = fs::read_to_string(&path)
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+                let auth: AuthFile = celistra_core::json::parse(&text, &path.display().to_string())
+                    .map_err(|e| Error::Invalid(e.to_string()))?;
+                if auth.secret.len() < 32 || !auth.secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(Error::Invalid(format!(
+                        "{}: `secret` must be at least 32 hex digits; delete the file to generate a new one",
+                        path.display()
+                    )));
+                }
+                Ok(auth.secret)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let secret = random_hex(32)?;
+                let text = serde_json::to_string_pretty(&AuthFile {
+                    secret: secret.clone(),
+                })
+                .expect("serialisable");
+                write_new_private(&path, text.as_bytes())?;
+                Ok(secret)
+            }
+            Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    /// Reads the machine id, creating one on first run.
+    pub(crate) fn load_or_create_machine_id(&self) -> Result<String, Error> {
+        let path = self.machine_id_file();
+        match fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+            _ => {
+                let id = format!("m-{}", random_hex(8)?);
+                fs::write(&path, format!("{id}\n"))
+                    .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+                Ok(id)
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct AuthFile {
+    secret: String,
+}
+
+/// `bytes` random bytes as lowercase hex.
+pub(crate) fn random_hex(bytes: usize) -> Result<String, Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| {
+        Error::io(
+            "cannot read random bytes".into(),
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_new_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Replaces `path` atomically with `contents` (mode 0600): write a temporary file, fsync, rename,
+/// fsync the directory. A crash leaves either the old or the new file, never a torn one.
+pub(crate) fn write_atomic_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

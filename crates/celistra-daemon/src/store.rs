@@ -1,0 +1,188 @@
+//! Durable agent records in `agents.json` (0600), written with group commit: any number of changes
+//! made while a write is in flight share the next write, and callers that must not answer before
+//! their change is on disk wait for it with [`Store::sync`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use celistra_proto::{AgentSpec, AgentState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::home::write_atomic_private;
+
+/// What survives a daemon restart of one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredAgent {
+    pub id: String,
+    pub spec: AgentSpec,
+    pub source: String,
+    pub created_at_ms: u64,
+    /// `running` means "should be running": it is started again when the daemon starts.
+    pub state: AgentState,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub exit_signal: Option<String>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub run: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    version: u32,
+    /// High-water mark of event ids, so ids keep increasing across daemon restarts.
+    #[serde(default)]
+    event_seq: u64,
+    agents: Vec<StoredAgent>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    agents: BTreeMap<String, StoredAgent>,
+    event_seq: u64,
+    generation: u64,
+}
+
+/// Outcome of the latest write: its generation, and the error if it failed.
+type Written = (u64, Option<String>);
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    path: PathBuf,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    written: watch::Sender<Written>,
+}
+
+impl Store {
+    /// Loads the file (absent means empty). A file that does not parse is moved aside, not lost.
+    pub(crate) fn load(path: PathBuf) -> (Arc<Store>, Vec<StoredAgent>, u64) {
+        let file = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                match celistra_core::json::parse::<StoreFile>(&text, &path.display().to_string()) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        let aside =
+                            path.with_extension(format!("json.corrupt-{}", crate::now_ms()));
+                        let _ = std::fs::rename(&path, &aside);
+                        tracing::error!(
+                            "{e}; moved it to {} and starting with no agents",
+                            aside.display()
+                        );
+                        StoreFile::default()
+                    }
+                }
+            }
+            Err(_) => StoreFile::default(),
+        };
+        let pending = Pending {
+            agents: file
+                .agents
+                .iter()
+                .map(|a| (a.id.clone(), a.clone()))
+                .collect(),
+            event_seq: file.event_seq,
+            generation: 0,
+        };
+        let store = Arc::new(Store {
+            path,
+            pending: Mutex::new(pending),
+            wake: Notify::new(),
+            written: watch::channel((0, None)).0,
+        });
+        (store, file.agents, file.event_seq)
+    }
+
+    /// Runs the writer until `stop` is cancelled, then writes once more.
+    pub(crate) async fn write_loop(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                () = self.wake.notified() => false,
+                () = stop.cancelled() => true,
+            };
+            self.write_now().await;
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    async fn write_now(&self) {
+        let (generation, text) = {
+            let pending = self.lock();
+            if pending.generation == self.written.borrow().0 {
+                return;
+            }
+            let file = StoreFile {
+                version: 1,
+                event_seq: pending.event_seq,
+                agents: pending.agents.values().cloned().collect(),
+            };
+            (
+                pending.generation,
+                serde_json::to_vec_pretty(&file).expect("agent records serialise"),
+            )
+        };
+        let path = self.path.clone();
+        let result = tokio::task::spawn_blocking(move || write_atomic_private(&path, &text))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("cannot write {}: {e}", self.path.display())));
+        if let Err(e) = &result {
+            tracing::error!("{e}");
+        }
+        self.written.send_replace((generation, result.err()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn changed(&self, pending: &mut Pending) {
+        pending.generation += 1;
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn put(&self, agent: StoredAgent) {
+        let mut pending = self.lock();
+        pending.agents.insert(agent.id.clone(), agent);
+        self.changed(&mut pending);
+    }
+
+    pub(crate) fn update(&self, id: &str, change: impl FnOnce(&mut StoredAgent)) {
+        let mut pending = self.lock();
+        if let Some(agent) = pending.agents.get_mut(id) {
+            change(agent);
+            self.changed(&mut pending);
+        }
+    }
+
+    pub(crate) fn remove(&self, id: &str) {
+        let mut pending = self.lock();
+        if pending.agents.remove(id).is_some() {
+            self.changed(&mut pending);
+        }
+    }
+
+    /// Records the event id high-water mark (written with the next change).
+    pub(crate) fn note_event_seq(&self, seq: u64) {
+        self.lock().event_seq = seq;
+    }
+
+    /// Waits until every change made before this call is on disk.
+    pub(crate) async fn sync(&self) -> Result<(), String> {
+        let target = self.lock().generation;
+        let mut written = self.written.subscribe();
+        let outcome = written
+            .wait_for(|(generation, _)| *generation >= target)
+            .await;
+        match outcome {
+            Ok(state) => state.1.clone().map_or(Ok(()), Err),
+            Err(_) => Err("the agent store writer has stopped".into()),
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! One agent's task: it owns the agent's process, PTY and restart history, and carries out operator
+//! commands one at a time, so an agent's state changes in a single place.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use celistra_core::config::restart_policy;
+use celistra_core::restart::{RestartDecision, RestartTracker};
+use celistra_proto::{
+    AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
+    Signal, signal_name,
+};
+use celistra_sandbox::pty::{OwnedReadPty, OwnedWritePty};
+use celistra_sandbox::{
+    AgentCgroup, Child, ExitInfo, PtySize, PtySpawn, signal_group, spawn_in_pty,
+};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use super::output::Output;
+use crate::now_ms;
+
+/// Reply to a command: `Ok` or an error for the API.
+pub(crate) type Reply = oneshot::Sender<Result<(), ApiError>>;
+
+/// What an operator (or the daemon) asks of an agent.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Start if not running (resets the restart ceiling). Replies once the spawn was attempted.
+    Start(Reply),
+    /// Stop gracefully: stop signal to the group, grace period, then SIGKILL.
+    Stop(Reply),
+    /// Stop if running, then start.
+    Restart(Reply),
+    /// Send a signal; `HUP` hangs up the PTY. The run this ends is never restarted.
+    Kill(Signal, Reply),
+    /// Stop and end the task: the agent is being removed.
+    Remove(Reply),
+    /// Stop and end the task without changing the agent's desired state: the daemon is stopping.
+    Shutdown(Reply),
+}
+
+/// Everything about one agent that others may read.
+#[derive(Debug)]
+pub(crate) struct AgentHandle {
+    pub id: String,
+    pub info: Mutex<AgentInfo>,
+    pub spec: Mutex<AgentSpec>,
+    pub output: Output,
+    pub commands: mpsc::UnboundedSender<Command>,
+}
+
+impl AgentHandle {
+    pub(crate) fn info(&self) -> MutexGuard<'_, AgentInfo> {
+        self.info.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn spec(&self) -> MutexGuard<'_, AgentSpec> {
+        self.spec.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends a command and waits for its reply.
+    pub(crate) async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), ApiError> {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(make(reply)).is_err() {
+            return Err(gone(&self.id));
+        }
+        answer.await.unwrap_or_else(|_| Err(gone(&self.id)))
+    }
+}
+
+fn gone(id: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!("agent {id} is being removed or its task has failed"),
+    )
+}
+
+/// A live process of the agent.
+struct Run {
+    child: Child,
+    writer: Option<OwnedWritePty>,
+    reader: Option<JoinHandle<()>>,
+    started: Instant,
+    cgroup: Option<AgentCgroup>,
+    settings: EffectiveSettings,
+    /// An operator signalled this run: its end is the operator's doing and is not restarted.
+    signalled: bool,
+}
+
+enum Phase {
+    Idle,
+    Backoff(tokio::time::Instant),
+    Running(Box<Run>),
+    Ended,
+}
+
+struct Agent {
+    shared: Arc<Shared>,
+    handle: Arc<AgentHandle>,
+    tracker: RestartTracker,
+}
+
+/// Runs the agent's task until it is removed or the daemon stops.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    handle: Arc<AgentHandle>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut agent = Agent {
+        shared,
+        handle,
+        tracker: RestartTracker::default(),
+    };
+    let mut phase = Phase::Idle;
+    loop {
+        phase = match phase {
+            Phase::Ended => return,
+            Phase::Idle => match commands.recv().await {
+                Some(command) => agent.command_when_idle(command).await,
+                None => Phase::Ended,
+            },
+            Phase::Backoff(deadline) => tokio::select! {
+                () = tokio::time::sleep_until(deadline) => agent.spawn(true).await.0,
+                command = commands.recv() => match command {
+                    Some(command) => agent.command_in_backoff(command).await,
+                    None => Phase::Ended,
+                },
+            },
+            Phase::Running(mut run) => tokio::select! {
+                exit = run.child.wait() => {
+                    let cause = if run.signalled { ExitCause::Operator } else { ExitCause::Exited };
+                    agent.after_exit(run, exit.unwrap_or(ExitInfo { code: None, signal: None }), cause).await
+                }
+                command = commands.recv() => match command {
+                    Some(command) => agent.command_when_running(run, command).await,
+                    None => {
+                        agent.stop(run, ExitCause::Operator).await;
+                        Phase::Ended
+                    }
+                },
+            },
+        };
+    }
+}
+
+impl Agent {
+    fn id(&self) -> &str {
+        &self.handle.id
+    }
+
+    fn name(&self) -> String {
+        self.handle.info().name.clone()
+    }
+
+    /// Sets the state (and pid) and publishes the change.
+    fn set_state(&self, state: AgentState, pid: Option<u32>) {
+        let name = {
+            let mut info = self.handle.info();
+            if info.state == state && info.pid == pid {
+                return;
+            }
+            info.state = state;
+            info.pid = pid;
+            if state != AgentState::Backoff {
+                info.next_restart_at_ms = None;
+            }
+            info.name.clone()
+        };
+        self.shared.events.publish(EventKind::AgentState {
+            agent_id: self.id().to_owned(),
+            name,
+            state,
+            pid,
+        });
+    }
+
+    /// Records the state the agent should come back in after a daemon restart.
+    fn persist(&self, state: AgentState) {
+        let (exit_code, exit_signal, restarts, run) = {
+            let info = self.handle.info();
+            (
+                info.exit_code,
+                info.exit_signal.clone(),
+                info.restarts,
+                info.run,
+            )
+        };
+        self.shared.store.update(self.id(), |stored| {
+            stored.state = state;
+            stored.exit_code = exit_code;
+            stored.exit_signal = exit_signal;
+            stored.restarts = restarts;
+            stored.run = run;
+        });
+    }
+
+    async fn command_when_idle(&mut self, command: Command) -> Phase {
+        match command {
+            Command::Start(reply) | Command::Restart(reply) => {
+                self.tracker.reset();
+                let (phase, result) = self.spawn(false).await;
+                let _ = reply.send(result);
+                phase
+            }
+            Command::Stop(reply) => {
+                self.mark_stopped();
+                let _ = reply.send(Ok(()));
+                Phase::Idle
+            }
+            Command::Kill(_, reply) => {
+                let state = self.handle.info().state;
+                let _ = reply.send(Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "agent {} is not running (state {}); start it first",
+                        self.id(),
+                        state.as_str()
+                    ),
+                )));
+                Phase::Idle
+            }
+            Command::Remove(reply) | Command::Shutdown(reply) => {
+                let _ = reply.send(Ok(()));
+                Phase::Ended
+            }
+        }
+    }
+
+    async fn command_in_backoff(&mut self, command: Command) -> Phase {
+        match command {
+            Command::Start(reply) | Command::Restart(reply) => {
+                self.tracker.reset();
+                let (phase, result) = self.spawn(true).await;
+                let _ = reply.send(result);
+                phase
+            }
+            // A kill while waiting to restart cancels the restart, like a stop: an operator's kill
+            // never leads to an automatic restart.
+            Command::Stop(reply) | Command::Kill(_, reply) => {
+                self.mark_stopped();
+                let _ = reply.send(Ok(()));
+                Phase::Idle
+            }
+            Command::Remove(reply) | Command::Shutdown(reply) => {
+                let _ = reply.send(Ok(()));
+                Phase::Ended
+            }
+        }
+    }
+
+    async fn command_when_running(&mut self, mut run: Box<Run>, command: Command) -> Phase {
+        match command {
+            Command::Start(reply) => {
+                let _ = reply.send(Ok(()));
+                Phase::Running(run)
+            }
+            Command::Stop(reply) => {
+                self.stop(run, ExitCause::Operator).await;
+                self.mark_stopped();
+                let _ = reply.send(Ok(()));
+                Phase::Idle
+            }
+            Command::Restart(reply) => {
+                self.stop(run, ExitCause::Operator).await;
+                self.tracker.reset();
+                let (phase, result) = self.spawn(true).await;
+                let _ = reply.send(result);
+                phase
+            }
+            Command::Kill(signal, reply) => {
+                run.signalled = true;
+                let result = if signal == Signal::Hup {
+                    hang_up(&mut run);
+                    Ok(())
+                } else {
+                    signal_group(run.child.pid(), signal.number()).map_err(|e| {
+                        ApiError::new(
+                            ErrorCode::Internal,
+                            format!("cannot send {signal} to agent {}: {e}", self.id()),
+                        )
+                    })
+                };
+                let _ = reply.send(result);
+                Phase::Running(run)
+            }
+            Command::Remove(reply) => {
+                self.stop(run, ExitCause::Operator).await;
+                let _ = reply.send(Ok(()));
+                Phase::Ended
+            }
+            Command::Shutdown(reply) => {
+                self.stop(run, ExitCause::Shutdown).await;
+                let _ = reply.send(Ok(()));
+                Phase::Ended
+            }
+        }
+    }
+
+    fn mark_stopped(&self) {
+        self.set_state(AgentState::Stopped, None);
+        self.persist(AgentState::Stopped);
+    }
+
+    /// Starts a new run. On failure the agent is treated as if the run had died at once.
+    async fn spawn(&mut self, is_restart: bool) -> (Phase, Result<(), ApiError>) {
+        self.set_state(AgentState::Starting, None);
+        match self.start_process() {
+            Ok(run) => {
+                let pid = run.child.pid();
+                let (restarts, name) = {
+                    let mut info = self.handle.info();
+                    info.run += 1;
+                    info.started_at_ms = Some(now_ms());
+                    info.exited_at_ms = None;
+                    info.exit_code = None;
+                    info.exit_signal = None;
+                    info.last_error = None;
+                    info.settings = run.settings.clone();
+                    if is_restart {
+                        info.restarts += 1;
+                    }
+                    (info.restarts, info.name.clone())
+                };
+                self.set_state(AgentState::Running, Some(pid));
+                if is_restart {
+                    self.shared.events.publish(EventKind::AgentRestarted {
+                        agent_id: self.id().to_owned(),
+                        name,
+                        attempt: restarts,
+                        pid,
+                    });
+                }
+                self.persist(AgentState::Running);
+                (Phase::Running(Box::new(run)), Ok(()))
+            }
+            Err(error) => {
+                tracing::warn!(agent = self.id(), "spawn failed: {error}");
+                self.handle.info().last_error = Some(error.clone());
+                self.shared.events.publish(EventKind::AgentSpawnFailed {
+                    agent_id: self.id().to_owned(),
+                    name: self.name(),
+                    error: error.clone(),
+                });
+                let phase = self.decide_after_death(0, false);
+                (phase, Err(ApiError::new(ErrorCode::SpawnFailed, error)))
+            }
+        }
+    }
+
+    fn start_process(&self) -> Result<Run, String> {
+        let config = self.shared.config().map_err(|e| e.to_string())?;
+        let spec = self.handle.spec().clone();
+        let mut settings = config.resolve(&spec);
+        if spec.scrollback_kb.is_none()
+            && let Some(kb) = self.shared.scrollback_kb
+        {
+            settings.scrollback_kb = kb;
+        }
+        self.handle
+            .output
+            .set_capacity(settings.scrollback_kb as usize * 1024);
+        let workspace = spec
+            .workspace
+            .clone()
+            .unwrap_or_else(|| self.shared.default_workspace.clone());
+        if !std::path::Path::new(&workspace).is_dir() {
+            return Err(format!(
+                "workspace {workspace} does not exist or is not a directory"
+            ));
+        }
+        let mut env = self.shared.base_env.clone();
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.push(("CELISTRA_AGENT_ID".into(), self.id().to_owned()));
+        env.push(("CELISTRA_AGENT_NAME".into(), spec.name.clone()));
+        let cgroup = match &self.shared.cgroups {
+            Some(root) => Some(root.agent(self.id()).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let spawned = spawn_in_pty(&PtySpawn {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), spec.command.clone()],
+            cwd: workspace.into(),
+            env,
+            size: PtySize { rows: 24, cols: 80 },
+            cgroup: cgroup.as_ref(),
+        })
+        .map_err(|e| e.to_string())?;
+        let (reader, writer) = spawned.pty.into_split();
+        let reader = tokio::spawn(pump_output(reader, Arc::clone(&self.handle)));
+        Ok(Run {
+            child: spawned.child,
+            writer: Some(writer),
+            reader: Some(reader),
+            started: Instant::now(),
+            cgroup,
+            settings,
+            signalled: false,
+        })
+    }
+
+    /// Stops a run: the stop signal to its process group, the grace period, then SIGKILL.
+    async fn stop(&mut self, mut run: Box<Run>, cause: ExitCause) {
+        self.set_state(AgentState::Stopping, Some(run.child.pid()));
+        let signal = run.settings.stop_signal;
+        if signal == Signal::Hup {
+            hang_up(&mut run);
+        } else if let Err(e) = signal_group(run.child.pid(), signal.number()) {
+            tracing::warn!(agent = self.id(), "cannot send {signal}: {e}");
+        }
+        let grace = Duration::from_millis(run.settings.stop_timeout_ms);
+        let exit = match tokio::time::timeout(grace, run.child.wait()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                tracing::info!(
+                    agent = self.id(),
+                    "still running after {grace:?}; sending SIGKILL"
+                );
+                kill_everything(&run);
+                run.child.wait().await
+            }
+        };
+        self.finish(
+            run,
+            exit.unwrap_or(ExitInfo {
+                code: None,
+                signal: None,
+            }),
+            cause,
+        );
+    }
+
+    /// Cleans up after a run's leader exited, records how it ended and publishes it.
+    fn finish(&self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> u64 {
+        // Whatever the leader left behind (background jobs, daemonised children) ends with it.
+        kill_everything(&run);
+        let uptime_ms = u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (name, run_number) = {
+            let mut info = self.handle.info();
+            info.exit_code = exit.code;
+            info.exit_signal = exit.signal.map(signal_name);
+            info.exited_at_ms = Some(now_ms());
+            (info.name.clone(), info.run)
+        };
+        self.shared.events.publish(EventKind::AgentExited {
+            agent_id: self.id().to_owned(),
+            name,
+            run: run_number,
+            exit_code: exit.code,
+            exit_signal: exit.signal.map(signal_name),
+            cause,
+            uptime_ms,
+        });
+        uptime_ms
+    }
+
+    async fn after_exit(&mut self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> Phase {
+        let uptime_ms = self.finish(run, exit, cause);
+        if cause == ExitCause::Operator {
+            self.mark_stopped();
+            return Phase::Idle;
+        }
+        self.decide_after_death(uptime_ms, exit.code == Some(0))
+    }
+
+    /// After a run died by itself (or could not start): restart with backoff, crash out, or rest.
+    fn decide_after_death(&mut self, uptime_ms: u64, clean: bool) -> Phase {
+        let (auto_restart, settings) = {
+            let info = self.handle.info();
+            (info.auto_restart, info.settings.clone())
+        };
+        if !auto_restart {
+            let state = if clean {
+                AgentState::Exited
+            } else {
+                AgentState::Failed
+            };
+            self.set_state(state, None);
+            self.persist(state);
+            return Phase::Idle;
+        }
+        let policy = restart_policy(&settings);
+        match self
+            .tracker
+            .on_exit(&policy, now_ms(), uptime_ms, random_unit())
+        {
+            RestartDecision::Restart { delay_ms, .. } => {
+                let next = now_ms() + delay_ms;
+                self.handle.info().next_restart_at_ms = Some(next);
+                self.set_state(AgentState::Backoff, None);
+                self.shared.events.publish(EventKind::AgentBackoff {
+                    agent_id: self.id().to_owned(),
+                    name: self.name(),
+                    delay_ms,
+                    next_restart_at_ms: next,
+                });
+                Phase::Backoff(tokio::time::Instant::now() + Duration::from_millis(delay_ms))
+            }
+            RestartDecision::CrashedOut { restarts_in_window } => {
+                tracing::warn!(
+                    agent = self.id(),
+                    "crashed out after {restarts_in_window} restarts"
+                );
+                self.set_state(AgentState::CrashedOut, None);
+                self.persist(AgentState::CrashedOut);
+                self.shared.events.publish(EventKind::AgentCrashedOut {
+                    agent_id: self.id().to_owned(),
+                    name: self.name(),
+                    restarts_in_window,
+                    window_secs: settings.restart_window_secs,
+                });
+                Phase::Idle
+            }
+        }
+    }
+}
+
+/// Closes the master side of the PTY: the kernel hangs up the terminal and sends SIGHUP to the session.
+fn hang_up(run: &mut Run) {
+    run.writer = None;
+    if let Some(reader) = run.reader.take() {
+        reader.abort();
+    }
+}
+
+/// SIGKILLs the run's process group and, when there is one, its whole cgroup.
+fn kill_everything(run: &Run) {
+    let _ = signal_group(run.child.pid(), Signal::Kill.number());
+    if let Some(cgroup) = &run.cgroup {
+        cgroup.kill();
+    }
+}
+
+/// Copies the PTY's output into the agent's ring until the terminal closes (EIO once the last
+/// process holding it exits).
+async fn pump_output(mut reader: OwnedReadPty, handle: Arc<AgentHandle>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => handle.output.push(Bytes::copy_from_slice(&buf[..n])),
+        }
+    }
+}
+
+/// A uniform random number in `[0, 1)` for backoff jitter.
+fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}

@@ -1,0 +1,580 @@
+//! The supervisor: the registry of agents (by id and by name) and every operation on them. Each
+//! agent's process is owned by its own task (`agent.rs`); this module creates, finds, commands and
+//! removes those tasks, and keeps names unique and records durable.
+
+mod agent;
+pub(crate) mod output;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use celistra_core::config::DaemonConfig;
+use celistra_core::{apply, names, spec as spec_rules};
+use celistra_proto::{
+    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, ErrorCode, EventKind,
+    Signal, UpdateRequest,
+};
+use celistra_sandbox::CgroupRoot;
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+
+pub(crate) use agent::AgentHandle;
+use agent::Command;
+use output::Output;
+
+use crate::events::EventBus;
+use crate::home::Home;
+use crate::now_ms;
+use crate::store::{Store, StoredAgent};
+
+/// What every agent task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub home: Home,
+    pub events: EventBus,
+    pub store: Arc<Store>,
+    pub cgroups: Option<CgroupRoot>,
+    /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
+    pub scrollback_kb: Option<u32>,
+    /// Workspace of agents spawned without one: the daemon's `$HOME`.
+    pub default_workspace: String,
+    /// Environment every agent starts from: the daemon's own, less celistra's variables.
+    pub base_env: Vec<(String, String)>,
+}
+
+impl Shared {
+    /// Reads `config.json` afresh (absent means defaults), so edits apply to the next spawn.
+    pub(crate) fn config(&self) -> Result<DaemonConfig, ApiError> {
+        let path = self.home.config_file();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => DaemonConfig::parse(&text, &path.display().to_string()).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::ConfigInvalid,
+                    format!("{e}; fix the file and retry"),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DaemonConfig::default()),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::ConfigInvalid,
+                format!("cannot read {}: {e}", path.display()),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_id: HashMap<String, Arc<AgentHandle>>,
+    id_by_name: HashMap<String, String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Supervisor {
+    pub shared: Arc<Shared>,
+    registry: RwLock<Registry>,
+    shutting_down: AtomicBool,
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no agent with id or name `{key}`; `celistrad ctl ls` lists them"),
+    )
+}
+
+impl Supervisor {
+    pub(crate) fn new(shared: Arc<Shared>) -> Supervisor {
+        Supervisor {
+            shared,
+            registry: RwLock::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every agent, oldest first.
+    pub(crate) fn list(&self) -> Vec<AgentInfo> {
+        let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
+        let mut agents: Vec<AgentInfo> = handles.iter().map(|h| h.info().clone()).collect();
+        agents.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        agents
+    }
+
+    /// Finds an agent by id or by name.
+    pub(crate) fn find(&self, key: &str) -> Result<Arc<AgentHandle>, ApiError> {
+        let registry = self.read();
+        let id = registry.id_by_name.get(key).map_or(key, String::as_str);
+        registry
+            .by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(key))
+    }
+
+    pub(crate) fn counts(&self) -> (u32, u32) {
+        let registry = self.read();
+        let running = registry
+            .by_id
+            .values()
+            .filter(|h| h.info().state == AgentState::Running)
+            .count();
+        (registry.by_id.len() as u32, running as u32)
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), ApiError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down; retry once it is back",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a spec against the rules and the filesystem.
+    fn check_spec(&self, spec: &AgentSpec, name_required: bool) -> Result<(), ApiError> {
+        spec_rules::validate(spec, name_required)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+        let workspace = spec
+            .workspace
+            .as_deref()
+            .unwrap_or(&self.shared.default_workspace);
+        if !std::path::Path::new(workspace).is_dir() {
+            return Err(ApiError::new(
+                ErrorCode::WorkspaceInvalid,
+                format!(
+                    "workspace {workspace} does not exist or is not a directory; create it or pass another"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates an agent and starts it. Returns it as it is once the spawn was attempted.
+    pub(crate) async fn spawn(
+        &self,
+        mut spec: AgentSpec,
+        source: &str,
+        actor: &str,
+    ) -> Result<AgentInfo, ApiError> {
+        self.refuse_if_stopping()?;
+        self.check_spec(&spec, false)?;
+        self.shared.config()?;
+        let handle = {
+            let mut registry = self.write();
+            if spec.name.is_empty() {
+                spec.name =
+                    names::generate_name(&spec.command, |n| registry.id_by_name.contains_key(n));
+            } else if registry.id_by_name.contains_key(&spec.name) {
+                return Err(ApiError::new(
+                    ErrorCode::NameTaken,
+                    format!(
+                        "an agent named `{}` already exists; pick another name or remove it first",
+                        spec.name
+                    ),
+                ));
+            }
+            let id = new_id(&registry)?;
+            let stored = StoredAgent {
+                id: id.clone(),
+                spec,
+                source: source.to_owned(),
+                created_at_ms: now_ms(),
+                state: AgentState::Running,
+                exit_code: None,
+                exit_signal: None,
+                restarts: 0,
+                run: 0,
+            };
+            self.shared.store.put(stored.clone());
+            self.insert(&mut registry, &stored)
+        };
+        self.shared.events.publish(EventKind::AgentSpawned {
+            agent: Box::new(handle.info().clone()),
+            actor: actor.to_owned(),
+        });
+        self.sync().await?;
+        // A failed spawn is reported in the agent's state and `last_error`; the agent exists.
+        let _ = handle.ask(Command::Start).await;
+        Ok(handle.info().clone())
+    }
+
+    /// Registers an agent and starts its task (idle until told to start).
+    fn insert(&self, registry: &mut Registry, stored: &StoredAgent) -> Arc<AgentHandle> {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let settings = self
+            .shared
+            .config()
+            .unwrap_or_default()
+            .resolve(&stored.spec);
+        let mut info = AgentInfo {
+            id: stored.id.clone(),
+            name: String::new(),
+            state: stored.state,
+            pid: None,
+            restarts: stored.restarts,
+            exit_code: stored.exit_code,
+            exit_signal: stored.exit_signal.clone(),
+            command: String::new(),
+            workspace: String::new(),
+            env_keys: vec![],
+            auto_restart: false,
+            source: stored.source.clone(),
+            run: stored.run,
+            created_at_ms: stored.created_at_ms,
+            started_at_ms: None,
+            exited_at_ms: None,
+            next_restart_at_ms: None,
+            last_error: None,
+            settings: settings.clone(),
+        };
+        self.describe(&mut info, &stored.spec);
+        let handle = Arc::new(AgentHandle {
+            id: stored.id.clone(),
+            info: std::sync::Mutex::new(info),
+            spec: std::sync::Mutex::new(stored.spec.clone()),
+            output: Output::new(settings.scrollback_kb as usize * 1024),
+            commands,
+        });
+        registry
+            .id_by_name
+            .insert(stored.spec.name.clone(), stored.id.clone());
+        registry
+            .by_id
+            .insert(stored.id.clone(), Arc::clone(&handle));
+        let task = agent::run(Arc::clone(&self.shared), Arc::clone(&handle), receiver);
+        let id = stored.id.clone();
+        let watched = Arc::clone(&handle);
+        tokio::spawn(async move {
+            if std::panic::AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(agent = %id, "agent task panicked; the agent is marked failed");
+                let mut info = watched.info();
+                info.state = AgentState::Failed;
+                info.last_error =
+                    Some("internal error: the agent's supervisor task panicked".into());
+            }
+        });
+        handle
+    }
+
+    /// Copies the spec's visible fields into an agent's info.
+    fn describe(&self, info: &mut AgentInfo, spec: &AgentSpec) {
+        info.name = spec.name.clone();
+        info.command = spec.command.clone();
+        info.workspace = spec
+            .workspace
+            .clone()
+            .unwrap_or_else(|| self.shared.default_workspace.clone());
+        info.env_keys = spec.env.keys().cloned().collect();
+        info.auto_restart = spec.auto_restart;
+    }
+
+    /// Brings back the agents of the previous run: those that should run are started.
+    pub(crate) async fn restore(&self, stored: Vec<StoredAgent>) {
+        let mut to_start = vec![];
+        {
+            let mut registry = self.write();
+            for mut agent in stored {
+                let should_run = matches!(
+                    agent.state,
+                    AgentState::Running
+                        | AgentState::Starting
+                        | AgentState::Backoff
+                        | AgentState::Stopping
+                );
+                if should_run {
+                    agent.state = AgentState::Stopped;
+                }
+                let handle = self.insert(&mut registry, &agent);
+                if should_run {
+                    to_start.push(handle);
+                }
+            }
+        }
+        let starts = to_start.iter().map(|h| h.ask(Command::Start));
+        futures_util::future::join_all(starts).await;
+    }
+
+    async fn sync(&self) -> Result<(), ApiError> {
+        self.shared
+            .store
+            .sync()
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e))
+    }
+
+    /// Changes an agent's spec; optionally restarts it so the change applies now.
+    pub(crate) async fn update(
+        &self,
+        key: &str,
+        update: &UpdateRequest,
+        actor: &str,
+    ) -> Result<AgentInfo, ApiError> {
+        let handle = self.find(key)?;
+        let mut spec = handle.spec().clone();
+        let old_name = spec.name.clone();
+        spec_rules::apply_update(&mut spec, update);
+        self.check_spec(&spec, true)?;
+        self.replace_spec(&handle, spec, &old_name, actor)?;
+        self.sync().await?;
+        if update.restart && handle.info().state.is_active() {
+            handle.ask(Command::Restart).await?;
+        }
+        Ok(handle.info().clone())
+    }
+
+    /// Installs a new spec for an agent (renaming it in the registry if needed) and publishes it.
+    fn replace_spec(
+        &self,
+        handle: &AgentHandle,
+        spec: AgentSpec,
+        old_name: &str,
+        actor: &str,
+    ) -> Result<(), ApiError> {
+        let renamed = spec.name != old_name;
+        {
+            let mut registry = self.write();
+            if renamed {
+                if registry.id_by_name.contains_key(&spec.name) {
+                    return Err(ApiError::new(
+                        ErrorCode::NameTaken,
+                        format!(
+                            "an agent named `{}` already exists; pick another name",
+                            spec.name
+                        ),
+                    ));
+                }
+                registry.id_by_name.remove(old_name);
+                registry
+                    .id_by_name
+                    .insert(spec.name.clone(), handle.id.clone());
+            }
+            self.describe(&mut handle.info(), &spec);
+            *handle.spec() = spec.clone();
+            self.shared
+                .store
+                .update(&handle.id, |stored| stored.spec = spec.clone());
+        }
+        if renamed {
+            self.shared.events.publish(EventKind::AgentRenamed {
+                agent_id: handle.id.clone(),
+                old_name: old_name.to_owned(),
+                new_name: spec.name.clone(),
+                actor: actor.to_owned(),
+            });
+        }
+        self.shared.events.publish(EventKind::AgentUpdated {
+            agent_id: handle.id.clone(),
+            name: spec.name,
+            actor: actor.to_owned(),
+        });
+        Ok(())
+    }
+
+    pub(crate) async fn rename(
+        &self,
+        key: &str,
+        name: &str,
+        actor: &str,
+    ) -> Result<AgentInfo, ApiError> {
+        names::validate_name(name).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+        let update = UpdateRequest {
+            name: Some(name.to_owned()),
+            ..UpdateRequest::default()
+        };
+        self.update(key, &update, actor).await
+    }
+
+    pub(crate) async fn stop(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+        let handle = self.find(key)?;
+        self.publish_request(&handle, actor, |agent_id, name, actor| {
+            EventKind::AgentStopRequested {
+                agent_id,
+                name,
+                actor,
+            }
+        });
+        handle.ask(Command::Stop).await?;
+        self.sync().await?;
+        Ok(handle.info().clone())
+    }
+
+    pub(crate) async fn start(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+        self.refuse_if_stopping()?;
+        let handle = self.find(key)?;
+        self.publish_request(&handle, actor, |agent_id, name, actor| {
+            EventKind::AgentStartRequested {
+                agent_id,
+                name,
+                actor,
+            }
+        });
+        handle.ask(Command::Start).await?;
+        self.sync().await?;
+        Ok(handle.info().clone())
+    }
+
+    pub(crate) async fn restart(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+        self.refuse_if_stopping()?;
+        let handle = self.find(key)?;
+        self.publish_request(&handle, actor, |agent_id, name, actor| {
+            EventKind::AgentStartRequested {
+                agent_id,
+                name,
+                actor,
+            }
+        });
+        handle.ask(Command::Restart).await?;
+        self.sync().await?;
+        Ok(handle.info().clone())
+    }
+
+    pub(crate) async fn kill(
+        &self,
+        key: &str,
+        signal: Signal,
+        actor: &str,
+    ) -> Result<AgentInfo, ApiError> {
+        let handle = self.find(key)?;
+        handle.ask(|reply| Command::Kill(signal, reply)).await?;
+        self.shared.events.publish(EventKind::AgentSignalled {
+            agent_id: handle.id.clone(),
+            name: handle.info().name.clone(),
+            signal,
+            actor: actor.to_owned(),
+        });
+        Ok(handle.info().clone())
+    }
+
+    fn publish_request(
+        &self,
+        handle: &AgentHandle,
+        actor: &str,
+        make: impl FnOnce(String, String, String) -> EventKind,
+    ) {
+        let name = handle.info().name.clone();
+        self.shared
+            .events
+            .publish(make(handle.id.clone(), name, actor.to_owned()));
+    }
+
+    /// Stops an agent and forgets it.
+    pub(crate) async fn remove(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+        let handle = self.find(key)?;
+        handle.ask(Command::Remove).await?;
+        let mut info = handle.info().clone();
+        info.state = AgentState::Stopped;
+        {
+            let mut registry = self.write();
+            registry.by_id.remove(&handle.id);
+            registry.id_by_name.remove(&info.name);
+        }
+        self.shared.store.remove(&handle.id);
+        if let Some(root) = &self.shared.cgroups
+            && let Ok(cgroup) = root.agent(&handle.id)
+        {
+            cgroup.remove();
+        }
+        self.shared.events.publish(EventKind::AgentRemoved {
+            agent_id: handle.id.clone(),
+            name: info.name.clone(),
+            actor: actor.to_owned(),
+        });
+        self.sync().await?;
+        Ok(info)
+    }
+
+    /// Makes the agents match `request.agents`: creates missing ones, replaces and restarts changed
+    /// ones (a changed agent that is not running keeps its state), leaves unchanged ones alone, and
+    /// with `prune` removes the rest.
+    pub(crate) async fn apply(
+        &self,
+        request: ApplyRequest,
+        source: &str,
+        actor: &str,
+    ) -> Result<ApplyReport, ApiError> {
+        self.refuse_if_stopping()?;
+        let current: Vec<AgentSpec> = {
+            let registry = self.read();
+            registry.by_id.values().map(|h| h.spec().clone()).collect()
+        };
+        let plan = apply::plan(&current, &request.agents, request.prune)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+        for spec in plan.create.iter().chain(&plan.update) {
+            self.check_spec(spec, true).map_err(|e| {
+                ApiError::new(e.code, format!("agent `{}`: {}", spec.name, e.message))
+            })?;
+        }
+        let report = ApplyReport {
+            created: plan.create.iter().map(|s| s.name.clone()).collect(),
+            updated: plan.update.iter().map(|s| s.name.clone()).collect(),
+            unchanged: plan.unchanged.clone(),
+            removed: plan.remove.clone(),
+            dry_run: request.dry_run,
+        };
+        if request.dry_run {
+            return Ok(report);
+        }
+        for name in &plan.remove {
+            self.remove(name, actor).await?;
+        }
+        for spec in plan.update {
+            let handle = self.find(&spec.name)?;
+            let name = spec.name.clone();
+            self.replace_spec(&handle, spec, &name, actor)?;
+            if handle.info().state.is_active() || handle.info().state == AgentState::Backoff {
+                handle.ask(Command::Restart).await?;
+            }
+        }
+        let creations = plan
+            .create
+            .into_iter()
+            .map(|spec| self.spawn(spec, source, actor));
+        for created in futures_util::future::join_all(creations).await {
+            created?;
+        }
+        self.sync().await?;
+        Ok(report)
+    }
+
+    /// Stops every agent (each with its own grace period, all at once) without changing what should
+    /// run after the next start.
+    pub(crate) async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
+        futures_util::future::join_all(handles.iter().map(|h| h.ask(Command::Shutdown))).await;
+    }
+}
+
+/// A fresh agent id: 4 random characters, more if the space gets crowded.
+fn new_id(registry: &Registry) -> Result<String, ApiError> {
+    for attempt in 0..64usize {
+        let len = 4 + attempt / 8;
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("no randomness: {e}")))?;
+        if let Some(id) = names::agent_id_from_random(&random, len)
+            && !registry.by_id.contains_key(&id)
+        {
+            return Ok(id);
+        }
+    }
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "could not find a free agent id",
+    ))
+}

@@ -1,0 +1,46 @@
+//! A watchdog that outlives the daemon by a moment: when the daemon dies in any way, SIGKILL
+//! included, the guard kills the daemon's whole agent cgroup so no agent process is left running.
+
+use std::process::Stdio;
+
+use crate::{CgroupRoot, spawn::spawn_lock};
+
+/// The guard process. Dropping it (or the daemon's death) closes its stdin, which makes it act.
+#[derive(Debug)]
+pub struct DeathGuard {
+    _child: tokio::process::Child,
+    _stdin: tokio::process::ChildStdin,
+}
+
+impl DeathGuard {
+    /// Starts a guard for `root`. It waits for end-of-file on a pipe only the daemon holds (the
+    /// kernel closes it when the daemon dies), then writes `cgroup.kill` of the instance cgroup.
+    /// It runs in its own process group so a Ctrl-C meant for the daemon does not stop it first.
+    pub fn start(root: &CgroupRoot) -> std::io::Result<DeathGuard> {
+        let kill_file = root.path().join("cgroup.kill");
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg("cat >/dev/null; [ -e \"$1\" ] && echo 1 >\"$1\"")
+            .arg("celistra-guard")
+            .arg(kill_file)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = {
+            let _forking = spawn_lock();
+            command.spawn()?
+        };
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("guard has no stdin"))?;
+        Ok(DeathGuard {
+            _child: child,
+            _stdin: stdin,
+        })
+    }
+}

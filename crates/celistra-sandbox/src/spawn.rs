@@ -1,0 +1,174 @@
+//! Spawning a command in a fresh PTY as the leader of its own session and process group.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rustix::process::{Pid, Signal};
+
+use crate::{AgentCgroup, Error};
+
+/// Serialises every fork of this process. pty-process opens a PTY master and only then marks it
+/// close-on-exec; a fork from another thread in between would leak one agent's terminal into another.
+static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
+/// Pids of children that a [`Child`] owns and will reap itself; the orphan reaper leaves them alone.
+static OWNED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+pub(crate) fn spawn_lock() -> MutexGuard<'static, ()> {
+    SPAWN_LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn owned_pids() -> MutexGuard<'static, Option<HashSet<u32>>> {
+    OWNED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// What to run in a PTY.
+#[derive(Debug, Clone)]
+pub struct PtySpawn<'a> {
+    pub program: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// The complete environment: nothing is inherited beyond it.
+    pub env: Vec<(String, String)>,
+    pub size: PtySize,
+    /// Cgroup the child joins before exec, so every descendant is tracked from its first instruction.
+    pub cgroup: Option<&'a AgentCgroup>,
+}
+
+/// A spawned child with the master side of its PTY.
+pub struct SpawnedPty {
+    pub child: Child,
+    pub pty: pty_process::Pty,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// A child process that this crate reaps. Its pid is also its session id and process-group id.
+#[derive(Debug)]
+pub struct Child {
+    inner: tokio::process::Child,
+    pid: u32,
+}
+
+impl Child {
+    fn adopt(inner: tokio::process::Child) -> Result<Child, std::io::Error> {
+        let pid = inner
+            .id()
+            .ok_or_else(|| std::io::Error::other("child exited before its pid was read"))?;
+        owned_pids().get_or_insert_with(HashSet::new).insert(pid);
+        Ok(Child { inner, pid })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the process to exit and reaps it.
+    pub async fn wait(&mut self) -> std::io::Result<ExitInfo> {
+        let status = self.inner.wait().await?;
+        Ok(ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        })
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(owned) = owned_pids().as_mut() {
+            owned.remove(&self.pid);
+        }
+    }
+}
+
+/// Spawns `spawn.program` in a new PTY. The child is the leader of a new session whose controlling
+/// terminal is that PTY, gets SIGKILL if the spawning thread dies, and joins its cgroup before exec.
+///
+/// Call it from a long-lived thread (a tokio worker), never from `spawn_blocking`: the death signal is
+/// tied to the spawning thread.
+pub fn spawn_in_pty(spawn: &PtySpawn<'_>) -> Result<SpawnedPty, Error> {
+    let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
+    let parent_pid = rustix::process::getpid();
+    let mut command = pty_process::Command::new(&spawn.program)
+        .args(&spawn.args)
+        .current_dir(&spawn.cwd)
+        .env_clear()
+        .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // SAFETY: the closure only issues syscalls (prctl, getppid, open, write, close, kill) on data
+    // prepared before fork; it allocates nothing and takes no locks.
+    command = unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent_pid) {
+                // The daemon died between fork and prctl: do not run unsupervised.
+                rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
+            }
+            if let Some(procs) = &cgroup_procs {
+                let fd = rustix::fs::open(
+                    procs.as_c_str(),
+                    rustix::fs::OFlags::WRONLY,
+                    rustix::fs::Mode::empty(),
+                )?;
+                rustix::io::write(&fd, b"0")?;
+            }
+            Ok(())
+        })
+    };
+    let _forking = spawn_lock();
+    let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;
+    pty.resize(pty_process::Size::new(spawn.size.rows, spawn.size.cols))
+        .map_err(|e| Error::Pty(pty_error(e)))?;
+    let child = command.spawn(pts).map_err(|e| Error::Spawn {
+        program: spawn.program.clone(),
+        cwd: spawn.cwd.display().to_string(),
+        source: pty_error(e),
+    })?;
+    let child = Child::adopt(child).map_err(|source| Error::Spawn {
+        program: spawn.program.clone(),
+        cwd: spawn.cwd.display().to_string(),
+        source,
+    })?;
+    Ok(SpawnedPty { child, pty })
+}
+
+/// Sends signal number `signal` to every process in process group `pgid`. A group that no longer
+/// exists is not an error.
+pub fn signal_group(pgid: u32, signal: i32) -> std::io::Result<()> {
+    let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {
+        return Err(std::io::Error::other(format!(
+            "invalid process group {pgid}"
+        )));
+    };
+    let Some(signal) = Signal::from_named_raw(signal) else {
+        return Err(std::io::Error::other(format!(
+            "unknown signal number {signal}"
+        )));
+    };
+    match rustix::process::kill_process_group(pid, signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn pty_error(err: pty_process::Error) -> std::io::Error {
+    match err {
+        pty_process::Error::Io(e) => e,
+        pty_process::Error::Rustix(e) => e.into(),
+        other => std::io::Error::other(other.to_string()),
+    }
+}

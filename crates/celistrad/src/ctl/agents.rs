@@ -1,0 +1,391 @@
+//! Agent verbs: spawn, ls, status, stop, start, restart, kill, rm, rename, set.
+
+use std::collections::BTreeMap;
+
+use celistra_client::Client;
+use celistra_core::duration::parse_millis;
+use celistra_proto::{AgentInfo, AgentSpec, KillRequest, RenameRequest, Signal, UpdateRequest};
+use clap::Args;
+use hyper::Method;
+
+use super::table::{exit_text, render, uptime_text};
+use super::{CtlResult, Failure, path_segment, print_json};
+
+#[derive(Debug, Args)]
+pub(crate) struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct OneAgent {
+    /// Agent id or name.
+    agent: String,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManyAgents {
+    /// Agent ids or names.
+    #[arg(required = true)]
+    agents: Vec<String>,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+/// Settings shared by `spawn` and `set`.
+#[derive(Debug, Args)]
+pub(crate) struct SettingArgs {
+    /// Working directory; must exist [spawn default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<std::path::PathBuf>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Signal that `stop` sends to the process group [default: TERM].
+    #[arg(long, value_name = "SIGNAL")]
+    stop_signal: Option<Signal>,
+    /// Grace period between the stop signal and SIGKILL, e.g. 10s, 500ms [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    stop_timeout: Option<u64>,
+    /// Restart ceiling: restarts allowed in the window [default: 5].
+    #[arg(long, value_name = "N")]
+    restart_max: Option<u32>,
+    /// Length of the restart window, e.g. 60s [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    restart_window: Option<u64>,
+    /// First restart delay, doubling per crash, e.g. 10ms [default: 10ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    backoff_initial: Option<u64>,
+    /// Cap of the restart delay [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    backoff_max: Option<u64>,
+    /// Uptime after which the backoff resets [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    backoff_reset: Option<u64>,
+    /// Size of the output ring in KiB [default: 64].
+    #[arg(long, value_name = "KIB")]
+    scrollback_kb: Option<u32>,
+}
+
+impl SettingArgs {
+    fn env_map(&self) -> Result<Option<BTreeMap<String, String>>, Failure> {
+        if self.env.is_empty() {
+            return Ok(None);
+        }
+        let mut env = BTreeMap::new();
+        for pair in &self.env {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| Failure::Usage(format!("--env `{pair}` is not KEY=VALUE")))?;
+            env.insert(key.to_owned(), value.to_owned());
+        }
+        Ok(Some(env))
+    }
+
+    fn workspace(&self) -> Result<Option<String>, Failure> {
+        self.workspace
+            .as_ref()
+            .map(|dir| {
+                std::path::absolute(dir)
+                    .map(|p| p.display().to_string())
+                    .map_err(|e| Failure::Usage(format!("--workspace {}: {e}", dir.display())))
+            })
+            .transpose()
+    }
+}
+
+fn secs(ms: Option<u64>) -> Option<u64> {
+    ms.map(|ms| ms.div_ceil(1000))
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SpawnArgs {
+    /// Unique name [default: derived from the command].
+    #[arg(long)]
+    name: Option<String>,
+    /// Restart after any exit you did not ask for (at most 5 restarts in 60 s by default).
+    #[arg(long)]
+    auto_restart: bool,
+    #[command(flatten)]
+    settings: SettingArgs,
+    #[command(flatten)]
+    json: JsonFlag,
+    /// The command line, run with /bin/sh -c (quote it as one argument, or put it after --).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<String>,
+}
+
+pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
+    let workspace = match args.settings.workspace()? {
+        Some(dir) => dir,
+        None => std::env::current_dir()
+            .map_err(|e| {
+                Failure::Failed(format!(
+                    "cannot read the current directory: {e}; pass --workspace"
+                ))
+            })?
+            .display()
+            .to_string(),
+    };
+    let s = &args.settings;
+    let spec = AgentSpec {
+        name: args.name.unwrap_or_default(),
+        command: args.command.join(" "),
+        workspace: Some(workspace),
+        env: s.env_map()?.unwrap_or_default(),
+        auto_restart: args.auto_restart,
+        stop_signal: s.stop_signal,
+        stop_timeout_ms: s.stop_timeout,
+        restart_max: s.restart_max,
+        restart_window_secs: secs(s.restart_window),
+        backoff_initial_ms: s.backoff_initial,
+        backoff_max_ms: s.backoff_max,
+        backoff_reset_secs: secs(s.backoff_reset),
+        scrollback_kb: s.scrollback_kb,
+    };
+    let agent: AgentInfo = client.post("/v1/agents", &spec).await?;
+    if args.json.json {
+        print_json(&agent);
+    } else {
+        println!("{}", agent.id);
+    }
+    match &agent.last_error {
+        Some(error) => Err(Failure::Failed(format!(
+            "agent {} ({}) did not start: {error}",
+            agent.id, agent.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+pub(crate) async fn list(client: &Client, args: JsonFlag) -> CtlResult {
+    let agents: Vec<AgentInfo> = client.get("/v1/agents").await?;
+    if args.json {
+        print_json(&agents);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                a.name.clone(),
+                a.state.as_str().to_owned(),
+                a.pid.map_or("-".into(), |p| p.to_string()),
+                a.restarts.to_string(),
+                exit_text(a),
+                uptime_text(a),
+                a.command.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        render(
+            &[
+                "ID", "NAME", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "COMMAND"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
+    let agent: AgentInfo = client
+        .get(&format!("/v1/agents/{}", path_segment(&args.agent)))
+        .await?;
+    if args.json.json {
+        print_json(&agent);
+        return Ok(());
+    }
+    let s = &agent.settings;
+    let lines = [
+        ("id", agent.id.clone()),
+        ("name", agent.name.clone()),
+        ("state", agent.state.as_str().to_owned()),
+        ("pid", agent.pid.map_or("-".into(), |p| p.to_string())),
+        ("uptime", uptime_text(&agent)),
+        ("restarts", agent.restarts.to_string()),
+        ("last exit", exit_text(&agent)),
+        ("command", agent.command.clone()),
+        ("workspace", agent.workspace.clone()),
+        (
+            "env keys",
+            if agent.env_keys.is_empty() {
+                "-".into()
+            } else {
+                agent.env_keys.join(", ")
+            },
+        ),
+        ("auto-restart", agent.auto_restart.to_string()),
+        ("source", agent.source.clone()),
+        (
+            "stop",
+            format!(
+                "{} then SIGKILL after {} ms",
+                s.stop_signal, s.stop_timeout_ms
+            ),
+        ),
+        (
+            "ceiling",
+            format!("{} restarts in {} s", s.restart_max, s.restart_window_secs),
+        ),
+        (
+            "backoff",
+            format!(
+                "{} ms doubling to {} ms, reset after {} s up",
+                s.backoff_initial_ms, s.backoff_max_ms, s.backoff_reset_secs
+            ),
+        ),
+        (
+            "last error",
+            agent.last_error.clone().unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    for (label, value) in lines {
+        println!("{:<13}{value}", format!("{label}:"));
+    }
+    Ok(())
+}
+
+/// Runs `verb` (stop, start, restart) on each agent in turn; reports each; fails if any failed.
+pub(crate) async fn act(client: &Client, args: ManyAgents, verb: &str, done: &str) -> CtlResult {
+    let mut failed = vec![];
+    let mut results = vec![];
+    for key in &args.agents {
+        let path = format!("/v1/agents/{}/{verb}", path_segment(key));
+        match client
+            .post::<AgentInfo>(&path, &serde_json::json!({}))
+            .await
+        {
+            Ok(agent) if args.json.json => results.push(agent),
+            Ok(agent) => println!("{done} {} ({})", agent.id, agent.name),
+            Err(e) => failed.push(format!("{key}: {e}")),
+        }
+    }
+    finish(args.json.json, &results, failed)
+}
+
+pub(crate) async fn remove(client: &Client, args: ManyAgents) -> CtlResult {
+    let mut failed = vec![];
+    let mut results = vec![];
+    for key in &args.agents {
+        let path = format!("/v1/agents/{}", path_segment(key));
+        match client
+            .call::<AgentInfo>(Method::DELETE, &path, None::<&()>)
+            .await
+        {
+            Ok(agent) if args.json.json => results.push(agent),
+            Ok(agent) => println!("removed {} ({})", agent.id, agent.name),
+            Err(e) => failed.push(format!("{key}: {e}")),
+        }
+    }
+    finish(args.json.json, &results, failed)
+}
+
+fn finish(json: bool, results: &[AgentInfo], failed: Vec<String>) -> CtlResult {
+    if json {
+        print_json(&results);
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(failed.join("\nerror: ")))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KillArgs {
+    /// Agent id or name.
+    agent: String,
+    /// HUP, INT, TERM, QUIT or KILL.
+    #[arg(long, short, default_value = "TERM")]
+    signal: Signal,
+}
+
+pub(crate) async fn kill(client: &Client, args: KillArgs) -> CtlResult {
+    let path = format!("/v1/agents/{}/kill", path_segment(&args.agent));
+    let agent: AgentInfo = client
+        .post(
+            &path,
+            &KillRequest {
+                signal: args.signal,
+            },
+        )
+        .await?;
+    println!("sent {} to {} ({})", args.signal, agent.id, agent.name);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RenameArgs {
+    /// Agent id or current name.
+    agent: String,
+    /// The new name.
+    name: String,
+}
+
+pub(crate) async fn rename(client: &Client, args: RenameArgs) -> CtlResult {
+    let path = format!("/v1/agents/{}/rename", path_segment(&args.agent));
+    let agent: AgentInfo = client
+        .post(&path, &RenameRequest { name: args.name })
+        .await?;
+    println!("renamed {} to {}", agent.id, agent.name);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SetArgs {
+    /// Agent id or name.
+    agent: String,
+    /// New command line.
+    #[arg(long)]
+    command: Option<String>,
+    /// Turn automatic restarts on or off.
+    #[arg(long, value_name = "true|false")]
+    auto_restart: Option<bool>,
+    #[command(flatten)]
+    settings: SettingArgs,
+    /// Restart the agent now so the change applies.
+    #[arg(long)]
+    restart: bool,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
+    let s = &args.settings;
+    let update = UpdateRequest {
+        name: None,
+        command: args.command.clone(),
+        workspace: s.workspace()?,
+        env: s.env_map()?,
+        auto_restart: args.auto_restart,
+        stop_signal: s.stop_signal,
+        stop_timeout_ms: s.stop_timeout,
+        restart_max: s.restart_max,
+        restart_window_secs: secs(s.restart_window),
+        backoff_initial_ms: s.backoff_initial,
+        backoff_max_ms: s.backoff_max,
+        backoff_reset_secs: secs(s.backoff_reset),
+        scrollback_kb: s.scrollback_kb,
+        restart: args.restart,
+    };
+    let path = format!("/v1/agents/{}", path_segment(&args.agent));
+    let agent: AgentInfo = client.call(Method::PATCH, &path, Some(&update)).await?;
+    if args.json.json {
+        print_json(&agent);
+    } else {
+        println!("updated {} ({})", agent.id, agent.name);
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! `ctl events`: recent events from the daemon's backlog, optionally followed live.
+
+use celistra_client::{Client, SseParser, next_chunk};
+use celistra_proto::{Event, EventKind};
+use clap::Args;
+
+use super::{CtlResult, Failure};
+
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    /// Keep printing events as they happen (Ctrl-C to end).
+    #[arg(long, short)]
+    follow: bool,
+    /// Print each event as one line of JSON.
+    #[arg(long)]
+    json: bool,
+    /// Start after this event id instead of at the oldest one kept.
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    after: u64,
+}
+
+pub(crate) async fn run(client: &Client, args: EventsArgs) -> CtlResult {
+    let path = format!("/v1/events?after={}&follow={}", args.after, args.follow);
+    let mut body = client.open_stream(&path).await?;
+    let mut parser = SseParser::default();
+    while let Some(chunk) = next_chunk(&mut body).await? {
+        for frame in parser.feed(&chunk) {
+            let event: Event = serde_json::from_str(&frame.data)
+                .map_err(|e| Failure::Failed(format!("unexpected event from the daemon: {e}")))?;
+            if args.json {
+                println!("{}", frame.data);
+            } else {
+                println!("{}", describe(&event));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line for a person: id, time, type, then the event's essentials.
+fn describe(event: &Event) -> String {
+    let detail = match &event.kind {
+        EventKind::DaemonStarted { pid, version } => format!("pid {pid}, version {version}"),
+        EventKind::DaemonStopping => String::new(),
+        EventKind::AgentSpawned { agent, actor } => format!(
+            "{} ({}) by {actor}: {}",
+            agent.id, agent.name, agent.command
+        ),
+        EventKind::AgentState {
+            agent_id,
+            name,
+            state,
+            pid,
+        } => {
+            format!(
+                "{agent_id} ({name}) {}{}",
+                state.as_str(),
+                pid.map(|p| format!(" pid {p}")).unwrap_or_default()
+            )
+        }
+        EventKind::AgentExited {
+            agent_id,
+            name,
+            run,
+            exit_code,
+            exit_signal,
+            cause,
+            uptime_ms,
+        } => format!(
+            "{agent_id} ({name}) run {run} ended: {} after {uptime_ms} ms ({cause:?})",
+            exit_code
+                .map(|c| format!("code {c}"))
+                .or(exit_signal.clone())
+                .unwrap_or_else(|| "unknown".into())
+        ),
+        EventKind::AgentRestarted {
+            agent_id,
+            name,
+            attempt,
+            pid,
+        } => format!("{agent_id} ({name}) restart {attempt}, pid {pid}"),
+        EventKind::AgentBackoff {
+            agent_id,
+            name,
+            delay_ms,
+            ..
+        } => format!("{agent_id} ({name}) restarting in {delay_ms} ms"),
+        EventKind::AgentCrashedOut {
+            agent_id,
+            name,
+            restarts_in_window,
+            window_secs,
+        } => {
+            format!(
+                "{agent_id} ({name}) crashed out after {restarts_in_window} restarts in {window_secs} s"
+            )
+        }
+        EventKind::AgentSpawnFailed {
+            agent_id,
+            name,
+            error,
+        } => format!("{agent_id} ({name}): {error}"),
+        EventKind::AgentRenamed {
+            agent_id,
+            old_name,
+            new_name,
+            actor,
+        } => format!("{agent_id} {old_name} -> {new_name} by {actor}"),
+        EventKind::AgentUpdated {
+            agent_id,
+            name,
+            actor,
+        }
+        | EventKind::AgentStopRequested {
+            agent_id,
+            name,
+            actor,
+        }
+        | EventKind::AgentStartRequested {
+            agent_id,
+            name,
+            actor,
+        }
+        | EventKind::AgentRemoved {
+            agent_id,
+            name,
+            actor,
+        } => format!("{agent_id} ({name}) by {actor}"),
+        EventKind::AgentSignalled {
+            agent_id,
+            name,
+            signal,
+            actor,
+        } => format!("{agent_id} ({name}) {signal} by {actor}"),
+        EventKind::Resync { oldest_available } => {
+            format!("events were missed; oldest kept is {oldest_available}")
+        }
+    };
+    format!(
+        "{:>6}  {}  {:<20} {detail}",
+        event.id,
+        super::table::clock(event.time_ms),
+        event.kind.name()
+    )
+}

@@ -1,0 +1,123 @@
+//! `celistrad ctl`: the command-line client. One module per group of verbs; all of them talk to the
+//! daemon through `celistra-client` over its Unix socket.
+
+mod agents;
+mod apply;
+mod events;
+mod logs;
+mod table;
+
+use std::process::ExitCode;
+
+use celistra_client::{Client, ClientError};
+use clap::{Args, Subcommand};
+
+use crate::HomeArg;
+
+#[derive(Debug, Args)]
+pub(crate) struct Ctl {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Spawn an agent; prints its id.
+    Spawn(agents::SpawnArgs),
+    /// List agents.
+    Ls(agents::JsonFlag),
+    /// Show one agent.
+    Status(agents::OneAgent),
+    /// Stop agents gracefully (stop signal, grace period, then SIGKILL of the whole group).
+    Stop(agents::ManyAgents),
+    /// Start stopped agents.
+    Start(agents::ManyAgents),
+    /// Restart agents.
+    Restart(agents::ManyAgents),
+    /// Send a signal: HUP hangs up the terminal; INT, TERM, QUIT, KILL go to the process group.
+    Kill(agents::KillArgs),
+    /// Stop agents and forget them.
+    Rm(agents::ManyAgents),
+    /// Rename an agent.
+    Rename(agents::RenameArgs),
+    /// Change an agent's settings (applied at its next spawn, or now with --restart).
+    Set(agents::SetArgs),
+    /// Print an agent's output kept so far; -f follows it live, across restarts.
+    Logs(logs::LogsArgs),
+    /// Print recent events; -f follows them live.
+    Events(events::EventsArgs),
+    /// Make the daemon's agents match a JSON file.
+    Apply(apply::ApplyArgs),
+}
+
+/// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        Failure::Failed(error.to_string())
+    }
+}
+
+pub(crate) type CtlResult = Result<(), Failure>;
+
+pub(crate) async fn run(ctl: Ctl, home: &HomeArg) -> anyhow::Result<ExitCode> {
+    let home = home.resolve()?;
+    let result = match Client::for_home(&home, "cli") {
+        Err(e) => Err(e.into()),
+        Ok(client) => dispatch(&client, ctl.verb).await,
+    };
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Failed(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    })
+}
+
+async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
+    match verb {
+        Verb::Spawn(args) => agents::spawn(client, args).await,
+        Verb::Ls(args) => agents::list(client, args).await,
+        Verb::Status(args) => agents::status(client, args).await,
+        Verb::Stop(args) => agents::act(client, args, "stop", "stopped").await,
+        Verb::Start(args) => agents::act(client, args, "start", "started").await,
+        Verb::Restart(args) => agents::act(client, args, "restart", "restarted").await,
+        Verb::Rm(args) => agents::remove(client, args).await,
+        Verb::Kill(args) => agents::kill(client, args).await,
+        Verb::Rename(args) => agents::rename(client, args).await,
+        Verb::Set(args) => agents::set(client, args).await,
+        Verb::Logs(args) => logs::run(client, args).await,
+        Verb::Events(args) => events::run(client, args).await,
+        Verb::Apply(args) => apply::run(client, args).await,
+    }
+}
+
+/// Percent-encodes an agent id or name for a URL path (names are restricted, but input is not).
+pub(crate) fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub(crate) fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("wire types serialise")
+    );
+}
