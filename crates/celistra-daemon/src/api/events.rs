@@ -46,22 +46,15 @@ pub(crate) async fn stream(
     let subscription = state.supervisor.shared.events.subscribe(last_id);
     let replay = futures_util::stream::iter(subscription.replay);
     let live = futures_util::stream::unfold(subscription.live, |mut live| async move {
-        loop {
-            match live.recv().await {
-                Ok(event) => return Some((event, live)),
-                Err(RecvError::Lagged(_)) => {
-                    let resync = Event {
-                        id: 0,
-                        time_ms: crate::now_ms(),
-                        kind: EventKind::Resync {
-                            oldest_available: 0,
-                        },
-                    };
-                    return Some((resync, live));
-                }
-                Err(RecvError::Closed) => return None,
+        let event = match live.recv().await {
+            Ok(event) => event,
+            // This client fell more than the backlog behind: tell it to re-read the agents.
+            Err(RecvError::Lagged(_)) => {
+                Event { id: 0, time_ms: crate::now_ms(), kind: EventKind::Resync { oldest_available: 0 } }
             }
-        }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((event, live))
     });
     let events = if query.follow {
         replay.chain(live).boxed()

@@ -73,6 +73,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Failure;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > MAX_BODY as u64) {
+            return Err(failure(
+                ErrorCode::PayloadTooLarge,
+                format!("request body is larger than {MAX_BODY} bytes"),
+            ));
+        }
         let bytes =
             Bytes::from_request(request, state)
                 .await

@@ -1,0 +1,181 @@
+//! The `ctl` command line: JSON shapes, human tables, exit codes, usage errors, a dead daemon.
+
+use celistra_proto::AgentState;
+
+use crate::{BIN, Daemon};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn spawn_ls_status_and_json_shapes() {
+    let daemon = Daemon::start().await;
+    let ws = daemon.home().display().to_string();
+    let out = daemon.ctl(&[
+        "spawn",
+        "--name",
+        "scraper",
+        "--auto-restart",
+        "--workspace",
+        &ws,
+        "--env",
+        "A=1",
+        "sleep 100",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    assert!(id.starts_with("ag-") && id.len() >= 7, "{id}");
+
+    let out = daemon.ctl(&["ls", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = &list.as_array().expect("array")[0];
+    for field in [
+        "id",
+        "name",
+        "state",
+        "pid",
+        "restarts",
+        "exit_code",
+        "command",
+        "workspace",
+        "auto_restart",
+    ] {
+        assert!(
+            agent.get(field).is_some(),
+            "ls --json lacks {field}: {agent}"
+        );
+    }
+    assert_eq!(
+        (agent["name"].as_str(), agent["auto_restart"].as_bool()),
+        (Some("scraper"), Some(true))
+    );
+
+    let out = daemon.ctl(&["status", "scraper", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["id"], id.as_str());
+    assert_eq!(status["env_keys"], serde_json::json!(["A"]));
+
+    let table = text(&daemon.ctl(&["ls"]).stdout);
+    let header = table.lines().next().unwrap();
+    let row = table.lines().nth(1).unwrap();
+    assert!(header.starts_with("ID") && header.contains("STATE"));
+    assert_eq!(
+        row.find("scraper"),
+        header.find("NAME"),
+        "columns are not aligned:\n{table}"
+    );
+
+    for (args, done) in [
+        (vec!["stop", &id], "stopped"),
+        (vec!["start", "scraper"], "started"),
+        (vec!["rename", &id, "crawler"], "renamed"),
+    ] {
+        let out = daemon.ctl(&args);
+        assert!(
+            out.status.success() && text(&out.stdout).starts_with(done),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        daemon.wait_state("crawler", AgentState::Running).await.id,
+        id
+    );
+    let out = daemon.ctl(&["rm", "crawler"]);
+    assert!(out.status.success());
+    assert_eq!(text(&daemon.ctl(&["ls", "--json"]).stdout).trim(), "[]");
+}
+
+#[tokio::test]
+async fn exit_codes_distinguish_failure_from_usage() {
+    let daemon = Daemon::start().await;
+    let out = daemon.ctl(&["stop", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no agent with id or name `ghost`"));
+    assert_eq!(daemon.ctl(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        daemon.ctl(&["kill", "x", "--signal", "USR1"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        daemon
+            .ctl(&["spawn", "--env", "NOEQUALS", "true"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let out = daemon.ctl(&["spawn", "--workspace", "/nope/nope", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nope/nope"));
+}
+
+#[tokio::test]
+async fn apply_file_errors_name_file_line_column_and_field() {
+    let daemon = Daemon::start().await;
+    let file = daemon.home().join("agents.apply.json");
+    std::fs::write(&file, "{\"agents\": [\n  {\"name\": \"w\", \"command\": \"sleep 1\"},\n  {\"name\": \"x\", \"command\": \"sleep 1\", \"stop_signal\": \"NOPE\"}\n]}").unwrap();
+    let out = daemon.ctl(&["apply", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:3:", file.display())) && err.contains("agents[1].stop_signal"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &file,
+        "{\"agents\": [{\"name\": \"web\", \"command\": \"sleep 100\", \"workspace\": \".\"}]}",
+    )
+    .unwrap();
+    let out = daemon.ctl(&["apply", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["created", "web"]
+    );
+    let out = daemon.ctl(&["apply", file.to_str().unwrap()]);
+    assert_eq!(
+        text(&out.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["unchanged", "web"]
+    );
+}
+
+#[tokio::test]
+async fn a_dead_daemon_is_named_not_traced() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["ctl", "--home"])
+        .arg(dir.path())
+        .arg("ls")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("daemon not running at {}", dir.path().display()))
+            && err.contains("start it with `celistrad`"),
+        "{err}"
+    );
+
+    let mut daemon = Daemon::start().await;
+    let second = std::process::Command::new(BIN)
+        .arg("--home")
+        .arg(daemon.home())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        text(&second.stderr).contains(&format!("(pid {})", daemon.pid())),
+        "{}",
+        text(&second.stderr)
+    );
+    daemon.signal_and_wait("TERM");
+    let out = daemon.ctl(&["ls"]);
+    assert!(
+        text(&out.stderr).contains("daemon not running"),
+        "{}",
+        text(&out.stderr)
+    );
+}

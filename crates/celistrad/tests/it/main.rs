@@ -1,0 +1,265 @@
+//! Integration tests: a real `celistrad` process per test, in its own temporary state directory,
+//! driven through the HTTP client and the `ctl` command line. Every wait is bounded.
+
+mod api;
+mod cli;
+mod supervision;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use celistra_client::{Client, SseParser, next_chunk};
+use celistra_proto::{AgentInfo, AgentSpec, AgentState, Event};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_celistrad");
+/// Upper bound of any single wait in these tests.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running daemon on a temporary state directory; stopped (and its agents with it) on drop.
+pub(crate) struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub process: Option<Child>,
+    pub client: Client,
+}
+
+impl Daemon {
+    pub(crate) async fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let process = spawn_daemon(dir.path());
+        let client = wait_until_serving(dir.path()).await;
+        Daemon {
+            dir,
+            process: Some(process),
+            client,
+        }
+    }
+
+    /// Starts another daemon process on the same state directory (after a crash or a stop).
+    pub(crate) async fn restart_process(&mut self) {
+        self.process = Some(spawn_daemon(self.dir.path()));
+        self.client = wait_until_serving(self.dir.path()).await;
+    }
+
+    pub(crate) fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.as_ref().expect("daemon running").id()
+    }
+
+    /// Sends `signal` to the daemon and waits (bounded) for it to exit; returns its exit status.
+    pub(crate) fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let mut child = self.process.take().expect("daemon running");
+        run_kill(signal, child.id());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub(crate) fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("ctl")
+            .arg("--home")
+            .arg(self.home())
+            .args(args)
+            .output()
+            .expect("run ctl")
+    }
+
+    pub(crate) async fn spawn(&self, spec: AgentSpec) -> AgentInfo {
+        let spec = AgentSpec {
+            workspace: spec
+                .workspace
+                .or_else(|| Some(self.home().display().to_string())),
+            ..spec
+        };
+        self.client.post("/v1/agents", &spec).await.expect("spawn")
+    }
+
+    pub(crate) async fn agent(&self, key: &str) -> AgentInfo {
+        self.client
+            .get(&format!("/v1/agents/{key}"))
+            .await
+            .expect("get agent")
+    }
+
+    /// Polls the agent until `done` holds (bounded by [`PATIENCE`]).
+    pub(crate) async fn wait_agent(
+        &self,
+        key: &str,
+        what: &str,
+        done: impl Fn(&AgentInfo) -> bool,
+    ) -> AgentInfo {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let agent = self.agent(key).await;
+            if done(&agent) {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {key} never became {what}: {agent:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub(crate) async fn wait_state(&self, key: &str, state: AgentState) -> AgentInfo {
+        self.wait_agent(key, state.as_str(), |a| a.state == state)
+            .await
+    }
+
+    /// Reads events after `after` until `stop` returns true for one (bounded).
+    pub(crate) async fn events_until(
+        &self,
+        after: u64,
+        stop: impl Fn(&Event) -> bool,
+    ) -> Vec<Event> {
+        let mut body = self
+            .client
+            .open_stream(&format!("/v1/events?after={after}"))
+            .await
+            .expect("events");
+        let mut parser = SseParser::default();
+        let mut seen = vec![];
+        let collect = async {
+            while let Some(chunk) = next_chunk(&mut body).await.expect("event stream") {
+                for frame in parser.feed(&chunk) {
+                    let event: Event = serde_json::from_str(&frame.data).expect("event json");
+                    let last = stop(&event);
+                    seen.push(event);
+                    if last {
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, collect)
+            .await
+            .expect("expected event never came");
+        seen
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            run_kill("TERM", child.id());
+            let deadline = Instant::now() + PATIENCE;
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_daemon(home: &Path) -> Child {
+    Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("CELISTRA_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start celistrad")
+}
+
+async fn wait_until_serving(home: &Path) -> Client {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(client) = Client::for_home(home, "test")
+            && client
+                .get::<celistra_proto::Health>("/v1/health")
+                .await
+                .is_ok()
+        {
+            return client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon at {} never answered",
+            home.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub(crate) fn run_kill(signal: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A spec with the given name and command; other fields default.
+pub(crate) fn spec(name: &str, command: &str) -> AgentSpec {
+    AgentSpec {
+        name: name.into(),
+        command: command.into(),
+        ..AgentSpec::default()
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `marker`.
+pub(crate) fn live_processes_with(marker: &str) -> Vec<u32> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let dir: PathBuf = entry.path();
+        let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(dir.join("stat"))
+            .map(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie
+            && String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(marker)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits (bounded) until no live process has `marker` in its command line.
+pub(crate) async fn wait_no_process_with(marker: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !live_processes_with(marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes with `{marker}` survived: {:?}",
+            live_processes_with(marker)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A number unique to this test process and call, used as `sleep <marker>` to find a test's own
+/// processes among everything else on the machine.
+pub(crate) fn marker() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{}{:03}", 100_000 + std::process::id() % 800_000, n)
+}

@@ -1,0 +1,272 @@
+//! Supervision with real processes: restart ceiling, backoff, group kill, daemon crash recovery.
+
+use celistra_proto::{AgentSpec, AgentState, EventKind, ExitCause};
+
+use crate::{Daemon, live_processes_with, marker, spec, wait_no_process_with};
+
+#[tokio::test]
+async fn hot_loop_crashes_out_at_the_ceiling() {
+    let daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(AgentSpec {
+            auto_restart: true,
+            ..spec("crasher", "exit 3")
+        })
+        .await;
+    let done = daemon.wait_state(&agent.id, AgentState::CrashedOut).await;
+    assert_eq!((done.restarts, done.exit_code, done.run), (5, Some(3), 6));
+    let events = daemon
+        .events_until(0, |e| matches!(e.kind, EventKind::AgentCrashedOut { .. }))
+        .await;
+    let restarts = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::AgentRestarted { .. }))
+        .count();
+    assert_eq!(restarts, 5);
+    // `start` resets the ceiling: it runs (and crashes out) again.
+    daemon
+        .client
+        .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/start", agent.id), &())
+        .await
+        .unwrap();
+    let again = daemon
+        .wait_agent(&agent.id, "crashed out twice", |a| {
+            a.state == AgentState::CrashedOut && a.run == 12
+        })
+        .await;
+    assert_eq!(again.restarts, 10);
+}
+
+#[tokio::test]
+async fn backoff_doubles_within_bounds() {
+    let daemon = Daemon::start().await;
+    let crasher = AgentSpec {
+        auto_restart: true,
+        backoff_initial_ms: Some(40),
+        restart_max: Some(4),
+        ..spec("b", "exit 1")
+    };
+    let agent = daemon.spawn(crasher).await;
+    let events = daemon
+        .events_until(0, |e| matches!(e.kind, EventKind::AgentCrashedOut { .. }))
+        .await;
+    let delays: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::AgentBackoff { delay_ms, .. } => Some(delay_ms),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delays.len(), 4, "{delays:?}");
+    for (i, delay) in delays.iter().enumerate() {
+        let nominal = 40u64 << i;
+        assert!(
+            *delay <= nominal && *delay * 4 >= nominal * 3,
+            "delay {i} = {delay}, nominal {nominal}"
+        );
+    }
+    // Each restart happened no earlier than its delay after the exit before it.
+    let mut last_exit = None;
+    for event in &events {
+        match &event.kind {
+            EventKind::AgentExited { .. } => last_exit = Some(event.time_ms),
+            EventKind::AgentRestarted { .. } => {
+                let gap = event.time_ms - last_exit.expect("exit before restart");
+                assert!(gap + 1 >= 30, "restart came {gap} ms after the exit");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(daemon.agent(&agent.id).await.state, AgentState::CrashedOut);
+}
+
+#[tokio::test]
+async fn stop_kills_the_whole_group_and_every_descendant() {
+    let daemon = Daemon::start().await;
+    let m = marker();
+    // A leader that ignores TERM, a background child, and a grandchild that left the session.
+    let command = format!(
+        "trap '' TERM; sleep {m}1 & setsid sleep {m}2 & sh -c 'trap \"\" HUP TERM; sleep {m}3' & sleep {m}4"
+    );
+    let agent = daemon
+        .spawn(AgentSpec {
+            stop_timeout_ms: Some(300),
+            ..spec("tree", &command)
+        })
+        .await;
+    let deadline = std::time::Instant::now() + crate::PATIENCE;
+    while live_processes_with(&format!("sleep {m}")).len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "descendants never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let stopped: celistra_proto::AgentInfo = daemon
+        .client
+        .post(&format!("/v1/agents/{}/stop", agent.id), &())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "the grace period was not honoured"
+    );
+    assert_eq!(
+        (stopped.state, stopped.exit_signal.as_deref()),
+        (AgentState::Stopped, Some("SIGKILL"))
+    );
+    assert!(
+        live_processes_with(&format!("sleep {m}")).is_empty(),
+        "a descendant survived the stop"
+    );
+}
+
+#[tokio::test]
+async fn operator_kill_is_never_restarted() {
+    let daemon = Daemon::start().await;
+    let m = marker();
+    let agent = daemon
+        .spawn(AgentSpec {
+            auto_restart: true,
+            ..spec("k", &format!("sleep {m}"))
+        })
+        .await;
+    for signal in ["KILL", "HUP"] {
+        daemon
+            .client
+            .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/start", agent.id), &())
+            .await
+            .unwrap();
+        let running = daemon.wait_state(&agent.id, AgentState::Running).await;
+        let body = serde_json::json!({ "signal": signal });
+        daemon
+            .client
+            .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/kill", agent.id), &body)
+            .await
+            .unwrap();
+        let after = daemon.wait_state(&agent.id, AgentState::Stopped).await;
+        assert_eq!(
+            after.restarts, running.restarts,
+            "{signal} led to a restart"
+        );
+        assert_eq!(
+            after.exit_signal.as_deref(),
+            Some(if signal == "KILL" {
+                "SIGKILL"
+            } else {
+                "SIGHUP"
+            })
+        );
+    }
+    let events = daemon
+        .events_until(0, |e| {
+            matches!(
+                &e.kind,
+                EventKind::AgentExited {
+                    cause: ExitCause::Operator,
+                    run: 2,
+                    ..
+                }
+            )
+        })
+        .await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::AgentRestarted { .. }))
+    );
+}
+
+#[tokio::test]
+async fn a_crash_is_restarted_with_a_new_pid() {
+    let daemon = Daemon::start().await;
+    let m = marker();
+    let agent = daemon
+        .spawn(AgentSpec {
+            auto_restart: true,
+            ..spec("svc", &format!("exec sleep {m}"))
+        })
+        .await;
+    let first = agent.pid.expect("pid");
+    crate::run_kill("KILL", first);
+    let again = daemon
+        .wait_agent(&agent.id, "restarted", |a| {
+            a.state == AgentState::Running && a.pid != Some(first)
+        })
+        .await;
+    assert_eq!((again.restarts, again.exit_signal), (1, None));
+}
+
+#[tokio::test]
+async fn daemon_sigkill_leaves_no_orphans_and_a_restart_restores_desired_state() {
+    let mut daemon = Daemon::start().await;
+    let m = marker();
+    let runner = daemon
+        .spawn(spec(
+            "runner",
+            &format!("sh -c 'trap \"\" HUP; sleep {m}1' & sleep {m}2"),
+        ))
+        .await;
+    let idle = daemon.spawn(spec("idle", &format!("sleep {m}3"))).await;
+    daemon
+        .client
+        .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/stop", idle.id), &())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + crate::PATIENCE;
+    while live_processes_with(&format!("sleep {m}2")).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "runner never started");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        live_processes_with(&format!("sleep {m}3")).is_empty(),
+        "the stopped agent still runs"
+    );
+
+    let status = daemon.signal_and_wait("KILL");
+    assert!(!status.success());
+    wait_no_process_with(&format!("sleep {m}")).await;
+
+    daemon.restart_process().await;
+    let back = daemon.wait_state(&runner.id, AgentState::Running).await;
+    assert_ne!(back.pid, runner.pid);
+    assert_eq!(daemon.agent("idle").await.state, AgentState::Stopped);
+
+    // A graceful stop (SIGTERM) stops the agents, exits 0, and they come back on the next start.
+    let status = daemon.signal_and_wait("TERM");
+    assert!(status.success(), "{status:?}");
+    assert!(live_processes_with(&format!("sleep {m}")).is_empty());
+    daemon.restart_process().await;
+    daemon.wait_state("runner", AgentState::Running).await;
+}
+
+#[tokio::test]
+async fn config_edits_apply_to_the_next_spawn() {
+    let daemon = Daemon::start().await;
+    std::fs::write(
+        daemon.home().join("config.json"),
+        r#"{"stop_timeout_ms": 1234, "restart_max": 2}"#,
+    )
+    .unwrap();
+    let agent = daemon.spawn(spec("cfg", "sleep 100")).await;
+    assert_eq!(
+        (agent.settings.stop_timeout_ms, agent.settings.restart_max),
+        (1234, 2)
+    );
+    std::fs::write(
+        daemon.home().join("config.json"),
+        "{\n  \"stop_timeout_ms\": \"soon\"\n}",
+    )
+    .unwrap();
+    let err = daemon
+        .client
+        .post::<celistra_proto::AgentInfo>("/v1/agents", &spec("cfg2", "true"))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("config.json:2:") && message.contains("stop_timeout_ms"),
+        "{message}"
+    );
+}
