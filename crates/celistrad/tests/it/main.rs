@@ -216,6 +216,15 @@ pub(crate) fn spec(name: &str, command: &str) -> AgentSpec {
 
 /// Live (non-zombie) processes whose command line contains `marker`.
 pub(crate) fn live_processes_with(marker: &str) -> Vec<u32> {
+    live_processes_matching(|cmdline| cmdline.contains(marker))
+}
+
+/// Live (non-zombie) processes whose command line is exactly `command`.
+pub(crate) fn live_processes_exactly(command: &str) -> Vec<u32> {
+    live_processes_matching(|cmdline| cmdline.trim_end() == command)
+}
+
+fn live_processes_matching(matches: impl Fn(&str) -> bool) -> Vec<u32> {
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -231,11 +240,7 @@ pub(crate) fn live_processes_with(marker: &str) -> Vec<u32> {
                     .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
             })
             .unwrap_or(true);
-        if !zombie
-            && String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(marker)
-        {
+        if !zombie && matches(&String::from_utf8_lossy(&cmdline).replace('\0', " ")) {
             found.push(pid);
         }
     }

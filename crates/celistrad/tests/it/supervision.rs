@@ -95,7 +95,7 @@ async fn stop_kills_the_whole_group_and_every_descendant() {
         })
         .await;
     let deadline = std::time::Instant::now() + crate::PATIENCE;
-    while live_processes_with(&format!("sleep {m}")).len() < 4 {
+    while (1..=4).any(|n| crate::live_processes_exactly(&format!("sleep {m}{n}")).is_empty()) {
         assert!(
             std::time::Instant::now() < deadline,
             "descendants never started"
@@ -215,7 +215,9 @@ async fn daemon_sigkill_leaves_no_orphans_and_a_restart_restores_desired_state()
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + crate::PATIENCE;
-    while live_processes_with(&format!("sleep {m}2")).is_empty() {
+    while crate::live_processes_exactly(&format!("sleep {m}1")).is_empty()
+        || crate::live_processes_exactly(&format!("sleep {m}2")).is_empty()
+    {
         assert!(std::time::Instant::now() < deadline, "runner never started");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
