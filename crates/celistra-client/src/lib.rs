@@ -120,29 +120,18 @@ impl Client {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let transport_error = |e: hyper::Error| ClientError::Transport(e.to_string());
         match &self.endpoint {
             Endpoint::Unix(path) => {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(|e| self.connect_error(e))?;
-                let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(transport_error)?;
-                tokio::spawn(connection);
-                sender.send_request(request).await.map_err(transport_error)
+                exchange(stream, request).await
             }
             Endpoint::Tcp(addr) => {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(|e| self.connect_error(e))?;
-                let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(transport_error)?;
-                tokio::spawn(connection);
-                sender.send_request(request).await.map_err(transport_error)
+                exchange(stream, request).await
             }
         }
     }
@@ -205,6 +194,22 @@ impl Client {
             .err()
             .unwrap_or_else(|| ClientError::Transport(format!("status {status}"))))
     }
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection over `stream`.
+async fn exchange<S>(
+    stream: S,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let transport_error = |e: hyper::Error| ClientError::Transport(e.to_string());
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(transport_error)?;
+    tokio::spawn(connection);
+    sender.send_request(request).await.map_err(transport_error)
 }
 
 /// Decodes a JSON body: the expected type on success, the API error otherwise.

@@ -49,9 +49,13 @@ pub(crate) async fn stream(
         let event = match live.recv().await {
             Ok(event) => event,
             // This client fell more than the backlog behind: tell it to re-read the agents.
-            Err(RecvError::Lagged(_)) => {
-                Event { id: 0, time_ms: crate::now_ms(), kind: EventKind::Resync { oldest_available: 0 } }
-            }
+            Err(RecvError::Lagged(_)) => Event {
+                id: 0,
+                time_ms: crate::now_ms(),
+                kind: EventKind::Resync {
+                    oldest_available: 0,
+                },
+            },
             Err(RecvError::Closed) => return None,
         };
         Some((event, live))

@@ -400,45 +400,37 @@ impl Supervisor {
     }
 
     pub(crate) async fn stop(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
-        let handle = self.find(key)?;
-        self.publish_request(&handle, actor, |agent_id, name, actor| {
-            EventKind::AgentStopRequested {
-                agent_id,
-                name,
-                actor,
-            }
-        });
-        handle.ask(Command::Stop).await?;
-        self.sync().await?;
-        Ok(handle.info().clone())
+        self.lifecycle(key, actor, Command::Stop, stop_requested)
+            .await
     }
 
     pub(crate) async fn start(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
-        let handle = self.find(key)?;
-        self.publish_request(&handle, actor, |agent_id, name, actor| {
-            EventKind::AgentStartRequested {
-                agent_id,
-                name,
-                actor,
-            }
-        });
-        handle.ask(Command::Start).await?;
-        self.sync().await?;
-        Ok(handle.info().clone())
+        self.lifecycle(key, actor, Command::Start, start_requested)
+            .await
     }
 
     pub(crate) async fn restart(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
+        self.lifecycle(key, actor, Command::Restart, start_requested)
+            .await
+    }
+
+    /// Publishes the operator's request, has the agent's task carry it out, and waits until the
+    /// resulting desired state is on disk.
+    async fn lifecycle(
+        &self,
+        key: &str,
+        actor: &str,
+        command: fn(agent::Reply) -> Command,
+        requested: fn(String, String, String) -> EventKind,
+    ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
-        self.publish_request(&handle, actor, |agent_id, name, actor| {
-            EventKind::AgentStartRequested {
-                agent_id,
-                name,
-                actor,
-            }
-        });
-        handle.ask(Command::Restart).await?;
+        let name = handle.info().name.clone();
+        self.shared
+            .events
+            .publish(requested(handle.id.clone(), name, actor.to_owned()));
+        handle.ask(command).await?;
         self.sync().await?;
         Ok(handle.info().clone())
     }
@@ -458,18 +450,6 @@ impl Supervisor {
             actor: actor.to_owned(),
         });
         Ok(handle.info().clone())
-    }
-
-    fn publish_request(
-        &self,
-        handle: &AgentHandle,
-        actor: &str,
-        make: impl FnOnce(String, String, String) -> EventKind,
-    ) {
-        let name = handle.info().name.clone();
-        self.shared
-            .events
-            .publish(make(handle.id.clone(), name, actor.to_owned()));
     }
 
     /// Stops an agent and forgets it.
@@ -557,6 +537,22 @@ impl Supervisor {
         self.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
         futures_util::future::join_all(handles.iter().map(|h| h.ask(Command::Shutdown))).await;
+    }
+}
+
+fn stop_requested(agent_id: String, name: String, actor: String) -> EventKind {
+    EventKind::AgentStopRequested {
+        agent_id,
+        name,
+        actor,
+    }
+}
+
+fn start_requested(agent_id: String, name: String, actor: String) -> EventKind {
+    EventKind::AgentStartRequested {
+        agent_id,
+        name,
+        actor,
     }
 }
 

@@ -71,6 +71,23 @@ pub(crate) struct SettingArgs {
 }
 
 impl SettingArgs {
+    /// The settings given on the command line as an update (absent flags leave things as they are).
+    fn to_update(&self) -> Result<UpdateRequest, Failure> {
+        Ok(UpdateRequest {
+            workspace: self.workspace()?,
+            env: self.env_map()?,
+            stop_signal: self.stop_signal,
+            stop_timeout_ms: self.stop_timeout,
+            restart_max: self.restart_max,
+            restart_window_secs: secs(self.restart_window),
+            backoff_initial_ms: self.backoff_initial,
+            backoff_max_ms: self.backoff_max,
+            backoff_reset_secs: secs(self.backoff_reset),
+            scrollback_kb: self.scrollback_kb,
+            ..UpdateRequest::default()
+        })
+    }
+
     fn env_map(&self) -> Result<Option<BTreeMap<String, String>>, Failure> {
         if self.env.is_empty() {
             return Ok(None);
@@ -135,22 +152,14 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
             .display()
             .to_string(),
     };
-    let s = &args.settings;
-    let spec = AgentSpec {
+    let mut spec = AgentSpec {
         name: args.name.unwrap_or_default(),
         command: args.command.join(" "),
         workspace: Some(workspace),
-        env: s.env_map()?.unwrap_or_default(),
         auto_restart: args.auto_restart,
-        stop_signal: s.stop_signal,
-        stop_timeout_ms: s.stop_timeout,
-        restart_max: s.restart_max,
-        restart_window_secs: secs(s.restart_window),
-        backoff_initial_ms: s.backoff_initial,
-        backoff_max_ms: s.backoff_max,
-        backoff_reset_secs: secs(s.backoff_reset),
-        scrollback_kb: s.scrollback_kb,
+        ..AgentSpec::default()
     };
+    celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
     let agent: AgentInfo = client.post("/v1/agents", &spec).await?;
     if args.json.json {
         print_json(&agent);
@@ -363,22 +372,11 @@ pub(crate) struct SetArgs {
 }
 
 pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
-    let s = &args.settings;
     let update = UpdateRequest {
-        name: None,
         command: args.command.clone(),
-        workspace: s.workspace()?,
-        env: s.env_map()?,
         auto_restart: args.auto_restart,
-        stop_signal: s.stop_signal,
-        stop_timeout_ms: s.stop_timeout,
-        restart_max: s.restart_max,
-        restart_window_secs: secs(s.restart_window),
-        backoff_initial_ms: s.backoff_initial,
-        backoff_max_ms: s.backoff_max,
-        backoff_reset_secs: secs(s.backoff_reset),
-        scrollback_kb: s.scrollback_kb,
         restart: args.restart,
+        ..args.settings.to_update()?
     };
     let path = format!("/v1/agents/{}", path_segment(&args.agent));
     let agent: AgentInfo = client.call(Method::PATCH, &path, Some(&update)).await?;
