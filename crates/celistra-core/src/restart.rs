@@ -1,5 +1,7 @@
 //! Restart policy: a ceiling of restarts in a rolling window, and a capped exponential backoff with
-//! jitter between restarts that resets once a run has stayed up long enough.
+//! jitter between restarts that resets once a run has stayed up long enough. The first restart after
+//! a healthy run is immediate (a one-off crash costs no downtime); consecutive crashes then wait
+//! `backoff_initial`, doubling, up to `backoff_max`.
 
 use std::collections::VecDeque;
 
@@ -13,7 +15,7 @@ pub struct RestartPolicy {
     /// At most this many restarts in any `window_ms`; the next death crashes the agent out.
     pub max_restarts: u32,
     pub window_ms: u64,
-    /// Delay before the first restart after a healthy run.
+    /// Delay before the second consecutive restart (the first is immediate); doubles from there.
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     /// A run that lasted this long resets the backoff to its initial delay.
@@ -36,6 +38,17 @@ pub struct RestartTracker {
     recent: VecDeque<u64>,
     /// Consecutive short-lived runs: the backoff exponent.
     streak: u32,
+}
+
+/// The un-jittered delay before restart number `streak + 1` of a crash streak.
+pub fn nominal_delay(policy: &RestartPolicy, streak: u32) -> u64 {
+    match streak {
+        0 => 0,
+        n => policy
+            .backoff_initial_ms
+            .saturating_mul(1u64.checked_shl(n - 1).unwrap_or(u64::MAX))
+            .min(policy.backoff_max_ms),
+    }
 }
 
 impl RestartTracker {
@@ -64,10 +77,7 @@ impl RestartTracker {
                 restarts_in_window: in_window,
             };
         }
-        let nominal = policy
-            .backoff_initial_ms
-            .saturating_mul(1u64.checked_shl(self.streak).unwrap_or(u64::MAX))
-            .min(policy.backoff_max_ms);
+        let nominal = nominal_delay(policy, self.streak);
         let cut = (nominal as f64 * JITTER * jitter.clamp(0.0, 1.0)) as u64;
         self.streak = self.streak.saturating_add(1);
         self.recent.push_back(now_ms);
@@ -113,7 +123,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(delays, [10, 20, 40, 80, 160]);
+        assert_eq!(delays, [0, 10, 20, 40, 80]);
     }
 
     #[test]
@@ -138,7 +148,7 @@ mod tests {
         assert_eq!(
             decision,
             RestartDecision::Restart {
-                delay_ms: 10,
+                delay_ms: 0,
                 attempt: 1
             }
         );
@@ -169,7 +179,8 @@ mod tests {
                 now += gap;
                 if let RestartDecision::Restart { delay_ms, attempt } = tracker.on_exit(&policy, now, *gap, *jitter) {
                     prop_assert!(delay_ms <= policy.backoff_max_ms);
-                    let nominal = policy.backoff_initial_ms.saturating_mul(1 << (attempt - 1).min(40)).min(policy.backoff_max_ms);
+                    let nominal = nominal_delay(&policy, attempt - 1);
+                    prop_assert!(attempt > 1 || delay_ms == 0);
                     prop_assert!(delay_ms <= nominal && delay_ms as f64 >= nominal as f64 * (1.0 - JITTER) - 1.0);
                     restarts.push(now);
                     let in_window = restarts.iter().filter(|&&t| now - t < policy.window_ms).count();

@@ -87,7 +87,8 @@ pub struct AgentSpec {
     /// Length of the rolling restart window, in seconds (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_window_secs: Option<u64>,
-    /// First restart delay, in milliseconds; doubles per consecutive crash (default 10).
+    /// Delay before the second consecutive restart, in milliseconds (the first is immediate); doubles
+    /// per further crash (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_initial_ms: Option<u64>,
     /// Cap of the restart delay, in milliseconds (default 30000).

@@ -56,7 +56,7 @@ pub(crate) struct SettingArgs {
     /// Length of the restart window, e.g. 60s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
     restart_window: Option<u64>,
-    /// First restart delay, doubling per crash, e.g. 10ms [default: 10ms].
+    /// Delay of the second consecutive restart (the first is immediate), doubling per crash [default: 10ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
     backoff_initial: Option<u64>,
     /// Cap of the restart delay [default: 30s].

@@ -58,21 +58,26 @@ async fn backoff_doubles_within_bounds() {
         })
         .collect();
     assert_eq!(delays.len(), 4, "{delays:?}");
-    for (i, delay) in delays.iter().enumerate() {
-        let nominal = 40u64 << i;
+    // Immediate first restart, then 40 ms doubling, each cut by at most 25 % jitter.
+    for (delay, nominal) in delays.iter().zip([0u64, 40, 80, 160]) {
         assert!(
             *delay <= nominal && *delay * 4 >= nominal * 3,
-            "delay {i} = {delay}, nominal {nominal}"
+            "delay {delay}, nominal {nominal}"
         );
     }
-    // Each restart happened no earlier than its delay after the exit before it.
-    let mut last_exit = None;
+    // Each restart happened no earlier than its announced delay after the exit before it.
+    let mut exit_and_delay = (None, 0);
     for event in &events {
         match &event.kind {
-            EventKind::AgentExited { .. } => last_exit = Some(event.time_ms),
+            EventKind::AgentExited { .. } => exit_and_delay.0 = Some(event.time_ms),
+            EventKind::AgentBackoff { delay_ms, .. } => exit_and_delay.1 = *delay_ms,
             EventKind::AgentRestarted { .. } => {
-                let gap = event.time_ms - last_exit.expect("exit before restart");
-                assert!(gap + 1 >= 30, "restart came {gap} ms after the exit");
+                let gap = event.time_ms - exit_and_delay.0.expect("exit before restart");
+                assert!(
+                    gap >= exit_and_delay.1,
+                    "restart came {gap} ms after the exit, before its {} ms delay",
+                    exit_and_delay.1
+                );
             }
             _ => {}
         }

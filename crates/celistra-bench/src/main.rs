@@ -1,0 +1,559 @@
+//! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
+//! and `ctl ls` latency), each phase against a fresh daemon in its own temporary state directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use celistra_client::{Client, SseParser, next_chunk};
+use celistra_proto::{AgentInfo, AgentSpec, AgentState, ApplyReport, ApplyRequest};
+use futures_util::future::join_all;
+use hyper::body::Incoming;
+use rustix::process::{Pid, Resource, Rlimit, Signal};
+use tokio::time::timeout;
+
+/// Upper bound of every phase.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many times latencies are sampled.
+const SAMPLES: usize = 20;
+
+/// One line of the final table.
+struct Figure {
+    name: String,
+    target: String,
+    measured: String,
+    verdict: &'static str,
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+}
+
+impl Report {
+    /// Records and prints one figure; `ok` is `None` when there is no target.
+    fn add(&mut self, name: &str, target: &str, measured: String, ok: Option<bool>) {
+        let verdict = match ok {
+            Some(true) => "ok",
+            Some(false) => "MISSED",
+            None => "-",
+        };
+        println!("{name}: {measured} (target: {target}) [{verdict}]");
+        self.figures.push(Figure {
+            name: name.to_owned(),
+            target: target.to_owned(),
+            measured,
+            verdict,
+        });
+    }
+}
+
+/// A running daemon in a temporary state directory; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Daemon {
+    child: Child,
+    home: tempfile::TempDir,
+    binary: PathBuf,
+    /// Set by `start` once the daemon answers.
+    client: Option<Client>,
+    pid: u32,
+    /// Agent pids seen, killed by process group if the daemon had to be SIGKILLed.
+    agent_pids: Vec<u32>,
+}
+
+impl Daemon {
+    async fn start(binary: &Path) -> Result<Daemon> {
+        let home = tempfile::Builder::new()
+            .prefix("celistra-bench-")
+            .tempdir()
+            .context("creating a state directory")?;
+        let log = std::fs::File::create(home.path().join("daemon.log"))?;
+        let child = Command::new(binary)
+            .arg("--home")
+            .arg(home.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let pid = child.id();
+        let mut daemon = Daemon {
+            child,
+            client: None,
+            home,
+            binary: binary.to_owned(),
+            pid,
+            agent_pids: vec![],
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!(
+                    "daemon exited early ({status}); log:\n{}",
+                    std::fs::read_to_string(daemon.home.path().join("daemon.log"))
+                        .unwrap_or_default()
+                );
+            }
+            if let Ok(client) = Client::for_home(daemon.home.path(), "bench")
+                && client.get::<serde_json::Value>("/v1/health").await.is_ok()
+            {
+                daemon.client = Some(client);
+                return Ok(daemon);
+            }
+            if Instant::now() > deadline {
+                bail!("daemon did not answer /v1/health within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("set by Daemon::start")
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// The daemon's resident set size, in KiB.
+    fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        let kib = line
+            .split_whitespace()
+            .nth(1)
+            .context("malformed VmRSS line")?
+            .parse()?;
+        Ok(kib)
+    }
+
+    async fn agents(&mut self) -> Result<Vec<AgentInfo>> {
+        let agents: Vec<AgentInfo> = self.client().get("/v1/agents").await?;
+        for agent in &agents {
+            if let Some(pid) = agent.pid
+                && !self.agent_pids.contains(&pid)
+            {
+                self.agent_pids.push(pid);
+            }
+        }
+        Ok(agents)
+    }
+
+    /// Polls until `count` agents are listed and all are running.
+    async fn wait_running(&mut self, count: usize) -> Result<()> {
+        loop {
+            let agents = self.agents().await?;
+            if agents.len() == count && agents.iter().all(|a| a.state == AgentState::Running) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Wall time of `celistrad ctl --home DIR ls`, sampled `SAMPLES` times.
+    async fn ctl_ls_samples(&self) -> Result<Vec<Duration>> {
+        let mut samples = Vec::with_capacity(SAMPLES);
+        for _ in 0..SAMPLES {
+            let started = Instant::now();
+            let status = tokio::process::Command::new(&self.binary)
+                .args(["ctl", "--home"])
+                .arg(self.home())
+                .arg("ls")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await?;
+            samples.push(started.elapsed());
+            if !status.success() {
+                bail!("`celistrad ctl ls` failed: {status}");
+            }
+        }
+        Ok(samples)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = Pid::from_raw(self.pid as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::TERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    eprintln!("daemon {} ignored SIGTERM for 30 s; killing it", self.pid);
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    for &agent in &self.agent_pids {
+                        if let Some(pid) = Pid::from_raw(agent as i32) {
+                            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                        }
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn sleeper(name: String) -> AgentSpec {
+    AgentSpec {
+        name,
+        command: "sleep 600".into(),
+        workspace: Some("/tmp".into()),
+        ..Default::default()
+    }
+}
+
+fn sleepers(count: usize) -> Vec<AgentSpec> {
+    (0..count)
+        .map(|i| sleeper(format!("bench-{i:04}")))
+        .collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Median and p95 (nearest rank) of the samples.
+fn median_p95(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let n = samples.len();
+    let median = if n.is_multiple_of(2) {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2
+    } else {
+        samples[n / 2]
+    };
+    let p95 = samples[(n * 95).div_ceil(100) - 1];
+    (median, p95)
+}
+
+async fn phase<T>(name: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match timeout(PHASE_TIMEOUT, fut).await {
+        Ok(result) => result.with_context(|| format!("phase `{name}`")),
+        Err(_) => bail!("phase `{name}` timed out after {PHASE_TIMEOUT:?}"),
+    }
+}
+
+/// Figure 1: RSS of an idle daemon.
+async fn idle_rss(binary: &Path, report: &mut Report) -> Result<()> {
+    let daemon = Daemon::start(binary).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kib = daemon.rss_kib()?;
+    report.add(
+        "daemon RSS, idle",
+        "<= 10 MiB",
+        format!("{:.1} MiB", mib(kib)),
+        Some(kib <= 10 * 1024),
+    );
+    Ok(())
+}
+
+/// Figures 2, 3, 5: Spawn 100 in one apply, RSS with 100, `ctl ls` with 100, stop all 100 concurrently.
+async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
+    let mut daemon = Daemon::start(binary).await?;
+    let request = ApplyRequest {
+        agents: sleepers(100),
+        prune: false,
+        dry_run: false,
+    };
+    let started = Instant::now();
+    let applied: ApplyReport = daemon.client().post("/v1/apply", &request).await?;
+    let answered = started.elapsed();
+    if applied.created.len() != 100 {
+        bail!("apply created {} agents, not 100", applied.created.len());
+    }
+    daemon.wait_running(100).await?;
+    let all_running = started.elapsed();
+    report.add(
+        "spawn 100 (one apply) until all running",
+        "<= 0.5 s",
+        format!(
+            "{:.0} ms (apply answered in {:.0} ms)",
+            ms(all_running),
+            ms(answered)
+        ),
+        Some(all_running <= Duration::from_millis(500)),
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kib = daemon.rss_kib()?;
+    report.add(
+        "daemon RSS, 100 agents",
+        "<= 25 MiB",
+        format!("{:.1} MiB", mib(kib)),
+        Some(kib <= 25 * 1024),
+    );
+
+    let (median, p95) = median_p95(daemon.ctl_ls_samples().await?);
+    report.add(
+        "`ctl ls`, 100 agents",
+        "<= 20 ms",
+        format!("median {:.1} ms, p95 {:.1} ms", ms(median), ms(p95)),
+        Some(median <= Duration::from_millis(20)),
+    );
+
+    let started = Instant::now();
+    let client = daemon.client();
+    let answers = join_all(request.agents.iter().map(|spec| async move {
+        client
+            .post::<AgentInfo>(
+                &format!("/v1/agents/{}/stop", spec.name),
+                &serde_json::json!({}),
+            )
+            .await
+    }))
+    .await;
+    let answered = started.elapsed();
+    for answer in answers {
+        answer?;
+    }
+    loop {
+        let agents = daemon.agents().await?;
+        if agents.iter().all(|a| a.state == AgentState::Stopped) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all_stopped = started.elapsed();
+    report.add(
+        "stop 100 concurrently",
+        "none",
+        format!(
+            "all answered in {:.0} ms, all stopped in {:.0} ms",
+            ms(answered),
+            ms(all_stopped)
+        ),
+        None,
+    );
+    Ok(())
+}
+
+/// Figure 2b: Spawn 100 with sequential `POST /v1/agents`.
+async fn hundred_sequential(binary: &Path, report: &mut Report) -> Result<()> {
+    let mut daemon = Daemon::start(binary).await?;
+    let started = Instant::now();
+    for spec in sleepers(100) {
+        let _: AgentInfo = daemon.client().post("/v1/agents", &spec).await?;
+    }
+    let answered = started.elapsed();
+    daemon.wait_running(100).await?;
+    let all_running = started.elapsed();
+    report.add(
+        "spawn 100 (100 sequential POSTs) until all running",
+        "none (0.5 s for one apply)",
+        format!(
+            "{:.0} ms (last POST answered at {:.0} ms)",
+            ms(all_running),
+            ms(answered)
+        ),
+        None,
+    );
+    Ok(())
+}
+
+/// Reads the event stream until an `agent_restarted` for `agent_id` with a pid other than `old`.
+async fn next_restart(
+    body: &mut Incoming,
+    parser: &mut SseParser,
+    agent_id: &str,
+    old: u32,
+) -> Result<u32> {
+    loop {
+        let chunk = next_chunk(body).await?.context("event stream ended")?;
+        for frame in parser.feed(&chunk) {
+            if frame.event.as_deref() != Some("agent_restarted") {
+                continue;
+            }
+            let data: serde_json::Value = serde_json::from_str(&frame.data)?;
+            let pid = data["pid"].as_u64().unwrap_or(0) as u32;
+            if data["agent_id"] == agent_id && pid != old && pid != 0 {
+                return Ok(pid);
+            }
+        }
+    }
+}
+
+/// Figure 4: latency from SIGKILL of an auto-restarting agent to its `agent_restarted` event. The first
+/// backoff is the default (10 ms) when `backoff_initial_ms` is `None`.
+async fn restart_latency(
+    binary: &Path,
+    report: &mut Report,
+    backoff_initial_ms: Option<u64>,
+) -> Result<()> {
+    let mut daemon = Daemon::start(binary).await?;
+    let spec = AgentSpec {
+        auto_restart: true,
+        backoff_reset_secs: Some(0),
+        restart_max: Some(1000),
+        backoff_initial_ms,
+        ..sleeper("bench-restart".into())
+    };
+    let info: AgentInfo = daemon.client().post("/v1/agents", &spec).await?;
+    daemon.wait_running(1).await?;
+    let mut pid = daemon.agents().await?[0]
+        .pid
+        .context("running agent has no pid")?;
+    let mut body = daemon
+        .client()
+        .open_stream("/v1/events?after=0&follow=true")
+        .await?;
+    let mut parser = SseParser::default();
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let target = Pid::from_raw(pid as i32).context("bad pid")?;
+        let started = Instant::now();
+        rustix::process::kill_process(target, Signal::KILL)
+            .with_context(|| format!("kill -9 {pid}"))?;
+        let new = next_restart(&mut body, &mut parser, &info.id, pid).await?;
+        samples.push(started.elapsed());
+        daemon.agent_pids.push(new);
+        pid = new;
+    }
+    let (median, p95) = median_p95(samples);
+    let name = match backoff_initial_ms {
+        None => "restart after SIGKILL (to agent_restarted event), default 10 ms backoff".into(),
+        Some(b) => format!("restart after SIGKILL (to agent_restarted event), backoff {b} ms"),
+    };
+    report.add(
+        &name,
+        "median <= 20 ms",
+        format!("median {:.1} ms, p95 {:.1} ms", ms(median), ms(p95)),
+        Some(median <= Duration::from_millis(20)),
+    );
+    Ok(())
+}
+
+/// Figure 6: 1000 agents: spawn time, RSS and `ctl ls`.
+async fn thousand(binary: &Path, report: &mut Report) -> Result<()> {
+    let mut daemon = Daemon::start(binary).await?;
+    let request = ApplyRequest {
+        agents: sleepers(1000),
+        prune: false,
+        dry_run: false,
+    };
+    let started = Instant::now();
+    let _: ApplyReport = daemon.client().post("/v1/apply", &request).await?;
+    daemon.wait_running(1000).await?;
+    let all_running = started.elapsed();
+    report.add(
+        "spawn 1000 (one apply) until all running",
+        "none",
+        format!("{:.0} ms", ms(all_running)),
+        None,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kib = daemon.rss_kib()?;
+    report.add(
+        "daemon RSS, 1000 agents",
+        "none",
+        format!("{:.1} MiB", mib(kib)),
+        None,
+    );
+    let (median, p95) = median_p95(daemon.ctl_ls_samples().await?);
+    report.add(
+        "`ctl ls`, 1000 agents",
+        "<= 20 ms",
+        format!("median {:.1} ms, p95 {:.1} ms", ms(median), ms(p95)),
+        Some(median <= Duration::from_millis(20)),
+    );
+    Ok(())
+}
+
+fn parse_args() -> Result<PathBuf> {
+    let mut daemon = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--daemon" => {
+                daemon = Some(PathBuf::from(args.next().context("--daemon needs a path")?))
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: celistra-bench [--daemon PATH]\n\n\
+                     Benchmarks a celistrad (default: `celistrad` next to this executable)."
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}`; see --help"),
+        }
+    }
+    match daemon {
+        Some(path) => Ok(path),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("executable has no directory")?
+            .join("celistrad")),
+    }
+}
+
+/// Raises the soft open-files limit to the hard one; the daemon inherits it (1000 agents).
+fn raise_nofile() {
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let _ = rustix::process::setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let binary = parse_args()?;
+    if !binary.is_file() {
+        bail!(
+            "no daemon at {}; build it with `cargo build --release -p celistrad` or pass --daemon",
+            binary.display()
+        );
+    }
+    raise_nofile();
+    println!("celistra-bench: daemon {}", binary.display());
+    let mut report = Report::default();
+    let mut failed = false;
+    let results = [
+        phase("idle RSS", idle_rss(&binary, &mut report)).await,
+        phase("100 agents", hundred(&binary, &mut report)).await,
+        phase("100 sequential", hundred_sequential(&binary, &mut report)).await,
+        phase("restart", restart_latency(&binary, &mut report, None)).await,
+        phase(
+            "restart, no backoff",
+            restart_latency(&binary, &mut report, Some(0)),
+        )
+        .await,
+        phase("1000 agents", thousand(&binary, &mut report)).await,
+    ];
+    for result in results {
+        if let Err(e) = result {
+            eprintln!("error: {e:#}");
+            failed = true;
+        }
+    }
+    println!();
+    println!("| figure | target | measured | |");
+    println!("|---|---|---|---|");
+    for f in &report.figures {
+        println!(
+            "| {} | {} | {} | {} |",
+            f.name, f.target, f.measured, f.verdict
+        );
+    }
+    if failed {
+        bail!("some phases failed");
+    }
+    Ok(())
+}
