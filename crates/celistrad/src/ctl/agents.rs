@@ -251,7 +251,7 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         (
             "backoff",
             format!(
-                "{} ms doubling to {} ms, reset after {} s up",
+                "immediate, then {} ms doubling to {} ms; resets after {} s up",
                 s.backoff_initial_ms, s.backoff_max_ms, s.backoff_reset_secs
             ),
         ),
@@ -261,7 +261,7 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         ),
     ];
     for (label, value) in lines {
-        println!("{:<13}{value}", format!("{label}:"));
+        println!("{:<14}{value}", format!("{label}:"));
     }
     Ok(())
 }
