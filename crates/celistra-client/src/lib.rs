@@ -156,13 +156,7 @@ impl Client {
         let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialise"));
         let response = self.send(method, path, body).await?;
         let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .to_bytes();
-        decode(status, &bytes)
+        decode(status, &read_all(response).await?)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -184,13 +178,7 @@ impl Client {
         if status.is_success() {
             return Ok(response.into_body());
         }
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .to_bytes();
-        Err(decode::<()>(status, &bytes)
+        Err(decode::<()>(status, &read_all(response).await?)
             .err()
             .unwrap_or_else(|| ClientError::Transport(format!("status {status}"))))
     }
@@ -210,6 +198,16 @@ where
         .map_err(transport_error)?;
     tokio::spawn(connection);
     sender.send_request(request).await.map_err(transport_error)
+}
+
+/// Reads a whole response body.
+async fn read_all(response: Response<Incoming>) -> Result<Bytes, ClientError> {
+    let collected = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    Ok(collected.to_bytes())
 }
 
 /// Decodes a JSON body: the expected type on success, the API error otherwise.
