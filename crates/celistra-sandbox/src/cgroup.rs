@@ -102,19 +102,9 @@ impl AgentCgroup {
             .expect("cgroup paths are built from NUL-free parts")
     }
 
-    /// Pids of the processes in this cgroup.
-    pub fn pids(&self) -> Vec<u32> {
-        read_pids(&self.dir)
-    }
-
     /// SIGKILLs every process in the cgroup.
     pub fn kill(&self) {
         kill_tree(&self.dir);
-    }
-
-    /// Whether no process is left in the cgroup.
-    pub fn is_empty(&self) -> bool {
-        is_unpopulated(&self.dir)
     }
 
     /// Kills what is left and removes the cgroup.
@@ -143,18 +133,6 @@ fn own_unified_cgroup() -> io::Result<PathBuf> {
     let dir = mount.join(own.trim_start_matches('/'));
     rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).map_err(io::Error::from)?;
     Ok(dir)
-}
-
-fn read_pids(dir: &Path) -> Vec<u32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-fn is_unpopulated(dir: &Path) -> bool {
-    fs::read_to_string(dir.join("cgroup.events"))
-        .map(|text| text.lines().any(|l| l.trim() == "populated 0"))
-        .unwrap_or(true)
 }
 
 fn kill_tree(dir: &Path) {
