@@ -186,3 +186,78 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str) -> StoredAgent {
+        StoredAgent {
+            id: id.into(),
+            spec: AgentSpec {
+                name: format!("n-{id}"),
+                command: "true".into(),
+                ..AgentSpec::default()
+            },
+            source: "cli".into(),
+            created_at_ms: 1,
+            state: AgentState::Running,
+            exit_code: None,
+            exit_signal: None,
+            restarts: 0,
+            run: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn synced_changes_are_on_disk_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agents.json");
+        let (store, loaded, _) = Store::load(path.clone());
+        assert!(loaded.is_empty());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn(Arc::clone(&store).write_loop(stop.clone()));
+        store.put(agent("ag-aaaa"));
+        store.put(agent("ag-bbbb"));
+        store.update("ag-aaaa", |a| a.state = AgentState::Stopped);
+        store.remove("ag-bbbb");
+        store.note_event_seq(42);
+        store.update("ag-aaaa", |a| a.restarts = 3);
+        store.sync().await.unwrap();
+        let (_, reloaded, seq) = Store::load(path.clone());
+        assert_eq!(reloaded.len(), 1);
+        assert_eq!(
+            (reloaded[0].state, reloaded[0].restarts, seq),
+            (AgentState::Stopped, 3, 42)
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        stop.cancel();
+        writer.await.unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agents.json");
+        std::fs::write(&path, "{\"version\": 1, \"agents\": [tr").unwrap();
+        let (_, loaded, _) = Store::load(path.clone());
+        assert!(loaded.is_empty());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("agents.json.corrupt-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(aside[0].path()).unwrap(),
+            "{\"version\": 1, \"agents\": [tr"
+        );
+    }
+}
