@@ -201,10 +201,7 @@ impl Agent {
     async fn command_when_idle(&mut self, command: Command) -> Phase {
         match command {
             Command::Start(reply) | Command::Restart(reply) => {
-                self.tracker.reset();
-                let (phase, result) = self.spawn(false).await;
-                let _ = reply.send(result);
-                phase
+                self.start_afresh(reply, false).await
             }
             Command::Stop(reply) => {
                 self.mark_stopped();
@@ -232,12 +229,7 @@ impl Agent {
 
     async fn command_in_backoff(&mut self, command: Command) -> Phase {
         match command {
-            Command::Start(reply) | Command::Restart(reply) => {
-                self.tracker.reset();
-                let (phase, result) = self.spawn(true).await;
-                let _ = reply.send(result);
-                phase
-            }
+            Command::Start(reply) | Command::Restart(reply) => self.start_afresh(reply, true).await,
             // A kill while waiting to restart cancels the restart, like a stop: an operator's kill
             // never leads to an automatic restart.
             Command::Stop(reply) | Command::Kill(_, reply) => {
@@ -266,10 +258,7 @@ impl Agent {
             }
             Command::Restart(reply) => {
                 self.stop(run, ExitCause::Operator).await;
-                self.tracker.reset();
-                let (phase, result) = self.spawn(true).await;
-                let _ = reply.send(result);
-                phase
+                self.start_afresh(reply, true).await
             }
             Command::Kill(signal, reply) => {
                 run.signalled = true;
@@ -298,6 +287,14 @@ impl Agent {
                 Phase::Ended
             }
         }
+    }
+
+    /// An operator's start: the restart ceiling starts over, then a new run is spawned.
+    async fn start_afresh(&mut self, reply: Reply, is_restart: bool) -> Phase {
+        self.tracker.reset();
+        let (phase, result) = self.spawn(is_restart).await;
+        let _ = reply.send(result);
+        phase
     }
 
     fn mark_stopped(&self) {
