@@ -20,6 +20,12 @@ pub struct DaemonConfig {
     pub stop_signal: Signal,
     pub stop_timeout_ms: u64,
     pub scrollback_kb: u32,
+    /// Output older than this is deleted.
+    pub logs_max_age_days: u32,
+    /// Output kept for all agents together; the oldest goes first.
+    pub logs_max_total_mb: u64,
+    /// Output kept per agent, so one chatty agent cannot push out the others' history.
+    pub logs_max_agent_mb: u64,
 }
 
 impl Default for DaemonConfig {
@@ -33,6 +39,9 @@ impl Default for DaemonConfig {
             stop_signal: Signal::Term,
             stop_timeout_ms: 10_000,
             scrollback_kb: 64,
+            logs_max_age_days: 30,
+            logs_max_total_mb: 1024,
+            logs_max_agent_mb: 256,
         }
     }
 }
@@ -51,13 +60,27 @@ impl DaemonConfig {
             scrollback_kb: Some(config.scrollback_kb),
             ..AgentSpec::default()
         };
-        spec::check_settings(&as_spec).map_err(|(field, message)| JsonError {
-            origin: origin.to_owned(),
-            line: 1,
-            column: 1,
-            path: field.to_owned(),
-            message,
-        })?;
+        let positive = [
+            ("logs_max_age_days", u64::from(config.logs_max_age_days)),
+            ("logs_max_total_mb", config.logs_max_total_mb),
+            ("logs_max_agent_mb", config.logs_max_agent_mb),
+        ];
+        let zero = positive
+            .iter()
+            .find(|(_, value)| *value == 0)
+            .map(|(field, _)| (*field, "must be at least 1".to_owned()));
+        spec::check_settings(&as_spec)
+            .err()
+            .or(zero)
+            .map_or(Ok(()), |(field, message)| {
+                Err(JsonError {
+                    origin: origin.to_owned(),
+                    line: 1,
+                    column: 1,
+                    path: field.to_owned(),
+                    message,
+                })
+            })?;
         Ok(config)
     }
 
@@ -110,6 +133,8 @@ mod tests {
         assert_eq!((err.line, err.path.as_str()), (2, "stop_signal"));
         let err = DaemonConfig::parse("{\"restart_window_secs\": 0}", "c").unwrap_err();
         assert_eq!(err.path, "restart_window_secs");
+        let err = DaemonConfig::parse("{\"logs_max_total_mb\": 0}", "c").unwrap_err();
+        assert_eq!(err.path, "logs_max_total_mb");
         let err = DaemonConfig::parse("{\"scrollbak_kb\": 1}", "c").unwrap_err();
         assert!(err.message.contains("unknown field"), "{err}");
     }

@@ -1,10 +1,13 @@
 //! Pure supervision logic: restart policy and backoff, agent names and ids, specs and their
-//! validation, daemon configuration, JSON errors with positions, and `apply` plans. No I/O, no tokio.
+//! validation, daemon configuration, JSON errors with positions, `apply` plans, readable text from
+//! terminal output with `--grep` patterns, and times for humans. No I/O, no tokio.
 
 pub mod apply;
+pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod json;
+pub mod logtext;
 pub mod names;
 pub mod restart;
 pub mod spec;

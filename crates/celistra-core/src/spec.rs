@@ -80,6 +80,7 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         backoff_max_ms,
         backoff_reset_secs,
         scrollback_kb,
+        no_pty,
         restart: _,
     } = update.clone();
     if let Some(name) = name {
@@ -105,6 +106,9 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     spec.backoff_max_ms = backoff_max_ms.or(spec.backoff_max_ms);
     spec.backoff_reset_secs = backoff_reset_secs.or(spec.backoff_reset_secs);
     spec.scrollback_kb = scrollback_kb.or(spec.scrollback_kb);
+    if let Some(no_pty) = no_pty {
+        spec.no_pty = no_pty;
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ impl Home {
     pub fn agents_file(&self) -> PathBuf {
         self.dir.join("agents.json")
     }
+    /// `history.db` (0600): runs and output logs; never holds an environment value.
+    pub fn history_file(&self) -> PathBuf {
+        self.dir.join("history.db")
+    }
     /// `celistrad.sock` (0600): the API over a Unix socket.
     pub fn socket_file(&self) -> PathBuf {
         self.dir.join("celistrad.sock")

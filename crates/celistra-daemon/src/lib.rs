@@ -12,7 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use celistra_proto::{EventKind, Health};
+use celistra_core::config::DaemonConfig;
+use celistra_history::{History, HistoryEvent, Limits};
+use celistra_proto::{EventKind, Health, HistoryHealth};
 use celistra_sandbox::{CgroupRoot, DeathGuard};
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +72,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let secret = home.load_or_create_secret()?;
     let machine_id = home.load_or_create_machine_id()?;
     let config_path = home.config_file();
-    if let Ok(text) = std::fs::read_to_string(&config_path) {
-        celistra_core::config::DaemonConfig::parse(&text, &config_path.display().to_string())
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-    }
+    let config = match std::fs::read_to_string(&config_path) {
+        Ok(text) => DaemonConfig::parse(&text, &config_path.display().to_string())
+            .map_err(|e| Error::Invalid(e.to_string()))?,
+        Err(_) => DaemonConfig::default(),
+    };
 
     if options.subreaper {
         celistra_sandbox::become_subreaper()
@@ -88,6 +91,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         None => None,
     };
 
+    let (history_events, history_announcements) = tokio::sync::mpsc::unbounded_channel();
+    let history = tokio::task::spawn_blocking({
+        let path = home.history_file();
+        move || History::open(&path, log_limits(&config), history_events, now_ms())
+    })
+    .await
+    .map_err(|e| Error::io("cannot open the history".into(), std::io::Error::other(e)))?;
     let (store, stored, last_seq) = store::Store::load(home.agents_file());
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(Arc::clone(&store).write_loop(writer_stop.clone()));
@@ -95,6 +105,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         home: home.clone(),
         events: events::EventBus::new(last_seq, 0, Arc::clone(&store)),
         store: Arc::clone(&store),
+        history: history.clone(),
         cgroups,
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
@@ -104,6 +115,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .collect(),
     });
     let supervisor = Arc::new(supervisor::Supervisor::new(Arc::clone(&shared)));
+    let announcer = tokio::spawn(announce_history(history_announcements, Arc::clone(&shared)));
 
     let socket_path = home.socket_file();
     let _ = std::fs::remove_file(&socket_path);
@@ -140,6 +152,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             agents: 0,
             agents_running: 0,
             cgroups: shared.cgroups.is_some(),
+            history: HistoryHealth::default(),
         }),
         stopping: stopping.clone(),
     };
@@ -176,6 +189,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     }
     writer_stop.cancel();
     let _ = writer.await;
+    let _ = tokio::task::spawn_blocking(move || history.close()).await;
+    announcer.abort();
     if let Some(root) = &shared.cgroups {
         root.destroy();
     }
@@ -184,6 +199,40 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let _ = std::fs::remove_file(home.addr_file());
     tracing::info!("celistrad stopped");
     Ok(())
+}
+
+/// The history's retention limits from the daemon's configuration.
+pub(crate) fn log_limits(config: &DaemonConfig) -> Limits {
+    const MIB: u64 = 1024 * 1024;
+    Limits {
+        max_age_ms: u64::from(config.logs_max_age_days) * 86_400_000,
+        max_total_bytes: config.logs_max_total_mb.saturating_mul(MIB),
+        max_agent_bytes: config.logs_max_agent_mb.saturating_mul(MIB),
+    }
+}
+
+/// Publishes what the history reports as events.
+async fn announce_history(
+    mut announcements: tokio::sync::mpsc::UnboundedReceiver<HistoryEvent>,
+    shared: Arc<supervisor::Shared>,
+) {
+    while let Some(announcement) = announcements.recv().await {
+        shared.events.publish(match announcement {
+            HistoryEvent::Dropped {
+                agent_id,
+                bytes,
+                reason,
+            } => EventKind::LogsDropped {
+                agent_id,
+                bytes,
+                reason,
+            },
+            HistoryEvent::Recovered { dropped_bytes } => EventKind::LogsRecovered { dropped_bytes },
+            HistoryEvent::Reset { moved_to, reason } => {
+                EventKind::HistoryReset { moved_to, reason }
+            }
+        });
+    }
 }
 
 /// A short stable tag of the state directory, so daemons on different state directories never

@@ -100,6 +100,14 @@ pub struct AgentSpec {
     /// Size of the agent's output ring, in KiB (default: the daemon's `--scrollback-kb`, 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrollback_kb: Option<u32>,
+    /// Run with stdin, stdout and stderr on pipes instead of a PTY (`--no-pty`), like supervisord and
+    /// PM2: stdout and stderr are logged apart and output is not capped by the PTY layer.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_pty: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// Body of `PATCH /v1/agents/{agent}`: the fields to change; absent (or null) fields stay as they are.
@@ -135,6 +143,8 @@ pub struct UpdateRequest {
     pub backoff_reset_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrollback_kb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_pty: Option<bool>,
     /// Restart the agent now so the change takes effect.
     #[serde(default)]
     pub restart: bool,
@@ -201,6 +211,7 @@ pub struct AgentInfo {
     /// Why the last spawn failed, if it did.
     pub last_error: Option<String>,
     pub settings: EffectiveSettings,
+    pub mode: crate::IoMode,
 }
 
 /// Body of `POST /v1/apply`: make the daemon's agents match `agents`.
@@ -240,4 +251,5 @@ pub struct Health {
     pub agents_running: u32,
     /// Whether per-agent cgroups are in use (every descendant is tracked and killed with its agent).
     pub cgroups: bool,
+    pub history: crate::HistoryHealth,
 }

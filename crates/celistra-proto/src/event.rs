@@ -112,6 +112,24 @@ pub enum EventKind {
         name: String,
         actor: String,
     },
+    /// Output could not be saved (the disk is full, an I/O error, or saving fell behind) and was
+    /// dropped; the agent itself was not slowed. Sent at the first drop, then at most every few seconds.
+    LogsDropped {
+        agent_id: String,
+        /// Bytes dropped since the last `logs_dropped` event for this agent.
+        bytes: u64,
+        reason: String,
+    },
+    /// Output is being saved again after drops.
+    LogsRecovered {
+        /// Bytes dropped while saving failed.
+        dropped_bytes: u64,
+    },
+    /// The history database was unreadable or corrupt: it was moved aside and a fresh one created.
+    HistoryReset {
+        moved_to: String,
+        reason: String,
+    },
     /// The client asked to resume from an id older than the backlog holds: events were missed and the
     /// client should re-read `GET /v1/agents`.
     Resync {
@@ -138,6 +156,9 @@ impl EventKind {
             EventKind::AgentStopRequested { .. } => "agent_stop_requested",
             EventKind::AgentStartRequested { .. } => "agent_start_requested",
             EventKind::AgentRemoved { .. } => "agent_removed",
+            EventKind::LogsDropped { .. } => "logs_dropped",
+            EventKind::LogsRecovered { .. } => "logs_recovered",
+            EventKind::HistoryReset { .. } => "history_reset",
             EventKind::Resync { .. } => "resync",
         }
     }

@@ -1,14 +1,16 @@
-//! Wire types of the celistrad HTTP API: request and response bodies, agent states, signals, events
-//! and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
+//! Wire types of the celistrad HTTP API: request and response bodies, agent states, signals, events,
+//! run history, log lines and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
 
 mod agent;
 mod error;
 mod event;
+mod history;
 mod signal;
 
 pub use agent::*;
 pub use error::*;
 pub use event::*;
+pub use history::*;
 pub use signal::*;
 
 /// Version of this API; bumped when a breaking change is made to any type here.

@@ -1,5 +1,5 @@
-//! The only place that creates, signals and reaps processes. It spawns agents in their own PTY,
-//! session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
+//! The only place that creates, signals and reaps processes. It spawns agents in their own PTY (or
+//! on pipes), session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
 //! one, kills the group (or cgroup) as a whole, and reaps orphans for a daemon that is a subreaper.
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
 //! The kernel sandbox (bubblewrap, Landlock, seccomp) will live here too.
@@ -17,7 +17,10 @@ pub mod pty {
     pub use pty_process::{OwnedReadPty, OwnedWritePty, Pty};
 }
 
-pub use spawn::{Child, ExitInfo, PtySize, PtySpawn, SpawnedPty, signal_group, spawn_in_pty};
+pub use spawn::{
+    Child, ExitInfo, PtySize, SpawnSpec, SpawnedPipes, SpawnedPty, signal_group, spawn_in_pty,
+    spawn_with_pipes,
+};
 
 /// Errors of process control, each naming what was being done.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
-//! Spawning a command in a fresh PTY as the leader of its own session and process group.
+//! Spawning a command as the leader of its own session and process group, with its standard streams
+//! on a fresh PTY or on pipes.
 
 use std::collections::HashSet;
 use std::ffi::CString;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -32,18 +34,28 @@ pub struct PtySize {
     pub cols: u16,
 }
 
-/// What to run in a PTY.
+/// What to run.
 #[derive(Debug, Clone)]
-pub struct PtySpawn<'a> {
+pub struct SpawnSpec<'a> {
     pub program: String,
     pub args: Vec<String>,
     pub cwd: PathBuf,
     /// The complete environment: nothing is inherited beyond it.
     pub env: Vec<(String, String)>,
-    pub size: PtySize,
     /// Cgroup the child joins before exec, so every descendant is tracked from its first instruction.
     pub cgroup: Option<&'a AgentCgroup>,
 }
+
+/// A spawned child with its standard streams on pipes.
+pub struct SpawnedPipes {
+    pub child: Child,
+    pub stdin: tokio::process::ChildStdin,
+    pub stdout: tokio::process::ChildStdout,
+    pub stderr: tokio::process::ChildStderr,
+}
+
+/// Size asked of the kernel for output pipes: fewer, larger reads for chatty programs.
+const PIPE_SIZE: usize = 1024 * 1024;
 
 /// A spawned child with the master side of its PTY.
 pub struct SpawnedPty {
@@ -96,54 +108,107 @@ impl Drop for Child {
     }
 }
 
-/// Spawns `spawn.program` in a new PTY. The child is the leader of a new session whose controlling
-/// terminal is that PTY, gets SIGKILL if the spawning thread dies, and joins its cgroup before exec.
+/// What the child does between fork and exec, whatever its streams: it dies with the daemon, and it
+/// joins its cgroup. Everything it needs is prepared before the fork.
+fn supervise_child(
+    spawn: &SpawnSpec<'_>,
+    new_session: bool,
+) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
+    let parent_pid = rustix::process::getpid();
+    move || {
+        if new_session {
+            rustix::process::setsid()?;
+        }
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        if rustix::process::getppid() != Some(parent_pid) {
+            // The daemon died between fork and prctl: do not run unsupervised.
+            rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
+        }
+        if let Some(procs) = &cgroup_procs {
+            let fd = rustix::fs::open(
+                procs.as_c_str(),
+                rustix::fs::OFlags::WRONLY,
+                rustix::fs::Mode::empty(),
+            )?;
+            rustix::io::write(&fd, b"0")?;
+        }
+        Ok(())
+    }
+}
+
+fn spawn_error(spawn: &SpawnSpec<'_>, source: std::io::Error) -> Error {
+    Error::Spawn {
+        program: spawn.program.clone(),
+        cwd: spawn.cwd.display().to_string(),
+        source,
+    }
+}
+
+/// Spawns `spawn.program` in a new PTY of `size`. The child is the leader of a new session whose
+/// controlling terminal is that PTY, gets SIGKILL if the spawning thread dies, and joins its cgroup
+/// before exec.
 ///
 /// Call it from a long-lived thread (a tokio worker), never from `spawn_blocking`: the death signal is
 /// tied to the spawning thread.
-pub fn spawn_in_pty(spawn: &PtySpawn<'_>) -> Result<SpawnedPty, Error> {
-    let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
-    let parent_pid = rustix::process::getpid();
+pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, Error> {
     let mut command = pty_process::Command::new(&spawn.program)
         .args(&spawn.args)
         .current_dir(&spawn.cwd)
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     // SAFETY: the closure only issues syscalls (prctl, getppid, open, write, close, kill) on data
-    // prepared before fork; it allocates nothing and takes no locks.
-    command = unsafe {
-        command.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            if rustix::process::getppid() != Some(parent_pid) {
-                // The daemon died between fork and prctl: do not run unsupervised.
-                rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
-            }
-            if let Some(procs) = &cgroup_procs {
-                let fd = rustix::fs::open(
-                    procs.as_c_str(),
-                    rustix::fs::OFlags::WRONLY,
-                    rustix::fs::Mode::empty(),
-                )?;
-                rustix::io::write(&fd, b"0")?;
-            }
-            Ok(())
-        })
-    };
+    // prepared before fork; it allocates nothing and takes no locks. pty-process makes the session.
+    command = unsafe { command.pre_exec(supervise_child(spawn, false)) };
     let _forking = spawn_lock();
     let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;
-    pty.resize(pty_process::Size::new(spawn.size.rows, spawn.size.cols))
+    pty.resize(pty_process::Size::new(size.rows, size.cols))
         .map_err(|e| Error::Pty(pty_error(e)))?;
-    let child = command.spawn(pts).map_err(|e| Error::Spawn {
-        program: spawn.program.clone(),
-        cwd: spawn.cwd.display().to_string(),
-        source: pty_error(e),
-    })?;
-    let child = Child::adopt(child).map_err(|source| Error::Spawn {
-        program: spawn.program.clone(),
-        cwd: spawn.cwd.display().to_string(),
-        source,
-    })?;
+    let child = command
+        .spawn(pts)
+        .map_err(|e| spawn_error(spawn, pty_error(e)))?;
+    let child = Child::adopt(child).map_err(|e| spawn_error(spawn, e))?;
     Ok(SpawnedPty { child, pty })
+}
+
+/// Spawns `spawn.program` with stdin, stdout and stderr on pipes, as the leader of a new session
+/// without a terminal; otherwise supervised like [`spawn_in_pty`] (same thread rule).
+pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
+    let mut command = tokio::process::Command::new(&spawn.program);
+    command
+        .args(&spawn.args)
+        .current_dir(&spawn.cwd)
+        .env_clear()
+        .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(false);
+    // SAFETY: as in `spawn_in_pty`; setsid is one more syscall.
+    unsafe {
+        command.pre_exec(supervise_child(spawn, true));
+    }
+    let _forking = spawn_lock();
+    let mut child = command.spawn().map_err(|e| spawn_error(spawn, e))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(spawn_error(
+            spawn,
+            std::io::Error::other("pipes were not created"),
+        ));
+    };
+    for pipe in [stdout.as_fd(), stderr.as_fd()] {
+        // A larger pipe only saves syscalls; the default size works too.
+        let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
+    }
+    let child = Child::adopt(child).map_err(|e| spawn_error(spawn, e))?;
+    Ok(SpawnedPipes {
+        child,
+        stdin,
+        stdout,
+        stderr,
+    })
 }
 
 /// Sends signal number `signal` to every process in process group `pgid`. A group that no longer

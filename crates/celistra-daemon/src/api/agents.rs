@@ -1,24 +1,14 @@
-//! Agent routes: list, get, spawn, update, rename, stop, start, restart, kill, remove, logs, apply.
-
-use std::convert::Infallible;
+//! Agent routes: list, get, spawn, update, rename, stop, start, restart, kill, remove, apply.
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
 use celistra_proto::{
     AgentInfo, AgentSpec, ApiError, ApplyReport, ApplyRequest, KillRequest, RenameRequest,
     UpdateRequest,
 };
-use futures_util::StreamExt;
-use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::{Actor, AppState, Failure, JsonBody, Source};
-use crate::supervisor::output::tail_lines;
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -175,57 +165,4 @@ pub(crate) async fn apply(
     Ok(Json(
         state.supervisor.apply(request, &source, &actor.0).await?,
     ))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LogsQuery {
-    /// Only the last N lines of what is kept.
-    tail: Option<usize>,
-    /// Keep the response open and stream new output, across restarts of the agent.
-    #[serde(default)]
-    follow: bool,
-}
-
-/// The agent's output kept in its ring (raw terminal bytes), optionally followed live.
-#[utoipa::path(get, path = "/v1/agents/{agent}/logs", tag = "agents",
-    params(("agent" = String, Path, description = "Agent id or name"), LogsQuery),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ApiError)))]
-pub(crate) async fn logs(
-    State(state): State<AppState>,
-    Path(agent): Path<String>,
-    query: Result<Query<LogsQuery>, QueryRejection>,
-) -> ApiResult<Response> {
-    let Query(query) = query.map_err(super::bad_query)?;
-    let handle = state.supervisor.find(&agent)?;
-    let content_type = [(header::CONTENT_TYPE, "application/octet-stream")];
-    if !query.follow {
-        let kept = handle.output.snapshot();
-        let shown = query
-            .tail
-            .map_or(&kept[..], |n| tail_lines(&kept, n))
-            .to_vec();
-        return Ok((content_type, shown).into_response());
-    }
-    let (kept, live) = handle.output.snapshot_and_follow();
-    let shown = Bytes::from(
-        query
-            .tail
-            .map_or(&kept[..], |n| tail_lines(&kept, n))
-            .to_vec(),
-    );
-    let live = futures_util::stream::unfold(live, |mut live| async move {
-        let chunk = match live.recv().await {
-            Ok(chunk) => chunk,
-            Err(RecvError::Lagged(_)) => {
-                Bytes::from_static(b"\r\n[celistra: output skipped, the reader fell behind]\r\n")
-            }
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, Infallible>(chunk), live))
-    });
-    let stream = futures_util::stream::once(async move { Ok(shown) })
-        .chain(live)
-        .take_until(state.stopping.cancelled_owned());
-    Ok((content_type, Body::from_stream(stream)).into_response())
 }

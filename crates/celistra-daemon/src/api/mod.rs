@@ -3,6 +3,7 @@
 
 mod agents;
 mod events;
+mod history;
 mod openapi;
 
 use std::sync::Arc;
@@ -179,7 +180,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/agents/{agent}/restart", post(agents::restart))
         .route("/v1/agents/{agent}/kill", post(agents::kill))
         .route("/v1/agents/{agent}/rename", post(agents::rename))
-        .route("/v1/agents/{agent}/logs", get(agents::logs))
+        .route(
+            "/v1/agents/{agent}/logs",
+            get(history::logs).delete(history::clear),
+        )
+        .route("/v1/logs", get(history::search))
+        .route("/v1/history", get(history::runs))
         .route("/v1/apply", post(agents::apply))
         .route("/v1/events", get(events::stream))
         .fallback(|| async { failure(ErrorCode::NotFound, "no such route; see /v1/openapi.json") })
@@ -201,6 +207,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         agents,
         agents_running,
+        history: state.supervisor.shared.history.health(),
         ..(*state.health).clone()
     })
 }

@@ -4,25 +4,27 @@
 use axum::Json;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings,
-    ErrorCode, Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
+    ErrorCode, Event, EventKind, ExitCause, Health, HistoryHealth, IoMode, KillRequest, LogLine,
+    RenameRequest, RunCause, RunRecord, UpdateRequest,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, events};
+use super::{agents, events, history};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output and events. Every route needs `Authorization: Bearer <secret>`."),
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`."),
     paths(
         super::health, document,
         agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
-        agents::stop, agents::start, agents::restart, agents::kill, agents::remove, agents::apply, agents::logs,
-        events::stream,
+        agents::stop, agents::start, agents::restart, agents::kill, agents::remove, agents::apply,
+        history::logs, history::clear, history::search, history::runs, events::stream,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
         Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
+        HistoryHealth, IoMode, LogLine, RunCause, RunRecord, history::Cleared, history::Format,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

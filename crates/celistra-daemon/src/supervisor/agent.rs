@@ -4,18 +4,21 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use celistra_core::config::restart_policy;
+use celistra_core::logtext::Stream;
 use celistra_core::restart::{RestartDecision, RestartTracker};
+use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
-    Signal, signal_name,
+    RunCause, Signal, signal_name,
 };
-use celistra_sandbox::pty::{OwnedReadPty, OwnedWritePty};
+use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
-    AgentCgroup, Child, ExitInfo, PtySize, PtySpawn, signal_group, spawn_in_pty,
+    AgentCgroup, Child, ExitInfo, PtySize, SpawnSpec, signal_group, spawn_in_pty, spawn_with_pipes,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -43,6 +46,13 @@ pub(crate) enum Command {
     Shutdown(Reply),
 }
 
+/// A command and the credential that gave it (`system` for the daemon itself).
+#[derive(Debug)]
+pub(crate) struct Order {
+    pub command: Command,
+    pub actor: String,
+}
+
 /// Everything about one agent that others may read.
 #[derive(Debug)]
 pub(crate) struct AgentHandle {
@@ -50,7 +60,7 @@ pub(crate) struct AgentHandle {
     pub info: Mutex<AgentInfo>,
     pub spec: Mutex<AgentSpec>,
     pub output: Output,
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub commands: mpsc::UnboundedSender<Order>,
 }
 
 impl AgentHandle {
@@ -63,9 +73,17 @@ impl AgentHandle {
     }
 
     /// Sends a command and waits for its reply.
-    pub(crate) async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), ApiError> {
+    pub(crate) async fn ask(
+        &self,
+        actor: &str,
+        make: impl FnOnce(Reply) -> Command,
+    ) -> Result<(), ApiError> {
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(make(reply)).is_err() {
+        let order = Order {
+            command: make(reply),
+            actor: actor.to_owned(),
+        };
+        if self.commands.send(order).is_err() {
             return Err(gone(&self.id));
         }
         answer.await.unwrap_or_else(|_| Err(gone(&self.id)))
@@ -79,11 +97,24 @@ fn gone(id: &str) -> ApiError {
     )
 }
 
+/// The run's input, held open for its life: the PTY's writing half (closing it with the reader hangs
+/// the terminal up) or the pipe to the program's stdin.
+#[expect(
+    dead_code,
+    reason = "held open, not yet written: shared terminals (issue 4) write operators' input here"
+)]
+enum Input {
+    Pty(OwnedWritePty),
+    Pipe(ChildStdin),
+}
+
 /// A live process of the agent.
 struct Run {
     child: Child,
-    writer: Option<OwnedWritePty>,
-    reader: Option<JoinHandle<()>>,
+    /// History id of this run: its output and its record carry it.
+    id: u64,
+    input: Option<Input>,
+    readers: Vec<JoinHandle<()>>,
     started: Instant,
     cgroup: Option<AgentCgroup>,
     settings: EffectiveSettings,
@@ -102,31 +133,46 @@ struct Agent {
     shared: Arc<Shared>,
     handle: Arc<AgentHandle>,
     tracker: RestartTracker,
+    /// Automatic restarts in a row; 0 after an operator's start.
+    attempt: u32,
+    /// Who gave the command being carried out.
+    actor: String,
 }
 
 /// Runs the agent's task until it is removed or the daemon stops.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     handle: Arc<AgentHandle>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut commands: mpsc::UnboundedReceiver<Order>,
 ) {
     let mut agent = Agent {
         shared,
         handle,
         tracker: RestartTracker::default(),
+        attempt: 0,
+        actor: super::SYSTEM.to_owned(),
     };
     let mut phase = Phase::Idle;
     loop {
         phase = match phase {
             Phase::Ended => return,
             Phase::Idle => match commands.recv().await {
-                Some(command) => agent.command_when_idle(command).await,
+                Some(order) => {
+                    let command = agent.take(order);
+                    agent.command_when_idle(command).await
+                }
                 None => Phase::Ended,
             },
             Phase::Backoff(deadline) => tokio::select! {
-                () = tokio::time::sleep_until(deadline) => agent.spawn(true).await.0,
-                command = commands.recv() => match command {
-                    Some(command) => agent.command_in_backoff(command).await,
+                () = tokio::time::sleep_until(deadline) => {
+                    agent.attempt += 1;
+                    agent.spawn(true).await.0
+                }
+                order = commands.recv() => match order {
+                    Some(order) => {
+                        let command = agent.take(order);
+                        agent.command_in_backoff(command).await
+                    }
                     None => Phase::Ended,
                 },
             },
@@ -135,8 +181,11 @@ pub(crate) async fn run(
                     let cause = if run.signalled { ExitCause::Operator } else { ExitCause::Exited };
                     agent.after_exit(run, exit.unwrap_or(ExitInfo { code: None, signal: None }), cause).await
                 }
-                command = commands.recv() => match command {
-                    Some(command) => agent.command_when_running(run, command).await,
+                order = commands.recv() => match order {
+                    Some(order) => {
+                        let command = agent.take(order);
+                        agent.command_when_running(run, command).await
+                    }
                     None => {
                         agent.stop(run, ExitCause::Operator).await;
                         Phase::Ended
@@ -154,6 +203,12 @@ impl Agent {
 
     fn name(&self) -> String {
         self.handle.info().name.clone()
+    }
+
+    /// Notes who gave an order and returns its command.
+    fn take(&mut self, order: Order) -> Command {
+        self.actor = order.actor;
+        order.command
     }
 
     /// Sets the state (and pid) and publishes the change.
@@ -262,17 +317,17 @@ impl Agent {
             }
             Command::Kill(signal, reply) => {
                 run.signalled = true;
-                let result = if signal == Signal::Hup {
-                    hang_up(&mut run);
-                    Ok(())
+                let sent = if signal == Signal::Hup {
+                    hang_up(&mut run)
                 } else {
-                    signal_group(run.child.pid(), signal.number()).map_err(|e| {
-                        ApiError::new(
-                            ErrorCode::Internal,
-                            format!("cannot send {signal} to agent {}: {e}", self.id()),
-                        )
-                    })
+                    signal_group(run.child.pid(), signal.number())
                 };
+                let result = sent.map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::Internal,
+                        format!("cannot send {signal} to agent {}: {e}", self.id()),
+                    )
+                });
                 let _ = reply.send(result);
                 Phase::Running(run)
             }
@@ -292,6 +347,7 @@ impl Agent {
     /// An operator's start: the restart ceiling starts over, then a new run is spawned.
     async fn start_afresh(&mut self, reply: Reply, is_restart: bool) -> Phase {
         self.tracker.reset();
+        self.attempt = 0;
         let (phase, result) = self.spawn(is_restart).await;
         let _ = reply.send(result);
         phase
@@ -322,6 +378,7 @@ impl Agent {
                     }
                     (info.restarts, info.name.clone())
                 };
+                self.record_start(&run);
                 self.set_state(AgentState::Running, Some(pid));
                 if is_restart {
                     self.shared.events.publish(EventKind::AgentRestarted {
@@ -377,21 +434,39 @@ impl Agent {
             Some(root) => Some(root.agent(self.id()).map_err(|e| e.to_string())?),
             None => None,
         };
-        let spawned = spawn_in_pty(&PtySpawn {
+        let launch = SpawnSpec {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), spec.command.clone()],
             cwd: workspace.into(),
             env,
-            size: PtySize { rows: 24, cols: 80 },
             cgroup: cgroup.as_ref(),
-        })
-        .map_err(|e| e.to_string())?;
-        let (reader, writer) = spawned.pty.into_split();
-        let reader = tokio::spawn(pump_output(reader, Arc::clone(&self.handle)));
+        };
+        let run_id = self.shared.history.next_run_id(now_ms());
+        let output = OutputSink {
+            handle: Arc::clone(&self.handle),
+            agent_id: Arc::from(self.id()),
+            history: self.shared.history.clone(),
+            run_id,
+        };
+        let (child, input, readers) = if spec.no_pty {
+            let spawned = spawn_with_pipes(&launch).map_err(|e| e.to_string())?;
+            let readers = vec![
+                tokio::spawn(output.clone().pump(spawned.stdout, Stream::Stdout)),
+                tokio::spawn(output.pump(spawned.stderr, Stream::Stderr)),
+            ];
+            (spawned.child, Input::Pipe(spawned.stdin), readers)
+        } else {
+            let spawned =
+                spawn_in_pty(&launch, PtySize { rows: 24, cols: 80 }).map_err(|e| e.to_string())?;
+            let (reader, writer) = spawned.pty.into_split();
+            let readers = vec![tokio::spawn(output.pump(reader, Stream::Pty))];
+            (spawned.child, Input::Pty(writer), readers)
+        };
         Ok(Run {
-            child: spawned.child,
-            writer: Some(writer),
-            reader: Some(reader),
+            child,
+            id: run_id,
+            input: Some(input),
+            readers,
             started: Instant::now(),
             cgroup,
             settings,
@@ -399,13 +474,50 @@ impl Agent {
         })
     }
 
+    /// Records the start of a run in the history, with the names of its variables but not their values.
+    fn record_start(&self, run: &Run) {
+        let spec = self.handle.spec().clone();
+        let info = self.handle.info().clone();
+        self.shared.history.run_started(RunStart {
+            run_id: run.id,
+            agent_id: self.id().to_owned(),
+            name: info.name,
+            run: info.run,
+            command: spec.command,
+            workspace: info.workspace,
+            env_keys: spec.env.into_keys().collect(),
+            mode: info.mode,
+            pid: run.child.pid(),
+            attempt: self.attempt,
+            settings: run.settings.clone(),
+            started_ms: info.started_at_ms.unwrap_or_else(now_ms),
+        });
+    }
+
+    /// Records how a run ended in the history.
+    fn record_end(&self, run_id: u64, exit: ExitInfo, cause: RunCause) {
+        self.shared.history.run_ended(
+            run_id,
+            RunEnd {
+                ended_ms: now_ms(),
+                exit_code: exit.code,
+                exit_signal: exit.signal.map(signal_name),
+                cause,
+                stopped_by: (cause == RunCause::Operator).then(|| self.actor.clone()),
+            },
+        );
+    }
+
     /// Stops a run: the stop signal to its process group, the grace period, then SIGKILL.
     async fn stop(&mut self, mut run: Box<Run>, cause: ExitCause) {
         self.set_state(AgentState::Stopping, Some(run.child.pid()));
         let signal = run.settings.stop_signal;
-        if signal == Signal::Hup {
-            hang_up(&mut run);
-        } else if let Err(e) = signal_group(run.child.pid(), signal.number()) {
+        let sent = if signal == Signal::Hup {
+            hang_up(&mut run)
+        } else {
+            signal_group(run.child.pid(), signal.number())
+        };
+        if let Err(e) = sent {
             tracing::warn!(agent = self.id(), "cannot send {signal}: {e}");
         }
         let grace = Duration::from_millis(run.settings.stop_timeout_ms);
@@ -420,14 +532,18 @@ impl Agent {
                 run.child.wait().await
             }
         };
-        self.finish(
-            run,
-            exit.unwrap_or(ExitInfo {
-                code: None,
-                signal: None,
-            }),
-            cause,
-        );
+        let exit = exit.unwrap_or(ExitInfo {
+            code: None,
+            signal: None,
+        });
+        let run_id = run.id;
+        self.finish(run, exit, cause);
+        let cause = if cause == ExitCause::Shutdown {
+            RunCause::Shutdown
+        } else {
+            RunCause::Operator
+        };
+        self.record_end(run_id, exit, cause);
     }
 
     /// Cleans up after a run's leader exited, records how it ended and publishes it.
@@ -455,12 +571,24 @@ impl Agent {
     }
 
     async fn after_exit(&mut self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> Phase {
+        let run_id = run.id;
         let uptime_ms = self.finish(run, exit, cause);
         if cause == ExitCause::Operator {
+            self.record_end(run_id, exit, RunCause::Operator);
             self.mark_stopped();
             return Phase::Idle;
         }
-        self.decide_after_death(uptime_ms, exit.code == Some(0))
+        let clean = exit.code == Some(0);
+        let phase = self.decide_after_death(uptime_ms, clean);
+        let cause = if self.handle.info().state == AgentState::CrashedOut {
+            RunCause::CrashedOut
+        } else if clean {
+            RunCause::Exited
+        } else {
+            RunCause::Crashed
+        };
+        self.record_end(run_id, exit, cause);
+        phase
     }
 
     /// After a run died by itself (or could not start): restart with backoff, crash out, or rest.
@@ -515,11 +643,21 @@ impl Agent {
     }
 }
 
-/// Closes the master side of the PTY: the kernel hangs up the terminal and sends SIGHUP to the session.
-fn hang_up(run: &mut Run) {
-    run.writer = None;
-    if let Some(reader) = run.reader.take() {
-        reader.abort();
+/// Hangs up a run. On a PTY, closing the master makes the kernel hang up the terminal and send SIGHUP
+/// to the session; pipes have no terminal, so the group gets SIGHUP directly.
+fn hang_up(run: &mut Run) -> std::io::Result<()> {
+    match run.input.take() {
+        Some(Input::Pty(_)) => {
+            // The reader holds the master's other half; it must go too for the hangup to happen.
+            for reader in run.readers.drain(..) {
+                reader.abort();
+            }
+            Ok(())
+        }
+        input => {
+            run.input = input;
+            signal_group(run.child.pid(), Signal::Hup.number())
+        }
     }
 }
 
@@ -531,14 +669,36 @@ fn kill_everything(run: &Run) {
     }
 }
 
-/// Copies the PTY's output into the agent's ring until the terminal closes (EIO once the last
-/// process holding it exits).
-async fn pump_output(mut reader: OwnedReadPty, handle: Arc<AgentHandle>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => handle.output.push(Bytes::copy_from_slice(&buf[..n])),
+/// Where a run's output goes: the agent's ring and live followers, and the history.
+#[derive(Clone)]
+struct OutputSink {
+    handle: Arc<AgentHandle>,
+    agent_id: Arc<str>,
+    history: History,
+    run_id: u64,
+}
+
+impl OutputSink {
+    /// Copies one stream until it closes (for a PTY, EIO once the last process holding it exits).
+    async fn pump(self, mut reader: impl AsyncRead + Unpin, stream: Stream) {
+        // Pipes can be read in larger pieces than a PTY ever delivers.
+        let read_size = if stream == Stream::Pty {
+            64 * 1024
+        } else {
+            256 * 1024
+        };
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(read_size);
+            match reader.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let chunk = buf.split().freeze();
+                    self.handle.output.push(chunk.clone());
+                    self.history
+                        .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
+                }
+            }
         }
     }
 }

@@ -11,9 +11,10 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use celistra_core::config::DaemonConfig;
 use celistra_core::{apply, names, spec as spec_rules};
+use celistra_history::History;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, ErrorCode, EventKind,
-    Signal, UpdateRequest,
+    IoMode, Signal, UpdateRequest,
 };
 use celistra_sandbox::CgroupRoot;
 use futures_util::FutureExt;
@@ -28,12 +29,16 @@ use crate::home::Home;
 use crate::now_ms;
 use crate::store::{Store, StoredAgent};
 
+/// The actor of what the daemon does by itself.
+pub(crate) const SYSTEM: &str = "system";
+
 /// What every agent task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub home: Home,
     pub events: EventBus,
     pub store: Arc<Store>,
+    pub history: History,
     pub cgroups: Option<CgroupRoot>,
     /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
     pub scrollback_kb: Option<u32>,
@@ -205,7 +210,7 @@ impl Supervisor {
         });
         self.sync().await?;
         // A failed spawn is reported in the agent's state and `last_error`; the agent exists.
-        let _ = handle.ask(Command::Start).await;
+        let _ = handle.ask(actor, Command::Start).await;
         Ok(handle.info().clone())
     }
 
@@ -237,6 +242,7 @@ impl Supervisor {
             next_restart_at_ms: None,
             last_error: None,
             settings: settings.clone(),
+            mode: IoMode::Pty,
         };
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {
@@ -281,6 +287,11 @@ impl Supervisor {
             .unwrap_or_else(|| self.shared.default_workspace.clone());
         info.env_keys = spec.env.keys().cloned().collect();
         info.auto_restart = spec.auto_restart;
+        info.mode = if spec.no_pty {
+            IoMode::Pipes
+        } else {
+            IoMode::Pty
+        };
     }
 
     /// Brings back the agents of the previous run: those that should run are started.
@@ -305,7 +316,7 @@ impl Supervisor {
                 }
             }
         }
-        let starts = to_start.iter().map(|h| h.ask(Command::Start));
+        let starts = to_start.iter().map(|h| h.ask(SYSTEM, Command::Start));
         futures_util::future::join_all(starts).await;
     }
 
@@ -332,7 +343,7 @@ impl Supervisor {
         self.replace_spec(&handle, spec, &old_name, actor)?;
         self.sync().await?;
         if update.restart && handle.info().state.is_active() {
-            handle.ask(Command::Restart).await?;
+            handle.ask(actor, Command::Restart).await?;
         }
         Ok(handle.info().clone())
     }
@@ -430,7 +441,7 @@ impl Supervisor {
         self.shared
             .events
             .publish(requested(handle.id.clone(), name, actor.to_owned()));
-        handle.ask(command).await?;
+        handle.ask(actor, command).await?;
         self.sync().await?;
         Ok(handle.info().clone())
     }
@@ -442,7 +453,9 @@ impl Supervisor {
         actor: &str,
     ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
-        handle.ask(|reply| Command::Kill(signal, reply)).await?;
+        handle
+            .ask(actor, |reply| Command::Kill(signal, reply))
+            .await?;
         self.shared.events.publish(EventKind::AgentSignalled {
             agent_id: handle.id.clone(),
             name: handle.info().name.clone(),
@@ -455,7 +468,7 @@ impl Supervisor {
     /// Stops an agent and forgets it.
     pub(crate) async fn remove(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
-        handle.ask(Command::Remove).await?;
+        handle.ask(actor, Command::Remove).await?;
         let mut info = handle.info().clone();
         info.state = AgentState::Stopped;
         {
@@ -517,7 +530,7 @@ impl Supervisor {
             let name = spec.name.clone();
             self.replace_spec(&handle, spec, &name, actor)?;
             if handle.info().state.is_active() || handle.info().state == AgentState::Backoff {
-                handle.ask(Command::Restart).await?;
+                handle.ask(actor, Command::Restart).await?;
             }
         }
         let creations = plan
@@ -536,7 +549,8 @@ impl Supervisor {
     pub(crate) async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
-        futures_util::future::join_all(handles.iter().map(|h| h.ask(Command::Shutdown))).await;
+        futures_util::future::join_all(handles.iter().map(|h| h.ask(SYSTEM, Command::Shutdown)))
+            .await;
     }
 }
 

@@ -54,33 +54,10 @@ impl Output {
         let _ = self.live.send(chunk);
     }
 
-    /// The ring's contents, and a receiver of everything pushed after them.
-    pub(crate) fn snapshot_and_follow(&self) -> (Vec<u8>, broadcast::Receiver<Bytes>) {
-        let ring = self.lock();
-        (ring.bytes.iter().copied().collect(), self.live.subscribe())
-    }
-
-    pub(crate) fn snapshot(&self) -> Vec<u8> {
+    #[cfg(test)]
+    fn snapshot(&self) -> Vec<u8> {
         self.lock().bytes.iter().copied().collect()
     }
-}
-
-/// The last `lines` lines of `bytes` (a trailing partial line counts as one).
-pub(crate) fn tail_lines(bytes: &[u8], lines: usize) -> &[u8] {
-    if lines == 0 {
-        return &bytes[bytes.len()..];
-    }
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let mut seen = 0;
-    for (index, &b) in body.iter().enumerate().rev() {
-        if b == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return &bytes[index + 1..];
-            }
-        }
-    }
-    bytes
 }
 
 #[cfg(test)]
@@ -97,23 +74,5 @@ mod tests {
         assert_eq!(output.snapshot(), b"23456789");
         output.set_capacity(3);
         assert_eq!(output.snapshot(), b"789");
-    }
-
-    #[test]
-    fn follower_sees_what_follows_the_snapshot() {
-        let output = Output::new(64);
-        output.push(Bytes::from_static(b"before\n"));
-        let (snapshot, mut live) = output.snapshot_and_follow();
-        output.push(Bytes::from_static(b"after\n"));
-        assert_eq!(snapshot, b"before\n");
-        assert_eq!(live.try_recv().unwrap(), Bytes::from_static(b"after\n"));
-    }
-
-    #[test]
-    fn tails_lines() {
-        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
-        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
-        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
-        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
     }
 }

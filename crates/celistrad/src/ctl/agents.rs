@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use celistra_client::Client;
 use celistra_core::duration::parse_millis;
-use celistra_proto::{AgentInfo, AgentSpec, KillRequest, RenameRequest, Signal, UpdateRequest};
+use celistra_proto::{
+    AgentInfo, AgentSpec, IoMode, KillRequest, RenameRequest, Signal, UpdateRequest,
+};
 use clap::Args;
 use hyper::Method;
 
@@ -126,6 +128,10 @@ pub(crate) struct SpawnArgs {
     /// Restart after any exit you did not ask for (at most 5 restarts in 60 s by default).
     #[arg(long)]
     auto_restart: bool,
+    /// Run with stdin, stdout and stderr on pipes instead of a PTY (for services): stdout and stderr
+    /// are logged apart (`ctl logs --stderr`) and output is not capped by the PTY layer.
+    #[arg(long)]
+    no_pty: bool,
     #[command(flatten)]
     settings: SettingArgs,
     #[command(flatten)]
@@ -157,6 +163,7 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         command: args.command.join(" "),
         workspace: Some(workspace),
         auto_restart: args.auto_restart,
+        no_pty: args.no_pty,
         ..AgentSpec::default()
     };
     celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
@@ -236,6 +243,13 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
             },
         ),
         ("auto-restart", agent.auto_restart.to_string()),
+        (
+            "io",
+            match agent.mode {
+                IoMode::Pty => "pty".to_owned(),
+                IoMode::Pipes => "pipes (stdout and stderr apart)".to_owned(),
+            },
+        ),
         ("source", agent.source.clone()),
         (
             "stop",

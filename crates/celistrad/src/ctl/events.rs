@@ -42,6 +42,17 @@ fn describe(event: &Event) -> String {
     let detail = match &event.kind {
         EventKind::DaemonStarted { pid, version } => format!("pid {pid}, version {version}"),
         EventKind::DaemonStopping => String::new(),
+        EventKind::LogsDropped {
+            agent_id,
+            bytes,
+            reason,
+        } => format!("{agent_id}: {bytes} bytes of output not saved: {reason}"),
+        EventKind::LogsRecovered { dropped_bytes } => {
+            format!("output is saved again; {dropped_bytes} bytes were lost")
+        }
+        EventKind::HistoryReset { moved_to, reason } => {
+            format!("history database damaged ({reason}); moved to {moved_to}, a fresh one started")
+        }
         EventKind::AgentSpawned { agent, actor } => format!(
             "{} ({}) by {actor}: {}",
             agent.id, agent.name, agent.command

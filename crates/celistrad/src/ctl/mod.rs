@@ -4,6 +4,7 @@
 mod agents;
 mod apply;
 mod events;
+mod history;
 mod logs;
 mod table;
 
@@ -42,8 +43,10 @@ enum Verb {
     Rename(agents::RenameArgs),
     /// Change an agent's settings (applied at its next spawn, or now with --restart).
     Set(agents::SetArgs),
-    /// Print an agent's output kept so far; -f follows it live, across restarts.
+    /// Print an agent's saved output (filter by time, run, stream; search; -f follows live).
     Logs(logs::LogsArgs),
+    /// List runs: when each started and ended, how, and who stopped it.
+    History(history::HistoryArgs),
     /// Print recent events; -f follows them live.
     Events(events::EventsArgs),
     /// Make the daemon's agents match a JSON file.
@@ -97,12 +100,13 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Rename(args) => agents::rename(client, args).await,
         Verb::Set(args) => agents::set(client, args).await,
         Verb::Logs(args) => logs::run(client, args).await,
+        Verb::History(args) => history::run(client, args).await,
         Verb::Events(args) => events::run(client, args).await,
         Verb::Apply(args) => apply::run(client, args).await,
     }
 }
 
-/// Percent-encodes an agent id or name for a URL path (names are restricted, but input is not).
+/// Percent-encodes an agent id or name for a URL path, or any text for a query value.
 pub(crate) fn path_segment(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

@@ -3,6 +3,7 @@
 
 mod api;
 mod cli;
+mod history;
 mod supervision;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +26,23 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) async fn start() -> Daemon {
+        Daemon::start_in_dir(tempfile::tempdir().expect("temp dir")).await
+    }
+
+    /// Starts a daemon whose `config.json` holds `config`.
+    pub(crate) async fn start_with_config(config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("config.json"), config).expect("write config");
+        Daemon::start_in_dir(dir).await
+    }
+
+    /// Starts a daemon whose state directory is `home` (created; removed with the daemon).
+    pub(crate) async fn start_in(home: PathBuf) -> Daemon {
+        std::fs::create_dir_all(&home).expect("create home");
+        Daemon::start_in_dir(tempfile::TempDir::new_in(&home).expect("temp dir")).await
+    }
+
+    async fn start_in_dir(dir: tempfile::TempDir) -> Daemon {
         let process = spawn_daemon(dir.path());
         let client = wait_until_serving(dir.path()).await;
         Daemon {

@@ -1,0 +1,163 @@
+//! The database file: opening it with the right pragmas, versioned schema migrations, and moving a
+//! damaged file aside so a fresh one can take its place.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::Error;
+
+/// Schema migrations; entry `n` takes `user_version` from `n` to `n + 1`. Only ever append.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    run INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    env_keys TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    settings TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    exit_code INTEGER,
+    exit_signal TEXT,
+    cause TEXT,
+    stopped_by TEXT
+);
+CREATE INDEX runs_by_agent ON runs (agent_id, run);
+CREATE INDEX runs_by_start ON runs (started_ms);
+CREATE INDEX runs_by_name ON runs (name);
+-- Output in arrival order. `pos` counts every byte an agent ever wrote (dropped ones too), so a gap
+-- between segments is output that could not be saved. `bytes` is last: the other columns are read
+-- without touching its overflow pages.
+CREATE TABLE segments (
+    id INTEGER PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    t_first INTEGER NOT NULL,
+    t_last INTEGER NOT NULL,
+    indexed INTEGER NOT NULL DEFAULT 0,
+    marks BLOB NOT NULL,
+    bytes BLOB NOT NULL
+);
+CREATE INDEX segments_by_agent ON segments (agent_id, pos, len);
+CREATE INDEX segments_by_time ON segments (t_first);
+CREATE INDEX segments_by_run ON segments (run_id);
+CREATE INDEX segments_unindexed ON segments (id) WHERE indexed = 0;
+CREATE VIRTUAL TABLE segments_fts USING fts5 (
+    text, content = '', contentless_delete = 1, detail = none,
+    tokenize = 'unicode61 remove_diacritics 0'
+);
+"];
+
+/// Opens (creating if needed) the database for writing and brings its schema up to date.
+pub(crate) fn open_writer(path: &Path) -> Result<Connection, Error> {
+    // Created private before SQLite opens it; the WAL and shared-memory files copy its mode.
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", path.display())))?;
+    }
+    let conn = Connection::open(path)?;
+    // 16 KiB pages: large output is written at several hundred MiB/s (measured in BENCHMARKS.md).
+    // It only takes effect on a new file, before WAL mode is set.
+    conn.pragma_update(None, "page_size", 16384)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Setup(format!(
+            "cannot switch {} to WAL mode (got {mode})",
+            path.display()
+        )));
+    }
+    // NORMAL in WAL mode: commits do not wait for the disk, a crash of the daemon loses nothing that
+    // was committed, and a power loss at most the last commits. Checkpoints run on their own thread.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a connection that only reads.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), Error> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(Error::Setup(format!(
+            "the history database has schema version {version}, newer than this celistrad knows ({}); \
+             run a newer celistrad or move the file aside",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Checks the whole file's structure; an error or any reported problem means it is damaged.
+pub(crate) fn check(conn: &Connection) -> Result<(), Error> {
+    let result: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0))?;
+    if result == "ok" {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(result))
+    }
+}
+
+/// Whether an error means the file itself is unusable (rather than full disk or a passing I/O error).
+pub(crate) fn is_damage(error: &Error) -> bool {
+    match error {
+        Error::Corrupt(_) => true,
+        Error::Sqlite(e) => matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+        ),
+        _ => false,
+    }
+}
+
+/// Moves the database and its WAL and shared-memory files aside with a timestamp; returns the new
+/// path of the main file.
+pub(crate) fn move_aside(path: &Path, now_ms: u64) -> std::io::Result<PathBuf> {
+    let aside = PathBuf::from(format!(
+        "{}.corrupt-{}",
+        path.display(),
+        celistra_core::clock::format_rfc3339_ms(now_ms).replace(':', "")
+    ));
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
+}

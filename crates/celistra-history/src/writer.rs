@@ -1,0 +1,1126 @@
+//! The one writer thread: it batches output into segments, records runs, enforces retention, merges
+//! small segments, feeds the search index in idle time, and replaces a damaged database. A checkpoint
+//! thread copies the WAL into the main file beside it, so large bursts are not slowed by checkpoints.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use celistra_core::logtext::{Stream, readable_text};
+use rusqlite::{Connection, params};
+
+use crate::marks::{self, Mark};
+use crate::schema;
+use crate::{Error, HistoryEvent, Inner, Limits, Message, RunEnd, RunStart, lock};
+
+/// How long output may wait in memory before it is committed: what a kill -9 can lose.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Pending output that triggers a commit before the interval is up.
+const FLUSH_BYTES: usize = 8 * 1024 * 1024;
+/// Largest segment; large output is cut at a line end near this size.
+const SEGMENT_MAX: usize = 256 * 1024;
+/// Segments smaller than this are merged with their neighbours once they are `SETTLE_MS` old.
+const SMALL_SEGMENT: usize = 64 * 1024;
+const SETTLE_MS: u64 = 60_000;
+/// A partial last line waits this long for its end before it is written as it is.
+const PARTIAL_LINE_WAIT_MS: u64 = 1_000;
+/// Idle-time work done in one step, so queued output never waits long.
+const MAINTENANCE_STEP_BYTES: usize = 2 * 1024 * 1024;
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+const AGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Minimum time between two `logs_dropped` events.
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often to retry opening a database that could not be opened.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Output of one run of one agent that is not committed yet.
+struct Pending {
+    agent_id: Arc<str>,
+    run_id: u64,
+    pos: u64,
+    bytes: Vec<u8>,
+    marks: Vec<Mark>,
+    /// The run has ended: no more output is expected, so a partial line need not wait.
+    complete: bool,
+}
+
+/// A segment ready to insert.
+struct Segment {
+    agent_id: Arc<str>,
+    run_id: u64,
+    pos: u64,
+    bytes: Vec<u8>,
+    marks: Vec<Mark>,
+}
+
+impl Segment {
+    fn t_first(&self) -> u64 {
+        self.marks.first().map_or(0, |m| m.time_ms)
+    }
+
+    fn t_last(&self) -> u64 {
+        self.marks.iter().map(|m| m.time_ms).max().unwrap_or(0)
+    }
+}
+
+#[derive(Default)]
+struct AgentLog {
+    /// Position of the next byte this agent writes.
+    next_pos: u64,
+    /// Bytes kept in the database.
+    stored: u64,
+}
+
+pub(crate) struct Writer {
+    inner: Arc<Inner>,
+    receiver: Receiver<Message>,
+    limits: Limits,
+    events: tokio::sync::mpsc::UnboundedSender<HistoryEvent>,
+    conn: Option<Connection>,
+    last_open_attempt: Option<Instant>,
+    /// Current pending output per agent, and older ones (of runs that ended) waiting for the commit.
+    pending: HashMap<Arc<str>, Pending>,
+    finished: Vec<Pending>,
+    pending_bytes: usize,
+    oldest_pending: Option<Instant>,
+    agents: HashMap<Arc<str>, AgentLog>,
+    total_stored: u64,
+    /// Runs that have not ended, kept to re-record them in a replacement database.
+    open_runs: HashMap<u64, RunStart>,
+    /// Why saving fails, while it does; and what was dropped meanwhile.
+    failing: Option<String>,
+    dropped_while_failing: u64,
+    unreported_drops: HashMap<Arc<str>, (u64, String)>,
+    last_drop_report: Option<Instant>,
+    dropped_total: u64,
+    last_maintenance: Instant,
+    last_age_sweep: Option<Instant>,
+    maintenance_behind: bool,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        receiver: Receiver<Message>,
+        limits: Limits,
+        events: tokio::sync::mpsc::UnboundedSender<HistoryEvent>,
+    ) -> Writer {
+        Writer {
+            inner,
+            receiver,
+            limits,
+            events,
+            conn: None,
+            last_open_attempt: None,
+            pending: HashMap::new(),
+            finished: Vec::new(),
+            pending_bytes: 0,
+            oldest_pending: None,
+            agents: HashMap::new(),
+            total_stored: 0,
+            open_runs: HashMap::new(),
+            failing: None,
+            dropped_while_failing: 0,
+            unreported_drops: HashMap::new(),
+            last_drop_report: None,
+            dropped_total: 0,
+            last_maintenance: Instant::now(),
+            last_age_sweep: None,
+            maintenance_behind: true,
+        }
+    }
+
+    /// Opens the database, replacing a damaged or unreadable file with a fresh one.
+    pub(crate) fn open(&mut self, now_ms: u64) {
+        self.last_open_attempt = Some(Instant::now());
+        let path = self.inner.path.clone();
+        let opened = schema::open_writer(&path).and_then(|conn| {
+            self.load(&conn, now_ms)?;
+            Ok(conn)
+        });
+        match opened {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.start_check();
+            }
+            Err(error) if path.exists() && replaceable(&error) => {
+                self.replace(&error.to_string(), now_ms);
+            }
+            Err(error) => {
+                tracing::error!(
+                    "cannot open {}: {error}; output is not saved until it can be",
+                    path.display()
+                );
+                self.fail(error.to_string());
+            }
+        }
+        self.publish_health();
+    }
+
+    /// Reads what the writer keeps in memory, and closes runs that a daemon crash left open.
+    fn load(&mut self, conn: &Connection, now_ms: u64) -> Result<(), Error> {
+        self.total_stored = 0;
+        let mut statement = conn
+            .prepare("SELECT agent_id, SUM(len), MAX(pos + len) FROM segments GROUP BY agent_id")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (agent_id, stored, end) = row?;
+            let log = self.agents.entry(Arc::from(agent_id)).or_default();
+            log.stored = stored.max(0) as u64;
+            log.next_pos = log.next_pos.max(end.max(0) as u64);
+            self.total_stored += log.stored;
+        }
+        let max_run: Option<i64> = conn.query_row("SELECT MAX(id) FROM runs", [], |r| r.get(0))?;
+        if let Some(max_run) = max_run {
+            self.inner
+                .last_run_id
+                .fetch_max(max_run.max(0) as u64, Ordering::SeqCst);
+        }
+        // Runs still open were cut short by a crash of the daemon: they ended with their last output.
+        conn.execute(
+            "UPDATE runs SET cause = 'daemon-lost', ended_ms = MAX(started_ms, \
+             COALESCE((SELECT MAX(t_last) FROM segments WHERE run_id = runs.id), started_ms)) \
+             WHERE ended_ms IS NULL AND id NOT IN (SELECT value FROM json_each(?1))",
+            [
+                serde_json::to_string(&self.open_runs.keys().collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            ],
+        )?;
+        let _ = now_ms;
+        Ok(())
+    }
+
+    /// Runs the full structural check of the file on a thread of its own; a damaged file is replaced
+    /// by the writer when the check reports.
+    fn start_check(&self) {
+        let inner = Arc::clone(&self.inner);
+        let generation = inner.generation.load(Ordering::SeqCst);
+        let _ = std::thread::Builder::new()
+            .name("history-check".into())
+            .spawn(move || {
+                let result = schema::open_reader(&inner.path).and_then(|conn| schema::check(&conn));
+                if let Err(error) = result
+                    && schema::is_damage(&error)
+                    && inner.generation.load(Ordering::SeqCst) == generation
+                {
+                    *lock(&inner.damaged) = Some(error.to_string());
+                }
+            });
+    }
+
+    /// Moves the damaged file aside and starts a fresh one, keeping the runs that are still open.
+    fn replace(&mut self, reason: &str, now_ms: u64) {
+        self.conn = None;
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        lock(&self.inner.readers).clear();
+        let path = self.inner.path.clone();
+        let moved_to = match schema::move_aside(&path, now_ms) {
+            Ok(moved_to) => moved_to,
+            Err(e) => {
+                tracing::error!("cannot move the damaged {} aside: {e}", path.display());
+                self.fail(format!(
+                    "the database is damaged ({reason}) and cannot be moved aside: {e}"
+                ));
+                return;
+            }
+        };
+        tracing::error!(
+            "the history database {} was damaged ({reason}); it was moved to {} and a fresh one created",
+            path.display(),
+            moved_to.display()
+        );
+        let _ = self.events.send(HistoryEvent::Reset {
+            moved_to: moved_to.display().to_string(),
+            reason: reason.to_owned(),
+        });
+        for log in self.agents.values_mut() {
+            log.stored = 0;
+        }
+        self.total_stored = 0;
+        match schema::open_writer(&path) {
+            Ok(conn) => {
+                let runs: Vec<RunStart> = self.open_runs.values().cloned().collect();
+                for run in &runs {
+                    if let Err(e) = insert_run(&conn, run) {
+                        tracing::warn!("cannot re-record run {}: {e}", run.run_id);
+                    }
+                }
+                self.conn = Some(conn);
+            }
+            Err(error) => {
+                tracing::error!("cannot create a fresh {}: {error}", path.display());
+                self.fail(error.to_string());
+            }
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let timeout = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(timeout) {
+                Ok(Message::Stop) => break,
+                Ok(message) => {
+                    self.handle(message);
+                    // Take whatever else is queued before deciding to commit.
+                    while self.pending_bytes < FLUSH_BYTES {
+                        match self.receiver.try_recv() {
+                            Ok(Message::Stop) => {
+                                self.flush(true);
+                                return self.shut_down();
+                            }
+                            Ok(message) => self.handle(message),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.take_queue_drops();
+            let damaged = lock(&self.inner.damaged).take();
+            if let Some(reason) = damaged {
+                self.replace(&reason, now_ms());
+            }
+            if self.conn.is_none()
+                && self
+                    .last_open_attempt
+                    .is_none_or(|at| at.elapsed() >= REOPEN_INTERVAL)
+            {
+                self.open(now_ms());
+            }
+            let due = self
+                .oldest_pending
+                .is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
+            if self.pending_bytes >= FLUSH_BYTES || due {
+                self.flush(false);
+            }
+            self.report_drops(false);
+            let idle =
+                self.pending_bytes < FLUSH_BYTES && self.inner.queued.load(Ordering::SeqCst) == 0;
+            if idle
+                && (self.maintenance_behind
+                    || self.last_maintenance.elapsed() >= MAINTENANCE_INTERVAL)
+            {
+                self.maintain();
+            }
+        }
+        self.flush(true);
+        self.shut_down();
+    }
+
+    fn shut_down(mut self) {
+        self.report_drops(true);
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut deadline = now + MAINTENANCE_INTERVAL;
+        if let Some(oldest) = self.oldest_pending {
+            deadline = deadline.min(oldest + FLUSH_INTERVAL);
+        }
+        if self.maintenance_behind {
+            deadline = now;
+        }
+        deadline
+    }
+
+    fn handle(&mut self, message: Message) {
+        match message {
+            Message::Output {
+                agent_id,
+                run_id,
+                stream,
+                time_ms,
+                bytes,
+            } => {
+                self.inner.queued.fetch_sub(bytes.len(), Ordering::SeqCst);
+                self.add_output(agent_id, run_id, stream, time_ms, &bytes);
+            }
+            Message::RunStarted(start) => {
+                if let Some(conn) = &self.conn
+                    && let Err(e) = insert_run(conn, &start)
+                {
+                    self.on_error(e);
+                }
+                self.open_runs.insert(start.run_id, *start);
+            }
+            Message::RunEnded { run_id, end } => {
+                self.open_runs.remove(&run_id);
+                for pending in self.pending.values_mut().chain(self.finished.iter_mut()) {
+                    if pending.run_id == run_id {
+                        pending.complete = true;
+                    }
+                }
+                if let Some(conn) = &self.conn
+                    && let Err(e) = end_run(conn, run_id, &end)
+                {
+                    self.on_error(e);
+                }
+            }
+            Message::Clear { agent_id, reply } => {
+                let _ = reply.send(self.clear(&agent_id));
+            }
+            Message::SetLimits(limits) => {
+                self.limits = limits;
+                self.maintenance_behind = true;
+            }
+            Message::Sync(reply) => {
+                self.take_queue_drops();
+                self.flush(true);
+                let _ = reply.send(());
+            }
+            Message::Stop => {}
+        }
+    }
+
+    fn add_output(
+        &mut self,
+        agent_id: Arc<str>,
+        run_id: u64,
+        stream: Stream,
+        time_ms: u64,
+        bytes: &[u8],
+    ) {
+        let log = self.agents.entry(Arc::clone(&agent_id)).or_default();
+        let pos = log.next_pos;
+        log.next_pos += bytes.len() as u64;
+        let continues = self
+            .pending
+            .get(&agent_id)
+            .is_some_and(|p| p.run_id == run_id && p.pos + p.bytes.len() as u64 == pos);
+        if !continues {
+            self.finish_pending(&agent_id);
+            self.pending.insert(
+                Arc::clone(&agent_id),
+                Pending {
+                    agent_id: Arc::clone(&agent_id),
+                    run_id,
+                    pos,
+                    bytes: Vec::new(),
+                    marks: Vec::new(),
+                    complete: false,
+                },
+            );
+        }
+        if let Some(pending) = self.pending.get_mut(&agent_id) {
+            pending.bytes.extend_from_slice(bytes);
+            marks::push(
+                &mut pending.marks,
+                Mark {
+                    stream,
+                    len: bytes.len(),
+                    time_ms,
+                },
+            );
+        }
+        self.pending_bytes += bytes.len();
+        self.oldest_pending.get_or_insert_with(Instant::now);
+    }
+
+    /// Closes an agent's pending output: what follows starts a new segment.
+    fn finish_pending(&mut self, agent_id: &str) {
+        if let Some(mut older) = self.pending.remove(agent_id) {
+            older.complete = true;
+            if !older.bytes.is_empty() {
+                self.finished.push(older);
+            }
+        }
+    }
+
+    /// Counts output the queue dropped: the agent's positions skip it, leaving a visible gap.
+    fn take_queue_drops(&mut self) {
+        let drops = std::mem::take(&mut *lock(&self.inner.queue_drops));
+        for (agent_id, bytes) in drops {
+            self.finish_pending(&agent_id);
+            self.agents
+                .entry(Arc::clone(&agent_id))
+                .or_default()
+                .next_pos += bytes;
+            self.count_drop(&agent_id, bytes, "saving fell behind the agent's output");
+        }
+    }
+
+    fn count_drop(&mut self, agent_id: &Arc<str>, bytes: u64, reason: &str) {
+        self.dropped_total += bytes;
+        if self.failing.is_some() {
+            self.dropped_while_failing += bytes;
+        }
+        let entry = self
+            .unreported_drops
+            .entry(Arc::clone(agent_id))
+            .or_insert_with(|| (0, reason.to_owned()));
+        entry.0 += bytes;
+        entry.1 = reason.to_owned();
+    }
+
+    /// Announces drops: at once after a quiet spell, then at most every few seconds.
+    fn report_drops(&mut self, now: bool) {
+        if self.unreported_drops.is_empty()
+            || (!now
+                && self
+                    .last_drop_report
+                    .is_some_and(|at| at.elapsed() < DROP_REPORT_INTERVAL))
+        {
+            return;
+        }
+        self.last_drop_report = Some(Instant::now());
+        for (agent_id, (bytes, reason)) in self.unreported_drops.drain() {
+            tracing::warn!(
+                agent = &*agent_id,
+                "{bytes} bytes of output not saved: {reason}"
+            );
+            let _ = self.events.send(HistoryEvent::Dropped {
+                agent_id: agent_id.to_string(),
+                bytes,
+                reason,
+            });
+        }
+        self.publish_health();
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failing.is_none() {
+            self.dropped_while_failing = 0;
+        }
+        self.failing = Some(reason);
+        self.publish_health();
+    }
+
+    /// Handles an error of a write: a damaged file is replaced; anything else (a full disk, an I/O
+    /// error) makes the writer drop output until a write succeeds again.
+    fn on_error(&mut self, error: rusqlite::Error) {
+        let error = Error::from(error);
+        if schema::is_damage(&error) {
+            self.replace(&error.to_string(), now_ms());
+        } else {
+            tracing::warn!("cannot save output: {error}");
+            self.fail(error.to_string());
+        }
+    }
+
+    fn publish_health(&self) {
+        let unindexed = self.conn.as_ref().and_then(|conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(len), 0) FROM segments WHERE indexed = 0",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .ok()
+        });
+        let mut health = lock(&self.inner.health);
+        health.ok = self.conn.is_some() && self.failing.is_none();
+        health.stored_bytes = self.total_stored;
+        health.dropped_bytes = self.dropped_total;
+        if let Some(unindexed) = unindexed {
+            health.unindexed_bytes = unindexed.max(0) as u64;
+        }
+    }
+
+    /// Commits pending output. With `everything`, partial lines are written too.
+    fn flush(&mut self, everything: bool) {
+        let now = now_ms();
+        let mut segments = Vec::new();
+        for mut pending in self.finished.drain(..) {
+            cut_segments(&mut pending, true, now, &mut segments);
+        }
+        let mut remaining = 0;
+        let mut emptied = vec![];
+        for (agent_id, pending) in &mut self.pending {
+            cut_segments(pending, everything, now, &mut segments);
+            remaining += pending.bytes.len();
+            if pending.bytes.is_empty() {
+                emptied.push(Arc::clone(agent_id));
+            }
+        }
+        for agent_id in emptied {
+            self.pending.remove(&agent_id);
+        }
+        self.pending_bytes = remaining;
+        self.oldest_pending = (remaining > 0).then(Instant::now);
+        if segments.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            for segment in &segments {
+                self.count_drop(
+                    &segment.agent_id,
+                    segment.bytes.len() as u64,
+                    "the history database cannot be opened",
+                );
+            }
+            return;
+        };
+        let written = write_segments(conn, &segments);
+        match written {
+            Ok(()) => {
+                for segment in &segments {
+                    let len = segment.bytes.len() as u64;
+                    self.agents
+                        .entry(Arc::clone(&segment.agent_id))
+                        .or_default()
+                        .stored += len;
+                    self.total_stored += len;
+                }
+                if let Err(e) = self.enforce_size_limits(&segments) {
+                    tracing::warn!("cannot apply the size limits: {e}");
+                }
+                if self.failing.take().is_some() {
+                    tracing::info!("output is being saved again");
+                    let _ = self.events.send(HistoryEvent::Recovered {
+                        dropped_bytes: self.dropped_while_failing,
+                    });
+                    self.dropped_while_failing = 0;
+                    self.report_drops(true);
+                }
+                self.inner.flushed.send_modify(|n| *n += 1);
+                self.publish_health();
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.on_error(error);
+                for segment in &segments {
+                    self.count_drop(&segment.agent_id, segment.bytes.len() as u64, &reason);
+                }
+                self.report_drops(false);
+            }
+        }
+    }
+
+    /// Deletes the oldest output of agents over their limit, then the oldest of all over the total.
+    fn enforce_size_limits(&mut self, written: &[Segment]) -> Result<(), Error> {
+        let Some(conn) = self.conn.as_ref() else {
+            return Ok(());
+        };
+        let mut freed: Vec<(Arc<str>, u64)> = vec![];
+        let mut agents: Vec<&Arc<str>> = written.iter().map(|s| &s.agent_id).collect();
+        agents.dedup();
+        for agent_id in agents {
+            let stored = self.agents.get(agent_id).map_or(0, |l| l.stored);
+            if stored > self.limits.max_agent_bytes {
+                let excess = stored - self.limits.max_agent_bytes;
+                freed.extend(delete_oldest(conn, Some(agent_id), excess)?);
+            }
+        }
+        let total: u64 = self.total_stored - freed.iter().map(|(_, n)| n).sum::<u64>();
+        if total > self.limits.max_total_bytes {
+            freed.extend(delete_oldest(
+                conn,
+                None,
+                total - self.limits.max_total_bytes,
+            )?);
+        }
+        self.forget(freed);
+        Ok(())
+    }
+
+    fn forget(&mut self, freed: Vec<(Arc<str>, u64)>) {
+        for (agent_id, bytes) in freed {
+            if let Some(log) = self.agents.get_mut(&agent_id) {
+                log.stored = log.stored.saturating_sub(bytes);
+            }
+            self.total_stored = self.total_stored.saturating_sub(bytes);
+        }
+    }
+
+    fn clear(&mut self, agent_id: &str) -> Result<u64, String> {
+        if let Some(pending) = self.pending.remove(agent_id) {
+            self.pending_bytes -= pending.bytes.len();
+        }
+        self.finished.retain(|p| &*p.agent_id != agent_id);
+        let Some(conn) = self.conn.as_ref() else {
+            return Err("the history database is not open; retry shortly".into());
+        };
+        let result = (|| -> Result<u64, Error> {
+            let tx = conn.unchecked_transaction()?;
+            let freed = delete_where(&tx, "agent_id = ?1", params![agent_id])?;
+            tx.commit()?;
+            Ok(freed.iter().map(|(_, n)| n).sum())
+        })();
+        match result {
+            Ok(bytes) => {
+                let key: Arc<str> = Arc::from(agent_id);
+                let stored = self.agents.get(&key).map_or(0, |l| l.stored);
+                self.forget(vec![(key, stored)]);
+                self.inner.flushed.send_modify(|n| *n += 1);
+                self.publish_health();
+                Ok(bytes)
+            }
+            Err(e) => Err(format!("cannot clear the logs: {e}")),
+        }
+    }
+
+    /// Idle-time work: age retention, merging small segments, and indexing; a bounded amount per step.
+    fn maintain(&mut self) {
+        self.last_maintenance = Instant::now();
+        if self.conn.is_none() {
+            self.maintenance_behind = false;
+            return;
+        }
+        let now = now_ms();
+        if self
+            .last_age_sweep
+            .is_none_or(|at| at.elapsed() >= AGE_SWEEP_INTERVAL)
+        {
+            self.last_age_sweep = Some(Instant::now());
+            if let Err(e) = self.sweep_old(now) {
+                tracing::warn!("cannot remove old output: {e}");
+            }
+        }
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        let step = merge_small(conn, now).and_then(|merged| Ok(merged + index_some(conn, now)?));
+        match step {
+            Ok(work) => {
+                self.maintenance_behind = work > 0;
+                if work > 0 {
+                    self.publish_health();
+                }
+            }
+            Err(Error::Sqlite(e)) => {
+                self.maintenance_behind = false;
+                self.on_error(e);
+            }
+            Err(e) => {
+                self.maintenance_behind = false;
+                tracing::warn!("history maintenance: {e}");
+            }
+        }
+    }
+
+    fn sweep_old(&mut self, now: u64) -> Result<(), Error> {
+        let Some(conn) = self.conn.as_ref() else {
+            return Ok(());
+        };
+        let cutoff = now.saturating_sub(self.limits.max_age_ms) as i64;
+        let tx = conn.unchecked_transaction()?;
+        let freed = delete_where(&tx, "t_first < ?1 AND t_last < ?1", params![cutoff])?;
+        tx.execute("DELETE FROM runs WHERE ended_ms < ?1", params![cutoff])?;
+        tx.commit()?;
+        if !freed.is_empty() {
+            self.forget(freed);
+            self.inner.flushed.send_modify(|n| *n += 1);
+            self.publish_health();
+        }
+        Ok(())
+    }
+}
+
+/// Whether a failure to open the file is cured by replacing it.
+fn replaceable(error: &Error) -> bool {
+    schema::is_damage(error)
+        || matches!(error, Error::Sqlite(e) if matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied | rusqlite::ErrorCode::ReadOnly)
+        ))
+}
+
+/// Moves the committable part of `pending` into segments: all of it when `everything` (or the run
+/// ended); otherwise a partial last line younger than a second stays, so lines are rarely split.
+fn cut_segments(pending: &mut Pending, everything: bool, now: u64, out: &mut Vec<Segment>) {
+    let complete = everything || pending.complete;
+    let mut cut = pending.bytes.len();
+    if !complete && pending.bytes.last() != Some(&b'\n') {
+        let line_start = memchr::memrchr(b'\n', &pending.bytes).map_or(0, |i| i + 1);
+        let tail_started = {
+            let mut probe = pending.marks.clone();
+            let tail = marks::split_off(&mut probe, line_start);
+            tail.first().map_or(now, |m| m.time_ms)
+        };
+        let tail_len = pending.bytes.len() - line_start;
+        if now.saturating_sub(tail_started) < PARTIAL_LINE_WAIT_MS && tail_len < SMALL_SEGMENT {
+            cut = line_start;
+        }
+    }
+    if cut == 0 {
+        return;
+    }
+    let rest_bytes = pending.bytes.split_off(cut);
+    let rest_marks = marks::split_off(&mut pending.marks, cut);
+    let mut bytes = std::mem::replace(&mut pending.bytes, rest_bytes);
+    let mut all_marks = std::mem::replace(&mut pending.marks, rest_marks);
+    let mut pos = pending.pos;
+    pending.pos += cut as u64;
+    while !bytes.is_empty() {
+        let mut len = bytes.len();
+        if len > SEGMENT_MAX {
+            len = memchr::memrchr(b'\n', &bytes[SEGMENT_MAX / 2..SEGMENT_MAX])
+                .map_or(SEGMENT_MAX, |i| SEGMENT_MAX / 2 + i + 1);
+        }
+        let tail_bytes = bytes.split_off(len);
+        let tail_marks = marks::split_off(&mut all_marks, len);
+        out.push(Segment {
+            agent_id: Arc::clone(&pending.agent_id),
+            run_id: pending.run_id,
+            pos,
+            bytes: std::mem::replace(&mut bytes, tail_bytes),
+            marks: std::mem::replace(&mut all_marks, tail_marks),
+        });
+        pos += len as u64;
+    }
+}
+
+fn write_segments(conn: &mut Connection, segments: &[Segment]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO segments (agent_id, run_id, pos, len, t_first, t_last, marks, bytes)              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for segment in segments {
+            let t_first = segment.t_first();
+            insert.execute(params![
+                &*segment.agent_id,
+                segment.run_id as i64,
+                segment.pos as i64,
+                segment.bytes.len() as i64,
+                t_first as i64,
+                segment.t_last() as i64,
+                marks::encode(&segment.marks, t_first),
+                &segment.bytes,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+fn insert_run(conn: &Connection, run: &RunStart) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "INSERT OR REPLACE INTO runs (id, agent_id, name, run, command, workspace, env_keys, mode, pid,          attempt, settings, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            run.run_id as i64,
+            run.agent_id,
+            run.name,
+            run.run as i64,
+            run.command,
+            run.workspace,
+            serde_json::to_string(&run.env_keys).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_value(run.mode).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            run.pid,
+            run.attempt,
+            serde_json::to_string(&run.settings).unwrap_or_else(|_| "{}".into()),
+            run.started_ms as i64,
+        ],
+    )?;
+    Ok(())
+}
+
+fn end_run(conn: &Connection, run_id: u64, end: &RunEnd) -> Result<(), rusqlite::Error> {
+    conn.execute(
+        "UPDATE runs SET ended_ms = ?2, exit_code = ?3, exit_signal = ?4, cause = ?5, stopped_by = ?6          WHERE id = ?1",
+        params![
+            run_id as i64,
+            end.ended_ms as i64,
+            end.exit_code,
+            end.exit_signal,
+            end.cause.as_str(),
+            end.stopped_by,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Deletes the oldest segments (of one agent, or of all) until at least `bytes` are freed.
+fn delete_oldest(
+    conn: &Connection,
+    agent_id: Option<&str>,
+    bytes: u64,
+) -> Result<Vec<(Arc<str>, u64)>, Error> {
+    let (sql, agent) = match agent_id {
+        Some(agent) => (
+            "SELECT id, agent_id, len FROM segments WHERE agent_id = ?1 ORDER BY pos",
+            agent,
+        ),
+        None => (
+            "SELECT id, agent_id, len FROM segments WHERE ?1 = ?1 ORDER BY t_first, id",
+            "",
+        ),
+    };
+    let mut ids = vec![];
+    {
+        let mut statement = conn.prepare_cached(sql)?;
+        let mut rows = statement.query(params![agent])?;
+        let mut freed = 0u64;
+        while freed < bytes {
+            let Some(row) = rows.next()? else { break };
+            let len: i64 = row.get(2)?;
+            ids.push(row.get::<_, i64>(0)?);
+            freed += len.max(0) as u64;
+        }
+    }
+    let tx = conn.unchecked_transaction()?;
+    let freed = delete_where(
+        &tx,
+        "id IN (SELECT value FROM json_each(?1))",
+        params![serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())],
+    )?;
+    tx.commit()?;
+    Ok(freed)
+}
+
+/// Deletes the segments matching `condition` and their index entries; returns the bytes freed per agent.
+fn delete_where(
+    conn: &Connection,
+    condition: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<(Arc<str>, u64)>, Error> {
+    let mut freed: HashMap<Arc<str>, u64> = HashMap::new();
+    {
+        let mut select = conn.prepare(&format!(
+            "SELECT id, agent_id, len, indexed FROM segments WHERE {condition}"
+        ))?;
+        let mut unindex = conn.prepare_cached("DELETE FROM segments_fts WHERE rowid = ?1")?;
+        let mut rows = select.query(params)?;
+        while let Some(row) = rows.next()? {
+            let agent_id: String = row.get(1)?;
+            *freed.entry(Arc::from(agent_id)).or_default() += row.get::<_, i64>(2)?.max(0) as u64;
+            if row.get::<_, i64>(3)? != 0 {
+                unindex.execute([row.get::<_, i64>(0)?])?;
+            }
+        }
+    }
+    conn.execute(&format!("DELETE FROM segments WHERE {condition}"), params)?;
+    Ok(freed.into_iter().collect())
+}
+
+/// Merges runs of small, settled, adjacent segments of one run into larger ones. Returns bytes merged.
+fn merge_small(conn: &Connection, now: u64) -> Result<usize, Error> {
+    struct Small {
+        id: i64,
+        agent_id: String,
+        run_id: i64,
+        pos: i64,
+        indexed: bool,
+        marks: Vec<Mark>,
+        bytes: Vec<u8>,
+    }
+    let settled = now.saturating_sub(SETTLE_MS) as i64;
+    let mut smalls = vec![];
+    {
+        let mut statement = conn.prepare_cached(
+            "SELECT id, agent_id, run_id, pos, indexed, t_first, marks, bytes FROM segments              WHERE len < ?1 AND t_last < ?2 ORDER BY agent_id, pos LIMIT 512",
+        )?;
+        let mut rows = statement.query(params![SMALL_SEGMENT as i64, settled])?;
+        while let Some(row) = rows.next()? {
+            let t_first: i64 = row.get(5)?;
+            let encoded: Vec<u8> = row.get(6)?;
+            let Some(marks) = marks::decode(&encoded, t_first as u64) else {
+                continue;
+            };
+            smalls.push(Small {
+                id: row.get(0)?,
+                agent_id: row.get(1)?,
+                run_id: row.get(2)?,
+                pos: row.get(3)?,
+                indexed: row.get::<_, i64>(4)? != 0,
+                marks,
+                bytes: row.get(7)?,
+            });
+        }
+    }
+    // Group neighbours: same agent and run, contiguous positions, up to the segment size.
+    let mut groups: Vec<Vec<Small>> = vec![];
+    for small in smalls {
+        let joins = groups.last().and_then(|g| g.last()).is_some_and(|last| {
+            last.agent_id == small.agent_id
+                && last.run_id == small.run_id
+                && last.pos + last.bytes.len() as i64 == small.pos
+        }) && groups.last().is_some_and(|g| {
+            g.iter().map(|s| s.bytes.len()).sum::<usize>() + small.bytes.len() <= SEGMENT_MAX
+        });
+        if joins {
+            groups.last_mut().expect("checked").push(small);
+        } else {
+            groups.push(vec![small]);
+        }
+    }
+    let mut merged_bytes = 0;
+    let tx = conn.unchecked_transaction()?;
+    for group in groups.into_iter().filter(|g| g.len() > 1) {
+        let mut bytes = vec![];
+        let mut all_marks = vec![];
+        for small in &group {
+            bytes.extend_from_slice(&small.bytes);
+            for mark in &small.marks {
+                marks::push(&mut all_marks, *mark);
+            }
+            if small.indexed {
+                tx.execute("DELETE FROM segments_fts WHERE rowid = ?1", [small.id])?;
+            }
+            tx.execute("DELETE FROM segments WHERE id = ?1", [small.id])?;
+        }
+        let segment = Segment {
+            agent_id: Arc::from(group[0].agent_id.as_str()),
+            run_id: group[0].run_id as u64,
+            pos: group[0].pos as u64,
+            bytes,
+            marks: all_marks,
+        };
+        let t_first = segment.t_first();
+        tx.execute(
+            "INSERT INTO segments (agent_id, run_id, pos, len, t_first, t_last, marks, bytes)              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                &*segment.agent_id,
+                segment.run_id as i64,
+                segment.pos as i64,
+                segment.bytes.len() as i64,
+                t_first as i64,
+                segment.t_last() as i64,
+                marks::encode(&segment.marks, t_first),
+                &segment.bytes,
+            ],
+        )?;
+        merged_bytes += segment.bytes.len();
+    }
+    tx.commit()?;
+    Ok(merged_bytes)
+}
+
+/// Adds settled segments to the search index, up to a step's worth. Returns bytes indexed.
+fn index_some(conn: &Connection, now: u64) -> Result<usize, Error> {
+    let settled = now.saturating_sub(SETTLE_MS) as i64;
+    let tx = conn.unchecked_transaction()?;
+    let mut done = 0;
+    {
+        let mut select = tx.prepare_cached(
+            "SELECT id, bytes FROM segments WHERE indexed = 0 AND (len >= ?1 OR t_last < ?2)              ORDER BY id LIMIT 64",
+        )?;
+        let mut insert =
+            tx.prepare_cached("INSERT INTO segments_fts (rowid, text) VALUES (?1, ?2)")?;
+        let mut mark = tx.prepare_cached("UPDATE segments SET indexed = 1 WHERE id = ?1")?;
+        let mut rows = select.query(params![SMALL_SEGMENT as i64, settled])?;
+        while done < MAINTENANCE_STEP_BYTES {
+            let Some(row) = rows.next()? else { break };
+            let id: i64 = row.get(0)?;
+            let bytes: Vec<u8> = row.get(1)?;
+            insert.execute(params![id, readable_text(&bytes)])?;
+            mark.execute([id])?;
+            done += bytes.len().max(1);
+        }
+    }
+    tx.commit()?;
+    Ok(done)
+}
+
+/// Copies the WAL into the database file in the background, so the writer never waits for it.
+pub(crate) fn checkpoint_loop(inner: &Inner) {
+    let wal = std::path::PathBuf::from(format!("{}-wal", inner.path.display()));
+    let mut conn: Option<(u64, Connection)> = None;
+    let mut last = Instant::now();
+    while !inner.stopping.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let due = size > 32 * 1024 * 1024 || (size > 0 && last.elapsed() >= Duration::from_secs(5));
+        if !due {
+            continue;
+        }
+        let generation = inner.generation.load(Ordering::SeqCst);
+        if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
+            conn = schema::open_reader(&inner.path)
+                .and_then(|c| {
+                    c.pragma_update(None, "query_only", false)?;
+                    Ok(c)
+                })
+                .ok()
+                .map(|c| (generation, c));
+        }
+        if let Some((_, c)) = &conn {
+            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+        last = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(bytes: &[u8], time_ms: u64) -> Pending {
+        Pending {
+            agent_id: Arc::from("ag-test"),
+            run_id: 1,
+            pos: 100,
+            bytes: bytes.to_vec(),
+            marks: vec![Mark {
+                stream: Stream::Pty,
+                len: bytes.len(),
+                time_ms,
+            }],
+            complete: false,
+        }
+    }
+
+    #[test]
+    fn a_young_partial_line_waits_and_an_old_one_does_not() {
+        let mut out = vec![];
+        let mut young = pending(
+            b"one
+two
+part",
+            1_000,
+        );
+        cut_segments(&mut young, false, 1_500, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].pos, out[0].bytes.as_slice()),
+            (
+                100,
+                &b"one
+two
+"[..]
+            )
+        );
+        assert_eq!((young.pos, young.bytes.as_slice()), (108, &b"part"[..]));
+        assert_eq!(young.marks.iter().map(|m| m.len).sum::<usize>(), 4);
+        cut_segments(&mut young, false, 2_500, &mut out);
+        assert_eq!(out[1].bytes, b"part");
+        assert!(young.bytes.is_empty());
+    }
+
+    #[test]
+    fn large_output_is_cut_at_line_ends() {
+        let line = b"0123456789abcdef0123456789abcde
+";
+        let bytes: Vec<u8> = line
+            .iter()
+            .copied()
+            .cycle()
+            .take(SEGMENT_MAX * 3 + 5)
+            .collect();
+        let mut big = pending(&bytes, 1_000);
+        let mut out = vec![];
+        cut_segments(&mut big, true, 1_000, &mut out);
+        assert_eq!(out.len(), 4);
+        let mut pos = 100;
+        for segment in &out[..3] {
+            assert_eq!(segment.pos, pos);
+            assert_eq!(segment.bytes.last(), Some(&b'\n'));
+            assert!(segment.bytes.len() <= SEGMENT_MAX);
+            assert_eq!(
+                segment.marks.iter().map(|m| m.len).sum::<usize>(),
+                segment.bytes.len()
+            );
+            pos += segment.bytes.len() as u64;
+        }
+        let total: usize = out.iter().map(|s| s.bytes.len()).sum();
+        assert_eq!(total, bytes.len());
+    }
+}
