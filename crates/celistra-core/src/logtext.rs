@@ -25,13 +25,22 @@
 //!
 //! # Grep patterns
 //!
-//! A pattern matches a line if the lowercased line contains the lowercased pattern at a position
-//! where, when the pattern starts with an alphanumeric char, the line char before it is not
-//! alphanumeric (or the match is at the line start): `err` matches `Error: x`, `an error` and
-//! `x-error` but not `terror`; `-> x` matches anywhere. The FTS5 query over-approximates this
-//! for an index built with `tokenize='unicode61 remove_diacritics 0'`: every matching line
-//! satisfies it, so the index never hides a match, and [`GrepPattern::matches`] filters the
-//! candidates.
+//! A pattern matches a line if the line, lowercased, contains the pattern, lowercased, starting at
+//! a line char before which, when the pattern starts with an alphanumeric char, there is no
+//! alphanumeric char or combining accent (the match starts a word or the line): `err` matches
+//! `Error: x`, `an error` and `x-error` but not `terror`; `-> x` matches anywhere. Both are
+//! lowercased char by char ([`char::to_lowercase`]); alphanumeric means
+//! [`char::is_alphanumeric`], a combining accent is U+0300..=U+036F.
+//!
+//! [`GrepPattern::fts_query`] over-approximates this for an index built with
+//! `tokenize='unicode61 remove_diacritics 0'`, so the index does not hide matches and
+//! [`GrepPattern::matches`] filters its candidates. unicode61 does not split text exactly where
+//! `char::is_alphanumeric` does (it follows Unicode 6.1 categories, splits at spacing marks, keeps
+//! combining diacritics and private-use chars inside tokens), so the query only uses the parts of
+//! the pattern whose tokenization is certain, and a term never holds two index tokens (which an
+//! index with `detail=none` rejects). Left over: a match right after a line char that unicode61
+//! joins to the word but that is neither alphanumeric nor a combining accent (a private-use char,
+//! a rarer combining mark, a char newer than Unicode 6.1 such as a recent emoji) is hidden.
 
 use vte::{Params, Parser, Perform};
 
@@ -104,8 +113,8 @@ impl LineAssembler {
         });
     }
 
-    /// Emits every partial (unterminated) line that has visible text, e.g. at the end of a run or
-    /// of a query, oldest first. Every stream then starts afresh, parser included, so a sequence
+    /// Emits every partial (unterminated) line that has visible text (a char that is not white
+    /// space), e.g. at the end of a run or of a query, oldest first. Every stream then starts afresh, parser included, so a sequence
     /// cut off by the end of a run cannot swallow the start of the next one.
     pub fn finish(&mut self, out: &mut Vec<Line>) {
         let first = out.len();
@@ -208,20 +217,13 @@ impl<E: FnMut(u64, &str)> Performer<'_, E> {
         self.line.text.clear();
         self.line.cursor = 0;
     }
-}
 
-impl<E: FnMut(u64, &str)> Perform for Performer<'_, E> {
-    fn print(&mut self, c: char) {
+    /// `print` away from the end of the line, or at the length cap.
+    #[inline(never)]
+    fn print_slow(&mut self, c: char) {
         let width = c.len_utf8();
-        let line = &mut *self.line;
-        // The common case: appending to a line that still has room.
-        if line.cursor == line.text.len() && line.cursor + width <= MAX_LINE_BYTES {
-            line.text.push(c);
-            line.cursor += width;
-            return;
-        }
-        let under = line.len_under_cursor();
-        let new_len = line.text.len().max(line.cursor) - under + width;
+        let under = self.line.len_under_cursor();
+        let new_len = self.line.text.len().max(self.line.cursor) - under + width;
         if new_len > MAX_LINE_BYTES {
             // The rest continues as a new line that starts in this chunk.
             self.emit_line();
@@ -238,6 +240,21 @@ impl<E: FnMut(u64, &str)> Perform for Performer<'_, E> {
             line.text
                 .replace_range(line.cursor..line.cursor + under, c.encode_utf8(&mut [0; 4]));
             line.cursor += width;
+        }
+    }
+}
+
+impl<E: FnMut(u64, &str)> Perform for Performer<'_, E> {
+    #[inline]
+    fn print(&mut self, c: char) {
+        // The common case, small enough to inline into the parser's loop: appending to a line
+        // that still has room.
+        let line = &mut *self.line;
+        if line.cursor == line.text.len() && line.cursor + c.len_utf8() <= MAX_LINE_BYTES {
+            line.text.push(c);
+            line.cursor = line.text.len();
+        } else {
+            self.print_slow(c);
         }
     }
 
@@ -278,6 +295,7 @@ impl<E: FnMut(u64, &str)> Perform for Performer<'_, E> {
 /// A `--grep` pattern: case-insensitive, matched at a word start, usable against an FTS5 index.
 #[derive(Debug, Clone)]
 pub struct GrepPattern {
+    pattern: String,
     lower: String,
     /// Whether the pattern starts with an alphanumeric char, so a match must start a word.
     word_start: bool,
@@ -291,28 +309,44 @@ impl GrepPattern {
                     .to_owned(),
             );
         }
-        let lower = pattern.to_lowercase();
-        let word_start = lower.chars().next().is_some_and(char::is_alphanumeric);
-        Ok(GrepPattern { lower, word_start })
+        Ok(GrepPattern {
+            pattern: pattern.to_owned(),
+            lower: pattern.chars().flat_map(char::to_lowercase).collect(),
+            word_start: pattern.starts_with(char::is_alphanumeric),
+        })
     }
 
     /// An FTS5 MATCH expression that every matching line's text satisfies (an over-approximation,
     /// for the index built with tokenize='unicode61 remove_diacritics 0'), or None when the
-    /// pattern has no word characters (e.g. "->"), so the caller must scan.
+    /// pattern has no usable word (e.g. "->"), so the caller must scan.
     ///
-    /// Each run of alphanumeric chars is a token. A token followed by a separator in the pattern
-    /// is a whole token of the line too (a match starts a word, or the token is preceded by a
-    /// separator), so it is an exact term `"tok"`; the final token, cut off by the pattern's end,
-    /// only starts a line token, so it is a prefix term `"tok"*`.
+    /// Each run of token chars is a term if the index token surely starts with it: it starts the
+    /// pattern (a match starts a word) or follows a separator. Followed by a separator it is a
+    /// whole index token, `"tok"`; otherwise (the pattern ends, or a char of uncertain kind
+    /// follows) the index token may go on, `"tok"*`. Terms are joined with ` AND `. ASCII letters
+    /// are lowercased; the index folds the rest of the case itself, the same way as the text.
     pub fn fts_query(&self) -> Option<String> {
-        let mut pieces = self.lower.split(|c: char| !c.is_alphanumeric()).peekable();
+        let chars: Vec<char> = self.pattern.chars().collect();
         let mut terms = Vec::new();
-        while let Some(token) = pieces.next() {
-            if token.is_empty() {
+        let mut at = 0;
+        while at < chars.len() {
+            let start = at;
+            while at < chars.len() && surely_token_char(chars[at]) {
+                at += 1;
+            }
+            if at == start {
+                at += 1;
                 continue;
             }
-            let prefix = if pieces.peek().is_none() { "*" } else { "" };
-            terms.push(format!("\"{token}\"{prefix}"));
+            if start > 0 && !surely_separator(chars[start - 1]) {
+                continue;
+            }
+            let token: String = chars[start..at]
+                .iter()
+                .map(char::to_ascii_lowercase)
+                .collect();
+            let whole = chars.get(at).is_some_and(|&c| surely_separator(c));
+            terms.push(format!("\"{token}\"{}", if whole { "" } else { "*" }));
         }
         (!terms.is_empty()).then(|| terms.join(" AND "))
     }
@@ -328,22 +362,52 @@ impl GrepPattern {
                         && self.starts_word_after(at.checked_sub(1).map(|i| char::from(hay[i])))
                 });
         }
-        let lower = line.to_lowercase();
-        let mut from = 0;
-        while let Some(found) = lower[from..].find(self.lower.as_str()) {
-            let at = from + found;
-            if self.starts_word_after(lower[..at].chars().next_back()) {
-                return true;
+        // Char by char over the original line, so the char before a match is the line's own
+        // (lowercasing `İ` gives two chars, the second not alphanumeric).
+        let mut before = None;
+        for (at, c) in line.char_indices() {
+            if self.starts_word_after(before) {
+                let mut rest = line[at..].chars().flat_map(char::to_lowercase);
+                if self.lower.chars().all(|p| rest.next() == Some(p)) {
+                    return true;
+                }
             }
-            // Matches may overlap: `a-a` in `xa-a-a` only qualifies at the second `a`.
-            from = at + lower[at..].chars().next().map_or(1, char::len_utf8);
+            before = Some(c);
         }
         false
     }
 
     fn starts_word_after(&self, before: Option<char>) -> bool {
-        !self.word_start || before.is_none_or(|c| !c.is_alphanumeric())
+        // A combining accent belongs to the letter before it (decomposed text, as in macOS file
+        // names), so it does not end a word either.
+        !self.word_start
+            || before.is_none_or(|c| !c.is_alphanumeric() && !('\u{300}'..='\u{36f}').contains(&c))
     }
+}
+
+/// Whether unicode61 surely keeps `c` in a token, as one char of it: ASCII alphanumerics,
+/// numbers, cased letters, and the main CJK, kana and Hangul letters. Other alphabetic chars may
+/// be marks, which unicode61 splits at or keeps with the previous token.
+fn surely_token_char(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric();
+    }
+    // Cased chars are letters, but for a combining mark and some symbols.
+    let letter = (c.is_lowercase() || c.is_uppercase())
+        && !matches!(c, '\u{345}' | '\u{24b6}'..='\u{24e9}' | '\u{1f130}'..='\u{1f189}');
+    let cjk = matches!(
+        c,
+        '\u{3041}'..='\u{3096}' // hiragana
+            | '\u{30a1}'..='\u{30fa}' | '\u{30fc}'..='\u{30ff}' // katakana
+            | '\u{3400}'..='\u{4dbf}' | '\u{4e00}'..='\u{9fff}' // ideographs
+            | '\u{ac00}'..='\u{d7a3}' // hangul syllables
+    );
+    c.is_numeric() || letter || cjk
+}
+
+/// Whether unicode61 surely splits at `c`: ASCII punctuation and controls, and white space.
+fn surely_separator(c: char) -> bool {
+    c.is_ascii() && !c.is_ascii_alphanumeric() || c.is_whitespace()
 }
 
 #[cfg(test)]
@@ -548,6 +612,9 @@ mod tests {
         let accented = GrepPattern::new("\u{c9}t\u{c9}").unwrap();
         assert!(accented.matches("en \u{e9}t\u{e9}"));
         assert!(!accented.matches("en \u{e9}te"));
+        // `İ` lowercases to `i` plus a combining dot, yet the `b` after it is inside a word.
+        assert!(!GrepPattern::new("b").unwrap().matches("\u{130}b"));
+        assert!(!GrepPattern::new("s").unwrap().matches("cafe\u{301}s"));
         for empty in ["", "  \t"] {
             assert!(GrepPattern::new(empty).is_err());
         }
@@ -568,9 +635,25 @@ mod tests {
             Some("\"a\" AND \"b\" AND \"c\"*")
         );
         assert_eq!(query("->"), None);
+        // Non-ASCII letters keep their case (the index folds it) and stay whole.
+        assert_eq!(
+            query("\u{130}stanbul \u{41e}\u{448}\u{438}\u{431}\u{43a}\u{430}").as_deref(),
+            Some("\"\u{130}stanbul\" AND \"\u{41e}\u{448}\u{438}\u{431}\u{43a}\u{430}\"*")
+        );
+        assert_eq!(
+            query("\u{30b5}\u{30fc}\u{30d0}\u{30fc}: \u{9519}").as_deref(),
+            Some("\"\u{30b5}\u{30fc}\u{30d0}\u{30fc}\" AND \"\u{9519}\"*")
+        );
+        // Where unicode61 might split or join differently, terms only keep what is certain: a
+        // combining accent may join `b` to `a`, a spacing mark splits Devanagari words, and `…`
+        // might belong to the index token before it.
+        assert_eq!(query("a\u{301}b c").as_deref(), Some("\"a\"* AND \"c\"*"));
+        assert_eq!(query("\u{915}\u{93f}\u{92f}\u{93e}"), None);
+        assert_eq!(query("x\u{2026} y").as_deref(), Some("\"x\"* AND \"y\"*"));
+        assert_eq!(query("\u{e000}x"), None);
     }
 
-    /// The line's index tokens as unicode61 makes them for the test alphabet.
+    /// The line's index tokens as unicode61 makes them from the test alphabet.
     fn index_tokens(line: &str) -> Vec<String> {
         line.to_lowercase()
             .split(|c: char| !c.is_alphanumeric())
@@ -579,8 +662,10 @@ mod tests {
             .collect()
     }
 
+    /// Whether the index tokens satisfy the query, folding the query's case as the index does.
     fn satisfies(query: &str, tokens: &[String]) -> bool {
         query.split(" AND ").all(|term| {
+            let term = term.to_lowercase();
             let term = term.strip_prefix('"').expect("terms are quoted");
             match term.strip_suffix("\"*") {
                 Some(prefix) => tokens.iter().any(|token| token.starts_with(prefix)),
@@ -594,7 +679,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn index_never_hides_a_match(line in "[abA\u{e9} ,-]{0,16}", pattern in "[abA\u{e9} ,-]{1,6}") {
+        fn index_never_hides_a_match(line in "[abA\u{e9}\u{c9} ,-]{0,16}", pattern in "[abA\u{e9}\u{c9} ,-]{1,6}") {
             prop_assume!(!pattern.trim().is_empty());
             let grep = GrepPattern::new(&pattern).unwrap();
             if grep.matches(&line) && let Some(query) = grep.fts_query() {
@@ -606,11 +691,11 @@ mod tests {
         fn matches_agrees_with_the_definition(line in "[abA\u{e9}\u{c9} ,-]{0,16}", pattern in "[abA\u{e9} ,-]{1,6}") {
             prop_assume!(!pattern.trim().is_empty());
             let grep = GrepPattern::new(&pattern).unwrap();
-            let (line_lower, pattern_lower) = (line.to_lowercase(), pattern.to_lowercase());
-            let chars: Vec<char> = line_lower.chars().collect();
-            let needs_word_start = pattern_lower.chars().next().unwrap().is_alphanumeric();
+            let chars: Vec<char> = line.chars().collect();
+            let pattern_lower = pattern.to_lowercase();
+            let needs_word_start = pattern.starts_with(char::is_alphanumeric);
             let expected = (0..chars.len()).any(|at| {
-                chars[at..].iter().collect::<String>().starts_with(&pattern_lower)
+                chars[at..].iter().collect::<String>().to_lowercase().starts_with(&pattern_lower)
                     && (!needs_word_start || at == 0 || !chars[at - 1].is_alphanumeric())
             });
             prop_assert_eq!(grep.matches(&line), expected);
