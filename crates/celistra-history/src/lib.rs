@@ -9,6 +9,7 @@
 //!
 //! Environment values never reach this crate: a run is recorded with the names of its variables only.
 
+mod codec;
 mod marks;
 mod read;
 mod schema;
@@ -30,7 +31,7 @@ pub use read::{Cursor, LogFilter, Piece};
 
 /// Bytes of output that may wait for the writer; beyond this, output is dropped and counted so that
 /// agents are never slowed and memory stays bounded.
-const QUEUE_LIMIT: usize = 16 * 1024 * 1024;
+const QUEUE_LIMIT: usize = 24 * 1024 * 1024;
 
 /// Errors of the history database.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +134,8 @@ pub(crate) struct Inner {
     /// Set by the start-up check when the file is damaged; the writer then replaces it.
     damaged: Mutex<Option<String>>,
     last_run_id: AtomicU64,
+    /// Until when (ms since the epoch) output counts as flowing; background copying waits for it.
+    busy_until: AtomicU64,
     stopping: AtomicBool,
 }
 
@@ -178,6 +181,7 @@ impl History {
             // Run ids are microseconds since the epoch (made unique), so they stay unique even
             // across a database that was replaced.
             last_run_id: AtomicU64::new(now_ms.saturating_mul(1000)),
+            busy_until: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
         let (sender, receiver) = mpsc::channel();

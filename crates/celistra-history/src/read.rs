@@ -9,7 +9,7 @@ use celistra_proto::{IoMode, RunCause, RunRecord};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::marks::{self, Mark};
-use crate::{Error, History, lock, schema};
+use crate::{Error, History, codec, lock, schema};
 
 /// Segments read per query while scanning, so no read transaction stays open for long.
 const PAGE: i64 = 32;
@@ -85,28 +85,37 @@ struct StoredSegment {
     agent_id: String,
     run_id: u64,
     pos: u64,
+    /// Length of the output it holds (also when its bytes turned out damaged and were skipped).
+    len: u64,
     marks: Vec<Mark>,
     bytes: Vec<u8>,
 }
 
-const SEGMENT_COLUMNS: &str = "agent_id, run_id, pos, t_first, marks, bytes";
+const SEGMENT_COLUMNS: &str = "agent_id, run_id, pos, len, t_first, marks, bytes";
 
 fn segment(row: &Row<'_>) -> rusqlite::Result<StoredSegment> {
-    let t_first: i64 = row.get(3)?;
-    let encoded: Vec<u8> = row.get(4)?;
-    let bytes: Vec<u8> = row.get(5)?;
-    let marks = marks::decode(&encoded, t_first as u64).unwrap_or_else(|| {
-        // Damaged marks: keep the bytes, timed at the segment's start.
-        vec![Mark {
-            stream: Stream::Pty,
-            len: bytes.len(),
-            time_ms: t_first as u64,
-        }]
+    let t_first: i64 = row.get(4)?;
+    let encoded: Vec<u8> = row.get(5)?;
+    let stored: Vec<u8> = row.get(6)?;
+    let bytes = codec::unpack(&stored).unwrap_or_else(|| {
+        tracing::warn!("a damaged output segment was skipped");
+        Vec::new()
     });
+    let marks = marks::decode(&encoded, t_first as u64)
+        .filter(|m| m.iter().map(|m| m.len).sum::<usize>() == bytes.len())
+        .unwrap_or_else(|| {
+            // Damaged marks: keep the bytes, timed at the segment's start.
+            vec![Mark {
+                stream: Stream::Pty,
+                len: bytes.len(),
+                time_ms: t_first as u64,
+            }]
+        });
     Ok(StoredSegment {
         agent_id: row.get(0)?,
         run_id: row.get::<_, i64>(1)? as u64,
         pos: row.get::<_, i64>(2)? as u64,
+        len: row.get::<_, i64>(3)?.max(0) as u64,
         marks,
         bytes,
     })
@@ -488,7 +497,7 @@ fn render_segment(
             cursor.assembler.push(stream, time_ms, bytes, &mut lines);
         }
     }
-    cursor.pos = cursor.pos.max(segment.pos + segment.bytes.len() as u64);
+    cursor.pos = cursor.pos.max(segment.pos + segment.len);
     for line in lines {
         if !emit(Piece::Line {
             agent_id: agent_id.clone(),

@@ -32,7 +32,8 @@ CREATE INDEX runs_by_agent ON runs (agent_id, run);
 CREATE INDEX runs_by_start ON runs (started_ms);
 CREATE INDEX runs_by_name ON runs (name);
 -- Output in arrival order. `pos` counts every byte an agent ever wrote (dropped ones too), so a gap
--- between segments is output that could not be saved. `bytes` is last: the other columns are read
+-- between segments is output that could not be saved. `len` is the output's length, `stored` the
+-- size of `bytes` (LZ4-compressed, see codec.rs). `bytes` is last: the other columns are read
 -- without touching its overflow pages.
 CREATE TABLE segments (
     id INTEGER PRIMARY KEY,
@@ -40,13 +41,14 @@ CREATE TABLE segments (
     run_id INTEGER NOT NULL,
     pos INTEGER NOT NULL,
     len INTEGER NOT NULL,
+    stored INTEGER NOT NULL,
     t_first INTEGER NOT NULL,
     t_last INTEGER NOT NULL,
     indexed INTEGER NOT NULL DEFAULT 0,
     marks BLOB NOT NULL,
     bytes BLOB NOT NULL
 );
-CREATE INDEX segments_by_agent ON segments (agent_id, pos, len);
+CREATE INDEX segments_by_agent ON segments (agent_id, pos, len, stored);
 CREATE INDEX segments_by_time ON segments (t_first);
 CREATE INDEX segments_by_run ON segments (run_id);
 CREATE INDEX segments_unindexed ON segments (id) WHERE indexed = 0;

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use celistra_core::config::restart_policy;
 use celistra_core::logtext::Stream;
 use celistra_core::restart::{RestartDecision, RestartTracker};
@@ -17,6 +17,7 @@ use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
     AgentCgroup, Child, ExitInfo, PtySize, SpawnSpec, signal_group, spawn_in_pty, spawn_with_pipes,
 };
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
@@ -407,6 +408,8 @@ impl Agent {
 
     fn start_process(&self) -> Result<Run, String> {
         let config = self.shared.config().map_err(|e| e.to_string())?;
+        // Retention settings apply from the next spawn on, like every other setting of config.json.
+        self.shared.history.set_limits(crate::log_limits(&config));
         let spec = self.handle.spec().clone();
         let mut settings = config.resolve(&spec);
         if spec.scrollback_kb.is_none()
@@ -687,17 +690,33 @@ impl OutputSink {
         } else {
             256 * 1024
         };
-        let mut buf = BytesMut::new();
+        // Chunks are copied out of one read buffer at their exact size: queued chunks then hold no
+        // more memory than their bytes.
+        let mut buf = vec![0u8; read_size];
         loop {
-            buf.reserve(read_size);
-            match reader.read_buf(&mut buf).await {
+            let mut filled = match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let chunk = buf.split().freeze();
-                    self.handle.output.push(chunk.clone());
-                    self.history
-                        .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
+                Ok(n) => n,
+            };
+            // A PTY hands out at most a few KiB per read: take what is already waiting too, so a
+            // chatty program costs one chunk per wake-up rather than one per read.
+            let mut ended = false;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]).now_or_never() {
+                    Some(Ok(0) | Err(_)) => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Ok(n)) => filled += n,
+                    None => break,
                 }
+            }
+            let chunk = Bytes::copy_from_slice(&buf[..filled]);
+            self.handle.output.push(chunk.clone());
+            self.history
+                .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
+            if ended {
+                return;
             }
         }
     }

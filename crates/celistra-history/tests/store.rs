@@ -1,0 +1,233 @@
+//! The history store on its own: the search index, retention by age, merging of small segments, and
+//! damage found inside the file. Each test uses its own database in a temporary directory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use celistra_core::logtext::{GrepPattern, Stream};
+use celistra_history::{Cursor, History, HistoryEvent, Limits, LogFilter, Piece};
+
+const DAY_MS: u64 = 86_400_000;
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_age_ms: 30 * DAY_MS,
+        max_total_bytes: 1 << 30,
+        max_agent_bytes: 1 << 30,
+    }
+}
+
+struct Store {
+    dir: tempfile::TempDir,
+    history: History,
+    events: tokio::sync::mpsc::UnboundedReceiver<HistoryEvent>,
+}
+
+impl Store {
+    fn open() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open_in(dir)
+    }
+
+    fn open_in(dir: tempfile::TempDir) -> Store {
+        let (sender, events) = tokio::sync::mpsc::unbounded_channel();
+        let history = History::open(&dir.path().join("history.db"), limits(), sender, now_ms());
+        Store {
+            dir,
+            history,
+            events,
+        }
+    }
+
+    fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("history.db")).unwrap()
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Appends lines as separate commits, each timed `age_ms` ago.
+    fn append_commits(&self, agent: &Arc<str>, lines: &[String], age_ms: u64) {
+        for line in lines {
+            self.history.append(
+                agent,
+                1,
+                Stream::Stdout,
+                now_ms() - age_ms,
+                Bytes::from(format!("{line}\n")),
+            );
+            self.history.sync().unwrap();
+        }
+    }
+
+    fn lines(&self, agent: &str) -> Vec<String> {
+        let filter = LogFilter {
+            agent_id: Some(agent.into()),
+            ..LogFilter::default()
+        };
+        let mut cursor = Cursor::new(0, false);
+        let mut lines = vec![];
+        let mut keep = |piece: Piece| {
+            if let Piece::Line { line, .. } = piece {
+                lines.push(line.text);
+            }
+            true
+        };
+        self.history
+            .read_forward(&filter, &mut cursor, &mut keep)
+            .unwrap();
+        self.history.finish_partial(&mut cursor, &mut keep);
+        lines
+    }
+
+    fn grep(&self, pattern: &str) -> Vec<String> {
+        let mut found = vec![];
+        self.history
+            .grep(
+                &LogFilter::default(),
+                &GrepPattern::new(pattern).unwrap(),
+                None,
+                &mut |piece| {
+                    if let Piece::Line { line, .. } = piece {
+                        found.push(line.text);
+                    }
+                    true
+                },
+            )
+            .unwrap();
+        found
+    }
+}
+
+/// Polls until `done` (bounded).
+fn wait(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn searches_go_through_the_index_once_output_is_indexed() {
+    let store = Store::open();
+    let agent: Arc<str> = Arc::from("ag-fts1");
+    // Large output is indexed in idle time right away; small output once it settled (a minute).
+    let mut text = String::new();
+    for i in 0..4000 {
+        text.push_str(&format!("INFO request {i} served in {}ms\n", i % 97));
+    }
+    text.push_str("ERROR upstream zanzibar refused the connection\n");
+    store
+        .history
+        .append(&agent, 1, Stream::Stdout, now_ms(), Bytes::from(text));
+    store.history.sync().unwrap();
+    wait("everything indexed", || {
+        store.history.health().unindexed_bytes == 0
+    });
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM segments WHERE indexed = 0"),
+        0
+    );
+    // Only the index can find it now: every segment is indexed, so none is scanned.
+    assert_eq!(
+        store.grep("zanzibar refused"),
+        vec!["ERROR upstream zanzibar refused the connection".to_owned()]
+    );
+    assert_eq!(store.grep("request 3999 served").len(), 1);
+    assert!(
+        store.grep("anzibar").is_empty(),
+        "matches start at a word start"
+    );
+    // The index is the only source: with its entries gone, the search finds nothing.
+    store
+        .db()
+        .execute(
+            "DELETE FROM segments_fts WHERE rowid IN (SELECT id FROM segments)",
+            [],
+        )
+        .unwrap();
+    assert!(store.grep("zanzibar").is_empty());
+}
+
+#[test]
+fn old_output_and_runs_are_removed_by_age() {
+    let store = Store::open();
+    let agent: Arc<str> = Arc::from("ag-age1");
+    store.append_commits(&agent, &["from long ago".into()], 40 * DAY_MS);
+    store.append_commits(&agent, &["from today".into()], 0);
+    wait("the old line is gone", || {
+        store.lines("ag-age1") == ["from today"]
+    });
+    // Tightening the limit applies at once.
+    store.history.set_limits(Limits {
+        max_age_ms: 1,
+        ..limits()
+    });
+    wait("everything aged out", || store.lines("ag-age1").is_empty());
+    assert_eq!(store.count("SELECT COUNT(*) FROM segments"), 0);
+}
+
+#[test]
+fn small_settled_segments_are_merged_and_stay_readable() {
+    let store = Store::open();
+    let agent: Arc<str> = Arc::from("ag-merge");
+    let lines: Vec<String> = (0..30).map(|i| format!("line {i}")).collect();
+    // Thirty commits of one line each, timed two minutes ago: settled, so due for merging.
+    store.append_commits(&agent, &lines, 120_000);
+    assert!(store.count("SELECT COUNT(*) FROM segments") >= 10);
+    wait("merged into one segment", || {
+        store.count("SELECT COUNT(*) FROM segments") == 1
+            && store.count("SELECT COUNT(*) FROM segments WHERE indexed = 1") == 1
+    });
+    assert_eq!(store.lines("ag-merge"), lines);
+    assert_eq!(store.grep("line 17"), vec!["line 17".to_owned()]);
+}
+
+#[test]
+fn damage_inside_the_file_is_found_at_start_and_the_file_replaced() {
+    let store = Store::open();
+    let agent: Arc<str> = Arc::from("ag-dmg1");
+    let block = "x".repeat(200) + "\n";
+    store.history.append(
+        &agent,
+        1,
+        Stream::Pty,
+        now_ms(),
+        Bytes::from(block.repeat(20_000)),
+    );
+    store.history.sync().unwrap();
+    store.history.close();
+    let Store { dir, .. } = store;
+    // Overwrite pages in the middle of the file; its header stays intact.
+    let path = dir.path().join("history.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 200_000);
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 64 * 1024].fill(0xA5);
+    bytes[16384..16384 + 8192].fill(0x5A);
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut store = Store::open_in(dir);
+    let event = store.events.blocking_recv().unwrap();
+    let HistoryEvent::Reset { moved_to, .. } = event else {
+        panic!("expected a reset, got {event:?}");
+    };
+    assert!(std::path::Path::new(&moved_to).exists());
+    // The fresh database works.
+    store.append_commits(&agent, &["after the reset".into()], 0);
+    wait("new output readable", || {
+        store.lines("ag-dmg1") == ["after the reset"]
+    });
+    assert!(store.history.health().ok);
+}
