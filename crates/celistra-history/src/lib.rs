@@ -13,6 +13,7 @@ mod codec;
 mod marks;
 mod read;
 mod schema;
+mod segments;
 mod writer;
 
 use std::collections::HashMap;
@@ -139,6 +140,13 @@ pub(crate) struct Inner {
     stopping: AtomicBool,
 }
 
+/// Wall-clock time in ms since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -198,7 +206,7 @@ impl History {
         let checkpointer = Arc::clone(&inner);
         if let Ok(handle) = std::thread::Builder::new()
             .name("history-checkpoint".into())
-            .spawn(move || writer::checkpoint_loop(&checkpointer))
+            .spawn(move || schema::checkpoint_loop(&checkpointer))
         {
             threads.push(handle);
         }

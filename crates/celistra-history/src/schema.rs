@@ -1,11 +1,13 @@
-//! The database file: opening it with the right pragmas, versioned schema migrations, and moving a
-//! damaged file aside so a fresh one can take its place.
+//! The database file: opening it with the right pragmas, versioned schema migrations, copying the
+//! WAL into it in the background, and moving a damaged file aside so a fresh one can take its place.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use crate::Error;
+use crate::{Error, Inner, now_ms};
 
 /// Schema migrations; entry `n` takes `user_version` from `n` to `n + 1`. Only ever append.
 const MIGRATIONS: &[&str] = &[r"
@@ -162,4 +164,40 @@ pub(crate) fn move_aside(path: &Path, now_ms: u64) -> std::io::Result<PathBuf> {
     }
     std::fs::rename(path, &aside)?;
     Ok(aside)
+}
+
+/// WAL size that is copied into the database even in the middle of a burst.
+const WAL_LIMIT: u64 = 512 * 1024 * 1024;
+
+/// Copies the WAL into the database file in the background, so the writer never waits for it.
+pub(crate) fn checkpoint_loop(inner: &Inner) {
+    let wal = std::path::PathBuf::from(format!("{}-wal", inner.path.display()));
+    let mut conn: Option<(u64, Connection)> = None;
+    let mut last = Instant::now();
+    while !inner.stopping.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        // During a burst the WAL may grow (disk, not memory) so that copying it does not compete with
+        // saving the burst; it is copied once output is quiet, or when it gets large.
+        let quiet = inner.busy_until.load(Ordering::SeqCst) <= now_ms();
+        let due =
+            size > WAL_LIMIT || (size > 0 && quiet && last.elapsed() >= Duration::from_secs(1));
+        if !due {
+            continue;
+        }
+        let generation = inner.generation.load(Ordering::SeqCst);
+        if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
+            conn = open_reader(&inner.path)
+                .and_then(|c| {
+                    c.pragma_update(None, "query_only", false)?;
+                    Ok(c)
+                })
+                .ok()
+                .map(|c| (generation, c));
+        }
+        if let Some((_, c)) = &conn {
+            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+        last = Instant::now();
+    }
 }

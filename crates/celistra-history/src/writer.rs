@@ -9,43 +9,31 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use celistra_core::logtext::{Stream, readable_text};
+use celistra_core::logtext::Stream;
 use rusqlite::{Connection, params};
 
-use crate::codec;
 use crate::marks::{self, Mark};
 use crate::schema;
-use crate::{Error, HistoryEvent, Inner, Limits, Message, RunEnd, RunStart, lock};
+use crate::segments::{
+    SEGMENT_MAX, SMALL_SEGMENT, Segment, delete_oldest, delete_where, index_some, merge_small,
+    write_segments,
+};
+use crate::{Error, HistoryEvent, Inner, Limits, Message, RunEnd, RunStart, lock, now_ms};
 
 /// How long output may wait in memory before it is committed: what a kill -9 can lose.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// Pending output that triggers a commit before the interval is up.
 const FLUSH_BYTES: usize = 4 * 1024 * 1024;
-/// Largest segment; large output is cut at a line end near this size.
-const SEGMENT_MAX: usize = 256 * 1024;
-/// Segments smaller than this are merged with their neighbours once they are `SETTLE_MS` old.
-const SMALL_SEGMENT: usize = 64 * 1024;
-const SETTLE_MS: u64 = 60_000;
 /// A partial last line waits this long for its end before it is written as it is.
 const PARTIAL_LINE_WAIT_MS: u64 = 1_000;
-/// Idle-time work done in one step (a few milliseconds), so arriving output never waits long.
-const MAINTENANCE_STEP_BYTES: usize = 256 * 1024;
 /// Idle-time work waits until output has been quiet this long: bursts get the whole writer.
 const QUIET_BEFORE_MAINTENANCE: Duration = Duration::from_millis(500);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 const AGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// WAL size that is copied into the database even in the middle of a burst.
-const WAL_LIMIT: u64 = 512 * 1024 * 1024;
 /// Minimum time between two `logs_dropped` events.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often to retry opening a database that could not be opened.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(10);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// Output of one run of one agent that is not committed yet.
 struct Pending {
@@ -56,26 +44,6 @@ struct Pending {
     marks: Vec<Mark>,
     /// The run has ended: no more output is expected, so a partial line need not wait.
     complete: bool,
-}
-
-/// A segment ready to insert.
-struct Segment {
-    agent_id: Arc<str>,
-    run_id: u64,
-    pos: u64,
-    /// A slice of the pending buffer it was cut from: cutting copies nothing.
-    bytes: Bytes,
-    marks: Vec<Mark>,
-}
-
-impl Segment {
-    fn t_first(&self) -> u64 {
-        self.marks.first().map_or(0, |m| m.time_ms)
-    }
-
-    fn t_last(&self) -> u64 {
-        self.marks.iter().map(|m| m.time_ms).max().unwrap_or(0)
-    }
 }
 
 #[derive(Default)]
@@ -831,42 +799,6 @@ fn cut_segments(pending: &mut Pending, everything: bool, now: u64, out: &mut Vec
     pending.pos += cut as u64;
 }
 
-/// Inserts segments in one transaction; returns the stored (compressed) size of each.
-fn write_segments(
-    conn: &mut Connection,
-    segments: &[Segment],
-) -> Result<Vec<u64>, rusqlite::Error> {
-    let tx = conn.transaction()?;
-    let mut sizes = Vec::with_capacity(segments.len());
-    for segment in segments {
-        sizes.push(insert_segment(&tx, segment)?);
-    }
-    tx.commit()?;
-    Ok(sizes)
-}
-
-/// Inserts one segment, compressed; returns its stored size.
-fn insert_segment(conn: &Connection, segment: &Segment) -> Result<u64, rusqlite::Error> {
-    let packed = codec::pack(&segment.bytes);
-    let t_first = segment.t_first();
-    conn.prepare_cached(
-        "INSERT INTO segments (agent_id, run_id, pos, len, stored, t_first, t_last, marks, bytes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        &*segment.agent_id,
-        segment.run_id as i64,
-        segment.pos as i64,
-        segment.bytes.len() as i64,
-        packed.len() as i64,
-        t_first as i64,
-        segment.t_last() as i64,
-        marks::encode(&segment.marks, t_first),
-        packed,
-    ])?;
-    Ok(packed.len() as u64)
-}
-
 fn insert_run(conn: &Connection, run: &RunStart) -> Result<(), rusqlite::Error> {
     conn.execute(
         "INSERT OR REPLACE INTO runs (id, agent_id, name, run, command, workspace, env_keys, mode, pid,          attempt, settings, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -902,214 +834,6 @@ fn end_run(conn: &Connection, run_id: u64, end: &RunEnd) -> Result<(), rusqlite:
         ],
     )?;
     Ok(())
-}
-
-/// Deletes the oldest segments (of one agent, or of all) until at least `bytes` are freed.
-fn delete_oldest(
-    conn: &Connection,
-    agent_id: Option<&str>,
-    bytes: u64,
-) -> Result<Vec<(Arc<str>, u64)>, Error> {
-    let (sql, agent) = match agent_id {
-        Some(agent) => (
-            "SELECT id, agent_id, stored FROM segments WHERE agent_id = ?1 ORDER BY pos",
-            agent,
-        ),
-        None => (
-            "SELECT id, agent_id, stored FROM segments WHERE ?1 = ?1 ORDER BY t_first, id",
-            "",
-        ),
-    };
-    let mut ids = vec![];
-    {
-        let mut statement = conn.prepare_cached(sql)?;
-        let mut rows = statement.query(params![agent])?;
-        let mut freed = 0u64;
-        while freed < bytes {
-            let Some(row) = rows.next()? else { break };
-            let len: i64 = row.get(2)?;
-            ids.push(row.get::<_, i64>(0)?);
-            freed += len.max(0) as u64;
-        }
-    }
-    let tx = conn.unchecked_transaction()?;
-    let freed = delete_where(
-        &tx,
-        "id IN (SELECT value FROM json_each(?1))",
-        params![serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())],
-    )?;
-    tx.commit()?;
-    Ok(freed)
-}
-
-/// Deletes the segments matching `condition` and their index entries; returns the bytes freed per agent.
-fn delete_where(
-    conn: &Connection,
-    condition: &str,
-    params: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<(Arc<str>, u64)>, Error> {
-    let mut freed: HashMap<Arc<str>, u64> = HashMap::new();
-    {
-        let mut select = conn.prepare(&format!(
-            "SELECT id, agent_id, stored, indexed FROM segments WHERE {condition}"
-        ))?;
-        let mut unindex = conn.prepare_cached("DELETE FROM segments_fts WHERE rowid = ?1")?;
-        let mut rows = select.query(params)?;
-        while let Some(row) = rows.next()? {
-            let agent_id: String = row.get(1)?;
-            *freed.entry(Arc::from(agent_id)).or_default() += row.get::<_, i64>(2)?.max(0) as u64;
-            if row.get::<_, i64>(3)? != 0 {
-                unindex.execute([row.get::<_, i64>(0)?])?;
-            }
-        }
-    }
-    conn.execute(&format!("DELETE FROM segments WHERE {condition}"), params)?;
-    Ok(freed.into_iter().collect())
-}
-
-/// Merges runs of small, settled, adjacent segments of one run into larger ones. Returns bytes merged.
-fn merge_small(conn: &Connection, now: u64) -> Result<usize, Error> {
-    struct Small {
-        id: i64,
-        agent_id: String,
-        run_id: i64,
-        pos: i64,
-        indexed: bool,
-        marks: Vec<Mark>,
-        bytes: Vec<u8>,
-    }
-    let settled = now.saturating_sub(SETTLE_MS) as i64;
-    let mut smalls = vec![];
-    {
-        let mut statement = conn.prepare_cached(
-            "SELECT id, agent_id, run_id, pos, indexed, t_first, marks, bytes FROM segments \
-             WHERE len < ?1 AND t_last < ?2 ORDER BY agent_id, pos LIMIT 512",
-        )?;
-        let mut rows = statement.query(params![SMALL_SEGMENT as i64, settled])?;
-        while let Some(row) = rows.next()? {
-            let t_first: i64 = row.get(5)?;
-            let encoded: Vec<u8> = row.get(6)?;
-            let stored: Vec<u8> = row.get(7)?;
-            let (Some(marks), Some(bytes)) = (
-                marks::decode(&encoded, t_first as u64),
-                codec::unpack(&stored),
-            ) else {
-                continue;
-            };
-            smalls.push(Small {
-                id: row.get(0)?,
-                agent_id: row.get(1)?,
-                run_id: row.get(2)?,
-                pos: row.get(3)?,
-                indexed: row.get::<_, i64>(4)? != 0,
-                marks,
-                bytes,
-            });
-        }
-    }
-    // Group neighbours: same agent and run, contiguous positions, up to the segment size.
-    let mut groups: Vec<Vec<Small>> = vec![];
-    for small in smalls {
-        let joins = groups.last().and_then(|g| g.last()).is_some_and(|last| {
-            last.agent_id == small.agent_id
-                && last.run_id == small.run_id
-                && last.pos + last.bytes.len() as i64 == small.pos
-        }) && groups.last().is_some_and(|g| {
-            g.iter().map(|s| s.bytes.len()).sum::<usize>() + small.bytes.len() <= SEGMENT_MAX
-        });
-        if joins {
-            groups.last_mut().expect("checked").push(small);
-        } else {
-            groups.push(vec![small]);
-        }
-    }
-    let mut merged_bytes = 0;
-    let tx = conn.unchecked_transaction()?;
-    for group in groups.into_iter().filter(|g| g.len() > 1) {
-        let mut bytes = vec![];
-        let mut all_marks = vec![];
-        for small in &group {
-            bytes.extend_from_slice(&small.bytes);
-            for mark in &small.marks {
-                marks::push(&mut all_marks, *mark);
-            }
-            if small.indexed {
-                tx.execute("DELETE FROM segments_fts WHERE rowid = ?1", [small.id])?;
-            }
-            tx.execute("DELETE FROM segments WHERE id = ?1", [small.id])?;
-        }
-        let segment = Segment {
-            agent_id: Arc::from(group[0].agent_id.as_str()),
-            run_id: group[0].run_id as u64,
-            pos: group[0].pos as u64,
-            bytes: Bytes::from(bytes),
-            marks: all_marks,
-        };
-        insert_segment(&tx, &segment)?;
-        merged_bytes += segment.bytes.len();
-    }
-    tx.commit()?;
-    Ok(merged_bytes)
-}
-
-/// Adds settled segments to the search index, up to a step's worth. Returns bytes indexed.
-fn index_some(conn: &Connection, now: u64) -> Result<usize, Error> {
-    let settled = now.saturating_sub(SETTLE_MS) as i64;
-    let tx = conn.unchecked_transaction()?;
-    let mut done = 0;
-    {
-        let mut select = tx.prepare_cached(
-            "SELECT id, bytes FROM segments WHERE indexed = 0 AND (len >= ?1 OR t_last < ?2) \
-             ORDER BY id LIMIT 64",
-        )?;
-        let mut insert =
-            tx.prepare_cached("INSERT INTO segments_fts (rowid, text) VALUES (?1, ?2)")?;
-        let mut mark = tx.prepare_cached("UPDATE segments SET indexed = 1 WHERE id = ?1")?;
-        let mut rows = select.query(params![SMALL_SEGMENT as i64, settled])?;
-        while done < MAINTENANCE_STEP_BYTES {
-            let Some(row) = rows.next()? else { break };
-            let id: i64 = row.get(0)?;
-            let bytes = codec::unpack(&row.get::<_, Vec<u8>>(1)?).unwrap_or_default();
-            insert.execute(params![id, readable_text(&bytes)])?;
-            mark.execute([id])?;
-            done += bytes.len().max(1);
-        }
-    }
-    tx.commit()?;
-    Ok(done)
-}
-
-/// Copies the WAL into the database file in the background, so the writer never waits for it.
-pub(crate) fn checkpoint_loop(inner: &Inner) {
-    let wal = std::path::PathBuf::from(format!("{}-wal", inner.path.display()));
-    let mut conn: Option<(u64, Connection)> = None;
-    let mut last = Instant::now();
-    while !inner.stopping.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-        let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-        // During a burst the WAL may grow (disk, not memory) so that copying it does not compete with
-        // saving the burst; it is copied once output is quiet, or when it gets large.
-        let quiet = inner.busy_until.load(Ordering::SeqCst) <= now_ms();
-        let due =
-            size > WAL_LIMIT || (size > 0 && quiet && last.elapsed() >= Duration::from_secs(1));
-        if !due {
-            continue;
-        }
-        let generation = inner.generation.load(Ordering::SeqCst);
-        if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
-            conn = schema::open_reader(&inner.path)
-                .and_then(|c| {
-                    c.pragma_update(None, "query_only", false)?;
-                    Ok(c)
-                })
-                .ok()
-                .map(|c| (generation, c));
-        }
-        if let Some((_, c)) = &conn {
-            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        }
-        last = Instant::now();
-    }
 }
 
 #[cfg(test)]

@@ -241,6 +241,10 @@ async fn logs_filter_by_run_tail_time_and_keep_raw_bytes() {
     );
     let bad = daemon.ctl(&["logs", "filters", "--since", "yesterday"]);
     assert_eq!(bad.status.code(), Some(2));
+    // A removed agent's history stays readable by its name.
+    assert!(daemon.ctl(&["rm", "filters"]).status.success());
+    let removed = daemon.ctl(&["logs", "filters", "-n", "1"]);
+    assert_eq!(String::from_utf8_lossy(&removed.stdout), "line 5\n");
 }
 
 #[tokio::test]
