@@ -156,6 +156,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         }),
         stopping: stopping.clone(),
     };
+    // The agents of the previous run are back in the registry before the API answers, so a client
+    // never sees a daemon that has forgotten them.
+    shared.events.publish(EventKind::DaemonStarted {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    });
+    supervisor.restore(stored).await;
     let router = api::router(state);
     let unix_server = tokio::spawn(
         axum::serve(unix, router.clone())
@@ -171,12 +178,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         .subreaper
         .then(|| tokio::spawn(reap_orphans_forever(stopping.clone())));
 
-    shared.events.publish(EventKind::DaemonStarted {
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    });
     tracing::info!(home = %home.dir.display(), http = %bound, "celistrad is running");
-    supervisor.restore(stored).await;
 
     shutdown.cancelled().await;
     tracing::info!("stopping every agent");

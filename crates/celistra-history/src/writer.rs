@@ -476,6 +476,8 @@ impl Writer {
             return;
         }
         self.last_drop_report = Some(Instant::now());
+        // Health first: whoever reacts to the event finds it up to date.
+        self.publish_health();
         for (agent_id, (bytes, reason)) in self.unreported_drops.drain() {
             tracing::warn!(
                 agent = &*agent_id,
@@ -487,7 +489,6 @@ impl Writer {
                 reason,
             });
         }
-        self.publish_health();
     }
 
     fn fail(&mut self, reason: String) {
@@ -604,16 +605,17 @@ impl Writer {
                 if let Err(e) = self.enforce_size_limits(&segments) {
                     tracing::warn!("cannot apply the size limits: {e}");
                 }
-                if self.failing.take().is_some() {
+                let recovered = self.failing.take().is_some();
+                self.publish_health();
+                if recovered {
                     tracing::info!("output is being saved again");
+                    self.report_drops(true);
                     let _ = self.events.send(HistoryEvent::Recovered {
                         dropped_bytes: self.dropped_while_failing,
                     });
                     self.dropped_while_failing = 0;
-                    self.report_drops(true);
                 }
                 self.inner.flushed.send_modify(|n| *n += 1);
-                self.publish_health();
             }
             Err(error) => {
                 let reason = error.to_string();
