@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use celistra_core::logtext::Stream;
-use celistra_proto::{EffectiveSettings, HistoryHealth, IoMode, RunCause};
+use celistra_proto::{HistoryHealth, RunCause, RunRecord};
 use rusqlite::Connection;
 
 pub use read::{Cursor, LogFilter, Piece};
@@ -55,21 +55,12 @@ pub struct Limits {
     pub max_agent_bytes: u64,
 }
 
-/// A run as it starts. There is deliberately no field for environment values.
+/// A run as it starts: its record, whose end fields are still empty. A record has no field for
+/// environment values, only their names.
 #[derive(Debug, Clone)]
 pub struct RunStart {
     pub run_id: u64,
-    pub agent_id: String,
-    pub name: String,
-    pub run: u64,
-    pub command: String,
-    pub workspace: String,
-    pub env_keys: Vec<String>,
-    pub mode: IoMode,
-    pub pid: u32,
-    pub attempt: u32,
-    pub settings: EffectiveSettings,
-    pub started_ms: u64,
+    pub record: RunRecord,
 }
 
 /// How a run ended.

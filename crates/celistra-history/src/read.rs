@@ -525,7 +525,7 @@ fn run_record(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         command: row.get(3)?,
         workspace: row.get(4)?,
         env_keys: serde_json::from_str(&env_keys).map_err(|e| invalid(5, e))?,
-        mode: if mode == "pipes" {
+        mode: if mode == IoMode::Pipes.as_str() {
             IoMode::Pipes
         } else {
             IoMode::Pty

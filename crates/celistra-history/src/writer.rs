@@ -801,22 +801,25 @@ fn cut_segments(pending: &mut Pending, everything: bool, now: u64, out: &mut Vec
     pending.pos += cut as u64;
 }
 
-fn insert_run(conn: &Connection, run: &RunStart) -> Result<(), rusqlite::Error> {
+fn insert_run(conn: &Connection, start: &RunStart) -> Result<(), rusqlite::Error> {
+    let run = &start.record;
     conn.execute(
-        "INSERT OR REPLACE INTO runs (id, agent_id, name, run, command, workspace, env_keys, mode, pid,          attempt, settings, started_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT OR REPLACE INTO runs (id, agent_id, name, run, command, workspace, env_keys, mode, \
+         pid, attempt, settings, started_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
-            run.run_id as i64,
+            start.run_id as i64,
             run.agent_id,
             run.name,
             run.run as i64,
             run.command,
             run.workspace,
             serde_json::to_string(&run.env_keys).unwrap_or_else(|_| "[]".into()),
-            serde_json::to_value(run.mode).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            run.mode.as_str(),
             run.pid,
             run.attempt,
             serde_json::to_string(&run.settings).unwrap_or_else(|_| "{}".into()),
-            run.started_ms as i64,
+            run.started_at_ms as i64,
         ],
     )?;
     Ok(())

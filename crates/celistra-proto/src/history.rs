@@ -59,6 +59,15 @@ pub enum IoMode {
     Pipes,
 }
 
+impl IoMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoMode::Pty => "pty",
+            IoMode::Pipes => "pipes",
+        }
+    }
+}
+
 /// One run of one agent, from its spawn to its end. Environment values are never recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunRecord {

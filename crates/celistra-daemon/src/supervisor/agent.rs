@@ -11,7 +11,7 @@ use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
-    RunCause, Signal, signal_name,
+    RunCause, RunRecord, Signal, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
@@ -483,17 +483,25 @@ impl Agent {
         let info = self.handle.info().clone();
         self.shared.history.run_started(RunStart {
             run_id: run.id,
-            agent_id: self.id().to_owned(),
-            name: info.name,
-            run: info.run,
-            command: spec.command,
-            workspace: info.workspace,
-            env_keys: spec.env.into_keys().collect(),
-            mode: info.mode,
-            pid: run.child.pid(),
-            attempt: self.attempt,
-            settings: run.settings.clone(),
-            started_ms: info.started_at_ms.unwrap_or_else(now_ms),
+            record: RunRecord {
+                agent_id: self.id().to_owned(),
+                name: info.name,
+                run: info.run,
+                command: spec.command,
+                workspace: info.workspace,
+                env_keys: spec.env.into_keys().collect(),
+                mode: info.mode,
+                pid: run.child.pid(),
+                attempt: self.attempt,
+                settings: run.settings.clone(),
+                started_at_ms: info.started_at_ms.unwrap_or_else(now_ms),
+                ended_at_ms: None,
+                exit_code: None,
+                exit_signal: None,
+                cause: None,
+                stopped_by: None,
+                output_bytes: 0,
+            },
         });
     }
 
