@@ -30,9 +30,13 @@ use rusqlite::Connection;
 
 pub use read::{Cursor, LogFilter, Piece};
 
-/// Bytes of output that may wait for the writer; beyond this, output is dropped and counted so that
-/// agents are never slowed and memory stays bounded.
-const QUEUE_LIMIT: usize = 24 * 1024 * 1024;
+/// Bytes of output that may wait for the writer; beyond this, output is dropped and counted, so
+/// memory stays bounded.
+const QUEUE_LIMIT: usize = 12 * 1024 * 1024;
+/// Longest an agent's output waits for room in a full queue while the writer is healthy. A program
+/// that writes faster than output can be saved is paced to the saving rate, like a program writing
+/// to a file; a writer that stalls or fails never holds an agent longer than this.
+const MAX_WAIT_FOR_ROOM: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Errors of the history database.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +122,10 @@ pub(crate) struct Inner {
     /// Output dropped because the queue was full, per agent, not yet seen by the writer.
     queue_drops: Mutex<HashMap<Arc<str>, u64>>,
     health: Mutex<HistoryHealth>,
+    /// Woken when the writer has taken output off the queue.
+    room: tokio::sync::Notify,
+    /// Whether output is being saved (the database is open and writes succeed).
+    saving: AtomicBool,
     /// Bumped after every commit; followers wait on it.
     flushed: tokio::sync::watch::Sender<u64>,
     /// Bumped when the file is replaced; pooled readers of an older generation are discarded.
@@ -173,6 +181,8 @@ impl History {
             queued: AtomicUsize::new(0),
             queue_drops: Mutex::new(HashMap::new()),
             health: Mutex::new(HistoryHealth::default()),
+            room: tokio::sync::Notify::new(),
+            saving: AtomicBool::new(false),
             flushed: tokio::sync::watch::channel(0).0,
             generation: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
@@ -229,8 +239,26 @@ impl History {
         let _ = self.sender.send(Message::RunEnded { run_id, end });
     }
 
-    /// Queues a chunk of output. Never blocks: when the writer is too far behind, the chunk is dropped
-    /// and counted.
+    /// Waits until the queue has room for `len` more bytes, for at most 250 ms, and only while output
+    /// is being saved: with a failing disk, output is dropped at once and the agent never waits.
+    pub async fn room_for(&self, len: usize) {
+        let deadline = tokio::time::Instant::now() + MAX_WAIT_FOR_ROOM;
+        loop {
+            let mut taken = std::pin::pin!(self.inner.room.notified());
+            taken.as_mut().enable();
+            if self.inner.queued.load(Ordering::SeqCst) + len <= QUEUE_LIMIT
+                || !self.inner.saving.load(Ordering::SeqCst)
+            {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Queues a chunk of output. Never blocks: when the queue is full, the chunk is dropped and
+    /// counted (`room_for` first gives a healthy writer the chance to catch up).
     pub fn append(
         &self,
         agent_id: &Arc<str>,

@@ -168,6 +168,8 @@ pub(crate) fn move_aside(path: &Path, now_ms: u64) -> std::io::Result<PathBuf> {
 
 /// WAL size that is copied into the database even in the middle of a burst.
 const WAL_LIMIT: u64 = 512 * 1024 * 1024;
+/// WAL size above which a quiet moment is used to truncate it.
+const WAL_TRUNCATE_ABOVE: u64 = 64 * 1024 * 1024;
 
 /// Copies the WAL into the database file in the background, so the writer never waits for it.
 pub(crate) fn checkpoint_loop(inner: &Inner) {
@@ -196,7 +198,15 @@ pub(crate) fn checkpoint_loop(inner: &Inner) {
                 .map(|c| (generation, c));
         }
         if let Some((_, c)) = &conn {
-            let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            // A passive copy never waits, but cannot shrink a WAL that is written to all the time
+            // (indexing after a burst). When output is quiet, a large WAL is copied and truncated,
+            // which briefly holds the writer back: it is only indexing then.
+            let mode = if quiet && size > WAL_TRUNCATE_ABOVE {
+                "TRUNCATE"
+            } else {
+                "PASSIVE"
+            };
+            let _ = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
         }
         last = Instant::now();
     }

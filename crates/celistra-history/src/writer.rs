@@ -273,6 +273,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.inner.room.notify_waiters();
             self.take_queue_drops();
             let damaged = lock(&self.inner.damaged).take();
             if let Some(reason) = damaged {
@@ -512,8 +513,14 @@ impl Writer {
     }
 
     fn publish_health(&self) {
+        let saving = self.conn.is_some() && self.failing.is_none();
+        self.inner.saving.store(saving, Ordering::SeqCst);
+        if !saving {
+            // Nobody waits for a writer that cannot save.
+            self.inner.room.notify_waiters();
+        }
         let mut health = lock(&self.inner.health);
-        health.ok = self.conn.is_some() && self.failing.is_none();
+        health.ok = saving;
         health.stored_bytes = self.total_stored;
         health.dropped_bytes = self.dropped_total;
         health.unindexed_bytes = self.unindexed;

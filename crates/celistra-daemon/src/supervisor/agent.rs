@@ -721,6 +721,7 @@ impl OutputSink {
             }
             let chunk = Bytes::copy_from_slice(&buf[..filled]);
             self.handle.output.push(chunk.clone());
+            self.history.room_for(chunk.len()).await;
             self.history
                 .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
             if ended {
