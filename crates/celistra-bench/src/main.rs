@@ -1,6 +1,10 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
-//! and `ctl ls` latency), each phase against a fresh daemon in its own temporary state directory.
+//! and `ctl ls` latency; log throughput and search in [`logs`]), each phase against a fresh daemon
+//! in its own temporary state directory.
 
+mod logs;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +17,7 @@ use hyper::body::Incoming;
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 use tokio::time::timeout;
 
-/// Upper bound of every phase.
+/// Upper bound of every phase but the log phases (`logs::LOG_PHASE_TIMEOUT`).
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many times latencies are sampled.
 const SAMPLES: usize = 20;
@@ -62,11 +66,15 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(binary: &Path) -> Result<Daemon> {
+    /// Starts a daemon; `config` is written to its `config.json` first.
+    async fn start(binary: &Path, config: Option<&serde_json::Value>) -> Result<Daemon> {
         let home = tempfile::Builder::new()
             .prefix("celistra-bench-")
             .tempdir()
             .context("creating a state directory")?;
+        if let Some(config) = config {
+            std::fs::write(home.path().join("config.json"), config.to_string())?;
+        }
         let log = std::fs::File::create(home.path().join("daemon.log"))?;
         let child = Command::new(binary)
             .arg("--home")
@@ -118,17 +126,52 @@ impl Daemon {
 
     /// The daemon's resident set size, in KiB.
     fn rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmRSS")
+    }
+
+    /// The daemon's peak resident set size since it started, in KiB.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        self.status_kib("VmHWM")
+    }
+
+    /// A KiB field of `/proc/PID/status`.
+    fn status_kib(&self, field: &str) -> Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .context("no VmRSS line")?;
+            .find(|l| {
+                l.strip_prefix(field)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            })
+            .with_context(|| format!("no {field} line"))?;
         let kib = line
             .split_whitespace()
             .nth(1)
-            .context("malformed VmRSS line")?
+            .with_context(|| format!("malformed {field} line"))?
             .parse()?;
         Ok(kib)
+    }
+
+    /// CPU time (user + system, all threads) the daemon has used since it started.
+    fn cpu_time(&self) -> Result<Duration> {
+        stat_cpu_time(Path::new(&format!("/proc/{}/stat", self.pid)))
+    }
+
+    /// CPU time per thread name (same-named threads summed) of the daemon's live threads.
+    fn cpu_by_thread(&self) -> Result<BTreeMap<String, Duration>> {
+        let mut threads = BTreeMap::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid))? {
+            let dir = task?.path();
+            // A thread may end between the listing and the reads.
+            let (Ok(name), Ok(cpu)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                stat_cpu_time(&dir.join("stat")),
+            ) else {
+                continue;
+            };
+            *threads.entry(name.trim().to_owned()).or_default() += cpu;
+        }
+        Ok(threads)
     }
 
     async fn agents(&mut self) -> Result<Vec<AgentInfo>> {
@@ -202,6 +245,28 @@ impl Drop for Daemon {
     }
 }
 
+/// User + system time from a `/proc/.../stat` file.
+fn stat_cpu_time(path: &Path) -> Result<Duration> {
+    /// Unit of `/proc/PID/stat` times (`USER_HZ`, 100 on Linux).
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(path)?;
+    // The command name may hold spaces; fields are counted from the `)` that ends it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line; the text after `)` starts at field 3.
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("short stat")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+}
+
 fn sleeper(name: String) -> AgentSpec {
     AgentSpec {
         name,
@@ -239,15 +304,23 @@ fn median_p95(mut samples: Vec<Duration>) -> (Duration, Duration) {
 }
 
 async fn phase<T>(name: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
-    match timeout(PHASE_TIMEOUT, fut).await {
+    phase_within(PHASE_TIMEOUT, name, fut).await
+}
+
+async fn phase_within<T>(
+    limit: Duration,
+    name: &str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match timeout(limit, fut).await {
         Ok(result) => result.with_context(|| format!("phase `{name}`")),
-        Err(_) => bail!("phase `{name}` timed out after {PHASE_TIMEOUT:?}"),
+        Err(_) => bail!("phase `{name}` timed out after {limit:?}"),
     }
 }
 
 /// Figure 1: RSS of an idle daemon.
 async fn idle_rss(binary: &Path, report: &mut Report) -> Result<()> {
-    let daemon = Daemon::start(binary).await?;
+    let daemon = Daemon::start(binary, None).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let kib = daemon.rss_kib()?;
     report.add(
@@ -261,7 +334,7 @@ async fn idle_rss(binary: &Path, report: &mut Report) -> Result<()> {
 
 /// Figures 2, 3, 5: Spawn 100 in one apply, RSS with 100, `ctl ls` with 100, stop all 100 concurrently.
 async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
-    let mut daemon = Daemon::start(binary).await?;
+    let mut daemon = Daemon::start(binary, None).await?;
     let request = ApplyRequest {
         agents: sleepers(100),
         prune: false,
@@ -341,7 +414,7 @@ async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
 
 /// Figure 2b: Spawn 100 with sequential `POST /v1/agents`.
 async fn hundred_sequential(binary: &Path, report: &mut Report) -> Result<()> {
-    let mut daemon = Daemon::start(binary).await?;
+    let mut daemon = Daemon::start(binary, None).await?;
     let started = Instant::now();
     for spec in sleepers(100) {
         let _: AgentInfo = daemon.client().post("/v1/agents", &spec).await?;
@@ -388,7 +461,7 @@ async fn next_restart(
 /// default settings except that every crash counts as the first of a streak (the first restart after
 /// a healthy run, which the policy makes immediate).
 async fn restart_latency(binary: &Path, report: &mut Report) -> Result<()> {
-    let mut daemon = Daemon::start(binary).await?;
+    let mut daemon = Daemon::start(binary, None).await?;
     let spec = AgentSpec {
         auto_restart: true,
         backoff_reset_secs: Some(0),
@@ -429,7 +502,7 @@ async fn restart_latency(binary: &Path, report: &mut Report) -> Result<()> {
 
 /// Figure 6: 1000 agents: spawn time, RSS and `ctl ls`.
 async fn thousand(binary: &Path, report: &mut Report) -> Result<()> {
-    let mut daemon = Daemon::start(binary).await?;
+    let mut daemon = Daemon::start(binary, None).await?;
     let request = ApplyRequest {
         agents: sleepers(1000),
         prune: false,
@@ -463,31 +536,63 @@ async fn thousand(binary: &Path, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-fn parse_args() -> Result<PathBuf> {
+/// Which phases run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    All,
+    /// Memory, spawn, restart, stop and `ctl ls`.
+    Agents,
+    /// Log throughput and search ([`logs`]).
+    Logs,
+}
+
+struct Args {
+    daemon: PathBuf,
+    only: Only,
+}
+
+fn parse_args() -> Result<Args> {
     let mut daemon = None;
+    let mut only = Only::All;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--daemon" => {
                 daemon = Some(PathBuf::from(args.next().context("--daemon needs a path")?))
             }
+            "--only" => {
+                only = match args.next().as_deref() {
+                    Some("agents") => Only::Agents,
+                    Some("logs") => Only::Logs,
+                    _ => bail!("--only needs `agents` or `logs`"),
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH]\n\n\
-                     Benchmarks a celistrad (default: `celistrad` next to this executable)."
+                    "usage: celistra-bench [--daemon PATH] [--only agents|logs]\n\n\
+                     Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
+                     --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
+                     --only logs: log throughput (PTY, pipe) and search phases."
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}`; see --help"),
         }
     }
-    match daemon {
-        Some(path) => Ok(path),
-        None => Ok(std::env::current_exe()?
+    let daemon = match daemon {
+        Some(path) => path,
+        None => std::env::current_exe()?
             .parent()
             .context("executable has no directory")?
-            .join("celistrad")),
-    }
+            .join("celistrad"),
+    };
+    Ok(Args { daemon, only })
+}
+
+/// Prints the load average: other work on the machine skews every figure.
+fn print_load(when: &str) {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at {when}: {}", load.trim());
 }
 
 /// Raises the soft open-files limit to the hard one; the daemon inherits it (1000 agents).
@@ -506,7 +611,10 @@ fn raise_nofile() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let binary = parse_args()?;
+    let Args {
+        daemon: binary,
+        only,
+    } = parse_args()?;
     if !binary.is_file() {
         bail!(
             "no daemon at {}; build it with `cargo build --release -p celistrad` or pass --daemon",
@@ -515,21 +623,29 @@ async fn main() -> Result<()> {
     }
     raise_nofile();
     println!("celistra-bench: daemon {}", binary.display());
+    print_load("start");
     let mut report = Report::default();
     let mut failed = false;
-    let results = [
-        phase("idle RSS", idle_rss(&binary, &mut report)).await,
-        phase("100 agents", hundred(&binary, &mut report)).await,
-        phase("100 sequential", hundred_sequential(&binary, &mut report)).await,
-        phase("restart", restart_latency(&binary, &mut report)).await,
-        phase("1000 agents", thousand(&binary, &mut report)).await,
-    ];
+    let mut results = Vec::new();
+    if only != Only::Logs {
+        results.extend([
+            phase("idle RSS", idle_rss(&binary, &mut report)).await,
+            phase("100 agents", hundred(&binary, &mut report)).await,
+            phase("100 sequential", hundred_sequential(&binary, &mut report)).await,
+            phase("restart", restart_latency(&binary, &mut report)).await,
+            phase("1000 agents", thousand(&binary, &mut report)).await,
+        ]);
+    }
+    if only != Only::Agents {
+        results.extend(logs::phases(&binary, &mut report).await);
+    }
     for result in results {
         if let Err(e) = result {
             eprintln!("error: {e:#}");
             failed = true;
         }
     }
+    print_load("end");
     println!();
     println!("| figure | target | measured | |");
     println!("|---|---|---|---|");

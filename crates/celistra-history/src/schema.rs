@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::{Error, Inner, now_ms};
 
@@ -62,6 +62,14 @@ CREATE VIRTUAL TABLE segments_fts USING fts5 (
 
 /// Opens (creating if needed) the database for writing and brings its schema up to date.
 pub(crate) fn open_writer(path: &Path) -> Result<Connection, Error> {
+    let mut conn = open_file(path)?;
+    // Write transactions take the write lock when they begin, so a lock held by the checkpointer is
+    // waited out (busy timeout) instead of failing when a read turns into a write.
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
+    Ok(conn)
+}
+
+fn open_file(path: &Path) -> Result<Connection, Error> {
     // Created private before SQLite opens it; the WAL and shared-memory files copy its mode.
     if !path.exists() {
         use std::os::unix::fs::OpenOptionsExt;

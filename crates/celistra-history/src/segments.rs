@@ -17,8 +17,9 @@ pub(crate) const SEGMENT_MAX: usize = 256 * 1024;
 /// Segments smaller than this are merged with their neighbours once they are `SETTLE_MS` old.
 pub(crate) const SMALL_SEGMENT: usize = 64 * 1024;
 const SETTLE_MS: u64 = 60_000;
-/// Idle-time work done in one step (a few milliseconds), so arriving output never waits long.
-const MAINTENANCE_STEP_BYTES: usize = 256 * 1024;
+/// Idle-time work done in one step (tens of milliseconds): large enough that the search index grows
+/// in few, large commits, small enough that arriving output never waits long.
+const MAINTENANCE_STEP_BYTES: usize = 1024 * 1024;
 
 /// A segment ready to insert.
 pub(crate) struct Segment {

@@ -725,6 +725,8 @@ impl Writer {
                 self.recount();
                 self.publish_health();
             }
+            // The checkpointer holds the file for a moment: try again at the next step.
+            Err(Error::Sqlite(e)) if is_busy(&e) => self.maintenance_behind = true,
             Err(Error::Sqlite(e)) => {
                 self.maintenance_behind = false;
                 self.on_error(e);
@@ -752,6 +754,14 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Whether another connection (the checkpointer) holds a lock the writer needed.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Whether a failure to open the file is cured by replacing it.
