@@ -7,14 +7,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use celistra_client::{Client, next_chunk};
 use celistra_proto::{AgentInfo, AgentSpec, AgentState, Health, RunRecord};
 
-use crate::{Daemon, Report, median_p95, mib, ms, phase_within};
+use crate::{Daemon, Report, median_p95, mib, ms, phase_within, time_runs};
 
 /// Upper bound of every log phase: they move 256 MiB to 1 GiB each.
 const LOG_PHASE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -282,21 +281,12 @@ pub(crate) async fn phases(binary: &Path, report: &mut Report) -> Vec<Result<()>
 
 /// Median wall time of `RAW_RUNS` runs of `sh -c SCRIPT`.
 async fn time_shell(script: &str) -> Result<Duration> {
-    let mut samples = Vec::with_capacity(RAW_RUNS);
-    for _ in 0..RAW_RUNS {
-        let started = Instant::now();
-        let status = tokio::process::Command::new("/bin/sh")
-            .args(["-c", script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .status()
-            .await?;
-        samples.push(started.elapsed());
-        if !status.success() {
-            bail!("`{script}` failed: {status}");
-        }
-    }
+    let samples = time_runs(RAW_RUNS, || {
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command.args(["-c", script]);
+        command
+    })
+    .await?;
     Ok(median_p95(samples).0)
 }
 

@@ -199,24 +199,12 @@ impl Daemon {
 
     /// Wall time of `celistrad ctl --home DIR ls`, sampled `SAMPLES` times.
     async fn ctl_ls_samples(&self) -> Result<Vec<Duration>> {
-        let mut samples = Vec::with_capacity(SAMPLES);
-        for _ in 0..SAMPLES {
-            let started = Instant::now();
-            let status = tokio::process::Command::new(&self.binary)
-                .args(["ctl", "--home"])
-                .arg(self.home())
-                .arg("ls")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await?;
-            samples.push(started.elapsed());
-            if !status.success() {
-                bail!("`celistrad ctl ls` failed: {status}");
-            }
-        }
-        Ok(samples)
+        time_runs(SAMPLES, || {
+            let mut command = tokio::process::Command::new(&self.binary);
+            command.args(["ctl", "--home"]).arg(self.home()).arg("ls");
+            command
+        })
+        .await
     }
 }
 
@@ -280,6 +268,29 @@ fn sleepers(count: usize) -> Vec<AgentSpec> {
     (0..count)
         .map(|i| sleeper(format!("bench-{i:04}")))
         .collect()
+}
+
+/// Wall times of `runs` runs of a command, its output discarded; a failed run fails the phase.
+async fn time_runs(
+    runs: usize,
+    make: impl Fn() -> tokio::process::Command,
+) -> Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut command = make();
+        let started = Instant::now();
+        let status = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await?;
+        samples.push(started.elapsed());
+        if !status.success() {
+            bail!("{command:?} failed: {status}");
+        }
+    }
+    Ok(samples)
 }
 
 fn ms(d: Duration) -> f64 {
