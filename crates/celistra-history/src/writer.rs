@@ -123,7 +123,7 @@ impl Writer {
         self.last_open_attempt = Some(Instant::now());
         let path = self.inner.path.clone();
         let opened = schema::open_writer(&path).and_then(|conn| {
-            self.load(&conn, now_ms)?;
+            self.load(&conn)?;
             Ok(conn)
         });
         match opened {
@@ -146,7 +146,7 @@ impl Writer {
     }
 
     /// Reads what the writer keeps in memory, and closes runs that a daemon crash left open.
-    fn load(&mut self, conn: &Connection, now_ms: u64) -> Result<(), Error> {
+    fn load(&mut self, conn: &Connection) -> Result<(), Error> {
         self.total_stored = 0;
         let mut statement = conn.prepare(
             "SELECT agent_id, SUM(stored), MAX(pos + len) FROM segments GROUP BY agent_id",
@@ -181,7 +181,6 @@ impl Writer {
                     .unwrap_or_default(),
             ],
         )?;
-        let _ = now_ms;
         Ok(())
     }
 
