@@ -23,10 +23,10 @@ const INPUT_BYTES: u64 = 256 * 1024 * 1024;
 const SEARCH_AGENTS: usize = 4;
 /// How often agent state and saved bytes are polled.
 const POLL: Duration = Duration::from_millis(5);
-/// How often the search index's progress is polled (it takes seconds).
-const INDEX_POLL: Duration = Duration::from_millis(20);
-/// Longest wait for the index; the searches are timed after it even if indexing is not done.
-const INDEX_WAIT: Duration = Duration::from_secs(90);
+/// How often the progress of idle-time work (compression, the search index) is polled.
+const IDLE_WORK_POLL: Duration = Duration::from_millis(20);
+/// Longest wait for idle-time work; the phase goes on (and says so) if it is not done by then.
+const IDLE_WORK_WAIT: Duration = Duration::from_secs(90);
 /// How long saved bytes may stand still after the agents exited before the phase gives up.
 const STALL: Duration = Duration::from_secs(10);
 /// Search agents write the input in chunks of this many MiB with `PACE_PAUSE` between: together
@@ -240,7 +240,11 @@ impl RawRates {
 }
 
 /// Generates the input, then runs the log phases; one result per phase.
-pub(crate) async fn phases(binary: &Path, report: &mut Report) -> Vec<Result<()>> {
+pub(crate) async fn phases(
+    binary: &Path,
+    with_search: bool,
+    report: &mut Report,
+) -> Vec<Result<()>> {
     let input = match phase_within(LOG_PHASE_TIMEOUT, "log input", async {
         tokio::task::spawn_blocking(LogInput::generate).await?
     })
@@ -270,13 +274,18 @@ pub(crate) async fn phases(binary: &Path, report: &mut Report) -> Vec<Result<()>
         throughput(binary, &input, Mode::Pipe, rates, report),
     )
     .await;
-    let search = phase_within(
-        LOG_PHASE_TIMEOUT,
-        "search 1 GiB",
-        search(binary, &input, report),
-    )
-    .await;
-    vec![raw.map(drop), pty, pipe, search]
+    let mut results = vec![raw.map(drop), pty, pipe];
+    if with_search {
+        results.push(
+            phase_within(
+                LOG_PHASE_TIMEOUT,
+                "search 1 GiB",
+                search(binary, &input, report),
+            )
+            .await,
+        );
+    }
+    results
 }
 
 /// Median wall time of `RAW_RUNS` runs of `sh -c SCRIPT`.
@@ -414,6 +423,21 @@ async fn wait_settled(
     }
 }
 
+/// Polls the daemon's health until `done` (or `IDLE_WORK_WAIT` passed): the last health and the wait.
+async fn wait_health(
+    client: &Client,
+    done: impl Fn(&Health) -> bool,
+) -> Result<(Health, Duration)> {
+    let started = Instant::now();
+    loop {
+        let health: Health = client.get("/v1/health").await?;
+        if done(&health) || started.elapsed() > IDLE_WORK_WAIT {
+            return Ok((health, started.elapsed()));
+        }
+        tokio::time::sleep(IDLE_WORK_POLL).await;
+    }
+}
+
 /// A whole streamed response body as text.
 async fn fetch_text(client: &Client, path: &str) -> Result<String> {
     let mut body = client.open_stream(path).await?;
@@ -506,7 +530,7 @@ async fn throughput(
         None,
     );
     report.add(
-        &format!("{label}: output not saved (dropped_bytes); stored on disk"),
+        &format!("{label}: output not saved (dropped_bytes); stored once saved"),
         "dropped 0",
         format!(
             "dropped {} B; stored {:.1} MiB, compression {:.1}x",
@@ -534,6 +558,28 @@ async fn throughput(
     if !same {
         println!("  got {tail:?}\n  expected {:?}", input.last_line);
     }
+
+    // A burst is stored as it came and compressed once output is quiet.
+    let cpu_before = CpuUse::of(&daemon)?;
+    let (health, compressing) = wait_health(client, |h| h.history.uncompressed_bytes == 0).await?;
+    let left = health.history.uncompressed_bytes;
+    report.add(
+        &format!("{label}: then until compressed (uncompressed_bytes = 0); stored"),
+        "none",
+        format!(
+            "{}{:.0} ms; daemon CPU {}; stored {:.1} MiB, compression {:.1}x",
+            if left == 0 {
+                String::new()
+            } else {
+                format!("NOT DONE: {:.1} MiB left after ", left as f64 / MIB)
+            },
+            ms(compressing),
+            CpuUse::of(&daemon)?.since(&cpu_before),
+            health.history.stored_bytes as f64 / MIB,
+            settled.saved as f64 / health.history.stored_bytes.max(1) as f64
+        ),
+        None,
+    );
 
     // The peak since the daemon started, so read last.
     let peak = daemon.peak_rss_kib()?;
@@ -576,14 +622,7 @@ async fn search(binary: &Path, input: &LogInput, report: &mut Report) -> Result<
     let settled = wait_settled(client, &names, input.bytes, started).await?;
     let cpu_saved = CpuUse::of(&daemon)?;
     // Searches scan what is not indexed yet; they are timed once it is (or the wait is given up).
-    let health = loop {
-        let health: Health = client.get("/v1/health").await?;
-        if health.history.unindexed_bytes == 0 || started.elapsed() > settled.settled + INDEX_WAIT {
-            break health;
-        }
-        tokio::time::sleep(INDEX_POLL).await;
-    };
-    let indexing = started.elapsed() - settled.settled;
+    let (health, indexing) = wait_health(client, |h| h.history.unindexed_bytes == 0).await?;
     let cpu_indexed = CpuUse::of(&daemon)?;
     let total = input.bytes * SEARCH_AGENTS as u64;
     report.add(

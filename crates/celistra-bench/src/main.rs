@@ -555,6 +555,8 @@ enum Only {
     Agents,
     /// Log throughput and search ([`logs`]).
     Logs,
+    /// Log throughput only, without the minutes-long search phase.
+    Throughput,
 }
 
 struct Args {
@@ -575,15 +577,17 @@ fn parse_args() -> Result<Args> {
                 only = match args.next().as_deref() {
                     Some("agents") => Only::Agents,
                     Some("logs") => Only::Logs,
-                    _ => bail!("--only needs `agents` or `logs`"),
+                    Some("throughput") => Only::Throughput,
+                    _ => bail!("--only needs `agents`, `logs` or `throughput`"),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--only agents|logs]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
-                     --only logs: log throughput (PTY, pipe) and search phases."
+                     --only logs: log throughput (PTY, pipe) and search phases.\n\
+                     --only throughput: log throughput phases only."
                 );
                 std::process::exit(0);
             }
@@ -638,7 +642,7 @@ async fn main() -> Result<()> {
     let mut report = Report::default();
     let mut failed = false;
     let mut results = Vec::new();
-    if only != Only::Logs {
+    if only == Only::All || only == Only::Agents {
         results.extend([
             phase("idle RSS", idle_rss(&binary, &mut report)).await,
             phase("100 agents", hundred(&binary, &mut report)).await,
@@ -648,7 +652,8 @@ async fn main() -> Result<()> {
         ]);
     }
     if only != Only::Agents {
-        results.extend(logs::phases(&binary, &mut report).await);
+        let with_search = only != Only::Throughput;
+        results.extend(logs::phases(&binary, with_search, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {

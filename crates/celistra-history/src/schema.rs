@@ -10,7 +10,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use crate::{Error, Inner, now_ms};
 
 /// Schema migrations; entry `n` takes `user_version` from `n` to `n + 1`. Only ever append.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     agent_id TEXT NOT NULL,
@@ -35,7 +36,7 @@ CREATE INDEX runs_by_start ON runs (started_ms);
 CREATE INDEX runs_by_name ON runs (name);
 -- Output in arrival order. `pos` counts every byte an agent ever wrote (dropped ones too), so a gap
 -- between segments is output that could not be saved. `len` is the output's length, `stored` the
--- size of `bytes` (LZ4-compressed, see codec.rs). `bytes` is last: the other columns are read
+-- size of `bytes` (as codec.rs stores them). `bytes` is last: the other columns are read
 -- without touching its overflow pages.
 CREATE TABLE segments (
     id INTEGER PRIMARY KEY,
@@ -58,7 +59,14 @@ CREATE VIRTUAL TABLE segments_fts USING fts5 (
     text, content = '', contentless_delete = 1, detail = none,
     tokenize = 'unicode61 remove_diacritics 0'
 );
-"];
+",
+    r"
+-- 1 while a segment's bytes are stored as they came (during a burst), until idle time compresses
+-- them. Only read through the partial index, so it being after `bytes` costs nothing.
+ALTER TABLE segments ADD COLUMN deferred INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX segments_deferred ON segments (id) WHERE deferred = 1;
+",
+];
 
 /// Opens (creating if needed) the database for writing and brings its schema up to date.
 pub(crate) fn open_writer(path: &Path) -> Result<Connection, Error> {
@@ -217,5 +225,47 @@ pub(crate) fn checkpoint_loop(inner: &Inner) {
             let _ = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
         }
         last = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_the_first_schema_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO segments (agent_id, run_id, pos, len, stored, t_first, t_last, marks, bytes) \
+                 VALUES ('ag-old', 1, 0, 3, 7, 5, 5, x'', x'ffffffff616263')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_writer(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        let (agent, deferred): (String, i64) = conn
+            .query_row("SELECT agent_id, deferred FROM segments", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((agent.as_str(), deferred), ("ag-old", 0));
+        drop(conn);
+        // Opening again is a no-op; a file from a newer celistrad is refused, not damaged.
+        open_writer(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let error = open_writer(&path).expect_err("refused").to_string();
+        assert!(error.contains("newer than this celistrad knows"), "{error}");
     }
 }

@@ -1,4 +1,4 @@
-//! Segments on disk: inserting them compressed, deleting the oldest (with their index entries),
+//! Segments on disk: inserting them (compressed now or in idle time), deleting the oldest (with their index entries),
 //! merging small neighbours, and feeding the search index. Called by the writer thread only.
 
 use std::collections::HashMap;
@@ -20,6 +20,8 @@ const SETTLE_MS: u64 = 60_000;
 /// Idle-time work done in one step (tens of milliseconds): large enough that the search index grows
 /// in few, large commits, small enough that arriving output never waits long.
 const MAINTENANCE_STEP_BYTES: usize = 1024 * 1024;
+/// Compressing is cheaper than indexing (about 500 MiB/s here): a step compresses more.
+const COMPRESS_STEP_BYTES: usize = 4 * 1024 * 1024;
 
 /// A segment ready to insert.
 pub(crate) struct Segment {
@@ -41,40 +43,89 @@ impl Segment {
     }
 }
 
-/// Inserts segments in one transaction; returns the stored (compressed) size of each.
+/// How a commit stores its segments.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Packing {
+    /// Compressed now (see codec.rs).
+    Now,
+    /// As they came, marked for [`compress_deferred`]: the writer is behind and an agent waits.
+    Later,
+}
+
+/// Inserts segments in one transaction; returns the stored size of each.
 pub(crate) fn write_segments(
     conn: &mut Connection,
     segments: &[Segment],
+    packing: Packing,
 ) -> Result<Vec<u64>, rusqlite::Error> {
     let tx = conn.transaction()?;
     let mut sizes = Vec::with_capacity(segments.len());
     for segment in segments {
-        sizes.push(insert_segment(&tx, segment)?);
+        sizes.push(insert_segment(&tx, segment, packing)?);
     }
     tx.commit()?;
     Ok(sizes)
 }
 
-/// Inserts one segment, compressed; returns its stored size.
-pub(crate) fn insert_segment(conn: &Connection, segment: &Segment) -> Result<u64, rusqlite::Error> {
-    let packed = codec::pack(&segment.bytes);
+/// Inserts one segment; returns its stored size.
+pub(crate) fn insert_segment(
+    conn: &Connection,
+    segment: &Segment,
+    packing: Packing,
+) -> Result<u64, rusqlite::Error> {
+    let stored = match packing {
+        Packing::Now => codec::pack(&segment.bytes),
+        Packing::Later => codec::store_as_is(&segment.bytes),
+    };
     let t_first = segment.t_first();
     conn.prepare_cached(
-        "INSERT INTO segments (agent_id, run_id, pos, len, stored, t_first, t_last, marks, bytes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO segments \
+         (agent_id, run_id, pos, len, stored, t_first, t_last, marks, bytes, deferred) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         &*segment.agent_id,
         segment.run_id as i64,
         segment.pos as i64,
         segment.bytes.len() as i64,
-        packed.len() as i64,
+        stored.len() as i64,
         t_first as i64,
         segment.t_last() as i64,
         marks::encode(&segment.marks, t_first),
-        packed,
+        stored,
+        packing == Packing::Later,
     ])?;
-    Ok(packed.len() as u64)
+    Ok(stored.len() as u64)
+}
+
+/// Compresses segments a burst stored as they came, up to a step's worth. Returns bytes compressed.
+pub(crate) fn compress_deferred(conn: &Connection) -> Result<usize, Error> {
+    let mut batch: Vec<(i64, Vec<u8>)> = vec![];
+    let mut done = 0;
+    {
+        let mut select =
+            conn.prepare_cached("SELECT id, bytes FROM segments WHERE deferred = 1 ORDER BY id")?;
+        let mut rows = select.query([])?;
+        while done < COMPRESS_STEP_BYTES {
+            let Some(row) = rows.next()? else { break };
+            let stored: Vec<u8> = row.get(1)?;
+            done += stored.len().max(1);
+            batch.push((row.get(0)?, stored));
+        }
+    }
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut update = tx.prepare_cached(
+            "UPDATE segments SET bytes = ?2, stored = ?3, deferred = 0 WHERE id = ?1",
+        )?;
+        for (id, stored) in batch {
+            // A damaged segment stays as it is, for the reader to report; it is not retried.
+            let packed = codec::unpack(&stored).map_or(stored, |bytes| codec::pack(&bytes));
+            update.execute(params![id, packed, packed.len() as i64])?;
+        }
+    }
+    tx.commit()?;
+    Ok(done)
 }
 
 /// Deletes the oldest segments (of one agent, or of all) until at least `bytes` are freed.
@@ -218,7 +269,7 @@ pub(crate) fn merge_small(conn: &Connection, now: u64) -> Result<usize, Error> {
             bytes: Bytes::from(bytes),
             marks: all_marks,
         };
-        insert_segment(&tx, &segment)?;
+        insert_segment(&tx, &segment, Packing::Now)?;
         merged_bytes += segment.bytes.len();
     }
     tx.commit()?;
@@ -250,4 +301,58 @@ pub(crate) fn index_some(conn: &Connection, now: u64) -> Result<usize, Error> {
     }
     tx.commit()?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(pos: u64, text: &str) -> Segment {
+        Segment {
+            agent_id: Arc::from("ag-seg"),
+            run_id: 1,
+            pos,
+            bytes: Bytes::from(text.to_owned()),
+            marks: vec![Mark {
+                stream: celistra_core::logtext::Stream::Stdout,
+                len: text.len(),
+                time_ms: 1_000,
+            }],
+        }
+    }
+
+    #[test]
+    fn segments_stored_later_are_compressed_by_a_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::schema::open_writer(&dir.path().join("history.db")).unwrap();
+        let text = "INFO request served in 12ms\n".repeat(2000);
+        let segments = [segment(0, &text), segment(text.len() as u64, &text)];
+        let sizes = write_segments(&mut conn, &segments, Packing::Later).unwrap();
+        assert_eq!(sizes, vec![text.len() as u64 + 4; 2]);
+        let deferred = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT COUNT(*) FROM segments WHERE deferred = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(deferred(&conn), 2);
+        assert_eq!(compress_deferred(&conn).unwrap(), 2 * (text.len() + 4));
+        assert_eq!(deferred(&conn), 0);
+        assert_eq!(compress_deferred(&conn).unwrap(), 0, "nothing left to do");
+        let mut rows = conn
+            .prepare("SELECT len, stored, bytes FROM segments ORDER BY pos")
+            .unwrap();
+        let rows: Vec<(i64, i64, Vec<u8>)> = rows
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (len, stored, bytes) in rows {
+            assert!(stored * 10 < len, "compressed: {stored} of {len}");
+            assert_eq!(stored as usize, bytes.len());
+            assert_eq!(codec::unpack(&bytes).unwrap(), text.as_bytes());
+        }
+    }
 }

@@ -15,8 +15,8 @@ use rusqlite::{Connection, params};
 use crate::marks::{self, Mark};
 use crate::schema;
 use crate::segments::{
-    SEGMENT_MAX, SMALL_SEGMENT, Segment, delete_oldest, delete_where, index_some, merge_small,
-    write_segments,
+    Packing, SEGMENT_MAX, SMALL_SEGMENT, Segment, compress_deferred, delete_oldest, delete_where,
+    index_some, merge_small, write_segments,
 };
 use crate::{Error, HistoryEvent, Inner, Limits, Message, RunEnd, RunStart, lock, now_ms};
 
@@ -29,6 +29,9 @@ const PARTIAL_LINE_WAIT_MS: u64 = 1_000;
 /// Idle-time work waits until output has been quiet this long: bursts get the whole writer.
 const QUIET_BEFORE_MAINTENANCE: Duration = Duration::from_millis(500);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Output that never pauses still gets a maintenance step this often, so age retention, compression
+/// and indexing keep up with an agent that logs all the time.
+const MAINTENANCE_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
 const AGE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Minimum time between two `logs_dropped` events.
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -70,6 +73,8 @@ pub(crate) struct Writer {
     total_stored: u64,
     /// Bytes kept but not yet in the search index.
     unindexed: u64,
+    /// Bytes kept as they came (a burst), not yet compressed.
+    uncompressed: u64,
     /// Runs that have not ended, kept to re-record them in a replacement database.
     open_runs: HashMap<u64, RunStart>,
     /// Why saving fails, while it does; and what was dropped meanwhile.
@@ -82,6 +87,8 @@ pub(crate) struct Writer {
     last_output: Option<Instant>,
     last_age_sweep: Option<Instant>,
     maintenance_behind: bool,
+    /// A run with pending output ended since the last commit.
+    run_ended: bool,
 }
 
 impl Writer {
@@ -105,6 +112,7 @@ impl Writer {
             agents: HashMap::new(),
             total_stored: 0,
             unindexed: 0,
+            uncompressed: 0,
             open_runs: HashMap::new(),
             failing: None,
             dropped_while_failing: 0,
@@ -115,6 +123,7 @@ impl Writer {
             last_output: None,
             last_age_sweep: None,
             maintenance_behind: true,
+            run_ended: false,
         }
     }
 
@@ -231,6 +240,8 @@ impl Writer {
             log.stored = 0;
         }
         self.total_stored = 0;
+        self.unindexed = 0;
+        self.uncompressed = 0;
         match schema::open_writer(&path) {
             Ok(conn) => {
                 let runs: Vec<RunStart> = self.open_runs.values().cloned().collect();
@@ -261,7 +272,7 @@ impl Writer {
                     while self.pending_bytes < FLUSH_BYTES {
                         match self.receiver.try_recv() {
                             Ok(Message::Stop) => {
-                                self.flush(true);
+                                self.flush(true, Packing::Now);
                                 return self.shut_down();
                             }
                             Ok(message) => self.handle(message),
@@ -288,23 +299,28 @@ impl Writer {
             let due = self
                 .oldest_pending
                 .is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
-            if self.pending_bytes >= FLUSH_BYTES || due {
-                self.flush(false);
+            // A commit that is due by size means output arrives faster than the interval commits
+            // it: the writer is the bottleneck, so it stores now and compresses in idle time.
+            if self.pending_bytes >= FLUSH_BYTES {
+                self.flush(false, Packing::Later);
+            } else if due || self.run_ended {
+                self.flush(false, Packing::Now);
             }
+            self.run_ended = false;
             self.report_drops(false);
             let idle = self.pending.is_empty()
                 && self.finished.is_empty()
                 && self
                     .last_output
                     .is_none_or(|at| at.elapsed() >= QUIET_BEFORE_MAINTENANCE);
-            if idle
-                && (self.maintenance_behind
-                    || self.last_maintenance.elapsed() >= MAINTENANCE_INTERVAL)
+            let since_maintenance = self.last_maintenance.elapsed();
+            if (idle && (self.maintenance_behind || since_maintenance >= MAINTENANCE_INTERVAL))
+                || since_maintenance >= MAINTENANCE_AT_LEAST_EVERY
             {
                 self.maintain();
             }
         }
-        self.flush(true);
+        self.flush(true, Packing::Now);
         self.shut_down();
     }
 
@@ -355,6 +371,8 @@ impl Writer {
                 for pending in self.pending.values_mut().chain(self.finished.iter_mut()) {
                     if pending.run_id == run_id {
                         pending.complete = true;
+                        // Nothing more will come: its last output need not wait for the interval.
+                        self.run_ended = true;
                     }
                 }
                 if let Some(conn) = &self.conn
@@ -373,7 +391,7 @@ impl Writer {
             }
             Message::Sync(reply) => {
                 self.take_queue_drops();
-                self.flush(true);
+                self.flush(true, Packing::Now);
                 let _ = reply.send(());
             }
             Message::SetLimits(_) | Message::Stop => {}
@@ -523,6 +541,7 @@ impl Writer {
         health.stored_bytes = self.total_stored;
         health.dropped_bytes = self.dropped_total;
         health.unindexed_bytes = self.unindexed;
+        health.uncompressed_bytes = self.uncompressed;
     }
 
     /// Recounts what the writer tracks as it goes (merges and deletions change it too), in idle time.
@@ -534,6 +553,13 @@ impl Writer {
             |r| r.get::<_, i64>(0),
         ) {
             self.unindexed = bytes.max(0) as u64;
+        }
+        if let Ok(bytes) = conn.query_row(
+            "SELECT COALESCE(SUM(len), 0) FROM segments WHERE deferred = 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        ) {
+            self.uncompressed = bytes.max(0) as u64;
         }
         let Ok(mut statement) =
             conn.prepare_cached("SELECT agent_id, SUM(stored) FROM segments GROUP BY agent_id")
@@ -556,7 +582,7 @@ impl Writer {
     }
 
     /// Commits pending output. With `everything`, partial lines are written too.
-    fn flush(&mut self, everything: bool) {
+    fn flush(&mut self, everything: bool, packing: Packing) {
         let now = now_ms();
         let mut segments = Vec::new();
         for mut pending in self.finished.drain(..) {
@@ -590,7 +616,7 @@ impl Writer {
             return;
         };
         let started = Instant::now();
-        let written = write_segments(conn, &segments);
+        let written = write_segments(conn, &segments, packing);
         tracing::debug!(
             segments = segments.len(),
             bytes = segments.iter().map(|s| s.bytes.len()).sum::<usize>(),
@@ -602,6 +628,9 @@ impl Writer {
             Ok(sizes) => {
                 for (segment, stored) in segments.iter().zip(sizes) {
                     self.unindexed += segment.bytes.len() as u64;
+                    if packing == Packing::Later {
+                        self.uncompressed += segment.bytes.len() as u64;
+                    }
                     self.agents
                         .entry(Arc::clone(&segment.agent_id))
                         .or_default()
@@ -717,7 +746,8 @@ impl Writer {
         let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        let step = merge_small(conn, now).and_then(|merged| Ok(merged + index_some(conn, now)?));
+        let step = merge_small(conn, now)
+            .and_then(|merged| Ok(merged + compress_deferred(conn)? + index_some(conn, now)?));
         match step {
             Ok(work) => {
                 self.maintenance_behind = work > 0;

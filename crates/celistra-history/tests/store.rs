@@ -235,3 +235,104 @@ fn damage_inside_the_file_is_found_at_start_and_the_file_replaced() {
     });
     assert!(store.history.health().ok);
 }
+
+/// Varied log lines that compress about 3x, like the bench's input.
+fn varied_lines(bytes: usize) -> String {
+    let mut text = String::with_capacity(bytes + 128);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut i = 0u64;
+    while text.len() < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        text.push_str(&format!(
+            "INFO worker-{} request id={i} path=/api/v1/items/{} took={}ms user={state:016x}\n",
+            state % 16,
+            state % 100_000,
+            state % 900
+        ));
+        i += 1;
+    }
+    text
+}
+
+#[test]
+fn a_burst_is_stored_and_then_compressed_and_reads_the_same() {
+    let store = Store::open();
+    let agent: Arc<str> = Arc::from("ag-burst");
+    // One append larger than a commit: the writer is behind, so it stores first.
+    let text = varied_lines(8 << 20);
+    store.history.append(
+        &agent,
+        1,
+        Stream::Stdout,
+        now_ms(),
+        Bytes::from(text.clone()),
+    );
+    store.history.sync().unwrap();
+    // Compression waits for half a second without output; this runs right after the commit.
+    assert!(store.history.health().uncompressed_bytes > 0);
+    wait("the burst compressed", || {
+        store.history.health().uncompressed_bytes == 0
+    });
+    assert_eq!(
+        store.count("SELECT COUNT(*) FROM segments WHERE deferred = 1"),
+        0
+    );
+    let stored = store.history.health().stored_bytes;
+    assert!(
+        stored * 2 < text.len() as u64,
+        "stored {stored} of {} bytes",
+        text.len()
+    );
+    assert_eq!(
+        store.count("SELECT SUM(stored) FROM segments") as u64,
+        stored
+    );
+    let lines = store.lines("ag-burst");
+    assert_eq!(lines.len(), text.lines().count());
+    assert!(lines.iter().map(String::as_str).eq(text.lines()));
+}
+
+#[test]
+fn maintenance_keeps_up_with_output_that_never_pauses() {
+    let store = Arc::new(Store::open());
+    let agent: Arc<str> = Arc::from("ag-chatty");
+    store.append_commits(&agent, &["from long ago".into()], 40 * DAY_MS);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chatter = {
+        let (store, agent, stop) = (Arc::clone(&store), Arc::clone(&agent), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let line = Bytes::from(format!("tick {i}\n"));
+                store
+                    .history
+                    .append(&agent, 1, Stream::Stdout, now_ms(), line);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    // Output never pauses for the idle time maintenance waits for, yet the sweep still runs.
+    store.history.set_limits(Limits {
+        max_age_ms: 30 * DAY_MS - 1,
+        ..limits()
+    });
+    let gone = (|| {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if store.lines("ag-chatty").first().map(String::as_str) == Some("tick 0") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    chatter.join().unwrap();
+    assert!(
+        gone,
+        "the old line was never removed while output kept coming"
+    );
+}

@@ -120,4 +120,8 @@ pub struct HistoryHealth {
     pub dropped_bytes: u64,
     /// Kept bytes not yet in the search index (searched by a scan until they are).
     pub unindexed_bytes: u64,
+    /// Kept bytes stored as they came during a burst, compressed in idle time (until then they
+    /// take their full size on disk and in the size limits).
+    #[serde(default)]
+    pub uncompressed_bytes: u64,
 }
