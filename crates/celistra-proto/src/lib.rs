@@ -1,17 +1,19 @@
 //! Wire types of the celistrad HTTP API: request and response bodies, agent states, signals, events,
-//! run history, log lines and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
+//! run history, log lines, the shared-terminal protocol and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
 
 mod agent;
 mod error;
 mod event;
 mod history;
 mod signal;
+mod terminal;
 
 pub use agent::*;
 pub use error::*;
 pub use event::*;
 pub use history::*;
 pub use signal::*;
+pub use terminal::*;
 
 /// Version of this API; bumped when a breaking change is made to any type here.
 pub const API_VERSION: &str = "v1";
