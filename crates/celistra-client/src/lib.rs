@@ -2,6 +2,7 @@
 //! local `ctl`) or TCP. One HTTP/1.1 connection per request keeps it simple and stateless.
 
 mod sse;
+mod terminal;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use sse::{SseFrame, SseParser};
+pub use terminal::{Terminal, TerminalEvent, TerminalInput, TerminalOutput};
+
+/// A connection to the daemon: a Unix socket or TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// What went wrong talking to a daemon.
 #[derive(Debug, thiserror::Error)]
@@ -120,20 +126,23 @@ impl Client {
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        match &self.endpoint {
-            Endpoint::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
+        exchange(self.connect().await?, request).await
+    }
+
+    /// A fresh connection to the daemon.
+    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
+        Ok(match &self.endpoint {
+            Endpoint::Unix(path) => Box::new(
+                tokio::net::UnixStream::connect(path)
                     .await
-                    .map_err(|e| self.connect_error(e))?;
-                exchange(stream, request).await
-            }
-            Endpoint::Tcp(addr) => {
-                let stream = tokio::net::TcpStream::connect(addr)
+                    .map_err(|e| self.connect_error(e))?,
+            ),
+            Endpoint::Tcp(addr) => Box::new(
+                tokio::net::TcpStream::connect(addr)
                     .await
-                    .map_err(|e| self.connect_error(e))?;
-                exchange(stream, request).await
-            }
-        }
+                    .map_err(|e| self.connect_error(e))?,
+            ),
+        })
     }
 
     fn connect_error(&self, error: std::io::Error) -> ClientError {
@@ -185,13 +194,10 @@ impl Client {
 }
 
 /// Sends one request on a fresh HTTP/1.1 connection over `stream`.
-async fn exchange<S>(
-    stream: S,
+async fn exchange(
+    stream: Box<dyn Io>,
     request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, ClientError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<Response<Incoming>, ClientError> {
     let transport_error = |e: hyper::Error| ClientError::Transport(e.to_string());
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

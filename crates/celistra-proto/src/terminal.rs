@@ -111,7 +111,13 @@ mod tests {
     fn messages_have_their_documented_shape() {
         let resize: TerminalClientMessage =
             serde_json::from_str(r#"{"type":"resize","cols":120,"rows":40}"#).unwrap();
-        assert_eq!(resize, TerminalClientMessage::Resize { cols: 120, rows: 40 });
+        assert_eq!(
+            resize,
+            TerminalClientMessage::Resize {
+                cols: 120,
+                rows: 40
+            }
+        );
         assert!(serde_json::from_str::<TerminalClientMessage>(r#"{"type":"paste"}"#).is_err());
         let exit = TerminalServerMessage::Exit {
             run: 2,
