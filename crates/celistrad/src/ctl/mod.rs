@@ -3,6 +3,7 @@
 
 mod agents;
 mod apply;
+mod attach;
 mod events;
 mod history;
 mod logs;
@@ -43,6 +44,8 @@ enum Verb {
     Rename(agents::RenameArgs),
     /// Change an agent's settings (applied at its next spawn, or now with --restart).
     Set(agents::SetArgs),
+    /// Attach to an agent's live terminal; detach with Ctrl-].
+    Attach(attach::AttachArgs),
     /// Print an agent's saved output (filter by time, run, stream; search; -f follows live).
     Logs(logs::LogsArgs),
     /// List runs: when each started and ended, how, and who stopped it.
@@ -99,6 +102,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Kill(args) => agents::kill(client, args).await,
         Verb::Rename(args) => agents::rename(client, args).await,
         Verb::Set(args) => agents::set(client, args).await,
+        Verb::Attach(args) => attach::run(client, args).await,
         Verb::Logs(args) => logs::run(client, args).await,
         Verb::History(args) => history::run(client, args).await,
         Verb::Events(args) => events::run(client, args).await,
