@@ -5,7 +5,9 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use celistra_client::{Client, ClientError, Terminal, TerminalEvent, TerminalInput};
+use celistra_client::{
+    Client, ClientError, Terminal, TerminalEvent, TerminalInput, TerminalOutput,
+};
 use celistra_proto::{ErrorCode, TerminalClientMessage, TerminalRole, TerminalServerMessage};
 use clap::Args;
 use rustix::termios::{self, OptionalActions, Termios};
@@ -20,6 +22,8 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// A reconnect attempt that hangs this long (a daemon that accepts but does not answer) is retried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long leaving waits for the daemon to end the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The close code the daemon sends when the agent was removed.
 const CLOSE_AGENT_REMOVED: u16 = 1000;
 const CLEAR_SCREEN: &[u8] = b"\x1b[H\x1b[2J";
@@ -261,7 +265,7 @@ impl Attachment<'_> {
                         to_daemon.send_input(to_send.to_vec()).await
                     };
                     if detach {
-                        let _ = to_daemon.close().await;
+                        close(to_daemon, from_daemon).await;
                         return Ok(Connection::Ended(Outcome::Detached));
                     }
                     if let Err(e) = sent {
@@ -275,7 +279,7 @@ impl Attachment<'_> {
                         }
                     }
                     Arrived::Stop => {
-                        let _ = to_daemon.close().await;
+                        close(to_daemon, from_daemon).await;
                         return Ok(Connection::Ended(Outcome::Detached));
                     }
                 },
@@ -321,6 +325,7 @@ impl Attachment<'_> {
                     return Err(Failure::Failed(error.message));
                 }
                 Ok(Err(error @ ClientError::Secret { .. })) => return Err(error.into()),
+                Ok(Err(ClientError::NotRunning { .. })) => "the daemon is not running".to_owned(),
                 Ok(Err(error)) => error.to_string(),
                 Err(_) => format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
             };
@@ -399,6 +404,18 @@ impl Attachment<'_> {
         // Stderr may be gone (a hung-up terminal); there is nowhere else to say it.
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
+}
+
+/// Closes the connection and waits (briefly) for the daemon to end it too: the daemon has then read
+/// everything sent before the close, so what was typed (or piped) just before leaving is not lost
+/// to a connection torn down under it.
+async fn close(to_daemon: TerminalInput, mut from_daemon: TerminalOutput) {
+    if to_daemon.close().await.is_err() {
+        return;
+    }
+    let ended =
+        async { while !matches!(from_daemon.next().await, TerminalEvent::Closed { .. }) {} };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ended).await;
 }
 
 /// Tells the daemon this terminal's size, if stdout or stdin is a terminal.
