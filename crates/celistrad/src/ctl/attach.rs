@@ -180,14 +180,10 @@ pub(crate) async fn run(client: &Client, args: AttachArgs) -> CtlResult {
         .map_err(|e| Failure::Failed(format!("cannot listen for signals: {e}")))?;
     let input =
         read_stdin().map_err(|e| Failure::Failed(format!("cannot start reading input: {e}")))?;
-    let raw_mode =
-        if termios::isatty(std::io::stdin()) {
-            Some(RawMode::enter().map_err(|e| {
-                Failure::Failed(format!("cannot switch the terminal to raw mode: {e}"))
-            })?)
-        } else {
-            None
-        };
+    let raw_mode = termios::isatty(std::io::stdin())
+        .then(RawMode::enter)
+        .transpose()
+        .map_err(|e| Failure::Failed(format!("cannot switch the terminal to raw mode: {e}")))?;
     let mut attachment = Attachment {
         client,
         agent,
@@ -201,13 +197,13 @@ pub(crate) async fn run(client: &Client, args: AttachArgs) -> CtlResult {
         last_error: None,
     };
     let result = attachment.run(terminal).await;
-    let notice = match &result {
-        Ok(Outcome::Detached) => format!("[detached from {}]", attachment.name),
-        Ok(Outcome::Removed) => format!("[celistra: {} was removed]", attachment.name),
-        Err(_) => String::new(),
-    };
-    if !notice.is_empty() {
-        attachment.notice(&notice);
+    // Said before the terminal is restored, in the line ends its mode takes.
+    match &result {
+        Ok(Outcome::Detached) => attachment.notice(&format!("[detached from {}]", attachment.name)),
+        Ok(Outcome::Removed) => {
+            attachment.notice(&format!("[celistra: {} was removed]", attachment.name));
+        }
+        Err(_) => {}
     }
     drop(raw_mode);
     result.map(|_| ())
