@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use celistra_client::{ClientError, Terminal, TerminalEvent};
 use celistra_proto::{
-    AgentSpec, AgentState, ErrorCode, TerminalClientMessage, TerminalRole, TerminalServerMessage,
+    AgentSpec, AgentState, ErrorCode, IoMode, TerminalClientMessage, TerminalRole,
+    TerminalServerMessage,
 };
 
 use crate::{Daemon, PATIENCE};
@@ -384,4 +385,71 @@ async fn next(terminal: &mut Terminal) -> TerminalEvent {
     tokio::time::timeout(PATIENCE, terminal.next())
         .await
         .expect("an event in time")
+}
+
+#[tokio::test]
+async fn a_pipe_agent_takes_input_on_stdin_and_has_no_size() {
+    let daemon = Daemon::start().await;
+    daemon
+        .spawn(AgentSpec {
+            name: "piped".into(),
+            command: "exec cat".into(),
+            no_pty: true,
+            ..AgentSpec::default()
+        })
+        .await;
+    daemon.wait_state("piped", AgentState::Running).await;
+    let (mut writer, mut seen) = attach(&daemon, "piped", TerminalRole::Writer).await;
+    assert!(
+        matches!(
+            seen.controls[0],
+            TerminalServerMessage::Hello {
+                mode: IoMode::Pipes,
+                ..
+            }
+        ),
+        "{:?}",
+        seen.controls[0]
+    );
+    writer.send_input("through stdin\n").await.unwrap();
+    read_until(&mut writer, &mut seen, "cat's copy", |s| {
+        // No terminal echo on pipes: the line comes back once, from cat.
+        s.text() == "through stdin\n"
+    })
+    .await;
+    writer
+        .send_control(&TerminalClientMessage::Resize {
+            cols: 100,
+            rows: 30,
+        })
+        .await
+        .unwrap();
+    read_until(&mut writer, &mut seen, "not_a_terminal", |s| {
+        s.controls.iter().any(
+            |c| matches!(c, TerminalServerMessage::Error { code, .. } if code == "not_a_terminal"),
+        )
+    })
+    .await;
+    writer.send_text("{\"type\":\"paste\"}").await.unwrap();
+    read_until(&mut writer, &mut seen, "bad_message", |s| {
+        s.controls.iter().any(
+            |c| matches!(c, TerminalServerMessage::Error { code, .. } if code == "bad_message"),
+        )
+    })
+    .await;
+    // Stopped: input is refused with a reason, and the client is still attached.
+    assert!(daemon.ctl(&["stop", "piped"]).status.success());
+    read_until(&mut writer, &mut seen, "the exit", |s| {
+        s.controls
+            .iter()
+            .any(|c| matches!(c, TerminalServerMessage::Exit { .. }))
+    })
+    .await;
+    writer.send_input("anyone?\n").await.unwrap();
+    read_until(&mut writer, &mut seen, "not_running", |s| {
+        s.controls.iter().any(
+            |c| matches!(c, TerminalServerMessage::Error { code, .. } if code == "not_running"),
+        )
+    })
+    .await;
 }
