@@ -453,3 +453,43 @@ async fn a_pipe_agent_takes_input_on_stdin_and_has_no_size() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_late_joiner_to_more_than_the_scrollback_starts_at_a_whole_line() {
+    let daemon = Daemon::start().await;
+    spawn(
+        &daemon,
+        "counter",
+        "read go; i=0; while [ $i -lt 20000 ]; do printf '\\033[32m%05d\\033[0m ok\\n' $i; i=$((i+1)); done; exec cat",
+    )
+    .await;
+    let (mut first, mut seen_first) = attach(&daemon, "counter", TerminalRole::Writer).await;
+    first.send_input("go\r").await.unwrap();
+    read_until(&mut first, &mut seen_first, "19999", |s| {
+        s.text().contains("19999")
+    })
+    .await;
+    let (mut late, mut seen_late) = attach(&daemon, "counter", TerminalRole::Viewer).await;
+    let replay = seen_late.text();
+    assert!(
+        replay.len() <= 64 * 1024 && replay.len() > 60 * 1024,
+        "{}",
+        replay.len()
+    );
+    assert!(
+        replay.starts_with("\x1b[32m"),
+        "starts at a whole line: {:?}",
+        &replay[..20]
+    );
+    assert!(seen_first.text().ends_with(&replay));
+    first.send_input("tail\r").await.unwrap();
+    read_until(&mut late, &mut seen_late, "tail twice", |s| {
+        count(&s.text(), "tail") == 2
+    })
+    .await;
+    read_until(&mut first, &mut seen_first, "tail twice", |s| {
+        count(&s.text(), "tail") == 2
+    })
+    .await;
+    assert!(seen_first.text().ends_with(&seen_late.text()));
+}
