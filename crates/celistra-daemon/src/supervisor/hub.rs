@@ -178,6 +178,21 @@ impl Hub {
         state.trimmed |= excess > 0;
     }
 
+    pub(crate) fn capacity(&self) -> usize {
+        self.lock().capacity
+    }
+
+    /// Fills an empty ring with output saved before the daemon restarted. Unless it is `whole`
+    /// (all the agent ever wrote), its start is arbitrary, so replays start at a sane boundary.
+    pub(crate) fn seed(&self, saved: &[u8], whole: bool) {
+        let mut state = self.lock();
+        if state.ring.is_empty() && !saved.is_empty() {
+            let keep = saved.len().min(state.capacity);
+            state.ring.extend(&saved[saved.len() - keep..]);
+            state.trimmed = !whole || keep < saved.len();
+        }
+    }
+
     pub(crate) fn size(&self) -> TermSize {
         self.lock().size
     }

@@ -493,3 +493,33 @@ async fn a_late_joiner_to_more_than_the_scrollback_starts_at_a_whole_line() {
     .await;
     assert!(seen_first.text().ends_with(&seen_late.text()));
 }
+
+#[tokio::test]
+async fn after_a_daemon_restart_the_scrollback_still_holds_the_earlier_output() {
+    let mut daemon = Daemon::start().await;
+    spawn(
+        &daemon,
+        "survivor",
+        "if [ -e seen ]; then echo second-run; else touch seen; echo first-run; fi; exec sleep 600",
+    )
+    .await;
+    let (mut terminal, mut seen) = attach(&daemon, "survivor", TerminalRole::Viewer).await;
+    read_until(&mut terminal, &mut seen, "first-run", |s| {
+        s.text().contains("first-run")
+    })
+    .await;
+    daemon.signal_and_wait("TERM");
+    assert!(matches!(
+        terminal.next().await,
+        TerminalEvent::Closed { code: 1001, .. }
+    ));
+    daemon.restart_process().await;
+    daemon.wait_state("survivor", AgentState::Running).await;
+    let (mut terminal, mut seen) = attach(&daemon, "survivor", TerminalRole::Viewer).await;
+    read_until(&mut terminal, &mut seen, "both runs' output", |s| {
+        let text = s.text();
+        text.contains("first-run") && text.contains("second-run")
+    })
+    .await;
+    assert!(seen.text().find("first-run") < seen.text().find("second-run"));
+}
