@@ -18,6 +18,9 @@ pub(crate) const MAX_CLIENTS: usize = 256;
 const DEFAULT_SIZE: TermSize = TermSize { cols: 80, rows: 24 };
 /// Longest window title kept; longer ones are ignored.
 const MAX_TITLE: usize = 256;
+/// Refusals queued for one client at most: a client that sends but never reads cannot make its
+/// own queue grow without bound. (A size or title replaces the one still queued instead.)
+const MAX_QUEUED_ERRORS: usize = 64;
 
 /// Something for one client, in order.
 #[derive(Debug)]
@@ -93,7 +96,27 @@ impl Client {
 
     /// Queues a control message for this client only.
     pub(crate) fn tell(&self, message: TerminalServerMessage) {
-        self.queue_item(Delivery::Control(message));
+        use TerminalServerMessage::{Error, Size, Title};
+        let mut queue = self.lock();
+        let errors = queue
+            .items
+            .iter()
+            .filter(|item| matches!(item, Delivery::Control(Error { .. })))
+            .count();
+        match message {
+            // Only the newest size or title matters to a client that has not been sent the older.
+            Size { .. } => queue
+                .items
+                .retain(|item| !matches!(item, Delivery::Control(Size { .. }))),
+            Title { .. } => queue
+                .items
+                .retain(|item| !matches!(item, Delivery::Control(Title { .. }))),
+            Error { .. } if errors >= MAX_QUEUED_ERRORS => return,
+            _ => {}
+        }
+        queue.items.push_back(Delivery::Control(message));
+        drop(queue);
+        self.ready.notify_one();
     }
 
     fn queue_item(&self, item: Delivery) {
@@ -153,6 +176,21 @@ impl Hub {
         let excess = state.ring.len().saturating_sub(capacity);
         state.ring.drain(..excess);
         state.trimmed |= excess > 0;
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.lock().capacity
+    }
+
+    /// Fills an empty ring with output saved before the daemon restarted. Unless it is `whole`
+    /// (all the agent ever wrote), its start is arbitrary, so replays start at a sane boundary.
+    pub(crate) fn seed(&self, saved: &[u8], whole: bool) {
+        let mut state = self.lock();
+        if state.ring.is_empty() && !saved.is_empty() {
+            let keep = saved.len().min(state.capacity);
+            state.ring.extend(&saved[saved.len() - keep..]);
+            state.trimmed = !whole || keep < saved.len();
+        }
     }
 
     pub(crate) fn size(&self) -> TermSize {
@@ -502,6 +540,21 @@ mod tests {
         }
         hub.push(&chunk(b"live\n"));
         assert_eq!(outputs(hub.next_for(&slow)), b"live\n");
+    }
+
+    #[test]
+    fn a_client_that_never_reads_queues_a_bounded_number_of_controls() {
+        let hub = Hub::new(64);
+        let (client, _) = hub.attach(TerminalRole::Viewer).unwrap();
+        for cols in 1..=1000 {
+            hub.resize(TermSize { cols, rows: 24 });
+            client.tell(TerminalServerMessage::Error {
+                code: "read_only".into(),
+                message: "no".into(),
+            });
+        }
+        let queued = client.lock().items.len();
+        assert!(queued <= 2 * MAX_QUEUED_ERRORS, "{queued} items queued");
     }
 
     #[test]

@@ -29,6 +29,33 @@ use crate::home::Home;
 use crate::now_ms;
 use crate::store::{Store, StoredAgent};
 
+/// The last `bytes` of an agent's saved output, as written (empty if there is none or it cannot be
+/// read: the scrollback is a convenience, the history is the record), and whether that is all of it.
+fn saved_tail(history: &History, agent_id: &str, bytes: usize) -> (Vec<u8>, bool) {
+    let filter = celistra_history::LogFilter {
+        agent_id: Some(agent_id.to_owned()),
+        ..Default::default()
+    };
+    let Ok(end) = history.end_pos(agent_id) else {
+        return (vec![], true);
+    };
+    let mut cursor = celistra_history::Cursor::new(end.saturating_sub(bytes as u64), true);
+    let mut tail = Vec::with_capacity(bytes);
+    let read = history.read_forward(&filter, &mut cursor, &mut |piece| {
+        if let celistra_history::Piece::Bytes { bytes, .. } = piece {
+            tail.extend_from_slice(&bytes);
+        }
+        true
+    });
+    if let Err(e) = read {
+        tracing::warn!(
+            agent = agent_id,
+            "cannot read the saved output for the scrollback: {e}"
+        );
+    }
+    (tail, end <= bytes as u64)
+}
+
 /// The actor of what the daemon does by itself.
 pub(crate) const SYSTEM: &str = "system";
 
@@ -297,6 +324,7 @@ impl Supervisor {
     /// Brings back the agents of the previous run: those that should run are started.
     pub(crate) async fn restore(&self, stored: Vec<StoredAgent>) {
         let mut to_start = vec![];
+        let mut restored = vec![];
         {
             let mut registry = self.write();
             for mut agent in stored {
@@ -312,9 +340,21 @@ impl Supervisor {
                 }
                 let handle = self.insert(&mut registry, &agent);
                 if should_run {
-                    to_start.push(handle);
+                    to_start.push(Arc::clone(&handle));
                 }
+                restored.push(handle);
             }
+        }
+        // A client that reconnects after the daemon restarted sees the output from before it.
+        let history = self.shared.history.clone();
+        let seeded = tokio::task::spawn_blocking(move || {
+            for handle in restored {
+                let (tail, whole) = saved_tail(&history, &handle.id, handle.hub.capacity());
+                handle.hub.seed(&tail, whole);
+            }
+        });
+        if let Err(e) = seeded.await {
+            tracing::warn!("cannot restore the scrollback: {e}");
         }
         let starts = to_start.iter().map(|h| h.ask(SYSTEM, Command::Start));
         futures_util::future::join_all(starts).await;

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use celistra_client::{ClientError, Terminal, TerminalEvent};
 use celistra_proto::{
-    AgentSpec, AgentState, ErrorCode, TerminalClientMessage, TerminalRole, TerminalServerMessage,
+    AgentSpec, AgentState, ErrorCode, IoMode, TerminalClientMessage, TerminalRole,
+    TerminalServerMessage,
 };
 
 use crate::{Daemon, PATIENCE};
@@ -384,4 +385,141 @@ async fn next(terminal: &mut Terminal) -> TerminalEvent {
     tokio::time::timeout(PATIENCE, terminal.next())
         .await
         .expect("an event in time")
+}
+
+#[tokio::test]
+async fn a_pipe_agent_takes_input_on_stdin_and_has_no_size() {
+    let daemon = Daemon::start().await;
+    daemon
+        .spawn(AgentSpec {
+            name: "piped".into(),
+            command: "exec cat".into(),
+            no_pty: true,
+            ..AgentSpec::default()
+        })
+        .await;
+    daemon.wait_state("piped", AgentState::Running).await;
+    let (mut writer, mut seen) = attach(&daemon, "piped", TerminalRole::Writer).await;
+    assert!(
+        matches!(
+            seen.controls[0],
+            TerminalServerMessage::Hello {
+                mode: IoMode::Pipes,
+                ..
+            }
+        ),
+        "{:?}",
+        seen.controls[0]
+    );
+    writer.send_input("through stdin\n").await.unwrap();
+    read_until(&mut writer, &mut seen, "cat's copy", |s| {
+        // No terminal echo on pipes: the line comes back once, from cat.
+        s.text() == "through stdin\n"
+    })
+    .await;
+    writer
+        .send_control(&TerminalClientMessage::Resize {
+            cols: 100,
+            rows: 30,
+        })
+        .await
+        .unwrap();
+    read_until(&mut writer, &mut seen, "not_a_terminal", |s| {
+        s.controls.iter().any(
+            |c| matches!(c, TerminalServerMessage::Error { code, .. } if code == "not_a_terminal"),
+        )
+    })
+    .await;
+    writer.send_text("{\"type\":\"paste\"}").await.unwrap();
+    read_until(&mut writer, &mut seen, "bad_message", |s| {
+        s.controls.iter().any(
+            |c| matches!(c, TerminalServerMessage::Error { code, .. } if code == "bad_message"),
+        )
+    })
+    .await;
+    // Stopped: input is refused with a reason, and the client is still attached.
+    assert!(daemon.ctl(&["stop", "piped"]).status.success());
+    read_until(&mut writer, &mut seen, "the exit", |s| {
+        s.controls
+            .iter()
+            .any(|c| matches!(c, TerminalServerMessage::Exit { .. }))
+    })
+    .await;
+    writer.send_input("anyone?\n").await.unwrap();
+    read_until(&mut writer, &mut seen, "not_running", |s| {
+        s.controls.iter().any(
+            |c| matches!(c, TerminalServerMessage::Error { code, .. } if code == "not_running"),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_late_joiner_to_more_than_the_scrollback_starts_at_a_whole_line() {
+    let daemon = Daemon::start().await;
+    spawn(
+        &daemon,
+        "counter",
+        "read go; i=0; while [ $i -lt 20000 ]; do printf '\\033[32m%05d\\033[0m ok\\n' $i; i=$((i+1)); done; exec cat",
+    )
+    .await;
+    let (mut first, mut seen_first) = attach(&daemon, "counter", TerminalRole::Writer).await;
+    first.send_input("go\r").await.unwrap();
+    read_until(&mut first, &mut seen_first, "19999", |s| {
+        s.text().contains("19999")
+    })
+    .await;
+    let (mut late, mut seen_late) = attach(&daemon, "counter", TerminalRole::Viewer).await;
+    let replay = seen_late.text();
+    assert!(
+        replay.len() <= 64 * 1024 && replay.len() > 60 * 1024,
+        "{}",
+        replay.len()
+    );
+    assert!(
+        replay.starts_with("\x1b[32m"),
+        "starts at a whole line: {:?}",
+        &replay[..20]
+    );
+    assert!(seen_first.text().ends_with(&replay));
+    first.send_input("tail\r").await.unwrap();
+    read_until(&mut late, &mut seen_late, "tail twice", |s| {
+        count(&s.text(), "tail") == 2
+    })
+    .await;
+    read_until(&mut first, &mut seen_first, "tail twice", |s| {
+        count(&s.text(), "tail") == 2
+    })
+    .await;
+    assert!(seen_first.text().ends_with(&seen_late.text()));
+}
+
+#[tokio::test]
+async fn after_a_daemon_restart_the_scrollback_still_holds_the_earlier_output() {
+    let mut daemon = Daemon::start().await;
+    spawn(
+        &daemon,
+        "survivor",
+        "if [ -e seen ]; then echo second-run; else touch seen; echo first-run; fi; exec sleep 600",
+    )
+    .await;
+    let (mut terminal, mut seen) = attach(&daemon, "survivor", TerminalRole::Viewer).await;
+    read_until(&mut terminal, &mut seen, "first-run", |s| {
+        s.text().contains("first-run")
+    })
+    .await;
+    daemon.signal_and_wait("TERM");
+    assert!(matches!(
+        terminal.next().await,
+        TerminalEvent::Closed { code: 1001, .. }
+    ));
+    daemon.restart_process().await;
+    daemon.wait_state("survivor", AgentState::Running).await;
+    let (mut terminal, mut seen) = attach(&daemon, "survivor", TerminalRole::Viewer).await;
+    read_until(&mut terminal, &mut seen, "both runs' output", |s| {
+        let text = s.text();
+        text.contains("first-run") && text.contains("second-run")
+    })
+    .await;
+    assert!(seen.text().find("first-run") < seen.text().find("second-run"));
 }
