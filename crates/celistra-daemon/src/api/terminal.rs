@@ -30,6 +30,8 @@ const TICKET_LIFETIME: Duration = Duration::from_secs(30);
 const MAX_TICKETS: usize = 256;
 /// A client whose socket takes nothing for this long is closed.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// How long a closing client's remaining input, or a close frame to it, may take.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// Largest frame sent (replays are cut) and largest message accepted.
 const MAX_FRAME: usize = 64 * 1024;
 /// Largest terminal dimension accepted.
@@ -226,8 +228,11 @@ type Sink = SplitSink<WebSocket, Message>;
 
 /// Why a session ended, from the daemon's side.
 enum Ending {
-    /// The client closed or its connection broke.
+    /// The client closed (its reader has seen the end of its frames).
     ClientGone,
+    /// A write to the client failed: it is closing or its connection broke. Its reader may still
+    /// have input to deliver.
+    SendFailed,
     Close(u16, &'static str),
 }
 
@@ -292,11 +297,21 @@ async fn session(
     }
     .await;
     handle.hub.detach(&client);
-    reader.abort();
-    if let Err(Ending::Close(code, reason)) = ending {
-        // A stalled client cannot take a close frame either; do not wait for it long.
-        let _ = tokio::time::timeout(Duration::from_secs(1), close(&mut sink, code, reason)).await;
+    match ending {
+        // Input a client sent just before closing is still delivered.
+        Err(Ending::SendFailed) => {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, &mut reader).await;
+        }
+        Err(Ending::Close(code, reason)) => {
+            // A stalled client cannot take a close frame either; do not wait for it long.
+            let _ = tokio::time::timeout(DRAIN_LIMIT, close(&mut sink, code, reason)).await;
+        }
+        // Answers the client's close frame, so it knows all it sent was taken.
+        Ok(()) | Err(Ending::ClientGone) => {
+            let _ = tokio::time::timeout(DRAIN_LIMIT, sink.close()).await;
+        }
     }
+    reader.abort();
     tracing::info!(agent = %handle.id, actor = %ticket.actor, "terminal detached");
 }
 
@@ -304,7 +319,7 @@ async fn session(
 async fn send(sink: &mut Sink, message: Message) -> Result<(), Ending> {
     match tokio::time::timeout(STALL_LIMIT, sink.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Ending::ClientGone),
+        Ok(Err(_)) => Err(Ending::SendFailed),
         Err(_) => Err(Ending::Close(CLOSE_TOO_SLOW, "client too slow")),
     }
 }

@@ -523,3 +523,43 @@ async fn after_a_daemon_restart_the_scrollback_still_holds_the_earlier_output() 
     .await;
     assert!(seen.text().find("first-run") < seen.text().find("second-run"));
 }
+
+#[tokio::test]
+async fn input_sent_right_before_closing_is_delivered() {
+    let daemon = Daemon::start().await;
+    daemon
+        .spawn(AgentSpec {
+            name: "sink".into(),
+            command: "exec cat > received.txt".into(),
+            no_pty: true,
+            ..AgentSpec::default()
+        })
+        .await;
+    daemon.wait_state("sink", AgentState::Running).await;
+    let mut expected = String::new();
+    for round in 0..10 {
+        // Closing at once, while the daemon may still be sending hello and the replay.
+        let mut terminal = daemon
+            .client
+            .attach("sink", TerminalRole::Writer)
+            .await
+            .unwrap();
+        let line = format!("last words {round}\n");
+        terminal.send_input(line.clone()).await.unwrap();
+        terminal.close().await.unwrap();
+        expected.push_str(&line);
+    }
+    let file = daemon.home().join("received.txt");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let received = std::fs::read_to_string(&file).unwrap_or_default();
+        if received == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "received {received:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
