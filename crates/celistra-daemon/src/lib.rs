@@ -155,6 +155,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             history: HistoryHealth::default(),
         }),
         stopping: stopping.clone(),
+        tickets: Arc::default(),
     };
     // The agents of the previous run are back in the registry before the API answers, so a client
     // never sees a daemon that has forgotten them.

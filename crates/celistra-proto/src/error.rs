@@ -37,6 +37,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A bug or an I/O failure inside the daemon.
     Internal,
+    /// A browser's `Origin` is not the daemon's own.
+    OriginNotAllowed,
+    /// The agent has as many terminal clients as it accepts.
+    TooManyClients,
 }
 
 impl ErrorCode {
@@ -54,6 +58,8 @@ impl ErrorCode {
             | ErrorCode::InvalidSignal => 400,
             ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
             ErrorCode::ShuttingDown => 503,
+            ErrorCode::OriginNotAllowed => 403,
+            ErrorCode::TooManyClients => 429,
         }
     }
 }

@@ -69,7 +69,7 @@ pub enum TerminalServerMessage {
         role: TerminalRole,
         mode: IoMode,
         state: AgentState,
-        run: u32,
+        run: u64,
         size: TermSize,
         title: Option<String>,
     },
@@ -82,12 +82,12 @@ pub enum TerminalServerMessage {
     Title { title: String },
     /// The agent's run ended. The client stays attached: a restart may follow.
     Exit {
-        run: u32,
+        run: u64,
         exit_code: Option<i32>,
         exit_signal: Option<String>,
     },
     /// A new run started; its output follows.
-    Restarted { run: u32, pid: u32, mode: IoMode },
+    Restarted { run: u64, pid: u32, mode: IoMode },
     /// The client fell too far behind and `skipped_bytes` of output were not sent to it: it
     /// should reset its terminal; a replay of the scrollback and `replayed` follow.
     Resync { skipped_bytes: u64 },

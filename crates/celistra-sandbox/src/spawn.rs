@@ -145,6 +145,12 @@ fn spawn_error(spawn: &SpawnSpec<'_>, source: std::io::Error) -> Error {
     }
 }
 
+/// Sets a PTY's size; the kernel sends SIGWINCH to the terminal's foreground process group.
+pub fn resize_pty(pty: &pty_process::OwnedWritePty, size: PtySize) -> Result<(), Error> {
+    pty.resize(pty_process::Size::new(size.rows, size.cols))
+        .map_err(|e| Error::Pty(pty_error(e)))
+}
+
 /// Spawns `spawn.program` in a new PTY of `size`. The child is the leader of a new session whose
 /// controlling terminal is that PTY, gets SIGKILL if the spawning thread dies, and joins its cgroup
 /// before exec.

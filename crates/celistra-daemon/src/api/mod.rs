@@ -5,6 +5,7 @@ mod agents;
 mod events;
 mod history;
 mod openapi;
+mod terminal;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ pub(crate) struct AppState {
     pub health: Arc<Health>,
     /// Cancelled when the daemon stops, ending long-lived streams so shutdown is not held up.
     pub stopping: CancellationToken,
+    pub tickets: Arc<terminal::Tickets>,
 }
 
 /// Who made a request: the credential's name. Set by [`authenticate`].
@@ -162,8 +164,12 @@ fn source_of(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// The whole API. Every route, the unknown ones included, requires the bearer secret.
+/// The whole API. Every route, the unknown ones included, requires the bearer secret, except the
+/// terminal WebSocket, which browsers open without headers: it requires a ticket instead.
 pub(crate) fn router(state: AppState) -> Router {
+    let terminal = Router::new()
+        .route("/v1/agents/{agent}/terminal", get(terminal::connect))
+        .with_state(state.clone());
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi::document))
@@ -188,6 +194,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/history", get(history::runs))
         .route("/v1/apply", post(agents::apply))
         .route("/v1/events", get(events::stream))
+        .route(
+            "/v1/agents/{agent}/terminal/tickets",
+            post(terminal::ticket),
+        )
         .fallback(|| async { failure(ErrorCode::NotFound, "no such route; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             failure(
@@ -198,6 +208,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+        .merge(terminal)
 }
 
 /// Daemon status.

@@ -5,26 +5,29 @@ use axum::Json;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings,
     ErrorCode, Event, EventKind, ExitCause, Health, HistoryHealth, IoMode, KillRequest, LogLine,
-    RenameRequest, RunCause, RunRecord, UpdateRequest,
+    RenameRequest, RunCause, RunRecord, TermSize, TerminalClientMessage, TerminalRole,
+    TerminalServerMessage, TerminalTicket, TicketRequest, UpdateRequest,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, events, history};
+use super::{agents, events, history, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`."),
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md)."),
     paths(
         super::health, document,
         agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
         agents::stop, agents::start, agents::restart, agents::kill, agents::remove, agents::apply,
         history::logs, history::clear, history::search, history::runs, events::stream,
+        terminal::ticket, terminal::connect,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
         Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
         HistoryHealth, IoMode, LogLine, RunCause, RunRecord, history::Cleared, history::Format,
+        TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

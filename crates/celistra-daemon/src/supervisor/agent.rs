@@ -11,20 +11,21 @@ use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
-    RunCause, RunRecord, Signal, signal_name,
+    IoMode, RunCause, RunRecord, Signal, TerminalServerMessage, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
-    AgentCgroup, Child, ExitInfo, PtySize, SpawnSpec, signal_group, spawn_in_pty, spawn_with_pipes,
+    AgentCgroup, Child, ExitInfo, PtySize, SpawnSpec, resize_pty, signal_group, spawn_in_pty,
+    spawn_with_pipes,
 };
 use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::Shared;
-use super::output::Output;
+use super::hub::{Hub, InputOp};
 use crate::now_ms;
 
 /// Reply to a command: `Ok` or an error for the API.
@@ -60,7 +61,7 @@ pub(crate) struct AgentHandle {
     pub id: String,
     pub info: Mutex<AgentInfo>,
     pub spec: Mutex<AgentSpec>,
-    pub output: Output,
+    pub hub: Hub,
     pub commands: mpsc::UnboundedSender<Order>,
 }
 
@@ -98,15 +99,41 @@ fn gone(id: &str) -> ApiError {
     )
 }
 
-/// The run's input, held open for its life: the PTY's writing half (closing it with the reader hangs
-/// the terminal up) or the pipe to the program's stdin.
-#[expect(
-    dead_code,
-    reason = "held open, not yet written: shared terminals (issue 4) write operators' input here"
-)]
+/// Where a run's input goes: the PTY's writing half (closing it with the reader hangs the terminal
+/// up) or the pipe to the program's stdin.
 enum Input {
     Pty(OwnedWritePty),
     Pipe(ChildStdin),
+}
+
+/// How many input operations may wait for a program that does not read: then writers wait.
+const INPUT_QUEUE: usize = 64;
+
+impl Input {
+    /// Writes clients' input and applies resizes, in the order they came, until the run ends.
+    async fn feed(mut self, mut ops: mpsc::Receiver<InputOp>) {
+        while let Some(op) = ops.recv().await {
+            // A failed write means the program is gone; the run's end closes the channel.
+            match (&mut self, op) {
+                (Input::Pty(pty), InputOp::Bytes(bytes)) => {
+                    let _ = pty.write_all(&bytes).await;
+                }
+                (Input::Pipe(stdin), InputOp::Bytes(bytes)) => {
+                    let _ = stdin.write_all(&bytes).await;
+                }
+                (Input::Pty(pty), InputOp::Resize(size)) => {
+                    let size = PtySize {
+                        rows: size.rows,
+                        cols: size.cols,
+                    };
+                    if let Err(e) = resize_pty(pty, size) {
+                        tracing::debug!("cannot resize the terminal: {e}");
+                    }
+                }
+                (Input::Pipe(_), InputOp::Resize(_)) => {}
+            }
+        }
+    }
 }
 
 /// A live process of the agent.
@@ -114,7 +141,9 @@ struct Run {
     child: Child,
     /// History id of this run: its output and its record carry it.
     id: u64,
-    input: Option<Input>,
+    mode: IoMode,
+    /// Owns the run's input (see [`Input::feed`]); aborting it closes the input.
+    input: Option<JoinHandle<()>>,
     readers: Vec<JoinHandle<()>>,
     started: Instant,
     cgroup: Option<AgentCgroup>,
@@ -381,6 +410,11 @@ impl Agent {
                 };
                 self.record_start(&run);
                 self.set_state(AgentState::Running, Some(pid));
+                self.handle.hub.announce(&TerminalServerMessage::Restarted {
+                    run: self.handle.info().run,
+                    pid,
+                    mode: run.mode,
+                });
                 if is_restart {
                     self.shared.events.publish(EventKind::AgentRestarted {
                         agent_id: self.id().to_owned(),
@@ -418,7 +452,7 @@ impl Agent {
             settings.scrollback_kb = kb;
         }
         self.handle
-            .output
+            .hub
             .set_capacity(settings.scrollback_kb as usize * 1024);
         let workspace = spec
             .workspace
@@ -451,24 +485,37 @@ impl Agent {
             history: self.shared.history.clone(),
             run_id,
         };
-        let (child, input, readers) = if spec.no_pty {
+        let (child, input, readers, mode) = if spec.no_pty {
             let spawned = spawn_with_pipes(&launch).map_err(|e| e.to_string())?;
             let readers = vec![
                 tokio::spawn(output.clone().pump(spawned.stdout, Stream::Stdout)),
                 tokio::spawn(output.pump(spawned.stderr, Stream::Stderr)),
             ];
-            (spawned.child, Input::Pipe(spawned.stdin), readers)
+            (
+                spawned.child,
+                Input::Pipe(spawned.stdin),
+                readers,
+                IoMode::Pipes,
+            )
         } else {
-            let spawned =
-                spawn_in_pty(&launch, PtySize { rows: 24, cols: 80 }).map_err(|e| e.to_string())?;
+            // A restarted agent starts with the size its writers last gave it.
+            let size = self.handle.hub.size();
+            let size = PtySize {
+                rows: size.rows,
+                cols: size.cols,
+            };
+            let spawned = spawn_in_pty(&launch, size).map_err(|e| e.to_string())?;
             let (reader, writer) = spawned.pty.into_split();
             let readers = vec![tokio::spawn(output.pump(reader, Stream::Pty))];
-            (spawned.child, Input::Pty(writer), readers)
+            (spawned.child, Input::Pty(writer), readers, IoMode::Pty)
         };
+        let (ops, received) = mpsc::channel(INPUT_QUEUE);
+        self.handle.hub.set_input(Some(ops));
         Ok(Run {
             child,
             id: run_id,
-            input: Some(input),
+            mode,
+            input: Some(tokio::spawn(input.feed(received))),
             readers,
             started: Instant::now(),
             cgroup,
@@ -561,6 +608,10 @@ impl Agent {
     fn finish(&self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> u64 {
         // Whatever the leader left behind (background jobs, daemonised children) ends with it.
         kill_everything(&run);
+        self.handle.hub.set_input(None);
+        if let Some(input) = &run.input {
+            input.abort();
+        }
         let uptime_ms = u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (name, run_number) = {
             let mut info = self.handle.info();
@@ -569,6 +620,11 @@ impl Agent {
             info.exited_at_ms = Some(now_ms());
             (info.name.clone(), info.run)
         };
+        self.handle.hub.announce(&TerminalServerMessage::Exit {
+            run: run_number,
+            exit_code: exit.code,
+            exit_signal: exit.signal.map(signal_name),
+        });
         self.shared.events.publish(EventKind::AgentExited {
             agent_id: self.id().to_owned(),
             name,
@@ -657,18 +713,15 @@ impl Agent {
 /// Hangs up a run. On a PTY, closing the master makes the kernel hang up the terminal and send SIGHUP
 /// to the session; pipes have no terminal, so the group gets SIGHUP directly.
 fn hang_up(run: &mut Run) -> std::io::Result<()> {
-    match run.input.take() {
-        Some(Input::Pty(_)) => {
-            // The reader holds the master's other half; it must go too for the hangup to happen.
-            for reader in run.readers.drain(..) {
-                reader.abort();
+    match run.mode {
+        IoMode::Pty => {
+            // The input task and the reader each hold one half of the master; both must go.
+            for task in run.input.take().into_iter().chain(run.readers.drain(..)) {
+                task.abort();
             }
             Ok(())
         }
-        input => {
-            run.input = input;
-            signal_group(run.child.pid(), Signal::Hup.number())
-        }
+        IoMode::Pipes => signal_group(run.child.pid(), Signal::Hup.number()),
     }
 }
 
@@ -720,7 +773,7 @@ impl OutputSink {
                 }
             }
             let chunk = Bytes::copy_from_slice(&buf[..filled]);
-            self.handle.output.push(chunk.clone());
+            self.handle.hub.push(&chunk);
             self.history.room_for(chunk.len()).await;
             self.history
                 .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);

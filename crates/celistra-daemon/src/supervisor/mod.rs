@@ -3,7 +3,7 @@
 //! removes those tasks, and keeps names unique and records durable.
 
 mod agent;
-pub(crate) mod output;
+pub(crate) mod hub;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use agent::AgentHandle;
 use agent::Command;
-use output::Output;
+use hub::Hub;
 
 use crate::events::EventBus;
 use crate::home::Home;
@@ -249,7 +249,7 @@ impl Supervisor {
             id: stored.id.clone(),
             info: std::sync::Mutex::new(info),
             spec: std::sync::Mutex::new(stored.spec.clone()),
-            output: Output::new(settings.scrollback_kb as usize * 1024),
+            hub: Hub::new(settings.scrollback_kb as usize * 1024),
             commands,
         });
         registry
@@ -477,6 +477,7 @@ impl Supervisor {
             registry.id_by_name.remove(&info.name);
         }
         self.shared.store.remove(&handle.id);
+        handle.hub.close();
         if let Some(root) = &self.shared.cgroups
             && let Ok(cgroup) = root.agent(&handle.id)
         {

@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod history;
 mod supervision;
+mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,428 @@
+//! Shared terminals over WebSocket (docs/terminal-protocol.md): single-use tickets issued over the
+//! authenticated API, and the `/v1/agents/{agent}/terminal` connection that attaches a client to an
+//! agent's hub, with its roles, size policy and flow control.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use celistra_proto::{
+    ApiError, ErrorCode, IoMode, TERMINAL_PROTOCOL, TERMINAL_PROTOCOL_VERSION, TermSize,
+    TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
+};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::{Actor, AppState, Failure, JsonBody, failure};
+use crate::supervisor::AgentHandle;
+use crate::supervisor::hub::{self, Client, Delivery, InputOp, Next};
+
+/// How long a ticket can be used.
+const TICKET_LIFETIME: Duration = Duration::from_secs(30);
+/// Unused tickets kept at most; the oldest is forgotten first.
+const MAX_TICKETS: usize = 256;
+/// A client whose socket takes nothing for this long is closed.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// Largest frame sent (replays are cut) and largest message accepted.
+const MAX_FRAME: usize = 64 * 1024;
+/// Largest terminal dimension accepted.
+const MAX_CELLS: u16 = 1000;
+/// Close codes (section 7 of the protocol).
+const CLOSE_REMOVED: u16 = 1000;
+const CLOSE_STOPPING: u16 = 1001;
+const CLOSE_TRY_LATER: u16 = 1013;
+const CLOSE_TOO_SLOW: u16 = 4008;
+
+struct Ticket {
+    secret: String,
+    agent_id: String,
+    role: TerminalRole,
+    actor: String,
+    expires: Instant,
+}
+
+/// Tickets issued and not used yet.
+#[derive(Default)]
+pub(crate) struct Tickets {
+    issued: Mutex<Vec<Ticket>>,
+}
+
+impl Tickets {
+    fn issue(&self, agent_id: &str, role: TerminalRole, actor: &str) -> Result<String, Failure> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| {
+            failure(
+                ErrorCode::Internal,
+                format!("no randomness for a ticket: {e}"),
+            )
+        })?;
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        issued.retain(|t| t.expires > now);
+        if issued.len() >= MAX_TICKETS {
+            issued.remove(0);
+        }
+        issued.push(Ticket {
+            secret: secret.clone(),
+            agent_id: agent_id.to_owned(),
+            role,
+            actor: actor.to_owned(),
+            expires: now + TICKET_LIFETIME,
+        });
+        Ok(secret)
+    }
+
+    /// Takes the ticket presented, if it is known, unexpired and for `agent_id`. A ticket is used
+    /// up by any attempt, even one for the wrong agent. Every ticket is compared, in constant time.
+    fn redeem(&self, presented: &str, agent_id: &str) -> Option<Ticket> {
+        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut found = None;
+        for (index, ticket) in issued.iter().enumerate() {
+            if bool::from(ticket.secret.as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(index);
+            }
+        }
+        let ticket = issued.remove(found?);
+        (ticket.expires > Instant::now() && ticket.agent_id == agent_id).then_some(ticket)
+    }
+}
+
+/// Issue a single-use ticket that opens the agent's terminal WebSocket within 30 seconds.
+#[utoipa::path(post, path = "/v1/agents/{agent}/terminal/tickets", tag = "terminal", request_body = TicketRequest,
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = TerminalTicket), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+pub(crate) async fn ticket(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(agent): Path<String>,
+    JsonBody(request): JsonBody<TicketRequest>,
+) -> Result<Json<TerminalTicket>, Failure> {
+    let handle = state.supervisor.find(&agent)?;
+    let secret = state.tickets.issue(&handle.id, request.role, &actor.0)?;
+    Ok(Json(TerminalTicket {
+        path: format!("/v1/agents/{}/terminal?ticket={secret}", handle.id),
+        ticket: secret,
+        agent_id: handle.id.clone(),
+        role: request.role,
+        expires_at_ms: crate::now_ms() + TICKET_LIFETIME.as_millis() as u64,
+    }))
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct TerminalQuery {
+    #[serde(default)]
+    ticket: String,
+}
+
+/// Attach to the agent's terminal: a WebSocket upgrade with `?ticket=` (see docs/terminal-protocol.md).
+#[utoipa::path(get, path = "/v1/agents/{agent}/terminal", tag = "terminal", security(()),
+    params(("agent" = String, Path, description = "Agent id or name"), ("ticket" = String, Query, description = "From POST …/terminal/tickets")),
+    responses((status = 101, description = "WebSocket, subprotocol celistra.terminal.v1"), (status = 400, body = ApiError),
+        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 429, body = ApiError)))]
+pub(crate) async fn connect(
+    State(state): State<AppState>,
+    Path(agent): Path<String>,
+    Query(query): Query<TerminalQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    match admit(&state, &agent, &query, &headers) {
+        Err(refusal) => refusal.into_response(),
+        Ok((handle, ticket)) => match upgrade {
+            Err(rejection) => failure(
+                ErrorCode::InvalidRequest,
+                format!("not a WebSocket upgrade: {}", rejection.body_text()),
+            )
+            .into_response(),
+            Ok(upgrade) => {
+                tracing::info!(agent = %handle.id, actor = %ticket.actor, role = ticket.role.as_str(), "terminal attached");
+                let stopping = state.stopping.clone();
+                upgrade
+                    .protocols([TERMINAL_PROTOCOL])
+                    .max_message_size(MAX_FRAME)
+                    .on_upgrade(move |socket| session(socket, handle, ticket, stopping))
+            }
+        },
+    }
+}
+
+/// Checks origin, ticket, agent, subprotocol and room, in that order.
+fn admit(
+    state: &AppState,
+    agent: &str,
+    query: &TerminalQuery,
+    headers: &HeaderMap,
+) -> Result<(Arc<AgentHandle>, Ticket), Failure> {
+    check_origin(headers)?;
+    let handle = state.supervisor.find(agent).ok();
+    let agent_id = handle.as_ref().map_or(agent, |h| h.id.as_str());
+    let ticket = state.tickets.redeem(&query.ticket, agent_id).ok_or_else(|| {
+        failure(
+            ErrorCode::Unauthorized,
+            "missing, unknown, expired or used ticket; get one with POST /v1/agents/{agent}/terminal/tickets",
+        )
+    })?;
+    let handle =
+        handle.ok_or_else(|| failure(ErrorCode::NotFound, format!("no agent `{agent}`")))?;
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == TERMINAL_PROTOCOL);
+    if !offered {
+        return Err(failure(
+            ErrorCode::InvalidRequest,
+            format!("offer the WebSocket subprotocol {TERMINAL_PROTOCOL}"),
+        ));
+    }
+    if handle.hub.clients() >= hub::MAX_CLIENTS {
+        return Err(failure(
+            ErrorCode::TooManyClients,
+            format!(
+                "agent {} has {} terminal clients, the most it accepts",
+                handle.id,
+                hub::MAX_CLIENTS
+            ),
+        ));
+    }
+    Ok((handle, ticket))
+}
+
+/// A browser's `Origin` must be the daemon's own; clients that send none are not browsers.
+fn check_origin(headers: &HeaderMap) -> Result<(), Failure> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = origin.to_str().unwrap_or("");
+    let same = host.is_some_and(|host| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+    });
+    if same {
+        Ok(())
+    } else {
+        Err(failure(
+            ErrorCode::OriginNotAllowed,
+            format!(
+                "origin {origin:?} is not this daemon's; open the dashboard from the daemon itself"
+            ),
+        ))
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Why a session ended, from the daemon's side.
+enum Ending {
+    /// The client closed or its connection broke.
+    ClientGone,
+    Close(u16, &'static str),
+}
+
+async fn session(
+    socket: WebSocket,
+    handle: Arc<AgentHandle>,
+    ticket: Ticket,
+    stopping: CancellationToken,
+) {
+    let (mut sink, stream) = socket.split();
+    let Some((client, replay)) = handle.hub.attach(ticket.role) else {
+        let _ = close(&mut sink, CLOSE_TRY_LATER, "too many clients").await;
+        return;
+    };
+    let hello = {
+        let info = handle.info();
+        TerminalServerMessage::Hello {
+            protocol: TERMINAL_PROTOCOL_VERSION,
+            agent_id: info.id.clone(),
+            name: info.name.clone(),
+            role: ticket.role,
+            mode: info.mode,
+            state: info.state,
+            run: info.run,
+            size: handle.hub.size(),
+            title: handle.hub.title(),
+        }
+    };
+    let mut reader = tokio::spawn(read_client(
+        stream,
+        Arc::clone(&handle),
+        Arc::clone(&client),
+    ));
+    let ending: Result<(), Ending> = async {
+        send_control(&mut sink, &hello).await?;
+        send_replay(&mut sink, replay).await?;
+        loop {
+            match handle.hub.next_for(&client) {
+                Next::Items(items) => {
+                    for item in items {
+                        match item {
+                            Delivery::Output(bytes) => send(&mut sink, Message::Binary(bytes)).await?,
+                            Delivery::Control(message) => send_control(&mut sink, &message).await?,
+                            Delivery::Closed => return Err(Ending::Close(CLOSE_REMOVED, "agent removed")),
+                        }
+                    }
+                    continue;
+                }
+                Next::Resync { skipped, replay } => {
+                    send_control(&mut sink, &TerminalServerMessage::Resync { skipped_bytes: skipped }).await?;
+                    send_replay(&mut sink, replay).await?;
+                    continue;
+                }
+                Next::Nothing => {}
+            }
+            tokio::select! {
+                () = client.ready.notified() => {}
+                _ = &mut reader => return Err(Ending::ClientGone),
+                () = stopping.cancelled() => return Err(Ending::Close(CLOSE_STOPPING, "daemon stopping")),
+            }
+        }
+    }
+    .await;
+    handle.hub.detach(&client);
+    reader.abort();
+    if let Err(Ending::Close(code, reason)) = ending {
+        // A stalled client cannot take a close frame either; do not wait for it long.
+        let _ = tokio::time::timeout(Duration::from_secs(1), close(&mut sink, code, reason)).await;
+    }
+    tracing::info!(agent = %handle.id, actor = %ticket.actor, "terminal detached");
+}
+
+/// Sends one frame, giving up on a client that takes nothing for `STALL_LIMIT`.
+async fn send(sink: &mut Sink, message: Message) -> Result<(), Ending> {
+    match tokio::time::timeout(STALL_LIMIT, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::ClientGone),
+        Err(_) => Err(Ending::Close(CLOSE_TOO_SLOW, "client too slow")),
+    }
+}
+
+async fn send_control(sink: &mut Sink, message: &TerminalServerMessage) -> Result<(), Ending> {
+    let text = serde_json::to_string(message).expect("control messages serialise");
+    send(sink, Message::Text(text.into())).await
+}
+
+/// The replay in frames of at most `MAX_FRAME`, then `replayed`.
+async fn send_replay(sink: &mut Sink, replay: Bytes) -> Result<(), Ending> {
+    let bytes = replay.len() as u64;
+    let mut rest = replay;
+    while !rest.is_empty() {
+        let frame = rest.split_to(rest.len().min(MAX_FRAME));
+        send(sink, Message::Binary(frame)).await?;
+    }
+    send_control(sink, &TerminalServerMessage::Replayed { bytes }).await
+}
+
+async fn close(sink: &mut Sink, code: u16, reason: &'static str) -> Result<(), axum::Error> {
+    sink.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })))
+    .await
+}
+
+/// Reads a client's frames until it closes: input for the program, resizes, or refusals.
+async fn read_client(
+    mut stream: SplitStream<WebSocket>,
+    handle: Arc<AgentHandle>,
+    client: Arc<Client>,
+) {
+    while let Some(Ok(message)) = stream.next().await {
+        match message {
+            Message::Binary(bytes) => input(&handle, &client, bytes).await,
+            Message::Text(text) => match serde_json::from_str::<TerminalClientMessage>(&text) {
+                Ok(TerminalClientMessage::Resize { cols, rows }) => {
+                    resize(&handle, &client, TermSize { cols, rows }).await;
+                }
+                Err(e) => refuse(
+                    &client,
+                    "bad_message",
+                    format!(
+                        "not a control message this daemon knows ({e}); see docs/terminal-protocol.md"
+                    ),
+                ),
+            },
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+}
+
+fn refuse(client: &Client, code: &str, message: String) {
+    client.tell(TerminalServerMessage::Error {
+        code: code.to_owned(),
+        message,
+    });
+}
+
+async fn input(handle: &AgentHandle, client: &Client, bytes: Bytes) {
+    if client.role == TerminalRole::Viewer {
+        return refuse(
+            client,
+            "read_only",
+            "this client is attached read-only (viewer); input is not accepted".to_owned(),
+        );
+    }
+    let delivered = match handle.hub.input() {
+        // Waits while the program is not reading: this client's frames are then read more slowly.
+        Some(input) => input.send(InputOp::Bytes(bytes)).await.is_ok(),
+        None => false,
+    };
+    if !delivered {
+        refuse(
+            client,
+            "not_running",
+            format!(
+                "agent {} is not running; the input was discarded",
+                handle.id
+            ),
+        );
+    }
+}
+
+async fn resize(handle: &AgentHandle, client: &Client, size: TermSize) {
+    let valid = |n: u16| (1..=MAX_CELLS).contains(&n);
+    if !valid(size.cols) || !valid(size.rows) {
+        return refuse(
+            client,
+            "bad_size",
+            format!(
+                "cols and rows must be 1 to {MAX_CELLS}, not {}x{}",
+                size.cols, size.rows
+            ),
+        );
+    }
+    if client.role == TerminalRole::Viewer {
+        // A viewer does not size the terminal; it is told the size to fit its view to.
+        let size = handle.hub.size();
+        return client.tell(TerminalServerMessage::Size {
+            cols: size.cols,
+            rows: size.rows,
+        });
+    }
+    if handle.info().mode == IoMode::Pipes {
+        return refuse(
+            client,
+            "not_a_terminal",
+            format!(
+                "agent {} runs on pipes (--no-pty) and has no terminal size",
+                handle.id
+            ),
+        );
+    }
+    if let Some(input) = handle.hub.resize(size) {
+        let _ = input.send(InputOp::Resize(size)).await;
+    }
+}

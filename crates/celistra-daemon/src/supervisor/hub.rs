@@ -1,0 +1,566 @@
+//! An agent's terminal hub: the scrollback ring (kept across runs and client disconnects), the
+//! attached clients each with its own bounded queue, the terminal's size and title, and the way in
+//! to the running program's input. docs/terminal-protocol.md is the contract.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use celistra_proto::{TermSize, TerminalRole, TerminalServerMessage};
+use tokio::sync::{Notify, mpsc};
+
+/// Output queued for one client beyond which it is skipped and later resynced.
+pub(crate) const HIGH_WATERMARK: usize = 1024 * 1024;
+/// Clients attached to one agent at most.
+pub(crate) const MAX_CLIENTS: usize = 256;
+/// Size of a terminal no writer has sized yet.
+const DEFAULT_SIZE: TermSize = TermSize { cols: 80, rows: 24 };
+/// Longest window title kept; longer ones are ignored.
+const MAX_TITLE: usize = 256;
+/// Refusals queued for one client at most: a client that sends but never reads cannot make its
+/// own queue grow without bound. (A size or title replaces the one still queued instead.)
+const MAX_QUEUED_ERRORS: usize = 64;
+
+/// Something for one client, in order.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    Output(Bytes),
+    Control(TerminalServerMessage),
+    /// The agent was removed: the connection ends.
+    Closed,
+}
+
+/// What a client's connection has to send next.
+#[derive(Debug)]
+pub(crate) enum Next {
+    Items(Vec<Delivery>),
+    /// The client fell behind: reset it with this replay (`skipped` bytes were not sent).
+    Resync {
+        skipped: u64,
+        replay: Bytes,
+    },
+    Nothing,
+}
+
+/// What goes to the running program.
+#[derive(Debug)]
+pub(crate) enum InputOp {
+    Bytes(Bytes),
+    Resize(TermSize),
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    output_bytes: usize,
+    /// Output not sent since the client went over the high watermark.
+    skipped: Option<u64>,
+}
+
+/// One attached client.
+#[derive(Debug)]
+pub(crate) struct Client {
+    id: u64,
+    pub role: TerminalRole,
+    queue: Mutex<Queue>,
+    /// Woken when something is queued.
+    pub ready: Notify,
+}
+
+impl Client {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn deliver_output(&self, chunk: &Bytes) {
+        let mut queue = self.lock();
+        if let Some(skipped) = &mut queue.skipped {
+            *skipped += chunk.len() as u64;
+            return;
+        }
+        if queue.output_bytes + chunk.len() > HIGH_WATERMARK {
+            let dropped = queue.output_bytes as u64 + chunk.len() as u64;
+            queue
+                .items
+                .retain(|item| !matches!(item, Delivery::Output(_)));
+            queue.output_bytes = 0;
+            queue.skipped = Some(dropped);
+        } else {
+            queue.output_bytes += chunk.len();
+            queue.items.push_back(Delivery::Output(chunk.clone()));
+        }
+        drop(queue);
+        self.ready.notify_one();
+    }
+
+    /// Queues a control message for this client only.
+    pub(crate) fn tell(&self, message: TerminalServerMessage) {
+        use TerminalServerMessage::{Error, Size, Title};
+        let mut queue = self.lock();
+        let errors = queue
+            .items
+            .iter()
+            .filter(|item| matches!(item, Delivery::Control(Error { .. })))
+            .count();
+        match message {
+            // Only the newest size or title matters to a client that has not been sent the older.
+            Size { .. } => queue
+                .items
+                .retain(|item| !matches!(item, Delivery::Control(Size { .. }))),
+            Title { .. } => queue
+                .items
+                .retain(|item| !matches!(item, Delivery::Control(Title { .. }))),
+            Error { .. } if errors >= MAX_QUEUED_ERRORS => return,
+            _ => {}
+        }
+        queue.items.push_back(Delivery::Control(message));
+        drop(queue);
+        self.ready.notify_one();
+    }
+
+    fn queue_item(&self, item: Delivery) {
+        self.lock().items.push_back(item);
+        self.ready.notify_one();
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    ring: VecDeque<u8>,
+    capacity: usize,
+    /// Output has fallen off the ring's front: the ring may start inside a sequence or a line.
+    trimmed: bool,
+    clients: Vec<Arc<Client>>,
+    size: TermSize,
+    title: Option<String>,
+    titles: TitleScanner,
+    /// The running program's input; `None` while no run is alive.
+    input: Option<mpsc::Sender<InputOp>>,
+    /// The agent was removed: no more clients.
+    closed: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Hub {
+    state: Mutex<State>,
+    next_client: AtomicU64,
+}
+
+impl Hub {
+    pub(crate) fn new(capacity: usize) -> Hub {
+        Hub {
+            state: Mutex::new(State {
+                ring: VecDeque::new(),
+                capacity,
+                trimmed: false,
+                clients: Vec::new(),
+                size: DEFAULT_SIZE,
+                title: None,
+                titles: TitleScanner::default(),
+                input: None,
+                closed: false,
+            }),
+            next_client: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the ring's size, dropping the oldest bytes if it shrinks.
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        let mut state = self.lock();
+        state.capacity = capacity;
+        let excess = state.ring.len().saturating_sub(capacity);
+        state.ring.drain(..excess);
+        state.trimmed |= excess > 0;
+    }
+
+    pub(crate) fn size(&self) -> TermSize {
+        self.lock().size
+    }
+
+    pub(crate) fn title(&self) -> Option<String> {
+        self.lock().title.clone()
+    }
+
+    /// Output of the program: into the ring and to every client, never waiting for any of them.
+    pub(crate) fn push(&self, chunk: &Bytes) {
+        let mut state = self.lock();
+        let keep = chunk.len().min(state.capacity);
+        let excess = (state.ring.len() + keep).saturating_sub(state.capacity);
+        state.ring.drain(..excess);
+        state.trimmed |= excess > 0 || keep < chunk.len();
+        state.ring.extend(&chunk[chunk.len() - keep..]);
+        for client in &state.clients {
+            client.deliver_output(chunk);
+        }
+        if let Some(title) = state.titles.scan(chunk) {
+            state.title = Some(title.clone());
+            broadcast(&state.clients, &TerminalServerMessage::Title { title });
+        }
+    }
+
+    /// Sends a control message to every client, after the output before it.
+    pub(crate) fn announce(&self, message: &TerminalServerMessage) {
+        broadcast(&self.lock().clients, message);
+    }
+
+    /// Attaches a client: returns it with the replay it starts from. Output pushed afterwards is
+    /// queued for it, so replay and live output neither overlap nor leave a gap.
+    pub(crate) fn attach(&self, role: TerminalRole) -> Option<(Arc<Client>, Bytes)> {
+        let mut state = self.lock();
+        if state.closed || state.clients.len() >= MAX_CLIENTS {
+            return None;
+        }
+        let client = Arc::new(Client {
+            id: self.next_client.fetch_add(1, Ordering::Relaxed),
+            role,
+            queue: Mutex::default(),
+            ready: Notify::new(),
+        });
+        state.clients.push(Arc::clone(&client));
+        Some((client, replay(&state)))
+    }
+
+    /// The agent is removed: every client's connection ends once what was queued before is sent.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for client in state.clients.drain(..) {
+            client.queue_item(Delivery::Closed);
+        }
+    }
+
+    pub(crate) fn detach(&self, client: &Client) {
+        self.lock().clients.retain(|c| c.id != client.id);
+    }
+
+    /// Takes what a client has to send next. A client that fell behind is resynced only once what
+    /// was queued before (control messages) is out: the low watermark is an empty queue.
+    pub(crate) fn next_for(&self, client: &Client) -> Next {
+        let state = self.lock();
+        let mut queue = client.lock();
+        if !queue.items.is_empty() {
+            queue.output_bytes = 0;
+            return Next::Items(queue.items.drain(..).collect());
+        }
+        match queue.skipped.take() {
+            Some(skipped) => Next::Resync {
+                skipped,
+                replay: replay(&state),
+            },
+            None => Next::Nothing,
+        }
+    }
+
+    /// Connects a new run's input, or disconnects it (`None`) when the run ends.
+    pub(crate) fn set_input(&self, input: Option<mpsc::Sender<InputOp>>) {
+        self.lock().input = input;
+    }
+
+    /// The running program's input, if a run is alive.
+    pub(crate) fn input(&self) -> Option<mpsc::Sender<InputOp>> {
+        self.lock().input.clone()
+    }
+
+    /// A writer's size: kept for later runs, sent to the program, and announced to every client.
+    pub(crate) fn resize(&self, size: TermSize) -> Option<mpsc::Sender<InputOp>> {
+        let mut state = self.lock();
+        if state.size != size {
+            state.size = size;
+            broadcast(
+                &state.clients,
+                &TerminalServerMessage::Size {
+                    cols: size.cols,
+                    rows: size.rows,
+                },
+            );
+        }
+        state.input.clone()
+    }
+
+    /// How many clients are attached.
+    pub(crate) fn clients(&self) -> usize {
+        self.lock().clients.len()
+    }
+}
+
+fn broadcast(clients: &[Arc<Client>], message: &TerminalServerMessage) {
+    for client in clients {
+        client.tell(message.clone());
+    }
+}
+
+/// The ring, from a sane boundary if its start was cut (docs/terminal-protocol.md section 5).
+fn replay(state: &State) -> Bytes {
+    let (front, back) = state.ring.as_slices();
+    let mut bytes = Vec::with_capacity(state.ring.len());
+    bytes.extend_from_slice(front);
+    bytes.extend_from_slice(back);
+    let start = if state.trimmed {
+        replay_start(&bytes)
+    } else {
+        0
+    };
+    Bytes::from(bytes).slice(start..)
+}
+
+/// Where a replay of `bytes` should start: the first line start with no escape sequence open,
+/// else the first byte that is not a UTF-8 continuation.
+fn replay_start(bytes: &[u8]) -> usize {
+    let mut scanner = SequenceState::Ground;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if index > 0 && bytes[index - 1] == b'\n' && scanner == SequenceState::Ground {
+            return index;
+        }
+        scanner = scanner.next(byte);
+    }
+    bytes
+        .iter()
+        .position(|&b| !(0x80..0xc0).contains(&b))
+        .unwrap_or(bytes.len())
+}
+
+/// Just enough of a terminal parser to know whether an escape sequence is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SequenceState {
+    Ground,
+    Escape,
+    /// CSI: parameters until a final byte.
+    Csi,
+    /// OSC, DCS, SOS, PM, APC: a string until BEL or ST.
+    Text,
+    /// ESC inside a string: `\` ends it.
+    TextEscape,
+}
+
+impl SequenceState {
+    fn next(self, byte: u8) -> SequenceState {
+        use SequenceState::{Csi, Escape, Ground, Text, TextEscape};
+        match (self, byte) {
+            (Text, 0x07) => Ground,
+            (Text, 0x1b) => TextEscape,
+            (Text, _) => Text,
+            (TextEscape, b'\\') => Ground,
+            (TextEscape, _) => Text,
+            (_, 0x18 | 0x1a) => Ground,
+            (_, 0x1b) => Escape,
+            (Escape, b'[') => Csi,
+            (Escape, b']' | b'P' | b'X' | b'^' | b'_') => Text,
+            // Intermediate bytes keep the escape sequence open; anything else ends it.
+            (Escape, 0x20..=0x2f) => Escape,
+            (Escape, _) => Ground,
+            (Csi, 0x40..=0x7e) => Ground,
+            (Csi, _) => Csi,
+            (Ground, _) => Ground,
+        }
+    }
+}
+
+/// Finds window titles (OSC 0 and OSC 2) in output, across chunk boundaries.
+#[derive(Debug, Default)]
+struct TitleScanner {
+    /// The start of a title whose end has not come yet.
+    partial: Option<Vec<u8>>,
+}
+
+impl TitleScanner {
+    /// The last complete title set in `chunk`, if any.
+    fn scan(&mut self, chunk: &[u8]) -> Option<String> {
+        let mut found = None;
+        let mut rest = chunk;
+        if let Some(mut partial) = self.partial.take() {
+            match title_end(rest) {
+                Some((end, after)) => {
+                    partial.extend_from_slice(&rest[..end]);
+                    found = Some(partial);
+                    rest = &rest[after..];
+                }
+                None => {
+                    if partial.len() + rest.len() <= MAX_TITLE {
+                        partial.extend_from_slice(rest);
+                        self.partial = Some(partial);
+                    }
+                    return None;
+                }
+            }
+        }
+        while let Some(start) = memchr::memmem::find(rest, b"\x1b]") {
+            let after = &rest[start + 2..];
+            if !(after.starts_with(b"0;") || after.starts_with(b"2;")) {
+                rest = after;
+                continue;
+            }
+            let body = &after[2..];
+            match title_end(body) {
+                Some((end, next)) => {
+                    found = Some(body[..end].to_vec());
+                    rest = &body[next..];
+                }
+                None => {
+                    if body.len() <= MAX_TITLE {
+                        self.partial = Some(body.to_vec());
+                    }
+                    break;
+                }
+            }
+        }
+        found
+            .filter(|title| title.len() <= MAX_TITLE)
+            .map(|title| String::from_utf8_lossy(&title).into_owned())
+    }
+}
+
+/// Where a title ends (BEL or ST) and where the bytes after its terminator start.
+fn title_end(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(offset) = memchr::memchr2(0x07, 0x1b, &bytes[from..]) {
+        let at = from + offset;
+        if bytes[at] == 0x07 {
+            return Some((at, at + 1));
+        }
+        if bytes.get(at + 1) == Some(&b'\\') {
+            return Some((at, at + 2));
+        }
+        from = at + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(bytes: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(bytes)
+    }
+
+    fn outputs(next: Next) -> Vec<u8> {
+        match next {
+            Next::Items(items) => items
+                .into_iter()
+                .flat_map(|item| match item {
+                    Delivery::Output(bytes) => bytes.to_vec(),
+                    Delivery::Control(_) | Delivery::Closed => vec![],
+                })
+                .collect(),
+            other => panic!("expected items, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ring_keeps_the_newest_bytes() {
+        let hub = Hub::new(8);
+        hub.push(&chunk(b"abcdef"));
+        hub.push(&chunk(b"ghij"));
+        assert_eq!(replay(&hub.lock()), &b"cdefghij"[..]);
+        hub.set_capacity(3);
+        assert_eq!(replay(&hub.lock()), &b"hij"[..]);
+        // Once trimmed, a replay starts at a line start.
+        hub.set_capacity(16);
+        hub.push(&chunk(b"\x1b[1mX\nline\n"));
+        assert_eq!(replay(&hub.lock()), &b"line\n"[..]);
+    }
+
+    #[test]
+    fn a_late_joiner_gets_the_replay_then_only_what_follows() {
+        let hub = Hub::new(1024);
+        hub.push(&chunk(b"one\ntwo\n"));
+        let (client, replayed) = hub.attach(TerminalRole::Viewer).unwrap();
+        hub.push(&chunk(b"three\n"));
+        assert_eq!(replayed, &b"one\ntwo\n"[..]);
+        assert_eq!(outputs(hub.next_for(&client)), b"three\n");
+        assert!(matches!(hub.next_for(&client), Next::Nothing));
+        hub.detach(&client);
+        assert_eq!(hub.clients(), 0);
+    }
+
+    #[test]
+    fn replay_starts_at_a_line_with_no_sequence_open() {
+        // Cut in the middle of a colour sequence: the replay starts at the next line.
+        assert_eq!(replay_start(b"1;31mred\x1b[0m\nnext"), 13);
+        // A newline inside an OSC string is not a boundary.
+        assert_eq!(replay_start(b"x\x1b]0;a\nb\x07\nline"), 10);
+        // One long line: skip only UTF-8 continuation bytes.
+        assert_eq!(replay_start("\u{e9}t\u{e9}".as_bytes()[1..].as_ref()), 1);
+        assert_eq!(replay_start(b""), 0);
+    }
+
+    #[test]
+    fn a_client_over_the_high_watermark_is_resynced_and_keeps_its_controls() {
+        let hub = Hub::new(64);
+        let (slow, _) = hub.attach(TerminalRole::Viewer).unwrap();
+        let (fast, _) = hub.attach(TerminalRole::Viewer).unwrap();
+        let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+        for _ in 0..16 {
+            hub.push(&piece);
+            // The fast client keeps up; the slow one never reads.
+            assert_eq!(outputs(hub.next_for(&fast)).len(), piece.len());
+        }
+        hub.announce(&TerminalServerMessage::Exit {
+            run: 1,
+            exit_code: Some(0),
+            exit_signal: None,
+        });
+        hub.push(&chunk(b"tail\n"));
+        assert!(slow.lock().output_bytes <= HIGH_WATERMARK);
+        match hub.next_for(&slow) {
+            Next::Items(items) => {
+                assert!(matches!(
+                    items.as_slice(),
+                    [Delivery::Control(TerminalServerMessage::Exit { .. })]
+                ));
+            }
+            other => panic!("expected the exit message first, got {other:?}"),
+        }
+        match hub.next_for(&slow) {
+            Next::Resync { skipped, replay } => {
+                assert_eq!(skipped, 16 * 64 * 1024 + 5);
+                assert!(replay.ends_with(b"tail\n"));
+            }
+            other => panic!("expected a resync, got {other:?}"),
+        }
+        hub.push(&chunk(b"live\n"));
+        assert_eq!(outputs(hub.next_for(&slow)), b"live\n");
+    }
+
+    #[test]
+    fn a_client_that_never_reads_queues_a_bounded_number_of_controls() {
+        let hub = Hub::new(64);
+        let (client, _) = hub.attach(TerminalRole::Viewer).unwrap();
+        for cols in 1..=1000 {
+            hub.resize(TermSize { cols, rows: 24 });
+            client.tell(TerminalServerMessage::Error {
+                code: "read_only".into(),
+                message: "no".into(),
+            });
+        }
+        let queued = client.lock().items.len();
+        assert!(queued <= 2 * MAX_QUEUED_ERRORS, "{queued} items queued");
+    }
+
+    #[test]
+    fn titles_are_found_across_chunks() {
+        let mut scanner = TitleScanner::default();
+        assert_eq!(
+            scanner.scan(b"ab\x1b]0;first\x07cd\x1b]2;sec"),
+            Some("first".into())
+        );
+        assert_eq!(scanner.scan(b"ond\x1b\\rest"), Some("second".into()));
+        assert_eq!(scanner.scan(b"\x1b]8;;link\x07"), None);
+        let hub = Hub::new(64);
+        let (client, _) = hub.attach(TerminalRole::Writer).unwrap();
+        hub.push(&chunk(b"\x1b]2;build\x07"));
+        assert_eq!(hub.title().as_deref(), Some("build"));
+        match hub.next_for(&client) {
+            Next::Items(items) => assert!(items.iter().any(|item| matches!(
+                item,
+                Delivery::Control(TerminalServerMessage::Title { title }) if title == "build"
+            ))),
+            other => panic!("{other:?}"),
+        }
+    }
+}
