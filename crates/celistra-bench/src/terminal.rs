@@ -36,6 +36,9 @@ const TERMINAL_PHASE_TIMEOUT: Duration = Duration::from_secs(180);
 const POLL: Duration = Duration::from_millis(5);
 /// How long viewers may take to receive the rest (and `exit`) after the agent exited.
 const DRAIN: Duration = Duration::from_secs(30);
+/// After `exit`, a viewer reads on until nothing came for this long: output the daemon read after
+/// the run ended, or a resync it still owed, arrives after `exit`.
+const AFTER_EXIT_IDLE: Duration = Duration::from_secs(1);
 /// How long stopped viewers get to hand in what they counted.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 const MIB: f64 = 1024.0 * 1024.0;
@@ -187,6 +190,9 @@ struct Viewer {
     latency: Histogram,
     /// Whether `exit` arrived (rather than the viewer being stopped while waiting for it).
     exit_seen: bool,
+    /// Output bytes and resyncs that came after `exit`.
+    output_after_exit: u64,
+    resyncs_after_exit: u64,
     /// Close code and reason when the daemon closed the connection.
     closed: Option<(u16, String)>,
     /// The start of a line split across frames, and whether it arrived live.
@@ -249,7 +255,7 @@ async fn attach(client: &Client, agent: &str) -> Result<Terminal> {
     }
 }
 
-/// Reads a viewer's events until `exit`, the daemon closing it, or `stop`.
+/// Reads a viewer's events until `AFTER_EXIT_IDLE` after `exit`, the daemon closing it, or `stop`.
 async fn view(mut terminal: Terminal, mut stop: watch::Receiver<bool>) -> Viewer {
     let mut viewer = Viewer::default();
     let mut live = true;
@@ -257,10 +263,19 @@ async fn view(mut terminal: Terminal, mut stop: watch::Receiver<bool>) -> Viewer
         let event = tokio::select! {
             event = terminal.next() => event,
             _ = stop.changed() => break,
+            _ = tokio::time::sleep(AFTER_EXIT_IDLE), if viewer.exit_seen => break,
         };
         match event {
-            TerminalEvent::Output(bytes) => viewer.output(&bytes, live),
+            TerminalEvent::Output(bytes) => {
+                if viewer.exit_seen {
+                    viewer.output_after_exit += bytes.len() as u64;
+                }
+                viewer.output(&bytes, live);
+            }
             TerminalEvent::Control(TerminalServerMessage::Resync { skipped_bytes }) => {
+                if viewer.exit_seen {
+                    viewer.resyncs_after_exit += 1;
+                }
                 viewer.resyncs += 1;
                 viewer.skipped += skipped_bytes;
                 // The skipped bytes broke the line; the replay starts at a line start.
@@ -268,10 +283,7 @@ async fn view(mut terminal: Terminal, mut stop: watch::Receiver<bool>) -> Viewer
                 live = false;
             }
             TerminalEvent::Control(TerminalServerMessage::Replayed { .. }) => live = true,
-            TerminalEvent::Control(TerminalServerMessage::Exit { .. }) => {
-                viewer.exit_seen = true;
-                break;
-            }
+            TerminalEvent::Control(TerminalServerMessage::Exit { .. }) => viewer.exit_seen = true,
             TerminalEvent::Control(_) => {}
             TerminalEvent::Closed { code, reason } => {
                 viewer.closed = Some((code, reason));
@@ -458,11 +470,18 @@ async fn fan_out(
         .collect();
     closes.sort();
     closes.dedup();
+    let late = viewers
+        .iter()
+        .filter(|v| v.output_after_exit > 0 || v.resyncs_after_exit > 0)
+        .count();
     report.add(
         &format!("{label}: live + skipped = written, `exit` seen, lines intact"),
         "all viewers",
         format!(
-            "{complete} and {exit_seen} of {count}, {malformed} malformed lines{}",
+            "{complete} and {exit_seen} of {count}, {malformed} malformed lines; \
+             after `exit`: {late} viewers got {:.1} KiB of output, {} resyncs{}",
+            sum(|v| v.output_after_exit) as f64 / 1024.0,
+            sum(|v| v.resyncs_after_exit),
             if closes.is_empty() {
                 String::new()
             } else {
