@@ -45,13 +45,13 @@ fn bench_config() -> serde_json::Value {
 }
 
 /// The daemon's CPU time at one moment, in all and per thread name.
-struct CpuUse {
+pub(crate) struct CpuUse {
     total: Duration,
     threads: BTreeMap<String, Duration>,
 }
 
 impl CpuUse {
-    fn of(daemon: &Daemon) -> Result<CpuUse> {
+    pub(crate) fn of(daemon: &Daemon) -> Result<CpuUse> {
         Ok(CpuUse {
             total: daemon.cpu_time()?,
             threads: daemon.cpu_by_thread()?,
@@ -59,7 +59,7 @@ impl CpuUse {
     }
 
     /// "T s (thread t s, …)": what was used since `earlier`; threads under 10 ms left out.
-    fn since(&self, earlier: &CpuUse) -> String {
+    pub(crate) fn since(&self, earlier: &CpuUse) -> String {
         let threads: Vec<String> = self
             .threads
             .iter()
@@ -90,10 +90,10 @@ struct LogInput {
 }
 
 /// splitmix64: cheap and deterministic, so every run writes the same varied lines.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -1,8 +1,9 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
-//! and `ctl ls` latency; log throughput and search in [`logs`]), each phase against a fresh daemon
-//! in its own temporary state directory.
+//! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`]),
+//! each phase against a fresh daemon in its own temporary state directory.
 
 mod logs;
+mod terminal;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -557,6 +558,8 @@ enum Only {
     Logs,
     /// Log throughput only, without the minutes-long search phase.
     Throughput,
+    /// Terminal fan-out to 1, 10 and 100 viewers ([`terminal`]).
+    Terminal,
 }
 
 struct Args {
@@ -578,16 +581,18 @@ fn parse_args() -> Result<Args> {
                     Some("agents") => Only::Agents,
                     Some("logs") => Only::Logs,
                     Some("throughput") => Only::Throughput,
-                    _ => bail!("--only needs `agents`, `logs` or `throughput`"),
+                    Some("terminal") => Only::Terminal,
+                    _ => bail!("--only needs `agents`, `logs`, `throughput` or `terminal`"),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
-                     --only throughput: log throughput phases only."
+                     --only throughput: log throughput phases only.\n\
+                     --only terminal: terminal fan-out to 1, 10 and 100 viewers."
                 );
                 std::process::exit(0);
             }
@@ -624,8 +629,17 @@ fn raise_nofile() {
     }
 }
 
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    // The terminal phases' agent runs this executable as `celistra-bench emit BYTES`.
+    if args.next().as_deref() == Some("emit") {
+        return terminal::emit(args.next().as_deref());
+    }
+    bench()
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn bench() -> Result<()> {
     let Args {
         daemon: binary,
         only,
@@ -651,9 +665,12 @@ async fn main() -> Result<()> {
             phase("1000 agents", thousand(&binary, &mut report)).await,
         ]);
     }
-    if only != Only::Agents {
+    if matches!(only, Only::All | Only::Logs | Only::Throughput) {
         let with_search = only != Only::Throughput;
         results.extend(logs::phases(&binary, with_search, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Terminal) {
+        results.extend(terminal::phases(&binary, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {
