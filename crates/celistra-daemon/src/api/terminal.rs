@@ -267,23 +267,27 @@ async fn session(
         Arc::clone(&client),
     ));
     let ending: Result<(), Ending> = async {
-        send_control(&mut sink, &hello).await?;
-        send_replay(&mut sink, replay).await?;
+        feed_control(&mut sink, &hello).await?;
+        feed_replay(&mut sink, replay).await?;
+        flush(&mut sink).await?;
         loop {
+            // A batch is written with one flush: one system call for many frames.
             match handle.hub.next_for(&client) {
                 Next::Items(items) => {
                     for item in items {
                         match item {
-                            Delivery::Output(bytes) => send(&mut sink, Message::Binary(bytes)).await?,
-                            Delivery::Control(message) => send_control(&mut sink, &message).await?,
+                            Delivery::Output(bytes) => feed(&mut sink, Message::Binary(bytes)).await?,
+                            Delivery::Control(message) => feed_control(&mut sink, &message).await?,
+                            Delivery::Resync { skipped, replay } => feed_resync(&mut sink, skipped, replay).await?,
                             Delivery::Closed => return Err(Ending::Close(CLOSE_REMOVED, "agent removed")),
                         }
                     }
+                    flush(&mut sink).await?;
                     continue;
                 }
                 Next::Resync { skipped, replay } => {
-                    send_control(&mut sink, &TerminalServerMessage::Resync { skipped_bytes: skipped }).await?;
-                    send_replay(&mut sink, replay).await?;
+                    feed_resync(&mut sink, skipped, replay).await?;
+                    flush(&mut sink).await?;
                     continue;
                 }
                 Next::Nothing => {}
@@ -315,29 +319,48 @@ async fn session(
     tracing::info!(agent = %handle.id, actor = %ticket.actor, "terminal detached");
 }
 
-/// Sends one frame, giving up on a client that takes nothing for `STALL_LIMIT`.
-async fn send(sink: &mut Sink, message: Message) -> Result<(), Ending> {
-    match tokio::time::timeout(STALL_LIMIT, sink.send(message)).await {
+/// Gives up on a client that takes nothing for `STALL_LIMIT`.
+async fn within_stall_limit(
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Ending> {
+    match tokio::time::timeout(STALL_LIMIT, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Ending::SendFailed),
         Err(_) => Err(Ending::Close(CLOSE_TOO_SLOW, "client too slow")),
     }
 }
 
-async fn send_control(sink: &mut Sink, message: &TerminalServerMessage) -> Result<(), Ending> {
+/// Queues one frame in the connection's write buffer (written when it fills or at `flush`).
+async fn feed(sink: &mut Sink, message: Message) -> Result<(), Ending> {
+    within_stall_limit(sink.feed(message)).await
+}
+
+async fn flush(sink: &mut Sink) -> Result<(), Ending> {
+    within_stall_limit(sink.flush()).await
+}
+
+async fn feed_control(sink: &mut Sink, message: &TerminalServerMessage) -> Result<(), Ending> {
     let text = serde_json::to_string(message).expect("control messages serialise");
-    send(sink, Message::Text(text.into())).await
+    feed(sink, Message::Text(text.into())).await
 }
 
 /// The replay in frames of at most `MAX_FRAME`, then `replayed`.
-async fn send_replay(sink: &mut Sink, replay: Bytes) -> Result<(), Ending> {
+async fn feed_replay(sink: &mut Sink, replay: Bytes) -> Result<(), Ending> {
     let bytes = replay.len() as u64;
     let mut rest = replay;
     while !rest.is_empty() {
         let frame = rest.split_to(rest.len().min(MAX_FRAME));
-        send(sink, Message::Binary(frame)).await?;
+        feed(sink, Message::Binary(frame)).await?;
     }
-    send_control(sink, &TerminalServerMessage::Replayed { bytes }).await
+    feed_control(sink, &TerminalServerMessage::Replayed { bytes }).await
+}
+
+async fn feed_resync(sink: &mut Sink, skipped: u64, replay: Bytes) -> Result<(), Ending> {
+    let resync = TerminalServerMessage::Resync {
+        skipped_bytes: skipped,
+    };
+    feed_control(sink, &resync).await?;
+    feed_replay(sink, replay).await
 }
 
 async fn close(sink: &mut Sink, code: u16, reason: &'static str) -> Result<(), axum::Error> {

@@ -27,8 +27,22 @@ const MAX_QUEUED_ERRORS: usize = 64;
 pub(crate) enum Delivery {
     Output(Bytes),
     Control(TerminalServerMessage),
+    /// The client fell behind before a control message: this replay resets it first.
+    Resync {
+        skipped: u64,
+        replay: Bytes,
+    },
     /// The agent was removed: the connection ends.
     Closed,
+}
+
+impl Delivery {
+    fn output_len(&self) -> usize {
+        match self {
+            Delivery::Output(bytes) => bytes.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// What a client's connection has to send next.
@@ -80,12 +94,20 @@ impl Client {
             return;
         }
         if queue.output_bytes + chunk.len() > HIGH_WATERMARK {
-            let dropped = queue.output_bytes as u64 + chunk.len() as u64;
-            queue
+            // Output after the last control message is dropped; what precedes a control message
+            // stays, so that message never arrives before output that came before it.
+            let keep = queue
                 .items
-                .retain(|item| !matches!(item, Delivery::Output(_)));
-            queue.output_bytes = 0;
-            queue.skipped = Some(dropped);
+                .iter()
+                .rposition(|item| !matches!(item, Delivery::Output(_)))
+                .map_or(0, |last| last + 1);
+            let dropped: usize = queue
+                .items
+                .drain(keep..)
+                .map(|item| item.output_len())
+                .sum();
+            queue.output_bytes -= dropped;
+            queue.skipped = Some(dropped as u64 + chunk.len() as u64);
         } else {
             queue.output_bytes += chunk.len();
             queue.items.push_back(Delivery::Output(chunk.clone()));
@@ -214,13 +236,13 @@ impl Hub {
         }
         if let Some(title) = state.titles.scan(chunk) {
             state.title = Some(title.clone());
-            broadcast(&state.clients, &TerminalServerMessage::Title { title });
+            broadcast(&state, &TerminalServerMessage::Title { title });
         }
     }
 
     /// Sends a control message to every client, after the output before it.
     pub(crate) fn announce(&self, message: &TerminalServerMessage) {
-        broadcast(&self.lock().clients, message);
+        broadcast(&self.lock(), message);
     }
 
     /// Attaches a client: returns it with the replay it starts from. Output pushed afterwards is
@@ -287,7 +309,7 @@ impl Hub {
         if state.size != size {
             state.size = size;
             broadcast(
-                &state.clients,
+                &state,
                 &TerminalServerMessage::Size {
                     cols: size.cols,
                     rows: size.rows,
@@ -303,8 +325,18 @@ impl Hub {
     }
 }
 
-fn broadcast(clients: &[Arc<Client>], message: &TerminalServerMessage) {
-    for client in clients {
+/// Sends a control message to every client, in order with the output: a client that is behind is
+/// resynced up to this point first, so it never sees the message before output that preceded it.
+fn broadcast(state: &State, message: &TerminalServerMessage) {
+    for client in &state.clients {
+        let mut queue = client.lock();
+        if let Some(skipped) = queue.skipped.take() {
+            queue.items.push_back(Delivery::Resync {
+                skipped,
+                replay: replay(state),
+            });
+        }
+        drop(queue);
         client.tell(message.clone());
     }
 }
@@ -459,7 +491,7 @@ mod tests {
                 .into_iter()
                 .flat_map(|item| match item {
                     Delivery::Output(bytes) => bytes.to_vec(),
-                    Delivery::Control(_) | Delivery::Closed => vec![],
+                    Delivery::Control(_) | Delivery::Resync { .. } | Delivery::Closed => vec![],
                 })
                 .collect(),
             other => panic!("expected items, got {other:?}"),
@@ -510,36 +542,70 @@ mod tests {
         let (slow, _) = hub.attach(TerminalRole::Viewer).unwrap();
         let (fast, _) = hub.attach(TerminalRole::Viewer).unwrap();
         let piece = Bytes::from(vec![b'x'; 64 * 1024]);
-        for _ in 0..16 {
+        let kinds = |next: &Next| match next {
+            Next::Items(items) => items
+                .iter()
+                .map(|item| match item {
+                    Delivery::Output(bytes) => format!("output {}", bytes.len()),
+                    Delivery::Control(message) => format!("{message:?}"),
+                    Delivery::Resync { skipped, replay } => {
+                        format!("resync {skipped} {}", replay.len())
+                    }
+                    Delivery::Closed => "closed".into(),
+                })
+                .collect::<Vec<_>>(),
+            Next::Resync { skipped, replay } => {
+                vec![format!("lazy resync {skipped} {}", replay.len())]
+            }
+            Next::Nothing => vec![],
+        };
+        // 17 × 64 KiB: one piece more than the watermark holds.
+        for _ in 0..17 {
             hub.push(&piece);
             // The fast client keeps up; the slow one never reads.
             assert_eq!(outputs(hub.next_for(&fast)).len(), piece.len());
         }
+        assert!(slow.lock().output_bytes <= HIGH_WATERMARK);
         hub.announce(&TerminalServerMessage::Exit {
             run: 1,
             exit_code: Some(0),
             exit_signal: None,
         });
         hub.push(&chunk(b"tail\n"));
-        assert!(slow.lock().output_bytes <= HIGH_WATERMARK);
-        match hub.next_for(&slow) {
-            Next::Items(items) => {
-                assert!(matches!(
-                    items.as_slice(),
-                    [Delivery::Control(TerminalServerMessage::Exit { .. })]
-                ));
-            }
-            other => panic!("expected the exit message first, got {other:?}"),
+        // The exit comes after a resync to the output before it, then what followed it.
+        let next = hub.next_for(&slow);
+        assert_eq!(
+            kinds(&next),
+            [
+                format!("resync {} 64", 17 * 64 * 1024),
+                "Exit { run: 1, exit_code: Some(0), exit_signal: None }".to_owned(),
+                "output 5".to_owned(),
+            ]
+        );
+        // Over the watermark again with no control message: resynced once its queue is empty.
+        for _ in 0..17 {
+            hub.push(&piece);
         }
-        match hub.next_for(&slow) {
-            Next::Resync { skipped, replay } => {
-                assert_eq!(skipped, 16 * 64 * 1024 + 5);
-                assert!(replay.ends_with(b"tail\n"));
-            }
-            other => panic!("expected a resync, got {other:?}"),
-        }
+        assert_eq!(
+            kinds(&hub.next_for(&slow)),
+            [format!("lazy resync {} 64", 17 * 64 * 1024)]
+        );
         hub.push(&chunk(b"live\n"));
         assert_eq!(outputs(hub.next_for(&slow)), b"live\n");
+        // Output queued before a control message stays when the watermark is crossed after it.
+        for _ in 0..8 {
+            hub.push(&piece);
+        }
+        hub.announce(&TerminalServerMessage::Title { title: "t".into() });
+        for _ in 0..9 {
+            hub.push(&piece);
+        }
+        let kinds = kinds(&hub.next_for(&slow));
+        assert_eq!(kinds.len(), 9, "{kinds:?}");
+        assert!(kinds[8].starts_with("Title"), "{kinds:?}");
+        assert!(
+            matches!(hub.next_for(&slow), Next::Resync { skipped, .. } if skipped == 9 * 64 * 1024)
+        );
     }
 
     #[test]
