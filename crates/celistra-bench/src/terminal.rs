@@ -98,17 +98,21 @@ fn expected_bytes() -> u64 {
     EMIT_BYTES + EMIT_BYTES / LINE_BYTES
 }
 
-/// Parses the timestamp of one received line (without its `\n`); `None` if it is not a whole
-/// emitted line (wrong start or length), which means output was lost, reordered or corrupted.
-fn line_time(line: &[u8]) -> Option<u64> {
+/// Checks one received line (without its `\n`) and, if `time` is set, parses its timestamp:
+/// `None` if it is not a whole emitted line (wrong start or length), which means output was lost,
+/// reordered or corrupted; `Some(None)` for a sound line that was not timed.
+fn line_shape(line: &[u8], time: bool) -> Option<Option<u64>> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let length = line.len() as u64 + 1;
     if length != LINE_BYTES && length != LINE_BYTES + EMIT_BYTES % LINE_BYTES {
         return None;
     }
     let digits = line.strip_prefix(b"t=")?;
+    if !time {
+        return Some(None);
+    }
     let digits = &digits[..digits.iter().position(|&b| b == b' ')?];
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    Some(Some(std::str::from_utf8(digits).ok()?.parse().ok()?))
 }
 
 /// Latencies in microseconds: exact below 64 µs, then 32 buckets per power of two (each at most
@@ -214,19 +218,26 @@ impl Viewer {
         }
         let now = now_us();
         let mut rest = bytes;
+        // Only the first line of each frame is timed (the oldest in it, so the figure errs high);
+        // the others are only checked. Timing every line cost the viewers, which share the two
+        // cores with the daemon and the agent, more CPU than the daemon spent on them.
+        let mut timed = false;
         while let Some(end) = memchr::memchr(b'\n', rest) {
             let (stamp, line_live) = if self.partial.is_empty() {
-                (line_time(&rest[..end]), live)
+                (line_shape(&rest[..end], !timed), live)
             } else {
                 self.partial.extend_from_slice(&rest[..end]);
-                let stamp = line_time(&self.partial);
+                let stamp = line_shape(&self.partial, !timed);
                 self.partial.clear();
                 (stamp, self.partial_live)
             };
             match stamp {
                 None => self.malformed += 1,
                 // A line that started in a replay was written before the viewer caught up.
-                Some(written) if line_live => self.latency.record(now.saturating_sub(written)),
+                Some(Some(written)) if line_live => {
+                    self.latency.record(now.saturating_sub(written));
+                    timed = true;
+                }
                 Some(_) => {}
             }
             rest = &rest[end + 1..];
@@ -528,5 +539,9 @@ mod tests {
         assert_eq!(viewer.latency.count(), 1);
         assert_eq!(viewer.malformed, 1);
         assert_eq!(viewer.live, line.len() as u64 + 12);
+        // Three whole lines in one frame: the first is timed, all are checked.
+        viewer.output(line.repeat(3).as_bytes(), true);
+        assert_eq!(viewer.latency.count(), 2);
+        assert_eq!(viewer.malformed, 1);
     }
 }

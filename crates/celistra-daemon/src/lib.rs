@@ -101,6 +101,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let (store, stored, last_seq) = store::Store::load(home.agents_file());
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(Arc::clone(&store).write_loop(writer_stop.clone()));
+    let reader_thread = supervisor::ReaderThread::start()
+        .map_err(|e| Error::io("cannot start the output reader thread".into(), e))?;
     let shared = Arc::new(supervisor::Shared {
         home: home.clone(),
         events: events::EventBus::new(last_seq, 0, Arc::clone(&store)),
@@ -113,6 +115,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .filter(|(k, _)| !k.starts_with("CELISTRA_"))
             .chain([("TERM".into(), "xterm-256color".into())])
             .collect(),
+        readers: reader_thread.handle().clone(),
     });
     let supervisor = Arc::new(supervisor::Supervisor::new(Arc::clone(&shared)));
     let announcer = tokio::spawn(announce_history(history_announcements, Arc::clone(&shared)));
@@ -192,7 +195,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     }
     writer_stop.cancel();
     let _ = writer.await;
-    let _ = tokio::task::spawn_blocking(move || history.close()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        history.close();
+        drop(reader_thread);
+    })
+    .await;
     announcer.abort();
     if let Some(root) = &shared.cgroups {
         root.destroy();

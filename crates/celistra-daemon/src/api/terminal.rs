@@ -270,6 +270,7 @@ async fn session(
         feed_control(&mut sink, &hello).await?;
         feed_replay(&mut sink, replay).await?;
         flush(&mut sink).await?;
+        let mut resync_due = None;
         loop {
             // A batch is written with one flush: one system call for many frames.
             match handle.hub.next_for(&client) {
@@ -290,10 +291,18 @@ async fn session(
                     flush(&mut sink).await?;
                     continue;
                 }
+                Next::ResyncAt(due) => resync_due = Some(due),
                 Next::Nothing => {}
             }
+            let resync_timer = async {
+                match resync_due.take() {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = client.ready.notified() => {}
+                () = resync_timer => {}
                 _ = &mut reader => return Err(Ending::ClientGone),
                 () = stopping.cancelled() => return Err(Ending::Close(CLOSE_STOPPING, "daemon stopping")),
             }

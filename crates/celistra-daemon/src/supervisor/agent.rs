@@ -485,11 +485,14 @@ impl Agent {
             history: self.shared.history.clone(),
             run_id,
         };
+        // The PTY or pipes are registered with the reader thread's runtime, where they are read.
+        let readers_runtime = &self.shared.readers;
+        let registered_there = readers_runtime.enter();
         let (child, input, readers, mode) = if spec.no_pty {
             let spawned = spawn_with_pipes(&launch).map_err(|e| e.to_string())?;
             let readers = vec![
-                tokio::spawn(output.clone().pump(spawned.stdout, Stream::Stdout)),
-                tokio::spawn(output.pump(spawned.stderr, Stream::Stderr)),
+                readers_runtime.spawn(output.clone().pump(spawned.stdout, Stream::Stdout)),
+                readers_runtime.spawn(output.pump(spawned.stderr, Stream::Stderr)),
             ];
             (
                 spawned.child,
@@ -506,9 +509,10 @@ impl Agent {
             };
             let spawned = spawn_in_pty(&launch, size).map_err(|e| e.to_string())?;
             let (reader, writer) = spawned.pty.into_split();
-            let readers = vec![tokio::spawn(output.pump(reader, Stream::Pty))];
+            let readers = vec![readers_runtime.spawn(output.pump(reader, Stream::Pty))];
             (spawned.child, Input::Pty(writer), readers, IoMode::Pty)
         };
+        drop(registered_there);
         let (ops, received) = mpsc::channel(INPUT_QUEUE);
         self.handle.hub.set_input(Some(ops));
         Ok(Run {

@@ -5,13 +5,17 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use celistra_proto::{TermSize, TerminalRole, TerminalServerMessage};
 use tokio::sync::{Notify, mpsc};
 
 /// Output queued for one client beyond which it is skipped and later resynced.
-pub(crate) const HIGH_WATERMARK: usize = 1024 * 1024;
+pub(crate) const HIGH_WATERMARK: usize = 256 * 1024;
+/// A client that keeps falling behind is resynced at most this often: it then sees the terminal
+/// at ten frames a second instead of costing the daemon a replay per watermark's worth of output.
+const MIN_RESYNC_INTERVAL: Duration = Duration::from_millis(100);
 /// Clients attached to one agent at most.
 pub(crate) const MAX_CLIENTS: usize = 256;
 /// Size of a terminal no writer has sized yet.
@@ -54,6 +58,8 @@ pub(crate) enum Next {
         skipped: u64,
         replay: Bytes,
     },
+    /// The client is behind and was resynced recently: the next resync is due then.
+    ResyncAt(Instant),
     Nothing,
 }
 
@@ -70,6 +76,8 @@ struct Queue {
     output_bytes: usize,
     /// Output not sent since the client went over the high watermark.
     skipped: Option<u64>,
+    /// When it was last resynced because it fell behind.
+    last_resync: Option<Instant>,
 }
 
 /// One attached client.
@@ -278,17 +286,40 @@ impl Hub {
     /// Takes what a client has to send next. A client that fell behind is resynced only once what
     /// was queued before (control messages) is out: the low watermark is an empty queue.
     pub(crate) fn next_for(&self, client: &Client) -> Next {
+        {
+            // The common case needs only the client's own lock, not the hub's that output takes.
+            let mut queue = client.lock();
+            if !queue.items.is_empty() {
+                queue.output_bytes = 0;
+                return Next::Items(queue.items.drain(..).collect());
+            }
+            if queue.skipped.is_none() {
+                return Next::Nothing;
+            }
+        }
+        // A resync: the replay and clearing `skipped` happen under the hub's lock, so output
+        // pushed afterwards is queued live. Locks are taken hub first, as `push` does.
         let state = self.lock();
         let mut queue = client.lock();
         if !queue.items.is_empty() {
             queue.output_bytes = 0;
             return Next::Items(queue.items.drain(..).collect());
         }
+        let now = Instant::now();
+        if let Some(due) = queue.last_resync.map(|at| at + MIN_RESYNC_INTERVAL)
+            && due > now
+            && queue.skipped.is_some()
+        {
+            return Next::ResyncAt(due);
+        }
         match queue.skipped.take() {
-            Some(skipped) => Next::Resync {
-                skipped,
-                replay: replay(&state),
-            },
+            Some(skipped) => {
+                queue.last_resync = Some(now);
+                Next::Resync {
+                    skipped,
+                    replay: replay(&state),
+                }
+            }
             None => Next::Nothing,
         }
     }
@@ -557,10 +588,14 @@ mod tests {
             Next::Resync { skipped, replay } => {
                 vec![format!("lazy resync {skipped} {}", replay.len())]
             }
+            Next::ResyncAt(_) => vec!["resync later".into()],
             Next::Nothing => vec![],
         };
-        // 17 × 64 KiB: one piece more than the watermark holds.
-        for _ in 0..17 {
+        // One piece more than the watermark holds.
+        let over = HIGH_WATERMARK / piece.len() + 1;
+        let half = over / 2;
+        let skipped = |pieces: usize| (pieces * piece.len()) as u64;
+        for _ in 0..over {
             hub.push(&piece);
             // The fast client keeps up; the slow one never reads.
             assert_eq!(outputs(hub.next_for(&fast)).len(), piece.len());
@@ -577,35 +612,42 @@ mod tests {
         assert_eq!(
             kinds(&next),
             [
-                format!("resync {} 64", 17 * 64 * 1024),
+                format!("resync {} 64", skipped(over)),
                 "Exit { run: 1, exit_code: Some(0), exit_signal: None }".to_owned(),
                 "output 5".to_owned(),
             ]
         );
         // Over the watermark again with no control message: resynced once its queue is empty.
-        for _ in 0..17 {
+        for _ in 0..over {
             hub.push(&piece);
         }
         assert_eq!(
             kinds(&hub.next_for(&slow)),
-            [format!("lazy resync {} 64", 17 * 64 * 1024)]
+            [format!("lazy resync {} 64", skipped(over))]
         );
         hub.push(&chunk(b"live\n"));
         assert_eq!(outputs(hub.next_for(&slow)), b"live\n");
         // Output queued before a control message stays when the watermark is crossed after it.
-        for _ in 0..8 {
+        for _ in 0..half {
             hub.push(&piece);
         }
         hub.announce(&TerminalServerMessage::Title { title: "t".into() });
-        for _ in 0..9 {
+        for _ in 0..over - half {
             hub.push(&piece);
         }
         let kinds = kinds(&hub.next_for(&slow));
-        assert_eq!(kinds.len(), 9, "{kinds:?}");
-        assert!(kinds[8].starts_with("Title"), "{kinds:?}");
-        assert!(
-            matches!(hub.next_for(&slow), Next::Resync { skipped, .. } if skipped == 9 * 64 * 1024)
-        );
+        assert_eq!(kinds.len(), half + 1, "{kinds:?}");
+        assert!(kinds[half].starts_with("Title"), "{kinds:?}");
+        // Behind again so soon after a resync: the next one waits for its interval.
+        let Next::ResyncAt(due) = hub.next_for(&slow) else {
+            panic!("expected a later resync");
+        };
+        assert!(due > Instant::now() && due <= Instant::now() + MIN_RESYNC_INTERVAL);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        assert!(matches!(
+            hub.next_for(&slow),
+            Next::Resync { skipped: s, .. } if s == skipped(over - half)
+        ));
     }
 
     #[test]

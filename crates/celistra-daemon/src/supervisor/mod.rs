@@ -4,6 +4,7 @@
 
 mod agent;
 pub(crate) mod hub;
+mod reader_thread;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 pub(crate) use agent::AgentHandle;
 use agent::Command;
 use hub::Hub;
+pub(crate) use reader_thread::ReaderThread;
 
 use crate::events::EventBus;
 use crate::home::Home;
@@ -73,6 +75,8 @@ pub(crate) struct Shared {
     pub default_workspace: String,
     /// Environment every agent starts from: the daemon's own, less celistra's variables.
     pub base_env: Vec<(String, String)>,
+    /// Runs the output readers (see `reader_thread.rs`).
+    pub readers: tokio::runtime::Handle,
 }
 
 impl Shared {
