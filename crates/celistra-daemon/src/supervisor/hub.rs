@@ -16,6 +16,8 @@ pub(crate) const HIGH_WATERMARK: usize = 256 * 1024;
 /// A client that keeps falling behind is resynced at most this often: it then sees the terminal
 /// at ten frames a second instead of costing the daemon a replay per watermark's worth of output.
 const MIN_RESYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// A client behind again within this time of its last resync is in a flood (see `next_for`).
+const FLOOD_WINDOW: Duration = Duration::from_secs(1);
 /// Clients attached to one agent at most.
 pub(crate) const MAX_CLIENTS: usize = 256;
 /// Size of a terminal no writer has sized yet.
@@ -313,14 +315,25 @@ impl Hub {
             return Next::ResyncAt(due);
         }
         match queue.skipped.take() {
+            // Nothing was skipped since the last resync: the client is live again.
+            Some(0) | None => Next::Nothing,
             Some(skipped) => {
+                // Behind again soon after a resync, by a watermark or more: a flood. The client
+                // stays behind and gets a frame (a resync) per interval until the flood ends,
+                // instead of output it cannot keep up with between frames.
+                let flood = skipped >= HIGH_WATERMARK as u64
+                    && queue
+                        .last_resync
+                        .is_some_and(|at| now.duration_since(at) < FLOOD_WINDOW);
+                if flood {
+                    queue.skipped = Some(0);
+                }
                 queue.last_resync = Some(now);
                 Next::Resync {
                     skipped,
                     replay: replay(&state),
                 }
             }
-            None => Next::Nothing,
         }
     }
 
@@ -361,11 +374,12 @@ impl Hub {
 fn broadcast(state: &State, message: &TerminalServerMessage) {
     for client in &state.clients {
         let mut queue = client.lock();
-        if let Some(skipped) = queue.skipped.take() {
-            queue.items.push_back(Delivery::Resync {
+        match queue.skipped.take() {
+            Some(0) | None => {}
+            Some(skipped) => queue.items.push_back(Delivery::Resync {
                 skipped,
                 replay: replay(state),
-            });
+            }),
         }
         drop(queue);
         client.tell(message.clone());
@@ -648,6 +662,25 @@ mod tests {
             hub.next_for(&slow),
             Next::Resync { skipped: s, .. } if s == skipped(over - half)
         ));
+        // A flood: behind by a watermark again within a second of a resync. The client gets
+        // frames only (a resync per interval), no output in between, until the flood ends.
+        for _ in 0..over {
+            hub.push(&piece);
+        }
+        let Next::ResyncAt(due) = hub.next_for(&slow) else {
+            panic!("expected a later resync");
+        };
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        assert!(matches!(hub.next_for(&slow), Next::Resync { .. }));
+        hub.push(&piece);
+        let Next::ResyncAt(due) = hub.next_for(&slow) else {
+            panic!("in a flood, output waits for the next frame");
+        };
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        assert!(matches!(hub.next_for(&slow), Next::Resync { skipped: s, .. } if s == skipped(1)));
+        // Less than a watermark skipped in that frame: the flood is over, output is live again.
+        hub.push(&chunk(b"calm\n"));
+        assert_eq!(outputs(hub.next_for(&slow)), b"calm\n");
     }
 
     #[test]
