@@ -58,6 +58,16 @@ pub(crate) struct Tickets {
 
 impl Tickets {
     fn issue(&self, agent_id: &str, role: TerminalRole, actor: &str) -> Result<String, Failure> {
+        self.issue_at(agent_id, role, actor, Instant::now())
+    }
+
+    fn issue_at(
+        &self,
+        agent_id: &str,
+        role: TerminalRole,
+        actor: &str,
+        now: Instant,
+    ) -> Result<String, Failure> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| {
             failure(
@@ -67,7 +77,6 @@ impl Tickets {
         })?;
         let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
         issued.retain(|t| t.expires > now);
         if issued.len() >= MAX_TICKETS {
             issued.remove(0);
@@ -85,6 +94,10 @@ impl Tickets {
     /// Takes the ticket presented, if it is known, unexpired and for `agent_id`. A ticket is used
     /// up by any attempt, even one for the wrong agent. Every ticket is compared, in constant time.
     fn redeem(&self, presented: &str, agent_id: &str) -> Option<Ticket> {
+        self.redeem_at(presented, agent_id, Instant::now())
+    }
+
+    fn redeem_at(&self, presented: &str, agent_id: &str, now: Instant) -> Option<Ticket> {
         let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
         let mut found = None;
         for (index, ticket) in issued.iter().enumerate() {
@@ -93,7 +106,7 @@ impl Tickets {
             }
         }
         let ticket = issued.remove(found?);
-        (ticket.expires > Instant::now() && ticket.agent_id == agent_id).then_some(ticket)
+        (ticket.expires > now && ticket.agent_id == agent_id).then_some(ticket)
     }
 }
 
@@ -471,5 +484,52 @@ async fn resize(handle: &AgentHandle, client: &Client, size: TermSize) {
     }
     if let Some(input) = handle.hub.resize(size) {
         let _ = input.send(InputOp::Resize(size)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(tickets: &Tickets, now: Instant) -> String {
+        tickets
+            .issue_at("ag-1", TerminalRole::Writer, "owner", now)
+            .unwrap_or_else(|_| panic!("issued"))
+    }
+
+    #[test]
+    fn a_ticket_expires_and_is_good_once() {
+        let tickets = Tickets::default();
+        let start = Instant::now();
+        let ticket = issue(&tickets, start);
+        assert_eq!(ticket.len(), 64);
+        let later = start + TICKET_LIFETIME - Duration::from_millis(1);
+        let redeemed = tickets.redeem_at(&ticket, "ag-1", later).expect("valid");
+        assert_eq!(
+            (redeemed.role, redeemed.actor.as_str()),
+            (TerminalRole::Writer, "owner")
+        );
+        assert!(tickets.redeem_at(&ticket, "ag-1", later).is_none(), "used");
+        let ticket = issue(&tickets, start);
+        assert!(
+            tickets
+                .redeem_at(&ticket, "ag-1", start + TICKET_LIFETIME)
+                .is_none(),
+            "expired"
+        );
+        assert!(tickets.redeem_at("", "ag-1", start).is_none());
+    }
+
+    #[test]
+    fn the_oldest_unused_ticket_is_forgotten_first() {
+        let tickets = Tickets::default();
+        let now = Instant::now();
+        let first = issue(&tickets, now);
+        let second = issue(&tickets, now);
+        for _ in 0..MAX_TICKETS - 1 {
+            issue(&tickets, now);
+        }
+        assert!(tickets.redeem_at(&first, "ag-1", now).is_none());
+        assert!(tickets.redeem_at(&second, "ag-1", now).is_some());
     }
 }
