@@ -575,3 +575,28 @@ async fn input_sent_right_before_closing_is_delivered() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_resize_sends_sigwinch_to_the_program() {
+    let daemon = Daemon::start().await;
+    spawn(
+        &daemon,
+        "winch",
+        "trap 'echo got-winch' WINCH; echo ready; while :; do sleep 0.05; done",
+    )
+    .await;
+    let (mut writer, mut seen) = attach(&daemon, "winch", TerminalRole::Writer).await;
+    read_until(&mut writer, &mut seen, "ready", |s| {
+        s.text().contains("ready")
+    })
+    .await;
+    assert!(!seen.text().contains("got-winch"));
+    writer
+        .send_control(&TerminalClientMessage::Resize { cols: 90, rows: 33 })
+        .await
+        .unwrap();
+    read_until(&mut writer, &mut seen, "got-winch", |s| {
+        s.text().contains("got-winch")
+    })
+    .await;
+}
