@@ -11,7 +11,7 @@ use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
-    IoMode, RunCause, RunRecord, Signal, TerminalServerMessage, signal_name,
+    IoMode, RunCause, RunRecord, Signal, TermSize, TerminalServerMessage, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
@@ -106,6 +106,14 @@ enum Input {
     Pipe(ChildStdin),
 }
 
+/// A terminal size as the sandbox takes it.
+fn pty_size(size: TermSize) -> PtySize {
+    PtySize {
+        rows: size.rows,
+        cols: size.cols,
+    }
+}
+
 /// How many input operations may wait for a program that does not read: then writers wait.
 const INPUT_QUEUE: usize = 64;
 
@@ -122,11 +130,7 @@ impl Input {
                     let _ = stdin.write_all(&bytes).await;
                 }
                 (Input::Pty(pty), InputOp::Resize(size)) => {
-                    let size = PtySize {
-                        rows: size.rows,
-                        cols: size.cols,
-                    };
-                    if let Err(e) = resize_pty(pty, size) {
+                    if let Err(e) = resize_pty(pty, pty_size(size)) {
                         tracing::debug!("cannot resize the terminal: {e}");
                     }
                 }
@@ -502,11 +506,7 @@ impl Agent {
             )
         } else {
             // A restarted agent starts with the size its writers last gave it.
-            let size = self.handle.hub.size();
-            let size = PtySize {
-                rows: size.rows,
-                cols: size.cols,
-            };
+            let size = pty_size(self.handle.hub.size());
             let spawned = spawn_in_pty(&launch, size).map_err(|e| e.to_string())?;
             let (reader, writer) = spawned.pty.into_split();
             let readers = vec![readers_runtime.spawn(output.pump(reader, Stream::Pty))];
