@@ -2,15 +2,17 @@
 //! on pipes), session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
 //! one, kills the group (or cgroup) as a whole, and reaps orphans for a daemon that is a subreaper.
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
-//! The kernel sandbox (bubblewrap, Landlock, seccomp) will live here too.
+//! The kernel sandbox (bubblewrap, Landlock, seccomp) is built here from a [`Policy`].
 
 mod cgroup;
 mod guard;
+mod policy;
 mod reaper;
 mod spawn;
 
 pub use cgroup::{AgentCgroup, CgroupRoot};
 pub use guard::DeathGuard;
+pub use policy::{MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
 /// The PTY types handed out with a spawned child.
 pub mod pty {
