@@ -1,4 +1,26 @@
-//! Human durations for the CLI: `500ms`, `10s`, `2m`, `1h`, `1h30m`; a bare number is seconds.
+//! Human durations and sizes for the CLI: `500ms`, `10s`, `2m`, `1h30m` (a bare number is seconds);
+//! `512M`, `2G`, `64MiB` (binary units; a bare number is bytes).
+
+/// Parses a size into bytes: `K`, `M`, `G`, `T` (with or without `iB`/`B`) are powers of 1024.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bad = || format!("invalid size `{text}`; use e.g. 512M, 2G, 1048576");
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let number: u64 = text[..digits].parse().map_err(|_| bad())?;
+    let shift = match text[digits..].trim_start().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
 
 /// Parses a duration into milliseconds.
 pub fn parse_millis(text: &str) -> Result<u64, String> {
@@ -43,7 +65,22 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_millis;
+    use super::{parse_bytes, parse_millis};
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("64kb"), Ok(64 << 10));
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert!(parse_bytes("M").is_err());
+        assert!(parse_bytes("12X").is_err());
+        assert!(
+            parse_bytes("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
 
     #[test]
     fn parses_units_and_compounds() {

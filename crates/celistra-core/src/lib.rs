@@ -1,8 +1,9 @@
-//! Pure supervision logic: restart policy and backoff, agent names and ids, specs and their
-//! validation, daemon configuration, JSON errors with positions, `apply` plans, readable text from
-//! terminal output with `--grep` patterns, and times for humans. No I/O, no tokio.
+//! Pure supervision logic: restart policy and backoff, agent names and ids, capabilities and grants,
+//! specs and their validation, daemon configuration, JSON errors with positions, `apply` plans,
+//! readable text from terminal output with `--grep` patterns, and times for humans. No I/O, no tokio.
 
 pub mod apply;
+pub mod capability;
 pub mod clock;
 pub mod config;
 pub mod duration;

@@ -2,7 +2,7 @@
 
 use celistra_proto::{AgentSpec, UpdateRequest};
 
-use crate::names;
+use crate::{capability, names};
 
 /// Longest command line accepted, in bytes.
 pub const MAX_COMMAND_LEN: usize = 64 * 1024;
@@ -38,6 +38,12 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     for (key, value) in &spec.env {
         names::validate_env(key, value)?;
     }
+    capability::parse_tokens(&spec.capabilities).map_err(|e| format!("capabilities: {e}"))?;
+    capability::parse_tokens(&spec.drop_capabilities)
+        .map_err(|e| format!("drop_capabilities: {e}"))?;
+    if let Some(user) = &spec.user {
+        validate_user(user)?;
+    }
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
 }
 
@@ -55,6 +61,9 @@ pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
     within("backoff_initial_ms", spec.backoff_initial_ms, 0, DAY_MS)?;
     within("backoff_max_ms", spec.backoff_max_ms, 0, DAY_MS)?;
     within("backoff_reset_secs", spec.backoff_reset_secs, 0, 86_400)?;
+    within("memory_max", spec.memory_max, MIN_MEMORY_MAX, u64::MAX)?;
+    within("pids_max", spec.pids_max.map(u64::from), 1, 4_194_304)?;
+    within("cpu_weight", spec.cpu_weight.map(u64::from), 1, 10_000)?;
     within(
         "scrollback_kb",
         spec.scrollback_kb.map(u64::from),
@@ -62,6 +71,26 @@ pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
         u64::from(MAX_SCROLLBACK_KB),
     )?;
     Ok(())
+}
+
+/// Smallest memory ceiling accepted: below it even a shell cannot start.
+pub const MIN_MEMORY_MAX: u64 = 4 * 1024 * 1024;
+
+/// A user name as `useradd` accepts it, or a numeric uid.
+fn validate_user(user: &str) -> Result<(), String> {
+    let well_formed = !user.is_empty()
+        && user.len() <= 32
+        && !user.starts_with('-')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!(
+            "user `{user}` is not a user name or uid; use e.g. `www-data` or `1000`"
+        ))
+    }
 }
 
 /// Applies the fields an update names. The caller validates the result.
@@ -81,6 +110,12 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         backoff_reset_secs,
         scrollback_kb,
         no_pty,
+        capabilities,
+        drop_capabilities,
+        user,
+        memory_max,
+        pids_max,
+        cpu_weight,
         restart: _,
     } = update.clone();
     if let Some(name) = name {
@@ -109,6 +144,16 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     if let Some(no_pty) = no_pty {
         spec.no_pty = no_pty;
     }
+    if let Some(capabilities) = capabilities {
+        spec.capabilities = capabilities;
+    }
+    if let Some(drop_capabilities) = drop_capabilities {
+        spec.drop_capabilities = drop_capabilities;
+    }
+    spec.user = user.or(spec.user.take());
+    spec.memory_max = memory_max.or(spec.memory_max);
+    spec.pids_max = pids_max.or(spec.pids_max);
+    spec.cpu_weight = cpu_weight.or(spec.cpu_weight);
 }
 
 #[cfg(test)]
@@ -151,6 +196,36 @@ mod tests {
                 .unwrap_err()
                 .starts_with("restart_window_secs")
         );
+    }
+
+    #[test]
+    fn rejects_bad_capabilities_users_and_limits_naming_them() {
+        let with = |f: fn(&mut AgentSpec)| {
+            let mut s = spec("x");
+            f(&mut s);
+            validate(&s, true)
+        };
+        let err = with(|s| s.capabilities = vec!["network".into(), "fly".into()]).unwrap_err();
+        assert!(
+            err.starts_with("capabilities: unknown capability `fly`"),
+            "{err}"
+        );
+        let err = with(|s| s.drop_capabilities = vec!["read:rel".into()]).unwrap_err();
+        assert!(err.starts_with("drop_capabilities:"), "{err}");
+        assert!(with(|s| s.user = Some("-rf".into())).is_err());
+        assert!(with(|s| s.user = Some("www-data".into())).is_ok());
+        assert!(
+            with(|s| s.pids_max = Some(0))
+                .unwrap_err()
+                .starts_with("pids_max")
+        );
+        assert!(with(|s| s.cpu_weight = Some(10_001)).is_err());
+        assert!(
+            with(|s| s.memory_max = Some(1024))
+                .unwrap_err()
+                .starts_with("memory_max")
+        );
+        assert!(with(|s| s.memory_max = Some(64 << 20)).is_ok());
     }
 
     #[test]

@@ -104,6 +104,25 @@ pub struct AgentSpec {
     /// PM2: stdout and stderr are logged apart and output is not capped by the PTY layer.
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_pty: bool,
+    /// Capability tokens added to the default set (`--cap`), e.g. `write:/srv/out`, `privileged`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// Capability tokens removed from the effective set (`--drop-cap`); they win over any grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_capabilities: Vec<String>,
+    /// User to run as, by name or uid (`--user`). Absent: the daemon's own user, or, when the daemon
+    /// runs as root, the owner of the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Memory ceiling in bytes (`--memory-max`); the kernel kills the agent beyond it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// Most processes and threads the agent may have at once (`--pids-max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u32>,
+    /// CPU share relative to other agents, 1 to 10000, default 100 (`--cpu-weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -145,6 +164,20 @@ pub struct UpdateRequest {
     pub scrollback_kb: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_pty: Option<bool>,
+    /// Replaces the added capability tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
+    /// Replaces the dropped capability tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_capabilities: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u32>,
     /// Restart the agent now so the change takes effect.
     #[serde(default)]
     pub restart: bool,
@@ -212,6 +245,9 @@ pub struct AgentInfo {
     pub last_error: Option<String>,
     pub settings: EffectiveSettings,
     pub mode: crate::IoMode,
+    /// How the current (or last) run was confined; absent before the first spawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::RunSandbox>,
 }
 
 /// Body of `POST /v1/apply`: make the daemon's agents match `agents`.

@@ -130,6 +130,24 @@ pub enum EventKind {
         moved_to: String,
         reason: String,
     },
+    /// A run started outside the kernel sandbox: the agent holds `privileged`, or the master switch
+    /// is off.
+    AgentUnsandboxed {
+        agent_id: String,
+        name: String,
+        run: u64,
+        /// `privileged` or `switched_off`.
+        because: String,
+    },
+    /// The kernel refused a sandboxed process something.
+    SandboxBlock {
+        block: Box<crate::SandboxBlock>,
+    },
+    /// The sandbox master switch was turned.
+    SandboxSwitched {
+        enabled: bool,
+        actor: String,
+    },
     /// The client asked to resume from an id older than the backlog holds: events were missed and the
     /// client should re-read `GET /v1/agents`.
     Resync {
@@ -159,6 +177,9 @@ impl EventKind {
             EventKind::LogsDropped { .. } => "logs_dropped",
             EventKind::LogsRecovered { .. } => "logs_recovered",
             EventKind::HistoryReset { .. } => "history_reset",
+            EventKind::AgentUnsandboxed { .. } => "agent_unsandboxed",
+            EventKind::SandboxBlock { .. } => "sandbox_block",
+            EventKind::SandboxSwitched { .. } => "sandbox_switched",
             EventKind::Resync { .. } => "resync",
         }
     }

@@ -5,6 +5,7 @@ mod agent;
 mod error;
 mod event;
 mod history;
+mod sandbox;
 mod signal;
 mod terminal;
 
@@ -12,6 +13,7 @@ pub use agent::*;
 pub use error::*;
 pub use event::*;
 pub use history::*;
+pub use sandbox::*;
 pub use signal::*;
 pub use terminal::*;
 

@@ -177,6 +177,13 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The directory an agent with `spec` runs in.
+    pub(crate) fn workspace_of(&self, spec: &AgentSpec) -> String {
+        spec.workspace
+            .clone()
+            .unwrap_or_else(|| self.shared.default_workspace.clone())
+    }
+
     /// Checks a spec against the rules and the filesystem.
     fn check_spec(&self, spec: &AgentSpec, name_required: bool) -> Result<(), ApiError> {
         spec_rules::validate(spec, name_required)
@@ -274,6 +281,7 @@ impl Supervisor {
             last_error: None,
             settings: settings.clone(),
             mode: IoMode::Pty,
+            sandbox: None,
         };
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {

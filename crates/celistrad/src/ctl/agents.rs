@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use celistra_client::Client;
-use celistra_core::duration::parse_millis;
+use celistra_core::duration::{parse_bytes, parse_millis};
 use celistra_proto::{
     AgentInfo, AgentSpec, IoMode, KillRequest, RenameRequest, Signal, UpdateRequest,
 };
@@ -17,7 +17,7 @@ use super::{CtlResult, Failure, path_segment, print_json};
 pub(crate) struct JsonFlag {
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +70,26 @@ pub(crate) struct SettingArgs {
     /// Size of the output ring in KiB [default: 64].
     #[arg(long, value_name = "KIB")]
     scrollback_kb: Option<u32>,
+    /// Add a capability to the default set (repeatable): workspace_rw, read_anywhere, network,
+    /// subprocess, read:PATH, write:PATH, exec:PATH, connect:PORT, bind:PORT, privileged, …
+    /// On `set`, replaces the agent's added capabilities.
+    #[arg(long = "cap", value_name = "TOKEN")]
+    caps: Vec<String>,
+    /// Remove a capability (repeatable); wins over grants. On `set`, replaces the dropped list.
+    #[arg(long = "drop-cap", value_name = "TOKEN")]
+    drop_caps: Vec<String>,
+    /// Run as this user (name or uid) [default: the daemon's user; as root, the workspace's owner].
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Memory ceiling, e.g. 512M, 2G; beyond it the kernel kills the agent.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    memory_max: Option<u64>,
+    /// Most processes and threads the agent may have at once.
+    #[arg(long, value_name = "N")]
+    pids_max: Option<u32>,
+    /// CPU share relative to other agents, 1 to 10000 [default: 100].
+    #[arg(long, value_name = "WEIGHT")]
+    cpu_weight: Option<u32>,
 }
 
 impl SettingArgs {
@@ -86,6 +106,12 @@ impl SettingArgs {
             backoff_max_ms: self.backoff_max,
             backoff_reset_secs: secs(self.backoff_reset),
             scrollback_kb: self.scrollback_kb,
+            capabilities: (!self.caps.is_empty()).then(|| self.caps.clone()),
+            drop_capabilities: (!self.drop_caps.is_empty()).then(|| self.drop_caps.clone()),
+            user: self.user.clone(),
+            memory_max: self.memory_max,
+            pids_max: self.pids_max,
+            cpu_weight: self.cpu_weight,
             ..UpdateRequest::default()
         })
     }
@@ -199,6 +225,7 @@ pub(crate) async fn list(client: &Client, args: JsonFlag) -> CtlResult {
                 a.restarts.to_string(),
                 exit_text(a),
                 uptime_text(a),
+                sandbox_badge(a).to_owned(),
                 a.command.clone(),
             ]
         })
@@ -207,7 +234,7 @@ pub(crate) async fn list(client: &Client, args: JsonFlag) -> CtlResult {
         "{}",
         render(
             &[
-                "ID", "NAME", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "COMMAND"
+                "ID", "NAME", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "SANDBOX", "COMMAND"
             ],
             &rows
         )
@@ -251,6 +278,29 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
             },
         ),
         ("source", agent.source.clone()),
+        ("sandbox", sandbox_text(&agent)),
+        (
+            "capabilities",
+            agent
+                .sandbox
+                .as_ref()
+                .map_or("-".into(), |s| s.capabilities.join(" ")),
+        ),
+        (
+            "user",
+            agent
+                .sandbox
+                .as_ref()
+                .map_or("-".into(), |s| s.user.clone()),
+        ),
+        (
+            "limits",
+            agent
+                .sandbox
+                .as_ref()
+                .filter(|s| !s.limits.is_empty())
+                .map_or("-".into(), |s| s.limits.join("; ")),
+        ),
         (
             "stop",
             format!(
@@ -278,6 +328,31 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         println!("{:<14}{value}", format!("{label}:"));
     }
     Ok(())
+}
+
+/// `ls`'s SANDBOX column: `on`, `OFF` (unsandboxed, loud on purpose), or `-` before the first run.
+fn sandbox_badge(agent: &AgentInfo) -> &'static str {
+    match &agent.sandbox {
+        Some(run) if run.sandboxed => "on",
+        Some(_) => "OFF",
+        None => "-",
+    }
+}
+
+/// `status`'s sandbox line.
+fn sandbox_text(agent: &AgentInfo) -> String {
+    match &agent.sandbox {
+        Some(run) if run.sandboxed => "on (bubblewrap + Landlock + seccomp)".into(),
+        Some(run) => format!(
+            "OFF: runs unsandboxed ({})",
+            match run.unsandboxed_because.as_deref() {
+                Some("privileged") => "it holds the `privileged` capability",
+                Some("switched_off") => "the sandbox is switched off: `celistrad ctl sandbox on`",
+                _ => "unknown reason",
+            }
+        ),
+        None => "- (not spawned yet)".into(),
+    }
 }
 
 /// Runs `verb` (stop, start, restart) on each agent in turn; reports each; fails if any failed.

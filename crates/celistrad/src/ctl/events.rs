@@ -111,6 +111,28 @@ fn describe(event: &Event) -> String {
             name,
             error,
         } => format!("{agent_id} ({name}): {error}"),
+        EventKind::AgentUnsandboxed {
+            agent_id,
+            name,
+            run,
+            because,
+        } => format!("{agent_id} ({name}) run {run} is UNSANDBOXED ({because})"),
+        EventKind::SandboxBlock { block } => format!(
+            "{} ({}) pid {}: blocked {}{}",
+            block.agent_id,
+            block.name,
+            block.pid,
+            block.summary,
+            if block.suppressed > 0 {
+                format!(" ({} more not shown)", block.suppressed)
+            } else {
+                String::new()
+            }
+        ),
+        EventKind::SandboxSwitched { enabled, actor } => format!(
+            "sandbox switched {} by {actor}",
+            if *enabled { "on" } else { "OFF" }
+        ),
         EventKind::AgentRenamed {
             agent_id,
             old_name,

@@ -7,6 +7,7 @@ mod attach;
 mod events;
 mod history;
 mod logs;
+mod sandbox;
 mod table;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Verb {
     Events(events::EventsArgs),
     /// Make the daemon's agents match a JSON file.
     Apply(apply::ApplyArgs),
+    /// The sandbox: status, on, off (the master switch), explain.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -107,6 +110,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::History(args) => history::run(client, args).await,
         Verb::Events(args) => events::run(client, args).await,
         Verb::Apply(args) => apply::run(client, args).await,
+        Verb::Sandbox(args) => sandbox::run(client, args).await,
     }
 }
 

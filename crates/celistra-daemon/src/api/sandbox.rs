@@ -1,0 +1,74 @@
+//! Sandbox routes: the master switch and `explain`.
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use celistra_proto::{
+    ApiError, ErrorCode, EventKind, ExplainRequest, SandboxExplanation, SandboxStatus,
+    SandboxSwitch,
+};
+
+use super::{Actor, AppState, Failure, JsonBody, Source};
+
+/// The master switch, bubblewrap, Landlock and how blocks are reported.
+#[utoipa::path(get, path = "/v1/sandbox", tag = "sandbox", responses((status = 200, body = SandboxStatus), (status = 401, body = ApiError)))]
+pub(crate) async fn status(State(state): State<AppState>) -> Json<SandboxStatus> {
+    Json(state.supervisor.shared.sandbox.status())
+}
+
+/// Turn the master switch. Off: every agent spawned from now on runs unsandboxed, flagged in `ls`,
+/// `status` and an `agent_unsandboxed` event. Running agents keep their confinement until restarted.
+#[utoipa::path(put, path = "/v1/sandbox", tag = "sandbox", request_body = SandboxSwitch,
+    responses((status = 200, body = SandboxStatus), (status = 400, body = ApiError)))]
+pub(crate) async fn switch(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    JsonBody(request): JsonBody<SandboxSwitch>,
+) -> Result<Json<SandboxStatus>, Failure> {
+    let shared = &state.supervisor.shared;
+    if shared.sandbox.enabled() != request.enabled {
+        shared.sandbox.set_enabled(request.enabled, &actor.0)?;
+        shared.events.publish(EventKind::SandboxSwitched {
+            enabled: request.enabled,
+            actor: actor.0.clone(),
+        });
+    }
+    Ok(Json(shared.sandbox.status()))
+}
+
+/// What an agent (`agent`) or a prospective spawn (`spec`) runs with: effective capabilities and
+/// where they came from, the user, the bubblewrap command line, Landlock rules and seccomp policy.
+#[utoipa::path(post, path = "/v1/sandbox/explain", tag = "sandbox", request_body = ExplainRequest,
+    responses((status = 200, body = SandboxExplanation), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub(crate) async fn explain(
+    State(state): State<AppState>,
+    Extension(source): Extension<Source>,
+    JsonBody(request): JsonBody<ExplainRequest>,
+) -> Result<Json<SandboxExplanation>, Failure> {
+    let supervisor = &state.supervisor;
+    let (spec, source) = match (request.agent, request.spec) {
+        (Some(agent), None) => {
+            let handle = supervisor.find(&agent)?;
+            let source = handle.info().source.clone();
+            let spec = handle.spec().clone();
+            (spec, source)
+        }
+        (None, Some(spec)) => {
+            celistra_core::spec::validate(&spec, false)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+            (spec, source.0)
+        }
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "give either `agent` (an id or name) or `spec` (a prospective agent), not both",
+            )
+            .into());
+        }
+    };
+    let workspace = supervisor.workspace_of(&spec);
+    Ok(Json(supervisor.shared.sandbox.explain(
+        &spec,
+        &source,
+        std::path::Path::new(&workspace),
+    )?))
+}
