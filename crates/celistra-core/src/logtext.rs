@@ -47,24 +47,33 @@ use vte::{Params, Parser, Perform};
 /// Longest line kept, in bytes of text.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// Which output stream bytes came from. PTY agents have one stream; pipe-mode agents two.
+/// Which output stream bytes came from. PTY agents have one stream; pipe-mode agents two. The
+/// daemon adds its own notes about an agent (what its sandbox blocked) as a stream of their own, so
+/// they sit in the agent's history next to its output without ever mixing into it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
     Pty,
     Stdout,
     Stderr,
+    Sandbox,
 }
 
 impl Stream {
-    const ALL: [Stream; 3] = [Stream::Pty, Stream::Stdout, Stream::Stderr];
+    const ALL: [Stream; 4] = [Stream::Pty, Stream::Stdout, Stream::Stderr, Stream::Sandbox];
 
-    /// The stored code: 0 for PTY, 1 for stdout, 2 for stderr.
+    /// The stored code: 0 for PTY, 1 for stdout, 2 for stderr, 3 for sandbox notes.
     pub fn code(self) -> u8 {
         match self {
             Stream::Pty => 0,
             Stream::Stdout => 1,
             Stream::Stderr => 2,
+            Stream::Sandbox => 3,
         }
+    }
+
+    /// Whether the agent itself wrote these bytes (its terminal or standard streams).
+    pub fn is_output(self) -> bool {
+        self != Stream::Sandbox
     }
 
     /// The stream with a stored code, if the code is known.
@@ -72,13 +81,21 @@ impl Stream {
         Stream::ALL.get(usize::from(code)).copied()
     }
 
-    /// `pty`, `stdout` or `stderr`.
+    /// `pty`, `stdout`, `stderr` or `sandbox`.
     pub fn as_str(self) -> &'static str {
         match self {
             Stream::Pty => "pty",
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::Sandbox => "sandbox",
         }
+    }
+
+    /// The stream named `name` (as [`Stream::as_str`] spells it).
+    pub fn from_name(name: &str) -> Option<Stream> {
+        Stream::ALL
+            .into_iter()
+            .find(|stream| stream.as_str() == name)
     }
 }
 
@@ -94,7 +111,7 @@ pub struct Line {
 /// Turns raw terminal bytes into readable lines, one independent state per stream.
 #[derive(Default)]
 pub struct LineAssembler {
-    streams: [StreamState; 3],
+    streams: [StreamState; 4],
 }
 
 impl LineAssembler {
@@ -427,8 +444,10 @@ mod tests {
     fn stream_codes_round_trip() {
         for stream in Stream::ALL {
             assert_eq!(Stream::from_code(stream.code()), Some(stream));
+            assert_eq!(Stream::from_name(stream.as_str()), Some(stream));
         }
-        assert_eq!(Stream::from_code(3), None);
+        assert_eq!(Stream::from_code(4), None);
+        assert_eq!(Stream::from_name("stdin"), None);
         assert_eq!(Stream::Stderr.as_str(), "stderr");
     }
 

@@ -133,14 +133,13 @@ async fn resolve(state: &AppState, key: &str) -> ApiResult<String> {
 
 fn parse_stream(stream: Option<&str>) -> ApiResult<Option<Stream>> {
     stream
-        .map(|s| match s {
-            "pty" => Ok(Stream::Pty),
-            "stdout" => Ok(Stream::Stdout),
-            "stderr" => Ok(Stream::Stderr),
-            other => Err(failure(
-                ErrorCode::InvalidRequest,
-                format!("unknown stream `{other}`; use pty, stdout or stderr"),
-            )),
+        .map(|s| {
+            Stream::from_name(s).ok_or_else(|| {
+                failure(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown stream `{s}`; use pty, stdout, stderr or sandbox"),
+                )
+            })
         })
         .transpose()
 }

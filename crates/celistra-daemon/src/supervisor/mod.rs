@@ -44,7 +44,9 @@ fn saved_tail(history: &History, agent_id: &str, bytes: usize) -> (Vec<u8>, bool
     let mut cursor = celistra_history::Cursor::new(end.saturating_sub(bytes as u64), true);
     let mut tail = Vec::with_capacity(bytes);
     let read = history.read_forward(&filter, &mut cursor, &mut |piece| {
-        if let celistra_history::Piece::Bytes { bytes, .. } = piece {
+        if let celistra_history::Piece::Bytes { bytes, stream, .. } = piece
+            && stream.is_output()
+        {
             tail.extend_from_slice(&bytes);
         }
         true

@@ -43,13 +43,16 @@ pub(crate) struct LogsArgs {
     #[arg(long)]
     json: bool,
     /// Only standard error (agents spawned with --no-pty).
-    #[arg(long, conflicts_with = "stdout")]
+    #[arg(long, conflicts_with_all = ["stdout", "sandbox"])]
     stderr: bool,
     /// Only standard output (agents spawned with --no-pty).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sandbox")]
     stdout: bool,
+    /// Only the daemon's notes of what the agent's sandbox blocked.
+    #[arg(long)]
+    sandbox: bool,
     /// Delete the agent's saved output instead of printing it.
-    #[arg(long, conflicts_with_all = ["follow", "tail", "since", "until", "run", "grep", "timestamps", "raw", "json", "stderr", "stdout"])]
+    #[arg(long, conflicts_with_all = ["follow", "tail", "since", "until", "run", "grep", "timestamps", "raw", "json", "stderr", "stdout", "sandbox"])]
     clear: bool,
 }
 
@@ -90,6 +93,8 @@ pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
         query.push("stream=stderr".into());
     } else if args.stdout {
         query.push("stream=stdout".into());
+    } else if args.sandbox {
+        query.push("stream=sandbox".into());
     }
     let path = match &args.agent {
         Some(agent) if args.clear => {
