@@ -1,8 +1,9 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
-//! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`]),
-//! each phase against a fresh daemon in its own temporary state directory.
+//! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
+//! sandbox cost in [`sandbox`]), each phase against a fresh daemon in its own temporary state directory.
 
 mod logs;
+mod sandbox;
 mod terminal;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ impl Report {
 struct Daemon {
     child: Child,
     home: tempfile::TempDir,
+    /// A workspace outside the state directory (which sandboxes never see).
+    work: tempfile::TempDir,
     binary: PathBuf,
     /// Set by `start` once the daemon answers.
     client: Option<Client>,
@@ -91,6 +94,10 @@ impl Daemon {
             child,
             client: None,
             home,
+            work: tempfile::Builder::new()
+                .prefix("celistra-bench-work-")
+                .tempdir()
+                .context("creating a workspace")?,
             binary: binary.to_owned(),
             pid,
             agent_pids: vec![],
@@ -123,6 +130,10 @@ impl Daemon {
 
     fn home(&self) -> &Path {
         self.home.path()
+    }
+
+    fn work(&self) -> &Path {
+        self.work.path()
     }
 
     /// The daemon's resident set size, in KiB.
@@ -560,6 +571,8 @@ enum Only {
     Throughput,
     /// Terminal fan-out to 1, 10 and 100 viewers ([`terminal`]).
     Terminal,
+    /// Spawn cost of the sandbox, and 100 sandboxed agents at once ([`sandbox`]).
+    Sandbox,
 }
 
 struct Args {
@@ -582,17 +595,21 @@ fn parse_args() -> Result<Args> {
                     Some("logs") => Only::Logs,
                     Some("throughput") => Only::Throughput,
                     Some("terminal") => Only::Terminal,
-                    _ => bail!("--only needs `agents`, `logs`, `throughput` or `terminal`"),
+                    Some("sandbox") => Only::Sandbox,
+                    _ => bail!(
+                        "--only needs `agents`, `logs`, `throughput`, `terminal` or `sandbox`"
+                    ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
                      --only throughput: log throughput phases only.\n\
-                     --only terminal: terminal fan-out to 1, 10 and 100 viewers."
+                     --only terminal: terminal fan-out to 1, 10 and 100 viewers.\n\
+                     --only sandbox: spawn cost of the sandbox, 100 sandboxed agents at once."
                 );
                 std::process::exit(0);
             }
@@ -671,6 +688,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Terminal) {
         results.extend(terminal::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Sandbox) {
+        results.extend(sandbox::phases(&binary, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {

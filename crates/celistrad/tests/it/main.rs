@@ -5,6 +5,7 @@ mod api;
 mod attach;
 mod cli;
 mod history;
+mod sandbox;
 mod supervision;
 mod terminal;
 
@@ -22,41 +23,101 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 /// A running daemon on a temporary state directory; stopped (and its agents with it) on drop.
 pub(crate) struct Daemon {
     pub dir: tempfile::TempDir,
+    /// Default workspace of agents spawned through [`Daemon::spawn`]: outside the state directory,
+    /// which a sandbox never sees.
+    pub work: tempfile::TempDir,
     pub process: Option<Child>,
     pub client: Client,
+    /// How the daemon process is started (again, by `restart_process`).
+    launch: Launch,
+}
+
+/// How to start the daemon process.
+#[derive(Clone, Default)]
+struct Launch {
+    env: Vec<(String, String)>,
+    /// Run as this (uid, gid), from a copy of the binary (in the directory) that user can execute.
+    user: Option<(u32, u32, std::sync::Arc<tempfile::TempDir>)>,
 }
 
 impl Daemon {
     pub(crate) async fn start() -> Daemon {
-        Daemon::start_in_dir(tempfile::tempdir().expect("temp dir")).await
+        Daemon::start_in_dir(tempfile::tempdir().expect("temp dir"), Launch::default()).await
+    }
+
+    /// Starts a daemon with extra environment variables.
+    pub(crate) async fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        let launch = Launch {
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            user: None,
+        };
+        Daemon::start_in_dir(tempfile::tempdir().expect("temp dir"), launch).await
+    }
+
+    /// Starts a daemon running as the unprivileged user `(uid, gid)`, from a copy of the binary in a
+    /// directory that user can reach, on a state directory it owns.
+    pub(crate) async fn start_as((uid, gid): (u32, u32)) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let bin_dir = tempfile::Builder::new()
+            .prefix("celistra-bin-")
+            .tempdir_in("/var/tmp")
+            .expect("bin dir");
+        let bin = bin_dir.path().join("celistrad");
+        std::fs::copy(BIN, &bin).expect("copy celistrad");
+        for path in [bin_dir.path(), &bin] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown home");
+        let launch = Launch {
+            env: vec![("HOME".into(), dir.path().display().to_string())],
+            user: Some((uid, gid, std::sync::Arc::new(bin_dir))),
+        };
+        Daemon::start_in_dir(dir, launch).await
     }
 
     /// Starts a daemon whose `config.json` holds `config`.
     pub(crate) async fn start_with_config(config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("config.json"), config).expect("write config");
-        Daemon::start_in_dir(dir).await
+        Daemon::start_in_dir(dir, Launch::default()).await
     }
 
     /// Starts a daemon whose state directory is `home` (created; removed with the daemon).
     pub(crate) async fn start_in(home: PathBuf) -> Daemon {
         std::fs::create_dir_all(&home).expect("create home");
-        Daemon::start_in_dir(tempfile::TempDir::new_in(&home).expect("temp dir")).await
+        Daemon::start_in_dir(
+            tempfile::TempDir::new_in(&home).expect("temp dir"),
+            Launch::default(),
+        )
+        .await
     }
 
-    async fn start_in_dir(dir: tempfile::TempDir) -> Daemon {
-        let process = spawn_daemon(dir.path());
+    async fn start_in_dir(dir: tempfile::TempDir, launch: Launch) -> Daemon {
+        let process = spawn_daemon(dir.path(), &launch);
         let client = wait_until_serving(dir.path()).await;
+        let work = tempfile::Builder::new()
+            .prefix("celistra-work-")
+            .tempdir()
+            .expect("work dir");
+        if let Some((uid, gid, _)) = &launch.user {
+            std::os::unix::fs::chown(work.path(), Some(*uid), Some(*gid)).expect("chown work");
+        }
         Daemon {
             dir,
+            work,
             process: Some(process),
             client,
+            launch,
         }
     }
 
     /// Starts another daemon process on the same state directory (after a crash or a stop).
     pub(crate) async fn restart_process(&mut self) {
-        self.process = Some(spawn_daemon(self.dir.path()));
+        self.process = Some(spawn_daemon(self.dir.path(), &self.launch));
         self.client = wait_until_serving(self.dir.path()).await;
     }
 
@@ -99,7 +160,7 @@ impl Daemon {
         let spec = AgentSpec {
             workspace: spec
                 .workspace
-                .or_else(|| Some(self.home().display().to_string())),
+                .or_else(|| Some(self.work.path().display().to_string())),
             ..spec
         };
         self.client.post("/v1/agents", &spec).await.expect("spawn")
@@ -184,12 +245,23 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn_daemon(home: &Path) -> Child {
-    Command::new(BIN)
+fn spawn_daemon(home: &Path, launch: &Launch) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = match &launch.user {
+        Some((uid, gid, bin_dir)) => {
+            // std clears the supplementary groups when a root parent sets the uid.
+            let mut command = Command::new(bin_dir.path().join("celistrad"));
+            command.uid(*uid).gid(*gid);
+            command
+        }
+        None => Command::new(BIN),
+    };
+    command
         .arg("--home")
         .arg(home)
         .args(["--listen", "127.0.0.1:0"])
         .env("CELISTRA_LOG", "warn")
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

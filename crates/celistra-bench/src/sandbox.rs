@@ -1,0 +1,145 @@
+//! Sandbox phases: what confinement costs per spawn (sandboxed vs. `privileged`, each agent running
+//! `true` from the spawn request to its exit event, so bubblewrap's setup and teardown both count),
+//! and 100 sandboxed agents started together until each one's command is running.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use celistra_client::{SseParser, next_chunk};
+use celistra_proto::{AgentInfo, AgentSpec, ApplyReport, ApplyRequest};
+
+use crate::{Daemon, Report, median_p95, ms, phase};
+
+/// Samples per kind of spawn.
+const SPAWN_SAMPLES: usize = 50;
+
+pub(crate) async fn phases(binary: &Path, report: &mut Report) -> Vec<Result<()>> {
+    vec![
+        phase("sandboxed spawn", spawn_cost(binary, report)).await,
+        phase("100 sandboxed", hundred_sandboxed(binary, report)).await,
+    ]
+}
+
+/// Median time from `POST /v1/agents` of a `true` agent to its `agent_exited` event.
+async fn spawn_to_exit(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Result<Duration> {
+    let client = daemon.client();
+    let mut body = client.open_stream("/v1/events?follow=true").await?;
+    let mut parser = SseParser::default();
+    let mut samples = Vec::with_capacity(SPAWN_SAMPLES);
+    for i in 0..SPAWN_SAMPLES {
+        let spec = AgentSpec {
+            name: format!("{tag}-{i}"),
+            command: "true".into(),
+            workspace: Some(daemon.work().display().to_string()),
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            ..AgentSpec::default()
+        };
+        let started = Instant::now();
+        let agent: AgentInfo = client.post("/v1/agents", &spec).await?;
+        if let Some(error) = agent.last_error {
+            bail!("spawn failed: {error}");
+        }
+        'events: loop {
+            let chunk = next_chunk(&mut body).await?.context("event stream ended")?;
+            for frame in parser.feed(&chunk) {
+                if frame.event.as_deref() == Some("agent_exited") {
+                    let data: serde_json::Value = serde_json::from_str(&frame.data)?;
+                    if data["agent_id"] == agent.id.as_str() {
+                        if data["exit_code"] != 0 {
+                            bail!("`true` failed in {tag}: {data}");
+                        }
+                        break 'events;
+                    }
+                }
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    Ok(median_p95(samples).0)
+}
+
+async fn spawn_cost(binary: &Path, report: &mut Report) -> Result<()> {
+    let daemon = Daemon::start(binary, None).await?;
+    // Alternate the kinds so drift in machine load hits both alike.
+    let mut sandboxed = vec![];
+    let mut plain = vec![];
+    for round in 0..3 {
+        sandboxed.push(spawn_to_exit(&daemon, &[], &format!("boxed{round}")).await?);
+        plain.push(spawn_to_exit(&daemon, &["privileged"], &format!("plain{round}")).await?);
+    }
+    let (sandboxed, _) = median_p95(sandboxed);
+    let (plain, _) = median_p95(plain);
+    let added = sandboxed.saturating_sub(plain);
+    report.add(
+        "spawn to exit of `true`, sandboxed vs unsandboxed (median of 3×50)",
+        "sandbox adds <= 10 ms",
+        format!(
+            "{:.1} ms vs {:.1} ms: +{:.1} ms",
+            ms(sandboxed),
+            ms(plain),
+            ms(added)
+        ),
+        Some(added <= Duration::from_millis(10)),
+    );
+    Ok(())
+}
+
+async fn hundred_sandboxed(binary: &Path, report: &mut Report) -> Result<()> {
+    let mut daemon = Daemon::start(binary, None).await?;
+    let tag = format!("{}", 700_000 + std::process::id() % 100_000);
+    let agents = (0..100)
+        .map(|i| AgentSpec {
+            name: format!("boxed-{i:03}"),
+            command: format!("exec sleep {tag}"),
+            workspace: Some(daemon.work().display().to_string()),
+            ..AgentSpec::default()
+        })
+        .collect();
+    let started = Instant::now();
+    let applied: ApplyReport = daemon
+        .client()
+        .post(
+            "/v1/apply",
+            &ApplyRequest {
+                agents,
+                prune: false,
+                dry_run: false,
+            },
+        )
+        .await?;
+    if applied.created.len() != 100 {
+        bail!("apply created {} agents, not 100", applied.created.len());
+    }
+    daemon.wait_running(100).await?;
+    let all_running = started.elapsed();
+    while sleeping(&tag) < 100 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all_inside = started.elapsed();
+    report.add(
+        "100 sandboxed agents started together",
+        "none",
+        format!(
+            "all running in {:.0} ms, every command running inside its sandbox in {:.0} ms",
+            ms(all_running),
+            ms(all_inside)
+        ),
+        None,
+    );
+    Ok(())
+}
+
+/// Live `sleep TAG` processes.
+fn sleeping(tag: &str) -> usize {
+    let wanted = format!("sleep\0{tag}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|cmdline| cmdline == wanted.as_bytes())
+        })
+        .count()
+}
