@@ -396,3 +396,202 @@ fn kernel_landlock_abi() -> u32 {
     };
     u32::try_from(version).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MacosGrants;
+
+    fn tools() -> Tools {
+        Tools {
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+            launcher: PathBuf::from("/opt/celistra/celistrad"),
+        }
+    }
+
+    fn policy(workspace: &Path) -> Policy {
+        Policy {
+            workspace: workspace.to_path_buf(),
+            workspace_writable: true,
+            read_anywhere: false,
+            network: Network::None,
+            subprocess: false,
+            read: Vec::new(),
+            write: Vec::new(),
+            exec: Vec::new(),
+            hidden: Vec::new(),
+            macos: MacosGrants::default(),
+        }
+    }
+
+    fn position(argv: &[String], window: &[&str]) -> usize {
+        argv.windows(window.len())
+            .position(|w| w.iter().zip(window).all(|(a, b)| a == b))
+            .unwrap_or_else(|| panic!("{window:?} not in {argv:?}"))
+    }
+
+    #[test]
+    fn default_policy_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().to_str().unwrap();
+        let hidden = dir.path().join(".state");
+        std::fs::create_dir(&hidden).unwrap();
+        let mut policy = policy(dir.path());
+        policy.hidden = vec![hidden.clone(), PathBuf::from("/nonexistent/state")];
+        let plan = SandboxPlan::for_landlock_abi(&policy, &tools(), 7).unwrap();
+        let argv = plan.describe().bwrap_argv;
+        let hidden = hidden.to_str().unwrap();
+
+        assert_eq!(
+            argv[..5],
+            [
+                "/usr/bin/bwrap",
+                "--unshare-all",
+                "--die-with-parent",
+                "--cap-drop",
+                "ALL"
+            ]
+        );
+        assert!(
+            !argv
+                .iter()
+                .any(|a| a == "--share-net" || a == "--new-session")
+        );
+        // Landlock guards writes, so even system directories are bound read-write.
+        let usr = position(&argv, &["--bind", "/usr", "/usr"]);
+        let fresh = position(
+            &argv,
+            &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"],
+        );
+        let workspace = position(&argv, &["--bind", ws, ws]);
+        let launcher = "/opt/celistra/celistrad";
+        let launcher_bind = position(&argv, &["--ro-bind", launcher, launcher]);
+        let mask = position(&argv, &["--tmpfs", hidden, "--remount-ro", hidden]);
+        assert!(usr < fresh && fresh < workspace && workspace < mask && launcher_bind < mask);
+        assert!(!argv.iter().any(|a| a.contains("/nonexistent")));
+        let tail = &argv[argv.len() - 7..];
+        assert_eq!(tail[..5], ["--chdir", ws, "--", launcher, LAUNCHER_ARG]);
+        assert_eq!(tail[6], "--");
+        let decoded: Confinement = serde_json::from_str(&tail[5]).unwrap();
+        assert_eq!(decoded, plan.confinement);
+    }
+
+    #[test]
+    fn wrapping_appends_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = SandboxPlan::for_landlock_abi(&policy(dir.path()), &tools(), 7).unwrap();
+        let (bwrap, args) = plan.wrap("/bin/sh", &["-c".to_owned(), "echo hi".to_owned()]);
+        assert_eq!(bwrap, Path::new("/usr/bin/bwrap"));
+        assert_eq!(args[..args.len() - 3], plan.describe().bwrap_argv[1..]);
+        assert_eq!(args[args.len() - 3..], ["/bin/sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn old_kernels_get_read_only_mounts_and_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().to_str().unwrap();
+        let mut policy = policy(dir.path());
+        policy.read_anywhere = true;
+        policy.network = Network::Ports {
+            connect: vec![443],
+            bind: Vec::new(),
+        };
+        let description = SandboxPlan::for_landlock_abi(&policy, &tools(), 2)
+            .unwrap()
+            .describe();
+        let argv = &description.bwrap_argv;
+        position(argv, &["--ro-bind", "/", "/"]);
+        position(argv, &["--bind", ws, ws]);
+        assert!(!argv.iter().any(|a| a == "--share-net"));
+        let notes = description.notes.join("\n");
+        for expected in [
+            "read-only",
+            "EROFS",
+            "no network at all",
+            "not scoped",
+            "not audited",
+        ] {
+            assert!(notes.contains(expected), "{expected:?} not in {notes}");
+        }
+        let none = SandboxPlan::for_landlock_abi(&policy, &tools(), 0)
+            .unwrap()
+            .describe();
+        assert_eq!(none.landlock_abi, 0);
+        assert!(none.landlock[0].contains("not available"));
+        assert!(
+            none.notes
+                .join("\n")
+                .contains("any visible program may be executed")
+        );
+    }
+
+    #[test]
+    fn description_lists_rules_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().display().to_string();
+        let mut policy = policy(dir.path());
+        policy.network = Network::Ports {
+            connect: vec![443, 80],
+            bind: Vec::new(),
+        };
+        policy.exec = vec![PathBuf::from("/usr/bin/env")];
+        policy.read = vec![PathBuf::from("/nonexistent/read")];
+        let description = SandboxPlan::for_landlock_abi(&policy, &tools(), 7)
+            .unwrap()
+            .describe();
+        assert_eq!(description.landlock_abi, 7);
+        let line = |path: &str| {
+            description
+                .landlock
+                .iter()
+                .find(|l| l.ends_with(&format!(" {path}")))
+                .unwrap_or_else(|| panic!("no rule for {path}: {:#?}", description.landlock))
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(line(&ws), "read+write");
+        assert_eq!(line("/usr"), "read");
+        assert_eq!(line("/tmp"), "read+write");
+        assert_eq!(line("/dev/null"), "read+write");
+        assert_eq!(line("/usr/bin/env"), "read+execute");
+        let shell = Path::new(SHELL).canonicalize().unwrap();
+        assert_eq!(line(shell.to_str().unwrap()), "read+execute");
+        let landlock = description.landlock.join("\n");
+        for expected in [
+            "Truncate",
+            "tcp connect: 443, 80",
+            "tcp bind: none",
+            "scoped",
+            "logged",
+        ] {
+            assert!(
+                landlock.contains(expected),
+                "{expected:?} not in {landlock}"
+            );
+        }
+        assert!(
+            description
+                .seccomp
+                .iter()
+                .any(|l| l.contains("clone without CLONE_THREAD"))
+        );
+        assert!(description.bwrap_argv.iter().any(|a| a == "--share-net"));
+        assert!(
+            description
+                .notes
+                .iter()
+                .any(|n| n.contains("/nonexistent/read"))
+        );
+    }
+
+    #[test]
+    fn relative_or_missing_workspaces_are_refused() {
+        for workspace in ["relative/ws", "/nonexistent/ws"] {
+            let err = SandboxPlan::for_landlock_abi(&policy(Path::new(workspace)), &tools(), 7)
+                .unwrap_err();
+            assert!(matches!(err, Error::SandboxPath { .. }), "{err}");
+        }
+    }
+}

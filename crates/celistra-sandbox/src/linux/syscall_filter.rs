@@ -361,6 +361,44 @@ mod tests {
         }
     }
 
+    /// The errno of a failed call; read at once, before another call changes it.
+    fn errno_of(rc: libc::c_long) -> Option<i32> {
+        (rc == -1).then(|| std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+
+    #[test]
+    fn a_filtered_thread_may_start_threads_but_not_processes() {
+        // The filter binds only this helper thread and the threads it starts.
+        std::thread::spawn(|| {
+            install(&compile(false).unwrap()).unwrap();
+            assert_eq!(std::thread::spawn(|| 7).join().unwrap(), 7);
+            // SAFETY: the filter makes fork fail; were it to succeed, the child exits at once.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: leaves the forked copy without running anything of the test harness.
+                unsafe { libc::_exit(0) };
+            }
+            assert_eq!(errno_of(pid.into()), Some(libc::EPERM));
+            // SAFETY: plain system calls on integers and null pointers; each is refused.
+            let unshare =
+                errno_of(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) });
+            assert_eq!(unshare, Some(libc::EPERM));
+            // SAFETY: as above.
+            let clone3 = errno_of(unsafe {
+                libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize)
+            });
+            assert_eq!(clone3, Some(libc::ENOSYS));
+            // TIOCSTI with high bits set, which the kernel would ignore.
+            // SAFETY: as above; the byte pointer is valid.
+            let tiocsti = errno_of(unsafe {
+                libc::syscall(libc::SYS_ioctl, 0, 0x1_0000_5412u64, c"x".as_ptr())
+            });
+            assert_eq!(tiocsti, Some(libc::EPERM));
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn description_names_the_denials() {
         let with = describe(true).join("\n");
