@@ -35,9 +35,9 @@ impl Credentials {
         Ok(entry.with_groups(&read_database(GROUP)?))
     }
 
-    /// The owner of `path` (not following a final symlink's target: the link itself counts).
+    /// The owner of `path` (of its target, when it is a symlink).
     pub fn owner_of(path: &Path) -> Result<Credentials, Error> {
-        let meta = fs::symlink_metadata(path).map_err(|source| Error::SandboxPath {
+        let meta = fs::metadata(path).map_err(|source| Error::SandboxPath {
             path: path.display().to_string(),
             problem: format!("cannot read its owner: {source}"),
         })?;

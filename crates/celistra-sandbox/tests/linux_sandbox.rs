@@ -247,17 +247,23 @@ async fn hidden_paths_are_empty_inside_even_within_the_workspace() {
     let workspace = dir_with(&scratch, "ws", &[]);
     let hidden_inside = dir_with(&scratch, "ws/.state", &[("secret", "s3cret")]);
     let hidden_outside = dir_with(&scratch, "state", &[("secret", "s3cret")]);
+    std::fs::write(workspace.join("token"), "s3cret").unwrap();
     let mut policy = policy(&workspace);
     policy.read_anywhere = true;
-    policy.hidden = vec![hidden_inside.clone(), hidden_outside.clone()];
+    policy.hidden = vec![
+        hidden_inside.clone(),
+        hidden_outside.clone(),
+        workspace.join("token"),
+    ];
     let script = format!(
-        "ls -A {inside} {outside}; cat {inside}/secret {outside}/secret
+        "ls -A {inside} {outside}; cat {inside}/secret {outside}/secret token
          echo x > {inside}/planted && echo planted",
         inside = hidden_inside.display(),
         outside = hidden_outside.display()
     );
     let outcome = run(&policy, None, &script).await;
-    assert!(!outcome.stdout.contains("secret"), "{outcome:?}");
+    assert!(!outcome.stdout.contains("s3cret"), "{outcome:?}");
+    assert!(!outcome.stdout.contains("secret\n"), "{outcome:?}");
     assert!(!outcome.stdout.contains("planted"), "{outcome:?}");
     assert!(!hidden_inside.join("planted").exists());
 }
@@ -301,6 +307,28 @@ async fn without_read_anywhere_only_granted_paths_are_readable() {
     assert_eq!(
         std::fs::read_to_string(granted.join("file")).unwrap(),
         "granted-text"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_workspace_is_read_but_not_written() {
+    let scratch = scratch();
+    let workspace = dir_with(&scratch, "ws", &[("file", "kept")]);
+    let mut policy = policy(&workspace);
+    policy.workspace_writable = false;
+    let script = "cat file; echo; echo x > file || echo not-written; mkdir sub || echo no-mkdir";
+    let outcome = run(&policy, None, script).await;
+    assert_eq!(
+        outcome.stdout, "kept\nnot-written\nno-mkdir\n",
+        "{outcome:?}"
+    );
+    assert!(
+        !outcome.stderr.contains("Read-only file system"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("file")).unwrap(),
+        "kept"
     );
 }
 

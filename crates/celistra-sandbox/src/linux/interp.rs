@@ -18,7 +18,8 @@ pub(crate) fn interpreters(program: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut current = program.to_path_buf();
     for _ in 0..MAX_DEPTH {
-        let Some(next) = interpreter_of(&current) else {
+        // A relative `#!` interpreter is resolved against the caller's directory: nothing to plan.
+        let Some(next) = interpreter_of(&current).filter(|p| p.is_absolute()) else {
             break;
         };
         let next = next.canonicalize().unwrap_or(next);

@@ -1,5 +1,6 @@
 //! The programs a sandboxed spawn runs through: bubblewrap and our own launcher.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::Access;
@@ -18,8 +19,12 @@ impl Tools {
     /// Finds `bwrap` in `$PATH` and checks that `launcher` is an executable file. There is no
     /// fallback: without bubblewrap a sandboxed agent does not start.
     pub fn find(launcher: PathBuf) -> Result<Tools, Error> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let bwrap = std::env::split_paths(&path)
+        Tools::find_in(&std::env::var_os("PATH").unwrap_or_default(), launcher)
+    }
+
+    /// [`Tools::find`] with `search_path` in place of `$PATH`.
+    fn find_in(search_path: &OsStr, launcher: PathBuf) -> Result<Tools, Error> {
+        let bwrap = std::env::split_paths(search_path)
             .filter(|dir| dir.is_absolute())
             .map(|dir| dir.join("bwrap"))
             .find(|candidate| is_executable(candidate))
@@ -33,4 +38,28 @@ impl Tools {
 
 fn is_executable(path: &Path) -> bool {
     path.is_file() && rustix::fs::access(path, Access::EXEC_OK).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bwrap_is_found_in_the_search_path_or_its_absence_explained() {
+        let launcher = PathBuf::from("/bin/sh");
+        let tools = Tools::find_in(OsStr::new("/nonexistent:/usr/bin"), launcher.clone()).unwrap();
+        assert_eq!(tools.bwrap, Path::new("/usr/bin/bwrap"));
+        let missing = Tools::find_in(OsStr::new("/nonexistent"), launcher).unwrap_err();
+        let message = missing.to_string();
+        for hint in [
+            "apt-get install bubblewrap",
+            "dnf install bubblewrap",
+            "ctl sandbox off",
+            "`privileged`",
+        ] {
+            assert!(message.contains(hint), "{hint:?} not in {message}");
+        }
+        let relative = Tools::find_in(OsStr::new("/usr/bin"), PathBuf::from("celistrad"));
+        assert!(matches!(relative, Err(Error::LauncherMissing { .. })));
+    }
 }
