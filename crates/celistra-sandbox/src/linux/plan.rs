@@ -99,131 +99,26 @@ impl SandboxPlan {
                 "the workspace is not an existing directory",
             ));
         }
-        let reads = existing(&policy.read, "read", &mut notes)?;
-        let writes = existing(&policy.write, "write", &mut notes)?;
-        let execs = existing(&policy.exec, "exec", &mut notes)?;
-        let launcher = absolute(&tools.launcher)?;
-
+        let paths = GrantedPaths {
+            workspace,
+            reads: existing(&policy.read, "read", &mut notes)?,
+            writes: existing(&policy.write, "write", &mut notes)?,
+            execs: existing(&policy.exec, "exec", &mut notes)?,
+            launcher: absolute(&tools.launcher)?,
+        };
+        let runtime = if policy.read_anywhere {
+            Vec::new()
+        } else {
+            runtime_dirs()?
+        };
         let (share_net, tcp) = network(&policy.network, abi, &mut notes);
-        let mut options = Options::default();
-        options.add(&["--unshare-all"]);
-        if share_net {
-            options.add(&["--share-net"]);
-        }
-        // No --new-session: the agent keeps its PTY as controlling terminal (job control, /dev/tty).
-        // The PTY is private to the agent, and seccomp denies TIOCSTI, so nothing can be typed into
-        // another session through it.
-        options.add(&["--die-with-parent", "--cap-drop", "ALL"]);
-
-        let denies_writes = abi >= ABI_DENIES_ALL_WRITES;
-        let host_bind = if denies_writes { "--bind" } else { "--ro-bind" };
-        let mut bound: Vec<&Path> = Vec::new();
-        let mut runtime_dirs = Vec::new();
-        if policy.read_anywhere {
-            options.add(&[host_bind, "/", "/"]);
-            bound.push(Path::new("/"));
-        } else {
-            for dir in RUNTIME_DIRS {
-                match std::fs::symlink_metadata(dir) {
-                    Ok(meta) if meta.is_symlink() => {
-                        let target = std::fs::read_link(dir).map_err(|e| {
-                            path_error(Path::new(dir), &format!("cannot read the link: {e}"))
-                        })?;
-                        options.add(&["--symlink", text(&target)?, dir]);
-                    }
-                    Ok(meta) if meta.is_dir() => {
-                        options.add(&[host_bind, dir, dir]);
-                        bound.push(Path::new(dir));
-                        runtime_dirs.push(dir);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        options.add(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
-        // After the fresh /tmp, so paths below /tmp are visible again. Later binds win over earlier
-        // ones, so the workspace and write paths stay writable inside read paths.
-        for path in reads.iter().chain(&execs) {
-            options.add(&[host_bind, path, path]);
-        }
-        let workspace_bind = if policy.workspace_writable || denies_writes {
-            "--bind"
-        } else {
-            "--ro-bind"
-        };
-        options.add(&[workspace_bind, workspace, workspace]);
-        for path in &writes {
-            options.add(&["--bind", path, path]);
-        }
-        options.add(&["--ro-bind", launcher, launcher]);
-        bound.extend(
-            reads
-                .iter()
-                .chain(&execs)
-                .chain(&writes)
-                .chain([&workspace])
-                .map(Path::new),
-        );
-        // Last, so a hidden path inside the workspace or a bound path is masked all the same.
-        for hidden in &policy.hidden {
-            let visible = bound.iter().any(|b| hidden.starts_with(b));
-            match std::fs::metadata(hidden) {
-                Ok(meta) if visible && meta.is_dir() => {
-                    let hidden = absolute(hidden)?;
-                    options.add(&["--tmpfs", hidden, "--remount-ro", hidden]);
-                }
-                Ok(_) if visible => options.add(&["--ro-bind", "/dev/null", absolute(hidden)?]),
-                _ => {}
-            }
-        }
-        options.add(&["--chdir", workspace]);
-
-        let mut confinement = Confinement {
-            landlock_abi: abi,
-            paths: BTreeMap::new(),
-            tcp,
-            subprocess: policy.subprocess,
-        };
-        let readable = Rights::READ.with_execute(policy.subprocess);
-        let writable = Rights::READ_WRITE.with_execute(policy.subprocess);
-        if policy.read_anywhere {
-            confinement.grant(Path::new("/"), readable);
-        }
-        for path in runtime_dirs.iter().chain(&SANDBOX_FILESYSTEMS) {
-            confinement.grant(Path::new(path), readable);
-        }
-        for path in std::iter::once(&workspace).chain(&reads) {
-            confinement.grant(Path::new(path), readable);
-        }
-        if policy.workspace_writable {
-            confinement.grant(&policy.workspace, writable);
-        }
-        for path in writes.iter().chain(&["/tmp"]) {
-            confinement.grant(Path::new(path), writable);
-        }
-        for device in WRITABLE_DEVICES {
-            confinement.grant(Path::new(device), Rights::READ_WRITE);
-        }
-        if policy.subprocess {
-            for path in &execs {
-                confinement.grant(Path::new(path), readable);
-            }
-        } else {
-            let shell = Path::new(SHELL)
-                .canonicalize()
-                .map_err(|e| path_error(Path::new(SHELL), &e.to_string()))?;
-            for program in std::iter::once(shell.as_path()).chain(execs.iter().map(Path::new)) {
-                confinement.grant(program, Rights::READ_EXECUTE);
-                for interpreter in interpreters(program) {
-                    confinement.grant(&interpreter, Rights::READ_EXECUTE);
-                }
-            }
-        }
+        let bwrap_options = bwrap_options(policy, &paths, &runtime, abi, share_net)?;
+        let confinement = confinement(policy, &paths, &runtime, abi, tcp)?;
         kernel_notes(policy, abi, share_net, &mut notes);
         let encoded = serde_json::to_string(&confinement).map_err(Error::PolicyEncoding)?;
         Ok(SandboxPlan {
             tools: tools.clone(),
-            bwrap_options: options.0,
+            bwrap_options,
             confinement,
             encoded,
             notes,
@@ -272,6 +167,175 @@ impl Options {
     fn add(&mut self, parts: &[&str]) {
         self.0.extend(parts.iter().map(|p| (*p).to_owned()));
     }
+}
+
+/// The policy's paths that exist, as text.
+struct GrantedPaths<'a> {
+    workspace: &'a str,
+    reads: Vec<&'a str>,
+    writes: Vec<&'a str>,
+    execs: Vec<&'a str>,
+    launcher: &'a str,
+}
+
+/// A runtime directory of this host, as the sandbox recreates it.
+enum RuntimeDir {
+    Directory(&'static str),
+    /// A symlink such as merged /usr's `/bin -> usr/bin`.
+    Symlink {
+        path: &'static str,
+        target: String,
+    },
+}
+
+fn runtime_dirs() -> Result<Vec<RuntimeDir>, Error> {
+    let mut found = Vec::new();
+    for path in RUNTIME_DIRS {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_symlink() => {
+                let target = std::fs::read_link(path).map_err(|e| {
+                    path_error(Path::new(path), &format!("cannot read the link: {e}"))
+                })?;
+                let target = text(&target)?.to_owned();
+                found.push(RuntimeDir::Symlink { path, target });
+            }
+            Ok(meta) if meta.is_dir() => found.push(RuntimeDir::Directory(path)),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// bubblewrap's options: namespaces, then mounts in an order where later ones win.
+fn bwrap_options(
+    policy: &Policy,
+    paths: &GrantedPaths<'_>,
+    runtime: &[RuntimeDir],
+    abi: u32,
+    share_net: bool,
+) -> Result<Vec<String>, Error> {
+    let mut options = Options::default();
+    options.add(&["--unshare-all"]);
+    if share_net {
+        options.add(&["--share-net"]);
+    }
+    // No --new-session: the agent keeps its PTY as controlling terminal (job control, /dev/tty).
+    // The PTY is private to the agent, and seccomp denies TIOCSTI, so nothing can be typed into
+    // another session through it.
+    options.add(&["--die-with-parent", "--cap-drop", "ALL"]);
+
+    let host_bind = if abi >= ABI_DENIES_ALL_WRITES {
+        "--bind"
+    } else {
+        "--ro-bind"
+    };
+    let mut bound: Vec<&str> = Vec::new();
+    if policy.read_anywhere {
+        options.add(&[host_bind, "/", "/"]);
+        bound.push("/");
+    }
+    for dir in runtime {
+        match dir {
+            RuntimeDir::Directory(path) => {
+                options.add(&[host_bind, path, path]);
+                bound.push(path);
+            }
+            RuntimeDir::Symlink { path, target } => options.add(&["--symlink", target, path]),
+        }
+    }
+    options.add(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    // After the fresh /tmp, so paths below /tmp are visible again. Later binds win over earlier
+    // ones, so the workspace and write paths stay writable inside read paths.
+    for path in paths.reads.iter().chain(&paths.execs) {
+        options.add(&[host_bind, path, path]);
+    }
+    let workspace_bind = if policy.workspace_writable {
+        "--bind"
+    } else {
+        host_bind
+    };
+    options.add(&[workspace_bind, paths.workspace, paths.workspace]);
+    for path in &paths.writes {
+        options.add(&["--bind", path, path]);
+    }
+    options.add(&["--ro-bind", paths.launcher, paths.launcher]);
+    bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
+    bound.push(paths.workspace);
+    // Last, so a hidden path inside the workspace or a bound path is masked all the same.
+    for hidden in &policy.hidden {
+        if !bound.iter().any(|b| hidden.starts_with(b)) {
+            continue;
+        }
+        match std::fs::metadata(hidden) {
+            Ok(meta) if meta.is_dir() => {
+                let hidden = absolute(hidden)?;
+                options.add(&["--tmpfs", hidden, "--remount-ro", hidden]);
+            }
+            Ok(_) => options.add(&["--ro-bind", "/dev/null", absolute(hidden)?]),
+            Err(_) => {}
+        }
+    }
+    options.add(&["--chdir", paths.workspace]);
+    Ok(options.0)
+}
+
+/// The Landlock rules and seccomp choice the launcher applies.
+fn confinement(
+    policy: &Policy,
+    paths: &GrantedPaths<'_>,
+    runtime: &[RuntimeDir],
+    abi: u32,
+    tcp: Option<TcpPorts>,
+) -> Result<Confinement, Error> {
+    let mut confinement = Confinement {
+        landlock_abi: abi,
+        paths: BTreeMap::new(),
+        tcp,
+        subprocess: policy.subprocess,
+    };
+    let readable = Rights::READ.with_execute(policy.subprocess);
+    let writable = Rights::READ_WRITE.with_execute(policy.subprocess);
+    if policy.read_anywhere {
+        confinement.grant(Path::new("/"), readable);
+    }
+    // A symlinked runtime directory is covered by its target's rule.
+    let runtime_dirs = runtime.iter().filter_map(|dir| match dir {
+        RuntimeDir::Directory(path) => Some(*path),
+        RuntimeDir::Symlink { .. } => None,
+    });
+    for path in runtime_dirs
+        .chain(SANDBOX_FILESYSTEMS)
+        .chain([paths.workspace])
+        .chain(paths.reads.iter().copied())
+    {
+        confinement.grant(Path::new(path), readable);
+    }
+    if policy.workspace_writable {
+        confinement.grant(Path::new(paths.workspace), writable);
+    }
+    for path in paths.writes.iter().chain(&["/tmp"]) {
+        confinement.grant(Path::new(path), writable);
+    }
+    for device in WRITABLE_DEVICES {
+        confinement.grant(Path::new(device), Rights::READ_WRITE);
+    }
+    if policy.subprocess {
+        for path in &paths.execs {
+            confinement.grant(Path::new(path), readable);
+        }
+        return Ok(confinement);
+    }
+    let shell = Path::new(SHELL)
+        .canonicalize()
+        .map_err(|e| path_error(Path::new(SHELL), &e.to_string()))?;
+    let programs = std::iter::once(shell.as_path()).chain(paths.execs.iter().map(Path::new));
+    for program in programs {
+        confinement.grant(program, Rights::READ_EXECUTE);
+        for interpreter in interpreters(program) {
+            confinement.grant(&interpreter, Rights::READ_EXECUTE);
+        }
+    }
+    Ok(confinement)
 }
 
 /// Whether the sandbox shares the host's network, and the TCP ports Landlock limits it to.
