@@ -2,16 +2,21 @@
 //! on pipes), session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
 //! one, kills the group (or cgroup) as a whole, and reaps orphans for a daemon that is a subreaper.
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
-//! The kernel sandbox (bubblewrap, Landlock, seccomp) is built here from a [`Policy`].
+//! The kernel sandbox (bubblewrap, Landlock, seccomp) is built here from a [`Policy`], and children
+//! can run as another user ([`Credentials`]).
 
 mod cgroup;
+mod credentials;
 mod guard;
+mod linux;
 mod policy;
 mod reaper;
 mod spawn;
 
 pub use cgroup::{AgentCgroup, CgroupRoot};
+pub use credentials::Credentials;
 pub use guard::DeathGuard;
+pub use linux::{LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, launcher_main};
 pub use policy::{MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
 /// The PTY types handed out with a spawned child.
@@ -40,4 +45,41 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "bubblewrap (`bwrap`) is not installed or not in $PATH, and a sandboxed agent cannot start \
+         without it. Install it (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora/RHEL: `dnf \
+         install bubblewrap`; Arch: `pacman -S bubblewrap`; Alpine: `apk add bubblewrap`; \
+         openSUSE: `zypper install bubblewrap`), or run agents unsandboxed on purpose: `celistrad \
+         ctl sandbox off` for the whole daemon, or the `privileged` capability for one agent"
+    )]
+    BwrapMissing,
+    #[error(
+        "the sandbox launcher {} is not an executable file named by an absolute path; give the \
+         daemon's own binary (its `__sandbox-exec` mode starts sandboxed programs)",
+        path.display()
+    )]
+    LauncherMissing { path: std::path::PathBuf },
+    #[error("sandbox policy path {path} {problem}; fix the agent's capabilities or workspace")]
+    SandboxPath { path: String, problem: String },
+    #[error(
+        "the sandbox's seccomp filter knows x86_64 and aarch64, not {arch}; on this machine run \
+         agents unsandboxed with `celistrad ctl sandbox off` or the `privileged` capability"
+    )]
+    UnsupportedArch { arch: &'static str },
+    #[error("cannot encode the sandbox policy for the launcher: {0}")]
+    PolicyEncoding(#[source] serde_json::Error),
+    #[error(
+        "user `{user}` is not in /etc/passwd: create it (useradd) or name an existing user or uid"
+    )]
+    UnknownUser { user: String },
+    #[error("cannot read {path}: {source}")]
+    UserDatabase {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot run a child as {user} (uid {uid}): only a daemon running as root can switch users; \
+         run the daemon as root or the agent as the daemon's own user"
+    )]
+    CredentialsNotPermitted { user: String, uid: u32 },
 }

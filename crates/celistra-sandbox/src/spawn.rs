@@ -2,15 +2,15 @@
 //! on a fresh PTY or on pipes.
 
 use std::collections::HashSet;
-use std::ffi::CString;
-use std::os::fd::AsFd;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use rustix::process::{Pid, Signal};
+use rustix::process::{Gid, Pid, Signal, Uid};
 
-use crate::{AgentCgroup, Error};
+use crate::{AgentCgroup, Credentials, Error, SandboxPlan};
 
 /// Serialises every fork of this process. pty-process opens a PTY master and only then marks it
 /// close-on-exec; a fork from another thread in between would leak one agent's terminal into another.
@@ -44,6 +44,12 @@ pub struct SpawnSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Cgroup the child joins before exec, so every descendant is tracked from its first instruction.
     pub cgroup: Option<&'a AgentCgroup>,
+    /// Run `program args…` in this sandbox: the spawn itself runs bubblewrap and the launcher
+    /// around them.
+    pub sandbox: Option<&'a SandboxPlan>,
+    /// Run as this user (its PTY handed over too). Only a root daemon can switch; anyone may pass
+    /// their own credentials, which changes nothing.
+    pub credentials: Option<&'a Credentials>,
 }
 
 /// A spawned child with its standard streams on pipes.
@@ -70,32 +76,59 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
 }
 
+impl ExitInfo {
+    /// The end of a sandboxed child, as bubblewrap reports it. bubblewrap exits with 128+N when
+    /// the program was killed by signal N, so codes 129..=192 (signals 1 to 64) are read as that
+    /// signal. A program that itself exits with such a code is reported as killed too; shells
+    /// report both the same way. The launcher's own failure is 126, bubblewrap's is 1.
+    fn of_sandboxed(code: Option<i32>, signal: Option<i32>) -> ExitInfo {
+        match code {
+            Some(code @ 129..=192) => ExitInfo {
+                code: None,
+                signal: Some(code - 128),
+            },
+            _ => ExitInfo { code, signal },
+        }
+    }
+}
+
 /// A child process that this crate reaps. Its pid is also its session id and process-group id.
 #[derive(Debug)]
 pub struct Child {
     inner: tokio::process::Child,
     pid: u32,
+    /// The process is bubblewrap, which reports the program's death by signal as an exit code.
+    sandboxed: bool,
 }
 
 impl Child {
-    fn adopt(inner: tokio::process::Child) -> Result<Child, std::io::Error> {
+    fn adopt(inner: tokio::process::Child, sandboxed: bool) -> Result<Child, std::io::Error> {
         let pid = inner
             .id()
             .ok_or_else(|| std::io::Error::other("child exited before its pid was read"))?;
         owned_pids().get_or_insert_with(HashSet::new).insert(pid);
-        Ok(Child { inner, pid })
+        Ok(Child {
+            inner,
+            pid,
+            sandboxed,
+        })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// Waits for the process to exit and reaps it.
+    /// Waits for the process to exit and reaps it. For a sandboxed child, an exit code of 128+N
+    /// from bubblewrap is reported as signal N (see [`ExitInfo`]).
     pub async fn wait(&mut self) -> std::io::Result<ExitInfo> {
         let status = self.inner.wait().await?;
-        Ok(ExitInfo {
-            code: status.code(),
-            signal: status.signal(),
+        Ok(if self.sandboxed {
+            ExitInfo::of_sandboxed(status.code(), status.signal())
+        } else {
+            ExitInfo {
+                code: status.code(),
+                signal: status.signal(),
+            }
         })
     }
 }
@@ -108,23 +141,94 @@ impl Drop for Child {
     }
 }
 
-/// What the child does between fork and exec, whatever its streams: it dies with the daemon, and it
-/// joins its cgroup. Everything it needs is prepared before the fork.
+/// Signals that would kill bubblewrap (its monitor and its init) when sent to the run's process
+/// group, taking the agent down with SIGKILL (`--die-with-parent`) before it could handle them.
+/// They are ignored through bubblewrap and restored to defaults by the launcher before the agent
+/// starts; SIGKILL still ends everything.
+const IGNORED_ABOVE_THE_SANDBOX: [libc::c_int; 15] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGPIPE,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+/// The user a child switches to, resolved before fork.
+struct Identity {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+impl Identity {
+    /// `None` when nothing changes: no credentials, or the daemon's own.
+    fn for_spawn(credentials: Option<&Credentials>) -> Result<Option<Identity>, Error> {
+        let Some(credentials) = credentials else {
+            return Ok(None);
+        };
+        let euid = rustix::process::geteuid();
+        if !euid.is_root() {
+            let egid = rustix::process::getegid();
+            if credentials.uid == euid.as_raw() && credentials.gid == egid.as_raw() {
+                return Ok(None);
+            }
+            return Err(Error::CredentialsNotPermitted {
+                user: credentials.name.clone(),
+                uid: credentials.uid,
+            });
+        }
+        Ok(Some(Identity {
+            uid: Uid::from_raw(credentials.uid),
+            gid: Gid::from_raw(credentials.gid),
+            groups: credentials
+                .groups
+                .iter()
+                .map(|&g| Gid::from_raw(g))
+                .collect(),
+        }))
+    }
+}
+
+/// Where the child's standard streams are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Streams {
+    /// A PTY whose session pty-process creates; fd 0 is its slave side.
+    Pty,
+    /// Pipes; the child makes its own session.
+    Pipes,
+}
+
+/// What the child does between fork and exec: its own session, its cgroup (while still root), its
+/// user, death with the daemon, and for a sandbox the signals bubblewrap must ignore. Everything
+/// it needs is prepared before the fork.
 fn supervise_child(
     spawn: &SpawnSpec<'_>,
-    new_session: bool,
-) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    streams: Streams,
+) -> Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static, Error> {
     let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
+    let identity = Identity::for_spawn(spawn.credentials)?;
+    let sandboxed = spawn.sandbox.is_some();
     let parent_pid = rustix::process::getpid();
-    move || {
-        if new_session {
+    Ok(move || {
+        if streams == Streams::Pipes {
             rustix::process::setsid()?;
         }
-        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-        if rustix::process::getppid() != Some(parent_pid) {
-            // The daemon died between fork and prctl: do not run unsupervised.
-            rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
+        if let Some(identity) = identity.as_ref().filter(|_| streams == Streams::Pty) {
+            // SAFETY: fd 0 is the PTY slave, open for the whole closure.
+            let slave = unsafe { BorrowedFd::borrow_raw(0) };
+            rustix::fs::fchown(slave, Some(identity.uid), Some(identity.gid))?;
         }
+        // Joining a cgroup needs the daemon's privileges: before giving them up.
         if let Some(procs) = &cgroup_procs {
             let fd = rustix::fs::open(
                 procs.as_c_str(),
@@ -133,13 +237,50 @@ fn supervise_child(
             )?;
             rustix::io::write(&fd, b"0")?;
         }
+        if let Some(identity) = &identity {
+            // The child has one thread, so the per-thread system calls change the process.
+            rustix::thread::set_thread_groups(&identity.groups)?;
+            rustix::thread::set_thread_gid(identity.gid)?;
+            rustix::thread::set_thread_uid(identity.uid)?;
+        }
+        // After the credential change, which clears the death signal.
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        if rustix::process::getppid() != Some(parent_pid) {
+            // The daemon died between fork and prctl: do not run unsupervised.
+            rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
+        }
+        if sandboxed {
+            for signal in IGNORED_ABOVE_THE_SANDBOX {
+                // SAFETY: sets a disposition, no handler; async-signal-safe.
+                unsafe { libc::signal(signal, libc::SIG_IGN) };
+            }
+        }
         Ok(())
+    })
+}
+
+/// The executable and arguments to run: the spec's own, or the sandbox's wrapping of them.
+fn command_line(spawn: &SpawnSpec<'_>) -> (OsString, Vec<String>) {
+    match spawn.sandbox {
+        Some(plan) => {
+            let (bwrap, args) = plan.wrap(&spawn.program, &spawn.args);
+            (bwrap.as_os_str().to_owned(), args)
+        }
+        None => (OsString::from(&spawn.program), spawn.args.clone()),
     }
 }
 
 fn spawn_error(spawn: &SpawnSpec<'_>, source: std::io::Error) -> Error {
+    let program = match spawn.sandbox {
+        Some(_) => format!(
+            "{} (sandboxing {})",
+            command_line(spawn).0.to_string_lossy(),
+            spawn.program
+        ),
+        None => spawn.program.clone(),
+    };
     Error::Spawn {
-        program: spawn.program.clone(),
+        program,
         cwd: spawn.cwd.display().to_string(),
         source,
     }
@@ -158,14 +299,17 @@ pub fn resize_pty(pty: &pty_process::OwnedWritePty, size: PtySize) -> Result<(),
 /// Call it from a long-lived thread (a tokio worker), never from `spawn_blocking`: the death signal is
 /// tied to the spawning thread.
 pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, Error> {
-    let mut command = pty_process::Command::new(&spawn.program)
-        .args(&spawn.args)
+    let (program, args) = command_line(spawn);
+    let setup = supervise_child(spawn, Streams::Pty)?;
+    let mut command = pty_process::Command::new(program)
+        .args(&args)
         .current_dir(&spawn.cwd)
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    // SAFETY: the closure only issues syscalls (prctl, getppid, open, write, close, kill) on data
-    // prepared before fork; it allocates nothing and takes no locks. pty-process makes the session.
-    command = unsafe { command.pre_exec(supervise_child(spawn, false)) };
+    // SAFETY: the closure only issues syscalls (fchown, open, write, close, setgroups, setgid,
+    // setuid, prctl, getppid, kill, sigaction) on data prepared before fork; it allocates nothing
+    // and takes no locks. pty-process makes the session.
+    command = unsafe { command.pre_exec(setup) };
     let _forking = spawn_lock();
     let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;
     pty.resize(pty_process::Size::new(size.rows, size.cols))
@@ -173,16 +317,18 @@ pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, 
     let child = command
         .spawn(pts)
         .map_err(|e| spawn_error(spawn, pty_error(e)))?;
-    let child = Child::adopt(child).map_err(|e| spawn_error(spawn, e))?;
+    let child = Child::adopt(child, spawn.sandbox.is_some()).map_err(|e| spawn_error(spawn, e))?;
     Ok(SpawnedPty { child, pty })
 }
 
 /// Spawns `spawn.program` with stdin, stdout and stderr on pipes, as the leader of a new session
 /// without a terminal; otherwise supervised like [`spawn_in_pty`] (same thread rule).
 pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
-    let mut command = tokio::process::Command::new(&spawn.program);
+    let (program, args) = command_line(spawn);
+    let setup = supervise_child(spawn, Streams::Pipes)?;
+    let mut command = tokio::process::Command::new(program);
     command
-        .args(&spawn.args)
+        .args(&args)
         .current_dir(&spawn.cwd)
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -192,7 +338,7 @@ pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
         .kill_on_drop(false);
     // SAFETY: as in `spawn_in_pty`; setsid is one more syscall.
     unsafe {
-        command.pre_exec(supervise_child(spawn, true));
+        command.pre_exec(setup);
     }
     let _forking = spawn_lock();
     let mut child = command.spawn().map_err(|e| spawn_error(spawn, e))?;
@@ -208,7 +354,7 @@ pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
         // A larger pipe only saves syscalls; the default size works too.
         let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
     }
-    let child = Child::adopt(child).map_err(|e| spawn_error(spawn, e))?;
+    let child = Child::adopt(child, spawn.sandbox.is_some()).map_err(|e| spawn_error(spawn, e))?;
     Ok(SpawnedPipes {
         child,
         stdin,
@@ -241,5 +387,29 @@ fn pty_error(err: pty_process::Error) -> std::io::Error {
         pty_process::Error::Io(e) => e,
         pty_process::Error::Rustix(e) => e.into(),
         other => std::io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bwrap_codes_above_128_are_signals() {
+        let signal = |n| ExitInfo {
+            code: None,
+            signal: Some(n),
+        };
+        let code = |n| ExitInfo {
+            code: Some(n),
+            signal: None,
+        };
+        assert_eq!(ExitInfo::of_sandboxed(Some(143), None), signal(15));
+        assert_eq!(ExitInfo::of_sandboxed(Some(129), None), signal(1));
+        assert_eq!(ExitInfo::of_sandboxed(Some(192), None), signal(64));
+        for plain in [0, 1, 3, 126, 127, 128, 193, 255] {
+            assert_eq!(ExitInfo::of_sandboxed(Some(plain), None), code(plain));
+        }
+        assert_eq!(ExitInfo::of_sandboxed(None, Some(9)), signal(9));
     }
 }

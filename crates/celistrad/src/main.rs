@@ -57,6 +57,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Inside a sandbox this binary is the launcher that bubblewrap runs: it confines itself and
+    // execs the agent's command, before any runtime or thread exists.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == celistra_sandbox::LAUNCHER_ARG)
+    {
+        celistra_sandbox::launcher_main();
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

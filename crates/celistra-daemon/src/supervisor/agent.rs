@@ -481,6 +481,8 @@ impl Agent {
             cwd: workspace.into(),
             env,
             cgroup: cgroup.as_ref(),
+            sandbox: None,
+            credentials: None,
         };
         let run_id = self.shared.history.next_run_id(now_ms());
         let output = OutputSink {

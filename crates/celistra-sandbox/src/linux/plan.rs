@@ -1,0 +1,661 @@
+//! The sandbox of one run, computed from a [`Policy`] before fork: bubblewrap's mount and namespace
+//! options, and the [`Confinement`] the launcher applies inside. Also its human-readable
+//! description for `ctl sandbox explain`.
+//!
+//! Filesystem layering: Landlock, not the mount table, decides what may be written whenever the
+//! kernel lets it deny every kind of write (ABI 3 added truncation). A write refused by Landlock is
+//! an audit record; an EROFS from a read-only bind is not. So with ABI >= 3 host paths are bound
+//! read-write and Landlock grants writes only on the workspace, `write:` paths, the private /tmp and
+//! a few device nodes. Older kernels get read-only binds for everything but the workspace and
+//! `write:` paths, and the plan's notes say so.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::confinement::{Confinement, Rights, TcpPorts};
+use super::interp::interpreters;
+use super::launcher::LAUNCHER_ARG;
+use super::syscall_filter;
+use super::tools::Tools;
+use crate::{Error, Network, Policy};
+
+/// The newest Landlock ABI this code was tested with; newer kernels are used at this level.
+const NEWEST_TESTED_ABI: u32 = 7;
+/// Landlock ABI that can deny truncation, and so every write.
+const ABI_DENIES_ALL_WRITES: u32 = 3;
+const ABI_TCP_PORTS: u32 = 4;
+const ABI_SCOPES: u32 = 6;
+const ABI_LOG_NEW_EXEC: u32 = 7;
+
+/// What programs need to run when not everything is readable. Symlinks among them (merged /usr)
+/// are recreated as symlinks.
+const RUNTIME_DIRS: [&str; 8] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
+];
+/// Filesystems bubblewrap makes fresh inside; readable whatever the policy.
+const SANDBOX_FILESYSTEMS: [&str; 3] = ["/dev", "/proc", "/tmp"];
+/// Device nodes (inside bubblewrap's /dev) that ordinary programs write to or ioctl.
+const WRITABLE_DEVICES: [&str; 9] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/pts",
+    "/dev/ptmx",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/shm",
+];
+const SHELL: &str = "/bin/sh";
+
+/// A sandboxed run's complete setup, built before fork. Give it to [`crate::SpawnSpec::sandbox`].
+#[derive(Debug, Clone)]
+pub struct SandboxPlan {
+    tools: Tools,
+    /// bubblewrap's options, everything before its `--`.
+    bwrap_options: Vec<String>,
+    confinement: Confinement,
+    /// `confinement` as the launcher reads it.
+    encoded: String,
+    notes: Vec<String>,
+}
+
+/// A plan in words, for `ctl sandbox explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanDescription {
+    /// The command line that precedes the agent's own program and arguments.
+    pub bwrap_argv: Vec<String>,
+    /// Landlock rules, one per line.
+    pub landlock: Vec<String>,
+    /// seccomp denials, one per kind.
+    pub seccomp: Vec<String>,
+    /// The Landlock ABI enforced (0: none).
+    pub landlock_abi: u32,
+    /// Where this kernel or the policy weakens or changes the usual sandbox.
+    pub notes: Vec<String>,
+}
+
+impl SandboxPlan {
+    /// The plan for `policy` on the running kernel.
+    pub fn new(policy: &Policy, tools: &Tools) -> Result<SandboxPlan, Error> {
+        let abi = kernel_landlock_abi().min(NEWEST_TESTED_ABI);
+        SandboxPlan::for_landlock_abi(policy, tools, abi)
+    }
+
+    /// The plan for `policy` on a kernel with Landlock ABI `abi` (0: none).
+    pub(crate) fn for_landlock_abi(
+        policy: &Policy,
+        tools: &Tools,
+        abi: u32,
+    ) -> Result<SandboxPlan, Error> {
+        syscall_filter::target_arch()?;
+        let mut notes = Vec::new();
+        let workspace = absolute(&policy.workspace)?;
+        if !policy.workspace.is_dir() {
+            return Err(path_error(
+                &policy.workspace,
+                "the workspace is not an existing directory",
+            ));
+        }
+        let paths = GrantedPaths {
+            workspace,
+            reads: existing(&policy.read, "read", &mut notes)?,
+            writes: existing(&policy.write, "write", &mut notes)?,
+            execs: existing(&policy.exec, "exec", &mut notes)?,
+            launcher: absolute(&tools.launcher)?,
+        };
+        let runtime = if policy.read_anywhere {
+            Vec::new()
+        } else {
+            runtime_dirs()?
+        };
+        let (share_net, tcp) = network(&policy.network, abi, &mut notes);
+        let bwrap_options = bwrap_options(policy, &paths, &runtime, abi, share_net)?;
+        let confinement = confinement(policy, &paths, &runtime, abi, tcp)?;
+        kernel_notes(policy, abi, share_net, &mut notes);
+        let encoded = serde_json::to_string(&confinement).map_err(Error::PolicyEncoding)?;
+        Ok(SandboxPlan {
+            tools: tools.clone(),
+            bwrap_options,
+            confinement,
+            encoded,
+            notes,
+        })
+    }
+
+    /// The program and arguments that run `program args…` in this sandbox:
+    /// `bwrap <options> -- <launcher> __sandbox-exec <encoded> -- program args…`.
+    pub(crate) fn wrap(&self, program: &str, args: &[String]) -> (&Path, Vec<String>) {
+        let mut wrapped = self.prefix();
+        wrapped.push(program.to_owned());
+        wrapped.extend(args.iter().cloned());
+        (&self.tools.bwrap, wrapped)
+    }
+
+    /// bubblewrap's arguments up to the agent's program.
+    fn prefix(&self) -> Vec<String> {
+        let mut prefix = self.bwrap_options.clone();
+        prefix.extend([
+            "--".to_owned(),
+            self.tools.launcher.display().to_string(),
+            LAUNCHER_ARG.to_owned(),
+            self.encoded.clone(),
+            "--".to_owned(),
+        ]);
+        prefix
+    }
+
+    pub fn describe(&self) -> PlanDescription {
+        let mut bwrap_argv = vec![self.tools.bwrap.display().to_string()];
+        bwrap_argv.extend(self.prefix());
+        PlanDescription {
+            bwrap_argv,
+            landlock: self.confinement.describe(),
+            seccomp: syscall_filter::describe(self.confinement.subprocess),
+            landlock_abi: self.confinement.landlock_abi,
+            notes: self.notes.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Options(Vec<String>);
+
+impl Options {
+    fn add(&mut self, parts: &[&str]) {
+        self.0.extend(parts.iter().map(|p| (*p).to_owned()));
+    }
+}
+
+/// The policy's paths that exist, as text.
+struct GrantedPaths<'a> {
+    workspace: &'a str,
+    reads: Vec<&'a str>,
+    writes: Vec<&'a str>,
+    execs: Vec<&'a str>,
+    launcher: &'a str,
+}
+
+/// A runtime directory of this host, as the sandbox recreates it.
+enum RuntimeDir {
+    Directory(&'static str),
+    /// A symlink such as merged /usr's `/bin -> usr/bin`.
+    Symlink {
+        path: &'static str,
+        target: String,
+    },
+}
+
+fn runtime_dirs() -> Result<Vec<RuntimeDir>, Error> {
+    let mut found = Vec::new();
+    for path in RUNTIME_DIRS {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_symlink() => {
+                let target = std::fs::read_link(path).map_err(|e| {
+                    path_error(Path::new(path), &format!("cannot read the link: {e}"))
+                })?;
+                let target = text(&target)?.to_owned();
+                found.push(RuntimeDir::Symlink { path, target });
+            }
+            Ok(meta) if meta.is_dir() => found.push(RuntimeDir::Directory(path)),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// bubblewrap's options: namespaces, then mounts in an order where later ones win.
+fn bwrap_options(
+    policy: &Policy,
+    paths: &GrantedPaths<'_>,
+    runtime: &[RuntimeDir],
+    abi: u32,
+    share_net: bool,
+) -> Result<Vec<String>, Error> {
+    let mut options = Options::default();
+    options.add(&["--unshare-all"]);
+    if share_net {
+        options.add(&["--share-net"]);
+    }
+    // No --new-session: the agent keeps its PTY as controlling terminal (job control, /dev/tty).
+    // The PTY is private to the agent, and seccomp denies TIOCSTI, so nothing can be typed into
+    // another session through it.
+    options.add(&["--die-with-parent", "--cap-drop", "ALL"]);
+
+    let host_bind = if abi >= ABI_DENIES_ALL_WRITES {
+        "--bind"
+    } else {
+        "--ro-bind"
+    };
+    let mut bound: Vec<&str> = Vec::new();
+    if policy.read_anywhere {
+        options.add(&[host_bind, "/", "/"]);
+        bound.push("/");
+    }
+    for dir in runtime {
+        match dir {
+            RuntimeDir::Directory(path) => {
+                options.add(&[host_bind, path, path]);
+                bound.push(path);
+            }
+            RuntimeDir::Symlink { path, target } => options.add(&["--symlink", target, path]),
+        }
+    }
+    options.add(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    // After the fresh /tmp, so paths below /tmp are visible again. Later binds win over earlier
+    // ones, so the workspace and write paths stay writable inside read paths.
+    for path in paths.reads.iter().chain(&paths.execs) {
+        options.add(&[host_bind, path, path]);
+    }
+    let workspace_bind = if policy.workspace_writable {
+        "--bind"
+    } else {
+        host_bind
+    };
+    options.add(&[workspace_bind, paths.workspace, paths.workspace]);
+    for path in &paths.writes {
+        options.add(&["--bind", path, path]);
+    }
+    options.add(&["--ro-bind", paths.launcher, paths.launcher]);
+    bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
+    bound.push(paths.workspace);
+    // Last, so a hidden path inside the workspace or a bound path is masked all the same.
+    for hidden in &policy.hidden {
+        if !bound.iter().any(|b| hidden.starts_with(b)) {
+            continue;
+        }
+        match std::fs::metadata(hidden) {
+            Ok(meta) if meta.is_dir() => {
+                let hidden = absolute(hidden)?;
+                options.add(&["--tmpfs", hidden, "--remount-ro", hidden]);
+            }
+            Ok(_) => options.add(&["--ro-bind", "/dev/null", absolute(hidden)?]),
+            Err(_) => {}
+        }
+    }
+    options.add(&["--chdir", paths.workspace]);
+    Ok(options.0)
+}
+
+/// The Landlock rules and seccomp choice the launcher applies.
+fn confinement(
+    policy: &Policy,
+    paths: &GrantedPaths<'_>,
+    runtime: &[RuntimeDir],
+    abi: u32,
+    tcp: Option<TcpPorts>,
+) -> Result<Confinement, Error> {
+    let mut confinement = Confinement {
+        landlock_abi: abi,
+        paths: BTreeMap::new(),
+        tcp,
+        subprocess: policy.subprocess,
+    };
+    let readable = Rights::READ.with_execute(policy.subprocess);
+    let writable = Rights::READ_WRITE.with_execute(policy.subprocess);
+    if policy.read_anywhere {
+        confinement.grant(Path::new("/"), readable);
+    }
+    // A symlinked runtime directory is covered by its target's rule.
+    let runtime_dirs = runtime.iter().filter_map(|dir| match dir {
+        RuntimeDir::Directory(path) => Some(*path),
+        RuntimeDir::Symlink { .. } => None,
+    });
+    for path in runtime_dirs
+        .chain(SANDBOX_FILESYSTEMS)
+        .chain([paths.workspace])
+        .chain(paths.reads.iter().copied())
+    {
+        confinement.grant(Path::new(path), readable);
+    }
+    if policy.workspace_writable {
+        confinement.grant(Path::new(paths.workspace), writable);
+    }
+    for path in paths.writes.iter().chain(&["/tmp"]) {
+        confinement.grant(Path::new(path), writable);
+    }
+    for device in WRITABLE_DEVICES {
+        confinement.grant(Path::new(device), Rights::READ_WRITE);
+    }
+    if policy.subprocess {
+        for path in &paths.execs {
+            confinement.grant(Path::new(path), readable);
+        }
+        return Ok(confinement);
+    }
+    let shell = Path::new(SHELL)
+        .canonicalize()
+        .map_err(|e| path_error(Path::new(SHELL), &e.to_string()))?;
+    let programs = std::iter::once(shell.as_path()).chain(paths.execs.iter().map(Path::new));
+    for program in programs {
+        confinement.grant(program, Rights::READ_EXECUTE);
+        for interpreter in interpreters(program) {
+            confinement.grant(&interpreter, Rights::READ_EXECUTE);
+        }
+    }
+    Ok(confinement)
+}
+
+/// Whether the sandbox shares the host's network, and the TCP ports Landlock limits it to.
+fn network(network: &Network, abi: u32, notes: &mut Vec<String>) -> (bool, Option<TcpPorts>) {
+    match network {
+        Network::Full => (true, None),
+        Network::None => (false, None),
+        Network::Ports { connect, bind } if abi >= ABI_TCP_PORTS => {
+            notes.push(
+                "only TCP is limited to the listed ports: UDP (DNS included) and other protocols \
+                 reach the host's network"
+                    .to_owned(),
+            );
+            let tcp = TcpPorts {
+                connect: connect.clone(),
+                bind: bind.clone(),
+            };
+            (true, Some(tcp))
+        }
+        Network::Ports { .. } => {
+            notes.push(format!(
+                "Landlock ABI {abi} cannot limit TCP ports (needs {ABI_TCP_PORTS}): the sandbox \
+                 gets no network at all instead"
+            ));
+            (false, None)
+        }
+    }
+}
+
+fn kernel_notes(policy: &Policy, abi: u32, share_net: bool, notes: &mut Vec<String>) {
+    if abi >= ABI_DENIES_ALL_WRITES {
+        notes.push(
+            "host paths are mounted read-write: Landlock denies writes outside the granted \
+             paths, so each blocked write is an audit record"
+                .to_owned(),
+        );
+    } else {
+        notes.push(format!(
+            "Landlock ABI {abi} cannot deny every write (truncation needs {ABI_DENIES_ALL_WRITES}): \
+             host paths are mounted read-only instead, and a blocked write fails with EROFS and \
+             is not audited"
+        ));
+    }
+    if abi == 0 {
+        let mut note =
+            "Landlock is not available: reads are limited only by what is mounted".to_owned();
+        if !policy.subprocess {
+            note.push_str(", and any visible program may be executed (fork stays denied)");
+        }
+        notes.push(note);
+    }
+    if abi < ABI_SCOPES {
+        let isolation = if share_net {
+            "the PID namespace still hides other processes"
+        } else {
+            "the PID and network namespaces still hide other processes and abstract sockets"
+        };
+        notes.push(format!(
+            "signals and abstract unix sockets are not scoped (needs Landlock ABI {ABI_SCOPES}); \
+             {isolation}"
+        ));
+    }
+    if abi < ABI_LOG_NEW_EXEC {
+        notes.push(format!(
+            "Landlock denials after exec are not audited (needs Landlock ABI {ABI_LOG_NEW_EXEC})"
+        ));
+    }
+}
+
+/// `paths` that exist, as text; the others are noted and left out (there is nothing to bind).
+fn existing<'a>(
+    paths: &'a [PathBuf],
+    role: &str,
+    notes: &mut Vec<String>,
+) -> Result<Vec<&'a str>, Error> {
+    let mut found = Vec::new();
+    for path in paths {
+        let path_text = absolute(path)?;
+        if path.exists() {
+            found.push(path_text);
+        } else {
+            notes.push(format!(
+                "{role} path {path_text} does not exist and is left out"
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// An absolute `path` as text, as bubblewrap's command line and the encoded rules need it.
+fn absolute(path: &Path) -> Result<&str, Error> {
+    if !path.is_absolute() {
+        return Err(path_error(path, "is not an absolute path"));
+    }
+    text(path)
+}
+
+fn text(path: &Path) -> Result<&str, Error> {
+    path.to_str()
+        .ok_or_else(|| path_error(path, "is not valid UTF-8"))
+}
+
+fn path_error(path: &Path, problem: &str) -> Error {
+    Error::SandboxPath {
+        path: path.display().to_string(),
+        problem: problem.to_owned(),
+    }
+}
+
+/// The kernel's Landlock ABI version, 0 when Landlock is missing or disabled.
+fn kernel_landlock_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and only the VERSION flag, the kernel reads
+    // and writes no memory; it returns the ABI version or -1.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(version).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MacosGrants;
+
+    fn tools() -> Tools {
+        Tools {
+            bwrap: PathBuf::from("/usr/bin/bwrap"),
+            launcher: PathBuf::from("/opt/celistra/celistrad"),
+        }
+    }
+
+    fn policy(workspace: &Path) -> Policy {
+        Policy {
+            workspace: workspace.to_path_buf(),
+            workspace_writable: true,
+            read_anywhere: false,
+            network: Network::None,
+            subprocess: false,
+            read: Vec::new(),
+            write: Vec::new(),
+            exec: Vec::new(),
+            hidden: Vec::new(),
+            macos: MacosGrants::default(),
+        }
+    }
+
+    fn position(argv: &[String], window: &[&str]) -> usize {
+        argv.windows(window.len())
+            .position(|w| w.iter().zip(window).all(|(a, b)| a == b))
+            .unwrap_or_else(|| panic!("{window:?} not in {argv:?}"))
+    }
+
+    #[test]
+    fn default_policy_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().to_str().unwrap();
+        let hidden = dir.path().join(".state");
+        std::fs::create_dir(&hidden).unwrap();
+        let mut policy = policy(dir.path());
+        policy.hidden = vec![hidden.clone(), PathBuf::from("/nonexistent/state")];
+        let plan = SandboxPlan::for_landlock_abi(&policy, &tools(), 7).unwrap();
+        let argv = plan.describe().bwrap_argv;
+        let hidden = hidden.to_str().unwrap();
+
+        assert_eq!(
+            argv[..5],
+            [
+                "/usr/bin/bwrap",
+                "--unshare-all",
+                "--die-with-parent",
+                "--cap-drop",
+                "ALL"
+            ]
+        );
+        assert!(
+            !argv
+                .iter()
+                .any(|a| a == "--share-net" || a == "--new-session")
+        );
+        // Landlock guards writes, so even system directories are bound read-write.
+        let usr = position(&argv, &["--bind", "/usr", "/usr"]);
+        let fresh = position(
+            &argv,
+            &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"],
+        );
+        let workspace = position(&argv, &["--bind", ws, ws]);
+        let launcher = "/opt/celistra/celistrad";
+        let launcher_bind = position(&argv, &["--ro-bind", launcher, launcher]);
+        let mask = position(&argv, &["--tmpfs", hidden, "--remount-ro", hidden]);
+        assert!(usr < fresh && fresh < workspace && workspace < mask && launcher_bind < mask);
+        assert!(!argv.iter().any(|a| a.contains("/nonexistent")));
+        let tail = &argv[argv.len() - 7..];
+        assert_eq!(tail[..5], ["--chdir", ws, "--", launcher, LAUNCHER_ARG]);
+        assert_eq!(tail[6], "--");
+        let decoded: Confinement = serde_json::from_str(&tail[5]).unwrap();
+        assert_eq!(decoded, plan.confinement);
+    }
+
+    #[test]
+    fn wrapping_appends_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = SandboxPlan::for_landlock_abi(&policy(dir.path()), &tools(), 7).unwrap();
+        let (bwrap, args) = plan.wrap("/bin/sh", &["-c".to_owned(), "echo hi".to_owned()]);
+        assert_eq!(bwrap, Path::new("/usr/bin/bwrap"));
+        assert_eq!(args[..args.len() - 3], plan.describe().bwrap_argv[1..]);
+        assert_eq!(args[args.len() - 3..], ["/bin/sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn old_kernels_get_read_only_mounts_and_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().to_str().unwrap();
+        let mut policy = policy(dir.path());
+        policy.read_anywhere = true;
+        policy.network = Network::Ports {
+            connect: vec![443],
+            bind: Vec::new(),
+        };
+        let description = SandboxPlan::for_landlock_abi(&policy, &tools(), 2)
+            .unwrap()
+            .describe();
+        let argv = &description.bwrap_argv;
+        position(argv, &["--ro-bind", "/", "/"]);
+        position(argv, &["--bind", ws, ws]);
+        assert!(!argv.iter().any(|a| a == "--share-net"));
+        let notes = description.notes.join("\n");
+        for expected in [
+            "read-only",
+            "EROFS",
+            "no network at all",
+            "not scoped",
+            "not audited",
+        ] {
+            assert!(notes.contains(expected), "{expected:?} not in {notes}");
+        }
+        let none = SandboxPlan::for_landlock_abi(&policy, &tools(), 0)
+            .unwrap()
+            .describe();
+        assert_eq!(none.landlock_abi, 0);
+        assert!(none.landlock[0].contains("not available"));
+        assert!(
+            none.notes
+                .join("\n")
+                .contains("any visible program may be executed")
+        );
+    }
+
+    #[test]
+    fn description_lists_rules_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().display().to_string();
+        let mut policy = policy(dir.path());
+        policy.network = Network::Ports {
+            connect: vec![443, 80],
+            bind: Vec::new(),
+        };
+        policy.exec = vec![PathBuf::from("/usr/bin/env")];
+        policy.read = vec![PathBuf::from("/nonexistent/read")];
+        let description = SandboxPlan::for_landlock_abi(&policy, &tools(), 7)
+            .unwrap()
+            .describe();
+        assert_eq!(description.landlock_abi, 7);
+        let line = |path: &str| {
+            description
+                .landlock
+                .iter()
+                .find(|l| l.ends_with(&format!(" {path}")))
+                .unwrap_or_else(|| panic!("no rule for {path}: {:#?}", description.landlock))
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(line(&ws), "read+write");
+        assert_eq!(line("/usr"), "read");
+        assert_eq!(line("/tmp"), "read+write");
+        assert_eq!(line("/dev/null"), "read+write");
+        assert_eq!(line("/usr/bin/env"), "read+execute");
+        let shell = Path::new(SHELL).canonicalize().unwrap();
+        assert_eq!(line(shell.to_str().unwrap()), "read+execute");
+        let landlock = description.landlock.join("\n");
+        for expected in [
+            "Truncate",
+            "tcp connect: 443, 80",
+            "tcp bind: none",
+            "scoped",
+            "logged",
+        ] {
+            assert!(
+                landlock.contains(expected),
+                "{expected:?} not in {landlock}"
+            );
+        }
+        assert!(
+            description
+                .seccomp
+                .iter()
+                .any(|l| l.contains("clone without CLONE_THREAD"))
+        );
+        assert!(description.bwrap_argv.iter().any(|a| a == "--share-net"));
+        assert!(
+            description
+                .notes
+                .iter()
+                .any(|n| n.contains("/nonexistent/read"))
+        );
+    }
+
+    #[test]
+    fn relative_or_missing_workspaces_are_refused() {
+        for workspace in ["relative/ws", "/nonexistent/ws"] {
+            let err = SandboxPlan::for_landlock_abi(&policy(Path::new(workspace)), &tools(), 7)
+                .unwrap_err();
+            assert!(matches!(err, Error::SandboxPath { .. }), "{err}");
+        }
+    }
+}
