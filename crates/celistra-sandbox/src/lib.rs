@@ -6,12 +6,17 @@
 
 mod cgroup;
 mod guard;
+mod limits;
 mod policy;
 mod reaper;
 mod spawn;
 
-pub use cgroup::{AgentCgroup, CgroupRoot};
+pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use guard::DeathGuard;
+pub use limits::{
+    AgentLimits, AppliedLimit, AppliedLimits, ControlFile, Enforcement, LimitKind, ResourceControl,
+    ResourceLimits,
+};
 pub use policy::{MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
 /// The PTY types handed out with a spawned child.
@@ -40,4 +45,6 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error("invalid resource limit: {0}")]
+    InvalidLimit(String),
 }

@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::process::{Pid, Signal};
 
-use crate::{AgentCgroup, Error};
+use crate::cgroup::join_cgroup;
+use crate::{AgentCgroup, AgentLimits, Error};
 
 /// Serialises every fork of this process. pty-process opens a PTY master and only then marks it
 /// close-on-exec; a fork from another thread in between would leak one agent's terminal into another.
@@ -44,6 +45,8 @@ pub struct SpawnSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Cgroup the child joins before exec, so every descendant is tracked from its first instruction.
     pub cgroup: Option<&'a AgentCgroup>,
+    /// Resource limits: the child joins their v1 cgroups and sets their rlimits before exec.
+    pub limits: Option<&'a AgentLimits>,
 }
 
 /// A spawned child with its standard streams on pipes.
@@ -115,6 +118,7 @@ fn supervise_child(
     new_session: bool,
 ) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
     let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
+    let limits = spawn.limits.map(AgentLimits::for_child);
     let parent_pid = rustix::process::getpid();
     move || {
         if new_session {
@@ -126,12 +130,10 @@ fn supervise_child(
             rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
         }
         if let Some(procs) = &cgroup_procs {
-            let fd = rustix::fs::open(
-                procs.as_c_str(),
-                rustix::fs::OFlags::WRONLY,
-                rustix::fs::Mode::empty(),
-            )?;
-            rustix::io::write(&fd, b"0")?;
+            join_cgroup(procs)?;
+        }
+        if let Some(limits) = &limits {
+            limits.enter()?;
         }
         Ok(())
     }
@@ -163,8 +165,9 @@ pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, 
         .current_dir(&spawn.cwd)
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    // SAFETY: the closure only issues syscalls (prctl, getppid, open, write, close, kill) on data
-    // prepared before fork; it allocates nothing and takes no locks. pty-process makes the session.
+    // SAFETY: the closure only issues syscalls (prctl, getppid, open, write, close, kill, setrlimit)
+    // on data prepared before fork; it allocates nothing and takes no locks. pty-process makes the
+    // session.
     command = unsafe { command.pre_exec(supervise_child(spawn, false)) };
     let _forking = spawn_lock();
     let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;

@@ -481,6 +481,7 @@ impl Agent {
             cwd: workspace.into(),
             env,
             cgroup: cgroup.as_ref(),
+            limits: None,
         };
         let run_id = self.shared.history.next_run_id(now_ms());
         let output = OutputSink {
