@@ -2,13 +2,15 @@
 //! on pipes), session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
 //! one, kills the group (or cgroup) as a whole, and reaps orphans for a daemon that is a subreaper.
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
-//! The kernel sandbox (bubblewrap, Landlock, seccomp) is built here from a [`Policy`].
+//! The kernel sandbox (bubblewrap, Landlock, seccomp; Seatbelt on macOS) is built here from a
+//! [`Policy`], and resource limits (cgroups, else rlimits) from [`ResourceLimits`].
 
 mod cgroup;
 mod guard;
 mod limits;
 mod policy;
 mod reaper;
+mod seatbelt;
 mod spawn;
 
 pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
@@ -19,6 +21,9 @@ pub use limits::{
 };
 pub use policy::{MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
+#[cfg(target_os = "macos")]
+pub use seatbelt::sandbox_exec_argv;
+pub use seatbelt::seatbelt_profile;
 /// The PTY types handed out with a spawned child.
 pub mod pty {
     pub use pty_process::{OwnedReadPty, OwnedWritePty, Pty};
