@@ -2,23 +2,33 @@
 //! on pipes), session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
 //! one, kills the group (or cgroup) as a whole, and reaps orphans for a daemon that is a subreaper.
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
-//! The kernel sandbox (bubblewrap, Landlock, seccomp) is built here from a [`Policy`], and children
-//! can run as another user ([`Credentials`]).
+//! The kernel sandbox (bubblewrap, Landlock, seccomp; Seatbelt on macOS) is built here from a
+//! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
+//! else rlimits) come from [`ResourceLimits`].
 
 mod cgroup;
 mod credentials;
 mod guard;
+mod limits;
 mod linux;
 mod policy;
 mod reaper;
+mod seatbelt;
 mod spawn;
 
-pub use cgroup::{AgentCgroup, CgroupRoot};
+pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use credentials::Credentials;
 pub use guard::DeathGuard;
+pub use limits::{
+    AgentLimits, AppliedLimit, AppliedLimits, ControlFile, Enforcement, LimitKind, ResourceControl,
+    ResourceLimits,
+};
 pub use linux::{LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, launcher_main};
 pub use policy::{MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
+#[cfg(target_os = "macos")]
+pub use seatbelt::sandbox_exec_argv;
+pub use seatbelt::seatbelt_profile;
 /// The PTY types handed out with a spawned child.
 pub mod pty {
     pub use pty_process::{OwnedReadPty, OwnedWritePty, Pty};
@@ -82,4 +92,6 @@ pub enum Error {
          run the daemon as root or the agent as the daemon's own user"
     )]
     CredentialsNotPermitted { user: String, uid: u32 },
+    #[error("invalid resource limit: {0}")]
+    InvalidLimit(String),
 }

@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::process::{Gid, Pid, Signal, Uid};
 
-use crate::{AgentCgroup, Credentials, Error, SandboxPlan};
+use crate::cgroup::join_cgroup;
+use crate::{AgentCgroup, AgentLimits, Credentials, Error, SandboxPlan};
 
 /// Serialises every fork of this process. pty-process opens a PTY master and only then marks it
 /// close-on-exec; a fork from another thread in between would leak one agent's terminal into another.
@@ -50,6 +51,8 @@ pub struct SpawnSpec<'a> {
     /// Run as this user (its PTY handed over too). Only a root daemon can switch; anyone may pass
     /// their own credentials, which changes nothing.
     pub credentials: Option<&'a Credentials>,
+    /// Resource limits: the child joins their v1 cgroups and sets their rlimits before exec.
+    pub limits: Option<&'a AgentLimits>,
 }
 
 /// A spawned child with its standard streams on pipes.
@@ -218,6 +221,7 @@ fn supervise_child(
     let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
     let identity = Identity::for_spawn(spawn.credentials)?;
     let sandboxed = spawn.sandbox.is_some();
+    let limits = spawn.limits.map(AgentLimits::for_child);
     let parent_pid = rustix::process::getpid();
     Ok(move || {
         if streams == Streams::Pipes {
@@ -230,12 +234,10 @@ fn supervise_child(
         }
         // Joining a cgroup needs the daemon's privileges: before giving them up.
         if let Some(procs) = &cgroup_procs {
-            let fd = rustix::fs::open(
-                procs.as_c_str(),
-                rustix::fs::OFlags::WRONLY,
-                rustix::fs::Mode::empty(),
-            )?;
-            rustix::io::write(&fd, b"0")?;
+            join_cgroup(procs)?;
+        }
+        if let Some(limits) = &limits {
+            limits.enter()?;
         }
         if let Some(identity) = &identity {
             // The child has one thread, so the per-thread system calls change the process.
@@ -306,9 +308,9 @@ pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, 
         .current_dir(&spawn.cwd)
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    // SAFETY: the closure only issues syscalls (fchown, open, write, close, setgroups, setgid,
-    // setuid, prctl, getppid, kill, sigaction) on data prepared before fork; it allocates nothing
-    // and takes no locks. pty-process makes the session.
+    // SAFETY: the closure only issues syscalls (fchown, open, write, close, setrlimit, setgroups,
+    // setgid, setuid, prctl, getppid, kill, sigaction) on data prepared before fork; it allocates
+    // nothing and takes no locks. pty-process makes the session.
     command = unsafe { command.pre_exec(setup) };
     let _forking = spawn_lock();
     let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;

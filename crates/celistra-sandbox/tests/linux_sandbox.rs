@@ -114,6 +114,7 @@ fn shell<'a>(
         cgroup: None,
         sandbox,
         credentials,
+        limits: None,
     }
 }
 

@@ -483,6 +483,7 @@ impl Agent {
             cgroup: cgroup.as_ref(),
             sandbox: None,
             credentials: None,
+            limits: None,
         };
         let run_id = self.shared.history.next_run_id(now_ms());
         let output = OutputSink {
