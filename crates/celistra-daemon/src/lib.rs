@@ -4,6 +4,7 @@
 mod api;
 mod events;
 mod home;
+mod sandbox;
 mod store;
 mod supervisor;
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use celistra_core::config::DaemonConfig;
 use celistra_history::{History, HistoryEvent, Limits};
 use celistra_proto::{EventKind, Health, HistoryHealth};
-use celistra_sandbox::{CgroupRoot, DeathGuard};
+use celistra_sandbox::{CgroupRoot, DeathGuard, ResourceControl};
 use tokio_util::sync::CancellationToken;
 
 pub use home::Home;
@@ -34,6 +35,9 @@ pub struct Options {
     /// Become the child subreaper and reap orphaned descendants. Set by the binary; left off by
     /// in-process tests, whose test harness owns the process.
     pub subreaper: bool,
+    /// The binary whose `__sandbox-exec` mode applies Landlock and seccomp inside bubblewrap (the
+    /// `celistrad` executable). Without it, sandboxed spawns are refused.
+    pub launcher: Option<PathBuf>,
 }
 
 /// Errors that stop the daemon from starting or running.
@@ -82,7 +86,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         celistra_sandbox::become_subreaper()
             .map_err(|e| Error::io("cannot become child subreaper".into(), e))?;
     }
+    let sandbox = sandbox::SandboxControl::load(&home, options.launcher.clone())?;
     let cgroups = CgroupRoot::create(&home_tag(&home));
+    let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
     let guard = match &cgroups {
         Some(root) => Some(
             DeathGuard::start(root)
@@ -109,6 +115,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         store: Arc::clone(&store),
         history: history.clone(),
         cgroups,
+        limits,
+        sandbox,
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
         base_env: std::env::vars()
@@ -204,6 +212,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     if let Some(root) = &shared.cgroups {
         root.destroy();
     }
+    shared.limits.destroy();
     drop(guard);
     let _ = std::fs::remove_file(&socket_path);
     let _ = std::fs::remove_file(home.addr_file());

@@ -93,7 +93,7 @@ impl SandboxControl {
                 ));
             }
         };
-        let state_dir = std::fs::canonicalize(home.dir).unwrap_or_else(|_| home.dir.to_owned());
+        let state_dir = std::fs::canonicalize(&home.dir).unwrap_or_else(|_| home.dir.clone());
         Ok(SandboxControl {
             switch_path,
             grants_path: home.dir.join("capabilities.json"),
@@ -154,7 +154,7 @@ impl SandboxControl {
                 .ok()
                 .map(|tools| tools.bwrap.display().to_string()),
             problem: tools.err(),
-            landlock_abi: celistra_sandbox::landlock_abi(),
+            landlock_abi: celistra_sandbox::kernel_landlock_abi(),
             block_reporting: self
                 .block_reporting
                 .lock()

@@ -23,7 +23,9 @@ pub use limits::{
     AgentLimits, AppliedLimit, AppliedLimits, ControlFile, Enforcement, LimitKind, ResourceControl,
     ResourceLimits,
 };
-pub use linux::{LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, launcher_main};
+pub use linux::{
+    LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, kernel_landlock_abi, launcher_main,
+};
 pub use policy::{MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
 #[cfg(target_os = "macos")]

@@ -376,6 +376,14 @@ impl ResourceControl {
         }
     }
 
+    /// Kills what is left of agent `agent_id` in the v1 cgroups and removes its cgroups there, when
+    /// the agent itself is removed (between runs they are replaced by [`ResourceControl::prepare`]).
+    pub fn remove_agent(&self, agent_id: &str) {
+        for instance in &self.v1_instances {
+            cgroup::remove_cgroup(&instance.dir.join(agent_id), CgroupVersion::V1);
+        }
+    }
+
     /// Kills every process in the v1 instance cgroups and removes them (the v2 one belongs to the
     /// [`CgroupRoot`]).
     pub fn destroy(&self) {

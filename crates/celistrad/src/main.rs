@@ -105,6 +105,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         listen: cli.listen,
         scrollback_kb: cli.scrollback_kb,
         subreaper: true,
+        launcher: std::env::current_exe().ok(),
     };
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();

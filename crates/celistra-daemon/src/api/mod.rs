@@ -5,6 +5,7 @@ mod agents;
 mod events;
 mod history;
 mod openapi;
+mod sandbox;
 mod terminal;
 
 use std::sync::Arc;
@@ -193,6 +194,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/logs", get(history::search))
         .route("/v1/history", get(history::runs))
         .route("/v1/apply", post(agents::apply))
+        .route("/v1/sandbox", get(sandbox::status).put(sandbox::switch))
+        .route("/v1/sandbox/explain", post(sandbox::explain))
         .route("/v1/events", get(events::stream))
         .route(
             "/v1/agents/{agent}/terminal/tickets",

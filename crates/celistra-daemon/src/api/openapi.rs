@@ -6,12 +6,13 @@ use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings,
     ErrorCode, Event, EventKind, ExitCause, Health, HistoryHealth, IoMode, KillRequest, LogLine,
     RenameRequest, RunCause, RunRecord, TermSize, TerminalClientMessage, TerminalRole,
-    TerminalServerMessage, TerminalTicket, TicketRequest, UpdateRequest,
+    TerminalServerMessage, TerminalTicket, TicketRequest, UpdateRequest, RunSandbox, SandboxStatus,
+    SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource, SandboxBlock,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, events, history, terminal};
+use super::{agents, events, history, sandbox, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,13 +22,15 @@ use super::{agents, events, history, terminal};
         agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
         agents::stop, agents::start, agents::restart, agents::kill, agents::remove, agents::apply,
         history::logs, history::clear, history::search, history::runs, events::stream,
-        terminal::ticket, terminal::connect,
+        terminal::ticket, terminal::connect, sandbox::status, sandbox::switch, sandbox::explain,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
         Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
         HistoryHealth, IoMode, LogLine, RunCause, RunRecord, history::Cleared, history::Format,
         TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
+        RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
+        SandboxBlock,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

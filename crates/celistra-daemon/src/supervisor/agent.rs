@@ -11,12 +11,12 @@ use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
-    IoMode, RunCause, RunRecord, Signal, TermSize, TerminalServerMessage, signal_name,
+    IoMode, RunCause, RunRecord, RunSandbox, Signal, TermSize, TerminalServerMessage, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
-    AgentCgroup, Child, ExitInfo, PtySize, SpawnSpec, resize_pty, signal_group, spawn_in_pty,
-    spawn_with_pipes,
+    AgentCgroup, AgentLimits, Child, ExitInfo, PtySize, SpawnSpec, resize_pty, signal_group,
+    spawn_in_pty, spawn_with_pipes,
 };
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -63,6 +63,8 @@ pub(crate) struct AgentHandle {
     pub spec: Mutex<AgentSpec>,
     pub hub: Hub,
     pub commands: mpsc::UnboundedSender<Order>,
+    /// History id of the current (or last) run, where the daemon's notes about the agent go.
+    pub history_run: std::sync::atomic::AtomicU64,
 }
 
 impl AgentHandle {
@@ -151,6 +153,10 @@ struct Run {
     readers: Vec<JoinHandle<()>>,
     started: Instant,
     cgroup: Option<AgentCgroup>,
+    /// The run's resource limits: its v1 cgroups, killed with the run.
+    limits: AgentLimits,
+    /// How the run is confined, as `ls` and `status` show it.
+    sandbox: RunSandbox,
     settings: EffectiveSettings,
     /// An operator signalled this run: its end is the operator's doing and is not restarted.
     signalled: bool,
@@ -407,11 +413,23 @@ impl Agent {
                     info.exit_signal = None;
                     info.last_error = None;
                     info.settings = run.settings.clone();
+                    info.sandbox = Some(run.sandbox.clone());
                     if is_restart {
                         info.restarts += 1;
                     }
                     (info.restarts, info.name.clone())
                 };
+                self.handle
+                    .history_run
+                    .store(run.id, std::sync::atomic::Ordering::SeqCst);
+                if let Some(because) = &run.sandbox.unsandboxed_because {
+                    self.shared.events.publish(EventKind::AgentUnsandboxed {
+                        agent_id: self.id().to_owned(),
+                        name: name.clone(),
+                        run: self.handle.info().run,
+                        because: because.clone(),
+                    });
+                }
                 self.record_start(&run);
                 self.set_state(AgentState::Running, Some(pid));
                 self.handle.hub.announce(&TerminalServerMessage::Restarted {
@@ -467,7 +485,20 @@ impl Agent {
                 "workspace {workspace} does not exist or is not a directory"
             ));
         }
+        let source = self.handle.info().source.clone();
+        let confinement = self
+            .shared
+            .sandbox
+            .confine(&spec, &source, std::path::Path::new(&workspace))
+            .map_err(|e| e.message)?;
         let mut env = self.shared.base_env.clone();
+        if let Some(user) = &confinement.credentials {
+            // Like a login: the agent's own HOME and names, unless its spec sets them.
+            env.retain(|(key, _)| !matches!(key.as_str(), "HOME" | "USER" | "LOGNAME"));
+            env.push(("HOME".into(), user.home.display().to_string()));
+            env.push(("USER".into(), user.name.clone()));
+            env.push(("LOGNAME".into(), user.name.clone()));
+        }
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.push(("CELISTRA_AGENT_ID".into(), self.id().to_owned()));
         env.push(("CELISTRA_AGENT_NAME".into(), spec.name.clone()));
@@ -475,15 +506,20 @@ impl Agent {
             Some(root) => Some(root.agent(self.id()).map_err(|e| e.to_string())?),
             None => None,
         };
+        let limits = self
+            .shared
+            .limits
+            .prepare(self.id(), &confinement.limits, cgroup.as_ref())
+            .map_err(|e| e.to_string())?;
         let launch = SpawnSpec {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), spec.command.clone()],
             cwd: workspace.into(),
             env,
             cgroup: cgroup.as_ref(),
-            sandbox: None,
-            credentials: None,
-            limits: None,
+            sandbox: confinement.plan.as_ref(),
+            credentials: confinement.credentials.as_ref(),
+            limits: Some(&limits),
         };
         let run_id = self.shared.history.next_run_id(now_ms());
         let output = OutputSink {
@@ -526,6 +562,11 @@ impl Agent {
             readers,
             started: Instant::now(),
             cgroup,
+            sandbox: RunSandbox {
+                limits: limits.applied().0.iter().map(ToString::to_string).collect(),
+                ..confinement.info
+            },
+            limits,
             settings,
             signalled: false,
         })
@@ -738,6 +779,7 @@ fn kill_everything(run: &Run) {
     if let Some(cgroup) = &run.cgroup {
         cgroup.kill();
     }
+    run.limits.kill();
 }
 
 /// Where a run's output goes: the agent's ring and live followers, and the history.

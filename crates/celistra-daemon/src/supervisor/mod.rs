@@ -17,7 +17,7 @@ use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, ErrorCode, EventKind,
     IoMode, Signal, UpdateRequest,
 };
-use celistra_sandbox::CgroupRoot;
+use celistra_sandbox::{CgroupRoot, ResourceControl};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
@@ -29,6 +29,7 @@ pub(crate) use reader_thread::ReaderThread;
 use crate::events::EventBus;
 use crate::home::Home;
 use crate::now_ms;
+use crate::sandbox::SandboxControl;
 use crate::store::{Store, StoredAgent};
 
 /// The last `bytes` of an agent's saved output, as written (empty if there is none or it cannot be
@@ -71,6 +72,10 @@ pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub history: History,
     pub cgroups: Option<CgroupRoot>,
+    /// Where memory, process and CPU limits are enforced.
+    pub limits: ResourceControl,
+    /// The master switch, grants, and each run's confinement.
+    pub sandbox: SandboxControl,
     /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
     pub scrollback_kb: Option<u32>,
     /// Workspace of agents spawned without one: the daemon's `$HOME`.
@@ -292,6 +297,7 @@ impl Supervisor {
             spec: std::sync::Mutex::new(stored.spec.clone()),
             hub: Hub::new(settings.scrollback_kb as usize * 1024),
             commands,
+            history_run: std::sync::atomic::AtomicU64::new(0),
         });
         registry
             .id_by_name
@@ -537,6 +543,7 @@ impl Supervisor {
         {
             cgroup.remove();
         }
+        self.shared.limits.remove_agent(&handle.id);
         self.shared.events.publish(EventKind::AgentRemoved {
             agent_id: handle.id.clone(),
             name: info.name.clone(),

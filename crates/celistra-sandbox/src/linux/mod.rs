@@ -9,5 +9,5 @@ mod syscall_filter;
 mod tools;
 
 pub use launcher::{LAUNCHER_ARG, launcher_main};
-pub use plan::{PlanDescription, SandboxPlan};
+pub use plan::{PlanDescription, SandboxPlan, kernel_landlock_abi};
 pub use tools::Tools;

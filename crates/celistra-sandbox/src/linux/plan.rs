@@ -446,7 +446,7 @@ fn path_error(path: &Path, problem: &str) -> Error {
 }
 
 /// The kernel's Landlock ABI version, 0 when Landlock is missing or disabled.
-fn kernel_landlock_abi() -> u32 {
+pub fn kernel_landlock_abi() -> u32 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a null attribute pointer, size 0 and only the VERSION flag, the kernel reads
     // and writes no memory; it returns the ABI version or -1.
