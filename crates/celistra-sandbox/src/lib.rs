@@ -4,12 +4,16 @@
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
 //! The kernel sandbox (bubblewrap, Landlock, seccomp) is built here from a [`Policy`].
 
+mod audit;
 mod cgroup;
 mod guard;
 mod policy;
 mod reaper;
 mod spawn;
 
+pub use audit::{
+    AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
+};
 pub use cgroup::{AgentCgroup, CgroupRoot};
 pub use guard::DeathGuard;
 pub use policy::{MacosGrants, Network, Policy};
