@@ -175,9 +175,9 @@ where
 {
     loop {
         // A deadline is at most `STALE_AFTER` away, so it always converts.
-        let timeout = pipeline
-            .next_deadline()
-            .and_then(|deadline| Timespec::try_from(deadline - Instant::now()).ok());
+        let timeout = pipeline.next_deadline().and_then(|deadline| {
+            Timespec::try_from(deadline.saturating_duration_since(Instant::now())).ok()
+        });
         let mut fds = [
             PollFd::new(&feed, PollFlags::IN),
             PollFd::new(stop, PollFlags::IN),

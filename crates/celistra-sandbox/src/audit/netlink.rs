@@ -18,8 +18,15 @@ const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 const AUDIT_GET: u16 = 1000;
 const AUDIT_SET: u16 = 1001;
-/// `struct audit_status`: 11 `u32`s.
-const AUDIT_STATUS_LEN: usize = 44;
+/// `struct audit_status` is 11 `u32` words: `mask`, `enabled`, `failure`, `pid`, `rate_limit`,
+/// `backlog_limit`, … The `AUDIT_STATUS_*` mask bits say which fields an `AUDIT_SET` changes.
+const AUDIT_STATUS_WORDS: usize = 11;
+const STATUS_MASK: usize = 0;
+const STATUS_ENABLED: usize = 1;
+const STATUS_PID: usize = 3;
+const STATUS_BACKLOG_LIMIT: usize = 5;
+const AUDIT_STATUS_ENABLED: u32 = 0x1;
+const AUDIT_STATUS_BACKLOG_LIMIT: u32 = 0x10;
 const AUDIT_NLGRP_READLOG: u32 = 1;
 /// The kernel's replies come at once; this only bounds a kernel that never answers.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -28,12 +35,15 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 const FEED_BUFFER: usize = 4 << 20;
 /// Larger than the kernel's biggest audit message (`MAX_AUDIT_MESSAGE_LENGTH`, 8970).
 const DATAGRAM_BUFFER: usize = 64 << 10;
+/// Datagrams read per [`RecordFeed::drain`], so that under a flood the monitor still expires
+/// events and notices it should stop.
+const DATAGRAMS_PER_DRAIN: usize = 512;
 
-fn audit_socket() -> io::Result<OwnedFd> {
+fn audit_socket(flags: SocketFlags) -> io::Result<OwnedFd> {
     Ok(socket_with(
         AddressFamily::NETLINK,
         SocketType::RAW,
-        SocketFlags::CLOEXEC,
+        SocketFlags::CLOEXEC | flags,
         Some(netlink::AUDIT),
     )?)
 }
@@ -49,8 +59,21 @@ pub(crate) struct AuditStatus {
     pub(crate) backlog_limit: u32,
 }
 
-/// A settable field of `struct audit_status`: its `AUDIT_STATUS_*` mask bit and its index
-/// (`include/uapi/linux/audit.h`).
+impl AuditStatus {
+    fn parse(reply: &[u8]) -> Option<AuditStatus> {
+        let word = |index: usize| {
+            let bytes = reply.get(index * 4..index * 4 + 4)?;
+            Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+        };
+        Some(AuditStatus {
+            enabled: word(STATUS_ENABLED)?,
+            daemon_pid: word(STATUS_PID)?,
+            backlog_limit: word(STATUS_BACKLOG_LIMIT)?,
+        })
+    }
+}
+
+/// A field of the audit status the monitor sets.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum StatusField {
     Enabled,
@@ -58,47 +81,38 @@ pub(crate) enum StatusField {
 }
 
 impl StatusField {
-    fn mask_and_index(self) -> (u32, usize) {
-        match self {
-            StatusField::Enabled => (0x1, 1),
-            StatusField::BacklogLimit => (0x10, 5),
-        }
+    /// The `AUDIT_SET` payload that sets this field to `value` and leaves every other alone.
+    fn change(self, value: u32) -> Vec<u8> {
+        let (mask, index) = match self {
+            StatusField::Enabled => (AUDIT_STATUS_ENABLED, STATUS_ENABLED),
+            StatusField::BacklogLimit => (AUDIT_STATUS_BACKLOG_LIMIT, STATUS_BACKLOG_LIMIT),
+        };
+        let mut words = [0u32; AUDIT_STATUS_WORDS];
+        words[STATUS_MASK] = mask;
+        words[index] = value;
+        words.iter().flat_map(|w| w.to_ne_bytes()).collect()
     }
 }
 
 pub(crate) fn audit_status() -> io::Result<AuditStatus> {
     let reply = request(&control_socket()?, AUDIT_GET, NLM_F_REQUEST, &[])?;
-    let word = |index: usize| {
-        reply
-            .get(index * 4..index * 4 + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_ne_bytes)
-            .ok_or_else(|| io::Error::other("the kernel's audit status reply is too short"))
-    };
-    Ok(AuditStatus {
-        enabled: word(1)?,
-        daemon_pid: word(3)?,
-        backlog_limit: word(5)?,
-    })
+    AuditStatus::parse(&reply)
+        .ok_or_else(|| io::Error::other("the kernel's audit status reply is too short"))
 }
 
-/// Sets one field of the audit status, changing nothing else.
 pub(crate) fn set_audit_status(field: StatusField, value: u32) -> io::Result<()> {
-    let (mask, index) = field.mask_and_index();
-    let mut status = [0u8; AUDIT_STATUS_LEN];
-    status[0..4].copy_from_slice(&mask.to_ne_bytes());
-    status[index * 4..index * 4 + 4].copy_from_slice(&value.to_ne_bytes());
+    let payload = field.change(value);
     request(
         &control_socket()?,
         AUDIT_SET,
         NLM_F_REQUEST | NLM_F_ACK,
-        &status,
+        &payload,
     )
     .map(drop)
 }
 
 fn control_socket() -> io::Result<OwnedFd> {
-    let socket = audit_socket()?;
+    let socket = audit_socket(SocketFlags::empty())?;
     sockopt::set_socket_timeout(&socket, sockopt::Timeout::Recv, Some(REPLY_TIMEOUT))?;
     Ok(socket)
 }
@@ -195,12 +209,7 @@ pub(crate) struct RecordFeed {
 impl RecordFeed {
     /// Joins the read-only log group. Needs `CAP_AUDIT_READ`.
     pub(crate) fn subscribe() -> io::Result<RecordFeed> {
-        let socket = socket_with(
-            AddressFamily::NETLINK,
-            SocketType::RAW,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            Some(netlink::AUDIT),
-        )?;
+        let socket = audit_socket(SocketFlags::NONBLOCK)?;
         if sockopt::set_socket_recv_buffer_size_force(&socket, FEED_BUFFER).is_err() {
             sockopt::set_socket_recv_buffer_size(&socket, FEED_BUFFER)?;
         }
@@ -213,9 +222,10 @@ impl RecordFeed {
         })
     }
 
-    /// Hands every queued record to `each` as `(type, text)`, without waiting for more.
+    /// Hands queued records to `each` as `(type, text)`, up to [`DATAGRAMS_PER_DRAIN`], without
+    /// waiting for more.
     pub(crate) fn drain(&mut self, mut each: impl FnMut(u16, &[u8])) -> io::Result<()> {
-        loop {
+        for _ in 0..DATAGRAMS_PER_DRAIN {
             let (received, _, sender) =
                 match rustix::net::recvfrom(&self.socket, &mut self.buffer[..], RecvFlags::empty())
                 {
@@ -246,6 +256,7 @@ impl RecordFeed {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -305,6 +316,40 @@ mod tests {
         lying[0] = 0;
         assert_eq!(messages(&lying).count(), 0, "a zero length must not loop");
         assert_eq!(messages(&[]).count(), 0);
+    }
+
+    #[test]
+    fn reads_a_captured_status_reply() {
+        // AUDIT_GET's reply on the project's machine right after boot.
+        let words = [0u32, 0, 1, 0, 0, 64, 0, 0, 127, 15000, 0];
+        let reply: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        assert_eq!(
+            AuditStatus::parse(&reply),
+            Some(AuditStatus {
+                enabled: 0,
+                daemon_pid: 0,
+                backlog_limit: 64
+            })
+        );
+        assert_eq!(AuditStatus::parse(&reply[..20]), None);
+    }
+
+    #[test]
+    fn a_change_sets_one_field_under_its_mask() {
+        let words = |payload: Vec<u8>| -> Vec<u32> {
+            payload
+                .chunks_exact(4)
+                .map(|w| u32::from_ne_bytes(w.try_into().expect("4 bytes")))
+                .collect()
+        };
+        assert_eq!(
+            words(StatusField::Enabled.change(1)),
+            [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            words(StatusField::BacklogLimit.change(8192)),
+            [0x10, 0, 0, 0, 0, 8192, 0, 0, 0, 0, 0]
+        );
     }
 
     proptest! {
