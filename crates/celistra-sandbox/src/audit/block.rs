@@ -70,10 +70,10 @@ impl fmt::Display for Blocked {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct EventFacts {
     pub(crate) blocks: Vec<KernelBlock>,
-    /// A Landlock domain logged for the first time, and the pid that created it.
-    pub(crate) domain_created: Option<(String, u32)>,
-    /// A Landlock domain the kernel freed: no later record names it.
-    pub(crate) domain_freed: Option<String>,
+    /// Landlock domains logged for the first time, with the pid that created each.
+    pub(crate) domains_created: Vec<(String, u32)>,
+    /// Landlock domains the kernel freed: no later record names them.
+    pub(crate) domains_freed: Vec<String>,
 }
 
 /// Reads the records of one event (all with the same stamp).
@@ -91,10 +91,10 @@ pub(crate) fn read_event(records: &[Record]) -> EventFacts {
                 match record.field("status").map(|v| v.raw()) {
                     Some("allocated") => {
                         if let Some(creator) = record.number("pid") {
-                            facts.domain_created = Some((domain, creator));
+                            facts.domains_created.push((domain, creator));
                         }
                     }
-                    Some("deallocated") => facts.domain_freed = Some(domain),
+                    Some("deallocated") => facts.domains_freed.push(domain),
                     _ => {}
                 }
             }
@@ -300,7 +300,7 @@ pub(crate) mod tests {
                 },
             }]
         );
-        assert_eq!(facts.domain_created, Some(("186baf5e4".to_owned(), 29368)));
+        assert_eq!(facts.domains_created, [("186baf5e4".to_owned(), 29368)]);
         assert_eq!(facts.blocks[0].what.to_string(), "write_file /dev/tty");
         let created = only_block(MAKE_REG_DENIED);
         assert_eq!(created.what.to_string(), "make_reg /etc");
@@ -440,8 +440,8 @@ pub(crate) mod tests {
     #[test]
     fn domain_lifecycle() {
         let freed = read_event(&records(&[DOMAIN_FREED]));
-        assert_eq!(freed.domain_freed.as_deref(), Some("186baf5e4"));
-        assert!(freed.blocks.is_empty() && freed.domain_created.is_none());
+        assert_eq!(freed.domains_freed, ["186baf5e4"]);
+        assert!(freed.blocks.is_empty() && freed.domains_created.is_empty());
     }
 
     #[test]

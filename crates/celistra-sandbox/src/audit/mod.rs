@@ -248,7 +248,7 @@ impl<R: Fn(u32) -> Option<String>, S: Fn(AttributedBlock)> Pipeline<R, S> {
 
     fn event(&mut self, records: &[Record], now: Instant) {
         let facts = block::read_event(records);
-        if let Some((domain, creator)) = &facts.domain_created {
+        for (domain, creator) in &facts.domains_created {
             self.attributor.domain_created(domain, *creator);
         }
         for block in facts.blocks {
@@ -264,7 +264,7 @@ impl<R: Fn(u32) -> Option<String>, S: Fn(AttributedBlock)> Pipeline<R, S> {
                 });
             }
         }
-        if let Some(domain) = &facts.domain_freed {
+        for domain in &facts.domains_freed {
             self.attributor.domain_freed(domain);
         }
     }
