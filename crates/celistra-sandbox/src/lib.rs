@@ -6,6 +6,7 @@
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
 //! else rlimits) come from [`ResourceLimits`].
 
+mod audit;
 mod cgroup;
 mod credentials;
 mod guard;
@@ -16,6 +17,9 @@ mod reaper;
 mod seatbelt;
 mod spawn;
 
+pub use audit::{
+    AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
+};
 pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use credentials::Credentials;
 pub use guard::DeathGuard;
