@@ -126,6 +126,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         readers: reader_thread.handle().clone(),
     });
     let supervisor = Arc::new(supervisor::Supervisor::new(Arc::clone(&shared)));
+    let block_monitor = sandbox::report_blocks(&supervisor);
     let announcer = tokio::spawn(announce_history(history_announcements, Arc::clone(&shared)));
 
     let socket_path = home.socket_file();
@@ -213,6 +214,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         root.destroy();
     }
     shared.limits.destroy();
+    drop(block_monitor);
     drop(guard);
     let _ = std::fs::remove_file(&socket_path);
     let _ = std::fs::remove_file(home.addr_file());

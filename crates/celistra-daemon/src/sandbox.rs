@@ -3,20 +3,23 @@
 //! bubblewrap/Landlock/seccomp plan, user, resource limits).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use celistra_core::capability::{self, Capability, GrantsFile, Resolution, SpawnContext};
+use celistra_core::logtext::Stream;
 use celistra_proto::{
-    AgentSpec, ApiError, CapabilitySource, ErrorCode, RunSandbox, SandboxExplanation,
-    SandboxStatus,
+    AgentSpec, ApiError, CapabilitySource, ErrorCode, EventKind, RunSandbox, SandboxBlock,
+    SandboxExplanation, SandboxStatus,
 };
 use celistra_sandbox::{
-    Credentials, MacosGrants, Network, Policy, ResourceLimits, SandboxPlan, Tools,
+    AttributedBlock, BlockMonitor, Blocked, Credentials, MacosGrants, Network, Policy,
+    ResourceLimits, SandboxPlan, Tools, agent_of_pid,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::home::{Home, write_atomic_private};
 use crate::now_ms;
+use crate::supervisor::Supervisor;
 
 /// `sandbox.json`: the master switch and who turned it last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +57,9 @@ pub(crate) struct SandboxControl {
     state_dir: PathBuf,
     /// How kernel blocks are observed, or why not.
     block_reporting: Mutex<String>,
+    /// Kernel audit sessions of recent runs and their agents, while blocks are reported (one
+    /// session per run; see [`SandboxControl::note_run`]).
+    sessions: Arc<Mutex<Sessions>>,
     daemon_is_root: bool,
 }
 
@@ -73,18 +79,20 @@ fn spawn_refused(message: String) -> ApiError {
 impl SandboxControl {
     /// Reads `sandbox.json` (absent: the sandbox is on). A malformed file stops the daemon from
     /// starting rather than guessing whether the operator wanted agents confined.
-    pub(crate) fn load(home: &Home, launcher: Option<PathBuf>) -> Result<SandboxControl, crate::Error> {
+    pub(crate) fn load(
+        home: &Home,
+        launcher: Option<PathBuf>,
+    ) -> Result<SandboxControl, crate::Error> {
         let switch_path = home.dir.join("sandbox.json");
         let switch = match std::fs::read_to_string(&switch_path) {
-            Ok(text) => celistra_core::json::parse::<SwitchFile>(
-                &text,
-                &switch_path.display().to_string(),
-            )
-            .map_err(|e| {
-                crate::Error::Invalid(format!(
-                    "{e}; fix the file or delete it (the sandbox is then on)"
-                ))
-            })?,
+            Ok(text) => {
+                celistra_core::json::parse::<SwitchFile>(&text, &switch_path.display().to_string())
+                    .map_err(|e| {
+                        crate::Error::Invalid(format!(
+                            "{e}; fix the file or delete it (the sandbox is then on)"
+                        ))
+                    })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => SwitchFile::default(),
             Err(e) => {
                 return Err(crate::Error::io(
@@ -101,12 +109,16 @@ impl SandboxControl {
             launcher,
             state_dir,
             block_reporting: Mutex::new("not started".into()),
+            sessions: Arc::default(),
             daemon_is_root: rustix::process::geteuid().is_root(),
         })
     }
 
     pub(crate) fn enabled(&self) -> bool {
-        self.switch.lock().unwrap_or_else(PoisonError::into_inner).enabled
+        self.switch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .enabled
     }
 
     /// Turns the master switch and persists it before answering.
@@ -119,7 +131,10 @@ impl SandboxControl {
             changed_at_ms: Some(now_ms()),
         };
         let text = serde_json::to_vec_pretty(&next).map_err(|e| {
-            ApiError::new(ErrorCode::Internal, format!("cannot encode the switch: {e}"))
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot encode the switch: {e}"),
+            )
         })?;
         write_atomic_private(&self.switch_path, &text).map_err(|e| {
             ApiError::new(
@@ -129,6 +144,24 @@ impl SandboxControl {
         })?;
         *switch = next;
         Ok(())
+    }
+
+    /// The login uid that starts a run's own audit session, when blocks are reported.
+    pub(crate) fn audit_login_uid(&self, credentials: Option<&Credentials>) -> Option<u32> {
+        lock(&self.sessions).reporting.then(|| {
+            credentials.map_or_else(|| rustix::process::geteuid().as_raw(), |user| user.uid)
+        })
+    }
+
+    /// Remembers the audit session of a run that just started, so its blocks are attributed even
+    /// after its processes exit.
+    pub(crate) fn note_run(&self, agent_id: &str, pid: u32) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.reporting
+            && let Some(session) = celistra_sandbox::audit_session_of(pid)
+        {
+            sessions.insert(session, agent_id);
+        }
     }
 
     pub(crate) fn set_block_reporting(&self, how: String) {
@@ -165,7 +198,8 @@ impl SandboxControl {
 
     fn tools(&self) -> Result<Tools, String> {
         let launcher = self.launcher.clone().ok_or_else(|| {
-            "this daemon was started without its sandbox launcher; run the `celistrad` binary".to_owned()
+            "this daemon was started without its sandbox launcher; run the `celistrad` binary"
+                .to_owned()
         })?;
         Tools::find(launcher).map_err(|e| e.to_string())
     }
@@ -173,14 +207,14 @@ impl SandboxControl {
     /// Reads `capabilities.json` afresh (absent: no grants). A malformed file refuses the spawn.
     fn grants(&self) -> Result<GrantsFile, ApiError> {
         match std::fs::read_to_string(&self.grants_path) {
-            Ok(text) => GrantsFile::parse(&text, &self.grants_path.display().to_string()).map_err(
-                |e| {
+            Ok(text) => {
+                GrantsFile::parse(&text, &self.grants_path.display().to_string()).map_err(|e| {
                     ApiError::new(
                         ErrorCode::ConfigInvalid,
                         format!("{e}; spawns are refused until the grants file is fixed"),
                     )
-                },
-            ),
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GrantsFile::default()),
             Err(e) => Err(ApiError::new(
                 ErrorCode::ConfigInvalid,
@@ -270,14 +304,20 @@ impl SandboxControl {
         }
         for token in ["screen_capture", "accessibility", "full_disk_access"] {
             if confinement.info.capabilities.iter().any(|c| c == token) {
-                notes.push(format!("`{token}` is recorded but only has an effect on macOS"));
+                notes.push(format!(
+                    "`{token}` is recorded but only has an effect on macOS"
+                ));
             }
         }
         let description = confinement.plan.as_ref().map(SandboxPlan::describe);
         let (bwrap_argv, landlock, seccomp) = match description {
             Some(description) => {
                 notes.extend(description.notes);
-                (description.bwrap_argv, description.landlock, description.seccomp)
+                (
+                    description.bwrap_argv,
+                    description.landlock,
+                    description.seccomp,
+                )
             }
             None => (vec![], vec![], vec![]),
         };
@@ -292,9 +332,8 @@ impl SandboxControl {
     }
 
     fn plan(&self, resolution: &Resolution, workspace: &Path) -> Result<SandboxPlan, ApiError> {
-        let workspace = std::fs::canonicalize(workspace).map_err(|e| {
-            spawn_refused(format!("workspace {}: {e}", workspace.display()))
-        })?;
+        let workspace = std::fs::canonicalize(workspace)
+            .map_err(|e| spawn_refused(format!("workspace {}: {e}", workspace.display())))?;
         if workspace.starts_with(&self.state_dir) {
             return Err(spawn_refused(format!(
                 "workspace {} is inside the daemon's state directory {}, which a sandbox never sees; \
@@ -310,7 +349,11 @@ impl SandboxControl {
 
     /// The user a run executes as, when it is not the daemon's own: `--user`, or, for a root daemon,
     /// the owner of the workspace.
-    fn credentials(&self, spec: &AgentSpec, workspace: &Path) -> Result<Option<Credentials>, ApiError> {
+    fn credentials(
+        &self,
+        spec: &AgentSpec,
+        workspace: &Path,
+    ) -> Result<Option<Credentials>, ApiError> {
         let own_uid = rustix::process::geteuid().as_raw();
         let wanted = match &spec.user {
             Some(user) => Credentials::lookup(user).map_err(|e| spawn_refused(e.to_string()))?,
@@ -330,6 +373,161 @@ impl SandboxControl {
             )));
         }
         Ok(Some(wanted))
+    }
+}
+
+/// Starts turning the kernel's block decisions into `sandbox_block` events and notes in the agent's
+/// history. Needs root (audit records) and per-agent cgroups (to tell whose process was blocked);
+/// otherwise blocks are still enforced, and `GET /v1/sandbox` says why they are not reported.
+pub(crate) fn report_blocks(supervisor: &Arc<Supervisor>) -> Option<BlockMonitor> {
+    let shared = &supervisor.shared;
+    if !rustix::process::geteuid().is_root() {
+        shared.sandbox.set_block_reporting(
+            "off: only a daemon running as root can read the kernel's audit records; blocks are \
+             still enforced, and the agent sees EACCES/EPERM"
+                .into(),
+        );
+        return None;
+    }
+    let Some(instance) = shared.cgroups.as_ref().map(|root| root.path().to_owned()) else {
+        shared.sandbox.set_block_reporting(
+            "off: blocks are attributed to agents by cgroup, and per-agent cgroups are unavailable              (see the daemon's log); blocks are still enforced"
+                .into(),
+        );
+        return None;
+    };
+    let (sender, mut blocks) = tokio::sync::mpsc::unbounded_channel();
+    let sessions = Arc::clone(&shared.sandbox.sessions);
+    let started = BlockMonitor::start(
+        move |pid, session| {
+            session
+                .and_then(|session| lock(&sessions).agent(session))
+                .or_else(|| agent_of_pid(pid, &instance))
+        },
+        move |block| {
+            let _ = sender.send(block);
+        },
+    );
+    match started {
+        Ok((monitor, report)) => {
+            let mut how = "on: Landlock and seccomp denials from kernel audit records".to_owned();
+            if report.enabled_kernel_audit {
+                tracing::info!("enabled kernel audit to record sandbox blocks");
+                how.push_str(" (the daemon enabled kernel audit)");
+            }
+            shared.sandbox.set_block_reporting(how);
+            lock(&shared.sandbox.sessions).reporting = true;
+            let supervisor = Arc::clone(supervisor);
+            tokio::spawn(async move {
+                while let Some(block) = blocks.recv().await {
+                    publish_block(&supervisor, block);
+                }
+            });
+            Some(monitor)
+        }
+        Err(e) => {
+            tracing::info!("sandbox blocks are not reported: {e}");
+            shared.sandbox.set_block_reporting(format!("off: {e}"));
+            None
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Audit sessions of the last few runs of each agent. Blocks of a run may be read after it ended,
+/// so a session is kept until the agent has started a few more.
+#[derive(Debug, Default)]
+struct Sessions {
+    /// Whether blocks are reported at all (else no session is started).
+    reporting: bool,
+    agents: std::collections::HashMap<u32, String>,
+}
+
+/// Sessions kept per agent.
+const SESSIONS_PER_AGENT: usize = 4;
+
+impl Sessions {
+    fn insert(&mut self, session: u32, agent_id: &str) {
+        let mut own: Vec<u32> = self
+            .agents
+            .iter()
+            .filter(|(_, agent)| agent.as_str() == agent_id)
+            .map(|(session, _)| *session)
+            .collect();
+        // Sessions are numbered upwards by the kernel: the smallest are the oldest.
+        own.sort_unstable();
+        for old in own
+            .iter()
+            .take((own.len() + 1).saturating_sub(SESSIONS_PER_AGENT))
+        {
+            self.agents.remove(old);
+        }
+        self.agents.insert(session, agent_id.to_owned());
+    }
+
+    fn agent(&self, session: u32) -> Option<String> {
+        self.agents.get(&session).cloned()
+    }
+}
+
+/// One block: an event for everyone watching, and a line in the agent's history.
+fn publish_block(supervisor: &Supervisor, attributed: AttributedBlock) {
+    let Ok(handle) = supervisor.find(&attributed.agent_id) else {
+        return;
+    };
+    let block = wire_block(attributed, handle.info().name.clone());
+    let note = format!(
+        "celistra sandbox: blocked {} (pid {}{})\n",
+        block.summary,
+        block.pid,
+        block
+            .exe
+            .as_deref()
+            .map(|exe| format!(", {exe}"))
+            .unwrap_or_default()
+    );
+    let agent_id: Arc<str> = Arc::from(block.agent_id.as_str());
+    supervisor.shared.history.append(
+        &agent_id,
+        handle.history_run.load(std::sync::atomic::Ordering::SeqCst),
+        Stream::Sandbox,
+        block.time_ms,
+        bytes::Bytes::from(note),
+    );
+    supervisor.shared.events.publish(EventKind::SandboxBlock {
+        block: Box::new(block),
+    });
+}
+
+fn wire_block(attributed: AttributedBlock, name: String) -> SandboxBlock {
+    let AttributedBlock {
+        agent_id,
+        block,
+        suppressed,
+    } = attributed;
+    let summary = block.what.to_string();
+    let (kind, access, target) = match block.what {
+        Blocked::Filesystem { access, path } => ("filesystem", access.join(","), path),
+        Blocked::Network { access, port } => ("network", access, Some(port.to_string())),
+        Blocked::Scope { access, target } => ("scope", access, target),
+        Blocked::Syscall { number, name } => {
+            ("syscall", name.unwrap_or_else(|| number.to_string()), None)
+        }
+    };
+    SandboxBlock {
+        agent_id,
+        name,
+        time_ms: block.time_ms,
+        kind: kind.to_owned(),
+        access,
+        target,
+        summary,
+        pid: block.pid,
+        exe: block.exe,
+        suppressed,
     }
 }
 
@@ -398,6 +596,20 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn sessions_keep_the_last_few_runs_of_each_agent() {
+        let mut sessions = Sessions::default();
+        for session in 1..=6 {
+            sessions.insert(session, "ag-a");
+        }
+        sessions.insert(7, "ag-b");
+        assert_eq!(sessions.agent(2), None);
+        assert_eq!(sessions.agent(3).as_deref(), Some("ag-a"));
+        assert_eq!(sessions.agent(6).as_deref(), Some("ag-a"));
+        assert_eq!(sessions.agent(7).as_deref(), Some("ag-b"));
+        assert_eq!(sessions.agents.len(), SESSIONS_PER_AGENT + 1);
     }
 
     #[test]

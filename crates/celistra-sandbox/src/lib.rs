@@ -19,6 +19,7 @@ mod spawn;
 
 pub use audit::{
     AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
+    audit_session_of,
 };
 pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use credentials::Credentials;

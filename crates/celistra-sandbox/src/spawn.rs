@@ -53,6 +53,10 @@ pub struct SpawnSpec<'a> {
     pub credentials: Option<&'a Credentials>,
     /// Resource limits: the child joins their v1 cgroups and sets their rlimits before exec.
     pub limits: Option<&'a AgentLimits>,
+    /// Start a new kernel audit session with this login uid (root only; ignored where refused), so
+    /// every audit record of the run names it (`ses=`) even after its processes are gone. Read
+    /// the session back with [`crate::audit_session_of`].
+    pub audit_login_uid: Option<u32>,
 }
 
 /// A spawned child with its standard streams on pipes.
@@ -222,6 +226,7 @@ fn supervise_child(
     let identity = Identity::for_spawn(spawn.credentials)?;
     let sandboxed = spawn.sandbox.is_some();
     let limits = spawn.limits.map(AgentLimits::for_child);
+    let audit_login = spawn.audit_login_uid.map(|uid| uid.to_string());
     let parent_pid = rustix::process::getpid();
     Ok(move || {
         if streams == Streams::Pipes {
@@ -238,6 +243,17 @@ fn supervise_child(
         }
         if let Some(limits) = &limits {
             limits.enter()?;
+        }
+        if let Some(uid) = &audit_login {
+            // Needs CAP_AUDIT_CONTROL, so before the credentials change. Best effort: without it
+            // blocks are still enforced, only attributed by cgroup instead.
+            if let Ok(fd) = rustix::fs::open(
+                c"/proc/self/loginuid",
+                rustix::fs::OFlags::WRONLY,
+                rustix::fs::Mode::empty(),
+            ) {
+                let _ = rustix::io::write(&fd, uid.as_bytes());
+            }
         }
         if let Some(identity) = &identity {
             // The child has one thread, so the per-thread system calls change the process.

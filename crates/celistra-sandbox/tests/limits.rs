@@ -48,6 +48,7 @@ fn spec<'a>(script: &str, limits: &'a AgentLimits) -> SpawnSpec<'a> {
         limits: Some(limits),
         sandbox: None,
         credentials: None,
+        audit_login_uid: None,
     }
 }
 

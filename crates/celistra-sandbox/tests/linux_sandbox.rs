@@ -115,6 +115,7 @@ fn shell<'a>(
         sandbox,
         credentials,
         limits: None,
+        audit_login_uid: None,
     }
 }
 

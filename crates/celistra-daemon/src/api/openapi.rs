@@ -3,11 +3,12 @@
 
 use axum::Json;
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings,
-    ErrorCode, Event, EventKind, ExitCause, Health, HistoryHealth, IoMode, KillRequest, LogLine,
-    RenameRequest, RunCause, RunRecord, TermSize, TerminalClientMessage, TerminalRole,
-    TerminalServerMessage, TerminalTicket, TicketRequest, UpdateRequest, RunSandbox, SandboxStatus,
-    SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource, SandboxBlock,
+    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, CapabilitySource,
+    EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest, Health,
+    HistoryHealth, IoMode, KillRequest, LogLine, RenameRequest, RunCause, RunRecord, RunSandbox,
+    SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, TermSize,
+    TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
+    UpdateRequest,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

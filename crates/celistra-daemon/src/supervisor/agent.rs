@@ -422,6 +422,7 @@ impl Agent {
                 self.handle
                     .history_run
                     .store(run.id, std::sync::atomic::Ordering::SeqCst);
+                self.shared.sandbox.note_run(self.id(), pid);
                 if let Some(because) = &run.sandbox.unsandboxed_because {
                     self.shared.events.publish(EventKind::AgentUnsandboxed {
                         agent_id: self.id().to_owned(),
@@ -520,6 +521,10 @@ impl Agent {
             sandbox: confinement.plan.as_ref(),
             credentials: confinement.credentials.as_ref(),
             limits: Some(&limits),
+            audit_login_uid: self
+                .shared
+                .sandbox
+                .audit_login_uid(confinement.credentials.as_ref()),
         };
         let run_id = self.shared.history.next_run_id(now_ms());
         let output = OutputSink {

@@ -78,7 +78,7 @@ pub(crate) struct Attributor<R> {
     domain_agents: LruMap<String, String>,
 }
 
-impl<R: Fn(u32) -> Option<String>> Attributor<R> {
+impl<R: Fn(u32, Option<u32>) -> Option<String>> Attributor<R> {
     pub(crate) fn new(resolve: R) -> Self {
         Attributor {
             resolve,
@@ -90,7 +90,7 @@ impl<R: Fn(u32) -> Option<String>> Attributor<R> {
     /// lives as long as the agent.
     pub(crate) fn domain_created(&mut self, domain: &str, creator: u32) {
         if self.domain_agents.get_mut(domain).is_none()
-            && let Some(agent) = (self.resolve)(creator)
+            && let Some(agent) = (self.resolve)(creator, None)
         {
             self.domain_agents
                 .get_or_insert_with(domain.to_owned(), || agent);
@@ -101,14 +101,22 @@ impl<R: Fn(u32) -> Option<String>> Attributor<R> {
         self.domain_agents.remove(domain);
     }
 
-    /// The agent owning a block of `pid` in `domain`. A known domain answers first: it belongs to
-    /// one agent for life, which also holds after the process exited or its pid was reused.
-    /// Otherwise the pid is resolved, and what it says is remembered for the domain.
-    pub(crate) fn agent_of(&mut self, pid: u32, domain: Option<&str>) -> Option<String> {
+    /// The agent owning a block of `pid` (in audit `session`) in `domain`. A known domain answers
+    /// first: it belongs to one agent for life, which also holds after the process exited or its
+    /// pid was reused. Otherwise pid and session are resolved, and the answer is remembered for the
+    /// domain.
+    pub(crate) fn agent_of(
+        &mut self,
+        pid: u32,
+        session: Option<u32>,
+        domain: Option<&str>,
+    ) -> Option<String> {
         if let Some(agent) = domain.and_then(|d| self.domain_agents.get_mut(d)) {
             return Some(agent.clone());
         }
-        let agent = (pid != 0).then(|| (self.resolve)(pid)).flatten()?;
+        let agent = (pid != 0 || session.is_some())
+            .then(|| (self.resolve)(pid, session))
+            .flatten()?;
         if let Some(domain) = domain {
             self.domain_agents
                 .get_or_insert_with(domain.to_owned(), || agent.clone());
@@ -238,28 +246,28 @@ mod tests {
     fn a_domain_keeps_its_agent_after_the_process_is_gone() {
         let alive = RefCell::new(vec![10_u32]);
         let mut attributor =
-            Attributor::new(|pid| alive.borrow().contains(&pid).then(|| format!("ag-{pid}")));
+            Attributor::new(|pid, _| alive.borrow().contains(&pid).then(|| format!("ag-{pid}")));
         attributor.domain_created("d1", 10);
         alive.borrow_mut().clear();
         assert_eq!(
-            attributor.agent_of(11, Some("d1")).as_deref(),
+            attributor.agent_of(11, None, Some("d1")).as_deref(),
             Some("ag-10")
         );
-        assert_eq!(attributor.agent_of(11, Some("d2")), None);
-        assert_eq!(attributor.agent_of(0, None), None);
+        assert_eq!(attributor.agent_of(11, None, Some("d2")), None);
+        assert_eq!(attributor.agent_of(0, None, None), None);
 
         alive.borrow_mut().push(12);
         assert_eq!(
-            attributor.agent_of(12, Some("d2")).as_deref(),
+            attributor.agent_of(12, None, Some("d2")).as_deref(),
             Some("ag-12")
         );
         alive.borrow_mut().clear();
         assert_eq!(
-            attributor.agent_of(12, Some("d2")).as_deref(),
+            attributor.agent_of(12, None, Some("d2")).as_deref(),
             Some("ag-12"),
             "learnt from an attributed block"
         );
         attributor.domain_freed("d2");
-        assert_eq!(attributor.agent_of(12, Some("d2")), None);
+        assert_eq!(attributor.agent_of(12, None, Some("d2")), None);
     }
 }

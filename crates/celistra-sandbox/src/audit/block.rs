@@ -20,6 +20,9 @@ pub struct KernelBlock {
     pub comm: Option<String>,
     /// The Landlock domain that denied it (a hexadecimal id); `None` for seccomp.
     pub domain: Option<String>,
+    /// The process's audit session (`ses=`), when one was set: the daemon starts one per run, so it
+    /// names the run even after the process is gone.
+    pub session: Option<u32>,
     pub what: Blocked,
 }
 
@@ -148,8 +151,14 @@ fn landlock_block(record: &Record, actor: Option<&Record>) -> Option<KernelBlock
         exe: actor.and_then(|a| a.text("exe")),
         comm: actor.and_then(|a| a.text("comm")),
         domain: record.field("domain").map(|v| v.raw().to_owned()),
+        session: actor.and_then(audit_session),
         what,
     })
+}
+
+/// A record's audit session; `4294967295` (-1) means none was ever set.
+fn audit_session(record: &Record) -> Option<u32> {
+    record.number::<u32>("ses").filter(|ses| *ses != u32::MAX)
 }
 
 /// Whom a scoped action aimed at: a process (`opid`, `ocomm`) or an abstract unix socket (`path`,
@@ -196,6 +205,7 @@ fn seccomp_block(record: &Record) -> Option<KernelBlock> {
         exe: record.text("exe"),
         comm: record.text("comm"),
         domain: None,
+        session: audit_session(record),
         what: Blocked::Syscall {
             number,
             name: arch
@@ -294,6 +304,7 @@ pub(crate) mod tests {
                 exe: Some("/usr/bin/bash".into()),
                 comm: Some("bash".into()),
                 domain: Some("186baf5e4".into()),
+                session: None,
                 what: Blocked::Filesystem {
                     access: vec!["write_file".into()],
                     path: Some("/dev/tty".into()),

@@ -43,7 +43,7 @@ impl Harness {
         let resolve = {
             let children = children.clone();
             let agent = agent.to_owned();
-            move |pid| {
+            move |pid, _| {
                 let known = children.lock().ok()?.contains(&pid);
                 known.then(|| agent.clone())
             }

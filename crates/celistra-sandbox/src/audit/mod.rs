@@ -29,7 +29,7 @@ use assemble::EventAssembler;
 use attribute::{Attributor, RateLimiter};
 pub use block::{Blocked, KernelBlock};
 use netlink::{AuditStatus, RecordFeed, StatusField};
-pub use owner::agent_of_pid;
+pub use owner::{agent_of_pid, audit_session_of};
 use record::{Record, kind};
 
 /// A block and the agent it belongs to.
@@ -99,11 +99,12 @@ pub struct BlockMonitor {
 
 impl BlockMonitor {
     /// Subscribes to kernel audit records (enabling kernel audit if it is off) and starts the
-    /// monitor thread. For each block, `resolve(pid)` names the agent owning the process (or
+    /// monitor thread. For each block, `resolve(pid, audit_session)` names the agent owning the
+    /// process (or
     /// `None`: the block is someone else's and is dropped), and `sink` receives the block. Both run
     /// on the monitor's thread: they must return promptly, and must not drop the monitor.
     pub fn start(
-        resolve: impl Fn(u32) -> Option<String> + Send + 'static,
+        resolve: impl Fn(u32, Option<u32>) -> Option<String> + Send + 'static,
         sink: impl Fn(AttributedBlock) + Send + 'static,
     ) -> Result<(BlockMonitor, StartReport), MonitorError> {
         // Subscribing first: without it there is no point in changing the system's audit state.
@@ -170,7 +171,7 @@ impl Drop for BlockMonitor {
 /// the stop pipe to hang up.
 fn watch<R, S>(mut feed: RecordFeed, stop: &OwnedFd, mut pipeline: Pipeline<R, S>)
 where
-    R: Fn(u32) -> Option<String>,
+    R: Fn(u32, Option<u32>) -> Option<String>,
     S: Fn(AttributedBlock),
 {
     loop {
@@ -213,7 +214,7 @@ struct Pipeline<R, S> {
     sink: S,
 }
 
-impl<R: Fn(u32) -> Option<String>, S: Fn(AttributedBlock)> Pipeline<R, S> {
+impl<R: Fn(u32, Option<u32>) -> Option<String>, S: Fn(AttributedBlock)> Pipeline<R, S> {
     fn new(resolve: R, sink: S) -> Self {
         Pipeline {
             assembler: EventAssembler::default(),
@@ -252,7 +253,9 @@ impl<R: Fn(u32) -> Option<String>, S: Fn(AttributedBlock)> Pipeline<R, S> {
             self.attributor.domain_created(domain, *creator);
         }
         for block in facts.blocks {
-            let Some(agent_id) = self.attributor.agent_of(block.pid, block.domain.as_deref())
+            let Some(agent_id) =
+                self.attributor
+                    .agent_of(block.pid, block.session, block.domain.as_deref())
             else {
                 continue;
             };
@@ -281,16 +284,21 @@ mod tests {
     use std::time::Duration;
 
     type Delivered = Rc<RefCell<Vec<AttributedBlock>>>;
-    type TestPipeline = Pipeline<Box<dyn Fn(u32) -> Option<String>>, Box<dyn Fn(AttributedBlock)>>;
+    type TestPipeline =
+        Pipeline<Box<dyn Fn(u32, Option<u32>) -> Option<String>>, Box<dyn Fn(AttributedBlock)>>;
 
-    /// A pipeline whose resolver knows the pids `known` (as agent `ag-PID`).
+    /// A pipeline whose resolver knows the pids `known` (as agent `ag-PID`) and audit session 42
+    /// (as agent `ag-session`).
     fn pipeline(known: &'static [u32]) -> (TestPipeline, Delivered) {
         let delivered = Delivered::default();
         let sink = {
             let delivered = delivered.clone();
             move |block| delivered.borrow_mut().push(block)
         };
-        let resolve = move |pid| known.contains(&pid).then(|| format!("ag-{pid}"));
+        let resolve = move |pid, session| match session {
+            Some(42) => Some("ag-session".to_owned()),
+            _ => known.contains(&pid).then(|| format!("ag-{pid}")),
+        };
         (Pipeline::new(Box::new(resolve), Box::new(sink)), delivered)
     }
 
@@ -341,6 +349,30 @@ mod tests {
         feed(&mut pipeline, WRITE_DENIED, now);
         feed(&mut pipeline, &[SECCOMP_DENIED], now);
         assert!(delivered.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_process_is_attributed_through_its_audit_session_even_when_gone() {
+        let (mut pipeline, delivered) = pipeline(&[]);
+        let now = Instant::now();
+        feed(
+            &mut pipeline,
+            &edited(&[SECCOMP_DENIED], "ses=4294967295", "ses=42"),
+            now,
+        );
+        feed(
+            &mut pipeline,
+            &edited(WRITE_DENIED, "ses=4294967295", "ses=42"),
+            now,
+        );
+        assert_eq!(
+            descriptions(&delivered),
+            [
+                "ag-session syscall unshare",
+                "ag-session write_file /dev/tty"
+            ]
+        );
+        assert_eq!(delivered.borrow()[0].block.session, Some(42));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Which agent a process belongs to, from its cgroup: agent cgroups are
+//! Which agent a process belongs to: from its kernel audit session (one per run, see
+//! `SpawnSpec::audit_login_uid`), or from its cgroup: agent cgroups are
 //! `<instance cgroup>/<agent id>`, and `/proc/PID/cgroup` names a process's cgroup v2 path
 //! relative to the unified mount.
 
@@ -13,6 +14,16 @@ pub fn agent_of_pid(pid: u32, instance_cgroup: &Path) -> Option<String> {
     let instance = instance_cgroup.strip_prefix(unified_mount()?).ok()?;
     let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     agent_in(&cgroups, instance)
+}
+
+/// The audit session of process `pid`; `None` when it has none (or is gone).
+pub fn audit_session_of(pid: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/sessionid"))
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|session| *session != u32::MAX)
 }
 
 /// The cgroup2 mount point, read once: the daemon never sees it move.
