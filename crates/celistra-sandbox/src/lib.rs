@@ -42,8 +42,8 @@ pub mod pty {
 }
 
 pub use spawn::{
-    Child, ExitInfo, PtySize, SpawnSpec, SpawnedPipes, SpawnedPty, resize_pty, signal_group,
-    spawn_in_pty, spawn_with_pipes,
+    Child, ExitInfo, PtySize, SandboxReady, SpawnSpec, SpawnedPipes, SpawnedPty, resize_pty,
+    signal_group, spawn_in_pty, spawn_with_pipes,
 };
 
 /// Errors of process control, each naming what was being done.

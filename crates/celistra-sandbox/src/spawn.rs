@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -65,6 +65,8 @@ pub struct SpawnedPipes {
     pub stdin: tokio::process::ChildStdin,
     pub stdout: tokio::process::ChildStdout,
     pub stderr: tokio::process::ChildStderr,
+    /// For a sandboxed child: when its program starts (see [`SandboxReady`]).
+    pub ready: Option<SandboxReady>,
 }
 
 /// Size asked of the kernel for output pipes: fewer, larger reads for chatty programs.
@@ -74,6 +76,49 @@ const PIPE_SIZE: usize = 1024 * 1024;
 pub struct SpawnedPty {
     pub child: Child,
     pub pty: pty_process::Pty,
+    /// For a sandboxed child: when its program starts (see [`SandboxReady`]).
+    pub ready: Option<SandboxReady>,
+}
+
+/// Variable naming the descriptor through which the launcher tells that the sandbox is in place
+/// (it removes the variable before the agent's program starts).
+pub(crate) const READY_FD_ENV: &str = "CELISTRA_SANDBOX_READY_FD";
+
+/// When a sandboxed child's own program starts. Until then its processes (bubblewrap, the
+/// launcher) ignore the terminating signals, so a signal sent to the run in that window (about
+/// 10 ms) would be lost: wait for this before signalling the run.
+#[derive(Debug)]
+pub struct SandboxReady {
+    reader: std::os::fd::OwnedFd,
+}
+
+impl SandboxReady {
+    /// Waits until the launcher has put the sandbox in place and is starting the program, or the
+    /// sandbox ended first, or `limit` passed. True only in the first case.
+    pub async fn wait(self, limit: std::time::Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let Ok(mut receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(self.reader) else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(limit, receiver.read(&mut byte)).await,
+            Ok(Ok(1))
+        )
+    }
+}
+
+/// A close-on-exec pipe for a sandboxed spawn's readiness; the child keeps the write end across
+/// exec (see `supervise_child`).
+fn readiness_pipe(
+    spawn: &SpawnSpec<'_>,
+) -> Result<Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>, Error> {
+    if spawn.sandbox.is_none() {
+        return Ok(None);
+    }
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map(Some)
+        .map_err(|e| spawn_error(spawn, e.into()))
 }
 
 /// How a process ended.
@@ -221,6 +266,7 @@ enum Streams {
 fn supervise_child(
     spawn: &SpawnSpec<'_>,
     streams: Streams,
+    ready_fd: Option<std::os::fd::RawFd>,
 ) -> Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static, Error> {
     let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
     let identity = Identity::for_spawn(spawn.credentials)?;
@@ -266,6 +312,11 @@ fn supervise_child(
         if rustix::process::getppid() != Some(parent_pid) {
             // The daemon died between fork and prctl: do not run unsupervised.
             rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
+        }
+        if let Some(fd) = ready_fd {
+            // SAFETY: the parent keeps the write end open until the spawn returned.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
         }
         if sandboxed {
             for signal in IGNORED_ABOVE_THE_SANDBOX {
@@ -318,12 +369,15 @@ pub fn resize_pty(pty: &pty_process::OwnedWritePty, size: PtySize) -> Result<(),
 /// tied to the spawning thread.
 pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, Error> {
     let (program, args) = command_line(spawn);
-    let setup = supervise_child(spawn, Streams::Pty)?;
+    let ready = readiness_pipe(spawn)?;
+    let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
+    let setup = supervise_child(spawn, Streams::Pty, ready_fd)?;
     let mut command = pty_process::Command::new(program)
         .args(&args)
         .current_dir(&spawn.cwd)
         .env_clear()
-        .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())));
     // SAFETY: the closure only issues syscalls (fchown, open, write, close, setrlimit, setgroups,
     // setgid, setuid, prctl, getppid, kill, sigaction) on data prepared before fork; it allocates
     // nothing and takes no locks. pty-process makes the session.
@@ -336,20 +390,27 @@ pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, 
         .spawn(pts)
         .map_err(|e| spawn_error(spawn, pty_error(e)))?;
     let child = Child::adopt(child, spawn.sandbox.is_some()).map_err(|e| spawn_error(spawn, e))?;
-    Ok(SpawnedPty { child, pty })
+    Ok(SpawnedPty {
+        child,
+        pty,
+        ready: ready.map(|(reader, _)| SandboxReady { reader }),
+    })
 }
 
 /// Spawns `spawn.program` with stdin, stdout and stderr on pipes, as the leader of a new session
 /// without a terminal; otherwise supervised like [`spawn_in_pty`] (same thread rule).
 pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
     let (program, args) = command_line(spawn);
-    let setup = supervise_child(spawn, Streams::Pipes)?;
+    let ready = readiness_pipe(spawn)?;
+    let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
+    let setup = supervise_child(spawn, Streams::Pipes, ready_fd)?;
     let mut command = tokio::process::Command::new(program);
     command
         .args(&args)
         .current_dir(&spawn.cwd)
         .env_clear()
         .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -378,6 +439,7 @@ pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
         stdin,
         stdout,
         stderr,
+        ready: ready.map(|(reader, _)| SandboxReady { reader }),
     })
 }
 

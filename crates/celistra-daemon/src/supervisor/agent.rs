@@ -15,8 +15,8 @@ use celistra_proto::{
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
-    AgentCgroup, AgentLimits, Child, ExitInfo, PtySize, SpawnSpec, resize_pty, signal_group,
-    spawn_in_pty, spawn_with_pipes,
+    AgentCgroup, AgentLimits, Child, ExitInfo, PtySize, SandboxReady, SpawnSpec, resize_pty,
+    signal_group, spawn_in_pty, spawn_with_pipes,
 };
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -142,6 +142,9 @@ impl Input {
     }
 }
 
+/// Longest wait for a sandbox to be set up before the run counts as running anyway.
+const SANDBOX_SETUP_LIMIT: Duration = Duration::from_secs(5);
+
 /// A live process of the agent.
 struct Run {
     child: Child,
@@ -157,6 +160,8 @@ struct Run {
     limits: AgentLimits,
     /// How the run is confined, as `ls` and `status` show it.
     sandbox: RunSandbox,
+    /// A sandboxed run's signal that its program is starting; taken before it counts as running.
+    ready: Option<SandboxReady>,
     settings: EffectiveSettings,
     /// An operator signalled this run: its end is the operator's doing and is not restarted.
     signalled: bool,
@@ -402,7 +407,16 @@ impl Agent {
     async fn spawn(&mut self, is_restart: bool) -> (Phase, Result<(), ApiError>) {
         self.set_state(AgentState::Starting, None);
         match self.start_process() {
-            Ok(run) => {
+            Ok(mut run) => {
+                // Before the program can run into its sandbox: its blocks name this session.
+                self.shared.sandbox.note_run(self.id(), run.child.pid());
+                if let Some(ready) = run.ready.take() {
+                    // Signals sent before the sandbox is in place would be lost (see
+                    // `SandboxReady`): commands wait in the queue until the program starts.
+                    if !ready.wait(SANDBOX_SETUP_LIMIT).await {
+                        tracing::debug!(agent = self.id(), "sandbox ended or was slow to start");
+                    }
+                }
                 let pid = run.child.pid();
                 let (restarts, name) = {
                     let mut info = self.handle.info();
@@ -422,7 +436,6 @@ impl Agent {
                 self.handle
                     .history_run
                     .store(run.id, std::sync::atomic::Ordering::SeqCst);
-                self.shared.sandbox.note_run(self.id(), pid);
                 if let Some(because) = &run.sandbox.unsandboxed_because {
                     self.shared.events.publish(EventKind::AgentUnsandboxed {
                         agent_id: self.id().to_owned(),
@@ -536,7 +549,7 @@ impl Agent {
         // The PTY or pipes are registered with the reader thread's runtime, where they are read.
         let readers_runtime = &self.shared.readers;
         let registered_there = readers_runtime.enter();
-        let (child, input, readers, mode) = if spec.no_pty {
+        let (child, input, readers, mode, ready) = if spec.no_pty {
             let spawned = spawn_with_pipes(&launch).map_err(|e| e.to_string())?;
             let readers = vec![
                 readers_runtime.spawn(output.clone().pump(spawned.stdout, Stream::Stdout)),
@@ -547,6 +560,7 @@ impl Agent {
                 Input::Pipe(spawned.stdin),
                 readers,
                 IoMode::Pipes,
+                spawned.ready,
             )
         } else {
             // A restarted agent starts with the size its writers last gave it.
@@ -554,7 +568,13 @@ impl Agent {
             let spawned = spawn_in_pty(&launch, size).map_err(|e| e.to_string())?;
             let (reader, writer) = spawned.pty.into_split();
             let readers = vec![readers_runtime.spawn(output.pump(reader, Stream::Pty))];
-            (spawned.child, Input::Pty(writer), readers, IoMode::Pty)
+            (
+                spawned.child,
+                Input::Pty(writer),
+                readers,
+                IoMode::Pty,
+                spawned.ready,
+            )
         };
         drop(registered_there);
         let (ops, received) = mpsc::channel(INPUT_QUEUE);
@@ -572,6 +592,7 @@ impl Agent {
                 ..confinement.info
             },
             limits,
+            ready,
             settings,
             signalled: false,
         })
@@ -764,13 +785,18 @@ impl Agent {
 }
 
 /// Hangs up a run. On a PTY, closing the master makes the kernel hang up the terminal and send SIGHUP
-/// to the session; pipes have no terminal, so the group gets SIGHUP directly.
+/// to the session leader; pipes have no terminal, so the group gets SIGHUP directly.
 fn hang_up(run: &mut Run) -> std::io::Result<()> {
     match run.mode {
         IoMode::Pty => {
             // The input task and the reader each hold one half of the master; both must go.
             for task in run.input.take().into_iter().chain(run.readers.drain(..)) {
                 task.abort();
+            }
+            // In a sandbox the session leader is bubblewrap, which ignores SIGHUP so that the agent
+            // can handle it: the agent's group gets it directly, as the leader would have had it.
+            if run.sandbox.sandboxed {
+                signal_group(run.child.pid(), Signal::Hup.number())?;
             }
             Ok(())
         }

@@ -57,6 +57,7 @@ fn launch(args: &[OsString]) -> Result<Infallible, LaunchError> {
     if separator != "--" || command.is_empty() {
         return Err(LaunchError::Usage);
     }
+    let ready = take_ready_fd();
     let encoded = encoded.to_str().ok_or(LaunchError::Usage)?;
     let confinement: Confinement = serde_json::from_str(encoded)?;
     let argv = command
@@ -67,7 +68,24 @@ fn launch(args: &[OsString]) -> Result<Infallible, LaunchError> {
     let filters = syscall_filter::compile(confinement.subprocess)?;
     confinement.restrict_self()?;
     syscall_filter::install(&filters).map_err(LaunchError::InstallSeccomp)?;
+    if let Some(fd) = ready {
+        // SAFETY: a descriptor the daemon handed down for this purpose; written once, then closed
+        // (the program must not inherit it).
+        unsafe {
+            libc::write(fd, b"r".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
     Err(exec(&argv))
+}
+
+/// The descriptor through which the daemon waits for the sandbox to be in place, taken out of the
+/// environment so the agent's program never sees it.
+fn take_ready_fd() -> Option<libc::c_int> {
+    let fd = std::env::var(crate::spawn::READY_FD_ENV).ok()?.parse().ok();
+    // SAFETY: the launcher is single-threaded; nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(crate::spawn::READY_FD_ENV) };
+    fd
 }
 
 /// Gives every signal its default disposition and unblocks all of them. The daemon made the

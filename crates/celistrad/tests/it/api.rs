@@ -243,7 +243,7 @@ async fn events_resume_after_last_event_id_without_loss() {
 #[tokio::test]
 async fn apply_creates_restarts_only_changed_agents_and_prunes() {
     let daemon = Daemon::start().await;
-    let ws = Some(daemon.home().display().to_string());
+    let ws = Some(daemon.work.path().display().to_string());
     let agents = |b_command: &str| {
         vec![
             celistra_proto::AgentSpec {

@@ -11,7 +11,7 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn spawn_ls_status_and_json_shapes() {
     let daemon = Daemon::start().await;
-    let ws = daemon.home().display().to_string();
+    let ws = daemon.work.path().display().to_string();
     let out = daemon.ctl(&[
         "spawn",
         "--name",

@@ -68,6 +68,19 @@ fn workspace(owner: Option<(u32, u32)>) -> tempfile::TempDir {
     dir
 }
 
+/// The agent's saved output once `done` holds for it, or its last state after [`PATIENCE`] (the
+/// readers may still be saving what the agent wrote just before it ended).
+async fn wait_output(daemon: &Daemon, agent: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = output(daemon, agent).await;
+        if done(&out) || Instant::now() >= deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs `command` as a pipe-mode agent in `workspace` until it ends; returns the agent and its output.
 async fn run_agent(daemon: &Daemon, mut agent: AgentSpec, workspace: &Path) -> (AgentInfo, String) {
     agent.workspace = Some(workspace.display().to_string());
@@ -275,7 +288,11 @@ async fn escape_suite(mode: Mode) {
             drop_capabilities: strings(&attempt.drop),
             ..spec("", &attempt.command)
         };
-        let (info, out) = run_agent(&daemon, agent, ws.path()).await;
+        let (info, _) = run_agent(&daemon, agent, ws.path()).await;
+        let out = wait_output(&daemon, &info.id, |out| {
+            attempt.refused_with.iter().any(|text| out.contains(text))
+        })
+        .await;
         let sandbox = info.sandbox.clone().expect("sandbox info");
         if !sandbox.sandboxed {
             failures.push(format!("{}: ran unsandboxed: {sandbox:?}", attempt.name));
@@ -328,6 +345,25 @@ async fn escapes_fail_under_an_unprivileged_daemon() {
 }
 
 #[tokio::test]
+async fn a_stop_right_after_spawn_reaches_the_sandboxed_program() {
+    let daemon = Daemon::start().await;
+    for round in 0..5 {
+        let name = format!("quick-{round}");
+        let agent = daemon.spawn(spec(&name, "exec sleep 600")).await;
+        assert_eq!(agent.state, AgentState::Running, "{agent:?}");
+        let out = daemon.ctl(&["stop", &name]);
+        assert!(out.status.success(), "{out:?}");
+        let stopped = daemon.agent(&name).await;
+        // A TERM lost while bubblewrap was still setting up would end in SIGKILL after the grace.
+        assert_eq!(
+            stopped.exit_signal.as_deref(),
+            Some("SIGTERM"),
+            "{stopped:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_setuid_binary_does_not_raise_privileges() {
     let user = test_user();
     let daemon = Daemon::start().await;
@@ -336,7 +372,8 @@ async fn a_setuid_binary_does_not_raise_privileges() {
     std::fs::copy("/usr/bin/id", &copy).unwrap();
     std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let (info, out) = run_agent(&daemon, spec("suid", "./id-suid -u; id -u"), ws.path()).await;
+    let (info, _) = run_agent(&daemon, spec("suid", "./id-suid -u; id -u"), ws.path()).await;
+    let out = wait_output(&daemon, &info.id, |out| out.lines().count() >= 2).await;
     assert_eq!(info.exit_code, Some(0), "{out}");
     let uid = user.0.to_string();
     assert_eq!(

@@ -561,7 +561,7 @@ async fn input_sent_right_before_closing_is_delivered() {
         terminal.close().await.unwrap();
         expected.push_str(&line);
     }
-    let file = daemon.home().join("received.txt");
+    let file = daemon.work.path().join("received.txt");
     let deadline = Instant::now() + PATIENCE;
     loop {
         let received = std::fs::read_to_string(&file).unwrap_or_default();
