@@ -267,11 +267,14 @@ fn stat_cpu_time(path: &Path) -> Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
 }
 
+/// An unsandboxed (`privileged`) sleeper: these phases measure the supervisor itself; the sandbox's
+/// cost is measured apart ([`sandbox`]).
 fn sleeper(name: String) -> AgentSpec {
     AgentSpec {
         name,
         command: "sleep 600".into(),
         workspace: Some("/tmp".into()),
+        capabilities: vec!["privileged".into()],
         ..Default::default()
     }
 }
@@ -483,14 +486,18 @@ async fn next_restart(
 /// Figure 4: latency from SIGKILL of an auto-restarting agent to its `agent_restarted` event, with
 /// default settings except that every crash counts as the first of a streak (the first restart after
 /// a healthy run, which the policy makes immediate).
-async fn restart_latency(binary: &Path, report: &mut Report) -> Result<()> {
+async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) -> Result<()> {
     let mut daemon = Daemon::start(binary, None).await?;
-    let spec = AgentSpec {
+    let mut spec = AgentSpec {
         auto_restart: true,
         backoff_reset_secs: Some(0),
         restart_max: Some(1000),
         ..sleeper("bench-restart".into())
     };
+    if sandboxed {
+        spec.capabilities.clear();
+        spec.workspace = Some(daemon.work().display().to_string());
+    }
     let info: AgentInfo = daemon.client().post("/v1/agents", &spec).await?;
     daemon.wait_running(1).await?;
     let mut pid = daemon.agents().await?[0]
@@ -514,12 +521,22 @@ async fn restart_latency(binary: &Path, report: &mut Report) -> Result<()> {
         pid = new;
     }
     let (median, p95) = median_p95(samples);
-    report.add(
-        "first restart after SIGKILL (to agent_restarted event)",
-        "median <= 20 ms",
-        format!("median {:.1} ms, p95 {:.1} ms", ms(median), ms(p95)),
-        Some(median <= Duration::from_millis(20)),
-    );
+    let measured = format!("median {:.1} ms, p95 {:.1} ms", ms(median), ms(p95));
+    if sandboxed {
+        report.add(
+            "first restart after SIGKILL, sandboxed (until the program runs again)",
+            "none (the sandbox's own cost: see spawn)",
+            measured,
+            None,
+        );
+    } else {
+        report.add(
+            "first restart after SIGKILL (to agent_restarted event)",
+            "median <= 20 ms",
+            measured,
+            Some(median <= Duration::from_millis(20)),
+        );
+    }
     Ok(())
 }
 
@@ -678,7 +695,7 @@ async fn bench() -> Result<()> {
             phase("idle RSS", idle_rss(&binary, &mut report)).await,
             phase("100 agents", hundred(&binary, &mut report)).await,
             phase("100 sequential", hundred_sequential(&binary, &mut report)).await,
-            phase("restart", restart_latency(&binary, &mut report)).await,
+            phase("restart", restart_latency(&binary, &mut report, false)).await,
             phase("1000 agents", thousand(&binary, &mut report)).await,
         ]);
     }

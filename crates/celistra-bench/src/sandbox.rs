@@ -19,6 +19,11 @@ pub(crate) async fn phases(binary: &Path, report: &mut Report) -> Vec<Result<()>
     vec![
         phase("sandboxed spawn", spawn_cost(binary, report)).await,
         phase("100 sandboxed", hundred_sandboxed(binary, report)).await,
+        phase(
+            "sandboxed restart",
+            crate::restart_latency(binary, report, true),
+        )
+        .await,
     ]
 }
 

@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use celistra_proto::{
     AgentInfo, AgentSpec, ApiError, ApplyReport, ApplyRequest, KillRequest, RenameRequest,
     UpdateRequest,
@@ -14,8 +15,11 @@ type ApiResult<T> = Result<T, Failure>;
 
 /// List every agent, oldest first.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = Vec<AgentInfo>), (status = 401, body = ApiError)))]
-pub(crate) async fn list(State(state): State<AppState>) -> Json<Vec<AgentInfo>> {
-    Json(state.supervisor.list())
+pub(crate) async fn list(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.supervisor.list_json(),
+    )
 }
 
 /// One agent, by id or name.
