@@ -52,7 +52,11 @@ async fn spawn_answer(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Resu
     // Removed after the samples: a sandbox's teardown would otherwise overlap the next spawn.
     for id in spawned {
         client
-            .call::<AgentInfo>(hyper::Method::DELETE, &format!("/v1/agents/{id}"), None::<&()>)
+            .call::<AgentInfo>(
+                hyper::Method::DELETE,
+                &format!("/v1/agents/{id}"),
+                None::<&()>,
+            )
             .await?;
     }
     Ok(median_p95(samples).0)

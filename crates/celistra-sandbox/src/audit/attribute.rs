@@ -160,14 +160,34 @@ impl RateLimiter {
                 refilled_at: now,
                 suppressed: 0,
             });
-        let elapsed = now.saturating_duration_since(bucket.refilled_at);
-        bucket.credit = (bucket.credit + elapsed).min(REFILL_EVERY * BURST);
-        bucket.refilled_at = bucket.refilled_at.max(now);
-        if bucket.credit >= REFILL_EVERY {
-            bucket.credit -= REFILL_EVERY;
-            Some(std::mem::take(&mut bucket.suppressed))
-        } else {
+        let taken = bucket.take(now);
+        if taken.is_none() {
             bucket.suppressed += 1;
+        }
+        taken
+    }
+
+    /// For a block held back earlier (and counted as suppressed): `Some(n)` once `agent` may report
+    /// again, `n` counting the held block itself; `None` while it may not.
+    pub(crate) fn release(&mut self, agent: &str, now: Instant) -> Option<u64> {
+        self.buckets.get_mut(agent)?.take(now)
+    }
+}
+
+/// When a refill is due for an agent that may not report now.
+pub(crate) const RETRY_AFTER: Duration = REFILL_EVERY;
+
+impl Bucket {
+    /// Refills by the time passed, then takes a token if there is one: `Some` with the blocks
+    /// suppressed since the last one that got through.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        self.credit = (self.credit + elapsed).min(REFILL_EVERY * BURST);
+        self.refilled_at = self.refilled_at.max(now);
+        if self.credit >= REFILL_EVERY {
+            self.credit -= REFILL_EVERY;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
             None
         }
     }

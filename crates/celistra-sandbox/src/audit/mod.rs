@@ -15,6 +15,7 @@ mod syscalls;
 #[cfg(test)]
 mod live_tests;
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::thread::JoinHandle;
@@ -211,8 +212,16 @@ struct Pipeline<R, S> {
     assembler: EventAssembler,
     attributor: Attributor<R>,
     limiter: RateLimiter,
+    /// Per agent, its latest suppressed block, delivered (with the count of those suppressed) once
+    /// the agent may report again, so a burst that stops is still summed up.
+    held: HashMap<String, AttributedBlock>,
+    /// When held blocks are next looked at.
+    release_at: Option<Instant>,
     sink: S,
 }
+
+/// Agents whose latest suppressed block is kept (the counts are kept for all of them anyway).
+const MAX_HELD: usize = 1024;
 
 impl<R: Fn(u32, Option<u32>) -> Option<String>, S: Fn(AttributedBlock)> Pipeline<R, S> {
     fn new(resolve: R, sink: S) -> Self {
@@ -220,6 +229,8 @@ impl<R: Fn(u32, Option<u32>) -> Option<String>, S: Fn(AttributedBlock)> Pipeline
             assembler: EventAssembler::default(),
             attributor: Attributor::new(resolve),
             limiter: RateLimiter::new(),
+            held: HashMap::new(),
+            release_at: None,
             sink,
         }
     }
@@ -241,10 +252,34 @@ impl<R: Fn(u32, Option<u32>) -> Option<String>, S: Fn(AttributedBlock)> Pipeline
         for event in self.assembler.take_stale(now) {
             self.event(&event, now);
         }
+        if self.release_at.is_some_and(|at| at <= now) {
+            self.release_held(now);
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.assembler.next_deadline()
+        match (self.assembler.next_deadline(), self.release_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Delivers the held blocks of agents that may report again.
+    fn release_held(&mut self, now: Instant) {
+        let limiter = &mut self.limiter;
+        let sink = &self.sink;
+        self.held
+            .retain(|agent, held| match limiter.release(agent, now) {
+                Some(suppressed) => {
+                    sink(AttributedBlock {
+                        suppressed: suppressed.saturating_sub(1),
+                        ..held.clone()
+                    });
+                    false
+                }
+                None => true,
+            });
+        self.release_at = (!self.held.is_empty()).then(|| now + attribute::RETRY_AFTER);
     }
 
     fn event(&mut self, records: &[Record], now: Instant) {
@@ -259,12 +294,28 @@ impl<R: Fn(u32, Option<u32>) -> Option<String>, S: Fn(AttributedBlock)> Pipeline
             else {
                 continue;
             };
-            if let Some(suppressed) = self.limiter.admit(&agent_id, now) {
-                (self.sink)(AttributedBlock {
-                    agent_id,
-                    block,
-                    suppressed,
-                });
+            match self.limiter.admit(&agent_id, now) {
+                Some(suppressed) => {
+                    // Counted in `suppressed`: a held block is superseded by this one.
+                    self.held.remove(&agent_id);
+                    (self.sink)(AttributedBlock {
+                        agent_id,
+                        block,
+                        suppressed,
+                    });
+                }
+                None if self.held.len() < MAX_HELD || self.held.contains_key(&agent_id) => {
+                    self.held.insert(
+                        agent_id.clone(),
+                        AttributedBlock {
+                            agent_id,
+                            block,
+                            suppressed: 0,
+                        },
+                    );
+                    self.release_at.get_or_insert(now + attribute::RETRY_AFTER);
+                }
+                None => {}
             }
         }
         for domain in &facts.domains_freed {
@@ -412,6 +463,27 @@ mod tests {
         );
         let last = delivered.borrow().last().cloned().expect("delivered");
         assert_eq!((delivered.borrow().len(), last.suppressed), (21, 80));
+    }
+
+    #[test]
+    fn a_burst_that_stops_is_summed_up_once_the_agent_may_report_again() {
+        let (mut pipeline, delivered) = pipeline(&[29420]);
+        let start = Instant::now();
+        for serial in 1000..1100 {
+            let event = edited(CONNECT_DENIED, ".446:10)", &format!(".446:{serial})"));
+            feed(&mut pipeline, &event, start);
+        }
+        assert_eq!(delivered.borrow().len(), 20);
+        let due = pipeline.next_deadline().expect("a release is due");
+        assert!(due <= start + Duration::from_millis(100));
+        pipeline.expire(start + Duration::from_millis(50));
+        assert_eq!(delivered.borrow().len(), 20, "no token yet");
+        pipeline.expire(start + Duration::from_millis(100));
+        let last = delivered.borrow().last().cloned().expect("delivered");
+        // 20 delivered at once, the last of the burst delivered now, and 79 between them counted.
+        assert_eq!((delivered.borrow().len(), last.suppressed), (21, 79));
+        assert!(last.block.what.to_string().contains("connect_tcp"));
+        assert_eq!(pipeline.next_deadline(), None);
     }
 
     #[test]

@@ -71,9 +71,14 @@ fn workspace(owner: Option<(u32, u32)>) -> tempfile::TempDir {
 /// The agent's saved output once `done` holds for it, or its last state after [`PATIENCE`] (the
 /// readers may still be saving what the agent wrote just before it ended).
 async fn wait_output(daemon: &Daemon, agent: &str, done: impl Fn(&str) -> bool) -> String {
+    wait_output_of(daemon, &format!("/v1/agents/{agent}/logs"), done).await
+}
+
+/// [`wait_output`] for any logs path (a stream, a filter).
+async fn wait_output_of(daemon: &Daemon, path: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let out = output(daemon, agent).await;
+        let out = read_all(daemon, path).await;
         if done(&out) || Instant::now() >= deadline {
             return out;
         }
@@ -96,11 +101,11 @@ async fn run_agent(daemon: &Daemon, mut agent: AgentSpec, workspace: &Path) -> (
 }
 
 async fn output(daemon: &Daemon, agent: &str) -> String {
-    let mut body = daemon
-        .client
-        .open_stream(&format!("/v1/agents/{agent}/logs"))
-        .await
-        .expect("logs");
+    read_all(daemon, &format!("/v1/agents/{agent}/logs")).await
+}
+
+async fn read_all(daemon: &Daemon, path: &str) -> String {
+    let mut body = daemon.client.open_stream(path).await.expect("logs");
     let mut text = Vec::new();
     while let Some(chunk) = celistra_client::next_chunk(&mut body)
         .await
@@ -320,6 +325,23 @@ async fn escape_suite(mode: Mode) {
             }
         }
     }
+    if mode == Mode::Root {
+        // The first attempt's block is also a line in that agent's history.
+        let first = daemon
+            .client
+            .get::<Vec<AgentInfo>>("/v1/agents")
+            .await
+            .unwrap()[0]
+            .id
+            .clone();
+        let notes = wait_output_of(
+            &daemon,
+            &format!("/v1/agents/{first}/logs?stream=sandbox"),
+            |out| out.contains("celistra sandbox: blocked make_reg"),
+        )
+        .await;
+        assert!(notes.contains(&outside_s), "{notes}");
+    }
     assert!(!target.exists(), "a write escaped to {}", target.display());
     assert_eq!(std::fs::read_to_string(&hard_target).unwrap(), "original\n");
     assert!(daemon.process.is_some());
@@ -361,6 +383,66 @@ async fn a_stop_right_after_spawn_reaches_the_sandboxed_program() {
             "{stopped:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_denial_loop_is_rate_limited_and_counted() {
+    let daemon = Daemon::start().await;
+    let ws = workspace(Some(test_user()));
+    let outside = outside_dir();
+    let loop_writes = format!(
+        "i=0; while [ $i -lt 200 ]; do echo x > {}/f$i 2>/dev/null; i=$((i+1)); done; echo done",
+        outside.path().display()
+    );
+    let (info, _) = run_agent(&daemon, spec("looper", &loop_writes), ws.path()).await;
+    let out = wait_output(&daemon, &info.id, |out| out.contains("done")).await;
+    assert!(out.contains("done"), "{out}");
+    // Every denial is delivered or counted as suppressed in a later delivered one, and far fewer
+    // than 200 events were sent.
+    let accounted = std::cell::Cell::new(0u64);
+    let events = daemon
+        .events_until(0, |event| {
+            if let EventKind::SandboxBlock { block } = &event.kind
+                && block.agent_id == info.id
+            {
+                accounted.set(accounted.get() + 1 + block.suppressed);
+            }
+            accounted.get() >= 200
+        })
+        .await;
+    let delivered = events
+        .iter()
+        .filter(
+            |e| matches!(&e.kind, EventKind::SandboxBlock { block } if block.agent_id == info.id),
+        )
+        .count();
+    assert_eq!(accounted.get(), 200);
+    assert!((20..100).contains(&delivered), "{delivered} block events");
+}
+
+#[tokio::test]
+async fn agents_run_as_the_given_user_and_a_non_root_daemon_refuses_others() {
+    let (uid, _) = test_user();
+    let daemon = Daemon::start().await;
+    let ws = workspace(None);
+    let agent = AgentSpec {
+        user: Some("celistra-test".into()),
+        ..spec("as-user", "id -u; echo $HOME $USER")
+    };
+    let (info, _) = run_agent(&daemon, agent, ws.path()).await;
+    let out = wait_output(&daemon, &info.id, |out| out.lines().count() >= 2).await;
+    assert!(out.starts_with(&format!("{uid}\n")), "{out}");
+    assert!(out.contains("celistra-test"), "{out}");
+    assert_eq!(info.sandbox.unwrap().user, format!("celistra-test ({uid})"));
+    let unprivileged = Daemon::start_as(test_user()).await;
+    let refused = unprivileged
+        .spawn(AgentSpec {
+            user: Some("root".into()),
+            ..spec("as-root", "true")
+        })
+        .await;
+    let error = refused.last_error.expect("refused");
+    assert!(error.contains("cannot start agents as `root`"), "{error}");
 }
 
 #[tokio::test]
@@ -459,6 +541,8 @@ async fn the_master_switch_and_privileged_run_unsandboxed_and_are_flagged() {
     let ls = String::from_utf8(daemon.ctl(&["ls"]).stdout).unwrap();
     let free_row = ls.lines().find(|l| l.contains("free")).unwrap();
     assert!(free_row.contains("OFF"), "{ls}");
+    let status = String::from_utf8(daemon.ctl(&["status", "free"]).stdout).unwrap();
+    assert!(status.contains("OFF: runs unsandboxed"), "{status}");
     let events = daemon
         .events_until(0, |e| {
             matches!(&e.kind, EventKind::AgentUnsandboxed { agent_id, because, .. }
