@@ -313,11 +313,9 @@ impl SandboxControl {
         let (bwrap_argv, landlock, seccomp) = match description {
             Some(description) => {
                 notes.extend(description.notes);
-                (
-                    description.bwrap_argv,
-                    description.landlock,
-                    description.seccomp,
-                )
+                let mut argv = description.bwrap_argv;
+                argv.extend(["/bin/sh".into(), "-c".into(), spec.command.clone()]);
+                (argv, description.landlock, description.seccomp)
             }
             None => (vec![], vec![], vec![]),
         };

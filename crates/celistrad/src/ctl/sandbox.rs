@@ -168,6 +168,7 @@ fn render_explanation(e: &SandboxExplanation) -> String {
     }
     if !e.bwrap_argv.is_empty() {
         out.push_str("bubblewrap:\n ");
+        // One option per line, and the separator `--` before the launcher and the agent's command.
         for arg in &e.bwrap_argv {
             if arg.starts_with("--") {
                 out.push_str(" \\\n   ");

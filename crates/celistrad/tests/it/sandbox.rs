@@ -662,6 +662,7 @@ async fn explain_prints_capabilities_and_the_concrete_sandbox() {
         "landlock:",
         "seccomp:",
         "ptrace",
+        "-c 'curl https://example.com'",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
