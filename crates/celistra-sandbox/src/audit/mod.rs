@@ -447,14 +447,19 @@ mod tests {
         assert_eq!(delivered.borrow().len(), 2);
     }
 
+    /// 100 denials of agent `ag-29420` at `start`.
+    fn burst(pipeline: &mut TestPipeline, start: Instant) {
+        for serial in 1000..1100 {
+            let event = edited(CONNECT_DENIED, ".446:10)", &format!(".446:{serial})"));
+            feed(pipeline, &event, start);
+        }
+    }
+
     #[test]
     fn a_denial_loop_is_rate_limited_and_counted() {
         let (mut pipeline, delivered) = pipeline(&[29420]);
         let start = Instant::now();
-        for serial in 1000..1100 {
-            let event = edited(CONNECT_DENIED, ".446:10)", &format!(".446:{serial})"));
-            feed(&mut pipeline, &event, start);
-        }
+        burst(&mut pipeline, start);
         assert_eq!(delivered.borrow().len(), 20);
         feed(
             &mut pipeline,
@@ -469,10 +474,7 @@ mod tests {
     fn a_burst_that_stops_is_summed_up_once_the_agent_may_report_again() {
         let (mut pipeline, delivered) = pipeline(&[29420]);
         let start = Instant::now();
-        for serial in 1000..1100 {
-            let event = edited(CONNECT_DENIED, ".446:10)", &format!(".446:{serial})"));
-            feed(&mut pipeline, &event, start);
-        }
+        burst(&mut pipeline, start);
         assert_eq!(delivered.borrow().len(), 20);
         let due = pipeline.next_deadline().expect("a release is due");
         assert!(due <= start + Duration::from_millis(100));

@@ -69,7 +69,9 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
 const SECCOMP_FILTER_FLAG_LOG: libc::c_ulong = 2;
 
-#[cfg(target_arch = "x86_64")]
+/// The system calls the filters name, with this architecture's numbers (libc's constants are per
+/// target, so one list serves both).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SYSCALLS: &[(&str, i64)] = &[
     ("ptrace", libc::SYS_ptrace),
     ("process_vm_readv", libc::SYS_process_vm_readv),
@@ -100,50 +102,22 @@ const SYSCALLS: &[(&str, i64)] = &[
     ("swapon", libc::SYS_swapon),
     ("swapoff", libc::SYS_swapoff),
     ("acct", libc::SYS_acct),
-    ("iopl", libc::SYS_iopl),
-    ("ioperm", libc::SYS_ioperm),
-    ("fork", libc::SYS_fork),
-    ("vfork", libc::SYS_vfork),
     ("clone", libc::SYS_clone),
     ("clone3", libc::SYS_clone3),
     ("ioctl", libc::SYS_ioctl),
 ];
 
-#[cfg(target_arch = "aarch64")]
-const SYSCALLS: &[(&str, i64)] = &[
-    ("ptrace", libc::SYS_ptrace),
-    ("process_vm_readv", libc::SYS_process_vm_readv),
-    ("process_vm_writev", libc::SYS_process_vm_writev),
-    ("mount", libc::SYS_mount),
-    ("umount2", libc::SYS_umount2),
-    ("pivot_root", libc::SYS_pivot_root),
-    ("move_mount", libc::SYS_move_mount),
-    ("fsopen", libc::SYS_fsopen),
-    ("fsmount", libc::SYS_fsmount),
-    ("fspick", libc::SYS_fspick),
-    ("open_tree", libc::SYS_open_tree),
-    ("mount_setattr", libc::SYS_mount_setattr),
-    ("keyctl", libc::SYS_keyctl),
-    ("add_key", libc::SYS_add_key),
-    ("request_key", libc::SYS_request_key),
-    ("bpf", libc::SYS_bpf),
-    ("perf_event_open", libc::SYS_perf_event_open),
-    ("userfaultfd", libc::SYS_userfaultfd),
-    ("setns", libc::SYS_setns),
-    ("unshare", libc::SYS_unshare),
-    ("init_module", libc::SYS_init_module),
-    ("finit_module", libc::SYS_finit_module),
-    ("delete_module", libc::SYS_delete_module),
-    ("kexec_load", libc::SYS_kexec_load),
-    ("kexec_file_load", libc::SYS_kexec_file_load),
-    ("reboot", libc::SYS_reboot),
-    ("swapon", libc::SYS_swapon),
-    ("swapoff", libc::SYS_swapoff),
-    ("acct", libc::SYS_acct),
-    ("clone", libc::SYS_clone),
-    ("clone3", libc::SYS_clone3),
-    ("ioctl", libc::SYS_ioctl),
+/// Calls only x86_64 has (aarch64 has no port I/O calls and forks through `clone`).
+#[cfg(target_arch = "x86_64")]
+const ARCH_ONLY_SYSCALLS: &[(&str, i64)] = &[
+    ("iopl", libc::SYS_iopl),
+    ("ioperm", libc::SYS_ioperm),
+    ("fork", libc::SYS_fork),
+    ("vfork", libc::SYS_vfork),
 ];
+
+#[cfg(not(target_arch = "x86_64"))]
+const ARCH_ONLY_SYSCALLS: &[(&str, i64)] = &[];
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const SYSCALLS: &[(&str, i64)] = &[];
@@ -165,6 +139,7 @@ pub(crate) fn target_arch() -> Result<TargetArch, Error> {
 fn number(name: &str) -> Option<i64> {
     SYSCALLS
         .iter()
+        .chain(ARCH_ONLY_SYSCALLS)
         .find(|(known, _)| *known == name)
         .map(|&(_, nr)| nr)
 }
