@@ -21,6 +21,8 @@ pub(crate) struct EventBus {
     log: Mutex<Log>,
     live: broadcast::Sender<Event>,
     store: Arc<crate::store::Store>,
+    /// Privileged actions among the events go to the audit log, in event order.
+    audit: Arc<crate::audit::Auditor>,
 }
 
 /// A subscription: the events after the requested id that are still in the backlog, then live ones.
@@ -31,7 +33,12 @@ pub(crate) struct Subscription {
 
 impl EventBus {
     /// Ids continue after `last_seq` (from the previous run) and never go below `floor`.
-    pub(crate) fn new(last_seq: u64, floor: u64, store: Arc<crate::store::Store>) -> EventBus {
+    pub(crate) fn new(
+        last_seq: u64,
+        floor: u64,
+        store: Arc<crate::store::Store>,
+        audit: Arc<crate::audit::Auditor>,
+    ) -> EventBus {
         EventBus {
             log: Mutex::new(Log {
                 next_id: last_seq.max(floor) + 1,
@@ -39,6 +46,7 @@ impl EventBus {
             }),
             live: broadcast::channel(BACKLOG).0,
             store,
+            audit,
         }
     }
 
@@ -55,6 +63,7 @@ impl EventBus {
         };
         log.next_id += 1;
         self.store.note_event_seq(event.id);
+        self.audit.record_event(&event.kind);
         if log.backlog.len() == BACKLOG {
             log.backlog.pop_front();
         }

@@ -2,6 +2,7 @@
 //! cancellation token fires, so tests can run a real daemon in-process.
 
 mod api;
+mod audit;
 mod events;
 mod home;
 mod sandbox;
@@ -86,7 +87,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         celistra_sandbox::become_subreaper()
             .map_err(|e| Error::io("cannot become child subreaper".into(), e))?;
     }
-    let sandbox = sandbox::SandboxControl::load(&home, options.launcher.clone())?;
+    let audit = open_audit_log(&home, &machine_id).await?;
+    let sandbox =
+        sandbox::SandboxControl::load(&home, options.launcher.clone(), Arc::clone(&audit))?;
     let cgroups = CgroupRoot::create(&home_tag(&home));
     let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
     let guard = match &cgroups {
@@ -111,7 +114,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         .map_err(|e| Error::io("cannot start the output reader thread".into(), e))?;
     let shared = Arc::new(supervisor::Shared {
         home: home.clone(),
-        events: events::EventBus::new(last_seq, 0, Arc::clone(&store)),
+        events: events::EventBus::new(last_seq, 0, Arc::clone(&store), Arc::clone(&audit)),
+        audit: Arc::clone(&audit),
         store: Arc::clone(&store),
         history: history.clone(),
         cgroups,
@@ -165,6 +169,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             agents_running: 0,
             cgroups: shared.cgroups.is_some(),
             history: HistoryHealth::default(),
+            audit: celistra_proto::AuditHealth::default(),
         }),
         stopping: stopping.clone(),
         tickets: Arc::default(),
@@ -187,6 +192,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .with_graceful_shutdown(stopping.clone().cancelled_owned())
             .into_future(),
     );
+    let verifier = tokio::spawn(audit::verify_periodically(
+        Arc::clone(&shared),
+        stopping.clone(),
+    ));
     let reaper = options
         .subreaper
         .then(|| tokio::spawn(reap_orphans_forever(stopping.clone())));
@@ -201,6 +210,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let _ = tokio::join!(unix_server, tcp_server);
     if let Some(reaper) = reaper {
         reaper.abort();
+    }
+    let _ = verifier.await;
+    if let Err(e) = shared.audit.log().sync() {
+        tracing::error!("cannot make the last audit entries durable: {e}");
     }
     writer_stop.cancel();
     let _ = writer.await;
@@ -220,6 +233,22 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let _ = std::fs::remove_file(home.addr_file());
     tracing::info!("celistrad stopped");
     Ok(())
+}
+
+/// Opens (or creates) `audit.log` with its signing key; a torn last entry left by a crash is cut
+/// and the cut recorded.
+async fn open_audit_log(home: &Home, machine_id: &str) -> Result<Arc<audit::Auditor>, Error> {
+    let dir = home.dir.clone();
+    let origin = format!("celistra/{machine_id}");
+    let opened = tokio::task::spawn_blocking(move || celistra_audit::AuditLog::open(&dir, &origin))
+        .await
+        .map_err(|e| Error::io("cannot open the audit log".into(), std::io::Error::other(e)))?
+        .map_err(|e| Error::Invalid(format!("audit log: {e}")))?;
+    let (log, report) = opened;
+    if let Some(bytes) = report.truncated_bytes {
+        tracing::warn!("the audit log ended in a torn entry ({bytes} bytes): cut and recorded");
+    }
+    Ok(Arc::new(audit::Auditor::new(log)))
 }
 
 /// The history's retention limits from the daemon's configuration.

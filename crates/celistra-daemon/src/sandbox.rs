@@ -61,6 +61,7 @@ pub(crate) struct SandboxControl {
     /// session per run; see [`SandboxControl::note_run`]).
     sessions: Arc<Mutex<Sessions>>,
     daemon_is_root: bool,
+    audit: Arc<crate::audit::Auditor>,
 }
 
 /// Everything a run's confinement needs, worked out before the fork.
@@ -111,6 +112,7 @@ impl SandboxControl {
             block_reporting: Mutex::new("not started".into()),
             sessions: Arc::default(),
             daemon_is_root: rustix::process::geteuid().is_root(),
+            audit,
         })
     }
 

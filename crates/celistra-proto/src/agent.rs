@@ -288,4 +288,16 @@ pub struct Health {
     /// Whether per-agent cgroups are in use (every descendant is tracked and killed with its agent).
     pub cgroups: bool,
     pub history: crate::HistoryHealth,
+    /// The audit log: its size and its last verification.
+    pub audit: AuditHealth,
+}
+
+/// The audit log's part of `GET /v1/health`. A failed verification also turns `status` to
+/// `audit_verify_failed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditHealth {
+    pub entries: u64,
+    /// The last verification (hourly, and on `POST /v1/audit/verify`), if any ran yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification: Option<crate::AuditVerification>,
 }

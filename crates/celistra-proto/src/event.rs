@@ -143,6 +143,11 @@ pub enum EventKind {
     SandboxBlock {
         block: Box<crate::SandboxBlock>,
     },
+    /// Verifying the audit log found it altered: `first_bad_seq` is the first entry that is wrong.
+    AuditVerifyFailed {
+        first_bad_seq: Option<u64>,
+        problem: String,
+    },
     /// The sandbox master switch was turned.
     SandboxSwitched {
         enabled: bool,
@@ -180,6 +185,7 @@ impl EventKind {
             EventKind::AgentUnsandboxed { .. } => "agent_unsandboxed",
             EventKind::SandboxBlock { .. } => "sandbox_block",
             EventKind::SandboxSwitched { .. } => "sandbox_switched",
+            EventKind::AuditVerifyFailed { .. } => "audit_verify_failed",
             EventKind::Resync { .. } => "resync",
         }
     }

@@ -2,6 +2,7 @@
 //! run history, log lines, the shared-terminal protocol and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
 
 mod agent;
+mod audit;
 mod error;
 mod event;
 mod history;
@@ -10,6 +11,7 @@ mod signal;
 mod terminal;
 
 pub use agent::*;
+pub use audit::*;
 pub use error::*;
 pub use event::*;
 pub use history::*;

@@ -54,6 +54,23 @@ impl HomeArg {
 enum Command {
     /// Control a running daemon.
     Ctl(ctl::Ctl),
+    /// Work with exported audit logs, without a daemon.
+    Audit(OfflineAudit),
+}
+
+#[derive(Debug, clap::Args)]
+struct OfflineAudit {
+    #[command(subcommand)]
+    action: OfflineAuditAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum OfflineAuditAction {
+    /// Verify an export bundle (`ctl audit export --out DIR`) with only its files and public key.
+    Verify {
+        /// The bundle's directory: entries.jsonl, checkpoint, public.key.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +83,12 @@ fn main() -> ExitCode {
         celistra_sandbox::launcher_main();
     }
     let cli = Cli::parse();
+    if let Some(Command::Audit(OfflineAudit {
+        action: OfflineAuditAction::Verify { dir },
+    })) = &cli.command
+    {
+        return ctl::verify_audit_bundle(dir);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -80,6 +103,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Ctl(ctl)) => ctl::run(ctl, &cli.home).await,
+            Some(Command::Audit(_)) => unreachable!("handled before the runtime starts"),
             None => run_daemon(cli).await.map(|()| ExitCode::SUCCESS),
         }
     });

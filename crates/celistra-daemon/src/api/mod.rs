@@ -2,6 +2,7 @@
 //! router serves the Unix socket and the TCP listener.
 
 mod agents;
+mod audit;
 mod events;
 mod history;
 mod openapi;
@@ -135,6 +136,11 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
             "wrong bearer token"
         };
         tracing::info!(path = %request.uri().path(), "unauthorized request: {why}");
+        state.supervisor.shared.audit.record_auth_failure(
+            request.method().as_str(),
+            request.uri().path(),
+            why,
+        );
         let mut response = failure(
             ErrorCode::Unauthorized,
             format!("{why}; send `Authorization: Bearer <secret>` with the secret from auth.json in the daemon's state directory"),
@@ -195,6 +201,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/history", get(history::runs))
         .route("/v1/apply", post(agents::apply))
         .route("/v1/sandbox", get(sandbox::status).put(sandbox::switch))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/tail", get(audit::tail))
+        .route("/v1/audit/checkpoint", post(audit::checkpoint))
+        .route("/v1/audit/proof", get(audit::proof))
+        .route("/v1/audit/verify", post(audit::verify))
+        .route("/v1/audit/export", get(audit::export))
+        .route("/v1/audit/bundle", get(audit::bundle))
         .route("/v1/sandbox/explain", post(sandbox::explain))
         .route("/v1/events", get(events::stream))
         .route(
@@ -218,10 +231,21 @@ pub(crate) fn router(state: AppState) -> Router {
 #[utoipa::path(get, path = "/v1/health", tag = "daemon", responses((status = 200, body = Health), (status = 401, body = ApiError)))]
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     let (agents, agents_running) = state.supervisor.counts();
+    let audit = state.supervisor.shared.audit.health();
+    let altered = audit
+        .last_verification
+        .as_ref()
+        .is_some_and(|verification| !verification.ok);
     Json(Health {
         agents,
         agents_running,
         history: state.supervisor.shared.history.health(),
+        status: if altered {
+            "audit_verify_failed".into()
+        } else {
+            state.health.status.clone()
+        },
+        audit,
         ..(*state.health).clone()
     })
 }

@@ -11,7 +11,7 @@ use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
-    IoMode, RunCause, RunRecord, RunSandbox, Signal, TermSize, TerminalServerMessage, signal_name,
+    CapabilitySource, IoMode, RunCause, RunRecord, RunSandbox, Signal, TermSize, TerminalServerMessage, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
@@ -160,6 +160,8 @@ struct Run {
     limits: AgentLimits,
     /// How the run is confined, as `ls` and `status` show it.
     sandbox: RunSandbox,
+    /// Where its capabilities came from (for the audit log).
+    capability_sources: Vec<CapabilitySource>,
     /// A sandboxed run's signal that its program is starting; taken before it counts as running.
     ready: Option<SandboxReady>,
     settings: EffectiveSettings,
@@ -211,6 +213,7 @@ pub(crate) async fn run(
             Phase::Backoff(deadline) => tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
                     agent.attempt += 1;
+                    agent.actor = super::SYSTEM.to_owned();
                     agent.spawn(true).await.0
                 }
                 order = commands.recv() => match order {
@@ -436,6 +439,19 @@ impl Agent {
                 self.handle
                     .history_run
                     .store(run.id, std::sync::atomic::Ordering::SeqCst);
+                self.shared.audit.record(
+                    &self.actor,
+                    "agent_run_started",
+                    self.id(),
+                    serde_json::json!({
+                        "name": name,
+                        "run": self.handle.info().run,
+                        "pid": pid,
+                        "automatic_restart": self.actor == super::SYSTEM,
+                        "sandbox": run.sandbox,
+                        "capability_sources": run.capability_sources,
+                    }),
+                );
                 if let Some(because) = &run.sandbox.unsandboxed_because {
                     self.shared.events.publish(EventKind::AgentUnsandboxed {
                         agent_id: self.id().to_owned(),
@@ -591,6 +607,7 @@ impl Agent {
                 limits: limits.applied().0.iter().map(ToString::to_string).collect(),
                 ..confinement.info
             },
+            capability_sources: confinement.sources,
             limits,
             ready,
             settings,

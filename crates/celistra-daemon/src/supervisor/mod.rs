@@ -69,6 +69,8 @@ pub(crate) const SYSTEM: &str = "system";
 pub(crate) struct Shared {
     pub home: Home,
     pub events: EventBus,
+    /// The tamper-evident audit log of privileged actions.
+    pub audit: Arc<crate::audit::Auditor>,
     pub store: Arc<Store>,
     pub history: History,
     pub cgroups: Option<CgroupRoot>,
@@ -90,7 +92,15 @@ impl Shared {
     /// Reads `config.json` afresh (absent means defaults), so edits apply to the next spawn.
     pub(crate) fn config(&self) -> Result<DaemonConfig, ApiError> {
         let path = self.home.config_file();
-        match std::fs::read_to_string(&path) {
+        let read = std::fs::read_to_string(&path);
+        match &read {
+            Ok(text) => self.audit.note_file("config.json", Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.audit.note_file("config.json", None);
+            }
+            Err(_) => {}
+        }
+        match read {
             Ok(text) => DaemonConfig::parse(&text, &path.display().to_string()).map_err(|e| {
                 ApiError::new(
                     ErrorCode::ConfigInvalid,
@@ -389,12 +399,18 @@ impl Supervisor {
         futures_util::future::join_all(starts).await;
     }
 
+    /// Makes `agents.json` and the audit entries so far durable before a change is acknowledged.
     async fn sync(&self) -> Result<(), ApiError> {
         self.shared
             .store
             .sync()
             .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e))
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+        let audit = Arc::clone(&self.shared.audit);
+        tokio::task::spawn_blocking(move || audit.log().sync())
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("audit log: {e}")))
     }
 
     /// Changes an agent's spec; optionally restarts it so the change applies now.
@@ -410,6 +426,12 @@ impl Supervisor {
         spec_rules::apply_update(&mut spec, update);
         self.check_spec(&spec, true)?;
         self.replace_spec(&handle, spec, &old_name, actor)?;
+        self.shared.audit.record(
+            actor,
+            "agent_updated",
+            &handle.id,
+            serde_json::to_value(update).unwrap_or_default(),
+        );
         self.sync().await?;
         if update.restart && handle.info().state.is_active() {
             handle.ask(actor, Command::Restart).await?;
@@ -593,6 +615,19 @@ impl Supervisor {
         if request.dry_run {
             return Ok(report);
         }
+        // Created and removed agents get their own entries; updated ones are recorded here with
+        // their new specs.
+        self.shared.audit.record(
+            actor,
+            "config_applied",
+            "",
+            serde_json::json!({
+                "source": source,
+                "report": report,
+                "updated_specs": plan.update,
+                "prune": request.prune,
+            }),
+        );
         for name in &plan.remove {
             self.remove(name, actor).await?;
         }

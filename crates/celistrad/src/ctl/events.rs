@@ -129,6 +129,15 @@ fn describe(event: &Event) -> String {
                 String::new()
             }
         ),
+        EventKind::AuditVerifyFailed {
+            first_bad_seq,
+            problem,
+        } => format!(
+            "the audit log is altered{}: {problem}",
+            first_bad_seq
+                .map(|seq| format!(" from entry {seq}"))
+                .unwrap_or_default()
+        ),
         EventKind::SandboxSwitched { enabled, actor } => format!(
             "sandbox switched {} by {actor}",
             if *enabled { "on" } else { "OFF" }

@@ -4,6 +4,7 @@
 mod agents;
 mod apply;
 mod attach;
+mod audit;
 mod events;
 mod history;
 mod logs;
@@ -57,6 +58,8 @@ enum Verb {
     Apply(apply::ApplyArgs),
     /// The sandbox: status, on, off (the master switch), explain.
     Sandbox(sandbox::SandboxArgs),
+    /// The audit log: ls, verify, export, checkpoint, prove.
+    Audit(audit::AuditArgs),
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -111,7 +114,20 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Events(args) => events::run(client, args).await,
         Verb::Apply(args) => apply::run(client, args).await,
         Verb::Sandbox(args) => sandbox::run(client, args).await,
+        Verb::Audit(args) => audit::run(client, args).await,
     }
+}
+
+pub(crate) use audit::verify_offline as verify_audit_bundle;
+
+/// Reads a whole response body as text (CSV, JSON lines).
+pub(crate) async fn read_text(client: &Client, path: &str) -> Result<String, Failure> {
+    let mut body = client.open_stream(path).await?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = celistra_client::next_chunk(&mut body).await? {
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| Failure::Failed(format!("{path}: not UTF-8")))
 }
 
 /// Percent-encodes an agent id or name for a URL path, or any text for a query value.

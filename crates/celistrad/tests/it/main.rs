@@ -3,6 +3,7 @@
 
 mod api;
 mod attach;
+mod audit;
 mod cli;
 mod history;
 mod sandbox;

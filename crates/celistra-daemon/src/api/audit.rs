@@ -1,0 +1,315 @@
+//! Audit routes: query, live tail, checkpoints, inclusion and consistency proofs, verification and
+//! export (docs/audit-format.md).
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use celistra_proto::{
+    ApiError, AuditBundle, AuditCheckpoint, AuditEntry, AuditPage, AuditProof, AuditVerification,
+    ErrorCode,
+};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{AppState, Failure};
+
+type ApiResult<T> = Result<T, Failure>;
+
+/// Most entries one page holds.
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    /// Only entries from this time: a duration ago (`30m`, `7d`) or an RFC 3339 time.
+    since: Option<String>,
+    /// Only entries until this time, in the same forms.
+    until: Option<String>,
+    /// Only entries of this actor.
+    actor: Option<String>,
+    /// Only entries of this action (e.g. `agent_spawned`, `sandbox_block`).
+    action: Option<String>,
+    /// Only entries about this agent id (or other target).
+    agent: Option<String>,
+    /// Only entries whose JSON contains this text (case-insensitive).
+    text: Option<String>,
+    /// Entries older than this sequence number (paging: the previous page's `next_after`).
+    after: Option<u64>,
+    /// Page size, at most 1000 (default 100).
+    limit: Option<usize>,
+}
+
+fn time_bound(text: Option<&str>, field: &str) -> ApiResult<Option<u64>> {
+    text.map(|t| {
+        celistra_core::clock::parse_time_bound(t, crate::now_ms())
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("{field}: {e}")).into())
+    })
+    .transpose()
+}
+
+/// Audit entries matching the filters, newest first, a page at a time (`after`: the previous
+/// page's `next_after`).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = ApiError)))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<Json<AuditPage>> {
+    let Query(query) = query.map_err(super::bad_query)?;
+    let filter = celistra_audit::Query {
+        since_ms: time_bound(query.since.as_deref(), "since")?,
+        until_ms: time_bound(query.until.as_deref(), "until")?,
+        actor: query.actor,
+        action: query.action,
+        target: query.agent,
+        text: query.text,
+        after_seq: query.after,
+        limit: query.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+    };
+    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let page = tokio::task::spawn_blocking(move || audit.log().query(&filter))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(internal)?;
+    Ok(Json(AuditPage {
+        entries: page.entries.into_iter().map(wire_entry).collect(),
+        next_after: page.next,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TailQuery {
+    /// Replay the entries after this sequence number first.
+    after: Option<u64>,
+}
+
+/// New audit entries as Server-Sent Events (`audit` events, id = seq), after replaying those after
+/// `after`: the dashboard's Activity panel.
+#[utoipa::path(get, path = "/v1/audit/tail", tag = "audit", params(TailQuery),
+    responses((status = 200, content_type = "text/event-stream", body = AuditEntry)))]
+pub(crate) async fn tail(
+    State(state): State<AppState>,
+    query: Result<Query<TailQuery>, QueryRejection>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let Query(query) = query.map_err(super::bad_query)?;
+    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    // Subscribed before reading the backlog: an entry appended in between comes twice at worst,
+    // and is skipped by its sequence number.
+    let live = audit.log().subscribe();
+    // The entries after `after`, read newest first a page at a time, then put in order.
+    let mut replay = vec![];
+    if let Some(after) = query.after {
+        let mut older_than: Option<u64> = None;
+        'pages: loop {
+            let filter = celistra_audit::Query {
+                after_seq: older_than,
+                limit: MAX_PAGE,
+                ..celistra_audit::Query::default()
+            };
+            let audit = std::sync::Arc::clone(&audit);
+            let page = tokio::task::spawn_blocking(move || audit.log().query(&filter))
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+                .map_err(internal)?;
+            for entry in page.entries {
+                if entry.seq <= after {
+                    break 'pages;
+                }
+                replay.push(wire_entry(entry));
+            }
+            match page.next {
+                Some(next) => older_than = Some(next),
+                None => break,
+            }
+        }
+        replay.reverse();
+    }
+    let last_replayed = replay.last().map(|e| e.seq);
+    let live = futures_util::stream::unfold(live, |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(entry) => return Some((wire_entry(entry), live)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter(move |entry| std::future::ready(last_replayed.is_none_or(|seq| entry.seq > seq)));
+    let entries = futures_util::stream::iter(replay).chain(live).map(|entry| {
+        let data = serde_json::to_string(&entry).unwrap_or_default();
+        Ok(SseEvent::default()
+            .event("audit")
+            .id(entry.seq.to_string())
+            .data(data))
+    });
+    Ok(Sse::new(entries).keep_alive(KeepAlive::default()))
+}
+
+/// Signs a checkpoint of the log as it is now (tree size, root hash, time).
+#[utoipa::path(post, path = "/v1/audit/checkpoint", tag = "audit",
+    responses((status = 200, body = AuditCheckpoint)))]
+pub(crate) async fn checkpoint(State(state): State<AppState>) -> ApiResult<Json<AuditCheckpoint>> {
+    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let log = audit.log();
+    log.sync().map_err(internal)?;
+    let checkpoint = log.checkpoint().map_err(internal)?;
+    let tree_size = celistra_audit::verify_checkpoint(&checkpoint, &log.public_key())
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .size;
+    Ok(Json(AuditCheckpoint {
+        checkpoint,
+        tree_size,
+        public_key: log.public_key(),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProofQuery {
+    /// Inclusion: the entry's sequence number.
+    seq: Option<u64>,
+    /// Consistency: the older tree size.
+    old_size: Option<u64>,
+    /// The tree size the proof is for (a checkpoint's size).
+    tree_size: u64,
+}
+
+/// An inclusion proof (`seq`, `tree_size`) or a consistency proof (`old_size`, `tree_size`).
+#[utoipa::path(get, path = "/v1/audit/proof", tag = "audit", params(ProofQuery),
+    responses((status = 200, body = AuditProof), (status = 400, body = ApiError)))]
+pub(crate) async fn proof(
+    State(state): State<AppState>,
+    query: Result<Query<ProofQuery>, QueryRejection>,
+) -> ApiResult<Json<AuditProof>> {
+    let Query(query) = query.map_err(super::bad_query)?;
+    let log = state.supervisor.shared.audit.log();
+    let refuse = |e: celistra_audit::Error| ApiError::new(ErrorCode::InvalidRequest, e.to_string());
+    let proof = match (query.seq, query.old_size) {
+        (Some(seq), None) => log.inclusion_proof(seq, query.tree_size).map_err(refuse)?,
+        (None, Some(old)) => log
+            .consistency_proof(old, query.tree_size)
+            .map_err(refuse)?,
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "give `seq` (inclusion) or `old_size` (consistency), with `tree_size`",
+            )
+            .into());
+        }
+    };
+    Ok(Json(AuditProof {
+        seq: query.seq,
+        old_size: query.old_size,
+        tree_size: query.tree_size,
+        proof,
+    }))
+}
+
+/// Verifies the whole log now (chain, Merkle root, latest checkpoint); a failure is also an
+/// `audit_verify_failed` event and turns `/v1/health`'s status.
+#[utoipa::path(post, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = AuditVerification)))]
+pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<AuditVerification>> {
+    Ok(Json(crate::audit::verify_and_report(&state.supervisor.shared).await))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportQuery {
+    /// `jsonl` (default: the entries exactly as stored) or `csv`.
+    format: Option<String>,
+}
+
+/// Every entry, as stored (`entries.jsonl` of an export bundle) or as CSV.
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(ExportQuery),
+    responses((status = 200, content_type = "application/x-ndjson", body = String)))]
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(query) = query.map_err(super::bad_query)?;
+    let csv = match query.format.as_deref() {
+        None | Some("jsonl") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("unknown format `{other}`; use jsonl or csv"),
+            )
+            .into());
+        }
+    };
+    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let log = audit.log();
+        log.sync()?;
+        if csv {
+            log.export_csv(&mut out)?;
+        } else {
+            let dir = tempfile::tempdir().map_err(celistra_audit::Error::from)?;
+            log.export(dir.path())?;
+            out = std::fs::read(dir.path().join("entries.jsonl"))
+                .map_err(celistra_audit::Error::from)?;
+        }
+        Ok::<_, celistra_audit::Error>(out)
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(internal)?;
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], Body::from(bytes)).into_response())
+}
+
+/// A self-contained export: every entry as stored, a fresh checkpoint covering exactly them, and the
+/// verifier key (`ctl audit export` writes them as `entries.jsonl`, `checkpoint`, `public.key`).
+#[utoipa::path(get, path = "/v1/audit/bundle", tag = "audit",
+    responses((status = 200, body = AuditBundle)))]
+pub(crate) async fn bundle(State(state): State<AppState>) -> ApiResult<Json<AuditBundle>> {
+    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let bundle = tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().map_err(celistra_audit::Error::from)?;
+        audit.log().export(dir.path())?;
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.path().join(name)).map_err(celistra_audit::Error::from)
+        };
+        Ok::<_, celistra_audit::Error>(AuditBundle {
+            entries_jsonl: read("entries.jsonl")?,
+            checkpoint: read("checkpoint")?,
+            public_key: read("public.key")?,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(internal)?;
+    Ok(Json(bundle))
+}
+
+fn internal(e: celistra_audit::Error) -> Failure {
+    ApiError::new(ErrorCode::Internal, format!("audit log: {e}")).into()
+}
+
+pub(crate) fn wire_entry(entry: celistra_audit::Entry) -> AuditEntry {
+    AuditEntry {
+        seq: entry.seq,
+        time_ms: entry.time_ms,
+        actor: entry.actor,
+        action: entry.action,
+        target: entry.target,
+        body: entry.body,
+        prev_hash: entry.prev_hash,
+        hash: entry.hash,
+    }
+}

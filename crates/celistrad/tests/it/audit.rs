@@ -1,0 +1,270 @@
+//! The audit log from the outside: every privileged action recorded once with its actor, queries
+//! and the live tail, verification by `ctl audit verify` (and its refusals of an altered, rolled
+//! back or re-keyed log), offline verification of an export, and the hourly check's event.
+
+use celistra_client::{SseParser, next_chunk};
+use celistra_proto::{AgentInfo, AuditEntry, AuditPage, EventKind, Health};
+
+use crate::{Daemon, PATIENCE, spec};
+
+async fn entries(daemon: &Daemon, query: &str) -> Vec<AuditEntry> {
+    let mut all = vec![];
+    let mut after: Option<u64> = None;
+    loop {
+        let page: AuditPage = daemon
+            .client
+            .get(&format!(
+                "/v1/audit?limit=1000{}{}",
+                after.map(|a| format!("&after={a}")).unwrap_or_default(),
+                if query.is_empty() { String::new() } else { format!("&{query}") }
+            ))
+            .await
+            .expect("audit query");
+        all.extend(page.entries);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => {
+                // Pages come newest first.
+                all.sort_by_key(|e| e.seq);
+                return all;
+            }
+        }
+    }
+}
+
+fn actions_on<'a>(entries: &'a [AuditEntry], target: &str) -> Vec<&'a str> {
+    entries
+        .iter()
+        .filter(|e| e.target == target)
+        .map(|e| e.action.as_str())
+        .collect()
+}
+
+fn ok(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn every_privileged_action_is_recorded_once_with_its_actor() {
+    let daemon = Daemon::start().await;
+    let agent = daemon.spawn(spec("audited", "sleep 600")).await;
+    let id = agent.id.clone();
+    for verb in [
+        vec!["stop", "audited"],
+        vec!["start", "audited"],
+        vec!["restart", "audited"],
+        vec!["kill", "audited", "--signal", "TERM"],
+        vec!["rename", "audited", "renamed"],
+        vec!["set", "renamed", "--env", "TOKEN=hunter2"],
+        vec!["sandbox", "off"],
+        vec!["sandbox", "on"],
+        vec!["rm", "renamed"],
+    ] {
+        ok(&daemon.ctl(&verb));
+    }
+    // A request with a wrong secret.
+    let intruder = celistra_client::Client::for_home(daemon.home(), "test")
+        .unwrap()
+        .with_secret("0000");
+    assert!(intruder.get::<Vec<AgentInfo>>("/v1/agents").await.is_err());
+    let all = entries(&daemon, "").await;
+    assert_eq!(
+        actions_on(&all, &id),
+        [
+            "agent_spawned",
+            "agent_run_started",
+            "agent_stop_requested",
+            "agent_start_requested",
+            "agent_run_started",
+            "agent_start_requested",
+            "agent_run_started",
+            "agent_signalled",
+            "agent_renamed",
+            "agent_updated",
+            "agent_removed",
+        ],
+        "{all:#?}"
+    );
+    for entry in all.iter().filter(|e| e.target == id) {
+        let expected = if entry.action == "agent_run_started" && entry.body["automatic_restart"] == true {
+            "system"
+        } else {
+            "machine-secret"
+        };
+        assert_eq!(entry.actor, expected, "{entry:?}");
+    }
+    let update = all.iter().find(|e| e.action == "agent_updated").unwrap();
+    assert!(!update.body.to_string().contains("hunter2"), "secret kept: {update:?}");
+    let switches: Vec<_> = all.iter().filter(|e| e.action == "sandbox_switched").collect();
+    assert_eq!(switches.len(), 2);
+    let refused = all.iter().find(|e| e.action == "auth_failed").expect("auth failure");
+    assert_eq!((refused.actor.as_str(), refused.target.as_str()), ("unauthenticated", "/v1/agents"));
+    let run = all.iter().find(|e| e.action == "agent_run_started").unwrap();
+    assert_eq!(run.body["sandbox"]["sandboxed"], true, "{run:?}");
+    // Queries filter by action and agent.
+    let spawned = entries(&daemon, &format!("action=agent_spawned&agent={id}")).await;
+    assert_eq!(spawned.len(), 1);
+}
+
+#[tokio::test]
+async fn apply_and_config_changes_are_recorded() {
+    let daemon = Daemon::start().await;
+    let file = daemon.work.path().join("agents.json");
+    let ws = daemon.work.path().display().to_string();
+    std::fs::write(
+        &file,
+        serde_json::json!({"agents": [{"name": "a", "command": "sleep 600", "workspace": ws}]})
+            .to_string(),
+    )
+    .unwrap();
+    ok(&daemon.ctl(&["apply", &file.display().to_string()]));
+    std::fs::write(daemon.home().join("config.json"), r#"{"restart_max": 7}"#).unwrap();
+    daemon.spawn(spec("b", "sleep 600")).await;
+    let all = entries(&daemon, "").await;
+    let applied = all.iter().find(|e| e.action == "config_applied").expect("apply");
+    assert_eq!(applied.body["report"]["created"][0], "a");
+    let loads: Vec<_> = all
+        .iter()
+        .filter(|e| e.action == "config_loaded" && e.target == "config.json")
+        .collect();
+    assert_eq!(loads.len(), 2, "absent, then the new file: {loads:?}");
+    assert_eq!(loads[1].body["present"], true);
+}
+
+#[tokio::test]
+async fn the_live_tail_streams_new_entries() {
+    let daemon = Daemon::start().await;
+    let last = entries(&daemon, "").await.last().map_or(0, |e| e.seq);
+    let mut body = daemon
+        .client
+        .open_stream(&format!("/v1/audit/tail?after={last}"))
+        .await
+        .unwrap();
+    let agent = daemon.spawn(spec("tailed", "sleep 600")).await;
+    let mut parser = SseParser::default();
+    let seen = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let chunk = next_chunk(&mut body).await.unwrap().expect("stream open");
+            for frame in parser.feed(&chunk) {
+                let entry: AuditEntry = serde_json::from_str(&frame.data).unwrap();
+                assert!(entry.seq > last);
+                if entry.target == agent.id && entry.action == "agent_spawned" {
+                    return entry;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the spawn reached the tail");
+    assert_eq!(seen.actor, "machine-secret");
+}
+
+/// Edits line `seq`'s JSON with `change`, the daemon stopped.
+fn edit_entry(path: &std::path::Path, seq: u64, change: impl Fn(&mut serde_json::Value)) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let edited: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let mut entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            if entry["seq"] == seq {
+                change(&mut entry);
+                entry.to_string()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(path, edited.join("\n") + "\n").unwrap();
+}
+
+#[tokio::test]
+async fn verify_export_and_offline_verification_catch_an_edited_entry() {
+    let mut daemon = Daemon::start().await;
+    for i in 0..5 {
+        daemon.spawn(spec(&format!("v{i}"), "true")).await;
+    }
+    let out = ok(&daemon.ctl(&["audit", "verify", "--seen", &daemon.work.path().join("seen").display().to_string()]));
+    assert!(out.starts_with("ok: "), "{out}");
+    let bundle = daemon.work.path().join("bundle");
+    ok(&daemon.ctl(&["audit", "export", "--out", &bundle.display().to_string()]));
+    let offline = std::process::Command::new(crate::BIN)
+        .args(["audit", "verify"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(ok(&offline).starts_with("ok: "));
+    ok(&daemon.ctl(&["audit", "export", "--out", &bundle.display().to_string(), "--format", "csv"]));
+    let csv = std::fs::read_to_string(bundle.join("audit.csv")).unwrap();
+    assert!(csv.lines().count() > 5, "{csv}");
+
+    // An edited entry in an export is caught offline, naming it.
+    let victim = entries(&daemon, "action=agent_spawned").await[2].seq;
+    edit_entry(&bundle.join("entries.jsonl"), victim, |e| e["body"]["command"] = "evil".into());
+    let offline = std::process::Command::new(crate::BIN)
+        .args(["audit", "verify"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_eq!(offline.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&offline.stderr);
+    assert!(err.contains(&victim.to_string()), "{err}");
+
+    // The same edit in the daemon's own log: `ctl audit verify`, the daemon's check, its event and
+    // its health all say so.
+    daemon.signal_and_wait("TERM");
+    edit_entry(&daemon.home().join("audit.log"), victim, |e| e["body"]["command"] = "evil".into());
+    daemon.restart_process().await;
+    let out = daemon.ctl(&["audit", "verify", "--seen", &daemon.work.path().join("seen").display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("altered") && err.contains(&victim.to_string()), "{err}");
+    let verification: celistra_proto::AuditVerification = daemon
+        .client
+        .post("/v1/audit/verify", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert!(!verification.ok);
+    assert_eq!(verification.first_bad_seq, Some(victim));
+    daemon
+        .events_until(0, |e| {
+            matches!(&e.kind, EventKind::AuditVerifyFailed { first_bad_seq, .. } if *first_bad_seq == Some(victim))
+        })
+        .await;
+    let health: Health = daemon.client.get("/v1/health").await.unwrap();
+    assert_eq!(health.status, "audit_verify_failed");
+}
+
+#[tokio::test]
+async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before() {
+    let mut daemon = Daemon::start().await;
+    let seen = daemon.work.path().join("seen");
+    let seen_arg = seen.display().to_string();
+    daemon.spawn(spec("early", "true")).await;
+    daemon.client.post::<serde_json::Value>("/v1/audit/checkpoint", &serde_json::json!({})).await.unwrap();
+    let old_copy = std::fs::read(daemon.home().join("audit.log")).unwrap();
+    for i in 0..3 {
+        daemon.spawn(spec(&format!("late{i}"), "true")).await;
+    }
+    ok(&daemon.ctl(&["audit", "verify", "--seen", &seen_arg]));
+
+    // Rolled back to the older copy: consistent in itself, but shorter than what was seen.
+    daemon.signal_and_wait("TERM");
+    let current = std::fs::read(daemon.home().join("audit.log")).unwrap();
+    std::fs::write(daemon.home().join("audit.log"), &old_copy).unwrap();
+    daemon.restart_process().await;
+    let out = daemon.ctl(&["audit", "verify", "--seen", &seen_arg]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("altered"), "{out:?}");
+
+    // The right log, but a new signing key.
+    daemon.signal_and_wait("TERM");
+    std::fs::write(daemon.home().join("audit.log"), &current).unwrap();
+    for key in ["audit.key", "audit.pub"] {
+        let _ = std::fs::remove_file(daemon.home().join(key));
+    }
+    daemon.restart_process().await;
+    let out = daemon.ctl(&["audit", "verify", "--seen", &seen_arg]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another key"), "{out:?}");
+}
