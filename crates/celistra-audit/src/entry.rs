@@ -227,10 +227,10 @@ fn key_words(key: &str) -> Vec<&str> {
     let mut previous_lower = false;
     for (index, ch) in key.char_indices() {
         let separator = !ch.is_alphanumeric();
-        if separator || (previous_lower && ch.is_uppercase()) {
-            if let Some(word_start) = start.take() {
-                words.push(&key[word_start..index]);
-            }
+        if (separator || (previous_lower && ch.is_uppercase()))
+            && let Some(word_start) = start.take()
+        {
+            words.push(&key[word_start..index]);
         }
         if !separator {
             start.get_or_insert(index);

@@ -41,7 +41,7 @@ impl MerkleTree {
     pub fn push(&mut self, leaf: Hash) {
         self.levels[0].push(leaf);
         let mut level = 0;
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let nodes = &self.levels[level];
             let parent = node_hash(&nodes[nodes.len() - 2], &nodes[nodes.len() - 1]);
             if self.levels.len() == level + 1 {
@@ -99,7 +99,7 @@ impl MerkleTree {
     /// MTH(D[lo:hi]) for `lo < hi <= size`.
     fn range_hash(&self, lo: u64, hi: u64) -> Hash {
         let count = hi - lo;
-        if count.is_power_of_two() && lo % count == 0 {
+        if count.is_power_of_two() && lo.is_multiple_of(count) {
             let level = count.trailing_zeros() as usize;
             // A complete aligned subtree below the tree's size was stored when its last leaf came.
             return self.levels[level][(lo >> level) as usize];

@@ -90,7 +90,9 @@ impl ChainState {
 struct Signing {
     latest: Option<Checkpoint>,
     latest_note: Option<String>,
-    blocked: Option<String>,
+    /// Why the stored checkpoint does not fit the log or the key; signing is refused until an
+    /// operator moves it aside.
+    blocked: Option<Tamper>,
 }
 
 /// The tamper-evident audit log. Share it behind an `Arc`; every method takes `&self`.
@@ -136,12 +138,13 @@ impl AuditLog {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io_at("open", &path, e))?;
         let signed_size = signing.latest.as_ref().map_or(0, |c| c.size);
         let scan = scan_log(&file, signed_size).map_err(|e| Error::io_at("read", &path, e))?;
-        let mut problem = scan.problem;
+        let mut problem = scan.problem.or_else(|| signing.blocked.clone());
         if let Some(cut) = &scan.cut {
             file.set_len(scan.state.end)
                 .and_then(|()| file.sync_data())
@@ -156,7 +159,7 @@ impl AuditLog {
         if let Some(latest) = &signing.latest {
             let mismatch = consistency_problem(&scan.state.tree, latest);
             if let Some(mismatch) = mismatch {
-                signing.blocked.get_or_insert_with(|| mismatch.to_string());
+                signing.blocked.get_or_insert_with(|| mismatch.clone());
                 problem.get_or_insert(mismatch);
             }
         }
@@ -315,9 +318,9 @@ impl AuditLog {
     /// previous checkpoint's tree: signing over it would hide the damage.
     pub fn checkpoint(&self) -> Result<String, Error> {
         let mut signing = lock(&self.signing);
-        if let Some(reason) = &signing.blocked {
+        if let Some(problem) = &signing.blocked {
             return Err(Error::Inconsistent(format!(
-                "{reason}. Run `celistrad ctl audit verify`; once the damage is understood, move {} aside to sign afresh",
+                "{problem}. Run `celistrad ctl audit verify`; once the damage is understood, move {} aside to sign afresh",
                 self.dir.join(CHECKPOINT_FILE).display()
             )));
         }
@@ -373,13 +376,13 @@ impl AuditLog {
 
     /// Re-reads `audit.log` from `from_seq` (0 for everything) and checks the chain, that each line
     /// is the one this daemon wrote, and the Merkle root against the latest signed checkpoint.
-    /// `progress(done, total)` is called every 65536 entries and at the end.
+    /// `progress(done, total)` is called about every 1/128 of the entries (1024 to 65536 apart) and at
+    /// the end.
     pub fn verify(
         &self,
         from_seq: u64,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Verified, Tamper> {
-        let checkpoint = self.stored_checkpoint()?;
         let count = self.written_count();
         let from = from_seq.min(count);
         let path = self.dir.join(LOG_FILE);
@@ -412,6 +415,8 @@ impl AuditLog {
                 ),
             ));
         }
+        // After the chain, which can name the entry; a checkpoint problem often cannot.
+        let checkpoint = self.stored_checkpoint()?;
         if let Some(checkpoint) = &checkpoint
             && let Some(problem) = consistency_problem(&lock(&self.chain).tree, checkpoint)
         {
@@ -453,8 +458,8 @@ impl AuditLog {
     /// one this process last signed or loaded.
     fn stored_checkpoint(&self) -> Result<Option<Checkpoint>, Tamper> {
         let signing = lock(&self.signing);
-        if let Some(reason) = &signing.blocked {
-            return Err(Tamper::general(reason.clone()));
+        if let Some(problem) = &signing.blocked {
+            return Err(problem.clone());
         }
         let path = self.dir.join(CHECKPOINT_FILE);
         let note = match fs::read_to_string(&path) {
@@ -589,9 +594,10 @@ struct Cut {
     reason: String,
 }
 
-/// Reads the whole log, building the tree and offsets. The last line is cut if it is incomplete,
-/// or if it is bad and not covered by a signed checkpoint (a line a checkpoint covered was written
-/// completely, so damage there is tampering and stays).
+/// Reads the whole log, building the tree and offsets. The last line is cut if it is incomplete, or
+/// if it is bad while every line before it is good and no signed checkpoint covers it: a line a
+/// checkpoint covered was written completely, and a last line that fails to chain after earlier
+/// damage is a consequence of that damage, so both are tampering and stay.
 fn scan_log(file: &File, signed_size: u64) -> std::io::Result<Scan> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut state = ChainState {
@@ -629,7 +635,7 @@ fn scan_log(file: &File, signed_size: u64) -> std::io::Result<Scan> {
             .clone()
             .advance(held.strip_suffix(b"\n").unwrap_or(&held));
         match verdict.problem {
-            Some(bad) if state.cursor.next_seq >= signed_size => {
+            Some(bad) if problem.is_none() && state.cursor.next_seq >= signed_size => {
                 let bytes = held.len() as u64 + cut.as_ref().map_or(0, |c| c.bytes);
                 cut = Some(Cut {
                     bytes,
@@ -733,10 +739,10 @@ fn load_checkpoint(dir: &Path, verifier: &NoteVerifier) -> Result<Signing, Error
         Err(reason) => Signing {
             latest: None,
             latest_note: None,
-            blocked: Some(format!(
+            blocked: Some(Tamper::general(format!(
                 "{} does not verify with audit.key ({reason}): the key or the checkpoint was replaced",
                 path.display()
-            )),
+            ))),
         },
     })
 }
