@@ -120,7 +120,7 @@ fn queries_filter_and_page_newest_first() {
             None => break,
         }
     }
-    let expected: Vec<u64> = (0..1500).rev().filter(|i| i.is_multiple_of(6)).collect();
+    let expected: Vec<u64> = (0..1500u64).rev().filter(|i| i.is_multiple_of(6)).collect();
     assert_eq!(seen, expected);
 
     let by_target = log
