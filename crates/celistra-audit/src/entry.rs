@@ -1,6 +1,9 @@
 //! Audit entries, their canonical content serialisation and the hash chain that binds each entry to
 //! the one before it (docs/audit-format.md is the specification; this is its implementation).
 
+use std::borrow::Cow;
+use std::io::Write as _;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -73,6 +76,38 @@ impl Entry {
     }
 }
 
+/// An `Entry` as read for verification: the same fields, borrowed from the line where they need
+/// no unescaping, which saves most of the allocations of reading a million entries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EntryLine<'a> {
+    pub(crate) seq: u64,
+    pub(crate) time_ms: u64,
+    #[serde(borrow)]
+    actor: Cow<'a, str>,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
+    #[serde(borrow)]
+    target: Cow<'a, str>,
+    body: Value,
+    #[serde(borrow)]
+    pub(crate) prev_hash: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(crate) hash: Cow<'a, str>,
+}
+
+impl EntryLine<'_> {
+    /// The hash this entry's fields call for, whatever its `hash` field says.
+    pub(crate) fn computed_hash(&self, prev_hash: &Hash) -> Hash {
+        chain_hash(
+            prev_hash,
+            self.seq,
+            self.time_ms,
+            &content_hash(&self.actor, &self.action, &self.target, &self.body),
+        )
+    }
+}
+
 /// The canonical content: `{"action":…,"actor":…,"body":…,"target":…}` with the keys of every object
 /// sorted by their UTF-8 bytes, no whitespace, strings escaped as serde_json escapes them and
 /// numbers formatted as serde_json formats them.
@@ -112,7 +147,8 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(number) => out.extend_from_slice(number.to_string().as_bytes()),
+        // Writing into a Vec cannot fail.
+        Value::Number(number) => drop(write!(out, "{number}")),
         Value::String(text) => write_string(text, out),
         Value::Array(items) => {
             out.push(b'[');

@@ -8,6 +8,8 @@ mod chain;
 mod digest;
 mod entry;
 mod error;
+#[cfg(test)]
+mod format_doc;
 pub mod merkle;
 mod note;
 mod query;

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use crate::chain::{ChainCursor, check_lines};
+use crate::chain::{BATCH_LINES, ChainCursor, LineBatch, LineFacts, check_lines};
 use crate::digest::to_hex;
 use crate::entry::{Entry, NewEntry};
 use crate::error::{Error, Tamper};
@@ -443,9 +443,9 @@ impl AuditLog {
             next_seq: anchor,
             prev_hash: [0; 32],
         };
-        let verdict = cursor.advance(line.strip_suffix(b"\n").unwrap_or(&line));
+        let verdict = cursor.advance(&LineFacts::of(line.strip_suffix(b"\n").unwrap_or(&line)));
         let written = lock(&self.chain).tree.leaf(anchor).copied();
-        if written != Some(leaf_hash(&verdict.hash)) {
+        if written != Some(verdict.leaf) {
             return Ok(Err(Tamper::at(
                 anchor,
                 "the entry changed since it was written (found while resuming an incremental verification; run a full one)",
@@ -608,49 +608,41 @@ fn scan_log(file: &File, signed_size: u64) -> std::io::Result<Scan> {
         end: 0,
     };
     let mut problem = None;
+    let mut batch = LineBatch::default();
     // Each line is held back until the next is read, because only the last may be cut.
-    let (mut held, mut next) = (Vec::new(), Vec::new());
-    let mut partial = None;
+    let mut held: Option<(LineFacts, u64)> = None;
     loop {
-        next.clear();
-        if reader.read_until(b'\n', &mut next)? == 0 {
+        batch.read(&mut reader, BATCH_LINES)?;
+        for (index, facts) in batch.facts().into_iter().enumerate() {
+            if let Some((facts, len)) = held.replace((facts, batch.line_len(index))) {
+                accept_line(&mut state, &mut problem, &facts, len);
+            }
+        }
+        if batch.partial.is_some() || batch.len() < BATCH_LINES {
             break;
         }
-        if !next.ends_with(b"\n") {
-            partial = Some(next.len() as u64);
-            break;
-        }
-        if !held.is_empty() {
-            accept_line(&mut state, &mut problem, &held);
-        }
-        std::mem::swap(&mut held, &mut next);
     }
-    let mut cut = partial.map(|bytes| Cut {
-        bytes,
-        reason: format!("the last line was incomplete ({bytes} bytes without a newline)"),
-    });
-    if !held.is_empty() {
-        let before = state.cursor.clone();
-        let verdict = before
-            .clone()
-            .advance(held.strip_suffix(b"\n").unwrap_or(&held));
-        match verdict.problem {
+    if let Some(bytes) = batch.partial {
+        if let Some((facts, len)) = held {
+            accept_line(&mut state, &mut problem, &facts, len);
+        }
+        let reason = format!("the last line was incomplete ({bytes} bytes without a newline)");
+        return Ok(Scan {
+            state,
+            cut: Some(Cut { bytes, reason }),
+            problem,
+        });
+    }
+    let mut cut = None;
+    if let Some((facts, len)) = held {
+        match state.cursor.clone().advance(&facts).problem {
             Some(bad) if problem.is_none() && state.cursor.next_seq >= signed_size => {
-                let bytes = held.len() as u64 + cut.as_ref().map_or(0, |c| c.bytes);
                 cut = Some(Cut {
-                    bytes,
-                    reason: format!(
-                        "the last complete line was bad ({}){}",
-                        bad.what,
-                        if partial.is_some() {
-                            " and was followed by an incomplete one"
-                        } else {
-                            ""
-                        }
-                    ),
+                    bytes: len,
+                    reason: format!("the last line was bad: {}", bad.what),
                 });
             }
-            _ => accept_line(&mut state, &mut problem, &held),
+            _ => accept_line(&mut state, &mut problem, &facts, len),
         }
     }
     Ok(Scan {
@@ -660,17 +652,15 @@ fn scan_log(file: &File, signed_size: u64) -> std::io::Result<Scan> {
     })
 }
 
-fn accept_line(state: &mut ChainState, problem: &mut Option<Tamper>, line: &[u8]) {
-    let verdict = state
-        .cursor
-        .advance(line.strip_suffix(b"\n").unwrap_or(line));
+fn accept_line(state: &mut ChainState, problem: &mut Option<Tamper>, facts: &LineFacts, len: u64) {
+    let verdict = state.cursor.advance(facts);
     if let Some(bad) = verdict.problem {
         problem.get_or_insert(bad);
     }
     state.last_time_ms = state.last_time_ms.max(verdict.time_ms);
-    state.tree.push(leaf_hash(&verdict.hash));
+    state.tree.push(verdict.leaf);
     state.line_starts.push(state.end);
-    state.end += line.len() as u64;
+    state.end += len;
 }
 
 /// Reads `audit.key` (refusing one others may read), or creates it on first start.
