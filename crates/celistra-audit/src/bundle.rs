@@ -22,8 +22,9 @@ pub const PUBLIC_KEY_FILE: &str = "public.key";
 
 /// Verifies an export bundle offline: the checkpoint's signature with the bundle's `public.key`,
 /// the chain of `entries.jsonl`, and that the entries are exactly the ones the checkpoint covers.
-/// Compare `public.key` with the key you trust (`ctl audit key`) to rule out a re-signed bundle.
-pub fn verify_bundle(dir: &Path) -> Result<Verified, Tamper> {
+/// Compare `public.key` with the key you trust to rule out a re-signed bundle. `progress` is called
+/// now and then with the entries checked and the entries the checkpoint covers.
+pub fn verify_bundle(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Verified, Tamper> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
             .map_err(|e| Tamper::general(format!("cannot read {}: {e}", dir.join(name).display())))
@@ -41,7 +42,7 @@ pub fn verify_bundle(dir: &Path) -> Result<Verified, Tamper> {
             tree.push(leaf);
             Ok(())
         },
-        &mut |_, _| {},
+        &mut |checked, _| progress(checked, checkpoint.size),
     )?;
     if count < checkpoint.size {
         return Err(Tamper::at(

@@ -267,7 +267,7 @@ fn an_export_verifies_offline_and_csv_has_one_row_per_entry() {
             .trim_end(),
         log.public_key()
     );
-    assert_eq!(verify_bundle(&out).unwrap().entries, 25);
+    assert_eq!(verify_bundle(&out, &mut |_, _| {}).unwrap().entries, 25);
 
     // An entry added to the bundle is not covered by its signature.
     let mut file = std::fs::OpenOptions::new()
@@ -276,7 +276,7 @@ fn an_export_verifies_offline_and_csv_has_one_row_per_entry() {
         .unwrap();
     let extra = lines(dir.path())[0].replace("\"seq\":0", "\"seq\":25");
     writeln!(file, "{extra}").unwrap();
-    assert!(verify_bundle(&out).is_err());
+    assert!(verify_bundle(&out, &mut |_, _| {}).is_err());
 
     let mut csv = Vec::new();
     assert_eq!(log.export_csv(&mut csv).unwrap(), 25);

@@ -227,15 +227,21 @@ fn a_tampered_export_fails_offline() {
     let mut rewritten: Vec<String> = original.lines().map(str::to_owned).collect();
     rewritten.swap(2, 3);
     std::fs::write(&entries, rewritten.join("\n") + "\n").unwrap();
-    assert_eq!(verify_bundle(&bundle).unwrap_err().seq, Some(2));
+    assert_eq!(
+        verify_bundle(&bundle, &mut |_, _| {}).unwrap_err().seq,
+        Some(2)
+    );
 
     let truncated: Vec<&str> = original.lines().take(8).collect();
     std::fs::write(&entries, truncated.join("\n") + "\n").unwrap();
-    assert_eq!(verify_bundle(&bundle).unwrap_err().seq, Some(8));
+    assert_eq!(
+        verify_bundle(&bundle, &mut |_, _| {}).unwrap_err().seq,
+        Some(8)
+    );
 
     std::fs::write(&entries, &original).unwrap();
     let other = tempfile::tempdir().unwrap();
     let (stranger, _) = AuditLog::open(other.path(), common::ORIGIN).unwrap();
     std::fs::write(bundle.join("public.key"), stranger.public_key()).unwrap();
-    assert!(verify_bundle(&bundle).is_err());
+    assert!(verify_bundle(&bundle, &mut |_, _| {}).is_err());
 }

@@ -1,7 +1,9 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]), each phase against a fresh daemon in its own temporary state directory.
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]), each phase against a
+//! fresh daemon in its own temporary state directory.
 
+mod audit;
 mod logs;
 mod sandbox;
 mod terminal;
@@ -590,6 +592,8 @@ enum Only {
     Terminal,
     /// Spawn cost of the sandbox, and 100 sandboxed agents at once ([`sandbox`]).
     Sandbox,
+    /// Audit log append, verify and proofs ([`audit`]).
+    Audit,
 }
 
 struct Args {
@@ -613,20 +617,22 @@ fn parse_args() -> Result<Args> {
                     Some("throughput") => Only::Throughput,
                     Some("terminal") => Only::Terminal,
                     Some("sandbox") => Only::Sandbox,
+                    Some("audit") => Only::Audit,
                     _ => bail!(
-                        "--only needs `agents`, `logs`, `throughput`, `terminal` or `sandbox`"
+                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox` or `audit`"
                     ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox|audit]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
                      --only throughput: log throughput phases only.\n\
                      --only terminal: terminal fan-out to 1, 10 and 100 viewers.\n\
-                     --only sandbox: spawn cost of the sandbox, 100 sandboxed agents at once."
+                     --only sandbox: spawn cost of the sandbox, 100 sandboxed agents at once.\n\
+                     --only audit: audit log append, verify and proofs (library, no daemon)."
                 );
                 std::process::exit(0);
             }
@@ -708,6 +714,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Sandbox) {
         results.extend(sandbox::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Audit) {
+        results.extend(audit::phases(&mut report).await);
     }
     for result in results {
         if let Err(e) = result {

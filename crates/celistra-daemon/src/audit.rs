@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::supervisor::{SYSTEM, Shared};
 
 /// The daemon's audit log and the bookkeeping around it.
-#[derive(Debug)]
 pub(crate) struct Auditor {
     log: AuditLog,
     auth_failures: Mutex<FailureWindow>,
@@ -81,7 +80,17 @@ pub(crate) async fn verify_periodically(shared: Arc<Shared>, stop: CancellationT
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("entries", &self.log.tree_size())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Failed authentications recorded per second at most; the rest are counted into the next entry.

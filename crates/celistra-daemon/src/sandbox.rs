@@ -83,6 +83,7 @@ impl SandboxControl {
     pub(crate) fn load(
         home: &Home,
         launcher: Option<PathBuf>,
+        audit: Arc<crate::audit::Auditor>,
     ) -> Result<SandboxControl, crate::Error> {
         let switch_path = home.dir.join("sandbox.json");
         let switch = match std::fs::read_to_string(&switch_path) {
@@ -208,7 +209,15 @@ impl SandboxControl {
 
     /// Reads `capabilities.json` afresh (absent: no grants). A malformed file refuses the spawn.
     fn grants(&self) -> Result<GrantsFile, ApiError> {
-        match std::fs::read_to_string(&self.grants_path) {
+        let read = std::fs::read_to_string(&self.grants_path);
+        match &read {
+            Ok(text) => self.audit.note_file("capabilities.json", Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.audit.note_file("capabilities.json", None);
+            }
+            Err(_) => {}
+        }
+        match read {
             Ok(text) => {
                 GrantsFile::parse(&text, &self.grants_path.display().to_string()).map_err(|e| {
                     ApiError::new(

@@ -53,7 +53,7 @@ impl HomeArg {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Control a running daemon.
-    Ctl(ctl::Ctl),
+    Ctl(Box<ctl::Ctl>),
     /// Work with exported audit logs, without a daemon.
     Audit(OfflineAudit),
 }
@@ -83,10 +83,8 @@ fn main() -> ExitCode {
         celistra_sandbox::launcher_main();
     }
     let cli = Cli::parse();
-    if let Some(Command::Audit(OfflineAudit {
-        action: OfflineAuditAction::Verify { dir },
-    })) = &cli.command
-    {
+    if let Some(Command::Audit(offline)) = &cli.command {
+        let OfflineAuditAction::Verify { dir } = &offline.action;
         return ctl::verify_audit_bundle(dir);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -102,7 +100,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Some(Command::Ctl(ctl)) => ctl::run(ctl, &cli.home).await,
+            Some(Command::Ctl(ctl)) => ctl::run(*ctl, &cli.home).await,
             Some(Command::Audit(_)) => unreachable!("handled before the runtime starts"),
             None => run_daemon(cli).await.map(|()| ExitCode::SUCCESS),
         }

@@ -143,13 +143,16 @@ pub(crate) async fn tail(
         }
     })
     .filter(move |entry| std::future::ready(last_replayed.is_none_or(|seq| entry.seq > seq)));
-    let entries = futures_util::stream::iter(replay).chain(live).map(|entry| {
-        let data = serde_json::to_string(&entry).unwrap_or_default();
-        Ok(SseEvent::default()
-            .event("audit")
-            .id(entry.seq.to_string())
-            .data(data))
-    });
+    let entries = futures_util::stream::iter(replay)
+        .chain(live)
+        .map(|entry| {
+            let data = serde_json::to_string(&entry).unwrap_or_default();
+            Ok(SseEvent::default()
+                .event("audit")
+                .id(entry.seq.to_string())
+                .data(data))
+        })
+        .take_until(state.stopping.cancelled_owned());
     Ok(Sse::new(entries).keep_alive(KeepAlive::default()))
 }
 
@@ -218,7 +221,9 @@ pub(crate) async fn proof(
 #[utoipa::path(post, path = "/v1/audit/verify", tag = "audit",
     responses((status = 200, body = AuditVerification)))]
 pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<AuditVerification>> {
-    Ok(Json(crate::audit::verify_and_report(&state.supervisor.shared).await))
+    Ok(Json(
+        crate::audit::verify_and_report(&state.supervisor.shared).await,
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -249,22 +254,21 @@ pub(crate) async fn export(
     };
     let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
     let bytes = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
         let log = audit.log();
-        log.sync()?;
+        log.sync().map_err(|e| e.to_string())?;
         if csv {
-            log.export_csv(&mut out)?;
+            let mut out = Vec::new();
+            log.export_csv(&mut out).map_err(|e| e.to_string())?;
+            Ok(out)
         } else {
-            let dir = tempfile::tempdir().map_err(celistra_audit::Error::from)?;
-            log.export(dir.path())?;
-            out = std::fs::read(dir.path().join("entries.jsonl"))
-                .map_err(celistra_audit::Error::from)?;
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            log.export(dir.path()).map_err(|e| e.to_string())?;
+            std::fs::read(dir.path().join("entries.jsonl")).map_err(|e| e.to_string())
         }
-        Ok::<_, celistra_audit::Error>(out)
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-    .map_err(internal)?;
+    .map_err(|e: String| ApiError::new(ErrorCode::Internal, format!("audit log: {e}")))?;
     let content_type = if csv {
         "text/csv; charset=utf-8"
     } else {
@@ -280,12 +284,11 @@ pub(crate) async fn export(
 pub(crate) async fn bundle(State(state): State<AppState>) -> ApiResult<Json<AuditBundle>> {
     let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
     let bundle = tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().map_err(celistra_audit::Error::from)?;
-        audit.log().export(dir.path())?;
-        let read = |name: &str| {
-            std::fs::read_to_string(dir.path().join(name)).map_err(celistra_audit::Error::from)
-        };
-        Ok::<_, celistra_audit::Error>(AuditBundle {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        audit.log().export(dir.path()).map_err(|e| e.to_string())?;
+        let read =
+            |name: &str| std::fs::read_to_string(dir.path().join(name)).map_err(|e| e.to_string());
+        Ok(AuditBundle {
             entries_jsonl: read("entries.jsonl")?,
             checkpoint: read("checkpoint")?,
             public_key: read("public.key")?,
@@ -293,7 +296,7 @@ pub(crate) async fn bundle(State(state): State<AppState>) -> ApiResult<Json<Audi
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-    .map_err(internal)?;
+    .map_err(|e: String| ApiError::new(ErrorCode::Internal, format!("audit log: {e}")))?;
     Ok(Json(bundle))
 }
 

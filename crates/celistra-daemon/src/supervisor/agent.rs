@@ -10,8 +10,9 @@ use celistra_core::logtext::Stream;
 use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, EffectiveSettings, ErrorCode, EventKind, ExitCause,
-    CapabilitySource, IoMode, RunCause, RunRecord, RunSandbox, Signal, TermSize, TerminalServerMessage, signal_name,
+    AgentInfo, AgentSpec, AgentState, ApiError, CapabilitySource, EffectiveSettings, ErrorCode,
+    EventKind, ExitCause, IoMode, RunCause, RunRecord, RunSandbox, Signal, TermSize,
+    TerminalServerMessage, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{

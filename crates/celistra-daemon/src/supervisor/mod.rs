@@ -426,12 +426,19 @@ impl Supervisor {
         spec_rules::apply_update(&mut spec, update);
         self.check_spec(&spec, true)?;
         self.replace_spec(&handle, spec, &old_name, actor)?;
-        self.shared.audit.record(
-            actor,
-            "agent_updated",
-            &handle.id,
-            serde_json::to_value(update).unwrap_or_default(),
-        );
+        // A new name alone is recorded as `agent_renamed` (from its event).
+        let settings_changed = UpdateRequest {
+            name: None,
+            ..update.clone()
+        } != UpdateRequest::default();
+        if settings_changed {
+            self.shared.audit.record(
+                actor,
+                "agent_updated",
+                &handle.id,
+                serde_json::to_value(update).unwrap_or_default(),
+            );
+        }
         self.sync().await?;
         if update.restart && handle.info().state.is_active() {
             handle.ask(actor, Command::Restart).await?;

@@ -97,8 +97,9 @@ pub(crate) async fn run(client: &Client, args: AuditArgs) -> CtlResult {
         Action::Verify(args) => verify(client, args).await,
         Action::Export(args) => export(client, args).await,
         Action::Checkpoint => {
-            let checkpoint: AuditCheckpoint =
-                client.post("/v1/audit/checkpoint", &serde_json::json!({})).await?;
+            let checkpoint: AuditCheckpoint = client
+                .post("/v1/audit/checkpoint", &serde_json::json!({}))
+                .await?;
             print!("{}", checkpoint.checkpoint);
             Ok(())
         }
@@ -136,7 +137,10 @@ async fn list(client: &Client, args: LsArgs) -> CtlResult {
         .map(|e| {
             let mut body = e.body.to_string();
             if body.len() > 80 {
-                let cut = (0..=77).rev().find(|i| body.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (0..=77)
+                    .rev()
+                    .find(|i| body.is_char_boundary(*i))
+                    .unwrap_or(0);
                 body.truncate(cut);
                 body.push('…');
             }
@@ -205,7 +209,9 @@ async fn export(client: &Client, args: ExportArgs) -> CtlResult {
 
 /// Prints verification progress on a terminal.
 fn progress(done: u64, total: u64) {
-    if std::io::stderr().is_terminal() && total > 10_000 && (done % 10_000 == 0 || done == total)
+    if std::io::stderr().is_terminal()
+        && total > 10_000
+        && (done.is_multiple_of(10_000) || done == total)
     {
         let percent = done * 100 / total.max(1);
         eprint!("\rverifying: {done}/{total} entries ({percent}%)");
@@ -220,7 +226,7 @@ async fn verify(client: &Client, args: VerifyArgs) -> CtlResult {
     let dir = tempfile::tempdir()
         .map_err(|e| Failure::Failed(format!("cannot create a temporary directory: {e}")))?;
     write_bundle(dir.path(), &bundle)?;
-    let verified = celistra_audit::verify_bundle_with_progress(dir.path(), &mut progress)
+    let verified = celistra_audit::verify_bundle(dir.path(), &mut progress)
         .map_err(|tamper| Failure::Failed(format!("the audit log is altered: {tamper}")))?;
     let checkpoint = celistra_audit::verify_checkpoint(&bundle.checkpoint, &bundle.public_key)
         .map_err(|tamper| Failure::Failed(format!("the audit log is altered: {tamper}")))?;
@@ -232,9 +238,9 @@ async fn verify(client: &Client, args: VerifyArgs) -> CtlResult {
     check_against_seen(client, &seen, &bundle, &checkpoint).await?;
     save_seen(&seen, &bundle)?;
     println!(
-        "ok: {} entries; chain, Merkle root and signed checkpoint verified{}",
-        verified.entries,
-        " (consistent with the checkpoint seen before)"
+        "ok: {} entries; chain, Merkle root and signed checkpoint verified, consistent with the \
+         checkpoint seen before",
+        verified.entries
     );
     Ok(())
 }
@@ -279,7 +285,9 @@ async fn check_against_seen(
         ))
     };
     if old.size > new.size {
-        return Err(altered(celistra_audit::verify_consistency(&old, new, &[]).unwrap_err()));
+        return Err(altered(
+            celistra_audit::verify_consistency(&old, new, &[]).unwrap_err(),
+        ));
     }
     let proof: AuditProof = client
         .get(&format!(
@@ -341,7 +349,7 @@ async fn prove(client: &Client, seq: u64) -> CtlResult {
 
 /// `celistrad audit verify DIR`: checks an exported bundle with nothing but its files.
 pub(crate) fn verify_offline(dir: &Path) -> std::process::ExitCode {
-    match celistra_audit::verify_bundle_with_progress(dir, &mut progress) {
+    match celistra_audit::verify_bundle(dir, &mut progress) {
         Ok(verified) => {
             println!(
                 "ok: {} entries; chain, Merkle root and signed checkpoint verified with {}",

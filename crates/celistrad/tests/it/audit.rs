@@ -16,7 +16,11 @@ async fn entries(daemon: &Daemon, query: &str) -> Vec<AuditEntry> {
             .get(&format!(
                 "/v1/audit?limit=1000{}{}",
                 after.map(|a| format!("&after={a}")).unwrap_or_default(),
-                if query.is_empty() { String::new() } else { format!("&{query}") }
+                if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("&{query}")
+                }
             ))
             .await
             .expect("audit query");
@@ -87,20 +91,36 @@ async fn every_privileged_action_is_recorded_once_with_its_actor() {
         "{all:#?}"
     );
     for entry in all.iter().filter(|e| e.target == id) {
-        let expected = if entry.action == "agent_run_started" && entry.body["automatic_restart"] == true {
-            "system"
-        } else {
-            "machine-secret"
-        };
+        let expected =
+            if entry.action == "agent_run_started" && entry.body["automatic_restart"] == true {
+                "system"
+            } else {
+                "machine-secret"
+            };
         assert_eq!(entry.actor, expected, "{entry:?}");
     }
     let update = all.iter().find(|e| e.action == "agent_updated").unwrap();
-    assert!(!update.body.to_string().contains("hunter2"), "secret kept: {update:?}");
-    let switches: Vec<_> = all.iter().filter(|e| e.action == "sandbox_switched").collect();
+    assert!(
+        !update.body.to_string().contains("hunter2"),
+        "secret kept: {update:?}"
+    );
+    let switches: Vec<_> = all
+        .iter()
+        .filter(|e| e.action == "sandbox_switched")
+        .collect();
     assert_eq!(switches.len(), 2);
-    let refused = all.iter().find(|e| e.action == "auth_failed").expect("auth failure");
-    assert_eq!((refused.actor.as_str(), refused.target.as_str()), ("unauthenticated", "/v1/agents"));
-    let run = all.iter().find(|e| e.action == "agent_run_started").unwrap();
+    let refused = all
+        .iter()
+        .find(|e| e.action == "auth_failed")
+        .expect("auth failure");
+    assert_eq!(
+        (refused.actor.as_str(), refused.target.as_str()),
+        ("unauthenticated", "/v1/agents")
+    );
+    let run = all
+        .iter()
+        .find(|e| e.action == "agent_run_started")
+        .unwrap();
     assert_eq!(run.body["sandbox"]["sandboxed"], true, "{run:?}");
     // Queries filter by action and agent.
     let spawned = entries(&daemon, &format!("action=agent_spawned&agent={id}")).await;
@@ -122,7 +142,10 @@ async fn apply_and_config_changes_are_recorded() {
     std::fs::write(daemon.home().join("config.json"), r#"{"restart_max": 7}"#).unwrap();
     daemon.spawn(spec("b", "sleep 600")).await;
     let all = entries(&daemon, "").await;
-    let applied = all.iter().find(|e| e.action == "config_applied").expect("apply");
+    let applied = all
+        .iter()
+        .find(|e| e.action == "config_applied")
+        .expect("apply");
     assert_eq!(applied.body["report"]["created"][0], "a");
     let loads: Vec<_> = all
         .iter()
@@ -184,7 +207,12 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
     for i in 0..5 {
         daemon.spawn(spec(&format!("v{i}"), "true")).await;
     }
-    let out = ok(&daemon.ctl(&["audit", "verify", "--seen", &daemon.work.path().join("seen").display().to_string()]));
+    let out = ok(&daemon.ctl(&[
+        "audit",
+        "verify",
+        "--seen",
+        &daemon.work.path().join("seen").display().to_string(),
+    ]));
     assert!(out.starts_with("ok: "), "{out}");
     let bundle = daemon.work.path().join("bundle");
     ok(&daemon.ctl(&["audit", "export", "--out", &bundle.display().to_string()]));
@@ -194,13 +222,22 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
         .output()
         .unwrap();
     assert!(ok(&offline).starts_with("ok: "));
-    ok(&daemon.ctl(&["audit", "export", "--out", &bundle.display().to_string(), "--format", "csv"]));
+    ok(&daemon.ctl(&[
+        "audit",
+        "export",
+        "--out",
+        &bundle.display().to_string(),
+        "--format",
+        "csv",
+    ]));
     let csv = std::fs::read_to_string(bundle.join("audit.csv")).unwrap();
     assert!(csv.lines().count() > 5, "{csv}");
 
     // An edited entry in an export is caught offline, naming it.
     let victim = entries(&daemon, "action=agent_spawned").await[2].seq;
-    edit_entry(&bundle.join("entries.jsonl"), victim, |e| e["body"]["command"] = "evil".into());
+    edit_entry(&bundle.join("entries.jsonl"), victim, |e| {
+        e["body"]["command"] = "evil".into()
+    });
     let offline = std::process::Command::new(crate::BIN)
         .args(["audit", "verify"])
         .arg(&bundle)
@@ -213,12 +250,22 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
     // The same edit in the daemon's own log: `ctl audit verify`, the daemon's check, its event and
     // its health all say so.
     daemon.signal_and_wait("TERM");
-    edit_entry(&daemon.home().join("audit.log"), victim, |e| e["body"]["command"] = "evil".into());
+    edit_entry(&daemon.home().join("audit.log"), victim, |e| {
+        e["body"]["command"] = "evil".into()
+    });
     daemon.restart_process().await;
-    let out = daemon.ctl(&["audit", "verify", "--seen", &daemon.work.path().join("seen").display().to_string()]);
+    let out = daemon.ctl(&[
+        "audit",
+        "verify",
+        "--seen",
+        &daemon.work.path().join("seen").display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("altered") && err.contains(&victim.to_string()), "{err}");
+    assert!(
+        err.contains("altered") && err.contains(&victim.to_string()),
+        "{err}"
+    );
     let verification: celistra_proto::AuditVerification = daemon
         .client
         .post("/v1/audit/verify", &serde_json::json!({}))
@@ -241,8 +288,14 @@ async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before()
     let seen = daemon.work.path().join("seen");
     let seen_arg = seen.display().to_string();
     daemon.spawn(spec("early", "true")).await;
-    daemon.client.post::<serde_json::Value>("/v1/audit/checkpoint", &serde_json::json!({})).await.unwrap();
-    let old_copy = std::fs::read(daemon.home().join("audit.log")).unwrap();
+    daemon
+        .client
+        .post::<serde_json::Value>("/v1/audit/checkpoint", &serde_json::json!({}))
+        .await
+        .unwrap();
+    // An older copy of the log and of its checkpoint, consistent with each other.
+    let old_log = std::fs::read(daemon.home().join("audit.log")).unwrap();
+    let old_checkpoint = std::fs::read(daemon.home().join("audit.checkpoint")).unwrap();
     for i in 0..3 {
         daemon.spawn(spec(&format!("late{i}"), "true")).await;
     }
@@ -251,20 +304,31 @@ async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before()
     // Rolled back to the older copy: consistent in itself, but shorter than what was seen.
     daemon.signal_and_wait("TERM");
     let current = std::fs::read(daemon.home().join("audit.log")).unwrap();
-    std::fs::write(daemon.home().join("audit.log"), &old_copy).unwrap();
+    let current_checkpoint = std::fs::read(daemon.home().join("audit.checkpoint")).unwrap();
+    std::fs::write(daemon.home().join("audit.log"), &old_log).unwrap();
+    std::fs::write(daemon.home().join("audit.checkpoint"), &old_checkpoint).unwrap();
     daemon.restart_process().await;
     let out = daemon.ctl(&["audit", "verify", "--seen", &seen_arg]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("altered"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("altered"),
+        "{out:?}"
+    );
 
     // The right log, but a new signing key.
     daemon.signal_and_wait("TERM");
     std::fs::write(daemon.home().join("audit.log"), &current).unwrap();
+    // The attacker's own key, and a checkpoint signed with it.
+    std::fs::remove_file(daemon.home().join("audit.checkpoint")).unwrap();
+    let _ = current_checkpoint;
     for key in ["audit.key", "audit.pub"] {
         let _ = std::fs::remove_file(daemon.home().join(key));
     }
     daemon.restart_process().await;
     let out = daemon.ctl(&["audit", "verify", "--seen", &seen_arg]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another key"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another key"),
+        "{out:?}"
+    );
 }

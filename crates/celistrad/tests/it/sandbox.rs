@@ -341,6 +341,19 @@ async fn escape_suite(mode: Mode) {
         )
         .await;
         assert!(notes.contains(&outside_s), "{notes}");
+        // And each block is in the audit log, the kernel's decision against the agent.
+        let blocks: celistra_proto::AuditPage = daemon
+            .client
+            .get(&format!("/v1/audit?action=sandbox_block&agent={first}"))
+            .await
+            .unwrap();
+        assert!(
+            blocks.entries.iter().any(|e| e.actor == "system"
+                && e.body["summary"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(&outside_s))),
+            "{blocks:?}"
+        );
     }
     assert!(!target.exists(), "a write escaped to {}", target.display());
     assert_eq!(std::fs::read_to_string(&hard_target).unwrap(), "original\n");
