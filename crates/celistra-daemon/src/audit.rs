@@ -68,14 +68,21 @@ pub(crate) async fn verify_and_report(shared: &Arc<Shared>) -> AuditVerification
     verification
 }
 
-/// Verifies the log every [`VERIFY_EVERY`] until `stop`.
+/// Every [`VERIFY_EVERY`] until `stop`: verifies the log and, when it is sound, signs a checkpoint
+/// of it (a damaged log is never re-signed).
 pub(crate) async fn verify_periodically(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(VERIFY_EVERY) => {}
         }
-        verify_and_report(&shared).await;
+        if verify_and_report(&shared).await.ok {
+            let audit = Arc::clone(&shared.audit);
+            let signed = tokio::task::spawn_blocking(move || audit.log().checkpoint()).await;
+            if let Ok(Err(e)) = signed {
+                tracing::warn!("cannot sign the hourly audit checkpoint: {e}");
+            }
+        }
     }
 }
 

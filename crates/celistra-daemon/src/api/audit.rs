@@ -73,11 +73,7 @@ pub(crate) async fn list(
         after_seq: query.after,
         limit: query.limit.unwrap_or(100).clamp(1, MAX_PAGE),
     };
-    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
-    let page = tokio::task::spawn_blocking(move || audit.log().query(&filter))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(internal)?;
+    let page = query_log(&state.supervisor.shared.audit, filter).await?;
     Ok(Json(AuditPage {
         entries: page.entries.into_iter().map(wire_entry).collect(),
         next_after: page.next,
@@ -114,11 +110,7 @@ pub(crate) async fn tail(
                 limit: MAX_PAGE,
                 ..celistra_audit::Query::default()
             };
-            let audit = std::sync::Arc::clone(&audit);
-            let page = tokio::task::spawn_blocking(move || audit.log().query(&filter))
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
-                .map_err(internal)?;
+            let page = query_log(&audit, filter).await?;
             for entry in page.entries {
                 if entry.seq <= after {
                     break 'pages;
@@ -298,6 +290,18 @@ pub(crate) async fn bundle(State(state): State<AppState>) -> ApiResult<Json<Audi
     .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
     .map_err(|e: String| ApiError::new(ErrorCode::Internal, format!("audit log: {e}")))?;
     Ok(Json(bundle))
+}
+
+/// Runs a query on a blocking thread (it reads the log file).
+async fn query_log(
+    audit: &std::sync::Arc<crate::audit::Auditor>,
+    filter: celistra_audit::Query,
+) -> ApiResult<celistra_audit::Page> {
+    let audit = std::sync::Arc::clone(audit);
+    tokio::task::spawn_blocking(move || audit.log().query(&filter))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(internal)
 }
 
 fn internal(e: celistra_audit::Error) -> Failure {

@@ -3,17 +3,18 @@
 
 use axum::Json;
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, CapabilitySource,
-    EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest, Health,
-    HistoryHealth, IoMode, KillRequest, LogLine, RenameRequest, RunCause, RunRecord, RunSandbox,
-    SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, TermSize,
+    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, AuditBundle,
+    AuditCheckpoint, AuditEntry, AuditHealth, AuditPage, AuditProof, AuditVerification,
+    CapabilitySource, EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest,
+    Health, HistoryHealth, IoMode, KillRequest, LogLine, RenameRequest, RunCause, RunRecord,
+    RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, TermSize,
     TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
     UpdateRequest,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, events, history, sandbox, terminal};
+use super::{agents, audit, events, history, sandbox, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +25,8 @@ use super::{agents, events, history, sandbox, terminal};
         agents::stop, agents::start, agents::restart, agents::kill, agents::remove, agents::apply,
         history::logs, history::clear, history::search, history::runs, events::stream,
         terminal::ticket, terminal::connect, sandbox::status, sandbox::switch, sandbox::explain,
+        audit::list, audit::tail, audit::checkpoint, audit::proof, audit::verify, audit::bundle,
+        audit::export,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
@@ -31,7 +34,8 @@ use super::{agents, events, history, sandbox, terminal};
         HistoryHealth, IoMode, LogLine, RunCause, RunRecord, history::Cleared, history::Format,
         TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
         RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
-        SandboxBlock,
+        SandboxBlock, AuditEntry, AuditPage, AuditCheckpoint, AuditProof, AuditVerification,
+        AuditBundle, AuditHealth,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
