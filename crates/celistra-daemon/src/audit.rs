@@ -26,15 +26,30 @@ pub(crate) struct Auditor {
 /// How often the whole log is verified in the background.
 pub(crate) const VERIFY_EVERY: Duration = Duration::from_secs(3600);
 
-/// Verifies the whole log on a blocking thread, keeps the result for `/v1/health`, and publishes
+/// Which part of the log a verification reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every entry from the first.
+    Full,
+    /// The entries added since the last sound verification (each against what this daemon
+    /// wrote), plus the checkpoint.
+    SinceLastCheck,
+}
+
+/// Verifies the log on a blocking thread, keeps the result for `/v1/health`, and publishes
 /// `audit_verify_failed` when the log was altered.
-pub(crate) async fn verify_and_report(shared: &Arc<Shared>) -> AuditVerification {
+pub(crate) async fn verify_and_report(shared: &Arc<Shared>, scope: Scope) -> AuditVerification {
+    let from_seq = match (scope, &*lock(&shared.audit.last_verification)) {
+        (Scope::SinceLastCheck, Some(last)) if last.ok => last.entries,
+        _ => 0,
+    };
     let audit = Arc::clone(&shared.audit);
-    let checked = tokio::task::spawn_blocking(move || audit.log().verify(0, &mut |_, _| {})).await;
+    let checked =
+        tokio::task::spawn_blocking(move || audit.log().verify(from_seq, &mut |_, _| {})).await;
     let verification = match checked {
         Ok(Ok(verified)) => AuditVerification {
             ok: true,
-            entries: verified.entries,
+            entries: from_seq + verified.entries,
             first_bad_seq: None,
             problem: None,
             checked_at_ms: crate::now_ms(),
@@ -68,15 +83,15 @@ pub(crate) async fn verify_and_report(shared: &Arc<Shared>) -> AuditVerification
     verification
 }
 
-/// Every [`VERIFY_EVERY`] until `stop`: verifies the log and, when it is sound, signs a checkpoint
-/// of it (a damaged log is never re-signed).
+/// Every [`VERIFY_EVERY`] until `stop`: verifies what was added since the last check and, when it
+/// is sound, signs a checkpoint (a damaged log is never re-signed). The first check is full.
 pub(crate) async fn verify_periodically(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(VERIFY_EVERY) => {}
         }
-        if verify_and_report(&shared).await.ok {
+        if verify_and_report(&shared, Scope::SinceLastCheck).await.ok {
             let audit = Arc::clone(&shared.audit);
             let signed = tokio::task::spawn_blocking(move || audit.log().checkpoint()).await;
             if let Ok(Err(e)) = signed {

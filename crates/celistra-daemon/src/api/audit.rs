@@ -214,7 +214,7 @@ pub(crate) async fn proof(
     responses((status = 200, body = AuditVerification)))]
 pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<AuditVerification>> {
     Ok(Json(
-        crate::audit::verify_and_report(&state.supervisor.shared).await,
+        crate::audit::verify_and_report(&state.supervisor.shared, crate::audit::Scope::Full).await,
     ))
 }
 
