@@ -332,3 +332,26 @@ async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before()
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn a_torn_last_entry_after_kill_9_is_cut_and_the_cut_recorded() {
+    let mut daemon = Daemon::start().await;
+    daemon.spawn(spec("before", "true")).await;
+    daemon.signal_and_wait("KILL");
+    // What a write interrupted by the crash leaves: half a line.
+    let log = daemon.home().join("audit.log");
+    let mut text = std::fs::read(&log).unwrap();
+    text.extend_from_slice(br#"{"seq":999,"time_ms":17954"#);
+    std::fs::write(&log, &text).unwrap();
+    daemon.restart_process().await;
+    let cut = entries(&daemon, "action=audit_log_truncated").await;
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert_eq!(cut[0].actor, "system");
+    let out = ok(&daemon.ctl(&[
+        "audit",
+        "verify",
+        "--seen",
+        &daemon.work.path().join("seen").display().to_string(),
+    ]));
+    assert!(out.starts_with("ok: "), "{out}");
+}
