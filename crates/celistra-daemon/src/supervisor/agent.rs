@@ -60,7 +60,7 @@ pub(crate) struct Order {
 #[derive(Debug)]
 pub(crate) struct AgentHandle {
     pub id: String,
-    pub info: Mutex<AgentInfo>,
+    pub info: InfoCell,
     pub spec: Mutex<AgentSpec>,
     pub hub: Hub,
     pub commands: mpsc::UnboundedSender<Order>,
@@ -68,9 +68,78 @@ pub(crate) struct AgentHandle {
     pub history_run: std::sync::atomic::AtomicU64,
 }
 
+/// An agent's [`AgentInfo`] with its JSON cached: `ls` of many agents copies bytes instead of
+/// serialising every agent again. Changes go through [`InfoCell::write`], which drops the cache.
+#[derive(Debug)]
+pub(crate) struct InfoCell(Mutex<CachedInfo>);
+
+#[derive(Debug)]
+struct CachedInfo {
+    info: AgentInfo,
+    json: Option<Vec<u8>>,
+}
+
+/// Read access to an agent's info.
+pub(crate) struct InfoRead<'a>(MutexGuard<'a, CachedInfo>);
+
+/// Write access to an agent's info; its cached JSON is already dropped.
+pub(crate) struct InfoWrite<'a>(MutexGuard<'a, CachedInfo>);
+
+impl std::ops::Deref for InfoRead<'_> {
+    type Target = AgentInfo;
+    fn deref(&self) -> &AgentInfo {
+        &self.0.info
+    }
+}
+
+impl std::ops::Deref for InfoWrite<'_> {
+    type Target = AgentInfo;
+    fn deref(&self) -> &AgentInfo {
+        &self.0.info
+    }
+}
+
+impl std::ops::DerefMut for InfoWrite<'_> {
+    fn deref_mut(&mut self) -> &mut AgentInfo {
+        &mut self.0.info
+    }
+}
+
+impl InfoCell {
+    pub(crate) fn new(info: AgentInfo) -> InfoCell {
+        InfoCell(Mutex::new(CachedInfo { info, json: None }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CachedInfo> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> InfoWrite<'_> {
+        let mut cached = self.lock();
+        cached.json = None;
+        InfoWrite(cached)
+    }
+
+    /// Appends the info as JSON to `out`, serialising it only if it changed since last time.
+    pub(crate) fn append_json(&self, out: &mut Vec<u8>) {
+        let mut cached = self.lock();
+        if cached.json.is_none() {
+            let json = serde_json::to_vec(&cached.info).unwrap_or_else(|_| b"null".to_vec());
+            cached.json = Some(json);
+        }
+        if let Some(json) = &cached.json {
+            out.extend_from_slice(json);
+        }
+    }
+}
+
 impl AgentHandle {
-    pub(crate) fn info(&self) -> MutexGuard<'_, AgentInfo> {
-        self.info.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn info(&self) -> InfoRead<'_> {
+        InfoRead(self.info.lock())
+    }
+
+    pub(crate) fn info_mut(&self) -> InfoWrite<'_> {
+        self.info.write()
     }
 
     pub(crate) fn spec(&self) -> MutexGuard<'_, AgentSpec> {
@@ -263,7 +332,7 @@ impl Agent {
     /// Sets the state (and pid) and publishes the change.
     fn set_state(&self, state: AgentState, pid: Option<u32>) {
         let name = {
-            let mut info = self.handle.info();
+            let mut info = self.handle.info_mut();
             if info.state == state && info.pid == pid {
                 return;
             }
@@ -423,7 +492,7 @@ impl Agent {
                 }
                 let pid = run.child.pid();
                 let (restarts, name) = {
-                    let mut info = self.handle.info();
+                    let mut info = self.handle.info_mut();
                     info.run += 1;
                     info.started_at_ms = Some(now_ms());
                     info.exited_at_ms = None;
@@ -481,7 +550,7 @@ impl Agent {
             }
             Err(error) => {
                 tracing::warn!(agent = self.id(), "spawn failed: {error}");
-                self.handle.info().last_error = Some(error.clone());
+                self.handle.info_mut().last_error = Some(error.clone());
                 self.shared.events.publish(EventKind::AgentSpawnFailed {
                     agent_id: self.id().to_owned(),
                     name: self.name(),
@@ -706,7 +775,7 @@ impl Agent {
         }
         let uptime_ms = u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (name, run_number) = {
-            let mut info = self.handle.info();
+            let mut info = self.handle.info_mut();
             info.exit_code = exit.code;
             info.exit_signal = exit.signal.map(signal_name);
             info.exited_at_ms = Some(now_ms());
@@ -773,7 +842,7 @@ impl Agent {
         {
             RestartDecision::Restart { delay_ms, .. } => {
                 let next = now_ms() + delay_ms;
-                self.handle.info().next_restart_at_ms = Some(next);
+                self.handle.info_mut().next_restart_at_ms = Some(next);
                 self.set_state(AgentState::Backoff, None);
                 self.shared.events.publish(EventKind::AgentBackoff {
                     agent_id: self.id().to_owned(),

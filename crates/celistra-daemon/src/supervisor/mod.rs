@@ -166,7 +166,7 @@ impl Supervisor {
             if i > 0 {
                 json.push(b',');
             }
-            serde_json::to_writer(&mut json, &*handle.info()).expect("agent info serialises");
+            handle.info.append_json(&mut json);
         }
         json.push(b']');
         json
@@ -312,7 +312,7 @@ impl Supervisor {
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {
             id: stored.id.clone(),
-            info: std::sync::Mutex::new(info),
+            info: agent::InfoCell::new(info),
             spec: std::sync::Mutex::new(stored.spec.clone()),
             hub: Hub::new(settings.scrollback_kb as usize * 1024),
             commands,
@@ -334,7 +334,7 @@ impl Supervisor {
                 .is_err()
             {
                 tracing::error!(agent = %id, "agent task panicked; the agent is marked failed");
-                let mut info = watched.info();
+                let mut info = watched.info_mut();
                 info.state = AgentState::Failed;
                 info.last_error =
                     Some("internal error: the agent's supervisor task panicked".into());
@@ -472,7 +472,7 @@ impl Supervisor {
                     .id_by_name
                     .insert(spec.name.clone(), handle.id.clone());
             }
-            self.describe(&mut handle.info(), &spec);
+            self.describe(&mut handle.info_mut(), &spec);
             *handle.spec() = spec.clone();
             self.shared
                 .store
