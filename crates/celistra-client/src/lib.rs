@@ -90,6 +90,17 @@ impl Client {
         })
     }
 
+    /// A client of an agent's own socket to its daemon (`$CELISTRA_ASK_SOCKET`): no secret, the
+    /// socket itself says which agent is asking.
+    pub fn for_agent_socket(socket: &Path) -> Client {
+        Client {
+            endpoint: Endpoint::Unix(socket.to_owned()),
+            home: socket.parent().map(Path::to_owned).unwrap_or_default(),
+            secret: String::new(),
+            source: "agent".to_owned(),
+        }
+    }
+
     /// The same client, over TCP to `addr` instead of the Unix socket.
     pub fn over_tcp(mut self, addr: SocketAddr) -> Client {
         self.endpoint = Endpoint::Tcp(addr);

@@ -315,6 +315,26 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             block.agent_id.clone(),
             serde_json::to_value(block).unwrap_or(Value::Null),
         ),
+        EventKind::ApprovalRequested { approval } => (
+            // The agent asked: the agent is the actor.
+            format!("agent:{}", approval.agent_id),
+            "approval_requested",
+            approval.agent_id.clone(),
+            serde_json::to_value(approval).unwrap_or(Value::Null),
+        ),
+        EventKind::ApprovalDecided { approval } => (
+            approval
+                .decided_by
+                .clone()
+                .unwrap_or_else(|| SYSTEM.to_owned()),
+            if approval.status == celistra_proto::ApprovalStatus::Expired {
+                "approval_expired"
+            } else {
+                "approval_decided"
+            },
+            approval.agent_id.clone(),
+            serde_json::to_value(approval).unwrap_or(Value::Null),
+        ),
         EventKind::HistoryReset { moved_to, reason } => (
             SYSTEM.to_owned(),
             "history_reset",

@@ -2,6 +2,8 @@
 //! cancellation token fires, so tests can run a real daemon in-process.
 
 mod api;
+mod approvals;
+mod asks;
 mod audit;
 mod events;
 mod home;
@@ -92,6 +94,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         sandbox::SandboxControl::load(&home, options.launcher.clone(), Arc::clone(&audit))?;
     let cgroups = CgroupRoot::create(&home_tag(&home));
     let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
+    let asks = asks::AskSockets::create(&home_tag(&home))?;
+    let approvals = approvals::Broker::load(home.dir.join("approvals.json"));
     let guard = match &cgroups {
         Some(root) => Some(
             DeathGuard::start(root)
@@ -121,6 +125,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         cgroups,
         limits,
         sandbox,
+        asks,
+        approvals,
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
         base_env: std::env::vars()
@@ -130,6 +136,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         readers: reader_thread.handle().clone(),
     });
     let supervisor = Arc::new(supervisor::Supervisor::new(Arc::clone(&shared)));
+    shared.asks.attach(Arc::downgrade(&supervisor));
     let block_monitor = sandbox::report_blocks(&supervisor);
     let announcer = tokio::spawn(announce_history(history_announcements, Arc::clone(&shared)));
 
@@ -181,6 +188,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         version: env!("CARGO_PKG_VERSION").into(),
     });
     supervisor.restore(stored).await;
+    approvals::restore(&supervisor);
     let router = api::router(state);
     let unix_server = tokio::spawn(
         axum::serve(unix, router.clone())
@@ -227,6 +235,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         root.destroy();
     }
     shared.limits.destroy();
+    shared.asks.close_all();
     drop(block_monitor);
     drop(guard);
     let _ = std::fs::remove_file(&socket_path);

@@ -241,6 +241,7 @@ impl SandboxControl {
         spec: &AgentSpec,
         source: &str,
         workspace: &Path,
+        ask_socket: Option<&Path>,
     ) -> Result<Confinement, ApiError> {
         let grants = self.grants()?;
         let resolution = capability::resolve(
@@ -264,7 +265,7 @@ impl SandboxControl {
         };
         let plan = match unsandboxed_because {
             Some(_) => None,
-            None => Some(self.plan(&resolution, workspace)?),
+            None => Some(self.plan(&resolution, workspace, ask_socket)?),
         };
         let user = match &credentials {
             Some(user) => format!("{} ({})", user.name, user.uid),
@@ -306,7 +307,7 @@ impl SandboxControl {
         source: &str,
         workspace: &Path,
     ) -> Result<SandboxExplanation, ApiError> {
-        let confinement = self.confine(spec, source, workspace)?;
+        let confinement = self.confine(spec, source, workspace, None)?;
         let mut notes = vec![];
         if let Some(because) = &confinement.info.unsandboxed_because {
             notes.push(format!(
@@ -340,7 +341,12 @@ impl SandboxControl {
         })
     }
 
-    fn plan(&self, resolution: &Resolution, workspace: &Path) -> Result<SandboxPlan, ApiError> {
+    fn plan(
+        &self,
+        resolution: &Resolution,
+        workspace: &Path,
+        ask_socket: Option<&Path>,
+    ) -> Result<SandboxPlan, ApiError> {
         let workspace = std::fs::canonicalize(workspace)
             .map_err(|e| spawn_refused(format!("workspace {}: {e}", workspace.display())))?;
         if workspace.starts_with(&self.state_dir) {
@@ -351,7 +357,8 @@ impl SandboxControl {
                 self.state_dir.display()
             )));
         }
-        let policy = policy_for(resolution, workspace, self.state_dir.clone());
+        let mut policy = policy_for(resolution, workspace, self.state_dir.clone());
+        policy.ask_socket = ask_socket.map(Path::to_owned);
         let tools = self.tools().map_err(spawn_refused)?;
         SandboxPlan::new(&policy, &tools).map_err(|e| spawn_refused(e.to_string()))
     }
@@ -579,6 +586,7 @@ fn policy_for(resolution: &Resolution, workspace: PathBuf, state_dir: PathBuf) -
             accessibility: resolution.has(&Capability::Accessibility),
             full_disk_access: resolution.has(&Capability::FullDiskAccess),
         },
+        ask_socket: None,
     }
 }
 

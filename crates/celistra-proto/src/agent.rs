@@ -15,6 +15,8 @@ pub enum AgentState {
     Starting,
     /// Its process is alive.
     Running,
+    /// Its process is alive and waiting for a person to approve or deny a request.
+    WaitingApproval,
     /// It died and will be restarted at `next_restart_at_ms`.
     Backoff,
     /// An operator asked it to stop; waiting for its process group to exit.
@@ -34,7 +36,10 @@ impl AgentState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            AgentState::Starting | AgentState::Running | AgentState::Stopping
+            AgentState::Starting
+                | AgentState::Running
+                | AgentState::WaitingApproval
+                | AgentState::Stopping
         )
     }
 
@@ -43,6 +48,7 @@ impl AgentState {
         match self {
             AgentState::Starting => "starting",
             AgentState::Running => "running",
+            AgentState::WaitingApproval => "waiting-approval",
             AgentState::Backoff => "backoff",
             AgentState::Stopping => "stopping",
             AgentState::Exited => "exited",

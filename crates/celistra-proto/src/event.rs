@@ -143,6 +143,14 @@ pub enum EventKind {
     SandboxBlock {
         block: Box<crate::SandboxBlock>,
     },
+    /// An agent asked for approval.
+    ApprovalRequested {
+        approval: Box<crate::Approval>,
+    },
+    /// A request was approved, denied or expired.
+    ApprovalDecided {
+        approval: Box<crate::Approval>,
+    },
     /// Verifying the audit log found it altered: `first_bad_seq` is the first entry that is wrong.
     AuditVerifyFailed {
         first_bad_seq: Option<u64>,
@@ -186,6 +194,8 @@ impl EventKind {
             EventKind::SandboxBlock { .. } => "sandbox_block",
             EventKind::SandboxSwitched { .. } => "sandbox_switched",
             EventKind::AuditVerifyFailed { .. } => "audit_verify_failed",
+            EventKind::ApprovalRequested { .. } => "approval_requested",
+            EventKind::ApprovalDecided { .. } => "approval_decided",
             EventKind::Resync { .. } => "resync",
         }
     }

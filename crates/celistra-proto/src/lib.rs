@@ -2,6 +2,7 @@
 //! run history, log lines, the shared-terminal protocol and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
 
 mod agent;
+mod approval;
 mod audit;
 mod error;
 mod event;
@@ -11,6 +12,7 @@ mod signal;
 mod terminal;
 
 pub use agent::*;
+pub use approval::*;
 pub use audit::*;
 pub use error::*;
 pub use event::*;

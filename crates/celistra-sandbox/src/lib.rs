@@ -31,7 +31,7 @@ pub use limits::{
 pub use linux::{
     LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, kernel_landlock_abi, launcher_main,
 };
-pub use policy::{MacosGrants, Network, Policy};
+pub use policy::{ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
 #[cfg(target_os = "macos")]
 pub use seatbelt::sandbox_exec_argv;

@@ -32,7 +32,15 @@ pub struct Policy {
     pub hidden: Vec<PathBuf>,
     /// macOS privacy (TCC) grants; recorded everywhere, meaningful only on macOS.
     pub macos: MacosGrants,
+    /// The agent's own socket to the daemon (approvals), made visible inside the sandbox at
+    /// [`ASK_SOCKET_INSIDE`].
+    #[serde(default)]
+    pub ask_socket: Option<PathBuf>,
 }
+
+/// Where a sandboxed agent finds its socket to the daemon: in its private `/tmp`, so the mount point
+/// is made in the sandbox's own tmpfs, never on the host.
+pub const ASK_SOCKET_INSIDE: &str = "/tmp/.celistra-ask.sock";
 
 /// Network access of a sandboxed process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,6 +57,7 @@ fn policy(workspace: &Path) -> Policy {
         exec: Vec::new(),
         hidden: Vec::new(),
         macos: Default::default(),
+        ask_socket: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn default_set() -> Policy {
         exec: vec![],
         hidden: vec!["/Users/me/.celistra".into()],
         macos: MacosGrants::default(),
+        ask_socket: None,
     }
 }
 

@@ -56,6 +56,9 @@ enum Command {
     Ctl(Box<ctl::Ctl>),
     /// Work with exported audit logs, without a daemon.
     Audit(OfflineAudit),
+    /// Ask for approval, from inside an agent: waits for the decision. Exit 0 go ahead, 1 denied,
+    /// 3 expired, 2 usage.
+    Ask(ctl::AskArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Ctl(ctl)) => ctl::run(*ctl, &cli.home).await,
             Some(Command::Audit(_)) => unreachable!("handled before the runtime starts"),
+            Some(Command::Ask(args)) => Ok(ctl::ask(args).await),
             None => run_daemon(cli).await.map(|()| ExitCode::SUCCESS),
         }
     });

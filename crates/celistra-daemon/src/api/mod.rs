@@ -2,6 +2,7 @@
 //! router serves the Unix socket and the TCP listener.
 
 mod agents;
+mod approvals;
 mod audit;
 mod events;
 mod history;
@@ -201,6 +202,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/history", get(history::runs))
         .route("/v1/apply", post(agents::apply))
         .route("/v1/sandbox", get(sandbox::status).put(sandbox::switch))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::get))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/tail", get(audit::tail))
         .route("/v1/audit/checkpoint", post(audit::checkpoint))

@@ -3,18 +3,18 @@
 
 use axum::Json;
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, AuditBundle,
-    AuditCheckpoint, AuditEntry, AuditHealth, AuditPage, AuditProof, AuditVerification,
-    CapabilitySource, EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest,
-    Health, HistoryHealth, IoMode, KillRequest, LogLine, RenameRequest, RunCause, RunRecord,
-    RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, TermSize,
-    TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
-    UpdateRequest,
+    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, Approval,
+    ApprovalStatus, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry, AuditHealth, AuditPage,
+    AuditProof, AuditVerification, CapabilitySource, DecisionRequest, EffectiveSettings, ErrorCode,
+    Event, EventKind, ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest,
+    LogLine, RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
+    SandboxStatus, SandboxSwitch, TermSize, TerminalClientMessage, TerminalRole,
+    TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, UpdateRequest,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, audit, events, history, sandbox, terminal};
+use super::{agents, approvals, audit, events, history, sandbox, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,7 +26,7 @@ use super::{agents, audit, events, history, sandbox, terminal};
         history::logs, history::clear, history::search, history::runs, events::stream,
         terminal::ticket, terminal::connect, sandbox::status, sandbox::switch, sandbox::explain,
         audit::list, audit::tail, audit::checkpoint, audit::proof, audit::verify, audit::bundle,
-        audit::export,
+        audit::export, approvals::list, approvals::get, approvals::approve, approvals::deny,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
@@ -35,7 +35,7 @@ use super::{agents, audit, events, history, sandbox, terminal};
         TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
         RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
         SandboxBlock, AuditEntry, AuditPage, AuditCheckpoint, AuditProof, AuditVerification,
-        AuditBundle, AuditHealth,
+        AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

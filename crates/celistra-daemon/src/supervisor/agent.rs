@@ -586,11 +586,20 @@ impl Agent {
             ));
         }
         let source = self.handle.info().source.clone();
+        let ask_socket = self.shared.asks.path(self.id());
         let confinement = self
             .shared
             .sandbox
-            .confine(&spec, &source, std::path::Path::new(&workspace))
+            .confine(
+                &spec,
+                &source,
+                std::path::Path::new(&workspace),
+                Some(&ask_socket),
+            )
             .map_err(|e| e.message)?;
+        if let Some(user) = &confinement.credentials {
+            self.shared.asks.hand_to(self.id(), user.uid, user.gid);
+        }
         let mut env = self.shared.base_env.clone();
         if let Some(user) = &confinement.credentials {
             // Like a login: the agent's own HOME and names, unless its spec sets them.
@@ -601,6 +610,14 @@ impl Agent {
         }
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.push(("CELISTRA_AGENT_ID".into(), self.id().to_owned()));
+        env.push((
+            crate::asks::ASK_SOCKET_ENV.into(),
+            if confinement.plan.is_some() {
+                celistra_sandbox::ASK_SOCKET_INSIDE.to_owned()
+            } else {
+                ask_socket.display().to_string()
+            },
+        ));
         env.push(("CELISTRA_AGENT_NAME".into(), spec.name.clone()));
         let cgroup = match &self.shared.cgroups {
             Some(root) => Some(root.agent(self.id()).map_err(|e| e.to_string())?),

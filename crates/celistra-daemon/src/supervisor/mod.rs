@@ -78,6 +78,10 @@ pub(crate) struct Shared {
     pub limits: ResourceControl,
     /// The master switch, grants, and each run's confinement.
     pub sandbox: SandboxControl,
+    /// Each agent's socket for asking approval.
+    pub asks: crate::asks::AskSockets,
+    /// Pending and recent approval requests.
+    pub approvals: crate::approvals::Broker,
     /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
     pub scrollback_kb: Option<u32>,
     /// Workspace of agents spawned without one: the daemon's `$HOME`.
@@ -318,6 +322,7 @@ impl Supervisor {
             commands,
             history_run: std::sync::atomic::AtomicU64::new(0),
         });
+        self.shared.asks.open(&stored.id);
         registry
             .id_by_name
             .insert(stored.spec.name.clone(), stored.id.clone());
@@ -582,6 +587,7 @@ impl Supervisor {
             cgroup.remove();
         }
         self.shared.limits.remove_agent(&handle.id);
+        self.shared.asks.close(&handle.id);
         self.shared.events.publish(EventKind::AgentRemoved {
             agent_id: handle.id.clone(),
             name: info.name.clone(),

@@ -275,6 +275,13 @@ fn bwrap_options(
             Err(_) => {}
         }
     }
+    if let Some(socket) = &policy.ask_socket {
+        options.add(&[
+            "--bind",
+            absolute(socket)?,
+            crate::policy::ASK_SOCKET_INSIDE,
+        ]);
+    }
     options.add(&["--chdir", paths.workspace]);
     Ok(options.0)
 }
@@ -485,6 +492,7 @@ mod tests {
             exec: Vec::new(),
             hidden: Vec::new(),
             macos: MacosGrants::default(),
+            ask_socket: None,
         }
     }
 

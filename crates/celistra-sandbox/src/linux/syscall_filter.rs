@@ -194,10 +194,18 @@ fn condition(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> Se
         .expect("argument indexes below 6 are valid")
 }
 
-/// The filters to install, in order. seccompiler gives one action per filter, so the clone3 ENOSYS
-/// and the x32 guard are filters of their own; the kernel runs all of them and the strictest
-/// answer wins.
-pub(crate) fn compile(subprocess: bool) -> Result<Vec<BpfProgram>, seccompiler::BackendError> {
+/// The compiled filters. seccompiler gives one action per filter, so the ENOSYS answers are filters
+/// of their own; the kernel runs all of them and the strictest answer wins.
+pub(crate) struct Filters {
+    /// What the sandbox refuses (EPERM): installed with `SECCOMP_FILTER_FLAG_LOG`, so each
+    /// refusal is an audit record.
+    denials: BpfProgram,
+    /// ENOSYS for calls libc falls back from (clone3) or that do not exist here (x32): not
+    /// logged, since they are compatibility answers, not blocks.
+    compatibility: Vec<BpfProgram>,
+}
+
+pub(crate) fn compile(subprocess: bool) -> Result<Filters, seccompiler::BackendError> {
     let arch = target_arch().map_err(|_| {
         seccompiler::BackendError::InvalidTargetArch(std::env::consts::ARCH.to_owned())
     })?;
@@ -244,14 +252,15 @@ pub(crate) fn compile(subprocess: bool) -> Result<Vec<BpfProgram>, seccompiler::
     }
     let eperm = SeccompAction::Errno(libc::EPERM as u32);
     let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
-    let mut programs = vec![BpfProgram::try_from(SeccompFilter::new(
+    let denials = BpfProgram::try_from(SeccompFilter::new(
         denied,
         SeccompAction::Allow,
         eperm,
         arch,
-    )?)?];
+    )?)?;
+    let mut compatibility = vec![];
     if let Some(clone3) = number("clone3") {
-        programs.push(BpfProgram::try_from(SeccompFilter::new(
+        compatibility.push(BpfProgram::try_from(SeccompFilter::new(
             BTreeMap::from([(clone3, Vec::new())]),
             SeccompAction::Allow,
             enosys.clone(),
@@ -259,9 +268,12 @@ pub(crate) fn compile(subprocess: bool) -> Result<Vec<BpfProgram>, seccompiler::
         )?)?);
     }
     if arch == TargetArch::x86_64 {
-        programs.push(x32_guard(u32::from(enosys)));
+        compatibility.push(x32_guard(u32::from(enosys)));
     }
-    Ok(programs)
+    Ok(Filters {
+        denials,
+        compatibility,
+    })
 }
 
 /// x32 system calls reuse the x86_64 architecture value with [`X32_SYSCALL_BIT`] set in the number,
@@ -288,15 +300,17 @@ struct SockFprog {
     filter: *const sock_filter,
 }
 
-/// Sets `no_new_privs` (required for an unprivileged filter, and wanted anyway) and installs
-/// `programs` on the calling thread with `SECCOMP_FILTER_FLAG_LOG`, which seccompiler's
-/// `apply_filter` does not offer.
-pub(crate) fn install(programs: &[BpfProgram]) -> std::io::Result<()> {
+/// Sets `no_new_privs` (required for an unprivileged filter, and wanted anyway) and installs the
+/// filters on the calling thread, the denials with `SECCOMP_FILTER_FLAG_LOG` (which seccompiler's
+/// `apply_filter` does not offer).
+pub(crate) fn install(filters: &Filters) -> std::io::Result<()> {
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes only integers.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    for program in programs {
+    let logged = std::iter::once((&filters.denials, SECCOMP_FILTER_FLAG_LOG));
+    let quiet = filters.compatibility.iter().map(|program| (program, 0));
+    for (program, flags) in logged.chain(quiet) {
         let len = u16::try_from(program.len())
             .map_err(|_| std::io::Error::other("seccomp program longer than 65535 instructions"))?;
         let fprog = SockFprog {
@@ -309,7 +323,7 @@ pub(crate) fn install(programs: &[BpfProgram]) -> std::io::Result<()> {
             libc::syscall(
                 libc::SYS_seccomp,
                 SECCOMP_SET_MODE_FILTER,
-                SECCOMP_FILTER_FLAG_LOG,
+                flags,
                 &raw const fprog,
             )
         };
@@ -327,12 +341,13 @@ mod tests {
     #[test]
     fn filters_compile_for_both_policies() {
         for subprocess in [true, false] {
-            let programs = compile(subprocess).unwrap();
+            let filters = compile(subprocess).unwrap();
             assert_eq!(
-                programs.len(),
-                if cfg!(target_arch = "x86_64") { 3 } else { 2 }
+                filters.compatibility.len(),
+                if cfg!(target_arch = "x86_64") { 2 } else { 1 }
             );
-            assert!(programs.iter().all(|p| !p.is_empty() && p.len() < 1000));
+            let all = std::iter::once(&filters.denials).chain(&filters.compatibility);
+            assert!(all.into_iter().all(|p| !p.is_empty() && p.len() < 1000));
         }
     }
 

@@ -129,6 +129,22 @@ fn describe(event: &Event) -> String {
                 String::new()
             }
         ),
+        EventKind::ApprovalRequested { approval } => format!(
+            "{} ({}) asks: {} [{}; expires {}]",
+            approval.agent_id,
+            approval.agent_name,
+            approval.prompt,
+            approval.id,
+            celistra_core::clock::format_rfc3339_ms(approval.expires_at_ms)
+        ),
+        EventKind::ApprovalDecided { approval } => format!(
+            "{} ({}) {}: {:?} by {}",
+            approval.agent_id,
+            approval.agent_name,
+            approval.id,
+            approval.status,
+            approval.decided_by.as_deref().unwrap_or("-")
+        ),
         EventKind::AuditVerifyFailed {
             first_bad_seq,
             problem,

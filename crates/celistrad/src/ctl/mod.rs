@@ -3,6 +3,7 @@
 
 mod agents;
 mod apply;
+mod approvals;
 mod attach;
 mod audit;
 mod events;
@@ -60,6 +61,8 @@ enum Verb {
     Sandbox(sandbox::SandboxArgs),
     /// The audit log: ls, verify, export, checkpoint, prove.
     Audit(audit::AuditArgs),
+    /// Approval requests of agents: ls, approve ID, deny ID.
+    Approvals(approvals::ApprovalsArgs),
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -115,9 +118,11 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Apply(args) => apply::run(client, args).await,
         Verb::Sandbox(args) => sandbox::run(client, args).await,
         Verb::Audit(args) => audit::run(client, args).await,
+        Verb::Approvals(args) => approvals::run(client, args).await,
     }
 }
 
+pub(crate) use approvals::{AskArgs, ask};
 pub(crate) use audit::verify_offline as verify_audit_bundle;
 
 /// Reads a whole response body as text (CSV, JSON lines).

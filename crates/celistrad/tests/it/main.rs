@@ -2,6 +2,7 @@
 //! driven through the HTTP client and the `ctl` command line. Every wait is bounded.
 
 mod api;
+mod approvals;
 mod attach;
 mod audit;
 mod cli;

@@ -1,0 +1,187 @@
+//! Each agent's own socket to its daemon, through which it asks for approval (`celistrad ask`).
+//! The socket is the agent's identity: it is made for that agent, handed to the agent's user, and
+//! inside a sandbox it is the only socket of the daemon the agent can see (bound at
+//! `ASK_SOCKET_INSIDE`), so an agent can only ask as itself, and it can decide nothing.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock, PoisonError, Weak};
+
+use axum::extract::{Query, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use celistra_proto::{ApiError, Approval, AskRequest, ErrorCode};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use crate::api::{Failure, JsonBody};
+use crate::supervisor::Supervisor;
+
+/// Variable that tells an agent where its socket is.
+pub(crate) const ASK_SOCKET_ENV: &str = "CELISTRA_ASK_SOCKET";
+
+/// The agents' sockets of one daemon.
+#[derive(Debug)]
+pub(crate) struct AskSockets {
+    dir: PathBuf,
+    servers: Mutex<HashMap<String, JoinHandle<()>>>,
+    supervisor: OnceLock<Weak<Supervisor>>,
+}
+
+impl AskSockets {
+    /// Makes the directory (0711: agents of other users reach their own socket, list nothing):
+    /// `/run/celistra-<tag>` for a root daemon, else in `$XDG_RUNTIME_DIR`, else in `/tmp`.
+    pub(crate) fn create(tag: &str) -> Result<AskSockets, crate::Error> {
+        let euid = rustix::process::geteuid();
+        let dir = if euid.is_root() {
+            PathBuf::from(format!("/run/celistra-{tag}"))
+        } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+            PathBuf::from(runtime).join(format!("celistra-{tag}"))
+        } else {
+            PathBuf::from(format!("/tmp/celistra-{}-{tag}", euid.as_raw()))
+        };
+        let context = || {
+            format!(
+                "cannot create the agents' socket directory {}",
+                dir.display()
+            )
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(context(), e))?;
+        let owner = std::fs::metadata(&dir).map_err(|e| crate::Error::io(context(), e))?;
+        if std::os::unix::fs::MetadataExt::uid(&owner) != euid.as_raw() {
+            return Err(crate::Error::Insecure(format!(
+                "{} belongs to another user; remove it or run the daemon as its owner",
+                dir.display()
+            )));
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| crate::Error::io(context(), e))?;
+        Ok(AskSockets {
+            dir,
+            servers: Mutex::default(),
+            supervisor: OnceLock::new(),
+        })
+    }
+
+    /// Connects the sockets to the supervisor that answers them (once, at start-up).
+    pub(crate) fn attach(&self, supervisor: Weak<Supervisor>) {
+        let _ = self.supervisor.set(supervisor);
+    }
+
+    pub(crate) fn path(&self, agent_id: &str) -> PathBuf {
+        self.dir.join(format!("{agent_id}.sock"))
+    }
+
+    fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        self.servers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens agent `agent_id`'s socket (0600) and serves it. A failure is logged: the agent runs,
+    /// it only cannot ask.
+    pub(crate) fn open(&self, agent_id: &str) {
+        let path = self.path(agent_id);
+        let _ = std::fs::remove_file(&path);
+        let listener = match tokio::net::UnixListener::bind(&path) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(agent = agent_id, "cannot open {}: {e}", path.display());
+                return;
+            }
+        };
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(agent = agent_id, "cannot restrict {}: {e}", path.display());
+            return;
+        }
+        let Some(supervisor) = self.supervisor.get().cloned() else {
+            return;
+        };
+        let router = Router::new()
+            .route("/v1/ask", post(ask))
+            .fallback(|| async {
+                crate::api::failure(
+                    ErrorCode::NotFound,
+                    "an agent's socket only takes POST /v1/ask; deciding needs the machine secret",
+                )
+            })
+            .with_state(Asker {
+                supervisor,
+                agent_id: agent_id.to_owned(),
+            });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        if let Some(old) = self.servers().insert(agent_id.to_owned(), server) {
+            old.abort();
+        }
+    }
+
+    /// Hands the socket to the user a run executes as, so it can connect.
+    pub(crate) fn hand_to(&self, agent_id: &str, uid: u32, gid: u32) {
+        let path = self.path(agent_id);
+        if let Err(e) = std::os::unix::fs::chown(&path, Some(uid), Some(gid)) {
+            tracing::warn!(
+                agent = agent_id,
+                "cannot hand {} to uid {uid}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    /// Closes and removes an agent's socket (the agent is removed).
+    pub(crate) fn close(&self, agent_id: &str) {
+        if let Some(server) = self.servers().remove(agent_id) {
+            server.abort();
+        }
+        let _ = std::fs::remove_file(self.path(agent_id));
+    }
+
+    /// Closes every socket and removes the directory (the daemon stops).
+    pub(crate) fn close_all(&self) {
+        for (_, server) in self.servers().drain() {
+            server.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Clone)]
+struct Asker {
+    supervisor: Weak<Supervisor>,
+    agent_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AskQuery {
+    /// How the agent asks: `ask` (default) or `hook`.
+    origin: Option<String>,
+}
+
+/// `POST /v1/ask` on an agent's socket: asks as that agent and answers once decided.
+async fn ask(
+    State(asker): State<Asker>,
+    Query(query): Query<AskQuery>,
+    JsonBody(request): JsonBody<AskRequest>,
+) -> Result<Json<Approval>, Failure> {
+    let supervisor = asker.supervisor.upgrade().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the daemon is stopping; ask again once it is back",
+        )
+    })?;
+    let origin = match query.origin.as_deref() {
+        None | Some("ask") => "ask",
+        Some("hook") => "hook",
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("unknown origin `{other}`; use ask or hook"),
+            )
+            .into());
+        }
+    };
+    Ok(Json(
+        crate::approvals::ask(&supervisor, &asker.agent_id, origin, request).await?,
+    ))
+}

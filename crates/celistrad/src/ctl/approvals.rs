@@ -1,0 +1,221 @@
+//! `ctl approvals`: list pending and recent requests, approve or deny one; and `celistrad ask`,
+//! which an agent runs to ask through its own socket.
+
+use std::process::ExitCode;
+
+use celistra_client::Client;
+use celistra_proto::{Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault};
+use clap::{Args, Subcommand};
+
+use super::table::render;
+use super::{CtlResult, Failure, path_segment, print_json};
+
+#[derive(Debug, Args)]
+pub(crate) struct ApprovalsArgs {
+    #[command(subcommand)]
+    action: Option<Action>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// List requests, newest first (the default).
+    Ls {
+        /// Only pending requests.
+        #[arg(long)]
+        pending: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request: the agent goes ahead.
+    Approve(Decide),
+    /// Deny a pending request.
+    Deny(Decide),
+}
+
+#[derive(Debug, Args)]
+struct Decide {
+    /// The request's id (`ap-…`).
+    id: String,
+    /// Why, for the agent and the audit log.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+pub(crate) async fn run(client: &Client, args: ApprovalsArgs) -> CtlResult {
+    match args.action.unwrap_or(Action::Ls {
+        pending: false,
+        json: false,
+    }) {
+        Action::Ls { pending, json } => {
+            let approvals: Vec<Approval> = client
+                .get(&format!("/v1/approvals?pending={pending}"))
+                .await?;
+            if json {
+                print_json(&approvals);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = approvals
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.id.clone(),
+                        format!("{} ({})", a.agent_name, a.agent_id),
+                        status_text(a),
+                        a.prompt.clone(),
+                    ]
+                })
+                .collect();
+            println!("{}", render(&["ID", "AGENT", "STATUS", "PROMPT"], &rows));
+            Ok(())
+        }
+        Action::Approve(decide) => decide_one(client, decide, "approve").await,
+        Action::Deny(decide) => decide_one(client, decide, "deny").await,
+    }
+}
+
+fn status_text(approval: &Approval) -> String {
+    match approval.status {
+        ApprovalStatus::Pending => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let left = approval.expires_at_ms.saturating_sub(now) / 1000;
+            format!("pending ({left} s left)")
+        }
+        ApprovalStatus::Approved => format!(
+            "approved by {}",
+            approval.decided_by.as_deref().unwrap_or("-")
+        ),
+        ApprovalStatus::Denied => format!(
+            "denied by {}",
+            approval.decided_by.as_deref().unwrap_or("-")
+        ),
+        ApprovalStatus::Expired => "expired".into(),
+    }
+}
+
+async fn decide_one(client: &Client, decide: Decide, verb: &str) -> CtlResult {
+    let approval: Approval = client
+        .post(
+            &format!("/v1/approvals/{}/{verb}", path_segment(&decide.id)),
+            &DecisionRequest {
+                reason: decide.reason,
+            },
+        )
+        .await?;
+    println!(
+        "{} {}: {}",
+        approval.id,
+        status_text(&approval),
+        approval.prompt
+    );
+    Ok(())
+}
+
+/// `celistrad ask`: what an agent runs to ask for approval.
+#[derive(Debug, Args)]
+pub(crate) struct AskArgs {
+    /// What you want to do, in one line (e.g. "git push origin main").
+    prompt: String,
+    /// More detail for the person deciding.
+    #[arg(long)]
+    detail: Option<String>,
+    /// Seconds to wait for a decision [default: 300].
+    #[arg(long, value_name = "SECS")]
+    ttl: Option<u64>,
+    /// What an expiry means: `deny` (default) or `approve`.
+    #[arg(long, value_name = "deny|approve", default_value = "deny")]
+    on_timeout: String,
+    /// Your own id for this request: asking again with it (after a restart) waits for the same one.
+    #[arg(long)]
+    key: Option<String>,
+    /// Print the decided request as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit status of `celistrad ask`: 0 go ahead (approved, or expired with `--on-timeout approve`),
+/// 1 denied, 3 expired, 2 usage (and not running under celistrad).
+pub(crate) async fn ask(args: AskArgs) -> ExitCode {
+    let on_timeout = match args.on_timeout.as_str() {
+        "deny" => TimeoutDefault::Deny,
+        "approve" => TimeoutDefault::Approve,
+        other => {
+            eprintln!("error: --on-timeout `{other}`: use deny or approve");
+            return ExitCode::from(2);
+        }
+    };
+    let request = AskRequest {
+        prompt: args.prompt,
+        detail: args.detail,
+        ttl_secs: args.ttl,
+        on_timeout,
+        key: args.key,
+    };
+    match ask_daemon(&request, "ask").await {
+        Ok(approval) => {
+            if args.json {
+                print_json(&approval);
+            } else {
+                eprintln!("{}", outcome_text(&approval));
+            }
+            ask_exit_code(&approval)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn outcome_text(approval: &Approval) -> String {
+    let reason = approval
+        .reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    match approval.status {
+        ApprovalStatus::Approved => format!(
+            "approved by {} via {}{reason}",
+            approval.decided_by.as_deref().unwrap_or("-"),
+            approval.decided_via.as_deref().unwrap_or("-")
+        ),
+        ApprovalStatus::Denied => format!(
+            "denied by {} via {}{reason}",
+            approval.decided_by.as_deref().unwrap_or("-"),
+            approval.decided_via.as_deref().unwrap_or("-")
+        ),
+        ApprovalStatus::Expired if approval.allows() => {
+            "expired: going ahead (--on-timeout approve)".into()
+        }
+        ApprovalStatus::Expired => "expired: denied (nobody decided in time)".into(),
+        ApprovalStatus::Pending => "still pending".into(),
+    }
+}
+
+pub(crate) fn ask_exit_code(approval: &Approval) -> ExitCode {
+    match approval.status {
+        _ if approval.allows() => ExitCode::SUCCESS,
+        ApprovalStatus::Expired => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// Sends the request through the agent's socket and waits for the decision.
+pub(crate) async fn ask_daemon(request: &AskRequest, origin: &str) -> Result<Approval, Failure> {
+    let socket = std::env::var_os("CELISTRA_ASK_SOCKET").ok_or_else(|| {
+        Failure::Usage(
+            "CELISTRA_ASK_SOCKET is not set: `celistrad ask` works inside an agent celistrad runs"
+                .into(),
+        )
+    })?;
+    let client = Client::for_agent_socket(std::path::Path::new(&socket));
+    Ok(client
+        .post(&format!("/v1/ask?origin={origin}"), request)
+        .await?)
+}

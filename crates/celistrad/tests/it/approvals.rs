@@ -1,0 +1,183 @@
+//! Approvals end to end with real agents: a script that runs `celistrad ask` in its sandbox and acts
+//! on the answer; approve, deny, expiry, first decision wins, a daemon restart keeps the request,
+//! and an agent cannot decide through its own socket.
+
+use std::time::Instant;
+
+use celistra_proto::{AgentState, Approval, ApprovalStatus, AuditPage, EventKind};
+
+use crate::{BIN, Daemon, PATIENCE, spec};
+
+/// A script that asks, then says what it was told.
+fn asking(args: &str) -> String {
+    format!(r#"if {BIN} ask {args}; then echo "verdict: go"; else echo "verdict: stop $?"; fi"#)
+}
+
+async fn pending_of(daemon: &Daemon, agent: &str) -> Approval {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let pending: Vec<Approval> = daemon
+            .client
+            .get("/v1/approvals?pending=true")
+            .await
+            .unwrap();
+        if let Some(approval) = pending.into_iter().find(|a| a.agent_id == agent) {
+            return approval;
+        }
+        assert!(Instant::now() < deadline, "{agent} never asked");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_output(daemon: &Daemon, agent: &str, text: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut body = daemon
+            .client
+            .open_stream(&format!("/v1/agents/{agent}/logs"))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = celistra_client::next_chunk(&mut body).await.unwrap() {
+            out.extend_from_slice(&chunk);
+        }
+        let out = String::from_utf8_lossy(&out).into_owned();
+        if out.contains(text) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "no `{text}` in: {out}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_asks_waits_and_goes_ahead_once_approved() {
+    let daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(spec(
+            "deployer",
+            &asking("'git push origin main' --detail '3 commits'"),
+        ))
+        .await;
+    let approval = pending_of(&daemon, &agent.id).await;
+    assert_eq!(approval.prompt, "git push origin main");
+    assert_eq!(approval.detail.as_deref(), Some("3 commits"));
+    assert_eq!(approval.origin, "ask");
+    daemon
+        .wait_state(&agent.id, AgentState::WaitingApproval)
+        .await;
+    let out = daemon.ctl(&[
+        "approvals",
+        "approve",
+        &approval.id,
+        "--reason",
+        "looks fine",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    wait_output(&daemon, &agent.id, "verdict: go").await;
+    // The first decision won; a second one is refused, saying who decided.
+    let again = daemon.ctl(&["approvals", "deny", &approval.id]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already approved by machine-secret"), "{err}");
+    let decided: Approval = daemon
+        .client
+        .get(&format!("/v1/approvals/{}", approval.id))
+        .await
+        .unwrap();
+    assert_eq!(decided.status, ApprovalStatus::Approved);
+    assert_eq!(decided.reason.as_deref(), Some("looks fine"));
+    assert_eq!(decided.decided_via.as_deref(), Some("cli"));
+    // Asked and decided are events and audit entries with their actors.
+    daemon
+        .events_until(0, |e| matches!(&e.kind, EventKind::ApprovalDecided { approval } if approval.id == decided.id))
+        .await;
+    let audit: AuditPage = daemon
+        .client
+        .get(&format!("/v1/audit?agent={}", agent.id))
+        .await
+        .unwrap();
+    let actors: Vec<(&str, &str)> = audit
+        .entries
+        .iter()
+        .filter(|e| e.action.starts_with("approval_"))
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .collect();
+    let asker = format!("agent:{}", agent.id);
+    assert!(
+        actors.contains(&("approval_requested", asker.as_str())),
+        "{actors:?}"
+    );
+    assert!(
+        actors.contains(&("approval_decided", "machine-secret")),
+        "{actors:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_denial_and_an_expiry_stop_the_agent_with_their_exit_codes() {
+    let daemon = Daemon::start().await;
+    let denied = daemon
+        .spawn(spec("denied", &asking("'rm -rf build'")))
+        .await;
+    let expiring = daemon
+        .spawn(spec("expiring", &asking("'deploy' --ttl 1")))
+        .await;
+    let approval = pending_of(&daemon, &denied.id).await;
+    let out = daemon.ctl(&["approvals", "deny", &approval.id]);
+    assert!(out.status.success(), "{out:?}");
+    wait_output(&daemon, &denied.id, "verdict: stop 1").await;
+    wait_output(&daemon, &expiring.id, "verdict: stop 3").await;
+    let expired: Vec<Approval> = daemon.client.get("/v1/approvals").await.unwrap();
+    let expired = expired.iter().find(|a| a.agent_id == expiring.id).unwrap();
+    assert_eq!(expired.status, ApprovalStatus::Expired);
+    assert_eq!(expired.decided_by.as_deref(), Some("system"));
+    // Back to running once nothing is pending.
+    let agent = daemon.agent(&denied.id).await;
+    assert_ne!(agent.state, AgentState::WaitingApproval);
+}
+
+#[tokio::test]
+async fn a_request_survives_a_daemon_restart_and_the_restarted_agent_joins_it() {
+    let mut daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(spec(
+            "patient",
+            &asking("'migrate the database' --key migrate-1 --ttl 600"),
+        ))
+        .await;
+    let before = pending_of(&daemon, &agent.id).await;
+    daemon.signal_and_wait("TERM");
+    daemon.restart_process().await;
+    // The same request, still pending; the agent, started again, asks with the same key.
+    let after = pending_of(&daemon, &agent.id).await;
+    assert_eq!(after.id, before.id);
+    daemon
+        .wait_state(&agent.id, AgentState::WaitingApproval)
+        .await;
+    let out = daemon.ctl(&["approvals", "approve", &after.id]);
+    assert!(out.status.success(), "{out:?}");
+    wait_output(&daemon, &agent.id, "verdict: go").await;
+}
+
+#[tokio::test]
+async fn an_agent_cannot_decide_through_its_own_socket() {
+    let daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(spec(
+            "sneaky",
+            &format!(
+                r#"{BIN} ask 'sudo things' --ttl 30 & curl -s -X POST --unix-socket "$CELISTRA_ASK_SOCKET" http://x/v1/approvals/any/approve -d '{{}}'; echo; echo tried; wait"#
+            ),
+        ))
+        .await;
+    let approval = pending_of(&daemon, &agent.id).await;
+    let out = wait_output(&daemon, &agent.id, "tried").await;
+    assert!(out.contains("not_found"), "{out}");
+    let still: Approval = daemon
+        .client
+        .get(&format!("/v1/approvals/{}", approval.id))
+        .await
+        .unwrap();
+    assert_eq!(still.status, ApprovalStatus::Pending);
+}
