@@ -3,6 +3,7 @@
 //! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
+mod approvals;
 mod audit;
 mod logs;
 mod sandbox;
@@ -594,6 +595,8 @@ enum Only {
     Sandbox,
     /// Audit log append, verify and proofs ([`audit`]).
     Audit,
+    /// Approval latency ([`approvals`]).
+    Approvals,
 }
 
 struct Args {
@@ -618,21 +621,23 @@ fn parse_args() -> Result<Args> {
                     Some("terminal") => Only::Terminal,
                     Some("sandbox") => Only::Sandbox,
                     Some("audit") => Only::Audit,
+                    Some("approvals") => Only::Approvals,
                     _ => bail!(
-                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox` or `audit`"
+                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit` or `approvals`"
                     ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox|audit]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
                      --only throughput: log throughput phases only.\n\
                      --only terminal: terminal fan-out to 1, 10 and 100 viewers.\n\
                      --only sandbox: spawn cost of the sandbox, 100 sandboxed agents at once.\n\
-                     --only audit: audit log append, verify and proofs (library, no daemon)."
+                     --only audit: audit log append, verify and proofs (library, no daemon).\n\
+                     --only approvals: approval latency, ask to event and decision to answer."
                 );
                 std::process::exit(0);
             }
@@ -717,6 +722,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Audit) {
         results.extend(audit::phases(&mut report).await);
+    }
+    if matches!(only, Only::All | Only::Approvals) {
+        results.extend(approvals::phases(&binary, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {
