@@ -1,8 +1,11 @@
 //! Pure supervision logic: restart policy and backoff, agent names and ids, capabilities and grants,
 //! specs and their validation, daemon configuration, JSON errors with positions, `apply` plans,
-//! readable text from terminal output with `--grep` patterns, and times for humans. No I/O, no tokio.
+//! readable text from terminal output with `--grep` patterns, times for humans, and the formats
+//! agents ask for approval in. No I/O, no tokio.
 
 pub mod apply;
+pub mod approval_hooks;
+pub mod approval_line;
 pub mod capability;
 pub mod clock;
 pub mod config;
