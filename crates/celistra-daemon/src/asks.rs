@@ -69,6 +69,11 @@ impl AskSockets {
         let _ = self.supervisor.set(supervisor);
     }
 
+    /// The supervisor, while the daemon runs.
+    pub(crate) fn supervisor(&self) -> Option<std::sync::Arc<Supervisor>> {
+        self.supervisor.get()?.upgrade()
+    }
+
     pub(crate) fn path(&self, agent_id: &str) -> PathBuf {
         self.dir.join(format!("{agent_id}.sock"))
     }

@@ -134,6 +134,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .chain([("TERM".into(), "xterm-256color".into())])
             .collect(),
         readers: reader_thread.handle().clone(),
+        main: tokio::runtime::Handle::current(),
     });
     let supervisor = Arc::new(supervisor::Supervisor::new(Arc::clone(&shared)));
     shared.asks.attach(Arc::downgrade(&supervisor));

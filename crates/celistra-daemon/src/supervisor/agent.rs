@@ -5,14 +5,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use celistra_core::approval_line::{Decision, LineRequest, LineScanner, response_line};
 use celistra_core::config::restart_policy;
 use celistra_core::logtext::Stream;
 use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, CapabilitySource, EffectiveSettings, ErrorCode,
-    EventKind, ExitCause, IoMode, RunCause, RunRecord, RunSandbox, Signal, TermSize,
-    TerminalServerMessage, signal_name,
+    AgentInfo, AgentSpec, AgentState, ApiError, ApprovalStatus, CapabilitySource,
+    EffectiveSettings, ErrorCode, EventKind, ExitCause, IoMode, RunCause, RunRecord, RunSandbox,
+    Signal, TermSize, TerminalServerMessage, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
@@ -648,6 +649,7 @@ impl Agent {
             agent_id: Arc::from(self.id()),
             history: self.shared.history.clone(),
             run_id,
+            shared: Arc::clone(&self.shared),
         };
         // The PTY or pipes are registered with the reader thread's runtime, where they are read.
         let readers_runtime = &self.shared.readers;
@@ -924,10 +926,12 @@ struct OutputSink {
     agent_id: Arc<str>,
     history: History,
     run_id: u64,
+    shared: Arc<Shared>,
 }
 
 impl OutputSink {
     /// Copies one stream until it closes (for a PTY, EIO once the last process holding it exits).
+    /// On a terminal, approval request lines are taken out (see `approval_line`) and asked.
     async fn pump(self, mut reader: impl AsyncRead + Unpin, stream: Stream) {
         // Pipes can be read in larger pieces than a PTY ever delivers.
         let read_size = if stream == Stream::Pty {
@@ -935,12 +939,13 @@ impl OutputSink {
         } else {
             256 * 1024
         };
+        let mut requests = (stream == Stream::Pty).then(LineScanner::new);
         // Chunks are copied out of one read buffer at their exact size: queued chunks then hold no
         // more memory than their bytes.
         let mut buf = vec![0u8; read_size];
         loop {
             let mut filled = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             // A PTY hands out at most a few KiB per read: take what is already waiting too, so a
@@ -956,15 +961,67 @@ impl OutputSink {
                     None => break,
                 }
             }
-            let chunk = Bytes::copy_from_slice(&buf[..filled]);
-            self.handle.hub.push(&chunk);
-            self.history.room_for(chunk.len()).await;
-            self.history
-                .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
+            let chunk = match &mut requests {
+                Some(scanner) => {
+                    let mut passed = Vec::with_capacity(filled);
+                    for request in scanner.push(&buf[..filled], &mut passed) {
+                        self.ask_for_line(request);
+                    }
+                    Bytes::from(passed)
+                }
+                None => Bytes::copy_from_slice(&buf[..filled]),
+            };
+            self.deliver(stream, chunk).await;
             if ended {
-                return;
+                break;
             }
         }
+        if let Some(mut scanner) = requests {
+            let mut held = Vec::new();
+            scanner.finish(&mut held);
+            self.deliver(stream, Bytes::from(held)).await;
+        }
+    }
+
+    async fn deliver(&self, stream: Stream, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.handle.hub.push(&chunk);
+        self.history.room_for(chunk.len()).await;
+        self.history
+            .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
+    }
+
+    /// Asks the broker for an approval line the agent printed, and answers it on the agent's
+    /// input once decided (on the daemon's runtime: the reader thread only reads).
+    fn ask_for_line(&self, request: LineRequest) {
+        let Some(supervisor) = self.shared.asks.supervisor() else {
+            return;
+        };
+        let handle = Arc::clone(&self.handle);
+        let agent_id = self.agent_id.to_string();
+        self.shared.main.spawn(async move {
+            let id = request.id.clone();
+            match crate::approvals::ask(&supervisor, &agent_id, "line", request.into()).await {
+                Ok(approval) => {
+                    let decision = match approval.status {
+                        ApprovalStatus::Approved => Decision::Approved,
+                        ApprovalStatus::Expired => Decision::Expired,
+                        ApprovalStatus::Denied | ApprovalStatus::Pending => Decision::Denied,
+                    };
+                    let answer = response_line(id.as_deref().unwrap_or(&approval.id), decision);
+                    if let Some(input) = handle.hub.input() {
+                        let _ = input.send(InputOp::Bytes(Bytes::from(answer))).await;
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    agent = agent_id,
+                    "an approval line was refused: {}",
+                    e.message
+                ),
+            }
+        });
     }
 }
 

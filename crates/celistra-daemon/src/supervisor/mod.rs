@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub base_env: Vec<(String, String)>,
     /// Runs the output readers (see `reader_thread.rs`).
     pub readers: tokio::runtime::Handle,
+    /// The daemon's own runtime, for work the readers start (approval lines).
+    pub main: tokio::runtime::Handle,
 }
 
 impl Shared {

@@ -116,8 +116,14 @@ async fn decide_one(client: &Client, decide: Decide, verb: &str) -> CtlResult {
 /// `celistrad ask`: what an agent runs to ask for approval.
 #[derive(Debug, Args)]
 pub(crate) struct AskArgs {
-    /// What you want to do, in one line (e.g. "git push origin main").
-    prompt: String,
+    /// What you want to do, in one line (e.g. "git push origin main"); not with --hook.
+    #[arg(required_unless_present = "hook", conflicts_with = "hook")]
+    prompt: Option<String>,
+    /// Read the request as JSON on stdin and print the answer as JSON on stdout: `claude` (a Claude
+    /// Code PreToolUse or PermissionRequest hook) or `generic` (`{"prompt","detail","ttl"}` in,
+    /// `{"decision","reason","decided_by"}` out). Always exits 0 once answered.
+    #[arg(long, value_name = "claude|generic")]
+    hook: Option<String>,
     /// More detail for the person deciding.
     #[arg(long)]
     detail: Option<String>,
@@ -138,6 +144,9 @@ pub(crate) struct AskArgs {
 /// Exit status of `celistrad ask`: 0 go ahead (approved, or expired with `--on-timeout approve`),
 /// 1 denied, 3 expired, 2 usage (and not running under celistrad).
 pub(crate) async fn ask(args: AskArgs) -> ExitCode {
+    if let Some(hook) = &args.hook {
+        return ask_as_hook(hook).await;
+    }
     let on_timeout = match args.on_timeout.as_str() {
         "deny" => TimeoutDefault::Deny,
         "approve" => TimeoutDefault::Approve,
@@ -147,7 +156,7 @@ pub(crate) async fn ask(args: AskArgs) -> ExitCode {
         }
     };
     let request = AskRequest {
-        prompt: args.prompt,
+        prompt: args.prompt.unwrap_or_default(),
         detail: args.detail,
         ttl_secs: args.ttl,
         on_timeout,
@@ -171,6 +180,52 @@ pub(crate) async fn ask(args: AskArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--hook`: JSON in on stdin, the hook protocol's JSON out on stdout.
+async fn ask_as_hook(hook: &str) -> ExitCode {
+    use celistra_core::approval_hooks as hooks;
+    let mut stdin = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut stdin) {
+        eprintln!("error: cannot read stdin: {e}");
+        return ExitCode::from(2);
+    }
+    // The Claude Code event, to answer in its shape; `None` for the generic mode.
+    let parsed = match hook {
+        "claude" => hooks::claude_hook_request(&stdin).map(|ask| (Some(ask.event), ask.into())),
+        "generic" => hooks::generic_request(&stdin).map(|ask| (None, ask.into())),
+        other => Err(format!("--hook `{other}`: use claude or generic")),
+    };
+    let (event, request): (Option<hooks::ClaudeHookEvent>, AskRequest) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let approval = match ask_daemon(&request, "hook").await {
+        Ok(approval) => approval,
+        Err(Failure::Usage(message) | Failure::Failed(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = hooks::AskOutcome {
+        decision: match approval.status {
+            ApprovalStatus::Approved => hooks::Decision::Approved,
+            ApprovalStatus::Expired if approval.allows() => hooks::Decision::Approved,
+            ApprovalStatus::Expired => hooks::Decision::Expired,
+            _ => hooks::Decision::Denied,
+        },
+        reason: approval.reason.clone(),
+        decided_by: approval.decided_by.clone(),
+    };
+    let answer = match event {
+        Some(event) => hooks::claude_hook_response(event, &outcome),
+        None => hooks::generic_response(&outcome),
+    };
+    println!("{answer}");
+    ExitCode::SUCCESS
 }
 
 fn outcome_text(approval: &Approval) -> String {

@@ -181,3 +181,55 @@ async fn an_agent_cannot_decide_through_its_own_socket() {
         .unwrap();
     assert_eq!(still.status, ApprovalStatus::Pending);
 }
+
+#[tokio::test]
+async fn a_claude_code_hook_gets_its_decision_json() {
+    let daemon = Daemon::start().await;
+    let hook_input = r#"{"session_id":"s1","hook_event_name":"PreToolUse","tool_name":"Bash","tool_input":{"command":"git push origin main"}}"#;
+    let agent = daemon
+        .spawn(spec(
+            "claude",
+            &format!("echo '{hook_input}' | {BIN} ask --hook claude; echo \"exit $?\""),
+        ))
+        .await;
+    let approval = pending_of(&daemon, &agent.id).await;
+    assert_eq!(approval.origin, "hook");
+    assert!(
+        approval.prompt.contains("git push origin main"),
+        "{approval:?}"
+    );
+    let out = daemon.ctl(&["approvals", "approve", &approval.id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = wait_output(&daemon, &agent.id, "exit 0").await;
+    assert!(out.contains(r#""permissionDecision":"allow""#), "{out}");
+}
+
+#[tokio::test]
+async fn a_json_line_on_the_terminal_is_hidden_asked_and_answered_on_stdin() {
+    let daemon = Daemon::start().await;
+    let line = r#"{"celistra":"permission_request","id":"r1","prompt":"rotate the keys"}"#;
+    let agent = daemon
+        .spawn(spec(
+            "liner",
+            &format!("stty -echo; echo before; echo '{line}'; read answer; echo \"got: $answer\""),
+        ))
+        .await;
+    let approval = pending_of(&daemon, &agent.id).await;
+    assert_eq!(
+        (approval.origin.as_str(), approval.prompt.as_str()),
+        ("line", "rotate the keys")
+    );
+    assert_eq!(approval.key.as_deref(), Some("r1"));
+    let out = daemon.ctl(&["approvals", "approve", &approval.id]);
+    assert!(out.status.success(), "{out:?}");
+    let out = wait_output(&daemon, &agent.id, "got: ").await;
+    assert!(
+        out.contains(r#"got: {"celistra":"permission_response","id":"r1","decision":"approved"}"#),
+        "{out}"
+    );
+    assert!(out.contains("before"), "{out}");
+    assert!(
+        !out.contains("permission_request"),
+        "the request line was shown: {out}"
+    );
+}
