@@ -196,6 +196,9 @@ pub struct LineScanner {
     pending: Option<Box<LineRequest>>,
 }
 
+/// How every request line begins: the marker first, without spaces. Only such lines are held.
+const REQUEST_START: &[u8] = br#"{"celistra":"permission_request""#;
+
 #[derive(Debug, Default, Clone, Copy)]
 enum ScanState {
     /// At the start of a line (also the start of the stream).
@@ -271,9 +274,20 @@ impl LineScanner {
     /// it used (at least one).
     fn scan_object(&mut self, mut lexer: ObjectLexer, rest: &[u8], out: &mut Vec<u8>) -> usize {
         let room = MAX_HELD_LINE_BYTES.saturating_sub(self.held.len());
+        // Where in REQUEST_START the next byte is: a JSON log line is ruled out within a few bytes,
+        // before any lexing or parsing.
+        let mut at = self.held.len() - usize::from(self.held.first() == Some(&b'\r'));
         let mut open = 0;
         let mut stop = None;
         for &byte in rest.iter().take(room) {
+            if REQUEST_START
+                .get(at)
+                .is_some_and(|&expected| expected != byte)
+            {
+                stop = Some(LexStep::Impossible);
+                break;
+            }
+            at += 1;
             match lexer.feed(byte) {
                 LexStep::Open => open += 1,
                 step => {
@@ -462,7 +476,7 @@ mod tests {
     fn optional_fields_default_and_on_timeout_can_approve() {
         let (out, found) = scan(
             br#"{"celistra":"permission_request","prompt":"deploy"}
-{"on_timeout":"approve","prompt":"restart db","celistra":"permission_request"}
+{"celistra":"permission_request","on_timeout":"approve","prompt":"restart db"}
 "#,
         );
         assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
@@ -574,11 +588,24 @@ mod tests {
         assert_eq!(out, b"$ ");
         // A line starting with `{` that may still become a request is held...
         out.clear();
-        scanner.push(b"\n{\"celistra\": \"perm", &mut out);
+        scanner.push(b"\n{\"celistra\":\"perm", &mut out);
         assert_eq!(out, b"\n");
         // ...and released at the first byte that rules it out.
-        scanner.push(b"ission_request\", [", &mut out);
-        assert_eq!(out, b"\n{\"celistra\": \"permission_request\", [");
+        scanner.push(b"ission_request\",[", &mut out);
+        assert_eq!(out, b"\n{\"celistra\":\"permission_request\",[");
+        // A line whose marker is not its first field (or has spaces) is never held.
+        out.clear();
+        scanner.push(
+            b"\n{\"prompt\":\"x\",\"celistra\":\"permission_request\"}",
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            b"\n{\"prompt\":\"x\",\"celistra\":\"permission_request\"}"
+        );
+        out.clear();
+        scanner.push(b"\n{\"celistra\": \"permission_request\"", &mut out);
+        assert_eq!(out, b"\n{\"celistra\": \"permission_request\"");
         // A brace prompt is released as soon as it cannot be JSON.
         out.clear();
         scanner.push(b"\n{foo} > ", &mut out);
