@@ -276,10 +276,10 @@ impl LineScanner {
         let room = MAX_HELD_LINE_BYTES.saturating_sub(self.held.len());
         // Where in REQUEST_START the next byte is: a JSON log line is ruled out within a few bytes,
         // before any lexing or parsing.
-        let mut at = self.held.len() - usize::from(self.held.first() == Some(&b'\r'));
+        let start = self.held.len() - usize::from(self.held.first() == Some(&b'\r'));
         let mut open = 0;
         let mut stop = None;
-        for &byte in rest.iter().take(room) {
+        for (at, &byte) in (start..).zip(rest.iter().take(room)) {
             if REQUEST_START
                 .get(at)
                 .is_some_and(|&expected| expected != byte)
@@ -287,7 +287,6 @@ impl LineScanner {
                 stop = Some(LexStep::Impossible);
                 break;
             }
-            at += 1;
             match lexer.feed(byte) {
                 LexStep::Open => open += 1,
                 step => {
