@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
-use celistra_proto::{ApiError, Approval, ApprovalStatus, DecisionRequest};
+use celistra_proto::{ApiError, Approval, ApprovalStatus, DecisionRequest, ErrorCode};
 use serde::Deserialize;
 
 use super::{Actor, AppState, Failure, JsonBody, Source};
@@ -40,65 +40,36 @@ pub(crate) async fn get(
     Ok(Json(state.supervisor.shared.approvals.get(&id)?))
 }
 
-async fn decide(
-    state: &AppState,
-    id: &str,
-    status: ApprovalStatus,
-    actor: &Actor,
-    source: &Source,
-    request: DecisionRequest,
+/// Approve or deny a pending request: `verdict` is `approve` (the agent goes ahead) or `deny`. A
+/// request already decided: 409, saying who decided.
+#[utoipa::path(post, path = "/v1/approvals/{id}/{verdict}", tag = "approvals",
+    params(("id" = String, Path), ("verdict" = String, Path, description = "approve or deny")),
+    request_body = DecisionRequest,
+    responses((status = 200, body = Approval), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub(crate) async fn decide(
+    State(state): State<AppState>,
+    Path((id, verdict)): Path<(String, String)>,
+    Extension(actor): Extension<Actor>,
+    Extension(source): Extension<Source>,
+    JsonBody(request): JsonBody<DecisionRequest>,
 ) -> ApiResult<Json<Approval>> {
+    let status = match verdict.as_str() {
+        "approve" => ApprovalStatus::Approved,
+        "deny" => ApprovalStatus::Denied,
+        _ => {
+            return Err(super::failure(
+                ErrorCode::NotFound,
+                "no such route; decide with /v1/approvals/{id}/approve or /deny",
+            ));
+        }
+    };
     let approval = crate::approvals::decide(
         &state.supervisor,
-        id,
+        &id,
         status,
         &actor.0,
         &source.0,
         request.reason,
     )?;
     Ok(Json(approval))
-}
-
-/// Approve a pending request; the agent continues. A request already decided: 409.
-#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "approvals", params(("id" = String, Path)),
-    request_body = DecisionRequest,
-    responses((status = 200, body = Approval), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub(crate) async fn approve(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Extension(actor): Extension<Actor>,
-    Extension(source): Extension<Source>,
-    JsonBody(request): JsonBody<DecisionRequest>,
-) -> ApiResult<Json<Approval>> {
-    decide(
-        &state,
-        &id,
-        ApprovalStatus::Approved,
-        &actor,
-        &source,
-        request,
-    )
-    .await
-}
-
-/// Deny a pending request. A request already decided: 409.
-#[utoipa::path(post, path = "/v1/approvals/{id}/deny", tag = "approvals", params(("id" = String, Path)),
-    request_body = DecisionRequest,
-    responses((status = 200, body = Approval), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-pub(crate) async fn deny(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Extension(actor): Extension<Actor>,
-    Extension(source): Extension<Source>,
-    JsonBody(request): JsonBody<DecisionRequest>,
-) -> ApiResult<Json<Approval>> {
-    decide(
-        &state,
-        &id,
-        ApprovalStatus::Denied,
-        &actor,
-        &source,
-        request,
-    )
-    .await
 }

@@ -26,7 +26,7 @@ use super::{agents, approvals, audit, events, history, sandbox, terminal};
         history::logs, history::clear, history::search, history::runs, events::stream,
         terminal::ticket, terminal::connect, sandbox::status, sandbox::switch, sandbox::explain,
         audit::list, audit::tail, audit::checkpoint, audit::proof, audit::verify, audit::bundle,
-        audit::export, approvals::list, approvals::get, approvals::approve, approvals::deny,
+        audit::export, approvals::list, approvals::get, approvals::decide,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
