@@ -26,6 +26,9 @@ const MAX_TTL_SECS: u64 = 86_400;
 /// Decided requests kept for `GET /v1/approvals` (pending ones are all kept).
 const KEEP_DECIDED: usize = 1000;
 const MAX_PROMPT: usize = 4096;
+/// Pending requests one agent may have at once: a loop that asks without waiting cannot grow
+/// `approvals.json` (or anyone's inbox) without bound.
+const MAX_PENDING_PER_AGENT: usize = 32;
 const MAX_DETAIL: usize = 64 * 1024;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -280,6 +283,20 @@ pub(crate) fn submit(
                 None
             }
             None => {
+                let pending = book
+                    .approvals
+                    .values()
+                    .filter(|a| a.agent_id == agent_id && a.status == ApprovalStatus::Pending)
+                    .count();
+                if pending >= MAX_PENDING_PER_AGENT {
+                    return Err(refused(
+                        ErrorCode::TooManyClients,
+                        format!(
+                            "this agent already has {pending} requests waiting for a decision; \
+                             wait for them before asking again"
+                        ),
+                    ));
+                }
                 let now = now_ms();
                 let ttl_ms = ask
                     .ttl_secs

@@ -233,3 +233,35 @@ async fn a_json_line_on_the_terminal_is_hidden_asked_and_answered_on_stdin() {
         "the request line was shown: {out}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_cannot_flood_the_inbox() {
+    let daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(spec(
+            "flooder",
+            &format!(
+                "for i in $(seq 40); do {BIN} ask \"spam $i\" --ttl 60 2>>refused.txt & done; wait; echo done"
+            ),
+        ))
+        .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let refused =
+            std::fs::read_to_string(daemon.work.path().join("refused.txt")).unwrap_or_default();
+        if refused.matches("already has 32 requests").count() == 8 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusals: {refused}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pending: Vec<Approval> = daemon
+        .client
+        .get("/v1/approvals?pending=true")
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.iter().filter(|a| a.agent_id == agent.id).count(),
+        32
+    );
+}
