@@ -44,6 +44,12 @@ fn actions_on<'a>(entries: &'a [AuditEntry], target: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// `ctl audit verify`, remembering the checkpoint it saw in the test's work directory.
+fn verify_audit(daemon: &Daemon) -> std::process::Output {
+    let seen = daemon.work.path().join("seen");
+    daemon.ctl(&["audit", "verify", "--seen", &seen.display().to_string()])
+}
+
 fn ok(output: &std::process::Output) -> String {
     assert!(output.status.success(), "{output:?}");
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -207,12 +213,7 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
     for i in 0..5 {
         daemon.spawn(spec(&format!("v{i}"), "true")).await;
     }
-    let out = ok(&daemon.ctl(&[
-        "audit",
-        "verify",
-        "--seen",
-        &daemon.work.path().join("seen").display().to_string(),
-    ]));
+    let out = ok(&verify_audit(&daemon));
     assert!(out.starts_with("ok: "), "{out}");
     let bundle = daemon.work.path().join("bundle");
     ok(&daemon.ctl(&["audit", "export", "--out", &bundle.display().to_string()]));
@@ -254,12 +255,7 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
         e["body"]["command"] = "evil".into()
     });
     daemon.restart_process().await;
-    let out = daemon.ctl(&[
-        "audit",
-        "verify",
-        "--seen",
-        &daemon.work.path().join("seen").display().to_string(),
-    ]);
+    let out = verify_audit(&daemon);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -285,8 +281,6 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
 #[tokio::test]
 async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before() {
     let mut daemon = Daemon::start().await;
-    let seen = daemon.work.path().join("seen");
-    let seen_arg = seen.display().to_string();
     daemon.spawn(spec("early", "true")).await;
     daemon
         .client
@@ -299,7 +293,7 @@ async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before()
     for i in 0..3 {
         daemon.spawn(spec(&format!("late{i}"), "true")).await;
     }
-    ok(&daemon.ctl(&["audit", "verify", "--seen", &seen_arg]));
+    ok(&verify_audit(&daemon));
 
     // Rolled back to the older copy: consistent in itself, but shorter than what was seen.
     daemon.signal_and_wait("TERM");
@@ -308,7 +302,7 @@ async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before()
     std::fs::write(daemon.home().join("audit.log"), &old_log).unwrap();
     std::fs::write(daemon.home().join("audit.checkpoint"), &old_checkpoint).unwrap();
     daemon.restart_process().await;
-    let out = daemon.ctl(&["audit", "verify", "--seen", &seen_arg]);
+    let out = verify_audit(&daemon);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("altered"),
@@ -325,7 +319,7 @@ async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before()
         let _ = std::fs::remove_file(daemon.home().join(key));
     }
     daemon.restart_process().await;
-    let out = daemon.ctl(&["audit", "verify", "--seen", &seen_arg]);
+    let out = verify_audit(&daemon);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("another key"),
@@ -347,11 +341,6 @@ async fn a_torn_last_entry_after_kill_9_is_cut_and_the_cut_recorded() {
     let cut = entries(&daemon, "action=audit_log_truncated").await;
     assert_eq!(cut.len(), 1, "{cut:?}");
     assert_eq!(cut[0].actor, "system");
-    let out = ok(&daemon.ctl(&[
-        "audit",
-        "verify",
-        "--seen",
-        &daemon.work.path().join("seen").display().to_string(),
-    ]));
+    let out = ok(&verify_audit(&daemon));
     assert!(out.starts_with("ok: "), "{out}");
 }
