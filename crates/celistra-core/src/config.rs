@@ -5,6 +5,7 @@ use celistra_proto::{AgentSpec, EffectiveSettings, Signal};
 use serde::{Deserialize, Serialize};
 
 use crate::json::{self, JsonError};
+use crate::notifications::NotificationsConfig;
 use crate::restart::RestartPolicy;
 use crate::spec;
 
@@ -26,6 +27,8 @@ pub struct DaemonConfig {
     pub logs_max_total_mb: u64,
     /// Output kept per agent, so one chatty agent cannot push out the others' history.
     pub logs_max_agent_mb: u64,
+    /// Where approval requests are announced.
+    pub notifications: NotificationsConfig,
 }
 
 impl Default for DaemonConfig {
@@ -42,6 +45,7 @@ impl Default for DaemonConfig {
             logs_max_age_days: 30,
             logs_max_total_mb: 1024,
             logs_max_agent_mb: 256,
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -72,12 +76,14 @@ impl DaemonConfig {
         spec::check_settings(&as_spec)
             .err()
             .or(zero)
+            .map(|(field, message)| (field.to_owned(), message))
+            .or_else(|| config.notifications.check().err())
             .map_or(Ok(()), |(field, message)| {
                 Err(JsonError {
                     origin: origin.to_owned(),
                     line: 1,
                     column: 1,
-                    path: field.to_owned(),
+                    path: field,
                     message,
                 })
             })?;

@@ -13,5 +13,6 @@ pub mod duration;
 pub mod json;
 pub mod logtext;
 pub mod names;
+pub mod notifications;
 pub mod restart;
 pub mod spec;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use celistra_proto::{
-    AgentState, ApiError, Approval, ApprovalStatus, AskRequest, ErrorCode, EventKind,
+    AgentState, ApiError, Approval, ApprovalStatus, AskRequest, ErrorCode, EventKind, NoticeKind,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -335,6 +335,7 @@ pub(crate) fn submit(
             .publish(EventKind::ApprovalRequested {
                 approval: Box::new(approval.clone()),
             });
+        crate::notify::announce(&supervisor.shared, NoticeKind::ApprovalRequested, &approval);
         expire_at_deadline(Arc::clone(supervisor), approval);
     }
     mark_waiting(supervisor, agent_id, true);
@@ -393,6 +394,7 @@ pub(crate) fn decide(
         .publish(EventKind::ApprovalDecided {
             approval: Box::new(approval.clone()),
         });
+    crate::notify::announce(&supervisor.shared, NoticeKind::ApprovalDecided, &approval);
     if !broker.has_pending(&approval.agent_id) {
         mark_waiting(supervisor, &approval.agent_id, false);
     }

@@ -354,6 +354,7 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
         | EventKind::LogsDropped { .. }
         | EventKind::LogsRecovered { .. }
         | EventKind::AuditVerifyFailed { .. }
+        | EventKind::NotificationFailed { .. }
         | EventKind::Resync { .. } => return None,
     };
     Some(entry)

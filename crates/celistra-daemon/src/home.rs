@@ -97,14 +97,7 @@ impl Home {
         let path = self.auth_file();
         match fs::metadata(&path) {
             Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(Error::Insecure(format!(
-                        "{} has mode {mode:04o}, so other users may read the machine secret; run `chmod 600 {}`",
-                        path.display(),
-                        path.display()
-                    )));
-                }
+                refuse_readable_by_others(&path, &meta, "the machine secret")?;
                 let text = fs::read_to_string(&path)
                     .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
                 let auth: AuthFile = celistra_core::json::parse(&text, &path.display().to_string())
@@ -148,6 +141,56 @@ impl Home {
 #[derive(Serialize, Deserialize)]
 struct AuthFile {
     secret: String,
+}
+
+/// A secret file must be readable by its owner only.
+fn refuse_readable_by_others(path: &Path, meta: &fs::Metadata, what: &str) -> Result<(), Error> {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::Insecure(format!(
+            "{} has mode {mode:04o}, so other users may read {what}; run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The trimmed text of a secret file (`what` names it in errors), refusing one others can read;
+/// with `create`, a missing file is made (0600) with that text first.
+pub(crate) fn read_private(
+    path: &Path,
+    what: &str,
+    create: Option<&dyn Fn() -> Result<String, Error>>,
+) -> Result<String, Error> {
+    match fs::metadata(path) {
+        Ok(meta) => {
+            refuse_readable_by_others(path, &meta, what)?;
+            let text = fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{} is empty; put {what} in it or delete it",
+                    path.display()
+                )));
+            }
+            Ok(text.to_owned())
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound && create.is_some() => {
+            let text = create.expect("checked")()?;
+            match write_new_private(path, format!("{text}\n").as_bytes()) {
+                Ok(()) => Ok(text),
+                // Another task made it first: use theirs.
+                Err(_) if path.exists() => read_private(path, what, None),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(Error::io(
+            format!("cannot read {what} from {}", path.display()),
+            e,
+        )),
+    }
 }
 
 /// `bytes` random bytes as lowercase hex.

@@ -7,6 +7,7 @@ mod asks;
 mod audit;
 mod events;
 mod home;
+mod notify;
 mod sandbox;
 mod store;
 mod supervisor;
@@ -96,6 +97,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
     let asks = asks::AskSockets::create(&home_tag(&home))?;
     let approvals = approvals::Broker::load(home.dir.join("approvals.json"));
+    let notify = notify::Notifications::load(&home, machine_id.clone())?;
     let guard = match &cgroups {
         Some(root) => Some(
             DeathGuard::start(root)
@@ -127,6 +129,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         sandbox,
         asks,
         approvals,
+        notify,
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
         base_env: std::env::vars()
@@ -153,6 +156,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let bound = tcp
         .local_addr()
         .map_err(|e| Error::io("cannot read the bound address".into(), e))?;
+    shared.notify.set_listen_addr(bound);
     if !bound.ip().is_loopback() {
         tracing::warn!("listening on {bound}, which is reachable from other machines");
     }

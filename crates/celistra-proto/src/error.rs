@@ -41,6 +41,10 @@ pub enum ErrorCode {
     OriginNotAllowed,
     /// The agent has as many terminal clients as it accepts.
     TooManyClients,
+    /// A credential that was not issued by this daemon (a forged decision link).
+    Forbidden,
+    /// Something that was valid once and no longer is (an expired decision link).
+    Gone,
 }
 
 impl ErrorCode {
@@ -58,7 +62,8 @@ impl ErrorCode {
             | ErrorCode::InvalidSignal => 400,
             ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
             ErrorCode::ShuttingDown => 503,
-            ErrorCode::OriginNotAllowed => 403,
+            ErrorCode::OriginNotAllowed | ErrorCode::Forbidden => 403,
+            ErrorCode::Gone => 410,
             ErrorCode::TooManyClients => 429,
         }
     }

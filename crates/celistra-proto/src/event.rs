@@ -151,6 +151,14 @@ pub enum EventKind {
     ApprovalDecided {
         approval: Box<crate::Approval>,
     },
+    /// A notification channel gave up on a delivery after every attempt.
+    NotificationFailed {
+        channel: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval_id: Option<String>,
+        attempts: u32,
+        error: String,
+    },
     /// Verifying the audit log found it altered: `first_bad_seq` is the first entry that is wrong.
     AuditVerifyFailed {
         first_bad_seq: Option<u64>,
@@ -196,6 +204,7 @@ impl EventKind {
             EventKind::AuditVerifyFailed { .. } => "audit_verify_failed",
             EventKind::ApprovalRequested { .. } => "approval_requested",
             EventKind::ApprovalDecided { .. } => "approval_decided",
+            EventKind::NotificationFailed { .. } => "notification_failed",
             EventKind::Resync { .. } => "resync",
         }
     }

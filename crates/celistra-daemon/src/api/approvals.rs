@@ -71,5 +71,6 @@ pub(crate) async fn decide(
         &source.0,
         request.reason,
     )?;
+    state.supervisor.sync().await?;
     Ok(Json(approval))
 }

@@ -4,8 +4,10 @@
 mod agents;
 mod approvals;
 mod audit;
+mod decide;
 mod events;
 mod history;
+mod notifications;
 mod openapi;
 mod sandbox;
 mod terminal;
@@ -161,7 +163,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     next.run(request).await
 }
 
-fn source_of(headers: &HeaderMap) -> String {
+pub(crate) fn source_of(headers: &HeaderMap) -> String {
     headers
         .get(SOURCE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -173,11 +175,13 @@ fn source_of(headers: &HeaderMap) -> String {
 }
 
 /// The whole API. Every route, the unknown ones included, requires the bearer secret, except the
-/// terminal WebSocket, which browsers open without headers: it requires a ticket instead.
+/// terminal WebSocket, which browsers open without headers (it requires a ticket instead), and
+/// decision links, whose signed token is the credential.
 pub(crate) fn router(state: AppState) -> Router {
     let terminal = Router::new()
         .route("/v1/agents/{agent}/terminal", get(terminal::connect))
         .with_state(state.clone());
+    let decisions = decide::router(state.clone());
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi::document))
@@ -205,6 +209,17 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::get))
         .route("/v1/approvals/{id}/{verdict}", post(approvals::decide))
+        .route("/v1/notifications", get(notifications::status))
+        .route("/v1/notifications/test", post(notifications::test))
+        .route("/v1/push/vapid-key", get(notifications::vapid_key))
+        .route(
+            "/v1/push/subscriptions",
+            get(notifications::subscriptions).post(notifications::subscribe),
+        )
+        .route(
+            "/v1/push/subscriptions/{id}",
+            axum::routing::delete(notifications::unsubscribe),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/tail", get(audit::tail))
         .route("/v1/audit/checkpoint", post(audit::checkpoint))
@@ -229,6 +244,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
         .merge(terminal)
+        .merge(decisions)
 }
 
 /// Daemon status.

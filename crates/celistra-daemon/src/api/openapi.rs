@@ -5,20 +5,22 @@ use axum::Json;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, Approval,
     ApprovalStatus, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry, AuditHealth, AuditPage,
-    AuditProof, AuditVerification, CapabilitySource, DecisionRequest, EffectiveSettings, ErrorCode,
-    Event, EventKind, ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest,
-    LogLine, RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
-    SandboxStatus, SandboxSwitch, TermSize, TerminalClientMessage, TerminalRole,
-    TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, UpdateRequest,
+    AuditProof, AuditVerification, CapabilitySource, ChannelStatus, DecisionRequest,
+    EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest, Health,
+    HistoryHealth, IoMode, KillRequest, LinkDecision, LogLine, Notice, NoticeKind,
+    NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest, RenameRequest,
+    RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus,
+    SandboxSwitch, TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage,
+    TerminalTicket, TicketRequest, TimeoutDefault, UpdateRequest, VapidKeyInfo, Verdict,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, approvals, audit, events, history, sandbox, terminal};
+use super::{agents, approvals, audit, events, history, notifications, sandbox, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md)."),
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential."),
     paths(
         super::health, document,
         agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
@@ -27,6 +29,8 @@ use super::{agents, approvals, audit, events, history, sandbox, terminal};
         terminal::ticket, terminal::connect, sandbox::status, sandbox::switch, sandbox::explain,
         audit::list, audit::tail, audit::checkpoint, audit::proof, audit::verify, audit::bundle,
         audit::export, approvals::list, approvals::get, approvals::decide,
+        notifications::status, notifications::test, notifications::vapid_key,
+        notifications::subscriptions, notifications::subscribe, notifications::unsubscribe,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
@@ -36,6 +40,8 @@ use super::{agents, approvals, audit, events, history, sandbox, terminal};
         RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
         SandboxBlock, AuditEntry, AuditPage, AuditCheckpoint, AuditProof, AuditVerification,
         AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
+        ChannelStatus, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
+        VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub asks: crate::asks::AskSockets,
     /// Pending and recent approval requests.
     pub approvals: crate::approvals::Broker,
+    /// Where requests and decisions are announced (ntfy, webhooks, Web Push).
+    pub notify: crate::notify::Notifications,
     /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
     pub scrollback_kb: Option<u32>,
     /// Workspace of agents spawned without one: the daemon's `$HOME`.
@@ -407,7 +409,7 @@ impl Supervisor {
     }
 
     /// Makes `agents.json` and the audit entries so far durable before a change is acknowledged.
-    async fn sync(&self) -> Result<(), ApiError> {
+    pub(crate) async fn sync(&self) -> Result<(), ApiError> {
         self.shared
             .store
             .sync()

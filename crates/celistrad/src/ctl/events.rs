@@ -145,6 +145,18 @@ fn describe(event: &Event) -> String {
             approval.status,
             approval.decided_by.as_deref().unwrap_or("-")
         ),
+        EventKind::NotificationFailed {
+            channel,
+            approval_id,
+            attempts,
+            error,
+        } => format!(
+            "{channel} gave up{} after {attempts} attempts: {error}",
+            approval_id
+                .as_deref()
+                .map(|id| format!(" on {id}"))
+                .unwrap_or_default()
+        ),
         EventKind::AuditVerifyFailed {
             first_bad_seq,
             problem,

@@ -9,6 +9,7 @@ mod audit;
 mod events;
 mod history;
 mod logs;
+mod notifications;
 mod sandbox;
 mod table;
 
@@ -63,6 +64,8 @@ enum Verb {
     Audit(audit::AuditArgs),
     /// Approval requests of agents: ls, approve ID, deny ID.
     Approvals(approvals::ApprovalsArgs),
+    /// Where approval requests are announced: ls, test, unsubscribe ID.
+    Notifications(notifications::NotificationsArgs),
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -119,6 +122,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Sandbox(args) => sandbox::run(client, args).await,
         Verb::Audit(args) => audit::run(client, args).await,
         Verb::Approvals(args) => approvals::run(client, args).await,
+        Verb::Notifications(args) => notifications::run(client, args).await,
     }
 }
 

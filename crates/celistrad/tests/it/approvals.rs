@@ -9,11 +9,11 @@ use celistra_proto::{AgentState, Approval, ApprovalStatus, AuditPage, EventKind}
 use crate::{BIN, Daemon, PATIENCE, spec};
 
 /// A script that asks, then says what it was told.
-fn asking(args: &str) -> String {
+pub(crate) fn asking(args: &str) -> String {
     format!(r#"if {BIN} ask {args}; then echo "verdict: go"; else echo "verdict: stop $?"; fi"#)
 }
 
-async fn pending_of(daemon: &Daemon, agent: &str) -> Approval {
+pub(crate) async fn pending_of(daemon: &Daemon, agent: &str) -> Approval {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let pending: Vec<Approval> = daemon
@@ -29,7 +29,7 @@ async fn pending_of(daemon: &Daemon, agent: &str) -> Approval {
     }
 }
 
-async fn wait_output(daemon: &Daemon, agent: &str, text: &str) -> String {
+pub(crate) async fn wait_output(daemon: &Daemon, agent: &str, text: &str) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let mut body = daemon

@@ -7,6 +7,7 @@ mod attach;
 mod audit;
 mod cli;
 mod history;
+mod notifications;
 mod sandbox;
 mod supervision;
 mod terminal;

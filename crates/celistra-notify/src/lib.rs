@@ -1,0 +1,83 @@
+//! Approval notifications leaving the daemon: Web Push to installed dashboards, ntfy topics with
+//! action buttons, signed webhooks; the decision links they carry; delivery with retries.
+//!
+//! Nothing here knows the daemon's state: the daemon decides what to send where, these modules
+//! build each request and deliver it.
+
+pub mod delivery;
+pub mod links;
+pub mod ntfy;
+pub mod webhook;
+pub mod webpush;
+
+use celistra_proto::{Approval, Notice};
+
+/// Why a notification could not be built or sent.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot encrypt the push message: {0}")]
+    Encrypt(String),
+    #[error("cannot start the HTTP client: {0}")]
+    Client(String),
+}
+
+/// The notification's title and text, as phones show them.
+pub fn headline(notice: &Notice) -> (String, String) {
+    match &notice.approval {
+        Some(approval) => {
+            let title = match notice.kind {
+                celistra_proto::NoticeKind::ApprovalDecided => {
+                    format!("{} — {}", approval.agent_name, outcome(approval))
+                }
+                _ => format!("{} asks for approval", approval.agent_name),
+            };
+            let mut text = approval.prompt.clone();
+            if let Some(detail) = &approval.detail {
+                text.push('\n');
+                text.push_str(detail);
+            }
+            (title, shorten(&text, 1000))
+        }
+        None => (
+            "celistra test notification".into(),
+            format!("Notifications from machine {} reach you.", notice.machine),
+        ),
+    }
+}
+
+fn outcome(approval: &Approval) -> String {
+    let by = approval.decided_by.as_deref().unwrap_or("-");
+    match approval.status {
+        celistra_proto::ApprovalStatus::Approved => format!("approved by {by}"),
+        celistra_proto::ApprovalStatus::Denied => format!("denied by {by}"),
+        celistra_proto::ApprovalStatus::Expired => "expired".into(),
+        celistra_proto::ApprovalStatus::Pending => "waiting".into(),
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortening_keeps_characters_whole() {
+        assert_eq!(shorten("abc", 3), "abc");
+        let cut = shorten("ééééé", 6);
+        assert!(cut.len() <= 6 && cut.ends_with('…'), "{cut}");
+        assert_eq!(cut, "é…");
+    }
+}
