@@ -1,14 +1,20 @@
 //! Approval phases: the daemon's own latency on both legs of a request, measured through an
 //! agent's socket (as `celistrad ask` uses it, without that process's start-up): from the ask to
-//! the `approval_requested` event (the moment channels are told), and from a decision to the ask's
-//! answer.
+//! the `approval_requested` event, from the ask to a webhook's and a Web Push device's request
+//! arriving at loopback receivers (the request has left the daemon), and from a decision to the
+//! ask's answer.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use celistra_client::{Client, SseParser, next_chunk};
-use celistra_proto::{AgentInfo, AgentSpec, Approval, AskRequest, DecisionRequest};
+use celistra_proto::{
+    AgentInfo, AgentSpec, Approval, AskRequest, DecisionRequest, PushSubscriptionInfo,
+    PushSubscriptionRequest,
+};
+use tokio::sync::mpsc;
 
 use crate::{Daemon, Report, median_p95, ms, phase};
 
@@ -29,9 +35,43 @@ fn agent_socket(id: &str) -> Result<PathBuf> {
     bail!("no socket for {id} under /run (the bench needs a root daemon)")
 }
 
+/// A loopback receiver (webhook endpoint and push service at once): reports each request's path
+/// and arrival time, answers 201.
+async fn receiver() -> Result<(
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<(String, Instant)>,
+)> {
+    let (sender, arrivals) = mpsc::unbounded_channel();
+    let sender = Arc::new(sender);
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let _ = sender.send((uri.path().to_owned(), Instant::now()));
+        async { axum::http::StatusCode::CREATED }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((addr, arrivals))
+}
+
 async fn latency(binary: &std::path::Path, report: &mut Report) -> Result<()> {
-    let daemon = Daemon::start(binary, None).await?;
+    let (receiver_addr, mut arrivals) = receiver().await?;
+    let config = serde_json::json!({"notifications": {"webhooks": [{
+        "name": "bench", "url": format!("http://{receiver_addr}/hook"),
+    }]}});
+    let daemon = Daemon::start(binary, Some(&config)).await?;
     let client = daemon.client();
+    let phone = celistra_notify::webpush::Browser::generate()?;
+    let _: PushSubscriptionInfo = client
+        .post(
+            "/v1/push/subscriptions",
+            &PushSubscriptionRequest {
+                endpoint: format!("http://{receiver_addr}/push"),
+                keys: phone.keys(),
+                expiration_time: None,
+                label: Some("bench".into()),
+            },
+        )
+        .await?;
     let agent: AgentInfo = client
         .post(
             "/v1/agents",
@@ -47,6 +87,7 @@ async fn latency(binary: &std::path::Path, report: &mut Report) -> Result<()> {
     let mut events = client.open_stream("/v1/events?follow=true").await?;
     let mut parser = SseParser::default();
     let (mut to_event, mut to_answer) = (vec![], vec![]);
+    let (mut to_webhook, mut to_push) = (vec![], vec![]);
     for round in 0..ROUNDS {
         let asked = Instant::now();
         let request = AskRequest {
@@ -77,6 +118,25 @@ async fn latency(binary: &std::path::Path, report: &mut Report) -> Result<()> {
                 }
             }
         };
+        // The request's webhook and push messages (the previous round's decision messages are
+        // told apart by their arrival before this ask).
+        let (mut hook, mut push) = (None, None);
+        while hook.is_none() || push.is_none() {
+            let (path, at) = tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+                .await
+                .context("no notification arrived within 10 s")?
+                .context("receiver stopped")?;
+            if at < asked {
+                continue;
+            }
+            match path.as_str() {
+                "/hook" if hook.is_none() => hook = Some(at - asked),
+                "/push" if push.is_none() => push = Some(at - asked),
+                _ => {}
+            }
+        }
+        to_webhook.extend(hook);
+        to_push.extend(push);
         let decided = Instant::now();
         let _: Approval = client
             .post(
@@ -97,6 +157,15 @@ async fn latency(binary: &std::path::Path, report: &mut Report) -> Result<()> {
         format!("median {:.2} ms, p95 {:.2} ms", ms(event), ms(event_p95)),
         Some(event <= Duration::from_millis(50)),
     );
+    for (what, samples) in [("webhook", to_webhook), ("Web Push", to_push)] {
+        let (median, p95) = median_p95(samples);
+        report.add(
+            &format!("approval: ask to the {what} request arriving (left the daemon)"),
+            "<= 50 ms",
+            format!("median {:.2} ms, p95 {:.2} ms", ms(median), ms(p95)),
+            Some(median <= Duration::from_millis(50)),
+        );
+    }
     let (answer, answer_p95) = median_p95(to_answer);
     report.add(
         "approval: decision sent to the ask answered",
