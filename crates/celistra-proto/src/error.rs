@@ -41,6 +41,8 @@ pub enum ErrorCode {
     OriginNotAllowed,
     /// The agent has as many terminal clients as it accepts.
     TooManyClients,
+    /// A dashboard session's state-changing request without its CSRF token (`X-CSRF-Token`).
+    CsrfFailed,
 }
 
 impl ErrorCode {
@@ -58,7 +60,7 @@ impl ErrorCode {
             | ErrorCode::InvalidSignal => 400,
             ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
             ErrorCode::ShuttingDown => 503,
-            ErrorCode::OriginNotAllowed => 403,
+            ErrorCode::OriginNotAllowed | ErrorCode::CsrfFailed => 403,
             ErrorCode::TooManyClients => 429,
         }
     }

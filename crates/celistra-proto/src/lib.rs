@@ -8,6 +8,7 @@ mod error;
 mod event;
 mod history;
 mod sandbox;
+mod session;
 mod signal;
 mod terminal;
 
@@ -18,6 +19,7 @@ pub use error::*;
 pub use event::*;
 pub use history::*;
 pub use sandbox::*;
+pub use session::*;
 pub use signal::*;
 pub use terminal::*;
 

@@ -9,16 +9,17 @@ use celistra_proto::{
     Event, EventKind, ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest,
     LogLine, RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
     SandboxStatus, SandboxSwitch, TermSize, TerminalClientMessage, TerminalRole,
-    TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, UpdateRequest,
+    TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, UpdateRequest, LoginLink,
+    LoginRequest, SessionInfo, SessionState,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, approvals, audit, events, history, sandbox, terminal};
+use super::{agents, approvals, audit, events, history, sandbox, sessions, terminal};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md)."),
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), and the dashboard login, which takes a one-time code. A dashboard session cookie is accepted instead of the bearer secret; with it, requests that change state must send `X-CSRF-Token`."),
     paths(
         super::health, document,
         agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
@@ -27,6 +28,8 @@ use super::{agents, approvals, audit, events, history, sandbox, terminal};
         terminal::ticket, terminal::connect, sandbox::status, sandbox::switch, sandbox::explain,
         audit::list, audit::tail, audit::checkpoint, audit::proof, audit::verify, audit::bundle,
         audit::export, approvals::list, approvals::get, approvals::decide,
+        sessions::issue_code, sessions::login, sessions::current, sessions::logout, sessions::list,
+        sessions::revoke,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
@@ -36,6 +39,7 @@ use super::{agents, approvals, audit, events, history, sandbox, terminal};
         RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
         SandboxBlock, AuditEntry, AuditPage, AuditCheckpoint, AuditProof, AuditVerification,
         AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
+        LoginLink, LoginRequest, SessionInfo, SessionState,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -10,6 +10,7 @@ mod events;
 mod history;
 mod logs;
 mod sandbox;
+mod sessions;
 mod table;
 
 use std::process::ExitCode;
@@ -63,6 +64,10 @@ enum Verb {
     Audit(audit::AuditArgs),
     /// Approval requests of agents: ls, approve ID, deny ID.
     Approvals(approvals::ApprovalsArgs),
+    /// Print (and try to open) a single-use login link for the dashboard.
+    Dashboard(sessions::DashboardArgs),
+    /// The dashboard's browser sessions: ls, revoke ID.
+    Sessions(sessions::SessionsArgs),
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -119,6 +124,8 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Sandbox(args) => sandbox::run(client, args).await,
         Verb::Audit(args) => audit::run(client, args).await,
         Verb::Approvals(args) => approvals::run(client, args).await,
+        Verb::Dashboard(args) => sessions::dashboard(client, args).await,
+        Verb::Sessions(args) => sessions::sessions(client, args).await,
     }
 }
 

@@ -1,0 +1,1 @@
+const VERSION = "__VERSION__"; const SHELL = "__SHELL__";
