@@ -78,6 +78,9 @@ pub(crate) struct Authenticated {
 
 pub(crate) struct Sessions {
     path: PathBuf,
+    /// How long a new login code lives: [`CODE_TTL_MS`], or less with `CELISTRA_LOGIN_CODE_TTL_MS`
+    /// (for tests of expiry).
+    code_ttl_ms: u64,
     codes: Mutex<Vec<LoginCode>>,
     sessions: Mutex<Vec<StoredSession>>,
 }
@@ -126,8 +129,13 @@ impl Sessions {
             },
             Err(_) => vec![],
         };
+        let code_ttl_ms = std::env::var("CELISTRA_LOGIN_CODE_TTL_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(CODE_TTL_MS, |ms| ms.clamp(1, CODE_TTL_MS));
         Sessions {
             path,
+            code_ttl_ms,
             codes: Mutex::default(),
             sessions: Mutex::new(sessions),
         }
@@ -145,7 +153,7 @@ impl Sessions {
     /// A new single-use login code, good for [`CODE_TTL_MS`].
     pub(crate) fn issue_code(&self, created_by: &str, now_ms: u64) -> Result<(String, u64), ApiError> {
         let code = random_hex(32).map_err(|e| internal("cannot make a login code", e))?;
-        let expires_at_ms = now_ms + CODE_TTL_MS;
+        let expires_at_ms = now_ms + self.code_ttl_ms;
         let mut codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
         codes.retain(|c| c.expires_at_ms > now_ms);
         if codes.len() >= MAX_CODES {
