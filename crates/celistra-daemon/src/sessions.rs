@@ -123,7 +123,10 @@ impl Sessions {
             Ok(text) => match serde_json::from_str::<File>(&text) {
                 Ok(file) => file.sessions,
                 Err(e) => {
-                    tracing::warn!("{} is damaged ({e}); every dashboard session must log in again", path.display());
+                    tracing::warn!(
+                        "{} is damaged ({e}); every dashboard session must log in again",
+                        path.display()
+                    );
                     vec![]
                 }
             },
@@ -145,13 +148,18 @@ impl Sessions {
         let file = File {
             sessions: sessions.to_vec(),
         };
-        let text = serde_json::to_vec_pretty(&file).map_err(|e| internal("cannot encode sessions", e))?;
+        let text =
+            serde_json::to_vec_pretty(&file).map_err(|e| internal("cannot encode sessions", e))?;
         write_atomic_private(&self.path, &text)
             .map_err(|e| internal(&format!("cannot write {}", self.path.display()), e))
     }
 
     /// A new single-use login code, good for [`CODE_TTL_MS`].
-    pub(crate) fn issue_code(&self, created_by: &str, now_ms: u64) -> Result<(String, u64), ApiError> {
+    pub(crate) fn issue_code(
+        &self,
+        created_by: &str,
+        now_ms: u64,
+    ) -> Result<(String, u64), ApiError> {
         let code = random_hex(32).map_err(|e| internal("cannot make a login code", e))?;
         let expires_at_ms = now_ms + self.code_ttl_ms;
         let mut codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -304,13 +312,19 @@ mod tests {
         assert_eq!(expires, 1000 + CODE_TTL_MS);
         let (token, info) = sessions.login(&code, "test", 2000).unwrap();
         assert!(info.id.starts_with("se-") && info.id.len() == 15);
-        assert_eq!(sessions.login(&code, "test", 2000).unwrap_err(), CodeRefusal::Unknown);
+        assert_eq!(
+            sessions.login(&code, "test", 2000).unwrap_err(),
+            CodeRefusal::Unknown
+        );
         let (late, _) = sessions.issue_code("machine-secret", 1000).unwrap();
         assert_eq!(
             sessions.login(&late, "test", expires).unwrap_err(),
             CodeRefusal::Expired
         );
-        assert_eq!(sessions.login(&late, "test", 2000).unwrap_err(), CodeRefusal::Unknown);
+        assert_eq!(
+            sessions.login(&late, "test", 2000).unwrap_err(),
+            CodeRefusal::Unknown
+        );
         let seen = sessions.authenticate(&token, 3000).unwrap();
         assert_eq!(seen.actor, format!("session:{}", info.id));
         assert!(sessions.authenticate("nope", 3000).is_none());

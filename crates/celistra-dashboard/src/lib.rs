@@ -66,11 +66,19 @@ pub fn secure_headers(headers: &mut HeaderMap) {
     let set = |headers: &mut HeaderMap, name, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };
-    set(headers, header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY);
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        CONTENT_SECURITY_POLICY,
+    );
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::REFERRER_POLICY, "no-referrer");
-    set(headers, header::HeaderName::from_static("cross-origin-opener-policy"), "same-origin");
+    set(
+        headers,
+        header::HeaderName::from_static("cross-origin-opener-policy"),
+        "same-origin",
+    );
     set(
         headers,
         header::HeaderName::from_static("permissions-policy"),
@@ -95,12 +103,18 @@ fn serve(asset: &'static Asset, request: &HeaderMap) -> Response {
     let unchanged = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == asset.etag || tag.trim() == "*"));
+        .is_some_and(|tags| {
+            tags.split(',')
+                .any(|tag| tag.trim() == asset.etag || tag.trim() == "*")
+        });
     if unchanged {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return response;
     }
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
     let accepts = |coding: &str| {
         request
             .get(header::ACCEPT_ENCODING)
@@ -137,16 +151,42 @@ mod tests {
         assert_eq!(find("/login").map(|a| a.etag), Some(index.etag));
         let scripts = first_load_scripts();
         assert!(!scripts.is_empty());
-        assert!(scripts.iter().all(|s| s.immutable && s.gzip.is_some() && s.brotli.is_some()));
+        assert!(
+            scripts
+                .iter()
+                .all(|s| s.immutable && s.gzip.is_some() && s.brotli.is_some())
+        );
         assert!(find("/sw.js").is_some_and(|a| !a.immutable));
         assert!(find("/manifest.webmanifest").is_some());
+    }
+
+    /// The budget of issue 8: a first load fetches at most 300 KiB of compressed JavaScript.
+    #[test]
+    fn first_load_javascript_is_within_300_kib_compressed() {
+        let scripts = first_load_scripts();
+        let raw: usize = scripts.iter().map(|s| s.body.len()).sum();
+        let gzip: usize = scripts.iter().filter_map(|s| s.gzip).map(<[u8]>::len).sum();
+        let brotli: usize = scripts
+            .iter()
+            .filter_map(|s| s.brotli)
+            .map(<[u8]>::len)
+            .sum();
+        println!(
+            "first-load JavaScript: {} file(s), {raw} bytes raw, {gzip} gzip, {brotli} brotli",
+            scripts.len()
+        );
+        assert!(gzip <= 300 * 1024, "{gzip} bytes of gzipped JavaScript");
+        assert!(brotli <= gzip);
     }
 
     #[test]
     fn compressed_when_asked_and_not_modified_by_etag() {
         let index = find("/").expect("index");
         let mut request = HeaderMap::new();
-        request.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip, br;q=0"));
+        request.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, br;q=0"),
+        );
         let response = serve(index, &request);
         assert_eq!(response.headers()[header::CONTENT_ENCODING], "gzip");
         assert_eq!(response.headers()[header::X_FRAME_OPTIONS], "DENY");

@@ -152,7 +152,13 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-fn refuse(state: &AppState, request: &Request, code: ErrorCode, why: &str, message: String) -> Response {
+fn refuse(
+    state: &AppState,
+    request: &Request,
+    code: ErrorCode,
+    why: &str,
+    message: String,
+) -> Response {
     tracing::info!(path = %request.uri().path(), "refused request: {why}");
     state.supervisor.shared.audit.record_auth_failure(
         request.method().as_str(),
@@ -195,7 +201,9 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                     &request,
                     ErrorCode::Unauthorized,
                     why,
-                    format!("{why}; send `Authorization: Bearer <secret>` with the secret from auth.json in the daemon's state directory, or log in to the dashboard with `celistrad ctl dashboard`"),
+                    format!(
+                        "{why}; send `Authorization: Bearer <secret>` with the secret from auth.json in the daemon's state directory, or log in to the dashboard with `celistrad ctl dashboard`"
+                    ),
                 );
             }
             SECRET_ACTOR.to_owned()
@@ -212,7 +220,13 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                 );
             };
             if let Err(Failure(error)) = check_origin(request.headers()) {
-                return refuse(&state, &request, error.code, "cross-origin session request", error.message);
+                return refuse(
+                    &state,
+                    &request,
+                    error.code,
+                    "cross-origin session request",
+                    error.message,
+                );
             }
             let safe = matches!(
                 *request.method(),
@@ -235,7 +249,9 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                         &request,
                         ErrorCode::CsrfFailed,
                         why,
-                        format!("{why}: a dashboard session's requests that change something must send the session's token in X-CSRF-Token (GET /v1/session returns it)"),
+                        format!(
+                            "{why}: a dashboard session's requests that change something must send the session's token in X-CSRF-Token (GET /v1/session returns it)"
+                        ),
                     );
                 }
             }

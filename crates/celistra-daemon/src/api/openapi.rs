@@ -7,10 +7,10 @@ use celistra_proto::{
     ApprovalStatus, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry, AuditHealth, AuditPage,
     AuditProof, AuditVerification, CapabilitySource, DecisionRequest, EffectiveSettings, ErrorCode,
     Event, EventKind, ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest,
-    LogLine, RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
-    SandboxStatus, SandboxSwitch, TermSize, TerminalClientMessage, TerminalRole,
-    TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, UpdateRequest, LoginLink,
-    LoginRequest, SessionInfo, SessionState,
+    LogLine, LoginLink, LoginRequest, RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock,
+    SandboxExplanation, SandboxStatus, SandboxSwitch, SessionInfo, SessionState, TermSize,
+    TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
+    TimeoutDefault, UpdateRequest,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

@@ -117,10 +117,12 @@ pub(crate) async fn current(
     token: Option<Extension<SessionToken>>,
 ) -> ApiResult<Response> {
     let token = session_of(token)?;
-    let session = state
-        .sessions
-        .get(&token.id, now_ms())
-        .ok_or_else(|| failure(ErrorCode::Unauthorized, "this session has ended; log in again"))?;
+    let session = state.sessions.get(&token.id, now_ms()).ok_or_else(|| {
+        failure(
+            ErrorCode::Unauthorized,
+            "this session has ended; log in again",
+        )
+    })?;
     let mut response = Json(SessionState {
         session,
         csrf_token: csrf_token(&token.token),
@@ -141,12 +143,11 @@ pub(crate) async fn logout(
 ) -> ApiResult<Response> {
     let token = session_of(token)?;
     let session = state.sessions.revoke(&token.id)?;
-    state.supervisor.shared.audit.record(
-        &session.actor,
-        "session_logout",
-        &session.id,
-        json!({}),
-    );
+    state
+        .supervisor
+        .shared
+        .audit
+        .record(&session.actor, "session_logout", &session.id, json!({}));
     let mut response = Json(session).into_response();
     response
         .headers_mut()

@@ -53,7 +53,11 @@ pub(crate) async fn dashboard(client: &Client, args: DashboardArgs) -> CtlResult
              Sessions: `celistrad ctl sessions`."
         );
     }
-    if !args.no_open && std::env::var_os("DISPLAY").or(std::env::var_os("WAYLAND_DISPLAY")).is_some() {
+    if !args.no_open
+        && std::env::var_os("DISPLAY")
+            .or(std::env::var_os("WAYLAND_DISPLAY"))
+            .is_some()
+    {
         // Best effort: no xdg-open, or one that fails, is not an error.
         let _ = std::process::Command::new("xdg-open")
             .arg(&link.url)
@@ -80,15 +84,24 @@ pub(crate) async fn sessions(client: &Client, args: SessionsArgs) -> CtlResult {
                     vec![
                         s.id.clone(),
                         clock(s.created_at_ms),
-                        format!("{} ago", compact_duration(now.saturating_sub(s.last_seen_ms))),
-                        format!("in {}", compact_duration(s.expires_at_ms.saturating_sub(now))),
+                        format!(
+                            "{} ago",
+                            compact_duration(now.saturating_sub(s.last_seen_ms))
+                        ),
+                        format!(
+                            "in {}",
+                            compact_duration(s.expires_at_ms.saturating_sub(now))
+                        ),
                         s.user_agent.chars().take(60).collect(),
                     ]
                 })
                 .collect();
             println!(
                 "{}",
-                render(&["ID", "LOGGED IN", "LAST SEEN", "EXPIRES", "BROWSER"], &rows)
+                render(
+                    &["ID", "LOGGED IN", "LAST SEEN", "EXPIRES", "BROWSER"],
+                    &rows
+                )
             );
             Ok(())
         }

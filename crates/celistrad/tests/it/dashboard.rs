@@ -50,7 +50,11 @@ async fn request(
         .await
         .expect("body")
         .to_bytes();
-    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 fn addr(daemon: &Daemon) -> SocketAddr {
@@ -107,7 +111,12 @@ async fn the_dashboard_is_served_with_strict_headers_and_holds_no_secret() {
     let addr = addr(&daemon);
     let (status, headers, html) = request(addr, Method::GET, "/", &[], None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"));
     assert!(!csp.contains("script-src 'self' 'unsafe-inline'"));
@@ -124,16 +133,38 @@ async fn the_dashboard_is_served_with_strict_headers_and_holds_no_secret() {
         .and_then(|rest| rest.split('"').next())
         .expect("script tag")
         .to_owned();
-    let (status, headers, _) =
-        request(addr, Method::GET, &script, &[("accept-encoding", "br")], None).await;
+    let (status, headers, _) = request(
+        addr,
+        Method::GET,
+        &script,
+        &[("accept-encoding", "br")],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-encoding"], "br");
-    assert!(headers["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(
+        headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
     let etag = headers["etag"].to_str().unwrap().to_owned();
-    let (status, _, _) =
-        request(addr, Method::GET, &script, &[("if-none-match", &etag)], None).await;
+    let (status, _, _) = request(
+        addr,
+        Method::GET,
+        &script,
+        &[("if-none-match", &etag)],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
-    for path in ["/sw.js", "/manifest.webmanifest", "/icons/icon-192.png", "/login"] {
+    for path in [
+        "/sw.js",
+        "/manifest.webmanifest",
+        "/icons/icon-192.png",
+        "/login",
+    ] {
         let (status, _, _) = request(addr, Method::GET, path, &[], None).await;
         assert_eq!(status, StatusCode::OK, "{path}");
     }
@@ -173,16 +204,31 @@ async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anythi
     let (status, _, text) =
         request(addr, Method::POST, "/v1/sessions/login", &[], Some(&body)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(text.contains("already used") && text.contains("ctl dashboard"), "{text}");
+    assert!(
+        text.contains("already used") && text.contains("ctl dashboard"),
+        "{text}"
+    );
 
     // Reading works with the cookie alone; the session sees its own CSRF token again.
-    let (status, _, text) =
-        request(addr, Method::GET, "/v1/session", &[("cookie", &cookie)], None).await;
+    let (status, _, text) = request(
+        addr,
+        Method::GET,
+        "/v1/session",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let again: SessionState = serde_json::from_str(&text).unwrap();
     assert_eq!(again.csrf_token, state.csrf_token);
-    let (status, _, _) =
-        request(addr, Method::GET, "/v1/agents", &[("cookie", &cookie)], None).await;
+    let (status, _, _) = request(
+        addr,
+        Method::GET,
+        "/v1/agents",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 
     // Changing something: without the CSRF token 403, with a wrong one 403, from another origin 403.
@@ -248,8 +294,14 @@ async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anythi
         .iter()
         .map(|e| (e.action.as_str(), e.actor.as_str()))
         .collect();
-    assert!(actions.contains(&("session_login", actor.as_str())), "{actions:?}");
-    assert!(actions.contains(&("login_code_issued", "machine-secret")), "{actions:?}");
+    assert!(
+        actions.contains(&("session_login", actor.as_str())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("login_code_issued", "machine-secret")),
+        "{actions:?}"
+    );
     assert!(
         audit
             .entries
@@ -268,8 +320,14 @@ async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anythi
     assert!(String::from_utf8_lossy(&table.stdout).contains(&state.session.id));
     let revoked = daemon.ctl(&["sessions", "revoke", &state.session.id]);
     assert!(revoked.status.success(), "{revoked:?}");
-    let (status, _, text) =
-        request(addr, Method::GET, "/v1/agents", &[("cookie", &cookie)], None).await;
+    let (status, _, text) = request(
+        addr,
+        Method::GET,
+        "/v1/agents",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(text.contains("session has ended"), "{text}");
     let unknown = daemon.ctl(&["sessions", "revoke", "se-000000000000"]);
@@ -296,8 +354,20 @@ async fn logout_ends_the_session_and_bad_codes_are_refused() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
-    let (status, _, _) = request(addr, Method::GET, "/v1/session", &[("cookie", &cookie)], None).await;
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let (status, _, _) = request(
+        addr,
+        Method::GET,
+        "/v1/session",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     for code in ["", "nope", &"ab".repeat(32)] {
         let body = format!(r#"{{"code":"{code}"}}"#);
@@ -325,7 +395,10 @@ async fn logout_ends_the_session_and_bad_codes_are_refused() {
     let output = daemon.ctl(&["dashboard", "--no-open"]);
     assert!(output.status.success());
     let url = String::from_utf8(output.stdout).unwrap();
-    assert!(url.trim().starts_with(&format!("http://{addr}/login#")), "{url}");
+    assert!(
+        url.trim().starts_with(&format!("http://{addr}/login#")),
+        "{url}"
+    );
 }
 
 #[tokio::test]
@@ -431,5 +504,8 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_and_a_phone() {
         "the browser test failed ({status}); screenshots in {}:\n{output}",
         shots.display()
     );
-    assert!(output.contains("0 failed") && output.contains("BENCH "), "{output}");
+    assert!(
+        output.contains("0 failed") && output.contains("BENCH "),
+        "{output}"
+    );
 }
