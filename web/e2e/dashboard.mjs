@@ -111,6 +111,13 @@ async function run(browser, viewport) {
       await page.fill("#spawn-workspace", args.work);
       await page.click("dialog button[type=submit]");
       await page.waitForSelector(`.agent-row[data-name="${name}"][data-state="running"]`);
+      if (!viewport.options.isMobile) {
+        // CPU and memory come from /v1/usage, read every 3 s.
+        await page.waitForFunction(
+          (n) => /\d/.test(document.querySelector(`.agent-row[data-name="${n}"] .col-memory`)?.textContent ?? ""),
+          name,
+        );
+      }
       await shot(page, `${tag}-3-running`);
     });
 

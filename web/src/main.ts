@@ -233,7 +233,7 @@ function start(): void {
     agents,
     bench(machines: number, perMachine: number) {
       for (let m = 0; m < machines; m++) {
-        const machine: Machine = { id: `bench-${m}`, name: `bench-${m}`, base: "", status: "up", agents: new Map(), approvals: new Map(), synthetic: true };
+        const machine: Machine = { id: `bench-${m}`, name: `bench-${m}`, base: "", status: "up", agents: new Map(), approvals: new Map(), usage: new Map(), synthetic: true };
         for (let i = 0; i < perMachine; i++) {
           const agent = {
             id: `ag-b${m}x${i}`, name: `agent-${m}-${i}`, state: (["running", "exited", "failed", "waiting-approval", "backoff"] as const)[i % 5],
@@ -244,6 +244,7 @@ function start(): void {
             sandbox: { sandboxed: i % 10 !== 0, capabilities: [], user: "me" },
           } satisfies AgentInfo;
           machine.agents.set(agent.id, agent);
+          machine.usage.set(agent.id, { cpu: (i % 13) * 7.5, memory: (i % 50) * 1048576 * 3, cpuUsec: 0, time: 0 });
         }
         store.machines.push(machine);
       }

@@ -17,6 +17,8 @@ export interface Machine {
   health?: Health;
   agents: Map<string, AgentInfo>;
   approvals: Map<string, Approval>;
+  /// CPU load (percent of one core, null until two readings) and memory, by agent id.
+  usage: Map<string, { cpu: number | null; memory: number; cpuUsec: number; time: number }>;
   /// True for machines that exist only in the page (benchmarks).
   synthetic?: boolean;
   stream?: Stream;
@@ -58,9 +60,11 @@ export class Store {
       status: "connecting",
       agents: new Map(),
       approvals: new Map(),
+      usage: new Map(),
     };
     this.machines.push(machine);
     this.connect(machine);
+    setInterval(() => void this.pollUsage(machine), 3000);
     return machine;
   }
 
@@ -106,6 +110,25 @@ export class Store {
       this.changed("machines");
       this.changed("agents");
       this.changed("approvals");
+    } catch {
+      /* the stream's status says the machine is down */
+    }
+  }
+
+  /// Reads CPU time and memory; the load is the CPU time used between two readings.
+  async pollUsage(machine: Machine): Promise<void> {
+    if (machine.status !== "up" || document.hidden) return;
+    try {
+      const readings = await api<{ agent_id: string; cpu_usec: number; memory_bytes: number; time_ms: number }[]>("GET", `${machine.base}/v1/usage`);
+      const next = new Map<string, { cpu: number | null; memory: number; cpuUsec: number; time: number }>();
+      for (const r of readings) {
+        const before = machine.usage.get(r.agent_id);
+        const elapsed = before ? r.time_ms - before.time : 0;
+        const cpu = before && elapsed > 0 ? Math.max(0, ((r.cpu_usec - before.cpuUsec) / 1000 / elapsed) * 100) : null;
+        next.set(r.agent_id, { cpu, memory: r.memory_bytes, cpuUsec: r.cpu_usec, time: r.time_ms });
+      }
+      machine.usage = next;
+      this.changed("usage");
     } catch {
       /* the stream's status says the machine is down */
     }

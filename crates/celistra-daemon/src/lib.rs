@@ -11,6 +11,7 @@ mod sandbox;
 mod sessions;
 mod store;
 mod supervisor;
+mod usage;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

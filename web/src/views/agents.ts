@@ -27,7 +27,7 @@ export interface Row {
   agent: AgentInfo;
 }
 
-type SortKey = "state" | "name" | "id" | "machine" | "uptime" | "restarts" | "exit" | "command";
+type SortKey = "state" | "name" | "id" | "machine" | "uptime" | "restarts" | "exit" | "cpu" | "memory" | "command";
 
 const COLUMNS: { key: SortKey; label: string }[] = [
   { key: "state", label: "State" },
@@ -37,6 +37,8 @@ const COLUMNS: { key: SortKey; label: string }[] = [
   { key: "uptime", label: "Uptime" },
   { key: "restarts", label: "Restarts" },
   { key: "exit", label: "Exit" },
+  { key: "cpu", label: "CPU" },
+  { key: "memory", label: "Memory" },
   { key: "command", label: "Command" },
 ];
 
@@ -56,6 +58,19 @@ export function matches(row: Row, text: string, machine: string): boolean {
 
 function uptimeMs(agent: AgentInfo, now: number): number {
   return agent.started_at_ms && !agent.exited_at_ms ? now - agent.started_at_ms : -1;
+}
+
+function cpuText(row: Row): string {
+  const cpu = row.machine.usage.get(row.agent.id)?.cpu;
+  return cpu === null || cpu === undefined ? "—" : `${cpu < 10 ? cpu.toFixed(1) : Math.round(cpu)}%`;
+}
+
+function memoryText(row: Row): string {
+  const bytes = row.machine.usage.get(row.agent.id)?.memory;
+  if (bytes === undefined) return "—";
+  if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KiB`;
+  if (bytes < 1024 * 1024 * 1024) return `${(bytes / 1048576).toFixed(1)} MiB`;
+  return `${(bytes / 1073741824).toFixed(2)} GiB`;
 }
 
 function exitText(agent: AgentInfo): string {
@@ -84,6 +99,10 @@ function compare(a: Row, b: Row, key: SortKey, now: number): number {
       return a.agent.restarts - b.agent.restarts;
     case "exit":
       return exitText(a.agent).localeCompare(exitText(b.agent));
+    case "cpu":
+      return (a.machine.usage.get(a.agent.id)?.cpu ?? -1) - (b.machine.usage.get(b.agent.id)?.cpu ?? -1);
+    case "memory":
+      return (a.machine.usage.get(a.agent.id)?.memory ?? -1) - (b.machine.usage.get(b.agent.id)?.memory ?? -1);
     case "command":
       return a.agent.command.localeCompare(b.agent.command);
   }
@@ -129,6 +148,7 @@ export class AgentsView {
     this.renderHead();
     store.subscribe((what) => {
       if (what.has("agents") || what.has("filter") || what.has("machines")) this.update();
+      else if (what.has("usage")) this.refreshVisible();
     });
     setInterval(() => this.refreshVisible(), 1000);
   }
@@ -213,6 +233,8 @@ export class AgentsView {
       if (row && cell) {
         const up = uptimeMs(row.agent, now);
         cell.textContent = up >= 0 ? duration(up) : "—";
+        element.querySelector(".col-cpu")!.textContent = cpuText(row);
+        element.querySelector(".col-memory")!.textContent = memoryText(row);
       }
     }
   }
@@ -282,6 +304,8 @@ export class AgentsView {
       h("div", { role: "cell", class: "col-uptime" }, up >= 0 ? duration(up) : "—"),
       h("div", { role: "cell", class: "col-restarts" }, agent.restarts),
       h("div", { role: "cell", class: "col-exit mono" }, exitText(agent) || "—"),
+      h("div", { role: "cell", class: "col-cpu" }, cpuText({ machine, agent })),
+      h("div", { role: "cell", class: "col-memory" }, memoryText({ machine, agent })),
       h("div", { role: "cell", class: "col-command mono", title: agent.command }, agent.command),
       h(
         "div",

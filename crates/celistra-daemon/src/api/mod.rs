@@ -330,6 +330,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/agents/{agent}/terminal/tickets",
             post(terminal::ticket),
         )
+        .route("/v1/usage", get(agents::usage))
         .route("/v1/sessions", get(sessions::list))
         .route("/v1/sessions/login-codes", post(sessions::issue_code))
         .route("/v1/sessions/{id}", axum::routing::delete(sessions::revoke))

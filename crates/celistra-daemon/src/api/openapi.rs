@@ -29,7 +29,7 @@ use super::{agents, approvals, audit, events, history, sandbox, sessions, termin
         audit::list, audit::tail, audit::checkpoint, audit::proof, audit::verify, audit::bundle,
         audit::export, approvals::list, approvals::get, approvals::decide,
         sessions::issue_code, sessions::login, sessions::current, sessions::logout, sessions::list,
-        sessions::revoke,
+        sessions::revoke, agents::usage,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
@@ -39,7 +39,7 @@ use super::{agents, approvals, audit, events, history, sandbox, sessions, termin
         RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
         SandboxBlock, AuditEntry, AuditPage, AuditCheckpoint, AuditProof, AuditVerification,
         AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
-        LoginLink, LoginRequest, SessionInfo, SessionState,
+        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

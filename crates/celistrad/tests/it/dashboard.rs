@@ -341,6 +341,24 @@ async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anythi
 }
 
 #[tokio::test]
+async fn usage_reports_cpu_time_and_memory_of_running_agents() {
+    let daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(crate::spec("busy", "sleep 1000004"))
+        .await;
+    daemon
+        .wait_state(&agent.id, celistra_proto::AgentState::Running)
+        .await;
+    let usage: Vec<celistra_proto::AgentUsage> = daemon.client.get("/v1/usage").await.unwrap();
+    let mine = usage
+        .iter()
+        .find(|u| u.agent_id == agent.id)
+        .expect("the running agent's usage");
+    assert!(mine.memory_bytes > 0, "{mine:?}");
+    assert!(mine.scope == "cgroup" || mine.scope == "process");
+}
+
+#[tokio::test]
 async fn logout_ends_the_session_and_bad_codes_are_refused() {
     let daemon = Daemon::start().await;
     let addr = addr(&daemon);
