@@ -35,7 +35,12 @@ pub(crate) fn parse_status_rss(text: &str) -> Option<u64> {
 }
 
 /// The usage of agent `agent_id`, whose cgroup is `cgroup` (if any) and leader `pid`.
-pub(crate) fn read(agent_id: &str, cgroup: Option<&Path>, pid: u32, time_ms: u64) -> Option<AgentUsage> {
+pub(crate) fn read(
+    agent_id: &str,
+    cgroup: Option<&Path>,
+    pid: u32,
+    time_ms: u64,
+) -> Option<AgentUsage> {
     if let Some(dir) = cgroup {
         let cpu = std::fs::read_to_string(dir.join("cpu.stat"))
             .ok()
@@ -78,7 +83,10 @@ mod tests {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 200";
         assert_eq!(parse_proc_stat(stat), Some(300 * 10_000));
         assert_eq!(parse_proc_stat("garbage"), None);
-        assert_eq!(parse_status_rss("Name:\tsh\nVmRSS:\t    2048 kB\n"), Some(2048 * 1024));
+        assert_eq!(
+            parse_status_rss("Name:\tsh\nVmRSS:\t    2048 kB\n"),
+            Some(2048 * 1024)
+        );
         assert_eq!(parse_status_rss("Name:\tsh\n"), None);
     }
 

@@ -5,8 +5,8 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use celistra_proto::{
-    AgentInfo, AgentUsage, AgentSpec, ApiError, ApplyReport, ApplyRequest, KillRequest, RenameRequest,
-    UpdateRequest,
+    AgentInfo, AgentSpec, AgentUsage, ApiError, ApplyReport, ApplyRequest, KillRequest,
+    RenameRequest, UpdateRequest,
 };
 
 use super::{Actor, AppState, Failure, JsonBody, Source};

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, Approval,
+    AgentInfo, AgentSpec, AgentState, AgentUsage, ApiError, ApplyReport, ApplyRequest, Approval,
     ApprovalStatus, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry, AuditHealth, AuditPage,
     AuditProof, AuditVerification, CapabilitySource, DecisionRequest, EffectiveSettings, ErrorCode,
     Event, EventKind, ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest,

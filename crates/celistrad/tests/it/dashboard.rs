@@ -343,9 +343,7 @@ async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anythi
 #[tokio::test]
 async fn usage_reports_cpu_time_and_memory_of_running_agents() {
     let daemon = Daemon::start().await;
-    let agent = daemon
-        .spawn(crate::spec("busy", "sleep 1000004"))
-        .await;
+    let agent = daemon.spawn(crate::spec("busy", "sleep 1000004")).await;
     daemon
         .wait_state(&agent.id, celistra_proto::AgentState::Running)
         .await;
