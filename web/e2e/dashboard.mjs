@@ -121,11 +121,11 @@ async function run(browser, viewport) {
       await shot(page, `${tag}-3-running`);
     });
 
+    const marker = `hello-${tag}-${Date.now() % 100000}`;
     await step(`${tag}: terminal attaches and echoes what is typed`, async () => {
       await page.click(`[aria-label="Terminal of ${name}"]`);
       await page.waitForFunction(() => /writer/.test(document.querySelector(".term-status")?.textContent ?? ""));
       await page.click(".term-host:not([hidden]) .xterm");
-      const marker = `hello-${tag}-${Date.now() % 100000}`;
       await page.keyboard.type(marker);
       await page.keyboard.press("Enter");
       // The terminal echoes the line, then cat prints it again.
@@ -210,6 +210,33 @@ async function run(browser, viewport) {
       await shot(page, `${tag}-10-activity`);
     });
 
+    if (viewport.more) {
+      await step(`${tag}: history lists the runs and searches their output`, async () => {
+        await page.click('.nav a[data-view="history"]');
+        await page.fill("#history-agent", name);
+        await page.click('.history-view button[type="submit"]');
+        await page.waitForSelector(`.runs-table td:has-text("${name}")`);
+        await page.waitForFunction((m) => (document.querySelector(".log-output")?.textContent ?? "").includes(m), marker);
+        await page.fill("#history-agent", "");
+        await page.fill("#history-grep", marker);
+        await page.click('.history-view button[type="submit"]');
+        await page.waitForFunction(
+          (m) => /ag-[a-z0-9]+ /.test(document.querySelector(".log-output")?.textContent ?? "") && (document.querySelector(".log-output")?.textContent ?? "").includes(m),
+          marker,
+        );
+        await shot(page, `${tag}-11-history`);
+      });
+
+      await step(`${tag}: this device: sessions, and notifications say what is missing`, async () => {
+        await page.click('.nav a[data-view="settings"]');
+        await page.waitForSelector('.sessions .card:has-text("(this browser)")');
+        await page.click("#push-toggle");
+        await page.waitForFunction(() => /Cannot turn notifications on: .+/.test(document.querySelector(".settings-view [role=status]")?.textContent ?? ""));
+        if (await page.isChecked("#push-toggle")) throw new Error("the switch stayed on");
+        await shot(page, `${tag}-12-device`);
+      });
+    }
+
     if (viewport.offline) {
       await step(`${tag}: offline shell says the daemon is unreachable`, async () => {
         await page.evaluate(() => navigator.serviceWorker.ready);
@@ -218,8 +245,11 @@ async function run(browser, viewport) {
         await context.setOffline(true);
         await page.reload();
         await page.waitForSelector("#unreachable");
-        await shot(page, `${tag}-11-offline`);
+        await shot(page, `${tag}-13-offline`);
         await context.setOffline(false);
+        // Back online, a reload finds the daemon again.
+        await page.reload();
+        await page.waitForSelector(".machine.status-up");
       });
     }
 
@@ -245,7 +275,7 @@ async function run(browser, viewport) {
         });
         const bench = { ...result, ...scroll, filterMs };
         console.log(`BENCH ${JSON.stringify(bench)}`);
-        await shot(page, `${tag}-12-bench`);
+        await shot(page, `${tag}-14-bench`);
         if (result.agents !== 1000 || result.rowsInDom > 120 || scroll.rowsInDom > 120) throw new Error(`not virtualised: ${JSON.stringify(bench)}`);
         if (result.fullUpdateMs > 500 || result.changeUpdateMs > 500) throw new Error(`too slow: ${JSON.stringify(bench)}`);
       });
@@ -265,7 +295,7 @@ const browser = await chromium.launch({
 });
 let exitCode = 0;
 try {
-  await run(browser, { name: "desktop", signal: "KILL", offline: true, bench: true, options: { viewport: { width: 1280, height: 800 } } });
+  await run(browser, { name: "desktop", signal: "KILL", offline: true, bench: true, more: true, options: { viewport: { width: 1280, height: 800 } } });
   await run(browser, {
     name: "phone",
     signal: "TERM",
