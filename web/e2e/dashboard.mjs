@@ -166,6 +166,19 @@ async function run(browser, viewport) {
       await shot(page, `${tag}-6-killed`);
     });
 
+    if (viewport.more) {
+      await step(`${tag}: the settings dialog changes an agent's spec`, async () => {
+        await page.click(`[aria-label="Settings of ${name}"]`);
+        await page.waitForSelector("#settings-env");
+        await page.fill("#settings-env", "MODE=e2e");
+        await page.check("#settings-auto");
+        await page.click('dialog button[type="submit"]');
+        await page.waitForSelector("dialog", { state: "detached" });
+        const spec = await page.evaluate(async (n) => (await fetch(`/v1/agents/${n}/spec`)).json(), name);
+        if (spec.env?.MODE !== "e2e" || spec.auto_restart !== true) throw new Error(`spec not saved: ${JSON.stringify(spec)}`);
+      });
+    }
+
     const asker = `e2e-ask-${tag}`;
     const prompt = `deploy ${tag} build`;
     await step(`${tag}: approve a real request by press-and-hold`, async () => {
