@@ -9,8 +9,10 @@ mod events;
 mod home;
 mod notify;
 mod sandbox;
+mod sessions;
 mod store;
 mod supervisor;
+mod usage;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -185,6 +187,17 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         }),
         stopping: stopping.clone(),
         tickets: Arc::default(),
+        sessions: Arc::new(sessions::Sessions::load(home.dir.join("sessions.json"))),
+        base_url: format!(
+            "http://{}",
+            if bound.ip().is_unspecified() {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
+            } else {
+                bound
+            }
+        )
+        .into(),
+        tls: false,
     };
     // The agents of the previous run are back in the registry before the API answers, so a client
     // never sees a daemon that has forgotten them.

@@ -307,3 +307,19 @@ pub struct AuditHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verification: Option<crate::AuditVerification>,
 }
+
+/// One running agent's resource use, from `GET /v1/usage`. A client computes CPU load from two
+/// readings: `Δcpu_usec / Δtime`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentUsage {
+    pub agent_id: String,
+    /// CPU time used by the agent's processes, in microseconds.
+    pub cpu_usec: u64,
+    /// Memory in use, in bytes.
+    pub memory_bytes: u64,
+    /// `cgroup`: the whole agent (every process it started), or `process`: its leader process only
+    /// (no per-agent cgroup on this machine).
+    pub scope: String,
+    /// When it was read (ms since the epoch).
+    pub time_ms: u64,
+}

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Something that was valid once and no longer is (an expired decision link).
     Gone,
+    /// A dashboard session's state-changing request without its CSRF token (`X-CSRF-Token`).
+    CsrfFailed,
 }
 
 impl ErrorCode {
@@ -62,7 +64,7 @@ impl ErrorCode {
             | ErrorCode::InvalidSignal => 400,
             ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
             ErrorCode::ShuttingDown => 503,
-            ErrorCode::OriginNotAllowed | ErrorCode::Forbidden => 403,
+            ErrorCode::OriginNotAllowed | ErrorCode::Forbidden | ErrorCode::CsrfFailed => 403,
             ErrorCode::Gone => 410,
             ErrorCode::TooManyClients => 429,
         }

@@ -9,6 +9,7 @@ mod event;
 mod history;
 mod notify;
 mod sandbox;
+mod session;
 mod signal;
 mod terminal;
 
@@ -20,6 +21,7 @@ pub use event::*;
 pub use history::*;
 pub use notify::*;
 pub use sandbox::*;
+pub use session::*;
 pub use signal::*;
 pub use terminal::*;
 

@@ -5,8 +5,8 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use celistra_proto::{
-    AgentInfo, AgentSpec, ApiError, ApplyReport, ApplyRequest, KillRequest, RenameRequest,
-    UpdateRequest,
+    AgentInfo, AgentSpec, AgentUsage, ApiError, ApplyReport, ApplyRequest, KillRequest,
+    RenameRequest, UpdateRequest,
 };
 
 use super::{Actor, AppState, Failure, JsonBody, Source};
@@ -169,4 +169,16 @@ pub(crate) async fn apply(
     Ok(Json(
         state.supervisor.apply(request, &source, &actor.0).await?,
     ))
+}
+
+/// CPU time and memory of every agent with a live process (from its cgroup, else its leader
+/// process). Read twice to get a CPU load.
+#[utoipa::path(get, path = "/v1/usage", tag = "agents", responses((status = 200, body = Vec<AgentUsage>), (status = 401, body = ApiError)))]
+pub(crate) async fn usage(State(state): State<AppState>) -> Json<Vec<AgentUsage>> {
+    let supervisor = std::sync::Arc::clone(&state.supervisor);
+    Json(
+        tokio::task::spawn_blocking(move || supervisor.usage())
+            .await
+            .unwrap_or_default(),
+    )
 }

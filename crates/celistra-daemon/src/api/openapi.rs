@@ -3,24 +3,27 @@
 
 use axum::Json;
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, Approval,
+    AgentInfo, AgentSpec, AgentState, AgentUsage, ApiError, ApplyReport, ApplyRequest, Approval,
     ApprovalStatus, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry, AuditHealth, AuditPage,
     AuditProof, AuditVerification, CapabilitySource, ChannelStatus, DecisionRequest,
     EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest, Health,
-    HistoryHealth, IoMode, KillRequest, LinkDecision, LogLine, Notice, NoticeKind,
-    NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest, RenameRequest,
-    RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus,
-    SandboxSwitch, TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage,
-    TerminalTicket, TicketRequest, TimeoutDefault, UpdateRequest, VapidKeyInfo, Verdict,
+    HistoryHealth, IoMode, KillRequest, LinkDecision, LogLine, LoginLink, LoginRequest, Notice,
+    NoticeKind, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
+    RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
+    SandboxStatus, SandboxSwitch, SessionInfo, SessionState, TermSize, TerminalClientMessage,
+    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault,
+    UpdateRequest, VapidKeyInfo, Verdict,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, approvals, audit, events, history, notifications, sandbox, terminal};
+use super::{
+    agents, approvals, audit, events, history, notifications, sandbox, sessions, terminal,
+};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential."),
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), the dashboard login, which takes a one-time code, and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential. A dashboard session cookie is accepted instead of the bearer secret; with it, requests that change state must send `X-CSRF-Token`."),
     paths(
         super::health, document,
         agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
@@ -31,6 +34,8 @@ use super::{agents, approvals, audit, events, history, notifications, sandbox, t
         audit::export, approvals::list, approvals::get, approvals::decide,
         notifications::status, notifications::test, notifications::vapid_key,
         notifications::subscriptions, notifications::subscribe, notifications::unsubscribe,
+        sessions::issue_code, sessions::login, sessions::current, sessions::logout, sessions::list,
+        sessions::revoke, agents::usage,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
@@ -42,6 +47,7 @@ use super::{agents, approvals, audit, events, history, notifications, sandbox, t
         AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
         ChannelStatus, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
         VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
+        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -213,7 +213,7 @@ fn admit(
 }
 
 /// A browser's `Origin` must be the daemon's own; clients that send none are not browsers.
-fn check_origin(headers: &HeaderMap) -> Result<(), Failure> {
+pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), Failure> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };

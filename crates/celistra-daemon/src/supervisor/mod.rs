@@ -180,6 +180,21 @@ impl Supervisor {
         json
     }
 
+    /// CPU time and memory of every agent with a live process.
+    pub(crate) fn usage(&self) -> Vec<celistra_proto::AgentUsage> {
+        let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
+        let now = now_ms();
+        let root = self.shared.cgroups.as_ref().map(|c| c.path().to_path_buf());
+        handles
+            .iter()
+            .filter_map(|handle| {
+                let pid = handle.info().pid?;
+                let cgroup = root.as_ref().map(|r| r.join(&handle.id));
+                crate::usage::read(&handle.id, cgroup.as_deref(), pid, now)
+            })
+            .collect()
+    }
+
     /// Finds an agent by id or by name.
     pub(crate) fn find(&self, key: &str) -> Result<Arc<AgentHandle>, ApiError> {
         let registry = self.read();

@@ -11,6 +11,7 @@ mod history;
 mod logs;
 mod notifications;
 mod sandbox;
+mod sessions;
 mod table;
 
 use std::process::ExitCode;
@@ -66,6 +67,10 @@ enum Verb {
     Approvals(approvals::ApprovalsArgs),
     /// Where approval requests are announced: ls, test, unsubscribe ID.
     Notifications(notifications::NotificationsArgs),
+    /// Print (and try to open) a single-use login link for the dashboard.
+    Dashboard(sessions::DashboardArgs),
+    /// The dashboard's browser sessions: ls, revoke ID.
+    Sessions(sessions::SessionsArgs),
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -123,6 +128,8 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Audit(args) => audit::run(client, args).await,
         Verb::Approvals(args) => approvals::run(client, args).await,
         Verb::Notifications(args) => notifications::run(client, args).await,
+        Verb::Dashboard(args) => sessions::dashboard(client, args).await,
+        Verb::Sessions(args) => sessions::sessions(client, args).await,
     }
 }
 

@@ -38,7 +38,11 @@ async fn every_route_requires_the_secret_over_tcp_and_the_socket() {
     assert!(paths.len() >= 10, "{paths:?}");
     let tcp = daemon.client.clone().over_tcp(addr);
     for (path, methods) in paths {
-        let concrete = path.replace("{agent}", "x");
+        // The dashboard login takes a one-time code, not the secret (tested in dashboard.rs).
+        if path == "/v1/sessions/login" {
+            continue;
+        }
+        let concrete = path.replace("{agent}", "x").replace("{id}", "x");
         for method in methods.as_object().unwrap().keys() {
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             for client in [

@@ -6,6 +6,7 @@ mod approvals;
 mod attach;
 mod audit;
 mod cli;
+mod dashboard;
 mod history;
 mod notifications;
 mod sandbox;

@@ -1,0 +1,527 @@
+//! The dashboard: its files and headers, one-time login links, session cookies, CSRF, revocation,
+//! `ctl dashboard` and `ctl sessions`, through real HTTP; then the whole dashboard in a real
+//! browser (web/e2e/dashboard.mjs: chromium through playwright-core), and the first-load budget.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use celistra_proto::{ErrorCode, LoginLink, SessionInfo, SessionState};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+
+use crate::{BIN, Daemon};
+
+/// One HTTP/1.1 request over TCP with exactly the headers given (no bearer secret).
+async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("send");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn addr(daemon: &Daemon) -> SocketAddr {
+    std::fs::read_to_string(daemon.home().join("http.addr"))
+        .expect("http.addr")
+        .trim()
+        .parse()
+        .expect("address")
+}
+
+fn code_of(body: &str) -> Option<ErrorCode> {
+    serde_json::from_str::<celistra_proto::ApiError>(body)
+        .ok()
+        .map(|e| e.code)
+}
+
+async fn login_link(daemon: &Daemon) -> LoginLink {
+    daemon
+        .client
+        .call(Method::POST, "/v1/sessions/login-codes", None::<&()>)
+        .await
+        .expect("login code")
+}
+
+/// Logs in with a fresh code; returns the cookie header value and the CSRF token.
+async fn login(daemon: &Daemon) -> (String, String) {
+    let link = login_link(daemon).await;
+    let body = format!(r#"{{"code":"{}"}}"#, link.code);
+    let (status, headers, text) = request(
+        addr(daemon),
+        Method::POST,
+        "/v1/sessions/login",
+        &[],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let set_cookie = headers["set-cookie"].to_str().unwrap().to_owned();
+    let pair = set_cookie.split(';').next().unwrap().to_owned();
+    let state: SessionState = serde_json::from_str(&text).unwrap();
+    (pair, state.csrf_token)
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_with_strict_headers_and_holds_no_secret() {
+    let daemon = Daemon::start().await;
+    let secret = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(daemon.home().join("auth.json")).unwrap(),
+    )
+    .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let addr = addr(&daemon);
+    let (status, headers, html) = request(addr, Method::GET, "/", &[], None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"));
+    assert!(!csp.contains("script-src 'self' 'unsafe-inline'"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert!(!html.contains(&secret));
+    assert!(!html.contains("<script>"), "no inline script");
+    // The hashed script: immutable, compressed on request, 304 on its ETag.
+    let script = html
+        .split("src=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("script tag")
+        .to_owned();
+    let (status, headers, _) = request(
+        addr,
+        Method::GET,
+        &script,
+        &[("accept-encoding", "br")],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-encoding"], "br");
+    assert!(
+        headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let (status, _, _) = request(
+        addr,
+        Method::GET,
+        &script,
+        &[("if-none-match", &etag)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    for path in [
+        "/sw.js",
+        "/manifest.webmanifest",
+        "/icons/icon-192.png",
+        "/login",
+    ] {
+        let (status, _, _) = request(addr, Method::GET, path, &[], None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    // Anything else is the API's, and needs a credential.
+    let (status, _, _) = request(addr, Method::GET, "/secret.txt", &[], None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anything() {
+    let daemon = Daemon::start().await;
+    let addr = addr(&daemon);
+    let link = login_link(&daemon).await;
+    assert_eq!(link.url, format!("http://{addr}/login#{}", link.code));
+    let body = format!(r#"{{"code":"{}"}}"#, link.code);
+    let (status, headers, text) = request(
+        addr,
+        Method::POST,
+        "/v1/sessions/login",
+        &[("user-agent", "it-browser")],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let set_cookie = headers["set-cookie"].to_str().unwrap();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set_cookie.contains(flag), "{set_cookie}");
+    }
+    assert!(
+        !set_cookie.contains("Secure"),
+        "plain HTTP: a Secure cookie would never come back"
+    );
+    let state: SessionState = serde_json::from_str(&text).unwrap();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+
+    // Replayed: refused, and says what to do.
+    let (status, _, text) =
+        request(addr, Method::POST, "/v1/sessions/login", &[], Some(&body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        text.contains("already used") && text.contains("ctl dashboard"),
+        "{text}"
+    );
+
+    // Reading works with the cookie alone; the session sees its own CSRF token again.
+    let (status, _, text) = request(
+        addr,
+        Method::GET,
+        "/v1/session",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let again: SessionState = serde_json::from_str(&text).unwrap();
+    assert_eq!(again.csrf_token, state.csrf_token);
+    let (status, _, _) = request(
+        addr,
+        Method::GET,
+        "/v1/agents",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Changing something: without the CSRF token 403, with a wrong one 403, from another origin 403.
+    let spawn = format!(
+        r#"{{"name":"by-cookie","command":"sleep 1000003","workspace":"{}"}}"#,
+        daemon.work.path().display()
+    );
+    let (status, _, text) = request(
+        addr,
+        Method::POST,
+        "/v1/agents",
+        &[("cookie", &cookie)],
+        Some(&spawn),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert_eq!(code_of(&text), Some(ErrorCode::CsrfFailed));
+    let (status, _, _) = request(
+        addr,
+        Method::POST,
+        "/v1/agents",
+        &[("cookie", &cookie), ("x-csrf-token", &"0".repeat(64))],
+        Some(&spawn),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, text) = request(
+        addr,
+        Method::POST,
+        "/v1/agents",
+        &[
+            ("cookie", &cookie),
+            ("x-csrf-token", &state.csrf_token),
+            ("origin", "http://evil.example"),
+        ],
+        Some(&spawn),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code_of(&text), Some(ErrorCode::OriginNotAllowed));
+    let origin = format!("http://{addr}");
+    let (status, _, text) = request(
+        addr,
+        Method::POST,
+        "/v1/agents",
+        &[
+            ("cookie", &cookie),
+            ("x-csrf-token", &state.csrf_token),
+            ("origin", &origin),
+            ("x-celistra-source", "dashboard"),
+        ],
+        Some(&spawn),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+
+    // The session is the actor of what it did; login and spawn are in the audit log.
+    let actor = state.session.actor.clone();
+    assert_eq!(actor, format!("session:{}", state.session.id));
+    let audit: celistra_proto::AuditPage = daemon.client.get("/v1/audit?limit=100").await.unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .entries
+        .iter()
+        .map(|e| (e.action.as_str(), e.actor.as_str()))
+        .collect();
+    assert!(
+        actions.contains(&("session_login", actor.as_str())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("login_code_issued", "machine-secret")),
+        "{actions:?}"
+    );
+    assert!(
+        audit
+            .entries
+            .iter()
+            .any(|e| e.actor == actor && e.action.starts_with("agent_spawn")),
+        "{actions:?}"
+    );
+
+    // Listed (`ctl sessions`), revoked (`ctl sessions revoke`): the cookie stops working at once.
+    let listed = daemon.ctl(&["sessions", "ls", "--json"]);
+    assert!(listed.status.success());
+    let sessions: Vec<SessionInfo> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].user_agent, "it-browser");
+    let table = daemon.ctl(&["sessions"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&state.session.id));
+    let revoked = daemon.ctl(&["sessions", "revoke", &state.session.id]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let (status, _, text) = request(
+        addr,
+        Method::GET,
+        "/v1/agents",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(text.contains("session has ended"), "{text}");
+    let unknown = daemon.ctl(&["sessions", "revoke", "se-000000000000"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let audit: celistra_proto::AuditPage = daemon
+        .client
+        .get("/v1/audit?action=session_revoked")
+        .await
+        .unwrap();
+    assert_eq!(audit.entries.len(), 1);
+}
+
+#[tokio::test]
+async fn usage_reports_cpu_time_and_memory_of_running_agents() {
+    let daemon = Daemon::start().await;
+    let agent = daemon.spawn(crate::spec("busy", "sleep 1000004")).await;
+    daemon
+        .wait_state(&agent.id, celistra_proto::AgentState::Running)
+        .await;
+    let usage: Vec<celistra_proto::AgentUsage> = daemon.client.get("/v1/usage").await.unwrap();
+    let mine = usage
+        .iter()
+        .find(|u| u.agent_id == agent.id)
+        .expect("the running agent's usage");
+    assert!(mine.memory_bytes > 0, "{mine:?}");
+    assert!(mine.scope == "cgroup" || mine.scope == "process");
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_bad_codes_are_refused() {
+    let daemon = Daemon::start().await;
+    let addr = addr(&daemon);
+    let (cookie, csrf) = login(&daemon).await;
+    let (status, headers, _) = request(
+        addr,
+        Method::POST,
+        "/v1/session/logout",
+        &[("cookie", &cookie), ("x-csrf-token", &csrf)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let (status, _, _) = request(
+        addr,
+        Method::GET,
+        "/v1/session",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for code in ["", "nope", &"ab".repeat(32)] {
+        let body = format!(r#"{{"code":"{code}"}}"#);
+        let (status, _, text) =
+            request(addr, Method::POST, "/v1/sessions/login", &[], Some(&body)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    }
+    let (status, _, text) = request(
+        addr,
+        Method::POST,
+        "/v1/sessions/login",
+        &[],
+        Some("{\"code\": 3}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    // The machine secret is not a session.
+    let response = daemon
+        .client
+        .send(Method::GET, "/v1/session", None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // `ctl dashboard` prints a link that works once.
+    let output = daemon.ctl(&["dashboard", "--no-open"]);
+    assert!(output.status.success());
+    let url = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        url.trim().starts_with(&format!("http://{addr}/login#")),
+        "{url}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_login_code_is_refused() {
+    // Codes live 5 minutes; this daemon's live 50 ms (the knob only shortens them).
+    let daemon = Daemon::start_with_env(&[("CELISTRA_LOGIN_CODE_TTL_MS", "50")]).await;
+    let addr = addr(&daemon);
+    let link = login_link(&daemon).await;
+    let deadline = Instant::now() + crate::PATIENCE;
+    while celistra_now_ms() <= link.expires_at_ms {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let body = format!(r#"{{"code":"{}"}}"#, link.code);
+    let (status, _, text) =
+        request(addr, Method::POST, "/v1/sessions/login", &[], Some(&body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(text.contains("expired"), "{text}");
+}
+
+fn celistra_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web")
+}
+
+fn target_dir() -> PathBuf {
+    // The test binary lives in <target>/<profile>/deps/.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// Kills the browser test's whole process group (node and the chromium it started) on every way
+/// out.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        crate::run_kill("KILL", self.0);
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_works_in_a_real_browser_on_a_desktop_and_a_phone() {
+    use std::os::unix::process::CommandExt;
+    let daemon = Daemon::start().await;
+    let browser = std::env::var("CELISTRA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&browser).exists(),
+        "{browser} is missing: run scripts/setup (apt-get install chromium) or set CELISTRA_CHROMIUM"
+    );
+    let shots = target_dir().join("dashboard-screenshots");
+    let profile = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new("node")
+        .arg(web_dir().join("e2e/dashboard.mjs"))
+        .arg("--bin")
+        .arg(BIN)
+        .arg("--home")
+        .arg(daemon.home())
+        .arg("--work")
+        .arg(daemon.work.path())
+        .arg("--shots")
+        .arg(&shots)
+        .arg("--browser")
+        .arg(&browser)
+        .env("TMPDIR", profile.path())
+        .env("HOME", profile.path())
+        .current_dir(web_dir())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node (install Node.js 20+: scripts/setup)");
+    let group = Group(child.id());
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(group);
+    let _ = child.wait();
+    let output = reader.join().unwrap_or_default();
+    println!("{output}");
+    let status = status.expect("the browser test did not finish within 240 s");
+    assert!(
+        status.success(),
+        "the browser test failed ({status}); screenshots in {}:\n{output}",
+        shots.display()
+    );
+    assert!(
+        output.contains("0 failed") && output.contains("BENCH "),
+        "{output}"
+    );
+}

@@ -1,0 +1,323 @@
+// The dashboard in a real browser (Debian's chromium through playwright-core), against a real
+// daemon, in a desktop and a phone viewport: log in with a one-time link, spawn an agent (after an
+// inline validation error), see it running, type into its terminal and see the echo, kill it with
+// a chosen signal, approve a real `celistrad ask` by press-and-hold, see the decision in Activity;
+// then the offline shell and, on the desktop, the 1000-agent benchmark. Every wait is for a
+// selector or a condition, bounded. Screenshots go to --shots.
+//
+//   node e2e/dashboard.mjs --bin CELISTRAD --home STATE_DIR --work WORKSPACE --shots DIR [--browser PATH]
+//
+// Exits 0 when every step passed; prints "N passed, M failed" last.
+
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((pairs, arg, i, all) => (arg.startsWith("--") ? [...pairs, [arg.slice(2), all[i + 1]]] : pairs), []),
+);
+for (const required of ["bin", "home", "work", "shots"]) {
+  if (!args[required]) {
+    console.error(`missing --${required}`);
+    process.exit(2);
+  }
+}
+const browserPath = args.browser ?? "/usr/bin/chromium";
+const WAIT = Number(args.wait ?? 20_000);
+mkdirSync(args.shots, { recursive: true });
+const secret = JSON.parse(readFileSync(join(args.home, "auth.json"), "utf8")).secret;
+
+function loginLink() {
+  const out = execFileSync(args.bin, ["ctl", "--home", args.home, "dashboard", "--json", "--no-open"], { encoding: "utf8" });
+  return JSON.parse(out).url;
+}
+
+let passed = 0;
+let failed = 0;
+const results = [];
+
+async function step(name, body) {
+  const started = Date.now();
+  try {
+    await body();
+    passed++;
+    results.push(`ok   ${name} (${Date.now() - started} ms)`);
+    console.log(`ok   ${name} (${Date.now() - started} ms)`);
+  } catch (error) {
+    failed++;
+    console.log(`FAIL ${name}: ${error.stack ?? error}`);
+    throw error;
+  }
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(args.shots, `${name}.png`), fullPage: false });
+}
+
+/// The text xterm.js shows (its accessibility-free DOM rows).
+async function terminalText(page) {
+  return page.evaluate(() => document.querySelector(".term-host:not([hidden]) .xterm-rows")?.textContent ?? "");
+}
+
+async function run(browser, viewport) {
+  const tag = viewport.name;
+  const context = await browser.newContext(viewport.options);
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  const consoleErrors = [];
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
+  try {
+    const link = loginLink();
+    const base = new URL(link).origin;
+
+    await step(`${tag}: login with the one-time link`, async () => {
+      await page.goto(link);
+      await page.waitForSelector(".agents-view");
+      if (new URL(page.url()).hash) throw new Error(`the code stayed in the address bar: ${page.url()}`);
+      const cookies = await context.cookies(base);
+      const session = cookies.find((c) => c.name === "celistra_session");
+      if (!session || !session.httpOnly || session.sameSite !== "Strict") {
+        throw new Error(`session cookie flags wrong: ${JSON.stringify(session)}`);
+      }
+      const html = await page.content();
+      const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
+      if (html.includes(secret) || stored.includes(secret) || page.url().includes(secret)) {
+        throw new Error("the machine secret reached the page");
+      }
+      // The link worked once: a second use is refused with a clear page.
+      const again = await context.newPage();
+      await again.goto(link);
+      await again.waitForSelector("#login-error");
+      const message = await again.textContent("#login-error");
+      if (!/already used|not valid/.test(message)) throw new Error(`replayed link: ${message}`);
+      await again.close();
+      await page.waitForSelector(".machine.status-up");
+      await shot(page, `${tag}-1-agents`);
+    });
+
+    const name = `e2e-cat-${tag}`;
+    await step(`${tag}: spawn form shows the API's error inline, then spawns`, async () => {
+      await page.click("text=+ Spawn agent");
+      await page.fill("#spawn-command", "cat");
+      await page.fill("#spawn-name", name);
+      await page.fill("#spawn-workspace", "relative/dir");
+      await page.click("#spawn-form button[type=submit], dialog button[type=submit]");
+      const error = await page.waitForSelector('[data-field="workspace"] .field-error:not(:empty)');
+      const text = await error.textContent();
+      if (!/absolute/.test(text)) throw new Error(`workspace error: ${text}`);
+      await shot(page, `${tag}-2-spawn-error`);
+      await page.fill("#spawn-workspace", args.work);
+      await page.click("dialog button[type=submit]");
+      await page.waitForSelector(`.agent-row[data-name="${name}"][data-state="running"]`);
+      if (!viewport.options.isMobile) {
+        // CPU and memory come from /v1/usage, read every 3 s.
+        await page.waitForFunction(
+          (n) => /\d/.test(document.querySelector(`.agent-row[data-name="${n}"] .col-memory`)?.textContent ?? ""),
+          name,
+        );
+      }
+      await shot(page, `${tag}-3-running`);
+    });
+
+    const marker = `hello-${tag}-${Date.now() % 100000}`;
+    await step(`${tag}: terminal attaches and echoes what is typed`, async () => {
+      await page.click(`[aria-label="Terminal of ${name}"]`);
+      await page.waitForFunction(() => /writer/.test(document.querySelector(".term-status")?.textContent ?? ""));
+      await page.click(".term-host:not([hidden]) .xterm");
+      await page.keyboard.type(marker);
+      await page.keyboard.press("Enter");
+      // The terminal echoes the line, then cat prints it again.
+      await page.waitForFunction(
+        (m) => (document.querySelector(".term-host:not([hidden]) .xterm-rows")?.textContent ?? "").split(m).length - 1 >= 2,
+        marker,
+      );
+      if (viewport.options.isMobile) {
+        const keys = await page.locator(".screen-keys button").count();
+        if (keys < 7 || !(await page.isVisible('.screen-keys [aria-label="Escape"]'))) throw new Error("no on-screen keys on the phone");
+        // Ctrl then "d" from the on-screen row sends EOF at a line start: cat exits 0... so it is
+        // only armed here, then released, to keep cat alive for the kill step.
+        await page.click('.screen-keys [aria-label^="Control"]');
+        if ((await page.getAttribute('.screen-keys [aria-label^="Control"]', "aria-pressed")) !== "true") throw new Error("Ctrl not armed");
+        await page.click('.screen-keys [aria-label^="Control"]');
+      }
+      await shot(page, `${tag}-4-terminal`);
+      if (!(await terminalText(page)).includes(marker)) throw new Error("marker missing");
+    });
+
+    const signal = viewport.signal;
+    await step(`${tag}: kill with SIG${signal} from the signal picker`, async () => {
+      await page.goto(`${base}/#/agents`);
+      await page.waitForSelector(`.agent-row[data-name="${name}"]`);
+      await page.click(`[aria-label="Kill ${name}"]`);
+      await page.selectOption("#kill-signal", signal);
+      await shot(page, `${tag}-5-kill-dialog`);
+      await page.click('[data-action="confirm-kill"]');
+      // An operator's kill leaves it `stopped` (never restarted), its exit the signal.
+      await page.waitForSelector(`.agent-row[data-name="${name}"][data-state="stopped"][data-exit="SIG${signal}"]`);
+      if (!viewport.options.isMobile) {
+        const exit = await page.textContent(`.agent-row[data-name="${name}"] .col-exit`);
+        if (exit !== `SIG${signal}`) throw new Error(`exit column shows ${exit}`);
+      }
+      // The API agrees (the phone layout hides the exit column).
+      const agent = await page.evaluate(async (n) => (await (await fetch(`/v1/agents/${n}`)).json()).exit_signal, name);
+      if (agent !== `SIG${signal}`) throw new Error(`the agent ended by ${agent}`);
+      await shot(page, `${tag}-6-killed`);
+    });
+
+    if (viewport.more) {
+      await step(`${tag}: the settings dialog changes an agent's spec`, async () => {
+        await page.click(`[aria-label="Settings of ${name}"]`);
+        await page.waitForSelector("#settings-env");
+        await page.fill("#settings-env", "MODE=e2e");
+        await page.check("#settings-auto");
+        await page.click('dialog button[type="submit"]');
+        await page.waitForSelector("dialog", { state: "detached" });
+        const spec = await page.evaluate(async (n) => (await fetch(`/v1/agents/${n}/spec`)).json(), name);
+        if (spec.env?.MODE !== "e2e" || spec.auto_restart !== true) throw new Error(`spec not saved: ${JSON.stringify(spec)}`);
+      });
+    }
+
+    const asker = `e2e-ask-${tag}`;
+    const prompt = `deploy ${tag} build`;
+    await step(`${tag}: approve a real request by press-and-hold`, async () => {
+      await page.click("text=+ Spawn agent");
+      await page.fill("#spawn-command", `${args.bin} ask '${prompt}' --detail 'from the browser test' --ttl 120`);
+      await page.fill("#spawn-name", asker);
+      await page.fill("#spawn-workspace", args.work);
+      await page.click("dialog button[type=submit]");
+      await page.waitForSelector(`.agent-row[data-name="${asker}"][data-state="waiting-approval"]`);
+      await shot(page, `${tag}-7-waiting`);
+      await page.click('.nav a[data-view="approvals"]');
+      const card = `.card.pending:has(.prompt:text-is("${prompt}"))`;
+      await page.waitForSelector(card);
+      await page.waitForSelector(".nav-badge:not([hidden])");
+      // A short press does nothing.
+      const button = page.locator(`${card} [data-action="approve"]`);
+      const box = await button.boundingBox();
+      await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+      await page.mouse.down();
+      await page.mouse.up();
+      if (!(await page.isVisible(card))) throw new Error("a short press decided");
+      // Holding decides once the hold completes; released after the decision is seen.
+      await page.mouse.down();
+      await shot(page, `${tag}-8-holding`);
+      const decided = await page.waitForSelector(`.card.approved:has(.prompt:text-is("${prompt}"))`);
+      await page.mouse.up();
+      const who = await decided.textContent();
+      if (!/by session:se-[0-9a-f]{12} via dashboard/.test(who)) throw new Error(`decider not shown: ${who}`);
+      await shot(page, `${tag}-9-approved`);
+      await page.goto(`${base}/#/agents`);
+      await page.waitForSelector(`.agent-row[data-name="${asker}"][data-state="exited"]`);
+      const code = await page.evaluate(async (n) => (await (await fetch(`/v1/agents/${n}`)).json()).exit_code, asker);
+      if (code !== 0) throw new Error(`ask exited ${code}`);
+    });
+
+    await step(`${tag}: the decision appears in Activity`, async () => {
+      await page.click('.nav a[data-view="activity"]');
+      await page.waitForSelector('.entry[data-action="approval_decided"][data-actor^="session:se-"]');
+      await page.fill("#activity-action", "session_login");
+      await page.waitForSelector('.entry[data-action="session_login"]');
+      await page.waitForFunction(() => !document.querySelector('.entry[data-action="approval_decided"]'));
+      await shot(page, `${tag}-10-activity`);
+    });
+
+    if (viewport.more) {
+      await step(`${tag}: history lists the runs and searches their output`, async () => {
+        await page.click('.nav a[data-view="history"]');
+        await page.fill("#history-agent", name);
+        await page.click('.history-view button[type="submit"]');
+        await page.waitForSelector(`.runs-table td:has-text("${name}")`);
+        await page.waitForFunction((m) => (document.querySelector(".log-output")?.textContent ?? "").includes(m), marker);
+        await page.fill("#history-agent", "");
+        await page.fill("#history-grep", marker);
+        await page.click('.history-view button[type="submit"]');
+        await page.waitForFunction(
+          (m) => /ag-[a-z0-9]+ /.test(document.querySelector(".log-output")?.textContent ?? "") && (document.querySelector(".log-output")?.textContent ?? "").includes(m),
+          marker,
+        );
+        await shot(page, `${tag}-11-history`);
+      });
+
+      await step(`${tag}: this device: sessions, and notifications say what is missing`, async () => {
+        await page.click('.nav a[data-view="settings"]');
+        await page.waitForSelector('.sessions .card:has-text("(this browser)")');
+        await page.click("#push-toggle");
+        await page.waitForFunction(() => /Cannot turn notifications on: .+/.test(document.querySelector(".settings-view [role=status]")?.textContent ?? ""));
+        if (await page.isChecked("#push-toggle")) throw new Error("the switch stayed on");
+        await shot(page, `${tag}-12-device`);
+      });
+    }
+
+    if (viewport.offline) {
+      await step(`${tag}: offline shell says the daemon is unreachable`, async () => {
+        await page.evaluate(() => navigator.serviceWorker.ready);
+        await page.reload();
+        await page.waitForFunction(() => navigator.serviceWorker.controller !== null);
+        await context.setOffline(true);
+        await page.reload();
+        await page.waitForSelector("#unreachable");
+        await shot(page, `${tag}-13-offline`);
+        await context.setOffline(false);
+        // Back online, a reload finds the daemon again.
+        await page.reload();
+        await page.waitForSelector(".machine.status-up");
+      });
+    }
+
+    if (viewport.bench) {
+      await step(`${tag}: 1000 agents on 10 machines stay responsive`, async () => {
+        await page.goto(`${base}/#/agents`);
+        await page.waitForSelector(".machine.status-up");
+        const result = await page.evaluate(() => window.__celistra.bench(10, 100));
+        const scroll = await page.evaluate(async () => {
+          const list = document.querySelector(".vlist");
+          const t0 = performance.now();
+          list.scrollTop = list.scrollHeight;
+          await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+          return { scrollRenderMs: performance.now() - t0, rowsInDom: document.querySelectorAll(".agent-row").length };
+        });
+        const filterMs = await page.evaluate(async () => {
+          const input = document.querySelector("#fleet-filter");
+          const t0 = performance.now();
+          input.value = "shard 42";
+          input.dispatchEvent(new Event("input"));
+          await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+          return performance.now() - t0;
+        });
+        const bench = { ...result, ...scroll, filterMs };
+        console.log(`BENCH ${JSON.stringify(bench)}`);
+        await shot(page, `${tag}-14-bench`);
+        if (result.agents !== 1000 || result.rowsInDom > 120 || scroll.rowsInDom > 120) throw new Error(`not virtualised: ${JSON.stringify(bench)}`);
+        if (result.fullUpdateMs > 500 || result.changeUpdateMs > 500) throw new Error(`too slow: ${JSON.stringify(bench)}`);
+      });
+    }
+    if (consoleErrors.filter((e) => !/Failed to load resource|ERR_INTERNET_DISCONNECTED|net::/.test(e)).length) {
+      throw new Error(`page errors: ${consoleErrors.join("\n")}`);
+    }
+  } finally {
+    await context.close();
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath: browserPath,
+  headless: true,
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+});
+let exitCode = 0;
+try {
+  await run(browser, { name: "desktop", signal: "KILL", offline: true, bench: true, more: true, options: { viewport: { width: 1280, height: 800 } } });
+  await run(browser, {
+    name: "phone",
+    signal: "TERM",
+    options: { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true },
+  });
+} catch {
+  exitCode = 1;
+} finally {
+  await browser.close();
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(exitCode);

@@ -1,0 +1,268 @@
+// The dashboard's entry: the login exchange (`/login#<code>`), the session check, the layout
+// (fleet sidebar, navigation, per-machine stream banners), hash routing between the views, the
+// service worker, and the benchmark hook.
+
+import "./style.css";
+import { api, ApiError, setCsrf } from "./api";
+import { clear, h } from "./dom";
+import { store, type Machine } from "./store";
+import type { AgentInfo, SessionState } from "./types";
+import { ActivityView } from "./views/activity";
+import { AgentsView, filter } from "./views/agents";
+import { ApprovalsView } from "./views/approvals";
+import { HistoryView } from "./views/history";
+import { SettingsView } from "./views/settings";
+import { TerminalView } from "./views/terminal";
+
+const root = document.getElementById("app")!;
+
+function page(title: string, ...body: (Node | string)[]): void {
+  document.title = `${title} · Celistra`;
+  clear(root, h("main", { class: "page", id: "main" }, h("h1", {}, title), ...body));
+}
+
+async function login(): Promise<void> {
+  const code = location.hash.slice(1);
+  // The code leaves the address bar (and history) before anything else happens.
+  history.replaceState(null, "", "/login");
+  if (!code) {
+    page("No login code", h("p", {}, "This link has no login code. Run ", h("code", {}, "celistrad ctl dashboard"), " on the machine and open the link it prints."));
+    return;
+  }
+  try {
+    const state = await api<SessionState>("POST", "/v1/sessions/login", { code });
+    setCsrf(state.csrf_token);
+    history.replaceState(null, "", "/");
+    start();
+  } catch (e) {
+    const message = e instanceof ApiError ? e.message : String(e);
+    page(
+      "Login failed",
+      h("p", { class: "error", role: "alert", id: "login-error" }, message),
+      h("p", {}, "Run ", h("code", {}, "celistrad ctl dashboard"), " for a new link: each link works once, within 5 minutes."),
+    );
+  }
+}
+
+async function boot(): Promise<void> {
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.register("/sw.js").catch(() => undefined);
+  }
+  if (location.pathname === "/login") {
+    await login();
+    return;
+  }
+  try {
+    const state = await api<SessionState>("GET", "/v1/session");
+    setCsrf(state.csrf_token);
+    start();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 0) {
+      unreachable();
+    } else {
+      page(
+        "Log in",
+        h("p", {}, "This browser has no dashboard session (or it ended). On the machine, run"),
+        h("pre", {}, "celistrad ctl dashboard"),
+        h("p", {}, "and open the link it prints. The link works once, within 5 minutes."),
+      );
+    }
+  }
+}
+
+function unreachable(): void {
+  page(
+    "Daemon unreachable",
+    h("p", { role: "alert", class: "error", id: "unreachable" }, "The celistrad daemon does not answer. Is it running on this machine?"),
+    h("p", {}, "Start it with ", h("code", {}, "scripts/run"), " or ", h("code", {}, "celistrad"), ". This page retries by itself."),
+    h("button", { type: "button", class: "primary", onclick: () => location.reload() }, "Retry now"),
+  );
+  setTimeout(() => location.reload(), 10_000);
+}
+
+type ViewName = "agents" | "terminal" | "approvals" | "activity" | "history" | "settings";
+
+function start(): void {
+  const terminal = new TerminalView();
+  const agents = new AgentsView(({ machine, agent }) => {
+    terminal.open(machine, agent.id, agent.name);
+    location.hash = "#/terminal";
+  });
+  const approvals = new ApprovalsView();
+  const activity = new ActivityView();
+  const historyView = new HistoryView();
+  const settings = new SettingsView(async () => {
+    await api("POST", "/v1/session/logout").catch(() => undefined);
+    location.replace("/");
+  });
+  const views: Record<ViewName, HTMLElement> = {
+    agents: agents.element,
+    terminal: terminal.element,
+    approvals: approvals.element,
+    activity: activity.element,
+    history: historyView.element,
+    settings: settings.element,
+  };
+  const labels: [ViewName, string, string][] = [
+    ["agents", "Agents", "☰"],
+    ["terminal", "Terminal", "⌨"],
+    ["approvals", "Approvals", "⚑"],
+    ["activity", "Activity", "≋"],
+    ["history", "History", "↺"],
+    ["settings", "Device", "⚙"],
+  ];
+  const badge = h("span", { class: "nav-badge", hidden: true, "aria-label": "pending approvals" });
+  const nav = h(
+    "nav",
+    { class: "nav", "aria-label": "Views" },
+    labels.map(([name, label, icon]) =>
+      h("a", { href: `#/${name}`, "data-view": name }, h("span", { class: "nav-icon", "aria-hidden": "true" }, icon), h("span", { class: "nav-label" }, label), name === "approvals" ? badge : null),
+    ),
+  );
+  const banners = h("div", { class: "banners", "aria-live": "polite" });
+  const machineList = h("ul", { class: "machines", "aria-label": "Machines" });
+  const search = h("input", { id: "fleet-filter", type: "search", placeholder: "name, id, command or machine", autocomplete: "off", autocapitalize: "off", spellcheck: "false" });
+  search.addEventListener("input", () => {
+    filter.text = search.value.trim();
+    store.changed("filter");
+  });
+  const sidebar = h(
+    "aside",
+    { class: "sidebar", "aria-label": "Fleet" },
+    h("h2", {}, "Fleet"),
+    h("label", { for: "fleet-filter", class: "sr-only" }, "Filter agents"),
+    search,
+    machineList,
+  );
+  const content = h("div", { class: "content", id: "main", tabindex: "-1" });
+  clear(
+    root,
+    h("a", { href: "#main", class: "skip" }, "Skip to content"),
+    h("header", { class: "top" }, h("span", { class: "brand" }, h("img", { src: "/icons/icon.svg", alt: "", width: 24, height: 24 }), " Celistra"), nav),
+    h("div", { class: "layout" }, sidebar, h("main", { class: "main" }, banners, content)),
+  );
+
+  const renderMachines = () => {
+    clear(
+      machineList,
+      h(
+        "li",
+        {},
+        h("button", { type: "button", class: "machine", "aria-pressed": String(filter.machine === ""), onclick: () => { filter.machine = ""; store.changed("filter"); store.changed("machines"); } }, "All machines"),
+      ),
+      store.machines.map((m) => {
+        const agentsOf = [...m.agents.values()];
+        const running = agentsOf.filter((a) => a.state === "running" || a.state === "waiting-approval").length;
+        const waiting = [...m.approvals.values()].filter((a) => a.status === "pending").length;
+        return h(
+          "li",
+          {},
+          h(
+            "button",
+            {
+              type: "button",
+              class: `machine status-${m.status}`,
+              "data-machine": m.id,
+              "aria-pressed": String(filter.machine === m.id),
+              onclick: () => {
+                filter.machine = filter.machine === m.id ? "" : m.id;
+                store.changed("filter");
+                store.changed("machines");
+              },
+            },
+            h("span", { class: "dot", "aria-hidden": "true" }),
+            h("span", { class: "machine-name" }, m.name),
+            h("span", { class: "sr-only" }, ` (${m.status})`),
+            h("span", { class: "machine-counts" }, `${running}/${agentsOf.length} running${waiting ? ` · ${waiting} waiting` : ""}`),
+          ),
+        );
+      }),
+    );
+    clear(
+      banners,
+      store.machines
+        .filter((m) => m.status === "down")
+        .map((m) =>
+          h(
+            "div",
+            { class: "banner down", role: "alert", "data-machine": m.id },
+            `${m.name}: stream down, reconnecting${m.retryInMs ? ` in ${Math.ceil(m.retryInMs / 1000)} s` : ""}. Data shown may be stale. `,
+            h("button", { type: "button", onclick: () => m.stream?.retry() }, "Retry now"),
+          ),
+        ),
+    );
+    const pending = store.machines.reduce((n, m) => n + [...m.approvals.values()].filter((a) => a.status === "pending").length, 0);
+    badge.hidden = pending === 0;
+    badge.textContent = String(pending);
+  };
+  store.subscribe((what) => {
+    if (what.has("machines") || what.has("approvals") || what.has("agents") || what.has("filter")) renderMachines();
+  });
+  store.onNewApproval = (approval) => {
+    navigator.vibrate?.([120, 60, 120]);
+    if (document.hidden && Notification?.permission === "granted") {
+      void navigator.serviceWorker?.ready.then((r) => r.showNotification(`${approval.agent_name} asks`, { body: approval.prompt, tag: approval.id }));
+    }
+  };
+
+  const route = () => {
+    const [, name = "agents", arg] = location.hash.split("/");
+    const view = (name in views ? name : "agents") as ViewName;
+    clear(content, views[view]);
+    for (const link of nav.querySelectorAll("a")) {
+      if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+      else link.removeAttribute("aria-current");
+    }
+    document.title = `${labels.find((l) => l[0] === view)?.[1] ?? ""} · Celistra`;
+    if (view === "agents") agents.update();
+    if (view === "terminal") terminal.shown();
+    if (view === "approvals") approvals.show(arg ?? null);
+    if (view === "activity") void activity.start();
+    if (view === "history") void historyView.load();
+    if (view === "settings") void settings.load();
+  };
+  window.addEventListener("hashchange", route);
+  store.addLocal();
+  renderMachines();
+  route();
+
+  // Benchmark hook (no secret, no network): adds synthetic machines with agents and measures the
+  // table's full update (filter, sort, render of the rows in view).
+  (window as unknown as { __celistra: unknown }).__celistra = {
+    store,
+    agents,
+    bench(machines: number, perMachine: number) {
+      for (let m = 0; m < machines; m++) {
+        const machine: Machine = { id: `bench-${m}`, name: `bench-${m}`, base: "", status: "up", agents: new Map(), approvals: new Map(), usage: new Map(), synthetic: true };
+        for (let i = 0; i < perMachine; i++) {
+          const agent = {
+            id: `ag-b${m}x${i}`, name: `agent-${m}-${i}`, state: (["running", "exited", "failed", "waiting-approval", "backoff"] as const)[i % 5],
+            pid: 1000 + i, restarts: i % 7, exit_code: i % 5 === 1 ? 0 : null, exit_signal: i % 5 === 2 ? "SIGKILL" : null,
+            command: `python3 worker.py --shard ${i}`, workspace: "/srv", env_keys: [], auto_restart: true, source: "bench", run: 1,
+            created_at_ms: Date.now() - i * 1000, started_at_ms: Date.now() - i * 1000, exited_at_ms: null, next_restart_at_ms: null,
+            last_error: null, mode: "pty", settings: { stop_signal: "TERM", stop_timeout_ms: 10000, restart_max: 5 },
+            sandbox: { sandboxed: i % 10 !== 0, capabilities: [], user: "me" },
+          } satisfies AgentInfo;
+          machine.agents.set(agent.id, agent);
+          machine.usage.set(agent.id, { cpu: (i % 13) * 7.5, memory: (i % 50) * 1048576 * 3, cpuUsec: 0, time: 0 });
+        }
+        store.machines.push(machine);
+      }
+      const t0 = performance.now();
+      agents.update();
+      const full = performance.now() - t0;
+      const rows = document.querySelectorAll(".agent-row").length;
+      // One state change on each machine, as a stream would deliver it.
+      const t1 = performance.now();
+      for (const machine of store.machines.filter((m) => m.synthetic)) {
+        const first = machine.agents.values().next().value;
+        if (first) first.state = "stopped";
+      }
+      agents.update();
+      const change = performance.now() - t1;
+      return { fullUpdateMs: full, changeUpdateMs: change, rowsInDom: rows, agents: machines * perMachine };
+    },
+  };
+}
+
+void boot();
