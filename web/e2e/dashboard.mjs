@@ -1,7 +1,9 @@
 // The dashboard in a real browser (Debian's chromium through playwright-core), against a real
 // daemon, in a desktop and a phone viewport: log in with a one-time link, spawn an agent (after an
 // inline validation error), see it running, type into its terminal and see the echo, kill it with
-// a chosen signal, approve a real `celistrad ask` by press-and-hold, see the decision in Activity;
+// a chosen signal, approve a real `celistrad ask` by press-and-hold, see the decision in Activity,
+// approve through a webhook's decision link on a device without a session, show a pushed request
+// from the service worker;
 // then the offline shell and, on the desktop, the 1000-agent benchmark. Every wait is for a
 // selector or a condition, bounded. Screenshots go to --shots.
 //
@@ -10,7 +12,8 @@
 // Exits 0 when every step passed; prints "N passed, M failed" last.
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -49,6 +52,27 @@ async function step(name, body) {
     console.log(`FAIL ${name}: ${error.stack ?? error}`);
     throw error;
   }
+}
+
+/// Waits (bounded) until `probe` returns something truthy, and returns it.
+async function until(probe, what) {
+  const deadline = Date.now() + WAIT;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/// The daemon's API as `ctl` uses it (the bearer secret; never given to a page).
+async function api(base, path, body) {
+  const response = await fetch(`${base}${path}`, {
+    method: body ? "POST" : "GET",
+    headers: { Authorization: `Bearer ${secret}`, "Content-Type": "application/json" },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return response.json();
 }
 
 async function shot(page, name) {
@@ -223,6 +247,98 @@ async function run(browser, viewport) {
       await shot(page, `${tag}-10-activity`);
     });
 
+    await step(`${tag}: a webhook's decision link approves by press-and-hold, once`, async () => {
+      // A loopback webhook receiver; config.json is read at each request, so it applies at once.
+      const notices = [];
+      const receiver = createServer((request, response) => {
+        let body = "";
+        request.on("data", (chunk) => (body += chunk));
+        request.on("end", () => {
+          notices.push(JSON.parse(body));
+          response.end();
+        });
+      });
+      await new Promise((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+      const linkContext = await browser.newContext(viewport.options);
+      try {
+        const hook = `http://127.0.0.1:${receiver.address().port}/hook`;
+        writeFileSync(join(args.home, "config.json"), JSON.stringify({ notifications: { webhooks: [{ name: "e2e", url: hook }] } }));
+        const linkPrompt = `link ${tag} release`;
+        const agent = await api(base, "/v1/agents", {
+          name: `e2e-link-${tag}`,
+          command: `${args.bin} ask '${linkPrompt}' --ttl 120`,
+          workspace: args.work,
+        });
+        const notice = await until(
+          () => notices.find((n) => n.kind === "approval_requested" && n.approval?.prompt === linkPrompt),
+          "the webhook's notice",
+        );
+        // Opened on a device with no session: the link alone is the credential.
+        const phone = await linkContext.newPage();
+        await phone.goto(notice.decide_url);
+        await phone.waitForSelector("#approve");
+        if (!(await phone.textContent("main")).includes(linkPrompt)) throw new Error("the page does not show the request");
+        const box = await phone.locator("#approve").boundingBox();
+        await phone.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+        await phone.mouse.down();
+        await phone.mouse.up();
+        const stillPending = await api(base, `/v1/approvals/${notice.approval.id}`);
+        if (stillPending.status !== "pending") throw new Error(`a short press decided: ${stillPending.status}`);
+        await phone.mouse.down();
+        await phone.waitForFunction(() => document.querySelector("#status")?.textContent === "Approved.");
+        await phone.mouse.up();
+        await shot(phone, `${tag}-10b-decision-link`);
+        const decided = await api(base, `/v1/approvals/${notice.approval.id}`);
+        if (decided.status !== "approved" || decided.decided_by !== "link:webhook:e2e" || decided.decided_via !== "decision-page") {
+          throw new Error(`decided as ${JSON.stringify(decided)}`);
+        }
+        await until(async () => (await api(base, `/v1/agents/${agent.id}`)).exit_code === 0, "the asking agent to exit 0");
+        // The link worked once: opened again, it says the request was decided.
+        const response = await phone.goto(notice.decide_url);
+        if (response.status() !== 409 || !/already used/.test(await phone.textContent("main"))) {
+          throw new Error(`a used link answered ${response.status()}`);
+        }
+      } finally {
+        writeFileSync(join(args.home, "config.json"), "{}");
+        await linkContext.close();
+        receiver.close();
+      }
+    });
+
+    if (viewport.offline) {
+      await step(`${tag}: the service worker shows a pushed request with its actions and takes it down once decided`, async () => {
+        await page.goto(`${base}/#/agents`);
+        await page.evaluate(() => navigator.serviceWorker.ready);
+        await context.grantPermissions(["notifications"], { origin: base });
+        const cdp = await context.newCDPSession(page);
+        const registrations = [];
+        cdp.on("ServiceWorker.workerRegistrationUpdated", (event) => registrations.push(...event.registrations));
+        await cdp.send("ServiceWorker.enable");
+        const registration = await until(
+          () => registrations.find((r) => r.scopeURL.startsWith(base) && !r.isDeleted),
+          "the service worker's registration",
+        );
+        const approval = { id: "ap-e2e0000push0", agent_name: "pusher", prompt: "push it", detail: "to prod", created_at_ms: Date.now() };
+        const push = (message) =>
+          cdp.send("ServiceWorker.deliverPushMessage", { origin: base, registrationId: registration.registrationId, data: JSON.stringify(message) });
+        const shown = () =>
+          page.evaluate(async () =>
+            (await (await navigator.serviceWorker.ready).getNotifications()).map((n) => ({ title: n.title, tag: n.tag, body: n.body, actions: n.actions.map((a) => a.action), url: n.data?.decide_url })),
+          );
+        await push({ kind: "approval_requested", approval, decide_url: `${base}/d/token` });
+        const [note] = await until(async () => {
+          const list = await shown();
+          return list.length ? list : null;
+        }, "the notification");
+        if (note.title !== "pusher asks for approval" || note.tag !== approval.id || note.actions.join() !== "approve,deny" || note.url !== `${base}/d/token` || !note.body.includes("to prod")) {
+          throw new Error(`notification: ${JSON.stringify(note)}`);
+        }
+        await push({ kind: "approval_decided", approval: { ...approval, status: "approved" } });
+        await until(async () => (await shown()).length === 0, "the notification to close");
+        await cdp.detach();
+      });
+    }
+
     if (viewport.more) {
       await step(`${tag}: history lists the runs and searches their output`, async () => {
         await page.click('.nav a[data-view="history"]');
@@ -240,7 +356,7 @@ async function run(browser, viewport) {
         await shot(page, `${tag}-11-history`);
       });
 
-      await step(`${tag}: this device: sessions, and notifications say what is missing`, async () => {
+      await step(`${tag}: this device: sessions, and the notifications switch says why this browser cannot subscribe`, async () => {
         await page.click('.nav a[data-view="settings"]');
         await page.waitForSelector('.sessions .card:has-text("(this browser)")');
         await page.click("#push-toggle");
@@ -293,7 +409,10 @@ async function run(browser, viewport) {
         if (result.fullUpdateMs > 500 || result.changeUpdateMs > 500) throw new Error(`too slow: ${JSON.stringify(bench)}`);
       });
     }
-    if (consoleErrors.filter((e) => !/Failed to load resource|ERR_INTERNET_DISCONNECTED|net::/.test(e)).length) {
+    // Chromium itself logs that a browser context (incognito-like) cannot subscribe to push; the
+    // switch's message is checked in its own step.
+    const ignored = /Failed to load resource|ERR_INTERNET_DISCONNECTED|net::|does not support the Push API in incognito/;
+    if (consoleErrors.filter((e) => !ignored.test(e)).length) {
       throw new Error(`page errors: ${consoleErrors.join("\n")}`);
     }
   } finally {
@@ -314,7 +433,9 @@ try {
     signal: "TERM",
     options: { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true },
   });
-} catch {
+} catch (error) {
+  // A failed step printed itself; anything else (page errors) is said here.
+  if (!/^FAIL /.test(results.at(-1) ?? "")) console.log(`FAIL ${error.stack ?? error}`);
   exitCode = 1;
 } finally {
   await browser.close();
