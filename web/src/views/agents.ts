@@ -60,13 +60,18 @@ function uptimeMs(agent: AgentInfo, now: number): number {
   return agent.started_at_ms && !agent.exited_at_ms ? now - agent.started_at_ms : -1;
 }
 
+/// The last reading of a running agent; none once it has stopped (readings lag up to 3 s).
+function usageOf(row: Row) {
+  return row.agent.pid === null ? undefined : row.machine.usage.get(row.agent.id);
+}
+
 function cpuText(row: Row): string {
-  const cpu = row.machine.usage.get(row.agent.id)?.cpu;
+  const cpu = usageOf(row)?.cpu;
   return cpu === null || cpu === undefined ? "—" : `${cpu < 10 ? cpu.toFixed(1) : Math.round(cpu)}%`;
 }
 
 function memoryText(row: Row): string {
-  const bytes = row.machine.usage.get(row.agent.id)?.memory;
+  const bytes = usageOf(row)?.memory;
   if (bytes === undefined) return "—";
   if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KiB`;
   if (bytes < 1024 * 1024 * 1024) return `${(bytes / 1048576).toFixed(1)} MiB`;
