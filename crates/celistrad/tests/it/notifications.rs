@@ -140,23 +140,26 @@ async fn web_push_reaches_the_device_encrypted_and_its_link_decides_once() {
         expiration_time: None,
         label: Some(label.into()),
     };
-    let device: PushSubscriptionInfo = daemon
-        .client
-        .post(
-            "/v1/push/subscriptions",
-            &subscribe(push.url("/push/phone"), phone.keys(), "test phone"),
-        )
-        .await
-        .unwrap();
+    let add = async |request: PushSubscriptionRequest| -> PushSubscriptionInfo {
+        daemon
+            .client
+            .post("/v1/push/subscriptions", &request)
+            .await
+            .unwrap()
+    };
+    let device = add(subscribe(
+        push.url("/push/phone"),
+        phone.keys(),
+        "test phone",
+    ))
+    .await;
     let gone_phone = Browser::generate().unwrap();
-    let gone: PushSubscriptionInfo = daemon
-        .client
-        .post(
-            "/v1/push/subscriptions",
-            &subscribe(push.url("/push/gone"), gone_phone.keys(), "old phone"),
-        )
-        .await
-        .unwrap();
+    let gone = add(subscribe(
+        push.url("/push/gone"),
+        gone_phone.keys(),
+        "old phone",
+    ))
+    .await;
     // The device's keys are kept private.
     let stored = daemon.home().join("push-subscriptions.json");
     assert_eq!(mode_of(&stored), 0o600);
