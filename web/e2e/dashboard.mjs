@@ -206,6 +206,12 @@ async function run(browser, viewport) {
     const asker = `e2e-ask-${tag}`;
     const prompt = `deploy ${tag} build`;
     await step(`${tag}: approve a real request by press-and-hold`, async () => {
+      // Vibration is recorded, not felt: the page buzzes when a request arrives and when a hold
+      // completes.
+      await page.evaluate(() => {
+        window.__vibrations = [];
+        navigator.vibrate = (pattern) => (window.__vibrations.push(pattern), true);
+      });
       await page.click("text=+ Spawn agent");
       await page.fill("#spawn-command", `${args.bin} ask '${prompt}' --detail 'from the browser test' --ttl 120`);
       await page.fill("#spawn-name", asker);
@@ -217,6 +223,7 @@ async function run(browser, viewport) {
       const card = `.card.pending:has(.prompt:text-is("${prompt}"))`;
       await page.waitForSelector(card);
       await page.waitForSelector(".nav-badge:not([hidden])");
+      await page.waitForFunction(() => window.__vibrations.length >= 1);
       // A short press does nothing.
       const button = page.locator(`${card} [data-action="approve"]`);
       const box = await button.boundingBox();
@@ -229,6 +236,8 @@ async function run(browser, viewport) {
       await shot(page, `${tag}-8-holding`);
       const decided = await page.waitForSelector(`.card.approved:has(.prompt:text-is("${prompt}"))`);
       await page.mouse.up();
+      const buzzes = await page.evaluate(() => window.__vibrations.length);
+      if (buzzes < 2) throw new Error(`vibrated ${buzzes} times (a request and a completed hold make 2)`);
       const who = await decided.textContent();
       if (!/by session:se-[0-9a-f]{12} via dashboard/.test(who)) throw new Error(`decider not shown: ${who}`);
       await shot(page, `${tag}-9-approved`);
@@ -363,6 +372,21 @@ async function run(browser, viewport) {
         await page.waitForFunction(() => /Cannot turn notifications on: .+/.test(document.querySelector(".settings-view [role=status]")?.textContent ?? ""));
         if (await page.isChecked("#push-toggle")) throw new Error("the switch stayed on");
         await shot(page, `${tag}-12-device`);
+      });
+    }
+
+    if (viewport.more) {
+      await step(`${tag}: a dropped event stream shows the machine's banner, then reconnects`, async () => {
+        await page.route("**/v1/events**", (route) => route.abort());
+        await page.goto(`${base}/#/agents`);
+        await page.reload();
+        const banner = await page.waitForSelector(".banners .banner.down");
+        if (!/stream down, reconnecting in \d+ s/.test(await banner.textContent())) throw new Error(`banner: ${await banner.textContent()}`);
+        await shot(page, `${tag}-12b-stream-down`);
+        await page.unroute("**/v1/events**");
+        // The next attempt (about 1 s later; the backoff doubles from there) gets through.
+        await page.waitForSelector(".banners .banner.down", { state: "detached" });
+        await page.waitForSelector(".machine.status-up");
       });
     }
 
