@@ -382,6 +382,8 @@ async function run(browser, viewport) {
         await page.reload();
         const banner = await page.waitForSelector(".banners .banner.down");
         if (!/stream down, reconnecting in \d+ s/.test(await banner.textContent())) throw new Error(`banner: ${await banner.textContent()}`);
+        // What the daemon has is still shown, marked as possibly stale.
+        await page.waitForSelector(`.agent-row[data-name="${name}"]`);
         await shot(page, `${tag}-12b-stream-down`);
         await page.unroute("**/v1/events**");
         // The next attempt (about 1 s later; the backoff doubles from there) gets through.

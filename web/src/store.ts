@@ -91,6 +91,9 @@ export class Store {
       },
       onEvent: (type, data) => this.apply(machine, type, data),
     });
+    // Show what the daemon has even while its event stream cannot connect (a proxy that drops
+    // SSE, say); the banner says the view may be stale, and every reconnection reads it again.
+    void this.reload(machine);
   }
 
   /// Re-reads everything (at every (re)connection: events missed while down are not replayed
