@@ -3,7 +3,7 @@
 // inline validation error), see it running, type into its terminal and see the echo, kill it with
 // a chosen signal, approve a real `celistrad ask` by press-and-hold, see the decision in Activity,
 // approve through a webhook's decision link on a device without a session, show a pushed request
-// from the service worker;
+// from the service worker, see the stream-down banner; check width (360 px, dark), focus and labels;
 // then the offline shell and, on the desktop, the 1000-agent benchmark. Every wait is for a
 // selector or a condition, bounded. Screenshots go to --shots.
 //
@@ -119,6 +119,37 @@ async function run(browser, viewport) {
       await again.close();
       await page.waitForSelector(".machine.status-up");
       await shot(page, `${tag}-1-agents`);
+    });
+
+    await step(`${tag}: fits the width, follows the colour scheme, and the keyboard shows where it is`, async () => {
+      const layout = await page.evaluate(() => ({
+        overflow: document.documentElement.scrollWidth - window.innerWidth,
+        dark: matchMedia("(prefers-color-scheme: dark)").matches,
+        background: getComputedStyle(document.body).backgroundColor,
+      }));
+      if (layout.overflow > 0) throw new Error(`the page is ${layout.overflow} px wider than the screen`);
+      const channels = layout.background.match(/\d+/g).slice(0, 3).map(Number);
+      const light = channels.reduce((a, b) => a + b, 0) / 3 > 128;
+      if (light === layout.dark) throw new Error(`background ${layout.background} in a ${layout.dark ? "dark" : "light"} scheme`);
+      // Tab reaches controls, and the focused one is outlined.
+      for (let i = 0; i < 3; i++) await page.keyboard.press("Tab");
+      const focus = await page.evaluate(() => {
+        const element = document.activeElement;
+        const style = getComputedStyle(element);
+        const name = element.getAttribute("aria-label") || element.textContent?.trim() || element.getAttribute("placeholder") || "";
+        return { tag: element.tagName, outline: style.outlineStyle, width: style.outlineWidth, name };
+      });
+      if (focus.tag === "BODY" || focus.outline === "none" || focus.width === "0px" || !focus.name) {
+        throw new Error(`keyboard focus not visible or unlabelled: ${JSON.stringify(focus)}`);
+      }
+      // Every control has a name a screen reader can say.
+      const unnamed = await page.evaluate(() =>
+        [...document.querySelectorAll("button, input, select, a[href]")]
+          .filter((e) => e.offsetParent !== null)
+          .filter((e) => !(e.getAttribute("aria-label") || e.textContent?.trim() || e.labels?.length || e.getAttribute("title") || e.getAttribute("aria-labelledby")))
+          .map((e) => e.outerHTML.slice(0, 80)),
+      );
+      if (unnamed.length) throw new Error(`controls without a name: ${unnamed.join(" | ")}`);
     });
 
     const name = `e2e-cat-${tag}`;
@@ -453,11 +484,12 @@ const browser = await chromium.launch({
 });
 let exitCode = 0;
 try {
-  await run(browser, { name: "desktop", signal: "KILL", offline: true, bench: true, more: true, options: { viewport: { width: 1280, height: 800 } } });
+  await run(browser, { name: "desktop", signal: "KILL", offline: true, bench: true, more: true, options: { viewport: { width: 1280, height: 800 }, colorScheme: "light" } });
   await run(browser, {
     name: "phone",
     signal: "TERM",
-    options: { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true },
+    // The narrowest phone the dashboard is made for, in the dark.
+    options: { viewport: { width: 360, height: 780 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, colorScheme: "dark" },
   });
 } catch (error) {
   // A failed step printed itself; anything else (page errors) is said here.
