@@ -324,9 +324,17 @@ async function run(browser, viewport) {
         await phone.mouse.up();
         const stillPending = await api(base, `/v1/approvals/${notice.approval.id}`);
         if (stillPending.status !== "pending") throw new Error(`a short press decided: ${stillPending.status}`);
-        await phone.mouse.down();
-        await phone.waitForFunction(() => document.querySelector("#status")?.textContent === "Approved.");
-        await phone.mouse.up();
+        if (viewport.options.isMobile) {
+          await phone.mouse.down();
+          await phone.waitForFunction(() => document.querySelector("#status")?.textContent === "Approved.");
+          await phone.mouse.up();
+        } else {
+          // With a keyboard: holding Space on the focused button is the same deliberate gesture.
+          await phone.focus("#approve");
+          await phone.keyboard.down(" ");
+          await phone.waitForFunction(() => document.querySelector("#status")?.textContent === "Approved.");
+          await phone.keyboard.up(" ");
+        }
         await shot(phone, `${tag}-10b-decision-link`);
         const decided = await api(base, `/v1/approvals/${notice.approval.id}`);
         if (decided.status !== "approved" || decided.decided_by !== "link:webhook:e2e" || decided.decided_via !== "decision-page") {
