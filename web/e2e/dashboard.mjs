@@ -383,6 +383,12 @@ async function run(browser, viewport) {
         }
         await push({ kind: "approval_decided", approval: { ...approval, status: "approved" } });
         await until(async () => (await shown()).length === 0, "the notification to close");
+        await push({ kind: "test", machine: "m-e2e" });
+        const [test] = await until(async () => {
+          const list = await shown();
+          return list.length ? list : null;
+        }, "the test notification");
+        if (test.tag !== "celistra-test" || !test.body.includes("m-e2e")) throw new Error(`test notification: ${JSON.stringify(test)}`);
         await cdp.detach();
       });
     }

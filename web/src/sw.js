@@ -41,6 +41,17 @@ self.addEventListener("push", (event) => {
   } catch {
     message = null;
   }
+  if (message && message.kind === "test") {
+    // `celistrad ctl notifications test`: show that this device is reached.
+    event.waitUntil(
+      self.registration.showNotification("celistra test notification", {
+        body: `Notifications from machine ${message.machine} reach this device.`,
+        tag: "celistra-test",
+        icon: "/icons/icon-192.png",
+      }),
+    );
+    return;
+  }
   if (!message || !message.approval) return;
   const approval = message.approval;
   if (message.kind === "approval_decided") {
