@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use celistra_audit::to_hex;
 use celistra_core::notifications::NotificationsConfig;
 use celistra_notify::delivery::{Outcome, Retry, Sender};
 use celistra_notify::links::{Link, LinkError, LinkKey};
@@ -107,7 +108,7 @@ impl Notifications {
         let vapid = read_private(
             &vapid_path,
             "the Web Push (VAPID) key",
-            Some(&|| Ok(hex(&VapidKey::generate().to_bytes()))),
+            Some(&|| Ok(to_hex(&VapidKey::generate().to_bytes()))),
         )?;
         let vapid = decode_key(&vapid)
             .and_then(|bytes| VapidKey::from_bytes(&bytes).ok())
@@ -540,10 +541,6 @@ fn kind_name(kind: &NoticeKind) -> &'static str {
         NoticeKind::ApprovalDecided => "approval_decided",
         NoticeKind::Test => "test",
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode_key(text: &str) -> Option<[u8; 32]> {

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use celistra_audit::to_hex;
+
 use crate::home::{random_hex, write_atomic_private};
 
 /// How long a login code is good for.
@@ -89,16 +91,12 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The CSRF token of the session whose token is `token`.
 pub(crate) fn csrf_token(token: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"celistra-csrf\0");
     hasher.update(token.as_bytes());
-    hex(&hasher.finalize())
+    to_hex(&hasher.finalize())
 }
 
 /// Whether `presented` is the CSRF token of `token`, in constant time.
@@ -198,7 +196,7 @@ impl Sessions {
             return Err(CodeRefusal::Expired);
         }
         let token = random_hex(32).map_err(|_| CodeRefusal::Unknown)?;
-        let hash = hex(&sha256(token.as_bytes()));
+        let hash = to_hex(&sha256(token.as_bytes()));
         let stored = StoredSession {
             id: format!("se-{}", &hash[..12]),
             hash,
@@ -229,7 +227,7 @@ impl Sessions {
 
     /// The live session whose token is `token`, if any; notes that it was seen.
     pub(crate) fn authenticate(&self, token: &str, now_ms: u64) -> Option<Authenticated> {
-        let presented = hex(&sha256(token.as_bytes()));
+        let presented = to_hex(&sha256(token.as_bytes()));
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let mut found = None;
         for session in sessions.iter_mut() {

@@ -10,7 +10,7 @@ pub mod ntfy;
 pub mod webhook;
 pub mod webpush;
 
-use celistra_proto::{Approval, Notice};
+use celistra_proto::Notice;
 
 /// Why a notification could not be built or sent.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub fn headline(notice: &Notice) -> (String, String) {
         Some(approval) => {
             let title = match notice.kind {
                 celistra_proto::NoticeKind::ApprovalDecided => {
-                    format!("{} — {}", approval.agent_name, outcome(approval))
+                    format!("{} — {}", approval.agent_name, approval.outcome())
                 }
                 _ => format!("{} asks for approval", approval.agent_name),
             };
@@ -44,16 +44,6 @@ pub fn headline(notice: &Notice) -> (String, String) {
             "celistra test notification".into(),
             format!("Notifications from machine {} reach you.", notice.machine),
         ),
-    }
-}
-
-fn outcome(approval: &Approval) -> String {
-    let by = approval.decided_by.as_deref().unwrap_or("-");
-    match approval.status {
-        celistra_proto::ApprovalStatus::Approved => format!("approved by {by}"),
-        celistra_proto::ApprovalStatus::Denied => format!("denied by {by}"),
-        celistra_proto::ApprovalStatus::Expired => "expired".into(),
-        celistra_proto::ApprovalStatus::Pending => "waiting".into(),
     }
 }
 

@@ -85,6 +85,19 @@ impl Approval {
             ApprovalStatus::Pending | ApprovalStatus::Denied => false,
         }
     }
+
+    /// How it stands, for people: `approved by <who> via <surface>`, `denied by …`, `expired
+    /// before anyone decided`, or `waiting for a decision`.
+    pub fn outcome(&self) -> String {
+        let by = self.decided_by.as_deref().unwrap_or("-");
+        let via = self.decided_via.as_deref().unwrap_or("-");
+        match self.status {
+            ApprovalStatus::Approved => format!("approved by {by} via {via}"),
+            ApprovalStatus::Denied => format!("denied by {by} via {via}"),
+            ApprovalStatus::Expired => "expired before anyone decided".into(),
+            ApprovalStatus::Pending => "waiting for a decision".into(),
+        }
+    }
 }
 
 /// Body of `POST /v1/approvals/{id}/approve` and `…/deny`.

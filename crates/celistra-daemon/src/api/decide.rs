@@ -47,22 +47,11 @@ fn pending(state: &AppState, token: &str, method: &str) -> Result<(Link, Approva
             ErrorCode::Conflict,
             format!(
                 "this link was already used or the request was decided elsewhere: {}",
-                outcome(&approval)
+                approval.outcome()
             ),
         ));
     }
     Ok((link, approval))
-}
-
-fn outcome(approval: &Approval) -> String {
-    let by = approval.decided_by.as_deref().unwrap_or("-");
-    let via = approval.decided_via.as_deref().unwrap_or("-");
-    match approval.status {
-        ApprovalStatus::Approved => format!("approved by {by} via {via}"),
-        ApprovalStatus::Denied => format!("denied by {by} via {via}"),
-        ApprovalStatus::Expired => "expired before anyone decided".into(),
-        ApprovalStatus::Pending => "waiting".into(),
-    }
 }
 
 /// Decides the link's request: `{"verdict": "approve" | "deny"}`.

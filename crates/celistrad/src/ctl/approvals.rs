@@ -235,16 +235,9 @@ fn outcome_text(approval: &Approval) -> String {
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
     match approval.status {
-        ApprovalStatus::Approved => format!(
-            "approved by {} via {}{reason}",
-            approval.decided_by.as_deref().unwrap_or("-"),
-            approval.decided_via.as_deref().unwrap_or("-")
-        ),
-        ApprovalStatus::Denied => format!(
-            "denied by {} via {}{reason}",
-            approval.decided_by.as_deref().unwrap_or("-"),
-            approval.decided_via.as_deref().unwrap_or("-")
-        ),
+        ApprovalStatus::Approved | ApprovalStatus::Denied => {
+            format!("{}{reason}", approval.outcome())
+        }
         ApprovalStatus::Expired if approval.allows() => {
             "expired: going ahead (--on-timeout approve)".into()
         }
