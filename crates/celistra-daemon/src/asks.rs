@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Mutex, PoisonError};
 
 use axum::extract::{Query, State};
 use axum::routing::post;
@@ -15,8 +15,19 @@ use celistra_proto::{ApiError, Approval, AskRequest, ErrorCode};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
-use crate::api::{Failure, JsonBody};
-use crate::supervisor::Supervisor;
+use crate::wire::{Failure, JsonBody, failure};
+
+/// Who answers what agents ask (the daemon's approval flow); a trait so that this module, which
+/// the daemon's shared services hold, depends on nothing that holds them.
+pub(crate) trait Answerer: Clone + Send + Sync + 'static {
+    /// Agent `agent_id` asks (`origin`: `ask` or `hook`); resolves once decided or expired.
+    fn answer(
+        &self,
+        agent_id: &str,
+        origin: &'static str,
+        request: AskRequest,
+    ) -> impl Future<Output = Result<Approval, ApiError>> + Send;
+}
 
 /// Variable that tells an agent where its socket is.
 pub(crate) const ASK_SOCKET_ENV: &str = "CELISTRA_ASK_SOCKET";
@@ -26,7 +37,6 @@ pub(crate) const ASK_SOCKET_ENV: &str = "CELISTRA_ASK_SOCKET";
 pub(crate) struct AskSockets {
     dir: PathBuf,
     servers: Mutex<HashMap<String, JoinHandle<()>>>,
-    supervisor: OnceLock<Weak<Supervisor>>,
 }
 
 impl AskSockets {
@@ -60,18 +70,7 @@ impl AskSockets {
         Ok(AskSockets {
             dir,
             servers: Mutex::default(),
-            supervisor: OnceLock::new(),
         })
-    }
-
-    /// Connects the sockets to the supervisor that answers them (once, at start-up).
-    pub(crate) fn attach(&self, supervisor: Weak<Supervisor>) {
-        let _ = self.supervisor.set(supervisor);
-    }
-
-    /// The supervisor, while the daemon runs.
-    pub(crate) fn supervisor(&self) -> Option<std::sync::Arc<Supervisor>> {
-        self.supervisor.get()?.upgrade()
     }
 
     pub(crate) fn path(&self, agent_id: &str) -> PathBuf {
@@ -82,9 +81,9 @@ impl AskSockets {
         self.servers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens agent `agent_id`'s socket (0600) and serves it. A failure is logged: the agent runs,
-    /// it only cannot ask.
-    pub(crate) fn open(&self, agent_id: &str) {
+    /// Opens agent `agent_id`'s socket (0600) and serves it, asking through `flow`. A failure is
+    /// logged: the agent runs, it only cannot ask.
+    pub(crate) fn open<A: Answerer>(&self, agent_id: &str, flow: A) {
         let path = self.path(agent_id);
         let _ = std::fs::remove_file(&path);
         let listener = match tokio::net::UnixListener::bind(&path) {
@@ -98,19 +97,16 @@ impl AskSockets {
             tracing::warn!(agent = agent_id, "cannot restrict {}: {e}", path.display());
             return;
         }
-        let Some(supervisor) = self.supervisor.get().cloned() else {
-            return;
-        };
         let router = Router::new()
-            .route("/v1/ask", post(ask))
+            .route("/v1/ask", post(ask::<A>))
             .fallback(|| async {
-                crate::api::failure(
+                failure(
                     ErrorCode::NotFound,
                     "an agent's socket only takes POST /v1/ask; deciding needs the machine secret",
                 )
             })
             .with_state(Asker {
-                supervisor,
+                flow,
                 agent_id: agent_id.to_owned(),
             });
         let server = tokio::spawn(async move {
@@ -151,8 +147,8 @@ impl AskSockets {
 }
 
 #[derive(Clone)]
-struct Asker {
-    supervisor: Weak<Supervisor>,
+struct Asker<A> {
+    flow: A,
     agent_id: String,
 }
 
@@ -164,17 +160,11 @@ struct AskQuery {
 }
 
 /// `POST /v1/ask` on an agent's socket: asks as that agent and answers once decided.
-async fn ask(
-    State(asker): State<Asker>,
+async fn ask<A: Answerer>(
+    State(asker): State<Asker<A>>,
     Query(query): Query<AskQuery>,
     JsonBody(request): JsonBody<AskRequest>,
 ) -> Result<Json<Approval>, Failure> {
-    let supervisor = asker.supervisor.upgrade().ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::ShuttingDown,
-            "the daemon is stopping; ask again once it is back",
-        )
-    })?;
     let origin = match query.origin.as_deref() {
         None | Some("ask") => "ask",
         Some("hook") => "hook",
@@ -187,6 +177,6 @@ async fn ask(
         }
     };
     Ok(Json(
-        crate::approvals::ask(&supervisor, &asker.agent_id, origin, request).await?,
+        asker.flow.answer(&asker.agent_id, origin, request).await?,
     ))
 }

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use celistra_audit::{AuditLog, NewEntry};
 use celistra_proto::{AuditHealth, AuditVerification, EventKind};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::{SYSTEM, Shared};
+use crate::actor::SYSTEM;
 
 /// The daemon's audit log and the bookkeeping around it.
 pub(crate) struct Auditor {
@@ -36,67 +35,56 @@ pub(crate) enum Scope {
     SinceLastCheck,
 }
 
-/// Verifies the log on a blocking thread, keeps the result for `/v1/health`, and publishes
-/// `audit_verify_failed` when the log was altered.
-pub(crate) async fn verify_and_report(shared: &Arc<Shared>, scope: Scope) -> AuditVerification {
-    let from_seq = match (scope, &*lock(&shared.audit.last_verification)) {
-        (Scope::SinceLastCheck, Some(last)) if last.ok => last.entries,
-        _ => 0,
-    };
-    let audit = Arc::clone(&shared.audit);
-    let checked =
-        tokio::task::spawn_blocking(move || audit.log().verify(from_seq, &mut |_, _| {})).await;
-    let verification = match checked {
-        Ok(Ok(verified)) => AuditVerification {
-            ok: true,
-            entries: from_seq + verified.entries,
-            first_bad_seq: None,
-            problem: None,
-            checked_at_ms: crate::now_ms(),
-        },
-        Ok(Err(tamper)) => AuditVerification {
-            ok: false,
-            entries: tamper.seq.unwrap_or(0),
-            first_bad_seq: tamper.seq,
-            problem: Some(tamper.what.clone()),
-            checked_at_ms: crate::now_ms(),
-        },
-        Err(e) => AuditVerification {
-            ok: false,
-            entries: 0,
-            first_bad_seq: None,
-            problem: Some(format!("the verification did not finish: {e}")),
-            checked_at_ms: crate::now_ms(),
-        },
-    };
-    if !verification.ok {
-        tracing::error!(
-            "the audit log is altered: {}",
-            verification.problem.as_deref().unwrap_or("")
-        );
-        shared.events.publish(EventKind::AuditVerifyFailed {
-            first_bad_seq: verification.first_bad_seq,
-            problem: verification.problem.clone().unwrap_or_default(),
-        });
-    }
-    *lock(&shared.audit.last_verification) = Some(verification.clone());
-    verification
-}
-
-/// Every [`VERIFY_EVERY`] until `stop`: verifies what was added since the last check and, when it
-/// is sound, signs a checkpoint (a damaged log is never re-signed). The first check is full.
-pub(crate) async fn verify_periodically(shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(VERIFY_EVERY) => {}
+impl Auditor {
+    /// Verifies the log on a blocking thread and keeps the result for `/v1/health`. An altered
+    /// log is logged here; announcing it is the caller's (see `Services::verify_audit`).
+    pub(crate) async fn verify(self: &Arc<Self>, scope: Scope) -> AuditVerification {
+        let from_seq = match (scope, &*lock(&self.last_verification)) {
+            (Scope::SinceLastCheck, Some(last)) if last.ok => last.entries,
+            _ => 0,
+        };
+        let audit = Arc::clone(self);
+        let checked =
+            tokio::task::spawn_blocking(move || audit.log().verify(from_seq, &mut |_, _| {})).await;
+        let verification = match checked {
+            Ok(Ok(verified)) => AuditVerification {
+                ok: true,
+                entries: from_seq + verified.entries,
+                first_bad_seq: None,
+                problem: None,
+                checked_at_ms: crate::now_ms(),
+            },
+            Ok(Err(tamper)) => AuditVerification {
+                ok: false,
+                entries: tamper.seq.unwrap_or(0),
+                first_bad_seq: tamper.seq,
+                problem: Some(tamper.what.clone()),
+                checked_at_ms: crate::now_ms(),
+            },
+            Err(e) => AuditVerification {
+                ok: false,
+                entries: 0,
+                first_bad_seq: None,
+                problem: Some(format!("the verification did not finish: {e}")),
+                checked_at_ms: crate::now_ms(),
+            },
+        };
+        if !verification.ok {
+            tracing::error!(
+                "the audit log is altered: {}",
+                verification.problem.as_deref().unwrap_or("")
+            );
         }
-        if verify_and_report(&shared, Scope::SinceLastCheck).await.ok {
-            let audit = Arc::clone(&shared.audit);
-            let signed = tokio::task::spawn_blocking(move || audit.log().checkpoint()).await;
-            if let Ok(Err(e)) = signed {
-                tracing::warn!("cannot sign the hourly audit checkpoint: {e}");
-            }
+        *lock(&self.last_verification) = Some(verification.clone());
+        verification
+    }
+
+    /// Signs a checkpoint of the log as it is now, on a blocking thread.
+    pub(crate) async fn sign_checkpoint(self: &Arc<Self>) {
+        let audit = Arc::clone(self);
+        let signed = tokio::task::spawn_blocking(move || audit.log().checkpoint()).await;
+        if let Ok(Err(e)) = signed {
+            tracing::warn!("cannot sign the hourly audit checkpoint: {e}");
         }
     }
 }

@@ -1,18 +1,23 @@
 //! The celistrad daemon as a library: [`run`] boots it on a state directory and serves until the
 //! cancellation token fires, so tests can run a real daemon in-process.
 
+mod actor;
 mod api;
+mod approval_flow;
 mod approvals;
 mod asks;
 mod audit;
+mod blocks;
 mod events;
 mod home;
 mod notify;
 mod sandbox;
+mod services;
 mod sessions;
 mod store;
 mod supervisor;
 mod usage;
+mod wire;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -98,8 +103,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let cgroups = CgroupRoot::create(&home_tag(&home));
     let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
     let asks = asks::AskSockets::create(&home_tag(&home))?;
-    let approvals = approvals::Broker::load(home.dir.join("approvals.json"));
-    let notify = notify::Notifications::load(&home, machine_id.clone())?;
+    let approvals = approvals::Broker::load(home.dir.join("approvals.json"), now_ms());
     let guard = match &cgroups {
         Some(root) => Some(
             DeathGuard::start(root)
@@ -120,9 +124,21 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let writer = tokio::spawn(Arc::clone(&store).write_loop(writer_stop.clone()));
     let reader_thread = supervisor::ReaderThread::start()
         .map_err(|e| Error::io("cannot start the output reader thread".into(), e))?;
-    let shared = Arc::new(supervisor::Shared {
+    let events = Arc::new(events::EventBus::new(
+        last_seq,
+        0,
+        Arc::clone(&store),
+        Arc::clone(&audit),
+    ));
+    let notify = Arc::new(notify::Notifications::load(
+        &home,
+        machine_id.clone(),
+        Arc::clone(&events),
+        Arc::clone(&audit),
+    )?);
+    let services = Arc::new(services::Services {
         home: home.clone(),
-        events: events::EventBus::new(last_seq, 0, Arc::clone(&store), Arc::clone(&audit)),
+        events,
         audit: Arc::clone(&audit),
         store: Arc::clone(&store),
         history: history.clone(),
@@ -141,10 +157,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         readers: reader_thread.handle().clone(),
         main: tokio::runtime::Handle::current(),
     });
-    let supervisor = Arc::new(supervisor::Supervisor::new(Arc::clone(&shared)));
-    shared.asks.attach(Arc::downgrade(&supervisor));
-    let block_monitor = sandbox::report_blocks(&supervisor);
-    let announcer = tokio::spawn(announce_history(history_announcements, Arc::clone(&shared)));
+    let supervisor = supervisor::Supervisor::new(Arc::clone(&services));
+    let directory: Arc<dyn services::AgentDirectory> = Arc::clone(&supervisor) as _;
+    let block_monitor = blocks::report_blocks(&services, Arc::downgrade(&directory));
+    let announcer = tokio::spawn(announce_history(
+        history_announcements,
+        Arc::clone(&services),
+    ));
 
     let socket_path = home.socket_file();
     let _ = std::fs::remove_file(&socket_path);
@@ -158,7 +177,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let bound = tcp
         .local_addr()
         .map_err(|e| Error::io("cannot read the bound address".into(), e))?;
-    shared.notify.set_listen_addr(bound);
+    services.notify.set_listen_addr(bound);
     if !bound.ip().is_loopback() {
         tracing::warn!("listening on {bound}, which is reachable from other machines");
     }
@@ -181,7 +200,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             started_at_ms: now_ms(),
             agents: 0,
             agents_running: 0,
-            cgroups: shared.cgroups.is_some(),
+            cgroups: services.cgroups.is_some(),
             history: HistoryHealth::default(),
             audit: celistra_proto::AuditHealth::default(),
         }),
@@ -201,12 +220,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     };
     // The agents of the previous run are back in the registry before the API answers, so a client
     // never sees a daemon that has forgotten them.
-    shared.events.publish(EventKind::DaemonStarted {
+    services.events.publish(EventKind::DaemonStarted {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
     });
     supervisor.restore(stored).await;
-    approvals::restore(&supervisor);
+    supervisor.approvals.restore();
     let router = api::router(state);
     let unix_server = tokio::spawn(
         axum::serve(unix, router.clone())
@@ -218,10 +237,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .with_graceful_shutdown(stopping.clone().cancelled_owned())
             .into_future(),
     );
-    let verifier = tokio::spawn(audit::verify_periodically(
-        Arc::clone(&shared),
-        stopping.clone(),
-    ));
+    let verifier = tokio::spawn(Arc::clone(&services).verify_audit_periodically(stopping.clone()));
     let reaper = options
         .subreaper
         .then(|| tokio::spawn(reap_orphans_forever(stopping.clone())));
@@ -230,7 +246,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
 
     shutdown.cancelled().await;
     tracing::info!("stopping every agent");
-    shared.events.publish(EventKind::DaemonStopping);
+    services.events.publish(EventKind::DaemonStopping);
     stopping.cancel();
     supervisor.shutdown().await;
     let _ = tokio::join!(unix_server, tcp_server);
@@ -238,7 +254,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         reaper.abort();
     }
     let _ = verifier.await;
-    if let Err(e) = shared.audit.log().sync() {
+    if let Err(e) = services.audit.log().sync() {
         tracing::error!("cannot make the last audit entries durable: {e}");
     }
     writer_stop.cancel();
@@ -249,11 +265,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     })
     .await;
     announcer.abort();
-    if let Some(root) = &shared.cgroups {
+    if let Some(root) = &services.cgroups {
         root.destroy();
     }
-    shared.limits.destroy();
-    shared.asks.close_all();
+    services.limits.destroy();
+    services.asks.close_all();
     drop(block_monitor);
     drop(guard);
     let _ = std::fs::remove_file(&socket_path);
@@ -291,10 +307,10 @@ pub(crate) fn log_limits(config: &DaemonConfig) -> Limits {
 /// Publishes what the history reports as events.
 async fn announce_history(
     mut announcements: tokio::sync::mpsc::UnboundedReceiver<HistoryEvent>,
-    shared: Arc<supervisor::Shared>,
+    services: Arc<services::Services>,
 ) {
     while let Some(announcement) = announcements.recv().await {
-        shared.events.publish(match announcement {
+        services.events.publish(match announcement {
             HistoryEvent::Dropped {
                 agent_id,
                 bytes,

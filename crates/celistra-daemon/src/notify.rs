@@ -20,8 +20,10 @@ use celistra_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::actor::SYSTEM;
+use crate::audit::Auditor;
+use crate::events::EventBus;
 use crate::home::{Home, random_hex, read_private, write_atomic_private};
-use crate::supervisor::{SYSTEM, Shared};
 use crate::{Error, now_ms};
 
 /// Subscribed devices kept at most; a new one beyond this replaces the oldest.
@@ -82,6 +84,12 @@ pub(crate) struct Notifications {
     devices_path: PathBuf,
     devices: Mutex<Vec<StoredDevice>>,
     status: Mutex<BTreeMap<String, ChannelStatus>>,
+    /// Where a failed delivery is announced (`notification_failed`).
+    events: Arc<EventBus>,
+    /// Where forgetting a device the push service says is gone is recorded.
+    audit: Arc<Auditor>,
+    /// The daemon's runtime: announcements may start from an output reader's thread.
+    runtime: tokio::runtime::Handle,
 }
 
 /// Shows no key.
@@ -95,7 +103,12 @@ impl std::fmt::Debug for Notifications {
 
 impl Notifications {
     /// Loads (or creates) the keys and the device list from the state directory.
-    pub(crate) fn load(home: &Home, machine: String) -> Result<Notifications, Error> {
+    pub(crate) fn load(
+        home: &Home,
+        machine: String,
+        events: Arc<EventBus>,
+        audit: Arc<Auditor>,
+    ) -> Result<Notifications, Error> {
         let links = read_private(
             &home.dir.join("decision-links.key"),
             "the decision link key",
@@ -132,6 +145,9 @@ impl Notifications {
             devices_path,
             devices: Mutex::new(devices),
             status: Mutex::default(),
+            events,
+            audit,
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -440,85 +456,86 @@ impl Notifications {
     }
 }
 
-/// Announces a request or a decision on every channel, each in its own task.
-pub(crate) fn announce(shared: &Arc<Shared>, kind: NoticeKind, approval: &Approval) {
-    let config = match shared.config() {
-        Ok(config) => config.notifications,
-        Err(e) => {
-            tracing::warn!("no notifications for {}: {}", approval.id, e.message);
-            return;
-        }
-    };
-    for delivery in shared.notify.plan(&config, kind.clone(), Some(approval)) {
-        let shared = Arc::clone(shared);
-        shared.main.clone().spawn(async move {
-            let approval_id = delivery.approval_id.clone();
-            let device = delivery.device.clone();
-            let (channel, outcome) = shared.notify.deliver(delivery).await;
-            let (attempts, error) = match outcome {
-                Outcome::Delivered { .. } => return,
-                Outcome::Refused { status: 404 | 410, .. } if device.is_some() => {
-                    // RFC 8030 §7.3: the subscription is gone for good.
-                    let id = device.expect("checked");
-                    tracing::info!("push subscription {id} is gone; forgetting it");
-                    if shared.notify.unsubscribe(&id).is_ok() {
-                        shared.audit.record(
-                            SYSTEM,
-                            "push_unsubscribed",
-                            &id,
-                            serde_json::json!({ "reason": "the push service says the subscription is gone" }),
-                        );
+impl Notifications {
+    /// Announces a request or a decision on every channel of `config`, each in its own task.
+    pub(crate) fn announce(
+        self: &Arc<Self>,
+        config: &NotificationsConfig,
+        kind: NoticeKind,
+        approval: &Approval,
+    ) {
+        for delivery in self.plan(config, kind.clone(), Some(approval)) {
+            let notify = Arc::clone(self);
+            self.runtime.spawn(async move {
+                let approval_id = delivery.approval_id.clone();
+                let device = delivery.device.clone();
+                let (channel, outcome) = notify.deliver(delivery).await;
+                let (attempts, error) = match outcome {
+                    Outcome::Delivered { .. } => return,
+                    Outcome::Refused { status: 404 | 410, .. } if device.is_some() => {
+                        // RFC 8030 §7.3: the subscription is gone for good.
+                        let id = device.expect("checked");
+                        tracing::info!("push subscription {id} is gone; forgetting it");
+                        if notify.unsubscribe(&id).is_ok() {
+                            notify.audit.record(
+                                SYSTEM,
+                                "push_unsubscribed",
+                                &id,
+                                serde_json::json!({ "reason": "the push service says the subscription is gone" }),
+                            );
+                        }
+                        return;
                     }
-                    return;
-                }
-                Outcome::Refused { error, .. } => (1, error),
-                Outcome::Failed { attempts, error } => (attempts, error),
-            };
-            tracing::warn!("notification through {channel} failed after {attempts} attempts: {error}");
-            shared.events.publish(EventKind::NotificationFailed {
-                channel,
-                approval_id,
-                attempts,
-                error,
+                    Outcome::Refused { error, .. } => (1, error),
+                    Outcome::Failed { attempts, error } => (attempts, error),
+                };
+                tracing::warn!(
+                    "notification through {channel} failed after {attempts} attempts: {error}"
+                );
+                notify.events.publish(EventKind::NotificationFailed {
+                    channel,
+                    approval_id,
+                    attempts,
+                    error,
+                });
             });
-        });
+        }
     }
-}
 
-/// Sends a test notice on every channel once and reports each outcome.
-pub(crate) async fn test(shared: &Arc<Shared>) -> Result<Vec<ChannelStatus>, ApiError> {
-    let config = shared.config()?.notifications;
-    let deliveries = shared.notify.plan(&config, NoticeKind::Test, None);
-    let tasks: Vec<_> = deliveries
-        .into_iter()
-        .map(|mut delivery| {
-            delivery.retry.attempts = 1;
-            let shared = Arc::clone(shared);
-            tokio::spawn(async move { shared.notify.deliver(delivery).await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        let Ok((channel, outcome)) = task.await else {
-            continue;
-        };
-        results.push(match outcome {
-            Outcome::Delivered { .. } => ChannelStatus {
-                channel,
-                delivered: 1,
-                last_delivered_ms: Some(now_ms()),
-                ..ChannelStatus::default()
-            },
-            Outcome::Refused { error, .. } | Outcome::Failed { error, .. } => ChannelStatus {
-                channel,
-                failed: 1,
-                last_error: Some(error),
-                last_error_ms: Some(now_ms()),
-                ..ChannelStatus::default()
-            },
-        });
+    /// Sends a test notice on every channel of `config` once and reports each outcome.
+    pub(crate) async fn test(self: &Arc<Self>, config: &NotificationsConfig) -> Vec<ChannelStatus> {
+        let tasks: Vec<_> = self
+            .plan(config, NoticeKind::Test, None)
+            .into_iter()
+            .map(|mut delivery| {
+                delivery.retry.attempts = 1;
+                let notify = Arc::clone(self);
+                tokio::spawn(async move { notify.deliver(delivery).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            let Ok((channel, outcome)) = task.await else {
+                continue;
+            };
+            results.push(match outcome {
+                Outcome::Delivered { .. } => ChannelStatus {
+                    channel,
+                    delivered: 1,
+                    last_delivered_ms: Some(now_ms()),
+                    ..ChannelStatus::default()
+                },
+                Outcome::Refused { error, .. } | Outcome::Failed { error, .. } => ChannelStatus {
+                    channel,
+                    failed: 1,
+                    last_error: Some(error),
+                    last_error_ms: Some(now_ms()),
+                    ..ChannelStatus::default()
+                },
+            });
+        }
+        results
     }
-    Ok(results)
 }
 
 fn channel_names(config: &NotificationsConfig) -> Vec<String> {

@@ -6,20 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use celistra_core::capability::{self, Capability, GrantsFile, Resolution, SpawnContext};
-use celistra_core::logtext::Stream;
 use celistra_proto::{
-    AgentSpec, ApiError, CapabilitySource, ErrorCode, EventKind, RunSandbox, SandboxBlock,
-    SandboxExplanation, SandboxStatus,
+    AgentSpec, ApiError, CapabilitySource, ErrorCode, RunSandbox, SandboxExplanation, SandboxStatus,
 };
 use celistra_sandbox::{
-    AttributedBlock, BlockMonitor, Blocked, Credentials, MacosGrants, Network, Policy,
+    AttributedBlock, BlockMonitor, CgroupRoot, Credentials, MacosGrants, Network, Policy,
     ResourceLimits, SandboxPlan, Tools, agent_of_pid,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::home::{Home, write_atomic_private};
 use crate::now_ms;
-use crate::supervisor::Supervisor;
 
 /// `sandbox.json`: the master switch and who turned it last.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,59 +389,58 @@ impl SandboxControl {
     }
 }
 
-/// Starts turning the kernel's block decisions into `sandbox_block` events and notes in the agent's
-/// history. Needs root (audit records) and per-agent cgroups (to tell whose process was blocked);
-/// otherwise blocks are still enforced, and `GET /v1/sandbox` says why they are not reported.
-pub(crate) fn report_blocks(supervisor: &Arc<Supervisor>) -> Option<BlockMonitor> {
-    let shared = &supervisor.shared;
-    if !rustix::process::geteuid().is_root() {
-        shared.sandbox.set_block_reporting(
-            "off: only a daemon running as root can read the kernel's audit records; blocks are \
-             still enforced, and the agent sees EACCES/EPERM"
-                .into(),
-        );
-        return None;
-    }
-    let Some(instance) = shared.cgroups.as_ref().map(|root| root.path().to_owned()) else {
-        shared.sandbox.set_block_reporting(
-            "off: blocks are attributed to agents by cgroup, and per-agent cgroups are unavailable              (see the daemon's log); blocks are still enforced"
-                .into(),
-        );
-        return None;
-    };
-    let (sender, mut blocks) = tokio::sync::mpsc::unbounded_channel();
-    let sessions = Arc::clone(&shared.sandbox.sessions);
-    let started = BlockMonitor::start(
-        move |pid, session| {
-            session
-                .and_then(|session| lock(&sessions).agent(session))
-                .or_else(|| agent_of_pid(pid, &instance))
-        },
-        move |block| {
-            let _ = sender.send(block);
-        },
-    );
-    match started {
-        Ok((monitor, report)) => {
-            let mut how = "on: Landlock and seccomp denials from kernel audit records".to_owned();
-            if report.enabled_kernel_audit {
-                tracing::info!("enabled kernel audit to record sandbox blocks");
-                how.push_str(" (the daemon enabled kernel audit)");
-            }
-            shared.sandbox.set_block_reporting(how);
-            lock(&shared.sandbox.sessions).reporting = true;
-            let supervisor = Arc::clone(supervisor);
-            tokio::spawn(async move {
-                while let Some(block) = blocks.recv().await {
-                    publish_block(&supervisor, block);
-                }
-            });
-            Some(monitor)
+impl SandboxControl {
+    /// Starts reading the kernel's block decisions and hands each one, attributed to its agent, to
+    /// `sink`. Needs root (audit records) and per-agent cgroups (to tell whose process was
+    /// blocked); otherwise blocks are still enforced, and `GET /v1/sandbox` says why they are not
+    /// reported.
+    pub(crate) fn monitor_blocks(
+        &self,
+        cgroups: Option<&CgroupRoot>,
+        sink: impl Fn(AttributedBlock) + Send + 'static,
+    ) -> Option<BlockMonitor> {
+        if !rustix::process::geteuid().is_root() {
+            self.set_block_reporting(
+                "off: only a daemon running as root can read the kernel's audit records; blocks \
+                 are still enforced, and the agent sees EACCES/EPERM"
+                    .into(),
+            );
+            return None;
         }
-        Err(e) => {
-            tracing::info!("sandbox blocks are not reported: {e}");
-            shared.sandbox.set_block_reporting(format!("off: {e}"));
-            None
+        let Some(instance) = cgroups.map(|root| root.path().to_owned()) else {
+            self.set_block_reporting(
+                "off: blocks are attributed to agents by cgroup, and per-agent cgroups are \
+                 unavailable (see the daemon's log); blocks are still enforced"
+                    .into(),
+            );
+            return None;
+        };
+        let sessions = Arc::clone(&self.sessions);
+        let started = BlockMonitor::start(
+            move |pid, session| {
+                session
+                    .and_then(|session| lock(&sessions).agent(session))
+                    .or_else(|| agent_of_pid(pid, &instance))
+            },
+            sink,
+        );
+        match started {
+            Ok((monitor, report)) => {
+                let mut how =
+                    "on: Landlock and seccomp denials from kernel audit records".to_owned();
+                if report.enabled_kernel_audit {
+                    tracing::info!("enabled kernel audit to record sandbox blocks");
+                    how.push_str(" (the daemon enabled kernel audit)");
+                }
+                self.set_block_reporting(how);
+                lock(&self.sessions).reporting = true;
+                Some(monitor)
+            }
+            Err(e) => {
+                tracing::info!("sandbox blocks are not reported: {e}");
+                self.set_block_reporting(format!("off: {e}"));
+                None
+            }
         }
     }
 }
@@ -486,64 +482,6 @@ impl Sessions {
 
     fn agent(&self, session: u32) -> Option<String> {
         self.agents.get(&session).cloned()
-    }
-}
-
-/// One block: an event for everyone watching, and a line in the agent's history.
-fn publish_block(supervisor: &Supervisor, attributed: AttributedBlock) {
-    let Ok(handle) = supervisor.find(&attributed.agent_id) else {
-        return;
-    };
-    let block = wire_block(attributed, handle.info().name.clone());
-    let note = format!(
-        "celistra sandbox: blocked {} (pid {}{})\n",
-        block.summary,
-        block.pid,
-        block
-            .exe
-            .as_deref()
-            .map(|exe| format!(", {exe}"))
-            .unwrap_or_default()
-    );
-    let agent_id: Arc<str> = Arc::from(block.agent_id.as_str());
-    supervisor.shared.history.append(
-        &agent_id,
-        handle.history_run.load(std::sync::atomic::Ordering::SeqCst),
-        Stream::Sandbox,
-        block.time_ms,
-        bytes::Bytes::from(note),
-    );
-    supervisor.shared.events.publish(EventKind::SandboxBlock {
-        block: Box::new(block),
-    });
-}
-
-fn wire_block(attributed: AttributedBlock, name: String) -> SandboxBlock {
-    let AttributedBlock {
-        agent_id,
-        block,
-        suppressed,
-    } = attributed;
-    let summary = block.what.to_string();
-    let (kind, access, target) = match block.what {
-        Blocked::Filesystem { access, path } => ("filesystem", access.join(","), path),
-        Blocked::Network { access, port } => ("network", access, Some(port.to_string())),
-        Blocked::Scope { access, target } => ("scope", access, target),
-        Blocked::Syscall { number, name } => {
-            ("syscall", name.unwrap_or_else(|| number.to_string()), None)
-        }
-    };
-    SandboxBlock {
-        agent_id,
-        name,
-        time_ms: block.time_ms,
-        kind: kind.to_owned(),
-        access,
-        target,
-        summary,
-        pid: block.pid,
-        exe: block.exe,
-        suppressed,
     }
 }
 

@@ -27,7 +27,9 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<Vec<Approval>>> {
     let Query(query) = query.map_err(super::bad_query)?;
-    Ok(Json(state.supervisor.shared.approvals.list(query.pending)))
+    Ok(Json(
+        state.supervisor.services.approvals.list(query.pending),
+    ))
 }
 
 /// One request.
@@ -37,7 +39,7 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Approval>> {
-    Ok(Json(state.supervisor.shared.approvals.get(&id)?))
+    Ok(Json(state.supervisor.services.approvals.get(&id)?))
 }
 
 /// Approve or deny a pending request: `verdict` is `approve` (the agent goes ahead) or `deny`. A
@@ -63,13 +65,14 @@ pub(crate) async fn decide(
             ));
         }
     };
-    let approval = crate::approvals::decide(
-        &state.supervisor,
+    let approval = state.supervisor.approvals.decide(
         &id,
-        status,
-        &actor.0,
-        &source.0,
-        request.reason,
+        crate::approvals::Verdict {
+            status,
+            actor: &actor.0,
+            via: &source.0,
+            reason: request.reason,
+        },
     )?;
     state.supervisor.sync().await?;
     Ok(Json(approval))

@@ -73,7 +73,7 @@ pub(crate) async fn list(
         after_seq: query.after,
         limit: query.limit.unwrap_or(100).clamp(1, MAX_PAGE),
     };
-    let page = query_log(&state.supervisor.shared.audit, filter).await?;
+    let page = query_log(&state.supervisor.services.audit, filter).await?;
     Ok(Json(AuditPage {
         entries: page.entries.into_iter().map(wire_entry).collect(),
         next_after: page.next,
@@ -96,7 +96,7 @@ pub(crate) async fn tail(
     query: Result<Query<TailQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let Query(query) = query.map_err(super::bad_query)?;
-    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
     // Subscribed before reading the backlog: an entry appended in between comes twice at worst,
     // and is skipped by its sequence number.
     let live = audit.log().subscribe();
@@ -152,7 +152,7 @@ pub(crate) async fn tail(
 #[utoipa::path(post, path = "/v1/audit/checkpoint", tag = "audit",
     responses((status = 200, body = AuditCheckpoint)))]
 pub(crate) async fn checkpoint(State(state): State<AppState>) -> ApiResult<Json<AuditCheckpoint>> {
-    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
     let log = audit.log();
     log.sync().map_err(internal)?;
     let checkpoint = log.checkpoint().map_err(internal)?;
@@ -185,7 +185,7 @@ pub(crate) async fn proof(
     query: Result<Query<ProofQuery>, QueryRejection>,
 ) -> ApiResult<Json<AuditProof>> {
     let Query(query) = query.map_err(super::bad_query)?;
-    let log = state.supervisor.shared.audit.log();
+    let log = state.supervisor.services.audit.log();
     let refuse = |e: celistra_audit::Error| ApiError::new(ErrorCode::InvalidRequest, e.to_string());
     let proof = match (query.seq, query.old_size) {
         (Some(seq), None) => log.inclusion_proof(seq, query.tree_size).map_err(refuse)?,
@@ -214,7 +214,11 @@ pub(crate) async fn proof(
     responses((status = 200, body = AuditVerification)))]
 pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<AuditVerification>> {
     Ok(Json(
-        crate::audit::verify_and_report(&state.supervisor.shared, crate::audit::Scope::Full).await,
+        state
+            .supervisor
+            .services
+            .verify_audit(crate::audit::Scope::Full)
+            .await,
     ))
 }
 
@@ -244,7 +248,7 @@ pub(crate) async fn export(
             .into());
         }
     };
-    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
     let bytes = tokio::task::spawn_blocking(move || {
         let log = audit.log();
         log.sync().map_err(|e| e.to_string())?;
@@ -274,7 +278,7 @@ pub(crate) async fn export(
 #[utoipa::path(get, path = "/v1/audit/bundle", tag = "audit",
     responses((status = 200, body = AuditBundle)))]
 pub(crate) async fn bundle(State(state): State<AppState>) -> ApiResult<Json<AuditBundle>> {
-    let audit = std::sync::Arc::clone(&state.supervisor.shared.audit);
+    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
     let bundle = tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         audit.log().export(dir.path()).map_err(|e| e.to_string())?;

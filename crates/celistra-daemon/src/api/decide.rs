@@ -25,10 +25,10 @@ pub(crate) fn router(state: AppState) -> Router {
 
 /// The link's request if the link is good and the request still waits for a decision.
 fn pending(state: &AppState, token: &str, method: &str) -> Result<(Link, Approval), ApiError> {
-    let shared = &state.supervisor.shared;
-    let link = shared.notify.open_link(token).map_err(|e| {
+    let services = &state.supervisor.services;
+    let link = services.notify.open_link(token).map_err(|e| {
         if e != LinkError::Expired {
-            shared
+            services
                 .audit
                 .record_auth_failure(method, "/d/…", &e.to_string());
         }
@@ -41,7 +41,7 @@ fn pending(state: &AppState, token: &str, method: &str) -> Result<(Link, Approva
             ),
         }
     })?;
-    let approval = shared.approvals.get(&link.approval_id)?;
+    let approval = services.approvals.get(&link.approval_id)?;
     if approval.status != ApprovalStatus::Pending {
         return Err(ApiError::new(
             ErrorCode::Conflict,
@@ -70,13 +70,15 @@ pub(crate) async fn decide(
         "api" => "link".to_owned(),
         source => source.to_owned(),
     };
-    let decided = crate::approvals::decide(
-        &state.supervisor,
+    let actor = format!("link:{}", link.via);
+    let decided = state.supervisor.approvals.decide(
         &approval.id,
-        status,
-        &format!("link:{}", link.via),
-        &via,
-        None,
+        crate::approvals::Verdict {
+            status,
+            actor: &actor,
+            via: &via,
+            reason: None,
+        },
     )?;
     state.supervisor.sync().await?;
     Ok(Json(decided))

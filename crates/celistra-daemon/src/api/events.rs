@@ -43,7 +43,7 @@ pub(crate) async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .or(query.after);
-    let subscription = state.supervisor.shared.events.subscribe(last_id);
+    let subscription = state.supervisor.services.events.subscribe(last_id);
     let replay = futures_util::stream::iter(subscription.replay);
     let live = futures_util::stream::unfold(subscription.live, |mut live| async move {
         let event = match live.recv().await {

@@ -119,7 +119,7 @@ async fn resolve(state: &AppState, key: &str) -> ApiResult<String> {
     if let Ok(handle) = state.supervisor.find(key) {
         return Ok(handle.id.clone());
     }
-    let history = state.supervisor.shared.history.clone();
+    let history = state.supervisor.services.history.clone();
     let owned = key.to_owned();
     blocking(move || history.resolve_agent(&owned))
         .await?
@@ -161,7 +161,7 @@ pub(crate) async fn runs(
         Some(key) => Some(resolve(&state, key).await?),
         None => None,
     };
-    let history = state.supervisor.shared.history.clone();
+    let history = state.supervisor.services.history.clone();
     let limit = query.limit.unwrap_or(100).clamp(1, 100_000);
     let runs = blocking(move || history.runs(agent_id.as_deref(), query.since, query.until, limit))
         .await?;
@@ -177,7 +177,7 @@ pub(crate) async fn clear(
     Path(agent): Path<String>,
 ) -> ApiResult<Json<Cleared>> {
     let agent_id = resolve(&state, &agent).await?;
-    let history = state.supervisor.shared.history.clone();
+    let history = state.supervisor.services.history.clone();
     let id = agent_id.clone();
     let cleared_bytes = blocking(move || history.clear(&id)).await?;
     Ok(Json(Cleared {
@@ -345,7 +345,7 @@ pub(crate) async fn logs(
             format!("tail is limited to {MAX_TAIL} lines"),
         ));
     }
-    let history = state.supervisor.shared.history.clone();
+    let history = state.supervisor.services.history.clone();
     let run_id = match query.run {
         Some(run) => {
             let (history, id) = (history.clone(), agent_id.clone());
@@ -421,7 +421,7 @@ pub(crate) async fn search(
         label_agents: agent_id.is_none(),
     };
     let limit = query.limit.unwrap_or(1000).clamp(1, MAX_TAIL);
-    let history = state.supervisor.shared.history.clone();
+    let history = state.supervisor.services.history.clone();
     let (sender, receiver) = mpsc::channel::<Bytes>(STREAM_QUEUE);
     tokio::task::spawn_blocking(move || {
         let mut emit = |piece: Piece| {

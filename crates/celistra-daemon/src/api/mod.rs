@@ -16,23 +16,17 @@ mod terminal;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
 use celistra_proto::{ApiError, CSRF_HEADER, ErrorCode, Health, SESSION_COOKIE, SOURCE_HEADER};
-use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::Supervisor;
-
-/// Largest request body accepted.
-pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// The only credential so far; every request records it as its actor. Roles will add more.
 pub(crate) const SECRET_ACTOR: &str = "machine-secret";
@@ -61,6 +55,7 @@ pub(crate) struct SessionToken {
     pub token: String,
 }
 
+pub(crate) use crate::wire::{Failure, JsonBody, MAX_BODY, bad_query, failure};
 pub(crate) use terminal::check_origin;
 
 /// Who made a request: the credential's name. Set by [`authenticate`].
@@ -70,76 +65,6 @@ pub(crate) struct Actor(pub String);
 /// Which surface made a request (`cli`, `dashboard`, …; `api` when not said).
 #[derive(Debug, Clone)]
 pub(crate) struct Source(pub String);
-
-/// An error as the API sends it: status from the code, JSON body.
-pub(crate) struct Failure(pub ApiError);
-
-impl From<ApiError> for Failure {
-    fn from(error: ApiError) -> Self {
-        Failure(error)
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.0)).into_response()
-    }
-}
-
-pub(crate) fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
-    Failure(ApiError::new(code, message))
-}
-
-/// A JSON request body whose errors say what was wrong, where, and in which field.
-pub(crate) struct JsonBody<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = Failure;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let announced = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if announced.is_some_and(|length| length > MAX_BODY as u64) {
-            return Err(failure(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is larger than {MAX_BODY} bytes"),
-            ));
-        }
-        let bytes =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        failure(
-                            ErrorCode::PayloadTooLarge,
-                            format!("request body is larger than {MAX_BODY} bytes"),
-                        )
-                    } else {
-                        failure(
-                            ErrorCode::InvalidJson,
-                            format!("cannot read request body: {rejection}"),
-                        )
-                    }
-                })?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| failure(ErrorCode::InvalidJson, "request body is not UTF-8"))?;
-        celistra_core::json::parse(text, "request body")
-            .map(JsonBody)
-            .map_err(|e| failure(ErrorCode::InvalidJson, e.to_string()))
-    }
-}
-
-/// A query string that does not parse.
-pub(crate) fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> Failure {
-    failure(
-        ErrorCode::InvalidRequest,
-        format!("bad query string: {}", rejection.body_text()),
-    )
-}
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -162,7 +87,7 @@ fn refuse(
     message: String,
 ) -> Response {
     tracing::info!(path = %request.uri().path(), "refused request: {why}");
-    state.supervisor.shared.audit.record_auth_failure(
+    state.supervisor.services.audit.record_auth_failure(
         request.method().as_str(),
         request.uri().path(),
         why,
@@ -368,7 +293,7 @@ pub(crate) fn router(state: AppState) -> Router {
 #[utoipa::path(get, path = "/v1/health", tag = "daemon", responses((status = 200, body = Health), (status = 401, body = ApiError)))]
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     let (agents, agents_running) = state.supervisor.counts();
-    let audit = state.supervisor.shared.audit.health();
+    let audit = state.supervisor.services.audit.health();
     let altered = audit
         .last_verification
         .as_ref()
@@ -376,7 +301,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
     Json(Health {
         agents,
         agents_running,
-        history: state.supervisor.shared.history.health(),
+        history: state.supervisor.services.history.health(),
         status: if altered {
             "audit_verify_failed".into()
         } else {

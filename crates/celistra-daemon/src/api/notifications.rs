@@ -11,7 +11,6 @@ use celistra_proto::{
 use serde_json::json;
 
 use super::{Actor, AppState, Failure, JsonBody};
-use crate::notify;
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -19,16 +18,18 @@ type ApiResult<T> = Result<T, Failure>;
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications",
     responses((status = 200, body = NotificationsStatus), (status = 500, body = ApiError)))]
 pub(crate) async fn status(State(state): State<AppState>) -> ApiResult<Json<NotificationsStatus>> {
-    let shared = &state.supervisor.shared;
-    let config = shared.config()?.notifications;
-    Ok(Json(shared.notify.status(&config)))
+    let services = &state.supervisor.services;
+    let config = services.config()?.notifications;
+    Ok(Json(services.notify.status(&config)))
 }
 
 /// Sends a test notification on every channel, once, and reports how each went.
 #[utoipa::path(post, path = "/v1/notifications/test", tag = "notifications",
     responses((status = 200, body = Vec<ChannelStatus>), (status = 500, body = ApiError)))]
 pub(crate) async fn test(State(state): State<AppState>) -> ApiResult<Json<Vec<ChannelStatus>>> {
-    Ok(Json(notify::test(&state.supervisor.shared).await?))
+    let services = &state.supervisor.services;
+    let config = services.config()?.notifications;
+    Ok(Json(services.notify.test(&config).await))
 }
 
 /// The key a browser subscribes with (`applicationServerKey`).
@@ -36,7 +37,7 @@ pub(crate) async fn test(State(state): State<AppState>) -> ApiResult<Json<Vec<Ch
     responses((status = 200, body = VapidKeyInfo)))]
 pub(crate) async fn vapid_key(State(state): State<AppState>) -> Json<VapidKeyInfo> {
     Json(VapidKeyInfo {
-        public_key: state.supervisor.shared.notify.vapid_public_key(),
+        public_key: state.supervisor.services.notify.vapid_public_key(),
     })
 }
 
@@ -46,7 +47,7 @@ pub(crate) async fn vapid_key(State(state): State<AppState>) -> Json<VapidKeyInf
 pub(crate) async fn subscriptions(
     State(state): State<AppState>,
 ) -> Json<Vec<PushSubscriptionInfo>> {
-    Json(state.supervisor.shared.notify.subscriptions())
+    Json(state.supervisor.services.notify.subscriptions())
 }
 
 /// Subscribes a device: the body is `PushSubscription.toJSON()` plus an optional `label`.
@@ -58,9 +59,9 @@ pub(crate) async fn subscribe(
     Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<PushSubscriptionRequest>,
 ) -> ApiResult<(StatusCode, Json<PushSubscriptionInfo>)> {
-    let shared = &state.supervisor.shared;
-    let device = shared.notify.subscribe(request)?;
-    shared.audit.record(
+    let services = &state.supervisor.services;
+    let device = services.notify.subscribe(request)?;
+    services.audit.record(
         &actor.0,
         "push_subscribed",
         &device.id,
@@ -79,9 +80,9 @@ pub(crate) async fn unsubscribe(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PushSubscriptionInfo>> {
-    let shared = &state.supervisor.shared;
-    let device = shared.notify.unsubscribe(&id)?;
-    shared.audit.record(
+    let services = &state.supervisor.services;
+    let device = services.notify.unsubscribe(&id)?;
+    services.audit.record(
         &actor.0,
         "push_unsubscribed",
         &device.id,

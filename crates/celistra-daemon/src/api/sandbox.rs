@@ -12,7 +12,7 @@ use super::{Actor, AppState, Failure, JsonBody, Source};
 /// The master switch, bubblewrap, Landlock and how blocks are reported.
 #[utoipa::path(get, path = "/v1/sandbox", tag = "sandbox", responses((status = 200, body = SandboxStatus), (status = 401, body = ApiError)))]
 pub(crate) async fn status(State(state): State<AppState>) -> Json<SandboxStatus> {
-    Json(state.supervisor.shared.sandbox.status())
+    Json(state.supervisor.services.sandbox.status())
 }
 
 /// Turn the master switch. Off: every agent spawned from now on runs unsandboxed, flagged in `ls`,
@@ -24,15 +24,15 @@ pub(crate) async fn switch(
     Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<SandboxSwitch>,
 ) -> Result<Json<SandboxStatus>, Failure> {
-    let shared = &state.supervisor.shared;
-    if shared.sandbox.enabled() != request.enabled {
-        shared.sandbox.set_enabled(request.enabled, &actor.0)?;
-        shared.events.publish(EventKind::SandboxSwitched {
+    let services = &state.supervisor.services;
+    if services.sandbox.enabled() != request.enabled {
+        services.sandbox.set_enabled(request.enabled, &actor.0)?;
+        services.events.publish(EventKind::SandboxSwitched {
             enabled: request.enabled,
             actor: actor.0.clone(),
         });
     }
-    Ok(Json(shared.sandbox.status()))
+    Ok(Json(services.sandbox.status()))
 }
 
 /// What an agent (`agent`) or a prospective spawn (`spec`) runs with: effective capabilities and
@@ -66,7 +66,7 @@ pub(crate) async fn explain(
         }
     };
     let workspace = supervisor.workspace_of(&spec);
-    Ok(Json(supervisor.shared.sandbox.explain(
+    Ok(Json(supervisor.services.sandbox.explain(
         &spec,
         &source,
         std::path::Path::new(&workspace),

@@ -39,7 +39,7 @@ pub(crate) async fn issue_code(
     Extension(actor): Extension<Actor>,
 ) -> ApiResult<Json<LoginLink>> {
     let (code, expires_at_ms) = state.sessions.issue_code(&actor.0, now_ms())?;
-    state.supervisor.shared.audit.record(
+    state.supervisor.services.audit.record(
         &actor.0,
         "login_code_issued",
         "dashboard",
@@ -73,7 +73,7 @@ pub(crate) async fn login(
     match state.sessions.login(&request.code, user_agent, now_ms()) {
         Err(refusal) => {
             let error = refusal.to_api_error();
-            state.supervisor.shared.audit.record_auth_failure(
+            state.supervisor.services.audit.record_auth_failure(
                 "POST",
                 "/v1/sessions/login",
                 "unknown, used or expired login code",
@@ -81,7 +81,7 @@ pub(crate) async fn login(
             Failure(error).into_response()
         }
         Ok((token, session)) => {
-            state.supervisor.shared.audit.record(
+            state.supervisor.services.audit.record(
                 &session.actor,
                 "session_login",
                 &session.id,
@@ -143,11 +143,12 @@ pub(crate) async fn logout(
 ) -> ApiResult<Response> {
     let token = session_of(token)?;
     let session = state.sessions.revoke(&token.id)?;
-    state
-        .supervisor
-        .shared
-        .audit
-        .record(&session.actor, "session_logout", &session.id, json!({}));
+    state.supervisor.services.audit.record(
+        &session.actor,
+        "session_logout",
+        &session.id,
+        json!({}),
+    );
     let mut response = Json(session).into_response();
     response
         .headers_mut()
@@ -177,7 +178,7 @@ pub(crate) async fn revoke(
     let session = state.sessions.revoke(&id)?;
     state
         .supervisor
-        .shared
+        .services
         .audit
         .record(&actor.0, "session_revoked", &session.id, json!({}));
     Ok((StatusCode::OK, Json(session)))

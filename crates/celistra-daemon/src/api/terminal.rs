@@ -1,6 +1,6 @@
 //! Shared terminals over WebSocket (docs/terminal-protocol.md): single-use tickets issued over the
 //! authenticated API, and the `/v1/agents/{agent}/terminal` connection that attaches a client to an
-//! agent's hub, with its roles, size policy and flow control.
+//! agent's terminal fan-out, with its roles, size policy and flow control.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Actor, AppState, Failure, JsonBody, failure};
 use crate::supervisor::AgentHandle;
-use crate::supervisor::hub::{self, Client, Delivery, InputOp, Next};
+use crate::supervisor::fanout::{self, Client, Delivery, InputOp, Next};
 
 /// How long a ticket can be used.
 const TICKET_LIFETIME: Duration = Duration::from_secs(30);
@@ -199,13 +199,13 @@ fn admit(
             format!("offer the WebSocket subprotocol {TERMINAL_PROTOCOL}"),
         ));
     }
-    if handle.hub.clients() >= hub::MAX_CLIENTS {
+    if handle.fanout.clients() >= fanout::MAX_CLIENTS {
         return Err(failure(
             ErrorCode::TooManyClients,
             format!(
                 "agent {} has {} terminal clients, the most it accepts",
                 handle.id,
-                hub::MAX_CLIENTS
+                fanout::MAX_CLIENTS
             ),
         ));
     }
@@ -256,7 +256,7 @@ async fn session(
     stopping: CancellationToken,
 ) {
     let (mut sink, stream) = socket.split();
-    let Some((client, replay)) = handle.hub.attach(ticket.role) else {
+    let Some((client, replay)) = handle.fanout.attach(ticket.role) else {
         let _ = close(&mut sink, CLOSE_TRY_LATER, "too many clients").await;
         return;
     };
@@ -270,8 +270,8 @@ async fn session(
             mode: info.mode,
             state: info.state,
             run: info.run,
-            size: handle.hub.size(),
-            title: handle.hub.title(),
+            size: handle.fanout.size(),
+            title: handle.fanout.title(),
         }
     };
     let mut reader = tokio::spawn(read_client(
@@ -286,7 +286,7 @@ async fn session(
         let mut resync_due = None;
         loop {
             // A batch is written with one flush: one system call for many frames.
-            match handle.hub.next_for(&client) {
+            match handle.fanout.next_for(&client) {
                 Next::Items(items) => {
                     for item in items {
                         match item {
@@ -322,7 +322,7 @@ async fn session(
         }
     }
     .await;
-    handle.hub.detach(&client);
+    handle.fanout.detach(&client);
     match ending {
         // Input a client sent just before closing is still delivered.
         Err(Ending::SendFailed) => {
@@ -435,7 +435,7 @@ async fn input(handle: &AgentHandle, client: &Client, bytes: Bytes) {
             "this client is attached read-only (viewer); input is not accepted".to_owned(),
         );
     }
-    let delivered = match handle.hub.input() {
+    let delivered = match handle.fanout.input() {
         // Waits while the program is not reading: this client's frames are then read more slowly.
         Some(input) => input.send(InputOp::Bytes(bytes)).await.is_ok(),
         None => false,
@@ -466,7 +466,7 @@ async fn resize(handle: &AgentHandle, client: &Client, size: TermSize) {
     }
     if client.role == TerminalRole::Viewer {
         // A viewer does not size the terminal; it is told the size to fit its view to.
-        let size = handle.hub.size();
+        let size = handle.fanout.size();
         return client.tell(TerminalServerMessage::Size {
             cols: size.cols,
             rows: size.rows,
@@ -482,7 +482,7 @@ async fn resize(handle: &AgentHandle, client: &Client, size: TermSize) {
             ),
         );
     }
-    if let Some(input) = handle.hub.resize(size) {
+    if let Some(input) = handle.fanout.resize(size) {
         let _ = input.send(InputOp::Resize(size)).await;
     }
 }

@@ -26,9 +26,11 @@ use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::Shared;
-use super::hub::{Hub, InputOp};
+use super::fanout::{Fanout, InputOp};
+use crate::actor::SYSTEM;
+use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
+use crate::services::Services;
 
 /// Reply to a command: `Ok` or an error for the API.
 pub(crate) type Reply = oneshot::Sender<Result<(), ApiError>>;
@@ -63,7 +65,7 @@ pub(crate) struct AgentHandle {
     pub id: String,
     pub info: InfoCell,
     pub spec: Mutex<AgentSpec>,
-    pub hub: Hub,
+    pub fanout: Fanout,
     pub commands: mpsc::UnboundedSender<Order>,
     /// History id of the current (or last) run, where the daemon's notes about the agent go.
     pub history_run: std::sync::atomic::AtomicU64,
@@ -248,7 +250,8 @@ enum Phase {
 }
 
 struct Agent {
-    shared: Arc<Shared>,
+    services: Arc<Services>,
+    approvals: ApprovalFlow,
     handle: Arc<AgentHandle>,
     tracker: RestartTracker,
     /// Automatic restarts in a row; 0 after an operator's start.
@@ -259,16 +262,18 @@ struct Agent {
 
 /// Runs the agent's task until it is removed or the daemon stops.
 pub(crate) async fn run(
-    shared: Arc<Shared>,
+    services: Arc<Services>,
+    approvals: ApprovalFlow,
     handle: Arc<AgentHandle>,
     mut commands: mpsc::UnboundedReceiver<Order>,
 ) {
     let mut agent = Agent {
-        shared,
+        services,
+        approvals,
         handle,
         tracker: RestartTracker::default(),
         attempt: 0,
-        actor: super::SYSTEM.to_owned(),
+        actor: SYSTEM.to_owned(),
     };
     let mut phase = Phase::Idle;
     loop {
@@ -284,7 +289,7 @@ pub(crate) async fn run(
             Phase::Backoff(deadline) => tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
                     agent.attempt += 1;
-                    agent.actor = super::SYSTEM.to_owned();
+                    agent.actor = SYSTEM.to_owned();
                     agent.spawn(true).await.0
                 }
                 order = commands.recv() => match order {
@@ -344,7 +349,7 @@ impl Agent {
             }
             info.name.clone()
         };
-        self.shared.events.publish(EventKind::AgentState {
+        self.services.events.publish(EventKind::AgentState {
             agent_id: self.id().to_owned(),
             name,
             state,
@@ -363,7 +368,7 @@ impl Agent {
                 info.run,
             )
         };
-        self.shared.store.update(self.id(), |stored| {
+        self.services.store.update(self.id(), |stored| {
             stored.state = state;
             stored.exit_code = exit_code;
             stored.exit_signal = exit_signal;
@@ -483,7 +488,7 @@ impl Agent {
         match self.start_process() {
             Ok(mut run) => {
                 // Before the program can run into its sandbox: its blocks name this session.
-                self.shared.sandbox.note_run(self.id(), run.child.pid());
+                self.services.sandbox.note_run(self.id(), run.child.pid());
                 if let Some(ready) = run.ready.take() {
                     // Signals sent before the sandbox is in place would be lost (see
                     // `SandboxReady`): commands wait in the queue until the program starts.
@@ -510,7 +515,7 @@ impl Agent {
                 self.handle
                     .history_run
                     .store(run.id, std::sync::atomic::Ordering::SeqCst);
-                self.shared.audit.record(
+                self.services.audit.record(
                     &self.actor,
                     "agent_run_started",
                     self.id(),
@@ -518,13 +523,13 @@ impl Agent {
                         "name": name,
                         "run": self.handle.info().run,
                         "pid": pid,
-                        "automatic_restart": self.actor == super::SYSTEM,
+                        "automatic_restart": self.actor == SYSTEM,
                         "sandbox": run.sandbox,
                         "capability_sources": run.capability_sources,
                     }),
                 );
                 if let Some(because) = &run.sandbox.unsandboxed_because {
-                    self.shared.events.publish(EventKind::AgentUnsandboxed {
+                    self.services.events.publish(EventKind::AgentUnsandboxed {
                         agent_id: self.id().to_owned(),
                         name: name.clone(),
                         run: self.handle.info().run,
@@ -533,13 +538,15 @@ impl Agent {
                 }
                 self.record_start(&run);
                 self.set_state(AgentState::Running, Some(pid));
-                self.handle.hub.announce(&TerminalServerMessage::Restarted {
-                    run: self.handle.info().run,
-                    pid,
-                    mode: run.mode,
-                });
+                self.handle
+                    .fanout
+                    .announce(&TerminalServerMessage::Restarted {
+                        run: self.handle.info().run,
+                        pid,
+                        mode: run.mode,
+                    });
                 if is_restart {
-                    self.shared.events.publish(EventKind::AgentRestarted {
+                    self.services.events.publish(EventKind::AgentRestarted {
                         agent_id: self.id().to_owned(),
                         name,
                         attempt: restarts,
@@ -552,7 +559,7 @@ impl Agent {
             Err(error) => {
                 tracing::warn!(agent = self.id(), "spawn failed: {error}");
                 self.handle.info_mut().last_error = Some(error.clone());
-                self.shared.events.publish(EventKind::AgentSpawnFailed {
+                self.services.events.publish(EventKind::AgentSpawnFailed {
                     agent_id: self.id().to_owned(),
                     name: self.name(),
                     error: error.clone(),
@@ -564,32 +571,32 @@ impl Agent {
     }
 
     fn start_process(&self) -> Result<Run, String> {
-        let config = self.shared.config().map_err(|e| e.to_string())?;
+        let config = self.services.config().map_err(|e| e.to_string())?;
         // Retention settings apply from the next spawn on, like every other setting of config.json.
-        self.shared.history.set_limits(crate::log_limits(&config));
+        self.services.history.set_limits(crate::log_limits(&config));
         let spec = self.handle.spec().clone();
         let mut settings = config.resolve(&spec);
         if spec.scrollback_kb.is_none()
-            && let Some(kb) = self.shared.scrollback_kb
+            && let Some(kb) = self.services.scrollback_kb
         {
             settings.scrollback_kb = kb;
         }
         self.handle
-            .hub
+            .fanout
             .set_capacity(settings.scrollback_kb as usize * 1024);
         let workspace = spec
             .workspace
             .clone()
-            .unwrap_or_else(|| self.shared.default_workspace.clone());
+            .unwrap_or_else(|| self.services.default_workspace.clone());
         if !std::path::Path::new(&workspace).is_dir() {
             return Err(format!(
                 "workspace {workspace} does not exist or is not a directory"
             ));
         }
         let source = self.handle.info().source.clone();
-        let ask_socket = self.shared.asks.path(self.id());
+        let ask_socket = self.services.asks.path(self.id());
         let confinement = self
-            .shared
+            .services
             .sandbox
             .confine(
                 &spec,
@@ -599,9 +606,9 @@ impl Agent {
             )
             .map_err(|e| e.message)?;
         if let Some(user) = &confinement.credentials {
-            self.shared.asks.hand_to(self.id(), user.uid, user.gid);
+            self.services.asks.hand_to(self.id(), user.uid, user.gid);
         }
-        let mut env = self.shared.base_env.clone();
+        let mut env = self.services.base_env.clone();
         if let Some(user) = &confinement.credentials {
             // Like a login: the agent's own HOME and names, unless its spec sets them.
             env.retain(|(key, _)| !matches!(key.as_str(), "HOME" | "USER" | "LOGNAME"));
@@ -620,12 +627,12 @@ impl Agent {
             },
         ));
         env.push(("CELISTRA_AGENT_NAME".into(), spec.name.clone()));
-        let cgroup = match &self.shared.cgroups {
+        let cgroup = match &self.services.cgroups {
             Some(root) => Some(root.agent(self.id()).map_err(|e| e.to_string())?),
             None => None,
         };
         let limits = self
-            .shared
+            .services
             .limits
             .prepare(self.id(), &confinement.limits, cgroup.as_ref())
             .map_err(|e| e.to_string())?;
@@ -639,20 +646,21 @@ impl Agent {
             credentials: confinement.credentials.as_ref(),
             limits: Some(&limits),
             audit_login_uid: self
-                .shared
+                .services
                 .sandbox
                 .audit_login_uid(confinement.credentials.as_ref()),
         };
-        let run_id = self.shared.history.next_run_id(now_ms());
+        let run_id = self.services.history.next_run_id(now_ms());
         let output = OutputSink {
             handle: Arc::clone(&self.handle),
             agent_id: Arc::from(self.id()),
-            history: self.shared.history.clone(),
+            history: self.services.history.clone(),
             run_id,
-            shared: Arc::clone(&self.shared),
+            services: Arc::clone(&self.services),
+            approvals: self.approvals.clone(),
         };
         // The PTY or pipes are registered with the reader thread's runtime, where they are read.
-        let readers_runtime = &self.shared.readers;
+        let readers_runtime = &self.services.readers;
         let registered_there = readers_runtime.enter();
         let (child, input, readers, mode, ready) = if spec.no_pty {
             let spawned = spawn_with_pipes(&launch).map_err(|e| e.to_string())?;
@@ -669,7 +677,7 @@ impl Agent {
             )
         } else {
             // A restarted agent starts with the size its writers last gave it.
-            let size = pty_size(self.handle.hub.size());
+            let size = pty_size(self.handle.fanout.size());
             let spawned = spawn_in_pty(&launch, size).map_err(|e| e.to_string())?;
             let (reader, writer) = spawned.pty.into_split();
             let readers = vec![readers_runtime.spawn(output.pump(reader, Stream::Pty))];
@@ -683,7 +691,7 @@ impl Agent {
         };
         drop(registered_there);
         let (ops, received) = mpsc::channel(INPUT_QUEUE);
-        self.handle.hub.set_input(Some(ops));
+        self.handle.fanout.set_input(Some(ops));
         Ok(Run {
             child,
             id: run_id,
@@ -708,7 +716,7 @@ impl Agent {
     fn record_start(&self, run: &Run) {
         let spec = self.handle.spec().clone();
         let info = self.handle.info().clone();
-        self.shared.history.run_started(RunStart {
+        self.services.history.run_started(RunStart {
             run_id: run.id,
             record: RunRecord {
                 agent_id: self.id().to_owned(),
@@ -734,7 +742,7 @@ impl Agent {
 
     /// Records how a run ended in the history.
     fn record_end(&self, run_id: u64, exit: ExitInfo, cause: RunCause) {
-        self.shared.history.run_ended(
+        self.services.history.run_ended(
             run_id,
             RunEnd {
                 ended_ms: now_ms(),
@@ -788,7 +796,7 @@ impl Agent {
     fn finish(&self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> u64 {
         // Whatever the leader left behind (background jobs, daemonised children) ends with it.
         kill_everything(&run);
-        self.handle.hub.set_input(None);
+        self.handle.fanout.set_input(None);
         if let Some(input) = &run.input {
             input.abort();
         }
@@ -800,12 +808,12 @@ impl Agent {
             info.exited_at_ms = Some(now_ms());
             (info.name.clone(), info.run)
         };
-        self.handle.hub.announce(&TerminalServerMessage::Exit {
+        self.handle.fanout.announce(&TerminalServerMessage::Exit {
             run: run_number,
             exit_code: exit.code,
             exit_signal: exit.signal.map(signal_name),
         });
-        self.shared.events.publish(EventKind::AgentExited {
+        self.services.events.publish(EventKind::AgentExited {
             agent_id: self.id().to_owned(),
             name,
             run: run_number,
@@ -863,7 +871,7 @@ impl Agent {
                 let next = now_ms() + delay_ms;
                 self.handle.info_mut().next_restart_at_ms = Some(next);
                 self.set_state(AgentState::Backoff, None);
-                self.shared.events.publish(EventKind::AgentBackoff {
+                self.services.events.publish(EventKind::AgentBackoff {
                     agent_id: self.id().to_owned(),
                     name: self.name(),
                     delay_ms,
@@ -878,7 +886,7 @@ impl Agent {
                 );
                 self.set_state(AgentState::CrashedOut, None);
                 self.persist(AgentState::CrashedOut);
-                self.shared.events.publish(EventKind::AgentCrashedOut {
+                self.services.events.publish(EventKind::AgentCrashedOut {
                     agent_id: self.id().to_owned(),
                     name: self.name(),
                     restarts_in_window,
@@ -926,7 +934,8 @@ struct OutputSink {
     agent_id: Arc<str>,
     history: History,
     run_id: u64,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
+    approvals: ApprovalFlow,
 }
 
 impl OutputSink {
@@ -987,7 +996,7 @@ impl OutputSink {
         if chunk.is_empty() {
             return;
         }
-        self.handle.hub.push(&chunk);
+        self.handle.fanout.push(&chunk);
         self.history.room_for(chunk.len()).await;
         self.history
             .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
@@ -996,14 +1005,12 @@ impl OutputSink {
     /// Asks the broker for an approval line the agent printed, and answers it on the agent's
     /// input once decided (on the daemon's runtime: the reader thread only reads).
     fn ask_for_line(&self, request: LineRequest) {
-        let Some(supervisor) = self.shared.asks.supervisor() else {
-            return;
-        };
+        let approvals = self.approvals.clone();
         let handle = Arc::clone(&self.handle);
         let agent_id = self.agent_id.to_string();
-        self.shared.main.spawn(async move {
+        self.services.main.spawn(async move {
             let id = request.id.clone();
-            match crate::approvals::ask(&supervisor, &agent_id, "line", request.into()).await {
+            match approvals.ask(&agent_id, "line", request.into()).await {
                 Ok(approval) => {
                     let decision = match approval.status {
                         ApprovalStatus::Approved => Decision::Approved,
@@ -1011,7 +1018,7 @@ impl OutputSink {
                         ApprovalStatus::Denied | ApprovalStatus::Pending => Decision::Denied,
                     };
                     let answer = response_line(id.as_deref().unwrap_or(&approval.id), decision);
-                    if let Some(input) = handle.hub.input() {
+                    if let Some(input) = handle.fanout.input() {
                         let _ = input.send(InputOp::Bytes(Bytes::from(answer))).await;
                     }
                 }

@@ -3,34 +3,32 @@
 //! removes those tasks, and keeps names unique and records durable.
 
 mod agent;
-pub(crate) mod hub;
+pub(crate) mod fanout;
 mod reader_thread;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
-use celistra_core::config::DaemonConfig;
 use celistra_core::{apply, names, spec as spec_rules};
 use celistra_history::History;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, ErrorCode, EventKind,
     IoMode, Signal, UpdateRequest,
 };
-use celistra_sandbox::{CgroupRoot, ResourceControl};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 pub(crate) use agent::AgentHandle;
 use agent::Command;
-use hub::Hub;
+use fanout::Fanout;
 pub(crate) use reader_thread::ReaderThread;
 
-use crate::events::EventBus;
-use crate::home::Home;
+use crate::actor::SYSTEM;
+use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
-use crate::sandbox::SandboxControl;
-use crate::store::{Store, StoredAgent};
+use crate::services::{AgentDirectory, AgentRef, Services};
+use crate::store::StoredAgent;
 
 /// The last `bytes` of an agent's saved output, as written (empty if there is none or it cannot be
 /// read: the scrollback is a convenience, the history is the record), and whether that is all of it.
@@ -61,69 +59,6 @@ fn saved_tail(history: &History, agent_id: &str, bytes: usize) -> (Vec<u8>, bool
     (tail, end <= bytes as u64)
 }
 
-/// The actor of what the daemon does by itself.
-pub(crate) const SYSTEM: &str = "system";
-
-/// What every agent task shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub home: Home,
-    pub events: EventBus,
-    /// The tamper-evident audit log of privileged actions.
-    pub audit: Arc<crate::audit::Auditor>,
-    pub store: Arc<Store>,
-    pub history: History,
-    pub cgroups: Option<CgroupRoot>,
-    /// Where memory, process and CPU limits are enforced.
-    pub limits: ResourceControl,
-    /// The master switch, grants, and each run's confinement.
-    pub sandbox: SandboxControl,
-    /// Each agent's socket for asking approval.
-    pub asks: crate::asks::AskSockets,
-    /// Pending and recent approval requests.
-    pub approvals: crate::approvals::Broker,
-    /// Where requests and decisions are announced (ntfy, webhooks, Web Push).
-    pub notify: crate::notify::Notifications,
-    /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
-    pub scrollback_kb: Option<u32>,
-    /// Workspace of agents spawned without one: the daemon's `$HOME`.
-    pub default_workspace: String,
-    /// Environment every agent starts from: the daemon's own, less celistra's variables.
-    pub base_env: Vec<(String, String)>,
-    /// Runs the output readers (see `reader_thread.rs`).
-    pub readers: tokio::runtime::Handle,
-    /// The daemon's own runtime, for work the readers start (approval lines).
-    pub main: tokio::runtime::Handle,
-}
-
-impl Shared {
-    /// Reads `config.json` afresh (absent means defaults), so edits apply to the next spawn.
-    pub(crate) fn config(&self) -> Result<DaemonConfig, ApiError> {
-        let path = self.home.config_file();
-        let read = std::fs::read_to_string(&path);
-        match &read {
-            Ok(text) => self.audit.note_file("config.json", Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.audit.note_file("config.json", None);
-            }
-            Err(_) => {}
-        }
-        match read {
-            Ok(text) => DaemonConfig::parse(&text, &path.display().to_string()).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::ConfigInvalid,
-                    format!("{e}; fix the file and retry"),
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DaemonConfig::default()),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::ConfigInvalid,
-                format!("cannot read {}: {e}", path.display()),
-            )),
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Registry {
     by_id: HashMap<String, Arc<AgentHandle>>,
@@ -132,7 +67,9 @@ struct Registry {
 
 #[derive(Debug)]
 pub(crate) struct Supervisor {
-    pub shared: Arc<Shared>,
+    pub services: Arc<Services>,
+    /// The approval operations, answering for the agents here.
+    pub approvals: ApprovalFlow,
     registry: RwLock<Registry>,
     shutting_down: AtomicBool,
 }
@@ -145,12 +82,16 @@ fn not_found(key: &str) -> ApiError {
 }
 
 impl Supervisor {
-    pub(crate) fn new(shared: Arc<Shared>) -> Supervisor {
-        Supervisor {
-            shared,
-            registry: RwLock::default(),
-            shutting_down: AtomicBool::new(false),
-        }
+    pub(crate) fn new(services: Arc<Services>) -> Arc<Supervisor> {
+        Arc::new_cyclic(|me: &Weak<Supervisor>| {
+            let agents: Weak<dyn AgentDirectory> = me.clone();
+            Supervisor {
+                approvals: ApprovalFlow::new(Arc::clone(&services), agents),
+                services,
+                registry: RwLock::default(),
+                shutting_down: AtomicBool::new(false),
+            }
+        })
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Registry> {
@@ -184,7 +125,11 @@ impl Supervisor {
     pub(crate) fn usage(&self) -> Vec<celistra_proto::AgentUsage> {
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
         let now = now_ms();
-        let root = self.shared.cgroups.as_ref().map(|c| c.path().to_path_buf());
+        let root = self
+            .services
+            .cgroups
+            .as_ref()
+            .map(|c| c.path().to_path_buf());
         handles
             .iter()
             .filter_map(|handle| {
@@ -230,7 +175,7 @@ impl Supervisor {
     pub(crate) fn workspace_of(&self, spec: &AgentSpec) -> String {
         spec.workspace
             .clone()
-            .unwrap_or_else(|| self.shared.default_workspace.clone())
+            .unwrap_or_else(|| self.services.default_workspace.clone())
     }
 
     /// Checks a spec against the rules and the filesystem.
@@ -240,7 +185,7 @@ impl Supervisor {
         let workspace = spec
             .workspace
             .as_deref()
-            .unwrap_or(&self.shared.default_workspace);
+            .unwrap_or(&self.services.default_workspace);
         if !std::path::Path::new(workspace).is_dir() {
             return Err(ApiError::new(
                 ErrorCode::WorkspaceInvalid,
@@ -261,7 +206,7 @@ impl Supervisor {
     ) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
         self.check_spec(&spec, false)?;
-        self.shared.config()?;
+        self.services.config()?;
         let handle = {
             let mut registry = self.write();
             if spec.name.is_empty() {
@@ -288,10 +233,10 @@ impl Supervisor {
                 restarts: 0,
                 run: 0,
             };
-            self.shared.store.put(stored.clone());
+            self.services.store.put(stored.clone());
             self.insert(&mut registry, &stored)
         };
-        self.shared.events.publish(EventKind::AgentSpawned {
+        self.services.events.publish(EventKind::AgentSpawned {
             agent: Box::new(handle.info().clone()),
             actor: actor.to_owned(),
         });
@@ -305,7 +250,7 @@ impl Supervisor {
     fn insert(&self, registry: &mut Registry, stored: &StoredAgent) -> Arc<AgentHandle> {
         let (commands, receiver) = mpsc::unbounded_channel();
         let settings = self
-            .shared
+            .services
             .config()
             .unwrap_or_default()
             .resolve(&stored.spec);
@@ -337,18 +282,23 @@ impl Supervisor {
             id: stored.id.clone(),
             info: agent::InfoCell::new(info),
             spec: std::sync::Mutex::new(stored.spec.clone()),
-            hub: Hub::new(settings.scrollback_kb as usize * 1024),
+            fanout: Fanout::new(settings.scrollback_kb as usize * 1024),
             commands,
             history_run: std::sync::atomic::AtomicU64::new(0),
         });
-        self.shared.asks.open(&stored.id);
+        self.services.asks.open(&stored.id, self.approvals.clone());
         registry
             .id_by_name
             .insert(stored.spec.name.clone(), stored.id.clone());
         registry
             .by_id
             .insert(stored.id.clone(), Arc::clone(&handle));
-        let task = agent::run(Arc::clone(&self.shared), Arc::clone(&handle), receiver);
+        let task = agent::run(
+            Arc::clone(&self.services),
+            self.approvals.clone(),
+            Arc::clone(&handle),
+            receiver,
+        );
         let id = stored.id.clone();
         let watched = Arc::clone(&handle);
         tokio::spawn(async move {
@@ -374,7 +324,7 @@ impl Supervisor {
         info.workspace = spec
             .workspace
             .clone()
-            .unwrap_or_else(|| self.shared.default_workspace.clone());
+            .unwrap_or_else(|| self.services.default_workspace.clone());
         info.env_keys = spec.env.keys().cloned().collect();
         info.auto_restart = spec.auto_restart;
         info.mode = if spec.no_pty {
@@ -409,11 +359,11 @@ impl Supervisor {
             }
         }
         // A client that reconnects after the daemon restarted sees the output from before it.
-        let history = self.shared.history.clone();
+        let history = self.services.history.clone();
         let seeded = tokio::task::spawn_blocking(move || {
             for handle in restored {
-                let (tail, whole) = saved_tail(&history, &handle.id, handle.hub.capacity());
-                handle.hub.seed(&tail, whole);
+                let (tail, whole) = saved_tail(&history, &handle.id, handle.fanout.capacity());
+                handle.fanout.seed(&tail, whole);
             }
         });
         if let Err(e) = seeded.await {
@@ -425,12 +375,12 @@ impl Supervisor {
 
     /// Makes `agents.json` and the audit entries so far durable before a change is acknowledged.
     pub(crate) async fn sync(&self) -> Result<(), ApiError> {
-        self.shared
+        self.services
             .store
             .sync()
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
-        let audit = Arc::clone(&self.shared.audit);
+        let audit = Arc::clone(&self.services.audit);
         tokio::task::spawn_blocking(move || audit.log().sync())
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?
@@ -456,7 +406,7 @@ impl Supervisor {
             ..update.clone()
         } != UpdateRequest::default();
         if settings_changed {
-            self.shared.audit.record(
+            self.services.audit.record(
                 actor,
                 "agent_updated",
                 &handle.id,
@@ -498,19 +448,19 @@ impl Supervisor {
             }
             self.describe(&mut handle.info_mut(), &spec);
             *handle.spec() = spec.clone();
-            self.shared
+            self.services
                 .store
                 .update(&handle.id, |stored| stored.spec = spec.clone());
         }
         if renamed {
-            self.shared.events.publish(EventKind::AgentRenamed {
+            self.services.events.publish(EventKind::AgentRenamed {
                 agent_id: handle.id.clone(),
                 old_name: old_name.to_owned(),
                 new_name: spec.name.clone(),
                 actor: actor.to_owned(),
             });
         }
-        self.shared.events.publish(EventKind::AgentUpdated {
+        self.services.events.publish(EventKind::AgentUpdated {
             agent_id: handle.id.clone(),
             name: spec.name,
             actor: actor.to_owned(),
@@ -560,7 +510,7 @@ impl Supervisor {
     ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
         let name = handle.info().name.clone();
-        self.shared
+        self.services
             .events
             .publish(requested(handle.id.clone(), name, actor.to_owned()));
         handle.ask(actor, command).await?;
@@ -578,7 +528,7 @@ impl Supervisor {
         handle
             .ask(actor, |reply| Command::Kill(signal, reply))
             .await?;
-        self.shared.events.publish(EventKind::AgentSignalled {
+        self.services.events.publish(EventKind::AgentSignalled {
             agent_id: handle.id.clone(),
             name: handle.info().name.clone(),
             signal,
@@ -598,16 +548,16 @@ impl Supervisor {
             registry.by_id.remove(&handle.id);
             registry.id_by_name.remove(&info.name);
         }
-        self.shared.store.remove(&handle.id);
-        handle.hub.close();
-        if let Some(root) = &self.shared.cgroups
+        self.services.store.remove(&handle.id);
+        handle.fanout.close();
+        if let Some(root) = &self.services.cgroups
             && let Ok(cgroup) = root.agent(&handle.id)
         {
             cgroup.remove();
         }
-        self.shared.limits.remove_agent(&handle.id);
-        self.shared.asks.close(&handle.id);
-        self.shared.events.publish(EventKind::AgentRemoved {
+        self.services.limits.remove_agent(&handle.id);
+        self.services.asks.close(&handle.id);
+        self.services.events.publish(EventKind::AgentRemoved {
             agent_id: handle.id.clone(),
             name: info.name.clone(),
             actor: actor.to_owned(),
@@ -649,7 +599,7 @@ impl Supervisor {
         }
         // Created and removed agents get their own entries; updated ones are recorded here with
         // their new specs.
-        self.shared.audit.record(
+        self.services.audit.record(
             actor,
             "config_applied",
             "",
@@ -689,6 +639,44 @@ impl Supervisor {
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
         futures_util::future::join_all(handles.iter().map(|h| h.ask(SYSTEM, Command::Shutdown)))
             .await;
+    }
+}
+
+impl AgentDirectory for Supervisor {
+    fn lookup(&self, agent_id: &str) -> Option<AgentRef> {
+        let handle = self.read().by_id.get(agent_id).cloned()?;
+        Some(AgentRef {
+            name: handle.info().name.clone(),
+            history_run: handle.history_run.load(Ordering::SeqCst),
+        })
+    }
+
+    fn set_waiting_approval(&self, agent_id: &str, waiting: bool) {
+        let Ok(handle) = self.find(agent_id) else {
+            return;
+        };
+        let (from, to) = if waiting {
+            (AgentState::Running, AgentState::WaitingApproval)
+        } else {
+            (AgentState::WaitingApproval, AgentState::Running)
+        };
+        let changed = {
+            let mut info = handle.info_mut();
+            if info.state == from {
+                info.state = to;
+                Some((info.name.clone(), info.pid))
+            } else {
+                None
+            }
+        };
+        if let Some((name, pid)) = changed {
+            self.services.events.publish(EventKind::AgentState {
+                agent_id: agent_id.to_owned(),
+                name,
+                state: to,
+                pid,
+            });
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! An agent's terminal hub: the scrollback ring (kept across runs and client disconnects), the
+//! An agent's terminal fan-out: the scrollback ring (kept across runs and client disconnects), the
 //! attached clients each with its own bounded queue, the terminal's size and title, and the way in
 //! to the running program's input. docs/terminal-protocol.md is the contract.
 
@@ -174,14 +174,14 @@ struct State {
 }
 
 #[derive(Debug)]
-pub(crate) struct Hub {
+pub(crate) struct Fanout {
     state: Mutex<State>,
     next_client: AtomicU64,
 }
 
-impl Hub {
-    pub(crate) fn new(capacity: usize) -> Hub {
-        Hub {
+impl Fanout {
+    pub(crate) fn new(capacity: usize) -> Fanout {
+        Fanout {
             state: Mutex::new(State {
                 ring: VecDeque::new(),
                 capacity,
@@ -289,7 +289,7 @@ impl Hub {
     /// was queued before (control messages) is out: the low watermark is an empty queue.
     pub(crate) fn next_for(&self, client: &Client) -> Next {
         {
-            // The common case needs only the client's own lock, not the hub's that output takes.
+            // The common case needs only the client's own lock, not the fanout's that output takes.
             let mut queue = client.lock();
             if !queue.items.is_empty() {
                 queue.output_bytes = 0;
@@ -299,8 +299,8 @@ impl Hub {
                 return Next::Nothing;
             }
         }
-        // A resync: the replay and clearing `skipped` happen under the hub's lock, so output
-        // pushed afterwards is queued live. Locks are taken hub first, as `push` does.
+        // A resync: the replay and clearing `skipped` happen under the fanout's lock, so output
+        // pushed afterwards is queued live. Locks are taken fanout first, as `push` does.
         let state = self.lock();
         let mut queue = client.lock();
         if !queue.items.is_empty() {
@@ -545,29 +545,29 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_newest_bytes() {
-        let hub = Hub::new(8);
-        hub.push(&chunk(b"abcdef"));
-        hub.push(&chunk(b"ghij"));
-        assert_eq!(replay(&hub.lock()), &b"cdefghij"[..]);
-        hub.set_capacity(3);
-        assert_eq!(replay(&hub.lock()), &b"hij"[..]);
+        let fanout = Fanout::new(8);
+        fanout.push(&chunk(b"abcdef"));
+        fanout.push(&chunk(b"ghij"));
+        assert_eq!(replay(&fanout.lock()), &b"cdefghij"[..]);
+        fanout.set_capacity(3);
+        assert_eq!(replay(&fanout.lock()), &b"hij"[..]);
         // Once trimmed, a replay starts at a line start.
-        hub.set_capacity(16);
-        hub.push(&chunk(b"\x1b[1mX\nline\n"));
-        assert_eq!(replay(&hub.lock()), &b"line\n"[..]);
+        fanout.set_capacity(16);
+        fanout.push(&chunk(b"\x1b[1mX\nline\n"));
+        assert_eq!(replay(&fanout.lock()), &b"line\n"[..]);
     }
 
     #[test]
     fn a_late_joiner_gets_the_replay_then_only_what_follows() {
-        let hub = Hub::new(1024);
-        hub.push(&chunk(b"one\ntwo\n"));
-        let (client, replayed) = hub.attach(TerminalRole::Viewer).unwrap();
-        hub.push(&chunk(b"three\n"));
+        let fanout = Fanout::new(1024);
+        fanout.push(&chunk(b"one\ntwo\n"));
+        let (client, replayed) = fanout.attach(TerminalRole::Viewer).unwrap();
+        fanout.push(&chunk(b"three\n"));
         assert_eq!(replayed, &b"one\ntwo\n"[..]);
-        assert_eq!(outputs(hub.next_for(&client)), b"three\n");
-        assert!(matches!(hub.next_for(&client), Next::Nothing));
-        hub.detach(&client);
-        assert_eq!(hub.clients(), 0);
+        assert_eq!(outputs(fanout.next_for(&client)), b"three\n");
+        assert!(matches!(fanout.next_for(&client), Next::Nothing));
+        fanout.detach(&client);
+        assert_eq!(fanout.clients(), 0);
     }
 
     #[test]
@@ -583,9 +583,9 @@ mod tests {
 
     #[test]
     fn a_client_over_the_high_watermark_is_resynced_and_keeps_its_controls() {
-        let hub = Hub::new(64);
-        let (slow, _) = hub.attach(TerminalRole::Viewer).unwrap();
-        let (fast, _) = hub.attach(TerminalRole::Viewer).unwrap();
+        let fanout = Fanout::new(64);
+        let (slow, _) = fanout.attach(TerminalRole::Viewer).unwrap();
+        let (fast, _) = fanout.attach(TerminalRole::Viewer).unwrap();
         let piece = Bytes::from(vec![b'x'; 64 * 1024]);
         let kinds = |next: &Next| match next {
             Next::Items(items) => items
@@ -610,19 +610,19 @@ mod tests {
         let half = over / 2;
         let skipped = |pieces: usize| (pieces * piece.len()) as u64;
         for _ in 0..over {
-            hub.push(&piece);
+            fanout.push(&piece);
             // The fast client keeps up; the slow one never reads.
-            assert_eq!(outputs(hub.next_for(&fast)).len(), piece.len());
+            assert_eq!(outputs(fanout.next_for(&fast)).len(), piece.len());
         }
         assert!(slow.lock().output_bytes <= HIGH_WATERMARK);
-        hub.announce(&TerminalServerMessage::Exit {
+        fanout.announce(&TerminalServerMessage::Exit {
             run: 1,
             exit_code: Some(0),
             exit_signal: None,
         });
-        hub.push(&chunk(b"tail\n"));
+        fanout.push(&chunk(b"tail\n"));
         // The exit comes after a resync to the output before it, then what followed it.
-        let next = hub.next_for(&slow);
+        let next = fanout.next_for(&slow);
         assert_eq!(
             kinds(&next),
             [
@@ -633,62 +633,64 @@ mod tests {
         );
         // Over the watermark again with no control message: resynced once its queue is empty.
         for _ in 0..over {
-            hub.push(&piece);
+            fanout.push(&piece);
         }
         assert_eq!(
-            kinds(&hub.next_for(&slow)),
+            kinds(&fanout.next_for(&slow)),
             [format!("lazy resync {} 64", skipped(over))]
         );
-        hub.push(&chunk(b"live\n"));
-        assert_eq!(outputs(hub.next_for(&slow)), b"live\n");
+        fanout.push(&chunk(b"live\n"));
+        assert_eq!(outputs(fanout.next_for(&slow)), b"live\n");
         // Output queued before a control message stays when the watermark is crossed after it.
         for _ in 0..half {
-            hub.push(&piece);
+            fanout.push(&piece);
         }
-        hub.announce(&TerminalServerMessage::Title { title: "t".into() });
+        fanout.announce(&TerminalServerMessage::Title { title: "t".into() });
         for _ in 0..over - half {
-            hub.push(&piece);
+            fanout.push(&piece);
         }
-        let kinds = kinds(&hub.next_for(&slow));
+        let kinds = kinds(&fanout.next_for(&slow));
         assert_eq!(kinds.len(), half + 1, "{kinds:?}");
         assert!(kinds[half].starts_with("Title"), "{kinds:?}");
         // Behind again so soon after a resync: the next one waits for its interval.
-        let Next::ResyncAt(due) = hub.next_for(&slow) else {
+        let Next::ResyncAt(due) = fanout.next_for(&slow) else {
             panic!("expected a later resync");
         };
         assert!(due > Instant::now() && due <= Instant::now() + MIN_RESYNC_INTERVAL);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         assert!(matches!(
-            hub.next_for(&slow),
+            fanout.next_for(&slow),
             Next::Resync { skipped: s, .. } if s == skipped(over - half)
         ));
         // A flood: behind by a watermark again within a second of a resync. The client gets
         // frames only (a resync per interval), no output in between, until the flood ends.
         for _ in 0..over {
-            hub.push(&piece);
+            fanout.push(&piece);
         }
-        let Next::ResyncAt(due) = hub.next_for(&slow) else {
+        let Next::ResyncAt(due) = fanout.next_for(&slow) else {
             panic!("expected a later resync");
         };
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        assert!(matches!(hub.next_for(&slow), Next::Resync { .. }));
-        hub.push(&piece);
-        let Next::ResyncAt(due) = hub.next_for(&slow) else {
+        assert!(matches!(fanout.next_for(&slow), Next::Resync { .. }));
+        fanout.push(&piece);
+        let Next::ResyncAt(due) = fanout.next_for(&slow) else {
             panic!("in a flood, output waits for the next frame");
         };
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        assert!(matches!(hub.next_for(&slow), Next::Resync { skipped: s, .. } if s == skipped(1)));
+        assert!(
+            matches!(fanout.next_for(&slow), Next::Resync { skipped: s, .. } if s == skipped(1))
+        );
         // Less than a watermark skipped in that frame: the flood is over, output is live again.
-        hub.push(&chunk(b"calm\n"));
-        assert_eq!(outputs(hub.next_for(&slow)), b"calm\n");
+        fanout.push(&chunk(b"calm\n"));
+        assert_eq!(outputs(fanout.next_for(&slow)), b"calm\n");
     }
 
     #[test]
     fn a_client_that_never_reads_queues_a_bounded_number_of_controls() {
-        let hub = Hub::new(64);
-        let (client, _) = hub.attach(TerminalRole::Viewer).unwrap();
+        let fanout = Fanout::new(64);
+        let (client, _) = fanout.attach(TerminalRole::Viewer).unwrap();
         for cols in 1..=1000 {
-            hub.resize(TermSize { cols, rows: 24 });
+            fanout.resize(TermSize { cols, rows: 24 });
             client.tell(TerminalServerMessage::Error {
                 code: "read_only".into(),
                 message: "no".into(),
@@ -707,11 +709,11 @@ mod tests {
         );
         assert_eq!(scanner.scan(b"ond\x1b\\rest"), Some("second".into()));
         assert_eq!(scanner.scan(b"\x1b]8;;link\x07"), None);
-        let hub = Hub::new(64);
-        let (client, _) = hub.attach(TerminalRole::Writer).unwrap();
-        hub.push(&chunk(b"\x1b]2;build\x07"));
-        assert_eq!(hub.title().as_deref(), Some("build"));
-        match hub.next_for(&client) {
+        let fanout = Fanout::new(64);
+        let (client, _) = fanout.attach(TerminalRole::Writer).unwrap();
+        fanout.push(&chunk(b"\x1b]2;build\x07"));
+        assert_eq!(fanout.title().as_deref(), Some("build"));
+        match fanout.next_for(&client) {
             Next::Items(items) => assert!(items.iter().any(|item| matches!(
                 item,
                 Delivery::Control(TerminalServerMessage::Title { title }) if title == "build"
