@@ -16,6 +16,7 @@ mod services;
 mod sessions;
 mod store;
 mod supervisor;
+mod tokens;
 mod usage;
 mod wire;
 
@@ -204,9 +205,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             history: HistoryHealth::default(),
             audit: celistra_proto::AuditHealth::default(),
         }),
-        stopping: stopping.clone(),
         tickets: Arc::default(),
         sessions: Arc::new(sessions::Sessions::load(home.dir.join("sessions.json"))),
+        tokens: Arc::new(tokens::Tokens::load(home.dir.join("tokens.json"))?),
+        lifetimes: Arc::new(api::Lifetimes::new(stopping.clone())),
         base_url: format!(
             "http://{}",
             if bound.ip().is_unspecified() {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 
-use celistra_proto::{ApiError, ErrorCode, SessionInfo};
+use celistra_proto::{ApiError, ErrorCode, Role, SessionInfo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -30,6 +30,12 @@ struct LoginCode {
     hash: [u8; 32],
     expires_at_ms: u64,
     created_by: String,
+    role: Role,
+}
+
+/// Sessions from before roles were owners'.
+fn owner() -> Role {
+    Role::Owner
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +48,8 @@ struct StoredSession {
     last_seen_ms: u64,
     user_agent: String,
     created_by: String,
+    #[serde(default = "owner")]
+    role: Role,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -71,11 +79,12 @@ impl CodeRefusal {
     }
 }
 
-/// A session a request presented: its id and actor name.
+/// A session a request presented: its id, actor name and role.
 #[derive(Debug, Clone)]
 pub(crate) struct Authenticated {
     pub id: String,
     pub actor: String,
+    pub role: Role,
 }
 
 pub(crate) struct Sessions {
@@ -152,10 +161,11 @@ impl Sessions {
             .map_err(|e| internal(&format!("cannot write {}", self.path.display()), e))
     }
 
-    /// A new single-use login code, good for [`CODE_TTL_MS`].
+    /// A new single-use login code for a session with `role`, good for [`CODE_TTL_MS`].
     pub(crate) fn issue_code(
         &self,
         created_by: &str,
+        role: Role,
         now_ms: u64,
     ) -> Result<(String, u64), ApiError> {
         let code = random_hex(32).map_err(|e| internal("cannot make a login code", e))?;
@@ -169,6 +179,7 @@ impl Sessions {
             hash: sha256(code.as_bytes()),
             expires_at_ms,
             created_by: created_by.to_owned(),
+            role,
         });
         Ok((code, expires_at_ms))
     }
@@ -205,6 +216,7 @@ impl Sessions {
             last_seen_ms: now_ms,
             user_agent: user_agent.chars().take(200).collect(),
             created_by: used.created_by,
+            role: used.role,
         };
         let info = info(&stored, true);
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
@@ -241,6 +253,7 @@ impl Sessions {
         let authenticated = Authenticated {
             id: session.id.clone(),
             actor: format!("session:{}", session.id),
+            role: session.role,
         };
         if stale {
             let _ = self.persist(&sessions);
@@ -289,6 +302,7 @@ fn info(stored: &StoredSession, current: bool) -> SessionInfo {
         last_seen_ms: stored.last_seen_ms,
         user_agent: stored.user_agent.clone(),
         created_by: stored.created_by.clone(),
+        role: stored.role,
         current,
     }
 }
@@ -306,7 +320,9 @@ mod tests {
     #[test]
     fn a_code_works_once_and_not_after_it_expires() {
         let (dir, sessions) = sessions();
-        let (code, expires) = sessions.issue_code("machine-secret", 1000).unwrap();
+        let (code, expires) = sessions
+            .issue_code("machine-secret", Role::Owner, 1000)
+            .unwrap();
         assert_eq!(expires, 1000 + CODE_TTL_MS);
         let (token, info) = sessions.login(&code, "test", 2000).unwrap();
         assert!(info.id.starts_with("se-") && info.id.len() == 15);
@@ -314,7 +330,9 @@ mod tests {
             sessions.login(&code, "test", 2000).unwrap_err(),
             CodeRefusal::Unknown
         );
-        let (late, _) = sessions.issue_code("machine-secret", 1000).unwrap();
+        let (late, _) = sessions
+            .issue_code("machine-secret", Role::Owner, 1000)
+            .unwrap();
         assert_eq!(
             sessions.login(&late, "test", expires).unwrap_err(),
             CodeRefusal::Expired
@@ -339,7 +357,9 @@ mod tests {
     #[test]
     fn sessions_expire_and_csrf_tokens_bind_to_the_session() {
         let (_dir, sessions) = sessions();
-        let (code, _) = sessions.issue_code("machine-secret", 0).unwrap();
+        let (code, _) = sessions
+            .issue_code("machine-secret", Role::Owner, 0)
+            .unwrap();
         let (token, _) = sessions.login(&code, "ua", 0).unwrap();
         assert!(sessions.authenticate(&token, SESSION_TTL_MS - 1).is_some());
         assert!(sessions.authenticate(&token, SESSION_TTL_MS).is_none());

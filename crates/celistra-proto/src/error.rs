@@ -47,6 +47,8 @@ pub enum ErrorCode {
     Gone,
     /// A dashboard session's state-changing request without its CSRF token (`X-CSRF-Token`).
     CsrfFailed,
+    /// The credential is valid but its role may not do this; `required_role` says which may.
+    RoleRequired,
 }
 
 impl ErrorCode {
@@ -64,7 +66,10 @@ impl ErrorCode {
             | ErrorCode::InvalidSignal => 400,
             ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
             ErrorCode::ShuttingDown => 503,
-            ErrorCode::OriginNotAllowed | ErrorCode::Forbidden | ErrorCode::CsrfFailed => 403,
+            ErrorCode::OriginNotAllowed
+            | ErrorCode::Forbidden
+            | ErrorCode::CsrfFailed
+            | ErrorCode::RoleRequired => 403,
             ErrorCode::Gone => 410,
             ErrorCode::TooManyClients => 429,
         }
@@ -77,6 +82,9 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// What was wrong and what to do about it, for a person.
     pub message: String,
+    /// With `role_required`: the least role that may do what was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<crate::Role>,
 }
 
 impl ApiError {
@@ -84,6 +92,18 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            required_role: None,
+        }
+    }
+
+    /// A refusal of a credential whose role may not do what it asked.
+    pub fn role_required(required: crate::Role, have: crate::Role, what: &str) -> Self {
+        ApiError {
+            code: ErrorCode::RoleRequired,
+            message: format!(
+                "{what} needs the {required} role (or one above it); this credential is a {have}; ask an owner for a token with that role (`celistrad ctl token create --role {required}`)"
+            ),
+            required_role: Some(required),
         }
     }
 }

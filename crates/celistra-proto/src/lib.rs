@@ -1,6 +1,7 @@
 //! Wire types of the celistrad HTTP API: request and response bodies, agent states, signals, events,
 //! run history, log lines, the shared-terminal protocol and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
 
+mod access;
 mod agent;
 mod approval;
 mod audit;
@@ -13,6 +14,7 @@ mod session;
 mod signal;
 mod terminal;
 
+pub use access::*;
 pub use agent::*;
 pub use approval::*;
 pub use audit::*;

@@ -22,6 +22,18 @@ pub struct LoginLink {
     pub expires_at_ms: u64,
 }
 
+/// Query of `POST /v1/sessions/login-codes`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LoginCodeQuery {
+    /// The role of the session the link opens (default owner).
+    #[serde(default)]
+    pub role: Option<crate::Role>,
+}
+
 /// Body of `POST /v1/sessions/login`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -44,6 +56,8 @@ pub struct SessionInfo {
     pub user_agent: String,
     /// Who made the login code: the credential that asked for it.
     pub created_by: String,
+    /// What the session may do: the role its login link was made with.
+    pub role: crate::Role,
     /// Whether this is the session making the request.
     #[serde(default)]
     pub current: bool,

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{AppState, Failure};
+use super::{AppState, Caller, Failure};
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -93,6 +93,7 @@ pub(crate) struct TailQuery {
     responses((status = 200, content_type = "text/event-stream", body = AuditEntry)))]
 pub(crate) async fn tail(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<TailQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let Query(query) = query.map_err(super::bad_query)?;
@@ -144,7 +145,7 @@ pub(crate) async fn tail(
                 .id(entry.seq.to_string())
                 .data(data))
         })
-        .take_until(state.stopping.cancelled_owned());
+        .take_until(caller.ended.cancelled_owned());
     Ok(Sse::new(entries).keep_alive(KeepAlive::default()))
 }
 

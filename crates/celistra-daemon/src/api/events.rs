@@ -3,15 +3,15 @@
 use std::convert::Infallible;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use celistra_proto::{ApiError, Event, EventKind};
+use celistra_proto::{ApiError, Event, EventKind, Role};
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{AppState, Failure};
+use super::{AppState, Caller, Failure};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -29,11 +29,13 @@ fn default_follow() -> bool {
 
 /// Live events as Server-Sent Events. Each SSE event's name is the event's `type`, its id the
 /// event's `id`, its data the event as JSON. With `Last-Event-ID` (or `?after=`), events still in the
-/// backlog (4096) are replayed first; if some were lost a `resync` event says so.
+/// backlog (4096) are replayed first; if some were lost a `resync` event says so. An approver
+/// gets only approval events. The stream ends when the credential is revoked.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
     responses((status = 200, content_type = "text/event-stream", body = Event), (status = 401, body = ApiError)))]
 pub(crate) async fn stream(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Failure> {
@@ -65,10 +67,22 @@ pub(crate) async fn stream(
     } else {
         replay.boxed()
     };
+    let approvals_only = caller.role == Role::Approver;
     let events = events
+        .filter(move |event| std::future::ready(!approvals_only || is_for_approvers(&event.kind)))
         .map(|event| Ok(to_sse(&event)))
-        .take_until(state.stopping.cancelled_owned());
+        .take_until(caller.ended.cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// What an approver sees of the event stream: requests and decisions, and lost-event markers.
+fn is_for_approvers(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::ApprovalRequested { .. }
+            | EventKind::ApprovalDecided { .. }
+            | EventKind::Resync { .. }
+    )
 }
 
 fn to_sse(event: &Event) -> SseEvent {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use celistra_proto::{ApiError, ErrorCode, LogLine, RunRecord};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{AppState, Failure, bad_query, failure};
+use super::{AppState, Caller, Failure, bad_query, failure};
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -326,6 +326,7 @@ fn last_lines(bytes: &[u8], lines: usize) -> &[u8] {
     responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(agent): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
@@ -382,9 +383,10 @@ pub(crate) async fn logs(
         sender,
         raw: query.format == Format::Raw,
     };
-    let stopping = state.stopping.clone();
     tokio::spawn(async move {
-        let _ = job.run(pattern, query.tail, query.follow, stopping).await;
+        let _ = job
+            .run(pattern, query.tail, query.follow, caller.ended)
+            .await;
     });
     Ok(streamed(query.format, receiver))
 }

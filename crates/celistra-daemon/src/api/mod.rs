@@ -1,6 +1,7 @@
-//! The HTTP API under `/v1`: routing, authentication (the bearer secret, or a dashboard session
-//! cookie with its CSRF token), JSON bodies and JSON errors; the embedded dashboard at `/`. The same
-//! router serves the Unix socket and the TCP listener.
+//! The HTTP API under `/v1`: the router made from the route table (`routes.rs`), authentication
+//! (a bearer credential: the machine secret or an API token; or a dashboard session cookie with its
+//! CSRF token), each route's role check, JSON bodies and JSON errors; the embedded dashboard at
+//! `/`. The same router serves the Unix socket and the TCP listener.
 
 mod agents;
 mod approvals;
@@ -10,25 +11,30 @@ mod events;
 mod history;
 mod notifications;
 mod openapi;
+mod routes;
 mod sandbox;
 mod sessions;
 mod terminal;
+mod tokens;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use celistra_proto::{ApiError, CSRF_HEADER, ErrorCode, Health, SESSION_COOKIE, SOURCE_HEADER};
+use celistra_proto::{
+    Access, ApiError, CSRF_HEADER, ErrorCode, Health, Role, SESSION_COOKIE, SOURCE_HEADER,
+};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::Supervisor;
+use crate::tokens::{TOKEN_PREFIX, TokenRefusal, Tokens};
 
-/// The only credential so far; every request records it as its actor. Roles will add more.
+/// The actor of requests made with the machine secret, an owner credential.
 pub(crate) const SECRET_ACTOR: &str = "machine-secret";
 
 #[derive(Clone)]
@@ -36,11 +42,13 @@ pub(crate) struct AppState {
     pub supervisor: Arc<Supervisor>,
     pub secret: Arc<str>,
     pub health: Arc<Health>,
-    /// Cancelled when the daemon stops, ending long-lived streams so shutdown is not held up.
-    pub stopping: CancellationToken,
     pub tickets: Arc<terminal::Tickets>,
     /// Dashboard login codes and sessions.
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// API tokens.
+    pub tokens: Arc<Tokens>,
+    /// What ends each credential's open streams and terminals: revocation, or the daemon stopping.
+    pub lifetimes: Arc<Lifetimes>,
     /// `http://<address the TCP listener is bound to>`, for login links.
     pub base_url: Arc<str>,
     /// Whether the API is served over TLS (then session cookies are `Secure`). Not yet: the
@@ -61,6 +69,57 @@ pub(crate) use terminal::check_origin;
 /// Who made a request: the credential's name. Set by [`authenticate`].
 #[derive(Debug, Clone)]
 pub(crate) struct Actor(pub String);
+
+/// What the credential of a request may do, and what ends its long-lived answers. Set by
+/// [`authenticate`] next to [`Actor`].
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub role: Role,
+    /// Cancelled when the credential is revoked or the daemon stops: streams and terminals end.
+    pub ended: CancellationToken,
+}
+
+/// One cancellation token per credential that has streams open, each a child of the daemon's
+/// `stopping`, so that revoking a token or a session ends its streams and terminals at once.
+#[derive(Debug)]
+pub(crate) struct Lifetimes {
+    stopping: CancellationToken,
+    live: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Lifetimes {
+    pub(crate) fn new(stopping: CancellationToken) -> Lifetimes {
+        Lifetimes {
+            stopping,
+            live: Mutex::default(),
+        }
+    }
+
+    /// What ends the streams of credential `actor`.
+    fn of(&self, actor: &str) -> CancellationToken {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.entry(actor.to_owned())
+            .or_insert_with(|| self.stopping.child_token())
+            .clone()
+    }
+
+    /// Ends every stream and terminal of credential `actor` (it was revoked).
+    pub(crate) fn end(&self, actor: &str) {
+        let ended = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(actor);
+        if let Some(ended) = ended {
+            ended.cancel();
+        }
+    }
+
+    /// Whether the daemon is stopping (rather than a credential revoked).
+    pub(crate) fn daemon_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+}
 
 /// Which surface made a request (`cli`, `dashboard`, …; `api` when not said).
 #[derive(Debug, Clone)]
@@ -102,38 +161,59 @@ fn refuse(
     response
 }
 
-/// Authenticates a request: `Authorization: Bearer <secret>` (constant-time compare), or else a
-/// dashboard session cookie. A cookie request must come from the daemon's own origin (when it says
-/// one), and one that may change state (any method but GET, HEAD, OPTIONS) must carry the session's
-/// CSRF token in `X-CSRF-Token`. Records the actor and source.
+/// The credential in an `Authorization` header: the scheme is case-insensitive (RFC 9110 §11.1).
+fn bearer_of(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
+    Some(if scheme.eq_ignore_ascii_case("bearer") {
+        credential.trim()
+    } else {
+        ""
+    })
+}
+
+/// A bearer credential: the machine secret (an owner), or an API token with its role.
+fn bearer_credential(state: &AppState, presented: &str) -> Result<(String, Role), &'static str> {
+    if presented.is_empty() {
+        return Err("missing bearer token");
+    }
+    if bool::from(presented.as_bytes().ct_eq(state.secret.as_bytes())) {
+        return Ok((SECRET_ACTOR.to_owned(), Role::Owner));
+    }
+    if !presented.starts_with(TOKEN_PREFIX) {
+        return Err("wrong bearer token");
+    }
+    match state.tokens.authenticate(presented, crate::now_ms()) {
+        Ok(holder) => Ok((holder.actor, holder.role)),
+        Err(TokenRefusal::Unknown) => Err("unknown or revoked API token"),
+        Err(TokenRefusal::Expired) => Err("expired API token"),
+    }
+}
+
+/// Authenticates a request: `Authorization: Bearer <credential>` (the machine secret or an API
+/// token, compared in constant time), or else a dashboard session cookie. A cookie request must
+/// come from the daemon's own origin (when it says one), and one that may change state (any
+/// method but GET, HEAD, OPTIONS) must carry the session's CSRF token in `X-CSRF-Token`. Records
+/// the actor, its role and the source.
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(""));
+    let bearer = bearer_of(request.headers());
     let session = cookie(request.headers(), SESSION_COOKIE).filter(|v| !v.is_empty());
-    let actor = match (bearer, session) {
+    let (actor, role) = match (bearer, session) {
         (bearer, None) | (bearer @ Some(_), Some(_)) => {
-            let presented = bearer.unwrap_or("");
-            let matches: bool = presented.as_bytes().ct_eq(state.secret.as_bytes()).into();
-            if !matches {
-                let why = if presented.is_empty() {
-                    "missing bearer token"
-                } else {
-                    "wrong bearer token"
-                };
-                return refuse(
-                    &state,
-                    &request,
-                    ErrorCode::Unauthorized,
-                    why,
-                    format!(
-                        "{why}; send `Authorization: Bearer <secret>` with the secret from auth.json in the daemon's state directory, or log in to the dashboard with `celistrad ctl dashboard`"
-                    ),
-                );
+            match bearer_credential(&state, bearer.unwrap_or("")) {
+                Ok(credential) => credential,
+                Err(why) => {
+                    return refuse(
+                        &state,
+                        &request,
+                        ErrorCode::Unauthorized,
+                        why,
+                        format!(
+                            "{why}; send `Authorization: Bearer <credential>`: the secret from auth.json in the daemon's state directory, or a token from `celistrad ctl token create` (ask an owner); or log in to the dashboard with `celistrad ctl dashboard`"
+                        ),
+                    );
+                }
             }
-            SECRET_ACTOR.to_owned()
         }
         (None, Some(token)) => {
             let token = token.to_owned();
@@ -186,13 +266,42 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
                 id: session.id,
                 token,
             });
-            session.actor
+            (session.actor, session.role)
         }
     };
     let source = source_of(request.headers());
+    let ended = state.lifetimes.of(&actor);
+    request.extensions_mut().insert(Caller { role, ended });
     request.extensions_mut().insert(Actor(actor));
     request.extensions_mut().insert(Source(source));
     next.run(request).await
+}
+
+/// Refuses a caller whose role does not satisfy the `required` role of the route (whose path
+/// template is `route`): 403, naming the role.
+async fn authorize(
+    State((state, required, route)): State<(AppState, Role, Arc<str>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let role = request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| caller.role);
+    match role {
+        Some(role) if role.satisfies(required) => next.run(request).await,
+        role => {
+            let what = format!("{} {route}", request.method());
+            let have = role.unwrap_or(Role::Viewer);
+            tracing::info!("refused {what}: the {have} role may not");
+            state.supervisor.services.audit.record_auth_failure(
+                request.method().as_str(),
+                request.uri().path(),
+                &format!("role {have} may not; needs {required}"),
+            );
+            Failure(ApiError::role_required(required, have, &what)).into_response()
+        }
+    }
 }
 
 pub(crate) fn source_of(headers: &HeaderMap) -> String {
@@ -206,76 +315,34 @@ pub(crate) fn source_of(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// The whole API and the dashboard. Every API route, the unknown ones included, requires a
-/// credential (the bearer secret or a session), except the terminal WebSocket, which browsers open
-/// without headers (it requires a ticket instead), the login, which takes a one-time code, and
-/// decision links (`/d/{token}`), whose signed token is the credential. The dashboard's files
-/// (`/`, `/login`, `/assets/…`) hold no secret and are public.
+/// The whole API and the dashboard, made from the route table. Every API route requires a
+/// credential (the bearer secret or token, or a session) whose role satisfies the route's, the
+/// unknown routes included, except the table's public routes: the terminal WebSocket, which
+/// browsers open without headers (it requires a ticket instead), and the login, which takes a
+/// one-time code; and decision links (`/d/{token}`), whose signed token is the credential. The
+/// dashboard's files (`/`, `/login`, `/assets/…`) hold no secret and are public.
 pub(crate) fn router(state: AppState) -> Router {
-    let public = Router::new()
-        .route("/v1/agents/{agent}/terminal", get(terminal::connect))
-        .route("/v1/sessions/login", post(sessions::login))
+    let mut public = Router::new();
+    let mut authenticated = Router::new();
+    for route in routes::table() {
+        match route.access {
+            Access::Public => public = public.route(&route.path, route.handler),
+            Access::Any => authenticated = authenticated.route(&route.path, route.handler),
+            Access::Role(required) => {
+                let check = middleware::from_fn_with_state(
+                    (state.clone(), required, Arc::from(route.path.as_str())),
+                    authorize,
+                );
+                authenticated = authenticated.route(&route.path, route.handler.route_layer(check));
+            }
+        }
+    }
+    let public = public
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state.clone())
         .merge(celistra_dashboard::router())
         .merge(decide::router(state.clone()));
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/openapi.json", get(openapi::document))
-        .route("/v1/agents", get(agents::list).post(agents::spawn))
-        .route(
-            "/v1/agents/{agent}",
-            get(agents::get)
-                .patch(agents::update)
-                .delete(agents::remove),
-        )
-        .route("/v1/agents/{agent}/spec", get(agents::spec))
-        .route("/v1/agents/{agent}/stop", post(agents::stop))
-        .route("/v1/agents/{agent}/start", post(agents::start))
-        .route("/v1/agents/{agent}/restart", post(agents::restart))
-        .route("/v1/agents/{agent}/kill", post(agents::kill))
-        .route("/v1/agents/{agent}/rename", post(agents::rename))
-        .route(
-            "/v1/agents/{agent}/logs",
-            get(history::logs).delete(history::clear),
-        )
-        .route("/v1/logs", get(history::search))
-        .route("/v1/history", get(history::runs))
-        .route("/v1/apply", post(agents::apply))
-        .route("/v1/sandbox", get(sandbox::status).put(sandbox::switch))
-        .route("/v1/approvals", get(approvals::list))
-        .route("/v1/approvals/{id}", get(approvals::get))
-        .route("/v1/approvals/{id}/{verdict}", post(approvals::decide))
-        .route("/v1/notifications", get(notifications::status))
-        .route("/v1/notifications/test", post(notifications::test))
-        .route("/v1/push/vapid-key", get(notifications::vapid_key))
-        .route(
-            "/v1/push/subscriptions",
-            get(notifications::subscriptions).post(notifications::subscribe),
-        )
-        .route(
-            "/v1/push/subscriptions/{id}",
-            axum::routing::delete(notifications::unsubscribe),
-        )
-        .route("/v1/audit", get(audit::list))
-        .route("/v1/audit/tail", get(audit::tail))
-        .route("/v1/audit/checkpoint", post(audit::checkpoint))
-        .route("/v1/audit/proof", get(audit::proof))
-        .route("/v1/audit/verify", post(audit::verify))
-        .route("/v1/audit/export", get(audit::export))
-        .route("/v1/audit/bundle", get(audit::bundle))
-        .route("/v1/sandbox/explain", post(sandbox::explain))
-        .route("/v1/events", get(events::stream))
-        .route(
-            "/v1/agents/{agent}/terminal/tickets",
-            post(terminal::ticket),
-        )
-        .route("/v1/usage", get(agents::usage))
-        .route("/v1/sessions", get(sessions::list))
-        .route("/v1/sessions/login-codes", post(sessions::issue_code))
-        .route("/v1/sessions/{id}", axum::routing::delete(sessions::revoke))
-        .route("/v1/session", get(sessions::current))
-        .route("/v1/session/logout", post(sessions::logout))
+    authenticated
         .fallback(|| async { failure(ErrorCode::NotFound, "no such route; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             failure(

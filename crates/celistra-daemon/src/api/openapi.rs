@@ -1,5 +1,5 @@
-//! `GET /v1/openapi.json`: the OpenAPI document, generated from the handlers' annotations and the
-//! wire types' schemas.
+//! `GET /v1/openapi.json`: the OpenAPI document: its frame and the wire types' schemas here, its
+//! operations from the route table (`routes.rs`) and the handlers' annotations.
 
 use axum::Json;
 use celistra_proto::{
@@ -9,34 +9,19 @@ use celistra_proto::{
     EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest, Health,
     HistoryHealth, IoMode, KillRequest, LinkDecision, LogLine, LoginLink, LoginRequest, Notice,
     NoticeKind, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
-    RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
+    RenameRequest, Role, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
     SandboxStatus, SandboxSwitch, SessionInfo, SessionState, TermSize, TerminalClientMessage,
     TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault,
-    UpdateRequest, VapidKeyInfo, Verdict,
+    TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{
-    agents, approvals, audit, events, history, notifications, sandbox, sessions, terminal,
-};
+use super::history;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs `Authorization: Bearer <secret>`, except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), the dashboard login, which takes a one-time code, and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential. A dashboard session cookie is accepted instead of the bearer secret; with it, requests that change state must send `X-CSRF-Token`."),
-    paths(
-        super::health, document,
-        agents::list, agents::get, agents::spec, agents::spawn, agents::update, agents::rename,
-        agents::stop, agents::start, agents::restart, agents::kill, agents::remove, agents::apply,
-        history::logs, history::clear, history::search, history::runs, events::stream,
-        terminal::ticket, terminal::connect, sandbox::status, sandbox::switch, sandbox::explain,
-        audit::list, audit::tail, audit::checkpoint, audit::proof, audit::verify, audit::bundle,
-        audit::export, approvals::list, approvals::get, approvals::decide,
-        notifications::status, notifications::test, notifications::vapid_key,
-        notifications::subscriptions, notifications::subscribe, notifications::unsubscribe,
-        sessions::issue_code, sessions::login, sessions::current, sessions::logout, sessions::list,
-        sessions::revoke, agents::usage,
-    ),
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs a credential (`Authorization: Bearer <credential>`: the machine secret, an owner's, or an API token with its role) whose role satisfies the operation's `x-celistra-role` (owner, operator, viewer, approver; `any`: any credential; `public`: none), except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), the dashboard login, which takes a one-time code, and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential. A dashboard session cookie is accepted instead of the bearer secret; with it, requests that change state must send `X-CSRF-Token`."),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
         Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
@@ -48,6 +33,7 @@ use super::{
         ChannelStatus, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
         VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
         LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage,
+        Role, TokenRequest, TokenInfo, TokenCreated,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -66,10 +52,17 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The OpenAPI 3.1 document of this API.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "daemon", responses((status = 200, description = "OpenAPI document")))]
-pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
+/// The document's frame and schemas, without operations.
+pub(crate) fn base() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    Json(doc)
+    doc
+}
+
+/// The OpenAPI 3.1 document of this API. Each operation's `x-celistra-role` is the role it
+/// requires: `owner`, `operator`, `viewer`, `approver`, `any` (any credential) or `public`.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "daemon", operation_id = "openapi_document",
+    responses((status = 200, description = "OpenAPI document")))]
+pub(crate) async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(super::routes::cached_document())
 }

@@ -3,11 +3,13 @@
 //! sessions. Every route but the login itself is authenticated like the rest of the API.
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use celistra_proto::{
-    ApiError, ErrorCode, LoginLink, LoginRequest, SESSION_COOKIE, SessionInfo, SessionState,
+    ApiError, ErrorCode, LoginCodeQuery, LoginLink, LoginRequest, Role, SESSION_COOKIE,
+    SessionInfo, SessionState,
 };
 use serde_json::json;
 
@@ -32,18 +34,21 @@ fn cookie(token: Option<&str>, secure: bool) -> HeaderValue {
 
 /// Make a single-use login link for the dashboard (what `celistrad ctl dashboard` prints). It
 /// expires in 5 minutes; the code rides in the URL's fragment, which browsers never send.
-#[utoipa::path(post, path = "/v1/sessions/login-codes", tag = "sessions",
+#[utoipa::path(post, path = "/v1/sessions/login-codes", tag = "sessions", params(LoginCodeQuery),
     responses((status = 200, body = LoginLink), (status = 401, body = ApiError)))]
 pub(crate) async fn issue_code(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    query: Result<Query<LoginCodeQuery>, QueryRejection>,
 ) -> ApiResult<Json<LoginLink>> {
-    let (code, expires_at_ms) = state.sessions.issue_code(&actor.0, now_ms())?;
+    let Query(query) = query.map_err(super::bad_query)?;
+    let role = query.role.unwrap_or(Role::Owner);
+    let (code, expires_at_ms) = state.sessions.issue_code(&actor.0, role, now_ms())?;
     state.supervisor.services.audit.record(
         &actor.0,
         "login_code_issued",
         "dashboard",
-        json!({ "expires_at_ms": expires_at_ms }),
+        json!({ "expires_at_ms": expires_at_ms, "role": role }),
     );
     Ok(Json(LoginLink {
         url: format!("{}/login#{code}", state.base_url),
@@ -143,6 +148,7 @@ pub(crate) async fn logout(
 ) -> ApiResult<Response> {
     let token = session_of(token)?;
     let session = state.sessions.revoke(&token.id)?;
+    state.lifetimes.end(&session.actor);
     state.supervisor.services.audit.record(
         &session.actor,
         "session_logout",
@@ -176,6 +182,7 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<SessionInfo>)> {
     let session = state.sessions.revoke(&id)?;
+    state.lifetimes.end(&session.actor);
     state
         .supervisor
         .services

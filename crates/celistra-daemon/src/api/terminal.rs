@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use celistra_proto::{
-    ApiError, ErrorCode, IoMode, TERMINAL_PROTOCOL, TERMINAL_PROTOCOL_VERSION, TermSize,
+    ApiError, ErrorCode, IoMode, Role, TERMINAL_PROTOCOL, TERMINAL_PROTOCOL_VERSION, TermSize,
     TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
 };
 use futures_util::stream::{SplitSink, SplitStream};
@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use super::{Actor, AppState, Failure, JsonBody, failure};
+use super::{Actor, AppState, Caller, Failure, JsonBody, Lifetimes, failure};
 use crate::supervisor::AgentHandle;
 use crate::supervisor::fanout::{self, Client, Delivery, InputOp, Next};
 
@@ -41,12 +41,15 @@ const CLOSE_REMOVED: u16 = 1000;
 const CLOSE_STOPPING: u16 = 1001;
 const CLOSE_TRY_LATER: u16 = 1013;
 const CLOSE_TOO_SLOW: u16 = 4008;
+const CLOSE_REVOKED: u16 = 4003;
 
 struct Ticket {
     secret: String,
     agent_id: String,
     role: TerminalRole,
     actor: String,
+    /// Ends the session when the credential that asked for the ticket is revoked.
+    ended: CancellationToken,
     expires: Instant,
 }
 
@@ -57,8 +60,14 @@ pub(crate) struct Tickets {
 }
 
 impl Tickets {
-    fn issue(&self, agent_id: &str, role: TerminalRole, actor: &str) -> Result<String, Failure> {
-        self.issue_at(agent_id, role, actor, Instant::now())
+    fn issue(
+        &self,
+        agent_id: &str,
+        role: TerminalRole,
+        actor: &str,
+        ended: CancellationToken,
+    ) -> Result<String, Failure> {
+        self.issue_at(agent_id, role, actor, ended, Instant::now())
     }
 
     fn issue_at(
@@ -66,6 +75,7 @@ impl Tickets {
         agent_id: &str,
         role: TerminalRole,
         actor: &str,
+        ended: CancellationToken,
         now: Instant,
     ) -> Result<String, Failure> {
         let mut bytes = [0u8; 32];
@@ -86,6 +96,7 @@ impl Tickets {
             agent_id: agent_id.to_owned(),
             role,
             actor: actor.to_owned(),
+            ended,
             expires: now + TICKET_LIFETIME,
         });
         Ok(secret)
@@ -110,18 +121,29 @@ impl Tickets {
     }
 }
 
-/// Issue a single-use ticket that opens the agent's terminal WebSocket within 30 seconds.
+/// Issue a single-use ticket that opens the agent's terminal WebSocket within 30 seconds. A
+/// writer ticket needs the operator role; a viewer may ask only for viewer tickets (else 403).
 #[utoipa::path(post, path = "/v1/agents/{agent}/terminal/tickets", tag = "terminal", request_body = TicketRequest,
     params(("agent" = String, Path, description = "Agent id or name")),
     responses((status = 200, body = TerminalTicket), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
 pub(crate) async fn ticket(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    Extension(caller): Extension<Caller>,
     Path(agent): Path<String>,
     JsonBody(request): JsonBody<TicketRequest>,
 ) -> Result<Json<TerminalTicket>, Failure> {
+    if request.role == TerminalRole::Writer && !caller.role.satisfies(Role::Operator) {
+        return Err(Failure(ApiError::role_required(
+            Role::Operator,
+            caller.role,
+            "a writer ticket (typing into an agent's terminal)",
+        )));
+    }
     let handle = state.supervisor.find(&agent)?;
-    let secret = state.tickets.issue(&handle.id, request.role, &actor.0)?;
+    let secret = state
+        .tickets
+        .issue(&handle.id, request.role, &actor.0, caller.ended)?;
     Ok(Json(TerminalTicket {
         path: format!("/v1/agents/{}/terminal?ticket={secret}", handle.id),
         ticket: secret,
@@ -159,11 +181,11 @@ pub(crate) async fn connect(
             .into_response(),
             Ok(upgrade) => {
                 tracing::info!(agent = %handle.id, actor = %ticket.actor, role = ticket.role.as_str(), "terminal attached");
-                let stopping = state.stopping.clone();
+                let lifetimes = Arc::clone(&state.lifetimes);
                 upgrade
                     .protocols([TERMINAL_PROTOCOL])
                     .max_message_size(MAX_FRAME)
-                    .on_upgrade(move |socket| session(socket, handle, ticket, stopping))
+                    .on_upgrade(move |socket| session(socket, handle, ticket, lifetimes))
             }
         },
     }
@@ -253,7 +275,7 @@ async fn session(
     socket: WebSocket,
     handle: Arc<AgentHandle>,
     ticket: Ticket,
-    stopping: CancellationToken,
+    lifetimes: Arc<Lifetimes>,
 ) {
     let (mut sink, stream) = socket.split();
     let Some((client, replay)) = handle.fanout.attach(ticket.role) else {
@@ -290,10 +312,16 @@ async fn session(
                 Next::Items(items) => {
                     for item in items {
                         match item {
-                            Delivery::Output(bytes) => feed(&mut sink, Message::Binary(bytes)).await?,
+                            Delivery::Output(bytes) => {
+                                feed(&mut sink, Message::Binary(bytes)).await?
+                            }
                             Delivery::Control(message) => feed_control(&mut sink, &message).await?,
-                            Delivery::Resync { skipped, replay } => feed_resync(&mut sink, skipped, replay).await?,
-                            Delivery::Closed => return Err(Ending::Close(CLOSE_REMOVED, "agent removed")),
+                            Delivery::Resync { skipped, replay } => {
+                                feed_resync(&mut sink, skipped, replay).await?
+                            }
+                            Delivery::Closed => {
+                                return Err(Ending::Close(CLOSE_REMOVED, "agent removed"));
+                            }
                         }
                     }
                     flush(&mut sink).await?;
@@ -317,7 +345,11 @@ async fn session(
                 () = client.ready.notified() => {}
                 () = resync_timer => {}
                 _ = &mut reader => return Err(Ending::ClientGone),
-                () = stopping.cancelled() => return Err(Ending::Close(CLOSE_STOPPING, "daemon stopping")),
+                () = ticket.ended.cancelled() => return Err(if lifetimes.daemon_stopping() {
+                    Ending::Close(CLOSE_STOPPING, "daemon stopping")
+                } else {
+                    Ending::Close(CLOSE_REVOKED, "credential revoked")
+                }),
             }
         }
     }
@@ -493,7 +525,13 @@ mod tests {
 
     fn issue(tickets: &Tickets, now: Instant) -> String {
         tickets
-            .issue_at("ag-1", TerminalRole::Writer, "owner", now)
+            .issue_at(
+                "ag-1",
+                TerminalRole::Writer,
+                "owner",
+                CancellationToken::new(),
+                now,
+            )
             .unwrap_or_else(|_| panic!("issued"))
     }
 

@@ -13,6 +13,7 @@ mod notifications;
 mod sandbox;
 mod sessions;
 mod table;
+mod tokens;
 
 use std::process::ExitCode;
 
@@ -71,6 +72,8 @@ enum Verb {
     Dashboard(sessions::DashboardArgs),
     /// The dashboard's browser sessions: ls, revoke ID.
     Sessions(sessions::SessionsArgs),
+    /// API tokens with a role: create, ls, revoke.
+    Token(tokens::TokenArgs),
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -130,6 +133,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Notifications(args) => notifications::run(client, args).await,
         Verb::Dashboard(args) => sessions::dashboard(client, args).await,
         Verb::Sessions(args) => sessions::sessions(client, args).await,
+        Verb::Token(args) => tokens::run(client, args).await,
     }
 }
 

@@ -2,7 +2,7 @@
 //! `ctl sessions` (list and revoke the dashboard's browser sessions).
 
 use celistra_client::Client;
-use celistra_proto::{LoginLink, SessionInfo};
+use celistra_proto::{LoginLink, Role, SessionInfo};
 use clap::{Args, Subcommand};
 use hyper::Method;
 
@@ -17,6 +17,9 @@ pub(crate) struct DashboardArgs {
     /// Print the link as JSON (`code`, `url`, `expires_at_ms`).
     #[arg(long)]
     json: bool,
+    /// The role of the session the link opens: owner (default), operator, viewer or approver.
+    #[arg(long, value_parser = |text: &str| text.parse::<Role>())]
+    role: Option<Role>,
 }
 
 #[derive(Debug, Args)]
@@ -41,9 +44,11 @@ enum Action {
 
 /// Prints a login link (good once, for 5 minutes) and tries `xdg-open` on it.
 pub(crate) async fn dashboard(client: &Client, args: DashboardArgs) -> CtlResult {
-    let link: LoginLink = client
-        .call(Method::POST, "/v1/sessions/login-codes", None::<&()>)
-        .await?;
+    let path = match args.role {
+        Some(role) => format!("/v1/sessions/login-codes?role={role}"),
+        None => "/v1/sessions/login-codes".to_owned(),
+    };
+    let link: LoginLink = client.call(Method::POST, &path, None::<&()>).await?;
     if args.json {
         print_json(&link);
     } else {
@@ -83,6 +88,7 @@ pub(crate) async fn sessions(client: &Client, args: SessionsArgs) -> CtlResult {
                 .map(|s| {
                     vec![
                         s.id.clone(),
+                        s.role.to_string(),
                         clock(s.created_at_ms),
                         format!(
                             "{} ago",
@@ -99,7 +105,7 @@ pub(crate) async fn sessions(client: &Client, args: SessionsArgs) -> CtlResult {
             println!(
                 "{}",
                 render(
-                    &["ID", "LOGGED IN", "LAST SEEN", "EXPIRES", "BROWSER"],
+                    &["ID", "ROLE", "LOGGED IN", "LAST SEEN", "EXPIRES", "BROWSER"],
                     &rows
                 )
             );

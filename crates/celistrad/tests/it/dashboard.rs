@@ -15,7 +15,7 @@ use hyper::{Method, Request, StatusCode};
 use crate::{BIN, Daemon};
 
 /// One HTTP/1.1 request over TCP with exactly the headers given (no bearer secret).
-async fn request(
+pub(crate) async fn request(
     addr: SocketAddr,
     method: Method,
     path: &str,
@@ -57,7 +57,7 @@ async fn request(
     )
 }
 
-fn addr(daemon: &Daemon) -> SocketAddr {
+pub(crate) fn addr(daemon: &Daemon) -> SocketAddr {
     std::fs::read_to_string(daemon.home().join("http.addr"))
         .expect("http.addr")
         .trim()

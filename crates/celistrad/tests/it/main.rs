@@ -9,6 +9,7 @@ mod cli;
 mod dashboard;
 mod history;
 mod notifications;
+mod roles;
 mod sandbox;
 mod supervision;
 mod terminal;

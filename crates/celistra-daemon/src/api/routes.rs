@@ -1,0 +1,206 @@
+//! The route table: every API route once, as its handler (whose `#[utoipa::path]` says its method,
+//! path, parameters, body and answers) and the role it requires. The router, the OpenAPI document
+//! (each operation's `x-celistra-role`, and the 401 and 403 answers that role implies) and the role
+//! checks are all made from this one list.
+
+use std::sync::OnceLock;
+
+use axum::routing::MethodRouter;
+use celistra_proto::{Access, Role};
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::{Content, OpenApi, Ref, ResponseBuilder};
+use utoipa_axum::routes;
+
+use super::{
+    AppState, agents, approvals, audit, events, history, notifications, openapi, sandbox, sessions,
+    terminal, tokens,
+};
+
+/// The OpenAPI extension that names the role an operation requires.
+pub(crate) const ROLE_EXTENSION: &str = "x-celistra-role";
+
+/// One route of the table.
+pub(crate) struct Route {
+    pub access: Access,
+    /// The path template, as axum and OpenAPI both write it (`/v1/agents/{agent}`).
+    pub path: String,
+    pub handler: MethodRouter<AppState>,
+    /// The route's operation, as the OpenAPI document shows it.
+    item: PathItem,
+}
+
+/// Makes a [`Route`] from a handler annotated with `#[utoipa::path]`.
+macro_rules! route {
+    ($access:expr, $handler:path) => {
+        Route::new($access, routes!($handler))
+    };
+}
+
+impl Route {
+    fn new(
+        access: Access,
+        (_, paths, handler): utoipa_axum::router::UtoipaMethodRouter<AppState>,
+    ) -> Route {
+        let mut items = paths.paths.into_iter();
+        let (path, mut item) = items.next().expect("a handler has one path");
+        assert!(items.next().is_none(), "one handler per route");
+        for operation in operations(&mut item) {
+            document_access(operation, access);
+        }
+        Route {
+            access,
+            path,
+            handler,
+            item,
+        }
+    }
+}
+
+/// Every route of the API.
+pub(crate) fn table() -> Vec<Route> {
+    use Access::{Any, Public};
+    let owner = Access::Role(Role::Owner);
+    let operator = Access::Role(Role::Operator);
+    let viewer = Access::Role(Role::Viewer);
+    let approver = Access::Role(Role::Approver);
+    vec![
+        route!(Any, super::health),
+        route!(Any, openapi::document),
+        // Agents.
+        route!(viewer, agents::list),
+        route!(operator, agents::spawn),
+        route!(viewer, agents::get),
+        route!(operator, agents::update),
+        route!(operator, agents::remove),
+        // The spec holds environment values, which only an owner may read.
+        route!(owner, agents::spec),
+        route!(operator, agents::stop),
+        route!(operator, agents::start),
+        route!(operator, agents::restart),
+        route!(operator, agents::kill),
+        route!(operator, agents::rename),
+        route!(operator, agents::apply),
+        route!(viewer, agents::usage),
+        // Output and history; clearing a log erases a record, so it is the owner's.
+        route!(viewer, history::logs),
+        route!(owner, history::clear),
+        route!(viewer, history::search),
+        route!(viewer, history::runs),
+        // Events: approvers get only approval events (see `events::stream`).
+        route!(Any, events::stream),
+        // Terminals: a viewer gets viewer tickets only (see `terminal::ticket`).
+        route!(viewer, terminal::ticket),
+        route!(Public, terminal::connect),
+        // The sandbox: reading is a viewer's, the master switch the owner's.
+        route!(viewer, sandbox::status),
+        route!(owner, sandbox::switch),
+        route!(viewer, sandbox::explain),
+        // The audit log.
+        route!(viewer, audit::list),
+        route!(viewer, audit::tail),
+        route!(viewer, audit::checkpoint),
+        route!(viewer, audit::proof),
+        route!(operator, audit::verify),
+        route!(viewer, audit::export),
+        route!(viewer, audit::bundle),
+        // Approvals.
+        route!(approver, approvals::list),
+        route!(approver, approvals::get),
+        route!(approver, approvals::decide),
+        // Notification channels are the owner's; an approver may subscribe a device to them.
+        route!(owner, notifications::status),
+        route!(owner, notifications::test),
+        route!(approver, notifications::vapid_key),
+        route!(owner, notifications::subscriptions),
+        route!(approver, notifications::subscribe),
+        route!(owner, notifications::unsubscribe),
+        // Credentials.
+        route!(owner, tokens::list),
+        route!(owner, tokens::create),
+        route!(owner, tokens::revoke),
+        route!(owner, sessions::issue_code),
+        route!(Public, sessions::login),
+        route!(Any, sessions::current),
+        route!(Any, sessions::logout),
+        route!(owner, sessions::list),
+        route!(owner, sessions::revoke),
+    ]
+}
+
+/// The operations of a path item (one per table entry).
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+        &mut item.head,
+        &mut item.options,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Marks an operation with the role it requires, and the 401 and 403 answers that implies.
+fn document_access(operation: &mut Operation, access: Access) {
+    operation
+        .extensions
+        .get_or_insert_with(Extensions::default)
+        .insert(ROLE_EXTENSION.to_owned(), access.as_str().into());
+    let refusals: &[(&str, &str)] = match access {
+        Access::Public => &[],
+        Access::Any => &[(
+            "401",
+            "no valid credential (missing, wrong, expired or revoked)",
+        )],
+        Access::Role(_) => &[
+            (
+                "401",
+                "no valid credential (missing, wrong, expired or revoked)",
+            ),
+            (
+                "403",
+                "the credential's role may not do this (`code`: `role_required`, naming the role needed)",
+            ),
+        ],
+    };
+    for (status, description) in refusals {
+        operation
+            .responses
+            .responses
+            .entry((*status).to_owned())
+            .or_insert_with(|| {
+                ResponseBuilder::new()
+                    .description(*description)
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name("ApiError"))),
+                    )
+                    .build()
+                    .into()
+            });
+    }
+}
+
+/// The table's operations as OpenAPI paths, merged into `doc`.
+pub(crate) fn document(mut doc: OpenApi) -> OpenApi {
+    for route in table() {
+        let Route { path, item, .. } = route;
+        match doc.paths.paths.get_mut(&path) {
+            Some(existing) => existing.merge_operations(item),
+            None => {
+                doc.paths.paths.insert(path, item);
+            }
+        }
+    }
+    doc
+}
+
+/// The document, made once.
+pub(crate) fn cached_document() -> &'static OpenApi {
+    static DOCUMENT: OnceLock<OpenApi> = OnceLock::new();
+    DOCUMENT.get_or_init(|| document(openapi::base()))
+}
