@@ -1,5 +1,35 @@
-//! Who does things: the actor recorded for what the daemon does by itself. Requests carry their
-//! own actor (see `api`).
+//! Who does things: a credential (its name and role) or the daemon itself. Every event and audit
+//! entry of a privileged action names its actor, and a credential's role with it.
+
+use celistra_proto::Role;
 
 /// The actor of what the daemon does by itself.
 pub(crate) const SYSTEM: &str = "system";
+
+/// Who asked for something: a credential's name as recorded (`machine-secret`, `token:<name>`,
+/// `session:<id>`, `link:<channel>`) and its role, or the daemon itself (`system`, no role).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Actor {
+    pub name: String,
+    pub role: Option<Role>,
+}
+
+impl Actor {
+    pub(crate) fn system() -> Actor {
+        Actor {
+            name: SYSTEM.to_owned(),
+            role: None,
+        }
+    }
+
+    pub(crate) fn credential(name: impl Into<String>, role: Role) -> Actor {
+        Actor {
+            name: name.into(),
+            role: Some(role),
+        }
+    }
+
+    pub(crate) fn is_system(&self) -> bool {
+        self.name == SYSTEM
+    }
+}

@@ -9,7 +9,7 @@ use celistra_proto::{
     ApiError, Approval, ApprovalStatus, AskRequest, ErrorCode, EventKind, NoticeKind,
 };
 
-use crate::actor::SYSTEM;
+use crate::actor::Actor;
 use crate::approvals::{Submission, Verdict};
 use crate::now_ms;
 use crate::services::{AgentDirectory, Services};
@@ -118,7 +118,7 @@ impl ApprovalFlow {
             tokio::time::sleep(Duration::from_millis(wait)).await;
             let expiry = Verdict {
                 status: ApprovalStatus::Expired,
-                actor: SYSTEM,
+                actor: Actor::system(),
                 via: "timeout",
                 reason: Some("nobody decided in time".into()),
             };

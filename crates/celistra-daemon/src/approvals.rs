@@ -13,6 +13,7 @@ use celistra_proto::{ApiError, Approval, ApprovalStatus, AskRequest, ErrorCode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::actor::Actor;
 use crate::home::write_atomic_private;
 
 /// Default time to decide, as the reference product.
@@ -194,7 +195,7 @@ pub(crate) enum Submission {
 /// Who decides, and how.
 pub(crate) struct Verdict<'a> {
     pub status: ApprovalStatus,
-    pub actor: &'a str,
+    pub actor: Actor,
     pub via: &'a str,
     pub reason: Option<String>,
 }
@@ -255,6 +256,7 @@ impl Broker {
             on_timeout: ask.on_timeout,
             status: ApprovalStatus::Pending,
             decided_by: None,
+            decided_by_role: None,
             decided_via: None,
             decided_at_ms: None,
             reason: None,
@@ -300,7 +302,8 @@ impl Broker {
                 ));
             }
             approval.status = verdict.status;
-            approval.decided_by = Some(verdict.actor.to_owned());
+            approval.decided_by = Some(verdict.actor.name.clone());
+            approval.decided_by_role = verdict.actor.role;
             approval.decided_via = Some(verdict.via.to_owned());
             approval.decided_at_ms = Some(now_ms);
             approval.reason = verdict.reason;
@@ -337,10 +340,10 @@ mod tests {
         }
     }
 
-    fn approve(actor: &str) -> Verdict<'_> {
+    fn approve(actor: &str) -> Verdict<'static> {
         Verdict {
             status: ApprovalStatus::Approved,
-            actor,
+            actor: Actor::credential(actor, celistra_proto::Role::Approver),
             via: "api",
             reason: None,
         }
@@ -483,7 +486,7 @@ mod tests {
         let (pending, _r2) = created(broker.submit("ag-a", "a", "ask", ask("two"), 2).unwrap());
         let expired = Verdict {
             status: ApprovalStatus::Expired,
-            actor: "system",
+            actor: Actor::system(),
             via: "timeout",
             reason: Some("nobody decided in time".into()),
         };
@@ -527,6 +530,7 @@ mod tests {
                     on_timeout: Default::default(),
                     status: ApprovalStatus::Denied,
                     decided_by: None,
+                    decided_by_role: None,
                     decided_via: None,
                     decided_at_ms: Some(i as u64),
                     reason: None,

@@ -10,7 +10,7 @@ use celistra_audit::{AuditLog, NewEntry};
 use celistra_proto::{AuditHealth, AuditVerification, EventKind};
 use serde_json::{Value, json};
 
-use crate::actor::SYSTEM;
+use crate::actor::Actor;
 
 /// The daemon's audit log and the bookkeeping around it.
 pub(crate) struct Auditor {
@@ -139,11 +139,15 @@ impl Auditor {
         &self.log
     }
 
-    /// Appends one entry; secrets in `body` are redacted first (never after).
-    pub(crate) fn record(&self, actor: &str, action: &str, target: &str, mut body: Value) {
+    /// Appends one entry; secrets in `body` are redacted first (never after). A credential's role
+    /// goes into the body as `actor_role`.
+    pub(crate) fn record(&self, actor: &Actor, action: &str, target: &str, mut body: Value) {
         celistra_audit::redact(&mut body);
+        if let (Some(role), Value::Object(fields)) = (actor.role, &mut body) {
+            fields.insert("actor_role".into(), role.as_str().into());
+        }
         self.log.append(NewEntry {
-            actor: actor.to_owned(),
+            actor: actor.name.clone(),
             action: action.to_owned(),
             target: target.to_owned(),
             body,
@@ -173,8 +177,12 @@ impl Auditor {
             window.recorded += 1;
             std::mem::take(&mut window.suppressed)
         };
+        let nobody = Actor {
+            name: "unauthenticated".into(),
+            role: None,
+        };
         self.record(
-            "unauthenticated",
+            &nobody,
             "auth_failed",
             path,
             json!({ "method": method, "reason": reason, "suppressed_before": suppressed }),
@@ -192,7 +200,7 @@ impl Auditor {
         seen.insert(file, digest.clone());
         drop(seen);
         self.record(
-            SYSTEM,
+            &Actor::system(),
             "config_loaded",
             file,
             json!({ "sha256": digest, "present": content.is_some() }),
@@ -211,22 +219,24 @@ fn content_digest(content: &str) -> String {
 /// The audit entry of an event that records a privileged action: (actor, action, target, body).
 /// Events that only report state (`agent_state`, `agent_exited`, …) are not audited: the actions
 /// that caused them are.
-fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String, Value)> {
+fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, Value)> {
     let entry = match event {
         EventKind::DaemonStarted { pid, version } => (
-            SYSTEM.to_owned(),
+            Actor::system(),
             "daemon_started",
             String::new(),
             json!({ "pid": pid, "version": version }),
         ),
-        EventKind::DaemonStopping => (
-            SYSTEM.to_owned(),
-            "daemon_stopping",
-            String::new(),
-            json!({}),
-        ),
-        EventKind::AgentSpawned { agent, actor } => (
-            actor.clone(),
+        EventKind::DaemonStopping => (Actor::system(), "daemon_stopping", String::new(), json!({})),
+        EventKind::AgentSpawned {
+            agent,
+            actor,
+            actor_role,
+        } => (
+            Actor {
+                name: actor.clone(),
+                role: *actor_role,
+            },
             "agent_spawned",
             agent.id.clone(),
             json!({
@@ -243,8 +253,12 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             old_name,
             new_name,
             actor,
+            actor_role,
         } => (
-            actor.clone(),
+            Actor {
+                name: actor.clone(),
+                role: *actor_role,
+            },
             "agent_renamed",
             agent_id.clone(),
             json!({ "old_name": old_name, "new_name": new_name }),
@@ -254,8 +268,12 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             name,
             signal,
             actor,
+            actor_role,
         } => (
-            actor.clone(),
+            Actor {
+                name: actor.clone(),
+                role: *actor_role,
+            },
             "agent_signalled",
             agent_id.clone(),
             json!({ "name": name, "signal": signal.to_string() }),
@@ -264,8 +282,12 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             agent_id,
             name,
             actor,
+            actor_role,
         } => (
-            actor.clone(),
+            Actor {
+                name: actor.clone(),
+                role: *actor_role,
+            },
             "agent_stop_requested",
             agent_id.clone(),
             json!({ "name": name }),
@@ -274,8 +296,12 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             agent_id,
             name,
             actor,
+            actor_role,
         } => (
-            actor.clone(),
+            Actor {
+                name: actor.clone(),
+                role: *actor_role,
+            },
             "agent_start_requested",
             agent_id.clone(),
             json!({ "name": name }),
@@ -284,28 +310,42 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             agent_id,
             name,
             actor,
+            actor_role,
         } => (
-            actor.clone(),
+            Actor {
+                name: actor.clone(),
+                role: *actor_role,
+            },
             "agent_removed",
             agent_id.clone(),
             json!({ "name": name }),
         ),
-        EventKind::SandboxSwitched { enabled, actor } => (
-            actor.clone(),
+        EventKind::SandboxSwitched {
+            enabled,
+            actor,
+            actor_role,
+        } => (
+            Actor {
+                name: actor.clone(),
+                role: *actor_role,
+            },
             "sandbox_switched",
             String::new(),
             json!({ "enabled": enabled }),
         ),
         EventKind::SandboxBlock { block } => (
             // The kernel decided; the agent is the target.
-            SYSTEM.to_owned(),
+            Actor::system(),
             "sandbox_block",
             block.agent_id.clone(),
             serde_json::to_value(block).unwrap_or(Value::Null),
         ),
         EventKind::ApprovalRequested { approval } => (
             // The agent asked: the agent is the actor.
-            format!("agent:{}", approval.agent_id),
+            Actor {
+                name: format!("agent:{}", approval.agent_id),
+                role: None,
+            },
             "approval_requested",
             approval.agent_id.clone(),
             serde_json::to_value(approval).unwrap_or(Value::Null),
@@ -314,7 +354,10 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             approval
                 .decided_by
                 .clone()
-                .unwrap_or_else(|| SYSTEM.to_owned()),
+                .map_or_else(Actor::system, |name| Actor {
+                    name,
+                    role: approval.decided_by_role,
+                }),
             if approval.status == celistra_proto::ApprovalStatus::Expired {
                 "approval_expired"
             } else {
@@ -324,7 +367,7 @@ fn privileged_action(event: &EventKind) -> Option<(String, &'static str, String,
             serde_json::to_value(approval).unwrap_or(Value::Null),
         ),
         EventKind::HistoryReset { moved_to, reason } => (
-            SYSTEM.to_owned(),
+            Actor::system(),
             "history_reset",
             String::new(),
             json!({ "moved_to": moved_to, "reason": reason }),
@@ -359,12 +402,18 @@ mod tests {
             agent_id: "ag-abcd".into(),
             name: "web".into(),
             signal: Signal::Kill,
-            actor: "machine-secret".into(),
+            actor: "token:ops".into(),
+            actor_role: Some(celistra_proto::Role::Operator),
         })
         .expect("audited");
         assert_eq!(
-            (actor.as_str(), action, target.as_str()),
-            ("machine-secret", "agent_signalled", "ag-abcd")
+            (actor.name.as_str(), actor.role, action, target.as_str()),
+            (
+                "token:ops",
+                Some(celistra_proto::Role::Operator),
+                "agent_signalled",
+                "ag-abcd"
+            )
         );
         assert_eq!(body["signal"], "KILL");
         assert!(

@@ -20,7 +20,7 @@ use celistra_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::actor::SYSTEM;
+use crate::actor::Actor;
 use crate::audit::Auditor;
 use crate::events::EventBus;
 use crate::home::{Home, random_hex, read_private, write_atomic_private};
@@ -478,7 +478,7 @@ impl Notifications {
                         tracing::info!("push subscription {id} is gone; forgetting it");
                         if notify.unsubscribe(&id).is_ok() {
                             notify.audit.record(
-                                SYSTEM,
+                                &Actor::system(),
                                 "push_unsubscribed",
                                 &id,
                                 serde_json::json!({ "reason": "the push service says the subscription is gone" }),

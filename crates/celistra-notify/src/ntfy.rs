@@ -76,6 +76,7 @@ mod tests {
                 on_timeout: TimeoutDefault::Deny,
                 status: ApprovalStatus::Pending,
                 decided_by: None,
+                decided_by_role: None,
                 decided_via: None,
                 decided_at_ms: None,
                 reason: None,

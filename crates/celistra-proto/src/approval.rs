@@ -67,6 +67,9 @@ pub struct Approval {
     /// Who decided (a credential), `system` for an expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
+    /// The role of the credential that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by_role: Option<crate::Role>,
     /// From which surface: `cli`, `api`, `dashboard`, …, or `timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_via: Option<String>,

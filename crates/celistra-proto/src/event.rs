@@ -39,6 +39,9 @@ pub enum EventKind {
     AgentSpawned {
         agent: Box<AgentInfo>,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     AgentState {
         agent_id: String,
@@ -84,11 +87,17 @@ pub enum EventKind {
         old_name: String,
         new_name: String,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     AgentUpdated {
         agent_id: String,
         name: String,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     AgentSignalled {
         agent_id: String,
@@ -96,21 +105,33 @@ pub enum EventKind {
         #[schema(value_type = String)]
         signal: Signal,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     AgentStopRequested {
         agent_id: String,
         name: String,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     AgentStartRequested {
         agent_id: String,
         name: String,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     AgentRemoved {
         agent_id: String,
         name: String,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     /// Output could not be saved (the disk is full, an I/O error, or saving fell behind) and was
     /// dropped; the agent itself was not slowed. Sent at the first drop, then at most every few seconds.
@@ -168,6 +189,9 @@ pub enum EventKind {
     SandboxSwitched {
         enabled: bool,
         actor: String,
+        /// The role of the actor's credential (absent for the daemon itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
     },
     /// The client asked to resume from an id older than the backlog holds: events were missed and the
     /// client should re-read `GET /v1/agents`.
@@ -224,6 +248,7 @@ mod tests {
                 old_name: "a".into(),
                 new_name: "b".into(),
                 actor: "machine-secret".into(),
+                actor_role: Some(crate::Role::Owner),
             },
         };
         let json = serde_json::to_value(&event).unwrap();

@@ -51,7 +51,7 @@ pub(crate) async fn spawn(
     Extension(source): Extension<Source>,
     JsonBody(spec): JsonBody<AgentSpec>,
 ) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
-    let info = state.supervisor.spawn(spec, &source.0, &actor.0).await?;
+    let info = state.supervisor.spawn(spec, &source.0, &actor).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -66,7 +66,7 @@ pub(crate) async fn update(
     JsonBody(update): JsonBody<UpdateRequest>,
 ) -> ApiResult<Json<AgentInfo>> {
     Ok(Json(
-        state.supervisor.update(&agent, &update, &actor.0).await?,
+        state.supervisor.update(&agent, &update, &actor).await?,
     ))
 }
 
@@ -83,7 +83,7 @@ pub(crate) async fn rename(
     Ok(Json(
         state
             .supervisor
-            .rename(&agent, &request.name, &actor.0)
+            .rename(&agent, &request.name, &actor)
             .await?,
     ))
 }
@@ -97,7 +97,7 @@ pub(crate) async fn stop(
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.stop(&agent, &actor.0).await?))
+    Ok(Json(state.supervisor.stop(&agent, &actor).await?))
 }
 
 /// Start an agent that is not running (resets its restart ceiling).
@@ -108,7 +108,7 @@ pub(crate) async fn start(
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.start(&agent, &actor.0).await?))
+    Ok(Json(state.supervisor.start(&agent, &actor).await?))
 }
 
 /// Stop (if running) and start an agent.
@@ -119,7 +119,7 @@ pub(crate) async fn restart(
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.restart(&agent, &actor.0).await?))
+    Ok(Json(state.supervisor.restart(&agent, &actor).await?))
 }
 
 /// Send a signal: `HUP` hangs up the agent's terminal, the others go to its process group. The run
@@ -136,7 +136,7 @@ pub(crate) async fn kill(
     Ok(Json(
         state
             .supervisor
-            .kill(&agent, request.signal, &actor.0)
+            .kill(&agent, request.signal, &actor)
             .await?,
     ))
 }
@@ -149,7 +149,7 @@ pub(crate) async fn remove(
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.remove(&agent, &actor.0).await?))
+    Ok(Json(state.supervisor.remove(&agent, &actor).await?))
 }
 
 /// Make the agents match a list of specs.
@@ -167,7 +167,7 @@ pub(crate) async fn apply(
         source.0
     };
     Ok(Json(
-        state.supervisor.apply(request, &source, &actor.0).await?,
+        state.supervisor.apply(request, &source, &actor).await?,
     ))
 }
 

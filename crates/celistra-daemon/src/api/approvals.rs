@@ -69,7 +69,7 @@ pub(crate) async fn decide(
         &id,
         crate::approvals::Verdict {
             status,
-            actor: &actor.0,
+            actor,
             via: &source.0,
             reason: request.reason,
         },

@@ -70,12 +70,16 @@ pub(crate) async fn decide(
         "api" => "link".to_owned(),
         source => source.to_owned(),
     };
-    let actor = format!("link:{}", link.via);
+    // A decision link lets its holder decide this one request: an approver's power, no more.
+    let actor = crate::actor::Actor::credential(
+        format!("link:{}", link.via),
+        celistra_proto::Role::Approver,
+    );
     let decided = state.supervisor.approvals.decide(
         &approval.id,
         crate::approvals::Verdict {
             status,
-            actor: &actor,
+            actor,
             via: &via,
             reason: None,
         },

@@ -66,9 +66,8 @@ pub(crate) struct SessionToken {
 pub(crate) use crate::wire::{Failure, JsonBody, MAX_BODY, bad_query, failure};
 pub(crate) use terminal::check_origin;
 
-/// Who made a request: the credential's name. Set by [`authenticate`].
-#[derive(Debug, Clone)]
-pub(crate) struct Actor(pub String);
+/// Who made a request: the credential's name and role. Set by [`authenticate`].
+pub(crate) use crate::actor::Actor;
 
 /// What the credential of a request may do, and what ends its long-lived answers. Set by
 /// [`authenticate`] next to [`Actor`].
@@ -272,7 +271,9 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     let source = source_of(request.headers());
     let ended = state.lifetimes.of(&actor);
     request.extensions_mut().insert(Caller { role, ended });
-    request.extensions_mut().insert(Actor(actor));
+    request
+        .extensions_mut()
+        .insert(Actor::credential(actor, role));
     request.extensions_mut().insert(Source(source));
     next.run(request).await
 }

@@ -62,7 +62,7 @@ pub(crate) async fn subscribe(
     let services = &state.supervisor.services;
     let device = services.notify.subscribe(request)?;
     services.audit.record(
-        &actor.0,
+        &actor,
         "push_subscribed",
         &device.id,
         json!({ "endpoint": device.endpoint, "label": device.label }),
@@ -83,7 +83,7 @@ pub(crate) async fn unsubscribe(
     let services = &state.supervisor.services;
     let device = services.notify.unsubscribe(&id)?;
     services.audit.record(
-        &actor.0,
+        &actor,
         "push_unsubscribed",
         &device.id,
         json!({ "endpoint": device.endpoint, "label": device.label }),

@@ -26,10 +26,11 @@ pub(crate) async fn switch(
 ) -> Result<Json<SandboxStatus>, Failure> {
     let services = &state.supervisor.services;
     if services.sandbox.enabled() != request.enabled {
-        services.sandbox.set_enabled(request.enabled, &actor.0)?;
+        services.sandbox.set_enabled(request.enabled, &actor.name)?;
         services.events.publish(EventKind::SandboxSwitched {
             enabled: request.enabled,
-            actor: actor.0.clone(),
+            actor: actor.name.clone(),
+            actor_role: actor.role,
         });
     }
     Ok(Json(services.sandbox.status()))

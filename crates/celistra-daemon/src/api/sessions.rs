@@ -43,9 +43,9 @@ pub(crate) async fn issue_code(
 ) -> ApiResult<Json<LoginLink>> {
     let Query(query) = query.map_err(super::bad_query)?;
     let role = query.role.unwrap_or(Role::Owner);
-    let (code, expires_at_ms) = state.sessions.issue_code(&actor.0, role, now_ms())?;
+    let (code, expires_at_ms) = state.sessions.issue_code(&actor.name, role, now_ms())?;
     state.supervisor.services.audit.record(
-        &actor.0,
+        &actor,
         "login_code_issued",
         "dashboard",
         json!({ "expires_at_ms": expires_at_ms, "role": role }),
@@ -87,7 +87,7 @@ pub(crate) async fn login(
         }
         Ok((token, session)) => {
             state.supervisor.services.audit.record(
-                &session.actor,
+                &Actor::credential(session.actor.clone(), session.role),
                 "session_login",
                 &session.id,
                 json!({ "user_agent": session.user_agent, "code_from": session.created_by }),
@@ -150,7 +150,7 @@ pub(crate) async fn logout(
     let session = state.sessions.revoke(&token.id)?;
     state.lifetimes.end(&session.actor);
     state.supervisor.services.audit.record(
-        &session.actor,
+        &Actor::credential(session.actor.clone(), session.role),
         "session_logout",
         &session.id,
         json!({}),
@@ -187,6 +187,6 @@ pub(crate) async fn revoke(
         .supervisor
         .services
         .audit
-        .record(&actor.0, "session_revoked", &session.id, json!({}));
+        .record(&actor, "session_revoked", &session.id, json!({}));
     Ok((StatusCode::OK, Json(session)))
 }

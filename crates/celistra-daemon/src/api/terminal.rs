@@ -143,7 +143,7 @@ pub(crate) async fn ticket(
     let handle = state.supervisor.find(&agent)?;
     let secret = state
         .tickets
-        .issue(&handle.id, request.role, &actor.0, caller.ended)?;
+        .issue(&handle.id, request.role, &actor.name, caller.ended)?;
     Ok(Json(TerminalTicket {
         path: format!("/v1/agents/{}/terminal?ticket={secret}", handle.id),
         ticket: secret,

@@ -29,9 +29,9 @@ pub(crate) async fn create(
     Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<TokenRequest>,
 ) -> Result<Response, Failure> {
-    let created = state.tokens.create(&request, &actor.0, now_ms())?;
+    let created = state.tokens.create(&request, &actor.name, now_ms())?;
     state.supervisor.services.audit.record(
-        &actor.0,
+        &actor,
         "token_created",
         &created.info.actor,
         json!({ "role": created.info.role, "expires_at_ms": created.info.expires_at_ms }),
@@ -57,7 +57,7 @@ pub(crate) async fn revoke(
     let revoked = state.tokens.revoke(&name)?;
     state.lifetimes.end(&revoked.actor);
     state.supervisor.services.audit.record(
-        &actor.0,
+        &actor,
         "token_revoked",
         &revoked.actor,
         json!({ "role": revoked.role }),

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::fanout::{Fanout, InputOp};
-use crate::actor::SYSTEM;
+use crate::actor::Actor;
 use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
 use crate::services::Services;
@@ -56,7 +56,7 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) struct Order {
     pub command: Command,
-    pub actor: String,
+    pub actor: Actor,
 }
 
 /// Everything about one agent that others may read.
@@ -152,13 +152,13 @@ impl AgentHandle {
     /// Sends a command and waits for its reply.
     pub(crate) async fn ask(
         &self,
-        actor: &str,
+        actor: &Actor,
         make: impl FnOnce(Reply) -> Command,
     ) -> Result<(), ApiError> {
         let (reply, answer) = oneshot::channel();
         let order = Order {
             command: make(reply),
-            actor: actor.to_owned(),
+            actor: actor.clone(),
         };
         if self.commands.send(order).is_err() {
             return Err(gone(&self.id));
@@ -257,7 +257,7 @@ struct Agent {
     /// Automatic restarts in a row; 0 after an operator's start.
     attempt: u32,
     /// Who gave the command being carried out.
-    actor: String,
+    actor: Actor,
 }
 
 /// Runs the agent's task until it is removed or the daemon stops.
@@ -273,7 +273,7 @@ pub(crate) async fn run(
         handle,
         tracker: RestartTracker::default(),
         attempt: 0,
-        actor: SYSTEM.to_owned(),
+        actor: Actor::system(),
     };
     let mut phase = Phase::Idle;
     loop {
@@ -289,7 +289,7 @@ pub(crate) async fn run(
             Phase::Backoff(deadline) => tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {
                     agent.attempt += 1;
-                    agent.actor = SYSTEM.to_owned();
+                    agent.actor = Actor::system();
                     agent.spawn(true).await.0
                 }
                 order = commands.recv() => match order {
@@ -523,7 +523,7 @@ impl Agent {
                         "name": name,
                         "run": self.handle.info().run,
                         "pid": pid,
-                        "automatic_restart": self.actor == SYSTEM,
+                        "automatic_restart": self.actor.is_system(),
                         "sandbox": run.sandbox,
                         "capability_sources": run.capability_sources,
                     }),
@@ -749,7 +749,7 @@ impl Agent {
                 exit_code: exit.code,
                 exit_signal: exit.signal.map(signal_name),
                 cause,
-                stopped_by: (cause == RunCause::Operator).then(|| self.actor.clone()),
+                stopped_by: (cause == RunCause::Operator).then(|| self.actor.name.clone()),
             },
         );
     }

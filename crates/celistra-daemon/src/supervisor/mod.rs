@@ -24,7 +24,7 @@ use agent::Command;
 use fanout::Fanout;
 pub(crate) use reader_thread::ReaderThread;
 
-use crate::actor::SYSTEM;
+use crate::actor::Actor;
 use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
 use crate::services::{AgentDirectory, AgentRef, Services};
@@ -202,7 +202,7 @@ impl Supervisor {
         &self,
         mut spec: AgentSpec,
         source: &str,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
         self.check_spec(&spec, false)?;
@@ -238,7 +238,8 @@ impl Supervisor {
         };
         self.services.events.publish(EventKind::AgentSpawned {
             agent: Box::new(handle.info().clone()),
-            actor: actor.to_owned(),
+            actor: actor.name.clone(),
+            actor_role: actor.role,
         });
         self.sync().await?;
         // A failed spawn is reported in the agent's state and `last_error`; the agent exists.
@@ -369,7 +370,8 @@ impl Supervisor {
         if let Err(e) = seeded.await {
             tracing::warn!("cannot restore the scrollback: {e}");
         }
-        let starts = to_start.iter().map(|h| h.ask(SYSTEM, Command::Start));
+        let system = Actor::system();
+        let starts = to_start.iter().map(|h| h.ask(&system, Command::Start));
         futures_util::future::join_all(starts).await;
     }
 
@@ -392,7 +394,7 @@ impl Supervisor {
         &self,
         key: &str,
         update: &UpdateRequest,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
         let mut spec = handle.spec().clone();
@@ -426,7 +428,7 @@ impl Supervisor {
         handle: &AgentHandle,
         spec: AgentSpec,
         old_name: &str,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<(), ApiError> {
         let renamed = spec.name != old_name;
         {
@@ -457,13 +459,15 @@ impl Supervisor {
                 agent_id: handle.id.clone(),
                 old_name: old_name.to_owned(),
                 new_name: spec.name.clone(),
-                actor: actor.to_owned(),
+                actor: actor.name.clone(),
+                actor_role: actor.role,
             });
         }
         self.services.events.publish(EventKind::AgentUpdated {
             agent_id: handle.id.clone(),
             name: spec.name,
-            actor: actor.to_owned(),
+            actor: actor.name.clone(),
+            actor_role: actor.role,
         });
         Ok(())
     }
@@ -472,7 +476,7 @@ impl Supervisor {
         &self,
         key: &str,
         name: &str,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
         names::validate_name(name).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
         let update = UpdateRequest {
@@ -482,18 +486,18 @@ impl Supervisor {
         self.update(key, &update, actor).await
     }
 
-    pub(crate) async fn stop(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+    pub(crate) async fn stop(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         self.lifecycle(key, actor, Command::Stop, stop_requested)
             .await
     }
 
-    pub(crate) async fn start(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+    pub(crate) async fn start(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
         self.lifecycle(key, actor, Command::Start, start_requested)
             .await
     }
 
-    pub(crate) async fn restart(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+    pub(crate) async fn restart(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
         self.lifecycle(key, actor, Command::Restart, start_requested)
             .await
@@ -504,15 +508,15 @@ impl Supervisor {
     async fn lifecycle(
         &self,
         key: &str,
-        actor: &str,
+        actor: &Actor,
         command: fn(agent::Reply) -> Command,
-        requested: fn(String, String, String) -> EventKind,
+        requested: fn(String, String, &Actor) -> EventKind,
     ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
         let name = handle.info().name.clone();
         self.services
             .events
-            .publish(requested(handle.id.clone(), name, actor.to_owned()));
+            .publish(requested(handle.id.clone(), name, actor));
         handle.ask(actor, command).await?;
         self.sync().await?;
         Ok(handle.info().clone())
@@ -522,7 +526,7 @@ impl Supervisor {
         &self,
         key: &str,
         signal: Signal,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
         handle
@@ -532,13 +536,14 @@ impl Supervisor {
             agent_id: handle.id.clone(),
             name: handle.info().name.clone(),
             signal,
-            actor: actor.to_owned(),
+            actor: actor.name.clone(),
+            actor_role: actor.role,
         });
         Ok(handle.info().clone())
     }
 
     /// Stops an agent and forgets it.
-    pub(crate) async fn remove(&self, key: &str, actor: &str) -> Result<AgentInfo, ApiError> {
+    pub(crate) async fn remove(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
         handle.ask(actor, Command::Remove).await?;
         let mut info = handle.info().clone();
@@ -560,7 +565,8 @@ impl Supervisor {
         self.services.events.publish(EventKind::AgentRemoved {
             agent_id: handle.id.clone(),
             name: info.name.clone(),
-            actor: actor.to_owned(),
+            actor: actor.name.clone(),
+            actor_role: actor.role,
         });
         self.sync().await?;
         Ok(info)
@@ -573,7 +579,7 @@ impl Supervisor {
         &self,
         request: ApplyRequest,
         source: &str,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<ApplyReport, ApiError> {
         self.refuse_if_stopping()?;
         let current: Vec<AgentSpec> = {
@@ -637,7 +643,8 @@ impl Supervisor {
     pub(crate) async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
-        futures_util::future::join_all(handles.iter().map(|h| h.ask(SYSTEM, Command::Shutdown)))
+        let system = Actor::system();
+        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, Command::Shutdown)))
             .await;
     }
 }
@@ -680,19 +687,21 @@ impl AgentDirectory for Supervisor {
     }
 }
 
-fn stop_requested(agent_id: String, name: String, actor: String) -> EventKind {
+fn stop_requested(agent_id: String, name: String, actor: &Actor) -> EventKind {
     EventKind::AgentStopRequested {
         agent_id,
         name,
-        actor,
+        actor: actor.name.clone(),
+        actor_role: actor.role,
     }
 }
 
-fn start_requested(agent_id: String, name: String, actor: String) -> EventKind {
+fn start_requested(agent_id: String, name: String, actor: &Actor) -> EventKind {
     EventKind::AgentStartRequested {
         agent_id,
         name,
-        actor,
+        actor: actor.name.clone(),
+        actor_role: actor.role,
     }
 }
 

@@ -37,6 +37,14 @@ pub(crate) async fn run(client: &Client, args: EventsArgs) -> CtlResult {
     Ok(())
 }
 
+/// Who did it: the credential and, for a credential, its role.
+fn by(actor: &str, role: Option<celistra_proto::Role>) -> String {
+    match role {
+        Some(role) => format!("{actor} ({role})"),
+        None => actor.to_owned(),
+    }
+}
+
 /// One line for a person: id, time, type, then the event's essentials.
 fn describe(event: &Event) -> String {
     let detail = match &event.kind {
@@ -53,9 +61,16 @@ fn describe(event: &Event) -> String {
         EventKind::HistoryReset { moved_to, reason } => {
             format!("history database damaged ({reason}); moved to {moved_to}, a fresh one started")
         }
-        EventKind::AgentSpawned { agent, actor } => format!(
-            "{} ({}) by {actor}: {}",
-            agent.id, agent.name, agent.command
+        EventKind::AgentSpawned {
+            agent,
+            actor,
+            actor_role,
+        } => format!(
+            "{} ({}) by {}: {}",
+            agent.id,
+            agent.name,
+            by(actor, *actor_role),
+            agent.command
         ),
         EventKind::AgentState {
             agent_id,
@@ -166,42 +181,56 @@ fn describe(event: &Event) -> String {
                 .map(|seq| format!(" from entry {seq}"))
                 .unwrap_or_default()
         ),
-        EventKind::SandboxSwitched { enabled, actor } => format!(
-            "sandbox switched {} by {actor}",
-            if *enabled { "on" } else { "OFF" }
+        EventKind::SandboxSwitched {
+            enabled,
+            actor,
+            actor_role,
+        } => format!(
+            "sandbox switched {} by {}",
+            if *enabled { "on" } else { "OFF" },
+            by(actor, *actor_role)
         ),
         EventKind::AgentRenamed {
             agent_id,
             old_name,
             new_name,
             actor,
-        } => format!("{agent_id} {old_name} -> {new_name} by {actor}"),
+            actor_role,
+        } => format!(
+            "{agent_id} {old_name} -> {new_name} by {}",
+            by(actor, *actor_role)
+        ),
         EventKind::AgentUpdated {
             agent_id,
             name,
             actor,
+            actor_role,
         }
         | EventKind::AgentStopRequested {
             agent_id,
             name,
             actor,
+            actor_role,
         }
         | EventKind::AgentStartRequested {
             agent_id,
             name,
             actor,
+            actor_role,
         }
         | EventKind::AgentRemoved {
             agent_id,
             name,
             actor,
-        } => format!("{agent_id} ({name}) by {actor}"),
+            actor_role,
+        } => format!("{agent_id} ({name}) by {}", by(actor, *actor_role)),
         EventKind::AgentSignalled {
             agent_id,
             name,
             signal,
             actor,
-        } => format!("{agent_id} ({name}) {signal} by {actor}"),
+            actor_role,
+        } => format!("{agent_id} ({name}) {signal} by {}", by(actor, *actor_role)),
         EventKind::Resync { oldest_available } => {
             format!("events were missed; oldest kept is {oldest_available}")
         }
