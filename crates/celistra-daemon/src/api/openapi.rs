@@ -11,7 +11,7 @@ use celistra_proto::{
     NoticeKind, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
     RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
     SandboxStatus, SandboxSwitch, SessionInfo, SessionState, TermSize, TerminalClientMessage,
-    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault,
+    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, TlsHealth,
     UpdateRequest, VapidKeyInfo, Verdict,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -47,7 +47,7 @@ use super::{
         AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
         ChannelStatus, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
         VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
-        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage,
+        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage, TlsHealth,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
