@@ -23,7 +23,10 @@ pub use sse::{SseFrame, SseParser};
 pub use terminal::{Terminal, TerminalEvent, TerminalInput, TerminalOutput};
 pub use tls::{BadFingerprint, Fingerprint};
 
-/// A connection to the daemon: a Unix socket or TCP.
+/// How long connecting to a daemon over the network (TCP, then TLS) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection to the daemon: a Unix socket, TCP or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
@@ -272,17 +275,25 @@ impl Client {
             }
             Endpoint::Net(net) => net,
         };
-        let tcp = tokio::net::TcpStream::connect((net.host.as_str(), net.port))
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                url: net.url.clone(),
-                reason: e.to_string(),
-            })?;
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: net.url.clone(),
+            reason,
+        };
+        let timed_out = || unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"));
+        // A host that drops packets would otherwise hold ctl for minutes.
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((net.host.as_str(), net.port)),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| unreachable(e.to_string()))?;
         let Some((config, name)) = &net.tls else {
             return Ok(Box::new(tcp));
         };
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
-        match connector.connect(name.clone(), tcp).await {
+        let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp));
+        match handshake.await.map_err(|_| timed_out())? {
             Ok(stream) => Ok(Box::new(stream)),
             Err(e) => Err(match tls::mismatch_in(&e) {
                 Some(mismatch) => ClientError::FingerprintMismatch {

@@ -185,3 +185,26 @@ pub(crate) fn print_json(value: &impl serde::Serialize) {
         serde_json::to_string_pretty(value).expect("wire types serialise")
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use celistra_proto::ApiError;
+
+    use super::*;
+
+    fn message(code: ErrorCode, server: &str) -> String {
+        match Failure::from(ClientError::Api(ApiError::new(code, server))) {
+            Failure::Failed(message) => message,
+            Failure::Usage(message) => panic!("a usage error: {message}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_token_and_a_missing_role_say_so_with_the_servers_words() {
+        let refused = message(ErrorCode::Unauthorized, "wrong bearer token");
+        assert!(refused.contains("401") && refused.contains("wrong bearer token"));
+        assert!(refused.contains("expired or revoked") && refused.contains("token create"));
+        let forbidden = message(ErrorCode::Forbidden, "this needs the operator role");
+        assert_eq!(forbidden, "not allowed (403): this needs the operator role");
+    }
+}
