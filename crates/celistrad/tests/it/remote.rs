@@ -107,8 +107,8 @@ async fn ctl_reaches_a_remote_daemon_over_tls_with_a_pinned_fingerprint() {
 }
 
 #[tokio::test]
-async fn events_and_the_terminal_websocket_work_over_tls() {
-    let (daemon, url, secret, fingerprint) = tls_daemon().await;
+async fn events_and_the_terminal_websocket_work_over_tls_and_end_at_shutdown() {
+    let (mut daemon, url, secret, fingerprint) = tls_daemon().await;
     let pin: Fingerprint = fingerprint.parse().unwrap();
     let client = Client::remote(&url, &secret, Some(pin), "test").expect("client");
     daemon.spawn(spec("echoer", "exec cat")).await;
@@ -156,7 +156,23 @@ async fn events_and_the_terminal_websocket_work_over_tls() {
     tokio::time::timeout(PATIENCE, echoed)
         .await
         .expect("the echo over wss");
-    terminal.close().await.unwrap();
+
+    // Shutdown is graceful over TLS too: the open event stream and terminal end, the daemon exits.
+    assert!(daemon.signal_and_wait("TERM").success());
+    let closed = async {
+        loop {
+            if let TerminalEvent::Closed { .. } = terminal.next().await {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, closed)
+        .await
+        .expect("the terminal closed at shutdown");
+    let ended = async { while let Ok(Some(_)) = next_chunk(&mut body).await {} };
+    tokio::time::timeout(PATIENCE, ended)
+        .await
+        .expect("the event stream ended at shutdown");
 }
 
 /// Reads `pty` into `seen` until `needle` appears (bounded).
