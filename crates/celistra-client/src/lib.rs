@@ -1,11 +1,14 @@
 //! Typed async client of a celistrad's HTTP API, over the daemon's Unix socket (the default for a
-//! local `ctl`) or TCP. One HTTP/1.1 connection per request keeps it simple and stateless.
+//! local `ctl`), TCP, or TLS to a remote daemon (`https://`, optionally pinned by certificate
+//! fingerprint). One HTTP/1.1 connection per request keeps it simple and stateless.
 
 mod sse;
 mod terminal;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use celistra_proto::{ApiError, SOURCE_HEADER};
@@ -18,8 +21,12 @@ use serde::de::DeserializeOwned;
 
 pub use sse::{SseFrame, SseParser};
 pub use terminal::{Terminal, TerminalEvent, TerminalInput, TerminalOutput};
+pub use tls::{BadFingerprint, Fingerprint};
 
-/// A connection to the daemon: a Unix socket or TCP.
+/// How long connecting to a daemon over the network (TCP, then TLS) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection to the daemon: a Unix socket, TCP or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
@@ -37,12 +44,48 @@ pub enum ClientError {
     Api(ApiError),
     #[error("talking to the daemon failed: {0}")]
     Transport(String),
+    #[error("bad daemon URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("cannot reach the daemon at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "the daemon at {url} presented a certificate with SHA-256 fingerprint {presented}, but \
+         {expected} was expected (pinned); refusing to talk to it. If its certificate was \
+         replaced on purpose, pin the new one (its /v1/health and its start-up output show it)"
+    )]
+    FingerprintMismatch {
+        url: String,
+        expected: Fingerprint,
+        presented: Fingerprint,
+    },
+    #[error(
+        "TLS with the daemon at {url} failed: {reason}. A daemon with its own generated \
+         certificate needs it pinned: --fingerprint (or CELISTRA_FINGERPRINT) with the SHA-256 \
+         its start-up output and /v1/health show"
+    )]
+    Tls { url: String, reason: String },
 }
 
 #[derive(Debug, Clone)]
 enum Endpoint {
     Unix(PathBuf),
-    Tcp(SocketAddr),
+    Net(Arc<Net>),
+}
+
+/// A daemon reached over the network: plain HTTP, or HTTPS with a rustls configuration.
+#[derive(Debug)]
+struct Net {
+    /// `http(s)://authority`, for messages.
+    url: String,
+    /// `host:port` as written in the URL: the `Host` header and the WebSocket's address.
+    authority: String,
+    /// The host to connect to (an IPv6 address without its brackets) and its port.
+    host: String,
+    port: u16,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 /// A client of one daemon.
@@ -101,10 +144,83 @@ impl Client {
         }
     }
 
-    /// The same client, over TCP to `addr` instead of the Unix socket.
+    /// A client of the daemon at `url` (`https://host:port`, or `http://` for loopback or a
+    /// tunnel) presenting `token`. With `pin`, https accepts exactly the certificate with that
+    /// fingerprint (a daemon's generated one); without, the platform's trusted roots decide.
+    pub fn remote(
+        url: &str,
+        token: &str,
+        pin: Option<Fingerprint>,
+        source: &str,
+    ) -> Result<Client, ClientError> {
+        let bad = |why: &str| ClientError::BadUrl {
+            url: url.to_owned(),
+            why: why.to_owned(),
+        };
+        let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("it must start with https:// (or http://)")),
+        };
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+            .ok_or_else(|| bad("it needs a host, and no user name"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad(
+                "it must be the daemon's address only, without a path or query",
+            ));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| bad("its host is neither a DNS name nor an IP address"))?;
+            Some((tls::client_config(pin)?, name))
+        } else if pin.is_some() {
+            return Err(bad(
+                "a fingerprint pins an https certificate; use https:// with it",
+            ));
+        } else {
+            None
+        };
+        Ok(Client {
+            endpoint: Endpoint::Net(Arc::new(Net {
+                url: format!("{}://{authority}", if https { "https" } else { "http" }),
+                authority: authority.as_str().to_owned(),
+                host,
+                port,
+                tls,
+            })),
+            home: PathBuf::new(),
+            secret: token.to_owned(),
+            source: source.to_owned(),
+        })
+    }
+
+    /// The same client, over plain TCP to `addr` instead of the Unix socket.
     pub fn over_tcp(mut self, addr: SocketAddr) -> Client {
-        self.endpoint = Endpoint::Tcp(addr);
+        self.endpoint = Endpoint::Net(Arc::new(Net {
+            url: format!("http://{addr}"),
+            authority: addr.to_string(),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: None,
+        }));
         self
+    }
+
+    /// Where this client talks to: the daemon's URL, or its Unix socket's path.
+    pub fn target(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(path) => path.display().to_string(),
+            Endpoint::Net(net) => net.url.clone(),
+        }
     }
 
     /// The same client, presenting `secret` instead (to test authentication).
@@ -123,7 +239,7 @@ impl Client {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::HOST, self.host_header())
             .header(SOURCE_HEADER, &self.source);
         if !self.secret.is_empty() {
             builder = builder.header(
@@ -140,20 +256,57 @@ impl Client {
         exchange(self.connect().await?, request).await
     }
 
-    /// A fresh connection to the daemon.
+    fn host_header(&self) -> &str {
+        match &self.endpoint {
+            Endpoint::Unix(_) => "localhost",
+            Endpoint::Net(net) => &net.authority,
+        }
+    }
+
+    /// A fresh connection to the daemon (TLS already negotiated for https).
     async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
-        Ok(match &self.endpoint {
-            Endpoint::Unix(path) => Box::new(
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(|e| self.connect_error(e))?,
-            ),
-            Endpoint::Tcp(addr) => Box::new(
-                tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| self.connect_error(e))?,
-            ),
-        })
+        let net = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                return Ok(Box::new(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(|e| self.connect_error(e))?,
+                ));
+            }
+            Endpoint::Net(net) => net,
+        };
+        let unreachable = |reason: String| ClientError::Unreachable {
+            url: net.url.clone(),
+            reason,
+        };
+        let timed_out = || unreachable(format!("no answer within {CONNECT_TIMEOUT:?}"));
+        // A host that drops packets would otherwise hold ctl for minutes.
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((net.host.as_str(), net.port)),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let Some((config, name)) = &net.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+        let handshake = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp));
+        match handshake.await.map_err(|_| timed_out())? {
+            Ok(stream) => Ok(Box::new(stream)),
+            Err(e) => Err(match tls::mismatch_in(&e) {
+                Some(mismatch) => ClientError::FingerprintMismatch {
+                    url: net.url.clone(),
+                    expected: mismatch.expected,
+                    presented: mismatch.presented,
+                },
+                None => ClientError::Tls {
+                    url: net.url.clone(),
+                    reason: e.to_string(),
+                },
+            }),
+        }
     }
 
     fn connect_error(&self, error: std::io::Error) -> ClientError {

@@ -1,5 +1,5 @@
 //! Shared terminals (docs/terminal-protocol.md): getting a ticket, opening the WebSocket over the
-//! daemon's Unix socket or TCP, and reading and writing its frames.
+//! daemon's Unix socket, TCP or TLS (`wss`), and reading and writing its frames.
 
 use bytes::Bytes;
 use celistra_proto::{
@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::{Client, ClientError, Io};
+use crate::{Client, ClientError, Endpoint, Io};
 
 type Socket = WebSocketStream<Box<dyn Io>>;
 
@@ -72,7 +72,11 @@ impl Client {
         path: &str,
         origin: Option<&str>,
     ) -> Result<Terminal, ClientError> {
-        let mut request = format!("ws://localhost{path}")
+        let scheme = match &self.endpoint {
+            Endpoint::Net(net) if net.tls.is_some() => "wss",
+            _ => "ws",
+        };
+        let mut request = format!("{scheme}://{}{path}", self.host_header())
             .into_client_request()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let headers = request.headers_mut();

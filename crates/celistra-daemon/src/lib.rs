@@ -16,6 +16,7 @@ mod services;
 mod sessions;
 mod store;
 mod supervisor;
+mod tls;
 mod tokens;
 mod usage;
 mod wire;
@@ -32,6 +33,7 @@ use celistra_sandbox::{CgroupRoot, DeathGuard, ResourceControl};
 use tokio_util::sync::CancellationToken;
 
 pub use home::Home;
+pub use tls::TlsMode;
 
 /// Default HTTP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:33120";
@@ -50,6 +52,21 @@ pub struct Options {
     /// The binary whose `__sandbox-exec` mode applies Landlock and seccomp inside bubblewrap (the
     /// `celistrad` executable). Without it, sandboxed spawns are refused.
     pub launcher: Option<PathBuf>,
+    /// Serve the TCP port over HTTPS only (`--tls`, `--tls-cert`/`--tls-key`).
+    pub tls: Option<TlsMode>,
+    /// `--insecure-http`: allow plain HTTP on an address other machines can reach.
+    pub insecure_http: bool,
+    /// Told once the API answers: where, and with which certificate (for the binary to print).
+    pub ready: Option<tokio::sync::mpsc::UnboundedSender<Ready>>,
+}
+
+/// What a started daemon serves, for whoever started it to show.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// `http://…` or `https://…`: the TCP port (loopback when bound to every address).
+    pub url: String,
+    /// SHA-256 of the served certificate (lowercase hex) when the port speaks HTTPS.
+    pub fingerprint_sha256: Option<String>,
 }
 
 /// Errors that stop the daemon from starting or running.
@@ -82,9 +99,32 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Runs the daemon until `shutdown` is cancelled, then stops every agent gracefully and returns.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+    // Tokens and session cookies cross the network in the clear without TLS.
+    if !options.listen.ip().is_loopback() && options.tls.is_none() && !options.insecure_http {
+        return Err(Error::Insecure(format!(
+            "refusing to serve plain HTTP on {}, which other machines can reach: tokens and \
+             cookies would cross the network unencrypted. Add --tls (a generated certificate) or \
+             --tls-cert FILE --tls-key FILE, or --insecure-http if something else encrypts the \
+             link (a VPN, an SSH tunnel)",
+            options.listen
+        )));
+    }
     let home = Home::new(&options.home);
     home.create()?;
     let _lock = home.lock()?;
+    let hostname = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let certificates = match &options.tls {
+        Some(mode) => Some(tls::Certificates::load(
+            &home,
+            mode,
+            &hostname,
+            options.listen.ip(),
+        )?),
+        None => None,
+    };
     let secret = home.load_or_create_secret()?;
     let machine_id = home.load_or_create_machine_id()?;
     let config_path = home.config_file();
@@ -178,9 +218,24 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let bound = tcp
         .local_addr()
         .map_err(|e| Error::io("cannot read the bound address".into(), e))?;
-    services.notify.set_listen_addr(bound);
-    if !bound.ip().is_loopback() {
-        tracing::warn!("listening on {bound}, which is reachable from other machines");
+    let base_url = format!(
+        "{}://{}",
+        if certificates.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        if bound.ip().is_unspecified() {
+            std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
+        } else {
+            bound
+        }
+    );
+    services.notify.set_listen_base(&base_url);
+    if !bound.ip().is_loopback() && certificates.is_none() {
+        tracing::warn!(
+            "serving plain HTTP on {bound}, which is reachable from other machines (--insecure-http)"
+        );
     }
     std::fs::write(home.addr_file(), format!("{bound}\n"))
         .map_err(|e| Error::io(format!("cannot write {}", home.addr_file().display()), e))?;
@@ -193,10 +248,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             machine_id,
-            hostname: rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned(),
+            hostname,
             pid: std::process::id(),
             started_at_ms: now_ms(),
             agents: 0,
@@ -204,21 +256,15 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             cgroups: services.cgroups.is_some(),
             history: HistoryHealth::default(),
             audit: celistra_proto::AuditHealth::default(),
+            tls: None,
         }),
         tickets: Arc::default(),
         sessions: Arc::new(sessions::Sessions::load(home.dir.join("sessions.json"))),
         tokens: Arc::new(tokens::Tokens::load(home.dir.join("tokens.json"))?),
         lifetimes: Arc::new(api::Lifetimes::new(stopping.clone())),
-        base_url: format!(
-            "http://{}",
-            if bound.ip().is_unspecified() {
-                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
-            } else {
-                bound
-            }
-        )
-        .into(),
-        tls: false,
+        base_url: base_url.clone().into(),
+        tls: certificates.is_some(),
+        certificates: certificates.clone(),
     };
     // The agents of the previous run are back in the registry before the API answers, so a client
     // never sees a daemon that has forgotten them.
@@ -234,17 +280,47 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .with_graceful_shutdown(stopping.clone().cancelled_owned())
             .into_future(),
     );
-    let tcp_server = tokio::spawn(
-        axum::serve(tcp, router)
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .into_future(),
-    );
+    let tcp_server = match &certificates {
+        Some(certificates) => {
+            let acceptor = certificates.acceptor()?;
+            let router = router.layer(axum::middleware::map_response(
+                tls::strict_transport_security,
+            ));
+            tokio::spawn(tls::serve(tcp, acceptor, router, stopping.clone()))
+        }
+        None => {
+            let plain = axum::serve(tcp, router)
+                .with_graceful_shutdown(stopping.clone().cancelled_owned())
+                .into_future();
+            tokio::spawn(async move {
+                let _ = plain.await;
+            })
+        }
+    };
+    let reloader = certificates
+        .clone()
+        .map(|c| tokio::spawn(c.reload_on_change(stopping.clone())));
     let verifier = tokio::spawn(Arc::clone(&services).verify_audit_periodically(stopping.clone()));
     let reaper = options
         .subreaper
         .then(|| tokio::spawn(reap_orphans_forever(stopping.clone())));
 
-    tracing::info!(home = %home.dir.display(), http = %bound, "celistrad is running");
+    let fingerprint = certificates.as_ref().map(|c| c.fingerprint());
+    match &fingerprint {
+        Some(fingerprint) => tracing::info!(
+            home = %home.dir.display(),
+            https = %bound,
+            fingerprint_sha256 = %fingerprint,
+            "celistrad is running (HTTPS; clients pin the certificate with --fingerprint {fingerprint})"
+        ),
+        None => tracing::info!(home = %home.dir.display(), http = %bound, "celistrad is running"),
+    }
+    if let Some(ready) = &options.ready {
+        let _ = ready.send(Ready {
+            url: base_url,
+            fingerprint_sha256: fingerprint,
+        });
+    }
 
     shutdown.cancelled().await;
     tracing::info!("stopping every agent");
@@ -252,6 +328,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     stopping.cancel();
     supervisor.shutdown().await;
     let _ = tokio::join!(unix_server, tcp_server);
+    if let Some(reloader) = reloader {
+        let _ = reloader.await;
+    }
     if let Some(reaper) = reaper {
         reaper.abort();
     }

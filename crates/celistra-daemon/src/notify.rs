@@ -3,7 +3,6 @@
 //! Every delivery runs in its own task, so a channel that is down delays nothing else.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -151,8 +150,9 @@ impl Notifications {
         })
     }
 
-    pub(crate) fn set_listen_addr(&self, addr: SocketAddr) {
-        let _ = self.listen_base.set(format!("http://{addr}"));
+    /// The daemon's own `http://` or `https://` address, for links when `public_url` is unset.
+    pub(crate) fn set_listen_base(&self, base: &str) {
+        let _ = self.listen_base.set(base.to_owned());
     }
 
     /// The key browsers subscribe with.

@@ -296,6 +296,24 @@ pub struct Health {
     pub history: crate::HistoryHealth,
     /// The audit log: its size and its last verification.
     pub audit: AuditHealth,
+    /// The TCP port's TLS, when it speaks HTTPS (`--tls`, `--tls-cert`); `null` for plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsHealth>,
+}
+
+/// The TLS part of `GET /v1/health`: which certificate the daemon serves now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TlsHealth {
+    /// SHA-256 of the served end-entity certificate (its DER bytes) as 64 lowercase hex digits.
+    /// Clients pin it (`ctl --fingerprint`), and accept it with or without colons between bytes.
+    pub fingerprint_sha256: String,
+    /// `generated`: the daemon's own self-signed certificate (`tls-cert.pem` in its state
+    /// directory); `files`: the operator's `--tls-cert`/`--tls-key`, reloaded when they change.
+    pub source: String,
+    /// Why the latest change of `--tls-cert`/`--tls-key` was not taken (the previous pair is still
+    /// served); absent once a good pair is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_error: Option<String>,
 }
 
 /// The audit log's part of `GET /v1/health`. A failed verification also turns `status` to

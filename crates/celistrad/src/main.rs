@@ -27,6 +27,20 @@ struct Cli {
     /// Size of each agent's output ring in KiB, for agents that set none (overrides config.json).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
     scrollback_kb: Option<u32>,
+    /// Serve the API and dashboard over HTTPS only, with a self-signed certificate made on first
+    /// start (tls-cert.pem, tls-key.pem in the state directory); its SHA-256 is printed.
+    #[arg(long)]
+    tls: bool,
+    /// Serve HTTPS with this PEM certificate chain instead (e.g. from an ACME client); picked up
+    /// again when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on an address other machines can reach (refused otherwise).
+    #[arg(long, conflicts_with_all = ["tls", "tls_cert"])]
+    insecure_http: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -126,13 +140,35 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let tls = match (cli.tls_cert, cli.tls_key) {
+        (Some(cert), Some(key)) => Some(celistra_daemon::TlsMode::Files {
+            cert: std::path::absolute(cert)?,
+            key: std::path::absolute(key)?,
+        }),
+        _ => cli.tls.then_some(celistra_daemon::TlsMode::Generate),
+    };
+    let (ready, mut started) = tokio::sync::mpsc::unbounded_channel();
     let options = celistra_daemon::Options {
         home: cli.home.resolve()?,
         listen: cli.listen,
         scrollback_kb: cli.scrollback_kb,
         subreaper: true,
         launcher: std::env::current_exe().ok(),
+        tls,
+        insecure_http: cli.insecure_http,
+        ready: Some(ready),
     };
+    tokio::spawn(async move {
+        if let Some(ready) = started.recv().await {
+            match ready.fingerprint_sha256 {
+                Some(fingerprint) => println!(
+                    "celistrad: serving {}\ncertificate SHA-256: {fingerprint}\nremote ctl: celistrad ctl context add NAME --url {} --token SECRET --fingerprint {fingerprint}",
+                    ready.url, ready.url
+                ),
+                None => println!("celistrad: serving {}", ready.url),
+            }
+        }
+    });
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {

@@ -51,9 +51,10 @@ pub(crate) struct AppState {
     pub lifetimes: Arc<Lifetimes>,
     /// `http://<address the TCP listener is bound to>`, for login links.
     pub base_url: Arc<str>,
-    /// Whether the API is served over TLS (then session cookies are `Secure`). Not yet: the
-    /// listener is plain HTTP on loopback.
+    /// Whether the TCP port is served over TLS (then session cookies are `Secure`).
     pub tls: bool,
+    /// The served certificate, for its fingerprint in `/v1/health`.
+    pub certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 /// The dashboard session a request presented (its cookie), for the session routes.
@@ -376,6 +377,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Health> {
             state.health.status.clone()
         },
         audit,
+        tls: state.certificates.as_ref().map(|c| c.health()),
         ..(*state.health).clone()
     })
 }

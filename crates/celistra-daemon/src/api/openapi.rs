@@ -11,7 +11,7 @@ use celistra_proto::{
     NoticeKind, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
     RenameRequest, Role, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
     SandboxStatus, SandboxSwitch, SessionInfo, SessionState, TermSize, TerminalClientMessage,
-    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault,
+    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, TlsHealth,
     TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -32,7 +32,7 @@ use super::history;
         AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
         ChannelStatus, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
         VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
-        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage,
+        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage, TlsHealth,
         Role, TokenRequest, TokenInfo, TokenCreated,
     )),
     modifiers(&BearerAuth),

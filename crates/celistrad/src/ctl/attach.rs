@@ -315,12 +315,21 @@ impl Attachment<'_> {
             };
             let failure = match result {
                 Ok(Ok(terminal)) => return Ok(Some(terminal)),
-                Ok(Err(ClientError::Api(error)))
-                    if matches!(error.code, ErrorCode::NotFound | ErrorCode::Unauthorized) =>
-                {
+                Ok(Err(ClientError::Api(error))) if error.code == ErrorCode::NotFound => {
                     return Err(Failure::Failed(error.message));
                 }
-                Ok(Err(error @ ClientError::Secret { .. })) => return Err(error.into()),
+                Ok(Err(ClientError::Api(error)))
+                    if matches!(error.code, ErrorCode::Unauthorized | ErrorCode::Forbidden) =>
+                {
+                    return Err(ClientError::Api(error).into());
+                }
+                // Retrying cannot fix a bad address or a certificate that is not the pinned one.
+                Ok(Err(
+                    error @ (ClientError::Secret { .. }
+                    | ClientError::BadUrl { .. }
+                    | ClientError::FingerprintMismatch { .. }
+                    | ClientError::Tls { .. }),
+                )) => return Err(error.into()),
                 Ok(Err(ClientError::NotRunning { .. })) => "the daemon is not running".to_owned(),
                 Ok(Err(error)) => error.to_string(),
                 Err(_) => format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),

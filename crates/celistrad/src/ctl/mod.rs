@@ -1,11 +1,12 @@
 //! `celistrad ctl`: the command-line client. One module per group of verbs; all of them talk to the
-//! daemon through `celistra-client` over its Unix socket.
+//! daemon through `celistra-client`, over its Unix socket or to the URL `context.rs` picks.
 
 mod agents;
 mod apply;
 mod approvals;
 mod attach;
 mod audit;
+mod context;
 mod events;
 mod history;
 mod logs;
@@ -18,12 +19,15 @@ mod tokens;
 use std::process::ExitCode;
 
 use celistra_client::{Client, ClientError};
+use celistra_proto::ErrorCode;
 use clap::{Args, Subcommand};
 
 use crate::HomeArg;
 
 #[derive(Debug, Args)]
 pub(crate) struct Ctl {
+    #[command(flatten)]
+    remote: context::RemoteArgs,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -72,6 +76,8 @@ enum Verb {
     Dashboard(sessions::DashboardArgs),
     /// The dashboard's browser sessions: ls, revoke ID.
     Sessions(sessions::SessionsArgs),
+    /// Saved daemons to talk to: add, use, ls, rm.
+    Context(context::ContextArgs),
     /// API tokens with a role: create, ls, revoke.
     Token(tokens::TokenArgs),
 }
@@ -85,17 +91,30 @@ pub(crate) enum Failure {
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Self {
-        Failure::Failed(error.to_string())
+        Failure::Failed(match error {
+            ClientError::Api(error) if error.code == ErrorCode::Unauthorized => format!(
+                "the daemon refused the credential (401): {}. The token is wrong, expired or \
+                 revoked: get one from the daemon's owner (`celistrad ctl token create` on its \
+                 machine), or use its machine secret (auth.json in its state directory)",
+                error.message
+            ),
+            ClientError::Api(error) if error.code == ErrorCode::Forbidden => {
+                format!("not allowed (403): {}", error.message)
+            }
+            error => error.to_string(),
+        })
     }
 }
 
 pub(crate) type CtlResult = Result<(), Failure>;
 
 pub(crate) async fn run(ctl: Ctl, home: &HomeArg) -> anyhow::Result<ExitCode> {
-    let home = home.resolve()?;
-    let result = match Client::for_home(&home, "cli") {
-        Err(e) => Err(e.into()),
-        Ok(client) => dispatch(&client, ctl.verb).await,
+    let result = match ctl.verb {
+        Verb::Context(args) => context::run(args, &ctl.remote),
+        verb => match context::client(&ctl.remote, home) {
+            Err(failure) => Err(failure),
+            Ok(client) => dispatch(&client, verb).await,
+        },
     };
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +153,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Dashboard(args) => sessions::dashboard(client, args).await,
         Verb::Sessions(args) => sessions::sessions(client, args).await,
         Verb::Token(args) => tokens::run(client, args).await,
+        Verb::Context(_) => unreachable!("contexts need no daemon; handled in run"),
     }
 }
 
@@ -168,4 +188,27 @@ pub(crate) fn print_json(value: &impl serde::Serialize) {
         "{}",
         serde_json::to_string_pretty(value).expect("wire types serialise")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use celistra_proto::ApiError;
+
+    use super::*;
+
+    fn message(code: ErrorCode, server: &str) -> String {
+        match Failure::from(ClientError::Api(ApiError::new(code, server))) {
+            Failure::Failed(message) => message,
+            Failure::Usage(message) => panic!("a usage error: {message}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_token_and_a_missing_role_say_so_with_the_servers_words() {
+        let refused = message(ErrorCode::Unauthorized, "wrong bearer token");
+        assert!(refused.contains("401") && refused.contains("wrong bearer token"));
+        assert!(refused.contains("expired or revoked") && refused.contains("token create"));
+        let forbidden = message(ErrorCode::Forbidden, "this needs the operator role");
+        assert_eq!(forbidden, "not allowed (403): this needs the operator role");
+    }
 }

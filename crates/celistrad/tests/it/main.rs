@@ -9,10 +9,12 @@ mod cli;
 mod dashboard;
 mod history;
 mod notifications;
+mod remote;
 mod roles;
 mod sandbox;
 mod supervision;
 mod terminal;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +45,8 @@ struct Launch {
     env: Vec<(String, String)>,
     /// Run as this (uid, gid), from a copy of the binary (in the directory) that user can execute.
     user: Option<(u32, u32, std::sync::Arc<tempfile::TempDir>)>,
+    /// Extra daemon flags (`--listen` among them replaces the loopback default).
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -57,7 +61,16 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-            user: None,
+            ..Launch::default()
+        };
+        Daemon::start_in_dir(tempfile::tempdir().expect("temp dir"), launch).await
+    }
+
+    /// Starts a daemon with extra flags (`--tls`, …).
+    pub(crate) async fn start_with_args(args: &[&str]) -> Daemon {
+        let launch = Launch {
+            args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            ..Launch::default()
         };
         Daemon::start_in_dir(tempfile::tempdir().expect("temp dir"), launch).await
     }
@@ -80,6 +93,7 @@ impl Daemon {
         let launch = Launch {
             env: vec![("HOME".into(), dir.path().display().to_string())],
             user: Some((uid, gid, std::sync::Arc::new(bin_dir))),
+            ..Launch::default()
         };
         Daemon::start_in_dir(dir, launch).await
     }
@@ -128,6 +142,22 @@ impl Daemon {
 
     pub(crate) fn home(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The machine secret (an owner token).
+    pub(crate) fn secret(&self) -> String {
+        let text = std::fs::read_to_string(self.home().join("auth.json")).expect("auth.json");
+        let auth: serde_json::Value = serde_json::from_str(&text).expect("auth json");
+        auth["secret"].as_str().expect("secret").to_owned()
+    }
+
+    /// The bound TCP address (`http.addr`).
+    pub(crate) fn tcp_addr(&self) -> std::net::SocketAddr {
+        std::fs::read_to_string(self.home().join("http.addr"))
+            .expect("http.addr")
+            .trim()
+            .parse()
+            .expect("address")
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -261,10 +291,13 @@ fn spawn_daemon(home: &Path, launch: &Launch) -> Child {
         }
         None => Command::new(BIN),
     };
+    if !launch.args.iter().any(|arg| arg == "--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
     command
         .arg("--home")
         .arg(home)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(&launch.args)
         .env("CELISTRA_LOG", "warn")
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
