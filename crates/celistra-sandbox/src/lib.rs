@@ -6,7 +6,12 @@
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
 //! else rlimits) come from [`ResourceLimits`].
 
+// The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
+// where they belong.
+#![allow(clippy::disallowed_methods, reason = "the one crate that spawns and signals")]
+
 mod audit;
+mod browser;
 mod cgroup;
 mod credentials;
 mod guard;
@@ -15,8 +20,10 @@ mod linux;
 mod policy;
 mod reaper;
 mod seatbelt;
+#[allow(unsafe_code, reason = "pre_exec, fork-time syscalls")]
 mod spawn;
 
+pub use browser::open_in_browser;
 pub use audit::{
     AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
     audit_session_of,

@@ -3,8 +3,11 @@
 
 mod confinement;
 mod interp;
+#[allow(unsafe_code, reason = "restricts itself and execs the agent")]
 mod launcher;
+#[allow(unsafe_code, reason = "asks the kernel for its Landlock ABI version")]
 mod plan;
+#[allow(unsafe_code, reason = "installs the seccomp filter")]
 mod syscall_filter;
 mod tools;
 

@@ -1,6 +1,11 @@
 //! Integration tests: a real `celistrad` process per test, in its own temporary state directory,
 //! driven through the HTTP client and the `ctl` command line. Every wait is bounded.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start daemons, `ctl`, browsers and helpers, and signal them"
+)]
+
 mod api;
 mod approvals;
 mod attach;
