@@ -7,6 +7,11 @@
     clippy::disallowed_methods,
     reason = "a benchmark starts daemons, `ctl` and load processes, and kills them"
 )]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a binary: its report goes to stdout, progress to stderr"
+)]
 
 mod approvals;
 mod audit;

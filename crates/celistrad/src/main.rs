@@ -1,5 +1,11 @@
 //! `celistrad`: runs the daemon (no subcommand) or talks to it (`celistrad ctl …`).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the binary owns the terminal: `ctl` output, and errors before logging starts"
+)]
+
 mod ctl;
 
 use std::net::SocketAddr;

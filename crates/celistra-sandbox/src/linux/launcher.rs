@@ -46,7 +46,13 @@ pub fn launcher_main() -> ! {
         Ok(never) => match never {},
         Err(error) => error,
     };
-    eprintln!("celistra sandbox: {error}");
+    #[allow(
+        clippy::print_stderr,
+        reason = "inside the sandbox before exec, stderr is the agent's terminal: the only way to say why it did not start"
+    )]
+    {
+        eprintln!("celistra sandbox: {error}");
+    }
     std::process::exit(CANNOT_EXECUTE)
 }
 
