@@ -2,7 +2,10 @@
 //! of embedded files. `npm ci` runs only when `web/node_modules` is missing or was installed from
 //! another `package-lock.json`; the bundle is rebuilt only when a web source changes.
 
-#![allow(clippy::disallowed_methods, reason = "a build script runs node and npm")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a build script runs node and npm"
+)]
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,

@@ -8,7 +8,10 @@
 
 // The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
 // where they belong.
-#![allow(clippy::disallowed_methods, reason = "the one crate that spawns and signals")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the one crate that spawns and signals"
+)]
 
 mod audit;
 mod browser;
@@ -23,11 +26,11 @@ mod seatbelt;
 #[allow(unsafe_code, reason = "pre_exec, fork-time syscalls")]
 mod spawn;
 
-pub use browser::open_in_browser;
 pub use audit::{
     AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
     audit_session_of,
 };
+pub use browser::open_in_browser;
 pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use credentials::Credentials;
 pub use guard::DeathGuard;
