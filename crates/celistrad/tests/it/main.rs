@@ -17,6 +17,7 @@ mod notifications;
 mod sandbox;
 mod supervision;
 mod terminal;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
