@@ -47,6 +47,8 @@ pub enum ErrorCode {
     Gone,
     /// A dashboard session's state-changing request without its CSRF token (`X-CSRF-Token`).
     CsrfFailed,
+    /// A request body that is not sent as `Content-Type: application/json`.
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -58,6 +60,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::NameTaken | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidJson
             | ErrorCode::InvalidRequest
             | ErrorCode::WorkspaceInvalid
