@@ -39,7 +39,8 @@ pub use limits::{
     ResourceLimits,
 };
 pub use linux::{
-    LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, kernel_landlock_abi, launcher_main,
+    LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, default_sigpipe, kernel_landlock_abi,
+    launcher_main,
 };
 pub use policy::{ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};

@@ -94,6 +94,15 @@ fn take_ready_fd() -> Option<libc::c_int> {
     fd
 }
 
+/// Gives SIGPIPE its default disposition, which Rust's runtime sets to ignored: a command-line
+/// process whose stdout is closed (`ctl events | head -1`) then ends quietly, killed by SIGPIPE as
+/// Unix filters are, instead of panicking in `println!`. Never for the daemon, whose writes to a
+/// closed connection must stay errors, nor for a process that must restore a terminal on exit.
+pub fn default_sigpipe() {
+    // SAFETY: installs the default disposition; no handler code is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Gives every signal its default disposition and unblocks all of them. The daemon made the
 /// sandbox's outer processes ignore terminating signals (so a signal to the process group reaches
 /// the agent without killing bubblewrap first); the agent must get them as usual.

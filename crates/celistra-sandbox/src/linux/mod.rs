@@ -11,6 +11,6 @@ mod plan;
 mod syscall_filter;
 mod tools;
 
-pub use launcher::{LAUNCHER_ARG, launcher_main};
+pub use launcher::{LAUNCHER_ARG, default_sigpipe, launcher_main};
 pub use plan::{PlanDescription, SandboxPlan, kernel_landlock_abi};
 pub use tools::Tools;
