@@ -162,6 +162,17 @@ pub(crate) async fn ask(args: AskArgs) -> ExitCode {
         on_timeout,
         key: args.key,
     };
+    // The daemon checks again; checking here first makes a bad prompt a usage error (2), not a
+    // refusal indistinguishable from a denial (1).
+    let checked = celistra_core::approval_line::check_prompt(&request.prompt).and_then(|()| {
+        request
+            .ttl_secs
+            .map_or(Ok(()), celistra_core::approval_line::check_ttl)
+    });
+    if let Err(message) = checked {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     match ask_daemon(&request, "ask").await {
         Ok(approval) => {
             if args.json {

@@ -265,3 +265,21 @@ async fn an_agent_cannot_flood_the_inbox() {
         32
     );
 }
+
+#[tokio::test]
+async fn an_ask_with_an_escape_sequence_or_a_newline_is_refused_and_never_pending() {
+    let daemon = Daemon::start().await;
+    // The prompt would redraw every approver's screen and forge a second line.
+    let script =
+        format!(r#"{BIN} ask "$(printf 'push\033[2J\nnow')"; echo "asked: $?"; sleep 100"#);
+    let agent = daemon.spawn(spec("sneaky", &script)).await;
+    let out = wait_output(&daemon, &agent.id, "asked: ").await;
+    assert!(out.contains("control characters"), "{out}");
+    assert!(out.contains("asked: 2"), "{out}");
+    let all: Vec<Approval> = daemon.client.get("/v1/approvals").await.unwrap();
+    assert!(all.iter().all(|a| a.agent_id != agent.id), "{all:?}");
+    assert_ne!(
+        daemon.agent(&agent.id).await.state,
+        AgentState::WaitingApproval
+    );
+}
