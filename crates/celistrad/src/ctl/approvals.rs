@@ -11,9 +11,16 @@ use super::table::render;
 use super::{CtlResult, Failure, path_segment, print_json};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct ApprovalsArgs {
     #[command(subcommand)]
     action: Option<Action>,
+    /// Only pending requests (`approvals --pending` is `approvals ls --pending`).
+    #[arg(long)]
+    pending: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,8 +51,8 @@ struct Decide {
 
 pub(crate) async fn run(client: &Client, args: ApprovalsArgs) -> CtlResult {
     match args.action.unwrap_or(Action::Ls {
-        pending: false,
-        json: false,
+        pending: args.pending,
+        json: args.json,
     }) {
         Action::Ls { pending, json } => {
             let approvals: Vec<Approval> = client

@@ -66,6 +66,12 @@ async fn an_agent_asks_waits_and_goes_ahead_once_approved() {
     daemon
         .wait_state(&agent.id, AgentState::WaitingApproval)
         .await;
+    // As the README shows it: `--pending` without `ls`.
+    let listed = daemon.ctl(&["approvals", "--pending", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: Vec<Approval> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, approval.id);
     let out = daemon.ctl(&[
         "approvals",
         "approve",
