@@ -366,3 +366,19 @@ async fn prove_checks_an_entry_against_a_signed_checkpoint_as_text_or_json() {
         "{proof}"
     );
 }
+
+/// docs/audit-format.md "Queries" names exactly these parameters.
+#[tokio::test]
+async fn the_documented_query_parameters_are_the_accepted_ones() {
+    let daemon = Daemon::start().await;
+    let documented = "/v1/audit?since=1h&until=2099-01-01T00:00:00Z&actor=a&action=b&agent=c&text=d&limit=5&after=10";
+    let page: Result<AuditPage, _> = daemon.client.get(documented).await;
+    assert!(page.is_ok(), "{page:?}");
+    for undocumented in ["since_ms=0", "after_seq=1", "target=x"] {
+        let page: Result<AuditPage, _> = daemon
+            .client
+            .get(&format!("/v1/audit?{undocumented}"))
+            .await;
+        assert!(page.is_err(), "{undocumented} was accepted");
+    }
+}
