@@ -2,6 +2,16 @@
 //! of embedded files. `npm ci` runs only when `web/node_modules` is missing or was installed from
 //! another `package-lock.json`; the bundle is rebuilt only when a web source changes.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a build script runs node and npm"
+)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a build script talks to cargo on stdout and to the user on stderr"
+)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;

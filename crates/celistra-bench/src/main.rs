@@ -3,6 +3,16 @@
 //! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark starts daemons, `ctl` and load processes, and kills them"
+)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a binary: its report goes to stdout, progress to stderr"
+)]
+
 mod approvals;
 mod audit;
 mod logs;

@@ -35,8 +35,24 @@ pub(crate) fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
     Failure(ApiError::new(code, message))
 }
 
-/// A JSON request body whose errors say what was wrong, where, and in which field.
+/// A JSON request body whose errors say what was wrong, where, and in which field. A non-empty
+/// body must be sent as `application/json` (a form or text post is refused with 415, so a browser
+/// form cannot pass for the API), and every struct in it must be a JSON object
+/// (`celistra_core::json::parse`).
 pub(crate) struct JsonBody<T>(pub T);
+
+/// Whether a `Content-Type` value names JSON: `application/json`, with at most a UTF-8 charset.
+fn is_json(content_type: &str) -> bool {
+    let mut parts = content_type.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or("");
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|parameter| {
+            parameter.split_once('=').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("charset")
+                    && value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            })
+        })
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Failure;
@@ -52,6 +68,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 format!("request body is larger than {MAX_BODY} bytes"),
             ));
         }
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("").to_owned());
         let bytes =
             Bytes::from_request(request, state)
                 .await
@@ -68,6 +88,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                         )
                     }
                 })?;
+        // An empty body is let through to the parser, which says what the route expected.
+        if !bytes.is_empty() && !content_type.as_deref().is_some_and(is_json) {
+            return Err(failure(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "request body must be sent with `Content-Type: application/json`, not {}",
+                    content_type.map_or("no content type".to_owned(), |t| format!("`{t}`"))
+                ),
+            ));
+        }
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| failure(ErrorCode::InvalidJson, "request body is not UTF-8"))?;
         celistra_core::json::parse(text, "request body")
@@ -82,4 +112,31 @@ pub(crate) fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> 
         ErrorCode::InvalidRequest,
         format!("bad query string: {}", rejection.body_text()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn only_json_with_a_utf8_charset_at_most_is_json() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/jsonx",
+            "application/json; charset=latin1",
+            "application/json; boundary=x",
+        ] {
+            assert!(!is_json(refused), "{refused}");
+        }
+    }
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use celistra_proto::{Notice, PushSubscriptionRequest};
-use web_push_native::jwt_simple::algorithms::{ECDSAP256PublicKeyLike as _, ES256KeyPair};
+use web_push_native::jwt_simple::algorithms::{
+    ECDSAP256KeyPairLike as _, ECDSAP256PublicKeyLike as _, ES256KeyPair,
+};
+use web_push_native::jwt_simple::claims::Claims;
 use web_push_native::p256::PublicKey;
 use web_push_native::{Auth, WebPushBuilder};
 
@@ -96,14 +99,44 @@ impl Device {
         }
         let mut request = WebPushBuilder::new(self.endpoint.clone(), self.key, self.auth)
             .with_valid_duration(ttl)
-            .with_vapid(&vapid.0, contact)
             .build(payload.to_vec())
             .map_err(|e| NotifyError::Encrypt(e.to_string()))?;
+        // Signed here rather than by `web-push-native`'s `with_vapid`, whose audience drops the
+        // port of a push service on a non-default one.
+        let claims = Claims::create(ttl.into())
+            .with_audience(origin(&self.endpoint))
+            .with_subject(contact);
+        let token = vapid
+            .0
+            .sign(claims)
+            .map_err(|e| NotifyError::Encrypt(format!("cannot sign the VAPID token: {e}")))?;
+        let authorization = format!("vapid t={token}, k={}", vapid.public_key());
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::try_from(authorization)
+                .map_err(|e| NotifyError::Encrypt(e.to_string()))?,
+        );
         // Approval requests are time-critical: ask push services to wake the phone now.
         request
             .headers_mut()
             .insert("urgency", http::HeaderValue::from_static("high"));
         Ok(request)
+    }
+}
+
+/// A VAPID token's audience (RFC 8292 section 2): the push resource's origin, `scheme://host`
+/// with `:port` when the port is not the scheme's default (RFC 6454).
+fn origin(endpoint: &http::Uri) -> String {
+    let scheme = endpoint.scheme_str().unwrap_or("https");
+    let host = endpoint.host().unwrap_or("");
+    let default = match scheme {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    match endpoint.port_u16() {
+        Some(port) if Some(port) != default => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
     }
 }
 
@@ -282,6 +315,25 @@ mod tests {
                 .verify_token::<NoCustomClaims>(token, None)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_vapid_audience_is_the_origin_with_a_non_default_port() {
+        for (endpoint, audience) in [
+            (
+                "https://push.example.net/wpush/v2/x",
+                "https://push.example.net",
+            ),
+            ("https://push.example.net:443/x", "https://push.example.net"),
+            (
+                "https://push.example.net:8443/x",
+                "https://push.example.net:8443",
+            ),
+            ("http://127.0.0.1:4000/push/1", "http://127.0.0.1:4000"),
+            ("http://localhost:80/push/1", "http://localhost"),
+        ] {
+            assert_eq!(origin(&endpoint.parse().unwrap()), audience, "{endpoint}");
+        }
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum ErrorCode {
     CsrfFailed,
     /// The credential is valid but its role may not do this; `required_role` says which may.
     RoleRequired,
+    /// A request body that is not sent as `Content-Type: application/json`.
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -60,6 +62,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::NameTaken | ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::InvalidJson
             | ErrorCode::InvalidRequest
             | ErrorCode::WorkspaceInvalid

@@ -6,7 +6,15 @@
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
 //! else rlimits) come from [`ResourceLimits`].
 
+// The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
+// where they belong.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the one crate that spawns and signals"
+)]
+
 mod audit;
+mod browser;
 mod cgroup;
 mod credentials;
 mod guard;
@@ -15,12 +23,14 @@ mod linux;
 mod policy;
 mod reaper;
 mod seatbelt;
+#[allow(unsafe_code, reason = "pre_exec, fork-time syscalls")]
 mod spawn;
 
 pub use audit::{
     AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
     audit_session_of,
 };
+pub use browser::open_in_browser;
 pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use credentials::Credentials;
 pub use guard::DeathGuard;
@@ -29,7 +39,8 @@ pub use limits::{
     ResourceLimits,
 };
 pub use linux::{
-    LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, kernel_landlock_abi, launcher_main,
+    LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, default_sigpipe, kernel_landlock_abi,
+    launcher_main,
 };
 pub use policy::{ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};

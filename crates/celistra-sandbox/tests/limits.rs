@@ -2,6 +2,11 @@
 //! process, the rlimit fallback works when no cgroup is available, and nothing is left behind.
 //! Every test uses its own tag, so the instance cgroups of tests running in parallel never meet.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a straggler process escapes its group on purpose"
+)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

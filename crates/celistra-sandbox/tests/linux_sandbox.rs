@@ -2,6 +2,11 @@
 //! pipes (and a PTY), judged by their exit status and output and by the host's files afterwards.
 //! Needs root (it creates the user `celistra-test` and switches to it) and bubblewrap.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "creates the test user with `useradd`"
+)]
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

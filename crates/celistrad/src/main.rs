@@ -1,5 +1,11 @@
 //! `celistrad`: runs the daemon (no subcommand) or talks to it (`celistrad ctl …`).
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the binary owns the terminal: `ctl` output, and errors before logging starts"
+)]
+
 mod ctl;
 
 use std::net::SocketAddr;
@@ -100,6 +106,18 @@ fn main() -> ExitCode {
         celistra_sandbox::launcher_main();
     }
     let cli = Cli::parse();
+    // A closed stdout (`ctl events | head -1`) ends a client quietly, killed by SIGPIPE as a Unix
+    // filter is (the shell reports 141; a pipeline's status is its last command's). Not for the
+    // daemon, whose writes to a closed connection must stay errors, nor for `ctl attach`, which
+    // must restore the terminal on every way out.
+    let client_without_terminal = match &cli.command {
+        Some(Command::Ctl(ctl)) => !ctl.holds_the_terminal(),
+        Some(Command::Audit(_) | Command::Ask(_)) => true,
+        None => false,
+    };
+    if client_without_terminal {
+        celistra_sandbox::default_sigpipe();
+    }
     if let Some(Command::Audit(offline)) = &cli.command {
         let OfflineAuditAction::Verify { dir } = &offline.action;
         return ctl::verify_audit_bundle(dir);

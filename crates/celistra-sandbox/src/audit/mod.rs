@@ -13,6 +13,7 @@ mod record;
 mod syscalls;
 
 #[cfg(test)]
+#[allow(unsafe_code, reason = "a test child restricts itself in pre_exec")]
 mod live_tests;
 
 use std::collections::HashMap;

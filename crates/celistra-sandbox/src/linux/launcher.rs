@@ -46,7 +46,13 @@ pub fn launcher_main() -> ! {
         Ok(never) => match never {},
         Err(error) => error,
     };
-    eprintln!("celistra sandbox: {error}");
+    #[allow(
+        clippy::print_stderr,
+        reason = "inside the sandbox before exec, stderr is the agent's terminal: the only way to say why it did not start"
+    )]
+    {
+        eprintln!("celistra sandbox: {error}");
+    }
     std::process::exit(CANNOT_EXECUTE)
 }
 
@@ -86,6 +92,15 @@ fn take_ready_fd() -> Option<libc::c_int> {
     // SAFETY: the launcher is single-threaded; nothing reads the environment concurrently.
     unsafe { std::env::remove_var(crate::spawn::READY_FD_ENV) };
     fd
+}
+
+/// Gives SIGPIPE its default disposition, which Rust's runtime sets to ignored: a command-line
+/// process whose stdout is closed (`ctl events | head -1`) then ends quietly, killed by SIGPIPE as
+/// Unix filters are, instead of panicking in `println!`. Never for the daemon, whose writes to a
+/// closed connection must stay errors, nor for a process that must restore a terminal on exit.
+pub fn default_sigpipe() {
+    // SAFETY: installs the default disposition; no handler code is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 /// Gives every signal its default disposition and unblocks all of them. The daemon made the

@@ -11,9 +11,16 @@ use super::table::render;
 use super::{CtlResult, Failure, path_segment, print_json};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct ApprovalsArgs {
     #[command(subcommand)]
     action: Option<Action>,
+    /// Only pending requests (`approvals --pending` is `approvals ls --pending`).
+    #[arg(long)]
+    pending: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,8 +51,8 @@ struct Decide {
 
 pub(crate) async fn run(client: &Client, args: ApprovalsArgs) -> CtlResult {
     match args.action.unwrap_or(Action::Ls {
-        pending: false,
-        json: false,
+        pending: args.pending,
+        json: args.json,
     }) {
         Action::Ls { pending, json } => {
             let approvals: Vec<Approval> = client
@@ -162,6 +169,17 @@ pub(crate) async fn ask(args: AskArgs) -> ExitCode {
         on_timeout,
         key: args.key,
     };
+    // The daemon checks again; checking here first makes a bad prompt a usage error (2), not a
+    // refusal indistinguishable from a denial (1).
+    let checked = celistra_core::approval_line::check_prompt(&request.prompt).and_then(|()| {
+        request
+            .ttl_secs
+            .map_or(Ok(()), celistra_core::approval_line::check_ttl)
+    });
+    if let Err(message) = checked {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     match ask_daemon(&request, "ask").await {
         Ok(approval) => {
             if args.json {

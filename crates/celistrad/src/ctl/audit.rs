@@ -89,6 +89,9 @@ struct ExportArgs {
 struct ProveArgs {
     /// The entry's sequence number.
     seq: u64,
+    /// Print JSON (`seq`, `tree_size`, `proof`, `checkpoint`) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn run(client: &Client, args: AuditArgs) -> CtlResult {
@@ -103,7 +106,7 @@ pub(crate) async fn run(client: &Client, args: AuditArgs) -> CtlResult {
             print!("{}", checkpoint.checkpoint);
             Ok(())
         }
-        Action::Prove(args) => prove(client, args.seq).await,
+        Action::Prove(args) => prove(client, args).await,
     }
 }
 
@@ -310,7 +313,8 @@ fn save_seen(seen: &Path, bundle: &AuditBundle) -> CtlResult {
     .map_err(|e| Failure::Failed(format!("cannot write {}: {e}", seen.display())))
 }
 
-async fn prove(client: &Client, seq: u64) -> CtlResult {
+async fn prove(client: &Client, args: ProveArgs) -> CtlResult {
+    let seq = args.seq;
     let checkpoint: AuditCheckpoint = client
         .post("/v1/audit/checkpoint", &serde_json::json!({}))
         .await?;
@@ -336,6 +340,15 @@ async fn prove(client: &Client, seq: u64) -> CtlResult {
         .map_err(|e| Failure::Failed(format!("entry {seq}: {e}")))?;
     celistra_audit::verify_inclusion(&entry, &proof.proof, &signed)
         .map_err(|tamper| Failure::Failed(format!("entry {seq} is not in the log: {tamper}")))?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "seq": seq,
+            "tree_size": signed.size,
+            "proof": proof.proof,
+            "checkpoint": checkpoint.checkpoint,
+        }));
+        return Ok(());
+    }
     println!(
         "entry {seq} is in the signed tree of {} entries (proof of {} hashes checked)",
         signed.size,

@@ -144,10 +144,8 @@ pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
     let mut body = client.open_stream(&path).await?;
     let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = next_chunk(&mut body).await? {
+        // A closed pipe never gets here: SIGPIPE ends `ctl` first (see `main`).
         if let Err(e) = stdout.write_all(&chunk).and_then(|()| stdout.flush()) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(());
-            }
             return Err(Failure::Failed(format!("cannot write output: {e}")));
         }
     }

@@ -32,6 +32,14 @@ pub(crate) struct Ctl {
     verb: Verb,
 }
 
+impl Ctl {
+    /// Whether the verb holds the user's terminal in raw mode, which it must restore on every way
+    /// out: such a verb cannot be left to die of SIGPIPE.
+    pub(crate) fn holds_the_terminal(&self) -> bool {
+        matches!(self.verb, Verb::Attach(_))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Verb {
     /// Spawn an agent; prints its id.

@@ -64,12 +64,7 @@ pub(crate) async fn dashboard(client: &Client, args: DashboardArgs) -> CtlResult
             .is_some()
     {
         // Best effort: no xdg-open, or one that fails, is not an error.
-        let _ = std::process::Command::new("xdg-open")
-            .arg(&link.url)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
+        let _ = celistra_sandbox::open_in_browser(&link.url);
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The HTTP API: authentication on every route, clear errors for bad input, SSE resumption, apply.
 
 use celistra_client::ClientError;
-use celistra_proto::{AgentInfo, ApplyReport, ApplyRequest, ErrorCode, EventKind, Health};
+use celistra_proto::{
+    AgentInfo, AgentState, ApplyReport, ApplyRequest, ErrorCode, EventKind, Health,
+};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 
@@ -374,4 +376,100 @@ async fn logs_keep_output_and_follow_it_across_restarts() {
     tokio::time::timeout(crate::PATIENCE, read)
         .await
         .expect("followed output of the new run");
+}
+
+/// Sends one HTTP/1.1 request over TCP exactly as given (no header added but the secret), and
+/// returns the status and the body.
+async fn raw_request(
+    daemon: &Daemon,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let secret: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(daemon.home().join("auth.json")).unwrap())
+            .unwrap();
+    let addr = std::fs::read_to_string(daemon.home().join("http.addr")).unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr.trim()).await.unwrap();
+    let content_type = content_type.map_or(String::new(), |t| format!("Content-Type: {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\
+         {content_type}Content-Length: {}\r\n\r\n{body}",
+        secret["secret"].as_str().unwrap(),
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        crate::PATIENCE,
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn request_bodies_are_json_objects_sent_as_json() {
+    let daemon = Daemon::start().await;
+    let agent = daemon.spawn(spec("target", "sleep 100")).await;
+    let kill = format!("/v1/agents/{}/kill", agent.id);
+
+    // serde would take an array as the fields in order: `["KILL"]` must not kill.
+    let json = Some("application/json");
+    let (status, body) = raw_request(&daemon, "POST", &kill, json, "[\"KILL\"]").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("invalid_json") && body.contains("JSON object"),
+        "{body}"
+    );
+    let nested = r#"{"agents": [["a", "sleep 1"]]}"#;
+    let (status, body) = raw_request(&daemon, "POST", "/v1/apply", json, nested).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("agents[0]") && body.contains("JSON object"),
+        "{body}"
+    );
+    assert_eq!(daemon.agent("target").await.state, AgentState::Running);
+
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let (status, body) = raw_request(
+            &daemon,
+            "POST",
+            &kill,
+            content_type,
+            r#"{"signal": "KILL"}"#,
+        )
+        .await;
+        assert_eq!(status, 415, "{content_type:?}: {body}");
+        assert!(
+            body.contains("unsupported_media_type") && body.contains("application/json"),
+            "{body}"
+        );
+    }
+    assert_eq!(daemon.agent("target").await.state, AgentState::Running);
+
+    // A route without a body needs no content type.
+    let stop = format!("/v1/agents/{}/stop", agent.id);
+    let (status, body) = raw_request(&daemon, "POST", &stop, None, "").await;
+    assert_eq!(status, 200, "{body}");
+    let start = format!("/v1/agents/{}/start", agent.id);
+    let (status, body) = raw_request(&daemon, "POST", &start, None, "").await;
+    assert_eq!(status, 200, "{body}");
+    daemon.wait_state("target", AgentState::Running).await;
+    let charset = Some("application/json; charset=utf-8");
+    let (status, body) =
+        raw_request(&daemon, "POST", &kill, charset, r#"{"signal": "TERM"}"#).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -66,6 +66,12 @@ async fn an_agent_asks_waits_and_goes_ahead_once_approved() {
     daemon
         .wait_state(&agent.id, AgentState::WaitingApproval)
         .await;
+    // As the README shows it: `--pending` without `ls`.
+    let listed = daemon.ctl(&["approvals", "--pending", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: Vec<Approval> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, approval.id);
     let out = daemon.ctl(&[
         "approvals",
         "approve",
@@ -263,5 +269,23 @@ async fn an_agent_cannot_flood_the_inbox() {
     assert_eq!(
         pending.iter().filter(|a| a.agent_id == agent.id).count(),
         32
+    );
+}
+
+#[tokio::test]
+async fn an_ask_with_an_escape_sequence_or_a_newline_is_refused_and_never_pending() {
+    let daemon = Daemon::start().await;
+    // The prompt would redraw every approver's screen and forge a second line.
+    let script =
+        format!(r#"{BIN} ask "$(printf 'push\033[2J\nnow')"; echo "asked: $?"; sleep 100"#);
+    let agent = daemon.spawn(spec("sneaky", &script)).await;
+    let out = wait_output(&daemon, &agent.id, "asked: ").await;
+    assert!(out.contains("control characters"), "{out}");
+    assert!(out.contains("asked: 2"), "{out}");
+    let all: Vec<Approval> = daemon.client.get("/v1/approvals").await.unwrap();
+    assert!(all.iter().all(|a| a.agent_id != agent.id), "{all:?}");
+    assert_ne!(
+        daemon.agent(&agent.id).await.state,
+        AgentState::WaitingApproval
     );
 }

@@ -344,3 +344,41 @@ async fn a_torn_last_entry_after_kill_9_is_cut_and_the_cut_recorded() {
     let out = ok(&verify_audit(&daemon));
     assert!(out.starts_with("ok: "), "{out}");
 }
+
+#[tokio::test]
+async fn prove_checks_an_entry_against_a_signed_checkpoint_as_text_or_json() {
+    let daemon = Daemon::start().await;
+    daemon.spawn(spec("proven", "sleep 100")).await;
+    let text = daemon.ctl(&["audit", "prove", "1"]);
+    assert!(text.status.success(), "{text:?}");
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("entry 1 is in the signed tree"),
+        "{text:?}"
+    );
+    let json = daemon.ctl(&["audit", "prove", "1", "--json"]);
+    assert!(json.status.success(), "{json:?}");
+    let proof: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(proof["seq"], 1);
+    assert!(proof["tree_size"].as_u64().unwrap() >= 1, "{proof}");
+    assert!(proof["proof"].is_array(), "{proof}");
+    assert!(
+        proof["checkpoint"].as_str().unwrap().contains('\n'),
+        "{proof}"
+    );
+}
+
+/// docs/audit-format.md "Queries" names exactly these parameters.
+#[tokio::test]
+async fn the_documented_query_parameters_are_the_accepted_ones() {
+    let daemon = Daemon::start().await;
+    let documented = "/v1/audit?since=1h&until=2099-01-01T00:00:00Z&actor=a&action=b&agent=c&text=d&limit=5&after=10";
+    let page: Result<AuditPage, _> = daemon.client.get(documented).await;
+    assert!(page.is_ok(), "{page:?}");
+    for undocumented in ["since_ms=0", "after_seq=1", "target=x"] {
+        let page: Result<AuditPage, _> = daemon
+            .client
+            .get(&format!("/v1/audit?{undocumented}"))
+            .await;
+        assert!(page.is_err(), "{undocumented} was accepted");
+    }
+}

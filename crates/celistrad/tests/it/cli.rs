@@ -179,3 +179,36 @@ async fn a_dead_daemon_is_named_not_traced() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_closed_output_pipe_ends_ctl_quietly_by_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let daemon = Daemon::start().await;
+    daemon.spawn(crate::spec("piped", "sleep 100")).await;
+    for args in [
+        &["events"][..],
+        &["audit", "ls", "--json"],
+        &["ls", "--json"],
+    ] {
+        // A pipe whose reader is gone before ctl starts: its first write fails, every time.
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .arg("ctl")
+            .arg("--home")
+            .arg(daemon.home())
+            .args(args)
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(rustix::process::Signal::PIPE.as_raw()),
+            "{args:?}: {:?}, stderr: {}",
+            out.status,
+            text(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
+    }
+}

@@ -1,6 +1,11 @@
 //! Integration tests: a real `celistrad` process per test, in its own temporary state directory,
 //! driven through the HTTP client and the `ctl` command line. Every wait is bounded.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start daemons, `ctl`, browsers and helpers, and signal them"
+)]
+
 mod api;
 mod approvals;
 mod attach;
@@ -14,6 +19,7 @@ mod roles;
 mod sandbox;
 mod supervision;
 mod terminal;
+mod tidy;
 mod tls;
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,7 @@
-//! JSON parsing whose errors say where: the file, line, column and field path.
+//! JSON parsing whose errors say where: the file, line, column and field path. A struct is only
+//! ever read from a JSON object, never from an array of its fields (see [`objects`]).
+
+mod objects;
 
 use std::fmt;
 
@@ -26,13 +29,15 @@ impl fmt::Display for JsonError {
     }
 }
 
-/// Parses `text` as a `T`, naming `origin` in errors.
+/// Parses `text` as a `T`, naming `origin` in errors. Every struct in `T`, at any depth, must be a
+/// JSON object.
 pub fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, JsonError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        error_at(origin, path, &err.into_inner())
-    })?;
+    let value =
+        serde_path_to_error::deserialize(objects::Objects(&mut deserializer)).map_err(|err| {
+            let path = err.path().to_string();
+            error_at(origin, path, &err.into_inner())
+        })?;
     deserializer
         .end()
         .map_err(|err| error_at(origin, String::new(), &err))?;
@@ -68,9 +73,8 @@ mod tests {
         items: Vec<Inner>,
     }
 
-    #[derive(Debug, serde::Deserialize)]
+    #[derive(Debug, PartialEq, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
     struct Inner {
         count: u32,
     }
@@ -92,5 +96,55 @@ mod tests {
         assert!(err.message.contains("EOF"), "{err}");
         let err = parse::<Outer>("{\"items\": []} trailing", "f").unwrap_err();
         assert!(err.message.contains("trailing"), "{err}");
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Wrapper {
+        inner: Option<Inner>,
+        pairs: Vec<(u32, String)>,
+        mode: Mode,
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Mode {
+        Off,
+        Limited { max: u32 },
+    }
+
+    #[test]
+    fn a_struct_is_never_read_from_an_array_at_any_depth() {
+        let err = parse::<Inner>("[1]", "request body").unwrap_err();
+        assert!(err.message.contains("expected a JSON object"), "{err}");
+        assert!(err.message.contains("struct Inner"), "{err}");
+        let err = parse::<Outer>("{\"items\": [{\"count\": 1}, [2]]}", "f").unwrap_err();
+        assert_eq!(err.path, "items[1]", "{err}");
+        assert!(err.message.contains("expected a JSON object"), "{err}");
+        let err = parse::<Wrapper>("{\"inner\": [3], \"pairs\": [], \"mode\": \"off\"}", "f")
+            .unwrap_err();
+        assert_eq!(err.path, "inner", "{err}");
+        let err = parse::<Wrapper>(
+            "{\"inner\": null, \"pairs\": [], \"mode\": {\"limited\": [4]}}",
+            "f",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("expected a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn lists_tuples_options_and_enums_still_parse() {
+        let text = "{\"inner\": {\"count\": 5}, \"pairs\": [[1, \"a\"]], \"mode\": {\"limited\": {\"max\": 2}}}";
+        let parsed: Wrapper = parse(text, "f").unwrap();
+        assert_eq!(
+            parsed,
+            Wrapper {
+                inner: Some(Inner { count: 5 }),
+                pairs: vec![(1, "a".to_owned())],
+                mode: Mode::Limited { max: 2 },
+            }
+        );
+        let parsed: Wrapper =
+            parse("{\"inner\": null, \"pairs\": [], \"mode\": \"off\"}", "f").unwrap();
+        assert_eq!(parsed.mode, Mode::Off);
     }
 }
