@@ -10,6 +10,7 @@ mod events;
 mod history;
 mod notifications;
 mod openapi;
+mod responses;
 mod sandbox;
 mod sessions;
 mod terminal;

@@ -4,21 +4,21 @@
 use axum::Json;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, AgentUsage, ApiError, ApplyReport, ApplyRequest, Approval,
-    ApprovalStatus, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry, AuditHealth, AuditPage,
-    AuditProof, AuditVerification, CapabilitySource, ChannelStatus, DecisionRequest,
-    EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest, Health,
-    HistoryHealth, IoMode, KillRequest, LinkDecision, LogLine, LoginLink, LoginRequest, Notice,
-    NoticeKind, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
-    RenameRequest, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
-    SandboxStatus, SandboxSwitch, SessionInfo, SessionState, TermSize, TerminalClientMessage,
-    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault,
-    UpdateRequest, VapidKeyInfo, Verdict,
+    ApprovalStatus, AskOrigin, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry,
+    AuditExportFormat, AuditHealth, AuditPage, AuditProof, AuditVerification, CapabilitySource,
+    ChannelStatus, Cleared, DecisionRequest, EffectiveSettings, ErrorCode, Event, EventKind,
+    ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest, LinkDecision, LogFormat,
+    LogLine, LogStream, LoginLink, LoginRequest, Notice, NoticeKind, NotificationsStatus, PushKeys,
+    PushSubscriptionInfo, PushSubscriptionRequest, RenameRequest, RunCause, RunRecord, RunSandbox,
+    SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, SessionInfo, SessionState,
+    Signal, TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket,
+    TicketRequest, TimeoutDefault, UpdateRequest, VapidKeyInfo, Verdict,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, approvals, audit, events, history, notifications, sandbox, sessions, terminal,
+    agents, approvals, audit, decide, events, history, notifications, sandbox, sessions, terminal,
 };
 
 #[derive(OpenApi)]
@@ -35,19 +35,19 @@ use super::{
         notifications::status, notifications::test, notifications::vapid_key,
         notifications::subscriptions, notifications::subscribe, notifications::unsubscribe,
         sessions::issue_code, sessions::login, sessions::current, sessions::logout, sessions::list,
-        sessions::revoke, agents::usage,
+        sessions::revoke, agents::usage, decide::page, decide::decide,
     ),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
         Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
-        HistoryHealth, IoMode, LogLine, RunCause, RunRecord, history::Cleared, history::Format,
+        HistoryHealth, IoMode, LogLine, RunCause, RunRecord, Cleared, LogFormat, LogStream, Signal,
         TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
         RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
         SandboxBlock, AuditEntry, AuditPage, AuditCheckpoint, AuditProof, AuditVerification,
         AuditBundle, AuditHealth, Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault,
         ChannelStatus, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
         VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
-        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage,
+        LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage, AuditExportFormat, AskOrigin,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -72,4 +72,28 @@ pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     Json(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    /// The dashboard's TypeScript types are generated from `web/openapi.json` at build time, when
+    /// no daemon runs; this keeps that copy equal to what the daemon serves.
+    #[test]
+    fn web_openapi_json_is_what_the_daemon_serves() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/openapi.json");
+        let document = super::document().now_or_never().expect("no awaits").0;
+        let generated = serde_json::to_string_pretty(&document).expect("serialises") + "\n";
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).expect("write web/openapi.json");
+            return;
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "web/openapi.json differs from the document the daemon generates; update it with \
+             `UPDATE_OPENAPI=1 cargo test -p celistra-daemon web_openapi_json` and commit it"
+        );
+    }
 }
