@@ -1,6 +1,7 @@
 //! Typed async client of a celistrad's HTTP API, over the daemon's Unix socket (the default for a
 //! local `ctl`) or TCP. One HTTP/1.1 connection per request keeps it simple and stateless.
 
+mod api;
 mod sse;
 mod terminal;
 
@@ -16,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use api::SseStream;
 pub use sse::{SseFrame, SseParser};
 pub use terminal::{Terminal, TerminalEvent, TerminalInput, TerminalOutput};
 
@@ -167,7 +169,7 @@ impl Client {
     }
 
     /// Sends a request and decodes a JSON answer; an error status becomes [`ClientError::Api`].
-    pub async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -179,11 +181,11 @@ impl Client {
         decode(status, &read_all(response).await?)
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>).await
     }
 
-    pub async fn post<T: DeserializeOwned>(
+    async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &impl Serialize,
@@ -192,7 +194,7 @@ impl Client {
     }
 
     /// Opens a streaming response (logs, events); an error status becomes [`ClientError::Api`].
-    pub async fn open_stream(&self, path: &str) -> Result<Incoming, ClientError> {
+    async fn open_stream(&self, path: &str) -> Result<Incoming, ClientError> {
         let response = self.send(Method::GET, path, None).await?;
         let status = response.status();
         if status.is_success() {
