@@ -318,7 +318,7 @@ async fn collect(running: &mut JoinSet<Viewer>, done: &mut Vec<Viewer>) -> Resul
 /// Polls the agent until it has exited; the time since `started`.
 async fn wait_exited(client: &Client, name: &str, started: Instant) -> Result<Duration> {
     loop {
-        let agent: AgentInfo = client.get_agent(&name).await?;
+        let agent: AgentInfo = client.get_agent(name).await?;
         match agent.state {
             AgentState::Exited => return Ok(started.elapsed()),
             AgentState::Starting | AgentState::Running => {}
