@@ -96,4 +96,53 @@ mod tests {
              `UPDATE_OPENAPI=1 cargo test -p celistra-daemon web_openapi_json` and commit it"
         );
     }
+
+    /// The limits the schemas state are the ones the daemon enforces.
+    #[test]
+    fn schema_limits_are_the_enforced_ones() {
+        use celistra_core::{approval_line, names, spec};
+
+        let document = super::document().now_or_never().expect("no awaits").0;
+        let document = serde_json::to_value(document).expect("serialises");
+        let schemas = &document["components"]["schemas"];
+        let field = |schema: &str, name: &str| schemas[schema]["properties"][name].clone();
+        let limit = |schema: &str, name: &str, key: &str| field(schema, name)[key].as_u64();
+        for schema in ["AgentSpec", "UpdateRequest", "RenameRequest"] {
+            assert_eq!(
+                limit(schema, "name", "maxLength"),
+                Some(names::MAX_NAME_LEN as u64),
+                "{schema}"
+            );
+        }
+        for schema in ["AgentSpec", "UpdateRequest"] {
+            assert_eq!(
+                limit(schema, "command", "maxLength"),
+                Some(spec::MAX_COMMAND_LEN as u64)
+            );
+            assert_eq!(
+                limit(schema, "scrollback_kb", "maximum"),
+                Some(u64::from(spec::MAX_SCROLLBACK_KB))
+            );
+            assert_eq!(
+                limit(schema, "memory_max", "minimum"),
+                Some(spec::MIN_MEMORY_MAX)
+            );
+        }
+        assert_eq!(
+            limit("AskRequest", "prompt", "maxLength"),
+            Some(approval_line::MAX_PROMPT_BYTES as u64)
+        );
+        assert_eq!(
+            limit("AskRequest", "ttl_secs", "maximum"),
+            Some(approval_line::MAX_TTL_SECS)
+        );
+        let signals: Vec<&str> = schemas["Signal"]["enum"]
+            .as_array()
+            .expect("signal names")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let names: Vec<&str> = celistra_proto::Signal::ALL.map(|s| s.name()).to_vec();
+        assert_eq!(signals, names);
+    }
 }
