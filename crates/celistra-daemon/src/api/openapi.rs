@@ -17,6 +17,7 @@ use celistra_proto::{
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::responses::Refused;
 use super::{
     agents, approvals, audit, decide, events, history, notifications, sandbox, sessions, terminal,
 };
@@ -67,7 +68,13 @@ impl Modify for BearerAuth {
 }
 
 /// The OpenAPI 3.1 document of this API.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "daemon", responses((status = 200, description = "OpenAPI document")))]
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "get_openapi",
+    tag = "daemon",
+    responses((status = 200, description = "OpenAPI document", body = Object), Refused)
+)]
 pub(crate) async fn document() -> Json<utoipa::openapi::OpenApi> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
