@@ -1,4 +1,5 @@
-// Builds the dashboard into an output directory: type-checks (tsc), bundles and minifies the
+// Builds the dashboard into an output directory: generates the API's types from openapi.json
+// (codegen/generate.mjs), type-checks (tsc), bundles and minifies the
 // TypeScript and CSS (esbuild, content-hashed names), writes index.html, the service worker, the web
 // app manifest and the icons (PNG, drawn here), precompresses every text file (gzip and brotli), and
 // writes `assets.tsv`, the table crates/celistra-dashboard/build.rs embeds.
@@ -12,6 +13,7 @@ import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { brotliCompressSync, constants, deflateSync, gzipSync } from "node:zlib";
 import * as esbuild from "esbuild";
+import { generate } from "./codegen/generate.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -21,6 +23,8 @@ if (outIndex < 0 || !args[outIndex + 1]) {
   process.exit(2);
 }
 const out = args[outIndex + 1];
+
+await generate(here);
 
 if (!args.includes("--no-check")) {
   try {

@@ -26,6 +26,9 @@ fn main() {
         "build.mjs",
         "tsconfig.json",
         "src",
+        "openapi.json",
+        "codegen/package.json",
+        "codegen/generate.mjs",
     ] {
         println!("cargo:rerun-if-changed={}", web.join(watched).display());
     }

@@ -240,7 +240,7 @@ function start(): void {
             pid: 1000 + i, restarts: i % 7, exit_code: i % 5 === 1 ? 0 : null, exit_signal: i % 5 === 2 ? "SIGKILL" : null,
             command: `python3 worker.py --shard ${i}`, workspace: "/srv", env_keys: [], auto_restart: true, source: "bench", run: 1,
             created_at_ms: Date.now() - i * 1000, started_at_ms: Date.now() - i * 1000, exited_at_ms: null, next_restart_at_ms: null,
-            last_error: null, mode: "pty", settings: { stop_signal: "TERM", stop_timeout_ms: 10000, restart_max: 5 },
+            last_error: null, mode: "pty", settings: { stop_signal: "TERM", stop_timeout_ms: 10000, restart_max: 5, restart_window_secs: 60, backoff_initial_ms: 10, backoff_max_ms: 30000, backoff_reset_secs: 10, scrollback_kb: 64 },
             sandbox: { sandboxed: i % 10 !== 0, capabilities: [], user: "me" },
           } satisfies AgentInfo;
           machine.agents.set(agent.id, agent);

@@ -89,7 +89,7 @@ export class Store {
         machine.retryInMs = retryInMs;
         this.changed("machines");
       },
-      onEvent: (type, data) => this.apply(machine, type, data),
+      onEvent: (_type, data) => this.apply(machine, data),
     });
     // Show what the daemon has even while its event stream cannot connect (a proxy that drops
     // SSE, say); the banner says the view may be stale, and every reconnection reads it again.
@@ -147,39 +147,38 @@ export class Store {
     this.changed("agents");
   }
 
-  private apply(machine: Machine, type: string, data: string): void {
+  /** An event of the stream; its body carries its `type` (the SSE event name) and is typed by it. */
+  private apply(machine: Machine, data: string): void {
     let event: ServerEvent;
     try {
       event = JSON.parse(data) as ServerEvent;
     } catch {
       return;
     }
-    const agentId = typeof event.agent_id === "string" ? event.agent_id : null;
-    switch (type) {
-      case "agent_spawned": {
-        const agent = event.agent as AgentInfo;
-        machine.agents.set(agent.id, agent);
+    const agentId = "agent_id" in event && typeof event.agent_id === "string" ? event.agent_id : null;
+    switch (event.type) {
+      case "agent_spawned":
+        machine.agents.set(event.agent.id, event.agent);
         this.changed("agents");
         break;
-      }
       case "agent_state": {
-        const agent = agentId ? machine.agents.get(agentId) : undefined;
+        const agent = machine.agents.get(event.agent_id);
         if (agent) {
-          agent.state = event.state as AgentInfo["state"];
-          agent.pid = (event.pid as number | null) ?? null;
+          agent.state = event.state;
+          agent.pid = event.pid ?? null;
           this.changed("agents");
         }
-        if (agentId) void this.refreshAgent(machine, agentId);
+        void this.refreshAgent(machine, event.agent_id);
         break;
       }
       case "agent_removed":
-        if (agentId) machine.agents.delete(agentId);
+        machine.agents.delete(event.agent_id);
         this.changed("agents");
         break;
       case "approval_requested":
       case "approval_decided": {
-        const approval = event.approval as Approval;
-        const isNew = type === "approval_requested" && !machine.approvals.has(approval.id);
+        const approval = event.approval;
+        const isNew = event.type === "approval_requested" && !machine.approvals.has(approval.id);
         machine.approvals.set(approval.id, approval);
         if (isNew) this.onNewApproval?.(approval, machine);
         this.changed("approvals");

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use celistra_client::{Client, SseParser, next_chunk};
+use celistra_client::Client;
 use celistra_proto::{
-    AgentInfo, AgentSpec, Approval, AskRequest, DecisionRequest, PushSubscriptionInfo,
-    PushSubscriptionRequest,
+    AgentInfo, AgentSpec, Approval, AskQuery, AskRequest, DecisionRequest, EventsQuery,
+    PushSubscriptionInfo, PushSubscriptionRequest, Verdict,
 };
 use tokio::sync::mpsc;
 
@@ -62,30 +62,23 @@ async fn latency(binary: &std::path::Path, report: &mut Report) -> Result<()> {
     let client = daemon.client();
     let phone = celistra_notify::webpush::Browser::generate()?;
     let _: PushSubscriptionInfo = client
-        .post(
-            "/v1/push/subscriptions",
-            &PushSubscriptionRequest {
-                endpoint: format!("http://{receiver_addr}/push"),
-                keys: phone.keys(),
-                expiration_time: None,
-                label: Some("bench".into()),
-            },
-        )
+        .subscribe_push(&PushSubscriptionRequest {
+            endpoint: format!("http://{receiver_addr}/push"),
+            keys: phone.keys(),
+            expiration_time: None,
+            label: Some("bench".into()),
+        })
         .await?;
     let agent: AgentInfo = client
-        .post(
-            "/v1/agents",
-            &AgentSpec {
-                name: "asker".into(),
-                command: "exec sleep 600".into(),
-                workspace: Some(daemon.work().display().to_string()),
-                ..AgentSpec::default()
-            },
-        )
+        .spawn_agent(&AgentSpec {
+            name: "asker".into(),
+            command: "exec sleep 600".into(),
+            workspace: Some(daemon.work().display().to_string()),
+            ..AgentSpec::default()
+        })
         .await?;
     let socket = Client::for_agent_socket(&agent_socket(&agent.id)?);
-    let mut events = client.open_stream("/v1/events?follow=true").await?;
-    let mut parser = SseParser::default();
+    let mut events = client.stream_events(&EventsQuery::default()).await?;
     let (mut to_event, mut to_answer) = (vec![], vec![]);
     let (mut to_webhook, mut to_push) = (vec![], vec![]);
     for round in 0..ROUNDS {
@@ -98,24 +91,16 @@ async fn latency(binary: &std::path::Path, report: &mut Report) -> Result<()> {
             key: None,
         };
         let socket = socket.clone();
-        let answer = tokio::spawn(async move {
-            socket
-                .post::<Approval>("/v1/ask?origin=ask", &request)
-                .await
-        });
+        let answer = tokio::spawn(async move { socket.ask(&AskQuery::default(), &request).await });
         let id = 'events: loop {
-            let chunk = next_chunk(&mut events)
-                .await?
-                .context("event stream ended")?;
-            for frame in parser.feed(&chunk) {
-                if frame.event.as_deref() == Some("approval_requested") {
-                    to_event.push(asked.elapsed());
-                    let data: serde_json::Value = serde_json::from_str(&frame.data)?;
-                    break 'events data["approval"]["id"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned();
-                }
+            let frame = events.next_frame().await?.context("event stream ended")?;
+            if frame.event.as_deref() == Some("approval_requested") {
+                to_event.push(asked.elapsed());
+                let data: serde_json::Value = serde_json::from_str(&frame.data)?;
+                break 'events data["approval"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
             }
         };
         // The request's webhook and push messages (the previous round's decision messages are
@@ -139,10 +124,7 @@ async fn latency(binary: &std::path::Path, report: &mut Report) -> Result<()> {
         to_push.extend(push);
         let decided = Instant::now();
         let _: Approval = client
-            .post(
-                &format!("/v1/approvals/{id}/approve"),
-                &DecisionRequest::default(),
-            )
+            .decide_approval(&id, Verdict::Approve, &DecisionRequest::default())
             .await?;
         let approval = answer.await??;
         to_answer.push(decided.elapsed());

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use celistra_client::{Client, next_chunk};
-use celistra_proto::{AgentInfo, AgentSpec, AgentState, Health, RunRecord};
+use celistra_proto::{
+    AgentInfo, AgentSpec, AgentState, Health, HistoryQuery, LogsQuery, RunRecord, SearchQuery,
+};
+use hyper::body::Incoming;
 
 use crate::{Daemon, Report, median_p95, mib, ms, phase_within, time_runs};
 
@@ -343,7 +346,7 @@ fn agent(name: String, command: String, input: &LogInput, mode: Mode) -> AgentSp
 }
 
 async fn spawn(daemon: &mut Daemon, spec: &AgentSpec) -> Result<()> {
-    let info: AgentInfo = daemon.client().post("/v1/agents", spec).await?;
+    let info: AgentInfo = daemon.client().spawn_agent(spec).await?;
     daemon.agent_pids.extend(info.pid);
     Ok(())
 }
@@ -377,7 +380,7 @@ async fn wait_settled(
 ) -> Result<Settled> {
     // One request per poll: every request costs the daemon CPU the agents compete for.
     let exited = loop {
-        let agents: Vec<AgentInfo> = client.get("/v1/agents").await?;
+        let agents: Vec<AgentInfo> = client.list_agents().await?;
         let mut done = 0;
         for agent in agents.iter().filter(|a| names.contains(&a.name)) {
             match agent.state {
@@ -394,14 +397,18 @@ async fn wait_settled(
     let total = expected * names.len() as u64;
     let (mut last_seen, mut last_progress) = ((0, 0), Instant::now());
     loop {
-        let runs: Vec<RunRecord> = client.get("/v1/history?limit=1000").await?;
+        let query = HistoryQuery {
+            limit: Some(1000),
+            ..HistoryQuery::default()
+        };
+        let runs: Vec<RunRecord> = client.list_runs(&query).await?;
         let saved: u64 = runs
             .iter()
             .filter(|r| names.contains(&r.name))
             .map(|r| r.output_bytes)
             .sum();
         let dropped = if saved < total {
-            let health: Health = client.get("/v1/health").await?;
+            let health: Health = client.get_health().await?;
             health.history.dropped_bytes
         } else {
             0
@@ -430,7 +437,7 @@ async fn wait_health(
 ) -> Result<(Health, Duration)> {
     let started = Instant::now();
     loop {
-        let health: Health = client.get("/v1/health").await?;
+        let health: Health = client.get_health().await?;
         if done(&health) || started.elapsed() > IDLE_WORK_WAIT {
             return Ok((health, started.elapsed()));
         }
@@ -439,8 +446,7 @@ async fn wait_health(
 }
 
 /// A whole streamed response body as text.
-async fn fetch_text(client: &Client, path: &str) -> Result<String> {
-    let mut body = client.open_stream(path).await?;
+async fn read_text(mut body: Incoming) -> Result<String> {
     let mut bytes = Vec::new();
     while let Some(chunk) = next_chunk(&mut body).await? {
         bytes.extend_from_slice(&chunk);
@@ -490,7 +496,7 @@ async fn throughput(
     let client = daemon.client();
     let settled = wait_settled(client, std::slice::from_ref(&name), expected, started).await?;
     let cpu = CpuUse::of(&daemon)?.since(&cpu_before);
-    let health: Health = client.get("/v1/health").await?;
+    let health: Health = client.get_health().await?;
 
     let exit_rate = input.rate(settled.exited);
     let share = raw.map_or(String::new(), |raw| {
@@ -542,7 +548,11 @@ async fn throughput(
     );
 
     let started = Instant::now();
-    let tail = fetch_text(client, &format!("/v1/agents/{name}/logs?tail=1")).await?;
+    let query = LogsQuery {
+        tail: Some(1),
+        ..LogsQuery::default()
+    };
+    let tail = read_text(client.get_logs(&name, &query).await?).await?;
     let read = started.elapsed();
     let same = tail.trim_end() == input.last_line;
     report.add(
@@ -592,13 +602,23 @@ async fn throughput(
     Ok(())
 }
 
+/// A timed search: across agents, or in one agent's output.
+enum Search {
+    Across(SearchQuery),
+    Within(String, LogsQuery),
+}
+
 /// Median and maximum latency of `SEARCH_RUNS` runs of a search, and its line count.
-async fn time_search(client: &Client, path: &str) -> Result<(Duration, Duration, usize)> {
+async fn time_search(client: &Client, search: &Search) -> Result<(Duration, Duration, usize)> {
     let mut samples = Vec::with_capacity(SEARCH_RUNS);
     let mut lines = 0;
     for _ in 0..SEARCH_RUNS {
         let started = Instant::now();
-        let text = fetch_text(client, path).await?;
+        let body = match search {
+            Search::Across(query) => client.search_logs(query).await?,
+            Search::Within(agent, query) => client.get_logs(agent, query).await?,
+        };
+        let text = read_text(body).await?;
         samples.push(started.elapsed());
         lines = text.lines().count();
     }
@@ -676,13 +696,36 @@ async fn search(binary: &Path, input: &LogInput, report: &mut Report) -> Result<
     );
 
     let rare = &input.rare_word;
+    let across = |grep: &str| {
+        Search::Across(SearchQuery {
+            grep: grep.to_owned(),
+            limit: Some(1000),
+            ..SearchQuery::default()
+        })
+    };
+    let within = LogsQuery {
+        grep: Some(rare.clone()),
+        ..LogsQuery::default()
+    };
     let queries = [
-        (format!("/v1/logs?grep={rare}&limit=1000"), SEARCH_AGENTS),
-        (format!("/v1/agents/{}/logs?grep={rare}", names[0]), 1),
-        ("/v1/logs?grep=status&limit=1000".to_owned(), 1000),
+        (
+            format!("/v1/logs?grep={rare}&limit=1000"),
+            across(rare),
+            SEARCH_AGENTS,
+        ),
+        (
+            format!("/v1/agents/{}/logs?grep={rare}", names[0]),
+            Search::Within(names[0].clone(), within),
+            1,
+        ),
+        (
+            "/v1/logs?grep=status&limit=1000".to_owned(),
+            across("status"),
+            1000,
+        ),
     ];
-    for (path, expected) in queries {
-        let (median, max, lines) = time_search(client, &path).await?;
+    for (path, search, expected) in queries {
+        let (median, max, lines) = time_search(client, &search).await?;
         report.add(
             &format!("search: `{path}` (median of {SEARCH_RUNS})"),
             "< 1 s",

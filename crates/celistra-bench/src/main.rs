@@ -25,10 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use celistra_client::{Client, SseParser, next_chunk};
-use celistra_proto::{AgentInfo, AgentSpec, AgentState, ApplyReport, ApplyRequest};
+use celistra_client::{Client, SseStream};
+use celistra_proto::{AgentInfo, AgentSpec, AgentState, ApplyReport, ApplyRequest, EventsQuery};
 use futures_util::future::join_all;
-use hyper::body::Incoming;
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 use tokio::time::timeout;
 
@@ -125,7 +124,7 @@ impl Daemon {
                 );
             }
             if let Ok(client) = Client::for_home(daemon.home.path(), "bench")
-                && client.get::<serde_json::Value>("/v1/health").await.is_ok()
+                && client.get_health().await.is_ok()
             {
                 daemon.client = Some(client);
                 return Ok(daemon);
@@ -200,7 +199,7 @@ impl Daemon {
     }
 
     async fn agents(&mut self) -> Result<Vec<AgentInfo>> {
-        let agents: Vec<AgentInfo> = self.client().get("/v1/agents").await?;
+        let agents: Vec<AgentInfo> = self.client().list_agents().await?;
         for agent in &agents {
             if let Some(pid) = agent.pid
                 && !self.agent_pids.contains(&pid)
@@ -380,7 +379,7 @@ async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
         dry_run: false,
     };
     let started = Instant::now();
-    let applied: ApplyReport = daemon.client().post("/v1/apply", &request).await?;
+    let applied: ApplyReport = daemon.client().apply(&request).await?;
     let answered = started.elapsed();
     if applied.created.len() != 100 {
         bail!("apply created {} agents, not 100", applied.created.len());
@@ -417,14 +416,12 @@ async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
 
     let started = Instant::now();
     let client = daemon.client();
-    let answers = join_all(request.agents.iter().map(|spec| async move {
-        client
-            .post::<AgentInfo>(
-                &format!("/v1/agents/{}/stop", spec.name),
-                &serde_json::json!({}),
-            )
-            .await
-    }))
+    let answers = join_all(
+        request
+            .agents
+            .iter()
+            .map(|spec| async move { client.stop_agent(&spec.name).await }),
+    )
     .await;
     let answered = started.elapsed();
     for answer in answers {
@@ -456,7 +453,7 @@ async fn hundred_sequential(binary: &Path, report: &mut Report) -> Result<()> {
     let mut daemon = Daemon::start(binary, None).await?;
     let started = Instant::now();
     for spec in sleepers(100) {
-        let _: AgentInfo = daemon.client().post("/v1/agents", &spec).await?;
+        let _: AgentInfo = daemon.client().spawn_agent(&spec).await?;
     }
     let answered = started.elapsed();
     daemon.wait_running(100).await?;
@@ -475,23 +472,16 @@ async fn hundred_sequential(binary: &Path, report: &mut Report) -> Result<()> {
 }
 
 /// Reads the event stream until an `agent_restarted` for `agent_id` with a pid other than `old`.
-async fn next_restart(
-    body: &mut Incoming,
-    parser: &mut SseParser,
-    agent_id: &str,
-    old: u32,
-) -> Result<u32> {
+async fn next_restart(events: &mut SseStream, agent_id: &str, old: u32) -> Result<u32> {
     loop {
-        let chunk = next_chunk(body).await?.context("event stream ended")?;
-        for frame in parser.feed(&chunk) {
-            if frame.event.as_deref() != Some("agent_restarted") {
-                continue;
-            }
-            let data: serde_json::Value = serde_json::from_str(&frame.data)?;
-            let pid = data["pid"].as_u64().unwrap_or(0) as u32;
-            if data["agent_id"] == agent_id && pid != old && pid != 0 {
-                return Ok(pid);
-            }
+        let frame = events.next_frame().await?.context("event stream ended")?;
+        if frame.event.as_deref() != Some("agent_restarted") {
+            continue;
+        }
+        let data: serde_json::Value = serde_json::from_str(&frame.data)?;
+        let pid = data["pid"].as_u64().unwrap_or(0) as u32;
+        if data["agent_id"] == agent_id && pid != old && pid != 0 {
+            return Ok(pid);
         }
     }
 }
@@ -511,16 +501,16 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
         spec.capabilities.clear();
         spec.workspace = Some(daemon.work().display().to_string());
     }
-    let info: AgentInfo = daemon.client().post("/v1/agents", &spec).await?;
+    let info: AgentInfo = daemon.client().spawn_agent(&spec).await?;
     daemon.wait_running(1).await?;
     let mut pid = daemon.agents().await?[0]
         .pid
         .context("running agent has no pid")?;
-    let mut body = daemon
-        .client()
-        .open_stream("/v1/events?after=0&follow=true")
-        .await?;
-    let mut parser = SseParser::default();
+    let query = EventsQuery {
+        after: Some(0),
+        follow: true,
+    };
+    let mut events = daemon.client().stream_events(&query).await?;
     let mut samples = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -528,7 +518,7 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
         let started = Instant::now();
         rustix::process::kill_process(target, Signal::KILL)
             .with_context(|| format!("kill -9 {pid}"))?;
-        let new = next_restart(&mut body, &mut parser, &info.id, pid).await?;
+        let new = next_restart(&mut events, &info.id, pid).await?;
         samples.push(started.elapsed());
         daemon.agent_pids.push(new);
         pid = new;
@@ -562,7 +552,7 @@ async fn thousand(binary: &Path, report: &mut Report) -> Result<()> {
         dry_run: false,
     };
     let started = Instant::now();
-    let _: ApplyReport = daemon.client().post("/v1/apply", &request).await?;
+    let _: ApplyReport = daemon.client().apply(&request).await?;
     daemon.wait_running(1000).await?;
     let all_running = started.elapsed();
     report.add(

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use celistra_client::{SseParser, next_chunk};
-use celistra_proto::{AgentInfo, AgentSpec, ApplyReport, ApplyRequest};
+use celistra_proto::{AgentInfo, AgentSpec, ApplyReport, ApplyRequest, EventsQuery};
 
 use crate::{Daemon, Report, median_p95, ms, phase};
 
@@ -42,7 +41,7 @@ async fn spawn_answer(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Resu
             ..AgentSpec::default()
         };
         let started = Instant::now();
-        let agent: AgentInfo = client.post("/v1/agents", &spec).await?;
+        let agent: AgentInfo = client.spawn_agent(&spec).await?;
         samples.push(started.elapsed());
         if let Some(error) = agent.last_error {
             bail!("spawn failed: {error}");
@@ -51,13 +50,7 @@ async fn spawn_answer(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Resu
     }
     // Removed after the samples: a sandbox's teardown would otherwise overlap the next spawn.
     for id in spawned {
-        client
-            .call::<AgentInfo>(
-                hyper::Method::DELETE,
-                &format!("/v1/agents/{id}"),
-                None::<&()>,
-            )
-            .await?;
+        client.remove_agent(&id).await?;
     }
     Ok(median_p95(samples).0)
 }
@@ -65,8 +58,7 @@ async fn spawn_answer(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Resu
 /// Median time from `POST /v1/agents` of a `true` agent to its `agent_exited` event.
 async fn spawn_to_exit(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Result<Duration> {
     let client = daemon.client();
-    let mut body = client.open_stream("/v1/events?follow=true").await?;
-    let mut parser = SseParser::default();
+    let mut events = client.stream_events(&EventsQuery::default()).await?;
     let mut samples = Vec::with_capacity(SPAWN_SAMPLES);
     for i in 0..SPAWN_SAMPLES {
         let spec = AgentSpec {
@@ -77,21 +69,19 @@ async fn spawn_to_exit(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Res
             ..AgentSpec::default()
         };
         let started = Instant::now();
-        let agent: AgentInfo = client.post("/v1/agents", &spec).await?;
+        let agent: AgentInfo = client.spawn_agent(&spec).await?;
         if let Some(error) = agent.last_error {
             bail!("spawn failed: {error}");
         }
         'events: loop {
-            let chunk = next_chunk(&mut body).await?.context("event stream ended")?;
-            for frame in parser.feed(&chunk) {
-                if frame.event.as_deref() == Some("agent_exited") {
-                    let data: serde_json::Value = serde_json::from_str(&frame.data)?;
-                    if data["agent_id"] == agent.id.as_str() {
-                        if data["exit_code"] != 0 {
-                            bail!("`true` failed in {tag}: {data}");
-                        }
-                        break 'events;
+            let frame = events.next_frame().await?.context("event stream ended")?;
+            if frame.event.as_deref() == Some("agent_exited") {
+                let data: serde_json::Value = serde_json::from_str(&frame.data)?;
+                if data["agent_id"] == agent.id.as_str() {
+                    if data["exit_code"] != 0 {
+                        bail!("`true` failed in {tag}: {data}");
                     }
+                    break 'events;
                 }
             }
         }
@@ -153,14 +143,11 @@ async fn hundred_sandboxed(binary: &Path, report: &mut Report) -> Result<()> {
     let started = Instant::now();
     let applied: ApplyReport = daemon
         .client()
-        .post(
-            "/v1/apply",
-            &ApplyRequest {
-                agents,
-                prune: false,
-                dry_run: false,
-            },
-        )
+        .apply(&ApplyRequest {
+            agents,
+            prune: false,
+            dry_run: false,
+        })
         .await?;
     if applied.created.len() != 100 {
         bail!("apply created {} agents, not 100", applied.created.len());

@@ -318,7 +318,7 @@ async fn collect(running: &mut JoinSet<Viewer>, done: &mut Vec<Viewer>) -> Resul
 /// Polls the agent until it has exited; the time since `started`.
 async fn wait_exited(client: &Client, name: &str, started: Instant) -> Result<Duration> {
     loop {
-        let agent: AgentInfo = client.get(&format!("/v1/agents/{name}")).await?;
+        let agent: AgentInfo = client.get_agent(name).await?;
         match agent.state {
             AgentState::Exited => return Ok(started.elapsed()),
             AgentState::Starting | AgentState::Running => {}
@@ -373,7 +373,7 @@ async fn fan_out(
         workspace: Some(daemon.home().display().to_string()),
         ..Default::default()
     };
-    let _: AgentInfo = daemon.client().post("/v1/agents", &spec).await?;
+    let _: AgentInfo = daemon.client().spawn_agent(&spec).await?;
     daemon.wait_running(1).await?;
     // Viewers connect over TCP, as browsers do.
     let addr: SocketAddr = std::fs::read_to_string(daemon.home().join("http.addr"))?

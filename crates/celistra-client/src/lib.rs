@@ -2,6 +2,7 @@
 //! local `ctl`), TCP, or TLS to a remote daemon (`https://`, optionally pinned by certificate
 //! fingerprint). One HTTP/1.1 connection per request keeps it simple and stateless.
 
+mod api;
 mod sse;
 mod terminal;
 mod tls;
@@ -19,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use api::SseStream;
 pub use sse::{SseFrame, SseParser};
 pub use terminal::{Terminal, TerminalEvent, TerminalInput, TerminalOutput};
 pub use tls::{BadFingerprint, Fingerprint};
@@ -320,7 +322,7 @@ impl Client {
     }
 
     /// Sends a request and decodes a JSON answer; an error status becomes [`ClientError::Api`].
-    pub async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -332,11 +334,11 @@ impl Client {
         decode(status, &read_all(response).await?)
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>).await
     }
 
-    pub async fn post<T: DeserializeOwned>(
+    async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &impl Serialize,
@@ -345,7 +347,7 @@ impl Client {
     }
 
     /// Opens a streaming response (logs, events); an error status becomes [`ClientError::Api`].
-    pub async fn open_stream(&self, path: &str) -> Result<Incoming, ClientError> {
+    async fn open_stream(&self, path: &str) -> Result<Incoming, ClientError> {
         let response = self.send(Method::GET, path, None).await?;
         let status = response.status();
         if status.is_success() {

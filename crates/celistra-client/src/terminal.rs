@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use celistra_proto::{
     ApiError, TERMINAL_PROTOCOL, TerminalClientMessage, TerminalRole, TerminalServerMessage,
-    TerminalTicket, TicketRequest,
+    TicketRequest,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -47,22 +47,11 @@ pub struct TerminalInput {
 }
 
 impl Client {
-    /// Asks for a single-use ticket to attach to `agent` as `role`.
-    pub async fn terminal_ticket(
-        &self,
-        agent: &str,
-        role: TerminalRole,
-    ) -> Result<TerminalTicket, ClientError> {
-        self.post(
-            &format!("/v1/agents/{agent}/terminal/tickets"),
-            &TicketRequest { role },
-        )
-        .await
-    }
-
     /// Gets a ticket and opens the terminal of `agent`.
     pub async fn attach(&self, agent: &str, role: TerminalRole) -> Result<Terminal, ClientError> {
-        let ticket = self.terminal_ticket(agent, role).await?;
+        let ticket = self
+            .issue_terminal_ticket(agent, &TicketRequest { role })
+            .await?;
         self.open_terminal(&ticket.path, None).await
     }
 

@@ -99,6 +99,17 @@ impl Stream {
     }
 }
 
+impl From<celistra_proto::LogStream> for Stream {
+    fn from(stream: celistra_proto::LogStream) -> Stream {
+        match stream {
+            celistra_proto::LogStream::Pty => Stream::Pty,
+            celistra_proto::LogStream::Stdout => Stream::Stdout,
+            celistra_proto::LogStream::Stderr => Stream::Stderr,
+            celistra_proto::LogStream::Sandbox => Stream::Sandbox,
+        }
+    }
+}
+
 /// One readable line of output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {

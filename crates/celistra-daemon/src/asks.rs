@@ -11,8 +11,7 @@ use std::sync::{Mutex, PoisonError};
 use axum::extract::{Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use celistra_proto::{ApiError, Approval, AskRequest, ErrorCode};
-use serde::Deserialize;
+use celistra_proto::{ApiError, Approval, AskQuery, AskRequest, ErrorCode};
 use tokio::task::JoinHandle;
 
 use crate::wire::{Failure, JsonBody, failure};
@@ -152,31 +151,16 @@ struct Asker<A> {
     agent_id: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AskQuery {
-    /// How the agent asks: `ask` (default) or `hook`.
-    origin: Option<String>,
-}
-
 /// `POST /v1/ask` on an agent's socket: asks as that agent and answers once decided.
 async fn ask<A: Answerer>(
     State(asker): State<Asker<A>>,
     Query(query): Query<AskQuery>,
     JsonBody(request): JsonBody<AskRequest>,
 ) -> Result<Json<Approval>, Failure> {
-    let origin = match query.origin.as_deref() {
-        None | Some("ask") => "ask",
-        Some("hook") => "hook",
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("unknown origin `{other}`; use ask or hook"),
-            )
-            .into());
-        }
-    };
     Ok(Json(
-        asker.flow.answer(&asker.agent_id, origin, request).await?,
+        asker
+            .flow
+            .answer(&asker.agent_id, query.origin.as_str(), request)
+            .await?,
     ))
 }

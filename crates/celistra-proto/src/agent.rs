@@ -68,11 +68,17 @@ impl AgentState {
 pub struct AgentSpec {
     /// Unique on this machine: letters, digits, `.`, `_`, `-`, at most 64 characters, not shaped like an id.
     #[serde(default)]
+    #[schema(
+        max_length = 64,
+        pattern = "^$|^(?!ag-[a-z0-9]{4,}$)[A-Za-z0-9_][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
     /// Shell command line, run as `/bin/sh -c COMMAND`.
+    #[schema(min_length = 1, max_length = 65536)]
     pub command: String,
     /// Working directory; must exist. Absent: the daemon's home directory (`$HOME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^/")]
     pub workspace: Option<String>,
     /// Extra environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -82,29 +88,35 @@ pub struct AgentSpec {
     pub auto_restart: bool,
     /// Signal sent to the process group by `stop` (default TERM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "TERM")]
     pub stop_signal: Option<Signal>,
     /// Grace period between the stop signal and SIGKILL, in milliseconds (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub stop_timeout_ms: Option<u64>,
     /// Restart ceiling: at most this many restarts in any rolling window (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10_000)]
     pub restart_max: Option<u32>,
     /// Length of the rolling restart window, in seconds (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub restart_window_secs: Option<u64>,
     /// Delay before the second consecutive restart, in milliseconds (the first is immediate); doubles
     /// per further crash (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub backoff_initial_ms: Option<u64>,
     /// Cap of the restart delay, in milliseconds (default 30000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub backoff_max_ms: Option<u64>,
     /// Uptime after which a run counts as healthy and the backoff resets, in seconds (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400)]
     pub backoff_reset_secs: Option<u64>,
     /// Size of the agent's output ring, in KiB (default: the daemon's `--scrollback-kb`, 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65_536)]
     pub scrollback_kb: Option<u32>,
     /// Run with stdin, stdout and stderr on pipes instead of a PTY (`--no-pty`), like supervisord and
     /// PM2: stdout and stderr are logged apart and output is not capped by the PTY layer.
@@ -119,15 +131,19 @@ pub struct AgentSpec {
     /// User to run as, by name or uid (`--user`). Absent: the daemon's own user, or, when the daemon
     /// runs as root, the owner of the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = "^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")]
     pub user: Option<String>,
     /// Memory ceiling in bytes (`--memory-max`); the kernel kills the agent beyond it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 4_194_304)]
     pub memory_max: Option<u64>,
     /// Most processes and threads the agent may have at once (`--pids-max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4_194_304)]
     pub pids_max: Option<u32>,
     /// CPU share relative to other agents, 1 to 10000, default 100 (`--cpu-weight`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10_000)]
     pub cpu_weight: Option<u32>,
 }
 
@@ -141,10 +157,16 @@ fn is_false(value: &bool) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        max_length = 64,
+        pattern = "^(?!ag-[a-z0-9]{4,}$)[A-Za-z0-9_][A-Za-z0-9._-]*$"
+    )]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 65536)]
     pub command: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^/")]
     pub workspace: Option<String>,
     /// Replaces the whole environment map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,21 +174,27 @@ pub struct UpdateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_restart: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>, example = "TERM")]
     pub stop_signal: Option<Signal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub stop_timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10_000)]
     pub restart_max: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub restart_window_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub backoff_initial_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400_000)]
     pub backoff_max_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400)]
     pub backoff_reset_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65_536)]
     pub scrollback_kb: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_pty: Option<bool>,
@@ -177,12 +205,16 @@ pub struct UpdateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_capabilities: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = "^[A-Za-z0-9_.][A-Za-z0-9_.-]*$")]
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 4_194_304)]
     pub memory_max: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4_194_304)]
     pub pids_max: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10_000)]
     pub cpu_weight: Option<u32>,
     /// Restart the agent now so the change takes effect.
     #[serde(default)]
@@ -193,6 +225,11 @@ pub struct UpdateRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
+    /// Letters, digits, `.`, `_`, `-`, at most 64 characters, not shaped like an id.
+    #[schema(
+        max_length = 64,
+        pattern = "^(?!ag-[a-z0-9]{4,}$)[A-Za-z0-9_][A-Za-z0-9._-]*$"
+    )]
     pub name: String,
 }
 
@@ -200,14 +237,12 @@ pub struct RenameRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KillRequest {
-    #[schema(value_type = String, example = "TERM")]
     pub signal: Signal,
 }
 
 /// The settings an agent's current (or last) run was spawned with, defaults resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EffectiveSettings {
-    #[schema(value_type = String, example = "TERM")]
     pub stop_signal: Signal,
     pub stop_timeout_ms: u64,
     pub restart_max: u32,

@@ -2,7 +2,7 @@
 //! decision.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// What happens when nobody decides in time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -30,18 +30,22 @@ pub enum ApprovalStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AskRequest {
-    /// One line for a person: what the agent wants to do.
+    /// One line for a person: what the agent wants to do (at most 4096 bytes, no control
+    /// characters).
+    #[schema(min_length = 1, max_length = 4096)]
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Seconds to wait for a decision (default 300, at most a day).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub ttl_secs: Option<u64>,
     #[serde(default)]
     pub on_timeout: TimeoutDefault,
     /// The agent's own id for this request: asking again with the same id (after a restart) waits
     /// for the same request instead of making a new one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 128)]
     pub key: Option<String>,
 }
 
@@ -109,4 +113,45 @@ impl Approval {
 pub struct DecisionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Query of `GET /v1/approvals`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ApprovalsQuery {
+    /// Only pending requests.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// How an agent asks through its socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AskOrigin {
+    /// `celistrad ask PROMPT`.
+    #[default]
+    Ask,
+    /// `celistrad ask --hook`: an approval hook of a coding agent.
+    Hook,
+}
+
+impl AskOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AskOrigin::Ask => "ask",
+            AskOrigin::Hook => "hook",
+        }
+    }
+}
+
+/// Query of `POST /v1/ask` on an agent's own socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AskQuery {
+    /// How the agent asks (default `ask`).
+    #[serde(default)]
+    #[param(inline)]
+    pub origin: AskOrigin,
 }

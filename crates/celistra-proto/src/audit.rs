@@ -2,7 +2,7 @@
 //! result of a verification. The formats are specified in docs/audit-format.md.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// One entry of the audit log, exactly as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -73,4 +73,75 @@ pub struct AuditBundle {
     pub checkpoint: String,
     /// `public.key`: the verifier key of the log.
     pub public_key: String,
+}
+
+/// Most entries one page of `GET /v1/audit` holds.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// Query of `GET /v1/audit`; the filters combine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only entries from this time: a duration ago (`30m`, `7d`) or an RFC 3339 time.
+    pub since: Option<String>,
+    /// Only entries until this time, in the same forms.
+    pub until: Option<String>,
+    /// Only entries of this actor.
+    pub actor: Option<String>,
+    /// Only entries of this action (e.g. `agent_spawned`, `sandbox_block`).
+    pub action: Option<String>,
+    /// Only entries about this agent id (or other target).
+    pub agent: Option<String>,
+    /// Only entries whose JSON contains this text (case-insensitive).
+    pub text: Option<String>,
+    /// Entries older than this sequence number (paging: the previous page's `next_after`).
+    pub after: Option<u64>,
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// Query of `GET /v1/audit/tail`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditTailQuery {
+    /// Replay the entries after this sequence number first.
+    pub after: Option<u64>,
+}
+
+/// Query of `GET /v1/audit/proof`: `seq` (inclusion) or `old_size` (consistency), with `tree_size`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProofQuery {
+    /// Inclusion: the entry's sequence number.
+    pub seq: Option<u64>,
+    /// Consistency: the older tree size.
+    pub old_size: Option<u64>,
+    /// The tree size the proof is for (a checkpoint's size).
+    pub tree_size: u64,
+}
+
+/// How `GET /v1/audit/export` writes the entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditExportFormat {
+    /// The entries exactly as stored, one JSON object per line.
+    #[default]
+    Jsonl,
+    /// One row per entry.
+    Csv,
+}
+
+/// Query of `GET /v1/audit/export`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `jsonl` (default) or `csv`.
+    #[serde(default)]
+    #[param(inline)]
+    pub format: AuditExportFormat,
 }

@@ -2,7 +2,7 @@
 //! name and its `id` the SSE id (monotonically increasing for the life of the daemon's state dir).
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{AgentInfo, AgentState, Signal};
 
@@ -256,5 +256,31 @@ mod tests {
         assert_eq!(json["id"], 7);
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Resume after this event id (same as the `Last-Event-ID` header, which wins).
+    pub after: Option<u64>,
+    /// `false`: end the stream once the replay is sent (default `true`: stay open for live events).
+    #[serde(default = "follow_by_default")]
+    #[param(default = true)]
+    pub follow: bool,
+}
+
+fn follow_by_default() -> bool {
+    true
+}
+
+impl Default for EventsQuery {
+    fn default() -> Self {
+        EventsQuery {
+            after: None,
+            follow: follow_by_default(),
+        }
     }
 }

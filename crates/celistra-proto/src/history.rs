@@ -1,7 +1,7 @@
 //! Run history and output logs as the API shows them: one record per run, one record per log line.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::EffectiveSettings;
 
@@ -124,4 +124,130 @@ pub struct HistoryHealth {
     /// take their full size on disk and in the size limits).
     #[serde(default)]
     pub uncompressed_bytes: u64,
+}
+
+/// How `GET /v1/agents/{agent}/logs` and `GET /v1/logs` print output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines: escape sequences removed, carriage-return overwrites applied.
+    #[default]
+    Text,
+    /// The bytes exactly as the agent wrote them.
+    Raw,
+    /// One JSON `LogLine` per line.
+    Jsonl,
+}
+
+/// Which of an agent's output streams to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The terminal of an agent with a PTY.
+    Pty,
+    /// Standard output of an agent on pipes.
+    Stdout,
+    /// Standard error of an agent on pipes.
+    Stderr,
+    /// The daemon's notes of what the agent's sandbox blocked.
+    Sandbox,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Pty => "pty",
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// Most lines a tail may ask for, and most matches a search returns.
+pub const MAX_TAIL: usize = 1_000_000;
+
+/// Query of `GET /v1/agents/{agent}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Only the last N lines (or, with `grep`, the last N matches).
+    #[param(maximum = 1_000_000)]
+    pub tail: Option<usize>,
+    /// Keep the response open and stream new output, across restarts of the agent.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only output at or after this time (ms since the epoch).
+    pub since: Option<u64>,
+    /// Only output at or before this time (ms since the epoch).
+    pub until: Option<u64>,
+    /// Only this run (the agent's run number, 1 for its first).
+    #[param(minimum = 1)]
+    pub run: Option<u64>,
+    /// Only lines matching: case-insensitive, the pattern starting at a word start. Not with
+    /// `format=raw`.
+    pub grep: Option<String>,
+    /// Only this stream.
+    #[param(inline)]
+    pub stream: Option<LogStream>,
+    /// Prefix each line with its time (RFC 3339, UTC).
+    #[serde(default)]
+    pub timestamps: bool,
+    /// How to print the output (default `text`).
+    #[serde(default)]
+    #[param(inline)]
+    pub format: LogFormat,
+}
+
+/// Query of `GET /v1/logs`: a search across agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// The pattern: case-insensitive, starting at a word start.
+    pub grep: String,
+    /// Only this agent (id or name).
+    pub agent: Option<String>,
+    /// Only output at or after this time (ms since the epoch).
+    pub since: Option<u64>,
+    /// Only output at or before this time (ms since the epoch).
+    pub until: Option<u64>,
+    /// Only this stream.
+    #[param(inline)]
+    pub stream: Option<LogStream>,
+    /// The newest N matches (default 1000).
+    #[param(minimum = 1, maximum = 1_000_000)]
+    pub limit: Option<usize>,
+    /// Prefix each line with its time (RFC 3339, UTC).
+    #[serde(default)]
+    pub timestamps: bool,
+    /// `text` (default) or `jsonl`; a search returns lines, so not `raw`.
+    #[serde(default)]
+    #[param(inline)]
+    pub format: LogFormat,
+}
+
+/// Query of `GET /v1/history`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Only this agent (id or name; removed agents too).
+    pub agent: Option<String>,
+    /// Runs alive at or after this time (ms since the epoch).
+    pub since: Option<u64>,
+    /// Runs started at or before this time.
+    pub until: Option<u64>,
+    /// The newest N runs (default 100).
+    #[param(minimum = 1, maximum = 100_000)]
+    pub limit: Option<usize>,
+}
+
+/// Answer of `DELETE /v1/agents/{agent}/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Cleared {
+    pub agent_id: String,
+    /// Bytes of saved output deleted.
+    pub cleared_bytes: u64,
 }

@@ -109,6 +109,16 @@ pub enum Verdict {
     Deny,
 }
 
+impl Verdict {
+    /// The name on the wire, also the last segment of `POST /v1/approvals/{id}/{verdict}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Deny => "deny",
+        }
+    }
+}
+
 /// `POST` to a decision link.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -4,11 +4,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 /// A signal an operator may send. `HUP` hangs up the agent's terminal; the others go to its process group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ToSchema)]
-#[schema(as = String, example = "TERM")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
     Hup,
     Int,
@@ -106,6 +107,23 @@ impl<'de> Deserialize<'de> for Signal {
         deserializer.deserialize_str(SignalName)
     }
 }
+
+/// In the schema, the names the daemon sends; it also accepts them in lower case, with a `SIG`
+/// prefix, or as numbers, as a person would type them.
+impl PartialSchema for Signal {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A signal an operator may send. `HUP` hangs up the agent's terminal; the others go to its process group.",
+            ))
+            .enum_values(Some(Signal::ALL.map(Signal::name)))
+            .examples([serde_json::json!("TERM")])
+            .into()
+    }
+}
+
+impl ToSchema for Signal {}
 
 /// Name of a signal number for display: `SIGSEGV` for 11, `signal 64` when unnamed.
 pub fn signal_name(number: i32) -> String {

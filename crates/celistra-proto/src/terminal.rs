@@ -2,7 +2,7 @@
 //! WebSocket, and the JSON control messages that travel next to the binary input and output frames.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{AgentState, IoMode};
 
@@ -48,6 +48,15 @@ pub struct TerminalTicket {
     pub expires_at_ms: u64,
     /// Path and query to open with a WebSocket upgrade (ticket included).
     pub path: String,
+}
+
+/// Query of the terminal WebSocket, `GET /v1/agents/{agent}/terminal`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TerminalQuery {
+    /// From `POST /v1/agents/{agent}/terminal/tickets`; single use.
+    #[serde(default)]
+    pub ticket: String,
 }
 
 /// A terminal's size in character cells.

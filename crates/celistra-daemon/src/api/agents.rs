@@ -9,12 +9,19 @@ use celistra_proto::{
     RenameRequest, UpdateRequest,
 };
 
+use super::responses::{BadBody, Refused};
 use super::{Actor, AppState, Failure, JsonBody, Source};
 
 type ApiResult<T> = Result<T, Failure>;
 
 /// List every agent, oldest first.
-#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = Vec<AgentInfo>), (status = 401, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    operation_id = "list_agents",
+    tag = "agents",
+    responses((status = 200, body = Vec<AgentInfo>), Refused)
+)]
 pub(crate) async fn list(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -23,8 +30,14 @@ pub(crate) async fn list(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// One agent, by id or name.
-#[utoipa::path(get, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{agent}",
+    operation_id = "get_agent",
+    tag = "agents",
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path(agent): Path<String>,
@@ -33,8 +46,14 @@ pub(crate) async fn get(
 }
 
 /// An agent's full spec, environment values included (as `apply` files hold it).
-#[utoipa::path(get, path = "/v1/agents/{agent}/spec", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentSpec), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{agent}/spec",
+    operation_id = "get_agent_spec",
+    tag = "agents",
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentSpec), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError))
+)]
 pub(crate) async fn spec(
     State(state): State<AppState>,
     Path(agent): Path<String>,
@@ -43,8 +62,14 @@ pub(crate) async fn spec(
 }
 
 /// Spawn a new agent. An empty `name` gets a generated one.
-#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = AgentSpec,
-    responses((status = 201, body = AgentInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/agents",
+    operation_id = "spawn_agent",
+    tag = "agents",
+    request_body = AgentSpec,
+    responses((status = 201, body = AgentInfo), Refused, BadBody, (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn spawn(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -56,9 +81,15 @@ pub(crate) async fn spawn(
 }
 
 /// Change an agent's settings; they apply from its next spawn (or now, with `restart: true`).
-#[utoipa::path(patch, path = "/v1/agents/{agent}", tag = "agents", request_body = UpdateRequest,
+#[utoipa::path(
+    patch,
+    path = "/v1/agents/{agent}",
+    operation_id = "update_agent",
+    tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+    request_body = UpdateRequest,
+    responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has the new name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn update(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -71,9 +102,15 @@ pub(crate) async fn update(
 }
 
 /// Rename an agent.
-#[utoipa::path(post, path = "/v1/agents/{agent}/rename", tag = "agents", request_body = RenameRequest,
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent}/rename",
+    operation_id = "rename_agent",
+    tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 409, body = ApiError)))]
+    request_body = RenameRequest,
+    responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn rename(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -90,8 +127,14 @@ pub(crate) async fn rename(
 
 /// Stop an agent: its stop signal to the process group, the grace period, then SIGKILL. Answers
 /// once it has stopped.
-#[utoipa::path(post, path = "/v1/agents/{agent}/stop", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent}/stop",
+    operation_id = "stop_agent",
+    tag = "agents",
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn stop(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -101,8 +144,14 @@ pub(crate) async fn stop(
 }
 
 /// Start an agent that is not running (resets its restart ceiling).
-#[utoipa::path(post, path = "/v1/agents/{agent}/start", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent}/start",
+    operation_id = "start_agent",
+    tag = "agents",
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn start(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -112,8 +161,14 @@ pub(crate) async fn start(
 }
 
 /// Stop (if running) and start an agent.
-#[utoipa::path(post, path = "/v1/agents/{agent}/restart", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent}/restart",
+    operation_id = "restart_agent",
+    tag = "agents",
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn restart(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -124,9 +179,15 @@ pub(crate) async fn restart(
 
 /// Send a signal: `HUP` hangs up the agent's terminal, the others go to its process group. The run
 /// it ends is not restarted.
-#[utoipa::path(post, path = "/v1/agents/{agent}/kill", tag = "agents", request_body = KillRequest,
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent}/kill",
+    operation_id = "kill_agent",
+    tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+    request_body = KillRequest,
+    responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`conflict`: the agent has no process to signal", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn kill(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -142,8 +203,14 @@ pub(crate) async fn kill(
 }
 
 /// Stop an agent and forget it.
-#[utoipa::path(delete, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/agents/{agent}",
+    operation_id = "remove_agent",
+    tag = "agents",
+    params(("agent" = String, Path, description = "Agent id or name")),
+    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -153,8 +220,14 @@ pub(crate) async fn remove(
 }
 
 /// Make the agents match a list of specs.
-#[utoipa::path(post, path = "/v1/apply", tag = "agents", request_body = ApplyRequest,
-    responses((status = 200, body = ApplyReport), (status = 400, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/apply",
+    operation_id = "apply",
+    tag = "agents",
+    request_body = ApplyRequest,
+    responses((status = 200, body = ApplyReport), Refused, BadBody, (status = 409, description = "`name_taken`: two specs share a name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn apply(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -173,7 +246,13 @@ pub(crate) async fn apply(
 
 /// CPU time and memory of every agent with a live process (from its cgroup, else its leader
 /// process). Read twice to get a CPU load.
-#[utoipa::path(get, path = "/v1/usage", tag = "agents", responses((status = 200, body = Vec<AgentUsage>), (status = 401, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    operation_id = "list_usage",
+    tag = "agents",
+    responses((status = 200, body = Vec<AgentUsage>), Refused)
+)]
 pub(crate) async fn usage(State(state): State<AppState>) -> Json<Vec<AgentUsage>> {
     let supervisor = std::sync::Arc::clone(&state.supervisor);
     Json(

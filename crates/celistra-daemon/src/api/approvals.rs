@@ -4,27 +4,27 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
-use celistra_proto::{ApiError, Approval, ApprovalStatus, DecisionRequest, ErrorCode};
-use serde::Deserialize;
+use celistra_proto::{
+    ApiError, Approval, ApprovalStatus, ApprovalsQuery, DecisionRequest, ErrorCode, Verdict,
+};
 
+use super::responses::{BadBody, BadQuery, Refused};
 use super::{Actor, AppState, Failure, JsonBody, Source};
 
 type ApiResult<T> = Result<T, Failure>;
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ListQuery {
-    /// Only pending requests.
-    #[serde(default)]
-    pending: bool,
-}
-
 /// Approval requests, newest first (pending ones, and the last 1000 decided).
-#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", params(ListQuery),
-    responses((status = 200, body = Vec<Approval>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/approvals",
+    operation_id = "list_approvals",
+    tag = "approvals",
+    params(ApprovalsQuery),
+    responses((status = 200, body = Vec<Approval>), Refused, BadQuery)
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> ApiResult<Json<Vec<Approval>>> {
     let Query(query) = query.map_err(super::bad_query)?;
     Ok(Json(
@@ -33,8 +33,14 @@ pub(crate) async fn list(
 }
 
 /// One request.
-#[utoipa::path(get, path = "/v1/approvals/{id}", tag = "approvals", params(("id" = String, Path)),
-    responses((status = 200, body = Approval), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/approvals/{id}",
+    operation_id = "get_approval",
+    tag = "approvals",
+    params(("id" = String, Path, description = "The request's id, `ap-…`")),
+    responses((status = 200, body = Approval), Refused, (status = 404, description = "`not_found`: no such request", body = ApiError))
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -44,10 +50,15 @@ pub(crate) async fn get(
 
 /// Approve or deny a pending request: `verdict` is `approve` (the agent goes ahead) or `deny`. A
 /// request already decided: 409, saying who decided.
-#[utoipa::path(post, path = "/v1/approvals/{id}/{verdict}", tag = "approvals",
-    params(("id" = String, Path), ("verdict" = String, Path, description = "approve or deny")),
+#[utoipa::path(
+    post,
+    path = "/v1/approvals/{id}/{verdict}",
+    operation_id = "decide_approval",
+    tag = "approvals",
+    params(("id" = String, Path, description = "The request's id, `ap-…`"), ("verdict" = Verdict, Path, description = "`approve` or `deny`")),
     request_body = DecisionRequest,
-    responses((status = 200, body = Approval), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+    responses((status = 200, body = Approval), Refused, BadBody, (status = 404, description = "`not_found`: no such request, or a verdict other than approve and deny", body = ApiError), (status = 409, description = "`conflict`: already decided; the message says by whom", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn decide(
     State(state): State<AppState>,
     Path((id, verdict)): Path<(String, String)>,
@@ -56,8 +67,8 @@ pub(crate) async fn decide(
     JsonBody(request): JsonBody<DecisionRequest>,
 ) -> ApiResult<Json<Approval>> {
     let status = match verdict.as_str() {
-        "approve" => ApprovalStatus::Approved,
-        "deny" => ApprovalStatus::Denied,
+        v if v == Verdict::Approve.as_str() => ApprovalStatus::Approved,
+        v if v == Verdict::Deny.as_str() => ApprovalStatus::Denied,
         _ => {
             return Err(super::failure(
                 ErrorCode::NotFound,

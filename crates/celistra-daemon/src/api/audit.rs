@@ -11,40 +11,17 @@ use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use celistra_proto::{
-    ApiError, AuditBundle, AuditCheckpoint, AuditEntry, AuditPage, AuditProof, AuditVerification,
-    ErrorCode,
+    ApiError, AuditBundle, AuditCheckpoint, AuditEntry, AuditExportFormat, AuditPage, AuditProof,
+    AuditQuery, AuditTailQuery, AuditVerification, ErrorCode, ExportQuery, MAX_AUDIT_PAGE,
+    ProofQuery,
 };
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::responses::{BadQuery, Refused};
 use super::{AppState, Caller, Failure};
 
 type ApiResult<T> = Result<T, Failure>;
-
-/// Most entries one page holds.
-const MAX_PAGE: usize = 1000;
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AuditQuery {
-    /// Only entries from this time: a duration ago (`30m`, `7d`) or an RFC 3339 time.
-    since: Option<String>,
-    /// Only entries until this time, in the same forms.
-    until: Option<String>,
-    /// Only entries of this actor.
-    actor: Option<String>,
-    /// Only entries of this action (e.g. `agent_spawned`, `sandbox_block`).
-    action: Option<String>,
-    /// Only entries about this agent id (or other target).
-    agent: Option<String>,
-    /// Only entries whose JSON contains this text (case-insensitive).
-    text: Option<String>,
-    /// Entries older than this sequence number (paging: the previous page's `next_after`).
-    after: Option<u64>,
-    /// Page size, at most 1000 (default 100).
-    limit: Option<usize>,
-}
 
 fn time_bound(text: Option<&str>, field: &str) -> ApiResult<Option<u64>> {
     text.map(|t| {
@@ -56,8 +33,14 @@ fn time_bound(text: Option<&str>, field: &str) -> ApiResult<Option<u64>> {
 
 /// Audit entries matching the filters, newest first, a page at a time (`after`: the previous
 /// page's `next_after`).
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "list_audit",
+    tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, body = AuditPage), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     query: Result<Query<AuditQuery>, QueryRejection>,
@@ -71,7 +54,7 @@ pub(crate) async fn list(
         target: query.agent,
         text: query.text,
         after_seq: query.after,
-        limit: query.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+        limit: query.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE),
     };
     let page = query_log(&state.supervisor.services.audit, filter).await?;
     Ok(Json(AuditPage {
@@ -80,21 +63,20 @@ pub(crate) async fn list(
     }))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct TailQuery {
-    /// Replay the entries after this sequence number first.
-    after: Option<u64>,
-}
-
 /// New audit entries as Server-Sent Events (`audit` events, id = seq), after replaying those after
 /// `after`: the dashboard's Activity panel.
-#[utoipa::path(get, path = "/v1/audit/tail", tag = "audit", params(TailQuery),
-    responses((status = 200, content_type = "text/event-stream", body = AuditEntry)))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit/tail",
+    operation_id = "tail_audit",
+    tag = "audit",
+    params(AuditTailQuery),
+    responses((status = 200, content_type = "text/event-stream", body = AuditEntry), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn tail(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    query: Result<Query<TailQuery>, QueryRejection>,
+    query: Result<Query<AuditTailQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let Query(query) = query.map_err(super::bad_query)?;
     let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
@@ -108,7 +90,7 @@ pub(crate) async fn tail(
         'pages: loop {
             let filter = celistra_audit::Query {
                 after_seq: older_than,
-                limit: MAX_PAGE,
+                limit: MAX_AUDIT_PAGE,
                 ..celistra_audit::Query::default()
             };
             let page = query_log(&audit, filter).await?;
@@ -150,8 +132,13 @@ pub(crate) async fn tail(
 }
 
 /// Signs a checkpoint of the log as it is now (tree size, root hash, time).
-#[utoipa::path(post, path = "/v1/audit/checkpoint", tag = "audit",
-    responses((status = 200, body = AuditCheckpoint)))]
+#[utoipa::path(
+    post,
+    path = "/v1/audit/checkpoint",
+    operation_id = "sign_audit_checkpoint",
+    tag = "audit",
+    responses((status = 200, body = AuditCheckpoint), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn checkpoint(State(state): State<AppState>) -> ApiResult<Json<AuditCheckpoint>> {
     let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
     let log = audit.log();
@@ -167,20 +154,15 @@ pub(crate) async fn checkpoint(State(state): State<AppState>) -> ApiResult<Json<
     }))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ProofQuery {
-    /// Inclusion: the entry's sequence number.
-    seq: Option<u64>,
-    /// Consistency: the older tree size.
-    old_size: Option<u64>,
-    /// The tree size the proof is for (a checkpoint's size).
-    tree_size: u64,
-}
-
 /// An inclusion proof (`seq`, `tree_size`) or a consistency proof (`old_size`, `tree_size`).
-#[utoipa::path(get, path = "/v1/audit/proof", tag = "audit", params(ProofQuery),
-    responses((status = 200, body = AuditProof), (status = 400, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit/proof",
+    operation_id = "get_audit_proof",
+    tag = "audit",
+    params(ProofQuery),
+    responses((status = 200, body = AuditProof), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown or malformed, neither or both of `seq` and `old_size`, or sizes the log cannot prove", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn proof(
     State(state): State<AppState>,
     query: Result<Query<ProofQuery>, QueryRejection>,
@@ -211,8 +193,13 @@ pub(crate) async fn proof(
 
 /// Verifies the whole log now (chain, Merkle root, latest checkpoint); a failure is also an
 /// `audit_verify_failed` event and turns `/v1/health`'s status.
-#[utoipa::path(post, path = "/v1/audit/verify", tag = "audit",
-    responses((status = 200, body = AuditVerification)))]
+#[utoipa::path(
+    post,
+    path = "/v1/audit/verify",
+    operation_id = "verify_audit",
+    tag = "audit",
+    responses((status = 200, body = AuditVerification), Refused)
+)]
 pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<AuditVerification>> {
     Ok(Json(
         state
@@ -223,32 +210,21 @@ pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<Audi
     ))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ExportQuery {
-    /// `jsonl` (default: the entries exactly as stored) or `csv`.
-    format: Option<String>,
-}
-
 /// Every entry, as stored (`entries.jsonl` of an export bundle) or as CSV.
-#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(ExportQuery),
-    responses((status = 200, content_type = "application/x-ndjson", body = String)))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit/export",
+    operation_id = "export_audit",
+    tag = "audit",
+    params(ExportQuery),
+    responses((status = 200, description = "Every entry: `application/x-ndjson` (format `jsonl`) or `text/csv` (`csv`)", content_type = "application/x-ndjson", body = String), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn export(
     State(state): State<AppState>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(super::bad_query)?;
-    let csv = match query.format.as_deref() {
-        None | Some("jsonl") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("unknown format `{other}`; use jsonl or csv"),
-            )
-            .into());
-        }
-    };
+    let csv = query.format == AuditExportFormat::Csv;
     let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
     let bytes = tokio::task::spawn_blocking(move || {
         let log = audit.log();
@@ -276,8 +252,13 @@ pub(crate) async fn export(
 
 /// A self-contained export: every entry as stored, a fresh checkpoint covering exactly them, and the
 /// verifier key (`ctl audit export` writes them as `entries.jsonl`, `checkpoint`, `public.key`).
-#[utoipa::path(get, path = "/v1/audit/bundle", tag = "audit",
-    responses((status = 200, body = AuditBundle)))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit/bundle",
+    operation_id = "get_audit_bundle",
+    tag = "audit",
+    responses((status = 200, body = AuditBundle), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn bundle(State(state): State<AppState>) -> ApiResult<Json<AuditBundle>> {
     let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
     let bundle = tokio::task::spawn_blocking(move || {

@@ -3,25 +3,20 @@
 //! is the credential, so these routes take no bearer secret; a link decides one request, once,
 //! before it expires.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::{Json, Router};
 use celistra_notify::links::{Link, LinkError};
 use celistra_proto::{
     ApiError, Approval, ApprovalStatus, ErrorCode, LinkDecision, TimeoutDefault, Verdict,
 };
 
+use super::responses::BadBody;
 use super::{AppState, Failure, JsonBody, source_of};
 
 /// How long the approve button must be held.
 const HOLD_MS: u32 = 1000;
-
-pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/d/{token}", axum::routing::get(page).post(decide))
-        .with_state(state)
-}
 
 /// The link's request if the link is good and the request still waits for a decision.
 fn pending(state: &AppState, token: &str, method: &str) -> Result<(Link, Approval), ApiError> {
@@ -55,6 +50,16 @@ fn pending(state: &AppState, token: &str, method: &str) -> Result<(Link, Approva
 }
 
 /// Decides the link's request: `{"verdict": "approve" | "deny"}`.
+#[utoipa::path(
+    post,
+    path = "/d/{token}",
+    operation_id = "decide_by_link",
+    tag = "approvals",
+    security(()),
+    params(("token" = String, Path, description = "The signed decision link token")),
+    request_body = LinkDecision,
+    responses((status = 200, body = Approval), BadBody, (status = 403, description = "`forbidden`: a forged link", body = ApiError), (status = 404, description = "`not_found`: a malformed link or an unknown request", body = ApiError), (status = 409, description = "`conflict`: the request was already decided", body = ApiError), (status = 410, description = "`gone`: the link has expired, and so has its request", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+)]
 pub(crate) async fn decide(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -89,6 +94,15 @@ pub(crate) async fn decide(
 }
 
 /// The page a notification opens.
+#[utoipa::path(
+    get,
+    path = "/d/{token}",
+    operation_id = "get_decision_page",
+    tag = "approvals",
+    security(()),
+    params(("token" = String, Path, description = "The signed decision link token")),
+    responses((status = 200, description = "The press-and-hold decision page", content_type = "text/html", body = String), (status = 403, description = "A forged link: a page saying so", content_type = "text/html", body = String), (status = 404, description = "A malformed link or an unknown request: a page saying so", content_type = "text/html", body = String), (status = 409, description = "The request was already decided: a page saying by whom", content_type = "text/html", body = String), (status = 410, description = "The link has expired: a page saying so", content_type = "text/html", body = String))
+)]
 pub(crate) async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     let nonce = crate::home::random_hex(16).unwrap_or_default();
     let (status, body) = match pending(&state, &token, "GET") {

@@ -6,33 +6,25 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use celistra_proto::{ApiError, Event, EventKind, Role};
+use celistra_proto::{Event, EventKind, EventsQuery, Role};
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::responses::{BadQuery, Refused};
 use super::{AppState, Caller, Failure};
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EventsQuery {
-    /// Resume after this event id (same as the `Last-Event-ID` header, which wins).
-    after: Option<u64>,
-    /// `false`: end the stream once the replay is sent (default `true`: stay open for live events).
-    #[serde(default = "default_follow")]
-    follow: bool,
-}
-
-fn default_follow() -> bool {
-    true
-}
 
 /// Live events as Server-Sent Events. Each SSE event's name is the event's `type`, its id the
 /// event's `id`, its data the event as JSON. With `Last-Event-ID` (or `?after=`), events still in the
 /// backlog (4096) are replayed first; if some were lost a `resync` event says so. An approver
 /// gets only approval events. The stream ends when the credential is revoked.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
-    responses((status = 200, content_type = "text/event-stream", body = Event), (status = 401, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "stream_events",
+    tag = "events",
+    params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id; wins over `after`")),
+    responses((status = 200, content_type = "text/event-stream", body = Event), Refused, BadQuery)
+)]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

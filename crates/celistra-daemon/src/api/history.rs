@@ -13,92 +13,19 @@ use bytes::Bytes;
 use celistra_core::clock::format_rfc3339_ms;
 use celistra_core::logtext::{GrepPattern, Stream};
 use celistra_history::{Cursor, History, LogFilter, Piece};
-use celistra_proto::{ApiError, ErrorCode, LogLine, RunRecord};
-use serde::{Deserialize, Serialize};
+use celistra_proto::{
+    ApiError, Cleared, ErrorCode, HistoryQuery, LogFormat, LogLine, LogsQuery, MAX_TAIL, RunRecord,
+    SearchQuery,
+};
 use tokio::sync::mpsc;
 
+use super::responses::{BadQuery, Refused};
 use super::{AppState, Caller, Failure, bad_query, failure};
 
 type ApiResult<T> = Result<T, Failure>;
 
-/// Most lines a tail may ask for.
-const MAX_TAIL: usize = 1_000_000;
 /// Formatted pieces waiting for a slow client before the reader waits for it.
 const STREAM_QUEUE: usize = 64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Format {
-    /// Readable lines: escape sequences removed, carriage-return overwrites applied.
-    #[default]
-    Text,
-    /// The bytes exactly as the agent wrote them.
-    Raw,
-    /// One JSON `LogLine` per line.
-    Jsonl,
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LogsQuery {
-    /// Only the last N lines (or, with `grep`, the last N matches).
-    tail: Option<usize>,
-    /// Keep the response open and stream new output, across restarts of the agent.
-    #[serde(default)]
-    follow: bool,
-    /// Only output at or after this time (ms since the epoch).
-    since: Option<u64>,
-    /// Only output at or before this time (ms since the epoch).
-    until: Option<u64>,
-    /// Only this run (the agent's run number, 1 for its first).
-    run: Option<u64>,
-    /// Only lines matching: case-insensitive, the pattern starting at a word start.
-    grep: Option<String>,
-    /// Only this stream: `pty`, `stdout` or `stderr`.
-    stream: Option<String>,
-    /// Prefix each line with its time (RFC 3339, UTC).
-    #[serde(default)]
-    timestamps: bool,
-    #[serde(default)]
-    format: Format,
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SearchQuery {
-    /// The pattern: case-insensitive, starting at a word start.
-    grep: String,
-    /// Only this agent (id or name).
-    agent: Option<String>,
-    since: Option<u64>,
-    until: Option<u64>,
-    stream: Option<String>,
-    /// The newest N matches (default 1000).
-    limit: Option<usize>,
-    #[serde(default)]
-    timestamps: bool,
-    #[serde(default)]
-    format: Format,
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct HistoryQuery {
-    /// Only this agent (id or name; removed agents too).
-    agent: Option<String>,
-    /// Runs alive at or after this time (ms since the epoch).
-    since: Option<u64>,
-    /// Runs started at or before this time.
-    until: Option<u64>,
-    /// The newest N runs (default 100).
-    limit: Option<usize>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct Cleared {
-    pub agent_id: String,
-    pub cleared_bytes: u64,
-}
 
 fn internal(error: impl std::fmt::Display) -> Failure {
     failure(ErrorCode::Internal, format!("history: {error}"))
@@ -131,27 +58,20 @@ async fn resolve(state: &AppState, key: &str) -> ApiResult<String> {
         })
 }
 
-fn parse_stream(stream: Option<&str>) -> ApiResult<Option<Stream>> {
-    stream
-        .map(|s| {
-            Stream::from_name(s).ok_or_else(|| {
-                failure(
-                    ErrorCode::InvalidRequest,
-                    format!("unknown stream `{s}`; use pty, stdout, stderr or sandbox"),
-                )
-            })
-        })
-        .transpose()
-}
-
 fn parse_grep(grep: Option<&str>) -> ApiResult<Option<GrepPattern>> {
     grep.map(|g| GrepPattern::new(g).map_err(|e| failure(ErrorCode::InvalidRequest, e)))
         .transpose()
 }
 
 /// Runs of agents, oldest first.
-#[utoipa::path(get, path = "/v1/history", tag = "history", params(HistoryQuery),
-    responses((status = 200, body = Vec<RunRecord>), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/history",
+    operation_id = "list_runs",
+    tag = "history",
+    params(HistoryQuery),
+    responses((status = 200, body = Vec<RunRecord>), Refused, BadQuery, (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn runs(
     State(state): State<AppState>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
@@ -169,9 +89,14 @@ pub(crate) async fn runs(
 }
 
 /// Deletes every saved byte of an agent's output (its runs stay in the history).
-#[utoipa::path(delete, path = "/v1/agents/{agent}/logs", tag = "history",
+#[utoipa::path(
+    delete,
+    path = "/v1/agents/{agent}/logs",
+    operation_id = "clear_logs",
+    tag = "history",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = Cleared), (status = 404, body = ApiError)))]
+    responses((status = 200, body = Cleared), Refused, (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn clear(
     State(state): State<AppState>,
     Path(agent): Path<String>,
@@ -189,7 +114,7 @@ pub(crate) async fn clear(
 /// How pieces become response bytes.
 #[derive(Clone)]
 struct Printer {
-    format: Format,
+    format: LogFormat,
     timestamps: bool,
     /// Prefix lines with the agent (searches across agents).
     label_agents: bool,
@@ -205,7 +130,7 @@ impl Printer {
                     run,
                     line,
                 },
-                Format::Jsonl,
+                LogFormat::Jsonl,
             ) => {
                 let record = LogLine {
                     agent_id,
@@ -232,10 +157,10 @@ impl Printer {
                 text.push('\n');
                 Some(Bytes::from(text))
             }
-            (Piece::RunStarted { run, .. }, Format::Text) => {
+            (Piece::RunStarted { run, .. }, LogFormat::Text) => {
                 Some(Bytes::from(format!("-- celistra: run {run} started --\n")))
             }
-            (Piece::Dropped { bytes, .. }, Format::Text) => Some(Bytes::from(format!(
+            (Piece::Dropped { bytes, .. }, LogFormat::Text) => Some(Bytes::from(format!(
                 "-- celistra: {bytes} bytes of output were not saved --\n"
             ))),
             _ => None,
@@ -321,9 +246,14 @@ fn last_lines(bytes: &[u8], lines: usize) -> &[u8] {
 
 /// An agent's output from the history: readable text (default), raw bytes or JSON lines; filtered by
 /// time, run, stream or pattern; the last N lines; optionally followed live across restarts.
-#[utoipa::path(get, path = "/v1/agents/{agent}/logs", tag = "history",
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{agent}/logs",
+    operation_id = "get_logs",
+    tag = "history",
     params(("agent" = String, Path, description = "Agent id or name"), LogsQuery),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+    responses((status = 200, description = "The output: `text/plain` (format `text`), `application/octet-stream` (`raw`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or grep with format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name, or no such run", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn logs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -332,9 +262,9 @@ pub(crate) async fn logs(
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(bad_query)?;
     let agent_id = resolve(&state, &agent).await?;
-    let stream = parse_stream(query.stream.as_deref())?;
+    let stream = query.stream.map(Stream::from);
     let pattern = parse_grep(query.grep.as_deref())?;
-    if pattern.is_some() && query.format == Format::Raw {
+    if pattern.is_some() && query.format == LogFormat::Raw {
         return Err(failure(
             ErrorCode::InvalidRequest,
             "grep matches readable text; use format text or jsonl with it",
@@ -381,7 +311,7 @@ pub(crate) async fn logs(
         filter,
         printer,
         sender,
-        raw: query.format == Format::Raw,
+        raw: query.format == LogFormat::Raw,
     };
     tokio::spawn(async move {
         let _ = job
@@ -392,15 +322,21 @@ pub(crate) async fn logs(
 }
 
 /// Searches every agent's output (or one agent's) for a pattern; the newest matches, oldest first.
-#[utoipa::path(get, path = "/v1/logs", tag = "history", params(SearchQuery),
-    responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/logs",
+    operation_id = "search_logs",
+    tag = "history",
+    params(SearchQuery),
+    responses((status = 200, description = "The matching lines: `text/plain` (format `text`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn search(
     State(state): State<AppState>,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(bad_query)?;
     let pattern = parse_grep(Some(&query.grep))?.ok_or_else(|| internal("no pattern"))?;
-    if query.format == Format::Raw {
+    if query.format == LogFormat::Raw {
         return Err(failure(
             ErrorCode::InvalidRequest,
             "a search returns lines; use format text or jsonl",
@@ -415,7 +351,7 @@ pub(crate) async fn search(
         run_id: None,
         since_ms: query.since,
         until_ms: query.until,
-        stream: parse_stream(query.stream.as_deref())?,
+        stream: query.stream.map(Stream::from),
     };
     let printer = Printer {
         format: query.format,
@@ -438,11 +374,11 @@ pub(crate) async fn search(
     Ok(streamed(query.format, receiver))
 }
 
-fn streamed(format: Format, receiver: mpsc::Receiver<Bytes>) -> Response {
+fn streamed(format: LogFormat, receiver: mpsc::Receiver<Bytes>) -> Response {
     let content_type = match format {
-        Format::Text => "text/plain; charset=utf-8",
-        Format::Raw => "application/octet-stream",
-        Format::Jsonl => "application/jsonl",
+        LogFormat::Text => "text/plain; charset=utf-8",
+        LogFormat::Raw => "application/octet-stream",
+        LogFormat::Jsonl => "application/jsonl",
     };
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
         let bytes = receiver.recv().await?;

@@ -11,6 +11,7 @@ mod events;
 mod history;
 mod notifications;
 mod openapi;
+mod responses;
 mod routes;
 mod sandbox;
 mod sessions;
@@ -320,8 +321,8 @@ pub(crate) fn source_of(headers: &HeaderMap) -> String {
 /// The whole API and the dashboard, made from the route table. Every API route requires a
 /// credential (the bearer secret or token, or a session) whose role satisfies the route's, the
 /// unknown routes included, except the table's public routes: the terminal WebSocket, which
-/// browsers open without headers (it requires a ticket instead), and the login, which takes a
-/// one-time code; and decision links (`/d/{token}`), whose signed token is the credential. The
+/// browsers open without headers (it requires a ticket instead), the login, which takes a
+/// one-time code, and decision links (`/d/{token}`), whose signed token is the credential. The
 /// dashboard's files (`/`, `/login`, `/assets/…`) hold no secret and are public.
 pub(crate) fn router(state: AppState) -> Router {
     let mut public = Router::new();
@@ -342,8 +343,7 @@ pub(crate) fn router(state: AppState) -> Router {
     let public = public
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state.clone())
-        .merge(celistra_dashboard::router())
-        .merge(decide::router(state.clone()));
+        .merge(celistra_dashboard::router());
     authenticated
         .fallback(|| async { failure(ErrorCode::NotFound, "no such route; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {

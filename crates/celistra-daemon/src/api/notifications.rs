@@ -10,13 +10,19 @@ use celistra_proto::{
 };
 use serde_json::json;
 
+use super::responses::{BadBody, Refused};
 use super::{Actor, AppState, Failure, JsonBody};
 
 type ApiResult<T> = Result<T, Failure>;
 
 /// The channels configured in `config.json` and the subscribed devices, with how each fared.
-#[utoipa::path(get, path = "/v1/notifications", tag = "notifications",
-    responses((status = 200, body = NotificationsStatus), (status = 500, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    operation_id = "get_notifications",
+    tag = "notifications",
+    responses((status = 200, body = NotificationsStatus), Refused, (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
+)]
 pub(crate) async fn status(State(state): State<AppState>) -> ApiResult<Json<NotificationsStatus>> {
     let services = &state.supervisor.services;
     let config = services.config()?.notifications;
@@ -24,8 +30,13 @@ pub(crate) async fn status(State(state): State<AppState>) -> ApiResult<Json<Noti
 }
 
 /// Sends a test notification on every channel, once, and reports how each went.
-#[utoipa::path(post, path = "/v1/notifications/test", tag = "notifications",
-    responses((status = 200, body = Vec<ChannelStatus>), (status = 500, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/test",
+    operation_id = "test_notifications",
+    tag = "notifications",
+    responses((status = 200, body = Vec<ChannelStatus>), Refused, (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
+)]
 pub(crate) async fn test(State(state): State<AppState>) -> ApiResult<Json<Vec<ChannelStatus>>> {
     let services = &state.supervisor.services;
     let config = services.config()?.notifications;
@@ -33,8 +44,13 @@ pub(crate) async fn test(State(state): State<AppState>) -> ApiResult<Json<Vec<Ch
 }
 
 /// The key a browser subscribes with (`applicationServerKey`).
-#[utoipa::path(get, path = "/v1/push/vapid-key", tag = "notifications",
-    responses((status = 200, body = VapidKeyInfo)))]
+#[utoipa::path(
+    get,
+    path = "/v1/push/vapid-key",
+    operation_id = "get_vapid_key",
+    tag = "notifications",
+    responses((status = 200, body = VapidKeyInfo), Refused)
+)]
 pub(crate) async fn vapid_key(State(state): State<AppState>) -> Json<VapidKeyInfo> {
     Json(VapidKeyInfo {
         public_key: state.supervisor.services.notify.vapid_public_key(),
@@ -42,8 +58,13 @@ pub(crate) async fn vapid_key(State(state): State<AppState>) -> Json<VapidKeyInf
 }
 
 /// Devices that receive Web Push notifications.
-#[utoipa::path(get, path = "/v1/push/subscriptions", tag = "notifications",
-    responses((status = 200, body = Vec<PushSubscriptionInfo>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/push/subscriptions",
+    operation_id = "list_push_subscriptions",
+    tag = "notifications",
+    responses((status = 200, body = Vec<PushSubscriptionInfo>), Refused)
+)]
 pub(crate) async fn subscriptions(
     State(state): State<AppState>,
 ) -> Json<Vec<PushSubscriptionInfo>> {
@@ -51,9 +72,14 @@ pub(crate) async fn subscriptions(
 }
 
 /// Subscribes a device: the body is `PushSubscription.toJSON()` plus an optional `label`.
-#[utoipa::path(post, path = "/v1/push/subscriptions", tag = "notifications",
+#[utoipa::path(
+    post,
+    path = "/v1/push/subscriptions",
+    operation_id = "subscribe_push",
+    tag = "notifications",
     request_body = PushSubscriptionRequest,
-    responses((status = 201, body = PushSubscriptionInfo), (status = 400, body = ApiError)))]
+    responses((status = 201, body = PushSubscriptionInfo), Refused, BadBody, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn subscribe(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -72,9 +98,14 @@ pub(crate) async fn subscribe(
 }
 
 /// Unsubscribes a device.
-#[utoipa::path(delete, path = "/v1/push/subscriptions/{id}", tag = "notifications",
-    params(("id" = String, Path)),
-    responses((status = 200, body = PushSubscriptionInfo), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/push/subscriptions/{id}",
+    operation_id = "unsubscribe_push",
+    tag = "notifications",
+    params(("id" = String, Path, description = "The device's id")),
+    responses((status = 200, body = PushSubscriptionInfo), Refused, (status = 404, description = "`not_found`: no such device", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn unsubscribe(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -4,20 +4,21 @@
 use axum::Json;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, AgentUsage, ApiError, ApplyReport, ApplyRequest, Approval,
-    ApprovalStatus, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry, AuditHealth, AuditPage,
-    AuditProof, AuditVerification, CapabilitySource, ChannelStatus, DecisionRequest,
-    EffectiveSettings, ErrorCode, Event, EventKind, ExitCause, ExplainRequest, Health,
-    HistoryHealth, IoMode, KillRequest, LinkDecision, LogLine, LoginLink, LoginRequest, Notice,
-    NoticeKind, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
-    RenameRequest, Role, RunCause, RunRecord, RunSandbox, SandboxBlock, SandboxExplanation,
-    SandboxStatus, SandboxSwitch, SessionInfo, SessionState, TermSize, TerminalClientMessage,
-    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, TlsHealth,
-    TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
+    ApprovalStatus, AskOrigin, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry,
+    AuditExportFormat, AuditHealth, AuditPage, AuditProof, AuditVerification, CapabilitySource,
+    ChannelStatus, Cleared, DecisionRequest, EffectiveSettings, ErrorCode, Event, EventKind,
+    ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest, LinkDecision, LogFormat,
+    LogLine, LogStream, LoginLink, LoginRequest, Notice, NoticeKind, NotificationsStatus, PushKeys,
+    PushSubscriptionInfo, PushSubscriptionRequest, RenameRequest, Role, RunCause, RunRecord,
+    RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, SessionInfo,
+    SessionState, Signal, TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage,
+    TerminalTicket, TicketRequest, TimeoutDefault, TlsHealth, TokenCreated, TokenInfo,
+    TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::history;
+use super::responses::Refused;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,7 +26,7 @@ use super::history;
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
         Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
-        HistoryHealth, IoMode, LogLine, RunCause, RunRecord, history::Cleared, history::Format,
+        HistoryHealth, IoMode, LogLine, RunCause, RunRecord, Cleared, LogFormat, LogStream, Signal,
         TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
         RunSandbox, SandboxStatus, SandboxSwitch, ExplainRequest, SandboxExplanation, CapabilitySource,
         SandboxBlock, AuditEntry, AuditPage, AuditCheckpoint, AuditProof, AuditVerification,
@@ -33,7 +34,7 @@ use super::history;
         ChannelStatus, NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
         VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
         LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage, TlsHealth,
-        Role, TokenRequest, TokenInfo, TokenCreated,
+        Role, TokenRequest, TokenInfo, TokenCreated, AuditExportFormat, AskOrigin,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -61,8 +62,86 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
 
 /// The OpenAPI 3.1 document of this API. Each operation's `x-celistra-role` is the role it
 /// requires: `owner`, `operator`, `viewer`, `approver`, `any` (any credential) or `public`.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "daemon", operation_id = "openapi_document",
-    responses((status = 200, description = "OpenAPI document")))]
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "get_openapi",
+    tag = "daemon",
+    responses((status = 200, description = "OpenAPI document", body = Object), Refused)
+)]
 pub(crate) async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(super::routes::cached_document())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    /// The dashboard's TypeScript types are generated from `web/openapi.json` at build time, when
+    /// no daemon runs; this keeps that copy equal to what the daemon serves.
+    #[test]
+    fn web_openapi_json_is_what_the_daemon_serves() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/openapi.json");
+        let document = super::document().now_or_never().expect("no awaits").0;
+        let generated = serde_json::to_string_pretty(&document).expect("serialises") + "\n";
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).expect("write web/openapi.json");
+            return;
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "web/openapi.json differs from the document the daemon generates; update it with \
+             `UPDATE_OPENAPI=1 cargo test -p celistra-daemon web_openapi_json` and commit it"
+        );
+    }
+
+    /// The limits the schemas state are the ones the daemon enforces.
+    #[test]
+    fn schema_limits_are_the_enforced_ones() {
+        use celistra_core::{approval_line, names, spec};
+
+        let document = super::document().now_or_never().expect("no awaits").0;
+        let document = serde_json::to_value(document).expect("serialises");
+        let schemas = &document["components"]["schemas"];
+        let field = |schema: &str, name: &str| schemas[schema]["properties"][name].clone();
+        let limit = |schema: &str, name: &str, key: &str| field(schema, name)[key].as_u64();
+        for schema in ["AgentSpec", "UpdateRequest", "RenameRequest"] {
+            assert_eq!(
+                limit(schema, "name", "maxLength"),
+                Some(names::MAX_NAME_LEN as u64),
+                "{schema}"
+            );
+        }
+        for schema in ["AgentSpec", "UpdateRequest"] {
+            assert_eq!(
+                limit(schema, "command", "maxLength"),
+                Some(spec::MAX_COMMAND_LEN as u64)
+            );
+            assert_eq!(
+                limit(schema, "scrollback_kb", "maximum"),
+                Some(u64::from(spec::MAX_SCROLLBACK_KB))
+            );
+            assert_eq!(
+                limit(schema, "memory_max", "minimum"),
+                Some(spec::MIN_MEMORY_MAX)
+            );
+        }
+        assert_eq!(
+            limit("AskRequest", "prompt", "maxLength"),
+            Some(approval_line::MAX_PROMPT_BYTES as u64)
+        );
+        assert_eq!(
+            limit("AskRequest", "ttl_secs", "maximum"),
+            Some(approval_line::MAX_TTL_SECS)
+        );
+        let signals: Vec<&str> = schemas["Signal"]["enum"]
+            .as_array()
+            .expect("signal names")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let names: Vec<&str> = celistra_proto::Signal::ALL.map(|s| s.name()).to_vec();
+        assert_eq!(signals, names);
+    }
 }

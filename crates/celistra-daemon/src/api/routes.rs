@@ -13,8 +13,8 @@ use utoipa::openapi::{Content, OpenApi, Ref, ResponseBuilder};
 use utoipa_axum::routes;
 
 use super::{
-    AppState, agents, approvals, audit, events, history, notifications, openapi, sandbox, sessions,
-    terminal, tokens,
+    AppState, agents, approvals, audit, decide, events, history, notifications, openapi, sandbox,
+    sessions, terminal, tokens,
 };
 
 /// The OpenAPI extension that names the role an operation requires.
@@ -108,6 +108,9 @@ pub(crate) fn table() -> Vec<Route> {
         route!(approver, approvals::list),
         route!(approver, approvals::get),
         route!(approver, approvals::decide),
+        // A decision link's signed token is its credential, for one request.
+        route!(Public, decide::page),
+        route!(Public, decide::decide),
         // Notification channels are the owner's; an approver may subscribe a device to them.
         route!(owner, notifications::status),
         route!(owner, notifications::test),
@@ -150,38 +153,29 @@ fn document_access(operation: &mut Operation, access: Access) {
         .extensions
         .get_or_insert_with(Extensions::default)
         .insert(ROLE_EXTENSION.to_owned(), access.as_str().into());
-    let refusals: &[(&str, &str)] = match access {
-        Access::Public => &[],
-        Access::Any => &[(
-            "401",
-            "no valid credential (missing, wrong, expired or revoked)",
-        )],
-        Access::Role(_) => &[
-            (
-                "401",
-                "no valid credential (missing, wrong, expired or revoked)",
-            ),
-            (
-                "403",
-                "the credential's role may not do this (`code`: `role_required`, naming the role needed)",
-            ),
-        ],
+    const UNAUTHORIZED: &str = "`unauthorized`: no credential, or a wrong, expired or revoked one";
+    const SESSION_REFUSED: &str = "`origin_not_allowed` or `csrf_failed`: a dashboard session's request from another origin, or one that changes state without its CSRF token";
+    let role_refused = format!(
+        "`role_required`: the credential's role may not do this (`required_role` names the least role that may: {}); or {SESSION_REFUSED}",
+        access.as_str()
+    );
+    let refusals: Vec<(&str, &str)> = match access {
+        Access::Public => vec![],
+        Access::Any => vec![("401", UNAUTHORIZED), ("403", SESSION_REFUSED)],
+        Access::Role(_) => vec![("401", UNAUTHORIZED), ("403", &role_refused)],
     };
     for (status, description) in refusals {
+        let refusal = ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ApiError"))),
+            )
+            .build();
         operation
             .responses
             .responses
-            .entry((*status).to_owned())
-            .or_insert_with(|| {
-                ResponseBuilder::new()
-                    .description(*description)
-                    .content(
-                        "application/json",
-                        Content::new(Some(Ref::from_schema_name("ApiError"))),
-                    )
-                    .build()
-                    .into()
-            });
+            .insert(status.to_owned(), refusal.into());
     }
 }
 

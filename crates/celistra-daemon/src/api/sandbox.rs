@@ -7,18 +7,31 @@ use celistra_proto::{
     SandboxSwitch,
 };
 
+use super::responses::{BadBody, Refused};
 use super::{Actor, AppState, Failure, JsonBody, Source};
 
 /// The master switch, bubblewrap, Landlock and how blocks are reported.
-#[utoipa::path(get, path = "/v1/sandbox", tag = "sandbox", responses((status = 200, body = SandboxStatus), (status = 401, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/sandbox",
+    operation_id = "get_sandbox",
+    tag = "sandbox",
+    responses((status = 200, body = SandboxStatus), Refused)
+)]
 pub(crate) async fn status(State(state): State<AppState>) -> Json<SandboxStatus> {
     Json(state.supervisor.services.sandbox.status())
 }
 
 /// Turn the master switch. Off: every agent spawned from now on runs unsandboxed, flagged in `ls`,
 /// `status` and an `agent_unsandboxed` event. Running agents keep their confinement until restarted.
-#[utoipa::path(put, path = "/v1/sandbox", tag = "sandbox", request_body = SandboxSwitch,
-    responses((status = 200, body = SandboxStatus), (status = 400, body = ApiError)))]
+#[utoipa::path(
+    put,
+    path = "/v1/sandbox",
+    operation_id = "switch_sandbox",
+    tag = "sandbox",
+    request_body = SandboxSwitch,
+    responses((status = 200, body = SandboxStatus), Refused, BadBody, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn switch(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -38,8 +51,14 @@ pub(crate) async fn switch(
 
 /// What an agent (`agent`) or a prospective spawn (`spec`) runs with: effective capabilities and
 /// where they came from, the user, the bubblewrap command line, Landlock rules and seccomp policy.
-#[utoipa::path(post, path = "/v1/sandbox/explain", tag = "sandbox", request_body = ExplainRequest,
-    responses((status = 200, body = SandboxExplanation), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/sandbox/explain",
+    operation_id = "explain_sandbox",
+    tag = "sandbox",
+    request_body = ExplainRequest,
+    responses((status = 200, body = SandboxExplanation), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn explain(
     State(state): State<AppState>,
     Extension(source): Extension<Source>,

@@ -13,6 +13,7 @@ use celistra_proto::{
 };
 use serde_json::json;
 
+use super::responses::{BadBody, Refused};
 use super::{Actor, AppState, Failure, JsonBody, SessionToken, failure};
 use crate::now_ms;
 use crate::sessions::{SESSION_TTL_MS, csrf_token};
@@ -34,8 +35,14 @@ fn cookie(token: Option<&str>, secure: bool) -> HeaderValue {
 
 /// Make a single-use login link for the dashboard (what `celistrad ctl dashboard` prints). It
 /// expires in 5 minutes; the code rides in the URL's fragment, which browsers never send.
-#[utoipa::path(post, path = "/v1/sessions/login-codes", tag = "sessions", params(LoginCodeQuery),
-    responses((status = 200, body = LoginLink), (status = 401, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/login-codes",
+    operation_id = "issue_login_code",
+    tag = "sessions",
+    params(LoginCodeQuery),
+    responses((status = 200, body = LoginLink), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn issue_code(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -60,9 +67,15 @@ pub(crate) async fn issue_code(
 /// Exchange a login code for a session: sets the HttpOnly, SameSite=Strict session cookie and
 /// answers the CSRF token state-changing requests must send. Needs no other credential; a used,
 /// unknown or expired code is refused (401) with what to do.
-#[utoipa::path(post, path = "/v1/sessions/login", tag = "sessions", request_body = LoginRequest,
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/login",
+    operation_id = "login",
+    tag = "sessions",
     security(()),
-    responses((status = 200, body = SessionState), (status = 401, body = ApiError), (status = 403, body = ApiError)))]
+    request_body = LoginRequest,
+    responses((status = 200, body = SessionState), BadBody, (status = 401, description = "`unauthorized`: an unknown, used or expired login code", body = ApiError), (status = 403, description = "`origin_not_allowed`: a browser request from another origin", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -115,8 +128,13 @@ fn session_of(token: Option<Extension<SessionToken>>) -> ApiResult<SessionToken>
 }
 
 /// The session making the request and its CSRF token (for a page that was reloaded).
-#[utoipa::path(get, path = "/v1/session", tag = "sessions",
-    responses((status = 200, body = SessionState), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/session",
+    operation_id = "get_session",
+    tag = "sessions",
+    responses((status = 200, body = SessionState), Refused, (status = 400, description = "`invalid_request`: the request was made with the machine secret, not a session", body = ApiError))
+)]
 pub(crate) async fn current(
     State(state): State<AppState>,
     token: Option<Extension<SessionToken>>,
@@ -140,8 +158,13 @@ pub(crate) async fn current(
 }
 
 /// End the session making the request and clear its cookie.
-#[utoipa::path(post, path = "/v1/session/logout", tag = "sessions",
-    responses((status = 200, body = SessionInfo), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
+#[utoipa::path(
+    post,
+    path = "/v1/session/logout",
+    operation_id = "logout",
+    tag = "sessions",
+    responses((status = 200, body = SessionInfo), Refused, (status = 400, description = "`invalid_request`: the request was made with the machine secret, not a session", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     token: Option<Extension<SessionToken>>,
@@ -163,8 +186,13 @@ pub(crate) async fn logout(
 }
 
 /// Every live dashboard session, newest first.
-#[utoipa::path(get, path = "/v1/sessions", tag = "sessions",
-    responses((status = 200, body = Vec<SessionInfo>), (status = 401, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    operation_id = "list_sessions",
+    tag = "sessions",
+    responses((status = 200, body = Vec<SessionInfo>), Refused)
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     token: Option<Extension<SessionToken>>,
@@ -174,8 +202,14 @@ pub(crate) async fn list(
 }
 
 /// End a session: its cookie stops working at once.
-#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
-    responses((status = 200, body = SessionInfo), (status = 404, body = ApiError)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    operation_id = "revoke_session",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    responses((status = 200, body = SessionInfo), Refused, (status = 404, description = "`not_found`: no such session", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,

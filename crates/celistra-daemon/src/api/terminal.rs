@@ -13,13 +13,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use celistra_proto::{
     ApiError, ErrorCode, IoMode, Role, TERMINAL_PROTOCOL, TERMINAL_PROTOCOL_VERSION, TermSize,
-    TerminalClientMessage, TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest,
+    TerminalClientMessage, TerminalQuery, TerminalRole, TerminalServerMessage, TerminalTicket,
+    TicketRequest,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
+use super::responses::{BadBody, Refused};
 use super::{Actor, AppState, Caller, Failure, JsonBody, Lifetimes, failure};
 use crate::supervisor::AgentHandle;
 use crate::supervisor::fanout::{self, Client, Delivery, InputOp, Next};
@@ -123,9 +125,15 @@ impl Tickets {
 
 /// Issue a single-use ticket that opens the agent's terminal WebSocket within 30 seconds. A
 /// writer ticket needs the operator role; a viewer may ask only for viewer tickets (else 403).
-#[utoipa::path(post, path = "/v1/agents/{agent}/terminal/tickets", tag = "terminal", request_body = TicketRequest,
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{agent}/terminal/tickets",
+    operation_id = "issue_terminal_ticket",
+    tag = "terminal",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = TerminalTicket), (status = 401, body = ApiError), (status = 404, body = ApiError)))]
+    request_body = TicketRequest,
+    responses((status = 200, body = TerminalTicket), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+)]
 pub(crate) async fn ticket(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -153,17 +161,16 @@ pub(crate) async fn ticket(
     }))
 }
 
-#[derive(serde::Deserialize)]
-pub(crate) struct TerminalQuery {
-    #[serde(default)]
-    ticket: String,
-}
-
 /// Attach to the agent's terminal: a WebSocket upgrade with `?ticket=` (see docs/terminal-protocol.md).
-#[utoipa::path(get, path = "/v1/agents/{agent}/terminal", tag = "terminal", security(()),
-    params(("agent" = String, Path, description = "Agent id or name"), ("ticket" = String, Query, description = "From POST …/terminal/tickets")),
-    responses((status = 101, description = "WebSocket, subprotocol celistra.terminal.v1"), (status = 400, body = ApiError),
-        (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 429, body = ApiError)))]
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{agent}/terminal",
+    operation_id = "open_terminal",
+    tag = "terminal",
+    security(()),
+    params(("agent" = String, Path, description = "Agent id or name"), TerminalQuery),
+    responses((status = 101, description = "WebSocket, subprotocol celistra.terminal.v1"), (status = 400, description = "`invalid_request`: not a WebSocket upgrade, or without the subprotocol", body = ApiError), (status = 401, description = "`unauthorized`: an unknown, used or expired ticket, or one for another agent", body = ApiError), (status = 403, description = "`origin_not_allowed`: a browser request from another origin", body = ApiError), (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 429, description = "`too_many_clients`: the agent has as many terminal clients as it accepts", body = ApiError))
+)]
 pub(crate) async fn connect(
     State(state): State<AppState>,
     Path(agent): Path<String>,

@@ -2,16 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use celistra_client::Client;
+use celistra_client::{Client, ClientError};
 use celistra_core::duration::{parse_bytes, parse_millis};
 use celistra_proto::{
     AgentInfo, AgentSpec, IoMode, KillRequest, RenameRequest, Signal, UpdateRequest,
 };
 use clap::Args;
-use hyper::Method;
 
 use super::table::{exit_text, render, uptime_text};
-use super::{CtlResult, Failure, path_segment, print_json};
+use super::{CtlResult, Failure, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct JsonFlag {
@@ -193,7 +192,7 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         ..AgentSpec::default()
     };
     celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
-    let agent: AgentInfo = client.post("/v1/agents", &spec).await?;
+    let agent: AgentInfo = client.spawn_agent(&spec).await?;
     if args.json.json {
         print_json(&agent);
     } else {
@@ -209,7 +208,7 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
 }
 
 pub(crate) async fn list(client: &Client, args: JsonFlag) -> CtlResult {
-    let agents: Vec<AgentInfo> = client.get("/v1/agents").await?;
+    let agents: Vec<AgentInfo> = client.list_agents().await?;
     if args.json {
         print_json(&agents);
         return Ok(());
@@ -243,9 +242,7 @@ pub(crate) async fn list(client: &Client, args: JsonFlag) -> CtlResult {
 }
 
 pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
-    let agent: AgentInfo = client
-        .get(&format!("/v1/agents/{}", path_segment(&args.agent)))
-        .await?;
+    let agent: AgentInfo = client.get_agent(&args.agent).await?;
     if args.json.json {
         print_json(&agent);
         return Ok(());
@@ -355,43 +352,41 @@ fn sandbox_text(agent: &AgentInfo) -> String {
     }
 }
 
-/// Runs `verb` (stop, start, restart) on each agent in turn; reports each; fails if any failed.
-pub(crate) async fn act(client: &Client, args: ManyAgents, verb: &str, done: &str) -> CtlResult {
+pub(crate) async fn stop(client: &Client, args: ManyAgents) -> CtlResult {
+    each(args, "stopped", async |key| client.stop_agent(key).await).await
+}
+
+pub(crate) async fn start(client: &Client, args: ManyAgents) -> CtlResult {
+    each(args, "started", async |key| client.start_agent(key).await).await
+}
+
+pub(crate) async fn restart(client: &Client, args: ManyAgents) -> CtlResult {
+    each(args, "restarted", async |key| {
+        client.restart_agent(key).await
+    })
+    .await
+}
+
+pub(crate) async fn remove(client: &Client, args: ManyAgents) -> CtlResult {
+    each(args, "removed", async |key| client.remove_agent(key).await).await
+}
+
+/// Runs `operation` on each agent in turn and reports each as `done`; fails if any failed.
+async fn each(
+    args: ManyAgents,
+    done: &str,
+    operation: impl AsyncFn(&str) -> Result<AgentInfo, ClientError>,
+) -> CtlResult {
     let mut failed = vec![];
     let mut results = vec![];
     for key in &args.agents {
-        let path = format!("/v1/agents/{}/{verb}", path_segment(key));
-        match client
-            .post::<AgentInfo>(&path, &serde_json::json!({}))
-            .await
-        {
+        match operation(key).await {
             Ok(agent) if args.json.json => results.push(agent),
             Ok(agent) => println!("{done} {} ({})", agent.id, agent.name),
             Err(e) => failed.push(format!("{key}: {e}")),
         }
     }
-    finish(args.json.json, &results, failed)
-}
-
-pub(crate) async fn remove(client: &Client, args: ManyAgents) -> CtlResult {
-    let mut failed = vec![];
-    let mut results = vec![];
-    for key in &args.agents {
-        let path = format!("/v1/agents/{}", path_segment(key));
-        match client
-            .call::<AgentInfo>(Method::DELETE, &path, None::<&()>)
-            .await
-        {
-            Ok(agent) if args.json.json => results.push(agent),
-            Ok(agent) => println!("removed {} ({})", agent.id, agent.name),
-            Err(e) => failed.push(format!("{key}: {e}")),
-        }
-    }
-    finish(args.json.json, &results, failed)
-}
-
-fn finish(json: bool, results: &[AgentInfo], failed: Vec<String>) -> CtlResult {
-    if json {
+    if args.json.json {
         print_json(&results);
     }
     if failed.is_empty() {
@@ -411,15 +406,10 @@ pub(crate) struct KillArgs {
 }
 
 pub(crate) async fn kill(client: &Client, args: KillArgs) -> CtlResult {
-    let path = format!("/v1/agents/{}/kill", path_segment(&args.agent));
-    let agent: AgentInfo = client
-        .post(
-            &path,
-            &KillRequest {
-                signal: args.signal,
-            },
-        )
-        .await?;
+    let request = KillRequest {
+        signal: args.signal,
+    };
+    let agent: AgentInfo = client.kill_agent(&args.agent, &request).await?;
     println!("sent {} to {} ({})", args.signal, agent.id, agent.name);
     Ok(())
 }
@@ -433,9 +423,8 @@ pub(crate) struct RenameArgs {
 }
 
 pub(crate) async fn rename(client: &Client, args: RenameArgs) -> CtlResult {
-    let path = format!("/v1/agents/{}/rename", path_segment(&args.agent));
     let agent: AgentInfo = client
-        .post(&path, &RenameRequest { name: args.name })
+        .rename_agent(&args.agent, &RenameRequest { name: args.name })
         .await?;
     println!("renamed {} to {}", agent.id, agent.name);
     Ok(())
@@ -467,8 +456,7 @@ pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
         restart: args.restart,
         ..args.settings.to_update()?
     };
-    let path = format!("/v1/agents/{}", path_segment(&args.agent));
-    let agent: AgentInfo = client.call(Method::PATCH, &path, Some(&update)).await?;
+    let agent: AgentInfo = client.update_agent(&args.agent, &update).await?;
     if args.json.json {
         print_json(&agent);
     } else {

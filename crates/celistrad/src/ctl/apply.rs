@@ -57,7 +57,7 @@ pub(crate) async fn run(client: &Client, args: ApplyArgs) -> CtlResult {
         dry_run: args.dry_run,
     };
     let report: ApplyReport = client
-        .post("/v1/apply", &request)
+        .apply(&request)
         .await
         .map_err(|e| Failure::Failed(format!("{origin}: {e}")))?;
     if args.json {

@@ -4,11 +4,14 @@
 use std::process::ExitCode;
 
 use celistra_client::Client;
-use celistra_proto::{Approval, ApprovalStatus, AskRequest, DecisionRequest, TimeoutDefault};
+use celistra_proto::{
+    Approval, ApprovalStatus, ApprovalsQuery, AskOrigin, AskQuery, AskRequest, DecisionRequest,
+    TimeoutDefault, Verdict,
+};
 use clap::{Args, Subcommand};
 
 use super::table::render;
-use super::{CtlResult, Failure, path_segment, print_json};
+use super::{CtlResult, Failure, print_json};
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -55,9 +58,8 @@ pub(crate) async fn run(client: &Client, args: ApprovalsArgs) -> CtlResult {
         json: args.json,
     }) {
         Action::Ls { pending, json } => {
-            let approvals: Vec<Approval> = client
-                .get(&format!("/v1/approvals?pending={pending}"))
-                .await?;
+            let approvals: Vec<Approval> =
+                client.list_approvals(&ApprovalsQuery { pending }).await?;
             if json {
                 print_json(&approvals);
                 return Ok(());
@@ -76,8 +78,8 @@ pub(crate) async fn run(client: &Client, args: ApprovalsArgs) -> CtlResult {
             println!("{}", render(&["ID", "AGENT", "STATUS", "PROMPT"], &rows));
             Ok(())
         }
-        Action::Approve(decide) => decide_one(client, decide, "approve").await,
-        Action::Deny(decide) => decide_one(client, decide, "deny").await,
+        Action::Approve(decide) => decide_one(client, decide, Verdict::Approve).await,
+        Action::Deny(decide) => decide_one(client, decide, Verdict::Deny).await,
     }
 }
 
@@ -102,14 +104,12 @@ fn status_text(approval: &Approval) -> String {
     }
 }
 
-async fn decide_one(client: &Client, decide: Decide, verb: &str) -> CtlResult {
+async fn decide_one(client: &Client, decide: Decide, verdict: Verdict) -> CtlResult {
+    let request = DecisionRequest {
+        reason: decide.reason,
+    };
     let approval: Approval = client
-        .post(
-            &format!("/v1/approvals/{}/{verb}", path_segment(&decide.id)),
-            &DecisionRequest {
-                reason: decide.reason,
-            },
-        )
+        .decide_approval(&decide.id, verdict, &request)
         .await?;
     println!(
         "{} {}: {}",
@@ -180,7 +180,7 @@ pub(crate) async fn ask(args: AskArgs) -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(2);
     }
-    match ask_daemon(&request, "ask").await {
+    match ask_daemon(&request, AskOrigin::Ask).await {
         Ok(approval) => {
             if args.json {
                 print_json(&approval);
@@ -221,7 +221,7 @@ async fn ask_as_hook(hook: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let approval = match ask_daemon(&request, "hook").await {
+    let approval = match ask_daemon(&request, AskOrigin::Hook).await {
         Ok(approval) => approval,
         Err(Failure::Usage(message) | Failure::Failed(message)) => {
             eprintln!("error: {message}");
@@ -273,7 +273,10 @@ pub(crate) fn ask_exit_code(approval: &Approval) -> ExitCode {
 }
 
 /// Sends the request through the agent's socket and waits for the decision.
-pub(crate) async fn ask_daemon(request: &AskRequest, origin: &str) -> Result<Approval, Failure> {
+pub(crate) async fn ask_daemon(
+    request: &AskRequest,
+    origin: AskOrigin,
+) -> Result<Approval, Failure> {
     let socket = std::env::var_os("CELISTRA_ASK_SOCKET").ok_or_else(|| {
         Failure::Usage(
             "CELISTRA_ASK_SOCKET is not set: `celistrad ask` works inside an agent celistrad runs"
@@ -281,7 +284,5 @@ pub(crate) async fn ask_daemon(request: &AskRequest, origin: &str) -> Result<App
         )
     })?;
     let client = Client::for_agent_socket(std::path::Path::new(&socket));
-    Ok(client
-        .post(&format!("/v1/ask?origin={origin}"), request)
-        .await?)
+    Ok(client.ask(&AskQuery { origin }, request).await?)
 }

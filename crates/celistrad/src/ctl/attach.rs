@@ -14,7 +14,7 @@ use rustix::termios::{self, OptionalActions, Termios};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::{CtlResult, Failure, path_segment};
+use super::{CtlResult, Failure};
 
 /// The largest input frame the daemon takes.
 const MAX_INPUT_FRAME: usize = 64 * 1024;
@@ -151,7 +151,7 @@ enum Connection {
 /// One attachment to an agent's terminal, across reconnects.
 struct Attachment<'a> {
     client: &'a Client,
-    /// The agent as typed, ready for a URL path.
+    /// The agent as typed: an id or name.
     agent: String,
     role: TerminalRole,
     detach_key: DetachKey,
@@ -173,7 +173,7 @@ pub(crate) async fn run(client: &Client, args: AttachArgs) -> CtlResult {
     } else {
         TerminalRole::Writer
     };
-    let agent = path_segment(&args.agent);
+    let agent = args.agent.clone();
     // The first connection's failure (no daemon, no such agent) is reported, not retried.
     let terminal = client.attach(&agent, role).await?;
     let signals = Signals::listen()

@@ -5,12 +5,15 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use celistra_client::Client;
-use celistra_proto::{AuditBundle, AuditCheckpoint, AuditPage, AuditProof};
+use celistra_client::{Client, next_chunk};
+use celistra_proto::{
+    AuditBundle, AuditCheckpoint, AuditExportFormat, AuditPage, AuditProof, AuditQuery,
+    ExportQuery, ProofQuery,
+};
 use clap::{Args, Subcommand};
 
 use super::table::render;
-use super::{CtlResult, Failure, path_segment, print_json};
+use super::{CtlResult, Failure, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct AuditArgs {
@@ -100,9 +103,7 @@ pub(crate) async fn run(client: &Client, args: AuditArgs) -> CtlResult {
         Action::Verify(args) => verify(client, args).await,
         Action::Export(args) => export(client, args).await,
         Action::Checkpoint => {
-            let checkpoint: AuditCheckpoint = client
-                .post("/v1/audit/checkpoint", &serde_json::json!({}))
-                .await?;
+            let checkpoint: AuditCheckpoint = client.sign_audit_checkpoint().await?;
             print!("{}", checkpoint.checkpoint);
             Ok(())
         }
@@ -111,25 +112,17 @@ pub(crate) async fn run(client: &Client, args: AuditArgs) -> CtlResult {
 }
 
 async fn list(client: &Client, args: LsArgs) -> CtlResult {
-    let mut query = vec![format!("limit={}", args.limit)];
-    for (key, value) in [
-        ("since", &args.since),
-        ("until", &args.until),
-        ("actor", &args.actor),
-        ("action", &args.action),
-        ("agent", &args.agent),
-        ("text", &args.text),
-    ] {
-        if let Some(value) = value {
-            query.push(format!("{key}={}", path_segment(value)));
-        }
-    }
-    if let Some(after) = args.after {
-        query.push(format!("after={after}"));
-    }
-    let page: AuditPage = client
-        .get(&format!("/v1/audit?{}", query.join("&")))
-        .await?;
+    let query = AuditQuery {
+        since: args.since,
+        until: args.until,
+        actor: args.actor,
+        action: args.action,
+        agent: args.agent,
+        text: args.text,
+        after: args.after,
+        limit: Some(args.limit),
+    };
+    let page: AuditPage = client.list_audit(&query).await?;
     if args.json {
         print_json(&page);
         return Ok(());
@@ -185,7 +178,7 @@ fn write_bundle(dir: &Path, bundle: &AuditBundle) -> Result<(), Failure> {
 async fn export(client: &Client, args: ExportArgs) -> CtlResult {
     match args.format.as_str() {
         "bundle" => {
-            let bundle: AuditBundle = client.get("/v1/audit/bundle").await?;
+            let bundle: AuditBundle = client.get_audit_bundle().await?;
             write_bundle(&args.out, &bundle)?;
             println!(
                 "wrote {} (check it with `celistrad audit verify {}`)",
@@ -195,7 +188,14 @@ async fn export(client: &Client, args: ExportArgs) -> CtlResult {
             Ok(())
         }
         "csv" => {
-            let csv = super::read_text(client, "/v1/audit/export?format=csv").await?;
+            let query = ExportQuery {
+                format: AuditExportFormat::Csv,
+            };
+            let mut body = client.export_audit(&query).await?;
+            let mut csv = Vec::new();
+            while let Some(chunk) = next_chunk(&mut body).await? {
+                csv.extend_from_slice(&chunk);
+            }
             std::fs::create_dir_all(&args.out)
                 .map_err(|e| Failure::Failed(format!("{}: {e}", args.out.display())))?;
             let path = args.out.join("audit.csv");
@@ -225,7 +225,7 @@ fn progress(done: u64, total: u64) {
 }
 
 async fn verify(client: &Client, args: VerifyArgs) -> CtlResult {
-    let bundle: AuditBundle = client.get("/v1/audit/bundle").await?;
+    let bundle: AuditBundle = client.get_audit_bundle().await?;
     let dir = tempfile::tempdir()
         .map_err(|e| Failure::Failed(format!("cannot create a temporary directory: {e}")))?;
     write_bundle(dir.path(), &bundle)?;
@@ -233,7 +233,7 @@ async fn verify(client: &Client, args: VerifyArgs) -> CtlResult {
         .map_err(|tamper| Failure::Failed(format!("the audit log is altered: {tamper}")))?;
     let checkpoint = celistra_audit::verify_checkpoint(&bundle.checkpoint, &bundle.public_key)
         .map_err(|tamper| Failure::Failed(format!("the audit log is altered: {tamper}")))?;
-    let health: celistra_proto::Health = client.get("/v1/health").await?;
+    let health: celistra_proto::Health = client.get_health().await?;
     let seen = match args.seen {
         Some(path) => path,
         None => default_seen_file(&health.machine_id)?,
@@ -292,12 +292,12 @@ async fn check_against_seen(
             celistra_audit::verify_consistency(&old, new, &[]).unwrap_err(),
         ));
     }
-    let proof: AuditProof = client
-        .get(&format!(
-            "/v1/audit/proof?old_size={}&tree_size={}",
-            old.size, new.size
-        ))
-        .await?;
+    let query = ProofQuery {
+        seq: None,
+        old_size: Some(old.size),
+        tree_size: new.size,
+    };
+    let proof: AuditProof = client.get_audit_proof(&query).await?;
     celistra_audit::verify_consistency(&old, new, &proof.proof).map_err(altered)
 }
 
@@ -315,21 +315,22 @@ fn save_seen(seen: &Path, bundle: &AuditBundle) -> CtlResult {
 
 async fn prove(client: &Client, args: ProveArgs) -> CtlResult {
     let seq = args.seq;
-    let checkpoint: AuditCheckpoint = client
-        .post("/v1/audit/checkpoint", &serde_json::json!({}))
-        .await?;
+    let checkpoint: AuditCheckpoint = client.sign_audit_checkpoint().await?;
     let signed = celistra_audit::verify_checkpoint(&checkpoint.checkpoint, &checkpoint.public_key)
         .map_err(|tamper| Failure::Failed(tamper.to_string()))?;
-    let proof: AuditProof = client
-        .get(&format!(
-            "/v1/audit/proof?seq={seq}&tree_size={}",
-            signed.size
-        ))
-        .await?;
+    let query = ProofQuery {
+        seq: Some(seq),
+        old_size: None,
+        tree_size: signed.size,
+    };
+    let proof: AuditProof = client.get_audit_proof(&query).await?;
     // Listing is newest first: the page after `seq + 1` starts with `seq`.
-    let page: AuditPage = client
-        .get(&format!("/v1/audit?after={}&limit=1", seq + 1))
-        .await?;
+    let query = AuditQuery {
+        after: Some(seq + 1),
+        limit: Some(1),
+        ..AuditQuery::default()
+    };
+    let page: AuditPage = client.list_audit(&query).await?;
     let entry = page
         .entries
         .into_iter()

@@ -1,7 +1,7 @@
 //! `ctl events`: recent events from the daemon's backlog, optionally followed live.
 
-use celistra_client::{Client, SseParser, next_chunk};
-use celistra_proto::{Event, EventKind};
+use celistra_client::Client;
+use celistra_proto::{Event, EventKind, EventsQuery};
 use clap::Args;
 
 use super::{CtlResult, Failure};
@@ -20,18 +20,18 @@ pub(crate) struct EventsArgs {
 }
 
 pub(crate) async fn run(client: &Client, args: EventsArgs) -> CtlResult {
-    let path = format!("/v1/events?after={}&follow={}", args.after, args.follow);
-    let mut body = client.open_stream(&path).await?;
-    let mut parser = SseParser::default();
-    while let Some(chunk) = next_chunk(&mut body).await? {
-        for frame in parser.feed(&chunk) {
-            let event: Event = serde_json::from_str(&frame.data)
-                .map_err(|e| Failure::Failed(format!("unexpected event from the daemon: {e}")))?;
-            if args.json {
-                println!("{}", frame.data);
-            } else {
-                println!("{}", describe(&event));
-            }
+    let query = EventsQuery {
+        after: Some(args.after),
+        follow: args.follow,
+    };
+    let mut events = client.stream_events(&query).await?;
+    while let Some(frame) = events.next_frame().await? {
+        let event: Event = serde_json::from_str(&frame.data)
+            .map_err(|e| Failure::Failed(format!("unexpected event from the daemon: {e}")))?;
+        if args.json {
+            println!("{}", frame.data);
+        } else {
+            println!("{}", describe(&event));
         }
     }
     Ok(())

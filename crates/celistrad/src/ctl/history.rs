@@ -2,11 +2,11 @@
 
 use celistra_client::Client;
 use celistra_core::clock::{format_rfc3339_ms, parse_time_bound};
-use celistra_proto::RunRecord;
+use celistra_proto::{HistoryQuery, RunRecord};
 use clap::Args;
 
 use super::table::{compact_duration, now_ms, render};
-use super::{CtlResult, Failure, path_segment, print_json};
+use super::{CtlResult, Failure, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct HistoryArgs {
@@ -28,19 +28,18 @@ pub(crate) struct HistoryArgs {
 
 pub(crate) async fn run(client: &Client, args: HistoryArgs) -> CtlResult {
     let now = now_ms();
-    let mut query = vec![format!("limit={}", args.limit)];
-    if let Some(agent) = &args.agent {
-        query.push(format!("agent={}", path_segment(agent)));
-    }
-    for (key, text) in [("since", &args.since), ("until", &args.until)] {
-        if let Some(text) = text {
-            let bound = parse_time_bound(text, now).map_err(Failure::Usage)?;
-            query.push(format!("{key}={bound}"));
-        }
-    }
-    let runs: Vec<RunRecord> = client
-        .get(&format!("/v1/history?{}", query.join("&")))
-        .await?;
+    let bound = |text: &Option<String>| {
+        text.as_deref()
+            .map(|t| parse_time_bound(t, now).map_err(Failure::Usage))
+            .transpose()
+    };
+    let query = HistoryQuery {
+        agent: args.agent.clone(),
+        since: bound(&args.since)?,
+        until: bound(&args.until)?,
+        limit: Some(args.limit),
+    };
+    let runs: Vec<RunRecord> = client.list_runs(&query).await?;
     if args.json {
         print_json(&runs);
         return Ok(());

@@ -4,11 +4,10 @@ use std::io::Write;
 
 use celistra_client::{Client, next_chunk};
 use celistra_core::clock::parse_time_bound;
+use celistra_proto::{LogFormat, LogStream, LogsQuery, SearchQuery};
 use clap::Args;
-use hyper::Method;
-use serde::Deserialize;
 
-use super::{CtlResult, Failure, path_segment};
+use super::{CtlResult, Failure};
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
@@ -56,12 +55,6 @@ pub(crate) struct LogsArgs {
     clear: bool,
 }
 
-#[derive(Deserialize)]
-struct Cleared {
-    agent_id: String,
-    cleared_bytes: u64,
-}
-
 pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,40 +64,25 @@ pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
             .map(|t| parse_time_bound(t, now).map_err(Failure::Usage))
             .transpose()
     };
-    let mut query = vec![];
-    if let Some(since) = bound(&args.since)? {
-        query.push(format!("since={since}"));
-    }
-    if let Some(until) = bound(&args.until)? {
-        query.push(format!("until={until}"));
-    }
-    if let Some(grep) = &args.grep {
-        query.push(format!("grep={}", path_segment(grep)));
-    }
-    if args.timestamps {
-        query.push("timestamps=true".into());
-    }
-    if args.json {
-        query.push("format=jsonl".into());
+    let format = if args.json {
+        LogFormat::Jsonl
     } else if args.raw {
-        query.push("format=raw".into());
-    }
-    if args.stderr {
-        query.push("stream=stderr".into());
+        LogFormat::Raw
+    } else {
+        LogFormat::Text
+    };
+    let stream = if args.stderr {
+        Some(LogStream::Stderr)
     } else if args.stdout {
-        query.push("stream=stdout".into());
+        Some(LogStream::Stdout)
     } else if args.sandbox {
-        query.push("stream=sandbox".into());
-    }
-    let path = match &args.agent {
+        Some(LogStream::Sandbox)
+    } else {
+        None
+    };
+    let mut body = match &args.agent {
         Some(agent) if args.clear => {
-            let cleared: Cleared = client
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/agents/{}/logs", path_segment(agent)),
-                    None::<&()>,
-                )
-                .await?;
+            let cleared = client.clear_logs(agent).await?;
             println!(
                 "cleared {} bytes of output of {}",
                 cleared.cleared_bytes, cleared.agent_id
@@ -112,36 +90,37 @@ pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
             return Ok(());
         }
         Some(agent) => {
-            if let Some(tail) = args.tail {
-                query.push(format!("tail={tail}"));
-            }
-            if let Some(run) = args.run {
-                query.push(format!("run={run}"));
-            }
-            if args.follow {
-                query.push("follow=true".into());
-            }
-            format!(
-                "/v1/agents/{}/logs?{}",
-                path_segment(agent),
-                query.join("&")
-            )
+            let query = LogsQuery {
+                tail: args.tail,
+                follow: args.follow,
+                since: bound(&args.since)?,
+                until: bound(&args.until)?,
+                run: args.run,
+                grep: args.grep.clone(),
+                stream,
+                timestamps: args.timestamps,
+                format,
+            };
+            client.get_logs(agent, &query).await?
         }
-        None if args.grep.is_some() && !args.follow && args.run.is_none() => {
-            if let Some(tail) = args.tail {
-                query.push(format!("limit={tail}"));
-            }
-            format!("/v1/logs?{}", query.join("&"))
+        None if !args.follow && args.run.is_none() => {
+            let Some(grep) = args.grep.clone() else {
+                return Err(no_agent());
+            };
+            let query = SearchQuery {
+                grep,
+                agent: None,
+                since: bound(&args.since)?,
+                until: bound(&args.until)?,
+                stream,
+                limit: args.tail,
+                timestamps: args.timestamps,
+                format,
+            };
+            client.search_logs(&query).await?
         }
-        None => {
-            return Err(Failure::Usage(
-                "name an agent (id or name); only a --grep search without --follow or --run may \
-                 leave it out to search every agent"
-                    .into(),
-            ));
-        }
+        None => return Err(no_agent()),
     };
-    let mut body = client.open_stream(&path).await?;
     let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = next_chunk(&mut body).await? {
         // A closed pipe never gets here: SIGPIPE ends `ctl` first (see `main`).
@@ -150,4 +129,12 @@ pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
         }
     }
     Ok(())
+}
+
+fn no_agent() -> Failure {
+    Failure::Usage(
+        "name an agent (id or name); only a --grep search without --follow or --run may leave it \
+         out to search every agent"
+            .into(),
+    )
 }

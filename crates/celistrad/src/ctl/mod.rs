@@ -142,9 +142,9 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Spawn(args) => agents::spawn(client, args).await,
         Verb::Ls(args) => agents::list(client, args).await,
         Verb::Status(args) => agents::status(client, args).await,
-        Verb::Stop(args) => agents::act(client, args, "stop", "stopped").await,
-        Verb::Start(args) => agents::act(client, args, "start", "started").await,
-        Verb::Restart(args) => agents::act(client, args, "restart", "restarted").await,
+        Verb::Stop(args) => agents::stop(client, args).await,
+        Verb::Start(args) => agents::start(client, args).await,
+        Verb::Restart(args) => agents::restart(client, args).await,
         Verb::Rm(args) => agents::remove(client, args).await,
         Verb::Kill(args) => agents::kill(client, args).await,
         Verb::Rename(args) => agents::rename(client, args).await,
@@ -167,28 +167,6 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
 
 pub(crate) use approvals::{AskArgs, ask};
 pub(crate) use audit::verify_offline as verify_audit_bundle;
-
-/// Reads a whole response body as text (CSV, JSON lines).
-pub(crate) async fn read_text(client: &Client, path: &str) -> Result<String, Failure> {
-    let mut body = client.open_stream(path).await?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = celistra_client::next_chunk(&mut body).await? {
-        bytes.extend_from_slice(&chunk);
-    }
-    String::from_utf8(bytes).map_err(|_| Failure::Failed(format!("{path}: not UTF-8")))
-}
-
-/// Percent-encodes an agent id or name for a URL path, or any text for a query value.
-pub(crate) fn path_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// Prints a value as pretty JSON on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) {

@@ -4,10 +4,9 @@
 use celistra_client::Client;
 use celistra_proto::{ChannelStatus, NotificationsStatus, PushSubscriptionInfo};
 use clap::{Args, Subcommand};
-use hyper::Method;
 
 use super::table::render;
-use super::{CtlResult, Failure, path_segment, print_json};
+use super::{CtlResult, Failure, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct NotificationsArgs {
@@ -38,7 +37,7 @@ enum Action {
 pub(crate) async fn run(client: &Client, args: NotificationsArgs) -> CtlResult {
     match args.action.unwrap_or(Action::Ls { json: false }) {
         Action::Ls { json } => {
-            let status: NotificationsStatus = client.get("/v1/notifications").await?;
+            let status: NotificationsStatus = client.get_notifications().await?;
             if json {
                 print_json(&status);
                 return Ok(());
@@ -54,9 +53,7 @@ pub(crate) async fn run(client: &Client, args: NotificationsArgs) -> CtlResult {
             Ok(())
         }
         Action::Test { json } => {
-            let results: Vec<ChannelStatus> = client
-                .post("/v1/notifications/test", &serde_json::json!({}))
-                .await?;
+            let results: Vec<ChannelStatus> = client.test_notifications().await?;
             if json {
                 print_json(&results);
             } else if results.is_empty() {
@@ -73,13 +70,7 @@ pub(crate) async fn run(client: &Client, args: NotificationsArgs) -> CtlResult {
             }
         }
         Action::Unsubscribe { id } => {
-            let device: PushSubscriptionInfo = client
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/push/subscriptions/{}", path_segment(&id)),
-                    None::<&()>,
-                )
-                .await?;
+            let device: PushSubscriptionInfo = client.unsubscribe_push(&id).await?;
             println!("unsubscribed {} ({})", device.id, device.endpoint);
             Ok(())
         }

@@ -3,7 +3,6 @@
 use celistra_client::Client;
 use celistra_proto::{AgentSpec, ExplainRequest, SandboxExplanation, SandboxStatus, SandboxSwitch};
 use clap::{Args, Subcommand};
-use hyper::Method;
 
 use super::agents::JsonFlag;
 use super::{CtlResult, Failure, print_json};
@@ -56,15 +55,13 @@ pub(crate) struct ExplainArgs {
 pub(crate) async fn run(client: &Client, args: SandboxArgs) -> CtlResult {
     match args.action {
         Action::Status(json) => {
-            let status: SandboxStatus = client.get("/v1/sandbox").await?;
+            let status: SandboxStatus = client.get_sandbox().await?;
             show_status(&status, json.json);
             Ok(())
         }
         Action::On | Action::Off => {
             let enabled = matches!(args.action, Action::On);
-            let status: SandboxStatus = client
-                .call(Method::PUT, "/v1/sandbox", Some(&SandboxSwitch { enabled }))
-                .await?;
+            let status: SandboxStatus = client.switch_sandbox(&SandboxSwitch { enabled }).await?;
             show_status(&status, false);
             Ok(())
         }
@@ -137,7 +134,7 @@ async fn explain(client: &Client, args: ExplainArgs) -> CtlResult {
             }
         }
     };
-    let explanation: SandboxExplanation = client.post("/v1/sandbox/explain", &request).await?;
+    let explanation: SandboxExplanation = client.explain_sandbox(&request).await?;
     if args.json.json {
         print_json(&explanation);
     } else {

@@ -4,10 +4,9 @@
 use celistra_client::Client;
 use celistra_proto::{LoginLink, Role, SessionInfo};
 use clap::{Args, Subcommand};
-use hyper::Method;
 
 use super::table::{clock, compact_duration, now_ms, render};
-use super::{CtlResult, path_segment, print_json};
+use super::{CtlResult, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct DashboardArgs {
@@ -44,11 +43,7 @@ enum Action {
 
 /// Prints a login link (good once, for 5 minutes) and tries `xdg-open` on it.
 pub(crate) async fn dashboard(client: &Client, args: DashboardArgs) -> CtlResult {
-    let path = match args.role {
-        Some(role) => format!("/v1/sessions/login-codes?role={role}"),
-        None => "/v1/sessions/login-codes".to_owned(),
-    };
-    let link: LoginLink = client.call(Method::POST, &path, None::<&()>).await?;
+    let link: LoginLink = client.issue_login_code(args.role).await?;
     if args.json {
         print_json(&link);
     } else {
@@ -72,7 +67,7 @@ pub(crate) async fn dashboard(client: &Client, args: DashboardArgs) -> CtlResult
 pub(crate) async fn sessions(client: &Client, args: SessionsArgs) -> CtlResult {
     match args.action.unwrap_or(Action::Ls) {
         Action::Ls => {
-            let sessions: Vec<SessionInfo> = client.get("/v1/sessions").await?;
+            let sessions: Vec<SessionInfo> = client.list_sessions().await?;
             if args.json {
                 print_json(&sessions);
                 return Ok(());
@@ -107,13 +102,7 @@ pub(crate) async fn sessions(client: &Client, args: SessionsArgs) -> CtlResult {
             Ok(())
         }
         Action::Revoke { id } => {
-            let session: SessionInfo = client
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/sessions/{}", path_segment(&id)),
-                    None::<&()>,
-                )
-                .await?;
+            let session: SessionInfo = client.revoke_session(&id).await?;
             if args.json {
                 print_json(&session);
             } else {

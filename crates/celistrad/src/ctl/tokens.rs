@@ -6,10 +6,9 @@ use std::time::Duration;
 use celistra_client::Client;
 use celistra_proto::{Role, TokenCreated, TokenInfo, TokenRequest};
 use clap::{Args, Subcommand};
-use hyper::Method;
 
 use super::table::{clock, compact_duration, now_ms, render};
-use super::{CtlResult, Failure, path_segment, print_json};
+use super::{CtlResult, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct TokenArgs {
@@ -73,7 +72,7 @@ pub(crate) async fn run(client: &Client, args: TokenArgs) -> CtlResult {
                 role,
                 expires_in_secs: expires.map(|d| d.as_secs()),
             };
-            let created: TokenCreated = client.post("/v1/tokens", &request).await?;
+            let created: TokenCreated = client.create_token(&request).await?;
             if json {
                 print_json(&created);
             } else {
@@ -91,7 +90,7 @@ pub(crate) async fn run(client: &Client, args: TokenArgs) -> CtlResult {
             Ok(())
         }
         Action::Ls { json } => {
-            let tokens: Vec<TokenInfo> = client.get("/v1/tokens").await?;
+            let tokens: Vec<TokenInfo> = client.list_tokens().await?;
             if json {
                 print_json(&tokens);
                 return Ok(());
@@ -127,14 +126,7 @@ pub(crate) async fn run(client: &Client, args: TokenArgs) -> CtlResult {
             Ok(())
         }
         Action::Revoke { name, json } => {
-            let revoked: TokenInfo = client
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/tokens/{}", path_segment(&name)),
-                    None::<&()>,
-                )
-                .await
-                .map_err(Failure::from)?;
+            let revoked: TokenInfo = client.revoke_token(&name).await?;
             if json {
                 print_json(&revoked);
             } else {

@@ -2,7 +2,8 @@
 
 use celistra_client::ClientError;
 use celistra_proto::{
-    AgentInfo, AgentState, ApplyReport, ApplyRequest, ErrorCode, EventKind, Health,
+    AgentInfo, AgentState, ApplyReport, ApplyRequest, ErrorCode, EventKind, EventsQuery, Health,
+    LogsQuery,
 };
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
@@ -35,13 +36,14 @@ async fn every_route_requires_the_secret_over_tcp_and_the_socket() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    let doc: serde_json::Value = daemon.client.get("/v1/openapi.json").await.unwrap();
+    let doc = daemon.client.get_openapi().await.unwrap();
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 10, "{paths:?}");
     let tcp = daemon.client.clone().over_tcp(addr);
     for (path, methods) in paths {
-        // The dashboard login takes a one-time code, not the secret (tested in dashboard.rs).
-        if path == "/v1/sessions/login" {
+        // The dashboard login takes a one-time code, not the secret (tested in dashboard.rs), and
+        // a decision link's token is its credential (tested in notifications.rs).
+        if path == "/v1/sessions/login" || path.starts_with("/d/") {
             continue;
         }
         let concrete = path.replace("{agent}", "x").replace("{id}", "x");
@@ -73,7 +75,7 @@ async fn every_route_requires_the_secret_over_tcp_and_the_socket() {
         .await
         .unwrap();
     assert_eq!(status_and_code(unknown).await.0, StatusCode::UNAUTHORIZED);
-    let health: Health = tcp.get("/v1/health").await.unwrap();
+    let health: Health = tcp.get_health().await.unwrap();
     assert_eq!(health.pid, daemon.pid());
 }
 
@@ -85,19 +87,23 @@ async fn bad_input_gets_clear_errors_and_the_daemon_keeps_serving() {
         Err(ClientError::Api(e)) => e,
         other => panic!("expected an API error, got {other:?}"),
     };
-    let e = api_error(client.get("/v1/agents/nobody").await);
+    let e = api_error(client.get_agent("nobody").await);
     assert_eq!(e.code, ErrorCode::NotFound);
     assert!(e.message.contains("nobody"));
 
     daemon.spawn(spec("taken", "sleep 100")).await;
-    let e = api_error(
-        client
-            .post(
-                "/v1/agents/taken/kill",
-                &serde_json::json!({"signal": "USR9"}),
-            )
-            .await,
-    );
+    // A signal the typed request cannot hold, sent as raw JSON.
+    let response = client
+        .send(
+            Method::POST,
+            "/v1/agents/taken/kill",
+            Some(br#"{"signal": "USR9"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let e = api_error(celistra_client::decode(status, &body));
     assert_eq!(e.code, ErrorCode::InvalidJson);
     assert!(
         e.message.contains("unknown signal `USR9`") && e.message.contains("signal"),
@@ -109,7 +115,7 @@ async fn bad_input_gets_clear_errors_and_the_daemon_keeps_serving() {
         workspace: Some("/does/not/exist".into()),
         ..spec("w", "true")
     };
-    let e = api_error(client.post("/v1/agents", &missing).await);
+    let e = api_error(client.spawn_agent(&missing).await);
     assert_eq!(e.code, ErrorCode::WorkspaceInvalid);
     assert!(e.message.contains("/does/not/exist"));
 
@@ -118,7 +124,7 @@ async fn bad_input_gets_clear_errors_and_the_daemon_keeps_serving() {
         ..spec("taken", "true")
     };
     assert_eq!(
-        api_error(client.post("/v1/agents", &dup).await).code,
+        api_error(client.spawn_agent(&dup).await).code,
         ErrorCode::NameTaken
     );
 
@@ -188,7 +194,7 @@ async fn bad_input_gets_clear_errors_and_the_daemon_keeps_serving() {
         (StatusCode::BAD_REQUEST, Some(ErrorCode::InvalidRequest))
     );
 
-    let health: Health = client.get("/v1/health").await.unwrap();
+    let health: Health = client.get_health().await.unwrap();
     assert_eq!(health.agents, 1);
 }
 
@@ -205,7 +211,7 @@ async fn events_resume_after_last_event_id_without_loss() {
     let resume_from = seen.last().unwrap().id;
     daemon
         .client
-        .post::<AgentInfo>("/v1/agents/one/rename", &serde_json::json!({"name": "uno"}))
+        .rename_agent("one", &celistra_proto::RenameRequest { name: "uno".into() })
         .await
         .unwrap();
     let resumed = daemon
@@ -220,21 +226,15 @@ async fn events_resume_after_last_event_id_without_loss() {
     );
     assert!(resumed.iter().any(|e| matches!(&e.kind, EventKind::AgentRenamed { old_name, new_name, .. } if old_name == "one" && new_name == "uno")));
     // With follow=false the stream ends after the replay, which holds the same events.
-    let mut body = daemon
-        .client
-        .open_stream(&format!("/v1/events?follow=false&after={resume_from}"))
-        .await
-        .unwrap();
-    let mut parser = celistra_client::SseParser::default();
+    let query = EventsQuery {
+        after: Some(resume_from),
+        follow: false,
+    };
+    let mut events = daemon.client.stream_events(&query).await.unwrap();
     let mut ids = vec![];
     let read_all = async {
-        while let Some(chunk) = celistra_client::next_chunk(&mut body).await.unwrap() {
-            ids.extend(
-                parser
-                    .feed(&chunk)
-                    .into_iter()
-                    .map(|f| f.id.unwrap().parse::<u64>().unwrap()),
-            );
+        while let Some(frame) = events.next_frame().await.unwrap() {
+            ids.push(frame.id.unwrap().parse::<u64>().unwrap());
         }
     };
     tokio::time::timeout(crate::PATIENCE, read_all)
@@ -269,7 +269,7 @@ async fn apply_creates_restarts_only_changed_agents_and_prunes() {
     };
     let report: ApplyReport = daemon
         .client
-        .post("/v1/apply", &apply(agents("sleep 102"), false, false))
+        .apply(&apply(agents("sleep 102"), false, false))
         .await
         .unwrap();
     assert_eq!(report.created, ["a", "b"]);
@@ -285,7 +285,7 @@ async fn apply_creates_restarts_only_changed_agents_and_prunes() {
 
     let report: ApplyReport = daemon
         .client
-        .post("/v1/apply", &apply(agents("sleep 102"), false, false))
+        .apply(&apply(agents("sleep 102"), false, false))
         .await
         .unwrap();
     assert_eq!(
@@ -298,7 +298,7 @@ async fn apply_creates_restarts_only_changed_agents_and_prunes() {
     );
     let report: ApplyReport = daemon
         .client
-        .post("/v1/apply", &apply(agents("sleep 104"), true, true))
+        .apply(&apply(agents("sleep 104"), true, true))
         .await
         .unwrap();
     assert_eq!(
@@ -317,7 +317,7 @@ async fn apply_creates_restarts_only_changed_agents_and_prunes() {
 
     daemon
         .client
-        .post::<ApplyReport>("/v1/apply", &apply(agents("sleep 104"), true, false))
+        .apply(&apply(agents("sleep 104"), true, false))
         .await
         .unwrap();
     assert_eq!(
@@ -331,7 +331,7 @@ async fn apply_creates_restarts_only_changed_agents_and_prunes() {
     assert_ne!(b.pid, b_pid);
     assert_eq!(b.command, "sleep 104");
     assert!(
-        matches!(daemon.client.get::<AgentInfo>("/v1/agents/extra").await, Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound)
+        matches!(daemon.client.get_agent("extra").await, Err(ClientError::Api(e)) if e.code == ErrorCode::NotFound)
     );
 }
 
@@ -353,16 +353,13 @@ async fn logs_keep_output_and_follow_it_across_restarts() {
     };
     assert_eq!(tail.replace('\r', ""), "two\nthree\n");
 
-    let mut follow = daemon
-        .client
-        .open_stream(&format!("/v1/agents/{}/logs?follow=true&tail=0", agent.id))
-        .await
-        .unwrap();
-    daemon
-        .client
-        .post::<AgentInfo>(&format!("/v1/agents/{}/restart", agent.id), &())
-        .await
-        .unwrap();
+    let query = LogsQuery {
+        follow: true,
+        tail: Some(0),
+        ..LogsQuery::default()
+    };
+    let mut follow = daemon.client.get_logs(&agent.id, &query).await.unwrap();
+    daemon.client.restart_agent(&agent.id).await.unwrap();
     let mut seen = String::new();
     let read = async {
         while !seen.contains("three") {

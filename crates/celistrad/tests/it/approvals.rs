@@ -18,7 +18,7 @@ pub(crate) async fn pending_of(daemon: &Daemon, agent: &str) -> Approval {
     loop {
         let pending: Vec<Approval> = daemon
             .client
-            .get("/v1/approvals?pending=true")
+            .list_approvals(&celistra_proto::ApprovalsQuery { pending: true })
             .await
             .unwrap();
         if let Some(approval) = pending.into_iter().find(|a| a.agent_id == agent) {
@@ -32,16 +32,12 @@ pub(crate) async fn pending_of(daemon: &Daemon, agent: &str) -> Approval {
 pub(crate) async fn wait_output(daemon: &Daemon, agent: &str, text: &str) -> String {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let mut body = daemon
+        let body = daemon
             .client
-            .open_stream(&format!("/v1/agents/{agent}/logs"))
+            .get_logs(agent, &celistra_proto::LogsQuery::default())
             .await
             .unwrap();
-        let mut out = Vec::new();
-        while let Some(chunk) = celistra_client::next_chunk(&mut body).await.unwrap() {
-            out.extend_from_slice(&chunk);
-        }
-        let out = String::from_utf8_lossy(&out).into_owned();
+        let out = crate::read_body(body).await;
         if out.contains(text) {
             return out;
         }
@@ -86,11 +82,7 @@ async fn an_agent_asks_waits_and_goes_ahead_once_approved() {
     assert_eq!(again.status.code(), Some(1));
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("already approved by machine-secret"), "{err}");
-    let decided: Approval = daemon
-        .client
-        .get(&format!("/v1/approvals/{}", approval.id))
-        .await
-        .unwrap();
+    let decided: Approval = daemon.client.get_approval(&approval.id).await.unwrap();
     assert_eq!(decided.status, ApprovalStatus::Approved);
     assert_eq!(decided.reason.as_deref(), Some("looks fine"));
     assert_eq!(decided.decided_via.as_deref(), Some("cli"));
@@ -100,7 +92,10 @@ async fn an_agent_asks_waits_and_goes_ahead_once_approved() {
         .await;
     let audit: AuditPage = daemon
         .client
-        .get(&format!("/v1/audit?agent={}", agent.id))
+        .list_audit(&celistra_proto::AuditQuery {
+            agent: Some(agent.id.clone()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let actors: Vec<(&str, &str)> = audit
@@ -134,7 +129,11 @@ async fn a_denial_and_an_expiry_stop_the_agent_with_their_exit_codes() {
     assert!(out.status.success(), "{out:?}");
     wait_output(&daemon, &denied.id, "verdict: stop 1").await;
     wait_output(&daemon, &expiring.id, "verdict: stop 3").await;
-    let expired: Vec<Approval> = daemon.client.get("/v1/approvals").await.unwrap();
+    let expired: Vec<Approval> = daemon
+        .client
+        .list_approvals(&celistra_proto::ApprovalsQuery::default())
+        .await
+        .unwrap();
     let expired = expired.iter().find(|a| a.agent_id == expiring.id).unwrap();
     assert_eq!(expired.status, ApprovalStatus::Expired);
     assert_eq!(expired.decided_by.as_deref(), Some("system"));
@@ -180,11 +179,7 @@ async fn an_agent_cannot_decide_through_its_own_socket() {
     let approval = pending_of(&daemon, &agent.id).await;
     let out = wait_output(&daemon, &agent.id, "tried").await;
     assert!(out.contains("not_found"), "{out}");
-    let still: Approval = daemon
-        .client
-        .get(&format!("/v1/approvals/{}", approval.id))
-        .await
-        .unwrap();
+    let still: Approval = daemon.client.get_approval(&approval.id).await.unwrap();
     assert_eq!(still.status, ApprovalStatus::Pending);
 }
 
@@ -263,7 +258,7 @@ async fn an_agent_cannot_flood_the_inbox() {
     }
     let pending: Vec<Approval> = daemon
         .client
-        .get("/v1/approvals?pending=true")
+        .list_approvals(&celistra_proto::ApprovalsQuery { pending: true })
         .await
         .unwrap();
     assert_eq!(
@@ -282,7 +277,11 @@ async fn an_ask_with_an_escape_sequence_or_a_newline_is_refused_and_never_pendin
     let out = wait_output(&daemon, &agent.id, "asked: ").await;
     assert!(out.contains("control characters"), "{out}");
     assert!(out.contains("asked: 2"), "{out}");
-    let all: Vec<Approval> = daemon.client.get("/v1/approvals").await.unwrap();
+    let all: Vec<Approval> = daemon
+        .client
+        .list_approvals(&Default::default())
+        .await
+        .unwrap();
     assert!(all.iter().all(|a| a.agent_id != agent.id), "{all:?}");
     assert_ne!(
         daemon.agent(&agent.id).await.state,

@@ -2,28 +2,28 @@
 //! and the live tail, verification by `ctl audit verify` (and its refusals of an altered, rolled
 //! back or re-keyed log), offline verification of an export, and the hourly check's event.
 
-use celistra_client::{SseParser, next_chunk};
-use celistra_proto::{AgentInfo, AuditEntry, AuditPage, EventKind, Health};
+use celistra_proto::{AuditEntry, AuditPage, AuditQuery, AuditTailQuery, EventKind, Health};
 
 use crate::{Daemon, PATIENCE, spec};
 
-async fn entries(daemon: &Daemon, query: &str) -> Vec<AuditEntry> {
+/// Entries of one action.
+fn action(action: &str) -> AuditQuery {
+    AuditQuery {
+        action: Some(action.to_owned()),
+        ..AuditQuery::default()
+    }
+}
+
+async fn entries(daemon: &Daemon, filter: AuditQuery) -> Vec<AuditEntry> {
     let mut all = vec![];
     let mut after: Option<u64> = None;
     loop {
-        let page: AuditPage = daemon
-            .client
-            .get(&format!(
-                "/v1/audit?limit=1000{}{}",
-                after.map(|a| format!("&after={a}")).unwrap_or_default(),
-                if query.is_empty() {
-                    String::new()
-                } else {
-                    format!("&{query}")
-                }
-            ))
-            .await
-            .expect("audit query");
+        let query = AuditQuery {
+            after,
+            limit: Some(1000),
+            ..filter.clone()
+        };
+        let page: AuditPage = daemon.client.list_audit(&query).await.expect("audit query");
         all.extend(page.entries);
         match page.next_after {
             Some(next) => after = Some(next),
@@ -77,8 +77,8 @@ async fn every_privileged_action_is_recorded_once_with_its_actor() {
     let intruder = celistra_client::Client::for_home(daemon.home(), "test")
         .unwrap()
         .with_secret("0000");
-    assert!(intruder.get::<Vec<AgentInfo>>("/v1/agents").await.is_err());
-    let all = entries(&daemon, "").await;
+    assert!(intruder.list_agents().await.is_err());
+    let all = entries(&daemon, AuditQuery::default()).await;
     assert_eq!(
         actions_on(&all, &id),
         [
@@ -129,7 +129,14 @@ async fn every_privileged_action_is_recorded_once_with_its_actor() {
         .unwrap();
     assert_eq!(run.body["sandbox"]["sandboxed"], true, "{run:?}");
     // Queries filter by action and agent.
-    let spawned = entries(&daemon, &format!("action=agent_spawned&agent={id}")).await;
+    let spawned = entries(
+        &daemon,
+        AuditQuery {
+            agent: Some(id.clone()),
+            ..action("agent_spawned")
+        },
+    )
+    .await;
     assert_eq!(spawned.len(), 1);
 }
 
@@ -147,7 +154,7 @@ async fn apply_and_config_changes_are_recorded() {
     ok(&daemon.ctl(&["apply", &file.display().to_string()]));
     std::fs::write(daemon.home().join("config.json"), r#"{"restart_max": 7}"#).unwrap();
     daemon.spawn(spec("b", "sleep 600")).await;
-    let all = entries(&daemon, "").await;
+    let all = entries(&daemon, AuditQuery::default()).await;
     let applied = all
         .iter()
         .find(|e| e.action == "config_applied")
@@ -164,23 +171,23 @@ async fn apply_and_config_changes_are_recorded() {
 #[tokio::test]
 async fn the_live_tail_streams_new_entries() {
     let daemon = Daemon::start().await;
-    let last = entries(&daemon, "").await.last().map_or(0, |e| e.seq);
-    let mut body = daemon
+    let last = entries(&daemon, AuditQuery::default())
+        .await
+        .last()
+        .map_or(0, |e| e.seq);
+    let mut tail = daemon
         .client
-        .open_stream(&format!("/v1/audit/tail?after={last}"))
+        .tail_audit(&AuditTailQuery { after: Some(last) })
         .await
         .unwrap();
     let agent = daemon.spawn(spec("tailed", "sleep 600")).await;
-    let mut parser = SseParser::default();
     let seen = tokio::time::timeout(PATIENCE, async {
         loop {
-            let chunk = next_chunk(&mut body).await.unwrap().expect("stream open");
-            for frame in parser.feed(&chunk) {
-                let entry: AuditEntry = serde_json::from_str(&frame.data).unwrap();
-                assert!(entry.seq > last);
-                if entry.target == agent.id && entry.action == "agent_spawned" {
-                    return entry;
-                }
+            let frame = tail.next_frame().await.unwrap().expect("stream open");
+            let entry: AuditEntry = serde_json::from_str(&frame.data).unwrap();
+            assert!(entry.seq > last);
+            if entry.target == agent.id && entry.action == "agent_spawned" {
+                return entry;
             }
         }
     })
@@ -235,7 +242,7 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
     assert!(csv.lines().count() > 5, "{csv}");
 
     // An edited entry in an export is caught offline, naming it.
-    let victim = entries(&daemon, "action=agent_spawned").await[2].seq;
+    let victim = entries(&daemon, action("agent_spawned")).await[2].seq;
     edit_entry(&bundle.join("entries.jsonl"), victim, |e| {
         e["body"]["command"] = "evil".into()
     });
@@ -262,11 +269,8 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
         err.contains("altered") && err.contains(&victim.to_string()),
         "{err}"
     );
-    let verification: celistra_proto::AuditVerification = daemon
-        .client
-        .post("/v1/audit/verify", &serde_json::json!({}))
-        .await
-        .unwrap();
+    let verification: celistra_proto::AuditVerification =
+        daemon.client.verify_audit().await.unwrap();
     assert!(!verification.ok);
     assert_eq!(verification.first_bad_seq, Some(victim));
     daemon
@@ -274,7 +278,7 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
             matches!(&e.kind, EventKind::AuditVerifyFailed { first_bad_seq, .. } if *first_bad_seq == Some(victim))
         })
         .await;
-    let health: Health = daemon.client.get("/v1/health").await.unwrap();
+    let health: Health = daemon.client.get_health().await.unwrap();
     assert_eq!(health.status, "audit_verify_failed");
 }
 
@@ -282,11 +286,7 @@ async fn verify_export_and_offline_verification_catch_an_edited_entry() {
 async fn a_rolled_back_or_rekeyed_log_fails_against_the_checkpoint_seen_before() {
     let mut daemon = Daemon::start().await;
     daemon.spawn(spec("early", "true")).await;
-    daemon
-        .client
-        .post::<serde_json::Value>("/v1/audit/checkpoint", &serde_json::json!({}))
-        .await
-        .unwrap();
+    daemon.client.sign_audit_checkpoint().await.unwrap();
     // An older copy of the log and of its checkpoint, consistent with each other.
     let old_log = std::fs::read(daemon.home().join("audit.log")).unwrap();
     let old_checkpoint = std::fs::read(daemon.home().join("audit.checkpoint")).unwrap();
@@ -338,7 +338,7 @@ async fn a_torn_last_entry_after_kill_9_is_cut_and_the_cut_recorded() {
     text.extend_from_slice(br#"{"seq":999,"time_ms":17954"#);
     std::fs::write(&log, &text).unwrap();
     daemon.restart_process().await;
-    let cut = entries(&daemon, "action=audit_log_truncated").await;
+    let cut = entries(&daemon, action("audit_log_truncated")).await;
     assert_eq!(cut.len(), 1, "{cut:?}");
     assert_eq!(cut[0].actor, "system");
     let out = ok(&verify_audit(&daemon));
@@ -372,13 +372,11 @@ async fn prove_checks_an_entry_against_a_signed_checkpoint_as_text_or_json() {
 async fn the_documented_query_parameters_are_the_accepted_ones() {
     let daemon = Daemon::start().await;
     let documented = "/v1/audit?since=1h&until=2099-01-01T00:00:00Z&actor=a&action=b&agent=c&text=d&limit=5&after=10";
-    let page: Result<AuditPage, _> = daemon.client.get(documented).await;
+    let page: Result<AuditPage, _> = crate::get_json(&daemon.client, documented).await;
     assert!(page.is_ok(), "{page:?}");
     for undocumented in ["since_ms=0", "after_seq=1", "target=x"] {
-        let page: Result<AuditPage, _> = daemon
-            .client
-            .get(&format!("/v1/audit?{undocumented}"))
-            .await;
+        let page: Result<AuditPage, _> =
+            crate::get_json(&daemon.client, &format!("/v1/audit?{undocumented}")).await;
         assert!(page.is_err(), "{undocumented} was accepted");
     }
 }

@@ -74,7 +74,7 @@ fn code_of(body: &str) -> Option<ErrorCode> {
 async fn login_link(daemon: &Daemon) -> LoginLink {
     daemon
         .client
-        .call(Method::POST, "/v1/sessions/login-codes", None::<&()>)
+        .issue_login_code(None)
         .await
         .expect("login code")
 }
@@ -288,7 +288,11 @@ async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anythi
     // The session is the actor of what it did; login and spawn are in the audit log.
     let actor = state.session.actor.clone();
     assert_eq!(actor, format!("session:{}", state.session.id));
-    let audit: celistra_proto::AuditPage = daemon.client.get("/v1/audit?limit=100").await.unwrap();
+    let query = celistra_proto::AuditQuery {
+        limit: Some(100),
+        ..celistra_proto::AuditQuery::default()
+    };
+    let audit = daemon.client.list_audit(&query).await.unwrap();
     let actions: Vec<(&str, &str)> = audit
         .entries
         .iter()
@@ -334,7 +338,10 @@ async fn a_login_code_opens_one_session_whose_cookie_needs_csrf_to_change_anythi
     assert_eq!(unknown.status.code(), Some(1));
     let audit: celistra_proto::AuditPage = daemon
         .client
-        .get("/v1/audit?action=session_revoked")
+        .list_audit(&celistra_proto::AuditQuery {
+            action: Some("session_revoked".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(audit.entries.len(), 1);
@@ -347,7 +354,7 @@ async fn usage_reports_cpu_time_and_memory_of_running_agents() {
     daemon
         .wait_state(&agent.id, celistra_proto::AgentState::Running)
         .await;
-    let usage: Vec<celistra_proto::AgentUsage> = daemon.client.get("/v1/usage").await.unwrap();
+    let usage: Vec<celistra_proto::AgentUsage> = daemon.client.list_usage().await.unwrap();
     let mine = usage
         .iter()
         .find(|u| u.agent_id == agent.id)

@@ -4,18 +4,15 @@
 use std::time::{Duration, Instant};
 
 use celistra_client::next_chunk;
-use celistra_proto::{AgentSpec, AgentState, EventKind, Health, LogLine, RunCause, RunRecord};
+use celistra_proto::{
+    AgentSpec, AgentState, EventKind, Health, LogLine, LogsQuery, RunCause, RunRecord,
+};
 
 use crate::{Daemon, PATIENCE, marker, spec, wait_no_process_with};
 
 /// Reads a whole logs (or search) response as text.
 async fn logs(daemon: &Daemon, path: &str) -> String {
-    let mut body = daemon.client.open_stream(path).await.expect("logs");
-    let mut text = Vec::new();
-    while let Some(chunk) = next_chunk(&mut body).await.expect("logs body") {
-        text.extend_from_slice(&chunk);
-    }
-    String::from_utf8(text).expect("utf-8 logs")
+    crate::get_text(&daemon.client, path).await
 }
 
 /// Polls a logs path until `done` holds for its text (bounded).
@@ -37,7 +34,10 @@ async fn wait_logs(daemon: &Daemon, path: &str, done: impl Fn(&str) -> bool) -> 
 async fn runs(daemon: &Daemon, agent: &str) -> Vec<RunRecord> {
     daemon
         .client
-        .get(&format!("/v1/history?agent={agent}"))
+        .list_runs(&celistra_proto::HistoryQuery {
+            agent: Some(agent.to_owned()),
+            ..Default::default()
+        })
         .await
         .expect("history")
 }
@@ -137,9 +137,13 @@ async fn logs_follow_across_restarts_without_gap_or_duplicate() {
     agent_spec.workspace = Some(workspace.path().display().to_string());
     daemon.spawn(agent_spec).await;
 
+    let follow = LogsQuery {
+        follow: true,
+        ..LogsQuery::default()
+    };
     let mut body = daemon
         .client
-        .open_stream("/v1/agents/looper/logs?follow=true")
+        .get_logs("looper", &follow)
         .await
         .expect("follow");
     let mut text = String::new();
@@ -340,7 +344,7 @@ async fn size_limits_drop_the_oldest_output_and_clear_empties_it() {
     })
     .await;
     assert_eq!(tail, "1500000\n");
-    let health: Health = daemon.client.get("/v1/health").await.unwrap();
+    let health: Health = daemon.client.get_health().await.unwrap();
     assert!(
         health.history.stored_bytes <= 1024 * 1024 + 4096,
         "stored on disk beyond the agent's limit: {health:?}"
@@ -395,7 +399,7 @@ async fn a_corrupt_database_is_moved_aside_and_replaced() {
             .unwrap()
             .starts_with(b"this is not a database")
     );
-    let health: Health = daemon.client.get("/v1/health").await.unwrap();
+    let health: Health = daemon.client.get_health().await.unwrap();
     assert!(health.history.ok, "{health:?}");
     // The restored agent's new run is saved in the fresh database.
     daemon.spawn(spec("after", "echo after-recovery")).await;
@@ -517,7 +521,7 @@ async fn a_full_disk_drops_output_without_slowing_the_agent_and_recovers() {
         .events_until(0, |e| matches!(e.kind, EventKind::LogsDropped { .. }))
         .await;
     let last = events.last().unwrap().id;
-    let health: Health = daemon.client.get("/v1/health").await.unwrap();
+    let health: Health = daemon.client.get_health().await.unwrap();
     assert!(
         !health.history.ok && health.history.dropped_bytes > 0,
         "{health:?}"
@@ -531,7 +535,7 @@ async fn a_full_disk_drops_output_without_slowing_the_agent_and_recovers() {
         .events_until(last, |e| matches!(e.kind, EventKind::LogsRecovered { .. }))
         .await;
     wait_logs(&daemon, "/v1/agents/later/logs", |t| t == "saved-again\n").await;
-    let health: Health = daemon.client.get("/v1/health").await.unwrap();
+    let health: Health = daemon.client.get_health().await.unwrap();
     assert!(health.history.ok, "{health:?}");
     let _ = daemon.ctl(&["stop", "full"]);
     assert!(daemon.signal_and_wait("TERM").success());

@@ -11,6 +11,7 @@ mod approvals;
 mod attach;
 mod audit;
 mod cli;
+mod contract;
 mod dashboard;
 mod history;
 mod notifications;
@@ -26,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use celistra_client::{Client, SseParser, next_chunk};
-use celistra_proto::{AgentInfo, AgentSpec, AgentState, Event};
+use celistra_client::{Client, next_chunk};
+use celistra_proto::{AgentInfo, AgentSpec, AgentState, Event, EventsQuery};
+use http_body_util::BodyExt;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_celistrad");
 /// Upper bound of any single wait in these tests.
@@ -204,14 +206,11 @@ impl Daemon {
                 .or_else(|| Some(self.work.path().display().to_string())),
             ..spec
         };
-        self.client.post("/v1/agents", &spec).await.expect("spawn")
+        self.client.spawn_agent(&spec).await.expect("spawn")
     }
 
     pub(crate) async fn agent(&self, key: &str) -> AgentInfo {
-        self.client
-            .get(&format!("/v1/agents/{key}"))
-            .await
-            .expect("get agent")
+        self.client.get_agent(key).await.expect("get agent")
     }
 
     /// Polls the agent until `done` holds (bounded by [`PATIENCE`]).
@@ -246,22 +245,19 @@ impl Daemon {
         after: u64,
         stop: impl Fn(&Event) -> bool,
     ) -> Vec<Event> {
-        let mut body = self
-            .client
-            .open_stream(&format!("/v1/events?after={after}"))
-            .await
-            .expect("events");
-        let mut parser = SseParser::default();
+        let query = EventsQuery {
+            after: Some(after),
+            ..EventsQuery::default()
+        };
+        let mut events = self.client.stream_events(&query).await.expect("events");
         let mut seen = vec![];
         let collect = async {
-            while let Some(chunk) = next_chunk(&mut body).await.expect("event stream") {
-                for frame in parser.feed(&chunk) {
-                    let event: Event = serde_json::from_str(&frame.data).expect("event json");
-                    let last = stop(&event);
-                    seen.push(event);
-                    if last {
-                        return;
-                    }
+            while let Some(frame) = events.next_frame().await.expect("event stream") {
+                let event: Event = serde_json::from_str(&frame.data).expect("event json");
+                let last = stop(&event);
+                seen.push(event);
+                if last {
+                    return;
                 }
             }
         };
@@ -317,10 +313,7 @@ async fn wait_until_serving(home: &Path) -> Client {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Ok(client) = Client::for_home(home, "test")
-            && client
-                .get::<celistra_proto::Health>("/v1/health")
-                .await
-                .is_ok()
+            && client.get_health().await.is_ok()
         {
             return client;
         }
@@ -402,4 +395,49 @@ pub(crate) fn marker() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("{}{:03}", 100_000 + std::process::id() % 800_000, n)
+}
+
+/// The whole body of a `GET` of `path` as text, which must succeed: for tests of the query strings
+/// the daemon takes, written as a client would send them.
+pub(crate) async fn get_text(client: &Client, path: &str) -> String {
+    let response = client
+        .send(hyper::Method::GET, path, None)
+        .await
+        .expect("request");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(status.is_success(), "GET {path}: {status}: {text}");
+    text
+}
+
+/// The whole of a streamed body (logs, a search, an export) as text.
+pub(crate) async fn read_body(mut body: hyper::body::Incoming) -> String {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = next_chunk(&mut body).await.expect("body") {
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// GET `path` as written (for tests of how the daemon reads query strings): the decoded JSON
+/// answer, or the API error.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    path: &str,
+) -> Result<T, celistra_client::ClientError> {
+    let response = client.send(hyper::Method::GET, path, None).await?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    celistra_client::decode(status, &body)
 }

@@ -132,7 +132,7 @@ fn mode_of(path: &std::path::Path) -> u32 {
 async fn web_push_reaches_the_device_encrypted_and_its_link_decides_once() {
     let mut push = Receiver::start(&[("/push/gone", &[410])]).await;
     let daemon = Daemon::start().await;
-    let vapid: VapidKeyInfo = daemon.client.get("/v1/push/vapid-key").await.unwrap();
+    let vapid: VapidKeyInfo = daemon.client.get_vapid_key().await.unwrap();
     let phone = Browser::generate().unwrap();
     let subscribe = |endpoint: String, keys, label: &str| PushSubscriptionRequest {
         endpoint,
@@ -141,11 +141,7 @@ async fn web_push_reaches_the_device_encrypted_and_its_link_decides_once() {
         label: Some(label.into()),
     };
     let add = async |request: PushSubscriptionRequest| -> PushSubscriptionInfo {
-        daemon
-            .client
-            .post("/v1/push/subscriptions", &request)
-            .await
-            .unwrap()
+        daemon.client.subscribe_push(&request).await.unwrap()
     };
     let device = add(subscribe(
         push.url("/push/phone"),
@@ -168,14 +164,11 @@ async fn web_push_reaches_the_device_encrypted_and_its_link_decides_once() {
     // A subscription a browser could not have made is refused, saying why.
     let bad = daemon
         .client
-        .post::<PushSubscriptionInfo>(
-            "/v1/push/subscriptions",
-            &subscribe(
-                "http://192.0.2.1/push".into(),
-                phone.keys(),
-                "plain http elsewhere",
-            ),
-        )
+        .subscribe_push(&subscribe(
+            "http://192.0.2.1/push".into(),
+            phone.keys(),
+            "plain http elsewhere",
+        ))
         .await
         .unwrap_err();
     assert!(bad.to_string().contains("endpoint"), "{bad}");
@@ -258,7 +251,7 @@ async fn web_push_reaches_the_device_encrypted_and_its_link_decides_once() {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let devices: Vec<PushSubscriptionInfo> =
-            daemon.client.get("/v1/push/subscriptions").await.unwrap();
+            daemon.client.list_push_subscriptions().await.unwrap();
         if devices.iter().all(|d| d.id != gone.id) {
             assert!(devices.iter().any(|d| d.id == device.id));
             break;
@@ -266,7 +259,11 @@ async fn web_push_reaches_the_device_encrypted_and_its_link_decides_once() {
         assert!(Instant::now() < deadline, "the gone device is still listed");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let audit: AuditPage = daemon.client.get("/v1/audit?limit=500").await.unwrap();
+    let query = celistra_proto::AuditQuery {
+        limit: Some(500),
+        ..celistra_proto::AuditQuery::default()
+    };
+    let audit: AuditPage = daemon.client.list_audit(&query).await.unwrap();
     let actions: Vec<(&str, &str, &str)> = audit
         .entries
         .iter()
@@ -331,11 +328,7 @@ async fn ntfy_buttons_decide_and_forged_or_expired_links_are_refused() {
     }
     let (status, _, _) = open_link(&daemon, Method::POST, "/d/nonsense", verdict).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let still: Approval = daemon
-        .client
-        .get(&format!("/v1/approvals/{}", approval.id))
-        .await
-        .unwrap();
+    let still: Approval = daemon.client.get_approval(&approval.id).await.unwrap();
     assert_eq!(still.status, ApprovalStatus::Pending);
 
     // The Deny button, pressed as the ntfy app does: its method, URL and body.
@@ -365,7 +358,11 @@ async fn ntfy_buttons_decide_and_forged_or_expired_links_are_refused() {
     // Forged links are failed authentications in the audit log.
     let audit: AuditPage = daemon
         .client
-        .get("/v1/audit?action=auth_failed&limit=100")
+        .list_audit(&celistra_proto::AuditQuery {
+            action: Some("auth_failed".into()),
+            limit: Some(100),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(audit.entries.len() >= 3, "{:?}", audit.entries);
@@ -431,7 +428,7 @@ async fn webhooks_are_signed_and_retried_with_backoff() {
     wait_output(&daemon, &agent.id, "verdict: go").await;
     let decided = hook.next().await;
     assert_eq!(decided.headers["x-celistra-event"], "approval_decided");
-    let status: NotificationsStatus = daemon.client.get("/v1/notifications").await.unwrap();
+    let status: NotificationsStatus = daemon.client.get_notifications().await.unwrap();
     let ops = status
         .channels
         .iter()

@@ -115,7 +115,11 @@ async fn events_and_the_terminal_websocket_work_over_tls_and_end_at_shutdown() {
     daemon.wait_state("echoer", AgentState::Running).await;
 
     // Server-sent events through the TLS stream.
-    let mut body = client.open_stream("/v1/events?after=0").await.expect("sse");
+    let mut body = client
+        .send(hyper::Method::GET, "/v1/events?after=0", None)
+        .await
+        .expect("sse")
+        .into_body();
     let mut parser = SseParser::default();
     let spawned = async {
         while let Some(chunk) = next_chunk(&mut body).await.expect("events") {

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use celistra_client::{Client, TerminalEvent, next_chunk};
 use celistra_proto::{
-    Access, ApiError, ErrorCode, Role, TerminalRole, TokenCreated, TokenInfo, TokenRequest,
+    Access, ApiError, ErrorCode, EventsQuery, LogsQuery, Role, TerminalRole, TicketRequest,
+    TokenCreated, TokenInfo, TokenRequest,
 };
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
@@ -16,14 +17,11 @@ use crate::{Daemon, PATIENCE, spec};
 async fn create_token(daemon: &Daemon, name: &str, role: Role, expires: Option<u64>) -> String {
     let created: TokenCreated = daemon
         .client
-        .post(
-            "/v1/tokens",
-            &TokenRequest {
-                name: name.into(),
-                role,
-                expires_in_secs: expires,
-            },
-        )
+        .create_token(&TokenRequest {
+            name: name.into(),
+            role,
+            expires_in_secs: expires,
+        })
         .await
         .expect("create token");
     created.token
@@ -85,7 +83,7 @@ async fn every_route_answers_each_role_exactly_as_the_route_table_says() {
     let expired = create_token(&daemon, "expired", Role::Owner, Some(1)).await;
     until_expired(&daemon.client, &expired).await;
 
-    let doc: serde_json::Value = daemon.client.get("/v1/openapi.json").await.unwrap();
+    let doc: serde_json::Value = daemon.client.get_openapi().await.unwrap();
     let mut checked = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         // Placeholders name nothing that exists, so no request changes anything.
@@ -93,6 +91,7 @@ async fn every_route_answers_each_role_exactly_as_the_route_table_says() {
             .replace("{agent}", "nobody")
             .replace("{id}", "nothing")
             .replace("{name}", "nothing")
+            .replace("{token}", "nothing")
             .replace("{verdict}", "approve");
         for (method, operation) in item.as_object().unwrap() {
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
@@ -172,14 +171,28 @@ async fn terminal_tickets_follow_the_role_a_viewer_gets_only_viewer_tickets() {
         Err(celistra_client::ClientError::Api(e)) => e,
         other => panic!("expected a refusal, got {other:?}"),
     };
-    let error = refusal(viewer.terminal_ticket("shell", TerminalRole::Writer).await);
+    let error = refusal(
+        viewer
+            .issue_terminal_ticket(
+                "shell",
+                &TicketRequest {
+                    role: TerminalRole::Writer,
+                },
+            )
+            .await,
+    );
     assert_eq!(
         (error.code, error.required_role),
         (ErrorCode::RoleRequired, Some(Role::Operator))
     );
     let error = refusal(
         approver
-            .terminal_ticket("shell", TerminalRole::Viewer)
+            .issue_terminal_ticket(
+                "shell",
+                &TicketRequest {
+                    role: TerminalRole::Viewer,
+                },
+            )
             .await,
     );
     assert_eq!(
@@ -187,12 +200,22 @@ async fn terminal_tickets_follow_the_role_a_viewer_gets_only_viewer_tickets() {
         (ErrorCode::RoleRequired, Some(Role::Viewer))
     );
     let ticket = viewer
-        .terminal_ticket("shell", TerminalRole::Viewer)
+        .issue_terminal_ticket(
+            "shell",
+            &TicketRequest {
+                role: TerminalRole::Viewer,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(ticket.role, TerminalRole::Viewer);
     let ticket = operator
-        .terminal_ticket("shell", TerminalRole::Writer)
+        .issue_terminal_ticket(
+            "shell",
+            &TicketRequest {
+                role: TerminalRole::Writer,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(ticket.role, TerminalRole::Writer);
@@ -204,29 +227,35 @@ async fn revoking_a_token_ends_its_event_streams_and_terminals_at_once() {
     daemon.spawn(spec("shell", "exec cat")).await;
     let token = create_token(&daemon, "watcher", Role::Viewer, None).await;
     let watcher = daemon.client.clone().with_secret(&token);
-    let mut events = watcher.open_stream("/v1/events").await.unwrap();
-    let mut audit = watcher.open_stream("/v1/audit/tail").await.unwrap();
-    let mut logs = watcher
-        .open_stream("/v1/agents/shell/logs?follow=true")
-        .await
-        .unwrap();
+    let follow = EventsQuery {
+        after: None,
+        follow: true,
+    };
+    let mut events = watcher.stream_events(&follow).await.unwrap();
+    let mut audit = watcher.tail_audit(&Default::default()).await.unwrap();
+    let logs_query = LogsQuery {
+        follow: true,
+        ..Default::default()
+    };
+    let mut logs = watcher.get_logs("shell", &logs_query).await.unwrap();
     let mut terminal = watcher.attach("shell", TerminalRole::Viewer).await.unwrap();
     // The owner's own stream stays open.
-    let mut owners = daemon.client.open_stream("/v1/events").await.unwrap();
+    let mut owners = daemon.client.stream_events(&follow).await.unwrap();
 
     let revoke = daemon.ctl(&["token", "revoke", "watcher"]);
     assert!(revoke.status.success(), "{revoke:?}");
-    for (what, body) in [
-        ("events", &mut events),
-        ("audit tail", &mut audit),
-        ("logs", &mut logs),
-    ] {
+    for (what, stream) in [("events", &mut events), ("audit tail", &mut audit)] {
         let ended = tokio::time::timeout(PATIENCE, async {
-            while next_chunk(body).await.ok().flatten().is_some() {}
+            while stream.next_frame().await.ok().flatten().is_some() {}
         })
         .await;
         assert!(ended.is_ok(), "the {what} stream stayed open");
     }
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while next_chunk(&mut logs).await.ok().flatten().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the log follow stayed open");
     let code = tokio::time::timeout(PATIENCE, async {
         loop {
             if let TerminalEvent::Closed { code, .. } = terminal.next().await {
@@ -240,10 +269,8 @@ async fn revoking_a_token_ends_its_event_streams_and_terminals_at_once() {
     // Others' streams are untouched: the owner's stream sees the next event.
     daemon.spawn(spec("after", "sleep 100")).await;
     let seen = tokio::time::timeout(PATIENCE, async {
-        let mut text = String::new();
-        while let Ok(Some(chunk)) = next_chunk(&mut owners).await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains("\"after\"") {
+        while let Ok(Some(frame)) = owners.next_frame().await {
+            if frame.data.contains("\"after\"") {
                 return true;
             }
         }
@@ -273,30 +300,21 @@ async fn ctl_token_prints_the_token_once_lists_without_it_and_nothing_stores_it_
     let token = stdout.lines().last().unwrap().to_owned();
     assert!(token.starts_with("cel_") && token.len() == 68, "{stdout}");
     let client = daemon.client.clone().with_secret(&token);
-    client
-        .get::<Vec<celistra_proto::AgentInfo>>("/v1/agents")
-        .await
-        .unwrap();
+    client.list_agents().await.unwrap();
     // An operator runs agents; the audit log names the token.
     let spec = celistra_proto::AgentSpec {
         workspace: Some(daemon.work.path().display().to_string()),
         ..spec("job", "sleep 100")
     };
-    client
-        .post::<celistra_proto::AgentInfo>("/v1/agents", &spec)
-        .await
-        .unwrap();
+    client.spawn_agent(&spec).await.unwrap();
     // But not create tokens.
     let again = daemon.client.clone().with_secret(&token);
     let refused = again
-        .post::<TokenCreated>(
-            "/v1/tokens",
-            &TokenRequest {
-                name: "mine".into(),
-                role: Role::Owner,
-                expires_in_secs: None,
-            },
-        )
+        .create_token(&TokenRequest {
+            name: "mine".into(),
+            role: Role::Owner,
+            expires_in_secs: None,
+        })
         .await;
     assert!(
         matches!(&refused, Err(celistra_client::ClientError::Api(e)) if e.code == ErrorCode::RoleRequired),

@@ -105,15 +105,7 @@ async fn output(daemon: &Daemon, agent: &str) -> String {
 }
 
 async fn read_all(daemon: &Daemon, path: &str) -> String {
-    let mut body = daemon.client.open_stream(path).await.expect("logs");
-    let mut text = Vec::new();
-    while let Some(chunk) = celistra_client::next_chunk(&mut body)
-        .await
-        .expect("logs body")
-    {
-        text.extend_from_slice(&chunk);
-    }
-    String::from_utf8_lossy(&text).into_owned()
+    crate::get_text(&daemon.client, path).await
 }
 
 /// Waits for a `sandbox_block` of `agent` whose summary contains `what`.
@@ -327,13 +319,7 @@ async fn escape_suite(mode: Mode) {
     }
     if mode == Mode::Root {
         // The first attempt's block is also a line in that agent's history.
-        let first = daemon
-            .client
-            .get::<Vec<AgentInfo>>("/v1/agents")
-            .await
-            .unwrap()[0]
-            .id
-            .clone();
+        let first = daemon.client.list_agents().await.unwrap()[0].id.clone();
         let notes = wait_output_of(
             &daemon,
             &format!("/v1/agents/{first}/logs?stream=sandbox"),
@@ -342,11 +328,12 @@ async fn escape_suite(mode: Mode) {
         .await;
         assert!(notes.contains(&outside_s), "{notes}");
         // And each block is in the audit log, the kernel's decision against the agent.
-        let blocks: celistra_proto::AuditPage = daemon
-            .client
-            .get(&format!("/v1/audit?action=sandbox_block&agent={first}"))
-            .await
-            .unwrap();
+        let query = celistra_proto::AuditQuery {
+            action: Some("sandbox_block".into()),
+            agent: Some(first.clone()),
+            ..celistra_proto::AuditQuery::default()
+        };
+        let blocks = daemon.client.list_audit(&query).await.unwrap();
         assert!(
             blocks.entries.iter().any(|e| e.actor == "system"
                 && e.body["summary"]
@@ -358,7 +345,7 @@ async fn escape_suite(mode: Mode) {
     assert!(!target.exists(), "a write escaped to {}", target.display());
     assert_eq!(std::fs::read_to_string(&hard_target).unwrap(), "original\n");
     assert!(daemon.process.is_some());
-    let status: SandboxStatus = daemon.client.get("/v1/sandbox").await.unwrap();
+    let status: SandboxStatus = daemon.client.get_sandbox().await.unwrap();
     if mode == Mode::UnprivilegedDaemon {
         assert!(
             status.block_reporting.contains("root"),
@@ -515,7 +502,7 @@ async fn a_fork_bomb_stops_at_pids_max_and_the_daemon_lives_on() {
         out.contains("fork: Resource temporarily unavailable"),
         "{out}"
     );
-    let health: celistra_proto::Health = daemon.client.get("/v1/health").await.unwrap();
+    let health: celistra_proto::Health = daemon.client.get_health().await.unwrap();
     assert_eq!(health.status, "ok");
     daemon.ctl(&["stop", "bomb"]);
     crate::wait_no_process_with(&tag).await;
@@ -571,7 +558,7 @@ async fn the_master_switch_and_privileged_run_unsandboxed_and_are_flagged() {
     let mut daemon = daemon;
     daemon.signal_and_wait("TERM");
     daemon.restart_process().await;
-    let status: SandboxStatus = daemon.client.get("/v1/sandbox").await.unwrap();
+    let status: SandboxStatus = daemon.client.get_sandbox().await.unwrap();
     assert!(!status.enabled);
     daemon.ctl(&["sandbox", "on"]);
     let privileged = AgentSpec {
@@ -607,10 +594,10 @@ async fn grants_apply_at_the_next_spawn_and_a_broken_file_refuses_spawns() {
     );
     let explained: SandboxExplanation = daemon
         .client
-        .post(
-            "/v1/sandbox/explain",
-            &serde_json::json!({"agent": info.id}),
-        )
+        .explain_sandbox(&celistra_proto::ExplainRequest {
+            agent: Some(info.id.clone()),
+            spec: None,
+        })
         .await
         .unwrap();
     assert!(explained.sources.iter().any(|s| s.origin == "grant 1"));
@@ -626,13 +613,10 @@ async fn grants_apply_at_the_next_spawn_and_a_broken_file_refuses_spawns() {
     .unwrap();
     let refused: Result<AgentInfo, _> = daemon
         .client
-        .post(
-            "/v1/agents",
-            &AgentSpec {
-                workspace: Some(ws.path().display().to_string()),
-                ..spec("writer-3", "true")
-            },
-        )
+        .spawn_agent(&AgentSpec {
+            workspace: Some(ws.path().display().to_string()),
+            ..spec("writer-3", "true")
+        })
         .await;
     let agent = refused.expect("the agent is created, its spawn refused");
     let error = agent.last_error.expect("spawn refused");

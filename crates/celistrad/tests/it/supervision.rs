@@ -24,11 +24,7 @@ async fn hot_loop_crashes_out_at_the_ceiling() {
         .count();
     assert_eq!(restarts, 5);
     // `start` resets the ceiling: it runs (and crashes out) again.
-    daemon
-        .client
-        .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/start", agent.id), &())
-        .await
-        .unwrap();
+    daemon.client.start_agent(&agent.id).await.unwrap();
     let again = daemon
         .wait_agent(&agent.id, "crashed out twice", |a| {
             a.state == AgentState::CrashedOut && a.run == 12
@@ -108,11 +104,7 @@ async fn stop_kills_the_whole_group_and_every_descendant() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let started = std::time::Instant::now();
-    let stopped: celistra_proto::AgentInfo = daemon
-        .client
-        .post(&format!("/v1/agents/{}/stop", agent.id), &())
-        .await
-        .unwrap();
+    let stopped: celistra_proto::AgentInfo = daemon.client.stop_agent(&agent.id).await.unwrap();
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(300),
         "the grace period was not honoured"
@@ -138,18 +130,12 @@ async fn operator_kill_is_never_restarted() {
         })
         .await;
     for signal in ["KILL", "HUP"] {
-        daemon
-            .client
-            .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/start", agent.id), &())
-            .await
-            .unwrap();
+        daemon.client.start_agent(&agent.id).await.unwrap();
         let running = daemon.wait_state(&agent.id, AgentState::Running).await;
-        let body = serde_json::json!({ "signal": signal });
-        daemon
-            .client
-            .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/kill", agent.id), &body)
-            .await
-            .unwrap();
+        let body = celistra_proto::KillRequest {
+            signal: signal.parse().unwrap(),
+        };
+        daemon.client.kill_agent(&agent.id, &body).await.unwrap();
         let after = daemon.wait_state(&agent.id, AgentState::Stopped).await;
         assert_eq!(
             after.restarts, running.restarts,
@@ -214,11 +200,7 @@ async fn daemon_sigkill_leaves_no_orphans_and_a_restart_restores_desired_state()
         ))
         .await;
     let idle = daemon.spawn(spec("idle", &format!("sleep {m}3"))).await;
-    daemon
-        .client
-        .post::<celistra_proto::AgentInfo>(&format!("/v1/agents/{}/stop", idle.id), &())
-        .await
-        .unwrap();
+    daemon.client.stop_agent(&idle.id).await.unwrap();
     let deadline = std::time::Instant::now() + crate::PATIENCE;
     while crate::live_processes_exactly(&format!("sleep {m}1")).is_empty()
         || crate::live_processes_exactly(&format!("sleep {m}2")).is_empty()
@@ -268,7 +250,7 @@ async fn config_edits_apply_to_the_next_spawn() {
     .unwrap();
     let err = daemon
         .client
-        .post::<celistra_proto::AgentInfo>("/v1/agents", &spec("cfg2", "true"))
+        .spawn_agent(&spec("cfg2", "true"))
         .await
         .unwrap_err();
     let message = err.to_string();

@@ -6,7 +6,7 @@ use std::time::Instant;
 use celistra_client::{ClientError, Terminal, TerminalEvent};
 use celistra_proto::{
     AgentSpec, AgentState, ErrorCode, IoMode, TerminalClientMessage, TerminalRole,
-    TerminalServerMessage,
+    TerminalServerMessage, TicketRequest,
 };
 
 use crate::{Daemon, PATIENCE};
@@ -301,7 +301,12 @@ async fn tickets_are_single_use_bound_to_their_agent_and_origins_are_checked() {
     };
 
     let ticket = client
-        .terminal_ticket("one", TerminalRole::Writer)
+        .issue_terminal_ticket(
+            "one",
+            &TicketRequest {
+                role: TerminalRole::Writer,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(ticket.ticket.len(), 64);
@@ -314,7 +319,12 @@ async fn tickets_are_single_use_bound_to_their_agent_and_origins_are_checked() {
     );
 
     let ticket = client
-        .terminal_ticket("one", TerminalRole::Writer)
+        .issue_terminal_ticket(
+            "one",
+            &TicketRequest {
+                role: TerminalRole::Writer,
+            },
+        )
         .await
         .unwrap();
     let elsewhere = ticket
@@ -336,7 +346,12 @@ async fn tickets_are_single_use_bound_to_their_agent_and_origins_are_checked() {
         ErrorCode::Unauthorized
     );
     let ticket = client
-        .terminal_ticket("one", TerminalRole::Viewer)
+        .issue_terminal_ticket(
+            "one",
+            &TicketRequest {
+                role: TerminalRole::Viewer,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -349,7 +364,12 @@ async fn tickets_are_single_use_bound_to_their_agent_and_origins_are_checked() {
     );
     // The client sends `Host: localhost`: that origin is the daemon's own.
     let ticket = client
-        .terminal_ticket("one", TerminalRole::Viewer)
+        .issue_terminal_ticket(
+            "one",
+            &TicketRequest {
+                role: TerminalRole::Viewer,
+            },
+        )
         .await
         .unwrap();
     let terminal = client
@@ -359,7 +379,15 @@ async fn tickets_are_single_use_bound_to_their_agent_and_origins_are_checked() {
     terminal.close().await.unwrap();
 
     let anonymous = client.clone().with_secret("");
-    match anonymous.terminal_ticket("one", TerminalRole::Writer).await {
+    match anonymous
+        .issue_terminal_ticket(
+            "one",
+            &TicketRequest {
+                role: TerminalRole::Writer,
+            },
+        )
+        .await
+    {
         Err(ClientError::Api(error)) => assert_eq!(error.code, ErrorCode::Unauthorized),
         other => panic!("a ticket without the secret: {other:?}"),
     }

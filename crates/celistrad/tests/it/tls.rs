@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use celistra_proto::{Health, LoginLink, TlsHealth};
-use hyper::Method;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -25,7 +24,7 @@ pub(crate) fn sha256_hex(der: &[u8]) -> String {
 
 /// The daemon's TLS status, read over its (plain) Unix socket.
 pub(crate) async fn tls_health(daemon: &Daemon) -> TlsHealth {
-    let health: Health = daemon.client.get("/v1/health").await.expect("health");
+    let health: Health = daemon.client.get_health().await.expect("health");
     health.tls.expect("the daemon serves TLS")
 }
 
@@ -183,7 +182,7 @@ async fn a_dashboard_login_over_tls_sets_a_secure_cookie() {
     let daemon = Daemon::start_with_args(&["--tls"]).await;
     let link: LoginLink = daemon
         .client
-        .call(Method::POST, "/v1/sessions/login-codes", None::<&()>)
+        .issue_login_code(None)
         .await
         .expect("login code");
     let port = daemon.tcp_addr().port();
@@ -383,7 +382,7 @@ async fn plain_http_beyond_loopback_is_refused_unless_insecure_http_is_given() {
         .client
         .clone()
         .over_tcp(loopback)
-        .get("/v1/health")
+        .get_health()
         .await
         .expect("plain HTTP health");
     assert!(health.tls.is_none());
