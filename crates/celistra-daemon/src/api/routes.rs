@@ -198,3 +198,87 @@ pub(crate) fn cached_document() -> &'static OpenApi {
     static DOCUMENT: OnceLock<OpenApi> = OnceLock::new();
     DOCUMENT.get_or_init(|| document(openapi::base()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// `docs/roles.md`'s table of routes and roles, made from the table.
+    fn roles_table() -> String {
+        let mut out = String::from("| method | path | role | what |\n| --- | --- | --- | --- |\n");
+        for mut route in table() {
+            for (method, operation) in [
+                ("GET", &mut route.item.get),
+                ("PUT", &mut route.item.put),
+                ("POST", &mut route.item.post),
+                ("DELETE", &mut route.item.delete),
+                ("PATCH", &mut route.item.patch),
+            ] {
+                if let Some(operation) = operation {
+                    let what = operation
+                        .summary
+                        .clone()
+                        .unwrap_or_default()
+                        .replace('|', "\\|")
+                        .replace('\n', " ");
+                    out.push_str(&format!(
+                        "| {method} | `{}` | {} | {what} |\n",
+                        route.path,
+                        route.access.as_str()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The docs show the route table as it is: regenerate with `UPDATE_OPENAPI=1`.
+    #[test]
+    fn docs_roles_table_is_the_route_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/roles.md");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let begin = "<!-- routes: generated from api/routes.rs -->\n";
+        let end = "<!-- end of routes -->";
+        let (Some(start), Some(stop)) = (text.find(begin), text.find(end)) else {
+            panic!("docs/roles.md lacks the markers {begin:?} and {end:?}");
+        };
+        let generated = roles_table();
+        let current = &text[start + begin.len()..stop];
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            let updated = format!("{}{begin}{generated}{}", &text[..start], &text[stop..]);
+            std::fs::write(path, updated).expect("write docs/roles.md");
+            return;
+        }
+        assert!(
+            current == generated,
+            "docs/roles.md's route table differs from api/routes.rs; update it with \
+             `UPDATE_OPENAPI=1 cargo test -p celistra-daemon docs_roles_table` and commit it"
+        );
+    }
+
+    #[test]
+    fn every_operation_has_a_role_a_unique_id_and_one_route_per_method_and_path() {
+        let document = serde_json::to_value(document(openapi::base())).expect("serialises");
+        let mut ids = BTreeSet::new();
+        let mut operations = 0;
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("item") {
+                let role = operation[ROLE_EXTENSION].as_str().unwrap_or_default();
+                assert!(
+                    role.parse::<Access>().is_ok(),
+                    "{method} {path}: x-celistra-role `{role}`"
+                );
+                let id = operation["operationId"].as_str().expect("an operation id");
+                assert!(ids.insert(id.to_owned()), "operation id {id} twice");
+                operations += 1;
+            }
+        }
+        assert_eq!(
+            operations,
+            table().len(),
+            "a method and path registered twice"
+        );
+    }
+}

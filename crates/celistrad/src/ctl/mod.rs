@@ -106,7 +106,7 @@ impl From<ClientError> for Failure {
                  machine), or use its machine secret (auth.json in its state directory)",
                 error.message
             ),
-            ClientError::Api(error) if error.code == ErrorCode::Forbidden => {
+            ClientError::Api(error) if error.code.http_status() == 403 => {
                 format!("not allowed (403): {}", error.message)
             }
             error => error.to_string(),

@@ -364,6 +364,32 @@ async fn ctl_token_prints_the_token_once_lists_without_it_and_nothing_stores_it_
     );
     assert_eq!(mode & 0o777, 0o600);
 
+    // ctl with a viewer's token: reading works, running agents is refused naming the role.
+    let viewer = create_token(&daemon, "reader", Role::Viewer, None).await;
+    let as_viewer = |args: &[&str]| {
+        std::process::Command::new(crate::BIN)
+            .args(["ctl", "--home"])
+            .arg(daemon.home())
+            .args(["--token", &viewer])
+            .args(args)
+            .output()
+            .expect("run ctl")
+    };
+    let listed = as_viewer(&["ls"]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("job"));
+    let refused = as_viewer(&["stop", "job"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("needs the operator role"), "{stderr}");
+    let refused = as_viewer(&["token", "ls"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("not allowed (403)") && stderr.contains("owner"),
+        "{stderr}"
+    );
+
     let bad = daemon.ctl(&["token", "create", "--role", "root", "--name", "x"]);
     assert_eq!(bad.status.code(), Some(2));
     let gone = daemon.ctl(&["token", "revoke", "nothing"]);

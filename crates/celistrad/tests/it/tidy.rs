@@ -456,5 +456,62 @@ fn no_import_cycle_among_the_daemon_modules() {
     );
 }
 
-// Every route has a role: when roles land, the check that each route of the router (and of
-// /v1/openapi.json) names its role goes here, next to the layering rules above.
+/// Every API route is in the route table with a role: each handler annotated with
+/// `#[utoipa::path]` in `api/` is registered by `route!(<access>, module::handler)` in
+/// `api/routes.rs`, and no route is registered anywhere else in `api/` (a `.route(` call outside
+/// the table's loop would bypass the role check). The sweep in `roles.rs` then checks that the
+/// router answers each role as the table says.
+#[test]
+fn every_api_route_is_in_the_route_table_with_a_role() {
+    let api = root().join("crates/celistra-daemon/src/api");
+    let table = read(&api.join("routes.rs"));
+    let mut handlers = BTreeSet::new();
+    let mut outside = vec![];
+    let mut sources = vec![];
+    rust_files(&api, &mut sources);
+    for path in sources {
+        let module = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = read(&path);
+        let mut annotated = false;
+        for line in text.lines().map(code_of) {
+            if line.trim_start().starts_with("#[utoipa::path") {
+                annotated = true;
+            }
+            if annotated && let Some(rest) = line.split("async fn ").nth(1) {
+                let name = rest.split(['(', '<']).next().unwrap().trim().to_owned();
+                let module = if module == "mod" {
+                    "super".to_owned()
+                } else {
+                    module.clone()
+                };
+                handlers.insert(format!("{module}::{name}"));
+                annotated = false;
+            }
+            if module != "routes" && module != "mod" && line.contains(".route(") {
+                outside.push(format!("{}: {}", relative(&path), line.trim()));
+            }
+        }
+    }
+    assert!(handlers.len() >= 50, "found only {handlers:?}");
+    let accesses = ["Any", "Public", "owner", "operator", "viewer", "approver"];
+    let mut missing = vec![];
+    for handler in &handlers {
+        let registered = accesses
+            .iter()
+            .any(|access| table.contains(&format!("route!({access}, {handler})")));
+        if !registered {
+            missing.push(handler.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "rule: every handler with #[utoipa::path] is a route of the table in api/routes.rs with \
+         its role, `route!(<owner|operator|viewer|approver|Any|Public>, module::handler)`; not \
+         registered: {missing:?}"
+    );
+    assert!(
+        outside.is_empty(),
+        "rule: routes are registered only from the table (api/routes.rs), so each has a role; \
+         found: {outside:?}"
+    );
+}
