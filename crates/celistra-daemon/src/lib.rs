@@ -187,7 +187,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         limits,
         sandbox,
         asks,
-        approvals,
+        approvals: Arc::new(approvals),
         notify,
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use celistra_core::config::DaemonConfig;
 use celistra_history::History;
-use celistra_proto::{ApiError, AuditVerification, ErrorCode, EventKind};
+use celistra_proto::{ApiError, Approval, AuditVerification, ErrorCode, EventKind, NoticeKind};
 use celistra_sandbox::{CgroupRoot, ResourceControl};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ pub(crate) struct Services {
     /// Each agent's socket for asking approval.
     pub asks: AskSockets,
     /// Pending and recent approval requests.
-    pub approvals: Broker,
+    pub approvals: Arc<Broker>,
     /// Where requests and decisions are announced (ntfy, webhooks, Web Push).
     pub notify: Arc<Notifications>,
     /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
@@ -68,6 +68,22 @@ pub(crate) trait AgentDirectory: Send + Sync {
     fn lookup(&self, agent_id: &str) -> Option<AgentRef>;
     /// Shows (or clears) a pending approval request in the agent's state, while it runs.
     fn set_waiting_approval(&self, agent_id: &str, waiting: bool);
+}
+
+/// Who hears of approval requests and decisions: the notification channels (a trait, so the
+/// approval flow can be tested without them).
+pub(crate) trait Announce: Send + Sync {
+    fn announce(&self, kind: NoticeKind, approval: &Approval);
+}
+
+impl Announce for Services {
+    /// Tells every channel (read afresh from `config.json`) of a request or a decision.
+    fn announce(&self, kind: NoticeKind, approval: &Approval) {
+        match self.config() {
+            Ok(config) => self.notify.announce(&config.notifications, kind, approval),
+            Err(e) => tracing::warn!("no notifications for {}: {}", approval.id, e.message),
+        }
+    }
 }
 
 impl Services {

@@ -1,5 +1,7 @@
 //! Agent routes: list, get, spawn, update, rename, stop, start, restart, kill, remove, apply.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
@@ -10,7 +12,8 @@ use celistra_proto::{
 };
 
 use super::responses::{BadBody, Refused};
-use super::{Actor, AppState, Failure, JsonBody, Source};
+use super::{Actor, Failure, JsonBody, Source};
+use crate::supervisor::Supervisor;
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -22,10 +25,10 @@ type ApiResult<T> = Result<T, Failure>;
     tag = "agents",
     responses((status = 200, body = Vec<AgentInfo>), Refused)
 )]
-pub(crate) async fn list(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn list(State(supervisor): State<Arc<Supervisor>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        state.supervisor.list_json(),
+        supervisor.list_json(),
     )
 }
 
@@ -39,10 +42,10 @@ pub(crate) async fn list(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError))
 )]
 pub(crate) async fn get(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.find(&agent)?.info().clone()))
+    Ok(Json(supervisor.find(&agent)?.info().clone()))
 }
 
 /// An agent's full spec, environment values included (as `apply` files hold it).
@@ -55,10 +58,10 @@ pub(crate) async fn get(
     responses((status = 200, body = AgentSpec), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError))
 )]
 pub(crate) async fn spec(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentSpec>> {
-    Ok(Json(state.supervisor.find(&agent)?.spec().clone()))
+    Ok(Json(supervisor.find(&agent)?.spec().clone()))
 }
 
 /// Spawn a new agent. An empty `name` gets a generated one.
@@ -71,12 +74,12 @@ pub(crate) async fn spec(
     responses((status = 201, body = AgentInfo), Refused, BadBody, (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn spawn(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Extension(source): Extension<Source>,
     JsonBody(spec): JsonBody<AgentSpec>,
 ) -> ApiResult<(StatusCode, Json<AgentInfo>)> {
-    let info = state.supervisor.spawn(spec, &source.0, &actor).await?;
+    let info = supervisor.spawn(spec, &source.0, &actor).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -91,14 +94,12 @@ pub(crate) async fn spawn(
     responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has the new name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn update(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
     JsonBody(update): JsonBody<UpdateRequest>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(
-        state.supervisor.update(&agent, &update, &actor).await?,
-    ))
+    Ok(Json(supervisor.update(&agent, &update, &actor).await?))
 }
 
 /// Rename an agent.
@@ -112,16 +113,13 @@ pub(crate) async fn update(
     responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn rename(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
     JsonBody(request): JsonBody<RenameRequest>,
 ) -> ApiResult<Json<AgentInfo>> {
     Ok(Json(
-        state
-            .supervisor
-            .rename(&agent, &request.name, &actor)
-            .await?,
+        supervisor.rename(&agent, &request.name, &actor).await?,
     ))
 }
 
@@ -136,11 +134,11 @@ pub(crate) async fn rename(
     responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn stop(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.stop(&agent, &actor).await?))
+    Ok(Json(supervisor.stop(&agent, &actor).await?))
 }
 
 /// Start an agent that is not running (resets its restart ceiling).
@@ -153,11 +151,11 @@ pub(crate) async fn stop(
     responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn start(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.start(&agent, &actor).await?))
+    Ok(Json(supervisor.start(&agent, &actor).await?))
 }
 
 /// Stop (if running) and start an agent.
@@ -170,11 +168,11 @@ pub(crate) async fn start(
     responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn restart(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.restart(&agent, &actor).await?))
+    Ok(Json(supervisor.restart(&agent, &actor).await?))
 }
 
 /// Send a signal: `HUP` hangs up the agent's terminal, the others go to its process group. The run
@@ -189,17 +187,12 @@ pub(crate) async fn restart(
     responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`conflict`: the agent has no process to signal", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn kill(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
     JsonBody(request): JsonBody<KillRequest>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(
-        state
-            .supervisor
-            .kill(&agent, request.signal, &actor)
-            .await?,
-    ))
+    Ok(Json(supervisor.kill(&agent, request.signal, &actor).await?))
 }
 
 /// Stop an agent and forget it.
@@ -212,11 +205,11 @@ pub(crate) async fn kill(
     responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn remove(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(state.supervisor.remove(&agent, &actor).await?))
+    Ok(Json(supervisor.remove(&agent, &actor).await?))
 }
 
 /// Make the agents match a list of specs.
@@ -229,7 +222,7 @@ pub(crate) async fn remove(
     responses((status = 200, body = ApplyReport), Refused, BadBody, (status = 409, description = "`name_taken`: two specs share a name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn apply(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Extension(source): Extension<Source>,
     JsonBody(request): JsonBody<ApplyRequest>,
@@ -239,9 +232,7 @@ pub(crate) async fn apply(
     } else {
         source.0
     };
-    Ok(Json(
-        state.supervisor.apply(request, &source, &actor).await?,
-    ))
+    Ok(Json(supervisor.apply(request, &source, &actor).await?))
 }
 
 /// CPU time and memory of every agent with a live process (from its cgroup, else its leader
@@ -253,8 +244,8 @@ pub(crate) async fn apply(
     tag = "agents",
     responses((status = 200, body = Vec<AgentUsage>), Refused)
 )]
-pub(crate) async fn usage(State(state): State<AppState>) -> Json<Vec<AgentUsage>> {
-    let supervisor = std::sync::Arc::clone(&state.supervisor);
+pub(crate) async fn usage(State(supervisor): State<Arc<Supervisor>>) -> Json<Vec<AgentUsage>> {
+    let supervisor = std::sync::Arc::clone(&supervisor);
     Json(
         tokio::task::spawn_blocking(move || supervisor.usage())
             .await

@@ -1,6 +1,8 @@
 //! Approval routes: list, show, approve, deny. Deciding needs the machine secret: an agent's own
 //! socket has no route for it, so an agent cannot answer its own request or another agent's.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, State};
@@ -9,7 +11,8 @@ use celistra_proto::{
 };
 
 use super::responses::{BadBody, BadQuery, Refused};
-use super::{Actor, AppState, Failure, JsonBody, Source};
+use super::{Actor, Failure, JsonBody, Source};
+use crate::supervisor::Supervisor;
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -23,13 +26,11 @@ type ApiResult<T> = Result<T, Failure>;
     responses((status = 200, body = Vec<Approval>), Refused, BadQuery)
 )]
 pub(crate) async fn list(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> ApiResult<Json<Vec<Approval>>> {
     let Query(query) = query.map_err(super::bad_query)?;
-    Ok(Json(
-        state.supervisor.services.approvals.list(query.pending),
-    ))
+    Ok(Json(supervisor.services.approvals.list(query.pending)))
 }
 
 /// One request.
@@ -42,10 +43,10 @@ pub(crate) async fn list(
     responses((status = 200, body = Approval), Refused, (status = 404, description = "`not_found`: no such request", body = ApiError))
 )]
 pub(crate) async fn get(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Approval>> {
-    Ok(Json(state.supervisor.services.approvals.get(&id)?))
+    Ok(Json(supervisor.services.approvals.get(&id)?))
 }
 
 /// Approve or deny a pending request: `verdict` is `approve` (the agent goes ahead) or `deny`. A
@@ -60,7 +61,7 @@ pub(crate) async fn get(
     responses((status = 200, body = Approval), Refused, BadBody, (status = 404, description = "`not_found`: no such request, or a verdict other than approve and deny", body = ApiError), (status = 409, description = "`conflict`: already decided; the message says by whom", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn decide(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Path((id, verdict)): Path<(String, String)>,
     Extension(actor): Extension<Actor>,
     Extension(source): Extension<Source>,
@@ -76,7 +77,7 @@ pub(crate) async fn decide(
             ));
         }
     };
-    let approval = state.supervisor.approvals.decide(
+    let approval = supervisor.approvals.decide(
         &id,
         crate::approvals::Verdict {
             status,
@@ -85,6 +86,6 @@ pub(crate) async fn decide(
             reason: request.reason,
         },
     )?;
-    state.supervisor.sync().await?;
+    supervisor.sync().await?;
     Ok(Json(approval))
 }

@@ -3,6 +3,8 @@
 
 use std::convert::Infallible;
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -19,7 +21,8 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::responses::{BadQuery, Refused};
-use super::{AppState, Caller, Failure};
+use super::{Caller, Failure};
+use crate::services::Services;
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -42,7 +45,7 @@ fn time_bound(text: Option<&str>, field: &str) -> ApiResult<Option<u64>> {
     responses((status = 200, body = AuditPage), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn list(
-    State(state): State<AppState>,
+    State(services): State<Arc<Services>>,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Json<AuditPage>> {
     let Query(query) = query.map_err(super::bad_query)?;
@@ -56,7 +59,7 @@ pub(crate) async fn list(
         after_seq: query.after,
         limit: query.limit.unwrap_or(100).clamp(1, MAX_AUDIT_PAGE),
     };
-    let page = query_log(&state.supervisor.services.audit, filter).await?;
+    let page = query_log(&services.audit, filter).await?;
     Ok(Json(AuditPage {
         entries: page.entries.into_iter().map(wire_entry).collect(),
         next_after: page.next,
@@ -74,12 +77,12 @@ pub(crate) async fn list(
     responses((status = 200, content_type = "text/event-stream", body = AuditEntry), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn tail(
-    State(state): State<AppState>,
+    State(services): State<Arc<Services>>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<AuditTailQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let Query(query) = query.map_err(super::bad_query)?;
-    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
+    let audit = std::sync::Arc::clone(&services.audit);
     // Subscribed before reading the backlog: an entry appended in between comes twice at worst,
     // and is skipped by its sequence number.
     let live = audit.log().subscribe();
@@ -139,8 +142,10 @@ pub(crate) async fn tail(
     tag = "audit",
     responses((status = 200, body = AuditCheckpoint), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
-pub(crate) async fn checkpoint(State(state): State<AppState>) -> ApiResult<Json<AuditCheckpoint>> {
-    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
+pub(crate) async fn checkpoint(
+    State(services): State<Arc<Services>>,
+) -> ApiResult<Json<AuditCheckpoint>> {
+    let audit = std::sync::Arc::clone(&services.audit);
     let log = audit.log();
     log.sync().map_err(internal)?;
     let checkpoint = log.checkpoint().map_err(internal)?;
@@ -164,11 +169,11 @@ pub(crate) async fn checkpoint(State(state): State<AppState>) -> ApiResult<Json<
     responses((status = 200, body = AuditProof), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown or malformed, neither or both of `seq` and `old_size`, or sizes the log cannot prove", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn proof(
-    State(state): State<AppState>,
+    State(services): State<Arc<Services>>,
     query: Result<Query<ProofQuery>, QueryRejection>,
 ) -> ApiResult<Json<AuditProof>> {
     let Query(query) = query.map_err(super::bad_query)?;
-    let log = state.supervisor.services.audit.log();
+    let log = services.audit.log();
     let refuse = |e: celistra_audit::Error| ApiError::new(ErrorCode::InvalidRequest, e.to_string());
     let proof = match (query.seq, query.old_size) {
         (Some(seq), None) => log.inclusion_proof(seq, query.tree_size).map_err(refuse)?,
@@ -200,14 +205,10 @@ pub(crate) async fn proof(
     tag = "audit",
     responses((status = 200, body = AuditVerification), Refused)
 )]
-pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<AuditVerification>> {
-    Ok(Json(
-        state
-            .supervisor
-            .services
-            .verify_audit(crate::audit::Scope::Full)
-            .await,
-    ))
+pub(crate) async fn verify(
+    State(services): State<Arc<Services>>,
+) -> ApiResult<Json<AuditVerification>> {
+    Ok(Json(services.verify_audit(crate::audit::Scope::Full).await))
 }
 
 /// Every entry, as stored (`entries.jsonl` of an export bundle) or as CSV.
@@ -220,12 +221,12 @@ pub(crate) async fn verify(State(state): State<AppState>) -> ApiResult<Json<Audi
     responses((status = 200, description = "Every entry: `application/x-ndjson` (format `jsonl`) or `text/csv` (`csv`)", content_type = "application/x-ndjson", body = String), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn export(
-    State(state): State<AppState>,
+    State(services): State<Arc<Services>>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(super::bad_query)?;
     let csv = query.format == AuditExportFormat::Csv;
-    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
+    let audit = std::sync::Arc::clone(&services.audit);
     let bytes = tokio::task::spawn_blocking(move || {
         let log = audit.log();
         log.sync().map_err(|e| e.to_string())?;
@@ -259,8 +260,8 @@ pub(crate) async fn export(
     tag = "audit",
     responses((status = 200, body = AuditBundle), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
-pub(crate) async fn bundle(State(state): State<AppState>) -> ApiResult<Json<AuditBundle>> {
-    let audit = std::sync::Arc::clone(&state.supervisor.services.audit);
+pub(crate) async fn bundle(State(services): State<Arc<Services>>) -> ApiResult<Json<AuditBundle>> {
+    let audit = std::sync::Arc::clone(&services.audit);
     let bundle = tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         audit.log().export(dir.path()).map_err(|e| e.to_string())?;

@@ -3,6 +3,8 @@
 //! is the credential, so these routes take no bearer secret; a link decides one request, once,
 //! before it expires.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -13,14 +15,19 @@ use celistra_proto::{
 };
 
 use super::responses::BadBody;
-use super::{AppState, Failure, JsonBody, source_of};
+use super::{Failure, JsonBody, source_of};
+use crate::supervisor::Supervisor;
 
 /// How long the approve button must be held.
 const HOLD_MS: u32 = 1000;
 
 /// The link's request if the link is good and the request still waits for a decision.
-fn pending(state: &AppState, token: &str, method: &str) -> Result<(Link, Approval), ApiError> {
-    let services = &state.supervisor.services;
+fn pending(
+    supervisor: &Supervisor,
+    token: &str,
+    method: &str,
+) -> Result<(Link, Approval), ApiError> {
+    let services = &supervisor.services;
     let link = services.notify.open_link(token).map_err(|e| {
         if e != LinkError::Expired {
             services
@@ -61,12 +68,12 @@ fn pending(state: &AppState, token: &str, method: &str) -> Result<(Link, Approva
     responses((status = 200, body = Approval), BadBody, (status = 403, description = "`forbidden`: a forged link", body = ApiError), (status = 404, description = "`not_found`: a malformed link or an unknown request", body = ApiError), (status = 409, description = "`conflict`: the request was already decided", body = ApiError), (status = 410, description = "`gone`: the link has expired, and so has its request", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn decide(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Path(token): Path<String>,
     headers: HeaderMap,
     JsonBody(decision): JsonBody<LinkDecision>,
 ) -> Result<Json<Approval>, Failure> {
-    let (link, approval) = pending(&state, &token, "POST")?;
+    let (link, approval) = pending(&supervisor, &token, "POST")?;
     let status = match decision.verdict {
         Verdict::Approve => ApprovalStatus::Approved,
         Verdict::Deny => ApprovalStatus::Denied,
@@ -80,7 +87,7 @@ pub(crate) async fn decide(
         format!("link:{}", link.via),
         celistra_proto::Role::Approver,
     );
-    let decided = state.supervisor.approvals.decide(
+    let decided = supervisor.approvals.decide(
         &approval.id,
         crate::approvals::Verdict {
             status,
@@ -89,7 +96,7 @@ pub(crate) async fn decide(
             reason: None,
         },
     )?;
-    state.supervisor.sync().await?;
+    supervisor.sync().await?;
     Ok(Json(decided))
 }
 
@@ -103,9 +110,12 @@ pub(crate) async fn decide(
     params(("token" = String, Path, description = "The signed decision link token")),
     responses((status = 200, description = "The press-and-hold decision page", content_type = "text/html", body = String), (status = 403, description = "A forged link: a page saying so", content_type = "text/html", body = String), (status = 404, description = "A malformed link or an unknown request: a page saying so", content_type = "text/html", body = String), (status = 409, description = "The request was already decided: a page saying by whom", content_type = "text/html", body = String), (status = 410, description = "The link has expired: a page saying so", content_type = "text/html", body = String))
 )]
-pub(crate) async fn page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+pub(crate) async fn page(
+    State(supervisor): State<Arc<Supervisor>>,
+    Path(token): Path<String>,
+) -> Response {
     let nonce = crate::home::random_hex(16).unwrap_or_default();
-    let (status, body) = match pending(&state, &token, "GET") {
+    let (status, body) = match pending(&supervisor, &token, "GET") {
         Ok((_, approval)) => (StatusCode::OK, decision_page(&approval, &nonce)),
         Err(error) => (
             StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::NOT_FOUND),

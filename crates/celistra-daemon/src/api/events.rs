@@ -2,6 +2,8 @@
 
 use std::convert::Infallible;
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
@@ -11,7 +13,8 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::responses::{BadQuery, Refused};
-use super::{AppState, Caller, Failure};
+use super::{Caller, Failure};
+use crate::services::Services;
 
 /// Live events as Server-Sent Events. Each SSE event's name is the event's `type`, its id the
 /// event's `id`, its data the event as JSON. With `Last-Event-ID` (or `?after=`), events still in the
@@ -26,7 +29,7 @@ use super::{AppState, Caller, Failure};
     responses((status = 200, content_type = "text/event-stream", body = Event), Refused, BadQuery)
 )]
 pub(crate) async fn stream(
-    State(state): State<AppState>,
+    State(services): State<Arc<Services>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -37,7 +40,7 @@ pub(crate) async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .or(query.after);
-    let subscription = state.supervisor.services.events.subscribe(last_id);
+    let subscription = services.events.subscribe(last_id);
     let replay = futures_util::stream::iter(subscription.replay);
     let live = futures_util::stream::unfold(subscription.live, |mut live| async move {
         let event = match live.recv().await {

@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -20,7 +22,8 @@ use celistra_proto::{
 use tokio::sync::mpsc;
 
 use super::responses::{BadQuery, Refused};
-use super::{AppState, Caller, Failure, bad_query, failure};
+use super::{Caller, Failure, bad_query, failure};
+use crate::supervisor::Supervisor;
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -42,11 +45,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The agent id a key names: a current agent, or one the history remembers.
-async fn resolve(state: &AppState, key: &str) -> ApiResult<String> {
-    if let Ok(handle) = state.supervisor.find(key) {
+async fn resolve(supervisor: &Supervisor, key: &str) -> ApiResult<String> {
+    if let Ok(handle) = supervisor.find(key) {
         return Ok(handle.id.clone());
     }
-    let history = state.supervisor.services.history.clone();
+    let history = supervisor.services.history.clone();
     let owned = key.to_owned();
     blocking(move || history.resolve_agent(&owned))
         .await?
@@ -73,15 +76,15 @@ fn parse_grep(grep: Option<&str>) -> ApiResult<Option<GrepPattern>> {
     responses((status = 200, body = Vec<RunRecord>), Refused, BadQuery, (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn runs(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<Json<Vec<RunRecord>>> {
     let Query(query) = query.map_err(bad_query)?;
     let agent_id = match &query.agent {
-        Some(key) => Some(resolve(&state, key).await?),
+        Some(key) => Some(resolve(&supervisor, key).await?),
         None => None,
     };
-    let history = state.supervisor.services.history.clone();
+    let history = supervisor.services.history.clone();
     let limit = query.limit.unwrap_or(100).clamp(1, 100_000);
     let runs = blocking(move || history.runs(agent_id.as_deref(), query.since, query.until, limit))
         .await?;
@@ -98,11 +101,11 @@ pub(crate) async fn runs(
     responses((status = 200, body = Cleared), Refused, (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn clear(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Path(agent): Path<String>,
 ) -> ApiResult<Json<Cleared>> {
-    let agent_id = resolve(&state, &agent).await?;
-    let history = state.supervisor.services.history.clone();
+    let agent_id = resolve(&supervisor, &agent).await?;
+    let history = supervisor.services.history.clone();
     let id = agent_id.clone();
     let cleared_bytes = blocking(move || history.clear(&id)).await?;
     Ok(Json(Cleared {
@@ -255,13 +258,13 @@ fn last_lines(bytes: &[u8], lines: usize) -> &[u8] {
     responses((status = 200, description = "The output: `text/plain` (format `text`), `application/octet-stream` (`raw`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or grep with format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name, or no such run", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn logs(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(caller): Extension<Caller>,
     Path(agent): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(bad_query)?;
-    let agent_id = resolve(&state, &agent).await?;
+    let agent_id = resolve(&supervisor, &agent).await?;
     let stream = query.stream.map(Stream::from);
     let pattern = parse_grep(query.grep.as_deref())?;
     if pattern.is_some() && query.format == LogFormat::Raw {
@@ -276,7 +279,7 @@ pub(crate) async fn logs(
             format!("tail is limited to {MAX_TAIL} lines"),
         ));
     }
-    let history = state.supervisor.services.history.clone();
+    let history = supervisor.services.history.clone();
     let run_id = match query.run {
         Some(run) => {
             let (history, id) = (history.clone(), agent_id.clone());
@@ -331,7 +334,7 @@ pub(crate) async fn logs(
     responses((status = 200, description = "The matching lines: `text/plain` (format `text`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn search(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     query: Result<Query<SearchQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query.map_err(bad_query)?;
@@ -343,7 +346,7 @@ pub(crate) async fn search(
         ));
     }
     let agent_id = match &query.agent {
-        Some(key) => Some(resolve(&state, key).await?),
+        Some(key) => Some(resolve(&supervisor, key).await?),
         None => None,
     };
     let filter = LogFilter {
@@ -359,7 +362,7 @@ pub(crate) async fn search(
         label_agents: agent_id.is_none(),
     };
     let limit = query.limit.unwrap_or(1000).clamp(1, MAX_TAIL);
-    let history = state.supervisor.services.history.clone();
+    let history = supervisor.services.history.clone();
     let (sender, receiver) = mpsc::channel::<Bytes>(STREAM_QUEUE);
     tokio::task::spawn_blocking(move || {
         let mut emit = |piece: Piece| {

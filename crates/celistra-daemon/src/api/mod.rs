@@ -58,6 +58,20 @@ pub(crate) struct AppState {
     pub certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
+/// Handlers that only work with the agents take the supervisor; those that only read or record take
+/// the shared services. The others (credentials, sessions, terminals) take the whole state.
+impl axum::extract::FromRef<AppState> for Arc<Supervisor> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.supervisor)
+    }
+}
+
+impl axum::extract::FromRef<AppState> for Arc<crate::services::Services> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.supervisor.services)
+    }
+}
+
 /// The dashboard session a request presented (its cookie), for the session routes.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionToken {

@@ -1,6 +1,8 @@
 //! Notification routes: each channel's status, a test send, the Web Push key and the devices
 //! subscribed to it. Subscribing and unsubscribing are audited.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
@@ -11,7 +13,8 @@ use celistra_proto::{
 use serde_json::json;
 
 use super::responses::{BadBody, Refused};
-use super::{Actor, AppState, Failure, JsonBody};
+use super::{Actor, Failure, JsonBody};
+use crate::supervisor::Supervisor;
 
 type ApiResult<T> = Result<T, Failure>;
 
@@ -23,8 +26,10 @@ type ApiResult<T> = Result<T, Failure>;
     tag = "notifications",
     responses((status = 200, body = NotificationsStatus), Refused, (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
 )]
-pub(crate) async fn status(State(state): State<AppState>) -> ApiResult<Json<NotificationsStatus>> {
-    let services = &state.supervisor.services;
+pub(crate) async fn status(
+    State(supervisor): State<Arc<Supervisor>>,
+) -> ApiResult<Json<NotificationsStatus>> {
+    let services = &supervisor.services;
     let config = services.config()?.notifications;
     Ok(Json(services.notify.status(&config)))
 }
@@ -37,8 +42,10 @@ pub(crate) async fn status(State(state): State<AppState>) -> ApiResult<Json<Noti
     tag = "notifications",
     responses((status = 200, body = Vec<ChannelStatus>), Refused, (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
 )]
-pub(crate) async fn test(State(state): State<AppState>) -> ApiResult<Json<Vec<ChannelStatus>>> {
-    let services = &state.supervisor.services;
+pub(crate) async fn test(
+    State(supervisor): State<Arc<Supervisor>>,
+) -> ApiResult<Json<Vec<ChannelStatus>>> {
+    let services = &supervisor.services;
     let config = services.config()?.notifications;
     Ok(Json(services.notify.test(&config).await))
 }
@@ -51,9 +58,9 @@ pub(crate) async fn test(State(state): State<AppState>) -> ApiResult<Json<Vec<Ch
     tag = "notifications",
     responses((status = 200, body = VapidKeyInfo), Refused)
 )]
-pub(crate) async fn vapid_key(State(state): State<AppState>) -> Json<VapidKeyInfo> {
+pub(crate) async fn vapid_key(State(supervisor): State<Arc<Supervisor>>) -> Json<VapidKeyInfo> {
     Json(VapidKeyInfo {
-        public_key: state.supervisor.services.notify.vapid_public_key(),
+        public_key: supervisor.services.notify.vapid_public_key(),
     })
 }
 
@@ -66,9 +73,9 @@ pub(crate) async fn vapid_key(State(state): State<AppState>) -> Json<VapidKeyInf
     responses((status = 200, body = Vec<PushSubscriptionInfo>), Refused)
 )]
 pub(crate) async fn subscriptions(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
 ) -> Json<Vec<PushSubscriptionInfo>> {
-    Json(state.supervisor.services.notify.subscriptions())
+    Json(supervisor.services.notify.subscriptions())
 }
 
 /// Subscribes a device: the body is `PushSubscription.toJSON()` plus an optional `label`.
@@ -81,11 +88,11 @@ pub(crate) async fn subscriptions(
     responses((status = 201, body = PushSubscriptionInfo), Refused, BadBody, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn subscribe(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<PushSubscriptionRequest>,
 ) -> ApiResult<(StatusCode, Json<PushSubscriptionInfo>)> {
-    let services = &state.supervisor.services;
+    let services = &supervisor.services;
     let device = services.notify.subscribe(request)?;
     services.audit.record(
         &actor,
@@ -93,7 +100,7 @@ pub(crate) async fn subscribe(
         &device.id,
         json!({ "endpoint": device.endpoint, "label": device.label }),
     );
-    state.supervisor.sync().await?;
+    supervisor.sync().await?;
     Ok((StatusCode::CREATED, Json(device)))
 }
 
@@ -107,11 +114,11 @@ pub(crate) async fn subscribe(
     responses((status = 200, body = PushSubscriptionInfo), Refused, (status = 404, description = "`not_found`: no such device", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn unsubscribe(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PushSubscriptionInfo>> {
-    let services = &state.supervisor.services;
+    let services = &supervisor.services;
     let device = services.notify.unsubscribe(&id)?;
     services.audit.record(
         &actor,
@@ -119,6 +126,6 @@ pub(crate) async fn unsubscribe(
         &device.id,
         json!({ "endpoint": device.endpoint, "label": device.label }),
     );
-    state.supervisor.sync().await?;
+    supervisor.sync().await?;
     Ok(Json(device))
 }

@@ -1,5 +1,7 @@
 //! Sandbox routes: the master switch and `explain`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Extension, State};
 use celistra_proto::{
@@ -8,7 +10,8 @@ use celistra_proto::{
 };
 
 use super::responses::{BadBody, Refused};
-use super::{Actor, AppState, Failure, JsonBody, Source};
+use super::{Actor, Failure, JsonBody, Source};
+use crate::supervisor::Supervisor;
 
 /// The master switch, bubblewrap, Landlock and how blocks are reported.
 #[utoipa::path(
@@ -18,8 +21,8 @@ use super::{Actor, AppState, Failure, JsonBody, Source};
     tag = "sandbox",
     responses((status = 200, body = SandboxStatus), Refused)
 )]
-pub(crate) async fn status(State(state): State<AppState>) -> Json<SandboxStatus> {
-    Json(state.supervisor.services.sandbox.status())
+pub(crate) async fn status(State(supervisor): State<Arc<Supervisor>>) -> Json<SandboxStatus> {
+    Json(supervisor.services.sandbox.status())
 }
 
 /// Turn the master switch. Off: every agent spawned from now on runs unsandboxed, flagged in `ls`,
@@ -33,11 +36,11 @@ pub(crate) async fn status(State(state): State<AppState>) -> Json<SandboxStatus>
     responses((status = 200, body = SandboxStatus), Refused, BadBody, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn switch(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     JsonBody(request): JsonBody<SandboxSwitch>,
 ) -> Result<Json<SandboxStatus>, Failure> {
-    let services = &state.supervisor.services;
+    let services = &supervisor.services;
     if services.sandbox.enabled() != request.enabled {
         services.sandbox.set_enabled(request.enabled, &actor.name)?;
         services.events.publish(EventKind::SandboxSwitched {
@@ -60,11 +63,11 @@ pub(crate) async fn switch(
     responses((status = 200, body = SandboxExplanation), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn explain(
-    State(state): State<AppState>,
+    State(supervisor): State<Arc<Supervisor>>,
     Extension(source): Extension<Source>,
     JsonBody(request): JsonBody<ExplainRequest>,
 ) -> Result<Json<SandboxExplanation>, Failure> {
-    let supervisor = &state.supervisor;
+    let supervisor = &supervisor;
     let (spec, source) = match (request.agent, request.spec) {
         (Some(agent), None) => {
             let handle = supervisor.find(&agent)?;

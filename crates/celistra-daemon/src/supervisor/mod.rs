@@ -86,7 +86,12 @@ impl Supervisor {
         Arc::new_cyclic(|me: &Weak<Supervisor>| {
             let agents: Weak<dyn AgentDirectory> = me.clone();
             Supervisor {
-                approvals: ApprovalFlow::new(Arc::clone(&services), agents),
+                approvals: ApprovalFlow::new(
+                    Arc::clone(&services.approvals),
+                    Arc::clone(&services.events),
+                    Arc::clone(&services) as Arc<dyn crate::services::Announce>,
+                    agents,
+                ),
                 services,
                 registry: RwLock::default(),
                 shutting_down: AtomicBool::new(false),
