@@ -6,8 +6,9 @@
 // from the service worker, see the stream-down banner; check width (360 px, dark), focus and labels;
 // then the offline shell and, on the desktop, the 1000-agent benchmark. With --tls-home, the same
 // browser (trusting exactly that daemon's certificate by its SPKI hash) opens an HTTPS daemon's
-// dashboard with a viewer session (no spawn, no actions, a read-only terminal that sends nothing)
-// and, on a phone, an approver session (approvals only; approve a real `celistrad ask` by
+// dashboard with a viewer session (no spawn, no actions, a read-only terminal that sends nothing),
+// an operator session (agent settings without reading the owner's spec) and, on a phone, an
+// approver session (approvals only; approve a real `celistrad ask` by
 // press-and-hold), with no refused request along the way. Every wait is for a selector or a
 // condition, bounded. Screenshots go to --shots.
 //
@@ -643,6 +644,43 @@ async function runViewer(browser) {
   }
 }
 
+async function runOperator(browser) {
+  const home = args["tls-home"];
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "dark" });
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  const problems = watch(page);
+  const name = "e2e-op-cat";
+  try {
+    await step("https operator: agent settings without the owner's spec; environment values stay hidden and kept", async () => {
+      const agent = await sock(home, "POST", "/v1/agents", { name, command: "cat", workspace: args["tls-work"], env: { TOKEN: "s3cret-value" } });
+      await roleLogin(page, context, "operator");
+      await page.waitForSelector(`.agent-row[data-name="${name}"]`);
+      if (!(await page.isVisible("text=+ Spawn agent"))) throw new Error("an operator has no spawn button");
+      const views = await navViews(page);
+      if (views !== "agents,terminal,approvals,activity,history,settings") throw new Error(`an operator's views: ${views}`);
+      await page.click(`[aria-label="Settings of ${name}"]`);
+      await page.waitForSelector("#settings-env");
+      const hint = await page.textContent("#settings-env-hint");
+      if (!hint.includes("TOKEN") || (await page.inputValue("#settings-env")) !== "" || (await page.content()).includes("s3cret-value")) {
+        throw new Error(`the form shows environment values to an operator: ${hint}`);
+      }
+      await page.check("#settings-auto");
+      await shot(page, "https-operator-1-settings");
+      await page.click('dialog button[type="submit"]');
+      await page.waitForSelector("dialog", { state: "detached" });
+      const spec = await sock(home, "GET", `/v1/agents/${agent.id}/spec`);
+      if (spec.auto_restart !== true || spec.env?.TOKEN !== "s3cret-value" || spec.command !== "cat") throw new Error(`spec after an operator's save: ${JSON.stringify(spec)}`);
+      await page.click('.nav a[data-view="settings"]');
+      await page.waitForSelector(".settings-view #push-toggle");
+      if (await page.locator(".sessions").count()) throw new Error("an operator sees the sessions");
+      noProblems(problems);
+    });
+  } finally {
+    await context.close();
+  }
+}
+
 async function runApprover(browser) {
   const home = args["tls-home"];
   const context = await browser.newContext({ viewport: { width: 360, height: 780 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, colorScheme: "dark" });
@@ -717,6 +755,7 @@ try {
   });
   if (args["tls-home"]) {
     await runViewer(browser);
+    await runOperator(browser);
     await runApprover(browser);
   }
 } catch (error) {
