@@ -475,8 +475,7 @@ impl Drop for Group {
 }
 
 #[tokio::test]
-async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_https_for_each_role()
-{
+async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_https_for_each_role() {
     use std::os::unix::process::CommandExt;
     let daemon = Daemon::start().await;
     // The viewer and approver sessions use a daemon that serves HTTPS with its generated
