@@ -639,6 +639,28 @@ async function runViewer(browser) {
       if (sent.length) throw new Error(`the viewer's page sent ${sent.length} frame(s): ${sent.map(String).join(" | ")}`);
       noProblems(problems);
     });
+
+    await step("https viewer: a refusal the page meets anyway is said in words, and the page goes on", async () => {
+      // As if the daemon's rules had changed under the page: its history read is refused.
+      const before = problems.length;
+      await page.route("**/v1/history?**", (route) =>
+        route.fulfill({
+          status: 403,
+          contentType: "application/json",
+          body: JSON.stringify({ code: "role_required", message: "reading runs needs the owner role", required_role: "owner" }),
+        }),
+      );
+      await page.click('.nav a[data-view="history"]');
+      const toast = await page.waitForSelector(".toast.error");
+      if (!/viewer session: this needs the owner role.*ctl dashboard --role owner/.test(await toast.textContent())) throw new Error(`refusal: ${await toast.textContent()}`);
+      await shot(page, "https-viewer-3-refused");
+      await page.unroute("**/v1/history?**");
+      // Only the injected refusal was met; the page still works.
+      problems.splice(before, problems.length - before, ...problems.slice(before).filter((p) => !/\/v1\/history|status of 403/.test(p)));
+      await page.click('.nav a[data-view="agents"]');
+      await page.waitForSelector(`.agent-row[data-name="${name}"]`);
+      noProblems(problems);
+    });
   } finally {
     await context.close();
   }

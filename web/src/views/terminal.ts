@@ -7,7 +7,7 @@
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import "@xterm/xterm/css/xterm.css";
-import { api } from "../api";
+import { api, ApiError } from "../api";
 import { clear, h } from "../dom";
 import { can } from "../role";
 import type { Machine } from "../store";
@@ -111,7 +111,8 @@ class TermTab {
       });
     } catch (e) {
       this.setStatus(`cannot attach: ${(e as Error).message}`);
-      this.retry();
+      // A refused role stays refused: say so and stop; anything else may pass on a retry.
+      if (!(e instanceof ApiError && e.code === "role_required")) this.retry();
       return;
     }
     const url = new URL(ticket.path, location.href);
