@@ -4,16 +4,23 @@
 // a chosen signal, approve a real `celistrad ask` by press-and-hold, see the decision in Activity,
 // approve through a webhook's decision link on a device without a session, show a pushed request
 // from the service worker, see the stream-down banner; check width (360 px, dark), focus and labels;
-// then the offline shell and, on the desktop, the 1000-agent benchmark. Every wait is for a
-// selector or a condition, bounded. Screenshots go to --shots.
+// then the offline shell and, on the desktop, the 1000-agent benchmark. With --tls-home, the same
+// browser (trusting exactly that daemon's certificate by its SPKI hash) opens an HTTPS daemon's
+// dashboard with a viewer session (no spawn, no actions, a read-only terminal that sends nothing),
+// an operator session (agent settings without reading the owner's spec) and, on a phone, an
+// approver session (approvals only; approve a real `celistrad ask` by
+// press-and-hold), with no refused request along the way. Every wait is for a selector or a
+// condition, bounded. Screenshots go to --shots.
 //
 //   node e2e/dashboard.mjs --bin CELISTRAD --home STATE_DIR --work WORKSPACE --shots DIR [--browser PATH]
+//                          [--tls-home STATE_DIR --tls-work WORKSPACE]
 //
 // Exits 0 when every step passed; prints "N passed, M failed" last.
 
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
+import { X509Certificate, createHash } from "node:crypto";
+import { createServer, request as httpRequest } from "node:http";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -31,9 +38,42 @@ const WAIT = Number(args.wait ?? 20_000);
 mkdirSync(args.shots, { recursive: true });
 const secret = JSON.parse(readFileSync(join(args.home, "auth.json"), "utf8")).secret;
 
-function loginLink() {
-  const out = execFileSync(args.bin, ["ctl", "--home", args.home, "dashboard", "--json", "--no-open"], { encoding: "utf8" });
+function loginLink(home = args.home, role = undefined) {
+  const out = execFileSync(args.bin, ["ctl", "--home", home, "dashboard", "--json", "--no-open", ...(role ? ["--role", role] : [])], { encoding: "utf8" });
   return JSON.parse(out).url;
+}
+
+/// The API over a daemon's Unix socket with its machine secret (an owner): what the test itself
+/// does around a session with another role. Answers the parsed JSON, or the text.
+function sock(home, method, path, body) {
+  const token = JSON.parse(readFileSync(join(home, "auth.json"), "utf8")).secret;
+  return new Promise((resolve, reject) => {
+    const request = httpRequest(
+      {
+        socketPath: join(home, "celistrad.sock"),
+        method,
+        path,
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", Host: "localhost" },
+        timeout: WAIT,
+      },
+      (response) => {
+        let text = "";
+        response.setEncoding("utf8");
+        response.on("data", (chunk) => (text += chunk));
+        response.on("end", () => {
+          if (response.statusCode >= 400) return reject(new Error(`${method} ${path}: ${response.statusCode} ${text}`));
+          try {
+            resolve(JSON.parse(text));
+          } catch {
+            resolve(text);
+          }
+        });
+      },
+    );
+    request.on("timeout", () => request.destroy(new Error(`${method} ${path}: timed out`)));
+    request.on("error", reject);
+    request.end(body === undefined ? undefined : JSON.stringify(body));
+  });
 }
 
 let passed = 0;
@@ -491,10 +531,240 @@ async function run(browser, viewport) {
   }
 }
 
+/// Collects what must not happen on a page of a restricted session: page errors, console errors,
+/// and any request the daemon refused (401, 403).
+function watch(page) {
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(String(e)));
+  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  page.on("response", (r) => [401, 403].includes(r.status()) && problems.push(`${r.status()} ${r.request().method()} ${r.url()}`));
+  return problems;
+}
+
+function noProblems(problems) {
+  // Chromium itself logs that a browser context cannot subscribe to push (checked in its step).
+  const real = problems.filter((p) => !/does not support the Push API in incognito/.test(p));
+  if (real.length) throw new Error(`the page met errors or refusals:\n${real.join("\n")}`);
+}
+
+/// The views the navigation offers.
+async function navViews(page) {
+  return page.evaluate(() => [...document.querySelectorAll(".nav a")].map((a) => a.dataset.view).join(","));
+}
+
+/// Logs in with a `role` link of the HTTPS daemon; returns the origin.
+async function roleLogin(page, context, role) {
+  const link = loginLink(args["tls-home"], role);
+  if (!link.startsWith("https://")) throw new Error(`the TLS daemon's link is ${link}`);
+  await page.goto(link);
+  await page.waitForSelector(`.role-chip[data-role="${role}"]`);
+  const base = new URL(link).origin;
+  const session = (await context.cookies(base)).find((c) => c.name === "celistra_session");
+  if (!session?.secure || !session.httpOnly) throw new Error(`session cookie over HTTPS: ${JSON.stringify(session)}`);
+  if ((await page.textContent(".role-chip")).trim() !== `Session role: ${role}`) throw new Error(`role shown: ${await page.textContent(".role-chip")}`);
+  await page.waitForSelector(".machine.status-up");
+  return base;
+}
+
+async function runViewer(browser) {
+  const home = args["tls-home"];
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "light" });
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  const problems = watch(page);
+  const name = "e2e-view-cat";
+  try {
+    const agent = await sock(home, "POST", "/v1/agents", { name, command: "cat", workspace: args["tls-work"] });
+    let base;
+    await step("https viewer: sees agents, no spawn button and no actions; approvals are not its", async () => {
+      base = await roleLogin(page, context, "viewer");
+      await page.waitForSelector(`.agent-row[data-name="${name}"][data-state="running"]`);
+      if (await page.locator("text=+ Spawn agent").count()) throw new Error("a viewer has a spawn button");
+      const actions = await page.evaluate((n) => [...document.querySelectorAll(`.agent-row[data-name="${n}"] .col-actions button`)].map((b) => b.getAttribute("aria-label")), name);
+      if (actions.join() !== `Terminal of ${name}`) throw new Error(`a viewer's row actions: ${actions.join(", ")}`);
+      const views = await navViews(page);
+      if (views !== "agents,terminal,activity,history,settings") throw new Error(`a viewer's views: ${views}`);
+      await shot(page, "https-viewer-1-agents");
+      // An old link to approvals says why, and reads nothing.
+      await page.goto(`${base}/#/approvals`);
+      const note = await page.textContent(".role-note [role=status]");
+      if (!/viewer session: this needs the approver role.*--role approver/.test(note)) throw new Error(`approvals for a viewer: ${note}`);
+      await page.click('.nav a[data-view="settings"]');
+      await page.waitForSelector(".settings-view");
+      if (await page.locator("#push-toggle, .sessions").count()) throw new Error("a viewer has notification or session controls");
+    });
+
+    await step("https viewer: the terminal is read-only, says so, and typing sends nothing", async () => {
+      const sent = [];
+      page.on("websocket", (socket) => socket.on("framesent", (frame) => sent.push(frame.payload)));
+      await page.goto(`${base}/#/agents`);
+      await page.click(`[aria-label="Terminal of ${name}"]`);
+      await page.waitForFunction(() => /^viewer · running/.test(document.querySelector(".term-status")?.textContent ?? ""));
+      const badge = await page.textContent(".term-toolbar .badge.readonly");
+      if (!/read-only/i.test(badge)) throw new Error(`read-only mark: ${badge}`);
+      if (await page.locator("#term-readonly").count()) throw new Error("a viewer can switch read-only off");
+      if (await page.isVisible(".screen-keys")) throw new Error("a viewer has on-screen keys");
+      const typed = `typed-by-viewer-${Date.now() % 100000}`;
+      await page.click(".term-host:not([hidden]) .xterm");
+      await page.keyboard.type(typed);
+      await page.keyboard.press("Enter");
+      // A writer (the test, as the owner) then types a line: once its echo and cat's copy are on the
+      // viewer's screen, anything the viewer had sent would be there before it.
+      const sentinel = `sentinel-${Date.now() % 100000}`;
+      const ticket = await sock(home, "POST", `/v1/agents/${agent.id}/terminal/tickets`, { role: "writer" });
+      const writer = await context.newPage();
+      await writer.goto(`${base}/manifest.webmanifest`);
+      await writer.evaluate(
+        ({ path, line }) =>
+          new Promise((resolve, reject) => {
+            const url = new URL(path, location.href);
+            url.protocol = "wss:";
+            const socket = new WebSocket(url, "celistra.terminal.v1");
+            socket.onmessage = (m) => {
+              if (typeof m.data === "string" && JSON.parse(m.data).type === "hello") {
+                socket.send(new TextEncoder().encode(`${line}\r`));
+                resolve();
+              }
+            };
+            socket.onerror = () => reject(new Error("the writer's socket failed"));
+          }),
+        { path: ticket.path, line: sentinel },
+      );
+      await page.waitForFunction((m) => (document.querySelector(".term-host:not([hidden]) .xterm-rows")?.textContent ?? "").split(m).length - 1 >= 2, sentinel);
+      await writer.close();
+      await shot(page, "https-viewer-2-terminal");
+      if ((await terminalText(page)).includes(typed)) throw new Error("the viewer's typing reached the agent");
+      const log = await sock(home, "GET", `/v1/agents/${agent.id}/logs?format=text`);
+      if (!log.includes(sentinel) || log.includes(typed)) throw new Error(`the agent's output: ${log}`);
+      if (sent.length) throw new Error(`the viewer's page sent ${sent.length} frame(s): ${sent.map(String).join(" | ")}`);
+      noProblems(problems);
+    });
+
+    await step("https viewer: a refusal the page meets anyway is said in words, and the page goes on", async () => {
+      // As if the daemon's rules had changed under the page: its history read is refused.
+      const before = problems.length;
+      await page.route("**/v1/history?**", (route) =>
+        route.fulfill({
+          status: 403,
+          contentType: "application/json",
+          body: JSON.stringify({ code: "role_required", message: "reading runs needs the owner role", required_role: "owner" }),
+        }),
+      );
+      await page.click('.nav a[data-view="history"]');
+      const toast = await page.waitForSelector(".toast.error");
+      if (!/viewer session: this needs the owner role.*ctl dashboard --role owner/.test(await toast.textContent())) throw new Error(`refusal: ${await toast.textContent()}`);
+      await shot(page, "https-viewer-3-refused");
+      await page.unroute("**/v1/history?**");
+      // Only the injected refusal was met; the page still works.
+      problems.splice(before, problems.length - before, ...problems.slice(before).filter((p) => !/\/v1\/history|status of 403/.test(p)));
+      await page.click('.nav a[data-view="agents"]');
+      await page.waitForSelector(`.agent-row[data-name="${name}"]`);
+      noProblems(problems);
+    });
+  } finally {
+    await context.close();
+  }
+}
+
+async function runOperator(browser) {
+  const home = args["tls-home"];
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "dark" });
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  const problems = watch(page);
+  const name = "e2e-op-cat";
+  try {
+    await step("https operator: agent settings without the owner's spec; environment values stay hidden and kept", async () => {
+      const agent = await sock(home, "POST", "/v1/agents", { name, command: "cat", workspace: args["tls-work"], env: { TOKEN: "s3cret-value" } });
+      await roleLogin(page, context, "operator");
+      await page.waitForSelector(`.agent-row[data-name="${name}"]`);
+      if (!(await page.isVisible("text=+ Spawn agent"))) throw new Error("an operator has no spawn button");
+      const views = await navViews(page);
+      if (views !== "agents,terminal,approvals,activity,history,settings") throw new Error(`an operator's views: ${views}`);
+      await page.click(`[aria-label="Settings of ${name}"]`);
+      await page.waitForSelector("#settings-env");
+      const hint = await page.textContent("#settings-env-hint");
+      if (!hint.includes("TOKEN") || (await page.inputValue("#settings-env")) !== "" || (await page.content()).includes("s3cret-value")) {
+        throw new Error(`the form shows environment values to an operator: ${hint}`);
+      }
+      await page.check("#settings-auto");
+      await shot(page, "https-operator-1-settings");
+      await page.click('dialog button[type="submit"]');
+      await page.waitForSelector("dialog", { state: "detached" });
+      const spec = await sock(home, "GET", `/v1/agents/${agent.id}/spec`);
+      if (spec.auto_restart !== true || spec.env?.TOKEN !== "s3cret-value" || spec.command !== "cat") throw new Error(`spec after an operator's save: ${JSON.stringify(spec)}`);
+      await page.click('.nav a[data-view="settings"]');
+      await page.waitForSelector(".settings-view #push-toggle");
+      if (await page.locator(".sessions").count()) throw new Error("an operator sees the sessions");
+      noProblems(problems);
+    });
+  } finally {
+    await context.close();
+  }
+}
+
+async function runApprover(browser) {
+  const home = args["tls-home"];
+  const context = await browser.newContext({ viewport: { width: 360, height: 780 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, colorScheme: "dark" });
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  const problems = watch(page);
+  try {
+    await step("https approver on a phone: approvals only", async () => {
+      await roleLogin(page, context, "approver");
+      await page.waitForSelector(".approvals-view");
+      const views = await navViews(page);
+      if (views !== "approvals,settings") throw new Error(`an approver's views: ${views}`);
+      if (await page.locator(".agents-view, #fleet-filter, .terminal-view").count()) throw new Error("an approver sees agents or terminals");
+      await shot(page, "https-approver-1-approvals");
+    });
+
+    await step("https approver: approves a real request by press-and-hold, and the agent goes on", async () => {
+      const prompt = "ship the https build";
+      const agent = await sock(home, "POST", "/v1/agents", { name: "e2e-ask-approver", command: `${args.bin} ask '${prompt}' --ttl 120`, workspace: args["tls-work"] });
+      const card = `.card.pending:has(.prompt:text-is("${prompt}"))`;
+      await page.waitForSelector(card);
+      const box = await page.locator(`${card} [data-action="approve"]`).boundingBox();
+      await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+      await page.mouse.down();
+      const decided = await page.waitForSelector(`.card.approved:has(.prompt:text-is("${prompt}"))`);
+      await page.mouse.up();
+      if (!/by session:se-[0-9a-f]{12} via dashboard/.test(await decided.textContent())) throw new Error(`decider: ${await decided.textContent()}`);
+      await shot(page, "https-approver-2-approved");
+      await until(async () => (await sock(home, "GET", `/v1/agents/${agent.id}`)).exit_code === 0, "the asking agent to exit 0");
+    });
+
+    await step("https approver: this device can ask for notifications, and shows no owner controls", async () => {
+      await page.click('.nav a[data-view="settings"]');
+      await page.waitForSelector(".settings-view #push-toggle");
+      if (await page.locator(".sessions").count()) throw new Error("an approver sees the sessions");
+      await page.click("#push-toggle");
+      await page.waitForFunction(() => /Cannot turn notifications on: .+/.test(document.querySelector(".settings-view [role=status]")?.textContent ?? ""));
+      await shot(page, "https-approver-3-device");
+      noProblems(problems);
+    });
+  } finally {
+    await context.close();
+  }
+}
+
+/// Chromium's `--ignore-certificate-errors-spki-list` value for the HTTPS daemon's certificate,
+/// checked against the fingerprint its `/v1/health` announces.
+async function tlsSpki() {
+  const certificate = new X509Certificate(readFileSync(join(args["tls-home"], "tls-cert.pem")));
+  const health = await sock(args["tls-home"], "GET", "/v1/health");
+  const announced = health.tls?.fingerprint_sha256?.replace(/:/g, "").toLowerCase();
+  if (certificate.fingerprint256.replace(/:/g, "").toLowerCase() !== announced) {
+    throw new Error(`tls-cert.pem is not the certificate /v1/health announces (${announced})`);
+  }
+  return createHash("sha256").update(certificate.publicKey.export({ type: "spki", format: "der" })).digest("base64");
+}
+
+const spki = args["tls-home"] ? await tlsSpki() : null;
 const browser = await chromium.launch({
   executablePath: browserPath,
   headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", ...(spki ? [`--ignore-certificate-errors-spki-list=${spki}`] : [])],
 });
 let exitCode = 0;
 try {
@@ -505,6 +775,11 @@ try {
     // The narrowest phone the dashboard is made for, in the dark.
     options: { viewport: { width: 360, height: 780 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, colorScheme: "dark" },
   });
+  if (args["tls-home"]) {
+    await runViewer(browser);
+    await runOperator(browser);
+    await runApprover(browser);
+  }
 } catch (error) {
   // A failed step printed itself; anything else (page errors) is said here.
   if (!/^FAIL /.test(results.at(-1) ?? "")) console.log(`FAIL ${error.stack ?? error}`);

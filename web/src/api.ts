@@ -1,11 +1,16 @@
 // The JSON API as the dashboard uses it: same origin, the session cookie (HttpOnly, never seen
 // here), the session's CSRF token on every request that changes state, and `dashboard` as source.
+// A `role_required` refusal becomes a message that says which role the session lacks.
+
+import { refusal } from "./role";
+import type { Role } from "./types";
 
 export class ApiError extends Error {
   constructor(
     readonly status: number,
     readonly code: string,
     message: string,
+    readonly requiredRole: Role | null = null,
   ) {
     super(message);
   }
@@ -41,7 +46,8 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
     /* not JSON */
   }
   if (!response.ok) {
-    const e = json as { code?: string; message?: string } | undefined;
+    const e = json as { code?: string; message?: string; required_role?: Role | null } | undefined;
+    if (e?.code === "role_required") throw new ApiError(response.status, e.code, refusal(e.required_role), e.required_role ?? null);
     throw new ApiError(response.status, e?.code ?? "http_" + response.status, e?.message ?? text ?? response.statusText);
   }
   return json as T;
@@ -52,12 +58,15 @@ export async function apiText(path: string): Promise<string> {
   if (!response.ok) {
     const text = await response.text();
     let message = text;
+    let code = "http_" + response.status;
     try {
-      message = (JSON.parse(text) as { message: string }).message;
+      const e = JSON.parse(text) as { code: string; message: string; required_role?: Role | null };
+      code = e.code;
+      message = code === "role_required" ? refusal(e.required_role) : e.message;
     } catch {
       /* keep the text */
     }
-    throw new ApiError(response.status, "http_" + response.status, message);
+    throw new ApiError(response.status, code, message);
   }
   return response.text();
 }

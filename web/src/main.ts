@@ -1,12 +1,13 @@
 // The dashboard's entry: the login exchange (`/login#<code>`), the session check, the layout
-// (fleet sidebar, navigation, per-machine stream banners), hash routing between the views, the
-// service worker, and the benchmark hook.
+// (fleet sidebar, navigation, per-machine stream banners), hash routing between the views that the
+// session's role may use, the service worker, and the benchmark hook.
 
 import "./style.css";
 import { api, ApiError, setCsrf } from "./api";
 import { clear, h } from "./dom";
 import { store, type Machine } from "./store";
-import type { AgentInfo, SessionState } from "./types";
+import { can, refusal, role, setRole } from "./role";
+import type { AgentInfo, Role, SessionState } from "./types";
 import { ActivityView } from "./views/activity";
 import { AgentsView, filter } from "./views/agents";
 import { ApprovalsView } from "./views/approvals";
@@ -32,6 +33,7 @@ async function login(): Promise<void> {
   try {
     const state = await api<SessionState>("POST", "/v1/sessions/login", { code });
     setCsrf(state.csrf_token);
+    setRole(state.session.role);
     history.replaceState(null, "", "/");
     start();
   } catch (e) {
@@ -55,6 +57,7 @@ async function boot(): Promise<void> {
   try {
     const state = await api<SessionState>("GET", "/v1/session");
     setCsrf(state.csrf_token);
+    setRole(state.session.role);
     start();
   } catch (e) {
     if (e instanceof ApiError && e.status === 0) {
@@ -82,35 +85,53 @@ function unreachable(): void {
 
 type ViewName = "agents" | "terminal" | "approvals" | "activity" | "history" | "settings";
 
+/// Each view, the least role whose routes it reads (null: every session), its label and icon.
+const VIEWS: [ViewName, Role | null, string, string][] = [
+  ["agents", "viewer", "Agents", "☰"],
+  ["terminal", "viewer", "Terminal", "⌨"],
+  ["approvals", "approver", "Approvals", "⚑"],
+  ["activity", "viewer", "Activity", "≋"],
+  ["history", "viewer", "History", "↺"],
+  ["settings", null, "Device", "⚙"],
+];
+
+/// What a view the session's role cannot use shows instead (a bookmark, an old link).
+function notForRole(label: string, required: Role): HTMLElement {
+  return h(
+    "section",
+    { class: "view role-note", "aria-labelledby": "role-note-title" },
+    h("div", { class: "toolbar" }, h("h1", { id: "role-note-title" }, label)),
+    h("p", { role: "status" }, refusal(required)),
+  );
+}
+
 function start(): void {
-  const terminal = new TerminalView();
-  const agents = new AgentsView(({ machine, agent }) => {
-    terminal.open(machine, agent.id, agent.name);
-    location.hash = "#/terminal";
-  });
-  const approvals = new ApprovalsView();
-  const activity = new ActivityView();
-  const historyView = new HistoryView();
+  // Only the views this role may use are made: the others would read routes it cannot.
+  const allowed = VIEWS.filter(([, required]) => required === null || can(required));
+  const labels = allowed.map(([name, , label, icon]) => [name, label, icon] as const);
+  const terminal = can("viewer") ? new TerminalView() : null;
+  const agents = can("viewer")
+    ? new AgentsView(({ machine, agent }) => {
+        terminal?.open(machine, agent.id, agent.name);
+        location.hash = "#/terminal";
+      })
+    : null;
+  const approvals = can("approver") ? new ApprovalsView() : null;
+  const activity = can("viewer") ? new ActivityView() : null;
+  const historyView = can("viewer") ? new HistoryView() : null;
   const settings = new SettingsView(async () => {
     await api("POST", "/v1/session/logout").catch(() => undefined);
     location.replace("/");
   });
-  const views: Record<ViewName, HTMLElement> = {
-    agents: agents.element,
-    terminal: terminal.element,
-    approvals: approvals.element,
-    activity: activity.element,
-    history: historyView.element,
+  const views: Partial<Record<ViewName, HTMLElement>> = {
+    agents: agents?.element,
+    terminal: terminal?.element,
+    approvals: approvals?.element,
+    activity: activity?.element,
+    history: historyView?.element,
     settings: settings.element,
   };
-  const labels: [ViewName, string, string][] = [
-    ["agents", "Agents", "☰"],
-    ["terminal", "Terminal", "⌨"],
-    ["approvals", "Approvals", "⚑"],
-    ["activity", "Activity", "≋"],
-    ["history", "History", "↺"],
-    ["settings", "Device", "⚙"],
-  ];
+  const home: ViewName = allowed[0]![0];
   const badge = h("span", { class: "nav-badge", hidden: true, "aria-label": "pending approvals" });
   const nav = h(
     "nav",
@@ -129,9 +150,13 @@ function start(): void {
   const sidebar = h(
     "aside",
     { class: "sidebar", "aria-label": "Fleet" },
-    h("h2", {}, "Fleet"),
-    h("label", { for: "fleet-filter", class: "sr-only" }, "Filter agents"),
-    search,
+    h(
+      "div",
+      { class: "sidebar-head" },
+      h("h2", {}, "Fleet"),
+      h("span", { class: "role-chip", "data-role": role(), title: "This session's role: what this dashboard may do" }, h("span", { class: "sr-only" }, "Session role: "), role()),
+    ),
+    agents ? [h("label", { for: "fleet-filter", class: "sr-only" }, "Filter agents"), search] : null,
     machineList,
   );
   const content = h("div", { class: "content", id: "main", tabindex: "-1" });
@@ -145,9 +170,10 @@ function start(): void {
   const renderMachines = () => {
     clear(
       machineList,
+      // Filtering by machine is for the agents table; an approver's list only shows each machine.
       h(
         "li",
-        {},
+        { hidden: !agents },
         h("button", { type: "button", class: "machine", "aria-pressed": String(filter.machine === ""), onclick: () => { filter.machine = ""; store.changed("filter"); store.changed("machines"); } }, "All machines"),
       ),
       store.machines.map((m) => {
@@ -173,7 +199,7 @@ function start(): void {
             h("span", { class: "dot", "aria-hidden": "true" }),
             h("span", { class: "machine-name" }, m.name),
             h("span", { class: "sr-only" }, ` (${m.status})`),
-            h("span", { class: "machine-counts" }, `${running}/${agentsOf.length} running${waiting ? ` · ${waiting} waiting` : ""}`),
+            h("span", { class: "machine-counts" }, agents ? `${running}/${agentsOf.length} running${waiting ? ` · ${waiting} waiting` : ""}` : `${waiting} waiting`),
           ),
         );
       }),
@@ -199,6 +225,7 @@ function start(): void {
     if (what.has("machines") || what.has("approvals") || what.has("agents") || what.has("filter")) renderMachines();
   });
   store.onNewApproval = (approval) => {
+    if (!approvals) return;
     navigator.vibrate?.([120, 60, 120]);
     if (document.hidden && Notification?.permission === "granted") {
       void navigator.serviceWorker?.ready.then((r) => r.showNotification(`${approval.agent_name} asks`, { body: approval.prompt, tag: approval.id }));
@@ -206,19 +233,21 @@ function start(): void {
   };
 
   const route = () => {
-    const [, name = "agents", arg] = location.hash.split("/");
-    const view = (name in views ? name : "agents") as ViewName;
-    clear(content, views[view]);
+    const [, name = home, arg] = location.hash.split("/");
+    const known = VIEWS.find((v) => v[0] === name);
+    const view = (known ? name : home) as ViewName;
+    const element = views[view];
+    clear(content, element ?? notForRole(known![2], known![1]!));
     for (const link of nav.querySelectorAll("a")) {
       if (link.dataset.view === view) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
     }
-    document.title = `${labels.find((l) => l[0] === view)?.[1] ?? ""} · Celistra`;
-    if (view === "agents") agents.update();
-    if (view === "terminal") terminal.shown();
-    if (view === "approvals") approvals.show(arg ?? null);
-    if (view === "activity") void activity.start();
-    if (view === "history") void historyView.load();
+    document.title = `${VIEWS.find((l) => l[0] === view)?.[2] ?? ""} · Celistra`;
+    if (view === "agents") agents?.update();
+    if (view === "terminal") terminal?.shown();
+    if (view === "approvals") approvals?.show(arg ?? null);
+    if (view === "activity") void activity?.start();
+    if (view === "history") void historyView?.load();
     if (view === "settings") void settings.load();
   };
   window.addEventListener("hashchange", route);
@@ -249,7 +278,7 @@ function start(): void {
         store.machines.push(machine);
       }
       const t0 = performance.now();
-      agents.update();
+      agents?.update();
       const full = performance.now() - t0;
       const rows = document.querySelectorAll(".agent-row").length;
       // One state change on each machine, as a stream would deliver it.
@@ -258,7 +287,7 @@ function start(): void {
         const first = machine.agents.values().next().value;
         if (first) first.state = "stopped";
       }
-      agents.update();
+      agents?.update();
       const change = performance.now() - t1;
       return { fullUpdateMs: full, changeUpdateMs: change, rowsInDom: rows, agents: machines * perMachine };
     },

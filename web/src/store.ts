@@ -1,7 +1,9 @@
 // The dashboard's state: machines (this daemon today; the model holds several for the fleet), each
 // with its agents and approvals, kept live by its own event stream. Views subscribe to changes.
 
-import { api } from "./api";
+import { api, ApiError } from "./api";
+import { toast } from "./dom";
+import { can } from "./role";
 import { Stream, type StreamStatus } from "./stream";
 import type { AgentInfo, Approval, Health, ServerEvent } from "./types";
 
@@ -99,17 +101,20 @@ export class Store {
   /// Re-reads everything (at every (re)connection: events missed while down are not replayed
   /// beyond the daemon's backlog, so the lists are read again).
   async reload(machine: Machine): Promise<void> {
+    // Only the lists this session's role may read: an approver sees no agents, a viewer no
+    // approvals (the daemon would refuse them).
+    const none = <T>(): Promise<T[] | null> => Promise.resolve(null);
     try {
       const [health, agents, approvals] = await Promise.all([
         api<Health>("GET", `${machine.base}/v1/health`),
-        api<AgentInfo[]>("GET", `${machine.base}/v1/agents`),
-        api<Approval[]>("GET", `${machine.base}/v1/approvals`),
+        can("viewer") ? refusedAsNull(api<AgentInfo[]>("GET", `${machine.base}/v1/agents`)) : none<AgentInfo>(),
+        can("approver") ? refusedAsNull(api<Approval[]>("GET", `${machine.base}/v1/approvals`)) : none<Approval>(),
       ]);
       machine.health = health;
       machine.name = health.hostname;
       machine.id = health.machine_id;
-      machine.agents = new Map(agents.map((a) => [a.id, a]));
-      machine.approvals = new Map(approvals.slice(0, 200).map((a) => [a.id, a]));
+      if (agents) machine.agents = new Map(agents.map((a) => [a.id, a]));
+      if (approvals) machine.approvals = new Map(approvals.slice(0, 200).map((a) => [a.id, a]));
       this.changed("machines");
       this.changed("agents");
       this.changed("approvals");
@@ -120,7 +125,7 @@ export class Store {
 
   /// Reads CPU time and memory; the load is the CPU time used between two readings.
   async pollUsage(machine: Machine): Promise<void> {
-    if (machine.status !== "up" || document.hidden) return;
+    if (machine.status !== "up" || document.hidden || !can("viewer")) return;
     try {
       const readings = await api<{ agent_id: string; cpu_usec: number; memory_bytes: number; time_ms: number }[]>("GET", `${machine.base}/v1/usage`);
       const next = new Map<string, { cpu: number | null; memory: number; cpuUsec: number; time: number }>();
@@ -138,6 +143,7 @@ export class Store {
   }
 
   private async refreshAgent(machine: Machine, id: string): Promise<void> {
+    if (!can("viewer")) return;
     try {
       const agent = await api<AgentInfo>("GET", `${machine.base}/v1/agents/${encodeURIComponent(id)}`);
       machine.agents.set(agent.id, agent);
@@ -193,5 +199,22 @@ export class Store {
     }
   }
 }
+
+/// A list the daemon refused to this role (it changed, or the page misjudged it): said once, in
+/// words, and the rest of the page goes on.
+async function refusedAsNull<T>(request: Promise<T>): Promise<T | null> {
+  try {
+    return await request;
+  } catch (e) {
+    if (!(e instanceof ApiError) || e.code !== "role_required") throw e;
+    if (!refusalShown.has(e.message)) {
+      refusalShown.add(e.message);
+      toast(e.message, "error");
+    }
+    return null;
+  }
+}
+
+const refusalShown = new Set<string>();
 
 export const store = new Store();

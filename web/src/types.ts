@@ -16,3 +16,4 @@ export type LogLine = Schemas["LogLine"];
 export type SessionState = Schemas["SessionState"];
 /** One event of `GET /v1/events`. */
 export type ServerEvent = Schemas["Event"];
+export type Role = Schemas["Role"];

@@ -1,8 +1,10 @@
 // The agents table: every machine's agents, filtered by the sidebar, sortable, virtualised (only
-// the rows in view exist in the DOM), with row actions. `waiting-approval` rows stand out.
+// the rows in view exist in the DOM), with row actions (for a viewer session: the terminal only,
+// read-only). `waiting-approval` rows stand out.
 
 import { api, ApiError } from "../api";
 import { clear, duration, h, modal, toast } from "../dom";
+import { can } from "../role";
 import { store, type Machine } from "../store";
 import type { AgentInfo, AgentState } from "../types";
 import { openSettings, openSpawn } from "./spawn";
@@ -146,7 +148,7 @@ export class AgentsView {
         { class: "toolbar" },
         h("h1", { id: "agents-title" }, "Agents"),
         this.count,
-        h("button", { class: "primary", type: "button", onclick: () => openSpawn(store.machines[0]) }, "+ Spawn agent"),
+        can("operator") ? h("button", { class: "primary", type: "button", onclick: () => openSpawn(store.machines[0]) }, "+ Spawn agent") : null,
       ),
       h("div", { class: "agents-table", role: "table", "aria-label": "Agents", "aria-describedby": "agents-title" }, this.head, this.viewport),
     );
@@ -315,13 +317,17 @@ export class AgentsView {
       h(
         "div",
         { role: "cell", class: "col-actions" },
-        h("button", { type: "button", class: "icon", "aria-label": `Terminal of ${agent.name}`, title: "Terminal", onclick: () => this.openTerminal({ machine, agent }) }, "⌨"),
-        active
-          ? h("button", { type: "button", class: "icon", "aria-label": `Stop ${agent.name}`, title: "Stop", onclick: () => void act(machine, agent, "stop") }, "■")
-          : h("button", { type: "button", class: "icon", "aria-label": `Start ${agent.name}`, title: "Start", onclick: () => void act(machine, agent, "start") }, "▶"),
-        h("button", { type: "button", class: "icon wide-only", "aria-label": `Restart ${agent.name}`, title: "Restart", onclick: () => void act(machine, agent, "restart") }, "↻"),
-        h("button", { type: "button", class: "icon danger", "aria-label": `Kill ${agent.name}`, title: "Kill…", "data-action": "kill", onclick: () => openKill(machine, agent) }, "✕"),
-        h("button", { type: "button", class: "icon", "aria-label": `Settings of ${agent.name}`, title: "Settings…", onclick: () => void openSettings(machine, agent) }, "⚙"),
+        h("button", { type: "button", class: "icon", "aria-label": `Terminal of ${agent.name}`, title: can("operator") ? "Terminal" : "Terminal (read-only)", onclick: () => this.openTerminal({ machine, agent }) }, "⌨"),
+        can("operator")
+          ? [
+              active
+                ? h("button", { type: "button", class: "icon", "aria-label": `Stop ${agent.name}`, title: "Stop", onclick: () => void act(machine, agent, "stop") }, "■")
+                : h("button", { type: "button", class: "icon", "aria-label": `Start ${agent.name}`, title: "Start", onclick: () => void act(machine, agent, "start") }, "▶"),
+              h("button", { type: "button", class: "icon wide-only", "aria-label": `Restart ${agent.name}`, title: "Restart", onclick: () => void act(machine, agent, "restart") }, "↻"),
+              h("button", { type: "button", class: "icon danger", "aria-label": `Kill ${agent.name}`, title: "Kill…", "data-action": "kill", onclick: () => openKill(machine, agent) }, "✕"),
+              h("button", { type: "button", class: "icon", "aria-label": `Settings of ${agent.name}`, title: "Settings…", onclick: () => void openSettings(machine, agent) }, "⚙"),
+            ]
+          : null,
       ),
     );
   }

@@ -1,8 +1,9 @@
-// This device: notifications (Web Push subscription with the daemon's VAPID key), the dashboard's
-// sessions (revoke), and logging out.
+// This device: notifications (Web Push subscription with the daemon's VAPID key; for sessions
+// that may see approvals), the dashboard's sessions (revoke; the owner's), and logging out.
 
 import { api, ApiError } from "../api";
 import { clear, clock, h, toast } from "../dom";
+import { can } from "../role";
 
 interface SessionInfo {
   id: string;
@@ -55,7 +56,10 @@ export async function enablePush(label: string): Promise<void> {
 
 export async function disablePush(): Promise<void> {
   const id = localStorage.getItem(PUSH_ID);
-  if (id) await api("DELETE", `/v1/push/subscriptions/${encodeURIComponent(id)}`).catch(() => undefined);
+  // Removing a subscription from the daemon is the owner's; for other roles the browser's own
+  // unsubscription is enough: the push service then says the device is gone, and the daemon
+  // forgets it at its next notification.
+  if (id && can("owner")) await api("DELETE", `/v1/push/subscriptions/${encodeURIComponent(id)}`).catch(() => undefined);
   localStorage.removeItem(PUSH_ID);
   const registration = await navigator.serviceWorker?.getRegistration();
   const subscription = await registration?.pushManager.getSubscription();
@@ -93,18 +97,24 @@ export class SettingsView {
       "section",
       { class: "view settings-view", "aria-labelledby": "settings-title" },
       h("div", { class: "toolbar" }, h("h1", { id: "settings-title" }, "This device")),
-      h("h2", {}, "Notifications"),
-      h("div", { class: "field check" }, toggle, h("label", { for: "push-toggle" }, "Notifications on this device (approval requests)")),
-      this.pushStatus,
+      // Approval requests are the approver's (an operator's and the owner's too).
+      can("approver")
+        ? [
+            h("h2", {}, "Notifications"),
+            h("div", { class: "field check" }, toggle, h("label", { for: "push-toggle" }, "Notifications on this device (approval requests)")),
+            this.pushStatus,
+          ]
+        : null,
       h("h2", {}, "Install"),
       h("p", { class: "hint" }, "On a phone, use the browser's “Add to Home screen” to install the dashboard as an app."),
-      h("h2", {}, "Sessions"),
-      this.sessions,
+      can("owner") ? [h("h2", {}, "Sessions"), this.sessions] : null,
       h("button", { type: "button", class: "danger", onclick: () => this.logout() }, "Log out"),
     );
   }
 
   async load(): Promise<void> {
+    // Listing and revoking sessions is the owner's.
+    if (!can("owner")) return;
     try {
       const sessions = await api<SessionInfo[]>("GET", "/v1/sessions");
       clear(

@@ -1,8 +1,11 @@
 // The spawn form and the agent settings dialog. The API's validation errors are shown next to the
-// field they are about (by error code, else by the field the message names).
+// field they are about (by error code, else by the field the message names). The owner edits the
+// whole spec; an operator, who may not read environment values, edits what `AgentInfo` shows and
+// replaces the environment or capabilities only when it fills those fields in.
 
 import { api, ApiError } from "../api";
 import { h, modal, toast } from "../dom";
+import { can } from "../role";
 import type { Machine } from "../store";
 import type { AgentInfo, AgentSpec } from "../types";
 
@@ -66,7 +69,13 @@ function field(
   );
 }
 
-function buildForm(initial: Partial<AgentSpec>, prefix: string): FormFields {
+/// For a session that cannot read the spec: the environment's keys (their values are hidden) and a
+/// note that empty capability fields keep the agent's own.
+interface Hidden {
+  envKeys: string[];
+}
+
+function buildForm(initial: Partial<AgentSpec>, prefix: string, hidden?: Hidden): FormFields {
   const errors = new Map<Field, HTMLElement>();
   const command = h("textarea", { name: "command", rows: 2, required: true, spellcheck: "false", autocapitalize: "off" });
   command.value = initial.command ?? "";
@@ -94,10 +103,19 @@ function buildForm(initial: Partial<AgentSpec>, prefix: string): FormFields {
     field(`${prefix}-command`, "Command", command, errors, "command", "Run as /bin/sh -c COMMAND"),
     field(`${prefix}-name`, "Name", name, errors, "name", "Empty: one is made from the command"),
     field(`${prefix}-workspace`, "Workspace", workspace, errors, "workspace", "Absolute path; empty: the daemon's home"),
-    field(`${prefix}-env`, "Environment", env, errors, "env", "One KEY=value a line"),
+    field(
+      `${prefix}-env`,
+      "Environment",
+      env,
+      errors,
+      "env",
+      hidden
+        ? `Values are the owner's to read${hidden.envKeys.length ? ` (set: ${hidden.envKeys.join(", ")})` : ""}. Empty keeps them; KEY=value lines replace the whole environment.`
+        : "One KEY=value a line",
+    ),
     h("div", { class: "field check" }, autoRestart, h("label", { for: autoId }, "Restart automatically when it exits"), autoError),
-    field(`${prefix}-caps`, "Extra capabilities", caps, errors, "capabilities", "Tokens added to the default set, e.g. write:/srv/out privileged"),
-    field(`${prefix}-drops`, "Dropped capabilities", drops, errors, "drop_capabilities", "Tokens removed, e.g. network"),
+    field(`${prefix}-caps`, "Extra capabilities", caps, errors, "capabilities", `Tokens added to the default set, e.g. write:/srv/out privileged${hidden ? "; empty keeps the agent's" : ""}`),
+    field(`${prefix}-drops`, "Dropped capabilities", drops, errors, "drop_capabilities", `Tokens removed, e.g. network${hidden ? "; empty keeps the agent's" : ""}`),
     formError,
   );
   return {
@@ -157,17 +175,22 @@ export function openSpawn(machine: Machine | undefined): void {
   fields.form.querySelector("textarea")?.focus();
 }
 
-/// The settings dialog of one agent: its spec (environment values included, read with the
-/// session's rights), saved as an update, optionally restarting it.
+/// The settings dialog of one agent: for the owner its spec (environment values included), for an
+/// operator what the agent's info shows; saved as an update, optionally restarting it.
 export async function openSettings(machine: Machine, agent: AgentInfo): Promise<void> {
-  let spec: AgentSpec;
-  try {
-    spec = await api<AgentSpec>("GET", `${machine.base}/v1/agents/${agent.id}/spec`);
-  } catch (e) {
-    toast((e as Error).message, "error");
-    return;
+  const whole = can("owner");
+  let spec: Partial<AgentSpec>;
+  if (whole) {
+    try {
+      spec = await api<AgentSpec>("GET", `${machine.base}/v1/agents/${agent.id}/spec`);
+    } catch (e) {
+      toast((e as Error).message, "error");
+      return;
+    }
+  } else {
+    spec = { name: agent.name, command: agent.command, workspace: agent.workspace, auto_restart: agent.auto_restart };
   }
-  const fields = buildForm(spec, "settings");
+  const fields = buildForm(spec, "settings", whole ? undefined : { envKeys: agent.env_keys });
   fields.form.id = "settings-form";
   const restart = h("input", { type: "checkbox", id: "settings-restart" });
   fields.form.append(h("div", { class: "field check" }, restart, h("label", { for: "settings-restart" }, "Restart now so the changes apply")));
@@ -180,14 +203,16 @@ export async function openSettings(machine: Machine, agent: AgentInfo): Promise<
     save.disabled = true;
     try {
       const values = fields.values();
+      // Without the spec, an empty field means "keep", not "clear".
+      const keep = <T>(value: T, empty: boolean): T | undefined => (whole || !empty ? value : undefined);
       const update = {
         name: values.name || undefined,
         command: values.command,
         workspace: values.workspace,
-        env: values.env,
+        env: keep(values.env, Object.keys(values.env ?? {}).length === 0),
         auto_restart: values.auto_restart,
-        capabilities: values.capabilities,
-        drop_capabilities: values.drop_capabilities,
+        capabilities: keep(values.capabilities, (values.capabilities ?? []).length === 0),
+        drop_capabilities: keep(values.drop_capabilities, (values.drop_capabilities ?? []).length === 0),
         restart: restart.checked,
       };
       await api("PATCH", `${machine.base}/v1/agents/${agent.id}`, update);

@@ -1,13 +1,15 @@
 // Terminals: one xterm.js per tab on the shared-terminal protocol (docs/terminal-protocol.md):
 // a single-use ticket, the `celistra.terminal.v1` WebSocket, binary output and input, JSON control
 // messages, fit to the window, a read-only (viewer) toggle, and reconnection with backoff and a
-// fresh ticket. On touch screens a row of keys gives Esc, Ctrl, Tab and the arrows.
+// fresh ticket. On touch screens a row of keys gives Esc, Ctrl, Tab and the arrows. A session that
+// may not write (a viewer) gets viewer tickets only, no input at all, and says so.
 
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import "@xterm/xterm/css/xterm.css";
-import { api } from "../api";
+import { api, ApiError } from "../api";
 import { clear, h } from "../dom";
+import { can } from "../role";
 import type { Machine } from "../store";
 
 interface Ticket {
@@ -25,7 +27,9 @@ class TermTab {
   private backoff = 0;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private closed = false;
-  readOnly = false;
+  /// This session may not write to terminals (it is a viewer): read-only for good.
+  readonly locked = !can("operator");
+  readOnly = this.locked;
   ctrl = false;
   private readonly encoder = new TextEncoder();
 
@@ -35,12 +39,14 @@ class TermTab {
     readonly name: string,
   ) {
     this.term = new Terminal({
-      cursorBlink: true,
       fontFamily: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace",
       fontSize: 14,
       scrollback: 5000,
       theme: { background: "#0b1120" },
       screenReaderMode: false,
+      // Nothing typed is even taken when the session cannot write.
+      disableStdin: this.locked,
+      cursorBlink: !this.locked,
     });
     this.term.loadAddon(this.fit);
     this.status = h("span", { class: "term-status", role: "status", "aria-live": "polite" }, "connecting…");
@@ -105,7 +111,8 @@ class TermTab {
       });
     } catch (e) {
       this.setStatus(`cannot attach: ${(e as Error).message}`);
-      this.retry();
+      // A refused role stays refused: say so and stop; anything else may pass on a retry.
+      if (!(e instanceof ApiError && e.code === "role_required")) this.retry();
       return;
     }
     const url = new URL(ticket.path, location.href);
@@ -184,7 +191,7 @@ class TermTab {
   }
 
   setReadOnly(readOnly: boolean): void {
-    this.readOnly = readOnly;
+    this.readOnly = readOnly || this.locked;
     this.reconnectNow();
   }
 
@@ -222,6 +229,7 @@ export class TerminalView {
   private readonly body: HTMLElement;
   private readonly toolbar: HTMLElement;
   private readonly ctrlButton: HTMLButtonElement;
+  private readonly keys: HTMLElement;
 
   constructor() {
     this.tabBar = h("div", { class: "term-tabs", role: "tablist", "aria-label": "Open terminals" });
@@ -235,13 +243,13 @@ export class TerminalView {
       this.active.term.focus();
     });
     document.addEventListener("celistra-ctrl", () => this.ctrlButton.setAttribute("aria-pressed", "false"));
-    const keys = h(
+    const keys = (this.keys = h(
       "div",
-      { class: "screen-keys", role: "toolbar", "aria-label": "Terminal keys" },
+      { class: "screen-keys", role: "toolbar", "aria-label": "Terminal keys", hidden: !can("operator") },
       KEYS.slice(0, 2).map(([label, seq, aria]) => this.keyButton(label, seq, aria)),
       this.ctrlButton,
       KEYS.slice(2).map(([label, seq, aria]) => this.keyButton(label, seq, aria)),
-    );
+    ));
     this.element = h(
       "section",
       { class: "view terminal-view", "aria-labelledby": "terminal-title" },
@@ -304,9 +312,12 @@ export class TerminalView {
     clear(
       this.toolbar,
       tab.status,
-      h("span", { class: "check" }, readOnly, h("label", { for: "term-readonly" }, "Read-only")),
+      tab.locked
+        ? h("span", { class: "badge readonly", "data-readonly": "locked", title: "This session is a viewer: it sees the terminal and cannot type into it" }, "Read-only: viewer session")
+        : h("span", { class: "check" }, readOnly, h("label", { for: "term-readonly" }, "Read-only")),
       h("button", { type: "button", onclick: () => tab.reconnectNow() }, "Reconnect"),
     );
+    this.keys.hidden = tab.locked;
     requestAnimationFrame(() => {
       tab.mount();
       tab.term.focus();

@@ -1,6 +1,7 @@
 //! The dashboard: its files and headers, one-time login links, session cookies, CSRF, revocation,
 //! `ctl dashboard` and `ctl sessions`, through real HTTP; then the whole dashboard in a real
-//! browser (web/e2e/dashboard.mjs: chromium through playwright-core), and the first-load budget.
+//! browser (web/e2e/dashboard.mjs: chromium through playwright-core): an owner on a desktop and a
+//! phone over HTTP, then a viewer and an approver over HTTPS; and the first-load budget.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -474,9 +475,13 @@ impl Drop for Group {
 }
 
 #[tokio::test]
-async fn the_dashboard_works_in_a_real_browser_on_a_desktop_and_a_phone() {
+async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_https_for_each_role() {
     use std::os::unix::process::CommandExt;
     let daemon = Daemon::start().await;
+    // The viewer and approver sessions use a daemon that serves HTTPS with its generated
+    // certificate, which the browser trusts by its SPKI hash (the script checks it against
+    // `/v1/health`).
+    let tls = Daemon::start_with_args(&["--tls"]).await;
     let browser = std::env::var("CELISTRA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&browser).exists(),
@@ -494,6 +499,10 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_and_a_phone() {
         .arg(daemon.work.path())
         .arg("--shots")
         .arg(&shots)
+        .arg("--tls-home")
+        .arg(tls.home())
+        .arg("--tls-work")
+        .arg(tls.work.path())
         .arg("--browser")
         .arg(&browser)
         .env("TMPDIR", profile.path())
@@ -528,7 +537,10 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_and_a_phone() {
         shots.display()
     );
     assert!(
-        output.contains("0 failed") && output.contains("BENCH "),
+        output.contains("0 failed")
+            && output.contains("BENCH ")
+            && output.contains("ok   https viewer: the terminal is read-only")
+            && output.contains("ok   https approver: approves a real request"),
         "{output}"
     );
 }
