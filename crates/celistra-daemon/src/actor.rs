@@ -29,6 +29,14 @@ impl Actor {
         }
     }
 
+    /// The actor an event names.
+    pub(crate) fn recorded(name: &str, role: Option<Role>) -> Actor {
+        Actor {
+            name: name.to_owned(),
+            role,
+        }
+    }
+
     pub(crate) fn is_system(&self) -> bool {
         self.name == SYSTEM
     }

@@ -102,13 +102,7 @@ async fn login(daemon: &Daemon) -> (String, String) {
 #[tokio::test]
 async fn the_dashboard_is_served_with_strict_headers_and_holds_no_secret() {
     let daemon = Daemon::start().await;
-    let secret = serde_json::from_str::<serde_json::Value>(
-        &std::fs::read_to_string(daemon.home().join("auth.json")).unwrap(),
-    )
-    .unwrap()["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let secret = daemon.secret();
     let addr = addr(&daemon);
     let (status, headers, html) = request(addr, Method::GET, "/", &[], None).await;
     assert_eq!(status, StatusCode::OK);

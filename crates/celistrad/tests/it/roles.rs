@@ -66,13 +66,7 @@ async fn until_expired(client: &Client, token: &str) {
 #[tokio::test]
 async fn every_route_answers_each_role_exactly_as_the_route_table_says() {
     let daemon = Daemon::start().await;
-    let secret = serde_json::from_str::<serde_json::Value>(
-        &std::fs::read_to_string(daemon.home().join("auth.json")).unwrap(),
-    )
-    .unwrap()["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let secret = daemon.secret();
     let mut credentials = vec![(secret, Role::Owner)];
     for role in Role::ALL {
         credentials.push((create_token(&daemon, role.as_str(), role, None).await, role));
