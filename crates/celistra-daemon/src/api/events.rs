@@ -10,7 +10,7 @@ use celistra_proto::{Event, EventKind, EventsQuery, Role};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::responses::{BadQuery, Refused};
+use super::responses::{BadQuery, EventStream, Refused};
 use super::{AppState, Caller, Failure};
 
 /// Live events as Server-Sent Events. Each SSE event's name is the event's `type`, its id the
@@ -23,7 +23,7 @@ use super::{AppState, Caller, Failure};
     operation_id = "stream_events",
     tag = "events",
     params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id; wins over `after`")),
-    responses((status = 200, content_type = "text/event-stream", body = Event), Refused, BadQuery)
+    responses(EventStream, Refused, BadQuery)
 )]
 pub(crate) async fn stream(
     State(state): State<AppState>,
