@@ -12,6 +12,7 @@ mod events;
 mod home;
 mod notify;
 mod sandbox;
+mod serve;
 mod services;
 mod sessions;
 mod store;
@@ -275,27 +276,16 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     supervisor.restore(stored).await;
     supervisor.approvals.restore();
     let router = api::router(state);
-    let unix_server = tokio::spawn(
-        axum::serve(unix, router.clone())
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .into_future(),
-    );
+    let unix_server = tokio::spawn(serve::serve(unix, None, router.clone(), stopping.clone()));
     let tcp_server = match &certificates {
         Some(certificates) => {
             let acceptor = certificates.acceptor()?;
             let router = router.layer(axum::middleware::map_response(
                 tls::strict_transport_security,
             ));
-            tokio::spawn(tls::serve(tcp, acceptor, router, stopping.clone()))
+            tokio::spawn(serve::serve(tcp, Some(acceptor), router, stopping.clone()))
         }
-        None => {
-            let plain = axum::serve(tcp, router)
-                .with_graceful_shutdown(stopping.clone().cancelled_owned())
-                .into_future();
-            tokio::spawn(async move {
-                let _ = plain.await;
-            })
-        }
+        None => tokio::spawn(serve::serve(tcp, None, router, stopping.clone())),
     };
     let reloader = certificates
         .clone()

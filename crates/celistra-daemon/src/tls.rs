@@ -1,26 +1,21 @@
 //! TLS on the TCP port: the certificate (generated once into the state directory, or the
-//! operator's PEM files, reloaded when they change), its SHA-256 fingerprint, the accept loop that
-//! serves the router over rustls, and the `Strict-Transport-Security` header.
+//! operator's PEM files, reloaded when they change), its SHA-256 fingerprint, the acceptor
+//! (`serve.rs` runs the accept loop), and the `Strict-Transport-Security` header.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use celistra_proto::TlsHealth;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -38,8 +33,6 @@ pub enum TlsMode {
 
 /// How often the operator's files are compared with what is served.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
-/// A client that has not finished its handshake by then is dropped, so idle sockets cost nothing.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// One year: browsers then never fall back to plain HTTP for this host name.
 const HSTS: &str = "max-age=31536000";
 
@@ -245,72 +238,6 @@ fn generate(cert: &Path, key: &Path, hostname: &str, listen: IpAddr) -> Result<(
     write_atomic_private(cert, certificate.pem().as_bytes())
         .map_err(|e| Error::io(format!("cannot write {}", cert.display()), e))?;
     Ok(())
-}
-
-/// Serves `router` over TLS on `listener` until `stopping`, then lets open requests finish.
-/// Handshakes run in each connection's task, so a slow client holds up no other.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    router: Router,
-    stopping: CancellationToken,
-) {
-    // Every connection task holds a sender; when all are gone, every connection has ended.
-    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors, for instance: wait instead of spinning.
-                    tracing::warn!("cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = stopping.cancelled() => break,
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let stopping = stopping.clone();
-        let open = open.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-            let stream = tokio::select! {
-                done = handshake => match done {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, "TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-                () = stopping.cancelled() => return,
-            };
-            let builder = Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(router),
-            );
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                    return;
-                }
-                () = stopping.cancelled() => connection.as_mut().graceful_shutdown(),
-            }
-            let _ = connection.await;
-        });
-    }
-    drop(open);
-    let _ = all_closed.recv().await;
 }
 
 /// Adds `Strict-Transport-Security` to a response of the TLS port.

@@ -51,6 +51,12 @@ pub enum ErrorCode {
     RoleRequired,
     /// A request body that is not sent as `Content-Type: application/json`.
     UnsupportedMediaType,
+    /// A request that is not valid HTTP/1.1 (a malformed request line or header field).
+    MalformedRequest,
+    /// A request URI longer than the daemon accepts.
+    UriTooLong,
+    /// Request header fields larger, or more, than the daemon accepts.
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
@@ -66,7 +72,10 @@ impl ErrorCode {
             ErrorCode::InvalidJson
             | ErrorCode::InvalidRequest
             | ErrorCode::WorkspaceInvalid
-            | ErrorCode::InvalidSignal => 400,
+            | ErrorCode::InvalidSignal
+            | ErrorCode::MalformedRequest => 400,
+            ErrorCode::UriTooLong => 414,
+            ErrorCode::HeadersTooLarge => 431,
             ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
             ErrorCode::ShuttingDown => 503,
             ErrorCode::OriginNotAllowed

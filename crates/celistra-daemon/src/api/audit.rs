@@ -20,7 +20,7 @@ use celistra_proto::{
 use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::responses::{BadQuery, Refused};
+use super::responses::{AuditStream, BadQuery, Refused};
 use super::{Caller, Failure};
 use crate::services::Services;
 
@@ -74,7 +74,7 @@ pub(crate) async fn list(
     operation_id = "tail_audit",
     tag = "audit",
     params(AuditTailQuery),
-    responses((status = 200, content_type = "text/event-stream", body = AuditEntry), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses(AuditStream, Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn tail(
     State(services): State<Arc<Services>>,
@@ -218,7 +218,7 @@ pub(crate) async fn verify(
     operation_id = "export_audit",
     tag = "audit",
     params(ExportQuery),
-    responses((status = 200, description = "Every entry: `application/x-ndjson` (format `jsonl`) or `text/csv` (`csv`)", content_type = "application/x-ndjson", body = String), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, description = "Every entry: `application/x-ndjson` (format `jsonl`) or `text/csv` (`csv`)", content((String = "application/x-ndjson"), (String = "text/csv"))), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn export(
     State(services): State<Arc<Services>>,

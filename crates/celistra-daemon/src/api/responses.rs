@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use utoipa::IntoResponses;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 
 /// An `ApiError` answer.
@@ -67,5 +68,58 @@ impl IntoResponses for BadQuery {
             "400",
             "`invalid_request`: a query parameter is unknown, malformed or out of range",
         )])
+    }
+}
+
+/// A 200 answer of server-sent events. Each event is described as its fields (`event`, `id`,
+/// `data`), as tools that check streams read the schema of `text/event-stream`; `data` is one
+/// `data_schema` as JSON, which OpenAPI 3.1 cannot say as a schema, so the description says it.
+fn event_stream(description: &str, data_schema: &str) -> BTreeMap<String, RefOr<Response>> {
+    let text = |description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+    };
+    let event = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property("event", text("the event's name"))
+        .property("id", text("the id to resume after (`Last-Event-ID`)"))
+        .property(
+            "data",
+            text(&format!("one `{data_schema}` as JSON")).content_media_type("application/json"),
+        )
+        .required("data")
+        .build();
+    let response = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "text/event-stream",
+            ContentBuilder::new().schema(Some(event)).build(),
+        )
+        .into();
+    BTreeMap::from([("200".to_owned(), response)])
+}
+
+/// The live events (`GET /v1/events`).
+pub(crate) struct EventStream;
+
+impl IntoResponses for EventStream {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        event_stream(
+            "Server-sent events named by the event's `type`, each an `Event`",
+            "Event",
+        )
+    }
+}
+
+/// The audit log's tail (`GET /v1/audit/tail`).
+pub(crate) struct AuditStream;
+
+impl IntoResponses for AuditStream {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        event_stream(
+            "Server-sent events named `audit`, each an `AuditEntry`",
+            "AuditEntry",
+        )
     }
 }

@@ -13,7 +13,7 @@ use celistra_proto::{
 };
 use serde_json::json;
 
-use super::responses::{BadBody, Refused};
+use super::responses::{BadBody, BadQuery, Refused};
 use super::{Actor, AppState, Failure, JsonBody, SessionToken, failure};
 use crate::now_ms;
 use crate::sessions::{SESSION_TTL_MS, csrf_token};
@@ -41,7 +41,7 @@ fn cookie(token: Option<&str>, secure: bool) -> HeaderValue {
     operation_id = "issue_login_code",
     tag = "sessions",
     params(LoginCodeQuery),
-    responses((status = 200, body = LoginLink), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = LoginLink), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
 )]
 pub(crate) async fn issue_code(
     State(state): State<AppState>,

@@ -19,6 +19,7 @@ use celistra_proto::{
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::responses::{BadBody, Refused};
@@ -41,6 +42,7 @@ const MAX_CELLS: u16 = 1000;
 /// Close codes (section 7 of the protocol).
 const CLOSE_REMOVED: u16 = 1000;
 const CLOSE_STOPPING: u16 = 1001;
+const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_TRY_LATER: u16 = 1013;
 const CLOSE_TOO_SLOW: u16 = 4008;
 const CLOSE_REVOKED: u16 = 4003;
@@ -198,17 +200,20 @@ pub(crate) async fn connect(
     }
 }
 
-/// Checks origin, ticket, agent, subprotocol and room, in that order.
+/// Checks origin, ticket, agent, subprotocol and room, in that order. The ticket presented is
+/// spent whatever the answer (docs/terminal-protocol.md).
 fn admit(
     state: &AppState,
     agent: &str,
     query: &TerminalQuery,
     headers: &HeaderMap,
 ) -> Result<(Arc<AgentHandle>, Ticket), Failure> {
-    check_origin(headers)?;
     let handle = state.supervisor.find(agent).ok();
     let agent_id = handle.as_ref().map_or(agent, |h| h.id.as_str());
-    let ticket = state.tickets.redeem(&query.ticket, agent_id).ok_or_else(|| {
+    // Redeemed before any check, so that every refusal spends the ticket presented.
+    let ticket = state.tickets.redeem(&query.ticket, agent_id);
+    check_origin(headers)?;
+    let ticket = ticket.ok_or_else(|| {
         failure(
             ErrorCode::Unauthorized,
             "missing, unknown, expired or used ticket; get one with POST /v1/agents/{agent}/terminal/tickets",
@@ -351,7 +356,10 @@ async fn session(
             tokio::select! {
                 () = client.ready.notified() => {}
                 () = resync_timer => {}
-                _ = &mut reader => return Err(Ending::ClientGone),
+                read = &mut reader => return Err(match read {
+                    Ok(ReaderEnd::TooBig) => Ending::Close(CLOSE_TOO_BIG, "message over 64 KiB"),
+                    _ => Ending::ClientGone,
+                }),
                 () = ticket.ended.cancelled() => return Err(if lifetimes.daemon_stopping() {
                     Ending::Close(CLOSE_STOPPING, "daemon stopping")
                 } else {
@@ -432,13 +440,35 @@ async fn close(sink: &mut Sink, code: u16, reason: &'static str) -> Result<(), a
     .await
 }
 
+/// Why a client's frames ended.
+enum ReaderEnd {
+    /// It closed, or its connection broke.
+    Gone,
+    /// It sent a message over `MAX_FRAME`: the session closes with 1009.
+    TooBig,
+}
+
 /// Reads a client's frames until it closes: input for the program, resizes, or refusals.
 async fn read_client(
     mut stream: SplitStream<WebSocket>,
     handle: Arc<AgentHandle>,
     client: Arc<Client>,
-) {
-    while let Some(Ok(message)) = stream.next().await {
+) -> ReaderEnd {
+    while let Some(read) = stream.next().await {
+        let message = match read {
+            Ok(message) => message,
+            Err(e) => {
+                let too_big = e
+                    .into_inner()
+                    .downcast_ref::<tungstenite::Error>()
+                    .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+                return if too_big {
+                    ReaderEnd::TooBig
+                } else {
+                    ReaderEnd::Gone
+                };
+            }
+        };
         match message {
             Message::Binary(bytes) => input(&handle, &client, bytes).await,
             Message::Text(text) => match serde_json::from_str::<TerminalClientMessage>(&text) {
@@ -453,10 +483,11 @@ async fn read_client(
                     ),
                 ),
             },
-            Message::Close(_) => return,
+            Message::Close(_) => return ReaderEnd::Gone,
             Message::Ping(_) | Message::Pong(_) => {}
         }
     }
+    ReaderEnd::Gone
 }
 
 fn refuse(client: &Client, code: &str, message: String) {

@@ -621,11 +621,26 @@ impl Supervisor {
                 "prune": request.prune,
             }),
         );
+        // The plan was made from a snapshot: an agent removed meanwhile by another request is
+        // already what pruning asked for, and one to update is a conflict, not a missing route.
         for name in &plan.remove {
-            self.remove(name, actor).await?;
+            match self.remove(name, actor).await {
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                removed => {
+                    removed?;
+                }
+            }
         }
         for spec in plan.update {
-            let handle = self.find(&spec.name)?;
+            let handle = self.find(&spec.name).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "agent `{}` was removed while this apply ran; apply again",
+                        spec.name
+                    ),
+                )
+            })?;
             let name = spec.name.clone();
             self.replace_spec(&handle, spec, &name, actor)?;
             if handle.info().state.is_active() || handle.info().state == AgentState::Backoff {

@@ -13,6 +13,8 @@ mod audit;
 mod cli;
 mod contract;
 mod dashboard;
+mod edge;
+mod fuzz;
 mod history;
 mod notifications;
 mod remote;

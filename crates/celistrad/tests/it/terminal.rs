@@ -628,3 +628,132 @@ async fn a_resize_sends_sigwinch_to_the_program() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_input_message_over_64_kib_closes_with_1009() {
+    let daemon = Daemon::start().await;
+    spawn(&daemon, "big", "exec cat").await;
+    let (mut terminal, _) = attach(&daemon, "big", TerminalRole::Writer).await;
+    terminal
+        .send_input(vec![b'x'; 64 * 1024 + 1])
+        .await
+        .unwrap();
+    loop {
+        if let TerminalEvent::Closed { code, reason } = next(&mut terminal).await {
+            assert_eq!(code, 1009, "{reason}");
+            assert!(reason.contains("64 KiB"), "{reason}");
+            break;
+        }
+    }
+    assert_eq!(daemon.agent("big").await.state, AgentState::Running);
+}
+
+#[tokio::test]
+async fn every_refused_upgrade_spends_its_ticket() {
+    let daemon = Daemon::start().await;
+    spawn(&daemon, "one", "exec cat").await;
+    spawn(&daemon, "doomed", "exec cat").await;
+    let client = &daemon.client;
+    let refused = |result: Result<Terminal, ClientError>| match result {
+        Err(ClientError::Api(error)) => error.code,
+        Err(other) => panic!("expected an API error, got {other}"),
+        Ok(_) => panic!("expected a refusal"),
+    };
+    let ticket = |agent: &'static str| async move {
+        client
+            .issue_terminal_ticket(
+                agent,
+                &TicketRequest {
+                    role: TerminalRole::Viewer,
+                },
+            )
+            .await
+            .unwrap()
+    };
+    let spent = |path: String, after: &'static str| async move {
+        assert_eq!(
+            refused(client.open_terminal(&path, None).await),
+            ErrorCode::Unauthorized,
+            "the ticket refused with {after} is spent"
+        );
+    };
+    let addr = daemon.tcp_addr();
+    let raw = |path: String, headers: &'static str| async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
+        let (status, _, body) = crate::edge::exchange(tcp, request.as_bytes()).await;
+        let error: celistra_proto::ApiError = serde_json::from_str(&body).unwrap();
+        (status, error.code)
+    };
+
+    // 403: a browser of another origin.
+    let t = ticket("one").await;
+    assert_eq!(
+        refused(
+            client
+                .open_terminal(&t.path, Some("http://evil.example"))
+                .await
+        ),
+        ErrorCode::OriginNotAllowed
+    );
+    spent(t.path, "403").await;
+
+    // 401: the ticket of another agent.
+    let t = ticket("one").await;
+    let elsewhere = t
+        .path
+        .replace(&t.agent_id, &daemon.agent("doomed").await.id);
+    assert_eq!(
+        refused(client.open_terminal(&elsewhere, None).await),
+        ErrorCode::Unauthorized
+    );
+    spent(t.path, "401").await;
+
+    // 400: not a WebSocket upgrade; an upgrade that does not offer the subprotocol.
+    let t = ticket("one").await;
+    assert_eq!(
+        raw(
+            t.path.clone(),
+            "Sec-WebSocket-Protocol: celistra.terminal.v1\r\n"
+        )
+        .await,
+        (400, ErrorCode::InvalidRequest)
+    );
+    spent(t.path, "400 (no upgrade)").await;
+    let t = ticket("one").await;
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    assert_eq!(
+        raw(t.path.clone(), upgrade).await,
+        (400, ErrorCode::InvalidRequest)
+    );
+    spent(t.path, "400 (no subprotocol)").await;
+
+    // 404: the agent was removed after its ticket was issued.
+    let t = ticket("doomed").await;
+    assert!(daemon.ctl(&["rm", "doomed"]).status.success());
+    assert_eq!(
+        refused(client.open_terminal(&t.path, None).await),
+        ErrorCode::NotFound
+    );
+    spent(t.path, "404").await;
+
+    // 429: the agent has as many clients as it accepts (each counted once it said hello).
+    let mut attached = vec![];
+    for _ in 0..256 {
+        let t = ticket("one").await;
+        let mut terminal = client.open_terminal(&t.path, None).await.unwrap();
+        assert!(matches!(
+            next(&mut terminal).await,
+            TerminalEvent::Control(TerminalServerMessage::Hello { .. })
+        ));
+        attached.push(terminal);
+    }
+    let t = ticket("one").await;
+    assert_eq!(
+        refused(client.open_terminal(&t.path, None).await),
+        ErrorCode::TooManyClients
+    );
+    attached.pop().unwrap().close().await.unwrap();
+    spent(t.path, "429").await;
+}
