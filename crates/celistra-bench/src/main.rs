@@ -1,6 +1,6 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]), each phase against a
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
 #![allow(
@@ -15,6 +15,7 @@
 
 mod approvals;
 mod audit;
+mod auth;
 mod logs;
 mod sandbox;
 mod terminal;
@@ -597,6 +598,8 @@ enum Only {
     Audit,
     /// Approval latency ([`approvals`]).
     Approvals,
+    /// Authentication and role checks per request ([`auth`]).
+    Auth,
 }
 
 struct Args {
@@ -622,14 +625,15 @@ fn parse_args() -> Result<Args> {
                     Some("sandbox") => Only::Sandbox,
                     Some("audit") => Only::Audit,
                     Some("approvals") => Only::Approvals,
+                    Some("auth") => Only::Auth,
                     _ => bail!(
-                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit` or `approvals`"
+                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals` or `auth`"
                     ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals|auth]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
@@ -637,7 +641,8 @@ fn parse_args() -> Result<Args> {
                      --only terminal: terminal fan-out to 1, 10 and 100 viewers.\n\
                      --only sandbox: spawn cost of the sandbox, 100 sandboxed agents at once.\n\
                      --only audit: audit log append, verify and proofs (library, no daemon).\n\
-                     --only approvals: approval latency, ask to event and decision to answer."
+                     --only approvals: approval latency, ask to event and decision to answer.\n\
+                     --only auth: authentication and role checks per request (in-process router)."
                 );
                 std::process::exit(0);
             }
@@ -725,6 +730,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Approvals) {
         results.extend(approvals::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Auth) {
+        results.extend(auth::phases(&mut report).await);
     }
     for result in results {
         if let Err(e) = result {

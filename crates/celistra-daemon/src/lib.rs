@@ -67,6 +67,9 @@ pub struct Ready {
     pub url: String,
     /// SHA-256 of the served certificate (lowercase hex) when the port speaks HTTPS.
     pub fingerprint_sha256: Option<String>,
+    /// The API's router, as both listeners serve it, to call in-process without a socket
+    /// (`celistra-bench --only auth` times authentication and role checks this way).
+    pub router: axum::Router,
 }
 
 /// Errors that stop the daemon from starting or running.
@@ -275,6 +278,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     supervisor.restore(stored).await;
     supervisor.approvals.restore();
     let router = api::router(state);
+    let in_process = router.clone();
     let unix_server = tokio::spawn(
         axum::serve(unix, router.clone())
             .with_graceful_shutdown(stopping.clone().cancelled_owned())
@@ -319,6 +323,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         let _ = ready.send(Ready {
             url: base_url,
             fingerprint_sha256: fingerprint,
+            router: in_process,
         });
     }
 
