@@ -1,7 +1,8 @@
 //! API tokens (`tokens.json`, 0600): each a name, a role and an optional expiry, kept only as the
 //! SHA-256 of its value, which is shown once when it is made. A token is `cel_` and 64 hex digits
-//! (256 random bits), compared in constant time.
+//! (256 random bits), looked up by its hash.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -9,7 +10,6 @@ use celistra_audit::to_hex;
 use celistra_proto::{ApiError, ErrorCode, Role, TokenCreated, TokenInfo, TokenRequest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::home::{random_hex, write_atomic_private};
 
@@ -53,9 +53,12 @@ pub(crate) enum TokenRefusal {
     Expired,
 }
 
+/// The stored tokens by their hash.
+type ByHash = HashMap<String, StoredToken>;
+
 pub(crate) struct Tokens {
     path: PathBuf,
-    tokens: Mutex<Vec<StoredToken>>,
+    tokens: Mutex<ByHash>,
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -120,8 +123,11 @@ impl Tokens {
                     ))
                 })?
                 .tokens
+                .into_iter()
+                .map(|token| (token.hash.clone(), token))
+                .collect()
         } else {
-            vec![]
+            ByHash::new()
         };
         Ok(Tokens {
             path,
@@ -129,14 +135,15 @@ impl Tokens {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<StoredToken>> {
+    fn lock(&self) -> MutexGuard<'_, ByHash> {
         self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn persist(&self, tokens: &[StoredToken]) -> Result<(), ApiError> {
-        let file = File {
-            tokens: tokens.to_vec(),
-        };
+    /// Writes `tokens.json`, oldest token first.
+    fn persist(&self, tokens: &ByHash) -> Result<(), ApiError> {
+        let mut tokens: Vec<StoredToken> = tokens.values().cloned().collect();
+        tokens.sort_by(|a, b| (a.created_at_ms, &a.name).cmp(&(b.created_at_ms, &b.name)));
+        let file = File { tokens };
         let text =
             serde_json::to_vec_pretty(&file).map_err(|e| internal("cannot encode tokens", e))?;
         write_atomic_private(&self.path, &text)
@@ -166,8 +173,8 @@ impl Tokens {
             random_hex(32).map_err(|e| internal("cannot make a token", e))?
         );
         let mut tokens = self.lock();
-        tokens.retain(|t| t.expires_at_ms.is_none_or(|at| at > now_ms));
-        if tokens.iter().any(|t| t.name == request.name) {
+        tokens.retain(|_, t| t.expires_at_ms.is_none_or(|at| at > now_ms));
+        if tokens.values().any(|t| t.name == request.name) {
             return Err(ApiError::new(
                 ErrorCode::NameTaken,
                 format!(
@@ -195,12 +202,18 @@ impl Tokens {
             token,
             info: info(&stored),
         };
-        tokens.push(stored);
+        tokens.insert(stored.hash.clone(), stored);
         self.persist(&tokens)?;
         Ok(created)
     }
 
-    /// The token whose value is `presented`, compared in constant time with every stored hash.
+    /// The token whose value is `presented`, looked up by its SHA-256.
+    ///
+    /// A map lookup by exact hash, not a constant-time comparison with every stored hash: its
+    /// timing could tell at most how much of SHA-256(`presented`) matches a stored hash, and even
+    /// a whole stored hash does not give its token (a preimage of 256 random bits). The scan it
+    /// replaces cost a 64-byte constant-time comparison per stored token on every request: 24 µs
+    /// with 256 tokens (BENCHMARKS.md, "Authentication").
     pub(crate) fn authenticate(
         &self,
         presented: &str,
@@ -208,13 +221,7 @@ impl Tokens {
     ) -> Result<TokenHolder, TokenRefusal> {
         let hash = sha256_hex(presented);
         let mut tokens = self.lock();
-        let mut found = None;
-        for (index, token) in tokens.iter().enumerate() {
-            if bool::from(token.hash.as_bytes().ct_eq(hash.as_bytes())) {
-                found = Some(index);
-            }
-        }
-        let token = &mut tokens[found.ok_or(TokenRefusal::Unknown)?];
+        let token = tokens.get_mut(&hash).ok_or(TokenRefusal::Unknown)?;
         if token.expires_at_ms.is_some_and(|at| at <= now_ms) {
             return Err(TokenRefusal::Expired);
         }
@@ -236,7 +243,7 @@ impl Tokens {
 
     /// Every token (expired ones too, until they are revoked or a new token is made), by name.
     pub(crate) fn list(&self) -> Vec<TokenInfo> {
-        let mut list: Vec<TokenInfo> = self.lock().iter().map(info).collect();
+        let mut list: Vec<TokenInfo> = self.lock().values().map(info).collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
@@ -244,13 +251,16 @@ impl Tokens {
     /// Revokes a token: it authenticates nothing from now on.
     pub(crate) fn revoke(&self, name: &str) -> Result<TokenInfo, ApiError> {
         let mut tokens = self.lock();
-        let Some(index) = tokens.iter().position(|t| t.name == name) else {
+        let hash = tokens
+            .values()
+            .find(|t| t.name == name)
+            .map(|t| t.hash.clone());
+        let Some(removed) = hash.and_then(|hash| tokens.remove(&hash)) else {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("no token named `{name}`; list them with `celistrad ctl token ls`"),
             ));
         };
-        let removed = tokens.remove(index);
         self.persist(&tokens)?;
         Ok(info(&removed))
     }
