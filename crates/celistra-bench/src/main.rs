@@ -1,6 +1,6 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]), each phase against a
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
 #![allow(
@@ -15,6 +15,7 @@
 
 mod approvals;
 mod audit;
+mod auth;
 mod logs;
 mod sandbox;
 mod terminal;
@@ -35,6 +36,8 @@ use tokio::time::timeout;
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many times latencies are sampled.
 const SAMPLES: usize = 20;
+/// Runs of each `ctl ls` variant at 1000 agents (interleaved).
+const LS_1000_RUNS: usize = 30;
 
 /// One line of the final table.
 struct Figure {
@@ -84,6 +87,15 @@ struct Daemon {
 impl Daemon {
     /// Starts a daemon; `config` is written to its `config.json` first.
     async fn start(binary: &Path, config: Option<&serde_json::Value>) -> Result<Daemon> {
+        Daemon::start_with(binary, config, &[]).await
+    }
+
+    /// Starts a daemon with more command-line arguments (`--tls`).
+    async fn start_with(
+        binary: &Path,
+        config: Option<&serde_json::Value>,
+        args: &[&str],
+    ) -> Result<Daemon> {
         let home = tempfile::Builder::new()
             .prefix("celistra-bench-")
             .tempdir()
@@ -96,6 +108,7 @@ impl Daemon {
             .arg("--home")
             .arg(home.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -223,12 +236,34 @@ impl Daemon {
 
     /// Wall time of `celistrad ctl --home DIR ls`, sampled `SAMPLES` times.
     async fn ctl_ls_samples(&self) -> Result<Vec<Duration>> {
-        time_runs(SAMPLES, || {
-            let mut command = tokio::process::Command::new(&self.binary);
-            command.args(["ctl", "--home"]).arg(self.home()).arg("ls");
-            command
-        })
-        .await
+        time_runs(SAMPLES, || self.ctl_ls()).await
+    }
+
+    /// `celistrad ctl --home DIR ls`: over the Unix socket.
+    fn ctl_ls(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command.args(["ctl", "--home"]).arg(self.home()).arg("ls");
+        command
+    }
+
+    /// `celistrad ctl --url https://… --token SECRET --fingerprint SHA256 ls`: over the TCP port,
+    /// which must speak TLS (`--tls`), as a remote `ctl` would.
+    async fn remote_ctl_ls(&self) -> Result<tokio::process::Command> {
+        let health = self.client().get_health().await?;
+        let fingerprint = health
+            .tls
+            .context("the daemon does not serve TLS")?
+            .fingerprint_sha256;
+        let address = std::fs::read_to_string(self.home().join("http.addr"))?;
+        let auth: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.home().join("auth.json"))?)?;
+        let secret = auth["secret"].as_str().context("no secret in auth.json")?;
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .arg("ctl")
+            .args(["--url", &format!("https://{}", address.trim())])
+            .args(["--token", secret, "--fingerprint", &fingerprint, "ls"]);
+        Ok(command)
     }
 }
 
@@ -304,20 +339,25 @@ async fn time_runs(
 ) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let mut command = make();
-        let started = Instant::now();
-        let status = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .status()
-            .await?;
-        samples.push(started.elapsed());
-        if !status.success() {
-            bail!("{command:?} failed: {status}");
-        }
+        samples.push(time_run(make()).await?);
     }
     Ok(samples)
+}
+
+/// Wall time of one run of a command, its output discarded; a failed run fails the phase.
+async fn time_run(mut command: tokio::process::Command) -> Result<Duration> {
+    let started = Instant::now();
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await?;
+    let elapsed = started.elapsed();
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(elapsed)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -543,9 +583,9 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
     Ok(())
 }
 
-/// Figure 6: 1000 agents: spawn time, RSS and `ctl ls`.
-async fn thousand(binary: &Path, report: &mut Report) -> Result<()> {
-    let mut daemon = Daemon::start(binary, None).await?;
+/// Starts a daemon and one apply of 1000 sleepers; the time until all run.
+async fn start_thousand(binary: &Path, args: &[&str]) -> Result<(Daemon, Duration)> {
+    let mut daemon = Daemon::start_with(binary, None, args).await?;
     let request = ApplyRequest {
         agents: sleepers(1000),
         prune: false,
@@ -554,7 +594,15 @@ async fn thousand(binary: &Path, report: &mut Report) -> Result<()> {
     let started = Instant::now();
     let _: ApplyReport = daemon.client().apply(&request).await?;
     daemon.wait_running(1000).await?;
-    let all_running = started.elapsed();
+    Ok((daemon, started.elapsed()))
+}
+
+/// Figure 6: 1000 agents: spawn time, RSS and `ctl ls` over the Unix socket and over TLS (the
+/// daemon serves its TCP port with `--tls`). With a `baseline` daemon (another build), that one
+/// gets 1000 agents too and its own `ctl ls` over the socket is timed, the runs of the three
+/// variants interleaved.
+async fn thousand(binary: &Path, baseline: Option<&Path>, report: &mut Report) -> Result<()> {
+    let (daemon, all_running) = start_thousand(binary, &["--tls"]).await?;
     report.add(
         "spawn 1000 (one apply) until all running",
         "none",
@@ -569,13 +617,56 @@ async fn thousand(binary: &Path, report: &mut Report) -> Result<()> {
         format!("{:.1} MiB", mib(kib)),
         None,
     );
-    let (median, p95) = median_p95(daemon.ctl_ls_samples().await?);
+    let old = match baseline {
+        Some(binary) => Some(start_thousand(binary, &[]).await?.0),
+        None => None,
+    };
+    let mut socket = Vec::with_capacity(LS_1000_RUNS);
+    let mut tls = Vec::with_capacity(LS_1000_RUNS);
+    let mut old_socket = Vec::with_capacity(LS_1000_RUNS);
+    for run in 0..LS_1000_RUNS {
+        for variant in 0..3 {
+            match (run + variant) % 3 {
+                0 => socket.push(time_run(daemon.ctl_ls()).await?),
+                1 => tls.push(time_run(daemon.remote_ctl_ls().await?).await?),
+                _ => {
+                    if let Some(old) = &old {
+                        old_socket.push(time_run(old.ctl_ls()).await?);
+                    }
+                }
+            }
+        }
+    }
+    let (median, p95) = median_p95(socket);
     report.add(
         "`ctl ls`, 1000 agents",
         "<= 20 ms",
         format!("median {:.1} ms, p95 {:.1} ms", ms(median), ms(p95)),
         Some(median <= Duration::from_millis(20)),
     );
+    let (tls_median, tls_p95) = median_p95(tls);
+    report.add(
+        "`ctl ls`, 1000 agents, remote over TLS (`--url https://…`)",
+        "none",
+        format!("median {:.1} ms, p95 {:.1} ms", ms(tls_median), ms(tls_p95)),
+        None,
+    );
+    if !old_socket.is_empty() {
+        let (old_median, old_p95) = median_p95(old_socket);
+        let change = (median.as_secs_f64() / old_median.as_secs_f64() - 1.0) * 100.0;
+        report.add(
+            "`ctl ls`, 1000 agents, baseline daemon",
+            "none",
+            format!("median {:.1} ms, p95 {:.1} ms", ms(old_median), ms(old_p95)),
+            None,
+        );
+        report.add(
+            "`ctl ls`, 1000 agents: this daemon vs the baseline",
+            "<= +10 %",
+            format!("{change:+.1} %"),
+            Some(change <= 10.0),
+        );
+    }
     Ok(())
 }
 
@@ -597,21 +688,31 @@ enum Only {
     Audit,
     /// Approval latency ([`approvals`]).
     Approvals,
+    /// Authentication and role checks per request ([`auth`]).
+    Auth,
 }
 
 struct Args {
     daemon: PathBuf,
+    /// `--baseline PATH`: another `celistrad` to compare `ctl ls` at 1000 agents with.
+    baseline: Option<PathBuf>,
     only: Only,
 }
 
 fn parse_args() -> Result<Args> {
     let mut daemon = None;
+    let mut baseline = None;
     let mut only = Only::All;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--daemon" => {
                 daemon = Some(PathBuf::from(args.next().context("--daemon needs a path")?))
+            }
+            "--baseline" => {
+                baseline = Some(PathBuf::from(
+                    args.next().context("--baseline needs a path")?,
+                ))
             }
             "--only" => {
                 only = match args.next().as_deref() {
@@ -622,22 +723,26 @@ fn parse_args() -> Result<Args> {
                     Some("sandbox") => Only::Sandbox,
                     Some("audit") => Only::Audit,
                     Some("approvals") => Only::Approvals,
+                    Some("auth") => Only::Auth,
                     _ => bail!(
-                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit` or `approvals`"
+                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals` or `auth`"
                     ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals|auth]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
+                     --baseline PATH: another celistrad (an older build) whose `ctl ls` at 1000 agents\n\
+                     is timed with this one's, the runs interleaved.\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
                      --only throughput: log throughput phases only.\n\
                      --only terminal: terminal fan-out to 1, 10 and 100 viewers.\n\
                      --only sandbox: spawn cost of the sandbox, 100 sandboxed agents at once.\n\
                      --only audit: audit log append, verify and proofs (library, no daemon).\n\
-                     --only approvals: approval latency, ask to event and decision to answer."
+                     --only approvals: approval latency, ask to event and decision to answer.\n\
+                     --only auth: authentication and role checks per request (in-process router)."
                 );
                 std::process::exit(0);
             }
@@ -651,7 +756,11 @@ fn parse_args() -> Result<Args> {
             .context("executable has no directory")?
             .join("celistrad"),
     };
-    Ok(Args { daemon, only })
+    Ok(Args {
+        daemon,
+        baseline,
+        only,
+    })
 }
 
 /// Prints the load average: other work on the machine skews every figure.
@@ -687,6 +796,7 @@ fn main() -> Result<()> {
 async fn bench() -> Result<()> {
     let Args {
         daemon: binary,
+        baseline,
         only,
     } = parse_args()?;
     if !binary.is_file() {
@@ -707,7 +817,12 @@ async fn bench() -> Result<()> {
             phase("100 agents", hundred(&binary, &mut report)).await,
             phase("100 sequential", hundred_sequential(&binary, &mut report)).await,
             phase("restart", restart_latency(&binary, &mut report, false)).await,
-            phase("1000 agents", thousand(&binary, &mut report)).await,
+            phase_within(
+                Duration::from_secs(180),
+                "1000 agents",
+                thousand(&binary, baseline.as_deref(), &mut report),
+            )
+            .await,
         ]);
     }
     if matches!(only, Only::All | Only::Logs | Only::Throughput) {
@@ -725,6 +840,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Approvals) {
         results.extend(approvals::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Auth) {
+        results.extend(auth::phases(&mut report).await);
     }
     for result in results {
         if let Err(e) = result {

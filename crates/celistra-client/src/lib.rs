@@ -290,6 +290,8 @@ impl Client {
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| unreachable(e.to_string()))?;
+        // Requests are small writes: send them now, not after the daemon's delayed ACK (Nagle).
+        let _ = tcp.set_nodelay(true);
         let Some((config, name)) = &net.tls else {
             return Ok(Box::new(tcp));
         };

@@ -68,6 +68,9 @@ pub struct Ready {
     pub url: String,
     /// SHA-256 of the served certificate (lowercase hex) when the port speaks HTTPS.
     pub fingerprint_sha256: Option<String>,
+    /// The API's router, as both listeners serve it, to call in-process without a socket
+    /// (`celistra-bench --only auth` times authentication and role checks this way).
+    pub router: axum::Router,
 }
 
 /// Errors that stop the daemon from starting or running.
@@ -276,7 +279,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     supervisor.restore(stored).await;
     supervisor.approvals.restore();
     let router = api::router(state);
+    let in_process = router.clone();
     let unix_server = tokio::spawn(serve::serve(unix, None, router.clone(), stopping.clone()));
+    // Small answers go out at once rather than waiting on the peer's delayed ACK (Nagle).
+    let tcp = axum::serve::ListenerExt::tap_io(tcp, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let tcp_server = match &certificates {
         Some(certificates) => {
             let acceptor = certificates.acceptor()?;
@@ -309,6 +317,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         let _ = ready.send(Ready {
             url: base_url,
             fingerprint_sha256: fingerprint,
+            router: in_process,
         });
     }
 

@@ -205,8 +205,8 @@ fn bearer_credential(state: &AppState, presented: &str) -> Result<(String, Role)
     }
 }
 
-/// Authenticates a request: `Authorization: Bearer <credential>` (the machine secret or an API
-/// token, compared in constant time), or else a dashboard session cookie. A cookie request must
+/// Authenticates a request: `Authorization: Bearer <credential>` (the machine secret, compared in
+/// constant time, or an API token, found by the SHA-256 of its value: see `tokens.rs`), or else a dashboard session cookie. A cookie request must
 /// come from the daemon's own origin (when it says one), and one that may change state (any
 /// method but GET, HEAD, OPTIONS) must carry the session's CSRF token in `X-CSRF-Token`. Records
 /// the actor, its role and the source.
