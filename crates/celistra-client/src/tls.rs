@@ -143,7 +143,9 @@ impl ServerCertVerifier for Pinned {
 
 /// The client configuration: the pinned certificate only, or else the platform's trusted roots.
 pub(crate) fn client_config(pin: Option<Fingerprint>) -> Result<Arc<ClientConfig>, ClientError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // ring, not aws-lc: aws-lc seeds its generator from CPU jitter on first use, about 30 ms of
+    // CPU that every short-lived `ctl` paid (BENCHMARKS.md, "`ctl ls` before and after").
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls_error = |e: rustls::Error| ClientError::Transport(format!("TLS setup: {e}"));
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()

@@ -58,6 +58,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "celistra-client",
             "celistra-audit",
             "celistra-notify",
+            // `--only auth` runs a daemon in-process and calls its router directly.
+            "celistra-daemon",
         ],
     ),
 ];
