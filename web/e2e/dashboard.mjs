@@ -634,8 +634,13 @@ async function runViewer(browser) {
       await writer.close();
       await shot(page, "https-viewer-2-terminal");
       if ((await terminalText(page)).includes(typed)) throw new Error("the viewer's typing reached the agent");
-      const log = await sock(home, "GET", `/v1/agents/${agent.id}/logs?format=text`);
-      if (!log.includes(sentinel) || log.includes(typed)) throw new Error(`the agent's output: ${log}`);
+      // The saved output lags the live screen by the history writer's batching: wait for the
+      // sentinel there; what the viewer typed, had it been sent, would be saved before it.
+      const log = await until(async () => {
+        const text = await sock(home, "GET", `/v1/agents/${agent.id}/logs?format=text`);
+        return text.includes(sentinel) && text;
+      }, "the sentinel in the agent's saved output");
+      if (log.includes(typed)) throw new Error(`the agent's output: ${log}`);
       if (sent.length) throw new Error(`the viewer's page sent ${sent.length} frame(s): ${sent.map(String).join(" | ")}`);
       noProblems(problems);
     });
