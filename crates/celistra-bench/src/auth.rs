@@ -241,6 +241,7 @@ async fn measure(report: &mut Report) -> Result<()> {
         launcher: None,
         tls: None,
         insecure_http: false,
+        machine_name: None,
         ready: Some(ready),
     };
     let shutdown = CancellationToken::new();

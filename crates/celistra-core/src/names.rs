@@ -1,4 +1,5 @@
-//! Agent ids (`ag-` + lowercase alphanumerics), agent names and environment keys: generation and rules.
+//! Agent ids (`ag-` + lowercase alphanumerics), agent names, machine names and environment keys:
+//! generation and rules.
 
 const ID_PREFIX: &str = "ag-";
 const ID_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -59,6 +60,53 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest machine name accepted: a DNS label.
+pub const MAX_MACHINE_NAME_LEN: usize = 63;
+
+/// Checks a machine's name (`--machine-name`): a DNS label in lower case (`a-z`, `0-9`, `-`, not
+/// first or last), so that `machine/agent` is unambiguous and it can name a host.
+pub fn validate_machine_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_MACHINE_NAME_LEN {
+        return Err(format!(
+            "machine name `{name}` must be 1 to {MAX_MACHINE_NAME_LEN} characters long"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "machine name `{name}` contains `{bad}`; use lower-case letters, digits and `-`"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "machine name `{name}` must not start or end with `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// The machine name a host name gives: its first label, lower-cased, other characters made `-`,
+/// cut to [`MAX_MACHINE_NAME_LEN`]; `machine` if nothing is left.
+pub fn machine_name_from_host(host: &str) -> String {
+    let label = host.split('.').next().unwrap_or_default();
+    let mapped: String = label
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .take(MAX_MACHINE_NAME_LEN)
+        .collect();
+    let trimmed = mapped.trim_matches('-');
+    if trimmed.is_empty() {
+        "machine".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 /// A name for an agent spawned without one: the program's file name (`python3 run.py` → `python3`),
 /// made valid, then `-2`, `-3`, … until `is_taken` says no.
 pub fn generate_name(command: &str, is_taken: impl Fn(&str) -> bool) -> String {
@@ -101,6 +149,29 @@ pub fn validate_env(key: &str, value: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn machine_names_are_lower_case_dns_labels_and_host_names_give_one() {
+        use super::{machine_name_from_host, validate_machine_name};
+        for good in ["m1", "build-box", "a", &"x".repeat(63)] {
+            assert_eq!(validate_machine_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "M1", "m/1", "-m", "m-", "m.1", "m_1", &"x".repeat(64)] {
+            assert!(validate_machine_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(machine_name_from_host("Build_Box.example.org"), "build-box");
+        assert_eq!(machine_name_from_host("--"), "machine");
+        assert_eq!(machine_name_from_host(""), "machine");
+        assert_eq!(machine_name_from_host(&"a".repeat(100)).len(), 63);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_host_name_gives_a_valid_machine_name(host in ".{0,80}") {
+            let name = super::machine_name_from_host(&host);
+            proptest::prop_assert_eq!(super::validate_machine_name(&name), Ok(()));
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

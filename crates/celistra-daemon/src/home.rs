@@ -51,6 +51,10 @@ impl Home {
     pub fn machine_id_file(&self) -> PathBuf {
         self.dir.join("machine-id")
     }
+    /// `machine-name`: the machine's name in a fleet (`--machine-name`, else the host name's).
+    pub fn machine_name_file(&self) -> PathBuf {
+        self.dir.join("machine-name")
+    }
 
     /// Creates the directory (0700) if it does not exist.
     pub(crate) fn create(&self) -> Result<(), Error> {
@@ -121,6 +125,40 @@ impl Home {
             }
             Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
         }
+    }
+
+    /// The machine's name: `chosen` (`--machine-name`, which is kept for the next start), else the
+    /// one kept in `machine-name`, else the host name's on first start (kept too).
+    pub(crate) fn machine_name(&self, chosen: Option<&str>, host: &str) -> Result<String, Error> {
+        let path = self.machine_name_file();
+        let (name, keep) = match chosen {
+            Some(name) => {
+                celistra_core::names::validate_machine_name(name)
+                    .map_err(|e| Error::Invalid(format!("--machine-name: {e}")))?;
+                (name.to_owned(), true)
+            }
+            None => match fs::read_to_string(&path) {
+                Ok(text) => {
+                    let name = text.trim().to_owned();
+                    celistra_core::names::validate_machine_name(&name).map_err(|e| {
+                        Error::Invalid(format!(
+                            "{}: {e}; fix it or start with --machine-name NAME",
+                            path.display()
+                        ))
+                    })?;
+                    (name, false)
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    (celistra_core::names::machine_name_from_host(host), true)
+                }
+                Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+            },
+        };
+        if keep {
+            write_atomic_private(&path, format!("{name}\n").as_bytes())
+                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        }
+        Ok(name)
     }
 
     /// Reads the machine id, creating one on first run.

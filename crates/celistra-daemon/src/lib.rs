@@ -57,6 +57,8 @@ pub struct Options {
     pub tls: Option<TlsMode>,
     /// `--insecure-http`: allow plain HTTP on an address other machines can reach.
     pub insecure_http: bool,
+    /// `--machine-name`: this machine's name in a fleet (kept in the state directory).
+    pub machine_name: Option<String>,
     /// Told once the API answers: where, and with which certificate (for the binary to print).
     pub ready: Option<tokio::sync::mpsc::UnboundedSender<Ready>>,
 }
@@ -131,6 +133,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     };
     let secret = home.load_or_create_secret()?;
     let machine_id = home.load_or_create_machine_id()?;
+    let machine_name = home.machine_name(options.machine_name.as_deref(), &hostname)?;
     let config_path = home.config_file();
     let config = match std::fs::read_to_string(&config_path) {
         Ok(text) => DaemonConfig::parse(&text, &config_path.display().to_string())
@@ -252,6 +255,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             machine_id,
+            machine_name,
             hostname,
             pid: std::process::id(),
             started_at_ms: now_ms(),

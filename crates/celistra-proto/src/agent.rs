@@ -319,8 +319,12 @@ pub struct ApplyReport {
 pub struct Health {
     pub status: String,
     pub version: String,
-    /// Stable id of this machine's daemon state; the fleet hub will route by it.
+    /// Stable id of this machine's daemon state.
     pub machine_id: String,
+    /// The machine's name in a fleet (`--machine-name`, kept in the state directory; by default
+    /// the host name's first label): a lower-case DNS label.
+    #[serde(default)]
+    pub machine_name: String,
     pub hostname: String,
     pub pid: u32,
     pub started_at_ms: u64,

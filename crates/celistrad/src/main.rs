@@ -47,6 +47,10 @@ struct Cli {
     /// Allow plain HTTP on an address other machines can reach (refused otherwise).
     #[arg(long, conflicts_with_all = ["tls", "tls_cert"])]
     insecure_http: bool,
+    /// This machine's name in a fleet: a lower-case DNS label (default: the host name's first
+    /// label). Kept in the state directory, so later starts need not repeat it.
+    #[arg(long, value_name = "NAME")]
+    machine_name: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -174,6 +178,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         launcher: std::env::current_exe().ok(),
         tls,
         insecure_http: cli.insecure_http,
+        machine_name: cli.machine_name,
         ready: Some(ready),
     };
     tokio::spawn(async move {

@@ -16,6 +16,7 @@ mod dashboard;
 mod edge;
 mod fuzz;
 mod history;
+mod machine;
 mod notifications;
 mod remote;
 mod roles;
