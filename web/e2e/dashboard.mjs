@@ -258,6 +258,11 @@ async function run(browser, viewport) {
       // The API agrees (the phone layout hides the exit column).
       const agent = await page.evaluate(async (n) => (await (await fetch(`/v1/agents/${n}`)).json()).exit_signal, name);
       if (agent !== `SIG${signal}`) throw new Error(`the agent ended by ${agent}`);
+      if (viewport.options.isMobile) {
+        // The phone's columns (state, name, actions) line up too; the desktop's have their own step.
+        const table = await page.evaluate(tableLayout);
+        if (table.problems.length) throw new Error(table.problems.join("\n"));
+      }
       await shot(page, `${tag}-6-killed`);
     });
 
@@ -520,6 +525,24 @@ async function run(browser, viewport) {
         if (result.fullUpdateMs > 500 || result.changeUpdateMs > 500) throw new Error(`too slow: ${JSON.stringify(bench)}`);
       });
     }
+    if (viewport.bench) {
+      // The bench's rows (badges, every action) at the desktop width, then at the widest layout.
+      await step(`${tag}: the agents table's header and rows share their columns; badges and actions fit`, async () => {
+        const report = [];
+        for (const width of [1280, 1440]) {
+          await page.setViewportSize({ width, height: 800 });
+          await page.waitForFunction((w) => window.innerWidth === w, width);
+          await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+          const table = await page.evaluate(tableLayout);
+          console.log(`TABLE ${width} ${JSON.stringify(table.measured)}`);
+          await shot(page, `${tag}-15-table-${width}`);
+          if (!table.measured.command) report.push(`${width} px: no command column`);
+          report.push(...table.problems.map((p) => `${width} px: ${p}`));
+        }
+        await page.setViewportSize(viewport.options.viewport);
+        if (report.length) throw new Error(report.join("\n"));
+      });
+    }
     // Chromium itself logs that a browser context (incognito-like) cannot subscribe to push; the
     // switch's message is checked in its own step.
     const ignored = /Failed to load resource|ERR_INTERNET_DISCONNECTED|net::|does not support the Push API in incognito/;
@@ -529,6 +552,60 @@ async function run(browser, viewport) {
   } finally {
     await context.close();
   }
+}
+
+/// Runs in the page: the agents table's geometry. Each header cell's left edge and width against
+/// its column's cell in the first row (±1 px); every visible sandbox badge whole (or ellipsised with
+/// a title) and inside its cell; every row button inside the actions cell and clear of the command
+/// cell. Answers the problems found and what was measured.
+function tableLayout() {
+  const problems = [];
+  const head = document.querySelector(".agents-head");
+  const first = document.querySelector('.agent-row[aria-rowindex="2"]');
+  if (!head || !first) return { problems: ["no header or no first row"], measured: {} };
+  const measured = {};
+  for (const header of head.querySelectorAll('[role="columnheader"]')) {
+    const column = [...header.classList].find((c) => c.startsWith("col-"));
+    const cell = first.querySelector(`.${column}`);
+    const h = header.getBoundingClientRect();
+    const c = cell?.getBoundingClientRect();
+    if (!c || (h.width === 0) !== (c.width === 0)) {
+      problems.push(`${column}: header ${h.width ? "shown" : "hidden"}, cell ${c?.width ? "shown" : "hidden"}`);
+      continue;
+    }
+    if (h.width === 0) continue;
+    measured[column.slice(4)] = [Math.round(h.left), Math.round(c.left)];
+    if (Math.abs(h.left - c.left) > 1 || Math.abs(h.width - c.width) > 1) {
+      problems.push(`${column}: header at ${h.left.toFixed(1)}+${h.width.toFixed(1)}, cell at ${c.left.toFixed(1)}+${c.width.toFixed(1)}`);
+    }
+  }
+  const inside = (inner, outer) => inner.left >= outer.left - 1 && inner.right <= outer.right + 1;
+  const meets = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  let badges = 0;
+  for (const row of document.querySelectorAll(".agent-row")) {
+    const name = row.dataset.name;
+    for (const badge of row.querySelectorAll(".badge")) {
+      if (badge.getClientRects().length === 0) continue;
+      badges++;
+      const whole = badge.scrollWidth <= badge.clientWidth;
+      const ellipsis = getComputedStyle(badge).textOverflow === "ellipsis" && badge.title;
+      if (!whole && !ellipsis) problems.push(`${name}: badge cut (${badge.scrollWidth} > ${badge.clientWidth}) without an ellipsis and a title`);
+      if (!inside(badge.getBoundingClientRect(), row.querySelector(".col-name").getBoundingClientRect())) {
+        problems.push(`${name}: badge reaches out of its cell, which cuts it`);
+      }
+    }
+    const actions = row.querySelector(".col-actions").getBoundingClientRect();
+    const command = row.querySelector(".col-command").getBoundingClientRect();
+    for (const button of row.querySelectorAll(".col-actions button")) {
+      if (button.getClientRects().length === 0) continue;
+      const b = button.getBoundingClientRect();
+      const label = button.getAttribute("aria-label");
+      if (!inside(b, actions)) problems.push(`${label}: outside the actions cell (${b.left.toFixed(1)}..${b.right.toFixed(1)} in ${actions.left.toFixed(1)}..${actions.right.toFixed(1)})`);
+      if (command.width && meets(b, command)) problems.push(`${label}: overlaps the command cell (${b.left.toFixed(1)} < ${command.right.toFixed(1)})`);
+    }
+  }
+  measured.badges = badges;
+  return { problems, measured };
 }
 
 /// Collects what must not happen on a page of a restricted session: page errors, console errors,

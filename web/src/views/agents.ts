@@ -121,6 +121,8 @@ export class AgentsView {
   private readonly spacer: HTMLElement;
   private readonly count: HTMLElement;
   private readonly head: HTMLElement;
+  private readonly table: HTMLElement;
+  private gutter = -1;
   private rows: Row[] = [];
   private sort: { key: SortKey; dir: 1 | -1 } = { key: "state", dir: 1 };
   private rendered = new Map<string, HTMLElement>();
@@ -150,7 +152,14 @@ export class AgentsView {
         this.count,
         can("operator") ? h("button", { class: "primary", type: "button", onclick: () => openSpawn(store.machines[0]) }, "+ Spawn agent") : null,
       ),
-      h("div", { class: "agents-table", role: "table", "aria-label": "Agents", "aria-describedby": "agents-title" }, this.head, this.viewport),
+      (this.table = h(
+        "div",
+        // One column template for the header and the rows (style.css); a read-only session's rows
+        // have one action, so a narrower actions column.
+        { class: can("operator") ? "agents-table" : "agents-table read-only", role: "table", "aria-label": "Agents", "aria-describedby": "agents-title" },
+        this.head,
+        this.viewport,
+      )),
     );
     this.renderHead();
     store.subscribe((what) => {
@@ -248,6 +257,13 @@ export class AgentsView {
 
   private render(): void {
     const top = this.viewport.scrollTop;
+    // The header leaves room for the list's scrollbar (none on overlay scrollbars), so that its
+    // columns stay over the rows'.
+    const gutter = this.viewport.offsetWidth - this.viewport.clientWidth;
+    if (gutter !== this.gutter) {
+      this.gutter = gutter;
+      this.table.style.setProperty("--gutter", `${gutter}px`);
+    }
     const height = this.viewport.clientHeight || 600;
     const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
     const last = Math.min(this.rows.length, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);
@@ -299,11 +315,11 @@ export class AgentsView {
       h(
         "div",
         { role: "cell", class: "col-name" },
-        h("strong", {}, agent.name),
+        h("strong", { title: agent.name }, agent.name),
         unsandboxed
           ? h("span", { class: "badge warn", title: `unsandboxed: ${sandbox.unsandboxed_because ?? ""}` }, "⚠ unsandboxed")
           : sandbox
-            ? h("span", { class: "badge ok", title: sandbox.capabilities.join(" ") }, "sandboxed")
+            ? h("span", { class: "badge ok", title: ["sandboxed", ...sandbox.capabilities].join(" ") }, "sandboxed")
             : null,
       ),
       h("div", { role: "cell", class: "col-id mono" }, agent.id),
