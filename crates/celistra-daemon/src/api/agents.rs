@@ -11,7 +11,7 @@ use celistra_proto::{
     RenameRequest, UpdateRequest,
 };
 
-use super::responses::{BadBody, Refused};
+use super::responses::BadBody;
 use super::{Actor, Failure, JsonBody, Source};
 use crate::supervisor::Supervisor;
 
@@ -23,7 +23,7 @@ type ApiResult<T> = Result<T, Failure>;
     path = "/v1/agents",
     operation_id = "list_agents",
     tag = "agents",
-    responses((status = 200, body = Vec<AgentInfo>), Refused)
+    responses((status = 200, body = Vec<AgentInfo>))
 )]
 pub(crate) async fn list(State(supervisor): State<Arc<Supervisor>>) -> impl IntoResponse {
     (
@@ -39,7 +39,7 @@ pub(crate) async fn list(State(supervisor): State<Arc<Supervisor>>) -> impl Into
     operation_id = "get_agent",
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError))
+    responses((status = 200, body = AgentInfo), (status = 404, description = "`not_found`: no such agent", body = ApiError))
 )]
 pub(crate) async fn get(
     State(supervisor): State<Arc<Supervisor>>,
@@ -55,7 +55,7 @@ pub(crate) async fn get(
     operation_id = "get_agent_spec",
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentSpec), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError))
+    responses((status = 200, body = AgentSpec), (status = 404, description = "`not_found`: no such agent", body = ApiError))
 )]
 pub(crate) async fn spec(
     State(supervisor): State<Arc<Supervisor>>,
@@ -71,7 +71,7 @@ pub(crate) async fn spec(
     operation_id = "spawn_agent",
     tag = "agents",
     request_body = AgentSpec,
-    responses((status = 201, body = AgentInfo), Refused, BadBody, (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 201, body = AgentInfo), BadBody, (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn spawn(
     State(supervisor): State<Arc<Supervisor>>,
@@ -91,7 +91,7 @@ pub(crate) async fn spawn(
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
     request_body = UpdateRequest,
-    responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has the new name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = AgentInfo), BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has the new name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn update(
     State(supervisor): State<Arc<Supervisor>>,
@@ -110,7 +110,7 @@ pub(crate) async fn update(
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
     request_body = RenameRequest,
-    responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = AgentInfo), BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`name_taken`: another agent has that name", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn rename(
     State(supervisor): State<Arc<Supervisor>>,
@@ -131,7 +131,7 @@ pub(crate) async fn rename(
     operation_id = "stop_agent",
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = AgentInfo), (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn stop(
     State(supervisor): State<Arc<Supervisor>>,
@@ -148,7 +148,7 @@ pub(crate) async fn stop(
     operation_id = "start_agent",
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = AgentInfo), (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn start(
     State(supervisor): State<Arc<Supervisor>>,
@@ -165,7 +165,7 @@ pub(crate) async fn start(
     operation_id = "restart_agent",
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = AgentInfo), (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn restart(
     State(supervisor): State<Arc<Supervisor>>,
@@ -184,7 +184,7 @@ pub(crate) async fn restart(
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
     request_body = KillRequest,
-    responses((status = 200, body = AgentInfo), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`conflict`: the agent has no process to signal", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = AgentInfo), BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`conflict`: the agent has no process to signal", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn kill(
     State(supervisor): State<Arc<Supervisor>>,
@@ -202,7 +202,7 @@ pub(crate) async fn kill(
     operation_id = "remove_agent",
     tag = "agents",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), Refused, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = AgentInfo), (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn remove(
     State(supervisor): State<Arc<Supervisor>>,
@@ -219,7 +219,7 @@ pub(crate) async fn remove(
     operation_id = "apply",
     tag = "agents",
     request_body = ApplyRequest,
-    responses((status = 200, body = ApplyReport), Refused, BadBody, (status = 409, description = "`name_taken`: two specs share a name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = ApplyReport), BadBody, (status = 409, description = "`name_taken`: two specs share a name", body = ApiError), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed; `internal`", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn apply(
     State(supervisor): State<Arc<Supervisor>>,
@@ -242,7 +242,7 @@ pub(crate) async fn apply(
     path = "/v1/usage",
     operation_id = "list_usage",
     tag = "agents",
-    responses((status = 200, body = Vec<AgentUsage>), Refused)
+    responses((status = 200, body = Vec<AgentUsage>))
 )]
 pub(crate) async fn usage(State(supervisor): State<Arc<Supervisor>>) -> Json<Vec<AgentUsage>> {
     let supervisor = std::sync::Arc::clone(&supervisor);

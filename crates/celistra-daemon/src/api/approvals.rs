@@ -10,7 +10,7 @@ use celistra_proto::{
     ApiError, Approval, ApprovalStatus, ApprovalsQuery, DecisionRequest, ErrorCode, Verdict,
 };
 
-use super::responses::{BadBody, BadQuery, Refused};
+use super::responses::{BadBody, BadQuery};
 use super::{Actor, Failure, JsonBody, Source};
 use crate::supervisor::Supervisor;
 
@@ -23,7 +23,7 @@ type ApiResult<T> = Result<T, Failure>;
     operation_id = "list_approvals",
     tag = "approvals",
     params(ApprovalsQuery),
-    responses((status = 200, body = Vec<Approval>), Refused, BadQuery)
+    responses((status = 200, body = Vec<Approval>), BadQuery)
 )]
 pub(crate) async fn list(
     State(supervisor): State<Arc<Supervisor>>,
@@ -40,7 +40,7 @@ pub(crate) async fn list(
     operation_id = "get_approval",
     tag = "approvals",
     params(("id" = String, Path, description = "The request's id, `ap-…`")),
-    responses((status = 200, body = Approval), Refused, (status = 404, description = "`not_found`: no such request", body = ApiError))
+    responses((status = 200, body = Approval), (status = 404, description = "`not_found`: no such request", body = ApiError))
 )]
 pub(crate) async fn get(
     State(supervisor): State<Arc<Supervisor>>,
@@ -58,7 +58,7 @@ pub(crate) async fn get(
     tag = "approvals",
     params(("id" = String, Path, description = "The request's id, `ap-…`"), ("verdict" = Verdict, Path, description = "`approve` or `deny`")),
     request_body = DecisionRequest,
-    responses((status = 200, body = Approval), Refused, BadBody, (status = 404, description = "`not_found`: no such request, or a verdict other than approve and deny", body = ApiError), (status = 409, description = "`conflict`: already decided; the message says by whom", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    responses((status = 200, body = Approval), BadBody, (status = 404, description = "`not_found`: no such request, or a verdict other than approve and deny", body = ApiError), (status = 409, description = "`conflict`: already decided; the message says by whom", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn decide(
     State(supervisor): State<Arc<Supervisor>>,

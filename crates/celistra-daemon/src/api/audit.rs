@@ -20,7 +20,7 @@ use celistra_proto::{
 use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::responses::{AuditStream, BadQuery, Refused};
+use super::responses::{AuditStream, BadQuery, Internal};
 use super::{Caller, Failure};
 use crate::services::Services;
 
@@ -42,7 +42,7 @@ fn time_bound(text: Option<&str>, field: &str) -> ApiResult<Option<u64>> {
     operation_id = "list_audit",
     tag = "audit",
     params(AuditQuery),
-    responses((status = 200, body = AuditPage), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = AuditPage), BadQuery, Internal)
 )]
 pub(crate) async fn list(
     State(services): State<Arc<Services>>,
@@ -74,7 +74,7 @@ pub(crate) async fn list(
     operation_id = "tail_audit",
     tag = "audit",
     params(AuditTailQuery),
-    responses(AuditStream, Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses(AuditStream, BadQuery, Internal)
 )]
 pub(crate) async fn tail(
     State(services): State<Arc<Services>>,
@@ -140,7 +140,7 @@ pub(crate) async fn tail(
     path = "/v1/audit/checkpoint",
     operation_id = "sign_audit_checkpoint",
     tag = "audit",
-    responses((status = 200, body = AuditCheckpoint), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = AuditCheckpoint), Internal)
 )]
 pub(crate) async fn checkpoint(
     State(services): State<Arc<Services>>,
@@ -166,7 +166,7 @@ pub(crate) async fn checkpoint(
     operation_id = "get_audit_proof",
     tag = "audit",
     params(ProofQuery),
-    responses((status = 200, body = AuditProof), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown or malformed, neither or both of `seq` and `old_size`, or sizes the log cannot prove", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = AuditProof), (status = 400, description = "`invalid_request`: a query parameter is unknown or malformed, neither or both of `seq` and `old_size`, or sizes the log cannot prove", body = ApiError), Internal)
 )]
 pub(crate) async fn proof(
     State(services): State<Arc<Services>>,
@@ -203,7 +203,7 @@ pub(crate) async fn proof(
     path = "/v1/audit/verify",
     operation_id = "verify_audit",
     tag = "audit",
-    responses((status = 200, body = AuditVerification), Refused)
+    responses((status = 200, body = AuditVerification))
 )]
 pub(crate) async fn verify(
     State(services): State<Arc<Services>>,
@@ -218,7 +218,7 @@ pub(crate) async fn verify(
     operation_id = "export_audit",
     tag = "audit",
     params(ExportQuery),
-    responses((status = 200, description = "Every entry: `application/x-ndjson` (format `jsonl`) or `text/csv` (`csv`)", content((String = "application/x-ndjson"), (String = "text/csv"))), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, description = "Every entry: `application/x-ndjson` (format `jsonl`) or `text/csv` (`csv`)", content((String = "application/x-ndjson"), (String = "text/csv"))), BadQuery, Internal)
 )]
 pub(crate) async fn export(
     State(services): State<Arc<Services>>,
@@ -258,7 +258,7 @@ pub(crate) async fn export(
     path = "/v1/audit/bundle",
     operation_id = "get_audit_bundle",
     tag = "audit",
-    responses((status = 200, body = AuditBundle), Refused, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = AuditBundle), Internal)
 )]
 pub(crate) async fn bundle(State(services): State<Arc<Services>>) -> ApiResult<Json<AuditBundle>> {
     let audit = std::sync::Arc::clone(&services.audit);

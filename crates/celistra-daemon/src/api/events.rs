@@ -12,7 +12,7 @@ use celistra_proto::{Event, EventKind, EventsQuery, Role};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::responses::{BadQuery, EventStream, Refused};
+use super::responses::{BadQuery, EventStream};
 use super::{Caller, Failure};
 use crate::services::Services;
 
@@ -26,7 +26,7 @@ use crate::services::Services;
     operation_id = "stream_events",
     tag = "events",
     params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id; wins over `after`")),
-    responses(EventStream, Refused, BadQuery)
+    responses(EventStream, BadQuery)
 )]
 pub(crate) async fn stream(
     State(services): State<Arc<Services>>,

@@ -21,7 +21,7 @@ use celistra_proto::{
 };
 use tokio::sync::mpsc;
 
-use super::responses::{BadQuery, Refused};
+use super::responses::{BadQuery, Internal};
 use super::{Caller, Failure, bad_query, failure};
 use crate::supervisor::Supervisor;
 
@@ -73,7 +73,7 @@ fn parse_grep(grep: Option<&str>) -> ApiResult<Option<GrepPattern>> {
     operation_id = "list_runs",
     tag = "history",
     params(HistoryQuery),
-    responses((status = 200, body = Vec<RunRecord>), Refused, BadQuery, (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = Vec<RunRecord>), BadQuery, (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), Internal)
 )]
 pub(crate) async fn runs(
     State(supervisor): State<Arc<Supervisor>>,
@@ -98,7 +98,7 @@ pub(crate) async fn runs(
     operation_id = "clear_logs",
     tag = "history",
     params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = Cleared), Refused, (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = Cleared), (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), Internal)
 )]
 pub(crate) async fn clear(
     State(supervisor): State<Arc<Supervisor>>,
@@ -255,7 +255,7 @@ fn last_lines(bytes: &[u8], lines: usize) -> &[u8] {
     operation_id = "get_logs",
     tag = "history",
     params(("agent" = String, Path, description = "Agent id or name"), LogsQuery),
-    responses((status = 200, description = "The output: `text/plain` (format `text`), `application/octet-stream` (`raw`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or grep with format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name, or no such run", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, description = "The output: `text/plain` (format `text`), `application/octet-stream` (`raw`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or grep with format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name, or no such run", body = ApiError), Internal)
 )]
 pub(crate) async fn logs(
     State(supervisor): State<Arc<Supervisor>>,
@@ -331,7 +331,7 @@ pub(crate) async fn logs(
     operation_id = "search_logs",
     tag = "history",
     params(SearchQuery),
-    responses((status = 200, description = "The matching lines: `text/plain` (format `text`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), Refused, (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, description = "The matching lines: `text/plain` (format `text`) or `application/jsonl` (`jsonl`: one `LogLine` per line)", content_type = "text/plain", body = String), (status = 400, description = "`invalid_request`: a query parameter is unknown, malformed or out of range, a bad grep pattern, or format raw", body = ApiError), (status = 404, description = "`not_found`: no agent or agent history with that id or name", body = ApiError), Internal)
 )]
 pub(crate) async fn search(
     State(supervisor): State<Arc<Supervisor>>,

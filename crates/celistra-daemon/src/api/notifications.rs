@@ -12,7 +12,7 @@ use celistra_proto::{
 };
 use serde_json::json;
 
-use super::responses::{BadBody, Refused};
+use super::responses::{BadBody, Internal};
 use super::{Actor, Failure, JsonBody};
 use crate::supervisor::Supervisor;
 
@@ -24,7 +24,7 @@ type ApiResult<T> = Result<T, Failure>;
     path = "/v1/notifications",
     operation_id = "get_notifications",
     tag = "notifications",
-    responses((status = 200, body = NotificationsStatus), Refused, (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
+    responses((status = 200, body = NotificationsStatus), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
 )]
 pub(crate) async fn status(
     State(supervisor): State<Arc<Supervisor>>,
@@ -40,7 +40,7 @@ pub(crate) async fn status(
     path = "/v1/notifications/test",
     operation_id = "test_notifications",
     tag = "notifications",
-    responses((status = 200, body = Vec<ChannelStatus>), Refused, (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
+    responses((status = 200, body = Vec<ChannelStatus>), (status = 500, description = "`config_invalid`: the daemon's config.json is malformed", body = ApiError))
 )]
 pub(crate) async fn test(
     State(supervisor): State<Arc<Supervisor>>,
@@ -56,7 +56,7 @@ pub(crate) async fn test(
     path = "/v1/push/vapid-key",
     operation_id = "get_vapid_key",
     tag = "notifications",
-    responses((status = 200, body = VapidKeyInfo), Refused)
+    responses((status = 200, body = VapidKeyInfo))
 )]
 pub(crate) async fn vapid_key(State(supervisor): State<Arc<Supervisor>>) -> Json<VapidKeyInfo> {
     Json(VapidKeyInfo {
@@ -70,7 +70,7 @@ pub(crate) async fn vapid_key(State(supervisor): State<Arc<Supervisor>>) -> Json
     path = "/v1/push/subscriptions",
     operation_id = "list_push_subscriptions",
     tag = "notifications",
-    responses((status = 200, body = Vec<PushSubscriptionInfo>), Refused)
+    responses((status = 200, body = Vec<PushSubscriptionInfo>))
 )]
 pub(crate) async fn subscriptions(
     State(supervisor): State<Arc<Supervisor>>,
@@ -85,7 +85,7 @@ pub(crate) async fn subscriptions(
     operation_id = "subscribe_push",
     tag = "notifications",
     request_body = PushSubscriptionRequest,
-    responses((status = 201, body = PushSubscriptionInfo), Refused, BadBody, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 201, body = PushSubscriptionInfo), BadBody, Internal)
 )]
 pub(crate) async fn subscribe(
     State(supervisor): State<Arc<Supervisor>>,
@@ -111,7 +111,7 @@ pub(crate) async fn subscribe(
     operation_id = "unsubscribe_push",
     tag = "notifications",
     params(("id" = String, Path, description = "The device's id")),
-    responses((status = 200, body = PushSubscriptionInfo), Refused, (status = 404, description = "`not_found`: no such device", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = PushSubscriptionInfo), (status = 404, description = "`not_found`: no such device", body = ApiError), Internal)
 )]
 pub(crate) async fn unsubscribe(
     State(supervisor): State<Arc<Supervisor>>,

@@ -18,8 +18,6 @@ use celistra_proto::{
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::responses::Refused;
-
 #[derive(OpenApi)]
 #[openapi(
     info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs a credential (`Authorization: Bearer <credential>`: the machine secret, an owner's, or an API token with its role) whose role satisfies the operation's `x-celistra-role` (owner, operator, viewer, approver; `any`: any credential; `public`: none), except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), the dashboard login, which takes a one-time code, and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential. A dashboard session cookie is accepted instead of the bearer secret; with it, requests that change state must send `X-CSRF-Token`."),
@@ -67,7 +65,7 @@ pub(crate) fn base() -> utoipa::openapi::OpenApi {
     path = "/v1/openapi.json",
     operation_id = "get_openapi",
     tag = "daemon",
-    responses((status = 200, description = "OpenAPI document", body = Object), Refused)
+    responses((status = 200, description = "OpenAPI document", body = Object))
 )]
 pub(crate) async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
     Json(super::routes::cached_document())

@@ -1,5 +1,6 @@
-//! Error answers many operations share, for the OpenAPI document: what authentication refuses
-//! before a handler runs, and what a JSON body or query string is refused with.
+//! Error answers many operations share, for the OpenAPI document: what a JSON body or query
+//! string is refused with, and an I/O failure. The 401 and 403 that authentication and the role
+//! check answer are added to every operation from the route table (`routes.rs`).
 
 use std::collections::BTreeMap;
 
@@ -26,21 +27,12 @@ fn answers(list: &[(&str, &str)]) -> BTreeMap<String, RefOr<Response>> {
         .collect()
 }
 
-/// What any route that needs a credential may be refused with.
-pub(crate) struct Refused;
+/// What a route that writes to the state directory may answer when that fails.
+pub(crate) struct Internal;
 
-impl IntoResponses for Refused {
+impl IntoResponses for Internal {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        answers(&[
-            (
-                "401",
-                "`unauthorized`: no credential, or a wrong, expired or revoked one",
-            ),
-            (
-                "403",
-                "`origin_not_allowed` or `csrf_failed`: a dashboard session's request from another origin, or one that changes state without its CSRF token",
-            ),
-        ])
+        answers(&[("500", "`internal`: an I/O failure inside the daemon")])
     }
 }
 

@@ -9,7 +9,7 @@ use celistra_proto::{
     SandboxSwitch,
 };
 
-use super::responses::{BadBody, Refused};
+use super::responses::{BadBody, Internal};
 use super::{Actor, Failure, JsonBody, Source};
 use crate::supervisor::Supervisor;
 
@@ -19,7 +19,7 @@ use crate::supervisor::Supervisor;
     path = "/v1/sandbox",
     operation_id = "get_sandbox",
     tag = "sandbox",
-    responses((status = 200, body = SandboxStatus), Refused)
+    responses((status = 200, body = SandboxStatus))
 )]
 pub(crate) async fn status(State(supervisor): State<Arc<Supervisor>>) -> Json<SandboxStatus> {
     Json(supervisor.services.sandbox.status())
@@ -33,7 +33,7 @@ pub(crate) async fn status(State(supervisor): State<Arc<Supervisor>>) -> Json<Sa
     operation_id = "switch_sandbox",
     tag = "sandbox",
     request_body = SandboxSwitch,
-    responses((status = 200, body = SandboxStatus), Refused, BadBody, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = SandboxStatus), BadBody, Internal)
 )]
 pub(crate) async fn switch(
     State(supervisor): State<Arc<Supervisor>>,
@@ -60,7 +60,7 @@ pub(crate) async fn switch(
     operation_id = "explain_sandbox",
     tag = "sandbox",
     request_body = ExplainRequest,
-    responses((status = 200, body = SandboxExplanation), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = SandboxExplanation), BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), Internal)
 )]
 pub(crate) async fn explain(
     State(supervisor): State<Arc<Supervisor>>,

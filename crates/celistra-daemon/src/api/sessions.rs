@@ -13,7 +13,7 @@ use celistra_proto::{
 };
 use serde_json::json;
 
-use super::responses::{BadBody, BadQuery, Refused};
+use super::responses::{BadBody, BadQuery, Internal};
 use super::{Actor, AppState, Failure, JsonBody, SessionToken, failure};
 use crate::now_ms;
 use crate::sessions::{SESSION_TTL_MS, csrf_token};
@@ -41,7 +41,7 @@ fn cookie(token: Option<&str>, secure: bool) -> HeaderValue {
     operation_id = "issue_login_code",
     tag = "sessions",
     params(LoginCodeQuery),
-    responses((status = 200, body = LoginLink), Refused, BadQuery, (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = LoginLink), BadQuery, Internal)
 )]
 pub(crate) async fn issue_code(
     State(state): State<AppState>,
@@ -74,7 +74,7 @@ pub(crate) async fn issue_code(
     tag = "sessions",
     security(()),
     request_body = LoginRequest,
-    responses((status = 200, body = SessionState), BadBody, (status = 401, description = "`unauthorized`: an unknown, used or expired login code", body = ApiError), (status = 403, description = "`origin_not_allowed`: a browser request from another origin", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = SessionState), BadBody, (status = 401, description = "`unauthorized`: an unknown, used or expired login code", body = ApiError), (status = 403, description = "`origin_not_allowed`: a browser request from another origin", body = ApiError), Internal)
 )]
 pub(crate) async fn login(
     State(state): State<AppState>,
@@ -133,7 +133,7 @@ fn session_of(token: Option<Extension<SessionToken>>) -> ApiResult<SessionToken>
     path = "/v1/session",
     operation_id = "get_session",
     tag = "sessions",
-    responses((status = 200, body = SessionState), Refused, (status = 400, description = "`invalid_request`: the request was made with the machine secret, not a session", body = ApiError))
+    responses((status = 200, body = SessionState), (status = 400, description = "`invalid_request`: the request was made with the machine secret, not a session", body = ApiError))
 )]
 pub(crate) async fn current(
     State(state): State<AppState>,
@@ -163,7 +163,7 @@ pub(crate) async fn current(
     path = "/v1/session/logout",
     operation_id = "logout",
     tag = "sessions",
-    responses((status = 200, body = SessionInfo), Refused, (status = 400, description = "`invalid_request`: the request was made with the machine secret, not a session", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = SessionInfo), (status = 400, description = "`invalid_request`: the request was made with the machine secret, not a session", body = ApiError), Internal)
 )]
 pub(crate) async fn logout(
     State(state): State<AppState>,
@@ -191,7 +191,7 @@ pub(crate) async fn logout(
     path = "/v1/sessions",
     operation_id = "list_sessions",
     tag = "sessions",
-    responses((status = 200, body = Vec<SessionInfo>), Refused)
+    responses((status = 200, body = Vec<SessionInfo>))
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -208,7 +208,7 @@ pub(crate) async fn list(
     operation_id = "revoke_session",
     tag = "sessions",
     params(("id" = String, Path, description = "The session's id")),
-    responses((status = 200, body = SessionInfo), Refused, (status = 404, description = "`not_found`: no such session", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = SessionInfo), (status = 404, description = "`not_found`: no such session", body = ApiError), Internal)
 )]
 pub(crate) async fn revoke(
     State(state): State<AppState>,

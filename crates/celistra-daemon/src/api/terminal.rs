@@ -22,7 +22,7 @@ use subtle::ConstantTimeEq;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
-use super::responses::{BadBody, Refused};
+use super::responses::{BadBody, Internal};
 use super::{Actor, AppState, Caller, Failure, JsonBody, Lifetimes, failure};
 use crate::supervisor::AgentHandle;
 use crate::supervisor::fanout::{self, Client, Delivery, InputOp, Next};
@@ -134,7 +134,7 @@ impl Tickets {
     tag = "terminal",
     params(("agent" = String, Path, description = "Agent id or name")),
     request_body = TicketRequest,
-    responses((status = 200, body = TerminalTicket), Refused, BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 500, description = "`internal`: an I/O failure inside the daemon", body = ApiError))
+    responses((status = 200, body = TerminalTicket), BadBody, (status = 404, description = "`not_found`: no such agent", body = ApiError), Internal)
 )]
 pub(crate) async fn ticket(
     State(state): State<AppState>,
