@@ -21,7 +21,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::responses::{AuditStream, BadQuery, Internal};
-use super::{Caller, Failure};
+use super::{Failure, Revocation};
 use crate::services::Services;
 
 type ApiResult<T> = Result<T, Failure>;
@@ -78,7 +78,7 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn tail(
     State(services): State<Arc<Services>>,
-    Extension(caller): Extension<Caller>,
+    Extension(Revocation(ended)): Extension<Revocation>,
     query: Result<Query<AuditTailQuery>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let Query(query) = query.map_err(super::bad_query)?;
@@ -130,7 +130,7 @@ pub(crate) async fn tail(
                 .id(entry.seq.to_string())
                 .data(data))
         })
-        .take_until(caller.ended.cancelled_owned());
+        .take_until(ended.cancelled_owned());
     Ok(Sse::new(entries).keep_alive(KeepAlive::default()))
 }
 

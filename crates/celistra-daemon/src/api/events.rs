@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::responses::{BadQuery, EventStream};
-use super::{Caller, Failure};
+use super::{Actor, Failure, Revocation};
 use crate::services::Services;
 
 /// Live events as Server-Sent Events. Each SSE event's name is the event's `type`, its id the
@@ -30,7 +30,8 @@ use crate::services::Services;
 )]
 pub(crate) async fn stream(
     State(services): State<Arc<Services>>,
-    Extension(caller): Extension<Caller>,
+    Extension(actor): Extension<Actor>,
+    Extension(Revocation(ended)): Extension<Revocation>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Failure> {
@@ -62,11 +63,11 @@ pub(crate) async fn stream(
     } else {
         replay.boxed()
     };
-    let approvals_only = caller.role == Role::Approver;
+    let approvals_only = actor.role == Some(Role::Approver);
     let events = events
         .filter(move |event| std::future::ready(!approvals_only || is_for_approvers(&event.kind)))
         .map(|event| Ok(to_sse(&event)))
-        .take_until(caller.ended.cancelled_owned());
+        .take_until(ended.cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 

@@ -22,7 +22,7 @@ use celistra_proto::{
 use tokio::sync::mpsc;
 
 use super::responses::{BadQuery, Internal};
-use super::{Caller, Failure, bad_query, failure};
+use super::{Failure, Revocation, bad_query, failure};
 use crate::supervisor::Supervisor;
 
 type ApiResult<T> = Result<T, Failure>;
@@ -259,7 +259,7 @@ fn last_lines(bytes: &[u8], lines: usize) -> &[u8] {
 )]
 pub(crate) async fn logs(
     State(supervisor): State<Arc<Supervisor>>,
-    Extension(caller): Extension<Caller>,
+    Extension(Revocation(ended)): Extension<Revocation>,
     Path(agent): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
@@ -317,9 +317,7 @@ pub(crate) async fn logs(
         raw: query.format == LogFormat::Raw,
     };
     tokio::spawn(async move {
-        let _ = job
-            .run(pattern, query.tail, query.follow, caller.ended)
-            .await;
+        let _ = job.run(pattern, query.tail, query.follow, ended).await;
     });
     Ok(streamed(query.format, receiver))
 }

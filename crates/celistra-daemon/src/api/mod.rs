@@ -85,14 +85,10 @@ pub(crate) use terminal::check_origin;
 /// Who made a request: the credential's name and role. Set by [`authenticate`].
 pub(crate) use crate::actor::Actor;
 
-/// What the credential of a request may do, and what ends its long-lived answers. Set by
-/// [`authenticate`] next to [`Actor`].
+/// What ends a request's long-lived answers (streams, terminals): cancelled when its credential is
+/// revoked or the daemon stops. Set by [`authenticate`] next to [`Actor`].
 #[derive(Debug, Clone)]
-pub(crate) struct Caller {
-    pub role: Role,
-    /// Cancelled when the credential is revoked or the daemon stops: streams and terminals end.
-    pub ended: CancellationToken,
-}
+pub(crate) struct Revocation(pub CancellationToken);
 
 /// One cancellation token per credential that has streams open, each a child of the daemon's
 /// `stopping`, so that revoking a token or a session ends its streams and terminals at once.
@@ -286,7 +282,7 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     };
     let source = source_of(request.headers());
     let ended = state.lifetimes.of(&actor);
-    request.extensions_mut().insert(Caller { role, ended });
+    request.extensions_mut().insert(Revocation(ended));
     request
         .extensions_mut()
         .insert(Actor::credential(actor, role));
@@ -303,8 +299,8 @@ async fn authorize(
 ) -> Response {
     let role = request
         .extensions()
-        .get::<Caller>()
-        .map(|caller| caller.role);
+        .get::<Actor>()
+        .and_then(|actor| actor.role);
     match role {
         Some(role) if role.satisfies(required) => next.run(request).await,
         role => {

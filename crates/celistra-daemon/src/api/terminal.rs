@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::responses::{BadBody, Internal};
-use super::{Actor, AppState, Caller, Failure, JsonBody, Lifetimes, failure};
+use super::{Actor, AppState, Failure, JsonBody, Lifetimes, Revocation, failure};
 use crate::supervisor::AgentHandle;
 use crate::supervisor::fanout::{self, Client, Delivery, InputOp, Next};
 
@@ -139,21 +139,23 @@ impl Tickets {
 pub(crate) async fn ticket(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Extension(caller): Extension<Caller>,
+    Extension(Revocation(ended)): Extension<Revocation>,
     Path(agent): Path<String>,
     JsonBody(request): JsonBody<TicketRequest>,
 ) -> Result<Json<TerminalTicket>, Failure> {
-    if request.role == TerminalRole::Writer && !caller.role.satisfies(Role::Operator) {
+    // A request's actor is a credential, so it has a role; none would count as the least.
+    let role = actor.role.unwrap_or(Role::Viewer);
+    if request.role == TerminalRole::Writer && !role.satisfies(Role::Operator) {
         return Err(Failure(ApiError::role_required(
             Role::Operator,
-            caller.role,
+            role,
             "a writer ticket (typing into an agent's terminal)",
         )));
     }
     let handle = state.supervisor.find(&agent)?;
     let secret = state
         .tickets
-        .issue(&handle.id, request.role, &actor.name, caller.ended)?;
+        .issue(&handle.id, request.role, &actor.name, ended)?;
     Ok(Json(TerminalTicket {
         path: format!("/v1/agents/{}/terminal?ticket={secret}", handle.id),
         ticket: secret,

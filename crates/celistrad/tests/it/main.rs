@@ -400,9 +400,8 @@ pub(crate) fn marker() -> String {
     format!("{}{:03}", 100_000 + std::process::id() % 800_000, n)
 }
 
-/// The whole body of a `GET` of `path` as text, which must succeed: for tests of the query strings
-/// the daemon takes, written as a client would send them.
-pub(crate) async fn get_text(client: &Client, path: &str) -> String {
+/// A `GET` of `path` as written: its status and whole body.
+async fn get_raw(client: &Client, path: &str) -> (hyper::StatusCode, Vec<u8>) {
     let response = client
         .send(hyper::Method::GET, path, None)
         .await
@@ -414,6 +413,13 @@ pub(crate) async fn get_text(client: &Client, path: &str) -> String {
         .await
         .expect("body")
         .to_bytes();
+    (status, body.to_vec())
+}
+
+/// The whole body of a `GET` of `path` as text, which must succeed: for tests of the query strings
+/// the daemon takes, written as a client would send them.
+pub(crate) async fn get_text(client: &Client, path: &str) -> String {
+    let (status, body) = get_raw(client, path).await;
     let text = String::from_utf8_lossy(&body).into_owned();
     assert!(status.is_success(), "GET {path}: {status}: {text}");
     text
@@ -434,13 +440,6 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
     client: &Client,
     path: &str,
 ) -> Result<T, celistra_client::ClientError> {
-    let response = client.send(hyper::Method::GET, path, None).await?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let (status, body) = get_raw(client, path).await;
     celistra_client::decode(status, &body)
 }
