@@ -242,6 +242,7 @@ async fn measure(report: &mut Report) -> Result<()> {
         tls: None,
         insecure_http: false,
         machine_name: None,
+        hub_listen: None,
         ready: Some(ready),
     };
     let shutdown = CancellationToken::new();

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 pub use api::SseStream;
 pub use sse::{SseFrame, SseParser};
 pub use terminal::{Terminal, TerminalEvent, TerminalInput, TerminalOutput};
-pub use tls::{BadFingerprint, Fingerprint};
+pub use tls::{BadFingerprint, Fingerprint, link_client_config, pin_mismatch};
 
 /// How long connecting to a daemon over the network (TCP, then TLS) may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -165,6 +165,32 @@ pub(crate) fn client_config(pin: Option<Fingerprint>) -> Result<Arc<ClientConfig
     Ok(Arc::new(config))
 }
 
+/// The configuration of a fleet node's link to its hub: the hub's certificate pinned, the node's
+/// own certificate presented (its identity), one ALPN protocol offered.
+pub fn link_client_config(
+    pin: Fingerprint,
+    certificate: CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned {
+            expected: pin,
+            provider,
+        }))
+        .with_client_auth_cert(vec![certificate], key)?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The pinned and the presented fingerprints, when a handshake failed because they differ.
+pub fn pin_mismatch(error: &std::io::Error) -> Option<(Fingerprint, Fingerprint)> {
+    mismatch_in(error).map(|m| (m.expected, m.presented))
+}
+
 /// The pin mismatch inside a failed handshake's error, if that is why it failed.
 pub(crate) fn mismatch_in(error: &std::io::Error) -> Option<&Mismatch> {
     let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(other))) =

@@ -29,6 +29,9 @@ pub struct DaemonConfig {
     pub logs_max_agent_mb: u64,
     /// Where approval requests are announced.
     pub notifications: NotificationsConfig,
+    /// The most a fleet hub's users may do on this machine: `operator` (the default) runs agents
+    /// but reads no secrets or environment values; `owner` allows everything; `viewer` only reads.
+    pub fleet: celistra_proto::Role,
 }
 
 impl Default for DaemonConfig {
@@ -46,6 +49,7 @@ impl Default for DaemonConfig {
             logs_max_total_mb: 1024,
             logs_max_agent_mb: 256,
             notifications: NotificationsConfig::default(),
+            fleet: celistra_proto::Role::Operator,
         }
     }
 }

@@ -228,6 +228,29 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             json!({ "pid": pid, "version": version }),
         ),
         EventKind::DaemonStopping => (Actor::system(), "daemon_stopping", String::new(), json!({})),
+        EventKind::MachineJoined { machine, address } => (
+            // The pairing code was the credential; the owner who minted it is audited there.
+            Actor::system(),
+            "machine_joined",
+            machine.clone(),
+            json!({ "address": address }),
+        ),
+        EventKind::MachineRevoked {
+            machine,
+            actor,
+            actor_role,
+        } => (
+            Actor::recorded(actor, *actor_role),
+            "machine_revoked",
+            machine.clone(),
+            json!({}),
+        ),
+        EventKind::MachineAuditTampered { machine, problem } => (
+            Actor::system(),
+            "machine_audit_tampered",
+            machine.clone(),
+            json!({ "problem": problem }),
+        ),
         EventKind::AgentSpawned {
             agent,
             actor,
@@ -356,6 +379,8 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
         EventKind::AgentUpdated { .. }
         | EventKind::AgentUnsandboxed { .. }
         | EventKind::AgentState { .. }
+        | EventKind::MachineOnline { .. }
+        | EventKind::MachineOffline { .. }
         | EventKind::AgentExited { .. }
         | EventKind::AgentRestarted { .. }
         | EventKind::AgentBackoff { .. }

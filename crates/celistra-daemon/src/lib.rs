@@ -9,6 +9,7 @@ mod asks;
 mod audit;
 mod blocks;
 mod events;
+mod fleet;
 mod home;
 mod notify;
 mod sandbox;
@@ -59,6 +60,8 @@ pub struct Options {
     pub insecure_http: bool,
     /// `--machine-name`: this machine's name in a fleet (kept in the state directory).
     pub machine_name: Option<String>,
+    /// `--hub`: be a fleet hub, taking nodes' links on this address (`--hub-listen`).
+    pub hub_listen: Option<SocketAddr>,
     /// Told once the API answers: where, and with which certificate (for the binary to print).
     pub ready: Option<tokio::sync::mpsc::UnboundedSender<Ready>>,
 }
@@ -161,6 +164,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     };
 
     let (history_events, history_announcements) = tokio::sync::mpsc::unbounded_channel();
+    let ceiling = config.fleet;
     let history = tokio::task::spawn_blocking({
         let path = home.history_file();
         move || History::open(&path, log_limits(&config), history_events, now_ms())
@@ -213,6 +217,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         Arc::clone(&services),
     ));
 
+    let stopping = CancellationToken::new();
     let socket_path = home.socket_file();
     let _ = std::fs::remove_file(&socket_path);
     let unix = tokio::net::UnixListener::bind(&socket_path)
@@ -247,7 +252,34 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     std::fs::write(home.addr_file(), format!("{bound}\n"))
         .map_err(|e| Error::io(format!("cannot write {}", home.addr_file().display()), e))?;
 
-    let stopping = CancellationToken::new();
+    let member = Arc::new(fleet::Member::load(
+        &home,
+        &machine_name,
+        audit.log().public_key(),
+        stopping.clone(),
+    )?);
+    let hub = match options.hub_listen {
+        Some(listen) => Some(
+            fleet::Hub::start(
+                &fleet::HubOptions { listen },
+                &home,
+                &machine_name,
+                &hostname,
+                Arc::clone(&services.events),
+                Arc::clone(&audit),
+                stopping.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let fleet = Arc::new(fleet::Fleet {
+        machine_name: machine_name.clone(),
+        ceiling,
+        hub: hub.clone(),
+        member: Arc::clone(&member),
+        local: std::sync::OnceLock::new(),
+    });
     let state = api::AppState {
         supervisor: Arc::clone(&supervisor),
         secret: secret.into(),
@@ -273,6 +305,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         base_url: base_url.clone().into(),
         tls: certificates.is_some(),
         certificates: certificates.clone(),
+        fleet: Arc::clone(&fleet),
     };
     // The agents of the previous run are back in the registry before the API answers, so a client
     // never sees a daemon that has forgotten them.
@@ -283,6 +316,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     supervisor.restore(stored).await;
     supervisor.approvals.restore();
     let router = api::router(state);
+    let _ = fleet.local.set(router.clone());
+    member.start(router.clone());
     let in_process = router.clone();
     let unix_server = tokio::spawn(serve::serve(unix, None, router.clone(), stopping.clone()));
     // Small answers go out at once rather than waiting on the peer's delayed ACK (Nagle).
@@ -328,6 +363,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     shutdown.cancelled().await;
     tracing::info!("stopping every agent");
     services.events.publish(EventKind::DaemonStopping);
+    if let Some(hub) = &hub {
+        hub.shutdown().await;
+    }
     stopping.cancel();
     supervisor.shutdown().await;
     let _ = tokio::join!(unix_server, tcp_server);

@@ -57,6 +57,12 @@ pub enum ErrorCode {
     UriTooLong,
     /// Request header fields larger, or more, than the daemon accepts.
     HeadersTooLarge,
+    /// A fleet machine that is known but whose link to the hub is down, or did not answer.
+    MachineOffline,
+    /// Too many failed attempts (pairing codes); the message says when to try again.
+    TooManyAttempts,
+    /// A pairing code that is wrong, used or expired; the message says which.
+    PairingRefused,
 }
 
 impl ErrorCode {
@@ -77,13 +83,14 @@ impl ErrorCode {
             ErrorCode::UriTooLong => 414,
             ErrorCode::HeadersTooLarge => 431,
             ErrorCode::ConfigInvalid | ErrorCode::SpawnFailed | ErrorCode::Internal => 500,
-            ErrorCode::ShuttingDown => 503,
+            ErrorCode::ShuttingDown | ErrorCode::MachineOffline => 503,
             ErrorCode::OriginNotAllowed
             | ErrorCode::Forbidden
             | ErrorCode::CsrfFailed
-            | ErrorCode::RoleRequired => 403,
+            | ErrorCode::RoleRequired
+            | ErrorCode::PairingRefused => 403,
             ErrorCode::Gone => 410,
-            ErrorCode::TooManyClients => 429,
+            ErrorCode::TooManyClients | ErrorCode::TooManyAttempts => 429,
         }
     }
 }

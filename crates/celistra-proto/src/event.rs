@@ -193,6 +193,34 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor_role: Option<crate::Role>,
     },
+    /// A machine joined this hub's fleet (`ctl join` with a code from `ctl pair`).
+    MachineJoined {
+        machine: String,
+        address: String,
+    },
+    /// A machine's link to this hub came up.
+    MachineOnline {
+        machine: String,
+        address: String,
+    },
+    /// A machine's link to this hub went down (closed, or silent past the PING timeout).
+    MachineOffline {
+        machine: String,
+        reason: String,
+    },
+    /// A machine was cut off from this hub for good (`ctl machines revoke`).
+    MachineRevoked {
+        machine: String,
+        actor: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor_role: Option<crate::Role>,
+    },
+    /// A machine's new audit checkpoint does not extend the one this hub witnessed before: its
+    /// audit history was rewritten or rolled back.
+    MachineAuditTampered {
+        machine: String,
+        problem: String,
+    },
     /// The client asked to resume from an id older than the backlog holds: events were missed and the
     /// client should re-read `GET /v1/agents`.
     Resync {
@@ -201,11 +229,34 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The agent whose listed state this event may change, for caches of `GET /v1/agents`.
+    pub fn changed_agent(&self) -> Option<&str> {
+        match self {
+            EventKind::AgentSpawned { agent, .. } => Some(&agent.id),
+            EventKind::AgentState { agent_id, .. }
+            | EventKind::AgentExited { agent_id, .. }
+            | EventKind::AgentRestarted { agent_id, .. }
+            | EventKind::AgentBackoff { agent_id, .. }
+            | EventKind::AgentCrashedOut { agent_id, .. }
+            | EventKind::AgentSpawnFailed { agent_id, .. }
+            | EventKind::AgentRenamed { agent_id, .. }
+            | EventKind::AgentUpdated { agent_id, .. }
+            | EventKind::AgentRemoved { agent_id, .. }
+            | EventKind::AgentUnsandboxed { agent_id, .. } => Some(agent_id),
+            _ => None,
+        }
+    }
+
     /// The `type` name, also used as the SSE `event:` field.
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::DaemonStarted { .. } => "daemon_started",
             EventKind::DaemonStopping => "daemon_stopping",
+            EventKind::MachineJoined { .. } => "machine_joined",
+            EventKind::MachineOnline { .. } => "machine_online",
+            EventKind::MachineOffline { .. } => "machine_offline",
+            EventKind::MachineRevoked { .. } => "machine_revoked",
+            EventKind::MachineAuditTampered { .. } => "machine_audit_tampered",
             EventKind::AgentSpawned { .. } => "agent_spawned",
             EventKind::AgentState { .. } => "agent_state",
             EventKind::AgentExited { .. } => "agent_exited",

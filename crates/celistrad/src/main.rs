@@ -51,6 +51,12 @@ struct Cli {
     /// label). Kept in the state directory, so later starts need not repeat it.
     #[arg(long, value_name = "NAME")]
     machine_name: Option<String>,
+    /// Be the fleet's hub: other machines join with `ctl join` and keep a link to it.
+    #[arg(long)]
+    hub: bool,
+    /// Where the hub takes its machines' links (TLS 1.3; open it to them).
+    #[arg(long, default_value = "0.0.0.0:33121", requires = "hub")]
+    hub_listen: SocketAddr,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -179,6 +185,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         tls,
         insecure_http: cli.insecure_http,
         machine_name: cli.machine_name,
+        hub_listen: cli.hub.then_some(cli.hub_listen),
         ready: Some(ready),
     };
     tokio::spawn(async move {

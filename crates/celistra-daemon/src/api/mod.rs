@@ -8,6 +8,7 @@ mod approvals;
 mod audit;
 mod decide;
 mod events;
+mod fleet;
 mod history;
 mod notifications;
 mod openapi;
@@ -56,6 +57,8 @@ pub(crate) struct AppState {
     pub tls: bool,
     /// The served certificate, for its fingerprint in `/v1/health`.
     pub certificates: Option<Arc<crate::tls::Certificates>>,
+    /// This daemon's place in a fleet.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 /// Handlers that only work with the agents take the supervisor; those that only read or record take
@@ -207,6 +210,9 @@ fn bearer_credential(state: &AppState, presented: &str) -> Result<(String, Role)
 /// method but GET, HEAD, OPTIONS) must carry the session's CSRF token in `X-CSRF-Token`. Records
 /// the actor, its role and the source.
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    if let Some(tunnel) = request.extensions().get::<crate::fleet::Tunnel>().cloned() {
+        return authenticate_hub_user(&state, &tunnel, request, next).await;
+    }
     let bearer = bearer_of(request.headers());
     let session = cookie(request.headers(), SESSION_COOKIE).filter(|v| !v.is_empty());
     let (actor, role) = match (bearer, session) {
@@ -290,6 +296,48 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     next.run(request).await
 }
 
+/// A request a hub forwarded over this node's link: the hub authenticated its user and says who
+/// they are (name and role); this node believes it only on the link (the [`Tunnel`] mark), and
+/// gives the user at most the role of its own `fleet` ceiling. Events and audit entries name
+/// them `via hub <hub>: <user>`.
+///
+/// [`Tunnel`]: crate::fleet::Tunnel
+async fn authenticate_hub_user(
+    state: &AppState,
+    tunnel: &crate::fleet::Tunnel,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let user = headers
+        .get(celistra_proto::FLEET_USER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|u| !u.is_empty() && u.len() <= 128 && !u.chars().any(char::is_control))
+        .map(str::to_owned);
+    let role = headers
+        .get(celistra_proto::FLEET_ROLE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.parse::<Role>().ok());
+    let (Some(user), Some(role)) = (user, role) else {
+        return refuse(
+            state,
+            &request,
+            ErrorCode::Unauthorized,
+            "a hub request without its user",
+            "a request from the hub must name its user and role".into(),
+        );
+    };
+    let actor = format!("via hub {}: {user}", tunnel.hub_name);
+    let role = crate::fleet::capped(role, state.fleet.ceiling);
+    let ended = state.lifetimes.of(&actor);
+    request.extensions_mut().insert(Revocation(ended));
+    request
+        .extensions_mut()
+        .insert(Actor::credential(actor, role));
+    request.extensions_mut().insert(Source("fleet".into()));
+    next.run(request).await
+}
+
 /// Refuses a caller whose role does not satisfy the `required` role of the route (whose path
 /// template is `route`): 403, naming the role.
 async fn authorize(
@@ -338,6 +386,33 @@ pub(crate) fn router(state: AppState) -> Router {
     let mut public = Router::new();
     let mut authenticated = Router::new();
     for route in routes::table() {
+        if route.via_hub {
+            // The same route for a machine of the fleet: the hub checks the caller's role here,
+            // the machine its own ceiling.
+            let forward = route
+                .methods()
+                .into_iter()
+                .filter_map(|method| axum::routing::MethodFilter::try_from(method).ok())
+                .fold(axum::routing::MethodRouter::new(), |router, filter| {
+                    router.on(filter, fleet::forward)
+                });
+            match route.access {
+                Access::Public => public = public.route(&route.hub_path(), forward),
+                Access::Any => authenticated = authenticated.route(&route.hub_path(), forward),
+                Access::Role(required) => {
+                    let check = middleware::from_fn_with_state(
+                        (
+                            state.clone(),
+                            required,
+                            Arc::from(route.hub_path().as_str()),
+                        ),
+                        authorize,
+                    );
+                    authenticated =
+                        authenticated.route(&route.hub_path(), forward.route_layer(check));
+                }
+            }
+        }
         match route.access {
             Access::Public => public = public.route(&route.path, route.handler),
             Access::Any => authenticated = authenticated.route(&route.path, route.handler),

@@ -13,12 +13,15 @@ use utoipa::openapi::{Content, OpenApi, Ref, ResponseBuilder};
 use utoipa_axum::routes;
 
 use super::{
-    AppState, agents, approvals, audit, decide, events, history, notifications, openapi, sandbox,
-    sessions, terminal, tokens,
+    AppState, agents, approvals, audit, decide, events, fleet, history, notifications, openapi,
+    sandbox, sessions, terminal, tokens,
 };
 
 /// The OpenAPI extension that names the role an operation requires.
 pub(crate) const ROLE_EXTENSION: &str = "x-celistra-role";
+/// The OpenAPI extension that marks an operation a hub forwards to its machines, as
+/// `/v1/machines/{machine}/…` (the path without its `/v1`).
+pub(crate) const VIA_HUB_EXTENSION: &str = "x-celistra-via-hub";
 
 /// One route of the table.
 pub(crate) struct Route {
@@ -26,6 +29,8 @@ pub(crate) struct Route {
     /// The path template, as axum and OpenAPI both write it (`/v1/agents/{agent}`).
     pub path: String,
     pub handler: MethodRouter<AppState>,
+    /// Whether a hub forwards this route to its machines: the fleet's allow-list.
+    pub via_hub: bool,
     /// The route's operation, as the OpenAPI document shows it.
     item: PathItem,
 }
@@ -33,13 +38,17 @@ pub(crate) struct Route {
 /// Makes a [`Route`] from a handler annotated with `#[utoipa::path]`.
 macro_rules! route {
     ($access:expr, $handler:path) => {
-        Route::new($access, routes!($handler))
+        Route::new($access, false, routes!($handler))
+    };
+    ($access:expr, $handler:path, via_hub) => {
+        Route::new($access, true, routes!($handler))
     };
 }
 
 impl Route {
     fn new(
         access: Access,
+        via_hub: bool,
         (_, paths, handler): utoipa_axum::router::UtoipaMethodRouter<AppState>,
     ) -> Route {
         let mut items = paths.paths.into_iter();
@@ -47,13 +56,45 @@ impl Route {
         assert!(items.next().is_none(), "one handler per route");
         for operation in operations(&mut item) {
             document_access(operation, access);
+            if via_hub {
+                operation
+                    .extensions
+                    .get_or_insert_with(Extensions::default)
+                    .insert(VIA_HUB_EXTENSION.to_owned(), true.into());
+            }
         }
         Route {
             access,
             path,
             handler,
+            via_hub,
             item,
         }
+    }
+
+    /// The route's methods.
+    pub(crate) fn methods(&self) -> Vec<axum::http::Method> {
+        use axum::http::Method;
+        let item = &self.item;
+        [
+            (item.get.is_some(), Method::GET),
+            (item.put.is_some(), Method::PUT),
+            (item.post.is_some(), Method::POST),
+            (item.delete.is_some(), Method::DELETE),
+            (item.patch.is_some(), Method::PATCH),
+        ]
+        .into_iter()
+        .filter_map(|(has, method)| has.then_some(method))
+        .collect()
+    }
+
+    /// Where a hub serves this route for its machines: `/v1/machines/{machine}` and the path
+    /// without its `/v1`.
+    pub(crate) fn hub_path(&self) -> String {
+        format!(
+            "/v1/machines/{{machine}}{}",
+            self.path.strip_prefix("/v1").unwrap_or(&self.path)
+        )
     }
 }
 
@@ -65,49 +106,49 @@ pub(crate) fn table() -> Vec<Route> {
     let viewer = Access::Role(Role::Viewer);
     let approver = Access::Role(Role::Approver);
     vec![
-        route!(Any, super::health),
+        route!(Any, super::health, via_hub),
         route!(Any, openapi::document),
         // Agents.
-        route!(viewer, agents::list),
-        route!(operator, agents::spawn),
-        route!(viewer, agents::get),
-        route!(operator, agents::update),
-        route!(operator, agents::remove),
+        route!(viewer, agents::list, via_hub),
+        route!(operator, agents::spawn, via_hub),
+        route!(viewer, agents::get, via_hub),
+        route!(operator, agents::update, via_hub),
+        route!(operator, agents::remove, via_hub),
         // The spec holds environment values, which only an owner may read.
-        route!(owner, agents::spec),
-        route!(operator, agents::stop),
-        route!(operator, agents::start),
-        route!(operator, agents::restart),
-        route!(operator, agents::kill),
-        route!(operator, agents::rename),
-        route!(operator, agents::apply),
-        route!(viewer, agents::usage),
+        route!(owner, agents::spec, via_hub),
+        route!(operator, agents::stop, via_hub),
+        route!(operator, agents::start, via_hub),
+        route!(operator, agents::restart, via_hub),
+        route!(operator, agents::kill, via_hub),
+        route!(operator, agents::rename, via_hub),
+        route!(operator, agents::apply, via_hub),
+        route!(viewer, agents::usage, via_hub),
         // Output and history; clearing a log erases a record, so it is the owner's.
-        route!(viewer, history::logs),
-        route!(owner, history::clear),
-        route!(viewer, history::search),
-        route!(viewer, history::runs),
+        route!(viewer, history::logs, via_hub),
+        route!(owner, history::clear, via_hub),
+        route!(viewer, history::search, via_hub),
+        route!(viewer, history::runs, via_hub),
         // Events: approvers get only approval events (see `events::stream`).
-        route!(Any, events::stream),
+        route!(Any, events::stream, via_hub),
         // Terminals: a viewer gets viewer tickets only (see `terminal::ticket`).
-        route!(viewer, terminal::ticket),
-        route!(Public, terminal::connect),
+        route!(viewer, terminal::ticket, via_hub),
+        route!(Public, terminal::connect, via_hub),
         // The sandbox: reading is a viewer's, the master switch the owner's.
-        route!(viewer, sandbox::status),
-        route!(owner, sandbox::switch),
-        route!(viewer, sandbox::explain),
+        route!(viewer, sandbox::status, via_hub),
+        route!(owner, sandbox::switch, via_hub),
+        route!(viewer, sandbox::explain, via_hub),
         // The audit log.
-        route!(viewer, audit::list),
-        route!(viewer, audit::tail),
-        route!(viewer, audit::checkpoint),
-        route!(viewer, audit::proof),
-        route!(operator, audit::verify),
-        route!(viewer, audit::export),
-        route!(viewer, audit::bundle),
+        route!(viewer, audit::list, via_hub),
+        route!(viewer, audit::tail, via_hub),
+        route!(viewer, audit::checkpoint, via_hub),
+        route!(viewer, audit::proof, via_hub),
+        route!(operator, audit::verify, via_hub),
+        route!(viewer, audit::export, via_hub),
+        route!(viewer, audit::bundle, via_hub),
         // Approvals.
-        route!(approver, approvals::list),
-        route!(approver, approvals::get),
-        route!(approver, approvals::decide),
+        route!(approver, approvals::list, via_hub),
+        route!(approver, approvals::get, via_hub),
+        route!(approver, approvals::decide, via_hub),
         // A decision link's signed token is its credential, for one request.
         route!(Public, decide::page),
         route!(Public, decide::decide),
@@ -118,6 +159,15 @@ pub(crate) fn table() -> Vec<Route> {
         route!(owner, notifications::subscriptions),
         route!(approver, notifications::subscribe),
         route!(owner, notifications::unsubscribe),
+        // The fleet: machines, pairing (a hub's), joining and leaving (a node's).
+        route!(viewer, fleet::machines),
+        route!(owner, fleet::revoke),
+        route!(viewer, fleet::status),
+        route!(owner, fleet::pair),
+        route!(owner, fleet::join),
+        route!(owner, fleet::leave),
+        route!(viewer, fleet::agents),
+        route!(viewer, fleet::events),
         // Credentials.
         route!(owner, tokens::list),
         route!(owner, tokens::create),

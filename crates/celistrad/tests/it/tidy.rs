@@ -38,6 +38,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "celistra-audit",
             "celistra-notify",
             "celistra-dashboard",
+            // A fleet node's link to its hub pins the hub's certificate as a client does.
+            "celistra-client",
         ],
     ),
     (
