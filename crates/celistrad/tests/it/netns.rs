@@ -304,7 +304,11 @@ fn delete_namespace(netns: &str) -> Result<(), String> {
             return Err(format!("processes {pids:?} survived SIGKILL"));
         }
         for pid in pids {
-            crate::run_kill("KILL", pid);
+            // Quietly: a process may end between the listing and the signal.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -496,28 +500,36 @@ async fn shaping_caps_the_rate_each_way_until_cleared() {
     let lan = Lan::new(&["a", "b"]);
     let (a, b) = (lan.host("a"), lan.host("b"));
     let daemon = daemon_in(a).await;
-    // The OpenAPI document, some 120 KB, times a transfer; curl prints its size and duration.
+    // The OpenAPI document, some 120 KB, times a transfer: from its first byte to its last, so
+    // that neither the handshake nor the daemon's work (slow on a loaded machine) counts.
     let fetch = || {
         let output = curl(
             b,
             &daemon,
             "/v1/openapi.json",
-            &["-o", "/dev/null", "-w", "%{size_download} %{time_total}"],
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download} %{time_starttransfer} %{time_total}",
+            ],
         );
         assert!(output.status.success(), "{}", failure("curl", &output));
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (size, seconds) = text.split_once(' ').expect("size and time");
-        let size: f64 = size.parse().expect("size");
-        (
-            size,
-            Duration::from_secs_f64(seconds.parse().expect("time")),
-        )
+        let numbers: Vec<f64> = text
+            .split_whitespace()
+            .map(|number| number.parse().expect("curl's numbers"))
+            .collect();
+        let [size, first, last] = numbers[..] else {
+            panic!("curl wrote {text}");
+        };
+        (size, Duration::from_secs_f64(last - first))
     };
     let kbit = 1000;
     a.shape(kbit);
     let (size, shaped) = fetch();
     assert!(size > 100_000.0, "{size} bytes");
-    // Past the 16 KiB burst, bytes leave at the capped rate (some slack for timing).
+    // Past the 16 KiB burst (and the first byte), bytes leave at the capped rate.
     let floor = Duration::from_secs_f64((size - 16_384.0) * 8.0 / (f64::from(kbit) * 1000.0));
     assert!(
         shaped > floor.mul_f64(0.8),
@@ -525,7 +537,7 @@ async fn shaping_caps_the_rate_each_way_until_cleared() {
     );
     a.clear_shape();
     let (_, free) = fetch();
-    assert!(free < shaped / 3, "unshaped {free:?}, shaped {shaped:?}");
+    assert!(free < shaped / 4, "unshaped {free:?}, shaped {shaped:?}");
 }
 
 #[tokio::test]
