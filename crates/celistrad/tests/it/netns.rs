@@ -15,8 +15,8 @@
 //! and deleting the namespaces deletes every interface, qdisc and nftables table of the `Lan`.
 //!
 //! What a test can do to a host's link (this kernel has no netem: no `tc` delay nor loss):
-//! - [`Host::link_down`]: the switch's port goes down. Silent: the host keeps its address and route,
-//!   but its packets and those to it vanish, so connections on both sides time out.
+//! - [`Host::link_down`]: the switch's port goes down. Silent: the host keeps its address and
+//!   route, but its packets and those to it vanish, so connections on both sides time out.
 //! - [`Host::unplug`]: the host's own `eth0` goes down, and its route with it: the host's own
 //!   connects fail at once ("Network is unreachable"); connects to it from others time out.
 //! - [`Host::set_loss`]: an nftables `bridge` table in the switch drops that share of the frames
@@ -53,9 +53,9 @@ pub(crate) struct Host {
 }
 
 impl Lan {
-    /// Makes a switch and one host per name (ASCII letters and digits), with every link up; first
-    /// removes what dead test processes left. Panics, with the failed command and its stderr, if a
-    /// step fails (as when not root).
+    /// Makes a switch and one host per name (ASCII letters and digits, not `sw`), every link up;
+    /// first removes what dead test processes left. Panics, with the failed command and its stderr,
+    /// if a step fails (as when not root).
     pub(crate) fn new(names: &[&str]) -> Lan {
         use std::sync::atomic::{AtomicU32, Ordering};
         static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -77,8 +77,8 @@ impl Lan {
         ip(&["-n", &lan.switch, "link", "set", "br0", "up"]);
         for (i, &name) in names.iter().enumerate() {
             assert!(
-                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()),
-                "host name {name:?}: use ASCII letters and digits"
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()) && name != "sw",
+                "host name {name:?}: use ASCII letters and digits, and not `sw` (the switch's)"
             );
             assert!(
                 lan.hosts.iter().all(|host| host.name != name),
@@ -96,10 +96,10 @@ impl Lan {
             lan.hosts.push(host);
             let host = lan.hosts.last().expect("just pushed");
             let (switch, port, netns) = (&lan.switch, &host.port, &host.netns);
-            ip(&["-n", switch, "link", "add", port, "type", "veth"]
-                .into_iter()
-                .chain(["peer", "name", "eth0", "netns", netns])
-                .collect::<Vec<_>>());
+            ip(&[
+                "-n", switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
+                netns,
+            ]);
             ip(&["-n", switch, "link", "set", port, "master", "br0", "up"]);
             let address = format!("{}/24", host.ip);
             ip(&["-n", netns, "addr", "add", &address, "dev", "eth0"]);
