@@ -17,6 +17,7 @@ mod edge;
 mod fuzz;
 mod history;
 mod machine;
+mod netns;
 mod notifications;
 mod remote;
 mod roles;
@@ -58,6 +59,8 @@ struct Launch {
     user: Option<(u32, u32, std::sync::Arc<tempfile::TempDir>)>,
     /// Extra daemon flags (`--listen` among them replaces the loopback default).
     args: Vec<String>,
+    /// Run inside this network namespace (`ip netns exec`, as root: not with `user`).
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -81,6 +84,18 @@ impl Daemon {
     pub(crate) async fn start_with_args(args: &[&str]) -> Daemon {
         let launch = Launch {
             args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            ..Launch::default()
+        };
+        Daemon::start_in_dir(tempfile::tempdir().expect("temp dir"), launch).await
+    }
+
+    /// Starts a daemon with extra flags inside the network namespace `netns` (a [`netns::Host`]'s):
+    /// its TCP listener is that host's, while its state directory and Unix socket stay on the
+    /// shared filesystem, where `client` and `ctl` reach it from the test.
+    pub(crate) async fn start_in_netns(netns: &str, args: &[&str]) -> Daemon {
+        let launch = Launch {
+            args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            netns: Some(netns.to_owned()),
             ..Launch::default()
         };
         Daemon::start_in_dir(tempfile::tempdir().expect("temp dir"), launch).await
@@ -287,14 +302,22 @@ impl Drop for Daemon {
 
 fn spawn_daemon(home: &Path, launch: &Launch) -> Child {
     use std::os::unix::process::CommandExt;
-    let mut command = match &launch.user {
-        Some((uid, gid, bin_dir)) => {
+    let mut command = match (&launch.user, &launch.netns) {
+        (Some((uid, gid, bin_dir)), None) => {
             // std clears the supplementary groups when a root parent sets the uid.
             let mut command = Command::new(bin_dir.path().join("celistrad"));
             command.uid(*uid).gid(*gid);
             command
         }
-        None => Command::new(BIN),
+        (None, None) => Command::new(BIN),
+        // `ip netns exec` enters the namespace and execs the daemon in its own place, so the child
+        // is the daemon itself (its pid, its signals).
+        (None, Some(netns)) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, BIN]);
+            command
+        }
+        (Some(_), Some(_)) => panic!("a daemon runs as another user or in a namespace, not both"),
     };
     if !launch.args.iter().any(|arg| arg == "--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
