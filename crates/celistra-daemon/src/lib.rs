@@ -9,6 +9,8 @@ mod asks;
 mod audit;
 mod blocks;
 mod events;
+#[allow(dead_code, reason = "wired into the fleet hub next")]
+mod fleet_splice;
 mod home;
 mod notify;
 mod sandbox;
