@@ -92,7 +92,9 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, as before hyper-util's `http2` feature (the fleet's) was on: the listeners
+    // serve browsers and the CLI, and a fleet node serves HTTP/2 only on the connection it dials.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .max_headers(HYPER_MAX_HEADERS)

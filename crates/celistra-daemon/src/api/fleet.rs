@@ -330,11 +330,8 @@ pub(crate) async fn forward(State(state): State<AppState>, request: Request) -> 
         };
     }
     if request.headers().contains_key(header::UPGRADE) {
-        return failure(
-            ErrorCode::InvalidRequest,
-            "terminals through a hub are not served yet",
-        )
-        .into_response();
+        // A terminal: its ticket (from the node, through the hub) is the credential.
+        return hub.terminal(&machine, request, &path_and_query).await;
     }
     let actor = request.extensions().get::<Actor>().cloned();
     let (parts, body) = request.into_parts();

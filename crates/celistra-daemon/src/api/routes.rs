@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use axum::handler::Handler;
 use axum::routing::MethodRouter;
 use celistra_proto::{Access, Role};
 use utoipa::openapi::extensions::Extensions;
@@ -98,6 +99,20 @@ impl Route {
     }
 }
 
+impl Route {
+    /// Routes `CONNECT` to `handler` too: over HTTP/2 a WebSocket is opened with an extended
+    /// CONNECT (RFC 8441), which axum's `WebSocketUpgrade` accepts. The OpenAPI item is left as
+    /// it is: OpenAPI has no CONNECT operation, and it is the documented GET's protocol.
+    fn with_extended_connect<H, T>(mut self, handler: H) -> Route
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.handler = self.handler.connect(handler);
+        self
+    }
+}
+
 /// Every route of the API.
 pub(crate) fn table() -> Vec<Route> {
     use Access::{Any, Public};
@@ -132,7 +147,9 @@ pub(crate) fn table() -> Vec<Route> {
         route!(Any, events::stream, via_hub),
         // Terminals: a viewer gets viewer tickets only (see `terminal::ticket`).
         route!(viewer, terminal::ticket, via_hub),
-        route!(Public, terminal::connect, via_hub),
+        // Also over HTTP/2 (RFC 8441 extended CONNECT), as the fleet hub opens a node's
+        // terminals; the document shows the GET, the same operation over HTTP/1.1.
+        route!(Public, terminal::connect, via_hub).with_extended_connect(terminal::connect),
         // The sandbox: reading is a viewer's, the master switch the owner's.
         route!(viewer, sandbox::status, via_hub),
         route!(owner, sandbox::switch, via_hub),

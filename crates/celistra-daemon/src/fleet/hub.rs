@@ -21,7 +21,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_rustls::TlsAcceptor;
@@ -36,10 +36,6 @@ use crate::home::Home;
 /// The hub's PINGs: a link gone silent is found dead within 20 s.
 const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Flow-control windows: one stalled stream (a slow browser) holds at most 256 KiB of the link,
-/// and the connection's window is large enough that it never stalls the others.
-const STREAM_WINDOW: u32 = 256 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Longest a handshake, or a request the hub itself makes to a node, may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -297,6 +293,36 @@ impl Hub {
         self.registry
             .update(machine, |m| m.last_seen_ms = Some(crate::now_ms()));
         Ok(answer)
+    }
+
+    /// Opens a node's terminal for a browser (or `ctl attach`) that asked for a WebSocket: the
+    /// node's terminal route over an extended CONNECT, its bytes spliced to the browser's until
+    /// either ends, the link ends or the machine is revoked.
+    pub(crate) async fn terminal(
+        &self,
+        machine: &str,
+        request: Request<Body>,
+        path_and_query: &str,
+    ) -> Response<Body> {
+        let link = {
+            let live = self.live();
+            live.get(machine)
+                .and_then(|l| l.link.as_ref())
+                .map(|link| (link.send.clone(), link.cancel.child_token()))
+        };
+        let Some((mut send, cut)) = link else {
+            let error = if self.registry.machine(machine).is_some() {
+                Unreachable::Offline(machine.to_owned())
+            } else {
+                Unreachable::Unknown(machine.to_owned())
+            };
+            return json_error(
+                StatusCode::from_u16(error.code().http_status()).unwrap_or(StatusCode::BAD_GATEWAY),
+                error.code(),
+                &error.to_string(),
+            );
+        };
+        super::splice::splice_terminal(request, &mut send, path_and_query, cut).await
     }
 
     /// Subscribes to the merged stream after hub id `after`.
@@ -576,10 +602,10 @@ impl Hub {
         fingerprint: &str,
     ) {
         let known = self.registry.machine_by_fingerprint(fingerprint);
-        let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        // The flow-control windows (see `splice::hub_client`) keep one stalled stream (a slow
+        // browser) from holding up the others.
+        let handshake = super::splice::hub_client()
             .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(PING_TIMEOUT)
             .keep_alive_while_idle(true)

@@ -15,7 +15,7 @@ use celistra_proto::{
     ENROLL_ALPN, EnrollAnswer, EnrollRequest, FLEET_ALPN, JoinRequest, Membership,
 };
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -302,12 +302,9 @@ impl Member {
             state.last_error = None;
         }
         tracing::info!(hub = %membership.hub, "linked to the hub {}", membership.hub_name);
-        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let connection = super::splice::node_server()
             .timer(TokioTimer::new())
-            .enable_connect_protocol()
             .max_concurrent_streams(256)
-            .initial_stream_window_size(256 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024)
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(PING_TIMEOUT)
             .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));

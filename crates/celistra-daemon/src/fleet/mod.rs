@@ -6,6 +6,7 @@ mod hub;
 mod identity;
 mod member;
 mod registry;
+mod splice;
 mod witness;
 
 use std::sync::{Arc, Mutex, PoisonError};
