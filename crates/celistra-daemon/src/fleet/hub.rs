@@ -70,10 +70,9 @@ struct Live {
     link: Option<Link>,
     address: Option<String>,
     agents: BTreeMap<String, AgentInfo>,
-    /// The node's boot (its daemon's start time) and the last of its event ids the hub has: the
+    /// The node daemon's boot (its start time) and the last of its event ids the hub took: the
     /// resume point of its event stream and the key events are deduplicated by.
-    boot: u64,
-    last_event_id: Option<u64>,
+    resume: Option<(u64, u64)>,
 }
 
 /// The merged event stream: every machine's events, numbered by the hub.
@@ -405,6 +404,17 @@ impl Hub {
             }
         });
         futures_util::future::join_all(hints).await;
+        let resume_points: Vec<(String, Option<(u64, u64)>)> = self
+            .live()
+            .iter()
+            .map(|(name, l)| (name.clone(), l.resume))
+            .collect();
+        for (machine, last) in resume_points {
+            self.registry.update(&machine, |m| {
+                m.boot = last.map(|(boot, _)| boot);
+                m.last_event_id = last.map(|(_, id)| id);
+            });
+        }
         for live in self.live().values_mut() {
             if let Some(link) = live.link.take() {
                 link.cancel.cancel();
@@ -555,6 +565,8 @@ impl Hub {
             witnessed: None,
             tampered: None,
             checked_at_ms: None,
+            last_event_id: None,
+            boot: None,
         };
         match self
             .registry
@@ -713,23 +725,33 @@ impl Hub {
         let health: Health = self.get_json(machine, "/v1/health").await?;
         self.registry
             .update(machine, |m| m.version = health.version.clone());
+        // The resume point is (the node daemon's boot, its last event id taken): ids are only
+        // comparable within one run of the node's daemon. A hub that restarted resumes from the
+        // point it saved when it stopped.
+        let boot = health.started_at_ms;
         let resume = {
             let mut live = self.live();
             let entry = live.entry(machine.to_owned()).or_default();
-            if entry.boot != health.started_at_ms {
-                // Another run of the node's daemon: its ids continue, but the hub re-reads the
-                // list rather than trusting a backlog it did not see.
-                entry.boot = health.started_at_ms;
+            if entry.resume.is_none() {
+                entry.resume = self
+                    .registry
+                    .machine(machine)
+                    .and_then(|m| m.boot.zip(m.last_event_id));
             }
-            entry.last_event_id
+            match entry.resume {
+                Some((seen_boot, last)) if seen_boot == boot => Some(last),
+                _ => {
+                    entry.resume = None;
+                    None
+                }
+            }
         };
-        if resume.is_none() {
-            self.relist(machine).await?;
-        }
-        let mut request = Request::get("/v1/events?follow=true");
-        if let Some(after) = resume {
-            request = request.header("last-event-id", after.to_string());
-        }
+        // The list first; then every event after the resume point: after 0 for a new run of the
+        // node's daemon, its whole backlog. Events that left the node's backlog meanwhile come as
+        // a `resync`, on which the hub lists again.
+        self.relist(machine).await?;
+        let request = Request::get("/v1/events?follow=true")
+            .header("last-event-id", resume.unwrap_or(0).to_string());
         let request = as_hub(request)
             .body(Body::empty())
             .expect("a valid request");
@@ -762,13 +784,19 @@ impl Hub {
                 let Ok(event) = serde_json::from_str::<Event>(&frame.data) else {
                     continue;
                 };
-                self.take_event(machine, generation, event).await?;
+                self.take_event(machine, generation, boot, event).await?;
             }
         }
     }
 
     /// Applies one event of a node: skipped when already seen, else merged and the cache updated.
-    async fn take_event(&self, machine: &str, generation: u64, event: Event) -> Result<(), String> {
+    async fn take_event(
+        &self,
+        machine: &str,
+        generation: u64,
+        boot: u64,
+        event: Event,
+    ) -> Result<(), String> {
         if matches!(event.kind, EventKind::Resync { .. }) {
             return self.relist(machine).await;
         }
@@ -784,10 +812,13 @@ impl Hub {
             {
                 return Err("a newer link took over".into());
             }
-            if entry.last_event_id.is_some_and(|last| event.id <= last) {
+            if entry
+                .resume
+                .is_some_and(|(b, last)| b == boot && event.id <= last)
+            {
                 return Ok(());
             }
-            entry.last_event_id = Some(event.id);
+            entry.resume = Some((boot, event.id));
             if let EventKind::AgentRemoved { agent_id, .. } = &event.kind {
                 entry.agents.remove(agent_id);
             }
@@ -820,11 +851,15 @@ impl Hub {
         let Some(record) = self.registry.machine(machine) else {
             return;
         };
-        let Ok(checkpoint) = self
-            .get_json::<AuditCheckpoint>(machine, "/v1/audit/checkpoint")
+        let checkpoint = match self
+            .call_json::<AuditCheckpoint>(Method::POST, machine, "/v1/audit/checkpoint")
             .await
-        else {
-            return;
+        {
+            Ok(checkpoint) => checkpoint,
+            Err(why) => {
+                tracing::debug!(machine, "no audit checkpoint to witness: {why}");
+                return;
+            }
         };
         let previous = record.witnessed.as_ref();
         let proof = match previous {
@@ -878,7 +913,17 @@ impl Hub {
         machine: &str,
         path: &str,
     ) -> Result<T, String> {
-        let request = as_hub(Request::get(path))
+        self.call_json(Method::GET, machine, path).await
+    }
+
+    /// Calls a node route as the hub itself (a viewer) and reads its JSON.
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        machine: &str,
+        path: &str,
+    ) -> Result<T, String> {
+        let request = as_hub(Request::builder().method(method).uri(path))
             .body(Body::empty())
             .expect("a valid request");
         let answer = self

@@ -44,6 +44,12 @@ pub(crate) struct MachineRecord {
     /// removes the machine; never cleared by a later good checkpoint.
     pub tampered: Option<String>,
     pub checked_at_ms: Option<u64>,
+    /// The last of its events the hub took, saved when the hub stops: where it resumes.
+    #[serde(default)]
+    pub last_event_id: Option<u64>,
+    /// The run of its daemon (start time) `last_event_id` belongs to.
+    #[serde(default)]
+    pub boot: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,6 +367,8 @@ mod tests {
             witnessed: None,
             tampered: None,
             checked_at_ms: None,
+            last_event_id: None,
+            boot: None,
         }
     }
 
