@@ -44,8 +44,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const HANDSHAKES_PER_SECOND: u32 = 100;
 /// Events of the merged stream kept for clients that resume.
 const MERGED_BACKLOG: usize = 16_384;
-/// How often each node's audit log is witnessed.
-const WITNESS_EVERY: Duration = Duration::from_secs(30);
+/// When a node's audit log is witnessed: this long after its last witnessing once it has had
+/// events, and at least this often when idle.
+const WITNESS_AFTER_EVENTS: Duration = Duration::from_secs(10);
+const WITNESS_IDLE: Duration = Duration::from_secs(600);
 /// A hub going away tells its nodes to come back after a random delay in this range.
 const COME_BACK_MS: std::ops::Range<u64> = 500..5_000;
 
@@ -764,13 +766,24 @@ impl Hub {
         }
         let mut body = answer.into_body();
         let mut parser = celistra_client::SseParser::default();
+        // Witness at once, then soon after the node's events (its actions are audited), else
+        // rarely: an idle link stays quiet.
         let mut witnessed_at = None::<Instant>;
+        let mut changed = true;
         loop {
-            if witnessed_at.is_none_or(|at| at.elapsed() >= WITNESS_EVERY) {
+            let wait = if changed {
+                WITNESS_AFTER_EVENTS
+            } else {
+                WITNESS_IDLE
+            };
+            let due = witnessed_at.map_or(Duration::ZERO, |at| wait.saturating_sub(at.elapsed()));
+            if due.is_zero() {
                 witnessed_at = Some(Instant::now());
+                changed = false;
                 self.witness(machine).await;
+                continue;
             }
-            let frame = tokio::time::timeout(WITNESS_EVERY, body.frame()).await;
+            let frame = tokio::time::timeout(due, body.frame()).await;
             let chunk = match frame {
                 Err(_) => continue,
                 Ok(None) => return Err("the event stream ended".into()),
@@ -785,6 +798,7 @@ impl Hub {
                     continue;
                 };
                 self.take_event(machine, generation, boot, event).await?;
+                changed = true;
             }
         }
     }
