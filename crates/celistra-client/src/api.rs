@@ -2,14 +2,16 @@
 //! is written here once, path segments are percent-encoded, and query strings are serialised from
 //! the query types of `celistra-proto`.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentUsage, ApplyReport, ApplyRequest, Approval, ApprovalsQuery,
     AskQuery, AskRequest, AuditBundle, AuditCheckpoint, AuditPage, AuditProof, AuditQuery,
     AuditTailQuery, AuditVerification, ChannelStatus, Cleared, DecisionRequest, EventsQuery,
-    ExplainRequest, ExportQuery, Health, HistoryQuery, KillRequest, LinkDecision, LoginCodeQuery,
-    LoginLink, LoginRequest, LogsQuery, NotificationsStatus, ProofQuery, PushSubscriptionInfo,
+    ExplainRequest, ExportQuery, FleetStatus, Health, HistoryQuery, JoinRequest, KillRequest,
+    LinkDecision, LoginCodeQuery, LoginLink, LoginRequest, LogsQuery, Machine, MachineAgents,
+    Membership, NotificationsStatus, PairingCode, ProofQuery, PushSubscriptionInfo,
     PushSubscriptionRequest, RenameRequest, Role, RunRecord, SandboxExplanation, SandboxStatus,
     SandboxSwitch, SearchQuery, SessionInfo, SessionState, TerminalTicket, TicketRequest,
     TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
@@ -40,6 +42,45 @@ fn with_query(path: &str, query: &impl Serialize) -> String {
         path.to_owned()
     } else {
         format!("{path}?{query}")
+    }
+}
+
+/// The routes a hub forwards to its machines, by path prefix: the daemon's route table marks them
+/// `via_hub` (`x-celistra-via-hub` in the OpenAPI document; a test of `celistrad` checks that the
+/// two agree). An allow-list, like the daemon's: a route added later stays the hub's own until
+/// both say otherwise. Tokens, sessions, notifications, the fleet's routes, the OpenAPI document,
+/// decision links and an agent's own `/v1/ask` are not here.
+const VIA_HUB: &[&str] = &[
+    "/v1/health",
+    "/v1/agents",
+    "/v1/apply",
+    "/v1/usage",
+    "/v1/logs",
+    "/v1/history",
+    "/v1/events",
+    "/v1/sandbox",
+    "/v1/audit",
+    "/v1/approvals",
+];
+
+/// Whether a hub forwards `path` (with or without a query string) to a machine as
+/// `/v1/machines/{machine}/…`.
+pub fn via_hub(path: &str) -> bool {
+    let path = path.split_once('?').map_or(path, |(path, _)| path);
+    VIA_HUB.iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// `path` addressed to `machine` through a hub: `/v1/x…` becomes `/v1/machines/{machine}/x…` for
+/// a route the hub forwards; any other path is the hub's own and stays as it is.
+pub(crate) fn machine_path<'a>(machine: &str, path: &'a str) -> Cow<'a, str> {
+    match path.strip_prefix("/v1") {
+        Some(rest) if via_hub(path) => {
+            Cow::Owned(format!("/v1/machines/{}{rest}", segment(machine)))
+        }
+        _ => Cow::Borrowed(path),
     }
 }
 
@@ -354,6 +395,53 @@ impl Client {
         .await
     }
 
+    // The fleet: machines, pairing and membership, and the hub's views of every machine.
+
+    /// `GET /v1/machines`: this daemon's machine, then (on a hub) every machine that joined.
+    pub async fn list_machines(&self) -> Result<Vec<Machine>, ClientError> {
+        self.get("/v1/machines").await
+    }
+
+    /// Cuts a machine off the hub's fleet for good.
+    pub async fn revoke_machine(&self, machine: &str) -> Result<Machine, ClientError> {
+        let path = format!("/v1/machines/{}", segment(machine));
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
+    pub async fn fleet_status(&self) -> Result<FleetStatus, ClientError> {
+        self.get("/v1/fleet").await
+    }
+
+    /// A single-use pairing code, with the one line that joins a new machine (hubs only).
+    pub async fn create_pairing_code(&self) -> Result<PairingCode, ClientError> {
+        self.call(Method::POST, "/v1/fleet/pairing-codes", None::<&()>)
+            .await
+    }
+
+    /// Tells this daemon to join a hub.
+    pub async fn join_hub(&self, request: &JoinRequest) -> Result<Membership, ClientError> {
+        self.post("/v1/fleet/join", request).await
+    }
+
+    /// Tells this daemon to leave its hub.
+    pub async fn leave_hub(&self) -> Result<FleetStatus, ClientError> {
+        self.call(Method::DELETE, "/v1/fleet/membership", None::<&()>)
+            .await
+    }
+
+    /// Every machine's agents, from the hub's cache.
+    pub async fn list_fleet_agents(&self) -> Result<Vec<MachineAgents>, ClientError> {
+        self.get("/v1/fleet/agents").await
+    }
+
+    /// The hub's merged event stream: each frame's data is a [`celistra_proto::FleetEvent`].
+    pub async fn stream_fleet_events(&self, query: &EventsQuery) -> Result<SseStream, ClientError> {
+        Ok(SseStream::new(
+            self.open_stream(&with_query("/v1/fleet/events", query))
+                .await?,
+        ))
+    }
+
     // Dashboard sessions.
 
     /// A single-use login link for a dashboard session with `role` (owner when `None`).
@@ -420,5 +508,76 @@ mod tests {
             with_query("/v1/audit/tail", &AuditTailQuery::default()),
             "/v1/audit/tail"
         );
+    }
+
+    #[test]
+    fn a_machine_scope_rewrites_only_the_routes_a_hub_forwards() {
+        for (path, through_hub) in [
+            ("/v1/health", "/v1/machines/m2/health"),
+            ("/v1/agents", "/v1/machines/m2/agents"),
+            (
+                "/v1/agents/web/logs?tail=5",
+                "/v1/machines/m2/agents/web/logs?tail=5",
+            ),
+            (
+                "/v1/agents/ag-1/terminal?ticket=t",
+                "/v1/machines/m2/agents/ag-1/terminal?ticket=t",
+            ),
+            ("/v1/history?limit=3", "/v1/machines/m2/history?limit=3"),
+            (
+                "/v1/events?follow=true",
+                "/v1/machines/m2/events?follow=true",
+            ),
+            ("/v1/audit/tail", "/v1/machines/m2/audit/tail"),
+            (
+                "/v1/approvals/a1/approve",
+                "/v1/machines/m2/approvals/a1/approve",
+            ),
+            ("/v1/sandbox/explain", "/v1/machines/m2/sandbox/explain"),
+            ("/v1/apply", "/v1/machines/m2/apply"),
+            ("/v1/usage", "/v1/machines/m2/usage"),
+            ("/v1/logs?grep=x", "/v1/machines/m2/logs?grep=x"),
+        ] {
+            assert_eq!(machine_path("m2", path), through_hub, "{path}");
+        }
+        for hub_own in [
+            "/v1/machines",
+            "/v1/machines/m3",
+            "/v1/fleet",
+            "/v1/fleet/agents",
+            "/v1/fleet/events?follow=true",
+            "/v1/tokens/ci",
+            "/v1/session",
+            "/v1/sessions/login",
+            "/v1/push/vapid-key",
+            "/v1/notifications",
+            "/v1/openapi.json",
+            "/v1/ask",
+            "/d/token",
+            // A prefix must end at a segment: these are not `/v1/agents` nor `/v1/logs`.
+            "/v1/agentsx",
+            "/v1/logsearch",
+        ] {
+            assert_eq!(machine_path("m2", hub_own), hub_own);
+        }
+        // The machine is one path segment, whatever it holds.
+        assert_eq!(
+            machine_path("a/b", "/v1/health"),
+            "/v1/machines/a%2Fb/health"
+        );
+    }
+
+    #[test]
+    fn a_scoped_client_keeps_its_daemon_and_only_changes_paths() {
+        let client = Client::remote("http://127.0.0.1:9", "t", None, "test").unwrap();
+        let scoped = client.on_machine("m2");
+        assert_eq!(scoped.target(), client.target());
+        assert_eq!(scoped.machine(), Some("m2"));
+        assert_eq!(client.machine(), None);
+        assert_eq!(scoped.request_path("/v1/agents"), "/v1/machines/m2/agents");
+        assert_eq!(client.request_path("/v1/agents"), "/v1/agents");
+        // Scoping again replaces the machine rather than nesting it.
+        let other = scoped.on_machine("m3");
+        assert_eq!(other.request_path("/v1/health"), "/v1/machines/m3/health");
     }
 }

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use api::SseStream;
+pub use api::{SseStream, via_hub};
 pub use sse::{SseFrame, SseParser};
 pub use terminal::{Terminal, TerminalEvent, TerminalInput, TerminalOutput};
 pub use tls::{BadFingerprint, Fingerprint, link_client_config, pin_mismatch};
@@ -97,6 +97,8 @@ pub struct Client {
     home: PathBuf,
     secret: String,
     source: String,
+    /// The fleet machine every via-hub route is addressed to (see [`Client::on_machine`]).
+    machine: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -132,6 +134,7 @@ impl Client {
             home: home.to_owned(),
             secret: auth.secret,
             source: source.to_owned(),
+            machine: None,
         })
     }
 
@@ -143,6 +146,7 @@ impl Client {
             home: socket.parent().map(Path::to_owned).unwrap_or_default(),
             secret: String::new(),
             source: "agent".to_owned(),
+            machine: None,
         }
     }
 
@@ -202,6 +206,7 @@ impl Client {
             home: PathBuf::new(),
             secret: token.to_owned(),
             source: source.to_owned(),
+            machine: None,
         })
     }
 
@@ -231,6 +236,31 @@ impl Client {
         self
     }
 
+    /// The same client, addressing the fleet machine `machine` through this daemon (its hub): every
+    /// route a hub forwards ([`via_hub`]) goes to `/v1/machines/{machine}/…` instead of `/v1/…`;
+    /// the hub's own routes (tokens, sessions, the fleet's) are left as they are. A daemon answers
+    /// its own machine's name too, so this also works against a lone daemon.
+    pub fn on_machine(&self, machine: &str) -> Client {
+        Client {
+            machine: Some(machine.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The machine this client addresses through its hub, if any.
+    pub fn machine(&self) -> Option<&str> {
+        self.machine.as_deref()
+    }
+
+    /// `path` as this client sends it: the one place where a machine scope applies, so every
+    /// typed method (and the terminal's WebSocket) follows it.
+    fn request_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.machine {
+            Some(machine) => api::machine_path(machine, path),
+            None => std::borrow::Cow::Borrowed(path),
+        }
+    }
+
     /// Sends a request and returns the response whatever its status.
     pub async fn send(
         &self,
@@ -240,7 +270,7 @@ impl Client {
     ) -> Result<Response<Incoming>, ClientError> {
         let mut builder = Request::builder()
             .method(method)
-            .uri(path)
+            .uri(self.request_path(path).as_ref())
             .header(hyper::header::HOST, self.host_header())
             .header(SOURCE_HEADER, &self.source);
         if !self.secret.is_empty() {

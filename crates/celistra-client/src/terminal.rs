@@ -65,6 +65,8 @@ impl Client {
             Endpoint::Net(net) if net.tls.is_some() => "wss",
             _ => "ws",
         };
+        // A ticket's path is the node's own: through a hub it is the machine's, like any route.
+        let path = self.request_path(path);
         let mut request = format!("{scheme}://{}{path}", self.host_header())
             .into_client_request()
             .map_err(|e| ClientError::Transport(e.to_string()))?;

@@ -10,7 +10,7 @@ use celistra_proto::{
 use clap::Args;
 
 use super::table::{exit_text, render, uptime_text};
-use super::{CtlResult, Failure, print_json};
+use super::{CtlResult, Failure, on_machine_of, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct JsonFlag {
@@ -20,8 +20,17 @@ pub(crate) struct JsonFlag {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct LsArgs {
+    /// Every machine's agents, from the hub's cache, with a MACHINE column.
+    #[arg(long)]
+    all_machines: bool,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct OneAgent {
-    /// Agent id or name.
+    /// Agent id or name; MACHINE/AGENT for an agent of another machine of the fleet.
     agent: String,
     #[command(flatten)]
     json: JsonFlag,
@@ -29,7 +38,7 @@ pub(crate) struct OneAgent {
 
 #[derive(Debug, Args)]
 pub(crate) struct ManyAgents {
-    /// Agent ids or names.
+    /// Agent ids or names; MACHINE/AGENT for an agent of another machine of the fleet.
     #[arg(required = true)]
     agents: Vec<String>,
     #[command(flatten)]
@@ -147,7 +156,8 @@ fn secs(ms: Option<u64>) -> Option<u64> {
 
 #[derive(Debug, Args)]
 pub(crate) struct SpawnArgs {
-    /// Unique name [default: derived from the command].
+    /// Unique name [default: derived from the command]; MACHINE/NAME spawns it on that machine of
+    /// the fleet.
     #[arg(long)]
     name: Option<String>,
     /// Restart after any exit you did not ask for (at most 5 restarts in 60 s by default).
@@ -192,6 +202,8 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         ..AgentSpec::default()
     };
     celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
+    let (client, name) = on_machine_of(client, &spec.name)?;
+    spec.name = name.to_owned();
     let agent: AgentInfo = client.spawn_agent(&spec).await?;
     if args.json.json {
         print_json(&agent);
@@ -207,42 +219,78 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
     }
 }
 
-pub(crate) async fn list(client: &Client, args: JsonFlag) -> CtlResult {
+pub(crate) async fn list(client: &Client, args: LsArgs) -> CtlResult {
+    if args.all_machines {
+        return list_all_machines(client, args.json).await;
+    }
     let agents: Vec<AgentInfo> = client.list_agents().await?;
-    if args.json {
+    if args.json.json {
         print_json(&agents);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = agents
-        .iter()
-        .map(|a| {
-            vec![
-                a.id.clone(),
-                a.name.clone(),
-                a.state.as_str().to_owned(),
-                a.pid.map_or("-".into(), |p| p.to_string()),
-                a.restarts.to_string(),
-                exit_text(a),
-                uptime_text(a),
-                sandbox_badge(a).to_owned(),
-                a.command.clone(),
-            ]
-        })
-        .collect();
-    println!(
-        "{}",
-        render(
-            &[
-                "ID", "NAME", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "SANDBOX", "COMMAND"
-            ],
-            &rows
-        )
-    );
+    let rows: Vec<Vec<String>> = agents.iter().map(agent_row).collect();
+    println!("{}", render(&AGENT_COLUMNS, &rows));
     Ok(())
 }
 
+const AGENT_COLUMNS: [&str; 9] = [
+    "ID", "NAME", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "SANDBOX", "COMMAND",
+];
+
+/// `ls --all-machines`: one table, a MACHINE column first; an offline machine's agents are as the
+/// hub last saw them, and say so.
+async fn list_all_machines(client: &Client, json: JsonFlag) -> CtlResult {
+    if client.machine().is_some() {
+        return Err(Failure::Usage(
+            "--all-machines lists every machine; leave out --machine".into(),
+        ));
+    }
+    let machines = client.list_fleet_agents().await?;
+    if json.json {
+        print_json(&machines);
+        return Ok(());
+    }
+    let mut rows = vec![];
+    for machine in &machines {
+        let label = if machine.online {
+            machine.machine.clone()
+        } else {
+            format!("{} (OFFLINE)", machine.machine)
+        };
+        for agent in &machine.agents {
+            let mut row = vec![label.clone()];
+            row.extend(agent_row(agent));
+            rows.push(row);
+        }
+    }
+    let header: Vec<&str> = std::iter::once("MACHINE").chain(AGENT_COLUMNS).collect();
+    println!("{}", render(&header, &rows));
+    for machine in machines.iter().filter(|m| !m.online) {
+        eprintln!(
+            "note: machine {} is offline; its agents are shown as the hub last saw them",
+            machine.machine
+        );
+    }
+    Ok(())
+}
+
+fn agent_row(a: &AgentInfo) -> Vec<String> {
+    vec![
+        a.id.clone(),
+        a.name.clone(),
+        a.state.as_str().to_owned(),
+        a.pid.map_or("-".into(), |p| p.to_string()),
+        a.restarts.to_string(),
+        exit_text(a),
+        uptime_text(a),
+        sandbox_badge(a).to_owned(),
+        a.command.clone(),
+    ]
+}
+
 pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
-    let agent: AgentInfo = client.get_agent(&args.agent).await?;
+    let (client, key) = on_machine_of(client, &args.agent)?;
+    let agent: AgentInfo = client.get_agent(key).await?;
     if args.json.json {
         print_json(&agent);
         return Ok(());
@@ -353,34 +401,48 @@ fn sandbox_text(agent: &AgentInfo) -> String {
 }
 
 pub(crate) async fn stop(client: &Client, args: ManyAgents) -> CtlResult {
-    each(args, "stopped", async |key| client.stop_agent(key).await).await
+    each(client, args, "stopped", async |c, key| {
+        c.stop_agent(key).await
+    })
+    .await
 }
 
 pub(crate) async fn start(client: &Client, args: ManyAgents) -> CtlResult {
-    each(args, "started", async |key| client.start_agent(key).await).await
+    each(client, args, "started", async |c, key| {
+        c.start_agent(key).await
+    })
+    .await
 }
 
 pub(crate) async fn restart(client: &Client, args: ManyAgents) -> CtlResult {
-    each(args, "restarted", async |key| {
-        client.restart_agent(key).await
+    each(client, args, "restarted", async |c, key| {
+        c.restart_agent(key).await
     })
     .await
 }
 
 pub(crate) async fn remove(client: &Client, args: ManyAgents) -> CtlResult {
-    each(args, "removed", async |key| client.remove_agent(key).await).await
+    each(client, args, "removed", async |c, key| {
+        c.remove_agent(key).await
+    })
+    .await
 }
 
 /// Runs `operation` on each agent in turn and reports each as `done`; fails if any failed.
 async fn each(
+    client: &Client,
     args: ManyAgents,
     done: &str,
-    operation: impl AsyncFn(&str) -> Result<AgentInfo, ClientError>,
+    operation: impl AsyncFn(&Client, &str) -> Result<AgentInfo, ClientError>,
 ) -> CtlResult {
     let mut failed = vec![];
     let mut results = vec![];
     for key in &args.agents {
-        match operation(key).await {
+        let result = match on_machine_of(client, key) {
+            Ok((client, agent)) => operation(&client, agent).await,
+            Err(failure) => return Err(failure),
+        };
+        match result {
             Ok(agent) if args.json.json => results.push(agent),
             Ok(agent) => println!("{done} {} ({})", agent.id, agent.name),
             Err(e) => failed.push(format!("{key}: {e}")),
@@ -398,7 +460,7 @@ async fn each(
 
 #[derive(Debug, Args)]
 pub(crate) struct KillArgs {
-    /// Agent id or name.
+    /// Agent id or name (MACHINE/AGENT on another machine).
     agent: String,
     /// HUP, INT, TERM, QUIT or KILL.
     #[arg(long, short, default_value = "TERM")]
@@ -409,22 +471,24 @@ pub(crate) async fn kill(client: &Client, args: KillArgs) -> CtlResult {
     let request = KillRequest {
         signal: args.signal,
     };
-    let agent: AgentInfo = client.kill_agent(&args.agent, &request).await?;
+    let (client, key) = on_machine_of(client, &args.agent)?;
+    let agent: AgentInfo = client.kill_agent(key, &request).await?;
     println!("sent {} to {} ({})", args.signal, agent.id, agent.name);
     Ok(())
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct RenameArgs {
-    /// Agent id or current name.
+    /// Agent id or current name (MACHINE/AGENT on another machine).
     agent: String,
     /// The new name.
     name: String,
 }
 
 pub(crate) async fn rename(client: &Client, args: RenameArgs) -> CtlResult {
+    let (client, key) = on_machine_of(client, &args.agent)?;
     let agent: AgentInfo = client
-        .rename_agent(&args.agent, &RenameRequest { name: args.name })
+        .rename_agent(key, &RenameRequest { name: args.name })
         .await?;
     println!("renamed {} to {}", agent.id, agent.name);
     Ok(())
@@ -432,7 +496,7 @@ pub(crate) async fn rename(client: &Client, args: RenameArgs) -> CtlResult {
 
 #[derive(Debug, Args)]
 pub(crate) struct SetArgs {
-    /// Agent id or name.
+    /// Agent id or name (MACHINE/AGENT on another machine).
     agent: String,
     /// New command line.
     #[arg(long)]
@@ -456,7 +520,8 @@ pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
         restart: args.restart,
         ..args.settings.to_update()?
     };
-    let agent: AgentInfo = client.update_agent(&args.agent, &update).await?;
+    let (client, key) = on_machine_of(client, &args.agent)?;
+    let agent: AgentInfo = client.update_agent(key, &update).await?;
     if args.json.json {
         print_json(&agent);
     } else {

@@ -45,7 +45,7 @@ enum Action {
 
 #[derive(Debug, Args)]
 struct Decide {
-    /// The request's id (`ap-…`).
+    /// The request's id (`ap-…`; MACHINE/ID for a request of another machine of the fleet).
     id: String,
     /// Why, for the agent and the audit log.
     #[arg(long)]
@@ -108,9 +108,8 @@ async fn decide_one(client: &Client, decide: Decide, verdict: Verdict) -> CtlRes
     let request = DecisionRequest {
         reason: decide.reason,
     };
-    let approval: Approval = client
-        .decide_approval(&decide.id, verdict, &request)
-        .await?;
+    let (client, id) = super::on_machine_of(client, &decide.id)?;
+    let approval: Approval = client.decide_approval(id, verdict, &request).await?;
     println!(
         "{} {}: {}",
         approval.id,

@@ -32,7 +32,7 @@ const ACCEPTED_KEYS: &str = "ctrl-], ctrl-\\, ctrl-^, ctrl-_, ctrl-@ and ctrl-a 
 
 #[derive(Debug, Args)]
 pub(crate) struct AttachArgs {
-    /// Agent id or name.
+    /// Agent id or name (MACHINE/AGENT on another machine, through the hub).
     agent: String,
     /// Only watch: the daemon refuses what you type, and this terminal's size is not applied.
     #[arg(long)]
@@ -173,7 +173,8 @@ pub(crate) async fn run(client: &Client, args: AttachArgs) -> CtlResult {
     } else {
         TerminalRole::Writer
     };
-    let agent = args.agent.clone();
+    let (client, agent) = super::on_machine_of(client, &args.agent)?;
+    let (client, agent) = (&client, agent.to_owned());
     // The first connection's failure (no daemon, no such agent) is reported, not retried.
     let terminal = client.attach(&agent, role).await?;
     let signals = Signals::listen()
@@ -186,10 +187,10 @@ pub(crate) async fn run(client: &Client, args: AttachArgs) -> CtlResult {
         .map_err(|e| Failure::Failed(format!("cannot switch the terminal to raw mode: {e}")))?;
     let mut attachment = Attachment {
         client,
-        agent,
+        agent: agent.clone(),
         role,
         detach_key: args.detach_key,
-        name: args.agent,
+        name: agent.clone(),
         raw: raw_mode.is_some(),
         stdout_is_terminal: termios::isatty(std::io::stdout()),
         input,

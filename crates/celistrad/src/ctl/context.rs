@@ -47,6 +47,12 @@ impl RemoteArgs {
         Self::pick(&self.token, "CELISTRA_TOKEN")
     }
 
+    /// Takes the `--fingerprint` flag away from the connection: `ctl join` means the hub's by it
+    /// (the line `ctl pair` prints), not the daemon's. Its variable still pins the daemon.
+    pub(crate) fn take_fingerprint_flag(&mut self) -> Option<String> {
+        self.fingerprint.take()
+    }
+
     fn fingerprint(&self) -> Result<Option<Fingerprint>, Failure> {
         Self::pick(&self.fingerprint, "CELISTRA_FINGERPRINT")
             .map(|text| text.parse().map_err(|e| Failure::Usage(format!("{e}"))))

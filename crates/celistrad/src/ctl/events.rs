@@ -1,7 +1,7 @@
 //! `ctl events`: recent events from the daemon's backlog, optionally followed live.
 
 use celistra_client::Client;
-use celistra_proto::{Event, EventKind, EventsQuery};
+use celistra_proto::{Event, EventKind, EventsQuery, FleetEvent};
 use clap::Args;
 
 use super::{CtlResult, Failure};
@@ -17,6 +17,10 @@ pub(crate) struct EventsArgs {
     /// Start after this event id instead of at the oldest one kept.
     #[arg(long, value_name = "ID", default_value_t = 0)]
     after: u64,
+    /// Every machine's events, from the hub's merged stream, each line starting with its machine
+    /// (ids are then the hub's).
+    #[arg(long)]
+    all_machines: bool,
 }
 
 pub(crate) async fn run(client: &Client, args: EventsArgs) -> CtlResult {
@@ -24,6 +28,9 @@ pub(crate) async fn run(client: &Client, args: EventsArgs) -> CtlResult {
         after: Some(args.after),
         follow: args.follow,
     };
+    if args.all_machines {
+        return all_machines(client, &query, args.json).await;
+    }
     let mut events = client.stream_events(&query).await?;
     while let Some(frame) = events.next_frame().await? {
         let event: Event = serde_json::from_str(&frame.data)
@@ -32,6 +39,26 @@ pub(crate) async fn run(client: &Client, args: EventsArgs) -> CtlResult {
             println!("{}", frame.data);
         } else {
             println!("{}", describe(&event));
+        }
+    }
+    Ok(())
+}
+
+/// `events --all-machines`: the hub's merged stream, one line per event prefixed with its machine.
+async fn all_machines(client: &Client, query: &EventsQuery, json: bool) -> CtlResult {
+    if client.machine().is_some() {
+        return Err(Failure::Usage(
+            "--all-machines follows every machine; leave out --machine".into(),
+        ));
+    }
+    let mut events = client.stream_fleet_events(query).await?;
+    while let Some(frame) = events.next_frame().await? {
+        let event: FleetEvent = serde_json::from_str(&frame.data)
+            .map_err(|e| Failure::Failed(format!("unexpected event from the hub: {e}")))?;
+        if json {
+            println!("{}", frame.data);
+        } else {
+            println!("{} {}", event.machine, describe(&event.event));
         }
     }
     Ok(())

@@ -6,11 +6,12 @@ use celistra_proto::{HistoryQuery, RunRecord};
 use clap::Args;
 
 use super::table::{compact_duration, now_ms, render};
-use super::{CtlResult, Failure, print_json};
+use super::{CtlResult, Failure, on_machine_of, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct HistoryArgs {
-    /// Agent id or name (removed agents too) [default: every agent].
+    /// Agent id or name (removed agents too; MACHINE/AGENT on another machine) [default: every
+    /// agent].
     agent: Option<String>,
     /// Only runs alive since a time: a duration ago (30m, 2h, 7d) or a time (2026-11-23T10:00:00Z).
     #[arg(long, value_name = "TIME")]
@@ -33,8 +34,17 @@ pub(crate) async fn run(client: &Client, args: HistoryArgs) -> CtlResult {
             .map(|t| parse_time_bound(t, now).map_err(Failure::Usage))
             .transpose()
     };
+    let scoped = args
+        .agent
+        .as_deref()
+        .map(|agent| on_machine_of(client, agent))
+        .transpose()?;
+    let (client, agent) = match &scoped {
+        Some((client, agent)) => (client, Some((*agent).to_owned())),
+        None => (client, None),
+    };
     let query = HistoryQuery {
-        agent: args.agent.clone(),
+        agent,
         since: bound(&args.since)?,
         until: bound(&args.until)?,
         limit: Some(args.limit),

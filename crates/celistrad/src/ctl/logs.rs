@@ -7,11 +7,12 @@ use celistra_core::clock::parse_time_bound;
 use celistra_proto::{LogFormat, LogStream, LogsQuery, SearchQuery};
 use clap::Args;
 
-use super::{CtlResult, Failure};
+use super::{CtlResult, Failure, on_machine_of};
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
-    /// Agent id or name (removed agents too). Optional with --grep: then every agent is searched.
+    /// Agent id or name (removed agents too; MACHINE/AGENT on another machine). Optional with
+    /// --grep: then every agent is searched.
     agent: Option<String>,
     /// Keep printing new output as it comes, across restarts of the agent (Ctrl-C to end).
     #[arg(long, short)]
@@ -80,7 +81,16 @@ pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
     } else {
         None
     };
-    let mut body = match &args.agent {
+    let scoped = args
+        .agent
+        .as_deref()
+        .map(|agent| on_machine_of(client, agent))
+        .transpose()?;
+    let (client, agent) = match &scoped {
+        Some((client, agent)) => (client, Some(*agent)),
+        None => (client, None),
+    };
+    let mut body = match agent {
         Some(agent) if args.clear => {
             let cleared = client.clear_logs(agent).await?;
             println!(

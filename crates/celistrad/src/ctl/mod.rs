@@ -8,6 +8,7 @@ mod attach;
 mod audit;
 mod context;
 mod events;
+mod fleet;
 mod history;
 mod logs;
 mod notifications;
@@ -28,8 +29,18 @@ use crate::HomeArg;
 pub(crate) struct Ctl {
     #[command(flatten)]
     remote: context::RemoteArgs,
+    /// Address this machine of the fleet, through the hub ctl talks to (agents, logs, history,
+    /// terminals, events, audit, approvals, sandbox). An agent written MACHINE/AGENT names its
+    /// machine too: agent names and ids never hold a `/`.
+    #[arg(long, global = true, value_name = "NAME", value_parser = parse_machine)]
+    machine: Option<String>,
     #[command(subcommand)]
     verb: Verb,
+}
+
+fn parse_machine(text: &str) -> Result<String, String> {
+    celistra_core::names::validate_machine_name(text)?;
+    Ok(text.to_owned())
 }
 
 impl Ctl {
@@ -44,8 +55,8 @@ impl Ctl {
 enum Verb {
     /// Spawn an agent; prints its id.
     Spawn(agents::SpawnArgs),
-    /// List agents.
-    Ls(agents::JsonFlag),
+    /// List agents (of every machine of the fleet with --all-machines, on a hub).
+    Ls(agents::LsArgs),
     /// Show one agent.
     Status(agents::OneAgent),
     /// Stop agents gracefully (stop signal, grace period, then SIGKILL of the whole group).
@@ -88,6 +99,39 @@ enum Verb {
     Context(context::ContextArgs),
     /// API tokens with a role: create, ls, revoke.
     Token(tokens::TokenArgs),
+    /// Mint a single-use code (on a hub) and print the line that joins a new machine with it.
+    Pair(fleet::PairArgs),
+    /// Join this machine to a hub, with the line `ctl pair` printed there.
+    #[command(
+        after_help = "--fingerprint SHA256 (required) is the hub's link certificate, as `ctl pair` printed it."
+    )]
+    Join(fleet::JoinArgs),
+    /// Leave the hub: the link ends, the agents keep running.
+    Leave(fleet::LeaveArgs),
+    /// The fleet's machines: ls (the default), revoke NAME.
+    Machines(fleet::MachinesArgs),
+    /// This daemon's place in a fleet: its machine name, hub or member, the link.
+    Fleet(fleet::FleetArgs),
+}
+
+impl Verb {
+    /// Whether the verb names things of one machine (which `--machine` picks), rather than the
+    /// daemon's own credentials and fleet, which `--machine` cannot reach through a hub.
+    fn is_per_machine(&self) -> bool {
+        !matches!(
+            self,
+            Verb::Pair(_)
+                | Verb::Join(_)
+                | Verb::Leave(_)
+                | Verb::Machines(_)
+                | Verb::Fleet(_)
+                | Verb::Token(_)
+                | Verb::Sessions(_)
+                | Verb::Dashboard(_)
+                | Verb::Notifications(_)
+                | Verb::Context(_)
+        )
+    }
 }
 
 /// A failure of a ctl command, with its exit code: 1 for failures, 2 for usage errors.
@@ -106,7 +150,10 @@ impl From<ClientError> for Failure {
                  machine), or use its machine secret (auth.json in its state directory)",
                 error.message
             ),
-            ClientError::Api(error) if error.code.http_status() == 403 => {
+            // A refused pairing says itself why (wrong code, fingerprint, …): it is no role matter.
+            ClientError::Api(error)
+                if error.code.http_status() == 403 && error.code != ErrorCode::PairingRefused =>
+            {
                 format!("not allowed (403): {}", error.message)
             }
             error => error.to_string(),
@@ -116,13 +163,34 @@ impl From<ClientError> for Failure {
 
 pub(crate) type CtlResult = Result<(), Failure>;
 
-pub(crate) async fn run(ctl: Ctl, home: &HomeArg) -> anyhow::Result<ExitCode> {
-    let result = match ctl.verb {
-        Verb::Context(args) => context::run(args, &ctl.remote),
-        verb => match context::client(&ctl.remote, home) {
-            Err(failure) => Err(failure),
-            Ok(client) => dispatch(&client, verb).await,
-        },
+pub(crate) async fn run(mut ctl: Ctl, home: &HomeArg) -> anyhow::Result<ExitCode> {
+    let result = if ctl.machine.is_some() && !ctl.verb.is_per_machine() {
+        Err(Failure::Usage(
+            "--machine addresses agents and their records on a machine of the fleet; this verb \
+             is the daemon's own (run it without --machine, or on that machine)"
+                .into(),
+        ))
+    } else {
+        match ctl.verb {
+            Verb::Context(args) => context::run(args, &ctl.remote),
+            Verb::Join(mut args) => {
+                args.fingerprint = ctl.remote.take_fingerprint_flag();
+                match context::client(&ctl.remote, home) {
+                    Err(failure) => Err(failure),
+                    Ok(client) => fleet::join(&client, args).await,
+                }
+            }
+            verb => match context::client(&ctl.remote, home) {
+                Err(failure) => Err(failure),
+                Ok(client) => {
+                    let client = match &ctl.machine {
+                        Some(machine) => client.on_machine(machine),
+                        None => client,
+                    };
+                    dispatch(&client, verb).await
+                }
+            },
+        }
     };
     Ok(match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,12 +229,39 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Dashboard(args) => sessions::dashboard(client, args).await,
         Verb::Sessions(args) => sessions::sessions(client, args).await,
         Verb::Token(args) => tokens::run(client, args).await,
-        Verb::Context(_) => unreachable!("contexts need no daemon; handled in run"),
+        Verb::Pair(args) => fleet::pair(client, args).await,
+        Verb::Leave(args) => fleet::leave(client, args).await,
+        Verb::Machines(args) => fleet::machines(client, args).await,
+        Verb::Fleet(args) => fleet::status(client, args).await,
+        Verb::Context(_) | Verb::Join(_) => {
+            unreachable!("contexts need no daemon and join takes --fingerprint; handled in run")
+        }
     }
 }
 
 pub(crate) use approvals::{AskArgs, ask};
 pub(crate) use audit::verify_offline as verify_audit_bundle;
+
+/// The client and key for something named `KEY` or `MACHINE/KEY` (an agent, an approval): the
+/// second addresses that machine of the fleet through the hub, as `--machine MACHINE` does (and
+/// wins over it). Agent names and ids, and approval ids, never hold a `/`
+/// (`celistra_core::names`), so the form is unambiguous.
+pub(crate) fn on_machine_of<'a>(
+    client: &Client,
+    key: &'a str,
+) -> Result<(Client, &'a str), Failure> {
+    let Some((machine, rest)) = key.split_once('/') else {
+        return Ok((client.clone(), key));
+    };
+    celistra_core::names::validate_machine_name(machine)
+        .map_err(|e| Failure::Usage(format!("`{key}` is not MACHINE/AGENT: {e}")))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(Failure::Usage(format!(
+            "`{key}` is not MACHINE/AGENT: name one agent after the machine"
+        )));
+    }
+    Ok((client.on_machine(machine), rest))
+}
 
 /// Prints a value as pretty JSON on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) {
@@ -186,6 +281,24 @@ mod tests {
         match Failure::from(ClientError::Api(ApiError::new(code, server))) {
             Failure::Failed(message) => message,
             Failure::Usage(message) => panic!("a usage error: {message}"),
+        }
+    }
+
+    #[test]
+    fn machine_slash_agent_addresses_that_machine() {
+        let client = Client::remote("http://127.0.0.1:9", "t", None, "test").unwrap();
+        let (plain, agent) = on_machine_of(&client, "scraper").unwrap();
+        assert_eq!((plain.machine(), agent), (None, "scraper"));
+        let (scoped, agent) = on_machine_of(&client, "m2/scraper").unwrap();
+        assert_eq!((scoped.machine(), agent), (Some("m2"), "scraper"));
+        // The agent's own machine wins over --machine.
+        let (scoped, _) = on_machine_of(&client.on_machine("m3"), "m2/ag-abcd").unwrap();
+        assert_eq!(scoped.machine(), Some("m2"));
+        for bad in ["M2/x", "m2/", "m2/a/b", "/x"] {
+            assert!(
+                matches!(on_machine_of(&client, bad), Err(Failure::Usage(_))),
+                "{bad}"
+            );
         }
     }
 
