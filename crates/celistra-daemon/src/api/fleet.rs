@@ -49,8 +49,8 @@ fn this_machine(state: &AppState) -> Machine {
         last_seen_ms: Some(crate::now_ms()),
         address: Some(state.base_url.to_string()),
         version: Some(env!("CARGO_PKG_VERSION").into()),
-        agents: u32::try_from(agents).unwrap_or(u32::MAX),
-        agents_running: u32::try_from(agents_running).unwrap_or(u32::MAX),
+        agents,
+        agents_running,
         joined_at_ms: None,
         audit: WitnessState {
             status: WitnessStatus::Ok,
@@ -71,7 +71,7 @@ fn hub_of(state: &AppState) -> Result<&std::sync::Arc<Hub>, Failure> {
 /// The machines of the fleet: this one first, then (on a hub) every machine that joined, with
 /// whether its link is up, when it was last seen, its address, version, agent counts and what
 /// witnessing its audit log found.
-#[utoipa::path(get, path = "/v1/machines", tag = "fleet",
+#[utoipa::path(get, path = "/v1/machines", tag = "fleet", operation_id = "list_machines",
     responses((status = 200, body = Vec<Machine>)))]
 pub(crate) async fn machines(State(state): State<AppState>) -> Json<Vec<Machine>> {
     let this = this_machine(&state);
@@ -301,12 +301,21 @@ pub(crate) async fn forward(State(state): State<AppState>, request: Request) -> 
         let Some(local) = state.fleet.local.get().cloned() else {
             return failure(ErrorCode::Internal, "the API is not ready").into_response();
         };
-        let (mut parts, body) = request.into_parts();
-        parts.uri = match path_and_query.parse() {
-            Ok(uri) => uri,
-            Err(_) => return failure(ErrorCode::InvalidRequest, "bad path").into_response(),
+        let Ok(uri) = path_and_query.parse() else {
+            return failure(ErrorCode::InvalidRequest, "bad path").into_response();
         };
-        return tower::ServiceExt::oneshot(local, Request::from_parts(parts, body))
+        // A fresh request: the outer route's path parameters and credentials' extensions stay
+        // behind (the router authenticates it again); a WebSocket's upgrade goes along.
+        let (mut parts, body) = request.into_parts();
+        let mut local_request = Request::new(body);
+        *local_request.method_mut() = parts.method;
+        *local_request.uri_mut() = uri;
+        *local_request.version_mut() = parts.version;
+        *local_request.headers_mut() = parts.headers;
+        if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+            local_request.extensions_mut().insert(upgrade);
+        }
+        return tower::ServiceExt::oneshot(local, local_request)
             .await
             .unwrap_or_else(|never| match never {});
     }

@@ -7,20 +7,21 @@ use celistra_proto::{
     ApprovalStatus, AskOrigin, AskRequest, AuditBundle, AuditCheckpoint, AuditEntry,
     AuditExportFormat, AuditHealth, AuditPage, AuditProof, AuditVerification, CapabilitySource,
     ChannelStatus, Cleared, DecisionRequest, EffectiveSettings, ErrorCode, Event, EventKind,
-    ExitCause, ExplainRequest, Health, HistoryHealth, IoMode, KillRequest, LinkDecision, LogFormat,
-    LogLine, LogStream, LoginLink, LoginRequest, Notice, NoticeKind, NotificationsStatus, PushKeys,
+    ExitCause, ExplainRequest, FleetEvent, FleetStatus, Health, HistoryHealth, IoMode, JoinRequest,
+    KillRequest, LinkDecision, LogFormat, LogLine, LogStream, LoginLink, LoginRequest, Machine,
+    MachineAgents, Membership, Notice, NoticeKind, NotificationsStatus, PairingCode, PushKeys,
     PushSubscriptionInfo, PushSubscriptionRequest, RenameRequest, Role, RunCause, RunRecord,
     RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, SessionInfo,
     SessionState, Signal, TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage,
     TerminalTicket, TicketRequest, TimeoutDefault, TlsHealth, TokenCreated, TokenInfo,
-    TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
+    TokenRequest, UpdateRequest, VapidKeyInfo, Verdict, WitnessState, WitnessStatus,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events. Every route needs a credential (`Authorization: Bearer <credential>`: the machine secret, an owner's, or an API token with its role) whose role satisfies the operation's `x-celistra-role` (owner, operator, viewer, approver; `any`: any credential; `public`: none), except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), the dashboard login, which takes a one-time code, and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential. A dashboard session cookie is accepted instead of the bearer secret; with it, requests that change state must send `X-CSRF-Token`."),
+    info(title = "celistrad API", description = "One machine's supervisor: agents, their state, output, history and events; on a fleet hub, every machine of the fleet: each operation marked `x-celistra-via-hub` is also served as `/v1/machines/{machine}` followed by its path without `/v1`, checked here against the operation's role and on the machine against its own `fleet` ceiling. Every route needs a credential (`Authorization: Bearer <credential>`: the machine secret, an owner's, or an API token with its role) whose role satisfies the operation's `x-celistra-role` (owner, operator, viewer, approver; `any`: any credential; `public`: none), except the terminal WebSocket, which needs a ticket (docs/terminal-protocol.md), the dashboard login, which takes a one-time code, and decision links (`GET`/`POST /d/{token}`, docs/approvals.md), whose signed token is the credential. A dashboard session cookie is accepted instead of the bearer secret; with it, requests that change state must send `X-CSRF-Token`."),
     components(schemas(
         AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, EffectiveSettings, ErrorCode,
         Event, EventKind, ExitCause, Health, KillRequest, RenameRequest, UpdateRequest,
@@ -33,6 +34,8 @@ use utoipa::{Modify, OpenApi};
         VapidKeyInfo, Notice, NoticeKind, LinkDecision, Verdict,
         LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage, TlsHealth,
         Role, TokenRequest, TokenInfo, TokenCreated, AuditExportFormat, AskOrigin,
+        Machine, WitnessState, WitnessStatus, PairingCode, JoinRequest, FleetStatus, Membership,
+        MachineAgents, FleetEvent,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -75,13 +78,30 @@ pub(crate) async fn document() -> Json<&'static utoipa::openapi::OpenApi> {
 mod tests {
     use futures_util::FutureExt;
 
+    fn sorted(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries.into_iter().map(|(k, v)| (k, sorted(v))).collect()
+            }
+            serde_json::Value::Array(items) => items.into_iter().map(sorted).collect(),
+            other => other,
+        }
+    }
+
     /// The dashboard's TypeScript types are generated from `web/openapi.json` at build time, when
     /// no daemon runs; this keeps that copy equal to what the daemon serves.
     #[test]
     fn web_openapi_json_is_what_the_daemon_serves() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../web/openapi.json");
         let document = super::document().now_or_never().expect("no awaits").0;
-        let generated = serde_json::to_string_pretty(&document).expect("serialises") + "\n";
+        // Extensions are kept in a hash map: sorting every object's keys makes the copy stable.
+        let generated = serde_json::to_string_pretty(&sorted(
+            serde_json::to_value(&document).expect("serialises"),
+        ))
+        .expect("serialises")
+            + "\n";
         if std::env::var_os("UPDATE_OPENAPI").is_some() {
             std::fs::write(path, &generated).expect("write web/openapi.json");
             return;

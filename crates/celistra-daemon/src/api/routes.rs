@@ -274,7 +274,9 @@ mod tests {
 
     /// `docs/roles.md`'s table of routes and roles, made from the table.
     fn roles_table() -> String {
-        let mut out = String::from("| method | path | role | what |\n| --- | --- | --- | --- |\n");
+        let mut out = String::from(
+            "| method | path | role | via hub | what |\n| --- | --- | --- | --- | --- |\n",
+        );
         for mut route in table() {
             for (method, operation) in [
                 ("GET", &mut route.item.get),
@@ -291,9 +293,10 @@ mod tests {
                         .replace('|', "\\|")
                         .replace('\n', " ");
                     out.push_str(&format!(
-                        "| {method} | `{}` | {} | {what} |\n",
+                        "| {method} | `{}` | {} | {} | {what} |\n",
                         route.path,
-                        route.access.as_str()
+                        route.access.as_str(),
+                        if route.via_hub { "yes" } else { "" }
                     ));
                 }
             }

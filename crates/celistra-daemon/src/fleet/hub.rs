@@ -819,10 +819,10 @@ impl Hub {
             let Some(entry) = live.get_mut(machine) else {
                 return Err("the machine left".into());
             };
-            if !entry
+            if entry
                 .link
                 .as_ref()
-                .is_some_and(|l| l.generation == generation)
+                .is_none_or(|l| l.generation != generation)
             {
                 return Err("a newer link took over".into());
             }
@@ -842,10 +842,10 @@ impl Hub {
         self.merge(machine, event);
         if let (Some(agent), false) = (changed, removed) {
             let path = format!("/v1/agents/{agent}");
-            if let Ok(info) = self.get_json::<AgentInfo>(machine, &path).await {
-                if let Some(entry) = self.live().get_mut(machine) {
-                    entry.agents.insert(info.id.clone(), info);
-                }
+            if let Ok(info) = self.get_json::<AgentInfo>(machine, &path).await
+                && let Some(entry) = self.live().get_mut(machine)
+            {
+                entry.agents.insert(info.id.clone(), info);
             }
         }
         Ok(())
