@@ -1,11 +1,11 @@
 //! The API's JSON at the HTTP edge, shared by the API and the agents' sockets: errors as JSON
 //! responses whose status comes from their code, and request bodies whose errors say what was
-//! wrong, where, and in which field.
+//! wrong, where, and in which field; and the same-origin check of browser requests.
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use celistra_proto::{ApiError, ErrorCode};
@@ -112,6 +112,31 @@ pub(crate) fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> 
         ErrorCode::InvalidRequest,
         format!("bad query string: {}", rejection.body_text()),
     )
+}
+
+/// A browser's `Origin` must be the daemon's own; clients that send none are not browsers.
+pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), Failure> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = origin.to_str().unwrap_or("");
+    let same = host.is_some_and(|host| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+    });
+    if same {
+        Ok(())
+    } else {
+        Err(failure(
+            ErrorCode::OriginNotAllowed,
+            format!(
+                "origin {origin:?} is not this daemon's; open the dashboard from the daemon itself"
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -82,8 +82,8 @@ pub(crate) struct SessionToken {
     pub token: String,
 }
 
+pub(crate) use crate::wire::check_origin;
 pub(crate) use crate::wire::{Failure, JsonBody, MAX_BODY, bad_query, failure};
-pub(crate) use terminal::check_origin;
 
 /// Who made a request: the credential's name and role. Set by [`authenticate`].
 pub(crate) use crate::actor::Actor;

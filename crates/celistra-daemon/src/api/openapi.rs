@@ -98,7 +98,7 @@ mod tests {
         let document = super::document().now_or_never().expect("no awaits").0;
         // Extensions are kept in a hash map: sorting every object's keys makes the copy stable.
         let generated = serde_json::to_string_pretty(&sorted(
-            serde_json::to_value(&document).expect("serialises"),
+            serde_json::to_value(document).expect("serialises"),
         ))
         .expect("serialises")
             + "\n";

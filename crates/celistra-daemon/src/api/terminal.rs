@@ -214,7 +214,7 @@ fn admit(
     let agent_id = handle.as_ref().map_or(agent, |h| h.id.as_str());
     // Redeemed before any check, so that every refusal spends the ticket presented.
     let ticket = state.tickets.redeem(&query.ticket, agent_id);
-    check_origin(headers)?;
+    crate::wire::check_origin(headers)?;
     let ticket = ticket.ok_or_else(|| {
         failure(
             ErrorCode::Unauthorized,
@@ -246,31 +246,6 @@ fn admit(
         ));
     }
     Ok((handle, ticket))
-}
-
-/// A browser's `Origin` must be the daemon's own; clients that send none are not browsers.
-pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), Failure> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin = origin.to_str().unwrap_or("");
-    let same = host.is_some_and(|host| {
-        origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
-    });
-    if same {
-        Ok(())
-    } else {
-        Err(failure(
-            ErrorCode::OriginNotAllowed,
-            format!(
-                "origin {origin:?} is not this daemon's; open the dashboard from the daemon itself"
-            ),
-        ))
-    }
 }
 
 type Sink = SplitSink<WebSocket, Message>;

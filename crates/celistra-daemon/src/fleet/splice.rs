@@ -214,7 +214,7 @@ where
     };
     // A browser's Origin is checked here, against the hub's own host: the hub forwards none, so
     // the node's check (which needs the Host its browser saw) passes for the hub.
-    if let Err(Failure(error)) = crate::api::check_origin(request.headers()) {
+    if let Err(Failure(error)) = crate::wire::check_origin(request.headers()) {
         return SpliceError::Origin(error).into_response();
     }
     let protocols: Vec<HeaderValue> = request
