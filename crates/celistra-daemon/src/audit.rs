@@ -228,7 +228,10 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             json!({ "pid": pid, "version": version }),
         ),
         EventKind::DaemonStopping => (Actor::system(), "daemon_stopping", String::new(), json!({})),
-        EventKind::MachineJoined { machine, address } => (
+        EventKind::MachineJoined {
+            name: machine,
+            address,
+        } => (
             // The pairing code was the credential; the owner who minted it is audited there.
             Actor::system(),
             "machine_joined",
@@ -236,7 +239,7 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             json!({ "address": address }),
         ),
         EventKind::MachineRevoked {
-            machine,
+            name: machine,
             actor,
             actor_role,
         } => (
@@ -245,7 +248,10 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             machine.clone(),
             json!({}),
         ),
-        EventKind::MachineAuditTampered { machine, problem } => (
+        EventKind::MachineAuditTampered {
+            name: machine,
+            problem,
+        } => (
             Actor::system(),
             "machine_audit_tampered",
             machine.clone(),

@@ -195,22 +195,22 @@ pub enum EventKind {
     },
     /// A machine joined this hub's fleet (`ctl join` with a code from `ctl pair`).
     MachineJoined {
-        machine: String,
+        name: String,
         address: String,
     },
     /// A machine's link to this hub came up.
     MachineOnline {
-        machine: String,
+        name: String,
         address: String,
     },
     /// A machine's link to this hub went down (closed, or silent past the PING timeout).
     MachineOffline {
-        machine: String,
+        name: String,
         reason: String,
     },
     /// A machine was cut off from this hub for good (`ctl machines revoke`).
     MachineRevoked {
-        machine: String,
+        name: String,
         actor: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor_role: Option<crate::Role>,
@@ -218,7 +218,7 @@ pub enum EventKind {
     /// A machine's new audit checkpoint does not extend the one this hub witnessed before: its
     /// audit history was rewritten or rolled back.
     MachineAuditTampered {
-        machine: String,
+        name: String,
         problem: String,
     },
     /// The client asked to resume from an id older than the backlog holds: events were missed and the

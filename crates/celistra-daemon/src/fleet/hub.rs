@@ -166,7 +166,10 @@ impl Hub {
             live: Mutex::default(),
             generations: AtomicU64::new(0),
             merged: Merged {
-                log: Mutex::new((1, VecDeque::new())),
+                // Ids of this run start above any of a previous run's (its start in ms, shifted past a
+                // million events), so a client resuming across a hub restart gets the new run's
+                // backlog rather than skipping it.
+                log: Mutex::new(((crate::now_ms() << 20) + 1, VecDeque::new())),
                 live: broadcast::channel(4096).0,
             },
             events,
@@ -259,7 +262,7 @@ impl Hub {
             link.cancel.cancel();
         }
         self.events.publish(EventKind::MachineRevoked {
-            machine: machine.to_owned(),
+            name: machine.to_owned(),
             actor: actor.name.clone(),
             actor_role: actor.role,
         });
@@ -576,7 +579,7 @@ impl Hub {
         {
             Ok(()) => {
                 self.events.publish(EventKind::MachineJoined {
-                    machine: enrolment.machine_name.clone(),
+                    name: enrolment.machine_name.clone(),
                     address: peer.ip().to_string(),
                 });
                 let answer = EnrollAnswer {
@@ -679,7 +682,7 @@ impl Hub {
             // The newest connection wins: the node redialed before the hub saw the old one die.
             Some(old) => old.cancel.cancel(),
             None => self.events.publish(EventKind::MachineOnline {
-                machine: name.clone(),
+                name: name.clone(),
                 address: peer.ip().to_string(),
             }),
         }
@@ -708,10 +711,8 @@ impl Hub {
         if still_current && !self.stopping.is_cancelled() {
             let reason = ended.unwrap_or_else(|| "the link closed".into());
             tracing::info!(machine = %name, "a node's link ended: {reason}");
-            self.events.publish(EventKind::MachineOffline {
-                machine: name,
-                reason,
-            });
+            self.events
+                .publish(EventKind::MachineOffline { name, reason });
         }
     }
 
@@ -913,7 +914,7 @@ impl Hub {
                 if first {
                     tracing::error!(machine, "audit witnessing: {problem}");
                     self.events.publish(EventKind::MachineAuditTampered {
-                        machine: machine.to_owned(),
+                        name: machine.to_owned(),
                         problem,
                     });
                 }

@@ -77,15 +77,27 @@ fn describe(event: &Event) -> String {
     let detail = match &event.kind {
         EventKind::DaemonStarted { pid, version } => format!("pid {pid}, version {version}"),
         EventKind::DaemonStopping => String::new(),
-        EventKind::MachineJoined { machine, address } => format!("{machine} from {address}"),
-        EventKind::MachineOnline { machine, address } => format!("{machine} from {address}"),
-        EventKind::MachineOffline { machine, reason } => format!("{machine}: {reason}"),
+        EventKind::MachineJoined {
+            name: machine,
+            address,
+        } => format!("{machine} from {address}"),
+        EventKind::MachineOnline {
+            name: machine,
+            address,
+        } => format!("{machine} from {address}"),
+        EventKind::MachineOffline {
+            name: machine,
+            reason,
+        } => format!("{machine}: {reason}"),
         EventKind::MachineRevoked {
-            machine,
+            name: machine,
             actor,
             actor_role,
         } => format!("{machine} by {}", by(actor, *actor_role)),
-        EventKind::MachineAuditTampered { machine, problem } => format!("{machine}: {problem}"),
+        EventKind::MachineAuditTampered {
+            name: machine,
+            problem,
+        } => format!("{machine}: {problem}"),
         EventKind::LogsDropped {
             agent_id,
             bytes,

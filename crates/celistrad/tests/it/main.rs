@@ -14,6 +14,7 @@ mod cli;
 mod contract;
 mod dashboard;
 mod edge;
+mod fleet;
 mod fleet_cli;
 mod fuzz;
 mod history;

@@ -1,0 +1,459 @@
+//! The fleet on a real network: a hub and two nodes, each a daemon in its own network namespace on
+//! a bridge the test makes (`netns.rs`). Pairing and its refusals, spawning and attaching a
+//! terminal through the hub, a cut link and a lossy one while the node keeps supervising (no event
+//! lost or repeated in the hub's merged stream), revocation, and a hub restart with nodes attached.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use celistra_client::{Client, ClientError, TerminalEvent};
+use celistra_proto::{
+    AgentState, AuditQuery, EventKind, EventsQuery, JoinRequest, Machine, PairingCode, TerminalRole,
+};
+
+use crate::netns::{Host, Lan};
+use crate::{Daemon, PATIENCE, spec};
+
+/// Longest a silent link may stay up on the hub (PING every 10 s, 10 s timeout), with a margin
+/// for this busy machine.
+const SILENT_LINK_DETECTED: Duration = Duration::from_secs(30);
+
+async fn start_hub(host: &Host) -> Daemon {
+    let listen = format!("{}:0", host.ip());
+    let link = format!("{}:33121", host.ip());
+    Daemon::start_in_netns(
+        host.netns(),
+        &[
+            "--listen",
+            &listen,
+            "--tls",
+            "--hub",
+            "--hub-listen",
+            &link,
+            "--machine-name",
+            "hub",
+        ],
+    )
+    .await
+}
+
+async fn start_node(host: &Host, name: &str) -> Daemon {
+    let listen = format!("{}:0", host.ip());
+    Daemon::start_in_netns(
+        host.netns(),
+        &["--listen", &listen, "--tls", "--machine-name", name],
+    )
+    .await
+}
+
+fn join_request(code: &PairingCode) -> JoinRequest {
+    JoinRequest {
+        hub: code.hub.clone(),
+        code: code.code.clone(),
+        fingerprint: code.fingerprint.clone(),
+    }
+}
+
+async fn join(hub: &Daemon, node: &Daemon) {
+    let code = hub.client.create_pairing_code().await.expect("a code");
+    node.client
+        .join_hub(&join_request(&code))
+        .await
+        .expect("the node joins");
+}
+
+/// The API error message of a refused call.
+fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
+    match result {
+        Err(ClientError::Api(error)) => error.message,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Polls the hub's machine list until `done` holds for machine `name` (bounded by `within`).
+async fn machine_until(
+    hub: &Daemon,
+    name: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Machine) -> bool,
+) -> Machine {
+    let deadline = Instant::now() + within;
+    loop {
+        let machines = hub.client.list_machines().await.expect("machines");
+        if let Some(machine) = machines.iter().find(|m| m.name == name)
+            && done(machine)
+        {
+            return machine.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never {what} within {within:?}: {machines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event of a stream that is not followed.
+async fn drain(mut stream: celistra_client::SseStream) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while let Some(frame) = tokio::time::timeout(PATIENCE, stream.next_frame())
+        .await
+        .expect("the replay ends")
+        .expect("a frame")
+    {
+        out.push(serde_json::from_str(&frame.data).expect("event JSON"));
+    }
+    out
+}
+
+/// The node's own event ids after `after`, and how many times each appears in the hub's merged
+/// stream for that machine.
+async fn merged_counts(
+    hub: &Client,
+    node: &Client,
+    machine: &str,
+    after: u64,
+) -> (Vec<u64>, BTreeMap<u64, u32>) {
+    let everything = EventsQuery {
+        after: Some(0),
+        follow: false,
+    };
+    let own: Vec<u64> = drain(node.stream_events(&everything).await.expect("node events"))
+        .await
+        .iter()
+        .filter(|e| e["type"] != "resync")
+        .map(|e| e["id"].as_u64().expect("an id"))
+        .filter(|id| *id > after)
+        .collect();
+    let mut counts = BTreeMap::new();
+    for event in drain(
+        hub.stream_fleet_events(&everything)
+            .await
+            .expect("merged events"),
+    )
+    .await
+    {
+        if event["machine"] == machine {
+            *counts
+                .entry(event["machine_event_id"].as_u64().expect("an id"))
+                .or_insert(0) += 1;
+        }
+    }
+    (own, counts)
+}
+
+/// Waits until every event the node emitted after `after` is in the hub's merged stream exactly
+/// once.
+async fn merged_stream_has_node_events_once(
+    hub: &Daemon,
+    node: &Daemon,
+    machine: &str,
+    after: u64,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (own, counts) = merged_counts(&hub.client, &node.client, machine, after).await;
+        let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            repeated.is_empty(),
+            "events repeated in the merged stream: {repeated:?}"
+        );
+        let missing: Vec<_> = own.iter().filter(|id| !counts.contains_key(id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events of {machine} missing from the hub's merged stream: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The id of the node's latest event.
+async fn last_event_id(node: &Daemon) -> u64 {
+    let everything = EventsQuery {
+        after: Some(0),
+        follow: false,
+    };
+    drain(
+        node.client
+            .stream_events(&everything)
+            .await
+            .expect("events"),
+    )
+    .await
+    .iter()
+    .filter_map(|e| e["id"].as_u64())
+    .max()
+    .expect("the node has events")
+}
+
+/// Reads terminal output until it contains `text`.
+async fn read_until_text(terminal: &mut celistra_client::Terminal, text: &str) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(text) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, terminal.next()).await {
+            Ok(TerminalEvent::Output(bytes)) => seen.extend_from_slice(&bytes),
+            Ok(TerminalEvent::Control(_)) => {}
+            Ok(TerminalEvent::Closed { code, reason }) => {
+                panic!("terminal closed ({code} {reason}) before {text:?}")
+            }
+            Err(_) => panic!(
+                "never saw {text:?}; saw {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_and_two_nodes_pair_work_across_and_ride_out_a_cut_link_and_a_hub_restart() {
+    let lan = Lan::new(&["hub", "n1", "n2"]);
+    let mut hub = start_hub(lan.host("hub")).await;
+    let n1 = start_node(lan.host("n1"), "n1").await;
+    let n2 = start_node(lan.host("n2"), "n2").await;
+    join(&hub, &n1).await;
+    join(&hub, &n2).await;
+    for name in ["n1", "n2"] {
+        let machine = machine_until(&hub, name, PATIENCE, "came online", |m| m.online).await;
+        assert_eq!(
+            machine.address.as_deref(),
+            Some(lan.host(name).ip().to_string().as_str())
+        );
+    }
+
+    // Spawn on n1 through the hub: it runs on n1, the hub's cache lists it, and n1's audit log
+    // names the hub's user.
+    let on_n1 = hub.client.on_machine("n1");
+    let cat = on_n1
+        .spawn_agent(&spec("echoer", "cat"))
+        .await
+        .expect("spawned through the hub");
+    assert_eq!(
+        n1.client.get_agent("echoer").await.expect("on n1").id,
+        cat.id
+    );
+    n1.wait_state("echoer", AgentState::Running).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let fleet = hub.client.list_fleet_agents().await.expect("fleet agents");
+        let listed = fleet.iter().find(|m| m.machine == "n1").is_some_and(|m| {
+            m.agents
+                .iter()
+                .any(|a| a.id == cat.id && a.state == AgentState::Running)
+        });
+        if listed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub's cache never listed it: {fleet:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = n1
+        .client
+        .list_audit(&AuditQuery::default())
+        .await
+        .expect("n1's audit");
+    assert!(
+        audit
+            .entries
+            .iter()
+            .any(|e| e.action == "agent_spawned" && e.actor == "via hub hub: machine-secret"),
+        "n1's audit log does not name the hub's user: {:?}",
+        audit.entries
+    );
+
+    // The hub's ceiling on n1 is operator: the spec (environment values) stays n1's.
+    let refused = refusal(on_n1.get_agent_spec("echoer").await);
+    assert!(refused.contains("owner"), "{refused}");
+
+    // A terminal through the hub: keystrokes reach n1's agent and its echo comes back.
+    let mut terminal = on_n1
+        .attach("echoer", TerminalRole::Writer)
+        .await
+        .expect("attached through the hub");
+    terminal
+        .send_input("through-the-hub\n")
+        .await
+        .expect("typed");
+    read_until_text(&mut terminal, "through-the-hub").await;
+    terminal.close().await.expect("closed");
+
+    // Cut n1's link silently. n1 keeps supervising (an agent it starts meanwhile runs), the hub
+    // marks it offline, and once the link is back the merged stream has every event n1 emitted
+    // while apart, none twice.
+    let echo_pid = n1.agent("echoer").await.pid;
+    assert!(echo_pid.is_some());
+    let cut = Instant::now();
+    lan.host("n1").link_down();
+    let during = n1.spawn(spec("while-apart", "sleep 1000")).await;
+    n1.wait_state(&during.id, AgentState::Running).await;
+    machine_until(&hub, "n1", SILENT_LINK_DETECTED, "went offline", |m| {
+        !m.online
+    })
+    .await;
+    let detected = cut.elapsed();
+    let offline = refusal(on_n1.list_agents().await);
+    assert!(offline.contains("offline"), "{offline}");
+    n1.client
+        .stop_agent("while-apart")
+        .await
+        .expect("stopped on n1");
+    let healed = Instant::now();
+    lan.host("n1").link_up();
+    machine_until(&hub, "n1", SILENT_LINK_DETECTED, "came back", |m| m.online).await;
+    let back = healed.elapsed();
+    merged_stream_has_node_events_once(&hub, &n1, "n1", 0).await;
+    assert_eq!(
+        n1.agent("echoer").await.pid,
+        echo_pid,
+        "the agent kept running"
+    );
+
+    // Loss: a third of the packets dropped while n1 keeps emitting events.
+    lan.host("n1").set_loss(30);
+    for round in 0..3 {
+        n1.spawn(spec(&format!("lossy-{round}"), "true")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lan.host("n1").clear_loss();
+    merged_stream_has_node_events_once(&hub, &n1, "n1", 0).await;
+
+    // Revoking n2 closes its link at once and for good.
+    hub.client.revoke_machine("n2").await.expect("revoked");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = n2.client.fleet_status().await.expect("n2's status");
+        let membership = status.member_of.expect("n2 still remembers the hub");
+        if !membership.connected
+            && membership
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("revoked"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 was never told it is revoked: {membership:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !hub.client
+            .list_machines()
+            .await
+            .expect("machines")
+            .iter()
+            .any(|m| m.name == "n2"),
+        "a revoked machine is not listed"
+    );
+
+    // A hub restart with n1 attached: n1's agents never stop, what n1 does while the hub is down
+    // reaches the merged stream once the hub is back (which it does within 10 s), once.
+    let pid_before = n1.agent("echoer").await.pid;
+    let seen_before = last_event_id(&n1).await;
+    hub.signal_and_wait("TERM");
+    n1.spawn(spec("while-the-hub-is-down", "true")).await;
+    let restarted = Instant::now();
+    hub.restart_process().await;
+    machine_until(
+        &hub,
+        "n1",
+        Duration::from_secs(15),
+        "came back after the restart",
+        |m| m.online,
+    )
+    .await;
+    let hub_back = restarted.elapsed();
+    assert_eq!(n1.agent("echoer").await.pid, pid_before);
+    assert!(
+        hub_back < Duration::from_secs(10),
+        "n1 took {hub_back:?} to come back"
+    );
+    merged_stream_has_node_events_once(&hub, &n1, "n1", seen_before).await;
+    eprintln!(
+        "silent cut detected in {detected:?}; back {back:?} after the link healed; back {hub_back:?} after a hub restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairing_refuses_a_wrong_fingerprint_a_wrong_used_or_replayed_code_and_a_taken_name() {
+    let lan = Lan::new(&["hub", "n1", "n2"]);
+    let hub = start_hub(lan.host("hub")).await;
+    let n1 = start_node(lan.host("n1"), "n1").await;
+    // A second machine that claims n1's name.
+    let impostor = start_node(lan.host("n2"), "n1").await;
+    let code = hub.client.create_pairing_code().await.expect("a code");
+
+    let mut wrong_pin = join_request(&code);
+    wrong_pin.fingerprint = "ab".repeat(32);
+    let message = refusal(n1.client.join_hub(&wrong_pin).await);
+    assert!(message.contains("wrong fingerprint"), "{message}");
+
+    let mut wrong_code = join_request(&code);
+    wrong_code.code = "AAAA-BBBB-CCCC-DDDD".into();
+    let message = refusal(n1.client.join_hub(&wrong_code).await);
+    assert!(message.contains("wrong pairing code"), "{message}");
+
+    n1.client
+        .join_hub(&join_request(&code))
+        .await
+        .expect("n1 joins");
+    machine_until(&hub, "n1", PATIENCE, "came online", |m| m.online).await;
+
+    // The same code again (replayed): used.
+    let message = refusal(impostor.client.join_hub(&join_request(&code)).await);
+    assert!(message.contains("already used"), "{message}");
+    // A fresh code, but the name is n1's: refused, and n1 stays n1.
+    let fresh = hub.client.create_pairing_code().await.expect("a code");
+    let message = refusal(impostor.client.join_hub(&join_request(&fresh)).await);
+    assert!(message.contains("taken"), "{message}");
+    let machines = hub.client.list_machines().await.expect("machines");
+    assert_eq!(machines.iter().filter(|m| m.name == "n1").count(), 1);
+
+    // Every refusal is in the hub's audit log.
+    let audit = hub
+        .client
+        .list_audit(&AuditQuery::default())
+        .await
+        .expect("the hub's audit");
+    let refused = audit
+        .entries
+        .iter()
+        .filter(|e| e.action == "pairing_refused")
+        .count();
+    assert_eq!(
+        refused, 3,
+        "wrong code, used code, taken name: {:?}",
+        audit.entries
+    );
+    let events = hub
+        .client
+        .stream_events(&EventsQuery {
+            after: Some(0),
+            follow: false,
+        })
+        .await
+        .expect("events");
+    let joined = drain(events)
+        .await
+        .iter()
+        .filter(|e| {
+            e["type"]
+                == EventKind::MachineJoined {
+                    name: String::new(),
+                    address: String::new(),
+                }
+                .name()
+        })
+        .count();
+    assert_eq!(joined, 1);
+}
