@@ -18,6 +18,46 @@ export class ApiError extends Error {
 
 let csrf = "";
 
+/// The machine the dashboard shows (its fleet name), set by the store.
+let machine = "";
+
+export function setMachine(name: string): void {
+  machine = name;
+}
+
+export function selectedMachine(): string {
+  return machine;
+}
+
+/// The name of the daemon serving the page (the hub, or a lone daemon).
+let serving = "";
+
+export function setServingMachine(name: string): void {
+  serving = name;
+}
+
+/// The one place a path of a via-hub route (agents, logs, history, events, terminals, approvals,
+/// audit, sandbox, usage, health) is addressed to a machine: `/v1/agents/x` becomes
+/// `/v1/machines/{machine}/agents/x`, by default the selected machine's; a hub forwards it over
+/// the machine's link. The hub's own routes (session, login, tokens, push, notifications, the
+/// machines list, fleet) are called as they are, never through here.
+export function on(path: string, name: string = machine): string {
+  if (!path.startsWith("/v1/")) throw new Error(`not an API path: ${path}`);
+  if (!name) throw new Error("no machine selected yet");
+  // TODO(daemon): every daemon answers its own name, and this form should be used for it too; but
+  // a route with a path parameter addressed to the daemon's own name fails today (500 "Wrong number
+  // of path arguments for `Path`. Expected 1 but got 3": fleet::forward hands the request to the
+  // local router with the outer route's parameters still in it). Until that is fixed, the daemon
+  // serving the page is addressed by its own paths, which are the same routes.
+  if (name === serving) return path;
+  return `/v1/machines/${encodeURIComponent(name)}${path.slice(3)}`;
+}
+
+/// The answer of a known machine whose link is down (`503 machine_offline`).
+export function isOffline(e: unknown): e is ApiError {
+  return e instanceof ApiError && e.code === "machine_offline";
+}
+
 export function setCsrf(token: string): void {
   csrf = token;
 }

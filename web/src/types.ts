@@ -17,3 +17,19 @@ export type SessionState = Schemas["SessionState"];
 /** One event of `GET /v1/events`. */
 export type ServerEvent = Schemas["Event"];
 export type Role = Schemas["Role"];
+
+/// One machine of `GET /v1/machines` (celistra-proto's `Machine`). Written by hand: the daemon's
+/// OpenAPI document refers to the fleet's schemas without defining them (no `components` entry),
+/// so they cannot be generated yet. TODO: `Schemas["Machine"]` once the document defines it.
+export interface MachineInfo {
+  name: string;
+  this: boolean;
+  online: boolean;
+  last_seen_ms?: number | null;
+  address?: string | null;
+  version?: string | null;
+  agents: number;
+  agents_running: number;
+  joined_at_ms?: number | null;
+  audit: { status: "ok" | "unwitnessed" | "tampered"; size: number; checked_at_ms?: number | null; problem?: string | null };
+}
