@@ -13,8 +13,9 @@
 // fleet hub that a second daemon (the node) joined: the sidebar lists both machines, online;
 // selecting the node (remembered across a reload) shows its agents, spawns one there from the form,
 // attaches its terminal through the hub, reads its history, logs and activity; selecting the hub
-// again shows the hub's own agents and activity, and closes the node's terminal. Every request of a
-// machine's route goes to `/v1/machines/{machine}/…`. Every wait is for a selector or a condition,
+// again shows the hub's own agents and activity, and closes the node's terminal; stopping the node
+// shows it offline, with the hub's 503 message in its views. While the node is selected, every
+// request of a machine's route goes to `/v1/machines/{node}/…`. Every wait is for a selector or a condition,
 // bounded. Screenshots go to --shots.
 //
 //   node e2e/dashboard.mjs --bin CELISTRAD --home STATE_DIR --work WORKSPACE --shots DIR [--browser PATH]
@@ -956,6 +957,28 @@ async function runFleet(browser) {
       if (await page.locator(`.term-host[data-agent]`).count()) throw new Error("the node's terminal stayed open");
       await shot(page, "fleet-6-back-on-hub");
       noProblems(problems);
+    });
+
+    await step("fleet: a node that stops is shown offline, and its views say so in the hub's words", async () => {
+      await page.click('.nav a[data-view="agents"]');
+      await page.click(machine(node));
+      await page.waitForSelector(`${machine(node)}[aria-pressed="true"].status-up`);
+      await page.waitForSelector(`.agent-row[data-name="${nodeAgent}"]`);
+      const { pid } = await sock(args["node-home"], "GET", "/v1/health");
+      process.kill(pid, "SIGTERM");
+      await page.waitForSelector(`${machine(node)}[data-online="false"].status-offline`);
+      const banner = await page.waitForSelector(`.banners .banner.offline[data-machine="${node}"]`);
+      const said = await banner.textContent();
+      if (!said.includes(`${node} is offline`) || said.length < `${node} is offline. `.length + 5) throw new Error(`offline banner: ${said}`);
+      if (await page.locator(`.agent-row[data-name="${nodeAgent}"]`).count()) throw new Error("an offline machine's agents are shown as if live");
+      await page.click('.nav a[data-view="history"]');
+      await page.click('.history-view button[type="submit"]');
+      await page.waitForSelector(".history-view .machine-offline");
+      await shot(page, "fleet-7-node-offline");
+      // The hub is still there.
+      await page.click(machine(hub));
+      await page.waitForSelector(`${machine(hub)}[aria-pressed="true"].status-up`);
+      await page.waitForSelector(".banners .banner.offline", { state: "detached" });
     });
   } finally {
     await context.close();

@@ -620,7 +620,8 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
             && output.contains("ok   https viewer: the terminal is read-only")
             && output.contains("ok   https approver: approves a real request")
             && output.contains("ok   fleet: the node's terminal through the hub")
-            && output.contains("ok   fleet: back on the hub"),
+            && output.contains("ok   fleet: back on the hub")
+            && output.contains("ok   fleet: a node that stops is shown offline"),
         "{output}"
     );
 }
