@@ -9,11 +9,18 @@
 // dashboard with a viewer session (no spawn, no actions, a read-only terminal that sends nothing),
 // an operator session (agent settings without reading the owner's spec) and, on a phone, an
 // approver session (approvals only; approve a real `celistrad ask` by
-// press-and-hold), with no refused request along the way. Every wait is for a selector or a
-// condition, bounded. Screenshots go to --shots.
+// press-and-hold), with no refused request along the way. With --node-home, the first daemon is a
+// fleet hub that a second daemon (the node) joined: the sidebar lists both machines, online;
+// selecting the node (remembered across a reload) shows its agents, spawns one there from the form,
+// attaches its terminal through the hub, reads its history, logs and activity; selecting the hub
+// again shows the hub's own agents and activity, and closes the node's terminal; stopping the node
+// shows it offline, with the hub's 503 message in its views. While the node is selected, every
+// request of a machine's route goes to `/v1/machines/{node}/…`. Every wait is for a selector or a condition,
+// bounded. Screenshots go to --shots.
 //
 //   node e2e/dashboard.mjs --bin CELISTRAD --home STATE_DIR --work WORKSPACE --shots DIR [--browser PATH]
 //                          [--tls-home STATE_DIR --tls-work WORKSPACE]
+//                          [--hub-name NAME --node-name NAME --node-home STATE_DIR --node-work WORKSPACE]
 //
 // Exits 0 when every step passed; prints "N passed, M failed" last.
 
@@ -467,7 +474,7 @@ async function run(browser, viewport) {
 
     if (viewport.more) {
       await step(`${tag}: a dropped event stream shows the machine's banner, then reconnects`, async () => {
-        await page.route("**/v1/events**", (route) => route.abort());
+        await page.route(machineRoute("events"), (route) => route.abort());
         await page.goto(`${base}/#/agents`);
         await page.reload();
         const banner = await page.waitForSelector(".banners .banner.down");
@@ -475,7 +482,7 @@ async function run(browser, viewport) {
         // What the daemon has is still shown, marked as possibly stale.
         await page.waitForSelector(`.agent-row[data-name="${name}"]`);
         await shot(page, `${tag}-12b-stream-down`);
-        await page.unroute("**/v1/events**");
+        await page.unroute(machineRoute("events"));
         // The next attempt (about 1 s later; the backoff doubles from there) gets through.
         await page.waitForSelector(".banners .banner.down", { state: "detached" });
         await page.waitForSelector(".machine.status-up");
@@ -608,6 +615,17 @@ function tableLayout() {
   return { problems, measured };
 }
 
+/// A machine's route `/v1/{path}`, however it is addressed (`/v1/machines/{machine}/{path}` too);
+/// one function, so that `unroute` finds it.
+const machineRoutes = new Map();
+function machineRoute(path) {
+  if (!machineRoutes.has(path)) {
+    const pattern = new RegExp(`^/v1/(machines/[^/]+/)?${path}$`);
+    machineRoutes.set(path, (url) => pattern.test(url.pathname));
+  }
+  return machineRoutes.get(path);
+}
+
 /// Collects what must not happen on a page of a restricted session: page errors, console errors,
 /// and any request the daemon refused (401, 403).
 function watch(page) {
@@ -725,7 +743,7 @@ async function runViewer(browser) {
     await step("https viewer: a refusal the page meets anyway is said in words, and the page goes on", async () => {
       // As if the daemon's rules had changed under the page: its history read is refused.
       const before = problems.length;
-      await page.route("**/v1/history?**", (route) =>
+      await page.route(machineRoute("history"), (route) =>
         route.fulfill({
           status: 403,
           contentType: "application/json",
@@ -736,9 +754,9 @@ async function runViewer(browser) {
       const toast = await page.waitForSelector(".toast.error");
       if (!/viewer session: this needs the owner role.*ctl dashboard --role owner/.test(await toast.textContent())) throw new Error(`refusal: ${await toast.textContent()}`);
       await shot(page, "https-viewer-3-refused");
-      await page.unroute("**/v1/history?**");
+      await page.unroute(machineRoute("history"));
       // Only the injected refusal was met; the page still works.
-      problems.splice(before, problems.length - before, ...problems.slice(before).filter((p) => !/\/v1\/history|status of 403/.test(p)));
+      problems.splice(before, problems.length - before, ...problems.slice(before).filter((p) => !/\/history\?|status of 403/.test(p)));
       await page.click('.nav a[data-view="agents"]');
       await page.waitForSelector(`.agent-row[data-name="${name}"]`);
       noProblems(problems);
@@ -830,6 +848,143 @@ async function runApprover(browser) {
   }
 }
 
+/// The fleet: the HTTP daemon is a hub (`--hub-name`), the node (`--node-home`) joined it.
+async function runFleet(browser) {
+  const hub = args["hub-name"];
+  const node = args["node-name"];
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "light" });
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  const problems = watch(page);
+  // While the node is selected, every request of a machine's route must name it.
+  const unaddressed = [];
+  let onNode = false;
+  page.on("request", (r) => {
+    const path = new URL(r.url()).pathname;
+    if (onNode && /^\/v1\/(agents|history|logs|audit|events|approvals|usage|sandbox|health)\b/.test(path)) unaddressed.push(`${r.method()} ${path}`);
+  });
+  const hubAgent = "e2e-fleet-on-hub";
+  const nodeAgent = "e2e-fleet-on-node";
+  const machine = (name) => `.machines .machine[data-machine="${name}"]`;
+  const marker = `fleet-${Date.now() % 100000}`;
+  let base;
+  try {
+    await sock(args.home, "POST", "/v1/agents", { name: hubAgent, command: "cat", workspace: args.work });
+
+    await step("fleet: the sidebar lists the hub and the node from /v1/machines, online, the hub selected", async () => {
+      const link = loginLink();
+      base = new URL(link).origin;
+      await page.goto(link);
+      await page.waitForSelector(`${machine(hub)}[aria-pressed="true"].status-up`);
+      await page.waitForSelector(`${machine(node)}[aria-pressed="false"][data-online="true"]`);
+      const names = await page.evaluate(() => [...document.querySelectorAll(".machines .machine")].map((b) => b.dataset.machine).join(","));
+      if (names !== `${hub},${node}`) throw new Error(`the sidebar lists ${names}`);
+      if (await page.locator(".machines .badge.tampered").count()) throw new Error("an audit log is flagged tampered");
+      await page.waitForSelector(`.agent-row[data-name="${hubAgent}"]`);
+      await shot(page, "fleet-1-hub");
+    });
+
+    await step("fleet: selecting the node shows its agents, is remembered, and the spawn form spawns there", async () => {
+      await page.click(machine(node));
+      onNode = true;
+      await page.waitForSelector(`${machine(node)}[aria-pressed="true"].status-up`);
+      await page.waitForSelector(`.agent-row[data-name="${hubAgent}"]`, { state: "detached" });
+      await page.reload();
+      await page.waitForSelector(`${machine(node)}[aria-pressed="true"].status-up`);
+      await page.click("text=+ Spawn agent");
+      const title = await page.textContent("dialog");
+      if (!title.includes(`on ${node}`)) throw new Error(`the spawn form does not name the node: ${title.slice(0, 80)}`);
+      await page.fill("#spawn-command", "cat");
+      await page.fill("#spawn-name", nodeAgent);
+      await page.fill("#spawn-workspace", args["node-work"]);
+      await page.click("dialog button[type=submit]");
+      await page.waitForSelector(`.agent-row[data-name="${nodeAgent}"][data-state="running"]`);
+      const nodeAgents = await sock(args["node-home"], "GET", "/v1/agents");
+      const hubAgents = await sock(args.home, "GET", "/v1/agents");
+      if (!nodeAgents.some((a) => a.name === nodeAgent)) throw new Error("the agent is not on the node");
+      if (hubAgents.some((a) => a.name === nodeAgent)) throw new Error("the agent was spawned on the hub");
+      await page.waitForFunction((n) => /1\/1 running/.test(document.querySelector(`.machines .machine[data-machine="${n}"] .machine-counts`)?.textContent ?? ""), node);
+      await shot(page, "fleet-2-node");
+    });
+
+    await step("fleet: the node's terminal through the hub echoes what is typed", async () => {
+      await page.click(`[aria-label="Terminal of ${nodeAgent}"]`);
+      await page.waitForFunction(() => /writer/.test(document.querySelector(".term-status")?.textContent ?? ""));
+      await page.click(".term-host:not([hidden]) .xterm");
+      await page.keyboard.type(marker);
+      await page.keyboard.press("Enter");
+      await page.waitForFunction(
+        (m) => (document.querySelector(".term-host:not([hidden]) .xterm-rows")?.textContent ?? "").split(m).length - 1 >= 2,
+        marker,
+      );
+      await shot(page, "fleet-3-terminal");
+    });
+
+    await step("fleet: the node's history, logs and activity", async () => {
+      await page.click('.nav a[data-view="history"]');
+      await page.fill("#history-agent", nodeAgent);
+      // The saved output lags the screen by the history writer's batching: ask again until it is there.
+      await until(async () => {
+        await page.click('.history-view button[type="submit"]');
+        await page.waitForTimeout(200);
+        return page.evaluate((m) => (document.querySelector(".log-output")?.textContent ?? "").includes(m), marker);
+      }, "the node agent's saved output");
+      await page.waitForSelector(`.runs-table td:has-text("${nodeAgent}")`);
+      await page.fill("#history-agent", "");
+      await page.fill("#history-grep", marker);
+      await page.click('.history-view button[type="submit"]');
+      await page.waitForFunction((m) => /ag-[a-z0-9]+ /.test(document.querySelector(".log-output")?.textContent ?? "") && (document.querySelector(".log-output")?.textContent ?? "").includes(m), marker);
+      await shot(page, "fleet-4-history");
+      // The node's audit log: it joined the hub; the hub's own (which minted the code) is not shown.
+      await page.click('.nav a[data-view="activity"]');
+      await page.waitForSelector('.entry[data-action="fleet_joined"]');
+      await page.waitForSelector('.entry[data-action^="agent_spawn"]');
+      if (await page.locator('.entry[data-action="pairing_code_created"]').count()) throw new Error("the node's activity shows the hub's entries");
+      await shot(page, "fleet-5-activity");
+    });
+
+    await step("fleet: back on the hub, its own agents and activity, and the node's terminal closed", async () => {
+      onNode = false;
+      if (unaddressed.length) throw new Error(`requests for the node not addressed to it: ${[...new Set(unaddressed)].join(", ")}`);
+      await page.click(machine(hub));
+      await page.waitForSelector(`${machine(hub)}[aria-pressed="true"].status-up`);
+      await page.waitForSelector('.entry[data-action="pairing_code_created"]');
+      if (await page.locator('.entry[data-action="fleet_joined"]').count()) throw new Error("the hub's activity shows the node's entries");
+      await page.click('.nav a[data-view="agents"]');
+      await page.waitForSelector(`.agent-row[data-name="${hubAgent}"]`);
+      if (await page.locator(`.agent-row[data-name="${nodeAgent}"]`).count()) throw new Error("the hub's agents list shows the node's agent");
+      await page.click('.nav a[data-view="terminal"]');
+      if (await page.locator(`.term-host[data-agent]`).count()) throw new Error("the node's terminal stayed open");
+      await shot(page, "fleet-6-back-on-hub");
+      noProblems(problems);
+    });
+
+    await step("fleet: a node that stops is shown offline, and its views say so in the hub's words", async () => {
+      await page.click('.nav a[data-view="agents"]');
+      await page.click(machine(node));
+      await page.waitForSelector(`${machine(node)}[aria-pressed="true"].status-up`);
+      await page.waitForSelector(`.agent-row[data-name="${nodeAgent}"]`);
+      const { pid } = await sock(args["node-home"], "GET", "/v1/health");
+      process.kill(pid, "SIGTERM");
+      await page.waitForSelector(`${machine(node)}[data-online="false"].status-offline`);
+      const banner = await page.waitForSelector(`.banners .banner.offline[data-machine="${node}"]`);
+      const said = await banner.textContent();
+      if (!said.includes(`${node} is offline`) || said.length < `${node} is offline. `.length + 5) throw new Error(`offline banner: ${said}`);
+      if (await page.locator(`.agent-row[data-name="${nodeAgent}"]`).count()) throw new Error("an offline machine's agents are shown as if live");
+      await page.click('.nav a[data-view="history"]');
+      await page.click('.history-view button[type="submit"]');
+      await page.waitForSelector(".history-view .machine-offline");
+      await shot(page, "fleet-7-node-offline");
+      // The hub is still there.
+      await page.click(machine(hub));
+      await page.waitForSelector(`${machine(hub)}[aria-pressed="true"].status-up`);
+      await page.waitForSelector(".banners .banner.offline", { state: "detached" });
+    });
+  } finally {
+    await context.close();
+  }
+}
+
 /// Chromium's `--ignore-certificate-errors-spki-list` value for the HTTPS daemon's certificate,
 /// checked against the fingerprint its `/v1/health` announces.
 async function tlsSpki() {
@@ -862,6 +1017,7 @@ try {
     await runOperator(browser);
     await runApprover(browser);
   }
+  if (args["node-home"]) await runFleet(browser);
 } catch (error) {
   // A failed step printed itself; anything else (page errors) is said here.
   if (!/^FAIL /.test(results.at(-1) ?? "")) console.log(`FAIL ${error.stack ?? error}`);

@@ -18,6 +18,34 @@ export class ApiError extends Error {
 
 let csrf = "";
 
+/// The machine the dashboard shows (its fleet name), set by the store.
+let machine = "";
+
+export function setMachine(name: string): void {
+  machine = name;
+}
+
+export function selectedMachine(): string {
+  return machine;
+}
+
+/// The one place a path of a via-hub route (agents, logs, history, events, terminals, approvals,
+/// audit, sandbox, usage, health) is addressed to a machine: `/v1/agents/x` becomes
+/// `/v1/machines/{machine}/agents/x`, by default the selected machine's; a hub forwards it over
+/// the machine's link, and every daemon answers its own name itself, so the page's own machine
+/// takes the same path. The hub's own routes (session, login, tokens, push, notifications, the
+/// machines list, fleet) are called as they are, never through here.
+export function on(path: string, name: string = machine): string {
+  if (!path.startsWith("/v1/")) throw new Error(`not an API path: ${path}`);
+  if (!name) throw new Error("no machine selected yet");
+  return `/v1/machines/${encodeURIComponent(name)}${path.slice(3)}`;
+}
+
+/// The answer of a known machine whose link is down (`503 machine_offline`).
+export function isOffline(e: unknown): e is ApiError {
+  return e instanceof ApiError && e.code === "machine_offline";
+}
+
 export function setCsrf(token: string): void {
   csrf = token;
 }

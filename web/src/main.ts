@@ -5,7 +5,7 @@
 import "./style.css";
 import { api, ApiError, setCsrf } from "./api";
 import { clear, h } from "./dom";
-import { store, type Machine } from "./store";
+import { newMachine, store, type Machine } from "./store";
 import { can, refusal, role, setRole } from "./role";
 import type { AgentInfo, Role, SessionState } from "./types";
 import { ActivityView } from "./views/activity";
@@ -167,19 +167,22 @@ function start(): void {
     h("div", { class: "layout" }, sidebar, h("main", { class: "main" }, banners, content)),
   );
 
+  /// The sidebar: every machine of the fleet with its online state and agent counts (the selected
+  /// one's live, the others' from the machines list), a flag when witnessing found its audit log
+  /// tampered with; pressing one selects it, and every view follows.
   const renderMachines = () => {
     clear(
       machineList,
-      // Filtering by machine is for the agents table; an approver's list only shows each machine.
-      h(
-        "li",
-        { hidden: !agents },
-        h("button", { type: "button", class: "machine", "aria-pressed": String(filter.machine === ""), onclick: () => { filter.machine = ""; store.changed("filter"); store.changed("machines"); } }, "All machines"),
-      ),
       store.machines.map((m) => {
-        const agentsOf = [...m.agents.values()];
-        const running = agentsOf.filter((a) => a.state === "running" || a.state === "waiting-approval").length;
+        const selected = m.name === store.selected;
+        const online = selected ? m.offline === null && m.info?.online !== false : m.info?.online !== false;
+        const state = !online ? "offline" : selected ? m.status : "up";
+        const live = [...m.agents.values()];
+        const total = selected ? live.length : (m.info?.agents ?? 0);
+        const running = selected ? live.filter((a) => a.state === "running" || a.state === "waiting-approval").length : (m.info?.agents_running ?? 0);
         const waiting = [...m.approvals.values()].filter((a) => a.status === "pending").length;
+        const tampered = m.info?.audit.status === "tampered";
+        const counts = !online ? "offline" : agents ? `${running}/${total} running${waiting ? ` · ${waiting} waiting` : ""}` : selected ? `${waiting} waiting` : "";
         return h(
           "li",
           {},
@@ -187,42 +190,42 @@ function start(): void {
             "button",
             {
               type: "button",
-              class: `machine status-${m.status}`,
-              "data-machine": m.id,
-              "aria-pressed": String(filter.machine === m.id),
-              onclick: () => {
-                filter.machine = filter.machine === m.id ? "" : m.id;
-                store.changed("filter");
-                store.changed("machines");
-              },
+              class: `machine status-${state}${selected ? " selected" : ""}`,
+              "data-machine": m.name,
+              "data-online": String(online),
+              "aria-pressed": String(selected),
+              title: m.info?.this ? "The daemon serving this page" : m.info?.address ? `Joined from ${m.info.address}` : undefined,
+              onclick: () => store.select(m.name),
             },
             h("span", { class: "dot", "aria-hidden": "true" }),
             h("span", { class: "machine-name" }, m.name),
-            h("span", { class: "sr-only" }, ` (${m.status})`),
-            h("span", { class: "machine-counts" }, agents ? `${running}/${agentsOf.length} running${waiting ? ` · ${waiting} waiting` : ""}` : `${waiting} waiting`),
+            h("span", { class: "sr-only" }, ` (${online ? state : "offline"}${selected ? ", selected" : ""})`),
+            tampered ? h("span", { class: "badge tampered", title: `Its audit log was tampered with: ${m.info?.audit.problem ?? "the hub's witness found its history rewritten"}` }, "audit tampered") : null,
+            h("span", { class: "machine-counts" }, counts),
           ),
         );
       }),
     );
+    const current = store.current();
     clear(
       banners,
-      store.machines
-        .filter((m) => m.status === "down")
-        .map((m) =>
-          h(
-            "div",
-            { class: "banner down", role: "alert", "data-machine": m.id },
-            `${m.name}: stream down, reconnecting${m.retryInMs ? ` in ${Math.ceil(m.retryInMs / 1000)} s` : ""}. Data shown may be stale. `,
-            h("button", { type: "button", onclick: () => m.stream?.retry() }, "Retry now"),
-          ),
-        ),
+      current?.offline
+        ? h("div", { class: "banner offline", role: "alert", "data-machine": current.name }, h("strong", {}, `${current.name} is offline. `), current.offline)
+        : current?.status === "down"
+          ? h(
+              "div",
+              { class: "banner down", role: "alert", "data-machine": current.name },
+              `${current.name}: stream down, reconnecting${current.retryInMs ? ` in ${Math.ceil(current.retryInMs / 1000)} s` : ""}. Data shown may be stale. `,
+              h("button", { type: "button", onclick: () => current.stream?.retry() }, "Retry now"),
+            )
+          : null,
     );
     const pending = store.machines.reduce((n, m) => n + [...m.approvals.values()].filter((a) => a.status === "pending").length, 0);
     badge.hidden = pending === 0;
     badge.textContent = String(pending);
   };
   store.subscribe((what) => {
-    if (what.has("machines") || what.has("approvals") || what.has("agents") || what.has("filter")) renderMachines();
+    if (what.has("machines") || what.has("approvals") || what.has("agents") || what.has("selected")) renderMachines();
   });
   store.onNewApproval = (approval) => {
     if (!approvals) return;
@@ -251,18 +254,18 @@ function start(): void {
     if (view === "settings") void settings.load();
   };
   window.addEventListener("hashchange", route);
-  store.addLocal();
   renderMachines();
-  route();
+  // The views read the selected machine: shown once the machines list has answered.
+  void store.start().then(route);
 
-  // Benchmark hook (no secret, no network): adds synthetic machines with agents and measures the
-  // table's full update (filter, sort, render of the rows in view).
+  // Benchmark hook (no secret, no network): adds rows of made-up machines to the agents table (never
+  // to the sidebar) and measures the table's full update (filter, sort, render of the rows in view).
   (window as unknown as { __celistra: unknown }).__celistra = {
     store,
     agents,
     bench(machines: number, perMachine: number) {
       for (let m = 0; m < machines; m++) {
-        const machine: Machine = { id: `bench-${m}`, name: `bench-${m}`, base: "", status: "up", agents: new Map(), approvals: new Map(), usage: new Map(), synthetic: true };
+        const machine: Machine = newMachine(`bench-${m}`);
         for (let i = 0; i < perMachine; i++) {
           const agent = {
             id: `ag-b${m}x${i}`, name: `agent-${m}-${i}`, state: (["running", "exited", "failed", "waiting-approval", "backoff"] as const)[i % 5],
@@ -275,7 +278,7 @@ function start(): void {
           machine.agents.set(agent.id, agent);
           machine.usage.set(agent.id, { cpu: (i % 13) * 7.5, memory: (i % 50) * 1048576 * 3, cpuUsec: 0, time: 0 });
         }
-        store.machines.push(machine);
+        store.bench.push(machine);
       }
       const t0 = performance.now();
       agents?.update();
@@ -283,7 +286,7 @@ function start(): void {
       const rows = document.querySelectorAll(".agent-row").length;
       // One state change on each machine, as a stream would deliver it.
       const t1 = performance.now();
-      for (const machine of store.machines.filter((m) => m.synthetic)) {
+      for (const machine of store.bench) {
         const first = machine.agents.values().next().value;
         if (first) first.state = "stopped";
       }

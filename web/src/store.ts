@@ -1,19 +1,24 @@
-// The dashboard's state: machines (this daemon today; the model holds several for the fleet), each
-// with its agents and approvals, kept live by its own event stream. Views subscribe to changes.
+// The dashboard's state: the fleet's machines (`GET /v1/machines`, polled: online state, agent
+// counts, what witnessing each one's audit log found), and the selected machine's agents and
+// approvals, kept live by its event stream. Only the selected machine is read and streamed, through
+// `on()` (`/v1/machines/{machine}/…`); selecting another closes its stream and opens the new one.
+// Views subscribe to changes; `selected` says the machine changed.
 
-import { api, ApiError } from "./api";
+import { api, ApiError, isOffline, on, setMachine } from "./api";
 import { toast } from "./dom";
 import { can } from "./role";
 import { Stream, type StreamStatus } from "./stream";
-import type { AgentInfo, Approval, Health, ServerEvent } from "./types";
+import type { AgentInfo, Approval, Health, MachineInfo, ServerEvent } from "./types";
 
 export interface Machine {
-  /// Stable id (the daemon's machine_id); `local` until /v1/health answers.
+  /// Its name in the fleet (`--machine-name`): the key, and what its API paths address.
   id: string;
   name: string;
-  /// Prefix of this machine's API paths: "" for the daemon serving the page.
-  base: string;
+  /// What `GET /v1/machines` says of it (null for the benchmark's rows).
+  info: MachineInfo | null;
   status: StreamStatus;
+  /// Why it cannot be reached (the hub's `503 machine_offline` message), while it cannot.
+  offline: string | null;
   retryInMs?: number;
   downSince?: number;
   health?: Health;
@@ -21,15 +26,26 @@ export interface Machine {
   approvals: Map<string, Approval>;
   /// CPU load (percent of one core, null until two readings) and memory, by agent id.
   usage: Map<string, { cpu: number | null; memory: number; cpuUsec: number; time: number }>;
-  /// True for machines that exist only in the page (benchmarks).
-  synthetic?: boolean;
   stream?: Stream;
+}
+
+/// Where the selected machine is remembered.
+const REMEMBERED = "celistra.machine";
+/// How often the machines list (online state, counts) is read again.
+const MACHINES_POLL_MS = 3000;
+
+export function newMachine(name: string, info: MachineInfo | null = null): Machine {
+  return { id: name, name, info, status: "connecting", offline: null, agents: new Map(), approvals: new Map(), usage: new Map() };
 }
 
 type Listener = (what: Set<string>) => void;
 
 export class Store {
   machines: Machine[] = [];
+  /// The selected machine's name ("" until the machines list answers).
+  selected = "";
+  /// Rows the benchmark hook adds to the agents table: never listed as machines, never read.
+  bench: Machine[] = [];
   private listeners = new Set<Listener>();
   private pending = new Set<string>();
   private scheduled = false;
@@ -54,29 +70,118 @@ export class Store {
     });
   }
 
-  addLocal(): Machine {
-    const machine: Machine = {
-      id: "local",
-      name: location.hostname,
-      base: "",
-      status: "connecting",
-      agents: new Map(),
-      approvals: new Map(),
-      usage: new Map(),
-    };
-    this.machines.push(machine);
-    this.connect(machine);
-    setInterval(() => void this.pollUsage(machine), 3000);
-    return machine;
+  /// Reads the machines, selects the remembered one (else the daemon serving the page) and keeps
+  /// the list fresh.
+  async start(): Promise<void> {
+    await this.refreshMachines();
+    let remembered: string | null = null;
+    try {
+      remembered = localStorage.getItem(REMEMBERED);
+    } catch {
+      /* no storage: the default */
+    }
+    const pick = this.machines.find((m) => m.name === remembered) ?? this.machines.find((m) => m.info?.this) ?? this.machines[0];
+    if (pick) this.select(pick.name);
+    setInterval(() => void this.refreshMachines(), MACHINES_POLL_MS);
+    setInterval(() => void this.pollUsage(), 3000);
+  }
+
+  /// The selected machine.
+  current(): Machine | undefined {
+    return this.machines.find((m) => m.name === this.selected);
+  }
+
+  /// The machines whose agents the table shows: the selected one (and the benchmark's).
+  shown(): Machine[] {
+    const current = this.current();
+    return current ? [current, ...this.bench] : [...this.bench];
   }
 
   machine(id: string): Machine | undefined {
     return this.machines.find((m) => m.id === id);
   }
 
+  /// Shows `name`: closes the previous machine's stream (and forgets its lists), opens this one's.
+  select(name: string): void {
+    if (name === this.selected && this.current()?.stream) return;
+    const previous = this.current();
+    if (previous) {
+      previous.stream?.close();
+      previous.stream = undefined;
+      previous.agents = new Map();
+      previous.approvals = new Map();
+      previous.usage = new Map();
+      previous.status = "connecting";
+      previous.offline = null;
+    }
+    this.selected = name;
+    setMachine(name);
+    try {
+      localStorage.setItem(REMEMBERED, name);
+    } catch {
+      /* not remembered */
+    }
+    const next = this.current();
+    if (next) this.connect(next);
+    for (const what of ["selected", "machines", "agents", "approvals", "usage"]) this.changed(what);
+  }
+
+  /// Reads the machines list (a hub's: itself and every machine that joined; a lone daemon's: itself).
+  async refreshMachines(): Promise<void> {
+    let list: MachineInfo[];
+    try {
+      if (can("viewer")) {
+        list = await api<MachineInfo[]>("GET", "/v1/machines");
+      } else {
+        // An approver may not read the machines list: it is shown the daemon serving the page.
+        if (this.machines.length) return;
+        const health = await api<Health>("GET", "/v1/health");
+        const name = health.machine_name ?? health.hostname;
+        list = [
+          {
+            name,
+            this: true,
+            online: true,
+            agents: 0,
+            agents_running: 0,
+            last_seen_ms: null,
+            address: null,
+            version: health.version,
+            joined_at_ms: null,
+            audit: { status: "ok", size: 0, checked_at_ms: null, problem: null },
+          },
+        ];
+      }
+    } catch {
+      return;
+    }
+    const before = this.current();
+    this.machines = list.map((info) => {
+      const known = this.machines.find((m) => m.name === info.name) ?? newMachine(info.name);
+      known.info = info;
+      return known;
+    });
+    const current = this.current();
+    if (current?.info) {
+      if (!current.info.online && current.offline === null) {
+        // Its link went down: the hub's answer says so in words.
+        void this.reload(current);
+      } else if (current.info.online && current.offline !== null) {
+        current.offline = null;
+        current.stream?.retry();
+      }
+    } else if (this.selected && this.machines.length) {
+      // The selected machine left the fleet (revoked): back to the daemon serving the page.
+      before?.stream?.close();
+      this.selected = "";
+      this.select((this.machines.find((m) => m.info?.this) ?? this.machines[0]!).name);
+    }
+    this.changed("machines");
+  }
+
   private connect(machine: Machine): void {
     machine.stream = new Stream({
-      url: (last) => `${machine.base}/v1/events${last ? `?after=${encodeURIComponent(last)}` : ""}`,
+      url: (last) => `${on("/v1/events", machine.name)}${last ? `?after=${encodeURIComponent(last)}` : ""}`,
       events: [
         "agent_spawned", "agent_state", "agent_exited", "agent_restarted", "agent_backoff",
         "agent_crashed_out", "agent_spawn_failed", "agent_renamed", "agent_updated",
@@ -106,28 +211,38 @@ export class Store {
     const none = <T>(): Promise<T[] | null> => Promise.resolve(null);
     try {
       const [health, agents, approvals] = await Promise.all([
-        api<Health>("GET", `${machine.base}/v1/health`),
-        can("viewer") ? refusedAsNull(api<AgentInfo[]>("GET", `${machine.base}/v1/agents`)) : none<AgentInfo>(),
-        can("approver") ? refusedAsNull(api<Approval[]>("GET", `${machine.base}/v1/approvals`)) : none<Approval>(),
+        api<Health>("GET", on("/v1/health", machine.name)),
+        can("viewer") ? refusedAsNull(api<AgentInfo[]>("GET", on("/v1/agents", machine.name))) : none<AgentInfo>(),
+        can("approver") ? refusedAsNull(api<Approval[]>("GET", on("/v1/approvals", machine.name))) : none<Approval>(),
       ]);
+      if (machine.stream === undefined) return; // no longer selected
       machine.health = health;
-      machine.name = health.hostname;
-      machine.id = health.machine_id;
+      machine.offline = null;
       if (agents) machine.agents = new Map(agents.map((a) => [a.id, a]));
       if (approvals) machine.approvals = new Map(approvals.slice(0, 200).map((a) => [a.id, a]));
       this.changed("machines");
       this.changed("agents");
       this.changed("approvals");
-    } catch {
-      /* the stream's status says the machine is down */
+    } catch (e) {
+      // A known machine whose link is down: the views say so, in the hub's words.
+      if (isOffline(e) && machine.stream !== undefined) {
+        machine.offline = e.message;
+        machine.agents = new Map();
+        machine.approvals = new Map();
+        this.changed("machines");
+        this.changed("agents");
+        this.changed("approvals");
+      }
+      /* otherwise the stream's status says the machine is down */
     }
   }
 
   /// Reads CPU time and memory; the load is the CPU time used between two readings.
-  async pollUsage(machine: Machine): Promise<void> {
-    if (machine.status !== "up" || document.hidden || !can("viewer")) return;
+  async pollUsage(): Promise<void> {
+    const machine = this.current();
+    if (!machine || machine.status !== "up" || machine.offline !== null || document.hidden || !can("viewer")) return;
     try {
-      const readings = await api<{ agent_id: string; cpu_usec: number; memory_bytes: number; time_ms: number }[]>("GET", `${machine.base}/v1/usage`);
+      const readings = await api<{ agent_id: string; cpu_usec: number; memory_bytes: number; time_ms: number }[]>("GET", on("/v1/usage", machine.name));
       const next = new Map<string, { cpu: number | null; memory: number; cpuUsec: number; time: number }>();
       for (const r of readings) {
         const before = machine.usage.get(r.agent_id);
@@ -145,7 +260,7 @@ export class Store {
   private async refreshAgent(machine: Machine, id: string): Promise<void> {
     if (!can("viewer")) return;
     try {
-      const agent = await api<AgentInfo>("GET", `${machine.base}/v1/agents/${encodeURIComponent(id)}`);
+      const agent = await api<AgentInfo>("GET", on(`/v1/agents/${encodeURIComponent(id)}`, machine.name));
       machine.agents.set(agent.id, agent);
     } catch {
       machine.agents.delete(id);

@@ -17,3 +17,6 @@ export type SessionState = Schemas["SessionState"];
 /** One event of `GET /v1/events`. */
 export type ServerEvent = Schemas["Event"];
 export type Role = Schemas["Role"];
+
+/** One machine of `GET /v1/machines`. */
+export type MachineInfo = Schemas["Machine"];

@@ -1,8 +1,10 @@
-// Activity: the live audit tail (`/v1/audit/tail`, SSE, resumed from the last entry seen) with
-// filters by actor, action and text.
+// Activity: the selected machine's live audit tail (`/v1/audit/tail`, SSE, resumed from the last
+// entry seen) with filters by actor, action and text. Selecting another machine closes the tail
+// and opens that machine's; an offline machine is said to be offline.
 
-import { api } from "../api";
+import { api, isOffline, on } from "../api";
 import { clear, clock, h } from "../dom";
+import { store } from "../store";
 import { Stream } from "../stream";
 import type { AuditEntry } from "../types";
 
@@ -14,6 +16,7 @@ export class ActivityView {
   private readonly banner: HTMLElement;
   private entries: AuditEntry[] = [];
   private stream: Stream | null = null;
+  private starting = false;
   private readonly filters = { actor: "", action: "", text: "" };
 
   constructor() {
@@ -36,26 +39,52 @@ export class ActivityView {
       h("div", { class: "filters" }, input("actor", "Actor", "session:…"), input("action", "Action", "agent_spawned"), input("text", "Text", "anything")),
       this.list,
     );
+    store.subscribe((what) => {
+      if (!what.has("selected")) return;
+      this.stream?.close();
+      this.stream = null;
+      this.entries = [];
+      this.render();
+      if (this.element.isConnected) void this.start();
+    });
   }
 
   /// Starts the tail on first display.
   async start(): Promise<void> {
-    if (this.stream) return;
+    if (this.stream || this.starting) return;
+    const machine = store.selected;
+    if (!machine) return;
+    this.starting = true;
     let after = 0;
+    let offline: string | null = null;
     try {
-      const page = await api<{ entries: AuditEntry[] }>("GET", "/v1/audit?limit=100");
+      const page = await api<{ entries: AuditEntry[] }>("GET", on("/v1/audit?limit=100", machine));
       this.entries = page.entries.slice().reverse();
       after = this.entries.at(-1)?.seq ?? 0;
       this.render();
-    } catch {
+    } catch (e) {
       /* the stream reports it */
+      if (isOffline(e)) offline = e.message;
+    } finally {
+      this.starting = false;
     }
+    if (this.stream) return;
+    if (machine !== store.selected) {
+      // Another machine was selected meanwhile: start on that one instead.
+      this.entries = [];
+      this.render();
+      if (this.element.isConnected) void this.start();
+      return;
+    }
+    this.banner.hidden = offline === null;
+    this.banner.textContent = offline ?? "";
     this.stream = new Stream({
-      url: (last) => `/v1/audit/tail?after=${last ?? after}`,
+      url: (last) => on(`/v1/audit/tail?after=${last ?? after}`, machine),
       events: ["audit"],
       onStatus: (status, retry) => {
+        const offline = store.current()?.offline;
         this.banner.hidden = status !== "down";
-        this.banner.textContent = status === "down" ? `Activity stream down; reconnecting in ${Math.ceil((retry ?? 0) / 1000)} s` : "";
+        this.banner.textContent = status !== "down" ? "" : offline ? offline : `Activity stream down; reconnecting in ${Math.ceil((retry ?? 0) / 1000)} s`;
       },
       onEvent: (_type, data) => {
         try {

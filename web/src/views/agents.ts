@@ -1,8 +1,8 @@
-// The agents table: every machine's agents, filtered by the sidebar, sortable, virtualised (only
+// The agents table: the selected machine's agents, filtered by text, sortable, virtualised (only
 // the rows in view exist in the DOM), with row actions (for a viewer session: the terminal only,
 // read-only). `waiting-approval` rows stand out.
 
-import { api, ApiError } from "../api";
+import { api, ApiError, on } from "../api";
 import { clear, duration, h, modal, toast } from "../dom";
 import { can } from "../role";
 import { store, type Machine } from "../store";
@@ -44,10 +44,9 @@ const COLUMNS: { key: SortKey; label: string }[] = [
   { key: "command", label: "Command" },
 ];
 
-export const filter = { text: "", machine: "" };
+export const filter = { text: "" };
 
-export function matches(row: Row, text: string, machine: string): boolean {
-  if (machine && row.machine.id !== machine) return false;
+export function matches(row: Row, text: string): boolean {
   if (!text) return true;
   const t = text.toLowerCase();
   return (
@@ -150,7 +149,7 @@ export class AgentsView {
         { class: "toolbar" },
         h("h1", { id: "agents-title" }, "Agents"),
         this.count,
-        can("operator") ? h("button", { class: "primary", type: "button", onclick: () => openSpawn(store.machines[0]) }, "+ Spawn agent") : null,
+        can("operator") ? h("button", { class: "primary", type: "button", onclick: () => openSpawn(store.current()) }, "+ Spawn agent") : null,
       ),
       (this.table = h(
         "div",
@@ -205,16 +204,17 @@ export class AgentsView {
     const started = performance.now();
     const now = Date.now();
     const rows: Row[] = [];
-    for (const machine of store.machines) {
+    const shown = store.shown();
+    for (const machine of shown) {
       for (const agent of machine.agents.values()) {
         const row = { machine, agent };
-        if (matches(row, filter.text, filter.machine)) rows.push(row);
+        if (matches(row, filter.text)) rows.push(row);
       }
     }
     const { key, dir } = this.sort;
     rows.sort((a, b) => dir * compare(a, b, key, now) || a.agent.name.localeCompare(b.agent.name));
     this.rows = rows;
-    const total = store.machines.reduce((n, m) => n + m.agents.size, 0);
+    const total = shown.reduce((n, m) => n + m.agents.size, 0);
     this.count.textContent = rows.length === total ? `${total}` : `${rows.length} of ${total}`;
     this.spacer.style.height = `${rows.length * ROW_HEIGHT}px`;
     this.index = new Map(rows.map((row) => [`${row.machine.id}/${row.agent.id}`, row]));
@@ -351,7 +351,7 @@ export class AgentsView {
 
 async function act(machine: Machine, agent: AgentInfo, verb: "stop" | "start" | "restart"): Promise<void> {
   try {
-    await api("POST", `${machine.base}/v1/agents/${agent.id}/${verb}`);
+    await api("POST", on(`/v1/agents/${agent.id}/${verb}`, machine.name));
     toast(`${agent.name}: ${verb} done`);
   } catch (e) {
     toast(`${agent.name}: ${(e as Error).message}`, "error");
@@ -389,7 +389,7 @@ export function openKill(machine: Machine, agent: AgentInfo): void {
   confirm.addEventListener("click", async () => {
     confirm.disabled = true;
     try {
-      await api("POST", `${machine.base}/v1/agents/${agent.id}/kill`, { signal: select.value });
+      await api("POST", on(`/v1/agents/${agent.id}/kill`, machine.name), { signal: select.value });
       toast(`${agent.name}: sent SIG${select.value}`);
       dialog.close();
     } catch (e) {

@@ -2,7 +2,7 @@
 // press-and-hold (a deliberate gesture), deny with an optional reason; decided ones show who
 // decided, how and when. `#/approvals/<id>` shows one request (the page a notification opens).
 
-import { api } from "../api";
+import { api, on } from "../api";
 import { clear, clock, duration, h, toast } from "../dom";
 import { holdButton } from "../hold";
 import { store, type Machine } from "../store";
@@ -82,7 +82,7 @@ export class ApprovalsView {
       const decide = async (verdict: "approve" | "deny") => {
         approve.disabled = deny.disabled = true;
         try {
-          const decided = await api<Approval>("POST", `${machine.base}/v1/approvals/${approval.id}/${verdict}`, reason.value ? { reason: reason.value } : {});
+          const decided = await api<Approval>("POST", on(`/v1/approvals/${approval.id}/${verdict}`, machine.name), reason.value ? { reason: reason.value } : {});
           machine.approvals.set(decided.id, decided);
           store.changed("approvals");
           toast(`${verdict === "approve" ? "Approved" : "Denied"}: ${approval.prompt}`);

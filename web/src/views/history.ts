@@ -1,8 +1,10 @@
-// History and logs: runs (when, how each ended, who stopped it), one agent's saved output, and a
-// search across every agent's output.
+// History and logs of the selected machine: runs (when, how each ended, who stopped it), one
+// agent's saved output, and a search across every agent's output. Read again when the selected
+// machine changes; an offline machine is said to be offline.
 
-import { api, apiText } from "../api";
+import { api, apiText, isOffline, on } from "../api";
 import { clear, clock, duration, h, toast } from "../dom";
+import { store } from "../store";
 import type { LogLine, RunRecord } from "../types";
 
 export class HistoryView {
@@ -38,13 +40,22 @@ export class HistoryView {
       h("h2", {}, "Output"),
       this.output,
     );
+    store.subscribe((what) => {
+      if (!what.has("selected")) return;
+      this.agent.value = "";
+      this.grep.value = "";
+      clear(this.runs);
+      this.output.textContent = "";
+      if (this.element.isConnected) void this.load();
+    });
   }
 
   async load(): Promise<void> {
+    if (!store.selected) return;
     const agent = this.agent.value.trim();
     const grep = this.grep.value.trim();
     try {
-      const runs = await api<RunRecord[]>("GET", `/v1/history?limit=200${agent ? `&agent=${encodeURIComponent(agent)}` : ""}`);
+      const runs = await api<RunRecord[]>("GET", on(`/v1/history?limit=200${agent ? `&agent=${encodeURIComponent(agent)}` : ""}`));
       clear(
         this.runs,
         runs.length
@@ -74,16 +85,21 @@ export class HistoryView {
       );
       let text: string;
       if (grep) {
-        const path = `/v1/logs?grep=${encodeURIComponent(grep)}&limit=500&format=jsonl${agent ? `&agent=${encodeURIComponent(agent)}` : ""}`;
+        const path = on(`/v1/logs?grep=${encodeURIComponent(grep)}&limit=500&format=jsonl${agent ? `&agent=${encodeURIComponent(agent)}` : ""}`);
         const lines = (await apiText(path)).split("\n").filter(Boolean).map((l) => JSON.parse(l) as LogLine);
         text = lines.map((l) => `${new Date(l.time_ms).toISOString()} ${l.agent_id} ${l.text}`).join("\n") || "no match";
       } else if (agent) {
-        text = await apiText(`/v1/agents/${encodeURIComponent(agent)}/logs?tail=500&format=text`);
+        text = await apiText(on(`/v1/agents/${encodeURIComponent(agent)}/logs?tail=500&format=text`));
       } else {
         text = "Choose an agent, or search every agent's output.";
       }
       this.output.textContent = text;
     } catch (e) {
+      if (isOffline(e)) {
+        clear(this.runs, h("p", { class: "empty machine-offline", role: "status" }, e.message));
+        this.output.textContent = "";
+        return;
+      }
       toast((e as Error).message, "error");
     }
   }

@@ -3,7 +3,7 @@
 // whole spec; an operator, who may not read environment values, edits what `AgentInfo` shows and
 // replaces the environment or capabilities only when it fills those fields in.
 
-import { api, ApiError } from "../api";
+import { api, ApiError, on } from "../api";
 import { h, modal, toast } from "../dom";
 import { can } from "../role";
 import type { Machine } from "../store";
@@ -163,7 +163,7 @@ export function openSpawn(machine: Machine | undefined): void {
     e.preventDefault();
     submit.disabled = true;
     try {
-      const agent = await api<AgentInfo>("POST", `${machine.base}/v1/agents`, fields.values());
+      const agent = await api<AgentInfo>("POST", on("/v1/agents", machine.name), fields.values());
       toast(`spawned ${agent.name} (${agent.id})`);
       dialog.close();
     } catch (error) {
@@ -182,7 +182,7 @@ export async function openSettings(machine: Machine, agent: AgentInfo): Promise<
   let spec: Partial<AgentSpec>;
   if (whole) {
     try {
-      spec = await api<AgentSpec>("GET", `${machine.base}/v1/agents/${agent.id}/spec`);
+      spec = await api<AgentSpec>("GET", on(`/v1/agents/${agent.id}/spec`, machine.name));
     } catch (e) {
       toast((e as Error).message, "error");
       return;
@@ -215,7 +215,7 @@ export async function openSettings(machine: Machine, agent: AgentInfo): Promise<
         drop_capabilities: keep(values.drop_capabilities, (values.drop_capabilities ?? []).length === 0),
         restart: restart.checked,
       };
-      await api("PATCH", `${machine.base}/v1/agents/${agent.id}`, update);
+      await api("PATCH", on(`/v1/agents/${agent.id}`, machine.name), update);
       toast(`${agent.name}: settings saved`);
       dialog.close();
     } catch (error) {

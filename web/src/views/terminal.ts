@@ -7,10 +7,10 @@
 import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import "@xterm/xterm/css/xterm.css";
-import { api, ApiError } from "../api";
+import { api, ApiError, on } from "../api";
 import { clear, h } from "../dom";
 import { can } from "../role";
-import type { Machine } from "../store";
+import { store, type Machine } from "../store";
 
 interface Ticket {
   path: string;
@@ -106,7 +106,7 @@ class TermTab {
     this.setStatus("connecting…");
     let ticket: Ticket;
     try {
-      ticket = await api<Ticket>("POST", `${this.machine.base}/v1/agents/${encodeURIComponent(this.agentId)}/terminal/tickets`, {
+      ticket = await api<Ticket>("POST", on(`/v1/agents/${encodeURIComponent(this.agentId)}/terminal/tickets`, this.machine.name), {
         role: this.readOnly ? "viewer" : "writer",
       });
     } catch (e) {
@@ -115,7 +115,9 @@ class TermTab {
       if (!(e instanceof ApiError && e.code === "role_required")) this.retry();
       return;
     }
-    const url = new URL(ticket.path, location.href);
+    // The ticket's path is the machine's own (`/v1/agents/{agent}/terminal?ticket=…`): addressed to
+    // the machine like every other path, so a hub splices it through to the machine.
+    const url = new URL(on(ticket.path, this.machine.name), location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(url, PROTOCOL);
     socket.binaryType = "arraybuffer";
@@ -259,6 +261,10 @@ export class TerminalView {
       keys,
     );
     this.renderEmpty();
+    // Terminals follow the selected machine: another machine's are closed when it is left.
+    store.subscribe((what) => {
+      if (what.has("selected")) for (const tab of this.tabs.filter((t) => t.machine.name !== store.selected)) this.closeTab(tab);
+    });
   }
 
   private keyButton(label: string, sequence: string, aria: string): HTMLElement {
@@ -285,7 +291,7 @@ export class TerminalView {
   }
 
   open(machine: Machine, agentId: string, name: string): void {
-    let tab = this.tabs.find((t) => t.machine === machine && t.agentId === agentId);
+    let tab = this.tabs.find((t) => t.machine.name === machine.name && t.agentId === agentId);
     if (!tab) {
       tab = new TermTab(machine, agentId, name);
       this.tabs.push(tab);

@@ -1,7 +1,8 @@
 //! The dashboard: its files and headers, one-time login links, session cookies, CSRF, revocation,
 //! `ctl dashboard` and `ctl sessions`, through real HTTP; then the whole dashboard in a real
 //! browser (web/e2e/dashboard.mjs: chromium through playwright-core): an owner on a desktop and a
-//! phone over HTTP, then a viewer and an approver over HTTPS; and the first-load budget.
+//! phone over HTTP, then a viewer and an approver over HTTPS, then a fleet (the HTTP daemon is a hub
+//! and a second daemon joined it); and the first-load budget.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -455,6 +456,70 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
+/// One API call with the daemon's machine secret (an owner); panics unless it succeeds.
+async fn call<T: serde::de::DeserializeOwned>(
+    daemon: &Daemon,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> T {
+    let response = daemon
+        .client
+        .send(method, path, body.map(String::into_bytes))
+        .await
+        .expect("send");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert!(
+        status.is_success(),
+        "{path}: {status} {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    serde_json::from_slice(&bytes).expect("JSON answer")
+}
+
+/// Joins `node` to `hub` (a pairing code minted on the hub, presented by the node) and waits,
+/// bounded, until the hub lists the node online.
+async fn join(hub: &Daemon, node: &Daemon, node_name: &str) {
+    let code: celistra_proto::PairingCode = call(
+        hub,
+        Method::POST,
+        "/v1/fleet/pairing-codes",
+        Some("{}".into()),
+    )
+    .await;
+    let request = celistra_proto::JoinRequest {
+        hub: code.hub.clone(),
+        code: code.code.clone(),
+        fingerprint: code.fingerprint.clone(),
+    };
+    let _: serde_json::Value = call(
+        node,
+        Method::POST,
+        "/v1/fleet/join",
+        Some(serde_json::to_string(&request).expect("join request")),
+    )
+    .await;
+    let deadline = Instant::now() + crate::PATIENCE;
+    loop {
+        let machines: Vec<celistra_proto::Machine> =
+            call(hub, Method::GET, "/v1/machines", None).await;
+        if machines.iter().any(|m| m.name == node_name && m.online) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never came online on the hub: {machines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Kills the browser test's whole process group (node and the chromium it started) on every way
 /// out.
 struct Group(u32);
@@ -471,7 +536,18 @@ impl Drop for Group {
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_https_for_each_role() {
     use std::os::unix::process::CommandExt;
-    let daemon = Daemon::start().await;
+    // The HTTP daemon is a fleet hub, and a second daemon (the node) joins it: the last part of the
+    // browser test shows both machines and works on the node through the hub.
+    let daemon = Daemon::start_with_args(&[
+        "--hub",
+        "--hub-listen",
+        "127.0.0.1:0",
+        "--machine-name",
+        "e2e-hub",
+    ])
+    .await;
+    let node = Daemon::start_with_args(&["--machine-name", "e2e-node"]).await;
+    join(&daemon, &node, "e2e-node").await;
     // The viewer and approver sessions use a daemon that serves HTTPS with its generated
     // certificate, which the browser trusts by its SPKI hash (the script checks it against
     // `/v1/health`).
@@ -497,6 +573,14 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
         .arg(tls.home())
         .arg("--tls-work")
         .arg(tls.work.path())
+        .arg("--hub-name")
+        .arg("e2e-hub")
+        .arg("--node-name")
+        .arg("e2e-node")
+        .arg("--node-home")
+        .arg(node.home())
+        .arg("--node-work")
+        .arg(node.work.path())
         .arg("--browser")
         .arg(&browser)
         .env("TMPDIR", profile.path())
@@ -510,7 +594,7 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
     let group = Group(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break Some(status);
@@ -524,7 +608,7 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
     let _ = child.wait();
     let output = reader.join().unwrap_or_default();
     println!("{output}");
-    let status = status.expect("the browser test did not finish within 240 s");
+    let status = status.expect("the browser test did not finish within 300 s");
     assert!(
         status.success(),
         "the browser test failed ({status}); screenshots in {}:\n{output}",
@@ -534,7 +618,10 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
         output.contains("0 failed")
             && output.contains("BENCH ")
             && output.contains("ok   https viewer: the terminal is read-only")
-            && output.contains("ok   https approver: approves a real request"),
+            && output.contains("ok   https approver: approves a real request")
+            && output.contains("ok   fleet: the node's terminal through the hub")
+            && output.contains("ok   fleet: back on the hub")
+            && output.contains("ok   fleet: a node that stops is shown offline"),
         "{output}"
     );
 }
