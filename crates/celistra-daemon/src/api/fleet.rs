@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -20,6 +21,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::responses::{BadBody, Internal};
 use super::{Actor, AppState, Failure, JsonBody, Revocation, failure};
 use crate::fleet::{Hub, JoinError};
 
@@ -131,7 +133,7 @@ fn fleet_status(state: &AppState) -> FleetStatus {
 /// Mint a single-use pairing code (160 random bits, valid 15 minutes, kept only as its hash) and
 /// the one line that joins a new machine with it.
 #[utoipa::path(post, path = "/v1/fleet/pairing-codes", tag = "fleet", operation_id = "create_pairing_code",
-    responses((status = 200, body = PairingCode), (status = 404, body = ApiError)))]
+    responses((status = 200, body = PairingCode), (status = 404, description = "`not_found`: this daemon is not a hub", body = ApiError), Internal))]
 pub(crate) async fn pair(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -169,7 +171,12 @@ pub(crate) async fn pair(
 /// code to the hub over a connection pinned to the hub's certificate, and keeps a link to it.
 #[utoipa::path(post, path = "/v1/fleet/join", tag = "fleet", operation_id = "join_hub",
     request_body = JoinRequest,
-    responses((status = 200, body = Membership), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
+    responses((status = 200, body = Membership), BadBody,
+        (status = 403, description = "`pairing_refused`: a wrong fingerprint, or the hub refused the code (wrong, used, expired) or the name (taken)", body = ApiError),
+        (status = 409, description = "`conflict`: this machine already belongs to a hub, or its name is taken in the hub's fleet", body = ApiError),
+        (status = 429, description = "`too_many_attempts`: the hub refused after too many failed codes", body = ApiError),
+        (status = 503, description = "`machine_offline`: the hub cannot be reached", body = ApiError),
+        Internal))]
 pub(crate) async fn join(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -180,7 +187,8 @@ pub(crate) async fn join(
         let code = match &e {
             JoinError::Usage(_) => ErrorCode::InvalidRequest,
             JoinError::AlreadyMember(_) => ErrorCode::Conflict,
-            JoinError::WrongFingerprint { .. } | JoinError::Refused(_) => ErrorCode::PairingRefused,
+            JoinError::WrongFingerprint { .. } => ErrorCode::PairingRefused,
+            JoinError::Refused { code, .. } => *code,
             JoinError::Unreachable { .. } => ErrorCode::MachineOffline,
             JoinError::Local(_) => ErrorCode::Internal,
         };
@@ -198,7 +206,7 @@ pub(crate) async fn join(
 /// Leave the hub: the link ends, the membership and the link key are forgotten. Agents keep
 /// running.
 #[utoipa::path(delete, path = "/v1/fleet/membership", tag = "fleet", operation_id = "leave_hub",
-    responses((status = 200, body = FleetStatus), (status = 404, body = ApiError)))]
+    responses((status = 200, body = FleetStatus), (status = 404, description = "`not_found`: this machine belongs to no hub", body = ApiError), Internal))]
 pub(crate) async fn leave(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -242,13 +250,14 @@ pub(crate) async fn agents(State(state): State<AppState>) -> Json<Vec<MachineAge
 /// numbered by the hub (resume with `Last-Event-ID`). A lone daemon's own events only.
 #[utoipa::path(get, path = "/v1/fleet/events", tag = "fleet", operation_id = "stream_fleet_events",
     params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this hub event id")),
-    responses((status = 200, content_type = "text/event-stream", description = "Server-Sent Events, each a FleetEvent"), (status = 404, body = ApiError)))]
+    responses((status = 200, content_type = "text/event-stream", description = "Server-Sent Events, each a FleetEvent"), super::responses::BadQuery, (status = 404, body = ApiError)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Extension(Revocation(ended)): Extension<Revocation>,
     headers: HeaderMap,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Failure> {
+    let Query(query) = query.map_err(super::bad_query)?;
     let hub = hub_of(&state)?;
     let last_id = headers
         .get("last-event-id")

@@ -65,9 +65,13 @@ pub(crate) enum JoinError {
     },
     #[error("cannot reach the hub at {hub}: {why}")]
     Unreachable { hub: String, why: String },
-    /// The hub's refusal (used, expired or wrong code, a name taken, too many attempts).
-    #[error("the hub refused: {0}")]
-    Refused(String),
+    /// The hub's refusal (used, expired or wrong code, a name taken, too many attempts), with the
+    /// hub's error code.
+    #[error("the hub refused: {message}")]
+    Refused {
+        code: celistra_proto::ErrorCode,
+        message: String,
+    },
     #[error("{0}")]
     Local(#[from] Error),
 }
@@ -186,7 +190,10 @@ impl Member {
         )
         .await
         .map_err(|why| match why {
-            EnrollFailure::Refused(message) => JoinError::Refused(message),
+            EnrollFailure::Refused(error) => JoinError::Refused {
+                code: error.code,
+                message: error.message,
+            },
             EnrollFailure::Transport(why) => JoinError::Unreachable {
                 hub: request.hub.clone(),
                 why,
@@ -380,7 +387,7 @@ async fn dial(
 }
 
 enum EnrollFailure {
-    Refused(String),
+    Refused(celistra_proto::ApiError),
     Transport(String),
 }
 
@@ -414,9 +421,13 @@ async fn enroll(
     if status.is_success() {
         serde_json::from_slice(&bytes).map_err(|e| transport(&e))
     } else {
-        let message = serde_json::from_slice::<celistra_proto::ApiError>(&bytes)
-            .map(|e| e.message)
-            .unwrap_or_else(|_| format!("status {status}"));
-        Err(EnrollFailure::Refused(message))
+        let error =
+            serde_json::from_slice::<celistra_proto::ApiError>(&bytes).unwrap_or_else(|_| {
+                celistra_proto::ApiError::new(
+                    celistra_proto::ErrorCode::PairingRefused,
+                    format!("status {status}"),
+                )
+            });
+        Err(EnrollFailure::Refused(error))
     }
 }

@@ -457,3 +457,79 @@ async fn pairing_refuses_a_wrong_fingerprint_a_wrong_used_or_replayed_code_and_a
         .count();
     assert_eq!(joined, 1);
 }
+
+async fn loopback_hub() -> Daemon {
+    Daemon::start_with_args(&[
+        "--hub",
+        "--hub-listen",
+        "127.0.0.1:0",
+        "--machine-name",
+        "hub",
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn a_node_whose_audit_history_was_replaced_is_flagged_and_reported() {
+    let hub = loopback_hub().await;
+    let mut node = Daemon::start_with_args(&["--machine-name", "n1"]).await;
+    join(&hub, &node).await;
+    let witnessed = machine_until(&hub, "n1", PATIENCE, "was witnessed", |m| {
+        m.audit.status == celistra_proto::WitnessStatus::Ok && m.audit.size > 0
+    })
+    .await;
+
+    // Replace the node's audit history with a new one under the same signing key, as someone
+    // covering their tracks would: a fresh log and no stored checkpoint.
+    node.signal_and_wait("TERM");
+    for file in ["audit.log", "audit.checkpoint"] {
+        std::fs::remove_file(node.home().join(file)).expect("removed");
+    }
+    node.restart_process().await;
+    let flagged = machine_until(&hub, "n1", PATIENCE, "was flagged", |m| {
+        m.audit.status == celistra_proto::WitnessStatus::Tampered
+    })
+    .await;
+    let problem = flagged.audit.problem.expect("the problem is said");
+    assert!(
+        problem.starts_with("rolled back") || problem.starts_with("rewritten"),
+        "{problem} (witnessed {} entries before)",
+        witnessed.audit.size
+    );
+    let events = drain(
+        hub.client
+            .stream_events(&EventsQuery {
+                after: Some(0),
+                follow: false,
+            })
+            .await
+            .expect("events"),
+    )
+    .await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "machine_audit_tampered" && e["name"] == "n1"),
+        "no event reported it: {events:?}"
+    );
+    let listed = hub.ctl(&["machines"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("TAMPERED"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+}
+
+#[tokio::test]
+async fn a_node_whose_daemon_dies_is_offline_on_the_hub_within_a_second() {
+    let hub = loopback_hub().await;
+    let mut node = Daemon::start_with_args(&["--machine-name", "n1"]).await;
+    join(&hub, &node).await;
+    machine_until(&hub, "n1", PATIENCE, "came online", |m| m.online).await;
+    // SIGKILL: the kernel closes the link's socket, the hub sees the connection end.
+    node.signal_and_wait("KILL");
+    machine_until(&hub, "n1", Duration::from_secs(1), "went offline", |m| {
+        !m.online
+    })
+    .await;
+}

@@ -520,3 +520,70 @@ fn every_api_route_is_in_the_route_table_with_a_role() {
          found: {outside:?}"
     );
 }
+
+/// A fleet node dials its hub and serves on that connection; it never listens for the hub, so a
+/// node behind NAT needs no open port and a hub cannot reach a node that did not dial it.
+#[test]
+fn the_node_side_of_the_link_never_listens() {
+    let member = root().join("crates/celistra-daemon/src/fleet/member.rs");
+    let found: Vec<String> = read(&member)
+        .lines()
+        .map(code_of)
+        .filter(|code| {
+            ["TcpListener", "UnixListener", ".bind(", ".accept("]
+                .iter()
+                .any(|t| code.contains(t))
+        })
+        .map(|code| code.trim().to_owned())
+        .collect();
+    assert!(
+        found.is_empty(),
+        "rule: fleet/member.rs (the node's side of the link) never listens or accepts; found:\n  {}",
+        found.join("\n  ")
+    );
+}
+
+/// The hub's user is named to a node in two headers; only the authentication of requests that
+/// came over the node's own link (`authenticate_hub_user`) may read them, and only the hub's
+/// forwarding sets them.
+#[test]
+fn fleet_identity_headers_are_read_only_on_the_link() {
+    let allowed = [
+        "crates/celistra-daemon/src/api/mod.rs",
+        "crates/celistra-daemon/src/api/fleet.rs",
+        "crates/celistra-daemon/src/fleet/hub.rs",
+        "crates/celistra-proto/src/fleet.rs",
+    ];
+    let mut found = Vec::new();
+    for (_, dir) in crates() {
+        for file in scanned_sources(&dir) {
+            let name = relative(&file);
+            if allowed.contains(&name.as_str()) || name.contains("/tests/") {
+                continue;
+            }
+            let text = read(&file);
+            for token in [
+                "FLEET_USER_HEADER",
+                "FLEET_ROLE_HEADER",
+                "celistra-fleet-user",
+                "celistra-fleet-role",
+            ] {
+                if text.lines().map(code_of).any(|code| code.contains(token)) {
+                    found.push(format!("{name}: {token}"));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "rule: the fleet identity headers are set by the hub's forwarding and read only by \
+         authenticate_hub_user; found elsewhere:\n  {}",
+        found.join("\n  ")
+    );
+    let mod_rs = read(&root().join("crates/celistra-daemon/src/api/mod.rs"));
+    let readers = mod_rs.matches("FLEET_USER_HEADER").count();
+    assert_eq!(
+        readers, 1,
+        "api/mod.rs reads the user header in authenticate_hub_user only"
+    );
+}
