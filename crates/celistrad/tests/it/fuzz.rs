@@ -39,10 +39,11 @@ fn schemathesis() -> PathBuf {
 /// - `stream_events`, `get_logs`, `tail_audit`: streams that do not end (`follow=true`, a generated
 ///   value, for the first two; always for the tail), so schemathesis would read each until its
 ///   request timeout.
-/// - `subscribe_push`, `test_notifications`: they make the daemon send requests to the addresses
-///   in their bodies (a push endpoint) or configured channels; a fuzzer's made-up addresses must
-///   never be a target.
-const EXCLUDED: [&str; 7] = [
+/// - `subscribe_push`, `test_notifications`, `join_hub`: they make the daemon send requests to the
+///   addresses in their bodies (a push endpoint, a hub) or configured channels; a fuzzer's made-up
+///   addresses must never be a target (joining is tested on the test's own network in fleet.rs).
+/// - `stream_fleet_events`: a stream that does not end, like `stream_events`.
+const EXCLUDED: [&str; 9] = [
     "revoke_token",
     "open_terminal",
     "stream_events",
@@ -50,6 +51,8 @@ const EXCLUDED: [&str; 7] = [
     "tail_audit",
     "subscribe_push",
     "test_notifications",
+    "join_hub",
+    "stream_fleet_events",
 ];
 
 #[tokio::test]
