@@ -533,3 +533,62 @@ async fn a_node_whose_daemon_dies_is_offline_on_the_hub_within_a_second() {
     })
     .await;
 }
+
+/// The pid of the daemon that answers for `machine` through the hub right now.
+async fn pid_through_hub(hub: &Daemon, machine: &str) -> Option<u32> {
+    hub.client
+        .on_machine(machine)
+        .get_health()
+        .await
+        .ok()
+        .map(|health| health.pid)
+}
+
+async fn until_served_by(hub: &Daemon, machine: &str, pid: u32, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while pid_through_hub(hub, machine).await != Some(pid) {
+        assert!(Instant::now() < deadline, "{machine} never {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_newest_link_of_a_machine_replaces_the_older_one() {
+    let hub = loopback_hub().await;
+    let node = Daemon::start_with_args(&["--machine-name", "n1"]).await;
+    join(&hub, &node).await;
+    until_served_by(&hub, "n1", node.pid(), "was served by the node").await;
+
+    // A second daemon with the node's identity (its key, certificate and membership copied): its
+    // link is the newer, and replaces the node's without the machine going offline.
+    let copy = tempfile::tempdir().expect("temp dir");
+    for file in [
+        "fleet-key.pem",
+        "fleet-cert.pem",
+        "fleet.json",
+        "machine-name",
+    ] {
+        std::fs::copy(node.home().join(file), copy.path().join(file)).expect("copied");
+    }
+    let mut twin = Daemon::start_on(copy).await;
+    until_served_by(&hub, "n1", twin.pid(), "was served by the newer link").await;
+
+    // Once the twin is gone, the node's own link is the newest again.
+    twin.signal_and_wait("KILL");
+    until_served_by(&hub, "n1", node.pid(), "was served by the node again").await;
+    let events = drain(
+        hub.client
+            .stream_events(&EventsQuery {
+                after: Some(0),
+                follow: false,
+            })
+            .await
+            .expect("events"),
+    )
+    .await;
+    let online = events
+        .iter()
+        .filter(|e| e["type"] == "machine_online" && e["name"] == "n1")
+        .count();
+    assert!(online >= 1, "{events:?}");
+}

@@ -130,6 +130,11 @@ impl Daemon {
     pub(crate) async fn start_with_config(config: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("config.json"), config).expect("write config");
+        Daemon::start_on(dir).await
+    }
+
+    /// Starts a daemon on a state directory the test prepared (removed with the daemon).
+    pub(crate) async fn start_on(dir: tempfile::TempDir) -> Daemon {
         Daemon::start_in_dir(dir, Launch::default()).await
     }
 
