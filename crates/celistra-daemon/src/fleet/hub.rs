@@ -75,6 +75,8 @@ struct Live {
     /// The node daemon's boot (its start time) and the last of its event ids the hub took: the
     /// resume point of its event stream and the key events are deduplicated by.
     resume: Option<(u64, u64)>,
+    /// When the hub last had an answer from it.
+    last_seen_ms: Option<u64>,
 }
 
 /// The merged event stream: every machine's events, numbered by the hub.
@@ -203,7 +205,12 @@ impl Hub {
             let agents = now.map(|l| &l.agents);
             machines.push(Machine {
                 online: now.is_some_and(|l| l.link.is_some()),
-                last_seen_ms: record.last_seen_ms,
+                // A link that is up is heard from (its PINGs are answered) all the time.
+                last_seen_ms: if now.is_some_and(|l| l.link.is_some()) {
+                    Some(crate::now_ms())
+                } else {
+                    now.and_then(|l| l.last_seen_ms).or(record.last_seen_ms)
+                },
                 address: now
                     .and_then(|l| l.address.clone())
                     .or(record.last_address.clone()),
@@ -294,8 +301,10 @@ impl Hub {
             .await
             .map_err(|_| failed(format!("no answer within {REQUEST_TIMEOUT:?}")))?
             .map_err(|e| failed(e.to_string()))?;
-        self.registry
-            .update(machine, |m| m.last_seen_ms = Some(crate::now_ms()));
+        // Kept in memory (a write per request would cost a file sync); saved when the hub stops.
+        if let Some(live) = self.live().get_mut(machine) {
+            live.last_seen_ms = Some(crate::now_ms());
+        }
         Ok(answer)
     }
 
@@ -409,15 +418,16 @@ impl Hub {
             }
         });
         futures_util::future::join_all(hints).await;
-        let resume_points: Vec<(String, Option<(u64, u64)>)> = self
-            .live()
-            .iter()
-            .map(|(name, l)| (name.clone(), l.resume))
-            .collect();
-        for (machine, last) in resume_points {
-            self.registry.update(&machine, |m| {
-                m.boot = last.map(|(boot, _)| boot);
-                m.last_event_id = last.map(|(_, id)| id);
+        // Where each node's events resume and when it was last heard from, for the next start
+        // (the live map is always locked before the registry).
+        {
+            let live = self.live();
+            self.registry.update_each(|m| {
+                if let Some(now) = live.get(&m.name) {
+                    m.boot = now.resume.map(|(boot, _)| boot);
+                    m.last_event_id = now.resume.map(|(_, id)| id);
+                    m.last_seen_ms = now.last_seen_ms.or(m.last_seen_ms);
+                }
             });
         }
         for live in self.live().values_mut() {
@@ -703,6 +713,7 @@ impl Hub {
                         .is_some_and(|l| l.generation == generation) =>
                 {
                     entry.link = None;
+                    entry.last_seen_ms = Some(crate::now_ms());
                     true
                 }
                 _ => false,
@@ -753,15 +764,13 @@ impl Hub {
         // node's daemon, its whole backlog. Events that left the node's backlog meanwhile come as
         // a `resync`, on which the hub lists again.
         self.relist(machine).await?;
-        let request = Request::get("/v1/events?follow=true")
-            .header("last-event-id", resume.unwrap_or(0).to_string());
-        let request = as_hub(request)
-            .body(Body::empty())
-            .expect("a valid request");
         let answer = self
-            .send(machine, request)
-            .await
-            .map_err(|e| e.to_string())?;
+            .call(
+                machine,
+                Request::get("/v1/events?follow=true")
+                    .header("last-event-id", resume.unwrap_or(0).to_string()),
+            )
+            .await?;
         if !answer.status().is_success() {
             return Err(format!("events answered {}", answer.status()));
         }
@@ -922,6 +931,21 @@ impl Hub {
         }
     }
 
+    /// Sends a node a request of the hub's own, which carries the hub's identity: the hub itself,
+    /// reading.
+    async fn call(
+        &self,
+        machine: &str,
+        request: http::request::Builder,
+    ) -> Result<Response<Incoming>, String> {
+        let request = request
+            .header(FLEET_USER_HEADER, crate::actor::SYSTEM)
+            .header(FLEET_ROLE_HEADER, Role::Viewer.as_str())
+            .body(Body::empty())
+            .expect("a valid request");
+        self.send(machine, request).await.map_err(|e| e.to_string())
+    }
+
     /// GETs a node route as the hub itself (a viewer) and reads its JSON.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
@@ -938,13 +962,9 @@ impl Hub {
         machine: &str,
         path: &str,
     ) -> Result<T, String> {
-        let request = as_hub(Request::builder().method(method).uri(path))
-            .body(Body::empty())
-            .expect("a valid request");
         let answer = self
-            .send(machine, request)
-            .await
-            .map_err(|e| e.to_string())?;
+            .call(machine, Request::builder().method(method).uri(path))
+            .await?;
         let status = answer.status();
         let body = tokio::time::timeout(REQUEST_TIMEOUT, answer.into_body().collect())
             .await
@@ -959,13 +979,6 @@ impl Hub {
         }
         serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))
     }
-}
-
-/// The hub's own requests carry its identity: the hub itself, reading.
-fn as_hub(request: http::request::Builder) -> http::request::Builder {
-    request
-        .header(FLEET_USER_HEADER, crate::actor::SYSTEM)
-        .header(FLEET_ROLE_HEADER, Role::Viewer.as_str())
 }
 
 /// A link control request (`/fleet/v1/…`), which only a node's link answers.

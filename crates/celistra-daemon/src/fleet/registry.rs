@@ -297,6 +297,13 @@ impl Registry {
         Some(removed)
     }
 
+    /// Changes every machine's record, then saves once.
+    pub(crate) fn update_each(&self, mut change: impl FnMut(&mut MachineRecord)) {
+        let mut state = self.lock();
+        state.machines.values_mut().for_each(&mut change);
+        self.save(&state);
+    }
+
     /// Changes a machine's record (seen, witnessed) and saves.
     pub(crate) fn update(&self, name: &str, change: impl FnOnce(&mut MachineRecord)) {
         let mut state = self.lock();

@@ -6,7 +6,7 @@ use celistra_proto::{HistoryQuery, RunRecord};
 use clap::Args;
 
 use super::table::{compact_duration, now_ms, render};
-use super::{CtlResult, Failure, on_machine_of, print_json};
+use super::{CtlResult, Failure, on_machine_of_optional, print_json};
 
 #[derive(Debug, Args)]
 pub(crate) struct HistoryArgs {
@@ -34,15 +34,8 @@ pub(crate) async fn run(client: &Client, args: HistoryArgs) -> CtlResult {
             .map(|t| parse_time_bound(t, now).map_err(Failure::Usage))
             .transpose()
     };
-    let scoped = args
-        .agent
-        .as_deref()
-        .map(|agent| on_machine_of(client, agent))
-        .transpose()?;
-    let (client, agent) = match &scoped {
-        Some((client, agent)) => (client, Some((*agent).to_owned())),
-        None => (client, None),
-    };
+    let (client, agent) = on_machine_of_optional(client, args.agent.as_deref())?;
+    let (client, agent) = (&client, agent.map(str::to_owned));
     let query = HistoryQuery {
         agent,
         since: bound(&args.since)?,

@@ -7,7 +7,7 @@ use celistra_core::clock::parse_time_bound;
 use celistra_proto::{LogFormat, LogStream, LogsQuery, SearchQuery};
 use clap::Args;
 
-use super::{CtlResult, Failure, on_machine_of};
+use super::{CtlResult, Failure, on_machine_of_optional};
 
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
@@ -81,15 +81,8 @@ pub(crate) async fn run(client: &Client, args: LogsArgs) -> CtlResult {
     } else {
         None
     };
-    let scoped = args
-        .agent
-        .as_deref()
-        .map(|agent| on_machine_of(client, agent))
-        .transpose()?;
-    let (client, agent) = match &scoped {
-        Some((client, agent)) => (client, Some(*agent)),
-        None => (client, None),
-    };
+    let (client, agent) = on_machine_of_optional(client, args.agent.as_deref())?;
+    let client = &client;
     let mut body = match agent {
         Some(agent) if args.clear => {
             let cleared = client.clear_logs(agent).await?;

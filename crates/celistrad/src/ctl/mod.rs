@@ -263,6 +263,17 @@ pub(crate) fn on_machine_of<'a>(
     Ok((client.on_machine(machine), rest))
 }
 
+/// [`on_machine_of`] for an agent argument that may be absent (then: `client` and no agent).
+pub(crate) fn on_machine_of_optional<'a>(
+    client: &Client,
+    key: Option<&'a str>,
+) -> Result<(Client, Option<&'a str>), Failure> {
+    match key {
+        Some(key) => on_machine_of(client, key).map(|(client, agent)| (client, Some(agent))),
+        None => Ok((client.clone(), None)),
+    }
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub(crate) fn print_json(value: &impl serde::Serialize) {
     println!(

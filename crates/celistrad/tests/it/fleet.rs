@@ -107,6 +107,17 @@ async fn drain(mut stream: celistra_client::SseStream) -> Vec<serde_json::Value>
     out
 }
 
+/// Every event a daemon still has (its backlog), as JSON.
+async fn events_of(client: &Client) -> Vec<serde_json::Value> {
+    drain(client.stream_events(&EVERYTHING).await.expect("events")).await
+}
+
+/// A replay of everything still kept, not followed.
+const EVERYTHING: EventsQuery = EventsQuery {
+    after: Some(0),
+    follow: false,
+};
+
 /// The node's own event ids after `after`, and how many times each appears in the hub's merged
 /// stream for that machine.
 async fn merged_counts(
@@ -115,11 +126,7 @@ async fn merged_counts(
     machine: &str,
     after: u64,
 ) -> (Vec<u64>, BTreeMap<u64, u32>) {
-    let everything = EventsQuery {
-        after: Some(0),
-        follow: false,
-    };
-    let own: Vec<u64> = drain(node.stream_events(&everything).await.expect("node events"))
+    let own: Vec<u64> = events_of(node)
         .await
         .iter()
         .filter(|e| e["type"] != "resync")
@@ -128,7 +135,7 @@ async fn merged_counts(
         .collect();
     let mut counts = BTreeMap::new();
     for event in drain(
-        hub.stream_fleet_events(&everything)
+        hub.stream_fleet_events(&EVERYTHING)
             .await
             .expect("merged events"),
     )
@@ -173,21 +180,12 @@ async fn merged_stream_has_node_events_once(
 
 /// The id of the node's latest event.
 async fn last_event_id(node: &Daemon) -> u64 {
-    let everything = EventsQuery {
-        after: Some(0),
-        follow: false,
-    };
-    drain(
-        node.client
-            .stream_events(&everything)
-            .await
-            .expect("events"),
-    )
-    .await
-    .iter()
-    .filter_map(|e| e["id"].as_u64())
-    .max()
-    .expect("the node has events")
+    events_of(&node.client)
+        .await
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .max()
+        .expect("the node has events")
 }
 
 /// Reads terminal output until it contains `text`.
@@ -435,15 +433,7 @@ async fn pairing_refuses_a_wrong_fingerprint_a_wrong_used_or_replayed_code_and_a
         "wrong code, used code, taken name: {:?}",
         audit.entries
     );
-    let events = hub
-        .client
-        .stream_events(&EventsQuery {
-            after: Some(0),
-            follow: false,
-        })
-        .await
-        .expect("events");
-    let joined = drain(events)
+    let joined = events_of(&hub.client)
         .await
         .iter()
         .filter(|e| {
@@ -496,16 +486,7 @@ async fn a_node_whose_audit_history_was_replaced_is_flagged_and_reported() {
         "{problem} (witnessed {} entries before)",
         witnessed.audit.size
     );
-    let events = drain(
-        hub.client
-            .stream_events(&EventsQuery {
-                after: Some(0),
-                follow: false,
-            })
-            .await
-            .expect("events"),
-    )
-    .await;
+    let events = events_of(&hub.client).await;
     assert!(
         events
             .iter()
@@ -576,16 +557,7 @@ async fn the_newest_link_of_a_machine_replaces_the_older_one() {
     // Once the twin is gone, the node's own link is the newest again.
     twin.signal_and_wait("KILL");
     until_served_by(&hub, "n1", node.pid(), "was served by the node again").await;
-    let events = drain(
-        hub.client
-            .stream_events(&EventsQuery {
-                after: Some(0),
-                follow: false,
-            })
-            .await
-            .expect("events"),
-    )
-    .await;
+    let events = events_of(&hub.client).await;
     let online = events
         .iter()
         .filter(|e| e["type"] == "machine_online" && e["name"] == "n1")
