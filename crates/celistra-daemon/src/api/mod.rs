@@ -338,6 +338,19 @@ async fn authenticate_hub_user(
     next.run(request).await
 }
 
+/// Refuses a request that came over this node's link to a route the hub does not forward (a hub
+/// that asked for one anyway).
+async fn not_over_a_link(request: Request, next: Next) -> Response {
+    if request.extensions().get::<crate::fleet::Tunnel>().is_some() {
+        return failure(
+            ErrorCode::NotFound,
+            "this route is not reachable through a hub; ask this machine directly",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// Refuses a caller whose role does not satisfy the `required` role of the route (whose path
 /// template is `route`): 403, naming the role.
 async fn authorize(
@@ -360,7 +373,15 @@ async fn authorize(
                 request.uri().path(),
                 &format!("role {have} may not; needs {required}"),
             );
-            Failure(ApiError::role_required(required, have, &what)).into_response()
+            let mut refusal = ApiError::role_required(required, have, &what);
+            if request.extensions().get::<crate::fleet::Tunnel>().is_some() {
+                refusal.message = format!(
+                    "{what} needs the {required} role; through a hub this machine allows at most \
+                     {} (its `fleet` setting in config.json)",
+                    state.fleet.ceiling
+                );
+            }
+            Failure(refusal).into_response()
         }
     }
 }
@@ -413,15 +434,24 @@ pub(crate) fn router(state: AppState) -> Router {
                 }
             }
         }
+        let handler = match route.access {
+            Access::Role(required) => route.handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), required, Arc::from(route.path.as_str())),
+                authorize,
+            )),
+            Access::Public | Access::Any => route.handler,
+        };
+        // A route a hub does not forward is not answered over a link either, whoever asks (this
+        // layer is outermost: it refuses before any role check).
+        let handler = if route.via_hub {
+            handler
+        } else {
+            handler.route_layer(middleware::from_fn(not_over_a_link))
+        };
         match route.access {
-            Access::Public => public = public.route(&route.path, route.handler),
-            Access::Any => authenticated = authenticated.route(&route.path, route.handler),
-            Access::Role(required) => {
-                let check = middleware::from_fn_with_state(
-                    (state.clone(), required, Arc::from(route.path.as_str())),
-                    authorize,
-                );
-                authenticated = authenticated.route(&route.path, route.handler.route_layer(check));
+            Access::Public => public = public.route(&route.path, handler),
+            Access::Any | Access::Role(_) => {
+                authenticated = authenticated.route(&route.path, handler)
             }
         }
     }

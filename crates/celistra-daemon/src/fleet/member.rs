@@ -36,6 +36,8 @@ const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(4);
 /// A link that lasted this long was healthy: the next failure starts the backoff again.
 const HEALTHY_LINK: Duration = Duration::from_secs(10);
+/// How long a node whose link the hub refused waits before asking again.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// The node's own PINGs: a hub gone silent is noticed within 25 s.
 const PING_EVERY: Duration = Duration::from_secs(15);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -349,6 +351,8 @@ async fn refused(
     Json(refusal): Json<celistra_proto::LinkRefusal>,
 ) {
     hint.refuse(refusal.message);
+    // Asking again soon would not change the answer: a person must act (leave and join again).
+    hint.set(REFUSED_RETRY);
 }
 
 /// Dials the hub and completes TLS, the hub's certificate pinned and this machine's presented.

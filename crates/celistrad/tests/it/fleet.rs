@@ -564,3 +564,99 @@ async fn the_newest_link_of_a_machine_replaces_the_older_one() {
         .count();
     assert!(online >= 1, "{events:?}");
 }
+
+/// What a hub's key holder could do: take the hub's place (its address, certificate and key) and
+/// ask the node for anything, claiming an owner. The node answers only the routes a hub forwards,
+/// and only up to its `fleet` ceiling.
+#[tokio::test]
+async fn a_node_answers_a_rogue_hub_only_within_the_allow_list_and_its_ceiling() {
+    use http_body_util::BodyExt;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut hub = loopback_hub().await;
+    let node = Daemon::start_with_args(&["--machine-name", "n1"]).await;
+    join(&hub, &node).await;
+    machine_until(&hub, "n1", PATIENCE, "came online", |m| m.online).await;
+    node.spawn(spec("worker", "sleep 1000")).await;
+    let link_port = std::fs::read_to_string(hub.home().join("hub.addr")).expect("hub.addr");
+    let certificate =
+        rustls::pki_types::CertificateDer::from_pem_file(hub.home().join("fleet-cert.pem"))
+            .expect("the hub's certificate");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(hub.home().join("fleet-key.pem"))
+        .expect("the hub's key");
+    hub.signal_and_wait("TERM");
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate], key)
+        .expect("the hub's pair");
+    config.alpn_protocols = vec![celistra_proto::FLEET_ALPN.to_vec()];
+    let listener = tokio::net::TcpListener::bind(link_port.trim())
+        .await
+        .expect("the hub's link port");
+    let (tcp, _) = tokio::time::timeout(PATIENCE, listener.accept())
+        .await
+        .expect("the node dials again")
+        .expect("accepted");
+    let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+        .accept(tcp)
+        .await
+        .expect("handshake");
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<hyper::body::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .expect("HTTP/2 to the node");
+    tokio::spawn(connection);
+    let mut ask = async |method: &str, path: &str| {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("celistra-fleet-user", "mallory")
+            .header("celistra-fleet-role", "owner")
+            .body(http_body_util::Empty::new())
+            .expect("a request");
+        send.ready().await.expect("ready");
+        let answer = send.send_request(request).await.expect("an answer");
+        let status = answer.status().as_u16();
+        let body = answer
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (status, body) = ask("GET", "/v1/agents").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("worker"), "{body}");
+    let (status, body) = ask("GET", "/v1/tokens").await;
+    assert_eq!(status, 404, "a route a hub does not forward: {body}");
+    assert!(body.contains("not reachable through a hub"), "{body}");
+    let (status, body) = ask("GET", "/v1/agents/worker/spec").await;
+    assert_eq!(
+        status, 403,
+        "environment values are above the ceiling: {body}"
+    );
+    assert!(body.contains("at most operator"), "{body}");
+    let (status, body) = ask("DELETE", "/v1/agents/worker/logs").await;
+    assert_eq!(status, 403, "clearing logs is above the ceiling: {body}");
+    let audit = node
+        .client
+        .list_audit(&AuditQuery::default())
+        .await
+        .expect("the node's audit");
+    assert!(
+        audit.entries.iter().any(|e| e.action == "auth_failed"
+            && e.body["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("needs owner"))),
+        "the refusals are audited: {:?}",
+        audit.entries
+    );
+}
