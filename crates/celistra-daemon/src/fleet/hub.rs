@@ -77,6 +77,8 @@ struct Live {
     resume: Option<(u64, u64)>,
     /// When the hub last had an answer from it.
     last_seen_ms: Option<u64>,
+    /// Its daemon's version, as its health says.
+    version: Option<String>,
 }
 
 /// The merged event stream: every machine's events, numbered by the hub.
@@ -214,7 +216,9 @@ impl Hub {
                 address: now
                     .and_then(|l| l.address.clone())
                     .or(record.last_address.clone()),
-                version: Some(record.version.clone()),
+                version: now
+                    .and_then(|l| l.version.clone())
+                    .or(Some(record.version.clone())),
                 agents: agents.map_or(0, |a| u32::try_from(a.len()).unwrap_or(u32::MAX)),
                 agents_running: agents.map_or(0, |a| {
                     u32::try_from(a.values().filter(|a| a.state.is_active()).count())
@@ -427,6 +431,10 @@ impl Hub {
                     m.boot = now.resume.map(|(boot, _)| boot);
                     m.last_event_id = now.resume.map(|(_, id)| id);
                     m.last_seen_ms = now.last_seen_ms.or(m.last_seen_ms);
+                    m.last_address = now.address.clone().or(m.last_address.take());
+                    if let Some(version) = &now.version {
+                        m.version.clone_from(version);
+                    }
                 }
             });
         }
@@ -682,6 +690,7 @@ impl Hub {
             let mut live = self.live();
             let entry = live.entry(name.clone()).or_default();
             entry.address = Some(peer.ip().to_string());
+            entry.last_seen_ms = Some(crate::now_ms());
             entry.link.replace(Link {
                 send: send.clone(),
                 generation,
@@ -696,10 +705,9 @@ impl Hub {
                 address: peer.ip().to_string(),
             }),
         }
-        self.registry.update(&name, |m| {
-            m.last_address = Some(peer.ip().to_string());
-            m.last_seen_ms = Some(crate::now_ms());
-        });
+        // Address and time are kept in memory and saved when the hub stops: a hub restart with
+        // many nodes then costs no file sync per link.
+
         let follower = tokio::spawn(Arc::clone(&self).follow(name.clone(), generation));
         let ended = driver.await.ok().flatten();
         follower.abort();
@@ -737,8 +745,6 @@ impl Hub {
 
     async fn follow_events(&self, machine: &str, generation: u64) -> Result<(), String> {
         let health: Health = self.get_json(machine, "/v1/health").await?;
-        self.registry
-            .update(machine, |m| m.version = health.version.clone());
         // The resume point is (the node daemon's boot, its last event id taken): ids are only
         // comparable within one run of the node's daemon. A hub that restarted resumes from the
         // point it saved when it stopped.
@@ -746,6 +752,7 @@ impl Hub {
         let resume = {
             let mut live = self.live();
             let entry = live.entry(machine.to_owned()).or_default();
+            entry.version = Some(health.version.clone());
             if entry.resume.is_none() {
                 entry.resume = self
                     .registry
