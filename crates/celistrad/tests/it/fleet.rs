@@ -1,7 +1,8 @@
 //! The fleet on a real network: a hub and two nodes, each a daemon in its own network namespace on
 //! a bridge the test makes (`netns.rs`). Pairing and its refusals, spawning and attaching a
-//! terminal through the hub, a cut link and a lossy one while the node keeps supervising (no event
-//! lost or repeated in the hub's merged stream), revocation, and a hub restart with nodes attached.
+//! terminal through the hub, a cut link, a lossy one and a slow one while the node keeps
+//! supervising (no event lost or repeated in the hub's merged stream), revocation, a hub restart
+//! with nodes attached; and on loopback: witnessing, a dead node, the newest link, a rogue hub.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -316,12 +317,25 @@ async fn a_hub_and_two_nodes_pair_work_across_and_ride_out_a_cut_link_and_a_hub_
     );
 
     // Loss: a third of the packets dropped while n1 keeps emitting events.
+    // Then the same through a slow link (rate-shaped: this kernel has no netem for delay). The
+    // terminal through the hub still echoes, and every event still arrives once.
     lan.host("n1").set_loss(30);
     for round in 0..3 {
         n1.spawn(spec(&format!("lossy-{round}"), "true")).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut terminal = on_n1
+        .attach("echoer", TerminalRole::Writer)
+        .await
+        .expect("attached through a lossy link");
+    terminal.send_input("under-loss\n").await.expect("typed");
+    read_until_text(&mut terminal, "under-loss").await;
     lan.host("n1").clear_loss();
+    lan.host("n1").shape(256);
+    n1.spawn(spec("shaped", "true")).await;
+    terminal.send_input("shaped-link\n").await.expect("typed");
+    read_until_text(&mut terminal, "shaped-link").await;
+    terminal.close().await.expect("closed");
+    lan.host("n1").clear_shape();
     merged_stream_has_node_events_once(&hub, &n1, "n1", 0).await;
 
     // Revoking n2 closes its link at once and for good.
