@@ -1,6 +1,6 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]), each phase against a
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
 #![allow(
@@ -16,6 +16,7 @@
 mod approvals;
 mod audit;
 mod auth;
+mod fleet;
 mod logs;
 mod sandbox;
 mod terminal;
@@ -103,17 +104,7 @@ impl Daemon {
         if let Some(config) = config {
             std::fs::write(home.path().join("config.json"), config.to_string())?;
         }
-        let log = std::fs::File::create(home.path().join("daemon.log"))?;
-        let child = Command::new(binary)
-            .arg("--home")
-            .arg(home.path())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let child = launch(binary, home.path(), args)?;
         let pid = child.id();
         let mut daemon = Daemon {
             child,
@@ -127,25 +118,68 @@ impl Daemon {
             pid,
             agent_pids: vec![],
         };
+        daemon.wait_ready().await?;
+        Ok(daemon)
+    }
+
+    /// Stops the daemon and starts it again on the same state directory with `args`; returns
+    /// once it answers, with when the new process started.
+    async fn restart_with(&mut self, args: &[&str]) -> Result<Instant> {
+        self.stop();
+        let started = Instant::now();
+        self.child = launch(&self.binary, self.home.path(), args)?;
+        self.pid = self.child.id();
+        self.client = None;
+        self.wait_ready().await?;
+        Ok(started)
+    }
+
+    /// Polls `/v1/health` until the daemon answers.
+    async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = daemon.child.try_wait()? {
+            if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "daemon exited early ({status}); log:\n{}",
-                    std::fs::read_to_string(daemon.home.path().join("daemon.log"))
+                    std::fs::read_to_string(self.home.path().join("daemon.log"))
                         .unwrap_or_default()
                 );
             }
-            if let Ok(client) = Client::for_home(daemon.home.path(), "bench")
+            if let Ok(client) = Client::for_home(self.home.path(), "bench")
                 && client.get_health().await.is_ok()
             {
-                daemon.client = Some(client);
-                return Ok(daemon);
+                self.client = Some(client);
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("daemon did not answer /v1/health within 30 s");
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL of the daemon and its agents' process groups if it has not exited
+    /// 30 s later.
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = Pid::from_raw(self.pid as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::TERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() > deadline {
+                    eprintln!("daemon {} ignored SIGTERM for 30 s; killing it", self.pid);
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    for &agent in &self.agent_pids {
+                        if let Some(pid) = Pid::from_raw(agent as i32) {
+                            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                        }
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -269,27 +303,27 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if let Some(pid) = Pid::from_raw(self.pid as i32) {
-                let _ = rustix::process::kill_process(pid, Signal::TERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() > deadline {
-                    eprintln!("daemon {} ignored SIGTERM for 30 s; killing it", self.pid);
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    for &agent in &self.agent_pids {
-                        if let Some(pid) = Pid::from_raw(agent as i32) {
-                            let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-                        }
-                    }
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        self.stop();
     }
+}
+
+/// Starts `binary` on the state directory `home` (log in `daemon.log` there), listening on a free
+/// loopback port, with more arguments (`--tls`).
+fn launch(binary: &Path, home: &Path, args: &[&str]) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("daemon.log"))?;
+    Command::new(binary)
+        .arg("--home")
+        .arg(home)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 /// User + system time from a `/proc/.../stat` file.
@@ -690,6 +724,8 @@ enum Only {
     Approvals,
     /// Authentication and role checks per request ([`auth`]).
     Auth,
+    /// A hub and its nodes ([`fleet`]).
+    Fleet,
 }
 
 struct Args {
@@ -724,14 +760,15 @@ fn parse_args() -> Result<Args> {
                     Some("audit") => Only::Audit,
                     Some("approvals") => Only::Approvals,
                     Some("auth") => Only::Auth,
+                    Some("fleet") => Only::Fleet,
                     _ => bail!(
-                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals` or `auth`"
+                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth` or `fleet`"
                     ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals|auth]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --baseline PATH: another celistrad (an older build) whose `ctl ls` at 1000 agents\n\
                      is timed with this one's, the runs interleaved.\n\
@@ -742,7 +779,9 @@ fn parse_args() -> Result<Args> {
                      --only sandbox: spawn cost of the sandbox, 100 sandboxed agents at once.\n\
                      --only audit: audit log append, verify and proofs (library, no daemon).\n\
                      --only approvals: approval latency, ask to event and decision to answer.\n\
-                     --only auth: authentication and role checks per request (in-process router)."
+                     --only auth: authentication and role checks per request (in-process router).\n\
+                     --only fleet: a hub with real and simulated nodes: fleet ls, hub memory per node,\n\
+                     idle link traffic, keystroke echo, partitions and a hub restart (about 6 min)."
                 );
                 std::process::exit(0);
             }
@@ -843,6 +882,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Auth) {
         results.extend(auth::phases(&mut report).await);
+    }
+    if matches!(only, Only::All | Only::Fleet) {
+        results.extend(fleet::phases(&binary, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {

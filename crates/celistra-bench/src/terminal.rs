@@ -253,7 +253,11 @@ impl Viewer {
 
 /// Attaches a viewer and reads until `replayed`, so it is live before the agent writes.
 async fn attach(client: &Client, agent: &str) -> Result<Terminal> {
-    let mut terminal = client.attach(agent, TerminalRole::Viewer).await?;
+    live(client.attach(agent, TerminalRole::Viewer).await?).await
+}
+
+/// Reads an opened terminal until `replayed`: what comes next is live.
+pub(crate) async fn live(mut terminal: Terminal) -> Result<Terminal> {
     loop {
         match terminal.next().await {
             TerminalEvent::Control(TerminalServerMessage::Replayed { .. }) => return Ok(terminal),

@@ -106,6 +106,30 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A fleet node's link without a daemon: joins the hub of `request` as `machine_name` (its link key
+/// kept in `home`), then keeps the link up, serving `router` on it, until `stop` is cancelled; the
+/// same code as a daemon's own membership. Returns once joined (the link runs on in a task).
+/// `celistra-bench --only fleet` runs many such light nodes in one process. No audit key is
+/// pinned, so the hub witnesses nothing of such a node.
+pub async fn fleet_link(
+    home: &std::path::Path,
+    machine_name: &str,
+    router: axum::Router,
+    request: celistra_proto::JoinRequest,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let member = Arc::new(
+        fleet::Member::load(&Home::new(home), machine_name, String::new(), stop)
+            .map_err(|e| e.to_string())?,
+    );
+    member.start(router);
+    member
+        .join(request)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then stops every agent gracefully and returns.
 pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
     // Tokens and session cookies cross the network in the clear without TLS.
