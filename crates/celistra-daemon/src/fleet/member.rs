@@ -30,6 +30,9 @@ use crate::home::{Home, write_atomic_private};
 
 /// Longest wait for the hub to answer a dial or a handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the TLS handshake: a hub paces handshakes (100 a second), so after a hub
+/// restart or a burst of joins a node may queue a while behind hundreds of others.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Redial delays: full jitter over `BACKOFF_BASE · 2^attempt`, at most [`BACKOFF_CAP`], so a node
 /// is back within about 5 s of the network healing and a hub restart's nodes spread out.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -374,9 +377,14 @@ async fn dial(
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from("celistra-hub").expect("a valid name");
-    match tokio::time::timeout(DIAL_TIMEOUT, TlsConnector::from(config).connect(name, tcp)).await {
+    match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    {
         Err(_) => Err(unreachable(format!(
-            "no TLS answer within {DIAL_TIMEOUT:?}"
+            "no TLS answer within {HANDSHAKE_TIMEOUT:?}"
         ))),
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(match pin_mismatch(&e) {
