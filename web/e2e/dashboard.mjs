@@ -425,21 +425,25 @@ async function run(browser, viewport) {
           page.evaluate(async () =>
             (await (await navigator.serviceWorker.ready).getNotifications()).map((n) => ({ title: n.title, tag: n.tag, body: n.body, actions: n.actions.map((a) => a.action), url: n.data?.decide_url })),
           );
-        await push({ kind: "approval_requested", approval, decide_url: `${base}/d/token` });
-        const [note] = await until(async () => {
-          const list = await shown();
-          return list.length ? list : null;
-        }, "the notification");
+        // Delivers a push again every 2 s until the worker's notifications show its effect: a busy
+        // browser may drop a push delivered while it restarts the worker, and both showing (by
+        // tag) and taking down a notification are idempotent.
+        const pushUntil = async (message, done, what) => {
+          let tries = 0;
+          return until(async () => {
+            const list = await shown();
+            if (done(list)) return list;
+            if (tries++ % 40 === 0) await push(message);
+            return null;
+          }, what);
+        };
+        const pushUntilShown = (message, what) => pushUntil(message, (list) => list.length > 0, what);
+        const [note] = await pushUntilShown({ kind: "approval_requested", approval, decide_url: `${base}/d/token` }, "the notification");
         if (note.title !== "pusher asks for approval" || note.tag !== approval.id || note.actions.join() !== "approve,deny" || note.url !== `${base}/d/token` || !note.body.includes("to prod")) {
           throw new Error(`notification: ${JSON.stringify(note)}`);
         }
-        await push({ kind: "approval_decided", approval: { ...approval, status: "approved" } });
-        await until(async () => (await shown()).length === 0, "the notification to close");
-        await push({ kind: "test", machine: "m-e2e" });
-        const [test] = await until(async () => {
-          const list = await shown();
-          return list.length ? list : null;
-        }, "the test notification");
+        await pushUntil({ kind: "approval_decided", approval: { ...approval, status: "approved" } }, (list) => list.length === 0, "the notification to close");
+        const [test] = await pushUntilShown({ kind: "test", machine: "m-e2e" }, "the test notification");
         if (test.tag !== "celistra-test" || !test.body.includes("m-e2e")) throw new Error(`test notification: ${JSON.stringify(test)}`);
         await cdp.detach();
       });
