@@ -1,7 +1,9 @@
 //! Each agent's own socket to its daemon, through which it asks for approval (`celistrad ask`).
 //! The socket is the agent's identity: it is made for that agent, handed to the agent's user, and
 //! inside a sandbox it is the only socket of the daemon the agent can see (bound at
-//! `ASK_SOCKET_INSIDE`), so an agent can only ask as itself, and it can decide nothing.
+//! `ASK_SOCKET_INSIDE`), so an agent can only ask as itself, and it can decide nothing. The same
+//! directory holds `bin/celistrad`, the daemon's binary on an unsandboxed agent's `PATH` (a
+//! sandboxed one finds it at `AGENT_BIN_INSIDE`).
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -36,12 +38,18 @@ pub(crate) const ASK_SOCKET_ENV: &str = "CELISTRA_ASK_SOCKET";
 pub(crate) struct AskSockets {
     dir: PathBuf,
     servers: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// `bin/`, holding `celistrad` (a link to the daemon's binary), when the daemon knows its
+    /// binary.
+    bin: Option<PathBuf>,
 }
 
 impl AskSockets {
     /// Makes the directory (0711: agents of other users reach their own socket, list nothing):
     /// `/run/celistra-<tag>` for a root daemon, else in `$XDG_RUNTIME_DIR`, else in `/tmp`.
-    pub(crate) fn create(tag: &str) -> Result<AskSockets, crate::Error> {
+    pub(crate) fn create(
+        tag: &str,
+        binary: Option<&std::path::Path>,
+    ) -> Result<AskSockets, crate::Error> {
         let euid = rustix::process::geteuid();
         let dir = if euid.is_root() {
             PathBuf::from(format!("/run/celistra-{tag}"))
@@ -66,10 +74,19 @@ impl AskSockets {
         }
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| crate::Error::io(context(), e))?;
+        let bin = binary
+            .map(|binary| link_binary(&dir.join("bin"), binary))
+            .transpose()?;
         Ok(AskSockets {
             dir,
             servers: Mutex::default(),
+            bin,
         })
+    }
+
+    /// The directory an unsandboxed agent's `PATH` starts with, holding `celistrad`.
+    pub(crate) fn bin_dir(&self) -> Option<&std::path::Path> {
+        self.bin.as_deref()
     }
 
     pub(crate) fn path(&self, agent_id: &str) -> PathBuf {
@@ -163,4 +180,17 @@ async fn ask<A: Answerer>(
             .answer(&asker.agent_id, query.origin.as_str(), request)
             .await?,
     ))
+}
+
+/// Makes `bin` (0755) hold `celistrad`, a link to the daemon's `binary` (replacing one left by an
+/// earlier run, which may have been another binary).
+fn link_binary(bin: &std::path::Path, binary: &std::path::Path) -> Result<PathBuf, crate::Error> {
+    let context = || format!("cannot put celistrad in {}", bin.display());
+    std::fs::create_dir_all(bin).map_err(|e| crate::Error::io(context(), e))?;
+    std::fs::set_permissions(bin, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| crate::Error::io(context(), e))?;
+    let link = bin.join("celistrad");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(binary, &link).map_err(|e| crate::Error::io(context(), e))?;
+    Ok(bin.to_path_buf())
 }

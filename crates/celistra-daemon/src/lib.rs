@@ -177,7 +177,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         sandbox::SandboxControl::load(&home, options.launcher.clone(), Arc::clone(&audit))?;
     let cgroups = CgroupRoot::create(&home_tag(&home));
     let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
-    let asks = asks::AskSockets::create(&home_tag(&home))?;
+    let asks = asks::AskSockets::create(&home_tag(&home), options.launcher.as_deref())?;
     let approvals = approvals::Broker::load(home.dir.join("approvals.json"), now_ms());
     let guard = match &cgroups {
         Some(root) => Some(

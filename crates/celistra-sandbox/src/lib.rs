@@ -42,7 +42,7 @@ pub use linux::{
     LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, default_sigpipe, kernel_landlock_abi,
     launcher_main,
 };
-pub use policy::{ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
+pub use policy::{AGENT_BIN_INSIDE, ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
 pub use reaper::{become_subreaper, reap_orphans};
 #[cfg(target_os = "macos")]
 pub use seatbelt::sandbox_exec_argv;

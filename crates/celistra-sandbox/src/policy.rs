@@ -42,6 +42,11 @@ pub struct Policy {
 /// is made in the sandbox's own tmpfs, never on the host.
 pub const ASK_SOCKET_INSIDE: &str = "/tmp/.celistra-ask.sock";
 
+/// Where a sandboxed agent finds the daemon's own binary, read-only, as `celistrad` (for
+/// `celistrad ask` and `celistrad hook`): first on its `PATH`, in its private `/tmp` like the
+/// socket.
+pub const AGENT_BIN_INSIDE: &str = "/tmp/.celistra/bin";
+
 /// Network access of a sandboxed process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

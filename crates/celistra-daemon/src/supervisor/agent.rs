@@ -627,6 +627,23 @@ impl Agent {
             },
         ));
         env.push(("CELISTRA_AGENT_NAME".into(), spec.name.clone()));
+        // `celistrad` (ask, hook) first on the agent's PATH: the daemon's own binary, read-only.
+        let bin_dir = if confinement.plan.is_some() {
+            Some(celistra_sandbox::AGENT_BIN_INSIDE.to_owned())
+        } else {
+            self.services
+                .asks
+                .bin_dir()
+                .map(|dir| dir.display().to_string())
+        };
+        if let Some(bin_dir) = bin_dir {
+            let path = env.iter().rev().find(|(key, _)| key == "PATH").map_or_else(
+                || "/usr/local/bin:/usr/bin:/bin".to_owned(),
+                |(_, v)| v.clone(),
+            );
+            env.retain(|(key, _)| key != "PATH");
+            env.push(("PATH".into(), format!("{bin_dir}:{path}")));
+        }
         let cgroup = match &self.services.cgroups {
             Some(root) => Some(root.agent(self.id()).map_err(|e| e.to_string())?),
             None => None,

@@ -206,6 +206,13 @@ fn runtime_dirs() -> Result<Vec<RuntimeDir>, Error> {
     Ok(found)
 }
 
+/// The daemon's binary as a sandboxed agent runs it: `celistrad` in [`AGENT_BIN_INSIDE`].
+///
+/// [`AGENT_BIN_INSIDE`]: crate::AGENT_BIN_INSIDE
+fn agent_binary() -> String {
+    format!("{}/celistrad", crate::AGENT_BIN_INSIDE)
+}
+
 /// bubblewrap's options: namespaces, then mounts in an order where later ones win.
 fn bwrap_options(
     policy: &Policy,
@@ -259,6 +266,8 @@ fn bwrap_options(
         options.add(&["--bind", path, path]);
     }
     options.add(&["--ro-bind", paths.launcher, paths.launcher]);
+    // The daemon's binary again, as the agent's own `celistrad` (ask, hook), in its private /tmp.
+    options.add(&["--ro-bind", paths.launcher, &agent_binary()]);
     bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
     bound.push(paths.workspace);
     // Last, so a hidden path inside the workspace or a bound path is masked all the same.
@@ -326,6 +335,8 @@ fn confinement(
     for device in WRITABLE_DEVICES {
         confinement.grant(Path::new(device), Rights::READ_WRITE);
     }
+    // Every agent may run `celistrad ask` and `celistrad hook`, with or without `subprocess`.
+    confinement.grant(Path::new(&agent_binary()), Rights::READ_EXECUTE);
     if policy.subprocess {
         for path in &paths.execs {
             confinement.grant(Path::new(path), readable);
@@ -538,8 +549,17 @@ mod tests {
         let workspace = position(&argv, &["--bind", ws, ws]);
         let launcher = "/opt/celistra/celistrad";
         let launcher_bind = position(&argv, &["--ro-bind", launcher, launcher]);
+        // The agent's own `celistrad`: the same binary, read-only, in its private /tmp, and
+        // executable whatever its capabilities.
+        let agent_bin = "/tmp/.celistra/bin/celistrad";
+        let agent_bin_bind = position(&argv, &["--ro-bind", launcher, agent_bin]);
+        assert_eq!(
+            plan.confinement.paths.get(Path::new(agent_bin)),
+            Some(&Rights::READ_EXECUTE)
+        );
         let mask = position(&argv, &["--tmpfs", hidden, "--remount-ro", hidden]);
         assert!(usr < fresh && fresh < workspace && workspace < mask && launcher_bind < mask);
+        assert!(fresh < agent_bin_bind);
         assert!(!argv.iter().any(|a| a.contains("/nonexistent")));
         let tail = &argv[argv.len() - 7..];
         assert_eq!(tail[..5], ["--chdir", ws, "--", launcher, LAUNCHER_ARG]);

@@ -288,3 +288,52 @@ async fn an_ask_with_an_escape_sequence_or_a_newline_is_refused_and_never_pendin
         AgentState::WaitingApproval
     );
 }
+
+/// The README's `celistrad ask`, as written: the agent finds `celistrad` on its `PATH` (the
+/// daemon's own binary), in its sandbox (read-only there) and outside one, with nothing installed.
+#[tokio::test]
+async fn every_agent_finds_celistrad_on_its_path() {
+    let daemon = Daemon::start().await;
+    let asking = r#"where=$(command -v celistrad); echo "found at $where"
+if celistrad ask 'may I?'; then echo "verdict: go"; else echo "verdict: stop $?"; fi"#;
+    // Only inside the sandbox does the agent try to overwrite it: outside, a root agent could.
+    let sandboxed = daemon
+        .spawn(spec(
+            "inside",
+            &format!(
+                r#"{asking}
+if echo x 2>/dev/null >"$where"; then echo "overwrote it"; else echo "read-only"; fi
+sleep 100"#
+            ),
+        ))
+        .await;
+    let unsandboxed = daemon
+        .spawn(celistra_proto::AgentSpec {
+            capabilities: vec!["privileged".into()],
+            ..spec("outside", &format!("{asking}\nsleep 100"))
+        })
+        .await;
+    for agent in [&sandboxed, &unsandboxed] {
+        let approval = pending_of(&daemon, &agent.id).await;
+        assert_eq!(approval.prompt, "may I?");
+        let out = daemon.ctl(&["approvals", "approve", &approval.id]);
+        assert!(out.status.success(), "{out:?}");
+        wait_output(&daemon, &agent.id, "verdict: go").await;
+    }
+    let inside = wait_output(&daemon, &sandboxed.id, "read-only").await;
+    assert!(
+        inside.contains("found at /tmp/.celistra/bin/celistrad") && !inside.contains("overwrote"),
+        "{inside}"
+    );
+    // Outside, a link to the daemon's own binary in its runtime directory.
+    let outside = wait_output(&daemon, &unsandboxed.id, "found at").await;
+    let found = outside
+        .lines()
+        .find_map(|line| line.strip_prefix("found at "))
+        .expect("the path");
+    assert!(found.ends_with("/bin/celistrad"), "{outside}");
+    assert_eq!(
+        std::fs::canonicalize(found).expect("a real file"),
+        std::fs::canonicalize(crate::BIN).expect("the binary")
+    );
+}
