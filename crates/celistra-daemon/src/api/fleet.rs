@@ -238,7 +238,7 @@ pub(crate) async fn agents(State(state): State<AppState>) -> Json<Vec<MachineAge
     let mut all = vec![MachineAgents {
         machine: state.fleet.machine_name.clone(),
         online: true,
-        agents: serde_json::from_slice(&state.supervisor.list_json()).unwrap_or_default(),
+        agents: state.supervisor.list(),
     }];
     if let Some(hub) = &state.fleet.hub {
         all.extend(hub.all_cached_agents());

@@ -17,7 +17,7 @@ use celistra_proto::{
     Event, EventKind, FLEET_ALPN, FLEET_ROLE_HEADER, FLEET_USER_HEADER, FleetEvent, Health,
     LinkRefusal, Machine, ReconnectAfter, Role, WitnessState, WitnessStatus,
 };
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
@@ -238,10 +238,16 @@ impl Hub {
         let live = self.live();
         match live.get(machine) {
             Some(l) if l.link.is_some() => Ok(l.agents.values().cloned().collect()),
-            _ if self.registry.machine(machine).is_some() => {
-                Err(Unreachable::Offline(machine.to_owned()))
-            }
-            _ => Err(Unreachable::Unknown(machine.to_owned())),
+            _ => Err(self.not_linked(machine)),
+        }
+    }
+
+    /// Why a machine without a live link cannot be reached: offline if it joined, else unknown.
+    fn not_linked(&self, machine: &str) -> Unreachable {
+        if self.registry.machine(machine).is_some() {
+            Unreachable::Offline(machine.to_owned())
+        } else {
+            Unreachable::Unknown(machine.to_owned())
         }
     }
 
@@ -290,10 +296,7 @@ impl Hub {
             let live = self.live();
             match live.get(machine).and_then(|l| l.link.as_ref()) {
                 Some(link) => link.send.clone(),
-                None if self.registry.machine(machine).is_some() => {
-                    return Err(Unreachable::Offline(machine.to_owned()));
-                }
-                None => return Err(Unreachable::Unknown(machine.to_owned())),
+                None => return Err(self.not_linked(machine)),
             }
         };
         let failed = |why: String| Unreachable::Failed {
@@ -328,16 +331,8 @@ impl Hub {
                 .map(|link| (link.send.clone(), link.cancel.child_token()))
         };
         let Some((mut send, cut)) = link else {
-            let error = if self.registry.machine(machine).is_some() {
-                Unreachable::Offline(machine.to_owned())
-            } else {
-                Unreachable::Unknown(machine.to_owned())
-            };
-            return json_error(
-                StatusCode::from_u16(error.code().http_status()).unwrap_or(StatusCode::BAD_GATEWAY),
-                error.code(),
-                &error.to_string(),
-            );
+            let error = self.not_linked(machine);
+            return error_response(error.code(), &error.to_string());
         };
         super::splice::splice_terminal(request, &mut send, path_and_query, cut).await
     }
@@ -407,7 +402,7 @@ impl Hub {
             .collect();
         let hints = links.into_iter().map(|(machine, mut send)| async move {
             let after_ms =
-                COME_BACK_MS.start + random_u64() % (COME_BACK_MS.end - COME_BACK_MS.start);
+                COME_BACK_MS.start + super::random_u64() % (COME_BACK_MS.end - COME_BACK_MS.start);
             let body = serde_json::to_vec(&ReconnectAfter { after_ms }).expect("serialisable");
             let request = control_request("/fleet/v1/reconnect", body);
             let sent = async {
@@ -541,8 +536,7 @@ impl Hub {
         fingerprint: String,
     ) -> Response<Body> {
         if request.method() != Method::POST || request.uri().path() != "/fleet/v1/enroll" {
-            return json_error(
-                StatusCode::NOT_FOUND,
+            return error_response(
                 ErrorCode::NotFound,
                 "the link port serves only POST /fleet/v1/enroll",
             );
@@ -555,26 +549,20 @@ impl Hub {
         {
             Ok(Ok(body)) => body.to_bytes(),
             _ => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
+                return error_response(
                     ErrorCode::InvalidRequest,
                     "the enrolment body could not be read (at most 16 KiB)",
                 );
             }
         };
         let Ok(enrolment) = serde_json::from_slice::<EnrollRequest>(&body) else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
+            return error_response(
                 ErrorCode::InvalidRequest,
                 "the enrolment is not the JSON a celistrad of this version sends",
             );
         };
         if let Err(e) = celistra_core::names::validate_machine_name(&enrolment.machine_name) {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidRequest,
-                &format!("machine name: {e}"),
-            );
+            return error_response(ErrorCode::InvalidRequest, &format!("machine name: {e}"));
         }
         let now = crate::now_ms();
         let record = MachineRecord {
@@ -615,16 +603,14 @@ impl Hub {
                     &peer.ip().to_string(),
                     serde_json::json!({ "machine": enrolment.machine_name, "reason": refusal.to_string() }),
                 );
-                let (status, code) = match refusal {
-                    PairingRefusal::TooMany(_) => {
-                        (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyAttempts)
-                    }
+                let code = match refusal {
+                    PairingRefusal::TooMany(_) => ErrorCode::TooManyAttempts,
                     PairingRefusal::NameTaken(_) | PairingRefusal::HubName(_) => {
-                        (StatusCode::CONFLICT, ErrorCode::Conflict)
+                        ErrorCode::Conflict
                     }
-                    _ => (StatusCode::FORBIDDEN, ErrorCode::PairingRefused),
+                    _ => ErrorCode::PairingRefused,
                 };
-                json_error(status, code, &refusal.to_string())
+                error_response(code, &refusal.to_string())
             }
         }
     }
@@ -996,19 +982,6 @@ fn control_request(path: &str, body: Vec<u8>) -> Request<Body> {
         .expect("a valid request")
 }
 
-fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Response<Body> {
-    let error = celistra_proto::ApiError::new(code, message);
-    let mut response = Response::new(Body::from(
-        serde_json::to_vec(&error).expect("serialisable"),
-    ));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
 fn witness_state(record: &MachineRecord) -> WitnessState {
     WitnessState {
         status: match (&record.tampered, &record.witnessed) {
@@ -1022,8 +995,7 @@ fn witness_state(record: &MachineRecord) -> WitnessState {
     }
 }
 
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    u64::from_le_bytes(bytes)
+/// A JSON error answer, its status the code's.
+fn error_response(code: ErrorCode, message: &str) -> Response<Body> {
+    axum::response::IntoResponse::into_response(crate::wire::failure(code, message))
 }

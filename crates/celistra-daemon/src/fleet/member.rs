@@ -334,9 +334,7 @@ fn full_jitter(attempt: u32) -> Duration {
     let ceiling = BACKOFF_BASE
         .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
         .min(BACKOFF_CAP);
-    let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    let fraction = u64::from_le_bytes(bytes) as f64 / u64::MAX as f64;
+    let fraction = super::random_u64() as f64 / u64::MAX as f64;
     ceiling.mul_f64(fraction)
 }
 

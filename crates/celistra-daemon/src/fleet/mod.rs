@@ -49,6 +49,13 @@ pub(crate) fn capped(role: Role, ceiling: Role) -> Role {
     }
 }
 
+/// A random number for spreading retries (jitter); no secret depends on it.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
 /// What the hub said on a link before closing it: when to come back, or why it refused.
 #[derive(Debug, Clone, Default)]
 struct ReconnectHint(Arc<Mutex<(Option<Duration>, Option<String>)>>);

@@ -109,11 +109,25 @@ impl Supervisor {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every agent's handle, oldest first.
+    fn oldest_first(&self) -> Vec<Arc<AgentHandle>> {
+        let mut handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
+        handles.sort_by_cached_key(|h| (h.info().created_at_ms, h.id.clone()));
+        handles
+    }
+
+    /// Every agent, oldest first.
+    pub(crate) fn list(&self) -> Vec<celistra_proto::AgentInfo> {
+        self.oldest_first()
+            .iter()
+            .map(|handle| (*handle.info()).clone())
+            .collect()
+    }
+
     /// Every agent, oldest first, as a JSON array. Each agent is serialised under its own lock
     /// rather than cloned first: `ls` of a thousand agents is mostly this.
     pub(crate) fn list_json(&self) -> Vec<u8> {
-        let mut handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
-        handles.sort_by_cached_key(|h| (h.info().created_at_ms, h.id.clone()));
+        let handles = self.oldest_first();
         let mut json = Vec::with_capacity(handles.len() * 1024 + 2);
         json.push(b'[');
         for (i, handle) in handles.iter().enumerate() {

@@ -456,70 +456,6 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
-/// One API call with the daemon's machine secret (an owner); panics unless it succeeds.
-async fn call<T: serde::de::DeserializeOwned>(
-    daemon: &Daemon,
-    method: Method,
-    path: &str,
-    body: Option<String>,
-) -> T {
-    let response = daemon
-        .client
-        .send(method, path, body.map(String::into_bytes))
-        .await
-        .expect("send");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    assert!(
-        status.is_success(),
-        "{path}: {status} {}",
-        String::from_utf8_lossy(&bytes)
-    );
-    serde_json::from_slice(&bytes).expect("JSON answer")
-}
-
-/// Joins `node` to `hub` (a pairing code minted on the hub, presented by the node) and waits,
-/// bounded, until the hub lists the node online.
-async fn join(hub: &Daemon, node: &Daemon, node_name: &str) {
-    let code: celistra_proto::PairingCode = call(
-        hub,
-        Method::POST,
-        "/v1/fleet/pairing-codes",
-        Some("{}".into()),
-    )
-    .await;
-    let request = celistra_proto::JoinRequest {
-        hub: code.hub.clone(),
-        code: code.code.clone(),
-        fingerprint: code.fingerprint.clone(),
-    };
-    let _: serde_json::Value = call(
-        node,
-        Method::POST,
-        "/v1/fleet/join",
-        Some(serde_json::to_string(&request).expect("join request")),
-    )
-    .await;
-    let deadline = Instant::now() + crate::PATIENCE;
-    loop {
-        let machines: Vec<celistra_proto::Machine> =
-            call(hub, Method::GET, "/v1/machines", None).await;
-        if machines.iter().any(|m| m.name == node_name && m.online) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node never came online on the hub: {machines:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Kills the browser test's whole process group (node and the chromium it started) on every way
 /// out.
 struct Group(u32);
@@ -547,7 +483,11 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
     ])
     .await;
     let node = Daemon::start_with_args(&["--machine-name", "e2e-node"]).await;
-    join(&daemon, &node, "e2e-node").await;
+    crate::fleet::join(&daemon, &node).await;
+    crate::fleet::machine_until(&daemon, "e2e-node", crate::PATIENCE, "came online", |m| {
+        m.online
+    })
+    .await;
     // The viewer and approver sessions use a daemon that serves HTTPS with its generated
     // certificate, which the browser trusts by its SPKI hash (the script checks it against
     // `/v1/health`).

@@ -55,7 +55,7 @@ fn join_request(code: &PairingCode) -> JoinRequest {
     }
 }
 
-async fn join(hub: &Daemon, node: &Daemon) {
+pub(crate) async fn join(hub: &Daemon, node: &Daemon) {
     let code = hub.client.create_pairing_code().await.expect("a code");
     node.client
         .join_hub(&join_request(&code))
@@ -72,7 +72,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
 }
 
 /// Polls the hub's machine list until `done` holds for machine `name` (bounded by `within`).
-async fn machine_until(
+pub(crate) async fn machine_until(
     hub: &Daemon,
     name: &str,
     within: Duration,
