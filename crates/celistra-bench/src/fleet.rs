@@ -825,6 +825,14 @@ fn fake_agents(count: usize) -> Vec<AgentInfo> {
             },
             mode: IoMode::Pty,
             sandbox: None,
+            kind: String::new(),
+            activity: None,
+            exit_class: None,
+            limit: None,
+            model_errors: 0,
+            next_run_at_ms: None,
+            next_restart_cron_at_ms: None,
+            worktree: None,
         })
         .collect()
 }

@@ -116,6 +116,14 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         memory_max,
         pids_max,
         cpu_weight,
+        kind,
+        limit_input,
+        model_error_max,
+        model_error_window_secs,
+        notify_activity,
+        schedule,
+        restart_cron,
+        secrets,
         restart: _,
     } = update.clone();
     if let Some(name) = name {
@@ -154,6 +162,18 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     spec.memory_max = memory_max.or(spec.memory_max);
     spec.pids_max = pids_max.or(spec.pids_max);
     spec.cpu_weight = cpu_weight.or(spec.cpu_weight);
+    spec.kind = kind.or(spec.kind.take());
+    spec.limit_input = limit_input.or(spec.limit_input.take());
+    spec.model_error_max = model_error_max.or(spec.model_error_max);
+    spec.model_error_window_secs = model_error_window_secs.or(spec.model_error_window_secs);
+    if let Some(notify_activity) = notify_activity {
+        spec.notify_activity = notify_activity;
+    }
+    spec.schedule = schedule.or(spec.schedule.take());
+    spec.restart_cron = restart_cron.or(spec.restart_cron.take());
+    if let Some(secrets) = secrets {
+        spec.secrets = secrets;
+    }
 }
 
 #[cfg(test)]

@@ -380,6 +380,18 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             String::new(),
             json!({ "moved_to": moved_to, "reason": reason }),
         ),
+        // The daemon starts (or restarts) an agent on its own because a schedule said so.
+        EventKind::AgentScheduled {
+            agent_id,
+            name,
+            action,
+            due_at_ms,
+        } => (
+            Actor::system(),
+            "agent_scheduled",
+            agent_id.clone(),
+            json!({ "name": name, "action": action, "due_at_ms": due_at_ms }),
+        ),
         // Settings changes are recorded with their values by the update itself, runs with their
         // confinement when they start; the rest only reports state.
         EventKind::AgentUpdated { .. }
@@ -396,6 +408,9 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
         | EventKind::LogsRecovered { .. }
         | EventKind::AuditVerifyFailed { .. }
         | EventKind::NotificationFailed { .. }
+        | EventKind::AgentActivity { .. }
+        | EventKind::AgentWaitingLimit { .. }
+        | EventKind::AgentModelErrorsExhausted { .. }
         | EventKind::Resync { .. } => return None,
     };
     Some(entry)

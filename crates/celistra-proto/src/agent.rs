@@ -145,6 +145,43 @@ pub struct AgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 10_000)]
     pub cpu_weight: Option<u32>,
+    /// Which AI agent CLI it runs (`claude`, `codex`, `gemini`, `aider`, or another name): picks
+    /// its screen rules and hook format. Absent: guessed from the command's first word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = "^[a-z0-9][a-z0-9_-]*$")]
+    pub kind: Option<String>,
+    /// Typed into a running agent (then Enter) when its usage limit resets, e.g. `continue`;
+    /// absent: the agent is restarted at the reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096)]
+    pub limit_input: Option<String>,
+    /// Most restarts after transient model errors in `model_error_window_secs` before the agent
+    /// is stopped (default 10). They do not count toward `restart_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10_000)]
+    pub model_error_max: Option<u32>,
+    /// Window of `model_error_max`, in seconds (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604_800)]
+    pub model_error_window_secs: Option<u64>,
+    /// Notify when the agent has been in an activity for a while (`--notify-on needs-input:60s`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify_activity: Vec<crate::ActivityNotify>,
+    /// Start the agent at these times (`--schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::Schedule>,
+    /// Restart the agent, when it runs, at these times (`--restart-cron`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_cron: Option<crate::RestartCron>,
+    /// Secrets (`ctl secret set`) given to the agent as environment variables of the same name
+    /// (`--secret NAME`); an `env` value `secret:NAME` takes one under another name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Run in a git worktree of the workspace on this branch (`--worktree BRANCH`), made at the
+    /// first spawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200)]
+    pub worktree: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -216,6 +253,28 @@ pub struct UpdateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 10_000)]
     pub cpu_weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32, pattern = "^[a-z0-9][a-z0-9_-]*$")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096)]
+    pub limit_input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10_000)]
+    pub model_error_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 604_800)]
+    pub model_error_window_secs: Option<u64>,
+    /// Replaces the activity notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_activity: Option<Vec<crate::ActivityNotify>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_cron: Option<crate::RestartCron>,
+    /// Replaces the secrets the agent gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
     /// Restart the agent now so the change takes effect.
     #[serde(default)]
     pub restart: bool,
@@ -289,6 +348,31 @@ pub struct AgentInfo {
     /// How the current (or last) run was confined; absent before the first spawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<crate::RunSandbox>,
+    /// Which AI agent CLI it runs (its spec's `kind`, or guessed from its command); `generic`
+    /// when not one the daemon knows.
+    #[serde(default)]
+    pub kind: String,
+    /// What it is doing and why; absent before its first signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<crate::ActivityInfo>,
+    /// How its last run ended, or its last turn failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_class: Option<crate::ExitClassification>,
+    /// The usage limit it waits on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<crate::LimitWait>,
+    /// Restarts after transient model errors in the current window (`model_error_max`).
+    #[serde(default)]
+    pub model_errors: u32,
+    /// When its schedule next starts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_at_ms: Option<u64>,
+    /// When its `restart_cron` next restarts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_cron_at_ms: Option<u64>,
+    /// The git worktree it runs in (`--worktree`), as a path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
 }
 
 /// Body of `POST /v1/apply`: make the daemon's agents match `agents`.

@@ -57,6 +57,9 @@ pub enum EventKind {
         exit_signal: Option<String>,
         cause: ExitCause,
         uptime_ms: u64,
+        /// Why it ended, classified from hooks, its JSON result and its output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<crate::ExitClassification>,
     },
     AgentRestarted {
         agent_id: String,
@@ -226,6 +229,35 @@ pub enum EventKind {
     Resync {
         oldest_available: u64,
     },
+    /// An agent's activity changed (see `AgentInfo::activity`).
+    AgentActivity {
+        agent_id: String,
+        name: String,
+        activity: crate::ActivityInfo,
+    },
+    /// An agent reported a usage limit and waits for its reset.
+    AgentWaitingLimit {
+        agent_id: String,
+        name: String,
+        limit: crate::LimitWait,
+    },
+    /// An agent used up its model-error budget (`model_error_max` in `model_error_window_secs`)
+    /// and was stopped.
+    AgentModelErrorsExhausted {
+        agent_id: String,
+        name: String,
+        model_errors: u32,
+        window_secs: u64,
+    },
+    /// A schedule or `restart_cron` fell due: `action` is `started`, `restarted`, `replaced`,
+    /// `queued`, `skipped` (overlap) or `missed` (a run missed while the daemon was down, started).
+    AgentScheduled {
+        agent_id: String,
+        name: String,
+        action: String,
+        /// The time the cron expression named.
+        due_at_ms: u64,
+    },
 }
 
 impl EventKind {
@@ -242,7 +274,11 @@ impl EventKind {
             | EventKind::AgentRenamed { agent_id, .. }
             | EventKind::AgentUpdated { agent_id, .. }
             | EventKind::AgentRemoved { agent_id, .. }
-            | EventKind::AgentUnsandboxed { agent_id, .. } => Some(agent_id),
+            | EventKind::AgentUnsandboxed { agent_id, .. }
+            | EventKind::AgentActivity { agent_id, .. }
+            | EventKind::AgentWaitingLimit { agent_id, .. }
+            | EventKind::AgentModelErrorsExhausted { agent_id, .. }
+            | EventKind::AgentScheduled { agent_id, .. } => Some(agent_id),
             _ => None,
         }
     }
@@ -281,6 +317,10 @@ impl EventKind {
             EventKind::ApprovalDecided { .. } => "approval_decided",
             EventKind::NotificationFailed { .. } => "notification_failed",
             EventKind::Resync { .. } => "resync",
+            EventKind::AgentActivity { .. } => "agent_activity",
+            EventKind::AgentWaitingLimit { .. } => "agent_waiting_limit",
+            EventKind::AgentModelErrorsExhausted { .. } => "agent_model_errors_exhausted",
+            EventKind::AgentScheduled { .. } => "agent_scheduled",
         }
     }
 }

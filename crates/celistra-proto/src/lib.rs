@@ -2,6 +2,7 @@
 //! run history, log lines, the shared-terminal protocol and error codes. Shared by the daemon, its clients and the later fleet hub; performs no I/O.
 
 mod access;
+mod activity;
 mod agent;
 mod approval;
 mod audit;
@@ -16,6 +17,7 @@ mod signal;
 mod terminal;
 
 pub use access::*;
+pub use activity::*;
 pub use agent::*;
 pub use approval::*;
 pub use audit::*;

@@ -838,6 +838,7 @@ impl Agent {
             exit_signal: exit.signal.map(signal_name),
             cause,
             uptime_ms,
+            class: None,
         });
         uptime_ms
     }

@@ -296,6 +296,14 @@ impl Supervisor {
             settings: settings.clone(),
             mode: IoMode::Pty,
             sandbox: None,
+            kind: String::new(),
+            activity: None,
+            exit_class: None,
+            limit: None,
+            model_errors: 0,
+            next_run_at_ms: None,
+            next_restart_cron_at_ms: None,
+            worktree: None,
         };
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {

@@ -140,12 +140,17 @@ fn describe(event: &Event) -> String {
             exit_signal,
             cause,
             uptime_ms,
+            class,
         } => format!(
-            "{agent_id} ({name}) run {run} ended: {} after {uptime_ms} ms ({cause:?})",
+            "{agent_id} ({name}) run {run} ended: {} after {uptime_ms} ms ({cause:?}){}",
             exit_code
                 .map(|c| format!("code {c}"))
                 .or(exit_signal.clone())
-                .unwrap_or_else(|| "unknown".into())
+                .unwrap_or_else(|| "unknown".into()),
+            class
+                .as_ref()
+                .map(|c| format!(", {}: {}", c.class.as_str(), c.said))
+                .unwrap_or_default()
         ),
         EventKind::AgentRestarted {
             agent_id,
@@ -282,6 +287,45 @@ fn describe(event: &Event) -> String {
         EventKind::Resync { oldest_available } => {
             format!("events were missed; oldest kept is {oldest_available}")
         }
+        EventKind::AgentActivity {
+            agent_id,
+            name,
+            activity,
+        } => format!(
+            "{agent_id} ({name}) {} ({}: {})",
+            activity.activity.as_str(),
+            activity.evidence.signal,
+            activity.evidence.said
+        ),
+        EventKind::AgentWaitingLimit {
+            agent_id,
+            name,
+            limit,
+        } => format!(
+            "{agent_id} ({name}) waits on a usage limit until {}, then {}",
+            limit.reset_at_ms.map_or_else(
+                || "an unknown time".to_owned(),
+                celistra_core::clock::format_rfc3339_ms
+            ),
+            limit.action
+        ),
+        EventKind::AgentModelErrorsExhausted {
+            agent_id,
+            name,
+            model_errors,
+            window_secs,
+        } => format!(
+            "{agent_id} ({name}) stopped after {model_errors} model errors in {window_secs} s"
+        ),
+        EventKind::AgentScheduled {
+            agent_id,
+            name,
+            action,
+            due_at_ms,
+        } => format!(
+            "{agent_id} ({name}) schedule due {}: {action}",
+            celistra_core::clock::format_rfc3339_ms(*due_at_ms)
+        ),
     };
     format!(
         "{:>6}  {}  {:<20} {detail}",
