@@ -3,6 +3,7 @@
 //! readable text from terminal output with `--grep` patterns, times for humans, and the formats
 //! agents ask for approval in. No I/O, no tokio.
 
+pub mod agents;
 pub mod apply;
 pub mod approval_hooks;
 pub mod approval_line;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod duration;
 pub mod json;
 pub mod logtext;
+pub mod model_trouble;
 pub mod names;
 pub mod notifications;
 pub mod restart;

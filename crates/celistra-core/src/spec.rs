@@ -44,6 +44,31 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     if let Some(user) = &spec.user {
         validate_user(user)?;
     }
+    if let Some(kind) = &spec.kind {
+        let well_formed = !kind.is_empty()
+            && kind.len() <= 32
+            && kind.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'));
+        if !well_formed {
+            return Err(format!(
+                "kind `{kind}` is not an agent kind; use e.g. claude, codex, gemini, aider, or a \
+                 lower-case name of your own"
+            ));
+        }
+    }
+    if let Some(input) = &spec.limit_input
+        && (input.len() > 4096 || input.contains('\0'))
+    {
+        return Err("limit_input: at most 4096 bytes, without NUL".into());
+    }
+    if let Some(wait) = spec.notify_activity.iter().find(|n| n.after_secs > 86_400) {
+        return Err(format!(
+            "notify_activity: {} s is too long to wait; use at most 86400 (a day)",
+            wait.after_secs
+        ));
+    }
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
 }
 
@@ -64,6 +89,18 @@ pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
     within("memory_max", spec.memory_max, MIN_MEMORY_MAX, u64::MAX)?;
     within("pids_max", spec.pids_max.map(u64::from), 1, 4_194_304)?;
     within("cpu_weight", spec.cpu_weight.map(u64::from), 1, 10_000)?;
+    within(
+        "model_error_max",
+        spec.model_error_max.map(u64::from),
+        0,
+        10_000,
+    )?;
+    within(
+        "model_error_window_secs",
+        spec.model_error_window_secs,
+        1,
+        604_800,
+    )?;
     within(
         "scrollback_kb",
         spec.scrollback_kb.map(u64::from),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use celistra_proto::{
-    ApiError, Approval, ApprovalStatus, AskRequest, ErrorCode, EventKind, NoticeKind,
+    ApiError, Approval, ApprovalStatus, AskRequest, ErrorCode, EventKind, HookReport, NoticeKind,
 };
 
 use crate::actor::Actor;
@@ -140,6 +140,13 @@ impl crate::asks::Answerer for ApprovalFlow {
     ) -> impl Future<Output = Result<Approval, ApiError>> + Send {
         self.ask(agent_id, origin, request)
     }
+
+    fn report(&self, agent_id: &str, report: &HookReport) -> Result<(), ApiError> {
+        self.agents
+            .upgrade()
+            .ok_or_else(stopping)?
+            .report_hook(agent_id, report)
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +178,10 @@ mod tests {
                 .lock()
                 .unwrap()
                 .insert(agent_id.to_owned(), waiting);
+        }
+
+        fn report_hook(&self, _: &str, _: &HookReport) -> Result<(), ApiError> {
+            Ok(())
         }
     }
 

@@ -1,4 +1,5 @@
-//! Each agent's own socket to its daemon, through which it asks for approval (`celistrad ask`).
+//! Each agent's own socket to its daemon, through which it asks for approval (`celistrad ask`)
+//! and its hooks report what it is doing (`celistrad hook`).
 //! The socket is the agent's identity: it is made for that agent, handed to the agent's user, and
 //! inside a sandbox it is the only socket of the daemon the agent can see (bound at
 //! `ASK_SOCKET_INSIDE`), so an agent can only ask as itself, and it can decide nothing. The same
@@ -13,7 +14,7 @@ use std::sync::{Mutex, PoisonError};
 use axum::extract::{Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use celistra_proto::{ApiError, Approval, AskQuery, AskRequest, ErrorCode};
+use celistra_proto::{ApiError, Approval, AskQuery, AskRequest, ErrorCode, HookReport};
 use tokio::task::JoinHandle;
 
 use crate::wire::{Failure, JsonBody, failure};
@@ -28,6 +29,9 @@ pub(crate) trait Answerer: Clone + Send + Sync + 'static {
         origin: &'static str,
         request: AskRequest,
     ) -> impl Future<Output = Result<Approval, ApiError>> + Send;
+
+    /// Agent `agent_id`'s hook reports what its CLI is doing (`celistrad hook <kind>`).
+    fn report(&self, agent_id: &str, report: &HookReport) -> Result<(), ApiError>;
 }
 
 /// Variable that tells an agent where its socket is.
@@ -115,10 +119,12 @@ impl AskSockets {
         }
         let router = Router::new()
             .route("/v1/ask", post(ask::<A>))
+            .route("/v1/hook", post(hook::<A>))
             .fallback(|| async {
                 failure(
                     ErrorCode::NotFound,
-                    "an agent's socket only takes POST /v1/ask; deciding needs the machine secret",
+                    "an agent's socket only takes POST /v1/ask and POST /v1/hook; deciding needs \
+                     the machine secret",
                 )
             })
             .with_state(Asker {
@@ -180,6 +186,15 @@ async fn ask<A: Answerer>(
             .answer(&asker.agent_id, query.origin.as_str(), request)
             .await?,
     ))
+}
+
+/// `POST /v1/hook` on an agent's socket: a structured signal of what the agent is doing.
+async fn hook<A: Answerer>(
+    State(asker): State<Asker<A>>,
+    JsonBody(report): JsonBody<HookReport>,
+) -> Result<axum::http::StatusCode, Failure> {
+    asker.flow.report(&asker.agent_id, &report)?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// Makes `bin` (0755) hold `celistrad`, a link to the daemon's `binary` (replacing one left by an

@@ -232,10 +232,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .collect(),
         readers: reader_thread.handle().clone(),
         main: tokio::runtime::Handle::current(),
+        agent_rules: supervisor::AgentRules::new(home.dir.join("agent-rules.json")),
+        zone: supervisor::machine_zone(),
     });
     let supervisor = supervisor::Supervisor::new(Arc::clone(&services));
     let directory: Arc<dyn services::AgentDirectory> = Arc::clone(&supervisor) as _;
     let block_monitor = blocks::report_blocks(&services, Arc::downgrade(&directory));
+    let activity_watch = tokio::spawn(supervisor::watch_activity(Arc::downgrade(&supervisor)));
     let announcer = tokio::spawn(announce_history(
         history_announcements,
         Arc::clone(&services),
@@ -411,6 +414,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     })
     .await;
     announcer.abort();
+    activity_watch.abort();
     if let Some(root) = &services.cgroups {
         root.destroy();
     }

@@ -14,7 +14,7 @@ use celistra_notify::links::{Link, LinkError, LinkKey};
 use celistra_notify::webpush::{Device, VapidKey};
 use celistra_notify::{NotifyError, ntfy, webhook, webpush};
 use celistra_proto::{
-    ApiError, Approval, ChannelStatus, ErrorCode, EventKind, Notice, NoticeKind,
+    ActivityNotice, ApiError, Approval, ChannelStatus, ErrorCode, EventKind, Notice, NoticeKind,
     NotificationsStatus, PushKeys, PushSubscriptionInfo, PushSubscriptionRequest,
 };
 use serde::{Deserialize, Serialize};
@@ -287,17 +287,16 @@ impl Notifications {
         format!("{}/d/{token}", self.decision_base(config))
     }
 
-    fn notice(
-        &self,
-        kind: NoticeKind,
-        approval: Option<&Approval>,
-        decide_url: Option<String>,
-    ) -> Notice {
+    fn notice(&self, kind: NoticeKind, subject: Subject<'_>, decide_url: Option<String>) -> Notice {
         Notice {
             kind,
             machine: self.machine.clone(),
-            approval: approval.cloned(),
+            approval: subject.approval().cloned(),
             decide_url,
+            activity: match subject {
+                Subject::Activity(about) => Some(about.clone()),
+                _ => None,
+            },
             sent_at_ms: now_ms(),
         }
     }
@@ -308,8 +307,9 @@ impl Notifications {
         &self,
         config: &NotificationsConfig,
         kind: NoticeKind,
-        approval: Option<&Approval>,
+        subject: Subject<'_>,
     ) -> Vec<Delivery> {
+        let approval = subject.approval();
         let pending = kind == NoticeKind::ApprovalRequested;
         let deadline_ms = approval.filter(|_| pending).map(|a| a.expires_at_ms);
         let link = |via: &str| {
@@ -322,7 +322,7 @@ impl Notifications {
         if kind != NoticeKind::ApprovalDecided {
             for channel in &config.ntfy {
                 let name = format!("ntfy:{}", channel.name);
-                let notice = self.notice(kind.clone(), approval, link(&name));
+                let notice = self.notice(kind.clone(), subject, link(&name));
                 let token = channel
                     .token_file
                     .as_ref()
@@ -346,7 +346,7 @@ impl Notifications {
         }
         for channel in &config.webhooks {
             let name = format!("webhook:{}", channel.name);
-            let notice = self.notice(kind.clone(), approval, link(&name));
+            let notice = self.notice(kind.clone(), subject, link(&name));
             let body = serde_json::to_vec(&notice).expect("a notice serialises");
             let secret = self.secret(&channel.secret_file(), "the webhook signing key", true);
             let delivery_id = random_hex(8).map_or_else(|_| "dl".into(), |h| format!("dl-{h}"));
@@ -378,7 +378,7 @@ impl Notifications {
         };
         for device in self.lock_devices().iter() {
             let name = format!("push:{}", device.id);
-            let notice = self.notice(kind.clone(), approval, link(&name));
+            let notice = self.notice(kind.clone(), subject, link(&name));
             let payload = webpush::payload(&notice);
             let request = PushSubscriptionRequest {
                 endpoint: device.endpoint.clone(),
@@ -464,7 +464,21 @@ impl Notifications {
         kind: NoticeKind,
         approval: &Approval,
     ) {
-        for delivery in self.plan(config, kind.clone(), Some(approval)) {
+        self.send(self.plan(config, kind, Subject::Approval(approval)));
+    }
+
+    /// Tells every channel of `config` that an agent has been in an activity for a while.
+    pub(crate) fn announce_activity(
+        self: &Arc<Self>,
+        config: &NotificationsConfig,
+        about: &ActivityNotice,
+    ) {
+        self.send(self.plan(config, NoticeKind::AgentActivity, Subject::Activity(about)));
+    }
+
+    /// Runs each delivery in its own task; a failure is logged and published.
+    fn send(self: &Arc<Self>, plan: Vec<Delivery>) {
+        for delivery in plan {
             let notify = Arc::clone(self);
             self.runtime.spawn(async move {
                 let approval_id = delivery.approval_id.clone();
@@ -505,7 +519,7 @@ impl Notifications {
     /// Sends a test notice on every channel of `config` once and reports each outcome.
     pub(crate) async fn test(self: &Arc<Self>, config: &NotificationsConfig) -> Vec<ChannelStatus> {
         let tasks: Vec<_> = self
-            .plan(config, NoticeKind::Test, None)
+            .plan(config, NoticeKind::Test, Subject::Test)
             .into_iter()
             .map(|mut delivery| {
                 delivery.retry.attempts = 1;
@@ -538,6 +552,23 @@ impl Notifications {
     }
 }
 
+/// What a notice is about.
+#[derive(Clone, Copy)]
+enum Subject<'a> {
+    Approval(&'a Approval),
+    Activity(&'a ActivityNotice),
+    Test,
+}
+
+impl<'a> Subject<'a> {
+    fn approval(self) -> Option<&'a Approval> {
+        match self {
+            Subject::Approval(approval) => Some(approval),
+            _ => None,
+        }
+    }
+}
+
 fn channel_names(config: &NotificationsConfig) -> Vec<String> {
     config
         .ntfy
@@ -557,6 +588,7 @@ fn kind_name(kind: &NoticeKind) -> &'static str {
         NoticeKind::ApprovalRequested => "approval_requested",
         NoticeKind::ApprovalDecided => "approval_decided",
         NoticeKind::Test => "test",
+        NoticeKind::AgentActivity => "agent_activity",
     }
 }
 

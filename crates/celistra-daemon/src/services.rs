@@ -51,6 +51,10 @@ pub(crate) struct Services {
     pub readers: tokio::runtime::Handle,
     /// The daemon's own runtime, for work the readers start (approval lines).
     pub main: tokio::runtime::Handle,
+    /// The screen rules of agent kinds (built in, and `agent-rules.json`).
+    pub agent_rules: crate::supervisor::AgentRules,
+    /// The machine's time zone, for reset times that name none.
+    pub zone: chrono_tz::Tz,
 }
 
 /// An agent as services see it.
@@ -68,6 +72,12 @@ pub(crate) trait AgentDirectory: Send + Sync {
     fn lookup(&self, agent_id: &str) -> Option<AgentRef>;
     /// Shows (or clears) a pending approval request in the agent's state, while it runs.
     fn set_waiting_approval(&self, agent_id: &str, waiting: bool);
+    /// A structured signal from the agent's hooks (`celistrad hook <kind>`).
+    fn report_hook(
+        &self,
+        agent_id: &str,
+        report: &celistra_proto::HookReport,
+    ) -> Result<(), ApiError>;
 }
 
 /// Who hears of approval requests and decisions: the notification channels (a trait, so the

@@ -75,6 +75,8 @@ pub struct RunEnd {
     pub exit_signal: Option<String>,
     pub cause: RunCause,
     pub stopped_by: Option<String>,
+    /// Why it ended, classified (absent for an operator's stop).
+    pub exit_class: Option<celistra_proto::ExitClass>,
 }
 
 /// Something the daemon should announce.

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 
 use celistra_core::logtext::{GrepPattern, Line, LineAssembler, Stream};
-use celistra_proto::{IoMode, RunCause, RunRecord};
+use celistra_proto::{ExitClass, IoMode, RunCause, RunRecord};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::marks::{self, Mark};
@@ -196,7 +196,8 @@ impl History {
             let mut statement = conn.prepare_cached(
                 "SELECT r.agent_id, r.name, r.run, r.command, r.workspace, r.env_keys, r.mode, r.pid, \
                  r.attempt, r.settings, r.started_ms, r.ended_ms, r.exit_code, r.exit_signal, r.cause, \
-                 r.stopped_by, (SELECT COALESCE(SUM(len), 0) FROM segments s WHERE s.run_id = r.id) \
+                 r.stopped_by, (SELECT COALESCE(SUM(len), 0) FROM segments s WHERE s.run_id = r.id), \
+                 r.exit_class \
                  FROM runs r WHERE (?1 IS NULL OR r.agent_id = ?1) \
                  AND (?2 IS NULL OR COALESCE(r.ended_ms, 9223372036854775807) >= ?2) \
                  AND (?3 IS NULL OR r.started_ms <= ?3) ORDER BY r.started_ms DESC, r.id DESC LIMIT ?4",
@@ -540,5 +541,9 @@ fn run_record(row: &Row<'_>) -> rusqlite::Result<RunRecord> {
         cause: cause.as_deref().and_then(RunCause::parse),
         stopped_by: row.get(15)?,
         output_bytes: row.get::<_, i64>(16)?.max(0) as u64,
+        exit_class: row
+            .get::<_, Option<String>>(17)?
+            .as_deref()
+            .and_then(ExitClass::parse),
     })
 }

@@ -66,6 +66,10 @@ CREATE VIRTUAL TABLE segments_fts USING fts5 (
 ALTER TABLE segments ADD COLUMN deferred INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX segments_deferred ON segments (id) WHERE deferred = 1;
 ",
+    r"
+-- Why a run ended, classified (model errors, usage limits, auth): `ExitClass` names.
+ALTER TABLE runs ADD COLUMN exit_class TEXT;
+",
 ];
 
 /// Opens (creating if needed) the database for writing and brings its schema up to date.

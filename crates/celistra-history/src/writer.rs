@@ -873,8 +873,8 @@ fn insert_run(conn: &Connection, start: &RunStart) -> Result<(), rusqlite::Error
 
 fn end_run(conn: &Connection, run_id: u64, end: &RunEnd) -> Result<(), rusqlite::Error> {
     conn.execute(
-        "UPDATE runs SET ended_ms = ?2, exit_code = ?3, exit_signal = ?4, cause = ?5, stopped_by = ?6 \
-         WHERE id = ?1",
+        "UPDATE runs SET ended_ms = ?2, exit_code = ?3, exit_signal = ?4, cause = ?5, stopped_by = ?6, \
+         exit_class = ?7 WHERE id = ?1",
         params![
             run_id as i64,
             end.ended_ms as i64,
@@ -882,6 +882,7 @@ fn end_run(conn: &Connection, run_id: u64, end: &RunEnd) -> Result<(), rusqlite:
             end.exit_signal,
             end.cause.as_str(),
             end.stopped_by,
+            end.exit_class.map(celistra_proto::ExitClass::as_str),
         ],
     )?;
     Ok(())

@@ -25,6 +25,20 @@ pub enum NotifyError {
 
 /// The notification's title and text, as phones show them.
 pub fn headline(notice: &Notice) -> (String, String) {
+    if let Some(about) = &notice.activity {
+        let title = format!(
+            "{} is {}",
+            about.agent_name,
+            about.activity.activity.as_str().replace('-', " ")
+        );
+        let evidence = &about.activity.evidence;
+        let text = if evidence.said.is_empty() {
+            evidence.signal.clone()
+        } else {
+            format!("{}: {}", evidence.signal, evidence.said)
+        };
+        return (title, shorten(&text, 1000));
+    }
     match &notice.approval {
         Some(approval) => {
             let title = match notice.kind {

@@ -82,6 +82,7 @@ mod tests {
                 reason: None,
             }),
             decide_url: Some("https://d.example.net/d/TOKEN".into()),
+            activity: None,
             sent_at_ms: 1,
         };
         let request = request(&channel, Some("tk_1"), &notice).unwrap();

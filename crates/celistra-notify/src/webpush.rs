@@ -349,6 +349,7 @@ mod tests {
             machine: "m-1".into(),
             approval: Some(approval),
             decide_url: Some("https://x/d/token".into()),
+            activity: None,
             sent_at_ms: 1,
         };
         let bytes = payload(&notice);

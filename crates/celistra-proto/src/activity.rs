@@ -105,6 +105,20 @@ impl ExitClass {
         }
     }
 
+    pub fn parse(name: &str) -> Option<ExitClass> {
+        [
+            ExitClass::ModelOverloaded,
+            ExitClass::ServerError,
+            ExitClass::RateLimited,
+            ExitClass::Network,
+            ExitClass::UsageLimit,
+            ExitClass::Auth,
+            ExitClass::Other,
+        ]
+        .into_iter()
+        .find(|class| class.as_str() == name)
+    }
+
     /// A transient model error: restarted with its own backoff, outside the crash ceiling.
     pub fn is_transient_model_error(self) -> bool {
         matches!(

@@ -95,6 +95,10 @@ pub struct RunRecord {
     pub stopped_by: Option<String>,
     /// Bytes of output this run wrote that are still kept.
     pub output_bytes: u64,
+    /// Why it ended, classified from its hooks, JSON result and output (absent while it runs,
+    /// and for an operator's stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_class: Option<crate::ExitClass>,
 }
 
 /// One line of output (`format=jsonl`).

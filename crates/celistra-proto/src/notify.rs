@@ -84,6 +84,8 @@ pub enum NoticeKind {
     ApprovalDecided,
     /// Sent by `ctl notifications test`.
     Test,
+    /// An agent has been in an activity for as long as its `notify_activity` says.
+    AgentActivity,
 }
 
 /// One notification.
@@ -98,7 +100,18 @@ pub struct Notice {
     /// `{"verdict": "approve" | "deny"}` decides directly. Single use, expires with the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decide_url: Option<String>,
+    /// For `agent_activity`: the agent and its activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<ActivityNotice>,
     pub sent_at_ms: u64,
+}
+
+/// The agent a `agent_activity` notice is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActivityNotice {
+    pub agent_id: String,
+    pub agent_name: String,
+    pub activity: crate::ActivityInfo,
 }
 
 /// Approve or deny.

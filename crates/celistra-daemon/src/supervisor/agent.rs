@@ -5,15 +5,21 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use celistra_core::agents::classify;
 use celistra_core::approval_line::{Decision, LineRequest, LineScanner, response_line};
 use celistra_core::config::restart_policy;
 use celistra_core::logtext::Stream;
+use celistra_core::model_trouble::{
+    DEFAULT_MODEL_ERROR_MAX, DEFAULT_MODEL_ERROR_WINDOW_SECS, ModelErrorBudget, ModelErrorDecision,
+    limit_resume_at,
+};
 use celistra_core::restart::{RestartDecision, RestartTracker};
 use celistra_history::{History, RunEnd, RunStart};
 use celistra_proto::{
-    AgentInfo, AgentSpec, AgentState, ApiError, ApprovalStatus, CapabilitySource,
-    EffectiveSettings, ErrorCode, EventKind, ExitCause, IoMode, RunCause, RunRecord, RunSandbox,
-    Signal, TermSize, TerminalServerMessage, signal_name,
+    Activity, AgentInfo, AgentSpec, AgentState, ApiError, ApprovalStatus, CapabilitySource,
+    EffectiveSettings, ErrorCode, EventKind, Evidence, ExitCause, ExitClass, ExitClassification,
+    IoMode, LimitWait, RunCause, RunRecord, RunSandbox, Signal, SignalTier, TermSize,
+    TerminalServerMessage, signal_name,
 };
 use celistra_sandbox::pty::OwnedWritePty;
 use celistra_sandbox::{
@@ -26,6 +32,7 @@ use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::activity;
 use super::fanout::{Fanout, InputOp};
 use crate::actor::Actor;
 use crate::approval_flow::ApprovalFlow;
@@ -69,6 +76,10 @@ pub(crate) struct AgentHandle {
     pub commands: mpsc::UnboundedSender<Order>,
     /// History id of the current (or last) run, where the daemon's notes about the agent go.
     pub history_run: std::sync::atomic::AtomicU64,
+    /// What has been seen of the current run's activity.
+    pub activity: super::activity::Tracker,
+    /// When a running agent waiting on a usage limit is resumed (its task sleeps until then).
+    pub resume: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 /// An agent's [`AgentInfo`] with its JSON cached: `ls` of many agents copies bytes instead of
@@ -256,6 +267,8 @@ struct Agent {
     tracker: RestartTracker,
     /// Automatic restarts in a row; 0 after an operator's start.
     attempt: u32,
+    /// Transient model errors: their own backoff and budget, apart from the crash ceiling.
+    model_errors: ModelErrorBudget,
     /// Who gave the command being carried out.
     actor: Actor,
 }
@@ -273,8 +286,10 @@ pub(crate) async fn run(
         handle,
         tracker: RestartTracker::default(),
         attempt: 0,
+        model_errors: ModelErrorBudget::default(),
         actor: Actor::system(),
     };
+    let mut resume = agent.handle.resume.subscribe();
     let mut phase = Phase::Idle;
     loop {
         phase = match phase {
@@ -300,22 +315,29 @@ pub(crate) async fn run(
                     None => Phase::Ended,
                 },
             },
-            Phase::Running(mut run) => tokio::select! {
-                exit = run.child.wait() => {
-                    let cause = if run.signalled { ExitCause::Operator } else { ExitCause::Exited };
-                    agent.after_exit(run, exit.unwrap_or(ExitInfo { code: None, signal: None }), cause).await
+            Phase::Running(mut run) => {
+                let resume_at = *resume.borrow_and_update();
+                tokio::select! {
+                    () = sleep_until_ms(resume_at) => {
+                        agent.resume_after_limit(run).await
+                    }
+                    _ = resume.changed() => Phase::Running(run),
+                    exit = run.child.wait() => {
+                        let cause = if run.signalled { ExitCause::Operator } else { ExitCause::Exited };
+                        agent.after_exit(run, exit.unwrap_or(ExitInfo { code: None, signal: None }), cause).await
+                    }
+                    order = commands.recv() => match order {
+                        Some(order) => {
+                            let command = agent.take(order);
+                            agent.command_when_running(run, command).await
+                        }
+                        None => {
+                            agent.stop(run, ExitCause::Operator).await;
+                            Phase::Ended
+                        }
+                    },
                 }
-                order = commands.recv() => match order {
-                    Some(order) => {
-                        let command = agent.take(order);
-                        agent.command_when_running(run, command).await
-                    }
-                    None => {
-                        agent.stop(run, ExitCause::Operator).await;
-                        Phase::Ended
-                    }
-                },
-            },
+            }
         };
     }
 }
@@ -472,12 +494,20 @@ impl Agent {
     async fn start_afresh(&mut self, reply: Reply, is_restart: bool) -> Phase {
         self.tracker.reset();
         self.attempt = 0;
+        self.model_errors.reset();
+        self.handle.info_mut().model_errors = 0;
         let (phase, result) = self.spawn(is_restart).await;
         let _ = reply.send(result);
         phase
     }
 
     fn mark_stopped(&self) {
+        {
+            let mut info = self.handle.info_mut();
+            info.activity = None;
+            info.limit = None;
+        }
+        self.handle.resume.send_replace(None);
         self.set_state(AgentState::Stopped, None);
         self.persist(AgentState::Stopped);
     }
@@ -485,6 +515,8 @@ impl Agent {
     /// Starts a new run. On failure the agent is treated as if the run had died at once.
     async fn spawn(&mut self, is_restart: bool) -> (Phase, Result<(), ApiError>) {
         self.set_state(AgentState::Starting, None);
+        // Before the process exists: its first output belongs to the new run.
+        self.handle.activity.new_run();
         match self.start_process() {
             Ok(mut run) => {
                 // Before the program can run into its sandbox: its blocks name this session.
@@ -505,6 +537,8 @@ impl Agent {
                     info.exit_code = None;
                     info.exit_signal = None;
                     info.last_error = None;
+                    info.activity = None;
+                    info.limit = None;
                     info.settings = run.settings.clone();
                     info.sandbox = Some(run.sandbox.clone());
                     if is_restart {
@@ -515,6 +549,7 @@ impl Agent {
                 self.handle
                     .history_run
                     .store(run.id, std::sync::atomic::Ordering::SeqCst);
+                self.handle.resume.send_replace(None);
                 self.services.audit.record(
                     &self.actor,
                     "agent_run_started",
@@ -753,12 +788,19 @@ impl Agent {
                 cause: None,
                 stopped_by: None,
                 output_bytes: 0,
+                exit_class: None,
             },
         });
     }
 
     /// Records how a run ended in the history.
-    fn record_end(&self, run_id: u64, exit: ExitInfo, cause: RunCause) {
+    fn record_end(
+        &self,
+        run_id: u64,
+        exit: ExitInfo,
+        cause: RunCause,
+        exit_class: Option<ExitClass>,
+    ) {
         self.services.history.run_ended(
             run_id,
             RunEnd {
@@ -767,6 +809,7 @@ impl Agent {
                 exit_signal: exit.signal.map(signal_name),
                 cause,
                 stopped_by: (cause == RunCause::Operator).then(|| self.actor.name.clone()),
+                exit_class,
             },
         );
     }
@@ -800,17 +843,23 @@ impl Agent {
             signal: None,
         });
         let run_id = run.id;
-        self.finish(run, exit, cause);
+        self.finish(run, exit, cause, None);
         let cause = if cause == ExitCause::Shutdown {
             RunCause::Shutdown
         } else {
             RunCause::Operator
         };
-        self.record_end(run_id, exit, cause);
+        self.record_end(run_id, exit, cause, None);
     }
 
     /// Cleans up after a run's leader exited, records how it ended and publishes it.
-    fn finish(&self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> u64 {
+    fn finish(
+        &self,
+        run: Box<Run>,
+        exit: ExitInfo,
+        cause: ExitCause,
+        class: Option<ExitClassification>,
+    ) -> u64 {
         // Whatever the leader left behind (background jobs, daemonised children) ends with it.
         kill_everything(&run);
         self.handle.fanout.set_input(None);
@@ -823,6 +872,10 @@ impl Agent {
             info.exit_code = exit.code;
             info.exit_signal = exit.signal.map(signal_name);
             info.exited_at_ms = Some(now_ms());
+            info.activity = None;
+            if class.is_some() {
+                info.exit_class.clone_from(&class);
+            }
             (info.name.clone(), info.run)
         };
         self.handle.fanout.announce(&TerminalServerMessage::Exit {
@@ -838,20 +891,43 @@ impl Agent {
             exit_signal: exit.signal.map(signal_name),
             cause,
             uptime_ms,
-            class: None,
+            class,
         });
         uptime_ms
     }
 
     async fn after_exit(&mut self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> Phase {
         let run_id = run.id;
-        let uptime_ms = self.finish(run, exit, cause);
         if cause == ExitCause::Operator {
-            self.record_end(run_id, exit, RunCause::Operator);
+            self.finish(run, exit, cause, None);
+            self.record_end(run_id, exit, RunCause::Operator, None);
             self.mark_stopped();
             return Phase::Idle;
         }
+        let class = self.classify_exit(exit);
+        let uptime_ms = self.finish(run, exit, cause, Some(class.clone()));
+        if uptime_ms >= self.handle.info().settings.backoff_reset_secs * 1000 {
+            self.model_errors.healthy();
+        }
         let clean = exit.code == Some(0);
+        let trouble = match class.class {
+            _ if !self.retries_model_trouble() => None,
+            ExitClass::UsageLimit => Some(self.wait_for_reset(&class)),
+            transient if transient.is_transient_model_error() => {
+                Some(self.after_model_error(&class))
+            }
+            ExitClass::Auth => Some(self.refused_credentials(&class)),
+            _ => None,
+        };
+        if let Some(phase) = trouble {
+            let cause = if clean {
+                RunCause::Exited
+            } else {
+                RunCause::Crashed
+            };
+            self.record_end(run_id, exit, cause, Some(class.class));
+            return phase;
+        }
         let phase = self.decide_after_death(uptime_ms, clean);
         let cause = if self.handle.info().state == AgentState::CrashedOut {
             RunCause::CrashedOut
@@ -860,8 +936,215 @@ impl Agent {
         } else {
             RunCause::Crashed
         };
-        self.record_end(run_id, exit, cause);
+        self.record_end(run_id, exit, cause, Some(class.class));
         phase
+    }
+
+    /// Why the run ended: a failure its hooks reported, else its JSON result or the tail of its
+    /// output. A clean exit (code 0) believes only the hooks and a JSON result: a retried error
+    /// line in the output of a run that then succeeded is not why it ended.
+    fn classify_exit(&self, exit: ExitInfo) -> ExitClassification {
+        let now = now_ms();
+        if let Some(reported) = self.handle.activity.take_failure() {
+            return reported;
+        }
+        let tail = self.handle.activity.tail_text();
+        if let Some((found, source)) = classify::classify_tail(&tail, now, self.services.zone)
+            && (exit.code != Some(0) || source == classify::Source::Result)
+        {
+            return ExitClassification {
+                class: found.class,
+                source: match source {
+                    classify::Source::Result => "result",
+                    classify::Source::Output => "output",
+                }
+                .into(),
+                said: activity::clip(&found.said),
+                retry_after_ms: found.retry_after_ms,
+                reset_at_ms: found.reset_at_ms,
+                at_ms: now,
+            };
+        }
+        ExitClassification {
+            class: ExitClass::Other,
+            source: "exit".into(),
+            said: match (exit.code, exit.signal) {
+                (Some(code), _) => format!("exit code {code}"),
+                (None, Some(signal)) => format!("killed by {}", signal_name(signal)),
+                (None, None) => "ended".into(),
+            },
+            retry_after_ms: None,
+            reset_at_ms: None,
+            at_ms: now,
+        }
+    }
+
+    /// Whether model errors and usage limits bring the agent back by themselves: always for the
+    /// AI agent CLIs the daemon knows, else only with `auto_restart`.
+    fn retries_model_trouble(&self) -> bool {
+        let info = self.handle.info();
+        info.auto_restart || matches!(info.kind.as_str(), "claude" | "codex" | "gemini" | "aider")
+    }
+
+    /// The run ended on a usage limit: the agent waits in backoff until the reset plus jitter.
+    fn wait_for_reset(&mut self, class: &ExitClassification) -> Phase {
+        let now = now_ms();
+        let resume_at_ms = limit_resume_at(class.reset_at_ms, now, random_unit());
+        let limit = LimitWait {
+            reset_at_ms: class.reset_at_ms,
+            resume_at_ms,
+            action: "restart".into(),
+            said: class.said.clone(),
+        };
+        {
+            let mut info = self.handle.info_mut();
+            info.limit = Some(limit.clone());
+            info.next_restart_at_ms = Some(resume_at_ms);
+        }
+        self.set_state(AgentState::Backoff, None);
+        self.persist(AgentState::Backoff);
+        self.note_trouble(Activity::WaitingLimit, class);
+        self.services.events.publish(EventKind::AgentWaitingLimit {
+            agent_id: self.id().to_owned(),
+            name: self.name(),
+            limit,
+        });
+        Phase::Backoff(
+            tokio::time::Instant::now() + Duration::from_millis(resume_at_ms.saturating_sub(now)),
+        )
+    }
+
+    /// The run ended on a transient model error: restart after the model-error backoff, or stop
+    /// once the budget is spent. The crash ceiling is not touched.
+    fn after_model_error(&mut self, class: &ExitClassification) -> Phase {
+        let (max, window_secs) = {
+            let spec = self.handle.spec();
+            (
+                spec.model_error_max.unwrap_or(DEFAULT_MODEL_ERROR_MAX),
+                spec.model_error_window_secs
+                    .unwrap_or(DEFAULT_MODEL_ERROR_WINDOW_SECS),
+            )
+        };
+        let now = now_ms();
+        self.note_trouble(Activity::ModelError, class);
+        match self.model_errors.on_error(
+            max,
+            window_secs * 1000,
+            now,
+            class.retry_after_ms,
+            random_unit(),
+        ) {
+            ModelErrorDecision::Retry {
+                delay_ms,
+                errors_in_window,
+            } => {
+                let next = now + delay_ms;
+                {
+                    let mut info = self.handle.info_mut();
+                    info.model_errors = errors_in_window;
+                    info.next_restart_at_ms = Some(next);
+                }
+                self.set_state(AgentState::Backoff, None);
+                self.persist(AgentState::Backoff);
+                self.services.events.publish(EventKind::AgentBackoff {
+                    agent_id: self.id().to_owned(),
+                    name: self.name(),
+                    delay_ms,
+                    next_restart_at_ms: next,
+                });
+                Phase::Backoff(tokio::time::Instant::now() + Duration::from_millis(delay_ms))
+            }
+            ModelErrorDecision::Exhausted { errors_in_window } => {
+                {
+                    let mut info = self.handle.info_mut();
+                    info.model_errors = errors_in_window;
+                    info.last_error = Some(format!(
+                        "stopped after {errors_in_window} model errors in {window_secs} s \
+                         (model_error_max {max}); the provider keeps failing, last: {}; start it \
+                         again when the provider is back",
+                        class.said
+                    ));
+                }
+                self.set_state(AgentState::Failed, None);
+                self.persist(AgentState::Failed);
+                self.services
+                    .events
+                    .publish(EventKind::AgentModelErrorsExhausted {
+                        agent_id: self.id().to_owned(),
+                        name: self.name(),
+                        model_errors: errors_in_window,
+                        window_secs,
+                    });
+                Phase::Idle
+            }
+        }
+    }
+
+    /// The provider refused the agent's credentials: restarting cannot help, so it is not.
+    fn refused_credentials(&mut self, class: &ExitClassification) -> Phase {
+        self.handle.info_mut().last_error = Some(format!(
+            "the model provider refused the agent's credentials ({}); not restarted: log it in \
+             again (or fix its API key) and start it",
+            class.said
+        ));
+        self.note_trouble(Activity::NeedsInput, class);
+        self.set_state(AgentState::Failed, None);
+        self.persist(AgentState::Failed);
+        Phase::Idle
+    }
+
+    /// Shows what an exit's class means for the agent's activity, with the class as evidence.
+    fn note_trouble(&self, activity: Activity, class: &ExitClassification) {
+        activity::record_activity(
+            &self.handle,
+            &self.services,
+            activity,
+            Evidence {
+                tier: if class.source == "output" {
+                    SignalTier::Screen
+                } else {
+                    SignalTier::Hook
+                },
+                signal: format!(
+                    "exit classified {} from its {}",
+                    class.class.as_str(),
+                    class.source
+                ),
+                said: class.said.clone(),
+                at_ms: class.at_ms,
+            },
+        );
+    }
+
+    /// A running agent's usage limit reset: type its `limit_input`, or restart it.
+    async fn resume_after_limit(&mut self, run: Box<Run>) -> Phase {
+        self.handle.resume.send_replace(None);
+        self.handle.info_mut().limit = None;
+        let input = self.handle.spec().limit_input.clone();
+        self.actor = Actor::system();
+        match (input, self.handle.fanout.input()) {
+            (Some(text), Some(sender)) => {
+                let _ = sender
+                    .send(InputOp::Bytes(Bytes::from(format!("{text}\r"))))
+                    .await;
+                activity::record_activity(
+                    &self.handle,
+                    &self.services,
+                    Activity::Working,
+                    Evidence {
+                        tier: SignalTier::Hook,
+                        signal: "usage limit reset: the daemon typed limit_input".into(),
+                        said: activity::clip(&text),
+                        at_ms: now_ms(),
+                    },
+                );
+                Phase::Running(run)
+            }
+            _ => {
+                self.stop(run, ExitCause::Operator).await;
+                self.spawn(true).await.0
+            }
+        }
     }
 
     /// After a run died by itself (or could not start): restart with backoff, crash out, or rest.
@@ -1015,6 +1298,7 @@ impl OutputSink {
             return;
         }
         self.handle.fanout.push(&chunk);
+        activity::on_output(&self.handle, &self.services, &chunk);
         self.history.room_for(chunk.len()).await;
         self.history
             .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
@@ -1050,8 +1334,16 @@ impl OutputSink {
     }
 }
 
+/// Sleeps until a wall-clock time in ms; forever when there is none.
+async fn sleep_until_ms(at_ms: Option<u64>) {
+    match at_ms {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A uniform random number in `[0, 1)` for backoff jitter.
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         return 0.5;

@@ -2,6 +2,7 @@
 //! agent's process is owned by its own task (`agent.rs`); this module creates, finds, commands and
 //! removes those tasks, and keeps names unique and records durable.
 
+mod activity;
 mod agent;
 pub(crate) mod fanout;
 mod reader_thread;
@@ -19,6 +20,7 @@ use celistra_proto::{
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
+pub(crate) use activity::{AgentRules, machine_zone};
 pub(crate) use agent::AgentHandle;
 use agent::Command;
 use fanout::Fanout;
@@ -72,6 +74,24 @@ pub(crate) struct Supervisor {
     pub approvals: ApprovalFlow,
     registry: RwLock<Registry>,
     shutting_down: AtomicBool,
+}
+
+/// Looks at every running agent's activity once a second (see `activity::tick`) while the
+/// supervisor lives.
+pub(crate) async fn watch_activity(supervisor: Weak<Supervisor>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(supervisor) = supervisor.upgrade() else {
+            return;
+        };
+        let handles: Vec<Arc<AgentHandle>> = supervisor.read().by_id.values().cloned().collect();
+        let cgroups = supervisor.services.cgroups.as_ref().map(|c| c.path());
+        for handle in handles {
+            activity::tick(&handle, &supervisor.services, cgroups);
+        }
+    }
 }
 
 fn not_found(key: &str) -> ApiError {
@@ -313,6 +333,8 @@ impl Supervisor {
             fanout: Fanout::new(settings.scrollback_kb as usize * 1024),
             commands,
             history_run: std::sync::atomic::AtomicU64::new(0),
+            activity: activity::Tracker::default(),
+            resume: tokio::sync::watch::Sender::new(None),
         });
         self.services.asks.open(&stored.id, self.approvals.clone());
         registry
@@ -355,6 +377,10 @@ impl Supervisor {
             .unwrap_or_else(|| self.services.default_workspace.clone());
         info.env_keys = spec.env.keys().cloned().collect();
         info.auto_restart = spec.auto_restart;
+        info.kind = spec
+            .kind
+            .clone()
+            .unwrap_or_else(|| celistra_core::agents::guess_kind(&spec.command).to_owned());
         info.mode = if spec.no_pty {
             IoMode::Pipes
         } else {
@@ -692,6 +718,15 @@ impl Supervisor {
 }
 
 impl AgentDirectory for Supervisor {
+    fn report_hook(
+        &self,
+        agent_id: &str,
+        report: &celistra_proto::HookReport,
+    ) -> Result<(), ApiError> {
+        let handle = self.find(agent_id)?;
+        activity::on_hook(&handle, &self.services, report)
+    }
+
     fn lookup(&self, agent_id: &str) -> Option<AgentRef> {
         let handle = self.read().by_id.get(agent_id).cloned()?;
         Some(AgentRef {

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use celistra_client::{Client, ClientError};
 use celistra_core::duration::{parse_bytes, parse_millis};
 use celistra_proto::{
-    AgentInfo, AgentSpec, IoMode, KillRequest, RenameRequest, Signal, UpdateRequest,
+    Activity, ActivityNotify, AgentInfo, AgentSpec, IoMode, KillRequest, RenameRequest, Signal,
+    SignalTier, UpdateRequest,
 };
 use clap::Args;
 
-use super::table::{exit_text, render, uptime_text};
+use super::table::{compact_duration, exit_text, now_ms, render, uptime_text};
 use super::{CtlResult, Failure, on_machine_of, print_json};
 
 #[derive(Debug, Args)]
@@ -98,6 +99,50 @@ pub(crate) struct SettingArgs {
     /// CPU share relative to other agents, 1 to 10000 [default: 100].
     #[arg(long, value_name = "WEIGHT")]
     cpu_weight: Option<u32>,
+    /// Which AI agent CLI it runs: claude, codex, gemini, aider, or another name (picks its
+    /// screen rules) [default: guessed from the command].
+    #[arg(long, value_name = "KIND")]
+    kind: Option<String>,
+    /// Type this (then Enter) into the agent when its usage limit resets, e.g. `continue`
+    /// [default: restart it at the reset].
+    #[arg(long, value_name = "TEXT")]
+    limit_input: Option<String>,
+    /// Restarts after model errors (overloaded, 5xx, 429, network) allowed in the window before
+    /// the agent is stopped [default: 10]; they do not count toward --restart-max.
+    #[arg(long, value_name = "N")]
+    model_error_max: Option<u32>,
+    /// Window of --model-error-max, e.g. 1h [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_millis)]
+    model_error_window: Option<u64>,
+    /// Notify (ntfy, webhooks, phones) when the agent has been in an activity for a while, e.g.
+    /// `needs-input:60s`, `waiting-limit` (repeatable). On `set`, replaces the list.
+    #[arg(long = "notify-on", value_name = "ACTIVITY[:AFTER]", value_parser = parse_notify_on)]
+    notify_on: Vec<ActivityNotify>,
+}
+
+/// `needs-input:60s` → notify when the agent has needed input for 60 s.
+fn parse_notify_on(text: &str) -> Result<ActivityNotify, String> {
+    let (name, after) = text.split_once(':').unwrap_or((text, "0s"));
+    let activity = [
+        Activity::Working,
+        Activity::NeedsInput,
+        Activity::WaitingApproval,
+        Activity::WaitingLimit,
+        Activity::ModelError,
+        Activity::Idle,
+    ]
+    .into_iter()
+    .find(|a| a.as_str() == name)
+    .ok_or_else(|| {
+        format!(
+            "unknown activity `{name}`; use working, needs-input, waiting-approval, \
+             waiting-limit, model-error or idle"
+        )
+    })?;
+    Ok(ActivityNotify {
+        activity,
+        after_secs: parse_millis(after)?.div_ceil(1000),
+    })
 }
 
 impl SettingArgs {
@@ -120,6 +165,11 @@ impl SettingArgs {
             memory_max: self.memory_max,
             pids_max: self.pids_max,
             cpu_weight: self.cpu_weight,
+            kind: self.kind.clone(),
+            limit_input: self.limit_input.clone(),
+            model_error_max: self.model_error_max,
+            model_error_window_secs: secs(self.model_error_window),
+            notify_activity: (!self.notify_on.is_empty()).then(|| self.notify_on.clone()),
             ..UpdateRequest::default()
         })
     }
@@ -233,8 +283,8 @@ pub(crate) async fn list(client: &Client, args: LsArgs) -> CtlResult {
     Ok(())
 }
 
-const AGENT_COLUMNS: [&str; 9] = [
-    "ID", "NAME", "STATE", "PID", "RESTARTS", "EXIT", "UPTIME", "SANDBOX", "COMMAND",
+const AGENT_COLUMNS: [&str; 10] = [
+    "ID", "NAME", "STATE", "ACTIVITY", "PID", "RESTARTS", "EXIT", "UPTIME", "SANDBOX", "COMMAND",
 ];
 
 /// `ls --all-machines`: one table, a MACHINE column first; an offline machine's agents are as the
@@ -279,6 +329,7 @@ fn agent_row(a: &AgentInfo) -> Vec<String> {
         a.id.clone(),
         a.name.clone(),
         a.state.as_str().to_owned(),
+        activity_text(a),
         a.pid.map_or("-".into(), |p| p.to_string()),
         a.restarts.to_string(),
         exit_text(a),
@@ -286,6 +337,102 @@ fn agent_row(a: &AgentInfo) -> Vec<String> {
         sandbox_badge(a).to_owned(),
         a.command.clone(),
     ]
+}
+
+/// `ls`'s ACTIVITY column: the activity, with the reset of a usage limit it waits on.
+fn activity_text(agent: &AgentInfo) -> String {
+    let Some(current) = &agent.activity else {
+        return "-".into();
+    };
+    match (&agent.limit, current.activity) {
+        (Some(limit), Activity::WaitingLimit) => format!(
+            "waiting-limit ({})",
+            limit.reset_at_ms.map_or_else(
+                || "reset unknown".to_owned(),
+                |reset| format!(
+                    "resets in {}",
+                    compact_duration(reset.saturating_sub(now_ms()))
+                )
+            )
+        ),
+        _ => current.activity.as_str().to_owned(),
+    }
+}
+
+/// `status`'s lines about what the agent does and why: activity, evidence, last exit's class,
+/// the usage limit it waits on, model errors.
+fn activity_lines(agent: &AgentInfo) -> Vec<(&'static str, String)> {
+    let ago = |at: u64| compact_duration(now_ms().saturating_sub(at));
+    let mut lines = vec![("kind", agent.kind.clone())];
+    match &agent.activity {
+        Some(current) => {
+            let evidence = &current.evidence;
+            lines.push((
+                "activity",
+                format!(
+                    "{} for {}",
+                    current.activity.as_str(),
+                    ago(current.since_ms)
+                ),
+            ));
+            lines.push((
+                "because",
+                format!(
+                    "{} ({}, {} ago){}",
+                    evidence.signal,
+                    match evidence.tier {
+                        SignalTier::Hook => "hook",
+                        SignalTier::Terminal => "terminal",
+                        SignalTier::Screen => "screen",
+                    },
+                    ago(evidence.at_ms),
+                    if evidence.said.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", evidence.said)
+                    }
+                ),
+            ));
+        }
+        None => lines.push(("activity", "- (no signal yet)".into())),
+    }
+    if let Some(class) = &agent.exit_class {
+        lines.push((
+            "exit class",
+            format!(
+                "{} (from its {}): {}",
+                class.class.as_str(),
+                class.source,
+                class.said
+            ),
+        ));
+    }
+    if let Some(limit) = &agent.limit {
+        lines.push((
+            "usage limit",
+            format!(
+                "resets {}; {} at {} ({})",
+                limit.reset_at_ms.map_or_else(
+                    || "at an unknown time".to_owned(),
+                    celistra_core::clock::format_rfc3339_ms
+                ),
+                if limit.action == "input" {
+                    "types its limit input"
+                } else {
+                    "restarts"
+                },
+                celistra_core::clock::format_rfc3339_ms(limit.resume_at_ms),
+                limit.said
+            ),
+        ));
+    }
+    if agent.model_errors > 0 {
+        lines.push((
+            "model errors",
+            format!("{} in the window", agent.model_errors),
+        ));
+    }
+    lines
 }
 
 pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
@@ -296,7 +443,7 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         return Ok(());
     }
     let s = &agent.settings;
-    let lines = [
+    let mut lines = vec![
         ("id", agent.id.clone()),
         ("name", agent.name.clone()),
         ("state", agent.state.as_str().to_owned()),
@@ -369,6 +516,7 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
             agent.last_error.clone().unwrap_or_else(|| "-".into()),
         ),
     ];
+    lines.splice(3..3, activity_lines(&agent));
     for (label, value) in lines {
         println!("{:<14}{value}", format!("{label}:"));
     }

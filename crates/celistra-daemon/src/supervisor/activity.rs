@@ -1,0 +1,546 @@
+//! What each agent is doing and why: its activity, read from its hooks, its terminal signals and
+//! its screen (trusted in that order), the quiet-and-no-CPU rule, the usage-limit wait of a
+//! running agent, and notifications of activities that last. Also the rules file and the
+//! machine's time zone these are read with.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
+
+use celistra_core::agents::classify::{self, Classified};
+use celistra_core::agents::hooks;
+use celistra_core::agents::rules::Rules;
+use celistra_core::agents::terminal::{TerminalScanner, TerminalSignal};
+use celistra_core::logtext::readable_text;
+use celistra_core::model_trouble::limit_resume_at;
+use celistra_proto::{
+    Activity, ActivityInfo, ActivityNotice, ApiError, ErrorCode, EventKind, Evidence,
+    ExitClassification, HookReport, LimitWait, SignalTier,
+};
+
+use super::agent::AgentHandle;
+use crate::now_ms;
+use crate::services::Services;
+
+/// Bytes of a run's latest output kept for its screen rules and its exit classification.
+const TAIL_BYTES: usize = 16 * 1024;
+/// Lines of the screen the rules look at, at most.
+const SCREEN_LINES: usize = 40;
+/// Least time between two evaluations of an agent's screen rules while output keeps coming.
+const SCREEN_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+/// Quiet time before an agent whose kind names none counts as idle (with no CPU use).
+const DEFAULT_QUIET_IDLE_SECS: u64 = 30;
+/// CPU use below which a quiet agent counts as idle: 2 % of one core.
+const IDLE_CPU_SHARE: f64 = 0.02;
+/// Longest text kept as evidence.
+const MAX_SAID_CHARS: usize = 200;
+
+/// The screen rules in force: the built-in ones with `agent-rules.json` of the state directory
+/// over them, read again whenever the file changes.
+#[derive(Debug)]
+pub(crate) struct AgentRules {
+    path: PathBuf,
+    loaded: Mutex<LoadedRules>,
+}
+
+#[derive(Debug)]
+struct LoadedRules {
+    /// Modification time and length of the file the rules were read from (`None`: no file).
+    stamp: Option<(SystemTime, u64)>,
+    rules: Arc<Rules>,
+}
+
+impl AgentRules {
+    pub(crate) fn new(path: PathBuf) -> AgentRules {
+        let rules = AgentRules {
+            path,
+            loaded: Mutex::new(LoadedRules {
+                stamp: None,
+                rules: Arc::new(Rules::builtin()),
+            }),
+        };
+        let _ = rules.current();
+        rules
+    }
+
+    /// The rules, re-read if the file changed. A file that does not parse is reported in the log
+    /// and the rules before it stay in force: a typo never blinds the daemon.
+    pub(crate) fn current(&self) -> Arc<Rules> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        if loaded.stamp != stamp {
+            loaded.stamp = stamp;
+            match self.read() {
+                Ok(rules) => loaded.rules = Arc::new(rules),
+                Err(e) => tracing::warn!("{e}; the rules read before stay in force"),
+            }
+        }
+        Arc::clone(&loaded.rules)
+    }
+
+    fn read(&self) -> Result<Rules, String> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Rules::builtin()),
+            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
+        };
+        Rules::with_overrides(&text, &self.path.display().to_string())
+    }
+}
+
+/// The machine's IANA time zone: `$TZ` when it names one, else the target of `/etc/localtime`,
+/// else `/etc/timezone`, else UTC. Codex names its reset times in it.
+pub(crate) fn machine_zone() -> chrono_tz::Tz {
+    let named = |name: &str| {
+        name.trim()
+            .trim_start_matches(':')
+            .parse::<chrono_tz::Tz>()
+            .ok()
+    };
+    if let Some(zone) = std::env::var("TZ").ok().as_deref().and_then(named) {
+        return zone;
+    }
+    if let Ok(target) = std::fs::read_link("/etc/localtime")
+        && let Some(zone) = target
+            .to_str()
+            .and_then(|t| t.split_once("zoneinfo/"))
+            .and_then(|(_, name)| named(name))
+    {
+        return zone;
+    }
+    std::fs::read_to_string("/etc/timezone")
+        .ok()
+        .as_deref()
+        .and_then(named)
+        .unwrap_or(chrono_tz::UTC)
+}
+
+/// What has been seen of one agent's current run.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker(Mutex<Track>);
+
+#[derive(Debug, Default)]
+struct Track {
+    /// A structured signal came in this run: lower tiers then only report limits and errors.
+    hook_spoke: bool,
+    terminal: TerminalScanner,
+    /// The run's latest output.
+    tail: VecDeque<u8>,
+    screen_dirty: bool,
+    screen_checked: Option<Instant>,
+    last_output: Option<Instant>,
+    /// The CPU time the agent had used at a moment, for the quiet rule.
+    cpu_sample: Option<(Instant, u64)>,
+    /// A failure a hook reported (Claude Code's `StopFailure`), until the agent works again.
+    failure: Option<ExitClassification>,
+    /// The activity (and its start) already notified.
+    notified: Option<(Activity, u64)>,
+}
+
+impl Tracker {
+    fn lock(&self) -> MutexGuard<'_, Track> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new run starts: nothing of the last one counts.
+    pub(crate) fn new_run(&self) {
+        *self.lock() = Track::default();
+    }
+
+    /// The failure a hook reported in this run, if the agent did not work again after it.
+    pub(crate) fn take_failure(&self) -> Option<ExitClassification> {
+        self.lock().failure.take()
+    }
+
+    /// The readable text of the run's latest output.
+    pub(crate) fn tail_text(&self) -> String {
+        let track = self.lock();
+        let (a, b) = track.tail.as_slices();
+        readable_text(&[a, b].concat())
+    }
+}
+
+/// One signal about an agent's activity.
+struct Observation {
+    tier: SignalTier,
+    activity: Activity,
+    signal: String,
+    said: String,
+    /// For `waiting-limit` and `model-error`: the failure, classified.
+    failure: Option<Classified>,
+}
+
+pub(crate) fn clip(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(MAX_SAID_CHARS) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The agent's rules for its kind.
+fn kind_rules(handle: &AgentHandle, services: &Services) -> (Arc<Rules>, String) {
+    (services.agent_rules.current(), handle.info().kind.clone())
+}
+
+/// Output of the agent's current run: terminal signals at once, screen rules at most every
+/// 300 ms (the rest is left to [`tick`]).
+pub(crate) fn on_output(handle: &AgentHandle, services: &Services, chunk: &[u8]) {
+    let mut signals = Vec::new();
+    let screen_due = {
+        let mut track = handle.activity.lock();
+        track.terminal.push(chunk, &mut signals);
+        let keep = chunk.len().min(TAIL_BYTES);
+        let excess = (track.tail.len() + keep).saturating_sub(TAIL_BYTES);
+        track.tail.drain(..excess);
+        track.tail.extend(&chunk[chunk.len() - keep..]);
+        track.last_output = Some(Instant::now());
+        track.screen_dirty = true;
+        track
+            .screen_checked
+            .is_none_or(|at| at.elapsed() >= SCREEN_EVERY)
+    };
+    // The screen first, then the terminal's signals: a bell rings after the prompt it is for.
+    if screen_due {
+        check_screen(handle, services);
+    }
+    if signals.is_empty() {
+        return;
+    }
+    let (rules, kind) = kind_rules(handle, services);
+    let rules = rules.kind(&kind);
+    for signal in signals {
+        let observation = match signal {
+            TerminalSignal::Bell => rules.bell.map(|activity| Observation {
+                tier: SignalTier::Terminal,
+                activity,
+                signal: "BEL".into(),
+                said: String::new(),
+                failure: None,
+            }),
+            TerminalSignal::Notify(text) => rules.notify.map(|activity| Observation {
+                tier: SignalTier::Terminal,
+                activity,
+                signal: "OSC 9 notification".into(),
+                said: clip(&text),
+                failure: None,
+            }),
+            TerminalSignal::Title(title) => rules.title(&title).map(|found| Observation {
+                tier: SignalTier::Terminal,
+                activity: found.activity,
+                signal: format!("OSC 0 title, rule {}", found.rule),
+                said: clip(&found.said),
+                failure: None,
+            }),
+            TerminalSignal::Progress { state, percent } => {
+                matches!(state, 1 | 3).then(|| Observation {
+                    tier: SignalTier::Terminal,
+                    activity: Activity::Working,
+                    signal: "OSC 9;4 progress".into(),
+                    said: percent.map(|p| format!("{p} %")).unwrap_or_default(),
+                    failure: None,
+                })
+            }
+        };
+        if let Some(observation) = observation {
+            observe(handle, services, observation);
+        }
+    }
+}
+
+/// Evaluates the screen rules of the agent's kind on the latest output.
+fn check_screen(handle: &AgentHandle, services: &Services) {
+    let text = {
+        let mut track = handle.activity.lock();
+        track.screen_dirty = false;
+        track.screen_checked = Some(Instant::now());
+        let (a, b) = track.tail.as_slices();
+        readable_text(&[a, b].concat())
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines = &lines[lines.len().saturating_sub(SCREEN_LINES)..];
+    let (rules, kind) = kind_rules(handle, services);
+    let Some(found) = rules.kind(&kind).screen(lines) else {
+        return;
+    };
+    let failure = matches!(
+        found.activity,
+        Activity::WaitingLimit | Activity::ModelError
+    )
+    .then(|| classify::classify_line(&found.said, now_ms(), services.zone))
+    .flatten();
+    observe(
+        handle,
+        services,
+        Observation {
+            tier: SignalTier::Screen,
+            activity: found.activity,
+            signal: format!("screen rule {}", found.rule),
+            said: clip(&found.said),
+            failure,
+        },
+    );
+}
+
+/// A hook's report, from the agent's own socket.
+pub(crate) fn on_hook(
+    handle: &AgentHandle,
+    services: &Services,
+    report: &HookReport,
+) -> Result<(), ApiError> {
+    if !handle.info().state.is_active() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("agent {} is not running; its hooks are ignored", handle.id),
+        ));
+    }
+    let signal = hooks::interpret(&report.kind, &report.payload, now_ms(), services.zone)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
+    let Some(activity) = signal.activity else {
+        // Recorded as spoken: the agent has hooks, so its screen no longer decides.
+        handle.activity.lock().hook_spoke = true;
+        return Ok(());
+    };
+    observe(
+        handle,
+        services,
+        Observation {
+            tier: SignalTier::Hook,
+            activity,
+            signal: signal.signal,
+            said: clip(&signal.said),
+            failure: signal.failure,
+        },
+    );
+    Ok(())
+}
+
+/// Applies a signal: a higher tier outranks lower ones for the whole run, except that a usage
+/// limit or a model error is believed from any tier. Publishes a change of activity.
+fn observe(handle: &AgentHandle, services: &Services, observation: Observation) {
+    let now = now_ms();
+    let limited_or_failing = matches!(
+        observation.activity,
+        Activity::WaitingLimit | Activity::ModelError
+    );
+    let classification = observation.failure.as_ref().map(|c| ExitClassification {
+        class: c.class,
+        source: match observation.tier {
+            SignalTier::Hook => "hook",
+            SignalTier::Terminal | SignalTier::Screen => "output",
+        }
+        .into(),
+        said: clip(&c.said),
+        retry_after_ms: c.retry_after_ms,
+        reset_at_ms: c.reset_at_ms,
+        at_ms: now,
+    });
+    {
+        let mut track = handle.activity.lock();
+        match observation.tier {
+            SignalTier::Hook => track.hook_spoke = true,
+            _ if track.hook_spoke && !limited_or_failing => return,
+            _ => {}
+        }
+        if observation.activity == Activity::Working {
+            track.failure = None;
+        } else if observation.tier == SignalTier::Hook
+            && let Some(classification) = &classification
+        {
+            track.failure = Some(classification.clone());
+        }
+    }
+    set_activity(
+        handle,
+        services,
+        observation.activity,
+        Evidence {
+            tier: observation.tier,
+            signal: observation.signal,
+            said: observation.said.clone(),
+            at_ms: now,
+        },
+    );
+    if observation.activity == Activity::WaitingLimit {
+        let reset_at_ms = classification.as_ref().and_then(|c| c.reset_at_ms);
+        wait_for_limit(handle, services, reset_at_ms, &observation.said);
+    }
+}
+
+/// Sets the activity of a running agent (a late signal of a run that ended changes nothing).
+fn set_activity(handle: &AgentHandle, services: &Services, activity: Activity, evidence: Evidence) {
+    if handle.info().state.is_active() {
+        record_activity(handle, services, activity, evidence);
+    }
+}
+
+/// Sets the agent's activity, and publishes it if it changed.
+pub(crate) fn record_activity(
+    handle: &AgentHandle,
+    services: &Services,
+    activity: Activity,
+    evidence: Evidence,
+) {
+    let changed = {
+        let mut info = handle.info_mut();
+        if info.activity.as_ref().map(|a| a.activity) == Some(activity) {
+            None
+        } else {
+            let now = evidence.at_ms;
+            let activity = ActivityInfo {
+                activity,
+                since_ms: now,
+                evidence,
+            };
+            info.activity = Some(activity.clone());
+            Some((info.name.clone(), activity))
+        }
+    };
+    if let Some((name, activity)) = changed {
+        services.events.publish(EventKind::AgentActivity {
+            agent_id: handle.id.clone(),
+            name,
+            activity,
+        });
+    }
+}
+
+/// A running agent reported a usage limit: it waits (still running) until the reset plus jitter,
+/// then its task types its `limit_input` or restarts it.
+fn wait_for_limit(handle: &AgentHandle, services: &Services, reset_at_ms: Option<u64>, said: &str) {
+    let now = now_ms();
+    let action = if handle.spec().limit_input.is_some() {
+        "input"
+    } else {
+        "restart"
+    };
+    let limit = {
+        let mut info = handle.info_mut();
+        if info
+            .limit
+            .as_ref()
+            .is_some_and(|l| l.reset_at_ms == reset_at_ms)
+        {
+            return;
+        }
+        let limit = LimitWait {
+            reset_at_ms,
+            resume_at_ms: limit_resume_at(reset_at_ms, now, super::agent::random_unit()),
+            action: action.into(),
+            said: clip(said),
+        };
+        info.limit = Some(limit.clone());
+        limit
+    };
+    handle.resume.send_replace(Some(limit.resume_at_ms));
+    services.events.publish(EventKind::AgentWaitingLimit {
+        agent_id: handle.id.clone(),
+        name: handle.info().name.clone(),
+        limit,
+    });
+}
+
+/// Once a second for every agent with a process: the screen rules of output that came since the
+/// last look, the quiet-and-no-CPU rule, and notifications of activities that lasted.
+pub(crate) fn tick(
+    handle: &AgentHandle,
+    services: &Services,
+    cgroup_root: Option<&std::path::Path>,
+) {
+    notify_if_due(handle, services);
+    let (pid, kind) = {
+        let info = handle.info();
+        if !info.state.is_active() {
+            return;
+        }
+        (info.pid, info.kind.clone())
+    };
+    let (dirty, quiet_for, hook_spoke) = {
+        let track = handle.activity.lock();
+        (
+            track.screen_dirty,
+            track.last_output.map(|at| at.elapsed()),
+            track.hook_spoke,
+        )
+    };
+    if dirty {
+        check_screen(handle, services);
+    }
+    let rules = services.agent_rules.current();
+    let quiet_idle_secs = rules
+        .kind(&kind)
+        .quiet_idle_secs
+        .unwrap_or(DEFAULT_QUIET_IDLE_SECS);
+    let current = handle.info().activity.as_ref().map(|a| a.activity);
+    let may_idle = !hook_spoke && matches!(current, None | Some(Activity::Working));
+    if let (true, Some(pid), Some(quiet)) = (may_idle, pid, quiet_for)
+        && quiet.as_secs() >= quiet_idle_secs
+    {
+        let cgroup = cgroup_root.map(|root| root.join(&handle.id));
+        let used = crate::usage::read(&handle.id, cgroup.as_deref(), pid, now_ms());
+        let idle = used.and_then(|usage| {
+            let mut track = handle.activity.lock();
+            let previous = track.cpu_sample.replace((Instant::now(), usage.cpu_usec));
+            let (at, cpu_usec) = previous?;
+            let elapsed_usec = at.elapsed().as_micros() as f64;
+            let share = usage.cpu_usec.saturating_sub(cpu_usec) as f64 / elapsed_usec.max(1.0);
+            Some(share < IDLE_CPU_SHARE)
+        });
+        if idle == Some(true) {
+            set_activity(
+                handle,
+                services,
+                Activity::Idle,
+                Evidence {
+                    tier: SignalTier::Screen,
+                    signal: format!("quiet {} s, no CPU", quiet.as_secs()),
+                    said: String::new(),
+                    at_ms: now_ms(),
+                },
+            );
+        }
+    } else {
+        handle.activity.lock().cpu_sample = None;
+    }
+}
+
+/// Sends the notification an agent's `notify_activity` asks for, once per spell of an activity.
+fn notify_if_due(handle: &AgentHandle, services: &Services) {
+    let Some(current) = handle.info().activity.clone() else {
+        return;
+    };
+    let wanted = handle
+        .spec()
+        .notify_activity
+        .iter()
+        .find(|n| n.activity == current.activity)
+        .map(|n| n.after_secs);
+    let Some(after_secs) = wanted else {
+        return;
+    };
+    if now_ms().saturating_sub(current.since_ms) < after_secs * 1000 {
+        return;
+    }
+    {
+        let mut track = handle.activity.lock();
+        let spell = (current.activity, current.since_ms);
+        if track.notified == Some(spell) {
+            return;
+        }
+        track.notified = Some(spell);
+    }
+    let Ok(config) = services.config() else {
+        return;
+    };
+    services.notify.announce_activity(
+        &config.notifications,
+        &ActivityNotice {
+            agent_id: handle.id.clone(),
+            agent_name: handle.info().name.clone(),
+            activity: current,
+        },
+    );
+}
