@@ -3,6 +3,7 @@
 //! readable text from terminal output with `--grep` patterns, times for humans, and the formats
 //! agents ask for approval in. No I/O, no tokio.
 
+pub mod agents;
 pub mod apply;
 pub mod approval_hooks;
 pub mod approval_line;
