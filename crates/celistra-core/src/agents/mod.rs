@@ -14,6 +14,7 @@
 //! - [`rules`]: the screen rules file (built-in defaults plus a user's overrides) and matching.
 //! - [`hooks`]: what a hook payload of each agent kind says about its activity.
 
+pub mod classify;
 pub mod limit_reset;
 
 /// Longest `said` kept, in characters.
