@@ -16,6 +16,7 @@
 
 pub mod classify;
 pub mod limit_reset;
+pub mod rules;
 pub mod terminal;
 
 /// Longest `said` kept, in characters.
