@@ -15,6 +15,7 @@
 //! - [`hooks`]: what a hook payload of each agent kind says about its activity.
 
 pub mod classify;
+pub mod hooks;
 pub mod limit_reset;
 pub mod rules;
 pub mod terminal;
