@@ -12,7 +12,7 @@
 //!   details`, Gemini's daily quota messages, `QUOTA_EXHAUSTED`, `INSUFFICIENT_G1_CREDITS_BALANCE`,
 //!   and a rate limit whose retry delay is over [`TERMINAL_RETRY_MS`] (Gemini's rule). Its reset
 //!   instant comes from [`parse_reset`]; `None` when the message names none.
-//! - **auth**: `authentication_error`, `Invalid API key`, `Please run /login`, `not able to
+//! - **auth**: `authentication_error`, `Invalid API key` (starting a line), `Please run /login`, `not able to
 //!   authenticate you`, Gemini's `API key not valid` / `UNAUTHENTICATED`, a 401 status.
 //! - **network**, **model-overloaded**, **rate-limited**, **server-error**: their phrases (e.g.
 //!   `Connection error.`, `fetch failed`, `ECONNRESET` in an `API Error`, `stream disconnected
@@ -112,7 +112,7 @@ static USAGE_LIMIT: LazyLock<Vec<Regex>> = LazyLock::new(|| {
 static AUTH: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     [
         r"\bauthentication_error\b",
-        r#"(?:^|: |· |")Invalid API key\b"#,
+        r"^Invalid API key\b",
         r"Please run /login\b",
         r"not able to authenticate you",
         r"litellm\.AuthenticationError",
@@ -120,7 +120,7 @@ static AUTH: LazyLock<Vec<Regex>> = LazyLock::new(|| {
         r"\bAPI_KEY_INVALID\b",
         r"\bUNAUTHENTICATED\b",
         r"OAuth token (?:has expired|revoked)",
-        r"(?:^|: )(?:Failed to login\b|Error authenticating\b)",
+        r"^(?:Failed to login\. Message: |Error authenticating: )",
         r"access token could not be refreshed",
     ]
     .into_iter()
@@ -179,10 +179,19 @@ static TRANSIENT: LazyLock<Vec<(ExitClass, Regex)>> = LazyLock::new(|| {
 });
 
 /// An HTTP status in a provider's error context.
-static STATUS: LazyLock<Regex> = LazyLock::new(|| {
-    regex(
-        r#"(?:API Error:? ?\(?|^Error: |\(Status: |last status: |unexpected status |failed with status |"code": ?)(\d{3})\b"#,
-    )
+static STATUS: LazyLock<Vec<Regex>> = LazyLock::new(|| {
+    [
+        r"API Error:? ?\(?(\d{3})\b",
+        r"^Error: (\d{3}) \{",
+        r"\(Status: (\d{3})\)",
+        r"last status: (\d{3})\b",
+        r"unexpected status (\d{3})\b",
+        r"failed with status (\d{3})\b",
+        r#""error": ?\{ ?"code": ?(\d{3})\b"#,
+    ]
+    .into_iter()
+    .map(regex)
+    .collect()
 });
 
 static OVERLOADED_WORD: LazyLock<Regex> = LazyLock::new(|| regex(r"(?i)\boverloaded\b"));
@@ -373,7 +382,9 @@ fn classify_text(text: &str, now_ms: u64, local: Tz) -> Option<Classified> {
     if let Some((class, _)) = TRANSIENT.iter().find(|(_, pattern)| pattern.is_match(text)) {
         return verdict(*class);
     }
-    let status: u16 = STATUS.captures(text)?[1].parse().ok()?;
+    let status: u16 = STATUS.iter().find_map(|status| status.captures(text))?[1]
+        .parse()
+        .ok()?;
     let class = match status {
         529 => ExitClass::ModelOverloaded,
         429 => ExitClass::RateLimited,
@@ -1019,6 +1030,10 @@ mod tests {
             r#"Error: 404 {"message":"Not Found"}"#,
             "Overloaded operator + for Vector",
             "Rate limit: 100 requests per minute",
+            r#"{"code": 500, "message": "boom"}"#,
+            "Error: 500",
+            "Error: Failed to login to registry.example.com",
+            "Error: Invalid API key for the weather service",
             "the daily limit resets at midnight",
             "Retrying in 4 seconds",
             "Approaching 5-hour limit",
