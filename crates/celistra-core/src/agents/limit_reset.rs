@@ -120,7 +120,14 @@ pub(crate) fn relative_ms(text: &str) -> Option<u64> {
     Some(total.round() as u64)
 }
 
+/// The last instant of year 9999: later `now`s read no clock times (chrono's range ends near
+/// year 262143, and a zone's offset must not push a local time past it).
+const LAST_NOW_MS: u64 = 253_402_300_799_999;
+
 fn absolute(rest: &str, now_ms: u64, local: Tz) -> Option<u64> {
+    if now_ms > LAST_NOW_MS {
+        return None;
+    }
     let caps = WHEN.captures(rest)?;
     let zone = zone_of(&caps, local)?;
     let time = time_of(&caps)?;
@@ -206,7 +213,9 @@ fn instant(zone: Tz, local: NaiveDateTime) -> Option<u64> {
         LocalResult::None => {
             // Gaps are whole minutes; the longest on record is a day (Samoa, 2011).
             (1..=25 * 60).find_map(|minutes| {
-                match zone.from_local_datetime(&(local + Duration::minutes(minutes))) {
+                match zone
+                    .from_local_datetime(&local.checked_add_signed(Duration::minutes(minutes))?)
+                {
                     LocalResult::Single(at) => Some(at),
                     LocalResult::Ambiguous(earlier, _) => Some(earlier),
                     LocalResult::None => None,
@@ -424,6 +433,27 @@ mod tests {
             "",
         ] {
             assert_eq!(parse_reset(message, NOW, Europe::Lisbon), None, "{message}");
+        }
+    }
+
+    #[test]
+    fn the_ends_of_time_do_not_panic() {
+        let last = NaiveDate::MAX
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        for now in [0, u64::try_from(last).unwrap(), u64::MAX] {
+            for message in [
+                "resets 11pm",
+                "resets 2:30am (America/New_York)",
+                "resets Dec 31 at 11pm (Pacific/Kiritimati)",
+                "resets Mar 14 at 2:30am (America/New_York)",
+                "try again in 5 days",
+                "regain access on 0000-01-01 at 00:00 UTC",
+            ] {
+                let _ = parse_reset(message, now, Tz::Pacific__Apia);
+            }
         }
     }
 
