@@ -40,7 +40,7 @@
 
 use std::sync::LazyLock;
 
-use celistra_proto::ExitClass;
+use celistra_proto::{ExitClass, ExitClassification};
 use chrono_tz::Tz;
 use regex::Regex;
 use serde_json::Value;
@@ -65,6 +65,21 @@ pub struct Classified {
     pub retry_after_ms: Option<u64>,
     /// Usage limit only: the reset instant, when the message states one.
     pub reset_at_ms: Option<u64>,
+}
+
+impl Classified {
+    /// The wire form, with where it was read (`hook`, `result` or `output`, see
+    /// [`Source::as_str`]) and when.
+    pub fn into_classification(self, source: &str, at_ms: u64) -> ExitClassification {
+        ExitClassification {
+            class: self.class,
+            source: source.to_owned(),
+            said: self.said,
+            retry_after_ms: self.retry_after_ms,
+            reset_at_ms: self.reset_at_ms,
+            at_ms,
+        }
+    }
 }
 
 /// Where [`classify_tail`] found its answer.
@@ -1173,6 +1188,24 @@ mod tests {
         assert_eq!(stop(json!({"error": "max_output_tokens"})), None);
         assert_eq!(stop(json!("rate_limit")), None);
         assert_eq!(stop(json!({})), None);
+    }
+
+    #[test]
+    fn the_wire_form_keeps_everything() {
+        let classified =
+            classify_line("Claude AI usage limit reached|1749924000", NOW, NY).unwrap();
+        let wire = classified.into_classification(Source::Result.as_str(), NOW);
+        assert_eq!(
+            wire,
+            ExitClassification {
+                class: UsageLimit,
+                source: "result".into(),
+                said: "Claude AI usage limit reached|1749924000".into(),
+                retry_after_ms: None,
+                reset_at_ms: Some(1_749_924_000_000),
+                at_ms: NOW,
+            }
+        );
     }
 
     #[test]

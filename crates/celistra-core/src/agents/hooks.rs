@@ -41,7 +41,7 @@
 //! A payload that is not an object, or lacks the field its kind needs, is an error saying what was
 //! expected.
 
-use celistra_proto::{Activity, ExitClass};
+use celistra_proto::{Activity, Evidence, ExitClass, SignalTier};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
@@ -59,6 +59,18 @@ pub struct HookSignal {
     pub said: String,
     /// For a failed turn (`StopFailure`, a generic `waiting-limit` / `model-error`): its class.
     pub failure: Option<Classified>,
+}
+
+impl HookSignal {
+    /// The evidence for the activity it sets (tier `hook`).
+    pub fn evidence(&self, at_ms: u64) -> Evidence {
+        Evidence {
+            tier: SignalTier::Hook,
+            signal: self.signal.clone(),
+            said: self.said.clone(),
+            at_ms,
+        }
+    }
 }
 
 /// Interprets the hook payload of an agent of `kind`.
@@ -554,6 +566,26 @@ mod tests {
         assert_eq!(
             hook("codex", json!({"hook_event_name": "Stop"})).activity,
             Some(Idle)
+        );
+    }
+
+    #[test]
+    fn a_hook_signal_is_hook_tier_evidence() {
+        let signal = hook(
+            "claude",
+            with(
+                claude_event("Notification"),
+                json!({"message": "Claude is waiting for your input", "notification_type": "idle_prompt"}),
+            ),
+        );
+        assert_eq!(
+            signal.evidence(NOW),
+            Evidence {
+                tier: SignalTier::Hook,
+                signal: "claude hook Notification (idle_prompt)".into(),
+                said: "Claude is waiting for your input".into(),
+                at_ms: NOW,
+            }
         );
     }
 

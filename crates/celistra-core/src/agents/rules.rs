@@ -48,7 +48,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::LazyLock;
 
-use celistra_proto::Activity;
+use celistra_proto::{Activity, Evidence, SignalTier};
 use regex::Regex;
 use serde::{Deserialize, Deserializer};
 
@@ -367,6 +367,35 @@ fn regex_reason(err: &regex::Error) -> String {
         .map_or_else(|| text.replace('\n', " "), str::to_owned)
 }
 
+impl ScreenMatch {
+    /// The evidence for a screen rule's activity (tier `screen`, signal `screen rule <kind>/<name>`).
+    pub fn screen_evidence(&self, at_ms: u64) -> Evidence {
+        self.evidence(
+            format!("screen rule {}", self.rule),
+            SignalTier::Screen,
+            at_ms,
+        )
+    }
+
+    /// The evidence for a title rule's activity (tier `terminal`, signal `OSC title <kind>/<name>`).
+    pub fn title_evidence(&self, at_ms: u64) -> Evidence {
+        self.evidence(
+            format!("OSC title {}", self.rule),
+            SignalTier::Terminal,
+            at_ms,
+        )
+    }
+
+    fn evidence(&self, signal: String, tier: SignalTier, at_ms: u64) -> Evidence {
+        Evidence {
+            tier,
+            signal,
+            said: self.said.clone(),
+            at_ms,
+        }
+    }
+}
+
 impl fmt::Display for ScreenMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "screen rule {}: {}", self.rule, self.said)
@@ -526,6 +555,33 @@ mod tests {
         assert!(screen("aider", &text).is_some());
         text.push_str("four\n");
         assert_eq!(screen("aider", &text), None);
+    }
+
+    #[test]
+    fn matches_become_evidence() {
+        let rules = Rules::builtin();
+        let found = rules
+            .kind("aider")
+            .screen(&["Add x.rs to the chat? (Y)es/(N)o/(D)on't ask again [Yes]:"])
+            .unwrap();
+        let evidence = found.screen_evidence(7);
+        assert_eq!(
+            (evidence.tier, evidence.signal.as_str(), evidence.at_ms),
+            (SignalTier::Screen, "screen rule aider/confirm", 7)
+        );
+        assert_eq!(
+            evidence.said,
+            "Add x.rs to the chat? (Y)es/(N)o/(D)on't ask again [Yes]:"
+        );
+        let title = rules
+            .kind("codex")
+            .title("⠙ codex")
+            .unwrap()
+            .title_evidence(8);
+        assert_eq!(
+            (title.tier, title.signal.as_str()),
+            (SignalTier::Terminal, "OSC title codex/spinner")
+        );
     }
 
     #[test]
