@@ -241,7 +241,8 @@ pub fn classify_line(line: &str, now_ms: u64, local: Tz) -> Option<Classified> {
 ///    decides if it is a classified failure; a successful one means nothing failed (`None`);
 /// 2. otherwise the last decisive line wins (a 529 followed by a later usage-limit message is a
 ///    usage limit), JSON error events counting as lines; a bare retry line below it lends its
-///    delay.
+///    delay, and a usage-limit line without a readable reset is read again joined with the two
+///    lines below it (a TUI wraps long messages: `… or try again at` / `4:05 PM.`).
 pub fn classify_tail(text: &str, now_ms: u64, local: Tz) -> Option<(Classified, Source)> {
     let lines: Vec<&str> = text
         .lines()
@@ -260,7 +261,7 @@ pub fn classify_tail(text: &str, now_ms: u64, local: Tz) -> Option<(Classified, 
         }
     }
     let mut later_hint = None;
-    for line in &lines {
+    for (at, line) in lines.iter().enumerate() {
         let found = match json_line(line, now_ms, local) {
             Some(Json::Event(classified)) => Some((classified, Source::Result)),
             Some(_) => None,
@@ -269,6 +270,21 @@ pub fn classify_tail(text: &str, now_ms: u64, local: Tz) -> Option<(Classified, 
         if let Some((mut classified, source)) = found {
             if classified.retry_after_ms.is_none() && classified.class.is_transient_model_error() {
                 classified.retry_after_ms = later_hint;
+            }
+            if classified.class == ExitClass::UsageLimit
+                && classified.reset_at_ms.is_none()
+                && source == Source::Output
+            {
+                // A TUI may have wrapped the message: its reset can be on the next lines.
+                let following: Vec<&str> = lines[at.saturating_sub(2)..at]
+                    .iter()
+                    .rev()
+                    .map(|line| line.trim())
+                    .collect();
+                classified.reset_at_ms = [" ", ""].iter().find_map(|joint| {
+                    let joined = format!("{}{joint}{}", line.trim(), following.join(joint));
+                    parse_reset(&joined, now_ms, local)
+                });
             }
             return Some((classified, source));
         }
@@ -1136,6 +1152,25 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn a_wrapped_usage_limit_message_keeps_its_reset() {
+        let text = "■ You've hit your usage limit. Upgrade to Pro (https://openai.com/chatgpt/pricing), visit\nhttps://chatgpt.com/codex/settings/usage to purchase more credits or try again at\n4:05 PM.\n› \n";
+        let (classified, _) = classify_tail(text, NOW, NY).unwrap();
+        assert_eq!(
+            classified.reset_at_ms,
+            Some(at("2026-07-20T16:05:00-04:00"))
+        );
+        let text = "You've hit your session limit · resets 12:50am (America/\nLos_Angeles)\n";
+        let (classified, _) = classify_tail(text, NOW, NY).unwrap();
+        assert_eq!(
+            classified.reset_at_ms,
+            Some(at("2026-07-21T00:50:00-07:00"))
+        );
+        let text = "You've hit your usage limit. Try again later.\nresets 4pm\n";
+        let (classified, _) = classify_tail(text, NOW, NY).unwrap();
+        assert_eq!(classified.class, UsageLimit);
     }
 
     #[test]

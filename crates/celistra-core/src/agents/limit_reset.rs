@@ -75,7 +75,7 @@ static WHEN: LazyLock<Regex> = LazyLock::new(|| {
             (?:,?\s+at|,|\s+|T)\s*
         )?
         (?P<hour>\d{1,2})(?::(?P<min>\d{2}))?(?:\s*(?P<ampm>[ap]\.?m\b\.?))?
-        (?:\s*\((?P<zone>[^()\s]{1,64})\)|\s+(?P<utc>UTC|GMT)\b|(?P<z>Z)\b)?",
+        (?:\s*\((?P<zone>[^()]{0,64})\)?|\s+(?P<utc>UTC|GMT)\b|(?P<z>Z)\b)?",
     )
     .expect("regex")
 });
@@ -167,6 +167,8 @@ fn zone_of(caps: &Captures<'_>, local: Tz) -> Option<Tz> {
         return Some(Tz::UTC);
     }
     match caps.name("zone") {
+        // Whatever is in parentheses after the time must be a zone: `(in 3 hours)` or a zone cut
+        // by a line wrap is not guessed around.
         Some(name) => name.as_str().parse::<Tz>().ok(),
         None => Some(local),
     }
@@ -427,6 +429,8 @@ mod tests {
             "You've hit your usage limit. Upgrade to Plus to continue using Codex (https://openai.com/chatgpt/pricing).",
             "You've hit your usage limit. Visit https://chatgpt.com/codex/settings/usage to purchase more credits or try again at 10 de jul. de 2026, 11:52",
             "You've hit your limit · resets 1pm (Mars/Olympus)",
+            "You've hit your session limit · resets 12:50am (America/ Los_Angeles)",
+            "You've hit your session limit · resets 12:50am (America/",
             "resets Feb 30 at 1pm",
             "try again in a moment",
             "Quota exceeded. Check your plan and billing details.",
