@@ -478,6 +478,20 @@ mod tests {
             screen("claude", "Approaching 5-hour limit\n╭──╮\n│ > │\n╰──╯\n"),
             None
         );
+        // A question in the assistant's reply is not a permission prompt.
+        assert_eq!(
+            screen(
+                "claude",
+                "⏺ Done. Do you want to add tests as well?\n╭──╮\n│ > │\n╰──╯\n"
+            ),
+            None
+        );
+        // A tool's own retry counter is not a model error.
+        let tool = "⏺ Bash(cargo test)\n  ⎿  flaky: attempt 2/3\n✽ Running… (8s · ↑ 1.1k tokens · esc to interrupt)\n";
+        assert_eq!(screen("claude", tool).map(|m| m.0), Some(Working));
+        // Once a turn has finished after an error, the screen says idle.
+        let recovered = "⎿  API Error: 500 Internal server error.\n⏺ Retried by hand: all good.\n✻ Worked for 12s\n╭──╮\n│ > │\n╰──╯\n";
+        assert_eq!(screen("claude", recovered).map(|m| m.0), Some(Idle));
     }
 
     #[test]
@@ -513,6 +527,13 @@ mod tests {
         assert_eq!(
             screen("gemini", "⠏ Thinking... (esc to cancel, 5s)\n").map(|m| m.0),
             Some(Working)
+        );
+        assert_eq!(
+            screen(
+                "gemini",
+                "Select Auth Method\n(Use Enter to select, Esc to cancel)\n"
+            ),
+            None
         );
         assert_eq!(
             screen(
