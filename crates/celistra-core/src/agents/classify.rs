@@ -4,7 +4,7 @@
 //! # Decisive lines
 //!
 //! A line is *decisive* when [`classify_line`] gives it a class. These are, for each class (the
-//! strings are the ones Claude Code, Codex, Gemini CLI and Aider print, `../shared/notes`):
+//! exact strings Claude Code, Codex, Gemini CLI and Aider print; the tests hold them all):
 //!
 //! - **usage-limit**: a plan or quota message: `Claude AI usage limit reached|<epoch>`, `Claude
 //!   usage limit reached.`, `5-hour limit reached`, `You've hit your (session|usage|…) limit`, `You
@@ -12,8 +12,9 @@
 //!   details`, Gemini's daily quota messages, `QUOTA_EXHAUSTED`, `INSUFFICIENT_G1_CREDITS_BALANCE`,
 //!   and a rate limit whose retry delay is over [`TERMINAL_RETRY_MS`] (Gemini's rule). Its reset
 //!   instant comes from [`parse_reset`]; `None` when the message names none.
-//! - **auth**: `authentication_error`, `Invalid API key` (starting a line), `Please run /login`, `not able to
-//!   authenticate you`, Gemini's `API key not valid` / `UNAUTHENTICATED`, a 401 status.
+//! - **auth**: `authentication_error`, `Invalid API key` (starting a line), `Please run /login`,
+//!   `not able to authenticate you`, Gemini's `API key not valid` / `UNAUTHENTICATED`, a 401
+//!   status.
 //! - **network**, **model-overloaded**, **rate-limited**, **server-error**: their phrases (e.g.
 //!   `Connection error.`, `fetch failed`, `ECONNRESET` in an `API Error`, `stream disconnected
 //!   before completion`, `overloaded_error`, `servers are down or overloaded`, `experiencing high
