@@ -1,7 +1,8 @@
 //! Pure supervision logic: restart policy and backoff, agent names and ids, capabilities and grants,
 //! specs and their validation, daemon configuration, JSON errors with positions, `apply` plans,
-//! readable text from terminal output with `--grep` patterns, times for humans, and the formats
-//! agents ask for approval in. No I/O, no tokio.
+//! readable text from terminal output with `--grep` patterns, times for humans, the formats
+//! agents ask for approval in, and what AI coding agents say about themselves (`agents`: exit
+//! classes, usage-limit resets, terminal signals, screen rules, hooks). No I/O, no tokio.
 
 pub mod agents;
 pub mod apply;
