@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use celistra_core::agents::classify::{self, Classified};
+use celistra_core::agents::clip_said;
 use celistra_core::agents::hooks;
 use celistra_core::agents::rules::Rules;
 use celistra_core::agents::terminal::{TerminalScanner, TerminalSignal};
@@ -33,8 +34,6 @@ const SCREEN_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
 const DEFAULT_QUIET_IDLE_SECS: u64 = 30;
 /// CPU use below which a quiet agent counts as idle: 2 % of one core.
 const IDLE_CPU_SHARE: f64 = 0.02;
-/// Longest text kept as evidence.
-const MAX_SAID_CHARS: usize = 200;
 
 /// The screen rules in force: the built-in ones with `agent-rules.json` of the state directory
 /// over them, read again whenever the file changes.
@@ -173,14 +172,6 @@ struct Observation {
     failure: Option<Classified>,
 }
 
-pub(crate) fn clip(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(MAX_SAID_CHARS) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
 /// The agent's rules for its kind.
 fn kind_rules(handle: &AgentHandle, services: &Services) -> (Arc<Rules>, String) {
     (services.agent_rules.current(), handle.info().kind.clone())
@@ -225,14 +216,14 @@ pub(crate) fn on_output(handle: &AgentHandle, services: &Services, chunk: &[u8])
                 tier: SignalTier::Terminal,
                 activity,
                 signal: "OSC 9 notification".into(),
-                said: clip(&text),
+                said: clip_said(&text),
                 failure: None,
             }),
             TerminalSignal::Title(title) => rules.title(&title).map(|found| Observation {
                 tier: SignalTier::Terminal,
                 activity: found.activity,
                 signal: format!("OSC 0 title, rule {}", found.rule),
-                said: clip(&found.said),
+                said: clip_said(&found.said),
                 failure: None,
             }),
             TerminalSignal::Progress { state, percent } => {
@@ -279,7 +270,7 @@ fn check_screen(handle: &AgentHandle, services: &Services) {
             tier: SignalTier::Screen,
             activity: found.activity,
             signal: format!("screen rule {}", found.rule),
-            said: clip(&found.said),
+            said: clip_said(&found.said),
             failure,
         },
     );
@@ -311,7 +302,7 @@ pub(crate) fn on_hook(
             tier: SignalTier::Hook,
             activity,
             signal: signal.signal,
-            said: clip(&signal.said),
+            said: clip_said(&signal.said),
             failure: signal.failure,
         },
     );
@@ -326,18 +317,13 @@ fn observe(handle: &AgentHandle, services: &Services, observation: Observation) 
         observation.activity,
         Activity::WaitingLimit | Activity::ModelError
     );
-    let classification = observation.failure.as_ref().map(|c| ExitClassification {
-        class: c.class,
-        source: match observation.tier {
-            SignalTier::Hook => "hook",
-            SignalTier::Terminal | SignalTier::Screen => "output",
-        }
-        .into(),
-        said: clip(&c.said),
-        retry_after_ms: c.retry_after_ms,
-        reset_at_ms: c.reset_at_ms,
-        at_ms: now,
-    });
+    let source = match observation.tier {
+        SignalTier::Hook => "hook",
+        SignalTier::Terminal | SignalTier::Screen => "output",
+    };
+    let classification = observation
+        .failure
+        .map(|c| c.into_classification(source, now));
     {
         let mut track = handle.activity.lock();
         match observation.tier {
@@ -430,7 +416,7 @@ fn wait_for_limit(handle: &AgentHandle, services: &Services, reset_at_ms: Option
             reset_at_ms,
             resume_at_ms: limit_resume_at(reset_at_ms, now, super::agent::random_unit()),
             action: action.into(),
-            said: clip(said),
+            said: clip_said(said),
         };
         info.limit = Some(limit.clone());
         limit

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use celistra_core::agents::classify;
+use celistra_core::agents::{classify, clip_said};
 use celistra_core::approval_line::{Decision, LineRequest, LineScanner, response_line};
 use celistra_core::config::restart_policy;
 use celistra_core::logtext::Stream;
@@ -952,18 +952,7 @@ impl Agent {
         if let Some((found, source)) = classify::classify_tail(&tail, now, self.services.zone)
             && (exit.code != Some(0) || source == classify::Source::Result)
         {
-            return ExitClassification {
-                class: found.class,
-                source: match source {
-                    classify::Source::Result => "result",
-                    classify::Source::Output => "output",
-                }
-                .into(),
-                said: activity::clip(&found.said),
-                retry_after_ms: found.retry_after_ms,
-                reset_at_ms: found.reset_at_ms,
-                at_ms: now,
-            };
+            return found.into_classification(source.as_str(), now);
         }
         ExitClassification {
             class: ExitClass::Other,
@@ -1134,7 +1123,7 @@ impl Agent {
                     Evidence {
                         tier: SignalTier::Hook,
                         signal: "usage limit reset: the daemon typed limit_input".into(),
-                        said: activity::clip(&text),
+                        said: clip_said(&text),
                         at_ms: now_ms(),
                     },
                 );

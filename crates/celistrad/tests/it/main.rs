@@ -10,6 +10,7 @@ mod api;
 mod approvals;
 mod attach;
 mod audit;
+mod awareness;
 mod cli;
 mod contract;
 mod dashboard;

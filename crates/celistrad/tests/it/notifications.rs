@@ -22,22 +22,22 @@ use crate::approvals::{asking, pending_of, wait_output};
 use crate::{Daemon, PATIENCE, spec};
 
 /// One request a receiver got.
-struct Hit {
-    at: Instant,
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Hit {
+    pub(crate) at: Instant,
+    pub(crate) path: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 /// A loopback HTTP server that records every request. Each path answers the statuses scripted
 /// for it in turn, then 200.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     hits: mpsc::UnboundedReceiver<Hit>,
 }
 
 impl Receiver {
-    async fn start(script: &[(&str, &[u16])]) -> Receiver {
+    pub(crate) async fn start(script: &[(&str, &[u16])]) -> Receiver {
         let script: HashMap<String, Vec<u16>> = script
             .iter()
             .map(|(path, statuses)| ((*path).to_owned(), statuses.to_vec()))
@@ -72,11 +72,16 @@ impl Receiver {
         Receiver { addr, hits }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn next(&mut self) -> Hit {
+    /// The next request, whenever it comes (`None`: the receiver stopped).
+    pub(crate) async fn next_hit(&mut self) -> Option<Hit> {
+        self.hits.recv().await
+    }
+
+    pub(crate) async fn next(&mut self) -> Hit {
         tokio::time::timeout(PATIENCE, self.hits.recv())
             .await
             .expect("the receiver got nothing in time")

@@ -1,0 +1,346 @@
+//! AI-agent awareness end to end: stand-in agents print the real error and limit formats of
+//! Claude Code, Codex and Gemini CLI and call their hooks; the daemon classifies exits, restarts
+//! model errors outside the crash ceiling until their budget is spent, waits for usage limits to
+//! reset (to the second), and shows each agent's activity with the evidence for it.
+
+use std::time::Duration;
+
+use celistra_proto::{
+    Activity, ActivityNotify, AgentSpec, AgentState, EventKind, ExitClass, Notice, NoticeKind,
+    SignalTier, TerminalRole,
+};
+
+use crate::approvals::wait_output;
+use crate::notifications::Receiver;
+use crate::{Daemon, spec};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A stand-in for `kind` running `command`.
+fn stand_in(name: &str, kind: &str, command: &str) -> AgentSpec {
+    AgentSpec {
+        kind: Some(kind.into()),
+        ..spec(name, command)
+    }
+}
+
+#[tokio::test]
+async fn model_errors_restart_outside_the_crash_ceiling_until_their_budget_is_spent() {
+    let daemon = Daemon::start().await;
+    // A crash ceiling of zero: any ordinary crash would end it at once.
+    let agent = daemon
+        .spawn(AgentSpec {
+            restart_max: Some(0),
+            model_error_max: Some(1),
+            ..stand_in(
+                "overloaded",
+                "claude",
+                r#"printf '%s\n' 'API Error: 529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":null}'; exit 1"#,
+            )
+        })
+        .await;
+    let waiting = daemon
+        .wait_agent(&agent.id, "in model-error backoff", |a| {
+            a.state == AgentState::Backoff
+        })
+        .await;
+    let class = waiting.exit_class.clone().expect("classified");
+    assert_eq!(class.class, ExitClass::ModelOverloaded, "{class:?}");
+    assert_eq!(class.source, "output");
+    assert!(class.said.contains("529"), "{class:?}");
+    assert_eq!(waiting.model_errors, 1);
+    let current = waiting.activity.clone().expect("an activity");
+    assert_eq!(current.activity, Activity::ModelError);
+    // The model-error backoff: 1–2 s for the first, not the crash backoff's immediate restart.
+    let delay = waiting.next_restart_at_ms.unwrap() - waiting.exited_at_ms.unwrap();
+    assert!((900..=2_100).contains(&delay), "{delay} ms");
+    let failed = daemon
+        .wait_agent(&agent.id, "stopped by its budget", |a| {
+            a.state == AgentState::Failed
+        })
+        .await;
+    assert_eq!(failed.restarts, 1, "{failed:?}");
+    let error = failed.last_error.clone().unwrap_or_default();
+    assert!(error.contains("stopped after 2 model errors"), "{error}");
+    let events = daemon
+        .events_until(0, |e| {
+            matches!(e.kind, EventKind::AgentModelErrorsExhausted { .. })
+        })
+        .await;
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::AgentExited { class: Some(c), .. } if c.class == ExitClass::ModelOverloaded
+    )));
+    let runs = daemon
+        .client
+        .list_runs(&celistra_proto::HistoryQuery {
+            agent: Some(agent.id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter()
+            .all(|r| r.exit_class == Some(ExitClass::ModelOverloaded)),
+        "{runs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_usage_limit_exit_waits_for_its_reset_to_the_second() {
+    let daemon = Daemon::start().await;
+    let reset_s = now_ms() / 1000 + 3;
+    let command = format!(
+        "if [ -e limited ]; then echo resumed; exec sleep 600; fi; touch limited; \
+         echo 'Claude AI usage limit reached|{reset_s}'; exit 1"
+    );
+    let agent = daemon.spawn(stand_in("limited", "claude", &command)).await;
+    // (While it still runs, its screen may show the limit first: then its exit confirms it.)
+    let waiting = daemon
+        .wait_agent(&agent.id, "waiting on its limit", |a| {
+            a.limit.is_some() && a.state == AgentState::Backoff
+        })
+        .await;
+    let limit = waiting.limit.clone().unwrap();
+    assert_eq!(limit.reset_at_ms, Some(reset_s * 1000), "{limit:?}");
+    // Jitter: at most a tenth of the wait.
+    assert!(
+        (reset_s * 1000..=reset_s * 1000 + 400).contains(&limit.resume_at_ms),
+        "{limit:?}"
+    );
+    assert_eq!(
+        waiting.activity.as_ref().map(|a| a.activity),
+        Some(Activity::WaitingLimit)
+    );
+    assert_eq!(
+        waiting.exit_class.as_ref().map(|c| c.class),
+        Some(ExitClass::UsageLimit)
+    );
+    let resumed = daemon
+        .wait_agent(&agent.id, "resumed after the reset", |a| {
+            a.state == AgentState::Running && a.run == 2
+        })
+        .await;
+    let started = resumed.started_at_ms.unwrap();
+    assert!(
+        started >= limit.resume_at_ms && started <= limit.resume_at_ms + 1_000,
+        "started {started}, due {}",
+        limit.resume_at_ms
+    );
+    assert!(resumed.limit.is_none());
+    wait_output(&daemon, &agent.id, "resumed").await;
+    // `ctl ls` showed the reset; `ctl status` shows the class.
+    let status = daemon.ctl(&["status", "limited"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("exit class:   usage-limit"), "{text}");
+}
+
+#[tokio::test]
+async fn a_running_agent_at_its_limit_gets_its_limit_input_at_the_reset() {
+    let daemon = Daemon::start().await;
+    let reset_s = now_ms() / 1000 + 2;
+    let command = format!(
+        "echo 'Claude AI usage limit reached|{reset_s}'; read line; echo \"got:$line\"; \
+         exec sleep 600"
+    );
+    let agent = daemon
+        .spawn(AgentSpec {
+            limit_input: Some("continue".into()),
+            ..stand_in("interactive", "claude", &command)
+        })
+        .await;
+    let waiting = daemon
+        .wait_agent(&agent.id, "waiting on its limit", |a| a.limit.is_some())
+        .await;
+    assert_eq!(waiting.state, AgentState::Running, "it keeps running");
+    let limit = waiting.limit.unwrap();
+    assert_eq!(limit.action, "input");
+    assert_eq!(limit.reset_at_ms, Some(reset_s * 1000));
+    wait_output(&daemon, &agent.id, "got:continue").await;
+    let after = daemon.agent(&agent.id).await;
+    assert!(now_ms() >= limit.resume_at_ms);
+    assert_eq!((after.run, after.state), (1, AgentState::Running));
+    assert!(after.limit.is_none());
+}
+
+#[tokio::test]
+async fn an_auth_failure_is_not_restarted_and_says_why() {
+    let daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(AgentSpec {
+            auto_restart: true,
+            ..stand_in(
+                "logged-out",
+                "claude",
+                r#"printf '%s\n' 'API Error: 401 {"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}} · Please run /login'; exit 1"#,
+            )
+        })
+        .await;
+    let failed = daemon
+        .wait_agent(&agent.id, "failed", |a| a.state == AgentState::Failed)
+        .await;
+    assert_eq!(failed.restarts, 0);
+    assert_eq!(failed.exit_class.map(|c| c.class), Some(ExitClass::Auth));
+    let error = failed.last_error.unwrap_or_default();
+    assert!(error.contains("credentials"), "{error}");
+}
+
+#[tokio::test]
+async fn a_clean_exit_after_a_retried_error_is_not_a_model_error() {
+    let daemon = Daemon::start().await;
+    let agent = daemon
+        .spawn(stand_in(
+            "recovered",
+            "claude",
+            r#"printf '%s\n' '⎿  API Error (529 {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":null}) · Retrying in 4 seconds… (attempt 4/10)' 'All done.'"#,
+        ))
+        .await;
+    let exited = daemon.wait_state(&agent.id, AgentState::Exited).await;
+    let class = exited.exit_class.unwrap();
+    assert_eq!(
+        (class.class, class.source.as_str()),
+        (ExitClass::Other, "exit")
+    );
+}
+
+/// The rules file's stand-in kind: `Proceed?` asks, `esc to interrupt` works, a bell asks, and
+/// one quiet second without CPU is idle.
+const RULES: &str = r#"{"kinds": {"stand-in": {
+    "quiet_idle_secs": 1,
+    "bell": "needs-input",
+    "rules": [
+        {"name": "asks", "activity": "needs-input", "pattern": "Proceed\\?", "lines": 1},
+        {"name": "busy", "activity": "working", "pattern": "esc to interrupt", "lines": 1}
+    ]
+}}}"#;
+
+/// Acts on each line of input: `busy`, `ask`, `bell`, `quiet`, or `hook EVENT` (a Claude Code
+/// hook through `celistrad hook claude`).
+const DRIVEN: &str = r#"while read cmd arg; do case $cmd in
+busy) echo 'Working… (esc to interrupt)';;
+ask) printf 'Proceed? [y/n] ';;
+bell) printf '\a';;
+hook) printf '{"hook_event_name":"%s","notification_type":"idle_prompt","message":"Claude is waiting for your input","session_id":"s","cwd":"/"}' "$arg" | celistrad hook claude; echo hooked;;
+esac; done"#;
+
+#[tokio::test]
+async fn activity_comes_from_each_tier_with_its_evidence_hooks_first() {
+    let daemon = Daemon::start().await;
+    std::fs::write(daemon.home().join("agent-rules.json"), RULES).unwrap();
+    let agent = daemon.spawn(stand_in("driven", "stand-in", DRIVEN)).await;
+    daemon.wait_state(&agent.id, AgentState::Running).await;
+    let mut terminal = daemon
+        .client
+        .attach(&agent.id, TerminalRole::Writer)
+        .await
+        .expect("attach");
+    let expect = async |activity: Activity, tier: SignalTier, signal: &str| {
+        let seen = daemon
+            .wait_agent(&agent.id, activity.as_str(), |a| {
+                a.activity
+                    .as_ref()
+                    .is_some_and(|c| c.activity == activity && c.evidence.signal.contains(signal))
+            })
+            .await;
+        assert_eq!(seen.activity.unwrap().evidence.tier, tier);
+    };
+    terminal.send_input("busy\r").await.unwrap();
+    expect(Activity::Working, SignalTier::Screen, "stand-in/busy").await;
+    terminal.send_input("ask\r").await.unwrap();
+    expect(Activity::NeedsInput, SignalTier::Screen, "stand-in/asks").await;
+    terminal.send_input("busy\r").await.unwrap();
+    expect(Activity::Working, SignalTier::Screen, "stand-in/busy").await;
+    terminal.send_input("bell\r").await.unwrap();
+    expect(Activity::NeedsInput, SignalTier::Terminal, "BEL").await;
+    terminal.send_input("busy\r").await.unwrap();
+    expect(Activity::Working, SignalTier::Screen, "stand-in/busy").await;
+    // Quiet, in `read`: idle after a second without output or CPU.
+    expect(Activity::Idle, SignalTier::Screen, "no CPU").await;
+    // A hook outranks the screen for the rest of the run.
+    terminal.send_input("hook Notification\r").await.unwrap();
+    expect(Activity::NeedsInput, SignalTier::Hook, "Notification").await;
+    terminal.send_input("busy\r").await.unwrap();
+    wait_output(&daemon, &agent.id, "hooked").await;
+    let output = wait_output(&daemon, &agent.id, "hooked\r\nbusy").await;
+    assert!(output.contains("esc to interrupt"), "{output}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let still = daemon.agent(&agent.id).await.activity.unwrap();
+    assert_eq!(
+        (still.activity, still.evidence.tier),
+        (Activity::NeedsInput, SignalTier::Hook),
+        "the screen does not overrule a hook: {still:?}"
+    );
+    terminal.send_input("hook PreToolUse\r").await.unwrap();
+    expect(Activity::Working, SignalTier::Hook, "PreToolUse").await;
+    // The evidence is shown by `ctl status`.
+    let status = daemon.ctl(&["status", "driven"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("activity:     working"), "{text}");
+    assert!(text.contains("PreToolUse (hook"), "{text}");
+    let events = daemon
+        .events_until(0, |e| {
+            matches!(&e.kind, EventKind::AgentActivity { activity, .. }
+                if activity.evidence.signal.contains("PreToolUse"))
+        })
+        .await;
+    let activities = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::AgentActivity { .. }))
+        .count();
+    assert!(activities >= 8, "{activities} activity events");
+}
+
+#[tokio::test]
+async fn an_activity_that_lasts_is_notified_once() {
+    let mut hook = Receiver::start(&[]).await;
+    let config = serde_json::json!({"notifications": {"webhooks": [{
+        "name": "ops", "url": hook.url("/hook"),
+    }]}});
+    let daemon = Daemon::start_with_config(&config.to_string()).await;
+    std::fs::write(daemon.home().join("agent-rules.json"), RULES).unwrap();
+    let agent = daemon
+        .spawn(AgentSpec {
+            notify_activity: vec![ActivityNotify {
+                activity: Activity::NeedsInput,
+                after_secs: 1,
+            }],
+            ..stand_in(
+                "asker",
+                "stand-in",
+                "printf 'Proceed? [y/n] '; exec sleep 600",
+            )
+        })
+        .await;
+    let asked = daemon
+        .wait_agent(&agent.id, "asking", |a| {
+            a.activity
+                .as_ref()
+                .is_some_and(|c| c.activity == Activity::NeedsInput)
+        })
+        .await;
+    let since = asked.activity.unwrap().since_ms;
+    let hit = hook.next().await;
+    assert!(now_ms() >= since + 1_000, "not before a second");
+    assert_eq!(hit.headers["x-celistra-event"], "agent_activity");
+    let notice: Notice = serde_json::from_slice(&hit.body).unwrap();
+    assert_eq!(notice.kind, NoticeKind::AgentActivity);
+    let about = notice.activity.unwrap();
+    assert_eq!(about.agent_name, "asker");
+    assert!(
+        about.activity.evidence.said.contains("Proceed?"),
+        "{about:?}"
+    );
+    // Once per spell: nothing more while it keeps asking.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2_500), hook.next_hit())
+            .await
+            .is_err(),
+        "notified twice"
+    );
+}
