@@ -72,6 +72,13 @@ fn row(run: &RunRecord, now: u64) -> Vec<String> {
         (Some(cause), Some(by)) => format!("{} ({by})", cause.as_str()),
         (Some(cause), None) => cause.as_str().to_owned(),
     };
+    // Why it ended, when that was more than an ordinary exit: `crashed: model-overloaded`.
+    let ended_by = match run.exit_class {
+        Some(class) if class != celistra_proto::ExitClass::Other => {
+            format!("{ended_by}: {}", class.as_str())
+        }
+        _ => ended_by,
+    };
     let started = format_rfc3339_ms(run.started_at_ms);
     vec![
         run.agent_id.clone(),
