@@ -1,7 +1,7 @@
 //! Pure supervision logic: restart policy and backoff, agent names and ids, capabilities and grants,
 //! specs and their validation, daemon configuration, JSON errors with positions, `apply` plans,
-//! readable text from terminal output with `--grep` patterns, times for humans, and the formats
-//! agents ask for approval in. No I/O, no tokio.
+//! readable text from terminal output with `--grep` patterns, times for humans, cron schedules in
+//! time zones, and the formats agents ask for approval in. No I/O, no tokio.
 
 pub mod apply;
 pub mod approval_hooks;
@@ -15,4 +15,5 @@ pub mod logtext;
 pub mod names;
 pub mod notifications;
 pub mod restart;
+pub mod schedule;
 pub mod spec;

@@ -13,6 +13,7 @@ mod fleet;
 mod home;
 mod notify;
 mod sandbox;
+mod scheduler;
 mod serve;
 mod services;
 mod sessions;
@@ -22,6 +23,7 @@ mod tls;
 mod tokens;
 mod usage;
 mod wire;
+mod zone;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -337,8 +339,17 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
     });
+    let last_fires = stored
+        .iter()
+        .filter_map(|a| Some((a.id.clone(), a.last_fire_ms?)))
+        .collect();
     supervisor.restore(stored).await;
     supervisor.approvals.restore();
+    let scheduler = tokio::spawn(scheduler::run(
+        Arc::clone(&supervisor),
+        last_fires,
+        stopping.clone(),
+    ));
     let router = api::router(state);
     let _ = fleet.local.set(router.clone());
     member.start(router.clone());
@@ -391,6 +402,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         hub.shutdown().await;
     }
     stopping.cancel();
+    let _ = scheduler.await;
     supervisor.shutdown().await;
     let _ = tokio::join!(unix_server, tcp_server);
     if let Some(reloader) = reloader {

@@ -9,6 +9,7 @@ use celistra_proto::{
 };
 use clap::Args;
 
+use super::schedule::{ClearScheduleArgs, ScheduleArgs, next_run_badge, status_lines};
 use super::table::{exit_text, render, uptime_text};
 use super::{CtlResult, Failure, on_machine_of, print_json};
 
@@ -98,12 +99,14 @@ pub(crate) struct SettingArgs {
     /// CPU share relative to other agents, 1 to 10000 [default: 100].
     #[arg(long, value_name = "WEIGHT")]
     cpu_weight: Option<u32>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
 }
 
 impl SettingArgs {
     /// The settings given on the command line as an update (absent flags leave things as they are).
     fn to_update(&self) -> Result<UpdateRequest, Failure> {
-        Ok(UpdateRequest {
+        let mut update = UpdateRequest {
             workspace: self.workspace()?,
             env: self.env_map()?,
             stop_signal: self.stop_signal,
@@ -121,7 +124,9 @@ impl SettingArgs {
             pids_max: self.pids_max,
             cpu_weight: self.cpu_weight,
             ..UpdateRequest::default()
-        })
+        };
+        self.schedule.fill(&mut update)?;
+        Ok(update)
     }
 
     fn env_map(&self) -> Result<Option<BTreeMap<String, String>>, Failure> {
@@ -282,7 +287,7 @@ fn agent_row(a: &AgentInfo) -> Vec<String> {
         a.pid.map_or("-".into(), |p| p.to_string()),
         a.restarts.to_string(),
         exit_text(a),
-        uptime_text(a),
+        next_run_badge(a).unwrap_or_else(|| uptime_text(a)),
         sandbox_badge(a).to_owned(),
         a.command.clone(),
     ]
@@ -369,7 +374,7 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
             agent.last_error.clone().unwrap_or_else(|| "-".into()),
         ),
     ];
-    for (label, value) in lines {
+    for (label, value) in lines.into_iter().chain(status_lines(&agent)) {
         println!("{:<14}{value}", format!("{label}:"));
     }
     Ok(())
@@ -506,6 +511,8 @@ pub(crate) struct SetArgs {
     auto_restart: Option<bool>,
     #[command(flatten)]
     settings: SettingArgs,
+    #[command(flatten)]
+    clear: ClearScheduleArgs,
     /// Restart the agent now so the change applies.
     #[arg(long)]
     restart: bool,
@@ -514,12 +521,13 @@ pub(crate) struct SetArgs {
 }
 
 pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
-    let update = UpdateRequest {
+    let mut update = UpdateRequest {
         command: args.command.clone(),
         auto_restart: args.auto_restart,
         restart: args.restart,
         ..args.settings.to_update()?
     };
+    args.clear.fill(&mut update);
     let (client, key) = on_machine_of(client, &args.agent)?;
     let agent: AgentInfo = client.update_agent(key, &update).await?;
     if args.json.json {
