@@ -19,8 +19,14 @@ pub use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
-/// The five fields, in order, as refusals name them.
-const FIELDS: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+/// The five fields, in order, as refusals name them, with what each takes.
+const FIELDS: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31 or L"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 (0 and 7 are Sunday) or SUN-SAT"),
+];
 
 /// A cron expression bound to a time zone.
 #[derive(Debug, Clone)]
@@ -70,7 +76,12 @@ pub fn parse_cron(expression: &str) -> Result<Cron, String> {
             let mut alone = ["*"; 5];
             alone[i] = field;
             if let Err(e) = parser().parse(&alone.join(" ")) {
-                return Err(format!("{} field \"{field}\": {}", FIELDS[i], reason(&e)));
+                let (name, takes) = FIELDS[i];
+                return Err(format!(
+                    "{name} field \"{field}\": {}; it takes {takes}, lists (1,15), ranges (1-5) \
+                     and steps (*/10)",
+                    reason(&e).trim_end_matches('.')
+                ));
             }
         }
     }

@@ -24,6 +24,7 @@ mod notifications;
 mod remote;
 mod roles;
 mod sandbox;
+mod schedule;
 mod supervision;
 mod terminal;
 mod tidy;
