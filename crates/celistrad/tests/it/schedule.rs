@@ -368,3 +368,70 @@ async fn a_run_missed_while_the_daemon_was_down_starts_once_at_its_next_start() 
     let none = daemon.client.list_audit(&query).await.expect("audit");
     assert!(none.entries.is_empty(), "{:?}", none.entries);
 }
+
+#[tokio::test]
+async fn a_due_time_queues_behind_a_running_agent_and_restart_cron_restarts_one() {
+    let daemon = Daemon::start().await;
+    // Both agents must be set up within one minute: not across a boundary.
+    let into_minute = now_ms() % 60_000;
+    if into_minute > 55_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into_minute + 100)).await;
+    }
+    let queued = daemon
+        .spawn(celistra_proto::AgentSpec {
+            schedule: Some(Schedule {
+                overlap: Overlap::Queue,
+                ..every("* * * * *", MissedRuns::Skip)
+            }),
+            ..spec("queued", "sleep 3617")
+        })
+        .await;
+    daemon.client.start_agent("queued").await.expect("start");
+    let restarted = daemon
+        .spawn(celistra_proto::AgentSpec {
+            restart_cron: Some(RestartCron {
+                cron: "* * * * *".into(),
+                time_zone: None,
+            }),
+            ..spec("restarted", "sleep 3618")
+        })
+        .await;
+    // Not a schedule: a restart cron leaves the spawn as it is, started.
+    assert_eq!(restarted.run, 1);
+    let due = restarted.next_restart_cron_at_ms.expect("a next restart");
+
+    // At the next minute boundary (bounded at 65 s): one restarted, the other's start queued.
+    let deadline = Instant::now() + Duration::from_secs(65);
+    loop {
+        let agent = daemon.agent(&restarted.id).await;
+        if agent.run >= 2 && agent.state == AgentState::Running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never restarted: {agent:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entries = scheduled_entries(&daemon, &restarted.id, |e| !e.is_empty()).await;
+    assert_eq!(entries[0].body["action"], "restarted");
+    assert_eq!(entries[0].body["due_at_ms"], due);
+    let entries = scheduled_entries(&daemon, &queued.id, |e| !e.is_empty()).await;
+    let first = entries.iter().min_by_key(|e| e.seq).expect("an entry");
+    assert_eq!(first.body["action"], "queued");
+    assert_eq!(first.body["due_at_ms"], due);
+    assert_eq!(daemon.agent(&queued.id).await.run, 1, "still its first run");
+
+    // The run ends: the queued start happens.
+    daemon.client.stop_agent("queued").await.expect("stop");
+    let again = daemon
+        .wait_agent(&queued.id, "started again", |a| a.run >= 2)
+        .await;
+    assert!(again.state.is_active(), "{again:?}");
+    let entries = scheduled_entries(&daemon, &queued.id, |e| {
+        e.iter().any(|e| e.body["action"] == "started")
+    })
+    .await;
+    let started = entries
+        .iter()
+        .find(|e| e.body["action"] == "started")
+        .expect("a start");
+    assert_eq!(started.body["due_at_ms"], due, "the queued time");
+}
