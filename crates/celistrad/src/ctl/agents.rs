@@ -214,6 +214,12 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         print_json(&agent);
     } else {
         println!("{}", agent.id);
+        if let Some(next) = next_run_badge(&agent) {
+            eprintln!(
+                "note: it waits for its schedule ({next}); `celistrad ctl start {}` runs it now",
+                agent.name
+            );
+        }
     }
     match &agent.last_error {
         Some(error) => Err(Failure::Failed(format!(
