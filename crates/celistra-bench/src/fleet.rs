@@ -830,6 +830,8 @@ fn fake_agents(count: usize) -> Vec<AgentInfo> {
             exit_class: None,
             limit: None,
             model_errors: 0,
+            schedule: None,
+            restart_cron: None,
             next_run_at_ms: None,
             next_restart_cron_at_ms: None,
             worktree: None,

@@ -1,8 +1,9 @@
 //! Pure supervision logic: restart policy and backoff, agent names and ids, capabilities and grants,
 //! specs and their validation, daemon configuration, JSON errors with positions, `apply` plans,
-//! readable text from terminal output with `--grep` patterns, times for humans, the formats
-//! agents ask for approval in, and what AI coding agents say about themselves (`agents`: exit
-//! classes, usage-limit resets, terminal signals, screen rules, hooks). No I/O, no tokio.
+//! readable text from terminal output with `--grep` patterns, times for humans, cron schedules in
+//! time zones, the formats agents ask for approval in, and what AI coding agents say about
+//! themselves (`agents`: exit classes, usage-limit resets, terminal signals, screen rules, hooks).
+//! No I/O, no tokio.
 
 pub mod agents;
 pub mod apply;
@@ -18,4 +19,5 @@ pub mod model_trouble;
 pub mod names;
 pub mod notifications;
 pub mod restart;
+pub mod schedule;
 pub mod spec;

@@ -69,6 +69,12 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
             wait.after_secs
         ));
     }
+    if let Some(schedule) = &spec.schedule {
+        crate::schedule::check_schedule(schedule)?;
+    }
+    if let Some(restart_cron) = &spec.restart_cron {
+        crate::schedule::check_restart_cron(restart_cron)?;
+    }
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
 }
 
@@ -130,6 +136,17 @@ fn validate_user(user: &str) -> Result<(), String> {
     }
 }
 
+/// Refuses an update that contradicts itself (a schedule set and cleared at once).
+pub fn check_update(update: &UpdateRequest) -> Result<(), String> {
+    if update.clear_schedule && update.schedule.is_some() {
+        return Err("schedule and clear_schedule were both given; give one".into());
+    }
+    if update.clear_restart_cron && update.restart_cron.is_some() {
+        return Err("restart_cron and clear_restart_cron were both given; give one".into());
+    }
+    Ok(())
+}
+
 /// Applies the fields an update names. The caller validates the result.
 pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     let UpdateRequest {
@@ -160,6 +177,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         notify_activity,
         schedule,
         restart_cron,
+        clear_schedule,
+        clear_restart_cron,
         secrets,
         restart: _,
     } = update.clone();
@@ -208,6 +227,12 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     }
     spec.schedule = schedule.or(spec.schedule.take());
     spec.restart_cron = restart_cron.or(spec.restart_cron.take());
+    if clear_schedule {
+        spec.schedule = None;
+    }
+    if clear_restart_cron {
+        spec.restart_cron = None;
+    }
     if let Some(secrets) = secrets {
         spec.secrets = secrets;
     }
@@ -304,5 +329,63 @@ mod tests {
             ("b", Some(5), Some(2))
         );
         assert_eq!(s.name, "web");
+    }
+
+    #[test]
+    fn a_bad_schedule_is_refused_naming_the_field() {
+        let with_cron = |cron: &str| AgentSpec {
+            schedule: Some(celistra_proto::Schedule {
+                cron: cron.into(),
+                time_zone: None,
+                overlap: celistra_proto::Overlap::Skip,
+                missed: celistra_proto::MissedRuns::Skip,
+            }),
+            ..spec("a")
+        };
+        assert!(validate(&with_cron("*/5 * * * *"), true).is_ok());
+        assert!(
+            validate(&with_cron("0 25 * * *"), true)
+                .unwrap_err()
+                .starts_with("schedule: hour field \"25\"")
+        );
+        let restart = AgentSpec {
+            restart_cron: Some(celistra_proto::RestartCron {
+                cron: "0 4 * * *".into(),
+                time_zone: Some("Europe/Lisbonn".into()),
+            }),
+            ..spec("a")
+        };
+        assert!(
+            validate(&restart, true)
+                .unwrap_err()
+                .starts_with("restart_cron: unknown time zone \"Europe/Lisbonn\"")
+        );
+    }
+
+    #[test]
+    fn a_schedule_can_be_cleared_but_not_set_and_cleared_at_once() {
+        let mut s = AgentSpec {
+            restart_cron: Some(celistra_proto::RestartCron {
+                cron: "0 4 * * *".into(),
+                time_zone: None,
+            }),
+            ..spec("a")
+        };
+        let clear = UpdateRequest {
+            clear_restart_cron: true,
+            ..Default::default()
+        };
+        assert!(check_update(&clear).is_ok());
+        apply_update(&mut s, &clear);
+        assert_eq!(s.restart_cron, None);
+        let both = UpdateRequest {
+            restart_cron: s.restart_cron.clone().or(Some(celistra_proto::RestartCron {
+                cron: "0 4 * * *".into(),
+                time_zone: None,
+            })),
+            clear_restart_cron: true,
+            ..Default::default()
+        };
+        assert!(check_update(&both).unwrap_err().contains("give one"));
     }
 }

@@ -6,6 +6,9 @@ use celistra_proto::Role;
 /// The actor of what the daemon does by itself.
 pub(crate) const SYSTEM: &str = "system";
 
+/// The actor of what the daemon does because a schedule or `restart_cron` said so.
+pub(crate) const SCHEDULE: &str = "schedule";
+
 /// Who asked for something: a credential's name as recorded (`machine-secret`, `token:<name>`,
 /// `session:<id>`, `link:<channel>`) and its role, or the daemon itself (`system`, no role).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +21,14 @@ impl Actor {
     pub(crate) fn system() -> Actor {
         Actor {
             name: SYSTEM.to_owned(),
+            role: None,
+        }
+    }
+
+    /// The daemon's scheduler (`scheduler.rs`).
+    pub(crate) fn schedule() -> Actor {
+        Actor {
+            name: SCHEDULE.to_owned(),
             role: None,
         }
     }

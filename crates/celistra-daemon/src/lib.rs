@@ -13,6 +13,7 @@ mod fleet;
 mod home;
 mod notify;
 mod sandbox;
+mod scheduler;
 mod serve;
 mod services;
 mod sessions;
@@ -22,6 +23,7 @@ mod tls;
 mod tokens;
 mod usage;
 mod wire;
+mod zone;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -233,7 +235,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         readers: reader_thread.handle().clone(),
         main: tokio::runtime::Handle::current(),
         agent_rules: supervisor::AgentRules::new(home.dir.join("agent-rules.json")),
-        zone: supervisor::machine_zone(),
+        zone: zone::machine_zone(),
     });
     let supervisor = supervisor::Supervisor::new(Arc::clone(&services));
     let directory: Arc<dyn services::AgentDirectory> = Arc::clone(&supervisor) as _;
@@ -340,8 +342,17 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
     });
+    let last_fires = stored
+        .iter()
+        .filter_map(|a| Some((a.id.clone(), a.last_fire_ms?)))
+        .collect();
     supervisor.restore(stored).await;
     supervisor.approvals.restore();
+    let scheduler = tokio::spawn(scheduler::run(
+        Arc::clone(&supervisor),
+        last_fires,
+        stopping.clone(),
+    ));
     let router = api::router(state);
     let _ = fleet.local.set(router.clone());
     member.start(router.clone());
@@ -394,6 +405,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         hub.shutdown().await;
     }
     stopping.cancel();
+    let _ = scheduler.await;
     supervisor.shutdown().await;
     let _ = tokio::join!(unix_server, tcp_server);
     if let Some(reloader) = reloader {

@@ -29,6 +29,10 @@ pub(crate) struct StoredAgent {
     pub restarts: u32,
     #[serde(default)]
     pub run: u64,
+    /// When its schedule last fell due (before the first time: when the schedule was set), so
+    /// runs missed while the daemon was down are found at the next start (`scheduler.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -206,6 +210,7 @@ mod tests {
             exit_signal: None,
             restarts: 0,
             run: 1,
+            last_fire_ms: None,
         }
     }
 

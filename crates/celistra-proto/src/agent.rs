@@ -272,6 +272,12 @@ pub struct UpdateRequest {
     pub schedule: Option<crate::Schedule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_cron: Option<crate::RestartCron>,
+    /// Remove the schedule (`set --no-schedule`): the agent no longer starts by itself.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clear_schedule: bool,
+    /// Remove the `restart_cron` (`set --no-restart-cron`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clear_restart_cron: bool,
     /// Replaces the secrets the agent gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<String>>,
@@ -364,6 +370,12 @@ pub struct AgentInfo {
     /// Restarts after transient model errors in the current window (`model_error_max`).
     #[serde(default)]
     pub model_errors: u32,
+    /// Its schedule (from its spec), for `status` and the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::Schedule>,
+    /// Its `restart_cron` (from its spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_cron: Option<crate::RestartCron>,
     /// When its schedule next starts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_at_ms: Option<u64>,

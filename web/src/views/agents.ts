@@ -61,6 +61,14 @@ function uptimeMs(agent: AgentInfo, now: number): number {
   return agent.started_at_ms && !agent.exited_at_ms ? now - agent.started_at_ms : -1;
 }
 
+/// The uptime of a running agent; for an idle one with a schedule, when it next starts.
+function uptimeText(agent: AgentInfo, now: number): string {
+  const up = uptimeMs(agent, now);
+  if (up >= 0) return duration(up);
+  const next = agent.next_run_at_ms;
+  return next ? `next in ${duration(next - now)}` : "—";
+}
+
 /// The last reading of a running agent; none once it has stopped (readings lag up to 3 s).
 function usageOf(row: Row) {
   return row.agent.pid === null ? undefined : row.machine.usage.get(row.agent.id);
@@ -247,8 +255,7 @@ export class AgentsView {
       const row = this.index.get(key);
       const cell = element.querySelector(".col-uptime");
       if (row && cell) {
-        const up = uptimeMs(row.agent, now);
-        cell.textContent = up >= 0 ? duration(up) : "—";
+        cell.textContent = uptimeText(row.agent, now);
         element.querySelector(".col-cpu")!.textContent = cpuText(row);
         element.querySelector(".col-memory")!.textContent = memoryText(row);
       }
@@ -293,7 +300,6 @@ export class AgentsView {
   }
 
   private renderRow({ machine, agent }: Row, now: number): HTMLElement {
-    const up = uptimeMs(agent, now);
     const sandbox = agent.sandbox;
     const unsandboxed = sandbox && !sandbox.sandboxed;
     const active = ["starting", "running", "waiting-approval", "backoff", "stopping"].includes(agent.state);
@@ -324,7 +330,7 @@ export class AgentsView {
       ),
       h("div", { role: "cell", class: "col-id mono" }, agent.id),
       h("div", { role: "cell", class: "col-machine" }, machine.name),
-      h("div", { role: "cell", class: "col-uptime" }, up >= 0 ? duration(up) : "—"),
+      h("div", { role: "cell", class: "col-uptime", title: agent.next_run_at_ms ? `next run ${new Date(agent.next_run_at_ms).toLocaleString()}` : undefined }, uptimeText(agent, now)),
       h("div", { role: "cell", class: "col-restarts" }, agent.restarts),
       h("div", { role: "cell", class: "col-exit mono" }, exitText(agent) || "—"),
       h("div", { role: "cell", class: "col-cpu" }, cpuText({ machine, agent })),

@@ -1,7 +1,6 @@
 //! What each agent is doing and why: its activity, read from its hooks, its terminal signals and
 //! its screen (trusted in that order), the quiet-and-no-CPU rule, the usage-limit wait of a
-//! running agent, and notifications of activities that last. Also the rules file and the
-//! machine's time zone these are read with.
+//! running agent, and notifications of activities that last. Also the rules file.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -88,33 +87,6 @@ impl AgentRules {
         };
         Rules::with_overrides(&text, &self.path.display().to_string())
     }
-}
-
-/// The machine's IANA time zone: `$TZ` when it names one, else the target of `/etc/localtime`,
-/// else `/etc/timezone`, else UTC. Codex names its reset times in it.
-pub(crate) fn machine_zone() -> chrono_tz::Tz {
-    let named = |name: &str| {
-        name.trim()
-            .trim_start_matches(':')
-            .parse::<chrono_tz::Tz>()
-            .ok()
-    };
-    if let Some(zone) = std::env::var("TZ").ok().as_deref().and_then(named) {
-        return zone;
-    }
-    if let Ok(target) = std::fs::read_link("/etc/localtime")
-        && let Some(zone) = target
-            .to_str()
-            .and_then(|t| t.split_once("zoneinfo/"))
-            .and_then(|(_, name)| named(name))
-    {
-        return zone;
-    }
-    std::fs::read_to_string("/etc/timezone")
-        .ok()
-        .as_deref()
-        .and_then(named)
-        .unwrap_or(chrono_tz::UTC)
 }
 
 /// What has been seen of one agent's current run.

@@ -20,7 +20,7 @@ use celistra_proto::{
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
-pub(crate) use activity::{AgentRules, machine_zone};
+pub(crate) use activity::AgentRules;
 pub(crate) use agent::AgentHandle;
 use agent::Command;
 use fanout::Fanout;
@@ -236,7 +236,8 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Creates an agent and starts it. Returns it as it is once the spawn was attempted.
+    /// Creates an agent and starts it, unless it has a schedule: then it waits for its times
+    /// (`scheduler.rs`) or an operator's `start`. Returns it as it is once the spawn was attempted.
     pub(crate) async fn spawn(
         &self,
         mut spec: AgentSpec,
@@ -261,16 +262,22 @@ impl Supervisor {
                 ));
             }
             let id = new_id(&registry)?;
+            let scheduled = spec.schedule.is_some();
             let stored = StoredAgent {
                 id: id.clone(),
                 spec,
                 source: source.to_owned(),
                 created_at_ms: now_ms(),
-                state: AgentState::Running,
+                state: if scheduled {
+                    AgentState::Stopped
+                } else {
+                    AgentState::Running
+                },
                 exit_code: None,
                 exit_signal: None,
                 restarts: 0,
                 run: 0,
+                last_fire_ms: None,
             };
             self.services.store.put(stored.clone());
             self.insert(&mut registry, &stored)
@@ -281,6 +288,9 @@ impl Supervisor {
             actor_role: actor.role,
         });
         self.sync().await?;
+        if handle.spec().schedule.is_some() {
+            return Ok(handle.info().clone());
+        }
         // A failed spawn is reported in the agent's state and `last_error`; the agent exists.
         let _ = handle.ask(actor, Command::Start).await;
         Ok(handle.info().clone())
@@ -321,6 +331,8 @@ impl Supervisor {
             exit_class: None,
             limit: None,
             model_errors: 0,
+            schedule: None,
+            restart_cron: None,
             next_run_at_ms: None,
             next_restart_cron_at_ms: None,
             worktree: None,
@@ -386,6 +398,14 @@ impl Supervisor {
         } else {
             IoMode::Pty
         };
+        info.schedule = spec.schedule.clone();
+        info.restart_cron = spec.restart_cron.clone();
+        (info.next_run_at_ms, info.next_restart_cron_at_ms) = celistra_core::schedule::next_times(
+            spec.schedule.as_ref(),
+            spec.restart_cron.as_ref(),
+            crate::zone::machine_zone(),
+            now_ms(),
+        );
     }
 
     /// Brings back the agents of the previous run: those that should run are started.
@@ -450,6 +470,8 @@ impl Supervisor {
         actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
+        spec_rules::check_update(update)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
         let mut spec = handle.spec().clone();
         let old_name = spec.name.clone();
         spec_rules::apply_update(&mut spec, update);

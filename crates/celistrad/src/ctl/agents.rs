@@ -10,6 +10,7 @@ use celistra_proto::{
 };
 use clap::Args;
 
+use super::schedule::{ClearScheduleArgs, ScheduleArgs, next_run_badge, status_lines};
 use super::table::{compact_duration, exit_text, now_ms, render, uptime_text};
 use super::{CtlResult, Failure, on_machine_of, print_json};
 
@@ -118,6 +119,8 @@ pub(crate) struct SettingArgs {
     /// `needs-input:60s`, `waiting-limit` (repeatable). On `set`, replaces the list.
     #[arg(long = "notify-on", value_name = "ACTIVITY[:AFTER]", value_parser = parse_notify_on)]
     notify_on: Vec<ActivityNotify>,
+    #[command(flatten)]
+    schedule: ScheduleArgs,
 }
 
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
@@ -148,7 +151,7 @@ fn parse_notify_on(text: &str) -> Result<ActivityNotify, String> {
 impl SettingArgs {
     /// The settings given on the command line as an update (absent flags leave things as they are).
     fn to_update(&self) -> Result<UpdateRequest, Failure> {
-        Ok(UpdateRequest {
+        let mut update = UpdateRequest {
             workspace: self.workspace()?,
             env: self.env_map()?,
             stop_signal: self.stop_signal,
@@ -171,7 +174,9 @@ impl SettingArgs {
             model_error_window_secs: secs(self.model_error_window),
             notify_activity: (!self.notify_on.is_empty()).then(|| self.notify_on.clone()),
             ..UpdateRequest::default()
-        })
+        };
+        self.schedule.fill(&mut update)?;
+        Ok(update)
     }
 
     fn env_map(&self) -> Result<Option<BTreeMap<String, String>>, Failure> {
@@ -259,6 +264,12 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         print_json(&agent);
     } else {
         println!("{}", agent.id);
+        if let Some(next) = next_run_badge(&agent) {
+            eprintln!(
+                "note: it waits for its schedule ({next}); `celistrad ctl start {}` runs it now",
+                agent.name
+            );
+        }
     }
     match &agent.last_error {
         Some(error) => Err(Failure::Failed(format!(
@@ -333,7 +344,7 @@ fn agent_row(a: &AgentInfo) -> Vec<String> {
         a.pid.map_or("-".into(), |p| p.to_string()),
         a.restarts.to_string(),
         exit_text(a),
-        uptime_text(a),
+        next_run_badge(a).unwrap_or_else(|| uptime_text(a)),
         sandbox_badge(a).to_owned(),
         a.command.clone(),
     ]
@@ -517,7 +528,7 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         ),
     ];
     lines.splice(3..3, activity_lines(&agent));
-    for (label, value) in lines {
+    for (label, value) in lines.into_iter().chain(status_lines(&agent)) {
         println!("{:<14}{value}", format!("{label}:"));
     }
     Ok(())
@@ -654,6 +665,8 @@ pub(crate) struct SetArgs {
     auto_restart: Option<bool>,
     #[command(flatten)]
     settings: SettingArgs,
+    #[command(flatten)]
+    clear: ClearScheduleArgs,
     /// Restart the agent now so the change applies.
     #[arg(long)]
     restart: bool,
@@ -662,12 +675,13 @@ pub(crate) struct SetArgs {
 }
 
 pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
-    let update = UpdateRequest {
+    let mut update = UpdateRequest {
         command: args.command.clone(),
         auto_restart: args.auto_restart,
         restart: args.restart,
         ..args.settings.to_update()?
     };
+    args.clear.fill(&mut update);
     let (client, key) = on_machine_of(client, &args.agent)?;
     let agent: AgentInfo = client.update_agent(key, &update).await?;
     if args.json.json {

@@ -13,6 +13,7 @@ mod history;
 mod logs;
 mod notifications;
 mod sandbox;
+mod schedule;
 mod sessions;
 mod table;
 mod tokens;

@@ -25,6 +25,7 @@ mod notifications;
 mod remote;
 mod roles;
 mod sandbox;
+mod schedule;
 mod supervision;
 mod terminal;
 mod tidy;
