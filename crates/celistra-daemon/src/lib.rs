@@ -13,6 +13,7 @@ mod fleet;
 mod home;
 mod notify;
 mod sandbox;
+mod secrets;
 mod serve;
 mod services;
 mod sessions;
@@ -179,6 +180,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
     let asks = asks::AskSockets::create(&home_tag(&home), options.launcher.as_deref())?;
     let approvals = approvals::Broker::load(home.dir.join("approvals.json"), now_ms());
+    let secrets = Arc::new(secrets::Secrets::load(&home.dir)?);
     let guard = match &cgroups {
         Some(root) => Some(
             DeathGuard::start(root)
@@ -224,6 +226,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         asks,
         approvals: Arc::new(approvals),
         notify,
+        secrets,
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
         base_env: std::env::vars()

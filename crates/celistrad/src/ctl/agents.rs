@@ -54,6 +54,11 @@ pub(crate) struct SettingArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Give the agent a secret (`ctl secret set`) as the environment variable of its name
+    /// (repeatable; an owner's credential is needed). `--env VAR=secret:NAME` gives one under
+    /// another name. On `set`, replaces the agent's secrets.
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
     /// Signal that `stop` sends to the process group [default: TERM].
     #[arg(long, value_name = "SIGNAL")]
     stop_signal: Option<Signal>,
@@ -120,6 +125,7 @@ impl SettingArgs {
             memory_max: self.memory_max,
             pids_max: self.pids_max,
             cpu_weight: self.cpu_weight,
+            secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
             ..UpdateRequest::default()
         })
     }
