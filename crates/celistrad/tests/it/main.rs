@@ -24,6 +24,7 @@ mod notifications;
 mod remote;
 mod roles;
 mod sandbox;
+mod secrets;
 mod supervision;
 mod terminal;
 mod tidy;
