@@ -395,6 +395,18 @@ async fn an_operator_can_list_secrets_but_neither_set_nor_give_nor_change_an_age
         )
         .await
         .expect("a rename is an operator's");
+    // Nor type into it; watching is fine.
+    let typing = operator.attach("renamed", TerminalRole::Writer).await;
+    let message = refused(typing.map(|_| ()), ErrorCode::RoleRequired);
+    assert!(message.contains("secrets"), "{message}");
+    operator
+        .attach("renamed", TerminalRole::Viewer)
+        .await
+        .expect("a viewer terminal");
+    operator
+        .attach("plain", TerminalRole::Writer)
+        .await
+        .expect("a writer terminal elsewhere");
     operator.stop_agent("renamed").await.expect("stop");
     assert_eq!(operator.list_agents().await.unwrap().len(), 2);
 }
