@@ -32,3 +32,16 @@ impl fmt::Debug for SecretRequest {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_secret_request_never_shows_its_value_when_debugged() {
+        let request = super::SecretRequest {
+            value: "hunter2-value".into(),
+        };
+        let shown = format!("{request:?} {request:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("13 bytes"), "{shown}");
+    }
+}
