@@ -512,6 +512,10 @@ pub(crate) struct SetArgs {
     auto_restart: Option<bool>,
     #[command(flatten)]
     settings: SettingArgs,
+    /// Stop giving the agent its secrets (`--secret`; `secret:NAME` values of `--env` stay until
+    /// replaced).
+    #[arg(long, conflicts_with = "secrets")]
+    no_secrets: bool,
     /// Restart the agent now so the change applies.
     #[arg(long)]
     restart: bool,
@@ -520,12 +524,15 @@ pub(crate) struct SetArgs {
 }
 
 pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
-    let update = UpdateRequest {
+    let mut update = UpdateRequest {
         command: args.command.clone(),
         auto_restart: args.auto_restart,
         restart: args.restart,
         ..args.settings.to_update()?
     };
+    if args.no_secrets {
+        update.secrets = Some(vec![]);
+    }
     let (client, key) = on_machine_of(client, &args.agent)?;
     let agent: AgentInfo = client.update_agent(key, &update).await?;
     if args.json.json {

@@ -485,4 +485,10 @@ async fn an_agent_whose_secret_was_removed_fails_to_spawn_with_a_clear_error() {
         "{error}"
     );
     assert_ne!(agent.state, AgentState::Running);
+    // Taking the reference away lets it start again.
+    let cleared = daemon.ctl(&["set", "orphan", "--no-secrets"]);
+    assert!(cleared.status.success(), "{cleared:?}");
+    let started = daemon.ctl(&["start", "orphan"]);
+    assert!(started.status.success(), "{started:?}");
+    daemon.wait_state("orphan", AgentState::Running).await;
 }
