@@ -427,14 +427,14 @@ async fn a_reference_to_a_missing_secret_is_refused_naming_it() {
     assert!(message.contains("NOT_SET_A"), "{message}");
     let mut by_env = AgentSpec {
         workspace: Some(work.clone()),
-        ..spec("b", "sleep 1000")
+        ..spec("b", "echo \"got $TOKEN\"; sleep 1000")
     };
     by_env.env.insert("TOKEN".into(), "secret:NOT_SET_B".into());
     let message = refused(
         daemon
             .client
             .apply(&ApplyRequest {
-                agents: vec![by_env],
+                agents: vec![by_env.clone()],
                 prune: false,
                 dry_run: false,
             })
@@ -442,6 +442,19 @@ async fn a_reference_to_a_missing_secret_is_refused_naming_it() {
         ErrorCode::InvalidRequest,
     );
     assert!(message.contains("NOT_SET_B"), "{message}");
+    // Once it exists, the same file applies, and the agent gets it.
+    set(&daemon, "NOT_SET_B", &unique_value("app")).await;
+    let report = daemon
+        .client
+        .apply(&ApplyRequest {
+            agents: vec![by_env],
+            prune: false,
+            dry_run: false,
+        })
+        .await
+        .expect("apply");
+    assert_eq!(report.created, ["b"]);
+    wait_logs(&daemon, "b", |text| text.contains("[secret:NOT_SET_B]")).await;
     daemon.spawn(spec("c", "sleep 1000")).await;
     let set = daemon.ctl(&["set", "c", "--secret", "NOT_SET_C"]);
     assert!(!set.status.success());
@@ -457,7 +470,7 @@ async fn a_reference_to_a_missing_secret_is_refused_naming_it() {
         "true",
     ]);
     assert!(!bad.status.success());
-    assert_eq!(daemon.client.list_agents().await.unwrap().len(), 1);
+    assert_eq!(daemon.client.list_agents().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
