@@ -13,8 +13,9 @@ use celistra_proto::{
     LinkDecision, LoginCodeQuery, LoginLink, LoginRequest, LogsQuery, Machine, MachineAgents,
     Membership, NotificationsStatus, PairingCode, ProofQuery, PushSubscriptionInfo,
     PushSubscriptionRequest, RenameRequest, Role, RunRecord, SandboxExplanation, SandboxStatus,
-    SandboxSwitch, SearchQuery, SessionInfo, SessionState, TerminalTicket, TicketRequest,
-    TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
+    SandboxSwitch, SearchQuery, SecretInfo, SecretRequest, SessionInfo, SessionState,
+    TerminalTicket, TicketRequest, TokenCreated, TokenInfo, TokenRequest, UpdateRequest,
+    VapidKeyInfo, Verdict,
 };
 use hyper::Method;
 use hyper::body::Incoming;
@@ -48,7 +49,7 @@ fn with_query(path: &str, query: &impl Serialize) -> String {
 /// The routes a hub forwards to its machines, by path prefix: the daemon's route table marks them
 /// `via_hub` (`x-celistra-via-hub` in the OpenAPI document; a test of `celistrad` checks that the
 /// two agree). An allow-list, like the daemon's: a route added later stays the hub's own until
-/// both say otherwise. Tokens, sessions, notifications, the fleet's routes, the OpenAPI document,
+/// both say otherwise. Tokens, secrets, sessions, notifications, the fleet's routes, the OpenAPI document,
 /// decision links and an agent's own `/v1/ask` are not here.
 const VIA_HUB: &[&str] = &[
     "/v1/health",
@@ -450,6 +451,28 @@ impl Client {
         self.call(Method::POST, &path, None::<&()>).await
     }
 
+    // Secrets: a hub never forwards them (see `VIA_HUB`), so they are always this daemon's own.
+
+    /// Every secret's name and times; never a value.
+    pub async fn list_secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
+        self.get("/v1/secrets").await
+    }
+
+    /// Sets a secret's value (only an owner may).
+    pub async fn set_secret(
+        &self,
+        name: &str,
+        request: &SecretRequest,
+    ) -> Result<SecretInfo, ClientError> {
+        let path = format!("/v1/secrets/{}", segment(name));
+        self.call(Method::PUT, &path, Some(request)).await
+    }
+
+    pub async fn remove_secret(&self, name: &str) -> Result<SecretInfo, ClientError> {
+        let path = format!("/v1/secrets/{}", segment(name));
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
         self.get("/v1/tokens").await
     }
@@ -547,6 +570,7 @@ mod tests {
             "/v1/fleet/agents",
             "/v1/fleet/events?follow=true",
             "/v1/tokens/ci",
+            "/v1/secrets/GH_TOKEN",
             "/v1/session",
             "/v1/sessions/login",
             "/v1/push/vapid-key",

@@ -38,6 +38,7 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     for (key, value) in &spec.env {
         names::validate_env(key, value)?;
     }
+    crate::secret::validate_references(spec)?;
     capability::parse_tokens(&spec.capabilities).map_err(|e| format!("capabilities: {e}"))?;
     capability::parse_tokens(&spec.drop_capabilities)
         .map_err(|e| format!("drop_capabilities: {e}"))?;

@@ -14,6 +14,7 @@ mod home;
 mod notify;
 mod sandbox;
 mod scheduler;
+mod secrets;
 mod serve;
 mod services;
 mod sessions;
@@ -181,6 +182,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
     let asks = asks::AskSockets::create(&home_tag(&home), options.launcher.as_deref())?;
     let approvals = approvals::Broker::load(home.dir.join("approvals.json"), now_ms());
+    let secrets = Arc::new(secrets::Secrets::load(&home.dir)?);
     let guard = match &cgroups {
         Some(root) => Some(
             DeathGuard::start(root)
@@ -226,6 +228,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         asks,
         approvals: Arc::new(approvals),
         notify,
+        secrets,
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
         base_env: std::env::vars()

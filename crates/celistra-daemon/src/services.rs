@@ -1,6 +1,6 @@
 //! What the daemon's parts share, built once in `run()`: the event bus, the audit log, the agents'
 //! store, the history, cgroups and limits, the sandbox control, the agents' sockets, the approval
-//! broker and the notification channels; plus the few operations that need two of them at once
+//! broker, the notification channels and the secrets; plus the few operations that need two of them at once
 //! (reading `config.json` and recording its changes; verifying the audit log and announcing an
 //! altered one). Nothing here knows the supervisor: what services need of the agents goes through
 //! [`AgentDirectory`].
@@ -41,6 +41,8 @@ pub(crate) struct Services {
     pub approvals: Arc<Broker>,
     /// Where requests and decisions are announced (ntfy, webhooks, Web Push).
     pub notify: Arc<Notifications>,
+    /// The encrypted secrets agents may be given (`secrets.json`).
+    pub secrets: Arc<crate::secrets::Secrets>,
     /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
     pub scrollback_kb: Option<u32>,
     /// Workspace of agents spawned without one: the daemon's `$HOME`.

@@ -15,6 +15,7 @@ mod openapi;
 mod responses;
 mod routes;
 mod sandbox;
+mod secrets;
 mod sessions;
 mod terminal;
 mod tokens;

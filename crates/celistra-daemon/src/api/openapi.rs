@@ -11,10 +11,11 @@ use celistra_proto::{
     KillRequest, LinkDecision, LogFormat, LogLine, LogStream, LoginLink, LoginRequest, Machine,
     MachineAgents, Membership, Notice, NoticeKind, NotificationsStatus, PairingCode, PushKeys,
     PushSubscriptionInfo, PushSubscriptionRequest, RenameRequest, Role, RunCause, RunRecord,
-    RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, SessionInfo,
-    SessionState, Signal, TermSize, TerminalClientMessage, TerminalRole, TerminalServerMessage,
-    TerminalTicket, TicketRequest, TimeoutDefault, TlsHealth, TokenCreated, TokenInfo,
-    TokenRequest, UpdateRequest, VapidKeyInfo, Verdict, WitnessState, WitnessStatus,
+    RunSandbox, SandboxBlock, SandboxExplanation, SandboxStatus, SandboxSwitch, SecretInfo,
+    SecretRequest, SessionInfo, SessionState, Signal, TermSize, TerminalClientMessage,
+    TerminalRole, TerminalServerMessage, TerminalTicket, TicketRequest, TimeoutDefault, TlsHealth,
+    TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict, WitnessState,
+    WitnessStatus,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -35,7 +36,7 @@ use utoipa::{Modify, OpenApi};
         LoginLink, LoginRequest, SessionInfo, SessionState, AgentUsage, TlsHealth,
         Role, TokenRequest, TokenInfo, TokenCreated, AuditExportFormat, AskOrigin,
         Machine, WitnessState, WitnessStatus, PairingCode, JoinRequest, FleetStatus, Membership,
-        MachineAgents, FleetEvent,
+        MachineAgents, FleetEvent, SecretInfo, SecretRequest,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 
 use super::{
     AppState, agents, approvals, audit, decide, events, fleet, history, notifications, openapi,
-    sandbox, sessions, terminal, tokens,
+    sandbox, secrets, sessions, terminal, tokens,
 };
 
 /// The OpenAPI extension that names the role an operation requires.
@@ -185,6 +185,11 @@ pub(crate) fn table() -> Vec<Route> {
         route!(owner, fleet::leave),
         route!(viewer, fleet::agents),
         route!(viewer, fleet::events),
+        // Secrets: names are an operator's to read; values go in, never out, and only an owner's.
+        // Not forwarded by a hub, which must never see a value.
+        route!(operator, secrets::list),
+        route!(owner, secrets::set),
+        route!(owner, secrets::remove),
         // Credentials.
         route!(owner, tokens::list),
         route!(owner, tokens::create),

@@ -126,7 +126,8 @@ impl Tickets {
 }
 
 /// Issue a single-use ticket that opens the agent's terminal WebSocket within 30 seconds. A
-/// writer ticket needs the operator role; a viewer may ask only for viewer tickets (else 403).
+/// writer ticket needs the operator role (the owner's, for an agent that gets secrets); a viewer
+/// may ask only for viewer tickets (else 403).
 #[utoipa::path(
     post,
     path = "/v1/agents/{agent}/terminal/tickets",
@@ -153,6 +154,15 @@ pub(crate) async fn ticket(
         )));
     }
     let handle = state.supervisor.find(&agent)?;
+    // Typing into an agent that has secrets could make it print or send them: an owner's.
+    let has_secrets = !celistra_core::secret::references(&handle.spec()).is_empty();
+    if request.role == TerminalRole::Writer && has_secrets && role != Role::Owner {
+        return Err(Failure(ApiError::role_required(
+            Role::Owner,
+            role,
+            "a writer ticket to an agent that gets secrets (typing into it could make it print or send them)",
+        )));
+    }
     let secret = state
         .tickets
         .issue(&handle.id, request.role, &actor.name, ended)?;

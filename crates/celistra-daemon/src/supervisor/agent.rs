@@ -9,6 +9,7 @@ use celistra_core::agents::{classify, clip_said};
 use celistra_core::approval_line::{Decision, LineRequest, LineScanner, response_line};
 use celistra_core::config::restart_policy;
 use celistra_core::logtext::Stream;
+use celistra_core::mask::Masker;
 use celistra_core::model_trouble::{
     DEFAULT_MODEL_ERROR_MAX, DEFAULT_MODEL_ERROR_WINDOW_SECS, ModelErrorBudget, ModelErrorDecision,
     limit_resume_at,
@@ -651,7 +652,9 @@ impl Agent {
             env.push(("USER".into(), user.name.clone()));
             env.push(("LOGNAME".into(), user.name.clone()));
         }
-        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // `secret:NAME` values and `secrets` resolved in memory only; the masker hides them in output.
+        let (spec_env, masker) = self.services.secrets.environment(&spec)?;
+        env.extend(spec_env);
         env.push(("CELISTRA_AGENT_ID".into(), self.id().to_owned()));
         env.push((
             crate::asks::ASK_SOCKET_ENV.into(),
@@ -710,6 +713,7 @@ impl Agent {
             run_id,
             services: Arc::clone(&self.services),
             approvals: self.approvals.clone(),
+            masker,
         };
         // The PTY or pipes are registered with the reader thread's runtime, where they are read.
         let readers_runtime = &self.services.readers;
@@ -1226,12 +1230,14 @@ struct OutputSink {
     run_id: u64,
     services: Arc<Services>,
     approvals: ApprovalFlow,
+    /// Masks the values of the run's secrets (each stream its own copy, see `pump`).
+    masker: Masker,
 }
 
 impl OutputSink {
     /// Copies one stream until it closes (for a PTY, EIO once the last process holding it exits).
     /// On a terminal, approval request lines are taken out (see `approval_line`) and asked.
-    async fn pump(self, mut reader: impl AsyncRead + Unpin, stream: Stream) {
+    async fn pump(mut self, mut reader: impl AsyncRead + Unpin, stream: Stream) {
         // Pipes can be read in larger pieces than a PTY ever delivers.
         let read_size = if stream == Stream::Pty {
             64 * 1024
@@ -1260,25 +1266,40 @@ impl OutputSink {
                     None => break,
                 }
             }
+            // Secret values are masked first: nothing after this sees them.
+            let mut masked = Vec::new();
+            let read = if self.masker.is_empty() {
+                &buf[..filled]
+            } else {
+                self.masker.push(&buf[..filled], &mut masked);
+                &masked[..]
+            };
             let chunk = match &mut requests {
                 Some(scanner) => {
-                    let mut passed = Vec::with_capacity(filled);
-                    for request in scanner.push(&buf[..filled], &mut passed) {
+                    let mut passed = Vec::with_capacity(read.len());
+                    for request in scanner.push(read, &mut passed) {
                         self.ask_for_line(request);
                     }
                     Bytes::from(passed)
                 }
-                None => Bytes::copy_from_slice(&buf[..filled]),
+                None => Bytes::copy_from_slice(read),
             };
             self.deliver(stream, chunk).await;
             if ended {
                 break;
             }
         }
+        let mut released = Vec::new();
+        self.masker.finish(&mut released);
         if let Some(mut scanner) = requests {
             let mut held = Vec::new();
+            for request in scanner.push(&released, &mut held) {
+                self.ask_for_line(request);
+            }
             scanner.finish(&mut held);
             self.deliver(stream, Bytes::from(held)).await;
+        } else {
+            self.deliver(stream, Bytes::from(released)).await;
         }
     }
 

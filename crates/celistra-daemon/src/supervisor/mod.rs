@@ -246,6 +246,7 @@ impl Supervisor {
     ) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
         self.check_spec(&spec, false)?;
+        self.services.secrets.check_references(&spec, actor)?;
         self.services.config()?;
         let handle = {
             let mut registry = self.write();
@@ -388,6 +389,12 @@ impl Supervisor {
             .clone()
             .unwrap_or_else(|| self.services.default_workspace.clone());
         info.env_keys = spec.env.keys().cloned().collect();
+        // The variables its secrets are given as (`--secret NAME`): names only, like the rest.
+        for name in &spec.secrets {
+            if !info.env_keys.contains(name) {
+                info.env_keys.push(name.clone());
+            }
+        }
         info.auto_restart = spec.auto_restart;
         info.kind = spec
             .kind
@@ -476,6 +483,14 @@ impl Supervisor {
         let old_name = spec.name.clone();
         spec_rules::apply_update(&mut spec, update);
         self.check_spec(&spec, true)?;
+        // A rename cannot make an agent give its secrets away; any other change could.
+        let rename_only = UpdateRequest {
+            name: None,
+            ..update.clone()
+        } == UpdateRequest::default();
+        if !rename_only {
+            self.services.secrets.check_references(&spec, actor)?;
+        }
         self.replace_spec(&handle, spec, &old_name, actor)?;
         // A new name alone is recorded as `agent_renamed` (from its event).
         let settings_changed = UpdateRequest {
@@ -667,6 +682,13 @@ impl Supervisor {
             self.check_spec(spec, true).map_err(|e| {
                 ApiError::new(e.code, format!("agent `{}`: {}", spec.name, e.message))
             })?;
+            self.services
+                .secrets
+                .check_references(spec, actor)
+                .map_err(|e| ApiError {
+                    message: format!("agent `{}`: {}", spec.name, e.message),
+                    ..e
+                })?;
         }
         let report = ApplyReport {
             created: plan.create.iter().map(|s| s.name.clone()).collect(),

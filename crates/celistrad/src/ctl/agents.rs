@@ -56,6 +56,11 @@ pub(crate) struct SettingArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Give the agent a secret (`ctl secret set`) as the environment variable of its name
+    /// (repeatable; an owner's credential is needed). `--env VAR=secret:NAME` gives one under
+    /// another name. On `set`, replaces the agent's secrets.
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
     /// Signal that `stop` sends to the process group [default: TERM].
     #[arg(long, value_name = "SIGNAL")]
     stop_signal: Option<Signal>,
@@ -173,6 +178,7 @@ impl SettingArgs {
             model_error_max: self.model_error_max,
             model_error_window_secs: secs(self.model_error_window),
             notify_activity: (!self.notify_on.is_empty()).then(|| self.notify_on.clone()),
+            secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
             ..UpdateRequest::default()
         };
         self.schedule.fill(&mut update)?;
@@ -667,6 +673,10 @@ pub(crate) struct SetArgs {
     settings: SettingArgs,
     #[command(flatten)]
     clear: ClearScheduleArgs,
+    /// Stop giving the agent its secrets (`--secret`; `secret:NAME` values of `--env` stay until
+    /// replaced).
+    #[arg(long, conflicts_with = "secrets")]
+    no_secrets: bool,
     /// Restart the agent now so the change applies.
     #[arg(long)]
     restart: bool,
@@ -682,6 +692,9 @@ pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
         ..args.settings.to_update()?
     };
     args.clear.fill(&mut update);
+    if args.no_secrets {
+        update.secrets = Some(vec![]);
+    }
     let (client, key) = on_machine_of(client, &args.agent)?;
     let agent: AgentInfo = client.update_agent(key, &update).await?;
     if args.json.json {

@@ -14,6 +14,7 @@ mod logs;
 mod notifications;
 mod sandbox;
 mod schedule;
+mod secrets;
 mod sessions;
 mod table;
 mod tokens;
@@ -100,6 +101,9 @@ enum Verb {
     Context(context::ContextArgs),
     /// API tokens with a role: create, ls, revoke.
     Token(tokens::TokenArgs),
+    /// Secrets for agents, kept encrypted and masked in output: set NAME (value from stdin or a
+    /// prompt), ls, rm NAME.
+    Secret(secrets::SecretArgs),
     /// Mint a single-use code (on a hub) and print the line that joins a new machine with it.
     Pair(fleet::PairArgs),
     /// Join this machine to a hub, with the line `ctl pair` printed there.
@@ -127,6 +131,7 @@ impl Verb {
                 | Verb::Machines(_)
                 | Verb::Fleet(_)
                 | Verb::Token(_)
+                | Verb::Secret(_)
                 | Verb::Sessions(_)
                 | Verb::Dashboard(_)
                 | Verb::Notifications(_)
@@ -230,6 +235,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Dashboard(args) => sessions::dashboard(client, args).await,
         Verb::Sessions(args) => sessions::sessions(client, args).await,
         Verb::Token(args) => tokens::run(client, args).await,
+        Verb::Secret(args) => secrets::run(client, args).await,
         Verb::Pair(args) => fleet::pair(client, args).await,
         Verb::Leave(args) => fleet::leave(client, args).await,
         Verb::Machines(args) => fleet::machines(client, args).await,

@@ -26,6 +26,7 @@ mod remote;
 mod roles;
 mod sandbox;
 mod schedule;
+mod secrets;
 mod supervision;
 mod terminal;
 mod tidy;
