@@ -12,9 +12,9 @@ use celistra_proto::{
     ExplainRequest, ExportQuery, FleetStatus, Health, HistoryQuery, JoinRequest, KillRequest,
     LinkDecision, LoginCodeQuery, LoginLink, LoginRequest, LogsQuery, Machine, MachineAgents,
     Membership, NotificationsStatus, PairingCode, ProofQuery, PushSubscriptionInfo,
-    PushSubscriptionRequest, RenameRequest, Role, RunRecord, SandboxExplanation, SandboxStatus,
-    SandboxSwitch, SearchQuery, SessionInfo, SessionState, TerminalTicket, TicketRequest,
-    TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
+    PushSubscriptionRequest, RemoveQuery, RenameRequest, Role, RunRecord, SandboxExplanation,
+    SandboxStatus, SandboxSwitch, SearchQuery, SessionInfo, SessionState, TerminalTicket,
+    TicketRequest, TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
 };
 use hyper::Method;
 use hyper::body::Incoming;
@@ -152,9 +152,18 @@ impl Client {
             .await
     }
 
-    pub async fn remove_agent(&self, agent: &str) -> Result<AgentInfo, ClientError> {
-        self.call(Method::DELETE, &agent_path(agent), None::<&()>)
-            .await
+    /// Removes an agent; `query` says what becomes of a `--worktree` agent's worktree.
+    pub async fn remove_agent(
+        &self,
+        agent: &str,
+        query: &RemoveQuery,
+    ) -> Result<AgentInfo, ClientError> {
+        self.call(
+            Method::DELETE,
+            &with_query(&agent_path(agent), query),
+            None::<&()>,
+        )
+        .await
     }
 
     /// The agent's full spec, environment values included.

@@ -22,6 +22,7 @@ mod tls;
 mod tokens;
 mod usage;
 mod wire;
+mod worktree;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

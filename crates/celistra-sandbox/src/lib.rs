@@ -17,6 +17,7 @@ mod audit;
 mod browser;
 mod cgroup;
 mod credentials;
+mod git;
 mod guard;
 mod limits;
 mod linux;
@@ -33,6 +34,7 @@ pub use audit::{
 pub use browser::open_in_browser;
 pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use credentials::Credentials;
+pub use git::{Git, GitError, GitOutput};
 pub use guard::DeathGuard;
 pub use limits::{
     AgentLimits, AppliedLimit, AppliedLimits, ControlFile, Enforcement, LimitKind, ResourceControl,

@@ -67,8 +67,8 @@ enum Verb {
     Restart(agents::ManyAgents),
     /// Send a signal: HUP hangs up the terminal; INT, TERM, QUIT, KILL go to the process group.
     Kill(agents::KillArgs),
-    /// Stop agents and forget them.
-    Rm(agents::ManyAgents),
+    /// Stop agents and forget them (a clean --worktree worktree goes too; see --keep-worktree).
+    Rm(agents::RemoveArgs),
     /// Rename an agent.
     Rename(agents::RenameArgs),
     /// Change an agent's settings (applied at its next spawn, or now with --restart).

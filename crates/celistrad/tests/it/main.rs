@@ -28,6 +28,7 @@ mod supervision;
 mod terminal;
 mod tidy;
 mod tls;
+mod worktree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
