@@ -18,6 +18,7 @@ mod fleet;
 mod fleet_cli;
 mod fuzz;
 mod history;
+mod hooks;
 mod machine;
 mod netns;
 mod notifications;
