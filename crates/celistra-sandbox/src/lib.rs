@@ -4,7 +4,8 @@
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
 //! The kernel sandbox (bubblewrap, Landlock, seccomp; Seatbelt on macOS) is built here from a
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
-//! else rlimits) come from [`ResourceLimits`].
+//! else rlimits) come from [`ResourceLimits`]. [`Git`] runs `git` for the daemon (worktrees), as
+//! a given user, with a timeout.
 
 // The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
 // where they belong.

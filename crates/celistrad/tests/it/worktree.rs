@@ -42,6 +42,8 @@ impl Repo {
     fn git(&self, args: &[&str]) -> String {
         let out = Command::new("git")
             .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+            // A repository given to another user (below) is still the test's to read.
+            .args(["-c", "safe.directory=*"])
             .args(args)
             .current_dir(self.path())
             .output()
@@ -123,6 +125,46 @@ async fn a_worktree_agent_runs_and_commits_in_its_own_worktree_from_its_sandbox(
     assert!(!repo.dir.path().join("app.worktrees").exists());
     assert!(log_of_branch().contains("from the agent"));
     assert!(!repo.git(&["worktree", "list"]).contains("feat/one"));
+}
+
+#[tokio::test]
+async fn a_root_daemon_makes_the_worktree_as_the_workspaces_owner_whose_agent_commits() {
+    use std::os::unix::fs::MetadataExt;
+    let (uid, gid) = crate::sandbox::test_user();
+    let daemon = Daemon::start().await;
+    let repo = Repo::new();
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(repo.dir.path())
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let mark = marker();
+    let command = format!(
+        "echo mine > owned.txt && git add owned.txt && git -c user.name=agent -c user.email=a@b \
+         commit -qm owned; sleep {mark}"
+    );
+    let agent = daemon.spawn(repo.agent("owned", "owned", &command)).await;
+    assert_eq!(agent.last_error, None);
+    let worktree = repo.worktree("owned");
+    assert_eq!(
+        std::fs::metadata(worktree.join("README")).unwrap().uid(),
+        uid
+    );
+    wait_for("the agent's commit", || {
+        repo.git(&["log", "--format=%s", "owned"]).contains("owned")
+    })
+    .await;
+    assert_eq!(
+        std::fs::metadata(worktree.join("owned.txt")).unwrap().uid(),
+        uid
+    );
+    let info = daemon.agent("owned").await;
+    assert!(info.sandbox.unwrap().user.starts_with("celistra-test"));
+    let rm = daemon.ctl(&["rm", "owned"]);
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    wait_no_process_with(&mark).await;
+    assert!(!worktree.exists());
 }
 
 #[tokio::test]
