@@ -226,8 +226,16 @@ impl Supervisor {
         self.refuse_if_stopping()?;
         self.check_spec(&spec, false)?;
         self.services.config()?;
-        // Made now, so a workspace outside git or a branch in use is the request's error.
-        let worktree = crate::worktree::for_run(&self.services, &spec).await?;
+        // Made now, so a workspace outside git or a branch in use is the request's error (and
+        // not for a name that is taken: checked again below, under the lock).
+        let worktree = if spec.worktree.is_some() {
+            if !spec.name.is_empty() && self.read().id_by_name.contains_key(&spec.name) {
+                return Err(name_taken(&spec.name));
+            }
+            crate::worktree::for_run(&self.services, &spec).await?
+        } else {
+            None
+        };
         let handle = {
             let mut registry = self.write();
             if let Some(worktree) = &worktree {
@@ -237,13 +245,7 @@ impl Supervisor {
                 spec.name =
                     names::generate_name(&spec.command, |n| registry.id_by_name.contains_key(n));
             } else if registry.id_by_name.contains_key(&spec.name) {
-                return Err(ApiError::new(
-                    ErrorCode::NameTaken,
-                    format!(
-                        "an agent named `{}` already exists; pick another name or remove it first",
-                        spec.name
-                    ),
-                ));
+                return Err(name_taken(&spec.name));
             }
             let id = new_id(&registry)?;
             let stored = StoredAgent {
@@ -784,6 +786,13 @@ fn start_requested(agent_id: String, name: String, actor: &Actor) -> EventKind {
         actor: actor.name.clone(),
         actor_role: actor.role,
     }
+}
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NameTaken,
+        format!("an agent named `{name}` already exists; pick another name or remove it first"),
+    )
 }
 
 /// Refuses a second agent in a worktree another agent works in (git would let both share it).

@@ -291,6 +291,14 @@ async fn a_worktree_needs_a_git_workspace_and_a_branch_no_other_agent_has() {
         }
         other => panic!("{other}"),
     }
+    // A name that is taken makes no worktree.
+    let taken = daemon
+        .client
+        .spawn_agent(&repo.agent("first", "other", "true"))
+        .await
+        .unwrap_err();
+    assert!(taken.to_string().contains("already exists"), "{taken}");
+    assert!(!repo.worktree("other").exists());
     // From the command line too, with `spawn --worktree`.
     let cli = daemon.ctl(&[
         "spawn",
