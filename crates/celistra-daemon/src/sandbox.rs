@@ -310,8 +310,9 @@ impl SandboxControl {
         spec: &AgentSpec,
         source: &str,
         workspace: &Path,
+        worktree_git_dir: Option<&Path>,
     ) -> Result<SandboxExplanation, ApiError> {
-        let confinement = self.confine(spec, source, workspace, None, None)?;
+        let confinement = self.confine(spec, source, workspace, None, worktree_git_dir)?;
         let mut notes = vec![];
         if let Some(because) = &confinement.info.unsandboxed_because {
             notes.push(format!(

@@ -100,13 +100,34 @@ pub(crate) async fn for_run(
         .map(Some)
 }
 
-/// Where `spec`'s worktree is, if git knows it (for an agent that has not run in this daemon).
-pub(crate) async fn locate(services: &Services, spec: &AgentSpec) -> Option<PathBuf> {
+/// `spec`'s worktree as its next run would use it, if it exists; nothing is made (for an agent
+/// that has not run in this daemon, and for `sandbox explain`).
+pub(crate) async fn existing(services: &Services, spec: &AgentSpec) -> Option<Worktree> {
     let branch = spec.worktree.as_ref()?;
     let git = git_for(services, spec).ok()?;
     let repo = repo_of(&git, &workspace_of(services, spec)).await.ok()?;
     let path = repo.location(branch);
-    path.is_dir().then_some(path)
+    path.is_dir().then(|| Worktree {
+        cwd: cwd_in(&path, &repo.prefix),
+        path,
+        common_dir: repo.common_dir,
+    })
+}
+
+/// Where `spec`'s worktree is, if it exists.
+pub(crate) async fn locate(services: &Services, spec: &AgentSpec) -> Option<PathBuf> {
+    existing(services, spec).await.map(|worktree| worktree.path)
+}
+
+/// The workspace's counterpart in the worktree at `path`: the same subdirectory (`prefix`) when
+/// the branch has it, else the worktree's top.
+fn cwd_in(path: &Path, prefix: &str) -> PathBuf {
+    let cwd = path.join(prefix);
+    if prefix.is_empty() || !cwd.is_dir() {
+        path.to_owned()
+    } else {
+        cwd
+    }
 }
 
 /// Refuses a branch name git would not take (or that could pass for an option).
@@ -304,13 +325,8 @@ pub(crate) async fn ensure(
         }
         add(git, &repo, branch, &path).await?;
     }
-    let cwd = path.join(&repo.prefix);
     Ok(Worktree {
-        cwd: if repo.prefix.is_empty() || !cwd.is_dir() {
-            path.clone()
-        } else {
-            cwd
-        },
+        cwd: cwd_in(&path, &repo.prefix),
         path,
         common_dir: repo.common_dir,
     })

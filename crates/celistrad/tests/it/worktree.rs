@@ -97,6 +97,24 @@ async fn a_worktree_agent_runs_and_commits_in_its_own_worktree_from_its_sandbox(
     let git_dir = std::fs::canonicalize(repo.path().join(".git")).unwrap();
     let grant = format!("write:{}", git_dir.display());
     assert!(sandbox.capabilities.contains(&grant), "{sandbox:?}");
+    // `sandbox explain` shows the same: the grant and where it came from.
+    let explained = daemon
+        .client
+        .explain_sandbox(&celistra_proto::ExplainRequest {
+            agent: Some("feat".into()),
+            spec: None,
+        })
+        .await
+        .expect("explain");
+    assert!(explained.run.capabilities.contains(&grant), "{explained:?}");
+    assert!(
+        explained
+            .sources
+            .iter()
+            .any(|s| s.origin == "worktree" && s.capabilities.contains(&grant)),
+        "{:?}",
+        explained.sources
+    );
     let log_of_branch = || {
         Command::new("git")
             .args(["log", "--format=%s", "feat/one"])
