@@ -808,7 +808,8 @@ fn refuse_shared_worktree(
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!(
-                    "agent `{}` ({}) already works on branch `{}` in {path}; give this agent                      another branch, or remove that agent first",
+                    "agent `{}` ({}) already works on branch `{}` in {path}; give this agent \
+                     another branch, or remove that agent first",
                     info.name,
                     info.id,
                     spec.worktree.as_deref().unwrap_or_default()
