@@ -252,18 +252,31 @@ pub(crate) async fn ensure(
 ) -> Result<Worktree, ApiError> {
     check_branch(branch)?;
     let repo = repo_of(git, workspace).await?;
-    if let Err(e) = git
+    match git
         .run(&repo.top, &["check-ref-format", "--branch", branch])
         .await
     {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "--worktree `{branch}` is not a branch name git accepts ({}); see `git help \
-                 check-ref-format`",
-                e.message()
-            ),
-        ));
+        // `--branch` expands shorthands such as `@{-1}`: only a plain name is taken as it is.
+        Ok(out) if out.stdout.trim() == branch => {}
+        Ok(out) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "--worktree `{branch}` is a shorthand (for `{}`); give the branch's name",
+                    out.stdout.trim()
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "--worktree `{branch}` is not a branch name git accepts ({}); see `git help \
+                     check-ref-format`",
+                    e.message()
+                ),
+            ));
+        }
     }
     let path = repo.location(branch);
     let full_ref = format!("refs/heads/{branch}");
