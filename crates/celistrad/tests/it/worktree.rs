@@ -334,3 +334,32 @@ async fn a_worktree_needs_a_git_workspace_and_a_branch_no_other_agent_has() {
     assert!(rm.status.success(), "{}", text(&rm.stderr));
     wait_no_process_with(&mark).await;
 }
+
+#[tokio::test]
+async fn a_restarted_daemon_knows_a_stopped_agents_worktree_and_keeps_its_branch_to_it() {
+    let mut daemon = Daemon::start().await;
+    let repo = Repo::new();
+    let mark = marker();
+    daemon
+        .spawn(repo.agent("keeper", "kept", &format!("sleep {mark}")))
+        .await;
+    daemon.wait_state("keeper", AgentState::Running).await;
+    let stop = daemon.ctl(&["stop", "keeper"]);
+    assert!(stop.status.success(), "{}", text(&stop.stderr));
+    wait_no_process_with(&mark).await;
+    daemon.signal_and_wait("TERM");
+    daemon.restart_process().await;
+    let agent = daemon.agent("keeper").await;
+    assert_eq!(agent.state, AgentState::Stopped);
+    let worktree = repo.worktree("kept");
+    assert_eq!(agent.worktree.as_deref(), Some(worktree.to_str().unwrap()));
+    let second = daemon
+        .client
+        .spawn_agent(&repo.agent("second", "kept", "true"))
+        .await
+        .unwrap_err();
+    assert!(second.to_string().contains("`keeper`"), "{second}");
+    let rm = daemon.ctl(&["rm", "keeper"]);
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    assert!(!worktree.exists());
+}
