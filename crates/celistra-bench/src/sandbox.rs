@@ -50,7 +50,9 @@ async fn spawn_answer(daemon: &Daemon, capabilities: &[&str], tag: &str) -> Resu
     }
     // Removed after the samples: a sandbox's teardown would otherwise overlap the next spawn.
     for id in spawned {
-        client.remove_agent(&id).await?;
+        client
+            .remove_agent(&id, &celistra_proto::RemoveQuery::default())
+            .await?;
     }
     Ok(median_p95(samples).0)
 }

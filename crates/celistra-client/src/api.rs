@@ -9,13 +9,13 @@ use celistra_proto::{
     AgentInfo, AgentSpec, AgentUsage, ApplyReport, ApplyRequest, Approval, ApprovalsQuery,
     AskQuery, AskRequest, AuditBundle, AuditCheckpoint, AuditPage, AuditProof, AuditQuery,
     AuditTailQuery, AuditVerification, ChannelStatus, Cleared, DecisionRequest, EventsQuery,
-    ExplainRequest, ExportQuery, FleetStatus, Health, HistoryQuery, JoinRequest, KillRequest,
-    LinkDecision, LoginCodeQuery, LoginLink, LoginRequest, LogsQuery, Machine, MachineAgents,
-    Membership, NotificationsStatus, PairingCode, ProofQuery, PushSubscriptionInfo,
-    PushSubscriptionRequest, RenameRequest, Role, RunRecord, SandboxExplanation, SandboxStatus,
-    SandboxSwitch, SearchQuery, SecretInfo, SecretRequest, SessionInfo, SessionState,
-    TerminalTicket, TicketRequest, TokenCreated, TokenInfo, TokenRequest, UpdateRequest,
-    VapidKeyInfo, Verdict,
+    ExplainRequest, ExportQuery, FleetStatus, Health, HistoryQuery, HookReport, JoinRequest,
+    KillRequest, LinkDecision, LoginCodeQuery, LoginLink, LoginRequest, LogsQuery, Machine,
+    MachineAgents, Membership, NotificationsStatus, PairingCode, ProofQuery, PushSubscriptionInfo,
+    PushSubscriptionRequest, RemoveQuery, RenameRequest, Role, RunRecord, SandboxExplanation,
+    SandboxStatus, SandboxSwitch, SearchQuery, SecretInfo, SecretRequest, SessionInfo,
+    SessionState, TerminalTicket, TicketRequest, TokenCreated, TokenInfo, TokenRequest,
+    UpdateRequest, VapidKeyInfo, Verdict,
 };
 use hyper::Method;
 use hyper::body::Incoming;
@@ -153,9 +153,18 @@ impl Client {
             .await
     }
 
-    pub async fn remove_agent(&self, agent: &str) -> Result<AgentInfo, ClientError> {
-        self.call(Method::DELETE, &agent_path(agent), None::<&()>)
-            .await
+    /// Removes an agent; `query` says what becomes of a `--worktree` agent's worktree.
+    pub async fn remove_agent(
+        &self,
+        agent: &str,
+        query: &RemoveQuery,
+    ) -> Result<AgentInfo, ClientError> {
+        self.call(
+            Method::DELETE,
+            &with_query(&agent_path(agent), query),
+            None::<&()>,
+        )
+        .await
     }
 
     /// The agent's full spec, environment values included.
@@ -359,6 +368,19 @@ impl Client {
         request: &AskRequest,
     ) -> Result<Approval, ClientError> {
         self.post(&with_query("/v1/ask", query), request).await
+    }
+
+    /// Reports a hook of the agent's CLI (`celistrad hook`), as the agent whose own socket this
+    /// client talks to: `POST /v1/hook`, answered 204.
+    pub async fn report_hook(&self, report: &HookReport) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(report).expect("request bodies serialise");
+        let response = self.send(Method::POST, "/v1/hook", Some(body)).await?;
+        let status = response.status();
+        let bytes = crate::read_all(response).await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        crate::decode::<serde_json::Value>(status, &bytes).map(drop)
     }
 
     // Notifications.

@@ -24,6 +24,7 @@ mod tls;
 mod tokens;
 mod usage;
 mod wire;
+mod worktree;
 mod zone;
 
 use std::net::SocketAddr;

@@ -233,15 +233,19 @@ impl SandboxControl {
 
     /// Works out how the next run of `spec` is confined. `explain` builds the sandbox even when the
     /// agent would run unsandboxed, so an operator can see what turning the switch on would do.
+    /// `worktree_git_dir`: the run is in a git worktree (`--worktree`) whose commits write this
+    /// common git directory, which an agent that may write its workspace may then write too
+    /// (origin `worktree` in the capability sources).
     pub(crate) fn confine(
         &self,
         spec: &AgentSpec,
         source: &str,
         workspace: &Path,
         ask_socket: Option<&Path>,
+        worktree_git_dir: Option<&Path>,
     ) -> Result<Confinement, ApiError> {
         let grants = self.grants()?;
-        let resolution = capability::resolve(
+        let mut resolution = capability::resolve(
             &spec.capabilities,
             &spec.drop_capabilities,
             &grants,
@@ -252,6 +256,9 @@ impl SandboxControl {
             },
         )
         .map_err(spawn_refused)?;
+        if let Some(git_dir) = worktree_git_dir {
+            grant_worktree_git_dir(&mut resolution, git_dir);
+        }
         let credentials = self.credentials(spec, workspace)?;
         let unsandboxed_because = if resolution.has(&Capability::Privileged) {
             Some("privileged".to_owned())
@@ -303,8 +310,9 @@ impl SandboxControl {
         spec: &AgentSpec,
         source: &str,
         workspace: &Path,
+        worktree_git_dir: Option<&Path>,
     ) -> Result<SandboxExplanation, ApiError> {
-        let confinement = self.confine(spec, source, workspace, None)?;
+        let confinement = self.confine(spec, source, workspace, None, worktree_git_dir)?;
         let mut notes = vec![];
         if let Some(because) = &confinement.info.unsandboxed_because {
             notes.push(format!(
@@ -358,6 +366,16 @@ impl SandboxControl {
         policy.ask_socket = ask_socket.map(Path::to_owned);
         let tools = self.tools().map_err(spawn_refused)?;
         SandboxPlan::new(&policy, &tools).map_err(|e| spawn_refused(e.to_string()))
+    }
+
+    /// The user `spec`'s runs execute as, when it is not the daemon's own (for the git commands
+    /// run on an agent's behalf, so what they make is the agent's).
+    pub(crate) fn run_as(
+        &self,
+        spec: &AgentSpec,
+        workspace: &Path,
+    ) -> Result<Option<Credentials>, ApiError> {
+        self.credentials(spec, workspace)
     }
 
     /// The user a run executes as, when it is not the daemon's own: `--user`, or, for a root daemon,
@@ -485,6 +503,20 @@ impl Sessions {
     }
 }
 
+/// A worktree's commits write the repository's common git directory (objects, refs, the
+/// worktree's own index under `worktrees/`): an agent that may write its workspace may write it.
+fn grant_worktree_git_dir(resolution: &mut Resolution, git_dir: &Path) {
+    if !resolution.has(&Capability::WorkspaceRw) {
+        return;
+    }
+    let grant = Capability::Write(git_dir.display().to_string());
+    resolution.contributions.push(capability::Contribution {
+        origin: "worktree".into(),
+        capabilities: vec![grant.to_string()],
+    });
+    resolution.effective.insert(grant);
+}
+
 /// Turns capabilities into the concrete permissions every platform's sandbox is generated from.
 fn policy_for(resolution: &Resolution, workspace: PathBuf, state_dir: PathBuf) -> Policy {
     let mut read = vec![];
@@ -573,6 +605,17 @@ mod tests {
         assert!(policy.workspace_writable && policy.read_anywhere && policy.subprocess);
         assert_eq!(policy.network, Network::Full);
         assert_eq!(policy.hidden, [PathBuf::from("/state")]);
+    }
+
+    #[test]
+    fn a_worktree_agent_that_writes_its_workspace_may_write_the_common_git_dir() {
+        let mut writer = resolution(&[], &[]);
+        grant_worktree_git_dir(&mut writer, Path::new("/src/app/.git"));
+        assert!(writer.has(&Capability::Write("/src/app/.git".into())));
+        assert_eq!(writer.contributions.last().unwrap().origin, "worktree");
+        let mut reader = resolution(&[], &["workspace_rw"]);
+        grant_worktree_git_dir(&mut reader, Path::new("/src/app/.git"));
+        assert!(!reader.has(&Capability::Write("/src/app/.git".into())));
     }
 
     #[test]

@@ -298,6 +298,22 @@ pub struct RenameRequest {
     pub name: String,
 }
 
+/// Query of `DELETE /v1/agents/{agent}`: what happens to a `--worktree` agent's worktree. By
+/// default a clean worktree is removed (its branch stays) and one holding uncommitted or untracked
+/// work is refused (409, listing the files).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveQuery {
+    /// Keep the worktree and its branch; only the agent goes.
+    #[serde(default)]
+    pub keep_worktree: bool,
+    /// Remove the worktree even with uncommitted or untracked work in it (the branch and its
+    /// commits stay).
+    #[serde(default)]
+    pub discard_worktree: bool,
+}
+
 /// Body of `POST /v1/agents/{agent}/kill`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -4,7 +4,8 @@
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
 //! The kernel sandbox (bubblewrap, Landlock, seccomp; Seatbelt on macOS) is built here from a
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
-//! else rlimits) come from [`ResourceLimits`].
+//! else rlimits) come from [`ResourceLimits`]. [`Git`] runs `git` for the daemon (worktrees), as
+//! a given user, with a timeout.
 
 // The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
 // where they belong.
@@ -17,6 +18,7 @@ mod audit;
 mod browser;
 mod cgroup;
 mod credentials;
+mod git;
 mod guard;
 mod limits;
 mod linux;
@@ -33,6 +35,7 @@ pub use audit::{
 pub use browser::open_in_browser;
 pub use cgroup::{AgentCgroup, CgroupLayout, CgroupRoot, CgroupVersion, V1Hierarchy};
 pub use credentials::Credentials;
+pub use git::{Git, GitError, GitOutput};
 pub use guard::DeathGuard;
 pub use limits::{
     AgentLimits, AppliedLimit, AppliedLimits, ControlFile, Enforcement, LimitKind, ResourceControl,

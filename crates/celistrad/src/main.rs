@@ -89,6 +89,10 @@ enum Command {
     /// Ask for approval, from inside an agent: waits for the decision. Exit 0 go ahead, 1 denied,
     /// 3 expired, 2 usage.
     Ask(ctl::AskArgs),
+    /// Report a hook of the agent's CLI, from inside an agent: `celistrad hook claude` (payload
+    /// on stdin; Gemini CLI the same), `celistrad hook codex JSON` (Codex `notify`). Prints
+    /// nothing on stdout and exits 0 even when the report fails (why, on stderr); 2 for usage.
+    Hook(ctl::HookArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,7 +127,8 @@ fn main() -> ExitCode {
     let client_without_terminal = match &cli.command {
         Some(Command::Ctl(ctl)) => !ctl.holds_the_terminal(),
         Some(Command::Audit(_) | Command::Ask(_)) => true,
-        None => false,
+        // A hook exits 0 whatever becomes of its stderr.
+        Some(Command::Hook(_)) | None => false,
     };
     if client_without_terminal {
         celistra_sandbox::default_sigpipe();
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
             Some(Command::Ctl(ctl)) => ctl::run(*ctl, &cli.home).await,
             Some(Command::Audit(_)) => unreachable!("handled before the runtime starts"),
             Some(Command::Ask(args)) => Ok(ctl::ask(args).await),
+            Some(Command::Hook(args)) => Ok(ctl::hook(args).await),
             None => run_daemon(cli).await.map(|()| ExitCode::SUCCESS),
         }
     });

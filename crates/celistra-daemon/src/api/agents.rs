@@ -3,15 +3,16 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentUsage, ApiError, ApplyReport, ApplyRequest, KillRequest,
-    RenameRequest, UpdateRequest,
+    RemoveQuery, RenameRequest, UpdateRequest,
 };
 
-use super::responses::BadBody;
+use super::responses::{BadBody, BadQuery};
 use super::{Actor, Failure, JsonBody, Source};
 use crate::supervisor::Supervisor;
 
@@ -195,21 +196,25 @@ pub(crate) async fn kill(
     Ok(Json(supervisor.kill(&agent, request.signal, &actor).await?))
 }
 
-/// Stop an agent and forget it.
+/// Stop an agent and forget it. A `--worktree` agent's worktree is removed when clean (its branch
+/// stays); one with uncommitted or untracked work is refused (409, listing the files) unless
+/// `keep_worktree` or `discard_worktree` says what to do.
 #[utoipa::path(
     delete,
     path = "/v1/agents/{agent}",
     operation_id = "remove_agent",
     tag = "agents",
-    params(("agent" = String, Path, description = "Agent id or name")),
-    responses((status = 200, body = AgentInfo), (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
+    params(("agent" = String, Path, description = "Agent id or name"), RemoveQuery),
+    responses((status = 200, body = AgentInfo), BadQuery, (status = 404, description = "`not_found`: no such agent", body = ApiError), (status = 409, description = "`conflict`: the agent's worktree holds work removing it would lose; the message lists it and the options", body = ApiError), (status = 503, description = "`shutting_down`: the daemon is stopping", body = ApiError))
 )]
 pub(crate) async fn remove(
     State(supervisor): State<Arc<Supervisor>>,
     Extension(actor): Extension<Actor>,
     Path(agent): Path<String>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> ApiResult<Json<AgentInfo>> {
-    Ok(Json(supervisor.remove(&agent, &actor).await?))
+    let Query(query) = query.map_err(super::bad_query)?;
+    Ok(Json(supervisor.remove(&agent, &query, &actor).await?))
 }
 
 /// Make the agents match a list of specs.

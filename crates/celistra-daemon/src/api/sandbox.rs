@@ -88,10 +88,16 @@ pub(crate) async fn explain(
             .into());
         }
     };
-    let workspace = supervisor.workspace_of(&spec);
+    // A `--worktree` agent runs in its worktree (once made), with its git directory granted.
+    let worktree = crate::worktree::existing(&supervisor.services, &spec).await;
+    let workspace = match &worktree {
+        Some(worktree) => worktree.cwd.clone(),
+        None => supervisor.workspace_of(&spec).into(),
+    };
     Ok(Json(supervisor.services.sandbox.explain(
         &spec,
         &source,
-        std::path::Path::new(&workspace),
+        &workspace,
+        worktree.as_ref().map(|w| w.common_dir.as_path()),
     )?))
 }

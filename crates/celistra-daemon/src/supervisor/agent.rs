@@ -518,7 +518,16 @@ impl Agent {
         self.set_state(AgentState::Starting, None);
         // Before the process exists: its first output belongs to the new run.
         self.handle.activity.new_run();
-        match self.start_process() {
+        let spec = self.handle.spec().clone();
+        let started = match crate::worktree::for_run(&self.services, &spec).await {
+            Ok(worktree) => {
+                self.handle.info_mut().worktree =
+                    worktree.as_ref().map(|w| w.path.display().to_string());
+                self.start_process(worktree.as_ref())
+            }
+            Err(e) => Err(e.message),
+        };
+        match started {
             Ok(mut run) => {
                 // Before the program can run into its sandbox: its blocks name this session.
                 self.services.sandbox.note_run(self.id(), run.child.pid());
@@ -606,7 +615,8 @@ impl Agent {
         }
     }
 
-    fn start_process(&self) -> Result<Run, String> {
+    /// Starts a run, in `worktree` (its `cwd`) for a `--worktree` agent.
+    fn start_process(&self, worktree: Option<&crate::worktree::Worktree>) -> Result<Run, String> {
         let config = self.services.config().map_err(|e| e.to_string())?;
         // Retention settings apply from the next spawn on, like every other setting of config.json.
         self.services.history.set_limits(crate::log_limits(&config));
@@ -629,6 +639,7 @@ impl Agent {
                 "workspace {workspace} does not exist or is not a directory"
             ));
         }
+        let workspace = worktree.map_or(workspace, |w| w.cwd.display().to_string());
         let source = self.handle.info().source.clone();
         let ask_socket = self.services.asks.path(self.id());
         let confinement = self
@@ -639,6 +650,7 @@ impl Agent {
                 &source,
                 std::path::Path::new(&workspace),
                 Some(&ask_socket),
+                worktree.map(|w| w.common_dir.as_path()),
             )
             .map_err(|e| e.message)?;
         if let Some(user) = &confinement.credentials {

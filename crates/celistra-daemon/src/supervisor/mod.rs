@@ -15,7 +15,7 @@ use celistra_core::{apply, names, spec as spec_rules};
 use celistra_history::History;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentState, ApiError, ApplyReport, ApplyRequest, ErrorCode, EventKind,
-    IoMode, Signal, UpdateRequest,
+    IoMode, RemoveQuery, Signal, UpdateRequest,
 };
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -248,19 +248,26 @@ impl Supervisor {
         self.check_spec(&spec, false)?;
         self.services.secrets.check_references(&spec, actor)?;
         self.services.config()?;
+        // Made now, so a workspace outside git or a branch in use is the request's error (and
+        // not for a name that is taken: checked again below, under the lock).
+        let worktree = if spec.worktree.is_some() {
+            if !spec.name.is_empty() && self.read().id_by_name.contains_key(&spec.name) {
+                return Err(name_taken(&spec.name));
+            }
+            crate::worktree::for_run(&self.services, &spec).await?
+        } else {
+            None
+        };
         let handle = {
             let mut registry = self.write();
+            if let Some(worktree) = &worktree {
+                refuse_shared_worktree(&registry, &spec, &worktree.path)?;
+            }
             if spec.name.is_empty() {
                 spec.name =
                     names::generate_name(&spec.command, |n| registry.id_by_name.contains_key(n));
             } else if registry.id_by_name.contains_key(&spec.name) {
-                return Err(ApiError::new(
-                    ErrorCode::NameTaken,
-                    format!(
-                        "an agent named `{}` already exists; pick another name or remove it first",
-                        spec.name
-                    ),
-                ));
+                return Err(name_taken(&spec.name));
             }
             let id = new_id(&registry)?;
             let scheduled = spec.schedule.is_some();
@@ -281,7 +288,9 @@ impl Supervisor {
                 last_fire_ms: None,
             };
             self.services.store.put(stored.clone());
-            self.insert(&mut registry, &stored)
+            let handle = self.insert(&mut registry, &stored);
+            handle.info_mut().worktree = worktree.map(|w| w.path.display().to_string());
+            handle
         };
         self.services.events.publish(EventKind::AgentSpawned {
             agent: Box::new(handle.info().clone()),
@@ -437,6 +446,16 @@ impl Supervisor {
                     to_start.push(Arc::clone(&handle));
                 }
                 restored.push(handle);
+            }
+        }
+        // Where each worktree agent's worktree is, before any runs, so `ls` shows it and a new
+        // agent cannot take its branch.
+        for handle in &restored {
+            let spec = handle.spec().clone();
+            if spec.worktree.is_some()
+                && let Some(path) = crate::worktree::locate(&self.services, &spec).await
+            {
+                handle.info_mut().worktree = Some(path.display().to_string());
             }
         }
         // A client that reconnects after the daemon restarted sees the output from before it.
@@ -632,9 +651,25 @@ impl Supervisor {
         Ok(handle.info().clone())
     }
 
-    /// Stops an agent and forgets it.
-    pub(crate) async fn remove(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
+    /// Stops an agent and forgets it; its worktree goes as `query` says (see `worktree.rs`).
+    pub(crate) async fn remove(
+        &self,
+        key: &str,
+        query: &RemoveQuery,
+        actor: &Actor,
+    ) -> Result<AgentInfo, ApiError> {
         let handle = self.find(key)?;
+        let spec = handle.spec().clone();
+        let known = handle.info().worktree.clone();
+        // Checked before the agent stops, so a refusal leaves it as it was.
+        let worktree = crate::worktree::plan_removal(
+            &self.services,
+            &spec,
+            known.as_deref(),
+            query,
+            &spec.name,
+        )
+        .await?;
         handle.ask(actor, Command::Remove).await?;
         let mut info = handle.info().clone();
         info.state = AgentState::Stopped;
@@ -659,6 +694,12 @@ impl Supervisor {
             actor_role: actor.role,
         });
         self.sync().await?;
+        if let Some(worktree) = worktree {
+            match worktree.execute().await {
+                Ok(()) => info.worktree = None,
+                Err(e) => tracing::warn!(agent = %handle.id, "{}", e.message),
+            }
+        }
         Ok(info)
     }
 
@@ -716,7 +757,7 @@ impl Supervisor {
         // The plan was made from a snapshot: an agent removed meanwhile by another request is
         // already what pruning asked for, and one to update is a conflict, not a missing route.
         for name in &plan.remove {
-            match self.remove(name, actor).await {
+            match self.remove(name, &RemoveQuery::default(), actor).await {
                 Err(e) if e.code == ErrorCode::NotFound => {}
                 removed => {
                     removed?;
@@ -824,6 +865,38 @@ fn start_requested(agent_id: String, name: String, actor: &Actor) -> EventKind {
         actor: actor.name.clone(),
         actor_role: actor.role,
     }
+}
+
+fn name_taken(name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NameTaken,
+        format!("an agent named `{name}` already exists; pick another name or remove it first"),
+    )
+}
+
+/// Refuses a second agent in a worktree another agent works in (git would let both share it).
+fn refuse_shared_worktree(
+    registry: &Registry,
+    spec: &AgentSpec,
+    path: &std::path::Path,
+) -> Result<(), ApiError> {
+    let path = path.display().to_string();
+    for handle in registry.by_id.values() {
+        let info = handle.info();
+        if info.worktree.as_deref() == Some(path.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "agent `{}` ({}) already works on branch `{}` in {path}; give this agent \
+                     another branch, or remove that agent first",
+                    info.name,
+                    info.id,
+                    spec.worktree.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A fresh agent id: 4 random characters, more if the space gets crowded.

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use celistra_client::{Client, ClientError};
 use celistra_core::duration::{parse_bytes, parse_millis};
 use celistra_proto::{
-    Activity, ActivityNotify, AgentInfo, AgentSpec, IoMode, KillRequest, RenameRequest, Signal,
-    SignalTier, UpdateRequest,
+    Activity, ActivityNotify, AgentInfo, AgentSpec, IoMode, KillRequest, RemoveQuery,
+    RenameRequest, Signal, SignalTier, UpdateRequest,
 };
 use clap::Args;
 
@@ -228,6 +228,11 @@ pub(crate) struct SpawnArgs {
     /// are logged apart (`ctl logs --stderr`) and output is not capped by the PTY layer.
     #[arg(long)]
     no_pty: bool,
+    /// Run in a git worktree of the workspace's repository on this branch (made at the first
+    /// spawn beside the repository, in `<repo>.worktrees/BRANCH`; an existing branch is checked
+    /// out, a new one made from HEAD). One agent per branch.
+    #[arg(long, value_name = "BRANCH")]
+    worktree: Option<String>,
     #[command(flatten)]
     settings: SettingArgs,
     #[command(flatten)]
@@ -260,6 +265,7 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         workspace: Some(workspace),
         auto_restart: args.auto_restart,
         no_pty: args.no_pty,
+        worktree: args.worktree,
         ..AgentSpec::default()
     };
     celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
@@ -471,6 +477,10 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         ("command", agent.command.clone()),
         ("workspace", agent.workspace.clone()),
         (
+            "worktree",
+            agent.worktree.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
             "env keys",
             if agent.env_keys.is_empty() {
                 "-".into()
@@ -586,9 +596,27 @@ pub(crate) async fn restart(client: &Client, args: ManyAgents) -> CtlResult {
     .await
 }
 
-pub(crate) async fn remove(client: &Client, args: ManyAgents) -> CtlResult {
-    each(client, args, "removed", async |c, key| {
-        c.remove_agent(key).await
+/// `rm`: agents, and what becomes of their worktrees.
+#[derive(Debug, Args)]
+pub(crate) struct RemoveArgs {
+    #[command(flatten)]
+    agents: ManyAgents,
+    /// Keep a --worktree agent's worktree and branch (only the agent goes).
+    #[arg(long, conflicts_with = "discard_worktree")]
+    keep_worktree: bool,
+    /// Remove a --worktree agent's worktree even with uncommitted or untracked work in it (its
+    /// branch and commits stay). Without either flag, such a worktree is refused, listing the files.
+    #[arg(long)]
+    discard_worktree: bool,
+}
+
+pub(crate) async fn remove(client: &Client, args: RemoveArgs) -> CtlResult {
+    let query = RemoveQuery {
+        keep_worktree: args.keep_worktree,
+        discard_worktree: args.discard_worktree,
+    };
+    each(client, args.agents, "removed", async |c, key| {
+        c.remove_agent(key, &query).await
     })
     .await
 }

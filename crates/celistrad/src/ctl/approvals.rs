@@ -276,7 +276,7 @@ pub(crate) async fn ask_daemon(
     request: &AskRequest,
     origin: AskOrigin,
 ) -> Result<Approval, Failure> {
-    let socket = std::env::var_os("CELISTRA_ASK_SOCKET").ok_or_else(|| {
+    let socket = std::env::var_os(super::ASK_SOCKET_ENV).ok_or_else(|| {
         Failure::Usage(
             "CELISTRA_ASK_SOCKET is not set: `celistrad ask` works inside an agent celistrad runs"
                 .into(),

@@ -10,6 +10,8 @@ mod context;
 mod events;
 mod fleet;
 mod history;
+mod hook;
+mod hooks;
 mod logs;
 mod notifications;
 mod sandbox;
@@ -69,8 +71,8 @@ enum Verb {
     Restart(agents::ManyAgents),
     /// Send a signal: HUP hangs up the terminal; INT, TERM, QUIT, KILL go to the process group.
     Kill(agents::KillArgs),
-    /// Stop agents and forget them.
-    Rm(agents::ManyAgents),
+    /// Stop agents and forget them (a clean --worktree worktree goes too; see --keep-worktree).
+    Rm(agents::RemoveArgs),
     /// Rename an agent.
     Rename(agents::RenameArgs),
     /// Change an agent's settings (applied at its next spawn, or now with --restart).
@@ -91,6 +93,8 @@ enum Verb {
     Audit(audit::AuditArgs),
     /// Approval requests of agents: ls, approve ID, deny ID.
     Approvals(approvals::ApprovalsArgs),
+    /// Agent CLIs' hooks: install claude|codex|gemini writes them into a workspace's settings.
+    Hooks(hooks::HooksArgs),
     /// Where approval requests are announced: ls, test, unsubscribe ID.
     Notifications(notifications::NotificationsArgs),
     /// Print (and try to open) a single-use login link for the dashboard.
@@ -136,6 +140,7 @@ impl Verb {
                 | Verb::Dashboard(_)
                 | Verb::Notifications(_)
                 | Verb::Context(_)
+                | Verb::Hooks(_)
         )
     }
 }
@@ -179,6 +184,7 @@ pub(crate) async fn run(mut ctl: Ctl, home: &HomeArg) -> anyhow::Result<ExitCode
     } else {
         match ctl.verb {
             Verb::Context(args) => context::run(args, &ctl.remote),
+            Verb::Hooks(args) => hooks::run(args, &ctl.remote, home).await,
             Verb::Join(mut args) => {
                 args.fingerprint = ctl.remote.take_fingerprint_flag();
                 match context::client(&ctl.remote, home) {
@@ -240,13 +246,20 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Leave(args) => fleet::leave(client, args).await,
         Verb::Machines(args) => fleet::machines(client, args).await,
         Verb::Fleet(args) => fleet::status(client, args).await,
-        Verb::Context(_) | Verb::Join(_) => {
-            unreachable!("contexts need no daemon and join takes --fingerprint; handled in run")
+        Verb::Context(_) | Verb::Join(_) | Verb::Hooks(_) => {
+            unreachable!(
+                "contexts and hooks need no daemon (or only for --agent) and join takes \
+                 --fingerprint; handled in run"
+            )
         }
     }
 }
 
 pub(crate) use approvals::{AskArgs, ask};
+pub(crate) use hook::{HookArgs, hook};
+
+/// Where an agent finds its own socket to the daemon (`ask`, `hook`).
+pub(crate) const ASK_SOCKET_ENV: &str = "CELISTRA_ASK_SOCKET";
 pub(crate) use audit::verify_offline as verify_audit_bundle;
 
 /// The client and key for something named `KEY` or `MACHINE/KEY` (an agent, an approval): the

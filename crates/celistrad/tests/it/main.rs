@@ -19,6 +19,7 @@ mod fleet;
 mod fleet_cli;
 mod fuzz;
 mod history;
+mod hooks;
 mod machine;
 mod netns;
 mod notifications;
@@ -31,6 +32,7 @@ mod supervision;
 mod terminal;
 mod tidy;
 mod tls;
+mod worktree;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
