@@ -2,6 +2,7 @@
 //! cancellation token fires, so tests can run a real daemon in-process.
 
 mod actor;
+mod agent_rules;
 mod api;
 mod approval_flow;
 mod approvals;
@@ -238,7 +239,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
             .collect(),
         readers: reader_thread.handle().clone(),
         main: tokio::runtime::Handle::current(),
-        agent_rules: supervisor::AgentRules::new(home.dir.join("agent-rules.json")),
+        agent_rules: agent_rules::AgentRules::new(home.dir.join("agent-rules.json")),
         zone: zone::machine_zone(),
     });
     let supervisor = supervisor::Supervisor::new(Arc::clone(&services));

@@ -54,7 +54,7 @@ pub(crate) struct Services {
     /// The daemon's own runtime, for work the readers start (approval lines).
     pub main: tokio::runtime::Handle,
     /// The screen rules of agent kinds (built in, and `agent-rules.json`).
-    pub agent_rules: crate::supervisor::AgentRules,
+    pub agent_rules: crate::agent_rules::AgentRules,
     /// The machine's time zone, for reset times that name none.
     pub zone: chrono_tz::Tz,
 }

@@ -1,11 +1,10 @@
 //! What each agent is doing and why: its activity, read from its hooks, its terminal signals and
 //! its screen (trusted in that order), the quiet-and-no-CPU rule, the usage-limit wait of a
-//! running agent, and notifications of activities that last. Also the rules file.
+//! running agent, and notifications of activities that last.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use celistra_core::agents::classify::{self, Classified};
 use celistra_core::agents::clip_said;
@@ -33,61 +32,6 @@ const SCREEN_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
 const DEFAULT_QUIET_IDLE_SECS: u64 = 30;
 /// CPU use below which a quiet agent counts as idle: 2 % of one core.
 const IDLE_CPU_SHARE: f64 = 0.02;
-
-/// The screen rules in force: the built-in ones with `agent-rules.json` of the state directory
-/// over them, read again whenever the file changes.
-#[derive(Debug)]
-pub(crate) struct AgentRules {
-    path: PathBuf,
-    loaded: Mutex<LoadedRules>,
-}
-
-#[derive(Debug)]
-struct LoadedRules {
-    /// Modification time and length of the file the rules were read from (`None`: no file).
-    stamp: Option<(SystemTime, u64)>,
-    rules: Arc<Rules>,
-}
-
-impl AgentRules {
-    pub(crate) fn new(path: PathBuf) -> AgentRules {
-        let rules = AgentRules {
-            path,
-            loaded: Mutex::new(LoadedRules {
-                stamp: None,
-                rules: Arc::new(Rules::builtin()),
-            }),
-        };
-        let _ = rules.current();
-        rules
-    }
-
-    /// The rules, re-read if the file changed. A file that does not parse is reported in the log
-    /// and the rules before it stay in force: a typo never blinds the daemon.
-    pub(crate) fn current(&self) -> Arc<Rules> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .and_then(|m| Some((m.modified().ok()?, m.len())));
-        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        if loaded.stamp != stamp {
-            loaded.stamp = stamp;
-            match self.read() {
-                Ok(rules) => loaded.rules = Arc::new(rules),
-                Err(e) => tracing::warn!("{e}; the rules read before stay in force"),
-            }
-        }
-        Arc::clone(&loaded.rules)
-    }
-
-    fn read(&self) -> Result<Rules, String> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Rules::builtin()),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.path.display())),
-        };
-        Rules::with_overrides(&text, &self.path.display().to_string())
-    }
-}
 
 /// What has been seen of one agent's current run.
 #[derive(Debug, Default)]

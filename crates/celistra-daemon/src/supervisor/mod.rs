@@ -20,7 +20,6 @@ use celistra_proto::{
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
-pub(crate) use activity::AgentRules;
 pub(crate) use agent::AgentHandle;
 use agent::Command;
 use fanout::Fanout;

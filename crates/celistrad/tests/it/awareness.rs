@@ -220,6 +220,16 @@ const RULES: &str = r#"{"kinds": {"stand-in": {
     ]
 }}}"#;
 
+/// A state directory holding the stand-in kind's rules file (and `config`).
+fn with_rules(config: Option<&str>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent-rules.json"), RULES).unwrap();
+    if let Some(config) = config {
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+    }
+    dir
+}
+
 /// Acts on each line of input: `busy`, `ask`, `bell`, `quiet`, or `hook EVENT` (a Claude Code
 /// hook through `celistrad hook claude`).
 const DRIVEN: &str = r#"while read cmd arg; do case $cmd in
@@ -231,8 +241,7 @@ esac; done"#;
 
 #[tokio::test]
 async fn activity_comes_from_each_tier_with_its_evidence_hooks_first() {
-    let daemon = Daemon::start().await;
-    std::fs::write(daemon.home().join("agent-rules.json"), RULES).unwrap();
+    let daemon = Daemon::start_on(with_rules(None)).await;
     let agent = daemon.spawn(stand_in("driven", "stand-in", DRIVEN)).await;
     daemon.wait_state(&agent.id, AgentState::Running).await;
     let mut terminal = daemon
@@ -266,9 +275,8 @@ async fn activity_comes_from_each_tier_with_its_evidence_hooks_first() {
     terminal.send_input("hook Notification\r").await.unwrap();
     expect(Activity::NeedsInput, SignalTier::Hook, "Notification").await;
     terminal.send_input("busy\r").await.unwrap();
-    wait_output(&daemon, &agent.id, "hooked").await;
-    let output = wait_output(&daemon, &agent.id, "hooked\r\nbusy").await;
-    assert!(output.contains("esc to interrupt"), "{output}");
+    // The busy line is on the screen after the hook; give the screen rules a tick to look.
+    wait_output(&daemon, &agent.id, "hooked\nbusy\nWorking").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let still = daemon.agent(&agent.id).await.activity.unwrap();
     assert_eq!(
@@ -302,8 +310,7 @@ async fn an_activity_that_lasts_is_notified_once() {
     let config = serde_json::json!({"notifications": {"webhooks": [{
         "name": "ops", "url": hook.url("/hook"),
     }]}});
-    let daemon = Daemon::start_with_config(&config.to_string()).await;
-    std::fs::write(daemon.home().join("agent-rules.json"), RULES).unwrap();
+    let daemon = Daemon::start_on(with_rules(Some(&config.to_string()))).await;
     let agent = daemon
         .spawn(AgentSpec {
             notify_activity: vec![ActivityNotify {
@@ -343,4 +350,46 @@ async fn an_activity_that_lasts_is_notified_once() {
             .is_err(),
         "notified twice"
     );
+}
+
+#[tokio::test]
+async fn a_headless_result_is_believed_over_its_exit_code_and_a_retry_hint_is_honoured() {
+    let daemon = Daemon::start().await;
+    // `claude -p --output-format json` ran into the limit: exit 0, the error in its result.
+    let reset_s = now_ms() / 1000 + 3_600;
+    let headless = format!(
+        r#"printf '%s\n' '{{"type":"result","subtype":"success","is_error":true,"result":"Claude AI usage limit reached|{reset_s}"}}'"#
+    );
+    let agent = daemon
+        .spawn(stand_in("headless", "claude", &headless))
+        .await;
+    let waiting = daemon
+        .wait_agent(&agent.id, "waiting on its limit", |a| {
+            a.limit.is_some() && a.state == AgentState::Backoff
+        })
+        .await;
+    let class = waiting.exit_class.unwrap();
+    assert_eq!(
+        (class.class, class.source.as_str(), class.reset_at_ms),
+        (ExitClass::UsageLimit, "result", Some(reset_s * 1000))
+    );
+    assert_eq!(waiting.exit_code, Some(0));
+    // Gemini's per-minute quota: rate limited, and not retried before the 5 s it asked for.
+    let gemini = daemon
+        .spawn(stand_in(
+            "quota",
+            "gemini",
+            r#"printf '%s\n' '[API Error: You exceeded your current quota. Please retry in 5.0s. (Status: RESOURCE_EXHAUSTED)]' 'Suggested retry after 5s.'; exit 1"#,
+        ))
+        .await;
+    let backoff = daemon
+        .wait_agent(&gemini.id, "in model-error backoff", |a| {
+            a.state == AgentState::Backoff
+        })
+        .await;
+    let class = backoff.exit_class.clone().unwrap();
+    assert_eq!(class.class, ExitClass::RateLimited, "{class:?}");
+    assert_eq!(class.retry_after_ms, Some(5_000));
+    let delay = backoff.next_restart_at_ms.unwrap() - backoff.exited_at_ms.unwrap();
+    assert!(delay >= 4_990, "{delay} ms");
 }

@@ -591,3 +591,41 @@ fn fleet_identity_headers_are_read_only_on_the_link() {
         "api/mod.rs reads the user header in authenticate_hub_user only"
     );
 }
+
+/// Screen phrases are data (`rules.json`, `agent-rules.json`): the daemon matches none itself, so
+/// a CLI that rewords its prompts never needs a new daemon.
+#[test]
+fn the_daemon_matches_no_screen_phrase_itself() {
+    let manifest = read(&root().join("crates/celistra-daemon/Cargo.toml"));
+    let mut found: Vec<String> = dependencies(&manifest)
+        .into_values()
+        .flatten()
+        .filter(|dep| dep == "regex")
+        .map(|dep| format!("crates/celistra-daemon/Cargo.toml: {dep}"))
+        .collect();
+    let activity = root().join("crates/celistra-daemon/src/supervisor/activity.rs");
+    for (n, line) in read(&activity).lines().enumerate() {
+        let code = code_of(line);
+        if [
+            ".contains(\"",
+            ".starts_with(\"",
+            ".ends_with(\"",
+            ".find(\"",
+        ]
+        .iter()
+        .any(|t| code.contains(t))
+        {
+            found.push(format!(
+                "{}:{}: {}",
+                relative(&activity),
+                n + 1,
+                code.trim()
+            ));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "rule: screen phrases live in the rules files, not in the daemon; found:\n  {}",
+        found.join("\n  ")
+    );
+}
