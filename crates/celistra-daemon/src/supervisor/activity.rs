@@ -310,6 +310,30 @@ pub(crate) fn record_activity(
     }
 }
 
+/// The agent asked through the daemon's approval flow (`celistrad ask`, its hook or a request
+/// line), or its request was decided: `waiting-approval`, then `working` again.
+pub(crate) fn note_approval(handle: &AgentHandle, services: &Services, waiting: bool) {
+    let (activity, signal) = if waiting {
+        (
+            Activity::WaitingApproval,
+            "approval requested (celistrad ask)",
+        )
+    } else {
+        (Activity::Working, "approval decided")
+    };
+    record_activity(
+        handle,
+        services,
+        activity,
+        Evidence {
+            tier: SignalTier::Hook,
+            signal: signal.into(),
+            said: String::new(),
+            at_ms: now_ms(),
+        },
+    );
+}
+
 /// A running agent reported a usage limit: it waits (still running) until the reset plus jitter,
 /// then its task types its `limit_input` or restarts it.
 fn wait_for_limit(handle: &AgentHandle, services: &Services, reset_at_ms: Option<u64>, said: &str) {

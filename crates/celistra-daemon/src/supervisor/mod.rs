@@ -828,6 +828,12 @@ impl AgentDirectory for Supervisor {
         } else {
             (AgentState::WaitingApproval, AgentState::Running)
         };
+        if handle.info().state != from {
+            return;
+        }
+        // The daemon's own approval flow is the most structured signal there is; the activity
+        // is set first, so whoever sees the new state sees it too.
+        activity::note_approval(&handle, &self.services, waiting);
         let changed = {
             let mut info = handle.info_mut();
             if info.state == from {

@@ -59,9 +59,18 @@ async fn an_agent_asks_waits_and_goes_ahead_once_approved() {
     assert_eq!(approval.prompt, "git push origin main");
     assert_eq!(approval.detail.as_deref(), Some("3 commits"));
     assert_eq!(approval.origin, "ask");
-    daemon
+    let waiting = daemon
         .wait_state(&agent.id, AgentState::WaitingApproval)
         .await;
+    // Its activity says so too, with the approval flow as the evidence.
+    let activity = waiting.activity.expect("an activity");
+    assert_eq!(
+        (activity.activity, activity.evidence.tier),
+        (
+            celistra_proto::Activity::WaitingApproval,
+            celistra_proto::SignalTier::Hook
+        )
+    );
     // As the README shows it: `--pending` without `ls`.
     let listed = daemon.ctl(&["approvals", "--pending", "--json"]);
     assert!(listed.status.success(), "{listed:?}");
