@@ -230,11 +230,12 @@ fn with_rules(config: Option<&str>) -> tempfile::TempDir {
     dir
 }
 
-/// Acts on each line of input: `busy`, `ask`, `bell`, `quiet`, or `hook EVENT` (a Claude Code
+/// Acts on each line of input: `busy`, `ask`, `say TEXT`, `bell`, or `hook EVENT` (a Claude Code
 /// hook through `celistrad hook claude`).
 const DRIVEN: &str = r#"while read cmd arg; do case $cmd in
 busy) echo 'Working… (esc to interrupt)';;
 ask) printf 'Proceed? [y/n] ';;
+say) printf '%s ' "$arg";;
 bell) printf '\a';;
 hook) printf '{"hook_event_name":"%s","notification_type":"idle_prompt","message":"Claude is waiting for your input","session_id":"s","cwd":"/"}' "$arg" | celistrad hook claude; echo hooked;;
 esac; done"#;
@@ -274,6 +275,8 @@ async fn activity_comes_from_each_tier_with_its_evidence_hooks_first() {
     // A hook outranks the screen for the rest of the run.
     terminal.send_input("hook Notification\r").await.unwrap();
     expect(Activity::NeedsInput, SignalTier::Hook, "Notification").await;
+    // (Typed only once the hook is done: the terminal would echo it before `hooked`.)
+    wait_output(&daemon, &agent.id, "hooked").await;
     terminal.send_input("busy\r").await.unwrap();
     // The busy line is on the screen after the hook; give the screen rules a tick to look.
     wait_output(&daemon, &agent.id, "hooked\nbusy\nWorking").await;
@@ -392,4 +395,57 @@ async fn a_headless_result_is_believed_over_its_exit_code_and_a_retry_hint_is_ho
     assert_eq!(class.retry_after_ms, Some(5_000));
     let delay = backoff.next_restart_at_ms.unwrap() - backoff.exited_at_ms.unwrap();
     assert!(delay >= 4_990, "{delay} ms");
+}
+
+#[tokio::test]
+async fn a_reworded_prompt_needs_only_an_edited_rules_file_and_a_bad_one_changes_nothing() {
+    let daemon = Daemon::start_on(with_rules(None)).await;
+    let agent = daemon.spawn(stand_in("reworded", "stand-in", DRIVEN)).await;
+    daemon.wait_state(&agent.id, AgentState::Running).await;
+    let mut terminal = daemon
+        .client
+        .attach(&agent.id, TerminalRole::Writer)
+        .await
+        .expect("attach");
+    let rules = daemon.home().join("agent-rules.json");
+    // A broken file is refused (the daemon logs why) and the rules before it stay.
+    std::fs::write(
+        &rules,
+        r#"{"kinds": {"stand-in": {"rules": [{"name": "x", "pattern": "("#,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    terminal.send_input("ask\r").await.unwrap();
+    daemon
+        .wait_agent(&agent.id, "asking by the old rule", |a| {
+            a.activity.as_ref().is_some_and(|c| {
+                c.activity == Activity::NeedsInput && c.evidence.signal.contains("stand-in/asks")
+            })
+        })
+        .await;
+    // The CLI's new release asks "Continue?": one edited file, no new daemon.
+    std::fs::write(
+        &rules,
+        RULES.replace(
+            r#""name": "asks", "activity": "needs-input", "pattern": "Proceed\\?""#,
+            r#""name": "asks-again", "activity": "needs-input", "pattern": "Continue\\?""#,
+        ),
+    )
+    .unwrap();
+    terminal.send_input("busy\r").await.unwrap();
+    daemon
+        .wait_agent(&agent.id, "working", |a| {
+            a.activity
+                .as_ref()
+                .is_some_and(|c| c.activity == Activity::Working)
+        })
+        .await;
+    terminal.send_input("say Continue?\r").await.unwrap();
+    daemon
+        .wait_agent(&agent.id, "asking by the new rule", |a| {
+            a.activity
+                .as_ref()
+                .is_some_and(|c| c.evidence.signal.contains("stand-in/asks-again"))
+        })
+        .await;
 }
