@@ -77,6 +77,7 @@ try {
   await page.goto(link);
   await page.waitForSelector('.agent-row[data-name="asker"]');
   const row = '.agent-row[data-name="asker"]';
+  let limitedId = "";
 
   await step("a question on screen turns the badge to needs-input, live", async () => {
     const loads = await page.evaluate(() => performance.getEntriesByType("navigation").length);
@@ -101,6 +102,7 @@ try {
     const title = await page.getAttribute(`${limited} .activity-badge`, "title");
     const local = new Date(resetMs).toLocaleTimeString("en-US");
     expect(/resets .* \(in (59m|1h 0m)/.test(title) && title.includes("usage limit reached"), `reset in the title: ${title} (reset ${local})`);
+    limitedId = await page.getAttribute(limited, "data-agent");
     await page.screenshot({ path: join(args.shots, "2-waiting-limit.png") });
   });
 
@@ -170,6 +172,16 @@ try {
       return null;
     }, "the notification");
     expect(note.title === "coder needs input" && note.body.includes("Claude is waiting for your input") && note.agent === "ag-push0", `notification: ${JSON.stringify(note)}`);
+  });
+
+  await step("a link to an agent without its machine (a notice's) finds the machine", async () => {
+    const base = new URL(link).origin;
+    await page.click('.machine[data-machine="aw-hub"]');
+    await page.waitForSelector('.machine[data-machine="aw-hub"][aria-pressed="true"]');
+    await page.goto(`${base}/#/agent/${limitedId}`);
+    await page.waitForSelector('.agent-detail-view [data-section="limit"]');
+    expect((await page.textContent('.agent-detail-view [data-field="kind"]')) === "claude", "kind");
+    await page.waitForSelector('.machine[data-machine="aw-node"][aria-pressed="true"]');
   });
 
   expect(errors.length === 0, `page errors: ${errors.join(" | ")}`);

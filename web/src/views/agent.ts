@@ -3,6 +3,7 @@
 // schedules with their next times, its worktree and the secrets it gets (names only). Live: it is
 // drawn again whenever the store's agents change (the selected machine's stream), and ticks.
 
+import { api, on } from "../api";
 import { clear, clock, duration, h } from "../dom";
 import { store, type Machine } from "../store";
 import type { AgentInfo } from "../types";
@@ -28,7 +29,11 @@ export class AgentDetailView {
     store.subscribe((what) => {
       if (what.has("agents") || what.has("selected")) this.render();
     });
-    setInterval(() => this.render(), 1000);
+    // The relative times tick; not while the reader selects text in it.
+    setInterval(() => {
+      const selection = document.getSelection();
+      if (!selection || selection.isCollapsed || !this.body.contains(selection.anchorNode)) this.render();
+    }, 1000);
   }
 
   /// Shows agent `id` of `machine` (default: the selected one), selecting that machine first.
@@ -37,6 +42,25 @@ export class AgentDetailView {
     this.machine = machine ?? store.selected;
     if (machine && store.machine(machine) && store.selected !== machine) store.select(machine);
     this.render();
+    if (!machine) void this.find(id);
+  }
+
+  /// A link without its machine (a push notice's): the machine that knows the agent is selected.
+  private async find(id: string): Promise<void> {
+    if (store.current()?.agents.has(id)) return;
+    for (const m of store.machines) {
+      if (m.info?.online === false) continue;
+      try {
+        await api<AgentInfo>("GET", on(`/v1/agents/${encodeURIComponent(id)}`, m.name));
+      } catch {
+        continue;
+      }
+      if (this.id !== id) return;
+      this.machine = m.name;
+      if (store.selected !== m.name) store.select(m.name);
+      this.render();
+      return;
+    }
   }
 
   private render(): void {
@@ -49,6 +73,7 @@ export class AgentDetailView {
       return;
     }
     const now = Date.now();
+    const refocus = this.body.contains(document.activeElement) ? document.activeElement?.getAttribute("data-action") : null;
     this.title.textContent = agent.name;
     document.title = `${agent.name} · Celistra`;
     const row = (label: string, ...value: (Node | string | null)[]) => [h("dt", {}, label), h("dd", {}, ...value)];
@@ -65,7 +90,7 @@ export class AgentDetailView {
         { class: "toolbar" },
         h("span", { class: `state-badge state-${agent.state}` }, agent.state),
         activityBadge(agent, now),
-        h("button", { type: "button", onclick: () => this.openTerminal(machine, agent) }, "⌨ Terminal"),
+        h("button", { type: "button", "data-action": "terminal", onclick: () => this.openTerminal(machine, agent) }, "⌨ Terminal"),
       ),
       h(
         "dl",
@@ -128,5 +153,6 @@ export class AgentDetailView {
         row("Next restart", when(agent.next_restart_cron_at_ms)),
       ),
     );
+    if (refocus) this.body.querySelector<HTMLElement>(`[data-action="${refocus}"]`)?.focus();
   }
 }

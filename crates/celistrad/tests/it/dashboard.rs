@@ -673,6 +673,7 @@ async fn the_dashboard_shows_activity_evidence_and_usage_limits_live_across_a_fl
         "ok   the agent's detail",
         "ok   history shows the run's exit class",
         "ok   the service worker shows an agent_activity push notice",
+        "ok   a link to an agent without its machine (a notice's) finds the machine",
     ] {
         assert!(output.contains(step), "{step}\n{output}");
     }
