@@ -169,16 +169,16 @@ export class AgentsView {
           "select",
           {
             id: "agents-view-filter",
-            title: "Fleet-wide filters read every machine of the fleet",
+            title: "All agents of the selected machine, or those of every machine of the fleet that need attention or wait on a usage limit",
             onchange: (e: Event) => {
               filter.view = (e.target as HTMLSelectElement).value as AgentsFilter;
               store.setFleetWide(filter.view !== "all");
               store.changed("filter");
             },
           },
-          h("option", { value: "all" }, "All agents (this machine)"),
-          h("option", { value: "attention" }, "Needs attention (every machine)"),
-          h("option", { value: "limit" }, "Waiting on a limit (every machine)"),
+          h("option", { value: "all" }, "All agents"),
+          h("option", { value: "attention" }, "Needs attention (fleet)"),
+          h("option", { value: "limit" }, "Waiting on a limit (fleet)"),
         ),
         can("operator") ? h("button", { class: "primary", type: "button", onclick: () => openSpawn(store.current()) }, "+ Spawn agent") : null,
       ),
