@@ -10,6 +10,7 @@ import { can, refusal, role, setRole } from "./role";
 import type { AgentInfo, Role, SessionState } from "./types";
 import { ActivityView } from "./views/activity";
 import { AgentsView, filter } from "./views/agents";
+import { AgentDetailView } from "./views/agent";
 import { ApprovalsView } from "./views/approvals";
 import { HistoryView } from "./views/history";
 import { SettingsView } from "./views/settings";
@@ -83,11 +84,12 @@ function unreachable(): void {
   setTimeout(() => location.reload(), 10_000);
 }
 
-type ViewName = "agents" | "terminal" | "approvals" | "activity" | "history" | "settings";
+type ViewName = "agents" | "agent" | "terminal" | "approvals" | "activity" | "history" | "settings";
 
 /// Each view, the least role whose routes it reads (null: every session), its label and icon.
 const VIEWS: [ViewName, Role | null, string, string][] = [
   ["agents", "viewer", "Agents", "☰"],
+  ["agent", "viewer", "Agent", "☰"],
   ["terminal", "viewer", "Terminal", "⌨"],
   ["approvals", "approver", "Approvals", "⚑"],
   ["activity", "viewer", "Activity", "≋"],
@@ -108,10 +110,17 @@ function notForRole(label: string, required: Role): HTMLElement {
 function start(): void {
   // Only the views this role may use are made: the others would read routes it cannot.
   const allowed = VIEWS.filter(([, required]) => required === null || can(required));
-  const labels = allowed.map(([name, , label, icon]) => [name, label, icon] as const);
+  // One agent's detail (`#/agent/<id>[/<machine>]`) is no tab of its own: it is reached from a row.
+  const labels = allowed.filter(([name]) => name !== "agent").map(([name, , label, icon]) => [name, label, icon] as const);
   const terminal = can("viewer") ? new TerminalView() : null;
   const agents = can("viewer")
     ? new AgentsView(({ machine, agent }) => {
+        terminal?.open(machine, agent.id, agent.name);
+        location.hash = "#/terminal";
+      })
+    : null;
+  const detail = can("viewer")
+    ? new AgentDetailView((machine, agent) => {
         terminal?.open(machine, agent.id, agent.name);
         location.hash = "#/terminal";
       })
@@ -125,6 +134,7 @@ function start(): void {
   });
   const views: Partial<Record<ViewName, HTMLElement>> = {
     agents: agents?.element,
+    agent: detail?.element,
     terminal: terminal?.element,
     approvals: approvals?.element,
     activity: activity?.element,
@@ -236,17 +246,18 @@ function start(): void {
   };
 
   const route = () => {
-    const [, name = home, arg] = location.hash.split("/");
+    const [, name = home, arg, arg2] = location.hash.split("/");
     const known = VIEWS.find((v) => v[0] === name);
     const view = (known ? name : home) as ViewName;
     const element = views[view];
     clear(content, element ?? notForRole(known![2], known![1]!));
     for (const link of nav.querySelectorAll("a")) {
-      if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+      if (link.dataset.view === (view === "agent" ? "agents" : view)) link.setAttribute("aria-current", "page");
       else link.removeAttribute("aria-current");
     }
     document.title = `${VIEWS.find((l) => l[0] === view)?.[2] ?? ""} · Celistra`;
     if (view === "agents") agents?.update();
+    if (view === "agent" && arg) detail?.show(decodeURIComponent(arg), arg2 ? decodeURIComponent(arg2) : null);
     if (view === "terminal") terminal?.shown();
     if (view === "approvals") approvals?.show(arg ?? null);
     if (view === "activity") void activity?.start();

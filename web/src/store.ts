@@ -83,6 +83,7 @@ export class Store {
     const pick = this.machines.find((m) => m.name === remembered) ?? this.machines.find((m) => m.info?.this) ?? this.machines[0];
     if (pick) this.select(pick.name);
     setInterval(() => void this.refreshMachines(), MACHINES_POLL_MS);
+    setInterval(() => void this.pollFleet(), MACHINES_POLL_MS);
     setInterval(() => void this.pollUsage(), 3000);
   }
 
@@ -91,10 +92,42 @@ export class Store {
     return this.machines.find((m) => m.name === this.selected);
   }
 
-  /// The machines whose agents the table shows: the selected one (and the benchmark's).
+  /// The machines whose agents the table shows: the selected one (and the benchmark's); with
+  /// `fleetWide` (a fleet-wide filter), every machine.
   shown(): Machine[] {
+    if (this.fleetWide) return [...this.machines, ...this.bench];
     const current = this.current();
     return current ? [current, ...this.bench] : [...this.bench];
+  }
+
+  /// Whether the other machines' agents are read too (polled, as the machines list is): while a
+  /// fleet-wide filter ("needs attention", "waiting on a limit") is shown.
+  fleetWide = false;
+
+  setFleetWide(on: boolean): void {
+    if (this.fleetWide === on) return;
+    this.fleetWide = on;
+    if (on) void this.pollFleet();
+    else for (const m of this.machines) if (m.name !== this.selected) m.agents = new Map();
+    this.changed("agents");
+  }
+
+  /// Reads the agents of every online machine but the selected one (whose stream keeps it live).
+  async pollFleet(): Promise<void> {
+    if (!this.fleetWide || document.hidden || !can("viewer")) return;
+    await Promise.all(
+      this.machines
+        .filter((m) => m.name !== this.selected && m.info?.online !== false)
+        .map(async (m) => {
+          try {
+            const agents = await api<AgentInfo[]>("GET", on("/v1/agents", m.name));
+            if (this.fleetWide && m.name !== this.selected) m.agents = new Map(agents.map((a) => [a.id, a]));
+          } catch {
+            m.agents = new Map();
+          }
+        }),
+    );
+    this.changed("agents");
   }
 
   machine(id: string): Machine | undefined {
@@ -124,6 +157,7 @@ export class Store {
     const next = this.current();
     if (next) this.connect(next);
     for (const what of ["selected", "machines", "agents", "approvals", "usage"]) this.changed(what);
+    if (this.fleetWide) void this.pollFleet();
   }
 
   /// Reads the machines list (a hub's: itself and every machine that joined; a lone daemon's: itself).
@@ -185,7 +219,8 @@ export class Store {
       events: [
         "agent_spawned", "agent_state", "agent_exited", "agent_restarted", "agent_backoff",
         "agent_crashed_out", "agent_spawn_failed", "agent_renamed", "agent_updated",
-        "agent_signalled", "agent_removed", "agent_unsandboxed", "approval_requested",
+        "agent_signalled", "agent_removed", "agent_unsandboxed", "agent_activity",
+        "agent_waiting_limit", "agent_model_errors_exhausted", "agent_scheduled", "approval_requested",
         "approval_decided", "resync", "daemon_started",
       ],
       onOpen: () => void this.reload(machine),
@@ -290,6 +325,15 @@ export class Store {
           this.changed("agents");
         }
         void this.refreshAgent(machine, event.agent_id);
+        break;
+      }
+      case "agent_activity": {
+        // The activity and its evidence come with the event: no need to read the agent again.
+        const agent = machine.agents.get(event.agent_id);
+        if (agent) {
+          agent.activity = event.activity;
+          this.changed("agents");
+        } else void this.refreshAgent(machine, event.agent_id);
         break;
       }
       case "agent_removed":

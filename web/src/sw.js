@@ -1,7 +1,8 @@
 // The dashboard's service worker: caches the app shell (so the page opens offline and can say the
 // daemon is unreachable), and shows approval requests that arrive by Web Push, with Approve and
 // Deny actions. Approve opens the request's decision page (a deliberate press-and-hold there);
-// Deny posts the decision URL; a click on the notification opens the approvals inbox.
+// Deny posts the decision URL; a click on the notification opens the approvals inbox. An agent's
+// activity notice ("coder needs input", with its evidence) opens the dashboard at that agent.
 
 const VERSION = "__VERSION__";
 const SHELL = "__SHELL__";
@@ -52,6 +53,23 @@ self.addEventListener("push", (event) => {
     );
     return;
   }
+  if (message && message.kind === "agent_activity" && message.activity) {
+    const notice = message.activity;
+    const info = notice.activity || {};
+    const evidence = info.evidence || {};
+    event.waitUntil(
+      self.registration.showNotification(`${notice.agent_name} ${activityPhrase(info.activity)}`, {
+        body: [evidence.said, evidence.signal ? `(${evidence.signal})` : ""].filter(Boolean).join("\n"),
+        tag: `activity-${notice.agent_id}`,
+        renotify: true,
+        icon: "/icons/icon-192.png",
+        badge: "/icons/icon-192.png",
+        timestamp: evidence.at_ms || message.sent_at_ms,
+        data: { agent: notice.agent_id },
+      }),
+    );
+    return;
+  }
   if (!message || !message.approval) return;
   const approval = message.approval;
   if (message.kind === "approval_decided") {
@@ -81,6 +99,26 @@ self.addEventListener("push", (event) => {
   );
 });
 
+/// "coder needs input": the activity as the end of a sentence.
+function activityPhrase(activity) {
+  switch (activity) {
+    case "needs-input":
+      return "needs input";
+    case "waiting-approval":
+      return "waits for approval";
+    case "waiting-limit":
+      return "waits for a usage limit's reset";
+    case "model-error":
+      return "hit a model error";
+    case "working":
+      return "is working";
+    case "idle":
+      return "is idle";
+    default:
+      return `is ${activity}`;
+  }
+}
+
 async function focusOrOpen(url) {
   const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
   for (const client of windows) {
@@ -105,6 +143,8 @@ self.addEventListener("notificationclick", (event) => {
         body: JSON.stringify({ verdict: "deny" }),
       }).catch(() => focusOrOpen(`/#/approvals/${data.id}`)),
     );
+  } else if (data.agent) {
+    event.waitUntil(focusOrOpen(`/#/agent/${encodeURIComponent(data.agent)}`));
   } else {
     event.waitUntil(focusOrOpen(data.id ? `/#/approvals/${data.id}` : "/#/approvals"));
   }

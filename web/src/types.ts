@@ -20,3 +20,7 @@ export type Role = Schemas["Role"];
 
 /** One machine of `GET /v1/machines`. */
 export type MachineInfo = Schemas["Machine"];
+export type Activity = Schemas["Activity"];
+export type ActivityInfo = Schemas["ActivityInfo"];
+export type ExitClassification = Schemas["ExitClassification"];
+export type LimitWait = Schemas["LimitWait"];

@@ -6,7 +6,8 @@ import { api, ApiError, on } from "../api";
 import { clear, duration, h, modal, toast } from "../dom";
 import { can } from "../role";
 import { store, type Machine } from "../store";
-import type { AgentInfo, AgentState } from "../types";
+import type { Activity, AgentInfo, AgentState } from "../types";
+import { ACTIVITY_ICON, PROMINENT, activityOf, activityTitle, passes, type AgentsFilter } from "../awareness";
 import { openSettings, openSpawn } from "./spawn";
 
 export const ROW_HEIGHT = 48;
@@ -29,10 +30,11 @@ export interface Row {
   agent: AgentInfo;
 }
 
-type SortKey = "state" | "name" | "id" | "machine" | "uptime" | "restarts" | "exit" | "cpu" | "memory" | "command";
+type SortKey = "state" | "activity" | "name" | "id" | "machine" | "uptime" | "restarts" | "exit" | "cpu" | "memory" | "command";
 
 const COLUMNS: { key: SortKey; label: string }[] = [
   { key: "state", label: "State" },
+  { key: "activity", label: "Activity" },
   { key: "name", label: "Name" },
   { key: "id", label: "ID" },
   { key: "machine", label: "Machine" },
@@ -44,7 +46,10 @@ const COLUMNS: { key: SortKey; label: string }[] = [
   { key: "command", label: "Command" },
 ];
 
-export const filter = { text: "" };
+export const filter: { text: string; view: AgentsFilter } = { text: "", view: "all" };
+
+/// Most urgent first: waiting for a person, then for the provider, then the rest.
+const ACTIVITY_RANK: (Activity | null)[] = ["needs-input", "waiting-approval", "waiting-limit", "model-error", "working", "idle", null];
 
 export function matches(row: Row, text: string): boolean {
   if (!text) return true;
@@ -101,6 +106,8 @@ function compare(a: Row, b: Row, key: SortKey, now: number): number {
         ["waiting-approval", "crashed-out", "failed", "backoff", "starting", "running", "stopping", "exited", "stopped"].indexOf(s);
       return rank(a.agent.state) - rank(b.agent.state);
     }
+    case "activity":
+      return ACTIVITY_RANK.indexOf(activityOf(a.agent)) - ACTIVITY_RANK.indexOf(activityOf(b.agent));
     case "name":
       return a.agent.name.localeCompare(b.agent.name);
     case "id":
@@ -157,6 +164,22 @@ export class AgentsView {
         { class: "toolbar" },
         h("h1", { id: "agents-title" }, "Agents"),
         this.count,
+        h("label", { for: "agents-view-filter", class: "sr-only" }, "Show"),
+        h(
+          "select",
+          {
+            id: "agents-view-filter",
+            title: "All agents of the selected machine, or those of every machine of the fleet that need attention or wait on a usage limit",
+            onchange: (e: Event) => {
+              filter.view = (e.target as HTMLSelectElement).value as AgentsFilter;
+              store.setFleetWide(filter.view !== "all");
+              store.changed("filter");
+            },
+          },
+          h("option", { value: "all" }, "All agents"),
+          h("option", { value: "attention" }, "Needs attention (fleet)"),
+          h("option", { value: "limit" }, "Waiting on a limit (fleet)"),
+        ),
         can("operator") ? h("button", { class: "primary", type: "button", onclick: () => openSpawn(store.current()) }, "+ Spawn agent") : null,
       ),
       (this.table = h(
@@ -216,7 +239,7 @@ export class AgentsView {
     for (const machine of shown) {
       for (const agent of machine.agents.values()) {
         const row = { machine, agent };
-        if (matches(row, filter.text)) rows.push(row);
+        if (matches(row, filter.text) && passes(agent, filter.view)) rows.push(row);
       }
     }
     const { key, dir } = this.sort;
@@ -224,6 +247,7 @@ export class AgentsView {
     this.rows = rows;
     const total = shown.reduce((n, m) => n + m.agents.size, 0);
     this.count.textContent = rows.length === total ? `${total}` : `${rows.length} of ${total}`;
+    this.element.dataset.filter = filter.view;
     this.spacer.style.height = `${rows.length * ROW_HEIGHT}px`;
     this.index = new Map(rows.map((row) => [`${row.machine.id}/${row.agent.id}`, row]));
     // Rows are rebuilt from the new data; the focused control gets its focus back.
@@ -257,6 +281,7 @@ export class AgentsView {
       if (row && cell) {
         cell.textContent = uptimeText(row.agent, now);
         element.querySelector(".col-cpu")!.textContent = cpuText(row);
+        for (const badge of element.querySelectorAll(".activity-badge, .badge.attention")) badge.setAttribute("title", activityTitle(row.agent, now));
         element.querySelector(".col-memory")!.textContent = memoryText(row);
       }
     }
@@ -303,6 +328,7 @@ export class AgentsView {
     const sandbox = agent.sandbox;
     const unsandboxed = sandbox && !sandbox.sandboxed;
     const active = ["starting", "running", "waiting-approval", "backoff", "stopping"].includes(agent.state);
+    const prominent = agent.activity ? PROMINENT[agent.activity.activity] : undefined;
     return h(
       "div",
       {
@@ -312,19 +338,22 @@ export class AgentsView {
         "data-name": agent.name,
         "data-state": agent.state,
         "data-exit": exitText(agent),
+        "data-activity": agent.activity?.activity ?? "",
       },
       h(
         "div",
         { role: "cell", class: "col-state" },
         h("span", { class: "state-badge", title: agent.state }, h("span", { "aria-hidden": "true" }, STATE_ICON[agent.state] ?? "?"), h("span", { class: "state-text" }, ` ${agent.state}`)),
       ),
+      h("div", { role: "cell", class: "col-activity" }, activityBadge(agent, now)),
       h(
         "div",
         { role: "cell", class: "col-name" },
-        h("strong", { title: agent.name }, agent.name),
+        h("a", { class: "agent-link", href: `#/agent/${encodeURIComponent(agent.id)}/${encodeURIComponent(machine.name)}`, title: `${agent.name}: details` }, h("strong", {}, agent.name)),
+        prominent ? h("span", { class: `badge attention act-${agent.activity!.activity}`, title: activityTitle(agent, now) }, prominent) : null,
         unsandboxed
           ? h("span", { class: "badge warn", title: `unsandboxed: ${sandbox.unsandboxed_because ?? ""}` }, "⚠ unsandboxed")
-          : sandbox
+          : sandbox && !prominent
             ? h("span", { class: "badge ok", title: ["sandboxed", ...sandbox.capabilities].join(" ") }, "sandboxed")
             : null,
       ),
@@ -353,6 +382,18 @@ export class AgentsView {
       ),
     );
   }
+}
+
+/// The activity badge: what the agent is doing, its evidence (and a limit's reset) in the title.
+export function activityBadge(agent: AgentInfo, now: number): HTMLElement {
+  const activity = activityOf(agent);
+  if (!activity) return h("span", { class: "activity-badge act-none", title: activityTitle(agent, now) }, "—");
+  return h(
+    "span",
+    { class: `activity-badge act-${activity}`, title: activityTitle(agent, now), "data-activity": activity },
+    h("span", { "aria-hidden": "true" }, ACTIVITY_ICON[activity]),
+    h("span", { class: "activity-text" }, ` ${activity}`),
+  );
 }
 
 async function act(machine: Machine, agent: AgentInfo, verb: "stop" | "start" | "restart"): Promise<void> {

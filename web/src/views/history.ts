@@ -74,7 +74,13 @@ export class HistoryView {
                     h("td", {}, r.run),
                     h("td", {}, clock(r.started_at_ms)),
                     h("td", {}, duration((r.ended_at_ms ?? Date.now()) - r.started_at_ms)),
-                    h("td", {}, r.cause ? `${r.cause}${r.exit_signal ? ` (${r.exit_signal})` : r.exit_code !== null ? ` (${r.exit_code})` : ""}` : "running"),
+                    h(
+                      "td",
+                      {},
+                      r.cause ? `${r.cause}${r.exit_signal ? ` (${r.exit_signal})` : r.exit_code !== null ? ` (${r.exit_code})` : ""}` : "running",
+                      // How it ended, when classified as more than an ordinary exit (docs/agents.md).
+                      r.exit_class && r.exit_class !== "other" ? h("span", { class: `badge exit-class class-${r.exit_class}`, "data-exit-class": r.exit_class }, r.exit_class) : null,
+                    ),
                     h("td", {}, r.stopped_by ?? ""),
                     h("td", {}, `${Math.round(r.output_bytes / 1024)} KiB`),
                   ),

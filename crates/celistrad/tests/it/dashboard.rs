@@ -565,3 +565,116 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
         "{output}"
     );
 }
+
+/// A screen rule that turns a stand-in's question into `needs-input` (docs/agents.md).
+const ASKER_RULES: &str = r#"{"kinds": {"stand-in": {
+    "quiet_idle_secs": 1,
+    "rules": [{"name": "asks", "activity": "needs-input", "pattern": "Proceed\\?", "lines": 1}]
+}}}"#;
+
+#[tokio::test]
+async fn the_dashboard_shows_activity_evidence_and_usage_limits_live_across_a_fleet() {
+    use std::os::unix::process::CommandExt;
+    // A hub whose stand-in asks a question once the browser test says so (a file `go` in its
+    // workspace), and a node whose Claude Code stand-in hits its usage limit, reset in an hour.
+    let hub = Daemon::start_with_args(&[
+        "--hub",
+        "--hub-listen",
+        "127.0.0.1:0",
+        "--machine-name",
+        "aw-hub",
+    ])
+    .await;
+    let node = Daemon::start_with_args(&["--machine-name", "aw-node"]).await;
+    crate::fleet::join(&hub, &node).await;
+    crate::fleet::machine_until(&hub, "aw-node", crate::PATIENCE, "came online", |m| {
+        m.online
+    })
+    .await;
+    std::fs::write(hub.home().join("agent-rules.json"), ASKER_RULES).unwrap();
+    hub.spawn(celistra_proto::AgentSpec {
+        kind: Some("stand-in".into()),
+        ..crate::spec(
+            "asker",
+            "echo started; while [ ! -e go ]; do sleep 0.2; done; printf 'Proceed? [y/n] '; read answer; sleep 600",
+        )
+    })
+    .await;
+    let reset_s = celistra_now_ms() / 1000 + 3600;
+    let limited = node
+        .spawn(celistra_proto::AgentSpec {
+            kind: Some("claude".into()),
+            ..crate::spec(
+                "limited",
+                &format!("echo 'Claude AI usage limit reached|{reset_s}'; exit 1"),
+            )
+        })
+        .await;
+    node.wait_agent(&limited.id, "waiting on its limit", |a| a.limit.is_some())
+        .await;
+    let browser = std::env::var("CELISTRA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&browser).exists(),
+        "{browser} is missing: run scripts/setup (apt-get install chromium) or set CELISTRA_CHROMIUM"
+    );
+    let shots = target_dir().join("dashboard-awareness-screenshots");
+    let profile = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new("node")
+        .arg(web_dir().join("e2e/awareness.mjs"))
+        .arg("--bin")
+        .arg(BIN)
+        .arg("--home")
+        .arg(hub.home())
+        .arg("--work")
+        .arg(hub.work.path())
+        .arg("--node-home")
+        .arg(node.home())
+        .arg("--reset-ms")
+        .arg((reset_s * 1000).to_string())
+        .arg("--shots")
+        .arg(&shots)
+        .arg("--browser")
+        .arg(&browser)
+        .env("TMPDIR", profile.path())
+        .env("HOME", profile.path())
+        .current_dir(web_dir())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node (install Node.js 20+: scripts/setup)");
+    let group = Group(child.id());
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(group);
+    let _ = child.wait();
+    let output = reader.join().unwrap_or_default();
+    println!("{output}");
+    let status = status.expect("the browser test did not finish within 180 s");
+    assert!(
+        status.success() && output.contains("0 failed"),
+        "the browser test failed ({status}); screenshots in {}:\n{output}",
+        shots.display()
+    );
+    for step in [
+        "ok   a question on screen turns the badge to needs-input, live",
+        "ok   waiting on a limit, across the fleet",
+        "ok   needs attention, across the fleet",
+        "ok   the agent's detail",
+        "ok   history shows the run's exit class",
+        "ok   the service worker shows an agent_activity push notice",
+        "ok   a link to an agent without its machine (a notice's) finds the machine",
+    ] {
+        assert!(output.contains(step), "{step}\n{output}");
+    }
+}
