@@ -227,6 +227,10 @@ impl Input {
     }
 }
 
+/// Longest wait for a run's output to be read to its end once it exited (a process that left the
+/// agent's session and cgroup could hold its terminal open for ever).
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
 /// Longest wait for a sandbox to be set up before the run counts as running anyway.
 const SANDBOX_SETUP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -912,7 +916,7 @@ impl Agent {
         uptime_ms
     }
 
-    async fn after_exit(&mut self, run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> Phase {
+    async fn after_exit(&mut self, mut run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> Phase {
         let run_id = run.id;
         if cause == ExitCause::Operator {
             self.finish(run, exit, cause, None);
@@ -920,6 +924,11 @@ impl Agent {
             self.mark_stopped();
             return Phase::Idle;
         }
+        // The run's last words say why it ended: read them all before classifying.
+        kill_everything(&run);
+        let readers = std::mem::take(&mut run.readers);
+        let _ =
+            tokio::time::timeout(OUTPUT_DRAIN_LIMIT, futures_util::future::join_all(readers)).await;
         let class = self.classify_exit(exit);
         let uptime_ms = self.finish(run, exit, cause, Some(class.clone()));
         if uptime_ms >= self.handle.info().settings.backoff_reset_secs * 1000 {
