@@ -23,6 +23,20 @@ pub enum Activity {
 }
 
 impl Activity {
+    pub const ALL: [Activity; 6] = [
+        Activity::Working,
+        Activity::NeedsInput,
+        Activity::WaitingApproval,
+        Activity::WaitingLimit,
+        Activity::ModelError,
+        Activity::Idle,
+    ];
+
+    /// The activity of a kebab-case name (`needs-input`).
+    pub fn parse(name: &str) -> Option<Activity> {
+        Activity::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     /// The kebab-case name used on the wire and in tables.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -305,7 +305,7 @@ fn generic(
 ) -> Result<HookSignal, String> {
     let activity = match fields.get("activity") {
         Some(Value::Null) => None,
-        Some(Value::String(name)) => Some(activity_named(name).ok_or_else(|| {
+        Some(Value::String(name)) => Some(Activity::parse(name).ok_or_else(|| {
             format!(
                 "`activity` `{name}` is not one of working, needs-input, waiting-approval, waiting-limit, model-error, idle"
             )
@@ -331,19 +331,6 @@ fn generic(
         _ => None,
     };
     signal(activity, format!("{kind} hook"), message, failure)
-}
-
-fn activity_named(name: &str) -> Option<Activity> {
-    [
-        Activity::Working,
-        Activity::NeedsInput,
-        Activity::WaitingApproval,
-        Activity::WaitingLimit,
-        Activity::ModelError,
-        Activity::Idle,
-    ]
-    .into_iter()
-    .find(|activity| activity.as_str() == name)
 }
 
 #[cfg(test)]

@@ -965,6 +965,20 @@ impl Agent {
         phase
     }
 
+    /// Waits `delay_ms` in `backoff`, then restarts.
+    fn back_off(&self, delay_ms: u64) -> Phase {
+        let next = now_ms() + delay_ms;
+        self.handle.info_mut().next_restart_at_ms = Some(next);
+        self.set_state(AgentState::Backoff, None);
+        self.services.events.publish(EventKind::AgentBackoff {
+            agent_id: self.id().to_owned(),
+            name: self.name(),
+            delay_ms,
+            next_restart_at_ms: next,
+        });
+        Phase::Backoff(tokio::time::Instant::now() + Duration::from_millis(delay_ms))
+    }
+
     /// Why the run ended: a failure its hooks reported, else its JSON result or the tail of its
     /// output. A clean exit (code 0) believes only the hooks and a JSON result: a retried error
     /// line in the output of a run that then succeeded is not why it ended.
@@ -1016,7 +1030,6 @@ impl Agent {
             info.next_restart_at_ms = Some(resume_at_ms);
         }
         self.set_state(AgentState::Backoff, None);
-        self.persist(AgentState::Backoff);
         self.note_trouble(Activity::WaitingLimit, class);
         self.services.events.publish(EventKind::AgentWaitingLimit {
             agent_id: self.id().to_owned(),
@@ -1052,21 +1065,8 @@ impl Agent {
                 delay_ms,
                 errors_in_window,
             } => {
-                let next = now + delay_ms;
-                {
-                    let mut info = self.handle.info_mut();
-                    info.model_errors = errors_in_window;
-                    info.next_restart_at_ms = Some(next);
-                }
-                self.set_state(AgentState::Backoff, None);
-                self.persist(AgentState::Backoff);
-                self.services.events.publish(EventKind::AgentBackoff {
-                    agent_id: self.id().to_owned(),
-                    name: self.name(),
-                    delay_ms,
-                    next_restart_at_ms: next,
-                });
-                Phase::Backoff(tokio::time::Instant::now() + Duration::from_millis(delay_ms))
+                self.handle.info_mut().model_errors = errors_in_window;
+                self.back_off(delay_ms)
             }
             ModelErrorDecision::Exhausted { errors_in_window } => {
                 {
@@ -1182,18 +1182,7 @@ impl Agent {
             .tracker
             .on_exit(&policy, now_ms(), uptime_ms, random_unit())
         {
-            RestartDecision::Restart { delay_ms, .. } => {
-                let next = now_ms() + delay_ms;
-                self.handle.info_mut().next_restart_at_ms = Some(next);
-                self.set_state(AgentState::Backoff, None);
-                self.services.events.publish(EventKind::AgentBackoff {
-                    agent_id: self.id().to_owned(),
-                    name: self.name(),
-                    delay_ms,
-                    next_restart_at_ms: next,
-                });
-                Phase::Backoff(tokio::time::Instant::now() + Duration::from_millis(delay_ms))
-            }
+            RestartDecision::Restart { delay_ms, .. } => self.back_off(delay_ms),
             RestartDecision::CrashedOut { restarts_in_window } => {
                 tracing::warn!(
                     agent = self.id(),

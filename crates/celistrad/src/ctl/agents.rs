@@ -131,17 +131,7 @@ pub(crate) struct SettingArgs {
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
 fn parse_notify_on(text: &str) -> Result<ActivityNotify, String> {
     let (name, after) = text.split_once(':').unwrap_or((text, "0s"));
-    let activity = [
-        Activity::Working,
-        Activity::NeedsInput,
-        Activity::WaitingApproval,
-        Activity::WaitingLimit,
-        Activity::ModelError,
-        Activity::Idle,
-    ]
-    .into_iter()
-    .find(|a| a.as_str() == name)
-    .ok_or_else(|| {
+    let activity = Activity::parse(name).ok_or_else(|| {
         format!(
             "unknown activity `{name}`; use working, needs-input, waiting-approval, \
              waiting-limit, model-error or idle"

@@ -240,16 +240,25 @@ bell) printf '\a';;
 hook) printf '{"hook_event_name":"%s","notification_type":"idle_prompt","message":"Claude is waiting for your input","session_id":"s","cwd":"/"}' "$arg" | celistrad hook claude; echo hooked;;
 esac; done"#;
 
-#[tokio::test]
-async fn activity_comes_from_each_tier_with_its_evidence_hooks_first() {
-    let daemon = Daemon::start_on(with_rules(None)).await;
-    let agent = daemon.spawn(stand_in("driven", "stand-in", DRIVEN)).await;
+/// A running [`DRIVEN`] stand-in of the rules file's kind, and a writer's terminal to it.
+async fn driven(
+    daemon: &Daemon,
+    name: &str,
+) -> (celistra_proto::AgentInfo, celistra_client::Terminal) {
+    let agent = daemon.spawn(stand_in(name, "stand-in", DRIVEN)).await;
     daemon.wait_state(&agent.id, AgentState::Running).await;
-    let mut terminal = daemon
+    let terminal = daemon
         .client
         .attach(&agent.id, TerminalRole::Writer)
         .await
         .expect("attach");
+    (agent, terminal)
+}
+
+#[tokio::test]
+async fn activity_comes_from_each_tier_with_its_evidence_hooks_first() {
+    let daemon = Daemon::start_on(with_rules(None)).await;
+    let (agent, mut terminal) = driven(&daemon, "driven").await;
     let expect = async |activity: Activity, tier: SignalTier, signal: &str| {
         let seen = daemon
             .wait_agent(&agent.id, activity.as_str(), |a| {
@@ -400,13 +409,7 @@ async fn a_headless_result_is_believed_over_its_exit_code_and_a_retry_hint_is_ho
 #[tokio::test]
 async fn a_reworded_prompt_needs_only_an_edited_rules_file_and_a_bad_one_changes_nothing() {
     let daemon = Daemon::start_on(with_rules(None)).await;
-    let agent = daemon.spawn(stand_in("reworded", "stand-in", DRIVEN)).await;
-    daemon.wait_state(&agent.id, AgentState::Running).await;
-    let mut terminal = daemon
-        .client
-        .attach(&agent.id, TerminalRole::Writer)
-        .await
-        .expect("attach");
+    let (agent, mut terminal) = driven(&daemon, "reworded").await;
     let rules = daemon.home().join("agent-rules.json");
     // A broken file is refused (the daemon logs why) and the rules before it stay.
     std::fs::write(

@@ -471,7 +471,6 @@ impl Drop for Group {
 
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_https_for_each_role() {
-    use std::os::unix::process::CommandExt;
     // The HTTP daemon is a fleet hub, and a second daemon (the node) joins it: the last part of the
     // browser test shows both machines and works on the node through the hub.
     let daemon = Daemon::start_with_args(&[
@@ -498,8 +497,8 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
         "{browser} is missing: run scripts/setup (apt-get install chromium) or set CELISTRA_CHROMIUM"
     );
     let shots = target_dir().join("dashboard-screenshots");
-    let profile = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new("node")
+    let mut script = Command::new("node");
+    script
         .arg(web_dir().join("e2e/dashboard.mjs"))
         .arg("--bin")
         .arg(BIN)
@@ -522,38 +521,9 @@ async fn the_dashboard_works_in_a_real_browser_on_a_desktop_a_phone_and_over_htt
         .arg("--node-work")
         .arg(node.work.path())
         .arg("--browser")
-        .arg(&browser)
-        .env("TMPDIR", profile.path())
-        .env("HOME", profile.path())
-        .current_dir(web_dir())
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run node (install Node.js 20+: scripts/setup)");
-    let group = Group(child.id());
-    let stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    drop(group);
-    let _ = child.wait();
-    let output = reader.join().unwrap_or_default();
+        .arg(&browser);
+    let output = run_browser_script(script, Duration::from_secs(300), &shots).await;
     println!("{output}");
-    let status = status.expect("the browser test did not finish within 300 s");
-    assert!(
-        status.success(),
-        "the browser test failed ({status}); screenshots in {}:\n{output}",
-        shots.display()
-    );
     assert!(
         output.contains("0 failed")
             && output.contains("BENCH ")
@@ -574,7 +544,6 @@ const ASKER_RULES: &str = r#"{"kinds": {"stand-in": {
 
 #[tokio::test]
 async fn the_dashboard_shows_activity_evidence_and_usage_limits_live_across_a_fleet() {
-    use std::os::unix::process::CommandExt;
     // A hub whose stand-in asks a question once the browser test says so (a file `go` in its
     // workspace), and a node whose Claude Code stand-in hits its usage limit, reset in an hour.
     let hub = Daemon::start_with_args(&[
@@ -618,8 +587,8 @@ async fn the_dashboard_shows_activity_evidence_and_usage_limits_live_across_a_fl
         "{browser} is missing: run scripts/setup (apt-get install chromium) or set CELISTRA_CHROMIUM"
     );
     let shots = target_dir().join("dashboard-awareness-screenshots");
-    let profile = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new("node")
+    let mut script = Command::new("node");
+    script
         .arg(web_dir().join("e2e/awareness.mjs"))
         .arg("--bin")
         .arg(BIN)
@@ -634,7 +603,33 @@ async fn the_dashboard_shows_activity_evidence_and_usage_limits_live_across_a_fl
         .arg("--shots")
         .arg(&shots)
         .arg("--browser")
-        .arg(&browser)
+        .arg(&browser);
+    let output = run_browser_script(script, Duration::from_secs(180), &shots).await;
+    println!("{output}");
+    assert!(output.contains("0 failed"), "{output}");
+    for step in [
+        "ok   a question on screen turns the badge to needs-input, live",
+        "ok   waiting on a limit, across the fleet",
+        "ok   needs attention, across the fleet",
+        "ok   the agent's detail",
+        "ok   history shows the run's exit class",
+        "ok   the service worker shows an agent_activity push notice",
+        "ok   a link to an agent without its machine (a notice's) finds the machine",
+    ] {
+        assert!(output.contains(step), "{step}\n{output}");
+    }
+}
+
+/// Runs a playwright script (`node web/e2e/….mjs …`) in its own process group with a throwaway
+/// profile, bounded by `limit`; returns its output once it succeeded.
+async fn run_browser_script(
+    mut script: Command,
+    limit: Duration,
+    shots: &std::path::Path,
+) -> String {
+    use std::os::unix::process::CommandExt;
+    let profile = tempfile::tempdir().expect("temp dir");
+    let mut child = script
         .env("TMPDIR", profile.path())
         .env("HOME", profile.path())
         .current_dir(web_dir())
@@ -646,7 +641,7 @@ async fn the_dashboard_shows_activity_evidence_and_usage_limits_live_across_a_fl
     let group = Group(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break Some(status);
@@ -659,22 +654,12 @@ async fn the_dashboard_shows_activity_evidence_and_usage_limits_live_across_a_fl
     drop(group);
     let _ = child.wait();
     let output = reader.join().unwrap_or_default();
-    println!("{output}");
-    let status = status.expect("the browser test did not finish within 180 s");
+    let status =
+        status.unwrap_or_else(|| panic!("the browser test did not finish within {limit:?}"));
     assert!(
-        status.success() && output.contains("0 failed"),
+        status.success(),
         "the browser test failed ({status}); screenshots in {}:\n{output}",
         shots.display()
     );
-    for step in [
-        "ok   a question on screen turns the badge to needs-input, live",
-        "ok   waiting on a limit, across the fleet",
-        "ok   needs attention, across the fleet",
-        "ok   the agent's detail",
-        "ok   history shows the run's exit class",
-        "ok   the service worker shows an agent_activity push notice",
-        "ok   a link to an agent without its machine (a notice's) finds the machine",
-    ] {
-        assert!(output.contains(step), "{step}\n{output}");
-    }
+    output
 }
