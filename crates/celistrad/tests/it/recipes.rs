@@ -456,7 +456,7 @@ notify() {
   program=$(sed -n 's/^notify *= *\[\(.*\)\] *$/\1/p' .codex/config.toml | tr -d '",')
   [ -n "$program" ] && $program "$1"
 }
-if [ -z "$OPENAI_API_KEY" ]; then echo 'ERROR: unexpected status 401 Unauthorized: Missing bearer or basic authentication in header'; exit 1; fi
+if [ -z "$CODEX_API_KEY" ]; then echo 'ERROR: unexpected status 401 Unauthorized: Missing bearer or basic authentication in header'; exit 1; fi
 runs="$HOME/.codex/runs-$CELISTRA_AGENT_NAME"
 n=$(( $(cat "$runs" 2>/dev/null || echo 0) + 1 )); echo $n > "$runs" || echo 'cannot write ~/.codex'
 touch "$HOME/.stray" 2>/dev/null && echo 'wrote outside its grants'
@@ -501,8 +501,8 @@ async fn recipe_codex_notify_model_error_and_usage_limit() {
         repo.path().to_str().unwrap(),
         "--worktree",
         "codex/tests",
-        "--secret",
-        "OPENAI_API_KEY",
+        "--env",
+        "CODEX_API_KEY=secret:OPENAI_API_KEY",
         "--cap",
         &format!("write:{codex_dir}"),
         "--auto-restart",
@@ -594,8 +594,9 @@ async fn recipe_codex_notify_model_error_and_usage_limit() {
 }
 
 /// The stand-in for Gemini CLI, headless (`gemini -p PROMPT`): it runs the hooks of
-/// `.gemini/settings.json` (stdin JSON), rings the bell when a tool waits for approval, and exits
-/// 1 on an API error after its own retries.
+/// `.gemini/settings.json` (stdin JSON) and exits 1 on an API error after its own retries (exit
+/// codes of geminicli.com/docs/cli/headless). Headless, a tool that would ask is denied, so there
+/// is no approval dialog.
 const GEMINI: &str = r#"#!/bin/sh
 WAIT_GO
 sid="g-$$"
@@ -613,8 +614,7 @@ hook BeforeAgent ",\"prompt\":\"$2\""
 case $n in
 1)
   hook BeforeTool ',"tool_name":"run_shell_command","tool_input":{"command":"npm test"}'
-  hook Notification ',"notification_type":"ToolPermission","message":"Tool run_shell_command requires confirmation","details":{"command":"npm test"}'
-  printf '\a'
+  echo 'I will run the tests first.'
   wait_go
   hook AfterTool ',"tool_name":"run_shell_command","tool_input":{"command":"npm test"},"tool_response":{}'
   echo 'Attempt 1 failed with status 429. Retrying with backoff... GaxiosError: [{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}]'
@@ -660,20 +660,25 @@ async fn recipe_gemini_cli_hooks_rate_limit_and_quota() {
     ]);
     ctl_ok(&daemon, &args);
     let worktree = repo.worktree("gemini/tests");
-    let asking = wait_activity(
+    let working = wait_activity(
         &daemon,
         "gemini-tests",
-        Activity::WaitingApproval,
+        Activity::Working,
         SignalTier::Hook,
-        "gemini hook Notification (ToolPermission)",
+        "gemini hook BeforeAgent",
     )
     .await;
-    assert_eq!(asking.kind, "gemini");
-    assert!(asking.sandbox.as_ref().unwrap().sandboxed);
-    // The bell that follows does not overrule the hook.
+    assert_eq!(working.kind, "gemini");
+    assert!(working.sandbox.as_ref().unwrap().sandboxed);
+    // The tool's hook keeps it working, and the screen does not overrule the hooks.
+    wait_output(&daemon, &working.id, "I will run the tests first.").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let still = daemon.agent("gemini-tests").await.activity.unwrap();
-    assert_eq!(still.activity, Activity::WaitingApproval, "{still:?}");
+    assert_eq!(
+        (still.activity, still.evidence.tier),
+        (Activity::Working, SignalTier::Hook),
+        "{still:?}"
+    );
     go(&worktree);
     // A per-minute rate limit: a model error, retried no sooner than `Please retry in 2s`.
     let backoff = daemon
