@@ -840,3 +840,40 @@ async fn recipe_aider_screen_rules_bell_and_model_error() {
     assert!(!out.contains("wrote outside its grants"), "{out}");
     assert!(!out.contains("not able to authenticate"), "{out}");
 }
+
+/// The `apply` example of each recipe is accepted as written (with the example's paths made this
+/// test's): `ctl apply --dry-run` checks every field, capability and secret reference.
+#[tokio::test]
+async fn recipe_docs_apply_examples_are_accepted() {
+    let daemon = Daemon::start().await;
+    let repo = Repo::new();
+    let home = Home::new(&[".claude", ".claude.json", ".codex", ".gemini", ".aider"]);
+    for name in ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY"] {
+        set_secret(&daemon, name, "recipe-test-key");
+    }
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipes");
+    for recipe in ["claude-code.md", "codex.md", "gemini-cli.md", "aider.md"] {
+        let doc = std::fs::read_to_string(docs.join(recipe)).expect("recipe");
+        let (_, after) = doc
+            .split_once("## `apply` file\n\n```json\n")
+            .unwrap_or_else(|| panic!("{recipe} has no apply example"));
+        let (example, _) = after.split_once("\n```").unwrap();
+        let example = example
+            .replace("/home/me/src/app", repo.path().to_str().unwrap())
+            .replace("/home/me", home.path().to_str().unwrap());
+        let file = home.join(&format!("{recipe}.json"));
+        std::fs::write(&file, &example).unwrap();
+        let out = daemon.ctl(&["apply", "--dry-run", file.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{recipe}: {}{}\n{example}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains("would be created"),
+            "{recipe}: {}",
+            text(&out.stdout)
+        );
+    }
+}
