@@ -303,6 +303,14 @@ async fn recipe_claude_code_hooks_approval_limit_and_model_error() {
     .await;
     let approval = pending_of(&daemon, &agent.id).await;
     assert_eq!(approval.origin, "hook");
+    // The ask hook puts the process itself in the approval flow's state, too.
+    let asking = daemon.agent("fix-login").await;
+    assert_eq!(asking.state, AgentState::WaitingApproval);
+    let listed = text(&daemon.ctl(&["ls"]).stdout);
+    assert!(
+        listed.contains("fix-login  waiting-approval  waiting-approval"),
+        "{listed}"
+    );
     assert!(
         approval.prompt.contains("git push origin fix/login"),
         "{approval:?}"
@@ -718,14 +726,16 @@ async fn recipe_gemini_cli_hooks_rate_limit_and_quota() {
     assert!(!out.contains("wrote outside its grants"), "{out}");
 }
 
-/// The stand-in for Aider: no hooks. It prints its banner, asks `(Y)es/(N)o/(D)on't ask again`,
-/// rings the bell (`--notifications`) when it waits for a prompt, and on a provider error prints
-/// litellm's line, its own message and `Retrying in … seconds...`, then gives up and waits at its
-/// prompt again (it does not exit).
+/// The stand-in for Aider: no hooks. It prints its banner, rings the bell (`--notifications`) when
+/// it waits for a prompt, asks `(Y)es/(N)o/(D)on't ask again` to add a file, and on a provider
+/// error prints litellm's line, its own message and `Retrying in … seconds...`, then gives up and
+/// waits at its prompt again (it does not exit). It keeps caches in `~/.aider` and its history in
+/// the git root (the worktree).
 const AIDER: &str = r#"#!/bin/sh
 bell() { case " $* " in *" --notifications "*) printf '\a';; esac; }
 if [ -z "$ANTHROPIC_API_KEY" ]; then echo 'The API provider is not able to authenticate you. Check your API key.'; fi
-echo 'history' >> "$HOME/.aider.input.history.global" 2>/dev/null || true
+mkdir -p "$HOME/.aider/caches" && echo '{}' > "$HOME/.aider/caches/versioncheck" || echo 'cannot write ~/.aider'
+echo '> fix' >> .aider.input.history || echo 'cannot write the worktree'
 touch "$HOME/.stray" 2>/dev/null && echo 'wrote outside its grants'
 echo '────────────────────────────────────────────────────────────────────────────────'
 echo 'Aider v0.86.1'
@@ -733,12 +743,13 @@ echo 'Main model: anthropic/claude-sonnet-4-5-20250929 with diff edit format, in
 echo 'Weak model: anthropic/claude-haiku-4-5-20251001'
 echo "Git repo: .git with $(git ls-files | wc -l) files"
 echo 'Repo-map: using 4096 tokens, auto refresh'
-printf "Add .aider* to .gitignore (recommended)? (Y)es/(N)o [Yes]: "
-read answer
-echo "answered: $answer"
 bell "$@"
 printf '> '
 read prompt
+echo 'README'
+printf "Add file to the chat? (Y)es/(N)o/(D)on't ask again [Yes]: "
+read answer
+echo "answered: $answer"
 echo 'litellm.InternalServerError: AnthropicException - Overloaded. Handle with `litellm.InternalServerError`.'
 echo "The API provider's servers are down or overloaded."
 echo 'Retrying in 0.2 seconds...'
@@ -756,8 +767,9 @@ exec sleep 600
 async fn recipe_aider_screen_rules_bell_and_model_error() {
     let daemon = Daemon::start().await;
     let repo = Repo::new();
-    let home = Home::new(&[]);
+    let home = Home::new(&[".aider"]);
     home.install("aider", AIDER);
+    let aider_dir = home.join(".aider").display().to_string();
     set_secret(&daemon, "ANTHROPIC_API_KEY", "sk-ant-recipe-test-key");
     let mut args: Vec<String> = [
         "spawn",
@@ -769,8 +781,12 @@ async fn recipe_aider_screen_rules_bell_and_model_error() {
         "aider/fix",
         "--secret",
         "ANTHROPIC_API_KEY",
+        "--cap",
+        &format!("write:{aider_dir}"),
         "--notify-on",
         "needs-input:60s",
+        "--notify-on",
+        "waiting-approval:60s",
     ]
     .map(String::from)
     .to_vec();
@@ -778,6 +794,27 @@ async fn recipe_aider_screen_rules_bell_and_model_error() {
     args.extend(["--".into(), "aider --model sonnet --notifications".into()]);
     ctl_ok(&daemon, &args);
     let worktree = repo.worktree("aider/fix");
+    // At its prompt: the bell of --notifications.
+    let waiting = wait_activity(
+        &daemon,
+        "aider-fix",
+        Activity::NeedsInput,
+        SignalTier::Terminal,
+        "BEL",
+    )
+    .await;
+    assert_eq!(waiting.kind, "aider");
+    assert!(waiting.sandbox.as_ref().unwrap().sandboxed);
+    let mut terminal = daemon
+        .client
+        .attach(&waiting.id, TerminalRole::Writer)
+        .await
+        .expect("attach");
+    terminal
+        .send_input("fix the typo in README\r")
+        .await
+        .unwrap();
+    // It asks to add the file: a screen rule, with the prompt as evidence.
     let asking = wait_activity(
         &daemon,
         "aider-fix",
@@ -786,33 +823,16 @@ async fn recipe_aider_screen_rules_bell_and_model_error() {
         "aider/confirm",
     )
     .await;
-    assert_eq!(asking.kind, "aider");
-    assert!(asking.sandbox.as_ref().unwrap().sandboxed);
     assert!(
         asking
             .activity
             .unwrap()
             .evidence
             .said
-            .contains("(Y)es/(N)o"),
+            .contains("(Y)es/(N)o/(D)on't ask again"),
         "the prompt is the evidence"
     );
-    let mut terminal = daemon
-        .client
-        .attach(&asking.id, TerminalRole::Writer)
-        .await
-        .expect("attach");
     terminal.send_input("y\r").await.unwrap();
-    // Waiting for a prompt: the bell of --notifications.
-    wait_activity(
-        &daemon,
-        "aider-fix",
-        Activity::NeedsInput,
-        SignalTier::Terminal,
-        "BEL",
-    )
-    .await;
-    terminal.send_input("fix the login bug\r").await.unwrap();
     let failing = wait_activity(
         &daemon,
         "aider-fix",
@@ -838,7 +858,10 @@ async fn recipe_aider_screen_rules_bell_and_model_error() {
     assert_eq!((back.run, back.restarts), (1, 0));
     let out = wait_output(&daemon, &back.id, "overloaded").await;
     assert!(!out.contains("wrote outside its grants"), "{out}");
+    assert!(!out.contains("cannot write"), "{out}");
     assert!(!out.contains("not able to authenticate"), "{out}");
+    assert!(home.join(".aider/caches/versioncheck").is_file());
+    assert!(worktree.join(".aider.input.history").is_file());
 }
 
 /// The `apply` example of each recipe is accepted as written (with the example's paths made this
