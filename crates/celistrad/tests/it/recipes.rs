@@ -900,3 +900,36 @@ async fn recipe_docs_apply_examples_are_accepted() {
         );
     }
 }
+
+/// Gemini CLI at its daily pro quota switches to its flash model and goes on: that is no wait for
+/// a reset (which would restart the working agent an hour later), only a model error until its
+/// hooks say it works again.
+#[tokio::test]
+async fn recipe_gemini_cli_falling_back_to_flash_is_not_a_limit_wait() {
+    let daemon = Daemon::start().await;
+    let command = r#"echo 'You have reached your daily gemini-2.5-pro quota limit. You will be switched to the gemini-2.5-flash model for the rest of this session. To increase your limits, upgrade to a Gemini Code Assist Standard or Enterprise plan with higher limits at https://goo.gle/set-up-gemini-code-assist'; sleep 1.5; printf '%s' '{"hook_event_name":"BeforeAgent","prompt":"go on"}' | celistrad hook gemini; exec sleep 600"#;
+    let agent = daemon
+        .spawn(celistra_proto::AgentSpec {
+            kind: Some("gemini".into()),
+            ..crate::spec("flash", command)
+        })
+        .await;
+    let falling_back = wait_activity(
+        &daemon,
+        &agent.id,
+        Activity::ModelError,
+        SignalTier::Screen,
+        "gemini/model-fallback",
+    )
+    .await;
+    assert_eq!(falling_back.limit, None);
+    let working = wait_activity(
+        &daemon,
+        &agent.id,
+        Activity::Working,
+        SignalTier::Hook,
+        "gemini hook BeforeAgent",
+    )
+    .await;
+    assert_eq!((working.limit, working.state), (None, AgentState::Running));
+}
