@@ -125,6 +125,13 @@ static USAGE_LIMIT: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     .collect()
 });
 
+/// Gemini CLI going on with another model after a quota or a rate limit (its `PRO_QUOTA` and
+/// `RATE_LIMIT` messages, `errorParsing.ts`): the session continues, so this is a transient
+/// rate limit, never a wait for a reset, although it says "daily quota limit".
+static MODEL_FALLBACK: LazyLock<Regex> = LazyLock::new(|| {
+    regex(r"(?:You will be switched to|Switching to) the \S+ model for the rest of this session")
+});
+
 static AUTH: LazyLock<Vec<Regex>> = LazyLock::new(|| {
     [
         r"\bauthentication_error\b",
@@ -405,6 +412,9 @@ fn classify_text(text: &str, now_ms: u64, local: Tz) -> Option<Classified> {
         }
         Some(classified)
     };
+    if MODEL_FALLBACK.is_match(text) {
+        return verdict(ExitClass::RateLimited);
+    }
     if USAGE_LIMIT.iter().any(|pattern| pattern.is_match(text)) {
         return verdict(ExitClass::UsageLimit);
     }
@@ -919,7 +929,8 @@ mod tests {
         );
         check(
             "You have reached your daily gemini-2.5-pro quota limit. You will be switched to the gemini-2.5-flash model for the rest of this session. To increase your limits, upgrade to a Gemini Code Assist Standard or Enterprise plan with higher limits at https://goo.gle/set-up-gemini-code-assist",
-            UsageLimit,
+            // It goes on with the other model: not a wait for a reset.
+            RateLimited,
             None,
             None,
         );

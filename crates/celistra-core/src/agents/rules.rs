@@ -543,6 +543,18 @@ mod tests {
             .map(|m| m.0),
             Some(WaitingLimit)
         );
+        // Gemini CLI going on with its flash model after the pro quota: no wait for a reset.
+        assert_eq!(
+            screen(
+                "gemini",
+                "You have reached your daily gemini-2.5-pro quota limit. You will be switched to the gemini-2.5-flash model for the rest of this session. To increase your limits, upgrade to a Gemini Code Assist Standard or Enterprise plan with higher limits at https://goo.gle/set-up-gemini-code-assist\n"
+            ),
+            Some((ModelError, "gemini/model-fallback".into()))
+        );
+        assert_eq!(
+            screen("gemini", "You have reached your daily quota limit.\n").map(|m| m.0),
+            Some(WaitingLimit)
+        );
         assert_eq!(
             screen(
                 "aider",

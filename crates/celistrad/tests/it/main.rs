@@ -23,6 +23,7 @@ mod hooks;
 mod machine;
 mod netns;
 mod notifications;
+mod recipes;
 mod remote;
 mod roles;
 mod sandbox;

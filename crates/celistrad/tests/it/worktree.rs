@@ -12,12 +12,12 @@ use crate::{Daemon, PATIENCE, marker, spec, wait_no_process_with};
 
 /// A repository `app` with one commit on `main`, in a temporary directory that also receives its
 /// worktrees (`app.worktrees/`).
-struct Repo {
-    dir: tempfile::TempDir,
+pub(crate) struct Repo {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Repo {
-    fn new() -> Repo {
+    pub(crate) fn new() -> Repo {
         let dir = tempfile::Builder::new()
             .prefix("celistra-git-")
             .tempdir()
@@ -31,15 +31,15 @@ impl Repo {
         repo
     }
 
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.path().join("app")
     }
 
-    fn worktree(&self, branch: &str) -> PathBuf {
+    pub(crate) fn worktree(&self, branch: &str) -> PathBuf {
         self.dir.path().join("app.worktrees").join(branch)
     }
 
-    fn git(&self, args: &[&str]) -> String {
+    pub(crate) fn git(&self, args: &[&str]) -> String {
         let out = Command::new("git")
             .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
             // A repository given to another user (below) is still the test's to read.
