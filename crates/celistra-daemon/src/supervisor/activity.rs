@@ -53,6 +53,9 @@ struct Track {
     failure: Option<ExitClassification>,
     /// The activity (and its start) already notified.
     notified: Option<(Activity, u64)>,
+    /// The reset (and message) of a usage limit the agent went on working past: still on its
+    /// screen, it is not a new limit.
+    outlived_limit: Option<(Option<u64>, String)>,
 }
 
 impl Tracker {
@@ -247,8 +250,25 @@ fn observe(handle: &AgentHandle, services: &Services, observation: Observation) 
             _ if track.hook_spoke && !limited_or_failing => return,
             _ => {}
         }
+        let reset_at_ms = classification.as_ref().and_then(|c| c.reset_at_ms);
+        let seen_before = track.outlived_limit.as_ref().is_some_and(|(reset, said)| {
+            *reset == reset_at_ms && (reset.is_some() || *said == observation.said)
+        });
+        if observation.activity == Activity::WaitingLimit
+            && observation.tier != SignalTier::Hook
+            && seen_before
+        {
+            return;
+        }
         if observation.activity == Activity::Working {
             track.failure = None;
+            // Working again before the reset (more usage bought, a person typed): the wait is
+            // over, and must not type into or restart the agent at the reset.
+            let outlived = handle.info_mut().limit.take();
+            if let Some(limit) = outlived {
+                handle.resume.send_replace(None);
+                track.outlived_limit = Some((limit.reset_at_ms, limit.said));
+            }
         } else if observation.tier == SignalTier::Hook
             && let Some(classification) = &classification
         {

@@ -64,7 +64,9 @@ pub(crate) fn uptime_text(agent: &AgentInfo) -> String {
         agent.started_at_ms,
         agent.next_restart_at_ms,
     ) {
-        ("running" | "stopping", Some(started), _) => compact_duration(now.saturating_sub(started)),
+        ("running" | "waiting-approval" | "stopping", Some(started), _) => {
+            compact_duration(now.saturating_sub(started))
+        }
         ("backoff", _, Some(next)) => format!("in {}ms", next.saturating_sub(now)),
         _ => "-".into(),
     }

@@ -209,12 +209,13 @@ async fn a_clean_exit_after_a_retried_error_is_not_a_model_error() {
     );
 }
 
-/// The rules file's stand-in kind: `Proceed?` asks, `esc to interrupt` works, a bell asks, and
-/// one quiet second without CPU is idle.
+/// The rules file's stand-in kind: a usage limit waits, `Proceed?` asks, `esc to interrupt`
+/// works, a bell asks, and one quiet second without CPU is idle.
 const RULES: &str = r#"{"kinds": {"stand-in": {
     "quiet_idle_secs": 1,
     "bell": "needs-input",
     "rules": [
+        {"name": "limit", "activity": "waiting-limit", "pattern": "usage limit reached", "lines": 8},
         {"name": "asks", "activity": "needs-input", "pattern": "Proceed\\?", "lines": 1},
         {"name": "busy", "activity": "working", "pattern": "esc to interrupt", "lines": 1}
     ]
@@ -451,4 +452,40 @@ async fn a_reworded_prompt_needs_only_an_edited_rules_file_and_a_bad_one_changes
                 .is_some_and(|c| c.evidence.signal.contains("stand-in/asks-again"))
         })
         .await;
+}
+
+#[tokio::test]
+async fn working_again_before_the_reset_ends_the_wait_for_good() {
+    let daemon = Daemon::start_on(with_rules(None)).await;
+    let (agent, mut terminal) = driven(&daemon, "outlived").await;
+    let reset_s = now_ms() / 1000 + 3_600;
+    terminal
+        .send_input(format!("say Claude AI usage limit reached|{reset_s}\r"))
+        .await
+        .unwrap();
+    let waiting = daemon
+        .wait_agent(&agent.id, "waiting on its limit", |a| a.limit.is_some())
+        .await;
+    assert_eq!(waiting.limit.unwrap().reset_at_ms, Some(reset_s * 1000));
+    // More usage was bought, a person typed: the CLI works again.
+    terminal
+        .send_input("hook UserPromptSubmit\r")
+        .await
+        .unwrap();
+    let working = daemon
+        .wait_agent(&agent.id, "working", |a| {
+            a.activity
+                .as_ref()
+                .is_some_and(|c| c.activity == Activity::Working)
+        })
+        .await;
+    assert!(working.limit.is_none(), "{working:?}");
+    // The old limit line is still on the screen: new output does not bring the wait back.
+    wait_output(&daemon, &agent.id, "hooked").await;
+    terminal.send_input("busy\r").await.unwrap();
+    wait_output(&daemon, &agent.id, "hooked\nbusy\nWorking").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = daemon.agent(&agent.id).await;
+    assert!(after.limit.is_none(), "{after:?}");
+    assert_eq!(after.activity.map(|c| c.activity), Some(Activity::Working));
 }

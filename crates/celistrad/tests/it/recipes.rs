@@ -162,15 +162,10 @@ fn go(worktree: &Path) {
 }
 
 /// Shell lines every stand-in shares: `wait_go` (until the test says go on, then forgets it), and
-/// `fail` (exit 1 a moment after the last line).
-///
-/// `fail` waits 0.3 s because of a daemon race, not a trait of the CLIs: the exit is classified as
-/// soon as the process is reaped, while the PTY reader may not have read the last lines yet, so
-/// an error printed right before the exit is sometimes missing from the tail it is classified
-/// from (seen here: Gemini's `Please retry in 2s` line missed, the run classified from the line
-/// before it, without the hint). Remove the delay once the daemon drains the output first.
+/// `fail` (exit 1 right after the last line, as the CLIs do: the daemon reads a run's output to
+/// its end before it classifies the exit).
 const WAIT_GO: &str = r#"wait_go() { while [ ! -e .go ]; do sleep 0.05; done; rm -f .go; }
-fail() { sleep 0.3; exit 1; }"#;
+fail() { exit 1; }"#;
 
 /// The stand-in for Claude Code. Interactive: a session whose prompts come from the terminal;
 /// `-p PROMPT`: one headless turn. Hooks are run as Claude Code runs them: each command of the
