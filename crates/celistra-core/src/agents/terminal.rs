@@ -77,9 +77,21 @@ impl TerminalScanner {
     }
 
     /// Scans `bytes`, appending the signals found to `out`.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<TerminalSignal>) {
-        for &byte in bytes {
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<TerminalSignal>) {
+        while let Some((&byte, rest)) = bytes.split_first() {
+            if self.state == State::Ground {
+                // Ordinary output, nearly all of it: jump to the next BEL or ESC.
+                match memchr::memchr2(BEL, ESC, bytes) {
+                    Some(0) => {}
+                    Some(at) => {
+                        bytes = &bytes[at..];
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             self.feed(byte, out);
+            bytes = rest;
         }
     }
 
