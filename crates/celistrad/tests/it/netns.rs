@@ -552,6 +552,12 @@ async fn dropping_the_lan_removes_its_namespaces_and_processes_and_a_new_one_swe
         .args(["netns", "exec", &stale, "sleep", &marker])
         .spawn()
         .expect("sleep in the stale namespace");
+    // In the namespace before the sweep looks: a sleeper still entering it could slip past.
+    let deadline = Instant::now() + PATIENCE;
+    while crate::live_processes_exactly(&format!("sleep {marker}")).is_empty() {
+        assert!(Instant::now() < deadline, "the stale sleeper never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let lan = Lan::new(&["a", "b"]);
     assert!(!namespaces().contains(&stale), "{stale} was not swept");
     crate::wait_no_process_with(&marker).await;
