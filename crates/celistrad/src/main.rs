@@ -18,12 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Keeps long-running processes alive, each in its own PTY: AI coding agents, scrapers, servers.
 #[derive(Debug, Parser)]
-#[command(
-    name = "celistrad",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "celistrad", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(flatten)]
     home: HomeArg,
@@ -93,6 +88,16 @@ enum Command {
     /// on stdin; Gemini CLI the same), `celistrad hook codex JSON` (Codex `notify`). Prints
     /// nothing on stdout and exits 0 even when the report fails (why, on stderr); 2 for usage.
     Hook(ctl::HookArgs),
+    /// Print a completion script for a shell: `source <(celistrad completions bash)`, or save it
+    /// where the shell loads completions (`/usr/share/bash-completion/completions/celistrad`,
+    /// a directory of `$fpath` as `_celistrad`, `~/.config/fish/completions/celistrad.fish`).
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages: celistrad.1 and one per command (celistrad-ctl-spawn.1, …).
+    Man {
+        /// Where to write them, e.g. /usr/local/share/man/man1.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -126,12 +131,34 @@ fn main() -> ExitCode {
     // must restore the terminal on every way out.
     let client_without_terminal = match &cli.command {
         Some(Command::Ctl(ctl)) => !ctl.holds_the_terminal(),
-        Some(Command::Audit(_) | Command::Ask(_)) => true,
+        Some(
+            Command::Audit(_) | Command::Ask(_) | Command::Completions { .. } | Command::Man { .. },
+        ) => true,
         // A hook exits 0 whatever becomes of its stderr.
         Some(Command::Hook(_)) | None => false,
     };
     if client_without_terminal {
         celistra_sandbox::default_sigpipe();
+    }
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "celistrad", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man { out }) => {
+            return match clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot write the manual pages into {}: {e}",
+                        out.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     if let Some(Command::Audit(offline)) = &cli.command {
         let OfflineAuditAction::Verify { dir } = &offline.action;
@@ -151,7 +178,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Ctl(ctl)) => ctl::run(*ctl, &cli.home).await,
-            Some(Command::Audit(_)) => unreachable!("handled before the runtime starts"),
+            Some(Command::Audit(_) | Command::Completions { .. } | Command::Man { .. }) => {
+                unreachable!("handled before the runtime starts")
+            }
             Some(Command::Ask(args)) => Ok(ctl::ask(args).await),
             Some(Command::Hook(args)) => Ok(ctl::hook(args).await),
             None => run_daemon(cli).await.map(|()| ExitCode::SUCCESS),

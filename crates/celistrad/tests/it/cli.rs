@@ -212,3 +212,104 @@ async fn a_closed_output_pipe_ends_ctl_quietly_by_sigpipe() {
         assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
     }
 }
+
+#[test]
+fn bash_completes_the_clap_tree_and_the_other_shells_get_their_scripts() {
+    // Bash itself completes `celistrad ctl sp` and `celistrad ctl spawn --work` with the script.
+    // As bash calls it: the words so far, and the function's arguments (command, current word,
+    // previous word).
+    let complete = |words: &str| {
+        let script = format!(
+            "source <('{BIN}' completions bash) && COMP_WORDS=({words}) && \
+             n=${{#COMP_WORDS[@]}} && COMP_CWORD=$((n - 1)) && \
+             _celistrad celistrad \"${{COMP_WORDS[n-1]}}\" \"${{COMP_WORDS[n-2]}}\" && \
+             echo \"${{COMPREPLY[@]}}\""
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .expect("bash");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let verbs = complete("celistrad ctl sp");
+    assert!(verbs.split_whitespace().any(|w| w == "spawn"), "{verbs}");
+    let flags = complete("celistrad ctl spawn --work");
+    assert!(
+        flags.split_whitespace().any(|w| w == "--worktree")
+            && flags.split_whitespace().any(|w| w == "--workspace"),
+        "{flags}"
+    );
+    for (shell, opening) in [
+        ("zsh", "#compdef celistrad"),
+        ("fish", "complete -c celistrad"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .expect("completions");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && script.contains(opening),
+            "{shell}: {script}"
+        );
+        assert!(
+            script.contains("limit-input"),
+            "{shell} lacks spawn's flags"
+        );
+    }
+    let unknown = std::process::Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("completions");
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+}
+
+#[test]
+fn the_manual_pages_render_one_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("man")
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("man");
+    assert!(out.status.success(), "{out:?}");
+    let pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for page in [
+        "celistrad.1",
+        "celistrad-ctl.1",
+        "celistrad-ctl-spawn.1",
+        "celistrad-hook.1",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
+    }
+    // groff renders the spawn page without a warning (UTF-8 through preconv, `-k`, as man does),
+    // with its text and flags.
+    let rendered = std::process::Command::new("groff")
+        .args(["-k", "-man", "-Tutf8", "-ww", "-P-cbou"])
+        .arg(dir.path().join("celistrad-ctl-spawn.1"))
+        .output()
+        .expect("groff (scripts/setup installs groff-base)");
+    // (groff sets `-` as a hyphen or minus sign.)
+    let text = String::from_utf8_lossy(&rendered.stdout).replace(['\u{2010}', '\u{2212}'], "-");
+    assert!(
+        rendered.status.success() && rendered.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    assert!(
+        text.contains("--worktree") && text.contains("--schedule"),
+        "{text}"
+    );
+    // An unwritable place is an error that says where.
+    let refused = std::process::Command::new(BIN)
+        .args(["man", "--out", "/nonexistent/man1"])
+        .output()
+        .expect("man");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("/nonexistent/man1"));
+}
