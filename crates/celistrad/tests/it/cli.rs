@@ -1,6 +1,6 @@
 //! The `ctl` command line: JSON shapes, human tables, exit codes, usage errors, a dead daemon.
 
-use celistra_proto::AgentState;
+use celistra_proto::{AgentState, EventKind};
 
 use crate::{BIN, Daemon};
 
@@ -312,4 +312,52 @@ fn the_manual_pages_render_one_per_command() {
         .expect("man");
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("/nonexistent/man1"));
+}
+
+#[tokio::test]
+async fn ctl_stops_many_agents_at_once_and_reports_each_in_order() {
+    let daemon = Daemon::start().await;
+    // Each takes a second to stop: one after the other, six would take six.
+    let names: Vec<String> = (0..6).map(|i| format!("slow-{i}")).collect();
+    for name in &names {
+        daemon
+            .spawn(crate::spec(
+                name,
+                "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.1; done",
+            ))
+            .await;
+        daemon.wait_state(name, AgentState::Running).await;
+    }
+    let mut args = vec!["stop"];
+    args.extend(names.iter().map(String::as_str));
+    let out = daemon.ctl(&args);
+    assert!(out.status.success(), "{out:?}");
+    let reported: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            line.rsplit('(')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches(')')
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(reported, names, "each reported, in the order given");
+    // Every stop was asked for before the first agent had finished stopping.
+    let events = daemon
+        .events_until(0, |e| {
+            matches!(
+                &e.kind,
+                EventKind::AgentState {
+                    state: AgentState::Stopped,
+                    ..
+                }
+            )
+        })
+        .await;
+    let requested = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::AgentStopRequested { .. }))
+        .count();
+    assert_eq!(requested, names.len(), "all six asked before one stopped");
 }
