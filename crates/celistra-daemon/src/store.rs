@@ -33,6 +33,10 @@ pub(crate) struct StoredAgent {
     /// runs missed while the daemon was down are found at the next start (`scheduler.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fire_ms: Option<u64>,
+    /// The usage limit its last run ended on, while it waits for the reset: a daemon restart
+    /// meanwhile goes on waiting instead of starting it into the limit again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<celistra_proto::LimitWait>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -211,6 +215,7 @@ mod tests {
             restarts: 0,
             run: 1,
             last_fire_ms: None,
+            limit: None,
         }
     }
 

@@ -58,6 +58,8 @@ pub(crate) enum Command {
     Remove(Reply),
     /// Stop and end the task without changing the agent's desired state: the daemon is stopping.
     Shutdown(Reply),
+    /// Go on waiting for a usage limit's reset that an earlier daemon was waiting for, then start.
+    AwaitReset(LimitWait, Reply),
 }
 
 /// A command and the credential that gave it (`system` for the daemon itself).
@@ -386,13 +388,17 @@ impl Agent {
 
     /// Records the state the agent should come back in after a daemon restart.
     fn persist(&self, state: AgentState) {
-        let (exit_code, exit_signal, restarts, run) = {
+        let (exit_code, exit_signal, restarts, run, limit) = {
             let info = self.handle.info();
             (
                 info.exit_code,
                 info.exit_signal.clone(),
                 info.restarts,
                 info.run,
+                // Only a wait between runs is kept: a running agent's ends with the daemon.
+                info.limit
+                    .clone()
+                    .filter(|_| info.state == AgentState::Backoff),
             )
         };
         self.services.store.update(self.id(), |stored| {
@@ -401,6 +407,7 @@ impl Agent {
             stored.exit_signal = exit_signal;
             stored.restarts = restarts;
             stored.run = run;
+            stored.limit = limit;
         });
     }
 
@@ -430,6 +437,10 @@ impl Agent {
                 let _ = reply.send(Ok(()));
                 Phase::Ended
             }
+            Command::AwaitReset(limit, reply) => {
+                let _ = reply.send(Ok(()));
+                self.await_reset(limit)
+            }
         }
     }
 
@@ -446,6 +457,10 @@ impl Agent {
             Command::Remove(reply) | Command::Shutdown(reply) => {
                 let _ = reply.send(Ok(()));
                 Phase::Ended
+            }
+            Command::AwaitReset(limit, reply) => {
+                let _ = reply.send(Ok(()));
+                self.await_reset(limit)
             }
         }
     }
@@ -492,7 +507,38 @@ impl Agent {
                 let _ = reply.send(Ok(()));
                 Phase::Ended
             }
+            // Only sent to an agent that is not running yet.
+            Command::AwaitReset(_, reply) => {
+                let _ = reply.send(Ok(()));
+                Phase::Running(run)
+            }
         }
+    }
+
+    /// Goes on waiting for a usage limit's reset that the previous daemon waited for.
+    fn await_reset(&mut self, limit: LimitWait) -> Phase {
+        let now = now_ms();
+        {
+            let mut info = self.handle.info_mut();
+            info.limit = Some(limit.clone());
+            info.next_restart_at_ms = Some(limit.resume_at_ms);
+        }
+        self.set_state(AgentState::Backoff, None);
+        activity::record_activity(
+            &self.handle,
+            &self.services,
+            Activity::WaitingLimit,
+            Evidence {
+                tier: SignalTier::Hook,
+                signal: "usage limit, still waited for after a daemon restart".into(),
+                said: limit.said.clone(),
+                at_ms: now,
+            },
+        );
+        Phase::Backoff(
+            tokio::time::Instant::now()
+                + Duration::from_millis(limit.resume_at_ms.saturating_sub(now)),
+        )
     }
 
     /// An operator's start: the restart ceiling starts over, then a new run is spawned.
@@ -1030,6 +1076,8 @@ impl Agent {
             info.next_restart_at_ms = Some(resume_at_ms);
         }
         self.set_state(AgentState::Backoff, None);
+        // Still "should run", with the wait: a daemon restart goes on waiting.
+        self.persist(AgentState::Running);
         self.note_trouble(Activity::WaitingLimit, class);
         self.services.events.publish(EventKind::AgentWaitingLimit {
             agent_id: self.id().to_owned(),

@@ -285,6 +285,7 @@ impl Supervisor {
                 restarts: 0,
                 run: 0,
                 last_fire_ms: None,
+                limit: None,
             };
             self.services.store.put(stored.clone());
             let handle = self.insert(&mut registry, &stored);
@@ -442,7 +443,9 @@ impl Supervisor {
                 }
                 let handle = self.insert(&mut registry, &agent);
                 if should_run {
-                    to_start.push(Arc::clone(&handle));
+                    // A wait for a usage limit's reset goes on; one that passed starts now.
+                    let waiting = agent.limit.clone().filter(|l| l.resume_at_ms > now_ms());
+                    to_start.push((Arc::clone(&handle), waiting));
                 }
                 restored.push(handle);
             }
@@ -469,7 +472,15 @@ impl Supervisor {
             tracing::warn!("cannot restore the scrollback: {e}");
         }
         let system = Actor::system();
-        let starts = to_start.iter().map(|h| h.ask(&system, Command::Start));
+        let starts = to_start.into_iter().map(|(handle, waiting)| {
+            let system = &system;
+            async move {
+                match waiting {
+                    Some(limit) => handle.ask(system, |r| Command::AwaitReset(limit, r)).await,
+                    None => handle.ask(system, Command::Start).await,
+                }
+            }
+        });
         futures_util::future::join_all(starts).await;
     }
 

@@ -489,3 +489,42 @@ async fn working_again_before_the_reset_ends_the_wait_for_good() {
     assert!(after.limit.is_none(), "{after:?}");
     assert_eq!(after.activity.map(|c| c.activity), Some(Activity::Working));
 }
+
+#[tokio::test]
+async fn a_daemon_restart_goes_on_waiting_for_the_reset() {
+    let mut daemon = Daemon::start().await;
+    let reset_s = now_ms() / 1000 + 8;
+    let command = format!(
+        "if [ -e limited ]; then echo resumed; exec sleep 600; fi; touch limited; \
+         echo 'Claude AI usage limit reached|{reset_s}'; exit 1"
+    );
+    let agent = daemon.spawn(stand_in("patient", "claude", &command)).await;
+    let waiting = daemon
+        .wait_agent(&agent.id, "waiting on its limit", |a| {
+            a.limit.is_some() && a.state == AgentState::Backoff
+        })
+        .await;
+    let limit = waiting.limit.unwrap();
+    let stopped = daemon.signal_and_wait("TERM");
+    assert!(stopped.success(), "{stopped:?}");
+    daemon.restart_process().await;
+    // The new daemon does not start it into the limit again: it waits for the same reset.
+    let still = daemon
+        .wait_agent(&agent.id, "waiting again", |a| {
+            a.state == AgentState::Backoff
+        })
+        .await;
+    assert_eq!(still.limit.as_ref(), Some(&limit), "{still:?}");
+    assert_eq!(still.run, 1, "no run was started into the limit");
+    assert_eq!(
+        still.activity.map(|a| a.activity),
+        Some(Activity::WaitingLimit)
+    );
+    let resumed = daemon
+        .wait_agent(&agent.id, "resumed after the reset", |a| {
+            a.state == AgentState::Running && a.run == 2
+        })
+        .await;
+    assert!(resumed.started_at_ms.unwrap() >= limit.resume_at_ms);
+    wait_output(&daemon, &agent.id, "resumed").await;
+}
