@@ -28,6 +28,10 @@ const TAIL_BYTES: usize = 16 * 1024;
 const SCREEN_LINES: usize = 40;
 /// Least time between two evaluations of an agent's screen rules while output keeps coming.
 const SCREEN_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+/// Most `agent_activity` events one agent publishes in a second: an agent that flips (or a
+/// hostile one spamming its hooks) cannot flood the event backlog others resume from. A change
+/// beyond it is in `AgentInfo` at once and published at the next tick.
+const MAX_EVENTS_PER_SECOND: usize = 10;
 /// Quiet time before an agent whose kind names none counts as idle (with no CPU use).
 const DEFAULT_QUIET_IDLE_SECS: u64 = 30;
 /// CPU use below which a quiet agent counts as idle: 2 % of one core.
@@ -56,6 +60,11 @@ struct Track {
     /// The reset (and message) of a usage limit the agent went on working past: still on its
     /// screen, it is not a new limit.
     outlived_limit: Option<(Option<u64>, String)>,
+    /// When the activity events of the last second were published.
+    published: VecDeque<Instant>,
+    /// A change of activity was not published (over [`MAX_EVENTS_PER_SECOND`]): the next tick
+    /// publishes the activity then.
+    held: bool,
 }
 
 impl Tracker {
@@ -71,6 +80,26 @@ impl Tracker {
     /// The failure a hook reported in this run, if the agent did not work again after it.
     pub(crate) fn take_failure(&self) -> Option<ExitClassification> {
         self.lock().failure.take()
+    }
+
+    /// Whether an activity event may go out now; if not, it is held for the next tick.
+    fn may_publish(&self) -> bool {
+        let mut track = self.lock();
+        while track
+            .published
+            .front()
+            .is_some_and(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            track.published.pop_front();
+        }
+        if track.published.len() < MAX_EVENTS_PER_SECOND {
+            track.published.push_back(Instant::now());
+            track.held = false;
+            true
+        } else {
+            track.held = true;
+            false
+        }
     }
 
     /// The readable text of the run's latest output.
@@ -321,7 +350,28 @@ pub(crate) fn record_activity(
             Some((info.name.clone(), activity))
         }
     };
-    if let Some((name, activity)) = changed {
+    if let Some((name, activity)) = changed
+        && handle.activity.may_publish()
+    {
+        services.events.publish(EventKind::AgentActivity {
+            agent_id: handle.id.clone(),
+            name,
+            activity,
+        });
+    }
+}
+
+/// Publishes the activity whose change was held back by the event budget, once it allows.
+fn publish_held(handle: &AgentHandle, services: &Services) {
+    let held = handle.activity.lock().held;
+    if !held || !handle.activity.may_publish() {
+        return;
+    }
+    let (name, current) = {
+        let info = handle.info();
+        (info.name.clone(), info.activity.clone())
+    };
+    if let Some(activity) = current {
         services.events.publish(EventKind::AgentActivity {
             agent_id: handle.id.clone(),
             name,
@@ -396,6 +446,7 @@ pub(crate) fn tick(
     services: &Services,
     cgroup_root: Option<&std::path::Path>,
 ) {
+    publish_held(handle, services);
     notify_if_due(handle, services);
     let (pid, kind) = {
         let info = handle.info();

@@ -528,3 +528,42 @@ async fn a_daemon_restart_goes_on_waiting_for_the_reset() {
     assert!(resumed.started_at_ms.unwrap() >= limit.resume_at_ms);
     wait_output(&daemon, &agent.id, "resumed").await;
 }
+
+#[tokio::test]
+async fn an_agent_spamming_its_hooks_cannot_flood_the_events() {
+    let daemon = Daemon::start().await;
+    let started = now_ms();
+    let agent = daemon
+        .spawn(stand_in(
+            "spammer",
+            "spam",
+            r#"i=0; while [ $i -lt 150 ]; do
+echo '{"activity":"working","message":"busy"}' | celistrad hook spam
+echo '{"activity":"idle","message":"done"}' | celistrad hook spam
+i=$((i+1)); done; echo spammed; exec sleep 600"#,
+        ))
+        .await;
+    wait_output(&daemon, &agent.id, "spammed").await;
+    let finished = now_ms();
+    // The last change is published within a tick even when it was held back.
+    let events = daemon
+        .events_until(0, |e| {
+            matches!(&e.kind, EventKind::AgentActivity { agent_id, activity, .. }
+                if *agent_id == agent.id && activity.activity == Activity::Idle
+                    && activity.since_ms >= finished.saturating_sub(2_000))
+        })
+        .await;
+    let published = events
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::AgentActivity { agent_id, .. } if *agent_id == agent.id))
+        .count() as u64;
+    let seconds = (now_ms() - started).div_ceil(1000);
+    assert!(
+        published <= 10 * seconds + 2,
+        "{published} activity events in {seconds} s for 300 changes"
+    );
+    assert_eq!(
+        daemon.agent(&agent.id).await.activity.map(|a| a.activity),
+        Some(Activity::Idle)
+    );
+}
