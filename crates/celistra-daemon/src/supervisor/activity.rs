@@ -521,17 +521,16 @@ fn notify_if_due(handle: &AgentHandle, services: &Services) {
     if now_ms().saturating_sub(current.since_ms) < after_secs * 1000 {
         return;
     }
-    {
-        let mut track = handle.activity.lock();
-        let spell = (current.activity, current.since_ms);
-        if track.notified == Some(spell) {
-            return;
-        }
-        track.notified = Some(spell);
+    let spell = (current.activity, current.since_ms);
+    if handle.activity.lock().notified == Some(spell) {
+        return;
     }
+    // Marked as sent only once there are channels to send on: a config.json that cannot be read
+    // is tried again at the next tick.
     let Ok(config) = services.config() else {
         return;
     };
+    handle.activity.lock().notified = Some(spell);
     services.notify.announce_activity(
         &config.notifications,
         &ActivityNotice {

@@ -92,21 +92,33 @@ async fn model_errors_restart_outside_the_crash_ceiling_until_their_budget_is_sp
     );
 }
 
+/// A headless Claude Code run that meets its usage limit (resetting at `reset_s`) once, then
+/// runs on.
+fn limited_once(reset_s: u64) -> String {
+    format!(
+        "if [ -e limited ]; then echo resumed; exec sleep 600; fi; touch limited; \
+         echo 'Claude AI usage limit reached|{reset_s}'; exit 1"
+    )
+}
+
+/// The agent once its run ended on a usage limit and it waits for the reset. (While it still
+/// runs, its screen may show the limit first: its exit then confirms it.)
+async fn waiting_between_runs(daemon: &Daemon, agent: &str) -> celistra_proto::AgentInfo {
+    daemon
+        .wait_agent(agent, "waiting on its limit", |a| {
+            a.limit.is_some() && a.state == AgentState::Backoff
+        })
+        .await
+}
+
 #[tokio::test]
 async fn a_usage_limit_exit_waits_for_its_reset_to_the_second() {
     let daemon = Daemon::start().await;
     let reset_s = now_ms() / 1000 + 3;
-    let command = format!(
-        "if [ -e limited ]; then echo resumed; exec sleep 600; fi; touch limited; \
-         echo 'Claude AI usage limit reached|{reset_s}'; exit 1"
-    );
-    let agent = daemon.spawn(stand_in("limited", "claude", &command)).await;
-    // (While it still runs, its screen may show the limit first: then its exit confirms it.)
-    let waiting = daemon
-        .wait_agent(&agent.id, "waiting on its limit", |a| {
-            a.limit.is_some() && a.state == AgentState::Backoff
-        })
+    let agent = daemon
+        .spawn(stand_in("limited", "claude", &limited_once(reset_s)))
         .await;
+    let waiting = waiting_between_runs(&daemon, &agent.id).await;
     let limit = waiting.limit.clone().unwrap();
     assert_eq!(limit.reset_at_ms, Some(reset_s * 1000), "{limit:?}");
     // Jitter: at most a tenth of the wait.
@@ -376,11 +388,7 @@ async fn a_headless_result_is_believed_over_its_exit_code_and_a_retry_hint_is_ho
     let agent = daemon
         .spawn(stand_in("headless", "claude", &headless))
         .await;
-    let waiting = daemon
-        .wait_agent(&agent.id, "waiting on its limit", |a| {
-            a.limit.is_some() && a.state == AgentState::Backoff
-        })
-        .await;
+    let waiting = waiting_between_runs(&daemon, &agent.id).await;
     let class = waiting.exit_class.unwrap();
     assert_eq!(
         (class.class, class.source.as_str(), class.reset_at_ms),
@@ -494,16 +502,10 @@ async fn working_again_before_the_reset_ends_the_wait_for_good() {
 async fn a_daemon_restart_goes_on_waiting_for_the_reset() {
     let mut daemon = Daemon::start().await;
     let reset_s = now_ms() / 1000 + 8;
-    let command = format!(
-        "if [ -e limited ]; then echo resumed; exec sleep 600; fi; touch limited; \
-         echo 'Claude AI usage limit reached|{reset_s}'; exit 1"
-    );
-    let agent = daemon.spawn(stand_in("patient", "claude", &command)).await;
-    let waiting = daemon
-        .wait_agent(&agent.id, "waiting on its limit", |a| {
-            a.limit.is_some() && a.state == AgentState::Backoff
-        })
+    let agent = daemon
+        .spawn(stand_in("patient", "claude", &limited_once(reset_s)))
         .await;
+    let waiting = waiting_between_runs(&daemon, &agent.id).await;
     let limit = waiting.limit.unwrap();
     let stopped = daemon.signal_and_wait("TERM");
     assert!(stopped.success(), "{stopped:?}");

@@ -94,6 +94,34 @@ fn ctl_ok(daemon: &Daemon, args: &[String]) -> String {
     text(&out.stdout)
 }
 
+/// `ctl spawn --name NAME --workspace REPO --worktree BRANCH FLAGS… --env HOME… -- COMMAND`, a
+/// recipe's command line as its doc gives it, which must succeed.
+fn spawn_recipe(
+    daemon: &Daemon,
+    home: &Home,
+    repo: &Repo,
+    (name, branch): (&str, &str),
+    flags: &[&str],
+    command: &str,
+) {
+    let mut args: Vec<String> = [
+        "spawn",
+        "--name",
+        name,
+        "--workspace",
+        repo.path().to_str().unwrap(),
+        "--worktree",
+        branch,
+    ]
+    .into_iter()
+    .chain(flags.iter().copied())
+    .map(String::from)
+    .collect();
+    args.extend(home.env_args());
+    args.extend(["--".into(), command.into()]);
+    ctl_ok(daemon, &args);
+}
+
 /// Installs the hooks of `cli` in the main checkout and commits them, as docs/hooks.md advises:
 /// every worktree made from it then has them.
 fn install_hooks(daemon: &Daemon, repo: &Repo, cli: &str) -> String {
@@ -244,30 +272,25 @@ async fn recipe_claude_code_hooks_approval_limit_and_model_error() {
     let claude_dir = home.join(".claude").display().to_string();
     let claude_json = home.join(".claude.json").display().to_string();
     // The recipe's interactive command line (docs/recipes/claude-code.md).
-    let mut args: Vec<String> = [
-        "spawn",
-        "--name",
-        "fix-login",
-        "--workspace",
-        repo.path().to_str().unwrap(),
-        "--worktree",
-        "fix/login",
-        "--secret",
-        "ANTHROPIC_API_KEY",
-        "--cap",
-        &format!("write:{claude_dir}"),
-        "--cap",
-        &format!("write:{claude_json}"),
-        "--limit-input",
-        "continue",
-        "--notify-on",
-        "needs-input:60s",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(home.env_args());
-    args.extend(["--".into(), "claude".into()]);
-    ctl_ok(&daemon, &args);
+    spawn_recipe(
+        &daemon,
+        &home,
+        &repo,
+        ("fix-login", "fix/login"),
+        &[
+            "--secret",
+            "ANTHROPIC_API_KEY",
+            "--cap",
+            &format!("write:{claude_dir}"),
+            "--cap",
+            &format!("write:{claude_json}"),
+            "--limit-input",
+            "continue",
+            "--notify-on",
+            "needs-input:60s",
+        ],
+        "claude",
+    );
     let agent = daemon.wait_state("fix-login", AgentState::Running).await;
     assert_eq!(agent.kind, "claude", "guessed from the command");
     let worktree = repo.worktree("fix/login");
@@ -400,32 +423,24 @@ async fn recipe_claude_code_hooks_approval_limit_and_model_error() {
 
     // The headless loop: `claude -p` overloaded is a model error, restarted outside the crash
     // ceiling (zero here), then it works.
-    let mut args: Vec<String> = [
-        "spawn",
-        "--name",
-        "nightly",
-        "--workspace",
-        repo.path().to_str().unwrap(),
-        "--worktree",
-        "nightly",
-        "--secret",
-        "ANTHROPIC_API_KEY",
-        "--cap",
-        &format!("write:{claude_dir}"),
-        "--cap",
-        &format!("write:{claude_json}"),
-        "--auto-restart",
-        "--restart-max",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(home.env_args());
-    args.extend([
-        "--".into(),
-        "claude -p 'make the failing tests pass' --permission-mode acceptEdits".into(),
-    ]);
-    ctl_ok(&daemon, &args);
+    spawn_recipe(
+        &daemon,
+        &home,
+        &repo,
+        ("nightly", "nightly"),
+        &[
+            "--secret",
+            "ANTHROPIC_API_KEY",
+            "--cap",
+            &format!("write:{claude_dir}"),
+            "--cap",
+            &format!("write:{claude_json}"),
+            "--auto-restart",
+            "--restart-max",
+            "0",
+        ],
+        "claude -p 'make the failing tests pass' --permission-mode acceptEdits",
+    );
     let failed = daemon
         .wait_agent("nightly", "in model-error backoff", |a| {
             a.state == AgentState::Backoff
@@ -504,30 +519,22 @@ async fn recipe_codex_notify_model_error_and_usage_limit() {
     let installed = install_hooks(&daemon, &repo, "codex");
     assert!(installed.contains("notify"), "{installed}");
     let codex_dir = home.join(".codex").display().to_string();
-    let mut args: Vec<String> = [
-        "spawn",
-        "--name",
-        "codex-tests",
-        "--workspace",
-        repo.path().to_str().unwrap(),
-        "--worktree",
-        "codex/tests",
-        "--env",
-        "CODEX_API_KEY=secret:OPENAI_API_KEY",
-        "--cap",
-        &format!("write:{codex_dir}"),
-        "--auto-restart",
-        "--restart-max",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(home.env_args());
-    args.extend([
-        "--".into(),
-        "codex exec --full-auto 'make the failing tests pass'".into(),
-    ]);
-    ctl_ok(&daemon, &args);
+    spawn_recipe(
+        &daemon,
+        &home,
+        &repo,
+        ("codex-tests", "codex/tests"),
+        &[
+            "--env",
+            "CODEX_API_KEY=secret:OPENAI_API_KEY",
+            "--cap",
+            &format!("write:{codex_dir}"),
+            "--auto-restart",
+            "--restart-max",
+            "0",
+        ],
+        "codex exec --full-auto 'make the failing tests pass'",
+    );
     let worktree = repo.worktree("codex/tests");
     // The notify program: the turn is complete, idle, with its last message.
     let idle = wait_activity(
@@ -646,30 +653,22 @@ async fn recipe_gemini_cli_hooks_rate_limit_and_quota() {
     set_secret(&daemon, "GEMINI_API_KEY", "AIza-recipe-test-key");
     install_hooks(&daemon, &repo, "gemini");
     let gemini_dir = home.join(".gemini").display().to_string();
-    let mut args: Vec<String> = [
-        "spawn",
-        "--name",
-        "gemini-tests",
-        "--workspace",
-        repo.path().to_str().unwrap(),
-        "--worktree",
-        "gemini/tests",
-        "--secret",
-        "GEMINI_API_KEY",
-        "--cap",
-        &format!("write:{gemini_dir}"),
-        "--auto-restart",
-        "--restart-max",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(home.env_args());
-    args.extend([
-        "--".into(),
-        "gemini -p 'make the failing tests pass' --approval-mode auto_edit".into(),
-    ]);
-    ctl_ok(&daemon, &args);
+    spawn_recipe(
+        &daemon,
+        &home,
+        &repo,
+        ("gemini-tests", "gemini/tests"),
+        &[
+            "--secret",
+            "GEMINI_API_KEY",
+            "--cap",
+            &format!("write:{gemini_dir}"),
+            "--auto-restart",
+            "--restart-max",
+            "0",
+        ],
+        "gemini -p 'make the failing tests pass' --approval-mode auto_edit",
+    );
     let worktree = repo.worktree("gemini/tests");
     let working = wait_activity(
         &daemon,
@@ -774,28 +773,23 @@ async fn recipe_aider_screen_rules_bell_and_model_error() {
     home.install("aider", AIDER);
     let aider_dir = home.join(".aider").display().to_string();
     set_secret(&daemon, "ANTHROPIC_API_KEY", "sk-ant-recipe-test-key");
-    let mut args: Vec<String> = [
-        "spawn",
-        "--name",
-        "aider-fix",
-        "--workspace",
-        repo.path().to_str().unwrap(),
-        "--worktree",
-        "aider/fix",
-        "--secret",
-        "ANTHROPIC_API_KEY",
-        "--cap",
-        &format!("write:{aider_dir}"),
-        "--notify-on",
-        "needs-input:60s",
-        "--notify-on",
-        "waiting-approval:60s",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(home.env_args());
-    args.extend(["--".into(), "aider --model sonnet --notifications".into()]);
-    ctl_ok(&daemon, &args);
+    spawn_recipe(
+        &daemon,
+        &home,
+        &repo,
+        ("aider-fix", "aider/fix"),
+        &[
+            "--secret",
+            "ANTHROPIC_API_KEY",
+            "--cap",
+            &format!("write:{aider_dir}"),
+            "--notify-on",
+            "needs-input:60s",
+            "--notify-on",
+            "waiting-approval:60s",
+        ],
+        "aider --model sonnet --notifications",
+    );
     let worktree = repo.worktree("aider/fix");
     // At its prompt: the bell of --notifications.
     let waiting = wait_activity(
