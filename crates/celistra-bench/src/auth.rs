@@ -239,6 +239,7 @@ async fn measure(report: &mut Report) -> Result<()> {
         scrollback_kb: None,
         subreaper: false,
         launcher: None,
+        leaving: None,
         tls: None,
         insecure_http: false,
         machine_name: None,

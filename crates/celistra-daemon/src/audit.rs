@@ -401,6 +401,7 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
         | EventKind::MachineOffline { .. }
         | EventKind::AgentExited { .. }
         | EventKind::AgentRestarted { .. }
+        | EventKind::AgentAdopted { .. }
         | EventKind::AgentBackoff { .. }
         | EventKind::AgentCrashedOut { .. }
         | EventKind::AgentSpawnFailed { .. }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use celistra_core::config::DaemonConfig;
 use celistra_history::{History, HistoryEvent, Limits};
 use celistra_proto::{EventKind, Health, HistoryHealth};
-use celistra_sandbox::{CgroupRoot, DeathGuard, ResourceControl};
+use celistra_sandbox::{CgroupRoot, ResourceControl};
 use tokio_util::sync::CancellationToken;
 
 pub use home::Home;
@@ -44,6 +44,18 @@ pub use tls::TlsMode;
 
 /// Default HTTP listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:33120";
+
+/// What a stopping daemon does with its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Leaving {
+    /// Stop them gracefully; they come back on the next start (`SIGTERM`, a service stop).
+    #[default]
+    StopAgents,
+    /// Leave them running in the keeper for the next daemon (`ctl daemon stop --keep-agents`).
+    KeepAgents,
+    /// Leave them running and re-execute the daemon's binary (`SIGHUP`, `ctl daemon upgrade`).
+    Upgrade,
+}
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -67,6 +79,8 @@ pub struct Options {
     pub machine_name: Option<String>,
     /// `--hub`: be a fleet hub, taking nodes' links on this address (`--hub-listen`).
     pub hub_listen: Option<SocketAddr>,
+    /// What becomes of the agents when `shutdown` is cancelled (stopped when absent).
+    pub leaving: Option<tokio::sync::watch::Receiver<Leaving>>,
     /// Told once the API answers: where, and with which certificate (for the binary to print).
     pub ready: Option<tokio::sync::mpsc::UnboundedSender<Ready>>,
 }
@@ -135,8 +149,11 @@ pub async fn fleet_link(
         .map_err(|e| e.to_string())
 }
 
-/// Runs the daemon until `shutdown` is cancelled, then stops every agent gracefully and returns.
-pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Error> {
+/// Runs the daemon until `shutdown` is cancelled, then stops every agent gracefully (or leaves
+/// them to the keeper, as `options.leaving` says) and returns what it did. If the keeper dies
+/// (taking the agents with it), the daemon stops too and answers [`Leaving::Upgrade`]: executed
+/// again, it starts a new keeper and the agents that should run.
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leaving, Error> {
     // Tokens and session cookies cross the network in the clear without TLS.
     if !options.listen.ip().is_loopback() && options.tls.is_none() && !options.insecure_http {
         return Err(Error::Insecure(format!(
@@ -177,21 +194,48 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         celistra_sandbox::become_subreaper()
             .map_err(|e| Error::io("cannot become child subreaper".into(), e))?;
     }
+    // The keeper holds the agents across daemons: connect first, taking over what it holds.
+    let (keeper, held) = match &options.launcher {
+        Some(binary) => {
+            let dir = celistra_sandbox::keeper::keeper_dir(&home.dir);
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        &dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                    )
+                })
+                .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+            let (keeper, held) = celistra_sandbox::keeper::Keeper::connect(&dir, Some(binary))
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            (Some(keeper), held)
+        }
+        None => (None, vec![]),
+    };
+    if !held.is_empty() {
+        tracing::info!(
+            runs = held.len(),
+            keeper = keeper.as_ref().map(celistra_sandbox::keeper::Keeper::pid),
+            "taking over the runs the keeper held"
+        );
+    }
+    // The instance's cgroup is the keeper's: it outlives daemons as the agents do.
+    let instance = keeper
+        .as_ref()
+        .map_or_else(std::process::id, celistra_sandbox::keeper::Keeper::pid);
     let audit = open_audit_log(&home, &machine_id).await?;
     let sandbox =
         sandbox::SandboxControl::load(&home, options.launcher.clone(), Arc::clone(&audit))?;
-    let cgroups = CgroupRoot::create(&home_tag(&home));
-    let limits = ResourceControl::create(&home_tag(&home), cgroups.as_ref());
+    let cgroups = CgroupRoot::create(&home_tag(&home), instance);
+    let limits = ResourceControl::create(&home_tag(&home), instance, cgroups.as_ref());
     let asks = asks::AskSockets::create(&home_tag(&home), options.launcher.as_deref())?;
     let approvals = approvals::Broker::load(home.dir.join("approvals.json"), now_ms());
     let secrets = Arc::new(secrets::Secrets::load(&home.dir)?);
-    let guard = match &cgroups {
-        Some(root) => Some(
-            DeathGuard::start(root)
-                .map_err(|e| Error::io("cannot start the death guard".into(), e))?,
-        ),
-        None => None,
-    };
+    if let (Some(keeper), Some(root)) = (&keeper, &cgroups) {
+        // Kills every agent process if the keeper dies, however it dies.
+        keeper.guard(root.path()).await;
+    }
 
     let (history_events, history_announcements) = tokio::sync::mpsc::unbounded_channel();
     let ceiling = config.fleet;
@@ -225,6 +269,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         store: Arc::clone(&store),
         history: history.clone(),
         cgroups,
+        keeper,
         limits,
         sandbox,
         asks,
@@ -351,7 +396,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         .iter()
         .filter_map(|a| Some((a.id.clone(), a.last_fire_ms?)))
         .collect();
-    supervisor.restore(stored).await;
+    supervisor.restore(stored, held).await;
     supervisor.approvals.restore();
     let scheduler = tokio::spawn(scheduler::run(
         Arc::clone(&supervisor),
@@ -403,15 +448,44 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
         });
     }
 
-    shutdown.cancelled().await;
-    tracing::info!("stopping every agent");
+    let keeper_lost = async {
+        match &services.keeper {
+            Some(keeper) => keeper.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let leaving = tokio::select! {
+        () = shutdown.cancelled() => {
+            options.leaving.as_ref().map(|l| *l.borrow()).unwrap_or_default()
+        }
+        () = keeper_lost => {
+            tracing::error!(
+                "the keeper died, and every agent with it; the daemon starts again to start \
+                 a new keeper and the agents that should run"
+            );
+            Leaving::Upgrade
+        }
+    };
+    let keep_agents = leaving != Leaving::StopAgents;
+    if keep_agents {
+        tracing::info!("leaving every agent running in the keeper ({leaving:?})");
+    } else {
+        tracing::info!("stopping every agent");
+    }
     services.events.publish(EventKind::DaemonStopping);
     if let Some(hub) = &hub {
         hub.shutdown().await;
     }
     stopping.cancel();
     let _ = scheduler.await;
-    supervisor.shutdown().await;
+    if keep_agents {
+        supervisor.leave().await;
+    } else {
+        supervisor.shutdown().await;
+        if let Some(keeper) = &services.keeper {
+            keeper.release().await;
+        }
+    }
     let _ = tokio::join!(unix_server, tcp_server);
     if let Some(reloader) = reloader {
         let _ = reloader.await;
@@ -432,17 +506,19 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<(), Er
     .await;
     announcer.abort();
     activity_watch.abort();
-    if let Some(root) = &services.cgroups {
-        root.destroy();
+    // Left agents keep their cgroups, their sockets and the binary their sandboxes see.
+    if !keep_agents {
+        if let Some(root) = &services.cgroups {
+            root.destroy();
+        }
+        services.limits.destroy();
+        services.asks.close_all();
     }
-    services.limits.destroy();
-    services.asks.close_all();
     drop(block_monitor);
-    drop(guard);
     let _ = std::fs::remove_file(&socket_path);
     let _ = std::fs::remove_file(home.addr_file());
     tracing::info!("celistrad stopped");
-    Ok(())
+    Ok(leaving)
 }
 
 /// Opens (or creates) `audit.log` with its signing key; a torn last entry left by a crash is cut

@@ -31,6 +31,9 @@ pub(crate) struct Services {
     pub store: Arc<Store>,
     pub history: History,
     pub cgroups: Option<CgroupRoot>,
+    /// The keeper, parent of every agent (`None` for a daemon run without its binary, which
+    /// cannot start agents).
+    pub keeper: Option<celistra_sandbox::keeper::Keeper>,
     /// Where memory, process and CPU limits are enforced.
     pub limits: ResourceControl,
     /// The master switch, grants, and each run's confinement.
@@ -99,6 +102,22 @@ impl Announce for Services {
 }
 
 impl Services {
+    /// The keeper, to spawn through; an error saying why agents cannot start without it.
+    pub(crate) fn keeper(&self) -> Result<&celistra_sandbox::keeper::Keeper, ApiError> {
+        match &self.keeper {
+            Some(keeper) if keeper.is_alive() => Ok(keeper),
+            Some(_) => Err(ApiError::new(
+                ErrorCode::Internal,
+                celistra_sandbox::keeper::KeeperError::Gone.to_string(),
+            )),
+            None => Err(ApiError::new(
+                ErrorCode::Internal,
+                "this daemon was started without its own binary, so it has no keeper and cannot \
+                 start agents; run the `celistrad` binary",
+            )),
+        }
+    }
+
     /// Reads `config.json` afresh (absent means defaults), so edits apply to the next spawn, and
     /// records a change of it in the audit log.
     pub(crate) fn config(&self) -> Result<DaemonConfig, ApiError> {

@@ -61,6 +61,19 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         class: Option<crate::ExitClassification>,
     },
+    /// A daemon took over a run that the keeper held while no daemon ran (an upgrade, a crash).
+    AgentAdopted {
+        agent_id: String,
+        name: String,
+        run: u64,
+        pid: u32,
+        /// Since when no daemon read its output (ms since the epoch).
+        unattended_since_ms: Option<u64>,
+        /// Output written meanwhile, now stored with the times it came.
+        kept_bytes: u64,
+        /// Output written meanwhile beyond what the keeper keeps per run (8 MiB).
+        dropped_bytes: u64,
+    },
     AgentRestarted {
         agent_id: String,
         name: String,
@@ -268,6 +281,7 @@ impl EventKind {
             EventKind::AgentState { agent_id, .. }
             | EventKind::AgentExited { agent_id, .. }
             | EventKind::AgentRestarted { agent_id, .. }
+            | EventKind::AgentAdopted { agent_id, .. }
             | EventKind::AgentBackoff { agent_id, .. }
             | EventKind::AgentCrashedOut { agent_id, .. }
             | EventKind::AgentSpawnFailed { agent_id, .. }
@@ -297,6 +311,7 @@ impl EventKind {
             EventKind::AgentState { .. } => "agent_state",
             EventKind::AgentExited { .. } => "agent_exited",
             EventKind::AgentRestarted { .. } => "agent_restarted",
+            EventKind::AgentAdopted { .. } => "agent_adopted",
             EventKind::AgentBackoff { .. } => "agent_backoff",
             EventKind::AgentCrashedOut { .. } => "agent_crashed_out",
             EventKind::AgentSpawnFailed { .. } => "agent_spawn_failed",

@@ -186,10 +186,11 @@ pub struct AgentCgroup {
 }
 
 impl CgroupRoot {
-    /// Creates this instance's cgroup, after killing and removing cgroups that an earlier instance
+    /// Creates (or, for a keeper that already holds agents, reuses) the cgroup of instance
+    /// `instance` (the keeper's pid), after killing and removing cgroups that an earlier instance
     /// with the same `tag` left behind (it died without cleaning up). `None` when cgroup v2 is not
     /// usable here; the reason is logged.
-    pub fn create(tag: &str) -> Option<CgroupRoot> {
+    pub fn create(tag: &str, instance: u32) -> Option<CgroupRoot> {
         let parent = match own_unified_cgroup() {
             Ok(parent) => parent,
             Err(e) => {
@@ -197,9 +198,9 @@ impl CgroupRoot {
                 return None;
             }
         };
-        remove_stale_instances(&parent, tag, CgroupVersion::V2);
-        let dir = instance_dir(&parent, tag);
-        match fs::create_dir(&dir) {
+        remove_stale_instances(&parent, tag, instance, CgroupVersion::V2);
+        let dir = instance_dir(&parent, tag, instance);
+        match create_or_reuse(&dir) {
             // The root cgroup has no cgroup.kill, so its presence is checked on our own child.
             Ok(()) if dir.join("cgroup.kill").exists() => Some(CgroupRoot { dir }),
             Ok(()) => {
@@ -249,10 +250,6 @@ impl AgentCgroup {
         &self.dir
     }
 
-    pub(crate) fn procs_path_c(&self) -> std::ffi::CString {
-        procs_path_c(&self.dir)
-    }
-
     /// SIGKILLs every process in the cgroup.
     pub fn kill(&self) {
         kill_all(&self.dir, CgroupVersion::V2);
@@ -275,9 +272,13 @@ pub(crate) struct V1Instance {
 impl V1Instance {
     /// Creates the instance cgroup in `hierarchy`, after removing those an earlier instance with the
     /// same `tag` left behind.
-    pub(crate) fn create(hierarchy: &V1Hierarchy, tag: &str) -> Result<V1Instance, Error> {
-        remove_stale_instances(&hierarchy.own_dir, tag, CgroupVersion::V1);
-        let dir = instance_dir(&hierarchy.own_dir, tag);
+    pub(crate) fn create(
+        hierarchy: &V1Hierarchy,
+        tag: &str,
+        instance: u32,
+    ) -> Result<V1Instance, Error> {
+        remove_stale_instances(&hierarchy.own_dir, tag, instance, CgroupVersion::V1);
+        let dir = instance_dir(&hierarchy.own_dir, tag, instance);
         create_or_reuse(&dir)?;
         Ok(V1Instance {
             controllers: hierarchy.controllers.clone(),
@@ -291,15 +292,15 @@ impl V1Instance {
     }
 }
 
-/// `<parent>/celistra-<tag>-<pid>`: the tag tells instances on different state directories apart, the
-/// pid tells this instance from the dead ones of the same tag.
-fn instance_dir(parent: &Path, tag: &str) -> PathBuf {
-    parent.join(format!("celistra-{tag}-{}", std::process::id()))
+/// `<parent>/celistra-<tag>-<instance>`: the tag tells instances on different state directories
+/// apart, the instance (the keeper's pid) tells the live one from the dead ones of the same tag.
+fn instance_dir(parent: &Path, tag: &str, instance: u32) -> PathBuf {
+    parent.join(format!("celistra-{tag}-{instance}"))
 }
 
-fn remove_stale_instances(parent: &Path, tag: &str, version: CgroupVersion) {
+fn remove_stale_instances(parent: &Path, tag: &str, instance: u32, version: CgroupVersion) {
     let prefix = format!("celistra-{tag}-");
-    let ours = instance_dir(parent, tag);
+    let ours = instance_dir(parent, tag, instance);
     let Ok(entries) = fs::read_dir(parent) else {
         return;
     };
@@ -332,9 +333,13 @@ pub(crate) fn write_control(dir: &Path, file: &str, value: &str) -> Result<(), E
 }
 
 /// The `cgroup.procs` path of `dir`, ready for the child to join the cgroup without allocating.
-pub(crate) fn procs_path_c(dir: &Path) -> std::ffi::CString {
-    std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes())
-        .expect("cgroup paths are built from NUL-free parts")
+pub(crate) fn procs_path_c(dir: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("cgroup path {} holds a NUL byte", dir.display()),
+        )
+    })
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`. Only syscalls: safe

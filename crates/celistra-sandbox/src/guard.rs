@@ -17,7 +17,12 @@ impl DeathGuard {
     /// kernel closes it when the daemon dies), then writes `cgroup.kill` of the instance cgroup.
     /// It runs in its own process group so a Ctrl-C meant for the daemon does not stop it first.
     pub fn start(root: &CgroupRoot) -> std::io::Result<DeathGuard> {
-        let kill_file = root.path().join("cgroup.kill");
+        DeathGuard::for_cgroup(root.path())
+    }
+
+    /// Starts a guard that kills the cgroup at `cgroup` when its holder dies.
+    pub fn for_cgroup(cgroup: &std::path::Path) -> std::io::Result<DeathGuard> {
+        let kill_file = cgroup.join("cgroup.kill");
         let mut command = tokio::process::Command::new("/bin/sh");
         command
             .arg("-c")

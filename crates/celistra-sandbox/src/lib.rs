@@ -20,6 +20,7 @@ mod cgroup;
 mod credentials;
 mod git;
 mod guard;
+pub mod keeper;
 mod limits;
 mod linux;
 mod policy;
@@ -46,7 +47,7 @@ pub use linux::{
     launcher_main,
 };
 pub use policy::{AGENT_BIN_INSIDE, ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
-pub use reaper::{become_subreaper, reap_orphans};
+pub use reaper::{become_subreaper, reap_orphans, reexec};
 #[cfg(target_os = "macos")]
 pub use seatbelt::sandbox_exec_argv;
 pub use seatbelt::seatbelt_profile;
@@ -56,8 +57,8 @@ pub mod pty {
 }
 
 pub use spawn::{
-    Child, ExitInfo, PtySize, SandboxReady, SpawnSpec, SpawnedPipes, SpawnedPty, resize_pty,
-    signal_group, spawn_in_pty, spawn_with_pipes,
+    Child, ExitInfo, Launch, PtySize, SandboxReady, SpawnSpec, SpawnedPipes, SpawnedPty,
+    resize_pty, signal_group, spawn_in_pty, spawn_with_pipes,
 };
 
 /// Errors of process control, each naming what was being done.

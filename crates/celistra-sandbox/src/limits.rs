@@ -214,12 +214,12 @@ impl ResourceControl {
     /// Finds, per limit, the cgroup that can enforce it on this machine: a controller delegated to
     /// `tracking` (cgroup v2), else a mounted v1 hierarchy, where an instance cgroup is created under
     /// this daemon's own cgroup (after removing those an earlier daemon with the same `tag` left).
-    pub fn create(tag: &str, tracking: Option<&CgroupRoot>) -> ResourceControl {
+    pub fn create(tag: &str, instance: u32, tracking: Option<&CgroupRoot>) -> ResourceControl {
         let layout = CgroupLayout::detect().unwrap_or_else(|e| {
             tracing::info!("cannot read this process's cgroups from /proc: {e}");
             CgroupLayout::default()
         });
-        let control = ResourceControl::with_layout(tag, tracking, &layout);
+        let control = ResourceControl::with_layout(tag, instance, tracking, &layout);
         tracing::info!("resource limits: {control}");
         control
     }
@@ -228,6 +228,7 @@ impl ResourceControl {
     /// an empty layout and no `tracking` leave only rlimits.
     pub fn with_layout(
         tag: &str,
+        instance: u32,
         tracking: Option<&CgroupRoot>,
         layout: &CgroupLayout,
     ) -> ResourceControl {
@@ -257,7 +258,7 @@ impl ResourceControl {
             }
             let no_v1 = match layout.v1_hierarchy(controller) {
                 None => format!("cgroup v1: no {controller} hierarchy is mounted"),
-                Some(hierarchy) => match V1Instance::create(hierarchy, tag) {
+                Some(hierarchy) => match V1Instance::create(hierarchy, tag, instance) {
                     Ok(instance) => {
                         v1_instances.push(instance);
                         return Placement::V1 {
@@ -580,16 +581,66 @@ impl AgentLimits {
         }
     }
 
+    /// What a spawn needs of these limits, as plain data that can cross to the keeper.
+    pub(crate) fn for_launch(&self) -> LaunchLimits {
+        LaunchLimits {
+            v1_dirs: self.v1_dirs.clone(),
+            rlimits: self
+                .rlimits
+                .iter()
+                .map(|&(resource, value)| (RlimitResource::of(resource), value))
+                .collect(),
+        }
+    }
+}
+
+/// The resources an rlimit fallback sets (see `rlimit_for`), by name on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RlimitResource {
+    AddressSpace,
+    Processes,
+}
+
+impl RlimitResource {
+    fn of(resource: Resource) -> RlimitResource {
+        if resource == Resource::Nproc {
+            RlimitResource::Processes
+        } else {
+            RlimitResource::AddressSpace
+        }
+    }
+
+    fn resource(self) -> Resource {
+        match self {
+            RlimitResource::AddressSpace => Resource::As,
+            RlimitResource::Processes => Resource::Nproc,
+        }
+    }
+}
+
+/// [`AgentLimits`] as a spawn takes them: the v1 cgroups to join and the rlimits to set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LaunchLimits {
+    v1_dirs: Vec<PathBuf>,
+    rlimits: Vec<(RlimitResource, u64)>,
+}
+
+impl LaunchLimits {
     /// What the child needs between fork and exec, allocated before the fork.
-    pub(crate) fn for_child(&self) -> ChildLimits {
-        ChildLimits {
+    pub(crate) fn for_child(&self) -> Result<ChildLimits, std::io::Error> {
+        Ok(ChildLimits {
             cgroup_procs: self
                 .v1_dirs
                 .iter()
                 .map(|dir| cgroup::procs_path_c(dir))
+                .collect::<Result<_, _>>()?,
+            rlimits: self
+                .rlimits
+                .iter()
+                .map(|&(resource, value)| (resource.resource(), value))
                 .collect(),
-            rlimits: self.rlimits.clone(),
-        }
+        })
     }
 }
 
@@ -689,7 +740,12 @@ mod tests {
         let root = CgroupRoot::at(instance.path().to_owned());
         let cgroup = root.agent("ag-v2").expect("agent dir");
         std::fs::write(cgroup.path().join("memory.swap.max"), "max").unwrap();
-        let control = ResourceControl::with_layout("unit", Some(&root), &CgroupLayout::default());
+        let control = ResourceControl::with_layout(
+            "unit",
+            std::process::id(),
+            Some(&root),
+            &CgroupLayout::default(),
+        );
         let limits = ResourceLimits {
             memory_max: Some(64 << 20),
             pids_max: Some(20),

@@ -1,5 +1,6 @@
 //! Child subreaper support: orphaned descendants of agents are re-parented to the daemon, which must
-//! reap them without stealing the exit status of the children a [`crate::Child`] waits for.
+//! reap them without stealing the exit status of the children a [`crate::Child`] waits for; and the
+//! daemon re-executing itself for an upgrade ([`reexec`]).
 
 use std::fs;
 
@@ -43,4 +44,25 @@ pub fn reap_orphans() -> usize {
         }
     }
     reaped
+}
+
+/// Replaces this process's image by `binary` (the daemon's own path, where a new version may have
+/// been put) with `arguments`, keeping its pid; if that cannot run (gone, not executable, not a
+/// program), by the image this process was started from (`/proc/self/exe`, which stays readable
+/// even when replaced on disk). Returns only when neither could be executed.
+pub fn reexec(
+    binary: Option<&std::path::Path>,
+    arguments: &[std::ffi::OsString],
+) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let mut error = std::io::Error::other("the daemon's path is unknown");
+    for candidate in binary
+        .into_iter()
+        .chain([std::path::Path::new("/proc/self/exe")])
+    {
+        let _forking = spawn_lock();
+        error = std::process::Command::new(candidate).args(arguments).exec();
+        tracing::error!("cannot execute {}: {error}", candidate.display());
+    }
+    error
 }

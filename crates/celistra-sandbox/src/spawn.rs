@@ -2,15 +2,18 @@
 //! on a fresh PTY or on pipes.
 
 use std::collections::HashSet;
-use std::ffi::{CString, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rustix::process::{Gid, Pid, Signal, Uid};
 
-use crate::cgroup::join_cgroup;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{join_cgroup, procs_path_c};
+use crate::limits::LaunchLimits;
 use crate::{AgentCgroup, AgentLimits, Credentials, Error, SandboxPlan};
 
 /// Serialises every fork of this process. pty-process opens a PTY master and only then marks it
@@ -89,10 +92,20 @@ pub(crate) const READY_FD_ENV: &str = "CELISTRA_SANDBOX_READY_FD";
 /// 10 ms) would be lost: wait for this before signalling the run.
 #[derive(Debug)]
 pub struct SandboxReady {
-    reader: std::os::fd::OwnedFd,
+    reader: OwnedFd,
 }
 
 impl SandboxReady {
+    /// The read end of a readiness pipe made elsewhere (the keeper's spawn).
+    pub fn from_fd(reader: OwnedFd) -> SandboxReady {
+        SandboxReady { reader }
+    }
+
+    /// The read end, to hand to another process.
+    pub fn into_fd(self) -> OwnedFd {
+        self.reader
+    }
+
     /// Waits until the launcher has put the sandbox in place and is starting the program, or the
     /// sandbox ended first, or `limit` passed. True only in the first case.
     pub async fn wait(self, limit: std::time::Duration) -> bool {
@@ -106,19 +119,6 @@ impl SandboxReady {
             Ok(Ok(1))
         )
     }
-}
-
-/// A close-on-exec pipe for a sandboxed spawn's readiness; the child keeps the write end across
-/// exec (see `supervise_child`).
-fn readiness_pipe(
-    spawn: &SpawnSpec<'_>,
-) -> Result<Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>, Error> {
-    if spawn.sandbox.is_none() {
-        return Ok(None);
-    }
-    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map(Some)
-        .map_err(|e| spawn_error(spawn, e.into()))
 }
 
 /// How a process ended.
@@ -215,11 +215,12 @@ const IGNORED_ABOVE_THE_SANDBOX: [libc::c_int; 15] = [
     libc::SIGTTOU,
 ];
 
-/// The user a child switches to, resolved before fork.
+/// The user a child switches to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Identity {
-    uid: Uid,
-    gid: Gid,
-    groups: Vec<Gid>,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
 impl Identity {
@@ -240,14 +241,59 @@ impl Identity {
             });
         }
         Ok(Some(Identity {
-            uid: Uid::from_raw(credentials.uid),
-            gid: Gid::from_raw(credentials.gid),
-            groups: credentials
-                .groups
-                .iter()
-                .map(|&g| Gid::from_raw(g))
-                .collect(),
+            uid: credentials.uid,
+            gid: credentials.gid,
+            groups: credentials.groups.clone(),
         }))
+    }
+}
+
+/// A [`SpawnSpec`] resolved into plain data: the exact command line (bubblewrap's, for a
+/// sandbox), the cgroups to join, the user and the limits. It is what crosses to the keeper
+/// (`keeper`), which spawns every agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+    /// The agent's v2 cgroup, joined before exec.
+    cgroup: Option<PathBuf>,
+    /// The program runs in bubblewrap (see [`ExitInfo::of_sandboxed`]).
+    sandboxed: bool,
+    identity: Option<Identity>,
+    limits: LaunchLimits,
+    audit_login_uid: Option<u32>,
+    /// How errors name what was started: the agent's program, and bubblewrap around it.
+    described: String,
+}
+
+impl SpawnSpec<'_> {
+    /// Resolves the spec into what a spawn needs: nothing in it refers to this process.
+    pub fn resolve(&self) -> Result<Launch, Error> {
+        let (program, args) = match self.sandbox {
+            Some(plan) => {
+                let (bwrap, args) = plan.wrap(&self.program, &self.args);
+                (bwrap.to_path_buf(), args)
+            }
+            None => (PathBuf::from(&self.program), self.args.clone()),
+        };
+        let described = match self.sandbox {
+            Some(_) => format!("{} (sandboxing {})", program.display(), self.program),
+            None => self.program.clone(),
+        };
+        Ok(Launch {
+            program,
+            args,
+            cwd: self.cwd.clone(),
+            env: self.env.clone(),
+            cgroup: self.cgroup.map(|cgroup| cgroup.path().to_path_buf()),
+            sandboxed: self.sandbox.is_some(),
+            identity: Identity::for_spawn(self.credentials)?,
+            limits: self.limits.map(AgentLimits::for_launch).unwrap_or_default(),
+            audit_login_uid: self.audit_login_uid,
+            described,
+        })
     }
 }
 
@@ -260,98 +306,185 @@ enum Streams {
     Pipes,
 }
 
-/// What the child does between fork and exec: its own session, its cgroup (while still root), its
-/// user, death with the daemon, and for a sandbox the signals bubblewrap must ignore. Everything
-/// it needs is prepared before the fork.
-fn supervise_child(
-    spawn: &SpawnSpec<'_>,
-    streams: Streams,
-    ready_fd: Option<std::os::fd::RawFd>,
-) -> Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static, Error> {
-    let cgroup_procs: Option<CString> = spawn.cgroup.map(AgentCgroup::procs_path_c);
-    let identity = Identity::for_spawn(spawn.credentials)?;
-    let sandboxed = spawn.sandbox.is_some();
-    let limits = spawn.limits.map(AgentLimits::for_child);
-    let audit_login = spawn.audit_login_uid.map(|uid| uid.to_string());
-    let parent_pid = rustix::process::getpid();
-    Ok(move || {
-        if streams == Streams::Pipes {
-            rustix::process::setsid()?;
-        }
-        if let Some(identity) = identity.as_ref().filter(|_| streams == Streams::Pty) {
-            // SAFETY: fd 0 is the PTY slave, open for the whole closure.
-            let slave = unsafe { BorrowedFd::borrow_raw(0) };
-            rustix::fs::fchown(slave, Some(identity.uid), Some(identity.gid))?;
-        }
-        // Joining a cgroup needs the daemon's privileges: before giving them up.
-        if let Some(procs) = &cgroup_procs {
-            join_cgroup(procs)?;
-        }
-        if let Some(limits) = &limits {
-            limits.enter()?;
-        }
-        if let Some(uid) = &audit_login {
-            // Needs CAP_AUDIT_CONTROL, so before the credentials change. Best effort: without it
-            // blocks are still enforced, only attributed by cgroup instead.
-            if let Ok(fd) = rustix::fs::open(
-                c"/proc/self/loginuid",
-                rustix::fs::OFlags::WRONLY,
-                rustix::fs::Mode::empty(),
-            ) {
-                let _ = rustix::io::write(&fd, uid.as_bytes());
-            }
-        }
-        if let Some(identity) = &identity {
-            // The child has one thread, so the per-thread system calls change the process.
-            rustix::thread::set_thread_groups(&identity.groups)?;
-            rustix::thread::set_thread_gid(identity.gid)?;
-            rustix::thread::set_thread_uid(identity.uid)?;
-        }
-        // After the credential change, which clears the death signal.
-        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-        if rustix::process::getppid() != Some(parent_pid) {
-            // The daemon died between fork and prctl: do not run unsupervised.
-            rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
-        }
-        if let Some(fd) = ready_fd {
-            // SAFETY: the parent keeps the write end open until the spawn returned.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-        }
-        if sandboxed {
-            for signal in IGNORED_ABOVE_THE_SANDBOX {
-                // SAFETY: sets a disposition, no handler; async-signal-safe.
-                unsafe { libc::signal(signal, libc::SIG_IGN) };
-            }
-        }
-        Ok(())
-    })
-}
-
-/// The executable and arguments to run: the spec's own, or the sandbox's wrapping of them.
-fn command_line(spawn: &SpawnSpec<'_>) -> (OsString, Vec<String>) {
-    match spawn.sandbox {
-        Some(plan) => {
-            let (bwrap, args) = plan.wrap(&spawn.program, &spawn.args);
-            (bwrap.as_os_str().to_owned(), args)
-        }
-        None => (OsString::from(&spawn.program), spawn.args.clone()),
+impl Launch {
+    /// The agent's v2 cgroup, if it has one.
+    pub fn cgroup(&self) -> Option<&std::path::Path> {
+        self.cgroup.as_deref()
     }
-}
 
-fn spawn_error(spawn: &SpawnSpec<'_>, source: std::io::Error) -> Error {
-    let program = match spawn.sandbox {
-        Some(_) => format!(
-            "{} (sandboxing {})",
-            command_line(spawn).0.to_string_lossy(),
-            spawn.program
-        ),
-        None => spawn.program.clone(),
-    };
-    Error::Spawn {
-        program,
-        cwd: spawn.cwd.display().to_string(),
-        source,
+    fn error(&self, source: std::io::Error) -> Error {
+        Error::Spawn {
+            program: self.described.clone(),
+            cwd: self.cwd.display().to_string(),
+            source,
+        }
+    }
+
+    /// A close-on-exec pipe for a sandboxed spawn's readiness; the child keeps the write end
+    /// across exec (see `supervise_child`).
+    fn readiness_pipe(&self) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {
+        if !self.sandboxed {
+            return Ok(None);
+        }
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map(Some)
+            .map_err(|e| self.error(e.into()))
+    }
+
+    /// What the child does between fork and exec: its own session, its cgroup (while still
+    /// root), its user, death with its parent, and for a sandbox the signals bubblewrap must
+    /// ignore. Everything it needs is prepared before the fork.
+    fn supervise_child(
+        &self,
+        streams: Streams,
+        ready_fd: Option<std::os::fd::RawFd>,
+    ) -> Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static, Error> {
+        let cgroup_procs: Option<CString> = self
+            .cgroup
+            .as_deref()
+            .map(procs_path_c)
+            .transpose()
+            .map_err(|e| self.error(e))?;
+        let identity = self.identity.clone().map(|identity| {
+            (
+                Uid::from_raw(identity.uid),
+                Gid::from_raw(identity.gid),
+                identity
+                    .groups
+                    .iter()
+                    .map(|&g| Gid::from_raw(g))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        let sandboxed = self.sandboxed;
+        let limits = self.limits.for_child().map_err(|e| self.error(e))?;
+        let audit_login = self.audit_login_uid.map(|uid| uid.to_string());
+        let parent_pid = rustix::process::getpid();
+        Ok(move || {
+            if streams == Streams::Pipes {
+                rustix::process::setsid()?;
+            }
+            if let Some((uid, gid, _)) = identity.as_ref().filter(|_| streams == Streams::Pty) {
+                // SAFETY: fd 0 is the PTY slave, open for the whole closure.
+                let slave = unsafe { BorrowedFd::borrow_raw(0) };
+                rustix::fs::fchown(slave, Some(*uid), Some(*gid))?;
+            }
+            // Joining a cgroup needs the spawner's privileges: before giving them up.
+            if let Some(procs) = &cgroup_procs {
+                join_cgroup(procs)?;
+            }
+            limits.enter()?;
+            if let Some(uid) = &audit_login {
+                // Needs CAP_AUDIT_CONTROL, so before the credentials change. Best effort: without
+                // it blocks are still enforced, only attributed by cgroup instead.
+                if let Ok(fd) = rustix::fs::open(
+                    c"/proc/self/loginuid",
+                    rustix::fs::OFlags::WRONLY,
+                    rustix::fs::Mode::empty(),
+                ) {
+                    let _ = rustix::io::write(&fd, uid.as_bytes());
+                }
+            }
+            if let Some((uid, gid, groups)) = &identity {
+                // The child has one thread, so the per-thread system calls change the process.
+                rustix::thread::set_thread_groups(groups)?;
+                rustix::thread::set_thread_gid(*gid)?;
+                rustix::thread::set_thread_uid(*uid)?;
+            }
+            // After the credential change, which clears the death signal.
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent_pid) {
+                // The spawner died between fork and prctl: do not run unsupervised.
+                rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
+            }
+            if let Some(fd) = ready_fd {
+                // SAFETY: the parent keeps the write end open until the spawn returned.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            if sandboxed {
+                for signal in IGNORED_ABOVE_THE_SANDBOX {
+                    // SAFETY: sets a disposition, no handler; async-signal-safe.
+                    unsafe { libc::signal(signal, libc::SIG_IGN) };
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Spawns the program in a new PTY of `size`. The child is the leader of a new session whose
+    /// controlling terminal is that PTY, gets SIGKILL if the spawning thread dies, and joins its
+    /// cgroup before exec.
+    ///
+    /// Call it from a long-lived thread (a tokio worker), never from `spawn_blocking`: the death
+    /// signal is tied to the spawning thread.
+    pub fn spawn_in_pty(&self, size: PtySize) -> Result<SpawnedPty, Error> {
+        let ready = self.readiness_pipe()?;
+        let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
+        let setup = self.supervise_child(Streams::Pty, ready_fd)?;
+        let mut command = pty_process::Command::new(&self.program)
+            .args(&self.args)
+            .current_dir(&self.cwd)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())));
+        // SAFETY: the closure only issues syscalls (fchown, open, write, close, setrlimit,
+        // setgroups, setgid, setuid, prctl, getppid, kill, sigaction) on data prepared before
+        // fork; it allocates nothing and takes no locks. pty-process makes the session.
+        command = unsafe { command.pre_exec(setup) };
+        let _forking = spawn_lock();
+        let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;
+        pty.resize(pty_process::Size::new(size.rows, size.cols))
+            .map_err(|e| Error::Pty(pty_error(e)))?;
+        let child = command.spawn(pts).map_err(|e| self.error(pty_error(e)))?;
+        let child = Child::adopt(child, self.sandboxed).map_err(|e| self.error(e))?;
+        Ok(SpawnedPty {
+            child,
+            pty,
+            ready: ready.map(|(reader, _)| SandboxReady { reader }),
+        })
+    }
+
+    /// Spawns the program with stdin, stdout and stderr on pipes, as the leader of a new session
+    /// without a terminal; otherwise supervised like [`Launch::spawn_in_pty`] (same thread rule).
+    pub fn spawn_with_pipes(&self) -> Result<SpawnedPipes, Error> {
+        let ready = self.readiness_pipe()?;
+        let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
+        let setup = self.supervise_child(Streams::Pipes, ready_fd)?;
+        let mut command = tokio::process::Command::new(&self.program);
+        command
+            .args(&self.args)
+            .current_dir(&self.cwd)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(false);
+        // SAFETY: as in `spawn_in_pty`; setsid is one more syscall.
+        unsafe {
+            command.pre_exec(setup);
+        }
+        let _forking = spawn_lock();
+        let mut child = command.spawn().map_err(|e| self.error(e))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(self.error(std::io::Error::other("pipes were not created")));
+        };
+        for pipe in [stdout.as_fd(), stderr.as_fd()] {
+            // A larger pipe only saves syscalls; the default size works too.
+            let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
+        }
+        let child = Child::adopt(child, self.sandboxed).map_err(|e| self.error(e))?;
+        Ok(SpawnedPipes {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            ready: ready.map(|(reader, _)| SandboxReady { reader }),
+        })
     }
 }
 
@@ -361,86 +494,14 @@ pub fn resize_pty(pty: &pty_process::OwnedWritePty, size: PtySize) -> Result<(),
         .map_err(|e| Error::Pty(pty_error(e)))
 }
 
-/// Spawns `spawn.program` in a new PTY of `size`. The child is the leader of a new session whose
-/// controlling terminal is that PTY, gets SIGKILL if the spawning thread dies, and joins its cgroup
-/// before exec.
-///
-/// Call it from a long-lived thread (a tokio worker), never from `spawn_blocking`: the death signal is
-/// tied to the spawning thread.
+/// Spawns `spawn.program` in a new PTY of `size` (see [`Launch::spawn_in_pty`]).
 pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, Error> {
-    let (program, args) = command_line(spawn);
-    let ready = readiness_pipe(spawn)?;
-    let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
-    let setup = supervise_child(spawn, Streams::Pty, ready_fd)?;
-    let mut command = pty_process::Command::new(program)
-        .args(&args)
-        .current_dir(&spawn.cwd)
-        .env_clear()
-        .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())));
-    // SAFETY: the closure only issues syscalls (fchown, open, write, close, setrlimit, setgroups,
-    // setgid, setuid, prctl, getppid, kill, sigaction) on data prepared before fork; it allocates
-    // nothing and takes no locks. pty-process makes the session.
-    command = unsafe { command.pre_exec(setup) };
-    let _forking = spawn_lock();
-    let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;
-    pty.resize(pty_process::Size::new(size.rows, size.cols))
-        .map_err(|e| Error::Pty(pty_error(e)))?;
-    let child = command
-        .spawn(pts)
-        .map_err(|e| spawn_error(spawn, pty_error(e)))?;
-    let child = Child::adopt(child, spawn.sandbox.is_some()).map_err(|e| spawn_error(spawn, e))?;
-    Ok(SpawnedPty {
-        child,
-        pty,
-        ready: ready.map(|(reader, _)| SandboxReady { reader }),
-    })
+    spawn.resolve()?.spawn_in_pty(size)
 }
 
-/// Spawns `spawn.program` with stdin, stdout and stderr on pipes, as the leader of a new session
-/// without a terminal; otherwise supervised like [`spawn_in_pty`] (same thread rule).
+/// Spawns `spawn.program` with its standard streams on pipes (see [`Launch::spawn_with_pipes`]).
 pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
-    let (program, args) = command_line(spawn);
-    let ready = readiness_pipe(spawn)?;
-    let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
-    let setup = supervise_child(spawn, Streams::Pipes, ready_fd)?;
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(&args)
-        .current_dir(&spawn.cwd)
-        .env_clear()
-        .envs(spawn.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(false);
-    // SAFETY: as in `spawn_in_pty`; setsid is one more syscall.
-    unsafe {
-        command.pre_exec(setup);
-    }
-    let _forking = spawn_lock();
-    let mut child = command.spawn().map_err(|e| spawn_error(spawn, e))?;
-    let (Some(stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err(spawn_error(
-            spawn,
-            std::io::Error::other("pipes were not created"),
-        ));
-    };
-    for pipe in [stdout.as_fd(), stderr.as_fd()] {
-        // A larger pipe only saves syscalls; the default size works too.
-        let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
-    }
-    let child = Child::adopt(child, spawn.sandbox.is_some()).map_err(|e| spawn_error(spawn, e))?;
-    Ok(SpawnedPipes {
-        child,
-        stdin,
-        stdout,
-        stderr,
-        ready: ready.map(|(reader, _)| SandboxReady { reader }),
-    })
+    spawn.resolve()?.spawn_with_pipes()
 }
 
 /// Sends signal number `signal` to every process in process group `pgid`. A group that no longer

@@ -28,8 +28,8 @@ struct Instance {
 impl Instance {
     /// Like the daemon: a v2 tracking cgroup where possible, limits wherever this machine has them.
     fn create(tag: &str) -> Instance {
-        let tracking = CgroupRoot::create(tag);
-        let control = ResourceControl::create(tag, tracking.as_ref());
+        let tracking = CgroupRoot::create(tag, std::process::id());
+        let control = ResourceControl::create(tag, std::process::id(), tracking.as_ref());
         Instance { control, tracking }
     }
 }
@@ -242,7 +242,12 @@ async fn cpu_weight_is_written_and_the_child_joins_every_limit_cgroup() {
 #[tokio::test]
 async fn without_cgroups_memory_and_pids_fall_back_to_rlimits() {
     // Injected: no cgroup of any version can take a limit.
-    let control = ResourceControl::with_layout("test-rlimit", None, &CgroupLayout::default());
+    let control = ResourceControl::with_layout(
+        "test-rlimit",
+        std::process::id(),
+        None,
+        &CgroupLayout::default(),
+    );
     let limits = ResourceLimits {
         memory_max: Some(64 * MIB),
         pids_max: Some(20),

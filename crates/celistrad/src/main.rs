@@ -124,6 +124,13 @@ fn main() -> ExitCode {
     {
         celistra_sandbox::launcher_main();
     }
+    // The keeper, which holds the agents for whichever daemon runs (`keeper` in the sandbox crate).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == celistra_sandbox::keeper::KEEPER_ARG)
+    {
+        return run_keeper();
+    }
     let cli = Cli::parse();
     // A closed stdout (`ctl events | head -1`) ends a client quietly, killed by SIGPIPE as a Unix
     // filter is (the shell reports 141; a pipeline's status is its last command's). Not for the
@@ -195,6 +202,36 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_keeper() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELISTRA_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(dir) = std::env::args_os().nth(2).map(PathBuf::from) else {
+        eprintln!("usage: celistrad __keeper DIR (the daemon starts it)");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the keeper's runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(celistra_sandbox::keeper::serve(&dir, || {
+        // The daemon waits for this line: the keeper listens.
+        println!("listening");
+    }));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
 async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -211,17 +248,22 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         _ => cli.tls.then_some(celistra_daemon::TlsMode::Generate),
     };
     let (ready, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (leave, leaving) = tokio::sync::watch::channel(celistra_daemon::Leaving::StopAgents);
+    // Where this binary is now: an upgrade re-executes what is there then (a new version if it
+    // was replaced).
+    let binary = std::env::current_exe().ok();
     let options = celistra_daemon::Options {
         home: cli.home.resolve()?,
         listen: cli.listen,
         scrollback_kb: cli.scrollback_kb,
         subreaper: true,
-        launcher: std::env::current_exe().ok(),
+        launcher: binary.clone(),
         tls,
         insecure_http: cli.insecure_http,
         machine_name: cli.machine_name,
         hub_listen: cli.hub.then_some(cli.hub_listen),
         ready: Some(ready),
+        leaving: Some(leaving),
     };
     tokio::spawn(async move {
         if let Some(ready) = started.recv().await {
@@ -237,20 +279,35 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
+        use celistra_daemon::Leaving;
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined2()),
         ) else {
-            tracing::error!("cannot install SIGTERM/SIGINT handlers");
+            tracing::error!("cannot install the SIGTERM, SIGINT, SIGHUP and SIGUSR2 handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        let how = tokio::select! {
+            _ = term.recv() => Leaving::StopAgents,
+            _ = int.recv() => Leaving::StopAgents,
+            _ = hup.recv() => Leaving::Upgrade,
+            _ = usr2.recv() => Leaving::KeepAgents,
+        };
+        leave.send_replace(how);
         on_signal.cancel();
     });
-    celistra_daemon::run(options, shutdown).await?;
+    if celistra_daemon::run(options, shutdown).await? == celistra_daemon::Leaving::Upgrade {
+        // Same pid, same arguments: the agents stay the keeper's, and the new image takes them
+        // over. Only returns if no binary could be executed.
+        let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let error = celistra_sandbox::reexec(binary.as_deref(), &arguments);
+        anyhow::bail!(
+            "cannot re-execute the daemon for the upgrade: {error}; the agents keep running in \
+             the keeper, and starting celistrad again takes them over"
+        );
+    }
     Ok(())
 }

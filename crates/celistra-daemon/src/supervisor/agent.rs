@@ -1,6 +1,7 @@
 //! One agent's task: it owns the agent's process, PTY and restart history, and carries out operator
 //! commands one at a time, so an agent's state changes in a single place.
 
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,14 +23,13 @@ use celistra_proto::{
     IoMode, LimitWait, RunCause, RunRecord, RunSandbox, Signal, SignalTier, TermSize,
     TerminalServerMessage, signal_name,
 };
-use celistra_sandbox::pty::OwnedWritePty;
+use celistra_sandbox::keeper::{AdoptedRun, KeptChild, KeptOutput, OutputStream};
 use celistra_sandbox::{
-    AgentCgroup, AgentLimits, Child, ExitInfo, PtySize, SandboxReady, SpawnSpec, resize_pty,
-    signal_group, spawn_in_pty, spawn_with_pipes,
+    AgentCgroup, AgentLimits, ExitInfo, PtySize, SandboxReady, SpawnSpec, signal_group,
 };
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::ChildStdin;
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -39,6 +39,7 @@ use crate::actor::Actor;
 use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
 use crate::services::Services;
+use crate::store::LiveRun;
 
 /// Reply to a command: `Ok` or an error for the API.
 pub(crate) type Reply = oneshot::Sender<Result<(), ApiError>>;
@@ -58,8 +59,20 @@ pub(crate) enum Command {
     Remove(Reply),
     /// Stop and end the task without changing the agent's desired state: the daemon is stopping.
     Shutdown(Reply),
+    /// End the task and leave the run to the keeper: the daemon is stopping and a next one takes
+    /// the run over.
+    Leave(Reply),
     /// Go on waiting for a usage limit's reset that an earlier daemon was waiting for, then start.
     AwaitReset(LimitWait, Reply),
+    /// Take over a run the keeper held while no daemon ran (it may have ended meanwhile).
+    Adopt(Box<Adoption>, Reply),
+}
+
+/// A run to take over from the keeper, with what the last daemon recorded of it.
+#[derive(Debug)]
+pub(crate) struct Adoption {
+    pub run: AdoptedRun,
+    pub live: LiveRun,
 }
 
 /// A command and the credential that gave it (`system` for the daemon itself).
@@ -188,11 +201,11 @@ fn gone(id: &str) -> ApiError {
     )
 }
 
-/// Where a run's input goes: the PTY's writing half (closing it with the reader hangs the terminal
-/// up) or the pipe to the program's stdin.
+/// Where a run's input goes: the PTY's master (the keeper holds it too: a hang-up asks it to let
+/// go) or the pipe to the program's stdin.
 enum Input {
-    Pty(OwnedWritePty),
-    Pipe(ChildStdin),
+    Pty(pipe::Sender),
+    Pipe(pipe::Sender),
 }
 
 /// A terminal size as the sandbox takes it.
@@ -219,7 +232,14 @@ impl Input {
                     let _ = stdin.write_all(&bytes).await;
                 }
                 (Input::Pty(pty), InputOp::Resize(size)) => {
-                    if let Err(e) = resize_pty(pty, pty_size(size)) {
+                    let size = rustix::termios::Winsize {
+                        ws_row: size.rows,
+                        ws_col: size.cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // The kernel sends SIGWINCH to the terminal's foreground process group.
+                    if let Err(e) = rustix::termios::tcsetwinsize(&*pty, size) {
                         tracing::debug!("cannot resize the terminal: {e}");
                     }
                 }
@@ -238,7 +258,7 @@ const SANDBOX_SETUP_LIMIT: Duration = Duration::from_secs(5);
 
 /// A live process of the agent.
 struct Run {
-    child: Child,
+    child: KeptChild,
     /// History id of this run: its output and its record carry it.
     id: u64,
     mode: IoMode,
@@ -433,13 +453,18 @@ impl Agent {
                 )));
                 Phase::Idle
             }
-            Command::Remove(reply) | Command::Shutdown(reply) => {
+            Command::Remove(reply) | Command::Shutdown(reply) | Command::Leave(reply) => {
                 let _ = reply.send(Ok(()));
                 Phase::Ended
             }
             Command::AwaitReset(limit, reply) => {
                 let _ = reply.send(Ok(()));
                 self.await_reset(limit)
+            }
+            Command::Adopt(adoption, reply) => {
+                let phase = self.adopt(*adoption).await;
+                let _ = reply.send(Ok(()));
+                phase
             }
         }
     }
@@ -454,13 +479,18 @@ impl Agent {
                 let _ = reply.send(Ok(()));
                 Phase::Idle
             }
-            Command::Remove(reply) | Command::Shutdown(reply) => {
+            Command::Remove(reply) | Command::Shutdown(reply) | Command::Leave(reply) => {
                 let _ = reply.send(Ok(()));
                 Phase::Ended
             }
             Command::AwaitReset(limit, reply) => {
                 let _ = reply.send(Ok(()));
                 self.await_reset(limit)
+            }
+            // Only sent to an agent that is idle, right after the daemon started.
+            Command::Adopt(_, reply) => {
+                let _ = reply.send(Ok(()));
+                Phase::Idle
             }
         }
     }
@@ -484,7 +514,7 @@ impl Agent {
             Command::Kill(signal, reply) => {
                 run.signalled = true;
                 let sent = if signal == Signal::Hup {
-                    hang_up(&mut run)
+                    hang_up(&self.services, &mut run).await
                 } else {
                     signal_group(run.child.pid(), signal.number())
                 };
@@ -507,11 +537,133 @@ impl Agent {
                 let _ = reply.send(Ok(()));
                 Phase::Ended
             }
+            Command::Leave(reply) => {
+                // What was read is delivered: the readers stop between reads, and the rest
+                // waits in the terminal for the keeper.
+                self.handle.fanout.set_input(None);
+                for task in run.input.take().into_iter().chain(run.readers.drain(..)) {
+                    task.abort();
+                    let _ = task.await;
+                }
+                let _ = reply.send(Ok(()));
+                Phase::Ended
+            }
             // Only sent to an agent that is not running yet.
-            Command::AwaitReset(_, reply) => {
+            Command::AwaitReset(_, reply) | Command::Adopt(_, reply) => {
                 let _ = reply.send(Ok(()));
                 Phase::Running(run)
             }
+        }
+    }
+
+    /// Takes over a run the keeper held: stores the output it kept with the times it came, records
+    /// the gap, and goes on supervising the run (or, if it ended meanwhile, handles its end as if
+    /// it had just happened: recorded with its real status, restarted as its policy says).
+    async fn adopt(&mut self, adoption: Adoption) -> Phase {
+        let Adoption { run: adopted, live } = adoption;
+        let spec = self.handle.spec().clone();
+        let masker = match self.services.secrets.environment(&spec) {
+            Ok((_, masker)) => masker,
+            Err(_) => celistra_core::mask::Masker::new(Vec::<(String, String)>::new()),
+        };
+        let output = OutputSink {
+            handle: Arc::clone(&self.handle),
+            agent_id: Arc::from(self.id()),
+            history: self.services.history.clone(),
+            run_id: live.run_id,
+            services: Arc::clone(&self.services),
+            approvals: self.approvals.clone(),
+            masker,
+        };
+        let kept_bytes: usize = adopted.output.iter().map(|o| o.bytes.len()).sum();
+        output.keep(&adopted.output);
+        let mode = if adopted.run.pty {
+            IoMode::Pty
+        } else {
+            IoMode::Pipes
+        };
+        let attached = if adopted.fds.is_empty() {
+            None
+        } else {
+            match attach(&self.services, &self.handle, adopted.fds, mode, &output) {
+                Ok(attached) => Some(attached),
+                Err(e) => {
+                    tracing::warn!(agent = self.id(), "cannot read the adopted run: {e}");
+                    None
+                }
+            }
+        };
+        let (input, readers) = attached.map_or((None, vec![]), |(i, r)| (Some(i), r));
+        let age = Duration::from_millis(now_ms().saturating_sub(live.started_at_ms));
+        self.handle
+            .fanout
+            .set_capacity(live.settings.scrollback_kb as usize * 1024);
+        let run = Box::new(Run {
+            child: adopted.child,
+            id: live.run_id,
+            mode,
+            input,
+            readers,
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            cgroup: self
+                .services
+                .cgroups
+                .as_ref()
+                .and_then(|root| root.agent(self.id()).ok()),
+            limits: AgentLimits::default(),
+            sandbox: live.sandbox.clone(),
+            capability_sources: vec![],
+            ready: None,
+            settings: live.settings.clone(),
+            signalled: false,
+        });
+        let pid = run.child.pid();
+        {
+            let mut info = self.handle.info_mut();
+            info.started_at_ms = Some(live.started_at_ms);
+            info.exited_at_ms = None;
+            info.exit_code = None;
+            info.exit_signal = None;
+            info.settings = live.settings.clone();
+            info.sandbox = Some(live.sandbox.clone());
+        }
+        self.handle
+            .history_run
+            .store(live.run_id, std::sync::atomic::Ordering::SeqCst);
+        // The history marked the run as lost when it opened; it is not.
+        self.record_start(&run);
+        self.services.audit.record(
+            &Actor::system(),
+            "agent_run_adopted",
+            self.id(),
+            serde_json::json!({
+                "name": spec.name,
+                "run": self.handle.info().run,
+                "pid": pid,
+                "unattended_since_ms": adopted.run.unattended_since_ms,
+                "adopted_at_ms": now_ms(),
+                "kept_bytes": kept_bytes,
+                "dropped_bytes": adopted.run.dropped_bytes,
+                "ended_meanwhile": adopted.run.exit.is_some(),
+            }),
+        );
+        self.services.events.publish(EventKind::AgentAdopted {
+            agent_id: self.id().to_owned(),
+            name: spec.name.clone(),
+            run: self.handle.info().run,
+            pid,
+            unattended_since_ms: adopted.run.unattended_since_ms,
+            kept_bytes: kept_bytes as u64,
+            dropped_bytes: adopted.run.dropped_bytes,
+        });
+        self.set_state(AgentState::Running, Some(pid));
+        self.persist(AgentState::Running);
+        match adopted.run.exit {
+            Some(exit) => {
+                self.handle.info_mut().exited_at_ms = Some(exit.at_ms);
+                self.after_exit(run, exit.info(), ExitCause::Exited).await
+            }
+            None => Phase::Running(run),
         }
     }
 
@@ -573,7 +725,7 @@ impl Agent {
             Ok(worktree) => {
                 self.handle.info_mut().worktree =
                     worktree.as_ref().map(|w| w.path.display().to_string());
-                self.start_process(worktree.as_ref())
+                self.start_process(worktree.as_ref()).await
             }
             Err(e) => Err(e.message),
         };
@@ -632,6 +784,16 @@ impl Agent {
                     });
                 }
                 self.record_start(&run);
+                let live = LiveRun {
+                    run_id: run.id,
+                    pid,
+                    started_at_ms: self.handle.info().started_at_ms.unwrap_or_else(now_ms),
+                    settings: run.settings.clone(),
+                    sandbox: run.sandbox.clone(),
+                };
+                self.services
+                    .store
+                    .update(self.id(), |stored| stored.live = Some(live));
                 self.set_state(AgentState::Running, Some(pid));
                 self.handle
                     .fanout
@@ -666,7 +828,10 @@ impl Agent {
     }
 
     /// Starts a run, in `worktree` (its `cwd`) for a `--worktree` agent.
-    fn start_process(&self, worktree: Option<&crate::worktree::Worktree>) -> Result<Run, String> {
+    async fn start_process(
+        &self,
+        worktree: Option<&crate::worktree::Worktree>,
+    ) -> Result<Run, String> {
         let config = self.services.config().map_err(|e| e.to_string())?;
         // Retention settings apply from the next spawn on, like every other setting of config.json.
         self.services.history.set_limits(crate::log_limits(&config));
@@ -777,44 +942,27 @@ impl Agent {
             approvals: self.approvals.clone(),
             masker,
         };
-        // The PTY or pipes are registered with the reader thread's runtime, where they are read.
-        let readers_runtime = &self.services.readers;
-        let registered_there = readers_runtime.enter();
-        let (child, input, readers, mode, ready) = if spec.no_pty {
-            let spawned = spawn_with_pipes(&launch).map_err(|e| e.to_string())?;
-            let readers = vec![
-                readers_runtime.spawn(output.clone().pump(spawned.stdout, Stream::Stdout)),
-                readers_runtime.spawn(output.pump(spawned.stderr, Stream::Stderr)),
-            ];
-            (
-                spawned.child,
-                Input::Pipe(spawned.stdin),
-                readers,
-                IoMode::Pipes,
-                spawned.ready,
-            )
+        let launch = launch.resolve().map_err(|e| e.to_string())?;
+        let keeper = self.services.keeper().map_err(|e| e.message)?;
+        let mode = if spec.no_pty {
+            IoMode::Pipes
         } else {
-            // A restarted agent starts with the size its writers last gave it.
-            let size = pty_size(self.handle.fanout.size());
-            let spawned = spawn_in_pty(&launch, size).map_err(|e| e.to_string())?;
-            let (reader, writer) = spawned.pty.into_split();
-            let readers = vec![readers_runtime.spawn(output.pump(reader, Stream::Pty))];
-            (
-                spawned.child,
-                Input::Pty(writer),
-                readers,
-                IoMode::Pty,
-                spawned.ready,
-            )
+            IoMode::Pty
         };
-        drop(registered_there);
-        let (ops, received) = mpsc::channel(INPUT_QUEUE);
-        self.handle.fanout.set_input(Some(ops));
+        // A restarted agent starts with the size its writers last gave it.
+        let size = (mode == IoMode::Pty).then(|| pty_size(self.handle.fanout.size()));
+        let spawned = keeper
+            .spawn(self.id(), run_id, launch, size)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (child, ready) = (spawned.child, spawned.ready);
+        let (input, readers) = attach(&self.services, &self.handle, spawned.fds, mode, &output)
+            .map_err(|e| format!("cannot read the agent's output: {e}"))?;
         Ok(Run {
             child,
             id: run_id,
             mode,
-            input: Some(tokio::spawn(input.feed(received))),
+            input: Some(input),
             readers,
             started: Instant::now(),
             cgroup,
@@ -885,7 +1033,7 @@ impl Agent {
         self.set_state(AgentState::Stopping, Some(run.child.pid()));
         let signal = run.settings.stop_signal;
         let sent = if signal == Signal::Hup {
-            hang_up(&mut run)
+            hang_up(&self.services, &mut run).await
         } else {
             signal_group(run.child.pid(), signal.number())
         };
@@ -928,6 +1076,16 @@ impl Agent {
     ) -> u64 {
         // Whatever the leader left behind (background jobs, daemonised children) ends with it.
         kill_everything(&run);
+        self.services
+            .store
+            .update(self.id(), |stored| stored.live = None);
+        let services = Arc::clone(&self.services);
+        let pid = run.child.pid();
+        tokio::spawn(async move {
+            if let Some(keeper) = &services.keeper {
+                keeper.forget(pid).await;
+            }
+        });
         self.handle.fanout.set_input(None);
         if let Some(input) = &run.input {
             input.abort();
@@ -964,6 +1122,13 @@ impl Agent {
 
     async fn after_exit(&mut self, mut run: Box<Run>, exit: ExitInfo, cause: ExitCause) -> Phase {
         let run_id = run.id;
+        if self.services.keeper.as_ref().is_some_and(|k| !k.is_alive()) {
+            // The keeper died and took the run with it: the daemon starts again (see `run` in
+            // lib.rs), and the agent comes back as it should be, so nothing is decided here.
+            self.finish(run, exit, cause, None);
+            self.record_end(run_id, exit, RunCause::DaemonLost, None);
+            return Phase::Idle;
+        }
         if cause == ExitCause::Operator {
             self.finish(run, exit, cause, None);
             self.record_end(run_id, exit, RunCause::Operator, None);
@@ -1252,12 +1417,16 @@ impl Agent {
 
 /// Hangs up a run. On a PTY, closing the master makes the kernel hang up the terminal and send SIGHUP
 /// to the session leader; pipes have no terminal, so the group gets SIGHUP directly.
-fn hang_up(run: &mut Run) -> std::io::Result<()> {
+async fn hang_up(services: &Services, run: &mut Run) -> std::io::Result<()> {
     match run.mode {
         IoMode::Pty => {
-            // The input task and the reader each hold one half of the master; both must go.
+            // The input task and the reader each hold the master, and so does the keeper: all
+            // must let go for the terminal to hang up.
             for task in run.input.take().into_iter().chain(run.readers.drain(..)) {
                 task.abort();
+            }
+            if let Some(keeper) = &services.keeper {
+                keeper.hang_up(run.child.pid()).await;
             }
             // In a sandbox the session leader is bubblewrap, which ignores SIGHUP so that the agent
             // can handle it: the agent's group gets it directly, as the leader would have had it.
@@ -1268,6 +1437,60 @@ fn hang_up(run: &mut Run) -> std::io::Result<()> {
         }
         IoMode::Pipes => signal_group(run.child.pid(), Signal::Hup.number()),
     }
+}
+
+/// Reads a run's output and feeds its input through the descriptors the keeper handed over: a
+/// PTY's master, or stdout, stderr and stdin. Output is read on the reader thread's runtime, input
+/// written on the daemon's.
+fn attach(
+    services: &Services,
+    handle: &AgentHandle,
+    fds: Vec<OwnedFd>,
+    mode: IoMode,
+    output: &OutputSink,
+) -> std::io::Result<(JoinHandle<()>, Vec<JoinHandle<()>>)> {
+    for fd in &fds {
+        rustix::io::ioctl_fionbio(fd, true)?;
+    }
+    let missing = || std::io::Error::other("the keeper handed over too few descriptors");
+    let mut fds = fds.into_iter();
+    let readers_runtime = &services.readers;
+    let (readers, input) = match mode {
+        IoMode::Pty => {
+            let master = fds.next().ok_or_else(missing)?;
+            let reading = master.try_clone()?;
+            let registered_there = readers_runtime.enter();
+            let reader = pipe::Receiver::from_owned_fd_unchecked(reading)?;
+            let readers = vec![readers_runtime.spawn(output.clone().pump(reader, Stream::Pty))];
+            drop(registered_there);
+            (
+                readers,
+                Input::Pty(pipe::Sender::from_owned_fd_unchecked(master)?),
+            )
+        }
+        IoMode::Pipes => {
+            let (stdout, stderr, stdin) = (
+                fds.next().ok_or_else(missing)?,
+                fds.next().ok_or_else(missing)?,
+                fds.next().ok_or_else(missing)?,
+            );
+            let registered_there = readers_runtime.enter();
+            let stdout = pipe::Receiver::from_owned_fd_unchecked(stdout)?;
+            let stderr = pipe::Receiver::from_owned_fd_unchecked(stderr)?;
+            let readers = vec![
+                readers_runtime.spawn(output.clone().pump(stdout, Stream::Stdout)),
+                readers_runtime.spawn(output.clone().pump(stderr, Stream::Stderr)),
+            ];
+            drop(registered_there);
+            (
+                readers,
+                Input::Pipe(pipe::Sender::from_owned_fd_unchecked(stdin)?),
+            )
+        }
+    };
+    let (ops, received) = mpsc::channel(INPUT_QUEUE);
+    handle.fanout.set_input(Some(ops));
+    Ok((tokio::spawn(input.feed(received)), readers))
 }
 
 /// SIGKILLs the run's process group and, when there is one, its whole cgroup.
@@ -1358,6 +1581,27 @@ impl OutputSink {
             self.deliver(stream, Bytes::from(held)).await;
         } else {
             self.deliver(stream, Bytes::from(released)).await;
+        }
+    }
+
+    /// Stores output the keeper read while no daemon ran, with the times it came.
+    fn keep(&self, output: &[KeptOutput]) {
+        let mut masker = self.masker.clone();
+        for (at, kept) in output.iter().enumerate() {
+            let stream = match kept.stream {
+                OutputStream::Pty => Stream::Pty,
+                OutputStream::Stdout => Stream::Stdout,
+                OutputStream::Stderr => Stream::Stderr,
+            };
+            let mut masked = Vec::with_capacity(kept.bytes.len());
+            masker.push(&kept.bytes, &mut masked);
+            if at + 1 == output.len() {
+                masker.finish(&mut masked);
+            }
+            let chunk = Bytes::from(masked);
+            self.handle.fanout.push(&chunk);
+            self.history
+                .append(&self.agent_id, self.run_id, stream, kept.at_ms, chunk);
         }
     }
 

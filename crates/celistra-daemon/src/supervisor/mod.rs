@@ -30,6 +30,8 @@ use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
 use crate::services::{AgentDirectory, AgentRef, Services};
 use crate::store::StoredAgent;
+use agent::Adoption;
+use celistra_sandbox::keeper::AdoptedRun;
 
 /// The last `bytes` of an agent's saved output, as written (empty if there is none or it cannot be
 /// read: the scrollback is a convenience, the history is the record), and whether that is all of it.
@@ -286,6 +288,7 @@ impl Supervisor {
                 run: 0,
                 last_fire_ms: None,
                 limit: None,
+                live: None,
             };
             self.services.store.put(stored.clone());
             let handle = self.insert(&mut registry, &stored);
@@ -424,9 +427,11 @@ impl Supervisor {
         );
     }
 
-    /// Brings back the agents of the previous run: those that should run are started.
-    pub(crate) async fn restore(&self, stored: Vec<StoredAgent>) {
+    /// Brings back the agents of the previous run: the runs the keeper held are taken over, the
+    /// other agents that should run are started.
+    pub(crate) async fn restore(&self, stored: Vec<StoredAgent>, mut held: Vec<AdoptedRun>) {
         let mut to_start = vec![];
+        let mut to_adopt = vec![];
         let mut restored = vec![];
         {
             let mut registry = self.write();
@@ -438,11 +443,22 @@ impl Supervisor {
                         | AgentState::Backoff
                         | AgentState::Stopping
                 );
-                if should_run {
+                let adoption = agent.live.take().and_then(|live| {
+                    let at = held
+                        .iter()
+                        .position(|h| h.run.agent_id == agent.id && h.run.run_id == live.run_id)?;
+                    Some(Adoption {
+                        run: held.swap_remove(at),
+                        live,
+                    })
+                });
+                if should_run || adoption.is_some() {
                     agent.state = AgentState::Stopped;
                 }
                 let handle = self.insert(&mut registry, &agent);
-                if should_run {
+                if let Some(adoption) = adoption {
+                    to_adopt.push((Arc::clone(&handle), adoption));
+                } else if should_run {
                     // A wait for a usage limit's reset goes on; one that passed starts now.
                     let waiting = agent.limit.clone().filter(|l| l.resume_at_ms > now_ms());
                     to_start.push((Arc::clone(&handle), waiting));
@@ -471,7 +487,36 @@ impl Supervisor {
         if let Err(e) = seeded.await {
             tracing::warn!("cannot restore the scrollback: {e}");
         }
+        // Runs no agent claims (removed, or started just before a crash, before they were
+        // recorded) end: nothing would supervise them.
+        for stray in held {
+            tracing::warn!(
+                agent = stray.run.agent_id,
+                pid = stray.run.pid,
+                "the keeper held a run no agent claims; killing it"
+            );
+            let _ = celistra_sandbox::signal_group(stray.run.pid, Signal::Kill.number());
+            if let Some(cgroup) = self
+                .services
+                .cgroups
+                .as_ref()
+                .and_then(|root| root.agent(&stray.run.agent_id).ok())
+            {
+                cgroup.kill();
+            }
+            if let Some(keeper) = &self.services.keeper {
+                keeper.forget(stray.run.pid).await;
+            }
+        }
         let system = Actor::system();
+        let adoptions = to_adopt.into_iter().map(|(handle, adoption)| {
+            let system = &system;
+            async move {
+                let adoption = Box::new(adoption);
+                handle.ask(system, |r| Command::Adopt(adoption, r)).await
+            }
+        });
+        futures_util::future::join_all(adoptions).await;
         let starts = to_start.into_iter().map(|(handle, waiting)| {
             let system = &system;
             async move {
@@ -799,6 +844,16 @@ impl Supervisor {
         }
         self.sync().await?;
         Ok(report)
+    }
+
+    /// Leaves every agent running in the keeper for the next daemon: each task stops reading and
+    /// writing its run and ends, the processes untouched.
+    pub(crate) async fn leave(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
+        let system = Actor::system();
+        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, Command::Leave)))
+            .await;
     }
 
     /// Stops every agent (each with its own grace period, all at once) without changing what should

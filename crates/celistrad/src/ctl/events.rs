@@ -158,6 +158,18 @@ fn describe(event: &Event) -> String {
             attempt,
             pid,
         } => format!("{agent_id} ({name}) restart {attempt}, pid {pid}"),
+        EventKind::AgentAdopted {
+            agent_id,
+            name,
+            run,
+            pid,
+            kept_bytes,
+            dropped_bytes,
+            ..
+        } => format!(
+            "{agent_id} ({name}) run {run} (pid {pid}) taken over from the keeper: {kept_bytes} bytes \
+             written meanwhile kept, {dropped_bytes} dropped"
+        ),
         EventKind::AgentBackoff {
             agent_id,
             name,

@@ -204,6 +204,19 @@ impl Daemon {
     }
 
     /// Sends `signal` to the daemon and waits (bounded) for it to exit; returns its exit status.
+    /// The pid of the keeper holding this daemon's agents, while one lives.
+    pub(crate) fn keeper_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.home().join("keeper/keeper.lock")).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        // Its own keeper, not another test's that took a reused pid.
+        let dir = self.home().join("keeper");
+        let mut args = cmdline.split(|&b| b == 0);
+        let ours = args.nth(1) == Some(&b"__keeper"[..])
+            && args.next() == Some(dir.as_os_str().as_encoded_bytes());
+        ours.then_some(pid)
+    }
+
     pub(crate) fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
         let mut child = self.process.take().expect("daemon running");
         run_kill(signal, child.id());
@@ -310,6 +323,11 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A test that killed its daemon left the agents to the keeper: their death signal and
+        // the keeper's guard end them with it.
+        if let Some(keeper) = self.keeper_pid() {
+            run_kill("KILL", keeper);
+        }
     }
 }
 
@@ -348,7 +366,7 @@ fn spawn_daemon(home: &Path, launch: &Launch) -> Child {
         .expect("start celistrad")
 }
 
-async fn wait_until_serving(home: &Path) -> Client {
+pub(crate) async fn wait_until_serving(home: &Path) -> Client {
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Ok(client) = Client::for_home(home, "test")

@@ -2,7 +2,7 @@
 
 use celistra_proto::{AgentSpec, AgentState, EventKind, ExitCause};
 
-use crate::{Daemon, live_processes_with, marker, spec, wait_no_process_with};
+use crate::{Daemon, live_processes_with, marker, spec};
 
 #[tokio::test]
 async fn hot_loop_crashes_out_at_the_ceiling() {
@@ -190,7 +190,8 @@ async fn a_crash_is_restarted_with_a_new_pid() {
 }
 
 #[tokio::test]
-async fn daemon_sigkill_leaves_no_orphans_and_a_restart_restores_desired_state() {
+async fn agents_outlive_a_daemon_sigkill_the_next_daemon_takes_them_over_and_a_stop_leaves_no_orphan()
+ {
     let mut daemon = Daemon::start().await;
     let m = marker();
     let runner = daemon
@@ -213,21 +214,87 @@ async fn daemon_sigkill_leaves_no_orphans_and_a_restart_restores_desired_state()
         "the stopped agent still runs"
     );
 
+    let keeper = daemon.keeper_pid().expect("a keeper holds the agents");
     let status = daemon.signal_and_wait("KILL");
     assert!(!status.success());
-    wait_no_process_with(&format!("sleep {m}")).await;
+    // The keeper holds the runner: every process of it goes on.
+    for part in ["1", "2"] {
+        assert_eq!(
+            crate::live_processes_exactly(&format!("sleep {m}{part}")).len(),
+            1,
+            "sleep {m}{part} ended with the daemon"
+        );
+    }
 
     daemon.restart_process().await;
     let back = daemon.wait_state(&runner.id, AgentState::Running).await;
-    assert_ne!(back.pid, runner.pid);
+    assert_eq!(
+        (back.pid, back.run, back.restarts),
+        (runner.pid, runner.run, 0),
+        "the same run, taken over"
+    );
+    assert_eq!(daemon.keeper_pid(), Some(keeper), "the same keeper");
     assert_eq!(daemon.agent("idle").await.state, AgentState::Stopped);
 
-    // A graceful stop (SIGTERM) stops the agents, exits 0, and they come back on the next start.
+    // A graceful stop (SIGTERM) stops the agents' whole trees, the one that ignores SIGHUP
+    // included, the keeper ends with nothing left to hold, and the agents come back on the next
+    // start.
     let status = daemon.signal_and_wait("TERM");
     assert!(status.success(), "{status:?}");
     assert!(live_processes_with(&format!("sleep {m}")).is_empty());
+    wait_gone(keeper).await;
     daemon.restart_process().await;
-    daemon.wait_state("runner", AgentState::Running).await;
+    let again = daemon.wait_state("runner", AgentState::Running).await;
+    assert_ne!(again.pid, runner.pid);
+
+    // Nor do the agents outlive what holds them: a keeper killed outright takes every process of
+    // every agent with it (the one that ignores SIGHUP too), and the daemon starts again in place
+    // with a new keeper and the agents that should run.
+    let keeper = daemon.keeper_pid().expect("a new keeper");
+    let before: Vec<u32> = ["1", "2"]
+        .iter()
+        .flat_map(|part| crate::live_processes_exactly(&format!("sleep {m}{part}")))
+        .collect();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let daemon_pid = daemon.pid();
+    crate::run_kill("KILL", keeper);
+    for pid in before {
+        wait_gone(pid).await;
+    }
+    let deadline = std::time::Instant::now() + crate::PATIENCE;
+    while daemon.keeper_pid().is_none_or(|k| k == keeper) {
+        assert!(std::time::Instant::now() < deadline, "no new keeper");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    daemon.client = crate::wait_until_serving(daemon.home()).await;
+    let third = daemon.wait_state("runner", AgentState::Running).await;
+    assert_ne!(third.pid, again.pid);
+    assert_eq!(
+        daemon.pid(),
+        daemon_pid,
+        "the daemon re-executed itself in place"
+    );
+}
+
+/// Waits until process `pid` is gone (or a zombie).
+async fn wait_gone(pid: u32) {
+    let deadline = std::time::Instant::now() + crate::PATIENCE;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if state.is_empty()
+            || state
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,586 @@
+//! The keeper process (`celistrad __keeper DIR`): the parent of every agent. It spawns them for
+//! the daemon, holds a copy of each run's terminal (or pipes), reaps them, and while no daemon is
+//! connected reads their output into a bounded buffer so that they never block, noting when each
+//! byte came. The next daemon takes everything over with `Hello`. It exits once it holds no live
+//! run and no daemon is connected, leaving what the next daemon must still learn (exit statuses,
+//! unread output) in `leftover` beside its socket.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::wire::{
+    CHUNK, Datagram, FromKeeper, HeldRun, KeptExit, Listener, OutputStream, Socket, ToKeeper,
+    borrow_all,
+};
+use super::{LEFTOVER_FILE, LOCK_FILE, SOCKET_FILE, now_ms};
+use crate::{Child, DeathGuard, ExitInfo, PtySize};
+
+/// Output kept per run while no daemon reads it; the rest is read, dropped and counted.
+pub const KEPT_PER_RUN: usize = 8 * 1024 * 1024;
+
+/// Longest wait for a run's last output once its leader exited and no daemon is there.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+
+/// Output read while no daemon was connected.
+#[derive(Default)]
+struct Kept {
+    chunks: VecDeque<(OutputStream, u64, Vec<u8>)>,
+    bytes: usize,
+    dropped: u64,
+}
+
+/// One run the keeper holds.
+struct Held {
+    run: HeldRun,
+    outputs: Vec<(OutputStream, Arc<AsyncFd<OwnedFd>>)>,
+    input: Option<OwnedFd>,
+    /// The agent's cgroup: what its leader leaves behind is killed when no daemon does it.
+    cgroup: Option<PathBuf>,
+    kept: Arc<Mutex<Kept>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Held {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts reading every output into the buffer (no daemon reads them now).
+    fn read_unattended(&mut self) {
+        if !self.readers.is_empty() {
+            return;
+        }
+        for (stream, fd) in &self.outputs {
+            self.readers.push(tokio::spawn(keep_output(
+                *stream,
+                Arc::clone(fd),
+                Arc::clone(&self.kept),
+            )));
+        }
+    }
+
+    /// Stops reading: a daemon reads from here on.
+    fn stop_reading(&mut self) {
+        for reader in self.readers.drain(..) {
+            reader.abort();
+        }
+    }
+
+    /// The descriptors a daemon needs, duplicated: outputs (the master of a PTY), then stdin.
+    fn descriptors(&self) -> Vec<OwnedFd> {
+        let mut fds: Vec<OwnedFd> = self
+            .outputs
+            .iter()
+            .filter_map(|(_, fd)| fd.get_ref().try_clone().ok())
+            .collect();
+        if let Some(input) = self.input.as_ref().and_then(|i| i.try_clone().ok()) {
+            fds.push(input);
+        }
+        fds
+    }
+
+    /// Kills what the ended run left behind, as the daemon would.
+    fn kill_leftovers(&self) {
+        let _ = crate::signal_group(self.run.pid, libc::SIGKILL);
+        if let Some(cgroup) = &self.cgroup {
+            crate::cgroup::kill_all(cgroup, crate::CgroupVersion::V2);
+        }
+    }
+}
+
+/// Reads one output into `kept` until it ends (for a PTY: EIO once nothing holds its terminal).
+async fn keep_output(stream: OutputStream, fd: Arc<AsyncFd<OwnedFd>>, kept: Arc<Mutex<Kept>>) {
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        let Ok(mut ready) = fd.readable().await else {
+            return;
+        };
+        match ready.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buffer).map_err(Into::into)) {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => {
+                let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+                if kept.bytes + n > KEPT_PER_RUN {
+                    kept.dropped += n as u64;
+                } else {
+                    kept.bytes += n;
+                    kept.chunks
+                        .push_back((stream, now_ms(), buffer[..n].to_vec()));
+                }
+            }
+            Err(_would_block) => {}
+        }
+    }
+}
+
+enum Event {
+    Connected(Socket),
+    Request(u64, Datagram<ToKeeper>),
+    Disconnected(u64),
+    Exited(u32, ExitInfo),
+}
+
+struct Keeper {
+    dir: PathBuf,
+    runs: BTreeMap<u32, Held>,
+    link: Option<(u64, Arc<Socket>, JoinHandle<()>)>,
+    generation: u64,
+    exiting: bool,
+    guard: Option<DeathGuard>,
+    unattended_since: Option<u64>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// Runs the keeper in `dir` until it holds nothing. Returns the process's exit code. `ready` is
+/// told once the socket listens.
+pub async fn serve(dir: &Path, ready: impl FnOnce()) -> i32 {
+    let _ = rustix::process::setsid();
+    if let Err(e) = crate::become_subreaper() {
+        tracing::warn!("the keeper cannot become the subreaper of agents' orphans: {e}");
+    }
+    let lock = match lock(dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!("keeper in {}: {e}", dir.display());
+            return 1;
+        }
+    };
+    let listener = match Listener::bind(&dir.join(SOCKET_FILE)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!("keeper: cannot listen in {}: {e}", dir.display());
+            return 1;
+        }
+    };
+    let (events, mut incoming) = mpsc::unbounded_channel();
+    let accepting = tokio::spawn(accept(listener, events.clone()));
+    let reaping = tokio::spawn(reap_orphans_forever());
+    ready();
+    let mut keeper = Keeper {
+        dir: dir.to_path_buf(),
+        runs: BTreeMap::new(),
+        link: None,
+        generation: 0,
+        exiting: false,
+        guard: None,
+        unattended_since: None,
+        events,
+    };
+    // A keeper no daemon connects to does not linger.
+    let first = tokio::time::timeout(Duration::from_secs(30), incoming.recv()).await;
+    let mut next = match first {
+        Ok(Some(event)) => Some(event),
+        _ => None,
+    };
+    while let Some(event) = next {
+        if keeper.handle(event).await {
+            break;
+        }
+        next = incoming.recv().await;
+    }
+    accepting.abort();
+    reaping.abort();
+    let _ = std::fs::remove_file(dir.join(SOCKET_FILE));
+    drop(keeper.guard.take());
+    drop(lock);
+    0
+}
+
+fn lock(dir: &Path) -> std::io::Result<OwnedFd> {
+    let file = rustix::fs::open(
+        dir.join(LOCK_FILE),
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|_| std::io::Error::other("another keeper holds this state directory's agents"))?;
+    // Who holds the agents, for an operator (and the tests) to find.
+    rustix::fs::ftruncate(&file, 0)?;
+    rustix::io::write(&file, format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(file)
+}
+
+async fn accept(listener: Listener, events: mpsc::UnboundedSender<Event>) {
+    let own_uid = rustix::process::geteuid().as_raw();
+    loop {
+        match listener.accept().await {
+            // Only the daemon's own user may take its agents over.
+            Ok(socket) if socket.peer_uid().ok() == Some(own_uid) => {
+                if events.send(Event::Connected(socket)).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => tracing::warn!("keeper: refused a connection from another user"),
+            Err(e) => {
+                tracing::warn!("keeper: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn reap_orphans_forever() {
+    let Ok(mut children) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+    else {
+        return;
+    };
+    while children.recv().await.is_some() {
+        crate::reap_orphans();
+    }
+}
+
+async fn read_requests(generation: u64, socket: Arc<Socket>, events: mpsc::UnboundedSender<Event>) {
+    loop {
+        match socket.receive::<ToKeeper>().await {
+            Ok(Some(request)) => {
+                if events.send(Event::Request(generation, request)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) | Err(_) => {
+                let _ = events.send(Event::Disconnected(generation));
+                return;
+            }
+        }
+    }
+}
+
+impl Keeper {
+    /// Handles one event; true when the keeper is done.
+    async fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Connected(socket) => {
+                // The newest connection wins: the daemon's lock on its state directory makes it
+                // the only daemon, so an older connection is a daemon that is gone.
+                self.detach();
+                self.generation += 1;
+                let socket = Arc::new(socket);
+                let reader = tokio::spawn(read_requests(
+                    self.generation,
+                    Arc::clone(&socket),
+                    self.events.clone(),
+                ));
+                self.link = Some((self.generation, socket, reader));
+                false
+            }
+            Event::Request(generation, request) => {
+                if self.link.as_ref().is_some_and(|(g, ..)| *g == generation) {
+                    self.request(request).await;
+                }
+                self.done()
+            }
+            Event::Disconnected(generation) => {
+                if self.link.as_ref().is_some_and(|(g, ..)| *g == generation) {
+                    self.detach();
+                }
+                self.finish_if_idle().await
+            }
+            Event::Exited(pid, exit) => {
+                let exit = KeptExit {
+                    code: exit.code,
+                    signal: exit.signal,
+                    at_ms: now_ms(),
+                };
+                let attended = self.link.is_some();
+                if let Some(held) = self.runs.get_mut(&pid) {
+                    held.run.exit = Some(exit);
+                    if !attended {
+                        held.kill_leftovers();
+                    }
+                }
+                if let Some((_, socket, _)) = &self.link {
+                    let _ = socket
+                        .send(&FromKeeper::Exited { pid, exit }, &[], &[])
+                        .await;
+                }
+                self.finish_if_idle().await
+            }
+        }
+    }
+
+    /// No daemon reads any more: keep every run's output from now on.
+    fn detach(&mut self) {
+        if let Some((_, _, reader)) = self.link.take() {
+            reader.abort();
+            self.unattended_since = Some(now_ms());
+            for held in self.runs.values_mut() {
+                held.run.unattended_since_ms = self.unattended_since;
+                held.read_unattended();
+            }
+        }
+    }
+
+    fn live_runs(&self) -> usize {
+        self.runs.values().filter(|h| h.run.exit.is_none()).count()
+    }
+
+    fn done(&self) -> bool {
+        self.exiting && self.runs.is_empty()
+    }
+
+    /// With no daemon and no live run, leaves what is held for the next daemon and ends.
+    async fn finish_if_idle(&mut self) -> bool {
+        if self.link.is_some() || self.live_runs() > 0 {
+            return self.done();
+        }
+        if self.runs.is_empty() {
+            let _ = std::fs::remove_file(self.dir.join(LEFTOVER_FILE));
+            return true;
+        }
+        // Their last words: the readers end at EIO or EOF once nothing holds the terminal.
+        for held in self.runs.values_mut() {
+            let readers = std::mem::take(&mut held.readers);
+            let _ = tokio::time::timeout(DRAIN_LIMIT, futures_join(readers)).await;
+        }
+        if let Err(e) = self.write_leftover() {
+            tracing::error!(
+                "keeper: cannot save the agents' exit statuses in {}: {e}",
+                self.dir.display()
+            );
+        }
+        true
+    }
+
+    /// Writes every held run and its kept output, as the frames a `Hello` would send.
+    fn write_leftover(&self) -> std::io::Result<()> {
+        let mut frames = Vec::new();
+        for held in self.runs.values() {
+            let kept = held.kept();
+            let run = HeldRun {
+                dropped_bytes: kept.dropped,
+                ..held.run.clone()
+            };
+            frames.push(super::wire::encode(
+                &FromKeeper::Held {
+                    run,
+                    descriptors: 0,
+                },
+                &[],
+            )?);
+            for (stream, at_ms, bytes) in &kept.chunks {
+                frames.push(super::wire::encode(
+                    &FromKeeper::Output {
+                        pid: held.run.pid,
+                        stream: *stream,
+                        at_ms: *at_ms,
+                    },
+                    bytes,
+                )?);
+            }
+        }
+        super::write_frames(&self.dir.join(LEFTOVER_FILE), &frames)
+    }
+
+    async fn request(&mut self, request: Datagram<ToKeeper>) {
+        let Some((_, socket, _)) = &self.link else {
+            return;
+        };
+        let socket = Arc::clone(socket);
+        match request.message {
+            ToKeeper::Hello => self.welcome(&socket).await,
+            ToKeeper::Guard { cgroup } => {
+                if self.guard.is_none() {
+                    match DeathGuard::for_cgroup(&cgroup) {
+                        Ok(guard) => self.guard = Some(guard),
+                        Err(e) => tracing::warn!("keeper: cannot start the death guard: {e}"),
+                    }
+                }
+            }
+            ToKeeper::Spawn {
+                request,
+                agent_id,
+                run_id,
+                launch,
+                pty,
+            } => {
+                let answer = self.spawn(agent_id, run_id, &launch, pty);
+                let sent = match answer {
+                    Ok((pid, fds, ready)) => {
+                        socket
+                            .send(
+                                &FromKeeper::Spawned {
+                                    request,
+                                    pid,
+                                    ready,
+                                },
+                                &[],
+                                &borrow_all(&fds),
+                            )
+                            .await
+                    }
+                    Err(error) => {
+                        socket
+                            .send(&FromKeeper::SpawnFailed { request, error }, &[], &[])
+                            .await
+                    }
+                };
+                if let Err(e) = sent {
+                    tracing::warn!("keeper: cannot answer a spawn: {e}");
+                }
+            }
+            ToKeeper::Forget { pid } => {
+                if let Some(mut held) = self.runs.remove(&pid) {
+                    held.stop_reading();
+                }
+            }
+            ToKeeper::HangUp { pid } => {
+                if let Some(held) = self.runs.get_mut(&pid) {
+                    held.stop_reading();
+                    held.outputs.clear();
+                    held.input = None;
+                }
+            }
+            ToKeeper::Exit => self.exiting = true,
+        }
+    }
+
+    /// Hands every run over to the daemon that just said hello.
+    async fn welcome(&mut self, socket: &Socket) {
+        let keeper_pid = std::process::id();
+        if socket
+            .send(&FromKeeper::Welcome { keeper_pid }, &[], &[])
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for held in self.runs.values_mut() {
+            // Single-threaded: no reader runs again once aborted, so what is kept is all.
+            held.stop_reading();
+            let fds = held.descriptors();
+            let chunks = {
+                let mut kept = held.kept();
+                let run = HeldRun {
+                    dropped_bytes: kept.dropped,
+                    ..held.run.clone()
+                };
+                kept.bytes = 0;
+                kept.dropped = 0;
+                (run, std::mem::take(&mut kept.chunks))
+            };
+            let (run, chunks) = chunks;
+            let held_message = FromKeeper::Held {
+                run,
+                descriptors: fds.len(),
+            };
+            if socket
+                .send(&held_message, &[], &borrow_all(&fds))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            for (stream, at_ms, bytes) in chunks {
+                let output = FromKeeper::Output {
+                    pid: held.run.pid,
+                    stream,
+                    at_ms,
+                };
+                if socket.send(&output, &bytes, &[]).await.is_err() {
+                    return;
+                }
+            }
+            held.run.unattended_since_ms = None;
+        }
+        self.unattended_since = None;
+        let _ = socket.send(&FromKeeper::WelcomeDone, &[], &[]).await;
+    }
+
+    /// Spawns a run; answers its pid, the daemon's descriptors and whether the last one is the
+    /// sandbox's readiness pipe.
+    fn spawn(
+        &mut self,
+        agent_id: String,
+        run_id: u64,
+        launch: &crate::Launch,
+        pty: Option<(u16, u16)>,
+    ) -> Result<(u32, Vec<OwnedFd>, bool), String> {
+        let (child, outputs, input, ready) = match pty {
+            Some((rows, cols)) => {
+                let spawned = launch
+                    .spawn_in_pty(PtySize { rows, cols })
+                    .map_err(|e| e.to_string())?;
+                let master = spawned
+                    .pty
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| e.to_string())?;
+                (
+                    spawned.child,
+                    vec![(OutputStream::Pty, master)],
+                    None,
+                    spawned.ready,
+                )
+            }
+            None => {
+                let spawned = launch.spawn_with_pipes().map_err(|e| e.to_string())?;
+                let stdout = spawned.stdout.into_owned_fd().map_err(|e| e.to_string())?;
+                let stderr = spawned.stderr.into_owned_fd().map_err(|e| e.to_string())?;
+                let stdin = spawned.stdin.into_owned_fd().map_err(|e| e.to_string())?;
+                (
+                    spawned.child,
+                    vec![
+                        (OutputStream::Stdout, stdout),
+                        (OutputStream::Stderr, stderr),
+                    ],
+                    Some(stdin),
+                    spawned.ready,
+                )
+            }
+        };
+        let pid = child.pid();
+        let outputs = outputs
+            .into_iter()
+            .map(|(stream, fd)| {
+                super::wire::register(fd, tokio::io::Interest::READABLE)
+                    .map(|fd| (stream, Arc::new(fd)))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let held = Held {
+            run: HeldRun {
+                agent_id,
+                run_id,
+                pid,
+                pty: pty.is_some(),
+                exit: None,
+                dropped_bytes: 0,
+                unattended_since_ms: None,
+            },
+            outputs,
+            input,
+            cgroup: launch.cgroup().map(Path::to_path_buf),
+            kept: Arc::default(),
+            readers: Vec::new(),
+        };
+        let mut fds = held.descriptors();
+        let has_ready = ready.is_some();
+        if let Some(ready) = ready {
+            fds.push(ready.into_fd());
+        }
+        self.runs.insert(pid, held);
+        tokio::spawn(wait_for(child, self.events.clone()));
+        Ok((pid, fds, has_ready))
+    }
+}
+
+async fn wait_for(mut child: Child, events: mpsc::UnboundedSender<Event>) {
+    let pid = child.pid();
+    let exit = child.wait().await.unwrap_or(ExitInfo {
+        code: None,
+        signal: None,
+    });
+    let _ = events.send(Event::Exited(pid, exit));
+}
+
+async fn futures_join(handles: Vec<JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
