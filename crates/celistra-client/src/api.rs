@@ -8,14 +8,14 @@ use std::collections::VecDeque;
 use celistra_proto::{
     AgentInfo, AgentSpec, AgentUsage, ApplyReport, ApplyRequest, Approval, ApprovalsQuery,
     AskQuery, AskRequest, AuditBundle, AuditCheckpoint, AuditPage, AuditProof, AuditQuery,
-    AuditTailQuery, AuditVerification, ChannelStatus, Cleared, DecisionRequest, EventsQuery,
-    ExplainRequest, ExportQuery, FleetStatus, Health, HistoryQuery, HookReport, JoinRequest,
-    KillRequest, LinkDecision, LoginCodeQuery, LoginLink, LoginRequest, LogsQuery, Machine,
-    MachineAgents, Membership, NotificationsStatus, PairingCode, ProofQuery, PushSubscriptionInfo,
-    PushSubscriptionRequest, RemoveQuery, RenameRequest, Role, RunRecord, SandboxExplanation,
-    SandboxStatus, SandboxSwitch, SearchQuery, SecretInfo, SecretRequest, SessionInfo,
-    SessionState, TerminalTicket, TicketRequest, TokenCreated, TokenInfo, TokenRequest,
-    UpdateRequest, VapidKeyInfo, Verdict,
+    AuditTailQuery, AuditVerification, ChannelStatus, Cleared, DaemonLeaving, DaemonStopRequest,
+    DaemonUpgradeRequest, DecisionRequest, EventsQuery, ExplainRequest, ExportQuery, FleetStatus,
+    Health, HistoryQuery, HookReport, JoinRequest, KillRequest, LinkDecision, LoginCodeQuery,
+    LoginLink, LoginRequest, LogsQuery, Machine, MachineAgents, Membership, NotificationsStatus,
+    PairingCode, ProofQuery, PushSubscriptionInfo, PushSubscriptionRequest, RemoveQuery,
+    RenameRequest, Role, RunRecord, SandboxExplanation, SandboxStatus, SandboxSwitch, SearchQuery,
+    SecretInfo, SecretRequest, SessionInfo, SessionState, TerminalTicket, TicketRequest,
+    TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
 };
 use hyper::Method;
 use hyper::body::Incoming;
@@ -275,6 +275,25 @@ impl Client {
 
     pub async fn get_sandbox(&self) -> Result<SandboxStatus, ClientError> {
         self.get("/v1/sandbox").await
+    }
+
+    /// Asks the daemon to stop (its agents too, unless `keep_agents`).
+    pub async fn stop_daemon(
+        &self,
+        request: &DaemonStopRequest,
+    ) -> Result<DaemonLeaving, ClientError> {
+        self.call(Method::POST, "/v1/daemon/stop", Some(request))
+            .await
+    }
+
+    /// Asks the daemon to re-execute its binary, its agents left running.
+    pub async fn upgrade_daemon(&self) -> Result<DaemonLeaving, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/daemon/upgrade",
+            Some(&DaemonUpgradeRequest {}),
+        )
+        .await
     }
 
     pub async fn switch_sandbox(

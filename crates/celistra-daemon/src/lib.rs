@@ -79,8 +79,9 @@ pub struct Options {
     pub machine_name: Option<String>,
     /// `--hub`: be a fleet hub, taking nodes' links on this address (`--hub-listen`).
     pub hub_listen: Option<SocketAddr>,
-    /// What becomes of the agents when `shutdown` is cancelled (stopped when absent).
-    pub leaving: Option<tokio::sync::watch::Receiver<Leaving>>,
+    /// What becomes of the agents when `shutdown` is cancelled (stopped when absent). Whoever
+    /// cancels it (a signal handler, `POST /v1/daemon/stop`) says so here first.
+    pub leaving: Option<Arc<tokio::sync::watch::Sender<Leaving>>>,
     /// Told once the API answers: where, and with which certificate (for the binary to print).
     pub ready: Option<tokio::sync::mpsc::UnboundedSender<Ready>>,
 }
@@ -164,6 +165,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leavin
             options.listen
         )));
     }
+    let leaving = options
+        .leaving
+        .clone()
+        .unwrap_or_else(|| Arc::new(tokio::sync::watch::channel(Leaving::StopAgents).0));
     let home = Home::new(&options.home);
     home.create()?;
     let _lock = home.lock()?;
@@ -359,7 +364,18 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leavin
         member: Arc::clone(&member),
         local: std::sync::OnceLock::new(),
     });
+    let started_at_ms = now_ms();
     let state = api::AppState {
+        daemon: Arc::new(api::DaemonControl {
+            shutdown: shutdown.clone(),
+            leaving: Arc::clone(&leaving),
+            this: celistra_proto::DaemonLeaving {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                started_at_ms,
+            },
+            services: Arc::clone(&services),
+        }),
         supervisor: Arc::clone(&supervisor),
         secret: secret.into(),
         health: Arc::new(Health {
@@ -369,7 +385,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leavin
             machine_name,
             hostname,
             pid: std::process::id(),
-            started_at_ms: now_ms(),
+            started_at_ms,
             agents: 0,
             agents_running: 0,
             cgroups: services.cgroups.is_some(),
@@ -455,9 +471,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leavin
         }
     };
     let leaving = tokio::select! {
-        () = shutdown.cancelled() => {
-            options.leaving.as_ref().map(|l| *l.borrow()).unwrap_or_default()
-        }
+        () = shutdown.cancelled() => *leaving.borrow(),
         () = keeper_lost => {
             tracing::error!(
                 "the keeper died, and every agent with it; the daemon starts again to start \

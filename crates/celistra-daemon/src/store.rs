@@ -37,20 +37,6 @@ pub(crate) struct StoredAgent {
     /// meanwhile goes on waiting instead of starting it into the limit again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<celistra_proto::LimitWait>,
-    /// The run in progress, which the keeper holds: the next daemon takes it over.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live: Option<LiveRun>,
-}
-
-/// What a daemon that takes a run over from the keeper needs to know of it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct LiveRun {
-    /// The run's id in the history.
-    pub run_id: u64,
-    pub pid: u32,
-    pub started_at_ms: u64,
-    pub settings: celistra_proto::EffectiveSettings,
-    pub sandbox: celistra_proto::RunSandbox,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -230,7 +216,6 @@ mod tests {
             run: 1,
             last_fire_ms: None,
             limit: None,
-            live: None,
         }
     }
 

@@ -426,6 +426,29 @@ pub struct ApplyReport {
     pub dry_run: bool,
 }
 
+/// Body of `POST /v1/daemon/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonStopRequest {
+    /// Leave the agents running in the keeper, for the next daemon to take over; else they are
+    /// stopped gracefully (and come back on the next start).
+    #[serde(default)]
+    pub keep_agents: bool,
+}
+
+/// Body of `POST /v1/daemon/upgrade`: nothing to choose; the daemon re-executes its binary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonUpgradeRequest {}
+
+/// Answer of `POST /v1/daemon/stop` and `/v1/daemon/upgrade`: the daemon that was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DaemonLeaving {
+    pub pid: u32,
+    pub version: String,
+    pub started_at_ms: u64,
+}
+
 /// Body of `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {

@@ -47,7 +47,7 @@ pub use linux::{
     launcher_main,
 };
 pub use policy::{AGENT_BIN_INSIDE, ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
-pub use reaper::{become_subreaper, reap_orphans, reexec};
+pub use reaper::{BINARY_ENV, become_subreaper, reap_orphans, reexec};
 #[cfg(target_os = "macos")]
 pub use seatbelt::sandbox_exec_argv;
 pub use seatbelt::seatbelt_profile;

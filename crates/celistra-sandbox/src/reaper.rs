@@ -3,6 +3,8 @@
 //! daemon re-executing itself for an upgrade ([`reexec`]).
 
 use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, WaitOptions};
 
@@ -47,22 +49,70 @@ pub fn reap_orphans() -> usize {
 }
 
 /// Replaces this process's image by `binary` (the daemon's own path, where a new version may have
-/// been put) with `arguments`, keeping its pid; if that cannot run (gone, not executable, not a
-/// program), by the image this process was started from (`/proc/self/exe`, which stays readable
-/// even when replaced on disk). Returns only when neither could be executed.
-pub fn reexec(
-    binary: Option<&std::path::Path>,
-    arguments: &[std::ffi::OsString],
-) -> std::io::Error {
+/// been put) with `arguments`, keeping its pid; if that is not a working program (gone, not
+/// executable, not a program, or it fails `--version`), by the image this process was started from
+/// (`/proc/self/exe`, which stays readable even when replaced on disk). Returns only when neither
+/// could be executed.
+pub fn reexec(binary: Option<&Path>, arguments: &[std::ffi::OsString]) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let mut error = std::io::Error::other("the daemon's path is unknown");
-    for candidate in binary
-        .into_iter()
-        .chain([std::path::Path::new("/proc/self/exe")])
-    {
+    let new = binary.filter(|binary| match answers_version(binary) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::error!(
+                "{} is not a working celistrad ({why}); starting the running version again",
+                binary.display()
+            );
+            false
+        }
+    });
+    for candidate in new.into_iter().chain([Path::new("/proc/self/exe")]) {
+        let mut command = std::process::Command::new(candidate);
+        // The next image knows its path (its own says `(deleted)` once replaced) and shows it.
+        if let Some(binary) = binary {
+            command.arg0(binary).env(BINARY_ENV, binary);
+        }
         let _forking = spawn_lock();
-        error = std::process::Command::new(candidate).args(arguments).exec();
+        error = command.args(arguments).exec();
         tracing::error!("cannot execute {}: {error}", candidate.display());
     }
     error
+}
+
+/// Names the daemon's binary to the image an upgrade executes, which may be the old one.
+pub const BINARY_ENV: &str = "CELISTRA_BINARY";
+
+/// Longest a new binary may take to answer `--version` before an upgrade.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Whether `binary --version` runs and succeeds in time: what an upgrade asks of a new binary
+/// before leaving the running one (a shell script, a truncated file or another architecture fail).
+fn answers_version(binary: &Path) -> Result<(), String> {
+    let mut child = {
+        let _forking = spawn_lock();
+        std::process::Command::new(binary)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?
+    };
+    let deadline = Instant::now() + PROBE_LIMIT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("`--version` ended with {status}")),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`--version` did not answer within {} s",
+                    PROBE_LIMIT.as_secs()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }

@@ -248,10 +248,14 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         _ => cli.tls.then_some(celistra_daemon::TlsMode::Generate),
     };
     let (ready, mut started) = tokio::sync::mpsc::unbounded_channel();
-    let (leave, leaving) = tokio::sync::watch::channel(celistra_daemon::Leaving::StopAgents);
+    let leaving =
+        std::sync::Arc::new(tokio::sync::watch::channel(celistra_daemon::Leaving::StopAgents).0);
+    let leave = std::sync::Arc::clone(&leaving);
     // Where this binary is now: an upgrade re-executes what is there then (a new version if it
     // was replaced).
-    let binary = std::env::current_exe().ok();
+    let binary = std::env::var_os(celistra_sandbox::BINARY_ENV)
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_exe().ok());
     let options = celistra_daemon::Options {
         home: cli.home.resolve()?,
         listen: cli.listen,

@@ -6,6 +6,7 @@
 mod agents;
 mod approvals;
 mod audit;
+mod daemon;
 mod decide;
 mod events;
 mod fleet;
@@ -40,8 +41,26 @@ use crate::tokens::{TOKEN_PREFIX, TokenRefusal, Tokens};
 /// The actor of requests made with the machine secret, an owner credential.
 pub(crate) const SECRET_ACTOR: &str = "machine-secret";
 
+/// What stops the daemon, and says what becomes of its agents then (`/v1/daemon/…`).
+#[derive(Debug)]
+pub(crate) struct DaemonControl {
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub leaving: Arc<tokio::sync::watch::Sender<crate::Leaving>>,
+    /// Which daemon is asked (the answer of both routes).
+    pub this: celistra_proto::DaemonLeaving,
+    pub services: Arc<crate::services::Services>,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<DaemonControl> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.daemon)
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState {
+    /// Stopping and upgrading the daemon.
+    pub daemon: Arc<DaemonControl>,
     pub supervisor: Arc<Supervisor>,
     pub secret: Arc<str>,
     pub health: Arc<Health>,

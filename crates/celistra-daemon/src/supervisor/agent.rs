@@ -39,7 +39,6 @@ use crate::actor::Actor;
 use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
 use crate::services::Services;
-use crate::store::LiveRun;
 
 /// Reply to a command: `Ok` or an error for the API.
 pub(crate) type Reply = oneshot::Sender<Result<(), ApiError>>;
@@ -68,11 +67,23 @@ pub(crate) enum Command {
     Adopt(Box<Adoption>, Reply),
 }
 
-/// A run to take over from the keeper, with what the last daemon recorded of it.
+/// A run to take over from the keeper, with what the daemon that spawned it noted.
 #[derive(Debug)]
 pub(crate) struct Adoption {
     pub run: AdoptedRun,
-    pub live: LiveRun,
+    pub note: RunNote,
+}
+
+/// What a daemon notes with each run it spawns, and the keeper gives back to the next daemon.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RunNote {
+    /// The agent's run number and restart count with this run (`agents.json` may not have
+    /// them yet when the daemon dies just after a start).
+    pub run: u64,
+    pub restarts: u32,
+    pub started_at_ms: u64,
+    pub settings: EffectiveSettings,
+    pub sandbox: RunSandbox,
 }
 
 /// A command and the credential that gave it (`system` for the daemon itself).
@@ -560,7 +571,10 @@ impl Agent {
     /// the gap, and goes on supervising the run (or, if it ended meanwhile, handles its end as if
     /// it had just happened: recorded with its real status, restarted as its policy says).
     async fn adopt(&mut self, adoption: Adoption) -> Phase {
-        let Adoption { run: adopted, live } = adoption;
+        let Adoption {
+            run: adopted,
+            note: live,
+        } = adoption;
         let spec = self.handle.spec().clone();
         let masker = match self.services.secrets.environment(&spec) {
             Ok((_, masker)) => masker,
@@ -570,7 +584,7 @@ impl Agent {
             handle: Arc::clone(&self.handle),
             agent_id: Arc::from(self.id()),
             history: self.services.history.clone(),
-            run_id: live.run_id,
+            run_id: adopted.run.run_id,
             services: Arc::clone(&self.services),
             approvals: self.approvals.clone(),
             masker,
@@ -600,7 +614,7 @@ impl Agent {
             .set_capacity(live.settings.scrollback_kb as usize * 1024);
         let run = Box::new(Run {
             child: adopted.child,
-            id: live.run_id,
+            id: adopted.run.run_id,
             mode,
             input,
             readers,
@@ -620,6 +634,8 @@ impl Agent {
         let pid = run.child.pid();
         {
             let mut info = self.handle.info_mut();
+            info.run = live.run;
+            info.restarts = live.restarts;
             info.started_at_ms = Some(live.started_at_ms);
             info.exited_at_ms = None;
             info.exit_code = None;
@@ -629,7 +645,7 @@ impl Agent {
         }
         self.handle
             .history_run
-            .store(live.run_id, std::sync::atomic::Ordering::SeqCst);
+            .store(run.id, std::sync::atomic::Ordering::SeqCst);
         // The history marked the run as lost when it opened; it is not.
         self.record_start(&run);
         self.services.audit.record(
@@ -659,10 +675,7 @@ impl Agent {
         self.set_state(AgentState::Running, Some(pid));
         self.persist(AgentState::Running);
         match adopted.run.exit {
-            Some(exit) => {
-                self.handle.info_mut().exited_at_ms = Some(exit.at_ms);
-                self.after_exit(run, exit.info(), ExitCause::Exited).await
-            }
+            Some(exit) => self.after_exit(run, exit.info(), ExitCause::Exited).await,
             None => Phase::Running(run),
         }
     }
@@ -725,7 +738,7 @@ impl Agent {
             Ok(worktree) => {
                 self.handle.info_mut().worktree =
                     worktree.as_ref().map(|w| w.path.display().to_string());
-                self.start_process(worktree.as_ref()).await
+                self.start_process(worktree.as_ref(), is_restart).await
             }
             Err(e) => Err(e.message),
         };
@@ -784,16 +797,6 @@ impl Agent {
                     });
                 }
                 self.record_start(&run);
-                let live = LiveRun {
-                    run_id: run.id,
-                    pid,
-                    started_at_ms: self.handle.info().started_at_ms.unwrap_or_else(now_ms),
-                    settings: run.settings.clone(),
-                    sandbox: run.sandbox.clone(),
-                };
-                self.services
-                    .store
-                    .update(self.id(), |stored| stored.live = Some(live));
                 self.set_state(AgentState::Running, Some(pid));
                 self.handle
                     .fanout
@@ -827,10 +830,12 @@ impl Agent {
         }
     }
 
-    /// Starts a run, in `worktree` (its `cwd`) for a `--worktree` agent.
+    /// Starts a run, in `worktree` (its `cwd`) for a `--worktree` agent; `is_restart` when it
+    /// counts as a restart.
     async fn start_process(
         &self,
         worktree: Option<&crate::worktree::Worktree>,
+        is_restart: bool,
     ) -> Result<Run, String> {
         let config = self.services.config().map_err(|e| e.to_string())?;
         // Retention settings apply from the next spawn on, like every other setting of config.json.
@@ -951,8 +956,25 @@ impl Agent {
         };
         // A restarted agent starts with the size its writers last gave it.
         let size = (mode == IoMode::Pty).then(|| pty_size(self.handle.fanout.size()));
+        let sandbox = RunSandbox {
+            limits: limits.applied().0.iter().map(ToString::to_string).collect(),
+            ..confinement.info
+        };
+        // What the next daemon needs of the run if it has to take it over.
+        let (run, restarts) = {
+            let info = self.handle.info();
+            (info.run + 1, info.restarts + u32::from(is_restart))
+        };
+        let note = RunNote {
+            run,
+            restarts,
+            started_at_ms: now_ms(),
+            settings: settings.clone(),
+            sandbox: sandbox.clone(),
+        };
+        let note = serde_json::to_value(note).map_err(|e| e.to_string())?;
         let spawned = keeper
-            .spawn(self.id(), run_id, launch, size)
+            .spawn(self.id(), run_id, launch, size, note)
             .await
             .map_err(|e| e.to_string())?;
         let (child, ready) = (spawned.child, spawned.ready);
@@ -966,10 +988,7 @@ impl Agent {
             readers,
             started: Instant::now(),
             cgroup,
-            sandbox: RunSandbox {
-                limits: limits.applied().0.iter().map(ToString::to_string).collect(),
-                ..confinement.info
-            },
+            sandbox,
             capability_sources: confinement.sources,
             limits,
             ready,
@@ -1018,7 +1037,9 @@ impl Agent {
         self.services.history.run_ended(
             run_id,
             RunEnd {
-                ended_ms: now_ms(),
+                // When the keeper reaped it (see `finish`), also for a run that ended while no
+                // daemon ran.
+                ended_ms: self.handle.info().exited_at_ms.unwrap_or_else(now_ms),
                 exit_code: exit.code,
                 exit_signal: exit.signal.map(signal_name),
                 cause,
@@ -1076,9 +1097,6 @@ impl Agent {
     ) -> u64 {
         // Whatever the leader left behind (background jobs, daemonised children) ends with it.
         kill_everything(&run);
-        self.services
-            .store
-            .update(self.id(), |stored| stored.live = None);
         let services = Arc::clone(&self.services);
         let pid = run.child.pid();
         tokio::spawn(async move {
@@ -1095,7 +1113,7 @@ impl Agent {
             let mut info = self.handle.info_mut();
             info.exit_code = exit.code;
             info.exit_signal = exit.signal.map(signal_name);
-            info.exited_at_ms = Some(now_ms());
+            info.exited_at_ms = Some(run.child.ended().map_or_else(now_ms, |e| e.at_ms));
             info.activity = None;
             if class.is_some() {
                 info.exit_class.clone_from(&class);

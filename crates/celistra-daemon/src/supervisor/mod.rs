@@ -288,7 +288,6 @@ impl Supervisor {
                 run: 0,
                 last_fire_ms: None,
                 limit: None,
-                live: None,
             };
             self.services.store.put(stored.clone());
             let handle = self.insert(&mut registry, &stored);
@@ -443,15 +442,20 @@ impl Supervisor {
                         | AgentState::Backoff
                         | AgentState::Stopping
                 );
-                let adoption = agent.live.take().and_then(|live| {
-                    let at = held
-                        .iter()
-                        .position(|h| h.run.agent_id == agent.id && h.run.run_id == live.run_id)?;
-                    Some(Adoption {
-                        run: held.swap_remove(at),
-                        live,
-                    })
-                });
+                // The keeper's newest run of the agent; older ones ended and were recorded.
+                let adoption = held
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| h.run.agent_id == agent.id)
+                    .max_by_key(|(_, h)| h.run.run_id)
+                    .map(|(at, _)| at)
+                    .and_then(|at| {
+                        let note = serde_json::from_value(held[at].run.note.clone()).ok()?;
+                        Some(Adoption {
+                            run: held.swap_remove(at),
+                            note,
+                        })
+                    });
                 if should_run || adoption.is_some() {
                     agent.state = AgentState::Stopped;
                 }

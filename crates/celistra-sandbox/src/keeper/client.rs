@@ -252,13 +252,15 @@ impl Keeper {
         let _ = gone.wait_for(|gone| *gone).await;
     }
 
-    /// Spawns `launch` through the keeper: in a PTY of `pty`, else on pipes.
+    /// Spawns `launch` through the keeper: in a PTY of `pty`, else on pipes. The keeper keeps
+    /// `note` with the run and gives it to the daemon that takes the run over.
     pub async fn spawn(
         &self,
         agent_id: &str,
         run_id: u64,
         launch: Launch,
         pty: Option<PtySize>,
+        note: serde_json::Value,
     ) -> Result<SpawnedRun, KeeperError> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -275,6 +277,7 @@ impl Keeper {
             run_id,
             launch: Box::new(launch),
             pty: pty.map(|size| (size.rows, size.cols)),
+            note,
         };
         if self.socket.send(&message, &[], &[]).await.is_err() {
             lock(&self.waiters).waiters.spawns.remove(&request);

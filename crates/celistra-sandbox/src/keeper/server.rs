@@ -321,7 +321,11 @@ impl Keeper {
     }
 
     fn done(&self) -> bool {
-        self.exiting && self.runs.is_empty()
+        let done = self.exiting && self.runs.is_empty();
+        if done {
+            tracing::info!("keeper: the daemon stopped every agent; exiting");
+        }
+        done
     }
 
     /// With no daemon and no live run, leaves what is held for the next daemon and ends.
@@ -330,6 +334,7 @@ impl Keeper {
             return self.done();
         }
         if self.runs.is_empty() {
+            tracing::info!("keeper: no daemon and no run to hold; exiting");
             let _ = std::fs::remove_file(self.dir.join(LEFTOVER_FILE));
             return true;
         }
@@ -338,6 +343,10 @@ impl Keeper {
             let readers = std::mem::take(&mut held.readers);
             let _ = tokio::time::timeout(DRAIN_LIMIT, futures_join(readers)).await;
         }
+        tracing::info!(
+            runs = self.runs.len(),
+            "keeper: no daemon and every run ended; leaving their ends for the next daemon"
+        );
         if let Err(e) = self.write_leftover() {
             tracing::error!(
                 "keeper: cannot save the agents' exit statuses in {}: {e}",
@@ -398,8 +407,9 @@ impl Keeper {
                 run_id,
                 launch,
                 pty,
+                note,
             } => {
-                let answer = self.spawn(agent_id, run_id, &launch, pty);
+                let answer = self.spawn(agent_id, run_id, &launch, pty, note);
                 let sent = match answer {
                     Ok((pid, fds, ready)) => {
                         socket
@@ -500,6 +510,7 @@ impl Keeper {
         run_id: u64,
         launch: &crate::Launch,
         pty: Option<(u16, u16)>,
+        note: serde_json::Value,
     ) -> Result<(u32, Vec<OwnedFd>, bool), String> {
         let (child, outputs, input, ready) = match pty {
             Some((rows, cols)) => {
@@ -552,6 +563,7 @@ impl Keeper {
                 exit: None,
                 dropped_bytes: 0,
                 unattended_since_ms: None,
+                note,
             },
             outputs,
             input,

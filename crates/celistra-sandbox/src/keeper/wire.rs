@@ -68,6 +68,9 @@ pub struct HeldRun {
     pub dropped_bytes: u64,
     /// Since when no daemon read the run's output (ms since the epoch), if ever.
     pub unattended_since_ms: Option<u64>,
+    /// What the daemon that spawned it noted with it.
+    #[serde(default)]
+    pub note: serde_json::Value,
 }
 
 /// A daemon's requests.
@@ -87,6 +90,8 @@ pub(crate) enum ToKeeper {
         launch: Box<Launch>,
         /// A PTY of this many rows and columns; pipes without one.
         pty: Option<(u16, u16)>,
+        /// Kept with the run, for the daemon that takes it over.
+        note: serde_json::Value,
     },
     /// The daemon has recorded the end of this run: the keeper forgets it.
     Forget { pid: u32 },

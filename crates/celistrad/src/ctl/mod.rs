@@ -7,6 +7,7 @@ mod approvals;
 mod attach;
 mod audit;
 mod context;
+mod daemon;
 mod events;
 mod fleet;
 mod history;
@@ -121,6 +122,8 @@ enum Verb {
     Machines(fleet::MachinesArgs),
     /// This daemon's place in a fleet: its machine name, hub or member, the link.
     Fleet(fleet::FleetArgs),
+    /// The daemon itself: stop [--keep-agents], upgrade (in place, agents kept running).
+    Daemon(daemon::DaemonArgs),
 }
 
 impl Verb {
@@ -141,6 +144,7 @@ impl Verb {
                 | Verb::Notifications(_)
                 | Verb::Context(_)
                 | Verb::Hooks(_)
+                | Verb::Daemon(_)
         )
     }
 }
@@ -246,6 +250,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Leave(args) => fleet::leave(client, args).await,
         Verb::Machines(args) => fleet::machines(client, args).await,
         Verb::Fleet(args) => fleet::status(client, args).await,
+        Verb::Daemon(args) => daemon::run(client, args).await,
         Verb::Context(_) | Verb::Join(_) | Verb::Hooks(_) => {
             unreachable!(
                 "contexts and hooks need no daemon (or only for --agent) and join takes \

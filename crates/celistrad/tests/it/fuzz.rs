@@ -43,7 +43,10 @@ fn schemathesis() -> PathBuf {
 ///   addresses in their bodies (a push endpoint, a hub) or configured channels; a fuzzer's made-up
 ///   addresses must never be a target (joining is tested on the test's own network in fleet.rs).
 /// - `stream_fleet_events`: a stream that does not end, like `stream_events`.
-const EXCLUDED: [&str; 9] = [
+const EXCLUDED: [&str; 11] = [
+    // They stop or re-execute the daemon under test.
+    "stop_daemon",
+    "upgrade_daemon",
     "revoke_token",
     "open_terminal",
     "stream_events",

@@ -441,15 +441,12 @@ async fn kill_9_mid_write_loses_only_what_the_daemon_had_read_and_not_stored() {
     wait_no_process_with(&tag).await;
 
     let kept = logs(&daemon, "/v1/agents/writer/logs?run=1").await;
-    let numbers: Vec<u64> = kept
+    // A gap can tear the line it falls in: such a line is counted, not parsed.
+    let (numbers, torn): (Vec<_>, Vec<_>) = kept
         .lines()
-        .map(|l| {
-            l.strip_prefix("line ")
-                .expect("a line")
-                .parse()
-                .expect("a whole number")
-        })
-        .collect();
+        .map(|l| l.strip_prefix("line ").and_then(|n| n.parse::<u64>().ok()))
+        .partition(Option::is_some);
+    let numbers: Vec<u64> = numbers.into_iter().flatten().collect();
     assert!(numbers.len() > 20_000, "kept {}", numbers.len());
     assert_eq!(numbers[0], 1);
     assert!(
@@ -459,9 +456,11 @@ async fn kill_9_mid_write_loses_only_what_the_daemon_had_read_and_not_stored() {
     // One gap at most: what the killed daemon had read but not yet stored; and one more only if
     // the keeper had to drop output past what it keeps per run.
     let gaps = numbers.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    let most = 1 + usize::from(dropped_bytes > 0);
     assert!(
-        gaps <= 1 + usize::from(dropped_bytes > 0),
-        "{gaps} gaps, {dropped_bytes} bytes dropped"
+        gaps <= most && torn.len() <= most,
+        "{gaps} gaps, {} torn lines, {dropped_bytes} bytes dropped",
+        torn.len()
     );
     let first = wait_runs(&daemon, "writer", |r| !r.is_empty()).await;
     assert_eq!(

@@ -30,6 +30,7 @@ mod sandbox;
 mod schedule;
 mod secrets;
 mod supervision;
+mod survival;
 mod terminal;
 mod tidy;
 mod tls;
@@ -69,6 +70,8 @@ struct Launch {
     args: Vec<String>,
     /// Run inside this network namespace (`ip netns exec`, as root: not with `user`).
     netns: Option<String>,
+    /// Run this binary rather than the one cargo built (a copy a test replaces).
+    binary: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -140,6 +143,15 @@ impl Daemon {
     }
 
     /// Starts a daemon on a state directory the test prepared (removed with the daemon).
+    /// Starts a daemon from `binary` (a copy of the built one, which the test may replace).
+    pub(crate) async fn start_from(binary: &Path) -> Daemon {
+        let launch = Launch {
+            binary: Some(binary.to_path_buf()),
+            ..Launch::default()
+        };
+        Daemon::start_in_dir(tempfile::tempdir().expect("temp dir"), launch).await
+    }
+
     pub(crate) async fn start_on(dir: tempfile::TempDir) -> Daemon {
         Daemon::start_in_dir(dir, Launch::default()).await
     }
@@ -340,7 +352,7 @@ fn spawn_daemon(home: &Path, launch: &Launch) -> Child {
             command.uid(*uid).gid(*gid);
             command
         }
-        (None, None) => Command::new(BIN),
+        (None, None) => Command::new(launch.binary.as_deref().unwrap_or(Path::new(BIN))),
         // `ip netns exec` enters the namespace and execs the daemon in its own place, so the child
         // is the daemon itself (its pid, its signals).
         (None, Some(netns)) => {
@@ -381,6 +393,24 @@ pub(crate) async fn wait_until_serving(home: &Path) -> Client {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The parent pid of process `pid` (0 once it is gone).
+pub(crate) fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state, then the parent's pid.
+    stat.rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch, as the daemon stamps things.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn run_kill(signal: &str, pid: u32) {

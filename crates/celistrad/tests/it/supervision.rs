@@ -251,11 +251,18 @@ async fn agents_outlive_a_daemon_sigkill_the_next_daemon_takes_them_over_and_a_s
     // every agent with it (the one that ignores SIGHUP too), and the daemon starts again in place
     // with a new keeper and the agents that should run.
     let keeper = daemon.keeper_pid().expect("a new keeper");
-    let before: Vec<u32> = ["1", "2"]
-        .iter()
-        .flat_map(|part| crate::live_processes_exactly(&format!("sleep {m}{part}")))
-        .collect();
-    assert_eq!(before.len(), 2, "{before:?}");
+    let deadline = std::time::Instant::now() + crate::PATIENCE;
+    let before = loop {
+        let before: Vec<u32> = ["1", "2"]
+            .iter()
+            .flat_map(|part| crate::live_processes_exactly(&format!("sleep {m}{part}")))
+            .collect();
+        if before.len() == 2 {
+            break before;
+        }
+        assert!(std::time::Instant::now() < deadline, "{before:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     let daemon_pid = daemon.pid();
     crate::run_kill("KILL", keeper);
     for pid in before {
