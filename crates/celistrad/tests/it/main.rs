@@ -36,7 +36,7 @@ mod tls;
 mod worktree;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use celistra_client::{Client, next_chunk};
@@ -363,6 +363,34 @@ async fn wait_until_serving(home: &Path) -> Client {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Runs `command` with `stdin` as its input to its end, which must come within [`PATIENCE`]
+/// (then it is killed): its output, or why there is none.
+pub(crate) fn output_within(command: &mut Command, stdin: &str) -> Result<Output, String> {
+    use std::io::Write;
+    let mut child: Child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let mut input = child.stdin.take().expect("piped stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .map_err(|e| format!("writing its input: {e}"))?;
+    drop(input);
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let output = match finished.recv_timeout(PATIENCE) {
+        Ok(output) => output,
+        Err(_) => {
+            crate::run_kill("KILL", pid);
+            return Err(format!("still running after {PATIENCE:?}: killed"));
+        }
+    };
+    output.map_err(|e| format!("waiting: {e}"))
 }
 
 pub(crate) fn run_kill(signal: &str, pid: u32) {
