@@ -29,6 +29,7 @@ mod roles;
 mod sandbox;
 mod schedule;
 mod secrets;
+mod service;
 mod supervision;
 mod terminal;
 mod tidy;
