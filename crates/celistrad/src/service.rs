@@ -83,6 +83,32 @@ impl Scope {
         Ok(dir.join(UNIT_NAME))
     }
 
+    /// Why there is no systemd to talk to, in words: no systemctl, PID 1 is not systemd (named),
+    /// or its manager cannot be reached (a user's, from outside a login session).
+    fn absent_reason(&self, error: &SystemctlError) -> String {
+        match error {
+            SystemctlError::NotInstalled => "systemctl is not installed here".to_owned(),
+            // sd_booted(3): this directory exists only when systemd is PID 1.
+            SystemctlError::NotRunning(said) if Path::new("/run/systemd/system").is_dir() => {
+                if self.user {
+                    format!(
+                        "your systemd user manager cannot be reached from here (a login over ssh \
+                         or a console has one; `su` and `sudo -u` give none): {said}"
+                    )
+                } else {
+                    format!("systemd cannot be reached: {said}")
+                }
+            }
+            SystemctlError::NotRunning(said) => {
+                let pid1 = std::fs::read_to_string("/proc/1/comm")
+                    .map(|name| format!("PID 1 is `{}`", name.trim()))
+                    .unwrap_or_else(|_| "PID 1 is another init".to_owned());
+                format!("systemd is not running here ({pid1}; systemctl: {said})")
+            }
+            SystemctlError::Failed(said) => said.clone(),
+        }
+    }
+
     /// A system unit in systemd's directory is root's to change; say so before trying.
     fn require_root(&self, verb: &str, path: &Path) -> anyhow::Result<()> {
         if self.user || self.unit_dir.is_some() || rustix::process::geteuid().is_root() {
@@ -198,7 +224,7 @@ async fn install(args: InstallArgs, home: &HomeArg) -> anyhow::Result<ExitCode> 
                 }
                 absent => format!(
                     "{}; {written}, for when it is.\n{}",
-                    absent_reason(&absent),
+                    scope.absent_reason(&absent),
                     run_without_systemd(&binary, &state_dir)
                 ),
             });
@@ -244,7 +270,7 @@ async fn uninstall(scope: Scope) -> anyhow::Result<ExitCode> {
             Ok(()) => println!("ran {}", scope.shown(&DISABLE)),
             // Nothing runs under a systemd that is not there: removing the file is all there is.
             Err(error @ (SystemctlError::NotInstalled | SystemctlError::NotRunning(_))) => {
-                println!("{}: no systemctl command run", absent_reason(&error));
+                println!("{}: no systemctl command run", scope.absent_reason(&error));
                 systemd_absent = true;
             }
             Err(SystemctlError::Failed(message)) => bail!(
@@ -299,11 +325,14 @@ async fn status(scope: Scope) -> anyhow::Result<ExitCode> {
             Ok(answer) if label == "main pid" && answer == "0" => println!("{label}: none"),
             Ok(answer) => println!("{label}: {answer}"),
             Err(error @ (SystemctlError::NotInstalled | SystemctlError::NotRunning(_))) => {
-                println!("{}", absent_reason(&error));
+                println!("{}", scope.absent_reason(&error));
                 break;
             }
             Err(SystemctlError::Failed(message)) => println!("{label}: unknown ({message})"),
         }
+    }
+    if scope.user {
+        println!("{}", lingering_advice());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -318,25 +347,6 @@ fn run_without_systemd(binary: &Path, state_dir: &Path) -> String {
          >>{state}/celistrad.log 2>&1 &\nor from your init system (OpenRC, runit, s6); `kill -HUP` \
          its pid upgrades it in place."
     )
-}
-
-/// Why there is no systemd to talk to, in words: no systemctl, PID 1 is not systemd (named), or
-/// its manager cannot be reached (a user's, without a login session).
-fn absent_reason(error: &SystemctlError) -> String {
-    match error {
-        SystemctlError::NotInstalled => "systemctl is not installed here".to_owned(),
-        // sd_booted(3): this directory exists only when systemd is PID 1.
-        SystemctlError::NotRunning(said) if Path::new("/run/systemd/system").is_dir() => {
-            format!("systemd's manager cannot be reached ({said})")
-        }
-        SystemctlError::NotRunning(said) => {
-            let pid1 = std::fs::read_to_string("/proc/1/comm")
-                .map(|name| format!("PID 1 is `{}`", name.trim()))
-                .unwrap_or_else(|_| "PID 1 is another init".to_owned());
-            format!("systemd is not running here ({pid1}; systemctl: {said})")
-        }
-        SystemctlError::Failed(said) => said.clone(),
-    }
 }
 
 /// A user service runs only while its user has a session, unless lingering is on.
