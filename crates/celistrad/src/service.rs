@@ -210,6 +210,9 @@ async fn install(args: InstallArgs, home: &HomeArg) -> anyhow::Result<ExitCode> 
     let Some(systemctl) = scope.systemctl() else {
         println!("systemctl not run (--no-systemctl); next:");
         println!("  {}\n  {}", scope.shown(&RELOAD), scope.shown(&ENABLE));
+        if scope.user {
+            println!("{}", lingering_advice());
+        }
         return Ok(ExitCode::SUCCESS);
     };
     for command in [&RELOAD[..], &ENABLE[..]] {

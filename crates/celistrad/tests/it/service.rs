@@ -361,7 +361,10 @@ fn without_systemd_install_keeps_the_unit_and_says_how_to_run_the_daemon_without
 
     let out = run(&not_booted, &["status"]);
     assert_exit(&out, 0);
-    assert_says(&out.stdout, &["(installed)", "has not been booted with systemd"]);
+    assert_says(
+        &out.stdout,
+        &["(installed)", "has not been booted with systemd"],
+    );
     // Nothing can run under a systemd that is not there: removing the file is the whole job.
     let out = run(&not_booted, &["uninstall"]);
     assert_exit(&out, 0);
