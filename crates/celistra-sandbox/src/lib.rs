@@ -4,8 +4,9 @@
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
 //! The kernel sandbox (bubblewrap, Landlock, seccomp; Seatbelt on macOS) is built here from a
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
-//! else rlimits) come from [`ResourceLimits`]. [`Git`] runs `git` for the daemon (worktrees), as
-//! a given user, with a timeout.
+//! else rlimits) come from [`ResourceLimits`]. [`SystemTool`] runs a system tool (`systemctl`, …)
+//! with a timeout and its output captured; [`Git`] is that for `git` (the daemon's worktrees), as
+//! a given user.
 
 // The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
 // where they belong.
@@ -28,6 +29,7 @@ mod reaper;
 mod seatbelt;
 #[allow(unsafe_code, reason = "pre_exec, fork-time syscalls")]
 mod spawn;
+mod tool;
 
 pub use audit::{
     AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
@@ -51,6 +53,7 @@ pub use reaper::{BINARY_ENV, become_subreaper, reap_orphans, reexec};
 #[cfg(target_os = "macos")]
 pub use seatbelt::sandbox_exec_argv;
 pub use seatbelt::seatbelt_profile;
+pub use tool::{SystemTool, ToolError, ToolOutput};
 /// The PTY types handed out with a spawned child.
 pub mod pty {
     pub use pty_process::{OwnedReadPty, OwnedWritePty, Pty};

@@ -7,6 +7,7 @@
 )]
 
 mod ctl;
+mod service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,6 +99,8 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = ".")]
         out: PathBuf,
     },
+    /// Run the daemon as a systemd service: `sudo celistrad service install`, or `--user`.
+    Service(service::ServiceArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,7 +142,11 @@ fn main() -> ExitCode {
     let client_without_terminal = match &cli.command {
         Some(Command::Ctl(ctl)) => !ctl.holds_the_terminal(),
         Some(
-            Command::Audit(_) | Command::Ask(_) | Command::Completions { .. } | Command::Man { .. },
+            Command::Audit(_)
+            | Command::Ask(_)
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Service(_),
         ) => true,
         // A hook exits 0 whatever becomes of its stderr.
         Some(Command::Hook(_)) | None => false,
@@ -189,6 +196,7 @@ fn main() -> ExitCode {
                 unreachable!("handled before the runtime starts")
             }
             Some(Command::Ask(args)) => Ok(ctl::ask(args).await),
+            Some(Command::Service(args)) => service::run(args, &cli.home).await,
             Some(Command::Hook(args)) => Ok(ctl::hook(args).await),
             None => run_daemon(cli).await.map(|()| ExitCode::SUCCESS),
         }

@@ -29,6 +29,7 @@ mod roles;
 mod sandbox;
 mod schedule;
 mod secrets;
+mod service;
 mod supervision;
 mod survival;
 mod terminal;
@@ -37,7 +38,7 @@ mod tls;
 mod worktree;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use celistra_client::{Client, next_chunk};
@@ -411,6 +412,34 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs `command` with `stdin` as its input to its end, which must come within [`PATIENCE`]
+/// (then it is killed): its output, or why there is none.
+pub(crate) fn output_within(command: &mut Command, stdin: &str) -> Result<Output, String> {
+    use std::io::Write;
+    let mut child: Child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let mut input = child.stdin.take().expect("piped stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .map_err(|e| format!("writing its input: {e}"))?;
+    drop(input);
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(child.wait_with_output()));
+    let output = match finished.recv_timeout(PATIENCE) {
+        Ok(output) => output,
+        Err(_) => {
+            crate::run_kill("KILL", pid);
+            return Err(format!("still running after {PATIENCE:?}: killed"));
+        }
+    };
+    output.map_err(|e| format!("waiting: {e}"))
 }
 
 pub(crate) fn run_kill(signal: &str, pid: u32) {

@@ -29,7 +29,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Daemon, PATIENCE};
+use crate::{Daemon, PATIENCE, output_within};
 
 /// The start of every namespace name a [`Lan`] makes, before the creator's pid.
 const TAG: &str = "cel";
@@ -347,34 +347,6 @@ fn failure(shown: &str, output: &Output) -> String {
         output.status,
         String::from_utf8_lossy(&output.stderr).trim_end()
     )
-}
-
-/// Runs `command` with `stdin` as its input to its end, which must come within [`PATIENCE`]
-/// (then it is killed): its output, or why there is none.
-pub(crate) fn output_within(command: &mut Command, stdin: &str) -> Result<Output, String> {
-    use std::io::Write;
-    let mut child: Child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start: {e}"))?;
-    let mut input = child.stdin.take().expect("piped stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .map_err(|e| format!("writing its input: {e}"))?;
-    drop(input);
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || done.send(child.wait_with_output()));
-    let output = match finished.recv_timeout(PATIENCE) {
-        Ok(output) => output,
-        Err(_) => {
-            crate::run_kill("KILL", pid);
-            return Err(format!("still running after {PATIENCE:?}: killed"));
-        }
-    };
-    output.map_err(|e| format!("waiting: {e}"))
 }
 
 /// `curl` inside `from` of `path` on the daemon's HTTPS listener, as its owner, giving up on
