@@ -93,8 +93,10 @@ impl AskSockets {
         self.bin.as_deref()
     }
 
+    /// Agent `agent_id`'s socket, `ask.sock` in a directory of its own (which its sandbox sees,
+    /// so the socket a next daemon binds there is found).
     pub(crate) fn path(&self, agent_id: &str) -> PathBuf {
-        self.dir.join(format!("{agent_id}.sock"))
+        self.dir.join(agent_id).join("ask.sock")
     }
 
     fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
@@ -105,6 +107,14 @@ impl AskSockets {
     /// logged: the agent runs, it only cannot ask.
     pub(crate) fn open<A: Answerer>(&self, agent_id: &str, flow: A) {
         let path = self.path(agent_id);
+        let own_dir = self.dir.join(agent_id);
+        // 0711 like the directory above it: its user reaches the socket, lists nothing.
+        if let Err(e) = std::fs::create_dir_all(&own_dir).and_then(|()| {
+            std::fs::set_permissions(&own_dir, std::fs::Permissions::from_mode(0o711))
+        }) {
+            tracing::warn!(agent = agent_id, "cannot make {}: {e}", own_dir.display());
+            return;
+        }
         let _ = std::fs::remove_file(&path);
         let listener = match tokio::net::UnixListener::bind(&path) {
             Ok(listener) => listener,
@@ -156,7 +166,7 @@ impl AskSockets {
         if let Some(server) = self.servers().remove(agent_id) {
             server.abort();
         }
-        let _ = std::fs::remove_file(self.path(agent_id));
+        let _ = std::fs::remove_dir_all(self.dir.join(agent_id));
     }
 
     /// Closes every socket and removes the directory (the daemon stops).

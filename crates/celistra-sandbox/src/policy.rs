@@ -32,15 +32,19 @@ pub struct Policy {
     pub hidden: Vec<PathBuf>,
     /// macOS privacy (TCC) grants; recorded everywhere, meaningful only on macOS.
     pub macos: MacosGrants,
-    /// The agent's own socket to the daemon (approvals), made visible inside the sandbox at
-    /// [`ASK_SOCKET_INSIDE`].
+    /// The agent's own socket to the daemon (approvals), named `ask.sock` in a directory of its
+    /// own, which is made visible inside the sandbox (so a socket the next daemon binds there is
+    /// seen too), the socket at [`ASK_SOCKET_INSIDE`].
     #[serde(default)]
     pub ask_socket: Option<PathBuf>,
 }
 
 /// Where a sandboxed agent finds its socket to the daemon: in its private `/tmp`, so the mount point
 /// is made in the sandbox's own tmpfs, never on the host.
-pub const ASK_SOCKET_INSIDE: &str = "/tmp/.celistra-ask.sock";
+pub const ASK_SOCKET_INSIDE: &str = "/tmp/.celistra-ask/ask.sock";
+
+/// The directory holding [`ASK_SOCKET_INSIDE`]: the agent's socket directory, bound.
+pub(crate) const ASK_DIR_INSIDE: &str = "/tmp/.celistra-ask";
 
 /// Where a sandboxed agent finds the daemon's own binary, read-only, as `celistrad` (for
 /// `celistrad ask` and `celistrad hook`): first on its `PATH`, in its private `/tmp` like the

@@ -285,11 +285,12 @@ fn bwrap_options(
         }
     }
     if let Some(socket) = &policy.ask_socket {
-        options.add(&[
-            "--bind",
-            absolute(socket)?,
-            crate::policy::ASK_SOCKET_INSIDE,
-        ]);
+        // Its directory, not the socket: a daemon that starts again binds a new socket there.
+        let dir = socket.parent().ok_or_else(|| Error::SandboxPath {
+            path: socket.display().to_string(),
+            problem: "has no directory".into(),
+        })?;
+        options.add(&["--bind", absolute(dir)?, crate::policy::ASK_DIR_INSIDE]);
     }
     options.add(&["--chdir", paths.workspace]);
     Ok(options.0)

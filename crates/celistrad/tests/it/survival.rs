@@ -472,3 +472,36 @@ fn replace(path: &std::path::Path, content: &[u8]) {
     std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::rename(&new, path).unwrap();
 }
+
+#[tokio::test]
+async fn a_sandboxed_agent_reaches_the_daemon_through_its_socket_after_an_upgrade() {
+    let mut daemon = Daemon::start().await;
+    let go = daemon.work.path().join("go");
+    let agent = daemon
+        .spawn(AgentSpec {
+            kind: Some("custom".into()),
+            ..spec(
+                "hooked",
+                &format!(
+                    "while [ ! -e {} ]; do sleep 0.01; done; echo '{{\"activity\":\"needs-input\",\"message\":\"after the upgrade\"}}' | celistrad hook custom; echo hooked; exec sleep 600",
+                    go.display()
+                ),
+            )
+        })
+        .await;
+    assert!(
+        agent.sandbox.as_ref().is_some_and(|s| s.sandboxed),
+        "{agent:?}"
+    );
+    upgrade(&mut daemon).await;
+    std::fs::write(&go, "").unwrap();
+    let agent = daemon
+        .wait_agent(&agent.id, "told by its hook", |a| {
+            a.activity.as_ref().is_some_and(|a| {
+                a.activity == celistra_proto::Activity::NeedsInput
+                    && a.evidence.tier == celistra_proto::SignalTier::Hook
+            })
+        })
+        .await;
+    assert_eq!(agent.run, 1, "the same run");
+}
