@@ -29,6 +29,7 @@ mod worktree;
 mod zone;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +56,14 @@ pub enum Leaving {
     KeepAgents,
     /// Leave them running and re-execute the daemon's binary (`SIGHUP`, `ctl daemon upgrade`).
     Upgrade,
+}
+
+/// How the daemon stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    pub leaving: Leaving,
+    /// For an upgrade: the API's listening sockets (`unix`, `tcp`), to hand to the next image.
+    pub listeners: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
 /// How to run the daemon.
@@ -154,7 +163,7 @@ pub async fn fleet_link(
 /// them to the keeper, as `options.leaving` says) and returns what it did. If the keeper dies
 /// (taking the agents with it), the daemon stops too and answers [`Leaving::Upgrade`]: executed
 /// again, it starts a new keeper and the agents that should run.
-pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leaving, Error> {
+pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stopped, Error> {
     // Tokens and session cookies cross the network in the clear without TLS.
     if !options.listen.ip().is_loopback() && options.tls.is_none() && !options.insecure_http {
         return Err(Error::Insecure(format!(
@@ -303,14 +312,43 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leavin
 
     let stopping = CancellationToken::new();
     let socket_path = home.socket_file();
-    let _ = std::fs::remove_file(&socket_path);
-    let unix = tokio::net::UnixListener::bind(&socket_path)
-        .map_err(|e| Error::io(format!("cannot listen on {}", socket_path.display()), e))?;
-    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(format!("cannot restrict {}", socket_path.display()), e))?;
-    let tcp = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| Error::io(format!("cannot listen on {}", options.listen), e))?;
+    // After an upgrade the listening sockets are the previous image's: connections made meanwhile
+    // wait in their backlog, and the port stays.
+    let unix = match celistra_sandbox::inherited_listener("unix") {
+        Some(fd) => {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixListener::from_std(listener))
+                .map_err(|e| Error::io("cannot take over the API socket".into(), e))?
+        }
+        None => {
+            let _ = std::fs::remove_file(&socket_path);
+            let unix = tokio::net::UnixListener::bind(&socket_path)
+                .map_err(|e| Error::io(format!("cannot listen on {}", socket_path.display()), e))?;
+            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(format!("cannot restrict {}", socket_path.display()), e))?;
+            unix
+        }
+    };
+    let tcp = match celistra_sandbox::inherited_listener("tcp") {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                .map_err(|e| Error::io("cannot take over the API port".into(), e))?
+        }
+        None => tokio::net::TcpListener::bind(options.listen)
+            .await
+            .map_err(|e| Error::io(format!("cannot listen on {}", options.listen), e))?,
+    };
+    // Copies for the next image, should this one be upgraded.
+    let listeners = [("unix", unix.as_fd()), ("tcp", tcp.as_fd())]
+        .into_iter()
+        .map(|(name, fd)| fd.try_clone_to_owned().map(|fd| (name, fd)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::io("cannot keep the listening sockets".into(), e))?;
     let bound = tcp
         .local_addr()
         .map_err(|e| Error::io("cannot read the bound address".into(), e))?;
@@ -529,10 +567,19 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Leavin
         services.asks.close_all();
     }
     drop(block_monitor);
-    let _ = std::fs::remove_file(&socket_path);
-    let _ = std::fs::remove_file(home.addr_file());
+    if leaving != Leaving::Upgrade {
+        let _ = std::fs::remove_file(&socket_path);
+        let _ = std::fs::remove_file(home.addr_file());
+    }
     tracing::info!("celistrad stopped");
-    Ok(leaving)
+    Ok(Stopped {
+        leaving,
+        listeners: if leaving == Leaving::Upgrade {
+            listeners
+        } else {
+            vec![]
+        },
+    })
 }
 
 /// Opens (or creates) `audit.log` with its signing key; a torn last entry left by a crash is cut

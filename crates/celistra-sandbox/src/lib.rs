@@ -60,8 +60,8 @@ pub mod pty {
 }
 
 pub use spawn::{
-    Child, ExitInfo, Launch, PtySize, SandboxReady, SpawnSpec, SpawnedPipes, SpawnedPty,
-    resize_pty, signal_group, spawn_in_pty, spawn_with_pipes,
+    Child, ExitInfo, LISTENERS_ENV, Launch, PtySize, SandboxReady, SpawnSpec, SpawnedPipes,
+    SpawnedPty, inherited_listener, resize_pty, signal_group, spawn_in_pty, spawn_with_pipes,
 };
 
 /// Errors of process control, each naming what was being done.

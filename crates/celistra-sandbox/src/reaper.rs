@@ -53,7 +53,11 @@ pub fn reap_orphans() -> usize {
 /// executable, not a program, or it fails `--version`), by the image this process was started from
 /// (`/proc/self/exe`, which stays readable even when replaced on disk). Returns only when neither
 /// could be executed.
-pub fn reexec(binary: Option<&Path>, arguments: &[std::ffi::OsString]) -> std::io::Error {
+pub fn reexec(
+    binary: Option<&Path>,
+    arguments: &[std::ffi::OsString],
+    listeners: &[(&str, std::os::fd::OwnedFd)],
+) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let mut error = std::io::Error::other("the daemon's path is unknown");
     let new = binary.filter(|binary| match answers_version(binary) {
@@ -66,8 +70,16 @@ pub fn reexec(binary: Option<&Path>, arguments: &[std::ffi::OsString]) -> std::i
             false
         }
     });
+    // The listening sockets stay open across exec, so no connection is refused meanwhile.
+    let mut passed = vec![];
+    for (name, fd) in listeners {
+        if rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).is_ok() {
+            passed.push(format!("{name}={}", std::os::fd::AsRawFd::as_raw_fd(fd)));
+        }
+    }
     for candidate in new.into_iter().chain([Path::new("/proc/self/exe")]) {
         let mut command = std::process::Command::new(candidate);
+        command.env(crate::LISTENERS_ENV, passed.join(","));
         // The next image knows its path (its own says `(deleted)` once replaced) and shows it.
         if let Some(binary) = binary {
             command.arg0(binary).env(BINARY_ENV, binary);

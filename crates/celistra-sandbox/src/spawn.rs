@@ -531,6 +531,40 @@ fn pty_error(err: pty_process::Error) -> std::io::Error {
     }
 }
 
+/// Names the listening sockets a daemon hands to the image an upgrade executes:
+/// `NAME=FD,NAME=FD`.
+pub const LISTENERS_ENV: &str = "CELISTRA_LISTEN_FDS";
+
+/// The listening socket named `name` that the previous image of this process handed over (see
+/// [`LISTENERS_ENV`]), made close-on-exec again. `None` when there is none, or the number does
+/// not name an open socket.
+pub fn inherited_listener(name: &str) -> Option<OwnedFd> {
+    let list = std::env::var(LISTENERS_ENV).ok()?;
+    let raw: std::os::fd::RawFd = list
+        .split(',')
+        .filter_map(|entry| entry.split_once('='))
+        .find(|(key, _)| *key == name)?
+        .1
+        .parse()
+        .ok()?;
+    // Descriptors 0-2 are the standard streams, never a handed-over socket.
+    if raw < 3 {
+        return None;
+    }
+    // SAFETY: only looked at; `fstat` fails harmlessly on a number that is not open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let is_socket = rustix::fs::fstat(borrowed).is_ok_and(|stat| {
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket
+    });
+    if !is_socket {
+        return None;
+    }
+    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC).ok()?;
+    // SAFETY: the previous image left this socket open for this process alone, and nothing else
+    // in it owns the number: it is taken once, at start-up.
+    Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,11 +311,12 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         leave.send_replace(how);
         on_signal.cancel();
     });
-    if celistra_daemon::run(options, shutdown).await? == celistra_daemon::Leaving::Upgrade {
+    let stopped = celistra_daemon::run(options, shutdown).await?;
+    if stopped.leaving == celistra_daemon::Leaving::Upgrade {
         // Same pid, same arguments: the agents stay the keeper's, and the new image takes them
         // over. Only returns if no binary could be executed.
         let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let error = celistra_sandbox::reexec(binary.as_deref(), &arguments);
+        let error = celistra_sandbox::reexec(binary.as_deref(), &arguments, &stopped.listeners);
         anyhow::bail!(
             "cannot re-execute the daemon for the upgrade: {error}; the agents keep running in \
              the keeper, and starting celistrad again takes them over"

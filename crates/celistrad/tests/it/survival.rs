@@ -97,6 +97,24 @@ async fn an_upgrade_keeps_every_agent_its_pid_its_counters_and_every_line_once_i
         })
         .await;
     let pid = daemon.pid();
+    // Connections made during the upgrades wait for the new image: none is refused, the port
+    // stays.
+    let addr = daemon.tcp_addr();
+    let connecting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = std::thread::spawn({
+        let connecting = std::sync::Arc::clone(&connecting);
+        move || {
+            let (mut made, mut refused) = (0u32, 0u32);
+            while connecting.load(std::sync::atomic::Ordering::SeqCst) {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+                    Ok(_) => made += 1,
+                    Err(_) => refused += 1,
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (made, refused)
+        }
+    });
 
     // Three upgrades while they write, one through `ctl daemon upgrade`.
     for round in 0..3 {
@@ -111,6 +129,16 @@ async fn an_upgrade_keeps_every_agent_its_pid_its_counters_and_every_line_once_i
         }
         assert_eq!(daemon.pid(), pid, "the daemon keeps its pid");
     }
+    connecting.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (made, refused) = prober.join().unwrap();
+    assert!(made > 100, "{made} connections");
+    assert_eq!(
+        refused,
+        0,
+        "{refused} of {} connections refused",
+        made + refused
+    );
+    assert_eq!(daemon.tcp_addr(), addr, "the same port");
     for (agent, before) in [
         ("pty", &on_pty),
         ("pipes", &on_pipes),
