@@ -114,7 +114,7 @@ pub(crate) async fn tail(
     let live = futures_util::stream::unfold(live, |mut live| async move {
         loop {
             match live.recv().await {
-                Ok(entry) => return Some((wire_entry(entry), live)),
+                Ok(entry) => return Some((wire_entry(Arc::unwrap_or_clone(entry)), live)),
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return None,
             }

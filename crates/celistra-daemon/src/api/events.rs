@@ -45,7 +45,7 @@ pub(crate) async fn stream(
     let replay = futures_util::stream::iter(subscription.replay);
     let live = futures_util::stream::unfold(subscription.live, |mut live| async move {
         let event = match live.recv().await {
-            Ok(event) => event,
+            Ok(event) => Arc::unwrap_or_clone(event),
             // This client fell more than the backlog behind: tell it to re-read the agents.
             Err(RecvError::Lagged(_)) => Event {
                 id: 0,

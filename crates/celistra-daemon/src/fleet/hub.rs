@@ -380,7 +380,7 @@ impl Hub {
         loop {
             tokio::select! {
                 event = own.recv() => match event {
-                    Ok(event) => self.merge(&self.name, event),
+                    Ok(event) => self.merge(&self.name, Arc::unwrap_or_clone(event)),
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
