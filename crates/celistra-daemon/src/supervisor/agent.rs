@@ -27,8 +27,7 @@ use celistra_sandbox::keeper::{AdoptedRun, KeptChild, KeptOutput, OutputStream};
 use celistra_sandbox::{
     AgentCgroup, AgentLimits, ExitInfo, PtySize, SandboxReady, SpawnSpec, signal_group,
 };
-use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -1520,6 +1519,15 @@ fn kill_everything(run: &Run) {
     run.limits.kill();
 }
 
+/// The largest read of a run's output (a pipe's; a PTY's is 64 KiB).
+const READ_BUFFER_SIZE: usize = 256 * 1024;
+
+thread_local! {
+    /// The reader thread's one read buffer, shared by every agent's output (see `pump`).
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0; READ_BUFFER_SIZE]);
+}
+
 /// Where a run's output goes: the agent's ring and live followers, and the history.
 #[derive(Clone)]
 struct OutputSink {
@@ -1536,52 +1544,62 @@ struct OutputSink {
 impl OutputSink {
     /// Copies one stream until it closes (for a PTY, EIO once the last process holding it exits).
     /// On a terminal, approval request lines are taken out (see `approval_line`) and asked.
-    async fn pump(mut self, mut reader: impl AsyncRead + Unpin, stream: Stream) {
+    async fn pump(mut self, reader: pipe::Receiver, stream: Stream) {
         // Pipes can be read in larger pieces than a PTY ever delivers.
         let read_size = if stream == Stream::Pty {
             64 * 1024
         } else {
-            256 * 1024
+            READ_BUFFER_SIZE
         };
         let mut requests = (stream == Stream::Pty).then(LineScanner::new);
-        // Chunks are copied out of one read buffer at their exact size: queued chunks then hold no
-        // more memory than their bytes.
-        let mut buf = vec![0u8; read_size];
         loop {
-            let mut filled = match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            // A PTY hands out at most a few KiB per read: take what is already waiting too, so a
-            // chatty program costs one chunk per wake-up rather than one per read.
-            let mut ended = false;
-            while filled < buf.len() {
-                match reader.read(&mut buf[filled..]).now_or_never() {
-                    Some(Ok(0) | Err(_)) => {
-                        ended = true;
-                        break;
+            if reader.readable().await.is_err() {
+                break;
+            }
+            // Read into the reader thread's one buffer, between two awaits, and copy out the exact
+            // size: an agent holds no read buffer of its own, and queued chunks no more memory
+            // than their bytes.
+            let (bytes, ended) = READ_BUFFER.with_borrow_mut(|buf| {
+                let mut filled = 0;
+                let mut ended = false;
+                // A PTY hands out at most a few KiB per read: take what is already waiting too,
+                // so a chatty program costs one chunk per wake-up rather than one per read.
+                while filled < read_size {
+                    match reader.try_read(&mut buf[filled..read_size]) {
+                        Ok(0) => {
+                            ended = true;
+                            break;
+                        }
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            ended = true;
+                            break;
+                        }
                     }
-                    Some(Ok(n)) => filled += n,
-                    None => break,
                 }
+                (buf[..filled].to_vec(), ended)
+            });
+            if bytes.is_empty() && !ended {
+                continue;
             }
             // Secret values are masked first: nothing after this sees them.
-            let mut masked = Vec::new();
             let read = if self.masker.is_empty() {
-                &buf[..filled]
+                bytes
             } else {
-                self.masker.push(&buf[..filled], &mut masked);
-                &masked[..]
+                let mut masked = Vec::with_capacity(bytes.len());
+                self.masker.push(&bytes, &mut masked);
+                masked
             };
             let chunk = match &mut requests {
                 Some(scanner) => {
                     let mut passed = Vec::with_capacity(read.len());
-                    for request in scanner.push(read, &mut passed) {
+                    for request in scanner.push(&read, &mut passed) {
                         self.ask_for_line(request);
                     }
                     Bytes::from(passed)
                 }
-                None => Bytes::copy_from_slice(read),
+                None => Bytes::from(read),
             };
             self.deliver(stream, chunk).await;
             if ended {

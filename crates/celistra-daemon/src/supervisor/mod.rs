@@ -853,21 +853,21 @@ impl Supervisor {
     /// Leaves every agent running in the keeper for the next daemon: each task stops reading and
     /// writing its run and ends, the processes untouched.
     pub(crate) async fn leave(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
-        let system = Actor::system();
-        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, Command::Leave)))
-            .await;
+        self.end_every_task(Command::Leave).await;
     }
 
     /// Stops every agent (each with its own grace period, all at once) without changing what should
     /// run after the next start.
     pub(crate) async fn shutdown(&self) {
+        self.end_every_task(Command::Shutdown).await;
+    }
+
+    /// The daemon is stopping: every agent's task is told `command` (all at once) and ends.
+    async fn end_every_task(&self, command: fn(agent::Reply) -> Command) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
         let system = Actor::system();
-        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, Command::Shutdown)))
-            .await;
+        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, command))).await;
     }
 }
 

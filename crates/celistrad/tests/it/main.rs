@@ -231,17 +231,19 @@ impl Daemon {
     }
 
     pub(crate) fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        run_kill(signal, self.pid());
+        self.wait_exit()
+    }
+
+    /// Waits (bounded) until the daemon process exits, which something else made it do.
+    pub(crate) fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut child = self.process.take().expect("daemon running");
-        run_kill(signal, child.id());
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit after SIG{signal}"
-            );
+            assert!(Instant::now() < deadline, "the daemon did not exit");
             std::thread::sleep(Duration::from_millis(10));
         }
     }

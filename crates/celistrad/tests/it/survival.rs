@@ -425,12 +425,7 @@ async fn stop_keep_agents_leaves_them_to_the_next_daemon() {
         .await;
     let stopped = daemon.ctl(&["daemon", "stop", "--keep-agents"]);
     assert!(stopped.status.success(), "{stopped:?}");
-    let mut child = daemon.process.take().expect("daemon");
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the daemon did not stop");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(daemon.wait_exit().success());
     assert!(
         !crate::live_processes_with(&tag).is_empty(),
         "the agent was stopped"
@@ -472,13 +467,10 @@ async fn a_new_binary_that_cannot_run_or_fails_at_once_loses_no_agent() {
         &binary,
         b"#!/bin/sh\n[ \"$1\" = --version ] && exit 0\necho broken >&2\nexit 1\n",
     );
-    crate::run_kill("HUP", pid);
-    let mut child = daemon.process.take().expect("daemon");
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the broken binary did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        !daemon.signal_and_wait("HUP").success(),
+        "the broken binary failed"
+    );
     assert!(
         !crate::live_processes_with(&tag).is_empty(),
         "the agent died with the binary"
