@@ -320,12 +320,12 @@ async fn upgrades(binary: &Path, report: &mut Report) -> Result<()> {
         }
         // The viewer is back once it got a line it never saw after the new image answered.
         let deadline = back + UPGRADE_WAIT;
-        while !seen
+        while seen
             .lock()
             .expect("not poisoned")
             .fresh
             .last()
-            .is_some_and(|&t| t > back)
+            .is_none_or(|&t| t <= back)
         {
             if Instant::now() > deadline {
                 bail!("upgrade {round}: the terminal got no new output");
@@ -365,6 +365,13 @@ async fn upgrades(binary: &Path, report: &mut Report) -> Result<()> {
         ),
         Some(answered.iter().all(|&d| d <= Duration::from_millis(200))),
     );
+    let mut histories = Vec::new();
+    for spec in request.agents.iter().take(HISTORIES) {
+        match check_history(daemon.client(), &spec.name).await {
+            Ok(lines) => histories.push(format!("{lines}")),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
     let seen = seen.lock().expect("not poisoned");
     report.add(
         "upgrade, 100 agents: attached terminal's gap (last output before, first new after)",
@@ -398,13 +405,6 @@ async fn upgrades(binary: &Path, report: &mut Report) -> Result<()> {
     );
     drop(seen);
 
-    let mut histories = Vec::new();
-    for spec in request.agents.iter().take(HISTORIES) {
-        match check_history(daemon.client(), &spec.name).await {
-            Ok(lines) => histories.push(format!("{lines}")),
-            Err(e) => problems.push(format!("{e:#}")),
-        }
-    }
     report.add(
         "upgrade, 100 agents: history of run 1 has every line once, in order",
         &format!("{HISTORIES} agents checked"),
