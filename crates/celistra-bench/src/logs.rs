@@ -446,7 +446,7 @@ async fn wait_health(
 }
 
 /// A whole streamed response body as text.
-async fn read_text(mut body: Incoming) -> Result<String> {
+pub(crate) async fn read_text(mut body: Incoming) -> Result<String> {
     let mut bytes = Vec::new();
     while let Some(chunk) = next_chunk(&mut body).await? {
         bytes.extend_from_slice(&chunk);

@@ -1,6 +1,6 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]), each phase against a
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]; upgrades in place in [`upgrade`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
 #![allow(
@@ -20,6 +20,7 @@ mod fleet;
 mod logs;
 mod sandbox;
 mod terminal;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -207,20 +208,7 @@ impl Daemon {
 
     /// A KiB field of `/proc/PID/status`.
     fn status_kib(&self, field: &str) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let line = status
-            .lines()
-            .find(|l| {
-                l.strip_prefix(field)
-                    .is_some_and(|rest| rest.starts_with(':'))
-            })
-            .with_context(|| format!("no {field} line"))?;
-        let kib = line
-            .split_whitespace()
-            .nth(1)
-            .with_context(|| format!("malformed {field} line"))?
-            .parse()?;
-        Ok(kib)
+        proc_kib(&format!("/proc/{}/status", self.pid), field)
     }
 
     /// CPU time (user + system, all threads) the daemon has used since it started.
@@ -324,6 +312,24 @@ fn launch(binary: &Path, home: &Path, args: &[&str]) -> Result<Child> {
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// A KiB field (`Field:   N kB`) of a `/proc` file such as `/proc/PID/status` or `smaps_rollup`.
+fn proc_kib(path: &str, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .with_context(|| format!("no {field} line in {path}"))?;
+    let kib = line
+        .split_whitespace()
+        .nth(1)
+        .with_context(|| format!("malformed {field} line in {path}"))?
+        .parse()?;
+    Ok(kib)
 }
 
 /// User + system time from a `/proc/.../stat` file.
@@ -726,6 +732,10 @@ enum Only {
     Auth,
     /// A hub and its nodes ([`fleet`]).
     Fleet,
+    /// Upgrade in place with 100 agents, and the keeper's memory ([`upgrade`]).
+    Upgrade,
+    /// Only the restart latency of the agents phases (to compare builds quickly).
+    Restart,
 }
 
 struct Args {
@@ -761,18 +771,21 @@ fn parse_args() -> Result<Args> {
                     Some("approvals") => Only::Approvals,
                     Some("auth") => Only::Auth,
                     Some("fleet") => Only::Fleet,
+                    Some("upgrade") => Only::Upgrade,
+                    Some("restart") => Only::Restart,
                     _ => bail!(
-                        "--only needs `agents`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth` or `fleet`"
+                        "--only needs `agents`, `restart`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth`, `fleet` or `upgrade`"
                     ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|restart|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet|upgrade]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --baseline PATH: another celistrad (an older build) whose `ctl ls` at 1000 agents\n\
                      is timed with this one's, the runs interleaved.\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
+                     --only restart: the restart latency of the agents phases only.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
                      --only throughput: log throughput phases only.\n\
                      --only terminal: terminal fan-out to 1, 10 and 100 viewers.\n\
@@ -781,7 +794,9 @@ fn parse_args() -> Result<Args> {
                      --only approvals: approval latency, ask to event and decision to answer.\n\
                      --only auth: authentication and role checks per request (in-process router).\n\
                      --only fleet: a hub with real and simulated nodes: fleet ls, hub memory per node,\n\
-                     idle link traffic, keystroke echo, partitions and a hub restart (about 6 min)."
+                     idle link traffic, keystroke echo, partitions and a hub restart (about 6 min).\n\
+                     --only upgrade: 5 upgrades in place (SIGHUP) with 100 agents and an attached\n\
+                     terminal; the keeper's memory idle and with 100 agents."
                 );
                 std::process::exit(0);
             }
@@ -824,11 +839,13 @@ fn raise_nofile() {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    // The terminal phases' agent runs this executable as `celistra-bench emit BYTES`.
-    if args.next().as_deref() == Some("emit") {
-        return terminal::emit(args.next().as_deref());
+    // The terminal phases' agent runs this executable as `celistra-bench emit BYTES`, the upgrade
+    // phase's agents as `celistra-bench count`.
+    match args.next().as_deref() {
+        Some("emit") => terminal::emit(args.next().as_deref()),
+        Some("count") => upgrade::count(),
+        _ => bench(),
     }
-    bench()
 }
 
 #[tokio::main]
@@ -856,13 +873,18 @@ async fn bench() -> Result<()> {
             phase("100 agents", hundred(&binary, &mut report)).await,
             phase("100 sequential", hundred_sequential(&binary, &mut report)).await,
             phase("restart", restart_latency(&binary, &mut report, false)).await,
-            phase_within(
-                Duration::from_secs(180),
-                "1000 agents",
-                thousand(&binary, baseline.as_deref(), &mut report),
-            )
-            .await,
         ]);
+    }
+    if only == Only::Restart {
+        results.push(phase("restart", restart_latency(&binary, &mut report, false)).await);
+    }
+    if only == Only::All || only == Only::Agents {
+        results.extend([phase_within(
+            Duration::from_secs(180),
+            "1000 agents",
+            thousand(&binary, baseline.as_deref(), &mut report),
+        )
+        .await]);
     }
     if matches!(only, Only::All | Only::Logs | Only::Throughput) {
         let with_search = only != Only::Throughput;
@@ -885,6 +907,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Fleet) {
         results.extend(fleet::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Upgrade) {
+        results.extend(upgrade::phases(&binary, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {
