@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
-use super::wire::{FromKeeper, HeldRun, KeptExit, OutputStream, Socket, ToKeeper};
+use super::wire::{Datagram, FromKeeper, HeldRun, KeptExit, OutputStream, Socket, ToKeeper};
 use super::{KEEPER_ARG, LEFTOVER_FILE, SOCKET_FILE};
 use crate::{ExitInfo, Launch, PtySize, SandboxReady};
 
@@ -187,7 +187,7 @@ impl Keeper {
             .await
             .map_err(|_| KeeperError::Gone)?;
         let pid = match receive(&socket).await? {
-            FromKeeperDatagram {
+            Datagram {
                 message: FromKeeper::Welcome { keeper_pid },
                 ..
             } => keeper_pid,
@@ -336,20 +336,9 @@ impl WaitersCell {
     }
 }
 
-/// A received message (named so `connect` can match on it).
-struct FromKeeperDatagram {
-    message: FromKeeper,
-    payload: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-async fn receive(socket: &Socket) -> Result<FromKeeperDatagram, KeeperError> {
+async fn receive(socket: &Socket) -> Result<Datagram<FromKeeper>, KeeperError> {
     match socket.receive::<FromKeeper>().await {
-        Ok(Some(datagram)) => Ok(FromKeeperDatagram {
-            message: datagram.message,
-            payload: datagram.payload,
-            fds: datagram.fds,
-        }),
+        Ok(Some(datagram)) => Ok(datagram),
         Ok(None) => Err(KeeperError::Gone),
         Err(e) => Err(KeeperError::Protocol(e.to_string())),
     }

@@ -464,7 +464,7 @@ impl Keeper {
             // Single-threaded: no reader runs again once aborted, so what is kept is all.
             held.stop_reading();
             let fds = held.descriptors();
-            let chunks = {
+            let (run, chunks) = {
                 let mut kept = held.kept();
                 let run = HeldRun {
                     dropped_bytes: kept.dropped,
@@ -474,7 +474,6 @@ impl Keeper {
                 kept.dropped = 0;
                 (run, std::mem::take(&mut kept.chunks))
             };
-            let (run, chunks) = chunks;
             let held_message = FromKeeper::Held {
                 run,
                 descriptors: fds.len(),
