@@ -23,3 +23,4 @@ pub mod restart;
 pub mod schedule;
 pub mod secret;
 pub mod spec;
+pub mod watch;

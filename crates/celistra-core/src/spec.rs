@@ -76,6 +76,9 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     if let Some(restart_cron) = &spec.restart_cron {
         crate::schedule::check_restart_cron(restart_cron)?;
     }
+    if let Some(watch) = &spec.watch {
+        crate::watch::check(watch)?;
+    }
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
 }
 
@@ -145,6 +148,9 @@ pub fn check_update(update: &UpdateRequest) -> Result<(), String> {
     if update.clear_restart_cron && update.restart_cron.is_some() {
         return Err("restart_cron and clear_restart_cron were both given; give one".into());
     }
+    if update.clear_watch && update.watch.is_some() {
+        return Err("watch and clear_watch were both given; give one".into());
+    }
     Ok(())
 }
 
@@ -181,6 +187,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         clear_schedule,
         clear_restart_cron,
         secrets,
+        watch,
+        clear_watch,
         restart: _,
     } = update.clone();
     if let Some(name) = name {
@@ -236,6 +244,10 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     }
     if let Some(secrets) = secrets {
         spec.secrets = secrets;
+    }
+    spec.watch = watch.or(spec.watch.take());
+    if clear_watch {
+        spec.watch = None;
     }
 }
 

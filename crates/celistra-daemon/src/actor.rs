@@ -9,6 +9,9 @@ pub(crate) const SYSTEM: &str = "system";
 /// The actor of what the daemon does because a schedule or `restart_cron` said so.
 pub(crate) const SCHEDULE: &str = "schedule";
 
+/// The actor of what the daemon does because files an agent watches changed.
+pub(crate) const WATCH: &str = "watch";
+
 /// Who asked for something: a credential's name as recorded (`machine-secret`, `token:<name>`,
 /// `session:<id>`, `link:<channel>`) and its role, or the daemon itself (`system`, no role).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,14 @@ impl Actor {
     pub(crate) fn schedule() -> Actor {
         Actor {
             name: SCHEDULE.to_owned(),
+            role: None,
+        }
+    }
+
+    /// The daemon's file watching (`file_watch.rs`).
+    pub(crate) fn watch() -> Actor {
+        Actor {
+            name: WATCH.to_owned(),
             role: None,
         }
     }

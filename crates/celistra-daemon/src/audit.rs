@@ -392,6 +392,20 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             agent_id.clone(),
             json!({ "name": name, "action": action, "due_at_ms": due_at_ms }),
         ),
+        // The daemon restarts (or starts) an agent on its own because files it watches changed.
+        EventKind::AgentWatchTriggered {
+            agent_id,
+            name,
+            action,
+            paths,
+            changes,
+            error,
+        } => (
+            Actor::watch(),
+            "agent_watch_triggered",
+            agent_id.clone(),
+            json!({ "name": name, "action": action, "paths": paths, "changes": changes, "error": error }),
+        ),
         // Settings changes are recorded with their values by the update itself, runs with their
         // confinement when they start; the rest only reports state.
         EventKind::AgentUpdated { .. }

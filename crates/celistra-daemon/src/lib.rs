@@ -10,6 +10,7 @@ mod asks;
 mod audit;
 mod blocks;
 mod events;
+mod file_watch;
 mod fleet;
 mod home;
 mod notify;
@@ -457,6 +458,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
         last_fires,
         stopping.clone(),
     ));
+    let file_watch = tokio::spawn(file_watch::run(Arc::clone(&supervisor), stopping.clone()));
     let router = api::router(state);
     let _ = fleet.local.set(router.clone());
     member.start(router.clone());
@@ -530,6 +532,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
     }
     stopping.cancel();
     let _ = scheduler.await;
+    let _ = file_watch.await;
     if keep_agents {
         supervisor.leave().await;
     } else {

@@ -182,6 +182,9 @@ pub struct AgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 200)]
     pub worktree: Option<String>,
+    /// Restart the agent when these files change (`--watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::Watch>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -281,6 +284,12 @@ pub struct UpdateRequest {
     /// Replaces the secrets the agent gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<String>>,
+    /// Replaces the file watching (`--watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::Watch>,
+    /// Stop watching files (`set --no-watch`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clear_watch: bool,
     /// Restart the agent now so the change takes effect.
     #[serde(default)]
     pub restart: bool,
@@ -401,6 +410,9 @@ pub struct AgentInfo {
     /// The git worktree it runs in (`--worktree`), as a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worktree: Option<String>,
+    /// Its file watching (from its spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<crate::Watch>,
 }
 
 /// Body of `POST /v1/apply`: make the daemon's agents match `agents`.

@@ -271,6 +271,22 @@ pub enum EventKind {
         /// The time the cron expression named.
         due_at_ms: u64,
     },
+    /// Files an agent watches (`--watch`) changed and it was restarted (`action` `restarted`), or
+    /// started after a failure (`started`); or its paths could not be watched (`failed`, with
+    /// `error`).
+    AgentWatchTriggered {
+        agent_id: String,
+        name: String,
+        action: String,
+        /// Some of the changed paths (at most 10), in the order they changed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        paths: Vec<String>,
+        /// How many changes were gathered.
+        #[serde(default)]
+        changes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl EventKind {
@@ -292,7 +308,8 @@ impl EventKind {
             | EventKind::AgentActivity { agent_id, .. }
             | EventKind::AgentWaitingLimit { agent_id, .. }
             | EventKind::AgentModelErrorsExhausted { agent_id, .. }
-            | EventKind::AgentScheduled { agent_id, .. } => Some(agent_id),
+            | EventKind::AgentScheduled { agent_id, .. }
+            | EventKind::AgentWatchTriggered { agent_id, .. } => Some(agent_id),
             _ => None,
         }
     }
@@ -336,6 +353,7 @@ impl EventKind {
             EventKind::AgentWaitingLimit { .. } => "agent_waiting_limit",
             EventKind::AgentModelErrorsExhausted { .. } => "agent_model_errors_exhausted",
             EventKind::AgentScheduled { .. } => "agent_scheduled",
+            EventKind::AgentWatchTriggered { .. } => "agent_watch_triggered",
         }
     }
 }

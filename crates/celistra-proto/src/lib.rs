@@ -16,6 +16,7 @@ mod secret;
 mod session;
 mod signal;
 mod terminal;
+mod watch;
 
 pub use access::*;
 pub use activity::*;
@@ -32,6 +33,7 @@ pub use secret::*;
 pub use session::*;
 pub use signal::*;
 pub use terminal::*;
+pub use watch::*;
 
 /// Version of this API; bumped when a breaking change is made to any type here.
 pub const API_VERSION: &str = "v1";

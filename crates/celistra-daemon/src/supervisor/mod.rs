@@ -234,6 +234,19 @@ impl Supervisor {
                 ),
             ));
         }
+        let watched = spec.watch.iter().flat_map(|w| &w.paths);
+        if let Some(missing) = watched
+            .map(|p| std::path::Path::new(workspace).join(p))
+            .find(|p| !p.exists())
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "watch: {} does not exist; create it, or watch a path that does (relative paths are relative to the workspace)",
+                    missing.display()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -348,6 +361,7 @@ impl Supervisor {
             next_run_at_ms: None,
             next_restart_cron_at_ms: None,
             worktree: None,
+            watch: None,
         };
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {
@@ -418,6 +432,7 @@ impl Supervisor {
         };
         info.schedule = spec.schedule.clone();
         info.restart_cron = spec.restart_cron.clone();
+        info.watch = spec.watch.clone();
         (info.next_run_at_ms, info.next_restart_cron_at_ms) = celistra_core::schedule::next_times(
             spec.schedule.as_ref(),
             spec.restart_cron.as_ref(),

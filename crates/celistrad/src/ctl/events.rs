@@ -338,6 +338,20 @@ fn describe(event: &Event) -> String {
             "{agent_id} ({name}) schedule due {}: {action}",
             celistra_core::clock::format_rfc3339_ms(*due_at_ms)
         ),
+        EventKind::AgentWatchTriggered {
+            agent_id,
+            name,
+            action,
+            paths,
+            changes,
+            error,
+        } => match error {
+            Some(error) => format!("{agent_id} ({name}) watch {action}: {error}"),
+            None => format!(
+                "{agent_id} ({name}) {action} after {changes} file changes ({})",
+                paths.join(", ")
+            ),
+        },
     };
     format!(
         "{:>6}  {}  {:<20} {detail}",

@@ -21,6 +21,7 @@ mod secrets;
 mod sessions;
 mod table;
 mod tokens;
+mod watch;
 
 use std::process::ExitCode;
 

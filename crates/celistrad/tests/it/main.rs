@@ -35,6 +35,7 @@ mod survival;
 mod terminal;
 mod tidy;
 mod tls;
+mod watch;
 mod worktree;
 
 use std::path::{Path, PathBuf};

@@ -85,6 +85,7 @@ const PURE_DEPS: &[(&str, &[&str])] = &[
             "chrono-tz",
             "croner",
             "regex",
+            "globset",
             "proptest",
         ],
     ),
