@@ -503,6 +503,11 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
             router: in_process,
         });
     }
+    // Start-up code does not run again: its pages go back (they stay in the page cache).
+    tokio::task::spawn_blocking(|| match celistra_sandbox::release_executable_pages() {
+        Ok(bytes) => tracing::debug!(bytes, "released the executable's start-up pages"),
+        Err(e) => tracing::debug!("the executable's start-up pages stay: {e}"),
+    });
 
     let keeper_lost = async {
         match &services.keeper {

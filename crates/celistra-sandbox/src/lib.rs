@@ -6,7 +6,7 @@
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
 //! else rlimits) come from [`ResourceLimits`]. [`SystemTool`] runs a system tool (`systemctl`, …)
 //! with a timeout and its output captured; [`Git`] is that for `git` (the daemon's worktrees), as
-//! a given user.
+//! a given user. [`release_executable_pages`] gives back the daemon's start-up code pages.
 
 // The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
 // where they belong.
@@ -24,6 +24,8 @@ mod guard;
 pub mod keeper;
 mod limits;
 mod linux;
+#[allow(unsafe_code, reason = "madvise on the executable's own mappings")]
+mod memory;
 mod policy;
 mod reaper;
 mod seatbelt;
@@ -48,6 +50,7 @@ pub use linux::{
     LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, default_sigpipe, kernel_landlock_abi,
     launcher_main,
 };
+pub use memory::release_executable_pages;
 pub use policy::{AGENT_BIN_INSIDE, ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
 pub use reaper::{BINARY_ENV, become_subreaper, reap_orphans, reexec};
 #[cfg(target_os = "macos")]

@@ -14,6 +14,7 @@ const UNSAFE_FILES: &[&str] = &[
     "crates/celistra-sandbox/src/linux/launcher.rs",
     "crates/celistra-sandbox/src/linux/syscall_filter.rs",
     "crates/celistra-sandbox/src/linux/plan.rs",
+    "crates/celistra-sandbox/src/memory.rs",
     "crates/celistra-sandbox/src/audit/live_tests.rs",
 ];
 
