@@ -127,6 +127,10 @@ pub(crate) struct SettingArgs {
     notify_on: Vec<ActivityNotify>,
     #[command(flatten)]
     schedule: ScheduleArgs,
+    /// Exit codes that are expected, e.g. `0,2` (repeatable): with --auto-restart, only other
+    /// exits are restarted. On `set`, replaces the list.
+    #[arg(long = "expected-exit-code", value_name = "CODE", value_delimiter = ',')]
+    expected_exit_codes: Vec<i32>,
 }
 
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
@@ -170,6 +174,8 @@ impl SettingArgs {
             model_error_window_secs: secs(self.model_error_window),
             notify_activity: (!self.notify_on.is_empty()).then(|| self.notify_on.clone()),
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
+            expected_exit_codes: (!self.expected_exit_codes.is_empty())
+                .then(|| self.expected_exit_codes.clone()),
             ..UpdateRequest::default()
         };
         self.schedule.fill(&mut update)?;
@@ -224,6 +230,9 @@ pub(crate) struct SpawnArgs {
     /// out, a new one made from HEAD). One agent per branch.
     #[arg(long, value_name = "BRANCH")]
     worktree: Option<String>,
+    /// Create the agent stopped: it runs once you `ctl start` it.
+    #[arg(long)]
+    no_autostart: bool,
     #[command(flatten)]
     settings: SettingArgs,
     #[command(flatten)]
@@ -257,6 +266,7 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         auto_restart: args.auto_restart,
         no_pty: args.no_pty,
         worktree: args.worktree,
+        no_autostart: args.no_autostart,
         ..AgentSpec::default()
     };
     celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
