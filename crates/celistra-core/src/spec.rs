@@ -384,7 +384,10 @@ mod tests {
         assert!(exit_is_expected(&[], Some(0)));
         assert!(!exit_is_expected(&[], Some(2)));
         assert!(exit_is_expected(&[0, 2], Some(2)));
-        assert!(!exit_is_expected(&[2], Some(0)), "a list without 0 makes 0 unexpected");
+        assert!(
+            !exit_is_expected(&[2], Some(0)),
+            "a list without 0 makes 0 unexpected"
+        );
         assert!(!exit_is_expected(&[0], None), "a signal is never expected");
     }
 

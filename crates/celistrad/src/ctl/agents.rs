@@ -129,7 +129,11 @@ pub(crate) struct SettingArgs {
     schedule: ScheduleArgs,
     /// Exit codes that are expected, e.g. `0,2` (repeatable): with --auto-restart, only other
     /// exits are restarted. On `set`, replaces the list.
-    #[arg(long = "expected-exit-code", value_name = "CODE", value_delimiter = ',')]
+    #[arg(
+        long = "expected-exit-code",
+        value_name = "CODE",
+        value_delimiter = ','
+    )]
     expected_exit_codes: Vec<i32>,
 }
 

@@ -42,7 +42,10 @@ async fn a_no_autostart_agent_is_created_stopped_and_runs_when_started() {
             ..spec("later", "exec sleep 300")
         })
         .await;
-    assert_eq!((agent.state, agent.pid, agent.run), (AgentState::Stopped, None, 0));
+    assert_eq!(
+        (agent.state, agent.pid, agent.run),
+        (AgentState::Stopped, None, 0)
+    );
     daemon.client.start_agent(&agent.id).await.expect("start");
     daemon.wait_state(&agent.id, AgentState::Running).await;
 }
