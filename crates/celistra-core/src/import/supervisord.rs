@@ -287,6 +287,11 @@ pub fn convert(files: &[IniFile], context: &Context) -> Result<Import, ImportErr
             }
         }
     }
+    // The notes read as the files do: file by file, line by line.
+    let file_index = |note: &Note| files.iter().position(|f| f.name == note.file);
+    import
+        .notes
+        .sort_by_key(|note| (file_index(note), note.line));
     // supervisord starts lower priorities first: the file lists agents in that order.
     ordered.sort_by_key(|(priority, _)| *priority);
     import.agents = ordered.into_iter().map(|(_, spec)| spec).collect();
