@@ -85,6 +85,8 @@ const PURE_DEPS: &[(&str, &[&str])] = &[
             "chrono-tz",
             "croner",
             "regex",
+            // A YAML parser over a string (`import::pm2`); its reading of files is not used.
+            "saphyr",
             "proptest",
         ],
     ),
