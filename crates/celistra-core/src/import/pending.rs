@@ -68,7 +68,8 @@ pub(super) fn readiness(_spec: &mut AgentSpec, timeout_ms: Option<u64>) -> Resul
     Err(not_yet(
         "readiness",
         &format!(
-            "waiting for the app to be ready{within} (a readiness probe: a line on its output, an HTTP GET or a TCP connect)"
+            "waiting for the app to be ready{within} (a readiness probe: a line on its output, an \
+                HTTP GET or a TCP connect)"
         ),
     ))
 }

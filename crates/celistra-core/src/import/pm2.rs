@@ -64,9 +64,12 @@ fn convert(root: Node, options: &Options) -> Result<Import, ImportError> {
                     ("apps", _) => return Err(place.error("is not a list of apps")),
                     ("deploy", _) => import.notes.push(place.note(
                         NoteKind::Unsupported,
-                        "PM2's deployment (git pull over SSH, then a reload) has no counterpart: deploy as you do, then `ctl restart` the agents",
+                        "PM2's deployment (git pull over SSH, then a reload) has no counterpart: \
+                            deploy as you do, then `ctl restart` the agents",
                     )),
-                    _ => import.notes.push(place.note(NoteKind::Unsupported, "not a key of an ecosystem file")),
+                    _ => import
+                        .notes
+                        .push(place.note(NoteKind::Unsupported, "not a key of an ecosystem file")),
                 }
             }
             apps.ok_or_else(|| {
@@ -167,7 +170,9 @@ fn app(
             "name" | "script" => {}
             "args" => command.args = Some(words(value).map_err(fail)?),
             "interpreter" => command.interpreter = Some(text(value).map_err(fail)?),
-            "interpreter_args" | "node_args" => command.interpreter_args = Some(words(value).map_err(fail)?),
+            "interpreter_args" | "node_args" => {
+                command.interpreter_args = Some(words(value).map_err(fail)?)
+            }
             "cwd" => {
                 let cwd = text(value).map_err(fail)?;
                 spec.workspace = Some(if cwd.starts_with('/') {
@@ -192,10 +197,22 @@ fn app(
                 let count = match &value.value {
                     Value::Int(1) => None,
                     Value::Int(n) if *n > 1 => Some(n.to_string()),
-                    Value::Int(0 | -1) => Some(if matches!(value.value, Value::Int(0)) { "max".into() } else { "max - 1".into() }),
+                    Value::Int(0 | -1) => Some(if matches!(value.value, Value::Int(0)) {
+                        "max".into()
+                    } else {
+                        "max - 1".into()
+                    }),
                     Value::Text(t) if t == "max" => Some("max".into()),
-                    Value::Text(t) if t.parse::<i64>().is_ok_and(|n| n >= 1) => (t != "1").then(|| t.clone()),
-                    _ => return Err(fail(format!("{} is not a number of instances; use a number, max or -1", value.kind()))),
+                    Value::Text(t) if t.parse::<i64>().is_ok_and(|n| n >= 1) => {
+                        (t != "1").then(|| t.clone())
+                    }
+                    _ => {
+                        return Err(fail(format!(
+                            "{} is not a number of instances; use a number, \
+                        max or -1",
+                            value.kind()
+                        )));
+                    }
                 };
                 if let Some(count) = count
                     && let Err(why) = pending::instances(&mut spec, &count)
@@ -215,11 +232,18 @@ fn app(
             "autorestart" => spec.auto_restart = boolean(value).map_err(fail)?,
             "autostart" => spec.no_autostart = !boolean(value).map_err(fail)?,
             "max_restarts" => {
-                let max = u32::try_from(whole(value).map_err(fail)?).map_err(|_| fail("is negative".into()))?.min(10_000);
+                let max = u32::try_from(whole(value).map_err(fail)?)
+                    .map_err(|_| fail("is negative".into()))?
+                    .min(10_000);
                 spec.restart_max = Some(max);
                 notes.push(place.note(
                     NoteKind::Mapped,
-                    format!("restart_max {max}: PM2 counts unstable restarts (shorter than min_uptime), Celistra every restart in a rolling window (restart_window_secs, 60 s by default); then the agent is crashed-out until started"),
+                    format!(
+                        "restart_max {max}: PM2 counts unstable restarts (shorter than \
+                        min_uptime), Celistra every restart in a rolling window \
+                        (restart_window_secs, 60 s by default); then the agent is crashed-out \
+                        until started"
+                    ),
                 ));
             }
             "min_uptime" => {
@@ -237,14 +261,23 @@ fn app(
                 spec.backoff_reset_secs = Some(PM2_BACKOFF_RESET_SECS);
                 notes.push(place.note(
                     NoteKind::Mapped,
-                    format!("backoff from {ms} ms, capped at 15 s, reset after 30 s up, as PM2; Celistra doubles the delay (PM2: ×1.5) and restarts at once after a healthy run"),
+                    format!(
+                        "backoff from {ms} ms, capped at 15 s, reset after 30 s up, as PM2; \
+                        Celistra doubles the delay (PM2: ×1.5) and restarts at once after a \
+                        healthy run"
+                    ),
                 ));
             }
             "max_memory_restart" => {
                 let bytes = match &value.value {
                     Value::Int(n) => u64::try_from(*n).map_err(|_| fail("is negative".into()))?,
                     Value::Text(t) => crate::duration::parse_bytes(t).map_err(fail)?,
-                    _ => return Err(fail(format!("{} is not a size; use e.g. 500M", value.kind()))),
+                    _ => {
+                        return Err(fail(format!(
+                            "{} is not a size; use e.g. 500M",
+                            value.kind()
+                        )));
+                    }
                 };
                 if let Err(why) = pending::memory_restart(&mut spec, bytes) {
                     notes.push(place.note(NoteKind::Unsupported, why));
@@ -255,10 +288,16 @@ fn app(
                 if cron.split_whitespace().count() == 6 {
                     notes.push(place.note(
                         NoteKind::Unsupported,
-                        format!("`{cron}` has a seconds field; Celistra's cron has five fields (minute to weekday): drop the first"),
+                        format!(
+                            "`{cron}` has a seconds field; Celistra's cron has five fields \
+                            (minute to weekday): drop the first"
+                        ),
                     ));
                 } else {
-                    let restart_cron = RestartCron { cron, time_zone: None };
+                    let restart_cron = RestartCron {
+                        cron,
+                        time_zone: None,
+                    };
                     crate::schedule::check_restart_cron(&restart_cron).map_err(fail)?;
                     spec.restart_cron = Some(restart_cron);
                 }
@@ -274,28 +313,35 @@ fn app(
                     notes.push(place.note(NoteKind::Unsupported, why));
                 }
             }
-            "watch_delay" | "watch_options" => notes.push(place.note(NoteKind::Unsupported, "not supported yet: comes with `watch`")),
             "kill_timeout" => spec.stop_timeout_ms = Some(millis(value).map_err(fail)?),
             "wait_ready" => wait_ready = Some((boolean(value).map_err(fail)?, place.clone())),
-            "listen_timeout" => listen_timeout_ms = Some((millis(value).map_err(fail)?, place.clone())),
+            "listen_timeout" => {
+                listen_timeout_ms = Some((millis(value).map_err(fail)?, place.clone()))
+            }
             "stop_exit_codes" => {
                 spec.expected_exit_codes = match &value.value {
-                    Value::List(items) => items.iter().map(exit_code).collect::<Result<_, _>>().map_err(fail)?,
+                    Value::List(items) => items
+                        .iter()
+                        .map(exit_code)
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?,
                     _ => vec![exit_code(value).map_err(fail)?],
                 };
             }
             "uid" | "user" => spec.user = Some(text(value).map_err(fail)?),
-            "gid" => notes.push(place.note(NoteKind::Unsupported, "Celistra runs an agent with its user's own groups; choose the user (`uid`)")),
-            "treekill" if boolean(value).unwrap_or(true) => notes.push(place.note(NoteKind::Mapped, "Celistra always stops the whole process tree")),
-            "treekill" => notes.push(place.note(NoteKind::Unsupported, "Celistra always stops the whole process tree; it cannot leave children behind")),
-            "time" | "log_date_format" => notes.push(place.note(NoteKind::Unsupported, "Celistra stamps every line of output as it arrives: `ctl logs NAME -t` shows the times")),
-            "log_file" | "log" | "out_file" | "output" | "error_file" | "err_file" | "error" | "merge_logs" | "combine_logs" | "log_type" | "disable_logs" | "pid_file" | "pid" => notes.push(place.note(NoteKind::Unsupported, KEEPS_HISTORY)),
-            "increment_var" | "instance_var" => notes.push(place.note(NoteKind::Unsupported, "not supported yet: comes with `instances` (each copy gets CELISTRA_INSTANCE)")),
-            "namespace" => notes.push(place.note(NoteKind::Unsupported, "Celistra has no namespaces: give the names a common prefix and act on them together")),
-            "shutdown_with_message" => notes.push(place.note(NoteKind::Unsupported, "Celistra stops with a signal (`stop_signal`), never with an IPC message")),
-            "source_map_support" | "disable_source_map_support" => notes.push(place.note(NoteKind::Unsupported, "Node-specific: pass --enable-source-maps in node_args")),
-            "vizion" | "post_update" | "force" => notes.push(place.note(NoteKind::Unsupported, "PM2's own bookkeeping; nothing to run")),
-            _ => notes.push(place.note(NoteKind::Unsupported, "not a PM2 app key Celistra knows")),
+            "treekill" if boolean(value).unwrap_or(true) => notes.push(place.note(
+                NoteKind::Mapped,
+                "Celistra always stops the whole process tree",
+            )),
+            "treekill" => notes.push(place.note(
+                NoteKind::Unsupported,
+                "Celistra always stops the \
+                whole process tree; it cannot leave children behind",
+            )),
+            key => notes.push(place.note(
+                NoteKind::Unsupported,
+                advice(key).unwrap_or("not a PM2 app key Celistra knows"),
+            )),
         }
     }
     if let Some((ms, place)) = restart_delay {
@@ -309,7 +355,10 @@ fn app(
             spec.backoff_max_ms = Some(ms);
             notes.push(place.note(
                 NoteKind::Mapped,
-                format!("a fixed {ms} ms backoff; Celistra restarts at once after a healthy run (up backoff_reset_secs, 10 s by default)"),
+                format!(
+                    "a fixed {ms} ms backoff; Celistra restarts at once after a healthy run \
+                    (up backoff_reset_secs, 10 s by default)"
+                ),
             ));
         }
     }
@@ -345,6 +394,67 @@ fn app(
     crate::spec::validate(&spec, true)
         .map_err(|m| app_place.error(format!("agent `{}`: {m}", spec.name)))?;
     Ok((spec, selected))
+}
+
+/// App keys that map to no setting, with what to do instead.
+const ADVICE: &[(&[&str], &str)] = &[
+    (
+        &[
+            "log_file",
+            "log",
+            "out_file",
+            "output",
+            "error_file",
+            "err_file",
+            "error",
+            "merge_logs",
+            "combine_logs",
+            "log_type",
+            "disable_logs",
+            "pid_file",
+            "pid",
+        ],
+        KEEPS_HISTORY,
+    ),
+    (
+        &["time", "log_date_format"],
+        "Celistra stamps every line of output as it arrives: `ctl logs NAME -t` shows the times",
+    ),
+    (
+        &["watch_delay", "watch_options"],
+        "not supported yet: comes with `watch`",
+    ),
+    (
+        &["increment_var", "instance_var"],
+        "not supported yet: comes with `instances` (each copy gets CELISTRA_INSTANCE)",
+    ),
+    (
+        &["gid"],
+        "Celistra runs an agent with its user's own groups; choose the user (`uid`)",
+    ),
+    (
+        &["namespace"],
+        "Celistra has no namespaces: give the names a common prefix and act on them together",
+    ),
+    (
+        &["shutdown_with_message"],
+        "Celistra stops with a signal (`stop_signal`), never with an IPC message",
+    ),
+    (
+        &["source_map_support", "disable_source_map_support"],
+        "Node-specific: pass --enable-source-maps in node_args",
+    ),
+    (
+        &["vizion", "post_update", "force"],
+        "PM2's own bookkeeping; nothing to run",
+    ),
+];
+
+fn advice(key: &str) -> Option<&'static str> {
+    ADVICE
+        .iter()
+        .find(|(keys, _)| keys.contains(&key))
+        .map(|(_, advice)| *advice)
 }
 
 /// The parts of an app's command line.
@@ -387,7 +497,11 @@ impl Command {
             None => match extension {
                 "js" | "cjs" | "mjs" => Some("node".to_owned()),
                 "py" => {
-                    notes.push(place.note(NoteKind::Mapped, "PM2 runs a .py script with `python`; the import uses python3 (set interpreter to choose)"));
+                    notes.push(place.note(
+                        NoteKind::Mapped,
+                        "PM2 runs a .py script with `python`; \
+                        the import uses python3 (set interpreter to choose)",
+                    ));
                     Some("python3".to_owned())
                 }
                 "sh" => Some("bash".to_owned()),
@@ -402,7 +516,11 @@ impl Command {
             parts.push(crate::shell::quote(&interpreter));
             parts.extend(self.interpreter_args.map(|w| w.render()));
         } else if self.interpreter_args.is_some() {
-            notes.push(place.note(NoteKind::Unsupported, "interpreter_args without an interpreter: the script runs by itself, so they have nothing to go to"));
+            notes.push(place.note(
+                NoteKind::Unsupported,
+                "interpreter_args without an \
+                interpreter: the script runs by itself, so they have nothing to go to",
+            ));
         }
         parts.push(crate::shell::quote(&self.script));
         parts.extend(self.args.map(|w| w.render()));
@@ -516,8 +634,13 @@ mod tests {
     #[test]
     fn the_seed_app_runs_its_script_with_its_interpreter_and_pm2_defaults() {
         let got = from_evaluated(
-            serde_json::json!({"apps": [{"name": "scraper", "script": "scraper.py", "interpreter": "python3"}]}),
-            &Options { file: "ecosystem.config.js".into(), ..options(None) },
+            serde_json::json!({"apps": [
+                {"name": "scraper", "script": "scraper.py", "interpreter": "python3"}
+            ]}),
+            &Options {
+                file: "ecosystem.config.js".into(),
+                ..options(None)
+            },
         )
         .unwrap();
         let spec = &got.agents[0];
@@ -537,7 +660,10 @@ mod tests {
     #[test]
     fn commands_quote_paths_and_list_arguments_and_pick_interpreters() {
         let got = import(
-            "- script: server.js\n  node_args: --max-old-space-size=512\n  args: [--port, '8080', it's here]\n- name: tool\n  script: ./bin/my tool\n  interpreter: none\n  args: -v --level 2\n- script: job.py\n- script: npm\n  args: start\n- script: s.sh\n  interpreter: /usr/local/bin/bash 5\n",
+            "- script: server.js\n  node_args: --max-old-space-size=512\n  args: [--port, '8080', \
+                it's here]\n- name: tool\n  script: ./bin/my tool\n  interpreter: none\n  args: \
+                -v --level 2\n- script: job.py\n- script: npm\n  args: start\n- script: s.sh\n  \
+                interpreter: /usr/local/bin/bash 5\n",
         );
         let commands: Vec<&str> = got.agents.iter().map(|a| a.command.as_str()).collect();
         assert_eq!(
@@ -560,7 +686,18 @@ mod tests {
 
     #[test]
     fn env_name_selects_its_block_over_env_and_others_are_noted() {
-        let text = "apps:\n  - name: api\n    script: app.js\n    cwd: api\n    env:\n      PORT: 3000\n      NODE_ENV: development\n    env_production:\n      NODE_ENV: production\n    env_staging:\n      NODE_ENV: staging\n";
+        let text = "apps:
+  - name: api
+    script: app.js
+    cwd: api
+    env:
+      PORT: 3000
+      NODE_ENV: development
+    env_production:
+      NODE_ENV: production
+    env_staging:
+      NODE_ENV: staging
+";
         let got = from_text(text, &options(Some("production"))).unwrap();
         let spec = &got.agents[0];
         assert_eq!(spec.env["PORT"], "3000");
@@ -579,7 +716,19 @@ mod tests {
     #[test]
     fn restart_settings_map_with_their_differences_said() {
         let got = import(
-            "apps:\n- name: a\n  script: a.js\n  autorestart: false\n  max_restarts: 3\n  kill_timeout: 5000\n  restart_delay: 2000\n  autostart: false\n  stop_exit_codes: [0, 2]\n  cron_restart: '0 4 * * *'\n  uid: www-data\n  treekill: true\n",
+            "apps:
+- name: a
+  script: a.js
+  autorestart: false
+  max_restarts: 3
+  kill_timeout: 5000
+  restart_delay: 2000
+  autostart: false
+  stop_exit_codes: [0, 2]
+  cron_restart: '0 4 * * *'
+  uid: www-data
+  treekill: true
+",
         );
         let spec = &got.agents[0];
         assert_eq!(
@@ -634,7 +783,18 @@ mod tests {
     #[test]
     fn keys_of_fields_not_built_yet_are_reported_as_such() {
         let got = import(
-            "apps:\n- script: a.js\n  instances: max\n  exec_mode: cluster\n  max_memory_restart: 300K\n  min_uptime: 5s\n  watch: [src]\n  ignore_watch: [node_modules]\n  wait_ready: true\n  listen_timeout: 8000\n  increment_var: PORT\n",
+            "apps:
+- script: a.js
+  instances: max
+  exec_mode: cluster
+  max_memory_restart: 300K
+  min_uptime: 5s
+  watch: [src]
+  ignore_watch: [node_modules]
+  wait_ready: true
+  listen_timeout: 8000
+  increment_var: PORT
+",
         );
         for key in [
             "instances",
@@ -672,7 +832,19 @@ mod tests {
     #[test]
     fn log_and_other_keys_are_reported_with_their_lines() {
         let got = import(
-            "apps:\n- name: web\n  script: a.js\n  out_file: /tmp/o.log\n  error_file: /tmp/e.log\n  merge_logs: true\n  time: true\n  namespace: shop\n  gid: web\n  frobnicate: 1\ndeploy:\n  production: {}\n",
+            "apps:
+- name: web
+  script: a.js
+  out_file: /tmp/o.log
+  error_file: /tmp/e.log
+  merge_logs: true
+  time: true
+  namespace: shop
+  gid: web
+  frobnicate: 1
+deploy:
+  production: {}
+",
         );
         let lines: Vec<(&str, Option<usize>, NoteKind)> = got
             .notes
@@ -702,7 +874,14 @@ mod tests {
 
     #[test]
     fn json_keeps_lines_and_javascript_has_none() {
-        let json = "{\n  \"apps\": [{\n    \"name\": \"api\",\n    \"script\": \"app.js\",\n    \"log_file\": \"x\"\n  }]\n}\n";
+        let json = "{
+  \"apps\": [{
+    \"name\": \"api\",
+    \"script\": \"app.js\",
+    \"log_file\": \"x\"
+  }]
+}
+";
         let got = from_text(json, &options(None)).unwrap();
         assert_eq!(got.notes[0].line, Some(5));
         let js = from_evaluated(

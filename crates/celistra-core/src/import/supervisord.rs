@@ -355,13 +355,17 @@ fn groups(
                             if let Some(other) =
                                 member_of.insert((*program).to_owned(), group.to_owned())
                             {
-                                return Err(place.error(format!("program {program} is also in group {other}; a program is in one group")));
+                                return Err(place.error(format!(
+                                    "program {program} is also in \
+                                    group {other}; a program is in one group"
+                                )));
                             }
                         }
                         notes.push(place.note(
                             NoteKind::Mapped,
                             format!(
-                                "Celistra has no groups: the agents keep their own names; act on them together with `ctl stop {}` (and start, restart)",
+                                "Celistra has no groups: the agents keep their own names; act on \
+                                    them together with `ctl stop {}` (and start, restart)",
                                 programs.join(" ")
                             ),
                         ));
@@ -437,7 +441,8 @@ fn program<'a>(
     let process_name = get("process_name").map_or("%(program_name)s", |e| e.value.as_str());
     if numprocs > 1 && !process_name.contains("%(process_num)") {
         return Err(section_place.error(
-            "numprocs > 1 needs a process_name with %(process_num)s (e.g. %(program_name)s-%(process_num)02d), so that each copy has its own name",
+            "numprocs > 1 needs a process_name with %(process_num)s (e.g. \
+                %(program_name)s-%(process_num)02d), so that each copy has its own name",
         ));
     }
     let priority = count_of("priority", 999)?;
@@ -488,22 +493,33 @@ fn program<'a>(
                     exitcodes = entry
                         .value
                         .split(',')
-                        .map(|c| c.trim().parse::<i32>().map_err(|_| format!("`{c}` is not an exit code")))
+                        .map(|c| {
+                            c.trim()
+                                .parse::<i32>()
+                                .map_err(|_| format!("`{c}` is not an exit code"))
+                        })
                         .collect::<Result<_, _>>()
                         .map_err(fail)?;
                 }
                 "startsecs" => {
-                    let secs = u64::try_from(number(&entry.value).map_err(fail)?).map_err(|_| fail("startsecs is negative".into()))?;
+                    let secs = u64::try_from(number(&entry.value).map_err(fail)?)
+                        .map_err(|_| fail("startsecs is negative".into()))?;
                     if let Err(why) = pending::start_secs(&mut spec, secs) {
                         note(place.note(NoteKind::Unsupported, why));
                     }
                 }
                 "startretries" => {
-                    let retries = u32::try_from(number(&entry.value).map_err(fail)?).map_err(|_| fail("startretries is negative".into()))?;
+                    let retries = u32::try_from(number(&entry.value).map_err(fail)?)
+                        .map_err(|_| fail("startretries is negative".into()))?;
                     spec.restart_max = Some(retries.min(10_000));
                     note(place.note(
                         NoteKind::Mapped,
-                        format!("restart_max {}: supervisord counts failed starts in a row, Celistra every restart in a rolling window (restart_window_secs, 60 s by default), with backoff; then the agent is crashed-out until started", retries.min(10_000)),
+                        format!(
+                            "restart_max {}: supervisord counts failed starts in a row, \
+                            Celistra every restart in a rolling window (restart_window_secs, 60 s \
+                            by default), with backoff; then the agent is crashed-out until started",
+                            retries.min(10_000)
+                        ),
                     ));
                 }
                 "stopsignal" => {
@@ -512,21 +528,27 @@ fn program<'a>(
                         Ok(signal) => spec.stop_signal = Some(signal),
                         Err(_) => note(place.note(
                             NoteKind::Unsupported,
-                            format!("stop signal {signal}: Celistra stops with TERM, HUP, INT, QUIT or KILL; the agent gets TERM"),
+                            format!(
+                                "stop signal {signal}: Celistra stops with TERM, HUP, INT, \
+                                QUIT or KILL; the agent gets TERM"
+                            ),
                         )),
                     }
                 }
                 "stopwaitsecs" => {
-                    let secs = u64::try_from(number(&entry.value).map_err(fail)?).map_err(|_| fail("stopwaitsecs is negative".into()))?;
+                    let secs = u64::try_from(number(&entry.value).map_err(fail)?)
+                        .map_err(|_| fail("stopwaitsecs is negative".into()))?;
                     spec.stop_timeout_ms = Some(secs.saturating_mul(1000));
                 }
                 "stopasgroup" | "killasgroup" => note(place.note(
                     NoteKind::Mapped,
-                    "Celistra always signals the agent's whole process group (and, with cgroups, every descendant): nothing to set",
+                    "Celistra always signals the agent's whole process group (and, with cgroups, \
+                        every descendant): nothing to set",
                 )),
                 "redirect_stderr" => note(place.note(
                     NoteKind::Mapped,
-                    "Celistra keeps stdout and stderr in one history, each line tagged with its stream: `ctl logs NAME` shows both, `--stdout`/`--stderr` one",
+                    "Celistra keeps stdout and stderr in one history, each line tagged with its \
+                        stream: `ctl logs NAME` shows both, `--stdout`/`--stderr` one",
                 )),
                 "umask" => umask = Some(entry.value.trim().to_owned()),
                 "priority" => {
@@ -537,7 +559,8 @@ fn program<'a>(
                 key if is_log_key(key) => note(place.note(NoteKind::Unsupported, KEEPS_HISTORY)),
                 "serverurl" => note(place.note(
                     NoteKind::Unsupported,
-                    "an agent reaches its daemon through its own socket (`celistrad ask`, `celistrad hook`); there is no URL to set",
+                    "an agent reaches its daemon through its own socket (`celistrad ask`, \
+                        `celistrad hook`); there is no URL to set",
                 )),
                 _ => note(place.note(NoteKind::Unsupported, "not a [program] key Celistra knows")),
             }
@@ -582,7 +605,10 @@ fn program<'a>(
         {
             notes.push(place_of(entry).note(
                 NoteKind::Mapped,
-                format!("only used with autorestart=unexpected; with autorestart={autorestart} supervisord ignores it, and so does the import"),
+                format!(
+                    "only used with autorestart=unexpected; with autorestart={autorestart} \
+                    supervisord ignores it, and so does the import"
+                ),
             ));
         }
         // Checked as `apply` will, so that a bad name or value is refused here, with its place.
@@ -687,7 +713,12 @@ mod tests {
     #[test]
     fn the_seed_program_maps_with_its_log_file_reported() {
         let got = import(
-            "[program:scraper]\ncommand=python3 /home/me/scraper/run.py\nautorestart=true\nuser=me\nstdout_logfile=/var/log/scraper.log\n",
+            "[program:scraper]
+command=python3 /home/me/scraper/run.py
+autorestart=true
+user=me
+stdout_logfile=/var/log/scraper.log
+",
         );
         let spec = &got.agents[0];
         assert_eq!(
@@ -737,7 +768,12 @@ mod tests {
     #[test]
     fn numprocs_expands_names_and_commands_with_printf_widths() {
         let got = import(
-            "[program:worker]\ncommand=work --port=%(ENV_PORT)s --n=%(process_num)d --id=%(process_num)03d --g=%(group_name)s --left=[%(process_num)-3d]\nprocess_name=%(program_name)s-%(process_num)02d\nnumprocs=3\nnumprocs_start=9\n",
+            "[program:worker]
+command=work --port=%(ENV_PORT)s --n=%(process_num)d --id=%(process_num)03d --g=%(group_name)s --left=[%(process_num)-3d]
+process_name=%(program_name)s-%(process_num)02d
+numprocs=3
+numprocs_start=9
+",
         );
         let names: Vec<&str> = got.agents.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["worker-09", "worker-10", "worker-11"]);
@@ -754,7 +790,10 @@ mod tests {
     #[test]
     fn here_host_and_unknown_variables() {
         let got = import(
-            "[program:p]\ncommand=%(here)s/run --on %(host_node_name)s 100%%\ndirectory=%(ENV_HOME)s\n",
+            "[program:p]
+command=%(here)s/run --on %(host_node_name)s 100%%
+directory=%(ENV_HOME)s
+",
         );
         assert_eq!(
             got.agents[0].command,
@@ -762,14 +801,23 @@ mod tests {
         );
         assert_eq!(got.agents[0].workspace.as_deref(), Some("/home/me"));
         let err = import_error("[program:p]\ncommand=%(ENV_NOPE)s\n");
-        assert!(err.contains("app.conf:2: [program:p] command: %(ENV_NOPE)s: the environment variable NOPE is not set"), "{err}");
+        assert!(
+            err.contains(
+                "app.conf:2: [program:p] command: %(ENV_NOPE)s: the environment variable NOPE is not set"
+            ),
+            "{err}"
+        );
         assert!(import_error("[program:p]\ncommand=%(nope)s\n").contains("not a variable here"));
     }
 
     #[test]
     fn environment_follows_supervisords_quoting() {
         let got = import(
-            "[program:p]\ncommand=x\nenvironment=A=\"1,2,3\",B=plain, C='it is',\n  D=\"%(program_name)s\"\n",
+            "[program:p]
+command=x
+environment=A=\"1,2,3\",B=plain, C='it is',
+  D=\"%(program_name)s\"
+",
         );
         let env = &got.agents[0].env;
         assert_eq!(env["A"], "1,2,3");
@@ -784,7 +832,17 @@ mod tests {
     #[test]
     fn stop_settings_autostart_umask_and_retries() {
         let got = import(
-            "[program:p]\ncommand=srv -x ; a comment\nstopsignal=QUIT\nstopwaitsecs=30\nautostart=false\nstartretries=7\numask=022\nkillasgroup=true\nstopasgroup=true\nredirect_stderr=true\n",
+            "[program:p]
+command=srv -x ; a comment
+stopsignal=QUIT
+stopwaitsecs=30
+autostart=false
+startretries=7
+umask=022
+killasgroup=true
+stopasgroup=true
+redirect_stderr=true
+",
         );
         let spec = &got.agents[0];
         assert_eq!(spec.command, "umask 022 && exec srv -x");
@@ -824,7 +882,28 @@ mod tests {
     #[test]
     fn groups_keep_names_and_other_sections_are_reported() {
         let got = import(
-            "[supervisord]\nlogfile=/tmp/s.log\n[unix_http_server]\nfile=/tmp/s.sock\n[rpcinterface:supervisor]\nx=y\n[supervisorctl]\nserverurl=unix:///tmp/s.sock\n[eventlistener:mem]\ncommand=memmon\n[fcgi-program:f]\ncommand=f\n[group:web]\nprograms=a,b\npriority=5\n[program:a]\ncommand=run-a --g %(group_name)s\n[program:b]\ncommand=run-b\npriority=1\nbogus=1\n",
+            "[supervisord]
+logfile=/tmp/s.log
+[unix_http_server]
+file=/tmp/s.sock
+[rpcinterface:supervisor]
+x=y
+[supervisorctl]
+serverurl=unix:///tmp/s.sock
+[eventlistener:mem]
+command=memmon
+[fcgi-program:f]
+command=f
+[group:web]
+programs=a,b
+priority=5
+[program:a]
+command=run-a --g %(group_name)s
+[program:b]
+command=run-b
+priority=1
+bogus=1
+",
         );
         let names: Vec<&str> = got.agents.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["b", "a"], "lower priority first");

@@ -330,7 +330,8 @@ async fn evaluate(file: &Path, here: &str) -> Result<serde_json::Value, Failure>
         })?;
     serde_json::from_str(&output.stdout).map_err(|e| {
         Failure::Failed(format!(
-            "{} does not export an ecosystem (module.exports = {{apps: [...]}}): node printed no JSON ({e})",
+            "{} does not export an ecosystem (module.exports = {{apps: [...]}}): node printed no \
+                JSON ({e})",
             file.display()
         ))
     })

@@ -84,7 +84,12 @@ async fn a_supervisord_conf_d_with_includes_a_group_and_numprocs_runs_as_configu
     let main = write(
         etc.path(),
         "supervisord.conf",
-        "[supervisord]\nlogfile=/var/log/supervisor/supervisord.log\n\n[include]\nfiles = conf.d/*.conf\n",
+        "[supervisord]
+logfile=/var/log/supervisor/supervisord.log
+
+[include]
+files = conf.d/*.conf
+",
     );
     write(
         etc.path(),
@@ -101,7 +106,12 @@ async fn a_supervisord_conf_d_with_includes_a_group_and_numprocs_runs_as_configu
     write(
         etc.path(),
         "conf.d/manual.conf",
-        "[program:manual]\ncommand=sleep 300\ndirectory=%(ENV_WORK)s\nautostart=false\nautorestart=false\n",
+        "[program:manual]
+command=sleep 300
+directory=%(ENV_WORK)s
+autostart=false
+autorestart=false
+",
     );
     let out = import(
         &daemon,
@@ -179,7 +189,10 @@ async fn the_seed_migrations_run_their_scraper() {
     let ecosystem = write(
         dir,
         "ecosystem.config.js",
-        "module.exports = {\n  apps: [{ name: 'scraper', script: 'scraper.py', interpreter: 'python3' }]\n};\n",
+        "module.exports = {
+  apps: [{ name: 'scraper', script: 'scraper.py', interpreter: 'python3' }]
+};
+",
     );
     let out = import(&daemon, &[ecosystem.to_str().unwrap(), "--apply"], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -197,7 +210,13 @@ async fn the_seed_migrations_run_their_scraper() {
         dir,
         "scraper.conf",
         &format!(
-            "[program:site-scraper]\ncommand=python3 {}/run.py\nautorestart=true\nuser={}\nstdout_logfile=/var/log/scraper.log\ndirectory={}\n",
+            "[program:site-scraper]
+command=python3 {}/run.py
+autorestart=true
+user={}
+stdout_logfile=/var/log/scraper.log
+directory={}
+",
             dir.display(),
             user.trim(),
             dir.display()
@@ -227,12 +246,27 @@ async fn a_pm2_ecosystem_js_takes_env_production_and_a_yaml_one_its_settings() {
     write(
         dir,
         "api/server.js",
-        "console.log(`api in ${process.env.NODE_ENV} on ${process.env.PORT} with ${process.argv.slice(2).join('|')}`);\nsetInterval(() => {}, 1000);\n",
+        "console.log(`api in ${process.env.NODE_ENV} on ${process.env.PORT} with ${process.argv.slice(2).join('|')}`);
+setInterval(() => {}, 1000);
+",
     );
     let js = write(
         dir,
         "ecosystem.config.js",
-        "module.exports = {\n  apps: [{\n    name: 'api',\n    script: 'server.js',\n    cwd: 'api',\n    args: ['--mode', 'fast lane'],\n    env: { NODE_ENV: 'development', PORT: 3000 },\n    env_production: { NODE_ENV: 'production' },\n    instances: 2,\n    max_memory_restart: '500M',\n    out_file: '/var/log/api.log',\n  }],\n};\n",
+        "module.exports = {
+  apps: [{
+    name: 'api',
+    script: 'server.js',
+    cwd: 'api',
+    args: ['--mode', 'fast lane'],
+    env: { NODE_ENV: 'development', PORT: 3000 },
+    env_production: { NODE_ENV: 'production' },
+    instances: 2,
+    max_memory_restart: '500M',
+    out_file: '/var/log/api.log',
+  }],
+};
+",
     );
     let out = import(
         &daemon,
@@ -257,7 +291,15 @@ async fn a_pm2_ecosystem_js_takes_env_production_and_a_yaml_one_its_settings() {
     let yaml = write(
         dir,
         "ecosystem.yaml",
-        "apps:\n  - name: ticker\n    script: ./tick.sh\n    interpreter: none\n    kill_timeout: 4000\n    max_restarts: 4\n    exp_backoff_restart_delay: 200\n    log_date_format: YYYY-MM-DD\n",
+        "apps:
+  - name: ticker
+    script: ./tick.sh
+    interpreter: none
+    kill_timeout: 4000
+    max_restarts: 4
+    exp_backoff_restart_delay: 200
+    log_date_format: YYYY-MM-DD
+",
     );
     let tick = write(dir, "tick.sh", "#!/bin/sh\necho tick\nexec sleep 300\n");
     std::fs::set_permissions(&tick, std::os::unix::fs::PermissionsExt::from_mode(0o755))
