@@ -281,6 +281,15 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         print_json(&agent);
     } else {
         println!("{}", agent.id);
+        if agent.state == celistra_proto::AgentState::Stopped
+            && agent.run == 0
+            && agent.schedule.is_none()
+        {
+            eprintln!(
+                "note: it was created stopped (--no-autostart); `celistrad ctl start {}` runs it",
+                agent.name
+            );
+        }
         if let Some(next) = next_run_badge(&agent) {
             eprintln!(
                 "note: it waits for its schedule ({next}); `celistrad ctl start {}` runs it now",

@@ -191,7 +191,7 @@ async fn read(args: &ImportArgs) -> Result<Import, Failure> {
                     });
                 }
                 for path in found {
-                    let name = path.display().to_string();
+                    let name = shown_beside(&shown, &here, &path);
                     let dir = directory_of(&path)?;
                     files
                         .push(supervisord::parse(&name, &dir, &read_text(&path)?).map_err(failed)?);
@@ -215,6 +215,20 @@ async fn read(args: &ImportArgs) -> Result<Import, Failure> {
                 pm2::from_text(&read_text(&args.file)?, &options).map_err(failed)
             }
         }
+    }
+}
+
+/// How to name an included file in notes: beside the main file as the user named it
+/// (`conf.d/web.conf` for `supervisord.conf`), else in full.
+fn shown_beside(main_shown: &str, main_dir: &str, path: &Path) -> String {
+    match path.strip_prefix(main_dir) {
+        Ok(inside) => Path::new(main_shown)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(inside)
+            .display()
+            .to_string(),
+        Err(_) => path.display().to_string(),
     }
 }
 

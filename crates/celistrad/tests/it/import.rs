@@ -50,6 +50,23 @@ async fn a_no_autostart_agent_is_created_stopped_and_runs_when_started() {
     );
     daemon.client.start_agent(&agent.id).await.expect("start");
     daemon.wait_state(&agent.id, AgentState::Running).await;
+    let work = daemon.work.path().display().to_string();
+    let out = daemon.ctl(&[
+        "spawn",
+        "--name",
+        "by-hand",
+        "--no-autostart",
+        "--workspace",
+        &work,
+        "sleep 300",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("created stopped"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(daemon.agent("by-hand").await.state, AgentState::Stopped);
 }
 
 /// Runs `ctl import ARGS…` against the daemon with extra environment variables; its output.
