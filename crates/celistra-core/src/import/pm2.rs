@@ -80,8 +80,19 @@ fn convert(root: Node, options: &Options) -> Result<Import, ImportError> {
     };
     let mut selected_somewhere = false;
     for (index, node) in apps.into_iter().enumerate() {
+        let line = node.line;
         let (spec, selected) = app(index, node, options, &mut import.notes)?;
         selected_somewhere |= selected;
+        if let Some(first) = import.agents.iter().position(|a| a.name == spec.name) {
+            return Err(ImportError {
+                file: options.file.clone(),
+                line,
+                message: format!(
+                    "apps[{first}] and apps[{index}] are both named `{}`; rename one",
+                    spec.name
+                ),
+            });
+        }
         import.agents.push(spec);
     }
     if let Some(env_name) = &options.env_name
@@ -178,7 +189,11 @@ fn app(
                 spec.workspace = Some(if cwd.starts_with('/') {
                     cwd
                 } else {
-                    format!("{}/{cwd}", options.base_dir.trim_end_matches('/'))
+                    let inside = cwd.trim_start_matches("./").trim_end_matches('/');
+                    match inside {
+                        "" | "." => options.base_dir.clone(),
+                        _ => format!("{}/{inside}", options.base_dir.trim_end_matches('/')),
+                    }
                 });
             }
             "env" => env.extend(environment(value).map_err(fail)?),
@@ -908,5 +923,9 @@ deploy:
         );
         assert!(err("apps:\n- name: 'bad name'\n  script: a.js\n").contains("agent `bad name`"));
         assert!(err("apps:\n- script: a.js\n  exec_mode: turbo\n").contains("not fork or cluster"));
+        assert!(
+            err("- script: a.js\n- script: b/a.js\n")
+                .contains("apps[0] and apps[1] are both named `a`")
+        );
     }
 }

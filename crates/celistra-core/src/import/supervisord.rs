@@ -253,6 +253,9 @@ pub fn convert(files: &[IniFile], context: &Context) -> Result<Import, ImportErr
     let mut import = Import::default();
     let groups = groups(files, &mut import.notes)?;
     let mut ordered: Vec<(i64, AgentSpec)> = vec![];
+    // Which section made each name, to refuse two agents of one name (a process_name that
+    // collides with another program's).
+    let mut made_by: BTreeMap<String, String> = BTreeMap::new();
     for (index, file) in files.iter().enumerate() {
         for section in &file.sections {
             let place = Place {
@@ -270,6 +273,16 @@ pub fn convert(files: &[IniFile], context: &Context) -> Result<Import, ImportErr
                     let group = groups.get(program_name(section)).map(String::as_str);
                     let (priority, specs) =
                         program(file, section, group, context, &mut import.notes)?;
+                    for spec in &specs {
+                        if let Some(other) = made_by.insert(spec.name.clone(), section.name.clone())
+                        {
+                            return Err(place.error(format!(
+                                "makes an agent named `{}`, as [{other}] does; change a \
+                                 process_name",
+                                spec.name
+                            )));
+                        }
+                    }
                     ordered.extend(specs.into_iter().map(|spec| (priority, spec)));
                 }
                 "group" => {}
@@ -980,6 +993,10 @@ bogus=1
                 .contains("app.conf:3: section [program:a] is defined twice")
         );
         assert!(import_error("[program:a\n").contains("not a section header"));
+        assert!(
+            import_error("[program:a]\ncommand=x\n[program:b]\ncommand=y\nprocess_name=a\n")
+                .contains("app.conf:3: [program:b]: makes an agent named `a`, as [program:a] does")
+        );
         assert!(import_error("[program:a]\nuser=me\n").contains("has no command"));
         assert!(
             import_error("[program:a]\ncommand=x\nnumprocs=lots\n")

@@ -321,7 +321,14 @@ async fn evaluate(file: &Path, here: &str) -> Result<serde_json::Value, Failure>
     let absolute = std::path::absolute(file)
         .map_err(|e| Failure::Failed(format!("{}: {e}", file.display())))?;
     let path = absolute.display().to_string();
-    let node = SystemTool::new("node", None).with_timeout(NODE_TIMEOUT);
+    // An ecosystem file often reads its environment (`process.env.PORT || 3000`): node gets this
+    // command's, as `pm2 start` would have.
+    let node = std::env::vars()
+        .filter(|(name, _)| !matches!(name.as_str(), "PATH" | "HOME" | "USER" | "LC_ALL"))
+        .fold(SystemTool::new("node", None), |node, (name, value)| {
+            node.with_env(name, value)
+        })
+        .with_timeout(NODE_TIMEOUT);
     let output = node
         .run(Path::new(here), &["-e", NODE_EVAL, &path])
         .await

@@ -276,7 +276,7 @@ setInterval(() => {}, 1000);
     script: 'server.js',
     cwd: 'api',
     args: ['--mode', 'fast lane'],
-    env: { NODE_ENV: 'development', PORT: 3000 },
+    env: { NODE_ENV: 'development', PORT: process.env.API_PORT || 3000 },
     env_production: { NODE_ENV: 'production' },
     instances: 2,
     max_memory_restart: '500M',
@@ -288,7 +288,7 @@ setInterval(() => {}, 1000);
     let out = import(
         &daemon,
         &[js.to_str().unwrap(), "--env", "production", "--apply"],
-        &[],
+        &[("API_PORT", "4321")],
     );
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -302,7 +302,7 @@ setInterval(() => {}, 1000);
     crate::approvals::wait_output(
         &daemon,
         "api",
-        "api in production on 3000 with --mode|fast lane",
+        "api in production on 4321 with --mode|fast lane",
     )
     .await;
     let yaml = write(
