@@ -79,7 +79,38 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     if let Some(watch) = &spec.watch {
         crate::watch::check(watch)?;
     }
+    check_exit_codes(&spec.expected_exit_codes)?;
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
+}
+
+/// Most expected exit codes an agent may list.
+pub const MAX_EXPECTED_EXIT_CODES: usize = 256;
+
+/// Exit codes are 0 to 255: a listed code outside that range could never match.
+fn check_exit_codes(codes: &[i32]) -> Result<(), String> {
+    if codes.len() > MAX_EXPECTED_EXIT_CODES {
+        return Err(format!(
+            "expected_exit_codes: {} codes listed; at most {MAX_EXPECTED_EXIT_CODES} are allowed",
+            codes.len()
+        ));
+    }
+    match codes.iter().find(|code| !(0..=255).contains(*code)) {
+        Some(code) => Err(format!(
+            "expected_exit_codes: {code} is not an exit code; use 0 to 255"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether a run that ended with exit `code` (`None`: killed by a signal) ended as expected: code 0
+/// when the agent lists no `expected_exit_codes`, else one of them. `auto_restart` restarts every
+/// exit of an agent without a list, and only unexpected ones of an agent with one.
+pub fn exit_is_expected(expected_exit_codes: &[i32], code: Option<i32>) -> bool {
+    match code {
+        None => false,
+        Some(code) if expected_exit_codes.is_empty() => code == 0,
+        Some(code) => expected_exit_codes.contains(&code),
+    }
 }
 
 /// Checks the numeric overrides of a spec; on error returns the field's name and what is wrong.
@@ -190,6 +221,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         watch,
         clear_watch,
         restart: _,
+        expected_exit_codes,
+        no_autostart,
     } = update.clone();
     if let Some(name) = name {
         spec.name = name;
@@ -248,6 +281,12 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     spec.watch = watch.or(spec.watch.take());
     if clear_watch {
         spec.watch = None;
+    }
+    if let Some(expected_exit_codes) = expected_exit_codes {
+        spec.expected_exit_codes = expected_exit_codes;
+    }
+    if let Some(no_autostart) = no_autostart {
+        spec.no_autostart = no_autostart;
     }
 }
 
@@ -342,6 +381,26 @@ mod tests {
             ("b", Some(5), Some(2))
         );
         assert_eq!(s.name, "web");
+    }
+
+    #[test]
+    fn expected_exit_codes_are_exit_codes_and_decide_what_is_clean() {
+        let with = |codes: Vec<i32>| AgentSpec {
+            expected_exit_codes: codes,
+            ..spec("a")
+        };
+        assert!(validate(&with(vec![0, 2, 255]), true).is_ok());
+        let err = validate(&with(vec![0, 256]), true).unwrap_err();
+        assert!(err.starts_with("expected_exit_codes: 256"), "{err}");
+        assert!(validate(&with(vec![-1]), true).is_err());
+        assert!(exit_is_expected(&[], Some(0)));
+        assert!(!exit_is_expected(&[], Some(2)));
+        assert!(exit_is_expected(&[0, 2], Some(2)));
+        assert!(
+            !exit_is_expected(&[2], Some(0)),
+            "a list without 0 makes 0 unexpected"
+        );
+        assert!(!exit_is_expected(&[0], None), "a signal is never expected");
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub enum AgentState {
     Backoff,
     /// An operator asked it to stop; waiting for its process group to exit.
     Stopping,
-    /// It exited with code 0 and will not be restarted.
+    /// It exited with code 0 (or, with `expected_exit_codes`, one of those) and will not be
+    /// restarted.
     Exited,
     /// It exited non-zero or by a signal and will not be restarted.
     Failed,
@@ -185,6 +186,17 @@ pub struct AgentSpec {
     /// Restart the agent when these files change (`--watch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<crate::Watch>,
+    // Importer fields (supervisord `autorestart=unexpected` + `exitcodes`, `autostart=false`).
+    /// Exit codes that are expected (`--expected-exit-code`): with `auto_restart`, an exit with
+    /// one of them is not restarted and leaves the agent `exited`; any other exit, a signal
+    /// included, is restarted. Empty: code 0 is the clean one and `auto_restart` restarts every
+    /// exit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 256)]
+    pub expected_exit_codes: Vec<i32>,
+    /// Create the agent stopped (`spawn --no-autostart`): it runs once an operator starts it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_autostart: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -293,6 +305,13 @@ pub struct UpdateRequest {
     /// Restart the agent now so the change takes effect.
     #[serde(default)]
     pub restart: bool,
+    // Importer fields.
+    /// Replaces the expected exit codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 256)]
+    pub expected_exit_codes: Option<Vec<i32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_autostart: Option<bool>,
 }
 
 /// Body of `POST /v1/agents/{agent}/rename`.

@@ -1162,7 +1162,10 @@ impl Agent {
         if uptime_ms >= self.handle.info().settings.backoff_reset_secs * 1000 {
             self.model_errors.healthy();
         }
-        let clean = exit.code == Some(0);
+        let clean = celistra_core::spec::exit_is_expected(
+            &self.handle.spec().expected_exit_codes,
+            exit.code,
+        );
         let trouble = match class.class {
             _ if !self.retries_model_trouble() => None,
             ExitClass::UsageLimit => Some(self.wait_for_reset(&class)),
@@ -1392,12 +1395,14 @@ impl Agent {
     }
 
     /// After a run died by itself (or could not start): restart with backoff, crash out, or rest.
+    /// `clean` is an expected exit: with `expected_exit_codes` listed, one is not restarted.
     fn decide_after_death(&mut self, uptime_ms: u64, clean: bool) -> Phase {
         let (auto_restart, settings) = {
             let info = self.handle.info();
             (info.auto_restart, info.settings.clone())
         };
-        if !auto_restart {
+        let restarts_only_unexpected = !self.handle.spec().expected_exit_codes.is_empty();
+        if !auto_restart || (clean && restarts_only_unexpected) {
             let state = if clean {
                 AgentState::Exited
             } else {

@@ -250,8 +250,9 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Creates an agent and starts it, unless it has a schedule: then it waits for its times
-    /// (`scheduler.rs`) or an operator's `start`. Returns it as it is once the spawn was attempted.
+    /// Creates an agent and starts it, unless it has a schedule (then it waits for its times,
+    /// `scheduler.rs`) or `no_autostart` (then it waits for an operator's `start`). Returns it as
+    /// it is once the spawn was attempted.
     pub(crate) async fn spawn(
         &self,
         mut spec: AgentSpec,
@@ -272,6 +273,7 @@ impl Supervisor {
         } else {
             None
         };
+        let waits = spec.schedule.is_some() || spec.no_autostart;
         let handle = {
             let mut registry = self.write();
             if let Some(worktree) = &worktree {
@@ -284,13 +286,12 @@ impl Supervisor {
                 return Err(name_taken(&spec.name));
             }
             let id = new_id(&registry)?;
-            let scheduled = spec.schedule.is_some();
             let stored = StoredAgent {
                 id: id.clone(),
                 spec,
                 source: source.to_owned(),
                 created_at_ms: now_ms(),
-                state: if scheduled {
+                state: if waits {
                     AgentState::Stopped
                 } else {
                     AgentState::Running
@@ -313,7 +314,7 @@ impl Supervisor {
             actor_role: actor.role,
         });
         self.sync().await?;
-        if handle.spec().schedule.is_some() {
+        if waits {
             return Ok(handle.info().clone());
         }
         // A failed spawn is reported in the agent's state and `last_error`; the agent exists.

@@ -130,6 +130,14 @@ pub(crate) struct SettingArgs {
     schedule: ScheduleArgs,
     #[command(flatten)]
     watch: WatchArgs,
+    /// Exit codes that are expected, e.g. `0,2` (repeatable): with --auto-restart, only other
+    /// exits are restarted. On `set`, replaces the list.
+    #[arg(
+        long = "expected-exit-code",
+        value_name = "CODE",
+        value_delimiter = ','
+    )]
+    expected_exit_codes: Vec<i32>,
 }
 
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
@@ -173,6 +181,8 @@ impl SettingArgs {
             model_error_window_secs: secs(self.model_error_window),
             notify_activity: (!self.notify_on.is_empty()).then(|| self.notify_on.clone()),
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
+            expected_exit_codes: (!self.expected_exit_codes.is_empty())
+                .then(|| self.expected_exit_codes.clone()),
             ..UpdateRequest::default()
         };
         self.schedule.fill(&mut update)?;
@@ -228,6 +238,9 @@ pub(crate) struct SpawnArgs {
     /// out, a new one made from HEAD). One agent per branch.
     #[arg(long, value_name = "BRANCH")]
     worktree: Option<String>,
+    /// Create the agent stopped: it runs once you `ctl start` it.
+    #[arg(long)]
+    no_autostart: bool,
     #[command(flatten)]
     settings: SettingArgs,
     #[command(flatten)]
@@ -261,6 +274,7 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         auto_restart: args.auto_restart,
         no_pty: args.no_pty,
         worktree: args.worktree,
+        no_autostart: args.no_autostart,
         ..AgentSpec::default()
     };
     celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
@@ -271,6 +285,15 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         print_json(&agent);
     } else {
         println!("{}", agent.id);
+        if agent.state == celistra_proto::AgentState::Stopped
+            && agent.run == 0
+            && agent.schedule.is_none()
+        {
+            eprintln!(
+                "note: it was created stopped (--no-autostart); `celistrad ctl start {}` runs it",
+                agent.name
+            );
+        }
         if let Some(next) = next_run_badge(&agent) {
             eprintln!(
                 "note: it waits for its schedule ({next}); `celistrad ctl start {}` runs it now",

@@ -3,7 +3,7 @@
 use celistra_client::Client;
 use celistra_proto::{AgentSpec, ApplyReport, ApplyRequest};
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{CtlResult, Failure, print_json};
 
@@ -22,11 +22,11 @@ pub(crate) struct ApplyArgs {
     json: bool,
 }
 
-/// The file's shape.
-#[derive(Debug, Deserialize)]
+/// The file's shape (`ctl import` writes it).
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ApplyFile {
-    agents: Vec<AgentSpec>,
+pub(super) struct ApplyFile {
+    pub(super) agents: Vec<AgentSpec>,
 }
 
 pub(crate) async fn run(client: &Client, args: ApplyArgs) -> CtlResult {
@@ -64,6 +64,12 @@ pub(crate) async fn run(client: &Client, args: ApplyArgs) -> CtlResult {
         print_json(&report);
         return Ok(());
     }
+    print_report(&report);
+    Ok(())
+}
+
+/// One line per agent: what was (or would be) done to it.
+pub(super) fn print_report(report: &ApplyReport) {
     let would = if report.dry_run { "would be " } else { "" };
     for (list, verb) in [
         (&report.created, "created"),
@@ -80,5 +86,4 @@ pub(crate) async fn run(client: &Client, args: ApplyArgs) -> CtlResult {
             println!("{verb:<18}{name}");
         }
     }
-    Ok(())
 }

@@ -13,6 +13,7 @@ mod fleet;
 mod history;
 mod hook;
 mod hooks;
+mod import;
 mod logs;
 mod notifications;
 mod sandbox;
@@ -89,6 +90,8 @@ enum Verb {
     Events(events::EventsArgs),
     /// Make the daemon's agents match a JSON file.
     Apply(apply::ApplyArgs),
+    /// Turn a supervisord or PM2 file into agents: print the apply file, or --apply it.
+    Import(import::ImportArgs),
     /// The sandbox: status, on, off (the master switch), explain.
     Sandbox(sandbox::SandboxArgs),
     /// The audit log: ls, verify, export, checkpoint, prove.
@@ -190,6 +193,19 @@ pub(crate) async fn run(mut ctl: Ctl, home: &HomeArg) -> anyhow::Result<ExitCode
         match ctl.verb {
             Verb::Context(args) => context::run(args, &ctl.remote),
             Verb::Hooks(args) => hooks::run(args, &ctl.remote, home).await,
+            // Printing needs no daemon: it is reached only to apply.
+            Verb::Import(args) => {
+                let machine = ctl.machine.clone();
+                let remote = &ctl.remote;
+                import::run(args, move || {
+                    let client = context::client(remote, home)?;
+                    Ok(match &machine {
+                        Some(machine) => client.on_machine(machine),
+                        None => client,
+                    })
+                })
+                .await
+            }
             Verb::Join(mut args) => {
                 args.fingerprint = ctl.remote.take_fingerprint_flag();
                 match context::client(&ctl.remote, home) {
@@ -252,9 +268,9 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Machines(args) => fleet::machines(client, args).await,
         Verb::Fleet(args) => fleet::status(client, args).await,
         Verb::Daemon(args) => daemon::run(client, args).await,
-        Verb::Context(_) | Verb::Join(_) | Verb::Hooks(_) => {
+        Verb::Context(_) | Verb::Join(_) | Verb::Hooks(_) | Verb::Import(_) => {
             unreachable!(
-                "contexts and hooks need no daemon (or only for --agent) and join takes \
+                "contexts, hooks and import need no daemon (or only for --agent, --apply) and join takes \
                  --fingerprint; handled in run"
             )
         }

@@ -171,7 +171,7 @@ fn render_explanation(e: &SandboxExplanation) -> String {
                 out.push_str(" \\\n   ");
             }
             out.push(' ');
-            out.push_str(&shell_quote(arg));
+            out.push_str(&celistra_core::shell::quote(arg));
         }
         out.push('\n');
     }
@@ -188,17 +188,4 @@ fn render_explanation(e: &SandboxExplanation) -> String {
         }
     }
     out
-}
-
-/// Quotes an argument for display so the printed command line can be pasted into a shell.
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@".contains(&b));
-    if plain {
-        arg.to_owned()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
 }

@@ -20,6 +20,7 @@ mod fleet_cli;
 mod fuzz;
 mod history;
 mod hooks;
+mod import;
 mod machine;
 mod netns;
 mod notifications;

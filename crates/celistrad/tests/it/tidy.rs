@@ -87,6 +87,8 @@ const PURE_DEPS: &[(&str, &[&str])] = &[
             "croner",
             "regex",
             "globset",
+            // A YAML parser over a string (`import::pm2`); its reading of files is not used.
+            "saphyr",
             "proptest",
         ],
     ),
