@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod json;
+pub mod listen;
 pub mod logtext;
 pub mod mask;
 pub mod model_trouble;

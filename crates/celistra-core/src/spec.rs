@@ -76,7 +76,42 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     if let Some(restart_cron) = &spec.restart_cron {
         crate::schedule::check_restart_cron(restart_cron)?;
     }
+    check_replicas(spec)?;
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
+}
+
+/// Most instances one group may have.
+pub const MAX_INSTANCES: u32 = 1000;
+
+/// Checks `instances` (1 to [`MAX_INSTANCES`], and the last instance's name must be a valid
+/// name) and `socket` (see [`crate::listen::ListenAddr::parse`]).
+fn check_replicas(spec: &AgentSpec) -> Result<(), String> {
+    if let Some(instances) = spec.instances {
+        if !(1..=MAX_INSTANCES).contains(&instances) {
+            return Err(format!(
+                "instances: {instances} is out of range; give 1 to {MAX_INSTANCES}"
+            ));
+        }
+        if !spec.name.is_empty() {
+            names::validate_name(&instance_name(&spec.name, instances - 1))
+                .map_err(|e| format!("instances: {e}; pick a shorter group name"))?;
+        }
+        if spec.worktree.is_some() {
+            return Err(
+                "instances: a group cannot use one worktree for every instance; drop --worktree or                  --instances"
+                    .into(),
+            );
+        }
+    }
+    if let Some(socket) = &spec.socket {
+        crate::listen::ListenAddr::parse(socket)?;
+    }
+    Ok(())
+}
+
+/// The name of instance `index` of group `group`.
+pub fn instance_name(group: &str, index: u32) -> String {
+    format!("{group}-{index}")
 }
 
 /// Checks the numeric overrides of a spec; on error returns the field's name and what is wrong.
@@ -182,6 +217,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         clear_restart_cron,
         secrets,
         restart: _,
+        instances,
+        socket,
     } = update.clone();
     if let Some(name) = name {
         spec.name = name;
@@ -237,6 +274,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     if let Some(secrets) = secrets {
         spec.secrets = secrets;
     }
+    spec.instances = instances.or(spec.instances);
+    spec.socket = socket.or(spec.socket.take());
 }
 
 #[cfg(test)]

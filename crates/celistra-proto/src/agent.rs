@@ -182,6 +182,17 @@ pub struct AgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 200)]
     pub worktree: Option<String>,
+    /// Run this many copies (`--instances N`), named `NAME-0` … `NAME-(N-1)`, each with
+    /// `CELISTRA_INSTANCE` set to its number; `NAME` then names the group (`ctl scale NAME N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub instances: Option<u32>,
+    /// A listening socket the daemon binds once and hands to the agent (every instance of a
+    /// group) as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID` (systemd socket activation): `PORT`
+    /// (loopback), `HOST:PORT` with an IP address, or an absolute Unix socket path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 108)]
+    pub socket: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -284,6 +295,13 @@ pub struct UpdateRequest {
     /// Restart the agent now so the change takes effect.
     #[serde(default)]
     pub restart: bool,
+    /// Only for a group's template (`apply`); an instance is scaled with `ctl scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 108)]
+    pub socket: Option<String>,
 }
 
 /// Body of `POST /v1/agents/{agent}/rename`.
@@ -514,4 +532,24 @@ pub struct AgentUsage {
     pub scope: String,
     /// When it was read (ms since the epoch).
     pub time_ms: u64,
+}
+
+/// Body of `POST /v1/groups/{group}/scale`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// How many instances the group should have; the highest-numbered ones are added or removed.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub instances: u32,
+}
+
+/// A group of instances (`instances` in a spec), as `scale` and `rolling-restart` answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupInfo {
+    pub name: String,
+    /// The instances' names, `NAME-0` first.
+    pub instances: Vec<String>,
+    /// The shared listening socket, as its spec gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }

@@ -25,6 +25,7 @@ mod netns;
 mod notifications;
 mod recipes;
 mod remote;
+mod replicas;
 mod roles;
 mod sandbox;
 mod schedule;
