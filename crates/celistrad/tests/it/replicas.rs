@@ -42,25 +42,41 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A group `name` of `instances` servers sharing port `port`.
-async fn server_group(daemon: &Daemon, name: &str, instances: u32, port: u16, privileged: bool) {
+/// The spec of a group `name` of `instances` servers sharing `socket`.
+fn server_spec(daemon: &Daemon, name: &str, instances: u32, socket: &str) -> AgentSpec {
     std::fs::write(daemon.work.path().join("server.py"), SERVER).expect("write server.py");
-    let spec = AgentSpec {
+    AgentSpec {
         name: name.into(),
         command: format!("{} server.py", python()),
         instances: Some(instances),
-        socket: Some(port.to_string()),
-        capabilities: if privileged {
-            vec!["privileged".into()]
-        } else {
-            vec![]
-        },
+        socket: Some(socket.into()),
         ..AgentSpec::default()
-    };
+    }
+}
+
+/// Spawns the group of `spec` and waits until every instance serves.
+async fn start_group(daemon: &Daemon, spec: AgentSpec) {
+    let (name, instances) = (spec.name.clone(), spec.instances.unwrap_or(1));
     daemon.spawn(spec).await;
     for index in 0..instances {
         wait_serving(daemon, &format!("{name}-{index}")).await;
     }
+}
+
+/// A group `name` of `instances` sandboxed servers sharing loopback port `port`.
+async fn server_group(daemon: &Daemon, name: &str, instances: u32, port: u16) {
+    start_group(
+        daemon,
+        server_spec(daemon, name, instances, &port.to_string()),
+    )
+    .await;
+}
+
+/// Where requests go: a loopback port or a Unix socket.
+#[derive(Clone)]
+enum Target {
+    Port(u16),
+    Path(std::path::PathBuf),
 }
 
 /// Waits until the instance's server has printed that it serves (bounded).
@@ -80,12 +96,39 @@ async fn wait_serving(daemon: &Daemon, agent: &str) {
     }
 }
 
-/// One request on a fresh connection: the answer's body, or what went wrong.
+/// One request on a fresh connection to loopback port `port`: the answer's body, or what went
+/// wrong.
 async fn ask(port: u16) -> Result<String, String> {
+    ask_at(&Target::Port(port)).await
+}
+
+async fn ask_at(target: &Target) -> Result<String, String> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        match target {
+            Target::Port(port) => {
+                let stream = tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                http_get(stream).await
+            }
+            Target::Path(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                http_get(stream).await
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".into()))
+}
+
+/// `GET /` over `stream`: the answer's body.
+async fn http_get(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+) -> Result<String, String> {
+    {
         stream
             .write_all(b"GET / HTTP/1.0\r\n\r\n")
             .await
@@ -99,18 +142,19 @@ async fn ask(port: u16) -> Result<String, String> {
             .split_once("\r\n\r\n")
             .map(|(_, body)| body.to_owned())
             .ok_or_else(|| format!("no HTTP answer: {answer:?}"))
-    };
-    tokio::time::timeout(PATIENCE, exchange)
-        .await
-        .unwrap_or_else(|_| Err("no answer in time".into()))
+    }
 }
 
 /// The answers of `count` requests, each on its own connection, as `(instance, pid)`; every
 /// server must have found its own pid in `LISTEN_PID`.
 async fn spread(port: u16, count: usize) -> Vec<(String, u32)> {
+    spread_at(&Target::Port(port), count).await
+}
+
+async fn spread_at(target: &Target, count: usize) -> Vec<(String, u32)> {
     let mut seen = vec![];
     for _ in 0..count {
-        let body = ask(port)
+        let body = ask_at(target)
             .await
             .expect("a request through the shared socket");
         let fields: Vec<&str> = body.split(' ').collect();
@@ -227,16 +271,41 @@ async fn instances_know_their_number_and_a_group_scales_stops_starts_and_goes_as
 #[tokio::test]
 async fn requests_through_a_shared_socket_reach_every_instance_sandboxed_or_not() {
     let daemon = Daemon::start().await;
-    for (group, privileged) in [("sandboxed", false), ("unsandboxed", true)] {
-        let port = free_port();
-        server_group(&daemon, group, 2, port, privileged).await;
+    let unix_path = daemon.work.path().join("web.sock");
+    let cases = [
+        ("sandboxed", vec![], vec![], Target::Port(free_port())),
+        (
+            "offline",
+            vec![],
+            vec!["network".to_owned()],
+            Target::Port(free_port()),
+        ),
+        (
+            "unsandboxed",
+            vec!["privileged".to_owned()],
+            vec![],
+            Target::Port(free_port()),
+        ),
+        ("unix", vec![], vec![], Target::Path(unix_path.clone())),
+    ];
+    for (group, capabilities, drop_capabilities, target) in cases {
+        let socket = match &target {
+            Target::Port(port) => port.to_string(),
+            Target::Path(path) => path.display().to_string(),
+        };
+        let spec = AgentSpec {
+            capabilities,
+            drop_capabilities,
+            ..server_spec(&daemon, group, 2, &socket)
+        };
+        start_group(&daemon, spec).await;
         let sandboxed = daemon
             .agent(&format!("{group}-0"))
             .await
             .sandbox
             .is_some_and(|s| s.sandboxed);
-        assert_eq!(sandboxed, !privileged, "{group}");
-        let answers = spread(port, 60).await;
+        assert_eq!(sandboxed, group != "unsandboxed", "{group}");
+        let answers = spread_at(&target, 60).await;
         let answering = instances_answering(&answers);
         assert_eq!(
             answering.into_iter().collect::<Vec<_>>(),
@@ -250,7 +319,7 @@ async fn requests_through_a_shared_socket_reach_every_instance_sandboxed_or_not(
 async fn a_rolling_restart_refuses_no_connection_and_replaces_every_instance() {
     let daemon = Daemon::start().await;
     let port = free_port();
-    server_group(&daemon, "web", 2, port, false).await;
+    server_group(&daemon, "web", 2, port).await;
     let before: Vec<u32> = [
         daemon.agent("web-0").await.pid,
         daemon.agent("web-1").await.pid,
@@ -300,7 +369,7 @@ async fn a_rolling_restart_refuses_no_connection_and_replaces_every_instance() {
 async fn the_shared_socket_survives_an_upgrade_on_the_same_port() {
     let mut daemon = Daemon::start().await;
     let port = free_port();
-    server_group(&daemon, "api", 2, port, false).await;
+    server_group(&daemon, "api", 2, port).await;
     spread(port, 4).await;
     let before = daemon.client.get_health().await.unwrap().started_at_ms;
     let upgraded = daemon.ctl(&["daemon", "upgrade"]);
@@ -365,4 +434,99 @@ async fn a_privileged_malformed_or_taken_socket_address_is_refused_saying_why() 
     }
     assert!(daemon.client.list_agents().await.unwrap().is_empty());
     drop(taken);
+}
+
+#[tokio::test]
+async fn after_a_daemon_crash_adopted_and_new_instances_both_serve_the_port() {
+    let mut daemon = Daemon::start().await;
+    let port = free_port();
+    server_group(&daemon, "svc", 2, port).await;
+    crate::run_kill("KILL", daemon.pid());
+    daemon.wait_exit();
+    // The adopted instances still accept on the old socket meanwhile.
+    spread(port, 4).await;
+    daemon.restart_process().await;
+    daemon.wait_state("svc-1", AgentState::Running).await;
+    spread(port, 4).await;
+    // A restarted instance gets the socket the new daemon bound beside the old one.
+    let old = daemon.agent("svc-1").await.pid;
+    assert!(daemon.ctl(&["restart", "svc-1"]).status.success());
+    daemon
+        .wait_agent("svc-1", "restarted", |a| {
+            a.state == AgentState::Running && a.pid != old
+        })
+        .await;
+    wait_serving(&daemon, "svc-1").await;
+    let answers = spread(port, 80).await;
+    assert_eq!(
+        instances_answering(&answers)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["0", "1"],
+        "both the adopted and the restarted instance take connections"
+    );
+}
+
+#[tokio::test]
+async fn apply_scales_a_group_whose_size_alone_changed_and_prunes_it_whole() {
+    let daemon = Daemon::start().await;
+    let spec = AgentSpec {
+        name: "pool".into(),
+        command: "sleep 600".into(),
+        workspace: Some(daemon.work.path().display().to_string()),
+        instances: Some(2),
+        ..AgentSpec::default()
+    };
+    let apply = |agents: Vec<AgentSpec>, prune| celistra_proto::ApplyRequest {
+        agents,
+        prune,
+        dry_run: false,
+    };
+    let created = daemon
+        .client
+        .apply(&apply(vec![spec.clone()], false))
+        .await
+        .unwrap();
+    assert_eq!(created.created, ["pool"]);
+    let first = daemon.wait_state("pool-0", AgentState::Running).await;
+    let again = daemon
+        .client
+        .apply(&apply(vec![spec.clone()], false))
+        .await
+        .unwrap();
+    assert_eq!(again.unchanged, ["pool"]);
+
+    let bigger = AgentSpec {
+        instances: Some(3),
+        ..spec.clone()
+    };
+    let scaled = daemon
+        .client
+        .apply(&apply(vec![bigger.clone()], false))
+        .await
+        .unwrap();
+    assert_eq!(scaled.updated, ["pool"]);
+    daemon.wait_state("pool-2", AgentState::Running).await;
+    assert_eq!(
+        daemon.agent("pool-0").await.pid,
+        first.pid,
+        "a change of size alone leaves the running instances alone"
+    );
+
+    let changed = AgentSpec {
+        command: "sleep 700".into(),
+        ..bigger
+    };
+    daemon
+        .client
+        .apply(&apply(vec![changed], false))
+        .await
+        .unwrap();
+    let replaced = daemon.wait_state("pool-0", AgentState::Running).await;
+    assert_eq!(replaced.command, "sleep 700");
+    assert_eq!(daemon.client.list_agents().await.unwrap().len(), 3);
+
+    let pruned = daemon.client.apply(&apply(vec![], true)).await.unwrap();
+    assert_eq!(pruned.removed, ["pool"]);
+    assert!(daemon.client.list_agents().await.unwrap().is_empty());
 }
