@@ -351,6 +351,44 @@ mod tests {
     }
 
     #[test]
+    fn instances_and_sockets_are_checked_naming_the_field() {
+        let group = |instances, name: &str| AgentSpec {
+            name: name.into(),
+            instances: Some(instances),
+            ..spec("serve")
+        };
+        assert!(validate(&group(1000, "web"), true).is_ok());
+        assert!(
+            validate(&group(0, "web"), true)
+                .unwrap_err()
+                .contains("instances: 0")
+        );
+        assert!(
+            validate(&group(1001, "web"), true)
+                .unwrap_err()
+                .contains("1 to 1000")
+        );
+        let long = "w".repeat(62);
+        assert!(validate(&group(10, &long), true).is_ok());
+        assert!(
+            validate(&group(11, &long), true)
+                .unwrap_err()
+                .contains("shorter group name")
+        );
+        let on = |socket: &str| AgentSpec {
+            socket: Some(socket.into()),
+            ..spec("serve")
+        };
+        assert!(validate(&on("8080"), true).is_ok());
+        assert!(
+            validate(&on("443"), true)
+                .unwrap_err()
+                .contains("below 1024")
+        );
+        assert_eq!(instance_name("web", 3), "web-3");
+    }
+
+    #[test]
     fn update_changes_only_named_fields() {
         let mut s = AgentSpec {
             stop_timeout_ms: Some(5),

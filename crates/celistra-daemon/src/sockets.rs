@@ -42,6 +42,22 @@ impl SharedSockets {
         Ok(fd)
     }
 
+    /// Takes back the socket of `socket` if the previous image handed it over (an upgrade), so
+    /// that it is handed over again even if no run needs it before the next upgrade. Binds
+    /// nothing: after a crash, a socket bound now would take connections before any instance
+    /// accepts on it, while the adopted ones still serve the old one.
+    pub(crate) fn adopt_inherited(&self, socket: &str) {
+        let Ok(address) = ListenAddr::parse(socket) else {
+            return;
+        };
+        let mut bound = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+        if !bound.contains_key(&address)
+            && let Some(fd) = celistra_sandbox::inherited_listener(&handover_name(&address))
+        {
+            bound.insert(address, Arc::new(fd));
+        }
+    }
+
     /// Closes the socket of `socket` unless `still_used` (another agent names it).
     pub(crate) fn release(&self, socket: &str, still_used: bool) {
         let Ok(address) = ListenAddr::parse(socket) else {

@@ -454,6 +454,9 @@ impl Supervisor {
                 .map(|g| (g.name.clone(), g))
                 .collect();
             for mut agent in stored {
+                if let Some(socket) = &agent.spec.socket {
+                    self.services.sockets.adopt_inherited(socket);
+                }
                 let should_run = matches!(
                     agent.state,
                     AgentState::Running

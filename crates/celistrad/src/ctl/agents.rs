@@ -617,6 +617,13 @@ pub(crate) async fn restart(client: &Client, args: RestartArgs) -> CtlResult {
     Ok(())
 }
 
+/// The agent or group part of a `ctl` key (`MACHINE/NAME` or `NAME`).
+fn group_or_agent(key: &str) -> String {
+    key.rsplit_once('/')
+        .map_or(key, |(_, name)| name)
+        .to_owned()
+}
+
 /// `scale`: a group's number of instances.
 #[derive(Debug, Args)]
 pub(crate) struct ScaleArgs {
@@ -699,6 +706,10 @@ async fn each(
     for (key, result) in outcomes {
         match result {
             Ok(agent) if args.json.json => results.push(agent),
+            // A group's name answers with its first instance, having acted on every one.
+            Ok(agent) if ![&agent.id, &agent.name].contains(&&group_or_agent(key)) => {
+                println!("{done} group {} (every instance)", group_or_agent(key));
+            }
             Ok(agent) => println!("{done} {} ({})", agent.id, agent.name),
             Err(e) => failed.push(format!("{key}: {e}")),
         }
