@@ -91,6 +91,12 @@ impl Supervisor {
             }
         }
         self.check_spec(&template, true)?;
+        // What would fail every instance fails the request before the group is recorded.
+        self.services.secrets.check_references(&template, actor)?;
+        self.services.config()?;
+        if let Some(socket) = &template.socket {
+            self.services.sockets.get(socket)?;
+        }
         let count = template.instances.unwrap_or(1);
         {
             let mut registry = self.write();

@@ -445,6 +445,8 @@ async fn a_privileged_malformed_or_taken_socket_address_is_refused_saying_why() 
     ] {
         let output = daemon.ctl(&[
             "spawn",
+            "--name",
+            "svc",
             "--workspace",
             &work,
             "--instances",
@@ -459,7 +461,22 @@ async fn a_privileged_malformed_or_taken_socket_address_is_refused_saying_why() 
         assert!(stderr.contains(says), "{socket}: {stderr}");
     }
     assert!(daemon.client.list_agents().await.unwrap().is_empty());
+    // Nothing of the refused groups is left: the name is free.
     drop(taken);
+    let output = daemon.ctl(&[
+        "spawn",
+        "--name",
+        "svc",
+        "--workspace",
+        &work,
+        "--instances",
+        "2",
+        "--socket",
+        &taken_port,
+        "--",
+        "sleep 600",
+    ]);
+    assert!(output.status.success(), "{output:?}");
 }
 
 #[tokio::test]
