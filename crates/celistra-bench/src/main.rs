@@ -1,6 +1,6 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]; upgrades in place in [`upgrade`]), each phase against a
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]; upgrades in place in [`upgrade`]; a socket shared by instances in [`socket`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
 #![allow(
@@ -19,6 +19,7 @@ mod auth;
 mod fleet;
 mod logs;
 mod sandbox;
+mod socket;
 mod terminal;
 mod upgrade;
 
@@ -736,6 +737,8 @@ enum Only {
     Upgrade,
     /// Only the restart latency of the agents phases (to compare builds quickly).
     Restart,
+    /// Request throughput through a socket shared by 1 and 2 instances ([`socket`]).
+    Socket,
 }
 
 struct Args {
@@ -773,14 +776,15 @@ fn parse_args() -> Result<Args> {
                     Some("fleet") => Only::Fleet,
                     Some("upgrade") => Only::Upgrade,
                     Some("restart") => Only::Restart,
+                    Some("socket") => Only::Socket,
                     _ => bail!(
-                        "--only needs `agents`, `restart`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth`, `fleet` or `upgrade`"
+                        "--only needs `agents`, `restart`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth`, `fleet`, `upgrade` or `socket`"
                     ),
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|restart|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet|upgrade]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|restart|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet|upgrade|socket]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --baseline PATH: another celistrad (an older build) whose `ctl ls` at 1000 agents\n\
                      is timed with this one's, the runs interleaved.\n\
@@ -796,7 +800,9 @@ fn parse_args() -> Result<Args> {
                      --only fleet: a hub with real and simulated nodes: fleet ls, hub memory per node,\n\
                      idle link traffic, keystroke echo, partitions and a hub restart (about 6 min).\n\
                      --only upgrade: 5 upgrades in place (SIGHUP) with 100 agents and an attached\n\
-                     terminal; the keeper's memory idle and with 100 agents."
+                     terminal; the keeper's memory idle and with 100 agents.\n\
+                     --only socket: requests/s, p50 and p99 through one --socket served by 1, then 2\n\
+                     --instances (a Python server with CPU work per request, fresh connections)."
                 );
                 std::process::exit(0);
             }
@@ -910,6 +916,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Upgrade) {
         results.extend(upgrade::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Socket) {
+        results.extend(socket::phases(&binary, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {

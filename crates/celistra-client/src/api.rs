@@ -10,12 +10,13 @@ use celistra_proto::{
     AskQuery, AskRequest, AuditBundle, AuditCheckpoint, AuditPage, AuditProof, AuditQuery,
     AuditTailQuery, AuditVerification, ChannelStatus, Cleared, DaemonLeaving, DaemonStopRequest,
     DaemonUpgradeRequest, DecisionRequest, EventsQuery, ExplainRequest, ExportQuery, FleetStatus,
-    Health, HistoryQuery, HookReport, JoinRequest, KillRequest, LinkDecision, LoginCodeQuery,
-    LoginLink, LoginRequest, LogsQuery, Machine, MachineAgents, Membership, NotificationsStatus,
-    PairingCode, ProofQuery, PushSubscriptionInfo, PushSubscriptionRequest, RemoveQuery,
-    RenameRequest, Role, RunRecord, SandboxExplanation, SandboxStatus, SandboxSwitch, SearchQuery,
-    SecretInfo, SecretRequest, SessionInfo, SessionState, TerminalTicket, TicketRequest,
-    TokenCreated, TokenInfo, TokenRequest, UpdateRequest, VapidKeyInfo, Verdict,
+    GroupInfo, Health, HistoryQuery, HookReport, JoinRequest, KillRequest, LinkDecision,
+    LoginCodeQuery, LoginLink, LoginRequest, LogsQuery, Machine, MachineAgents, Membership,
+    NotificationsStatus, PairingCode, ProofQuery, PushSubscriptionInfo, PushSubscriptionRequest,
+    RemoveQuery, RenameRequest, Role, RunRecord, SandboxExplanation, SandboxStatus, SandboxSwitch,
+    ScaleRequest, SearchQuery, SecretInfo, SecretRequest, SessionInfo, SessionState,
+    TerminalTicket, TicketRequest, TokenCreated, TokenInfo, TokenRequest, UpdateRequest,
+    VapidKeyInfo, Verdict,
 };
 use hyper::Method;
 use hyper::body::Incoming;
@@ -87,6 +88,10 @@ pub(crate) fn machine_path<'a>(machine: &str, path: &'a str) -> Cow<'a, str> {
 
 fn agent_path(agent: &str) -> String {
     format!("/v1/agents/{}", segment(agent))
+}
+
+fn group_path(group: &str) -> String {
+    format!("/v1/groups/{}", segment(group))
 }
 
 /// A Server-Sent Events response (events, the audit tail), read a frame at a time.
@@ -194,6 +199,28 @@ impl Client {
         self.call(
             Method::POST,
             &format!("{}/restart", agent_path(agent)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn scale_group(
+        &self,
+        group: &str,
+        request: &ScaleRequest,
+    ) -> Result<GroupInfo, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("{}/scale", group_path(group)),
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn rolling_restart_group(&self, group: &str) -> Result<GroupInfo, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("{}/rolling-restart", group_path(group)),
             None::<&()>,
         )
         .await

@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod import;
 pub mod json;
+pub mod listen;
 pub mod logtext;
 pub mod mask;
 pub mod model_trouble;

@@ -80,6 +80,7 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
         crate::watch::check(watch)?;
     }
     check_exit_codes(&spec.expected_exit_codes)?;
+    check_replicas(spec)?;
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
 }
 
@@ -111,6 +112,40 @@ pub fn exit_is_expected(expected_exit_codes: &[i32], code: Option<i32>) -> bool 
         Some(code) if expected_exit_codes.is_empty() => code == 0,
         Some(code) => expected_exit_codes.contains(&code),
     }
+}
+
+/// Most instances one group may have.
+pub const MAX_INSTANCES: u32 = 1000;
+
+/// Checks `instances` (1 to [`MAX_INSTANCES`], and the last instance's name must be a valid
+/// name) and `socket` (see [`crate::listen::ListenAddr::parse`]).
+fn check_replicas(spec: &AgentSpec) -> Result<(), String> {
+    if let Some(instances) = spec.instances {
+        if !(1..=MAX_INSTANCES).contains(&instances) {
+            return Err(format!(
+                "instances: {instances} is out of range; give 1 to {MAX_INSTANCES}"
+            ));
+        }
+        if !spec.name.is_empty() {
+            names::validate_name(&instance_name(&spec.name, instances - 1))
+                .map_err(|e| format!("instances: {e}; pick a shorter group name"))?;
+        }
+        if spec.worktree.is_some() {
+            return Err(
+                "instances: a group cannot use one worktree for every instance; drop --worktree or --instances"
+                    .into(),
+            );
+        }
+    }
+    if let Some(socket) = &spec.socket {
+        crate::listen::ListenAddr::parse(socket)?;
+    }
+    Ok(())
+}
+
+/// The name of instance `index` of group `group`.
+pub fn instance_name(group: &str, index: u32) -> String {
+    format!("{group}-{index}")
 }
 
 /// Checks the numeric overrides of a spec; on error returns the field's name and what is wrong.
@@ -223,6 +258,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         restart: _,
         expected_exit_codes,
         no_autostart,
+        instances,
+        socket,
     } = update.clone();
     if let Some(name) = name {
         spec.name = name;
@@ -288,6 +325,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     if let Some(no_autostart) = no_autostart {
         spec.no_autostart = no_autostart;
     }
+    spec.instances = instances.or(spec.instances);
+    spec.socket = socket.or(spec.socket.take());
 }
 
 #[cfg(test)]
@@ -360,6 +399,44 @@ mod tests {
                 .starts_with("memory_max")
         );
         assert!(with(|s| s.memory_max = Some(64 << 20)).is_ok());
+    }
+
+    #[test]
+    fn instances_and_sockets_are_checked_naming_the_field() {
+        let group = |instances, name: &str| AgentSpec {
+            name: name.into(),
+            instances: Some(instances),
+            ..spec("serve")
+        };
+        assert!(validate(&group(1000, "web"), true).is_ok());
+        assert!(
+            validate(&group(0, "web"), true)
+                .unwrap_err()
+                .contains("instances: 0")
+        );
+        assert!(
+            validate(&group(1001, "web"), true)
+                .unwrap_err()
+                .contains("1 to 1000")
+        );
+        let long = "w".repeat(62);
+        assert!(validate(&group(10, &long), true).is_ok());
+        assert!(
+            validate(&group(11, &long), true)
+                .unwrap_err()
+                .contains("shorter group name")
+        );
+        let on = |socket: &str| AgentSpec {
+            socket: Some(socket.into()),
+            ..spec("serve")
+        };
+        assert!(validate(&on("8080"), true).is_ok());
+        assert!(
+            validate(&on("443"), true)
+                .unwrap_err()
+                .contains("below 1024")
+        );
+        assert_eq!(instance_name("web", 3), "web-3");
     }
 
     #[test]

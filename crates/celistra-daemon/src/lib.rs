@@ -20,6 +20,7 @@ mod secrets;
 mod serve;
 mod services;
 mod sessions;
+mod sockets;
 mod store;
 mod supervisor;
 mod tls;
@@ -63,8 +64,9 @@ pub enum Leaving {
 #[derive(Debug)]
 pub struct Stopped {
     pub leaving: Leaving,
-    /// For an upgrade: the API's listening sockets (`unix`, `tcp`), to hand to the next image.
-    pub listeners: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    /// For an upgrade: the API's listening sockets (`unix`, `tcp`) and the agents' shared ones
+    /// (`socket-…`), to hand to the next image.
+    pub listeners: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 /// How to run the daemon.
@@ -291,10 +293,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
         approvals: Arc::new(approvals),
         notify,
         secrets,
+        sockets: sockets::SharedSockets::default(),
         scrollback_kb: options.scrollback_kb,
         default_workspace: std::env::var("HOME").unwrap_or_else(|_| "/".into()),
         base_env: std::env::vars()
-            .filter(|(k, _)| !k.starts_with("CELISTRA_"))
+            // Socket activation variables are set per agent, for the agents that have a socket.
+            .filter(|(k, _)| !k.starts_with("CELISTRA_") && !k.starts_with("LISTEN_"))
             .chain([("TERM".into(), "xterm-256color".into())])
             .collect(),
         readers: reader_thread.handle().clone(),
@@ -347,7 +351,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
     // Copies for the next image, should this one be upgraded.
     let listeners = [("unix", unix.as_fd()), ("tcp", tcp.as_fd())]
         .into_iter()
-        .map(|(name, fd)| fd.try_clone_to_owned().map(|fd| (name, fd)))
+        .map(|(name, fd)| fd.try_clone_to_owned().map(|fd| (name.to_owned(), fd)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::io("cannot keep the listening sockets".into(), e))?;
     let bound = tcp
@@ -584,6 +588,9 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
         leaving,
         listeners: if leaving == Leaving::Upgrade {
             listeners
+                .into_iter()
+                .chain(services.sockets.for_handover())
+                .collect()
         } else {
             vec![]
         },

@@ -46,6 +46,8 @@ pub(crate) struct Services {
     pub notify: Arc<Notifications>,
     /// The encrypted secrets agents may be given (`secrets.json`).
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// The listening sockets agents share (`socket`).
+    pub sockets: crate::sockets::SharedSockets,
     /// `--scrollback-kb`: overrides `config.json` for agents without their own value.
     pub scrollback_kb: Option<u32>,
     /// Workspace of agents spawned without one: the daemon's `$HOME`.

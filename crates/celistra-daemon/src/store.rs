@@ -39,6 +39,24 @@ pub(crate) struct StoredAgent {
     pub limit: Option<celistra_proto::LimitWait>,
 }
 
+/// What survives a daemon restart of a group of instances (`instances` in a spec): its template,
+/// from which `scale` makes new instances. The instances themselves are agents of their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredGroup {
+    /// The group's name; its instances are `NAME-0` … (see `celistra_core::spec::instance_name`).
+    pub name: String,
+    /// The spec it was created with, `instances` being how many it has now.
+    pub spec: AgentSpec,
+    pub source: String,
+    pub created_at_ms: u64,
+}
+
+impl StoredGroup {
+    pub(crate) fn instances(&self) -> u32 {
+        self.spec.instances.unwrap_or(1)
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StoreFile {
     version: u32,
@@ -46,11 +64,14 @@ struct StoreFile {
     #[serde(default)]
     event_seq: u64,
     agents: Vec<StoredAgent>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<StoredGroup>,
 }
 
 #[derive(Debug, Default)]
 struct Pending {
     agents: BTreeMap<String, StoredAgent>,
+    groups: BTreeMap<String, StoredGroup>,
     event_seq: u64,
     generation: u64,
 }
@@ -93,6 +114,11 @@ impl Store {
                 .iter()
                 .map(|a| (a.id.clone(), a.clone()))
                 .collect(),
+            groups: file
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), g.clone()))
+                .collect(),
             event_seq: file.event_seq,
             generation: 0,
         };
@@ -129,6 +155,7 @@ impl Store {
                 version: 1,
                 event_seq: pending.event_seq,
                 agents: pending.agents.values().cloned().collect(),
+                groups: pending.groups.values().cloned().collect(),
             };
             (
                 pending.generation,
@@ -172,6 +199,24 @@ impl Store {
     pub(crate) fn remove(&self, id: &str) {
         let mut pending = self.lock();
         if pending.agents.remove(id).is_some() {
+            self.changed(&mut pending);
+        }
+    }
+
+    /// Every group, as loaded and changed since.
+    pub(crate) fn groups(&self) -> Vec<StoredGroup> {
+        self.lock().groups.values().cloned().collect()
+    }
+
+    pub(crate) fn put_group(&self, group: StoredGroup) {
+        let mut pending = self.lock();
+        pending.groups.insert(group.name.clone(), group);
+        self.changed(&mut pending);
+    }
+
+    pub(crate) fn remove_group(&self, name: &str) {
+        let mut pending = self.lock();
+        if pending.groups.remove(name).is_some() {
             self.changed(&mut pending);
         }
     }

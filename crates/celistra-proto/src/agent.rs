@@ -197,6 +197,17 @@ pub struct AgentSpec {
     /// Create the agent stopped (`spawn --no-autostart`): it runs once an operator starts it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_autostart: bool,
+    /// Run this many copies (`--instances N`), named `NAME-0` … `NAME-(N-1)`, each with
+    /// `CELISTRA_INSTANCE` set to its number; `NAME` then names the group (`ctl scale NAME N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub instances: Option<u32>,
+    /// A listening socket the daemon binds once and hands to the agent (every instance of a
+    /// group) as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID` (systemd socket activation): `PORT`
+    /// (loopback), `HOST:PORT` with an IP address, or an absolute Unix socket path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 108)]
+    pub socket: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -312,6 +323,13 @@ pub struct UpdateRequest {
     pub expected_exit_codes: Option<Vec<i32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_autostart: Option<bool>,
+    /// Only for a group's template (`apply`); an instance is scaled with `ctl scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 108)]
+    pub socket: Option<String>,
 }
 
 /// Body of `POST /v1/agents/{agent}/rename`.
@@ -545,4 +563,24 @@ pub struct AgentUsage {
     pub scope: String,
     /// When it was read (ms since the epoch).
     pub time_ms: u64,
+}
+
+/// Body of `POST /v1/groups/{group}/scale`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// How many instances the group should have; the highest-numbered ones are added or removed.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub instances: u32,
+}
+
+/// A group of instances (`instances` in a spec), as `scale` and `rolling-restart` answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupInfo {
+    pub name: String,
+    /// The instances' names, `NAME-0` first.
+    pub instances: Vec<String>,
+    /// The shared listening socket, as its spec gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }

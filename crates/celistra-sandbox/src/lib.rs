@@ -63,8 +63,9 @@ pub mod pty {
 }
 
 pub use spawn::{
-    Child, ExitInfo, LISTENERS_ENV, Launch, PtySize, SandboxReady, SpawnSpec, SpawnedPipes,
-    SpawnedPty, inherited_listener, resize_pty, signal_group, spawn_in_pty, spawn_with_pipes,
+    Child, ExitInfo, LISTENER_FD, LISTENERS_ENV, Launch, PtySize, SandboxReady, SpawnSpec,
+    SpawnedPipes, SpawnedPty, inherited_listener, resize_pty, signal_group, spawn_in_pty,
+    spawn_with_pipes,
 };
 
 /// Errors of process control, each naming what was being done.

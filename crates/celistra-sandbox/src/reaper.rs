@@ -56,7 +56,7 @@ pub fn reap_orphans() -> usize {
 pub fn reexec(
     binary: Option<&Path>,
     arguments: &[std::ffi::OsString],
-    listeners: &[(&str, std::os::fd::OwnedFd)],
+    listeners: &[(String, std::os::fd::OwnedFd)],
 ) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let mut error = std::io::Error::other("the daemon's path is unknown");

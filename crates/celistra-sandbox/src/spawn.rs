@@ -83,6 +83,10 @@ pub struct SpawnedPty {
     pub ready: Option<SandboxReady>,
 }
 
+/// The descriptor a shared listening socket has in an agent: the first after the standard streams,
+/// as systemd socket activation (`LISTEN_FDS=1`) has it.
+pub const LISTENER_FD: std::os::fd::RawFd = 3;
+
 /// Variable naming the descriptor through which the launcher tells that the sandbox is in place
 /// (it removes the variable before the agent's program starts).
 pub(crate) const READY_FD_ENV: &str = "CELISTRA_SANDBOX_READY_FD";
@@ -321,14 +325,17 @@ impl Launch {
     }
 
     /// A close-on-exec pipe for a sandboxed spawn's readiness; the child keeps the write end
-    /// across exec (see `supervise_child`).
+    /// across exec (see `supervise_child`). The write end is above [`LISTENER_FD`], which a shared
+    /// listening socket takes in the child.
     fn readiness_pipe(&self) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {
         if !self.sandboxed {
             return Ok(None);
         }
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map(Some)
-            .map_err(|e| self.error(e.into()))
+        let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| self.error(e.into()))?;
+        let writer = rustix::io::fcntl_dupfd_cloexec(&writer, LISTENER_FD + 1)
+            .map_err(|e| self.error(e.into()))?;
+        Ok(Some((reader, writer)))
     }
 
     /// What the child does between fork and exec: its own session, its cgroup (while still
@@ -338,6 +345,7 @@ impl Launch {
         &self,
         streams: Streams,
         ready_fd: Option<std::os::fd::RawFd>,
+        listener: Option<std::os::fd::RawFd>,
     ) -> Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static, Error> {
         let cgroup_procs: Option<CString> = self
             .cgroup
@@ -397,6 +405,20 @@ impl Launch {
                 // The spawner died between fork and prctl: do not run unsupervised.
                 rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
             }
+            if let Some(fd) = listener {
+                if fd == LISTENER_FD {
+                    // SAFETY: the caller keeps the socket open until the spawn returned.
+                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                } else {
+                    // SAFETY: both numbers are descriptors of this process; dup2 makes the copy
+                    // without close-on-exec. fd 3 held nothing the child needs (the readiness
+                    // pipe is above it, the PTY or pipes are 0 to 2).
+                    if unsafe { libc::dup2(fd, LISTENER_FD) } < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
             if let Some(fd) = ready_fd {
                 // SAFETY: the parent keeps the write end open until the spawn returned.
                 let fd = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -418,10 +440,17 @@ impl Launch {
     ///
     /// Call it from a long-lived thread (a tokio worker), never from `spawn_blocking`: the death
     /// signal is tied to the spawning thread.
-    pub fn spawn_in_pty(&self, size: PtySize) -> Result<SpawnedPty, Error> {
+    ///
+    /// A `listener` becomes the child's fd 3 (see [`LISTENER_FD`]).
+    pub fn spawn_in_pty(
+        &self,
+        size: PtySize,
+        listener: Option<BorrowedFd<'_>>,
+    ) -> Result<SpawnedPty, Error> {
         let ready = self.readiness_pipe()?;
         let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
-        let setup = self.supervise_child(Streams::Pty, ready_fd)?;
+        let listener = listener.map(|fd| fd.as_raw_fd());
+        let setup = self.supervise_child(Streams::Pty, ready_fd, listener)?;
         let mut command = pty_process::Command::new(&self.program)
             .args(&self.args)
             .current_dir(&self.cwd)
@@ -447,10 +476,14 @@ impl Launch {
 
     /// Spawns the program with stdin, stdout and stderr on pipes, as the leader of a new session
     /// without a terminal; otherwise supervised like [`Launch::spawn_in_pty`] (same thread rule).
-    pub fn spawn_with_pipes(&self) -> Result<SpawnedPipes, Error> {
+    pub fn spawn_with_pipes(
+        &self,
+        listener: Option<BorrowedFd<'_>>,
+    ) -> Result<SpawnedPipes, Error> {
         let ready = self.readiness_pipe()?;
         let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
-        let setup = self.supervise_child(Streams::Pipes, ready_fd)?;
+        let listener = listener.map(|fd| fd.as_raw_fd());
+        let setup = self.supervise_child(Streams::Pipes, ready_fd, listener)?;
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)
@@ -496,12 +529,12 @@ pub fn resize_pty(pty: &pty_process::OwnedWritePty, size: PtySize) -> Result<(),
 
 /// Spawns `spawn.program` in a new PTY of `size` (see [`Launch::spawn_in_pty`]).
 pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, Error> {
-    spawn.resolve()?.spawn_in_pty(size)
+    spawn.resolve()?.spawn_in_pty(size, None)
 }
 
 /// Spawns `spawn.program` with its standard streams on pipes (see [`Launch::spawn_with_pipes`]).
 pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
-    spawn.resolve()?.spawn_with_pipes()
+    spawn.resolve()?.spawn_with_pipes(None)
 }
 
 /// Sends signal number `signal` to every process in process group `pgid`. A group that no longer

@@ -10,6 +10,7 @@ mod daemon;
 mod decide;
 mod events;
 mod fleet;
+mod groups;
 mod history;
 mod notifications;
 mod openapi;

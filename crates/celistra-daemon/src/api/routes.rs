@@ -14,8 +14,8 @@ use utoipa::openapi::{Content, OpenApi, Ref, ResponseBuilder};
 use utoipa_axum::routes;
 
 use super::{
-    AppState, agents, approvals, audit, daemon, decide, events, fleet, history, notifications,
-    openapi, sandbox, secrets, sessions, terminal, tokens,
+    AppState, agents, approvals, audit, daemon, decide, events, fleet, groups, history,
+    notifications, openapi, sandbox, secrets, sessions, terminal, tokens,
 };
 
 /// The OpenAPI extension that names the role an operation requires.
@@ -140,6 +140,8 @@ pub(crate) fn table() -> Vec<Route> {
         route!(operator, agents::rename, via_hub),
         route!(operator, agents::apply, via_hub),
         route!(viewer, agents::usage, via_hub),
+        route!(operator, groups::scale, via_hub),
+        route!(operator, groups::rolling_restart, via_hub),
         // Output and history; clearing a log erases a record, so it is the owner's.
         route!(viewer, history::logs, via_hub),
         route!(owner, history::clear, via_hub),

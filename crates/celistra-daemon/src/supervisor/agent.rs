@@ -922,9 +922,17 @@ impl Agent {
             .limits
             .prepare(self.id(), &confinement.limits, cgroup.as_ref())
             .map_err(|e| e.to_string())?;
+        let listener = match &spec.socket {
+            Some(socket) => {
+                let listener = self.services.sockets.get(socket).map_err(|e| e.message)?;
+                env.extend(socket_activation_env());
+                Some(listener)
+            }
+            None => None,
+        };
         let launch = SpawnSpec {
             program: "/bin/sh".into(),
-            args: vec!["-c".into(), spec.command.clone()],
+            args: shell_args(&spec.command, listener.is_some()),
             cwd: workspace.into(),
             env,
             cgroup: cgroup.as_ref(),
@@ -973,7 +981,14 @@ impl Agent {
         };
         let note = serde_json::to_value(note).map_err(|e| e.to_string())?;
         let spawned = keeper
-            .spawn(self.id(), run_id, launch, size, note)
+            .spawn(
+                self.id(),
+                run_id,
+                launch,
+                size,
+                listener.as_deref().map(std::os::fd::AsFd::as_fd),
+                note,
+            )
             .await
             .map_err(|e| e.to_string())?;
         let (child, ready) = (spawned.child, spawned.ready);
@@ -1702,4 +1717,83 @@ pub(crate) fn random_unit() -> f64 {
         return 0.5;
     }
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What a run with a shared socket is told of it, as systemd socket activation says it: one
+/// descriptor from fd 3, named `socket`. `LISTEN_PID` is set by the shell (see [`shell_args`]).
+fn socket_activation_env() -> [(String, String); 2] {
+    [
+        ("LISTEN_FDS".into(), "1".into()),
+        ("LISTEN_FDNAMES".into(), "socket".into()),
+    ]
+}
+
+/// `/bin/sh`'s arguments to run `command`. With a shared socket, the shell first sets
+/// `LISTEN_PID` to its own pid (`$$`, in the sandbox's pid namespace too), then replaces itself by
+/// the command: a plain one (see [`is_plain_command`]) with `exec`, so the program that reads
+/// `LISTEN_PID` finds its own pid there, as socket activation libraries check; any other by the
+/// shell that runs it (whose last program should be started with `exec` for those libraries).
+fn shell_args(command: &str, with_socket: bool) -> Vec<String> {
+    if !with_socket {
+        return vec!["-c".into(), command.to_owned()];
+    }
+    let run = if is_plain_command(command) {
+        "exec $0"
+    } else {
+        "exec /bin/sh -c \"$0\""
+    };
+    vec![
+        "-c".into(),
+        format!("LISTEN_PID=$$; export LISTEN_PID; {run}"),
+        command.to_owned(),
+    ]
+}
+
+/// Whether `command` is one program with its arguments and nothing the shell would interpret:
+/// words of letters, digits and `_ . / - + , : @ %`, the first without `=` (not an assignment).
+/// Such a command means the same unquoted (`$0` split on spaces), and `exec` may run it.
+fn is_plain_command(command: &str) -> bool {
+    let plain_word = |word: &str| {
+        !word.is_empty()
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_./-+,:@%=".contains(&b))
+    };
+    let mut words = command.split(' ').filter(|w| !w.is_empty());
+    words
+        .next()
+        .is_some_and(|first| plain_word(first) && !first.contains('='))
+        && words.all(plain_word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_program_with_plain_arguments_is_execed_directly() {
+        for plain in [
+            "python3 server.py",
+            "/usr/bin/node app.js --port=8080",
+            "  gunicorn -w 1 app:app ",
+        ] {
+            assert!(is_plain_command(plain), "{plain}");
+            assert_eq!(
+                shell_args(plain, true)[1],
+                "LISTEN_PID=$$; export LISTEN_PID; exec $0"
+            );
+        }
+        for shell in [
+            "cd app && python3 server.py",
+            "PORT=1 node app.js",
+            "node $APP",
+            "echo *",
+            "run 'a b'",
+            "a\tb",
+            "",
+        ] {
+            assert!(!is_plain_command(shell), "{shell}");
+        }
+        assert_eq!(shell_args("a; b", false), ["-c", "a; b"]);
+    }
 }

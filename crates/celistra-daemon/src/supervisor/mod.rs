@@ -5,6 +5,7 @@
 mod activity;
 mod agent;
 pub(crate) mod fanout;
+mod groups;
 mod reader_thread;
 
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ fn saved_tail(history: &History, agent_id: &str, bytes: usize) -> (Vec<u8>, bool
 struct Registry {
     by_id: HashMap<String, Arc<AgentHandle>>,
     id_by_name: HashMap<String, String>,
+    /// Groups of instances by name (see `groups.rs`); their instances are in `by_id` too.
+    groups: std::collections::BTreeMap<String, crate::store::StoredGroup>,
 }
 
 #[derive(Debug)]
@@ -260,9 +263,16 @@ impl Supervisor {
         actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
+        if spec.instances.is_some() {
+            return self.spawn_group(spec, source, actor).await;
+        }
         self.check_spec(&spec, false)?;
         self.services.secrets.check_references(&spec, actor)?;
         self.services.config()?;
+        // Bound now, so an address in use is the request's error.
+        if let Some(socket) = &spec.socket {
+            self.services.sockets.get(socket)?;
+        }
         // Made now, so a workspace outside git or a branch in use is the request's error (and
         // not for a name that is taken: checked again below, under the lock).
         let worktree = if spec.worktree.is_some() {
@@ -282,7 +292,9 @@ impl Supervisor {
             if spec.name.is_empty() {
                 spec.name =
                     names::generate_name(&spec.command, |n| registry.id_by_name.contains_key(n));
-            } else if registry.id_by_name.contains_key(&spec.name) {
+            } else if registry.id_by_name.contains_key(&spec.name)
+                || registry.groups.contains_key(&spec.name)
+            {
                 return Err(name_taken(&spec.name));
             }
             let id = new_id(&registry)?;
@@ -450,7 +462,17 @@ impl Supervisor {
         let mut restored = vec![];
         {
             let mut registry = self.write();
+            registry.groups = self
+                .services
+                .store
+                .groups()
+                .into_iter()
+                .map(|g| (g.name.clone(), g))
+                .collect();
             for mut agent in stored {
+                if let Some(socket) = &agent.spec.socket {
+                    self.services.sockets.adopt_inherited(socket);
+                }
                 let should_run = matches!(
                     agent.state,
                     AgentState::Running
@@ -575,6 +597,27 @@ impl Supervisor {
             .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
         let mut spec = handle.spec().clone();
         let old_name = spec.name.clone();
+        if update.instances.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "`{old_name}` is one agent; change a group's size with `celistrad ctl scale \
+                     GROUP N`"
+                ),
+            ));
+        }
+        if let Some(group) = groups::group_of(&self.read(), &old_name)
+            && update.name.as_ref().is_some_and(|name| *name != old_name)
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "`{old_name}` is an instance of group `{}` and keeps its name; scale the group \
+                     instead",
+                    group.name
+                ),
+            ));
+        }
         spec_rules::apply_update(&mut spec, update);
         self.check_spec(&spec, true)?;
         // A rename cannot make an agent give its secrets away; any other change could.
@@ -696,14 +739,16 @@ impl Supervisor {
         command: fn(agent::Reply) -> Command,
         requested: fn(String, String, &Actor) -> EventKind,
     ) -> Result<AgentInfo, ApiError> {
-        let handle = self.find(key)?;
-        let name = handle.info().name.clone();
-        self.services
-            .events
-            .publish(requested(handle.id.clone(), name, actor));
-        handle.ask(actor, command).await?;
+        let handles = self.agent_or_group(key)?;
+        for handle in &handles {
+            let name = handle.info().name.clone();
+            self.services
+                .events
+                .publish(requested(handle.id.clone(), name, actor));
+            handle.ask(actor, command).await?;
+        }
         self.sync().await?;
-        Ok(handle.info().clone())
+        Ok(handles[0].info().clone())
     }
 
     pub(crate) async fn kill(
@@ -733,6 +778,16 @@ impl Supervisor {
         query: &RemoveQuery,
         actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
+        if self.find(key).is_err() && self.is_group(key) {
+            let mut first = None;
+            for member in self.group_members(key).unwrap_or_default() {
+                let removed = Box::pin(self.remove(&member.id, query, actor)).await?;
+                first.get_or_insert(removed);
+            }
+            self.forget_group(key);
+            self.sync().await?;
+            return first.ok_or_else(|| not_found(key));
+        }
         let handle = self.find(key)?;
         let spec = handle.spec().clone();
         let known = handle.info().worktree.clone();
@@ -762,6 +817,15 @@ impl Supervisor {
         }
         self.services.limits.remove_agent(&handle.id);
         self.services.asks.close(&handle.id);
+        if let Some(socket) = &spec.socket {
+            let still_used = self.read().by_id.values().any(|other| {
+                other.spec().socket.as_ref().is_some_and(|s| {
+                    celistra_core::listen::ListenAddr::parse(s).ok()
+                        == celistra_core::listen::ListenAddr::parse(socket).ok()
+                })
+            });
+            self.services.sockets.release(socket, still_used);
+        }
         self.services.events.publish(EventKind::AgentRemoved {
             agent_id: handle.id.clone(),
             name: info.name.clone(),
@@ -788,9 +852,16 @@ impl Supervisor {
         actor: &Actor,
     ) -> Result<ApplyReport, ApiError> {
         self.refuse_if_stopping()?;
+        // A group is compared as its template; its instances are not listed on their own.
         let current: Vec<AgentSpec> = {
             let registry = self.read();
-            registry.by_id.values().map(|h| h.spec().clone()).collect()
+            registry
+                .by_id
+                .values()
+                .map(|h| h.spec().clone())
+                .filter(|spec| groups::group_of(&registry, &spec.name).is_none())
+                .chain(registry.groups.values().map(|g| g.spec.clone()))
+                .collect()
         };
         let plan = apply::plan(&current, &request.agents, request.prune)
             .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))?;
@@ -840,6 +911,10 @@ impl Supervisor {
             }
         }
         for spec in plan.update {
+            if self.is_group(&spec.name) || spec.instances.is_some() {
+                self.replace_group(spec, source, actor).await?;
+                continue;
+            }
             let handle = self.find(&spec.name).map_err(|_| {
                 ApiError::new(
                     ErrorCode::Conflict,

@@ -2,7 +2,7 @@
 //! the runs it holds, spawning through it and learning how runs end.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -260,6 +260,7 @@ impl Keeper {
         run_id: u64,
         launch: Launch,
         pty: Option<PtySize>,
+        listener: Option<BorrowedFd<'_>>,
         note: serde_json::Value,
     ) -> Result<SpawnedRun, KeeperError> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +280,8 @@ impl Keeper {
             pty: pty.map(|size| (size.rows, size.cols)),
             note,
         };
-        if self.socket.send(&message, &[], &[]).await.is_err() {
+        let fds: Vec<BorrowedFd<'_>> = listener.into_iter().collect();
+        if self.socket.send(&message, &[], &fds).await.is_err() {
             lock(&self.waiters).waiters.spawns.remove(&request);
             return Err(KeeperError::Gone);
         }

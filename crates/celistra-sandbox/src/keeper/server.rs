@@ -6,7 +6,7 @@
 //! unread output) in `leftover` beside its socket.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -386,12 +386,12 @@ impl Keeper {
         super::write_frames(&self.dir.join(LEFTOVER_FILE), &frames)
     }
 
-    async fn request(&mut self, request: Datagram<ToKeeper>) {
+    async fn request(&mut self, datagram: Datagram<ToKeeper>) {
         let Some((_, socket, _)) = &self.link else {
             return;
         };
         let socket = Arc::clone(socket);
-        match request.message {
+        match datagram.message {
             ToKeeper::Hello => self.welcome(&socket).await,
             ToKeeper::Guard { cgroup } => {
                 if self.guard.is_none() {
@@ -409,7 +409,8 @@ impl Keeper {
                 pty,
                 note,
             } => {
-                let answer = self.spawn(agent_id, run_id, &launch, pty, note);
+                let listener = datagram.fds.first().map(AsFd::as_fd);
+                let answer = self.spawn(agent_id, run_id, &launch, pty, listener, note);
                 let sent = match answer {
                     Ok((pid, fds, ready)) => {
                         socket
@@ -509,12 +510,13 @@ impl Keeper {
         run_id: u64,
         launch: &crate::Launch,
         pty: Option<(u16, u16)>,
+        listener: Option<BorrowedFd<'_>>,
         note: serde_json::Value,
     ) -> Result<(u32, Vec<OwnedFd>, bool), String> {
         let (child, outputs, input, ready) = match pty {
             Some((rows, cols)) => {
                 let spawned = launch
-                    .spawn_in_pty(PtySize { rows, cols })
+                    .spawn_in_pty(PtySize { rows, cols }, listener)
                     .map_err(|e| e.to_string())?;
                 let master = spawned
                     .pty
@@ -529,7 +531,9 @@ impl Keeper {
                 )
             }
             None => {
-                let spawned = launch.spawn_with_pipes().map_err(|e| e.to_string())?;
+                let spawned = launch
+                    .spawn_with_pipes(listener)
+                    .map_err(|e| e.to_string())?;
                 let stdout = spawned.stdout.into_owned_fd().map_err(|e| e.to_string())?;
                 let stderr = spawned.stderr.into_owned_fd().map_err(|e| e.to_string())?;
                 let stdin = spawned.stdin.into_owned_fd().map_err(|e| e.to_string())?;

@@ -83,6 +83,8 @@ pub(crate) enum ToKeeper {
     Hello,
     /// Kill this cgroup if the keeper dies (the death guard).
     Guard { cgroup: PathBuf },
+    /// Spawn a run; its shared listening socket (`LISTENER_FD` in the child), if any, is the one
+    /// descriptor that comes with the message.
     Spawn {
         request: u64,
         agent_id: String,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use celistra_client::{Client, ClientError};
 use celistra_core::duration::{parse_bytes, parse_millis};
 use celistra_proto::{
-    Activity, ActivityNotify, AgentInfo, AgentSpec, IoMode, KillRequest, RemoveQuery,
-    RenameRequest, Signal, SignalTier, UpdateRequest,
+    Activity, ActivityNotify, AgentInfo, AgentSpec, GroupInfo, IoMode, KillRequest, RemoveQuery,
+    RenameRequest, ScaleRequest, Signal, SignalTier, UpdateRequest,
 };
 use clap::Args;
 use futures_util::StreamExt;
@@ -138,6 +138,11 @@ pub(crate) struct SettingArgs {
         value_delimiter = ','
     )]
     expected_exit_codes: Vec<i32>,
+    /// Listen on ADDR and hand the socket to the agent (each instance of a group) as fd 3 with
+    /// LISTEN_FDS=1 and LISTEN_PID (systemd socket activation): PORT (on 127.0.0.1),
+    /// IP:PORT, or an absolute Unix socket path.
+    #[arg(long, value_name = "ADDR")]
+    socket: Option<String>,
 }
 
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
@@ -183,6 +188,7 @@ impl SettingArgs {
             secrets: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
             expected_exit_codes: (!self.expected_exit_codes.is_empty())
                 .then(|| self.expected_exit_codes.clone()),
+            socket: self.socket.clone(),
             ..UpdateRequest::default()
         };
         self.schedule.fill(&mut update)?;
@@ -241,6 +247,10 @@ pub(crate) struct SpawnArgs {
     /// Create the agent stopped: it runs once you `ctl start` it.
     #[arg(long)]
     no_autostart: bool,
+    /// Run N copies, NAME-0 … NAME-(N-1), each with CELISTRA_INSTANCE set to its number; NAME
+    /// then names the group (`stop`, `start`, `restart`, `rm` act on every instance; `scale`).
+    #[arg(long, value_name = "N")]
+    instances: Option<u32>,
     #[command(flatten)]
     settings: SettingArgs,
     #[command(flatten)]
@@ -275,6 +285,7 @@ pub(crate) async fn spawn(client: &Client, args: SpawnArgs) -> CtlResult {
         no_pty: args.no_pty,
         worktree: args.worktree,
         no_autostart: args.no_autostart,
+        instances: args.instances,
         ..AgentSpec::default()
     };
     celistra_core::spec::apply_update(&mut spec, &args.settings.to_update()?);
@@ -610,11 +621,66 @@ pub(crate) async fn start(client: &Client, args: ManyAgents) -> CtlResult {
     .await
 }
 
-pub(crate) async fn restart(client: &Client, args: ManyAgents) -> CtlResult {
-    each(client, args, "restarted", async |c, key| {
-        c.restart_agent(key).await
-    })
-    .await
+/// `restart`: agents or groups, at once or (groups) one instance at a time.
+#[derive(Debug, Args)]
+pub(crate) struct RestartArgs {
+    #[command(flatten)]
+    agents: ManyAgents,
+    /// For a group: restart its instances one at a time, each new one running before the next
+    /// old one stops (with --socket, no connection is refused meanwhile).
+    #[arg(long)]
+    rolling: bool,
+}
+
+pub(crate) async fn restart(client: &Client, args: RestartArgs) -> CtlResult {
+    if !args.rolling {
+        return each(client, args.agents, "restarted", async |c, key| {
+            c.restart_agent(key).await
+        })
+        .await;
+    }
+    for key in &args.agents.agents {
+        let (client, group) = on_machine_of(client, key)?;
+        let info = client.rolling_restart_group(group).await?;
+        print_group(&info, "restarted", args.agents.json.json);
+    }
+    Ok(())
+}
+
+/// The agent or group part of a `ctl` key (`MACHINE/NAME` or `NAME`).
+fn group_or_agent(key: &str) -> String {
+    key.rsplit_once('/')
+        .map_or(key, |(_, name)| name)
+        .to_owned()
+}
+
+/// `scale`: a group's number of instances.
+#[derive(Debug, Args)]
+pub(crate) struct ScaleArgs {
+    /// Group name (MACHINE/GROUP on another machine).
+    group: String,
+    /// How many instances it should have; the highest-numbered ones are added or removed.
+    instances: u32,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+pub(crate) async fn scale(client: &Client, args: ScaleArgs) -> CtlResult {
+    let (client, group) = on_machine_of(client, &args.group)?;
+    let request = ScaleRequest {
+        instances: args.instances,
+    };
+    let info = client.scale_group(group, &request).await?;
+    print_group(&info, "scaled", args.json.json);
+    Ok(())
+}
+
+fn print_group(info: &GroupInfo, done: &str, json: bool) {
+    if json {
+        print_json(info);
+    } else {
+        println!("{done} {}: {}", info.name, info.instances.join(" "));
+    }
 }
 
 /// `rm`: agents, and what becomes of their worktrees.
@@ -670,6 +736,10 @@ async fn each(
     for (key, result) in outcomes {
         match result {
             Ok(agent) if args.json.json => results.push(agent),
+            // A group's name answers with its first instance, having acted on every one.
+            Ok(agent) if ![&agent.id, &agent.name].contains(&&group_or_agent(key)) => {
+                println!("{done} group {} (every instance)", group_or_agent(key));
+            }
             Ok(agent) => println!("{done} {} ({})", agent.id, agent.name),
             Err(e) => failed.push(format!("{key}: {e}")),
         }

@@ -70,8 +70,10 @@ enum Verb {
     Stop(agents::ManyAgents),
     /// Start stopped agents.
     Start(agents::ManyAgents),
-    /// Restart agents.
-    Restart(agents::ManyAgents),
+    /// Restart agents, or a group's instances (one at a time with --rolling).
+    Restart(agents::RestartArgs),
+    /// Give a group (spawned with --instances) N instances.
+    Scale(agents::ScaleArgs),
     /// Send a signal: HUP hangs up the terminal; INT, TERM, QUIT, KILL go to the process group.
     Kill(agents::KillArgs),
     /// Stop agents and forget them (a clean --worktree worktree goes too; see --keep-worktree).
@@ -246,6 +248,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
         Verb::Stop(args) => agents::stop(client, args).await,
         Verb::Start(args) => agents::start(client, args).await,
         Verb::Restart(args) => agents::restart(client, args).await,
+        Verb::Scale(args) => agents::scale(client, args).await,
         Verb::Rm(args) => agents::remove(client, args).await,
         Verb::Kill(args) => agents::kill(client, args).await,
         Verb::Rename(args) => agents::rename(client, args).await,

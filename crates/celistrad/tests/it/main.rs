@@ -26,6 +26,7 @@ mod netns;
 mod notifications;
 mod recipes;
 mod remote;
+mod replicas;
 mod roles;
 mod sandbox;
 mod schedule;
