@@ -13,7 +13,7 @@ use celistra_proto::AgentSpec;
 use serde::Serialize;
 
 /// What an import produced: the agents, and what the reader should know about the source.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Import {
     pub agents: Vec<AgentSpec>,
     pub notes: Vec<Note>,

@@ -17,11 +17,14 @@ pub(super) fn start_secs(_spec: &mut AgentSpec, secs: u64) -> Result<(), String>
     ))
 }
 
-/// supervisord `priority` (programs and groups): start order, lower first.
-pub(super) fn priority(_spec: &mut AgentSpec, priority: i64) -> Result<(), String> {
+/// supervisord `priority` (programs and groups): start order, lower first. `agents` are sorted
+/// by `priorities` (lowest first, one per agent): each should wait, with `depends_on` condition
+/// `started`, for the agents of the next lower priority.
+pub(super) fn start_order(_agents: &mut [AgentSpec], _priorities: &[i64]) -> Result<(), String> {
     Err(not_yet(
         "depends_on",
-        &format!("start order (priority {priority}, lower first)"),
+        "start order (lower priority first; until then the file lists agents in that order and \
+         they start at once)",
     ))
 }
 

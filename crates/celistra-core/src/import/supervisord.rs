@@ -251,7 +251,8 @@ fn expand(text: &str, vars: &dyn Fn(&str) -> Option<Var>) -> Result<String, Stri
 /// Converts the main file and its included files (in that order) into specs and notes.
 pub fn convert(files: &[IniFile], context: &Context) -> Result<Import, ImportError> {
     let mut import = Import::default();
-    let groups = groups(files, &mut import.notes)?;
+    let mut priority_keys = vec![];
+    let groups = groups(files, &mut import.notes, &mut priority_keys)?;
     let mut ordered: Vec<(i64, AgentSpec)> = vec![];
     // Which section made each name, to refuse two agents of one name (a process_name that
     // collides with another program's).
@@ -271,8 +272,14 @@ pub fn convert(files: &[IniFile], context: &Context) -> Result<Import, ImportErr
             match kind {
                 "program" => {
                     let group = groups.get(program_name(section)).map(String::as_str);
-                    let (priority, specs) =
-                        program(file, section, group, context, &mut import.notes)?;
+                    let (priority, specs) = program(
+                        file,
+                        section,
+                        group,
+                        context,
+                        &mut import.notes,
+                        &mut priority_keys,
+                    )?;
                     for spec in &specs {
                         if let Some(other) = made_by.insert(spec.name.clone(), section.name.clone())
                         {
@@ -300,14 +307,24 @@ pub fn convert(files: &[IniFile], context: &Context) -> Result<Import, ImportErr
             }
         }
     }
+    // supervisord starts lower priorities first: the file lists agents in that order.
+    ordered.sort_by_key(|(priority, _)| *priority);
+    let priorities: Vec<i64> = ordered.iter().map(|(priority, _)| *priority).collect();
+    import.agents = ordered.into_iter().map(|(_, spec)| spec).collect();
+    if !priority_keys.is_empty()
+        && let Err(why) = pending::start_order(&mut import.agents, &priorities)
+    {
+        let noted = priority_keys.into_iter().map(|key| Note {
+            message: why.clone(),
+            ..key
+        });
+        import.notes.extend(noted);
+    }
     // The notes read as the files do: file by file, line by line.
     let file_index = |note: &Note| files.iter().position(|f| f.name == note.file);
     import
         .notes
         .sort_by_key(|note| (file_index(note), note.line));
-    // supervisord starts lower priorities first: the file lists agents in that order.
-    ordered.sort_by_key(|(priority, _)| *priority);
-    import.agents = ordered.into_iter().map(|(_, spec)| spec).collect();
     Ok(import)
 }
 
@@ -340,9 +357,12 @@ fn program_name(section: &Section) -> &str {
 }
 
 /// Which group each program is in (`[group:x] programs=a,b`); notes on the groups themselves.
+/// `priority_keys` gathers the `priority` keys, whose notes are written once the start order is
+/// known to be mapped or not.
 fn groups(
     files: &[IniFile],
     notes: &mut Vec<Note>,
+    priority_keys: &mut Vec<Note>,
 ) -> Result<BTreeMap<String, String>, ImportError> {
     let mut member_of = BTreeMap::new();
     for file in files {
@@ -384,11 +404,8 @@ fn groups(
                         ));
                     }
                     "priority" => {
-                        let priority = number(&entry.value).map_err(|e| place.error(e))?;
-                        let mut unused = AgentSpec::default();
-                        if let Err(why) = pending::priority(&mut unused, priority) {
-                            notes.push(place.note(NoteKind::Unsupported, why));
-                        }
+                        number(&entry.value).map_err(|e| place.error(e))?;
+                        priority_keys.push(place.note(NoteKind::Unsupported, String::new()));
                     }
                     _ => notes.push(place.note(NoteKind::Unsupported, "not a [group] key")),
                 }
@@ -425,6 +442,7 @@ fn program<'a>(
     group: Option<&str>,
     context: &Context,
     notes: &mut Vec<Note>,
+    priority_keys: &mut Vec<Note>,
 ) -> Result<(i64, Vec<AgentSpec>), ImportError> {
     let name = program_name(section);
     let within = format!("[{}]", section.name);
@@ -565,8 +583,8 @@ fn program<'a>(
                 )),
                 "umask" => umask = Some(entry.value.trim().to_owned()),
                 "priority" => {
-                    if let Err(why) = pending::priority(&mut spec, priority) {
-                        note(place.note(NoteKind::Unsupported, why));
+                    if first {
+                        priority_keys.push(place.note(NoteKind::Unsupported, String::new()));
                     }
                 }
                 key if is_log_key(key) => note(place.note(NoteKind::Unsupported, KEEPS_HISTORY)),
@@ -943,6 +961,14 @@ bogus=1
                 .iter()
                 .filter(|n| n.key.is_empty())
                 .all(|n| n.kind == NoteKind::Unsupported)
+        );
+        let priorities = notes_of(&got, "priority");
+        assert_eq!(priorities.len(), 2, "the group's and b's");
+        assert!(
+            priorities
+                .iter()
+                .all(|n| n.kind == NoteKind::Unsupported
+                    && n.message.starts_with("not supported yet"))
         );
         let programs = notes_of(&got, "programs")[0];
         assert!(programs.message.contains("ctl stop a b"), "{programs}");
