@@ -76,6 +76,7 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     if let Some(restart_cron) = &spec.restart_cron {
         crate::schedule::check_restart_cron(restart_cron)?;
     }
+    check_health_and_order(spec)?;
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
 }
 
@@ -117,6 +118,25 @@ pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// Checks the probes, the start window and the dependency list.
+fn check_health_and_order(spec: &AgentSpec) -> Result<(), String> {
+    use crate::probe::{ProbeKind, check};
+    if let Some(probe) = &spec.readiness {
+        check(probe, ProbeKind::Readiness)?;
+    }
+    if let Some(probe) = &spec.liveness {
+        check(probe, ProbeKind::Liveness)?;
+    }
+    if let Some(secs) = spec.start_secs
+        && secs > 86_400
+    {
+        return Err(format!(
+            "start_secs: {secs} is out of range; use 0 to 86400"
+        ));
+    }
+    crate::depends::check_list(&spec.name, &spec.depends_on)
+}
+
 /// Smallest memory ceiling accepted: below it even a shell cannot start.
 pub const MIN_MEMORY_MAX: u64 = 4 * 1024 * 1024;
 
@@ -144,6 +164,12 @@ pub fn check_update(update: &UpdateRequest) -> Result<(), String> {
     }
     if update.clear_restart_cron && update.restart_cron.is_some() {
         return Err("restart_cron and clear_restart_cron were both given; give one".into());
+    }
+    if update.clear_readiness && update.readiness.is_some() {
+        return Err("readiness and clear_readiness were both given; give one".into());
+    }
+    if update.clear_liveness && update.liveness.is_some() {
+        return Err("liveness and clear_liveness were both given; give one".into());
     }
     Ok(())
 }
@@ -182,6 +208,12 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         clear_restart_cron,
         secrets,
         restart: _,
+        readiness,
+        liveness,
+        clear_readiness,
+        clear_liveness,
+        start_secs,
+        depends_on,
     } = update.clone();
     if let Some(name) = name {
         spec.name = name;
@@ -236,6 +268,22 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     }
     if let Some(secrets) = secrets {
         spec.secrets = secrets;
+    }
+    spec.readiness = readiness.or(spec.readiness.take());
+    spec.liveness = liveness.or(spec.liveness.take());
+    if clear_readiness {
+        spec.readiness = None;
+    }
+    if clear_liveness {
+        spec.liveness = None;
+    }
+    match start_secs {
+        Some(0) => spec.start_secs = None,
+        Some(secs) => spec.start_secs = Some(secs),
+        None => {}
+    }
+    if let Some(depends_on) = depends_on {
+        spec.depends_on = depends_on;
     }
 }
 

@@ -4,7 +4,9 @@
 
 mod activity;
 mod agent;
+mod dependencies;
 pub(crate) mod fanout;
+mod probes;
 mod reader_thread;
 
 use std::collections::HashMap;
@@ -75,6 +77,8 @@ pub(crate) struct Supervisor {
     pub approvals: ApprovalFlow,
     registry: RwLock<Registry>,
     shutting_down: AtomicBool,
+    /// The one scheduler of every agent's probes.
+    probes: probes::Probes,
 }
 
 /// Looks at every running agent's activity once a second (see `activity::tick`) while the
@@ -104,7 +108,7 @@ fn not_found(key: &str) -> ApiError {
 
 impl Supervisor {
     pub(crate) fn new(services: Arc<Services>) -> Arc<Supervisor> {
-        Arc::new_cyclic(|me: &Weak<Supervisor>| {
+        let supervisor = Arc::new_cyclic(|me: &Weak<Supervisor>| {
             let agents: Weak<dyn AgentDirectory> = me.clone();
             Supervisor {
                 approvals: ApprovalFlow::new(
@@ -113,11 +117,14 @@ impl Supervisor {
                     Arc::clone(&services) as Arc<dyn crate::services::Announce>,
                     agents,
                 ),
+                probes: probes::Probes::start(Arc::clone(&services)),
                 services,
                 registry: RwLock::default(),
                 shutting_down: AtomicBool::new(false),
             }
-        })
+        });
+        tokio::spawn(dependencies::start_when_met(Arc::downgrade(&supervisor)));
+        supervisor
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Registry> {
@@ -247,6 +254,7 @@ impl Supervisor {
     ) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
         self.check_spec(&spec, false)?;
+        self.check_dependencies(&spec, None)?;
         self.services.secrets.check_references(&spec, actor)?;
         self.services.config()?;
         // Made now, so a workspace outside git or a branch in use is the request's error (and
@@ -304,7 +312,7 @@ impl Supervisor {
             return Ok(handle.info().clone());
         }
         // A failed spawn is reported in the agent's state and `last_error`; the agent exists.
-        let _ = handle.ask(actor, Command::Start).await;
+        let _ = self.start_or_wait(&handle, actor).await;
         Ok(handle.info().clone())
     }
 
@@ -348,6 +356,10 @@ impl Supervisor {
             next_run_at_ms: None,
             next_restart_cron_at_ms: None,
             worktree: None,
+            ready: None,
+            readiness: None,
+            liveness: None,
+            waiting_for: None,
         };
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {
@@ -371,6 +383,7 @@ impl Supervisor {
             Arc::clone(&self.services),
             self.approvals.clone(),
             Arc::clone(&handle),
+            self.probes.clone(),
             receiver,
         );
         let id = stored.id.clone();
@@ -418,6 +431,8 @@ impl Supervisor {
         };
         info.schedule = spec.schedule.clone();
         info.restart_cron = spec.restart_cron.clone();
+        // Without a readiness probe there is no readiness; a new probe has not passed yet.
+        info.ready = spec.readiness.as_ref().map(|_| info.ready.unwrap_or(false));
         (info.next_run_at_ms, info.next_restart_cron_at_ms) = celistra_core::schedule::next_times(
             spec.schedule.as_ref(),
             spec.restart_cron.as_ref(),
@@ -526,7 +541,7 @@ impl Supervisor {
             async move {
                 match waiting {
                     Some(limit) => handle.ask(system, |r| Command::AwaitReset(limit, r)).await,
-                    None => handle.ask(system, Command::Start).await,
+                    None => self.start_or_wait(&handle, system).await,
                 }
             }
         });
@@ -561,6 +576,7 @@ impl Supervisor {
         let old_name = spec.name.clone();
         spec_rules::apply_update(&mut spec, update);
         self.check_spec(&spec, true)?;
+        self.check_dependencies(&spec, Some(&handle.id))?;
         // A rename cannot make an agent give its secrets away; any other change could.
         let rename_only = UpdateRequest {
             name: None,
@@ -659,10 +675,21 @@ impl Supervisor {
             .await
     }
 
+    /// Starts an agent, or, when its dependencies are not met, makes it wait for them.
     pub(crate) async fn start(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
-        self.lifecycle(key, actor, Command::Start, start_requested)
-            .await
+        let handle = self.find(key)?;
+        let name = handle.info().name.clone();
+        self.services
+            .events
+            .publish(start_requested(handle.id.clone(), name, actor));
+        if handle.info().state.is_active() {
+            handle.ask(actor, Command::Start).await?;
+        } else {
+            self.start_or_wait(&handle, actor).await?;
+        }
+        self.sync().await?;
+        Ok(handle.info().clone())
     }
 
     pub(crate) async fn restart(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
@@ -853,21 +880,22 @@ impl Supervisor {
     /// Leaves every agent running in the keeper for the next daemon: each task stops reading and
     /// writing its run and ends, the processes untouched.
     pub(crate) async fn leave(&self) {
-        self.end_every_task(Command::Leave).await;
-    }
-
-    /// Stops every agent (each with its own grace period, all at once) without changing what should
-    /// run after the next start.
-    pub(crate) async fn shutdown(&self) {
-        self.end_every_task(Command::Shutdown).await;
-    }
-
-    /// The daemon is stopping: every agent's task is told `command` (all at once) and ends.
-    async fn end_every_task(&self, command: fn(agent::Reply) -> Command) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
         let system = Actor::system();
-        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, command))).await;
+        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, Command::Leave)))
+            .await;
+    }
+
+    /// Stops every agent without changing what should run after the next start: dependents
+    /// before what they depend on, each wave all at once (each agent with its own grace period).
+    pub(crate) async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let system = Actor::system();
+        for wave in self.stop_waves() {
+            futures_util::future::join_all(wave.iter().map(|h| h.ask(&system, Command::Shutdown)))
+                .await;
+        }
     }
 }
 

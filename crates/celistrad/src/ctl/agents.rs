@@ -11,6 +11,7 @@ use celistra_proto::{
 use clap::Args;
 use futures_util::StreamExt;
 
+use super::health::{ClearHealthArgs, HealthArgs};
 use super::schedule::{ClearScheduleArgs, ScheduleArgs, next_run_badge, status_lines};
 use super::table::{compact_duration, exit_text, now_ms, render, uptime_text};
 use super::{CtlResult, Failure, on_machine_of, print_json};
@@ -127,6 +128,8 @@ pub(crate) struct SettingArgs {
     notify_on: Vec<ActivityNotify>,
     #[command(flatten)]
     schedule: ScheduleArgs,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
@@ -173,6 +176,7 @@ impl SettingArgs {
             ..UpdateRequest::default()
         };
         self.schedule.fill(&mut update)?;
+        self.health.fill(&mut update)?;
         Ok(update)
     }
 
@@ -535,7 +539,8 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         ),
     ];
     lines.splice(3..3, activity_lines(&agent));
-    for (label, value) in lines.into_iter().chain(status_lines(&agent)) {
+    let health = super::health::status_lines(&agent);
+    for (label, value) in lines.into_iter().chain(health).chain(status_lines(&agent)) {
         println!("{:<14}{value}", format!("{label}:"));
     }
     Ok(())
@@ -704,6 +709,8 @@ pub(crate) struct SetArgs {
     settings: SettingArgs,
     #[command(flatten)]
     clear: ClearScheduleArgs,
+    #[command(flatten)]
+    clear_health: ClearHealthArgs,
     /// Stop giving the agent its secrets (`--secret`; `secret:NAME` values of `--env` stay until
     /// replaced).
     #[arg(long, conflicts_with = "secrets")]
@@ -723,6 +730,7 @@ pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
         ..args.settings.to_update()?
     };
     args.clear.fill(&mut update);
+    args.clear_health.fill(&mut update);
     if args.no_secrets {
         update.secrets = Some(vec![]);
     }

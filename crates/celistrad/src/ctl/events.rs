@@ -338,6 +338,24 @@ fn describe(event: &Event) -> String {
             "{agent_id} ({name}) schedule due {}: {action}",
             celistra_core::clock::format_rfc3339_ms(*due_at_ms)
         ),
+        EventKind::AgentReady {
+            agent_id,
+            name,
+            run,
+            ready,
+            probe,
+        } => format!(
+            "{agent_id} ({name}) run {run} {}: {}",
+            if *ready { "ready" } else { "not ready" },
+            probe.message
+        ),
+        EventKind::AgentUnhealthy {
+            agent_id,
+            name,
+            run,
+            reason,
+            ..
+        } => format!("{agent_id} ({name}) run {run} restarted: {reason}"),
     };
     format!(
         "{:>6}  {}  {:<20} {detail}",
