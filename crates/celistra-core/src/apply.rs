@@ -52,11 +52,14 @@ pub fn plan(
             ));
         }
     }
-    crate::depends::refuse_cycles(&crate::depends::graph(
-        after
-            .iter()
-            .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
-    ))?;
+    crate::depends::refuse_cycles(
+        &crate::depends::graph(
+            after
+                .iter()
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        ),
+        None,
+    )?;
     let mut plan = ApplyPlan::default();
     for wanted in desired {
         match existing.get(wanted.name.as_str()) {

@@ -38,14 +38,22 @@ pub fn graph<'a>(specs: impl IntoIterator<Item = (&'a str, &'a [Dependency])>) -
         .collect()
 }
 
-/// Refuses a graph with a cycle, naming it: `depends_on cycle: a → b → c → a`. Names that are
-/// not agents of the graph end a path (they are not a cycle).
-pub fn refuse_cycles(graph: &Graph<'_>) -> Result<(), String> {
+/// Refuses a graph with a cycle, naming it: `depends_on cycle: a → b → c → a`, told from `from`
+/// when it is on it (the agent being changed). Names that are not agents of the graph end a path
+/// (they are not a cycle).
+pub fn refuse_cycles(graph: &Graph<'_>, from: Option<&str>) -> Result<(), String> {
     match find_cycle(graph) {
-        Some(cycle) => Err(format!(
-            "depends_on cycle: {}; remove one of these dependencies",
-            cycle.join(" → ")
-        )),
+        Some(mut cycle) => {
+            if let Some(at) = from.and_then(|name| cycle.iter().position(|n| *n == name)) {
+                cycle.pop();
+                cycle.rotate_left(at);
+                cycle.push(cycle[0]);
+            }
+            Err(format!(
+                "depends_on cycle: {}; remove one of these dependencies",
+                cycle.join(" → ")
+            ))
+        }
         None => Ok(()),
     }
 }
@@ -196,8 +204,13 @@ mod tests {
         let (a, b, c, d) = ([dep("b")], [dep("c")], [dep("a")], [dep("a")]);
         let g = graph([("a", &a[..]), ("b", &b[..]), ("c", &c[..]), ("d", &d[..])]);
         assert_eq!(
-            refuse_cycles(&g).unwrap_err(),
+            refuse_cycles(&g, None).unwrap_err(),
             "depends_on cycle: a → b → c → a; remove one of these dependencies"
+        );
+        assert!(
+            refuse_cycles(&g, Some("c"))
+                .unwrap_err()
+                .starts_with("depends_on cycle: c → a → b → c;")
         );
         let (web, api) = ([dep("api"), dep("db")], [dep("db"), dep("elsewhere")]);
         let fine = graph([("web", &web[..]), ("api", &api[..]), ("db", &[][..])]);

@@ -1193,8 +1193,8 @@ impl Agent {
     async fn restart_unhealthy(&mut self, run: Box<Run>, reason: String) -> Phase {
         self.actor = Actor::system();
         let uptime_ms = u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(agent = self.id(), "restarting: {reason}");
         self.stop(run, ExitCause::Unhealthy).await;
-        self.handle.info_mut().last_error = Some(reason);
         self.restart_within_ceiling(uptime_ms)
     }
 

@@ -104,7 +104,8 @@ impl Supervisor {
                 .chain(std::iter::once(spec))
                 .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
         );
-        depends::refuse_cycles(&graph).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))
+        depends::refuse_cycles(&graph, Some(&spec.name))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e))
     }
 
     /// Every agent's handle in stop order: waves, each after the agents that depend on it.

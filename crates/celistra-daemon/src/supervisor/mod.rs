@@ -248,13 +248,23 @@ impl Supervisor {
     /// (`scheduler.rs`) or an operator's `start`. Returns it as it is once the spawn was attempted.
     pub(crate) async fn spawn(
         &self,
+        spec: AgentSpec,
+        source: &str,
+        actor: &Actor,
+    ) -> Result<AgentInfo, ApiError> {
+        self.check_dependencies(&spec, None)?;
+        self.create(spec, source, actor).await
+    }
+
+    /// [`Supervisor::spawn`] once its dependencies are checked (`apply` checks a whole file's).
+    async fn create(
+        &self,
         mut spec: AgentSpec,
         source: &str,
         actor: &Actor,
     ) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
         self.check_spec(&spec, false)?;
-        self.check_dependencies(&spec, None)?;
         self.services.secrets.check_references(&spec, actor)?;
         self.services.config()?;
         // Made now, so a workspace outside git or a branch in use is the request's error (and
@@ -327,7 +337,12 @@ impl Supervisor {
         let mut info = AgentInfo {
             id: stored.id.clone(),
             name: String::new(),
-            state: stored.state,
+            // A new agent that should run is not running until its task says so: what depends
+            // on it must not start before.
+            state: match stored.state {
+                AgentState::Running => AgentState::Starting,
+                state => state,
+            },
             pid: None,
             restarts: stored.restarts,
             exit_code: stored.exit_code,
@@ -869,7 +884,7 @@ impl Supervisor {
         let creations = plan
             .create
             .into_iter()
-            .map(|spec| self.spawn(spec, source, actor));
+            .map(|spec| self.create(spec, source, actor));
         for created in futures_util::future::join_all(creations).await {
             created?;
         }

@@ -23,6 +23,7 @@ mod hooks;
 mod machine;
 mod netns;
 mod notifications;
+mod probes;
 mod recipes;
 mod remote;
 mod roles;
