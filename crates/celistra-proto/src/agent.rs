@@ -450,6 +450,9 @@ pub struct AgentInfo {
     /// What it waits for (state `waiting`), e.g. `db (ready)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// Its spec's `depends_on`: what it starts after and stops before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<crate::Dependency>,
 }
 
 /// Body of `POST /v1/apply`: make the daemon's agents match `agents`.

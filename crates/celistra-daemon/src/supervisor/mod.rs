@@ -375,6 +375,7 @@ impl Supervisor {
             readiness: None,
             liveness: None,
             waiting_for: None,
+            depends_on: vec![],
         };
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {
@@ -448,6 +449,7 @@ impl Supervisor {
         info.restart_cron = spec.restart_cron.clone();
         // Without a readiness probe there is no readiness; a new probe has not passed yet.
         info.ready = spec.readiness.as_ref().map(|_| info.ready.unwrap_or(false));
+        info.depends_on.clone_from(&spec.depends_on);
         (info.next_run_at_ms, info.next_restart_cron_at_ms) = celistra_core::schedule::next_times(
             spec.schedule.as_ref(),
             spec.restart_cron.as_ref(),

@@ -571,24 +571,34 @@ fn sandbox_text(agent: &AgentInfo) -> String {
     }
 }
 
+/// Stops agents; of those named, dependents stop before what they depend on.
 pub(crate) async fn stop(client: &Client, args: ManyAgents) -> CtlResult {
-    each(client, args, "stopped", async |c, key| {
+    let waves = super::health::stop_waves(client, &args.agents).await?;
+    each(client, waves, &args.json, "stopped", async |c, key| {
         c.stop_agent(key).await
     })
     .await
 }
 
 pub(crate) async fn start(client: &Client, args: ManyAgents) -> CtlResult {
-    each(client, args, "started", async |c, key| {
-        c.start_agent(key).await
-    })
+    each(
+        client,
+        vec![args.agents],
+        &args.json,
+        "started",
+        async |c, key| c.start_agent(key).await,
+    )
     .await
 }
 
 pub(crate) async fn restart(client: &Client, args: ManyAgents) -> CtlResult {
-    each(client, args, "restarted", async |c, key| {
-        c.restart_agent(key).await
-    })
+    each(
+        client,
+        vec![args.agents],
+        &args.json,
+        "restarted",
+        async |c, key| c.restart_agent(key).await,
+    )
     .await
 }
 
@@ -611,45 +621,54 @@ pub(crate) async fn remove(client: &Client, args: RemoveArgs) -> CtlResult {
         keep_worktree: args.keep_worktree,
         discard_worktree: args.discard_worktree,
     };
-    each(client, args.agents, "removed", async |c, key| {
-        c.remove_agent(key, &query).await
-    })
+    let agents = args.agents;
+    each(
+        client,
+        vec![agents.agents],
+        &agents.json,
+        "removed",
+        async |c, key| c.remove_agent(key, &query).await,
+    )
     .await
 }
 
 /// Most requests `each` has in flight at once.
 const AT_ONCE: usize = 64;
 
-/// Runs `operation` on every agent, concurrently (stopping a hundred agents, each with its grace
-/// period, takes about as long as the slowest), and reports each as `done`, in the order given;
-/// fails if any failed.
+/// Runs `operation` on every agent, wave after wave, each wave's agents concurrently (stopping a
+/// hundred agents, each with its grace period, takes about as long as the slowest), and reports
+/// each as `done`, in the order given; fails if any failed.
 async fn each(
     client: &Client,
-    args: ManyAgents,
+    waves: Vec<Vec<String>>,
+    json: &JsonFlag,
     done: &str,
     operation: impl AsyncFn(&Client, &str) -> Result<AgentInfo, ClientError>,
 ) -> CtlResult {
-    let targets = args
-        .agents
-        .iter()
-        .map(|key| on_machine_of(client, key).map(|(client, agent)| (key, client, agent)))
-        .collect::<Result<Vec<_>, Failure>>()?;
     let operation = &operation;
-    let outcomes: Vec<_> = futures_util::stream::iter(targets)
-        .map(|(key, client, agent)| async move { (key, operation(&client, agent).await) })
-        .buffered(AT_ONCE)
-        .collect()
-        .await;
+    let mut outcomes = vec![];
+    for wave in &waves {
+        let targets = wave
+            .iter()
+            .map(|key| on_machine_of(client, key).map(|(client, agent)| (key, client, agent)))
+            .collect::<Result<Vec<_>, Failure>>()?;
+        let wave_outcomes: Vec<_> = futures_util::stream::iter(targets)
+            .map(|(key, client, agent)| async move { (key, operation(&client, agent).await) })
+            .buffered(AT_ONCE)
+            .collect()
+            .await;
+        outcomes.extend(wave_outcomes);
+    }
     let mut failed = vec![];
     let mut results = vec![];
     for (key, result) in outcomes {
         match result {
-            Ok(agent) if args.json.json => results.push(agent),
+            Ok(agent) if json.json => results.push(agent),
             Ok(agent) => println!("{done} {} ({})", agent.id, agent.name),
             Err(e) => failed.push(format!("{key}: {e}")),
         }
     }
-    if args.json.json {
+    if json.json {
         print_json(&results);
     }
     if failed.is_empty() {

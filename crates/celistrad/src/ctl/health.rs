@@ -154,6 +154,44 @@ impl ClearHealthArgs {
     }
 }
 
+/// The agents `keys` names, in waves to stop one after the other: dependents before what they
+/// depend on (among those named). Agents of other machines are stopped as given, in one wave.
+pub(crate) async fn stop_waves(
+    client: &celistra_client::Client,
+    keys: &[String],
+) -> Result<Vec<Vec<String>>, Failure> {
+    if keys.len() < 2 || keys.iter().any(|key| key.contains('/')) || client.machine().is_some() {
+        return Ok(vec![keys.to_vec()]);
+    }
+    let agents: Vec<AgentInfo> = client.list_agents().await?;
+    let named: Vec<(&String, &AgentInfo)> = keys
+        .iter()
+        .filter_map(|key| {
+            let agent = agents.iter().find(|a| &a.id == key || &a.name == key)?;
+            Some((key, agent))
+        })
+        .collect();
+    if named.len() < keys.len() {
+        // An unknown name gets its own error from the daemon.
+        return Ok(vec![keys.to_vec()]);
+    }
+    let graph = celistra_core::depends::graph(
+        named
+            .iter()
+            .map(|(_, a)| (a.name.as_str(), a.depends_on.as_slice())),
+    );
+    Ok(celistra_core::depends::stop_waves(&graph)
+        .into_iter()
+        .map(|wave| {
+            named
+                .iter()
+                .filter(|(_, a)| wave.contains(&a.name))
+                .map(|(key, _)| (*key).clone())
+                .collect()
+        })
+        .collect())
+}
+
 /// `status`'s lines about readiness, probes and what the agent waits for (none when it has
 /// neither probes nor dependencies).
 pub(crate) fn status_lines(agent: &AgentInfo) -> Vec<(&'static str, String)> {

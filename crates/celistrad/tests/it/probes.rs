@@ -223,7 +223,7 @@ fn noting(name: &str, log: &str, after: &[(&str, DependencyCondition)]) -> Agent
         ..spec(
             name,
             &format!(
-                "echo start {name} >> {log}; trap 'echo stop {name} >> {log}; exit 0' TERM; \
+                "trap 'echo stop {name} >> {log}; exit 0' TERM; echo start {name} >> {log}; \
                  echo up; while :; do sleep 0.05; done"
             ),
         )
@@ -236,6 +236,16 @@ fn lines(path: &std::path::Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// The lines of `path` once it has `count` of them (the agents' shells write them).
+async fn wait_for_lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + PATIENCE;
+    while lines(path).len() < count {
+        assert!(Instant::now() < deadline, "only {:?} in {path:?}", lines(path));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lines(path)
 }
 
 #[tokio::test]
@@ -274,11 +284,10 @@ async fn dependencies_order_the_start_and_reverse_the_stop() {
     assert_eq!(web.state, AgentState::Waiting);
     assert_eq!(web.waiting_for.as_deref(), Some("api (ready)"));
     daemon.wait_state("web", AgentState::Running).await;
-    let deadline = Instant::now() + PATIENCE;
-    while lines(&log_path).len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(lines(&log_path), ["start db", "start api", "start web"]);
+    assert_eq!(
+        wait_for_lines(&log_path, 3).await,
+        ["start db", "start api", "start web"]
+    );
     // The daemon stops them dependents first.
     std::fs::write(&log_path, "").expect("clear log");
     daemon.signal_and_wait("TERM");
@@ -332,4 +341,49 @@ async fn a_start_waits_for_stopped_dependencies_and_cycles_are_refused_naming_th
     ]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no agent is named `nobody`"));
+}
+
+#[tokio::test]
+async fn an_exec_probe_runs_inside_the_agents_sandbox_in_its_workspace() {
+    let daemon = Daemon::start().await;
+    let home = daemon.home().display().to_string();
+    // Passes once the agent made its file, and only where the daemon's state is out of sight.
+    let check = format!("test -f made && ! test -e {home}/auth.json");
+    daemon
+        .spawn(AgentSpec {
+            readiness: probe(|p| p.exec = Some(check)),
+            ..spec("maker", "sleep 0.5; touch made; sleep 30")
+        })
+        .await;
+    let ready = daemon
+        .wait_agent("maker", "ready", |a| a.ready == Some(true))
+        .await;
+    assert!(ready.sandbox.is_some_and(|s| s.sandboxed));
+    assert_eq!(
+        ready.readiness.map(|s| s.message),
+        Some("exit code 0".into())
+    );
+}
+
+#[tokio::test]
+async fn ctl_stop_of_several_agents_stops_dependents_first() {
+    let daemon = Daemon::start().await;
+    let log_path = daemon.work.path().join("order");
+    let log = log_path.display().to_string();
+    daemon.spawn(noting("db", &log, &[])).await;
+    daemon
+        .spawn(noting("api", &log, &[("db", DependencyCondition::Started)]))
+        .await;
+    // Both are up, their traps set.
+    wait_for_lines(&log_path, 2).await;
+    std::fs::write(&log_path, "").expect("clear log");
+    // Named in the wrong order on purpose.
+    let stopped = daemon.ctl(&["stop", "db", "api"]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert_eq!(lines(&log_path), ["stop api", "stop db"]);
+    assert_eq!(
+        String::from_utf8_lossy(&stopped.stdout).lines().count(),
+        2,
+        "{stopped:?}"
+    );
 }
