@@ -252,7 +252,7 @@ pub struct LineWatch {
     matcher: LineMatcher,
     lines: LineAssembler,
     found: Vec<Line>,
-    matched: bool,
+    matched: Option<String>,
 }
 
 impl LineWatch {
@@ -261,18 +261,18 @@ impl LineWatch {
             matcher,
             lines: LineAssembler::new(),
             found: Vec::new(),
-            matched: false,
+            matched: None,
         }
     }
 
-    /// Whether it matched already (then output is no longer looked at).
-    pub fn matched(&self) -> bool {
-        self.matched
+    /// The line that matched, once one did (then output is no longer looked at).
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// Feeds a chunk; returns the matching line the first time one completes.
     pub fn push(&mut self, stream: Stream, bytes: &[u8]) -> Option<String> {
-        if self.matched {
+        if self.matched.is_some() {
             return None;
         }
         self.found.clear();
@@ -282,7 +282,7 @@ impl LineWatch {
             .iter()
             .find(|line| self.matcher.matches(&line.text))
             .map(|line| line.text.clone());
-        self.matched = hit.is_some();
+        self.matched.clone_from(&hit);
         self.found.clear();
         hit
     }
@@ -448,7 +448,7 @@ mod tests {
             watch.push(Stream::Pty, b"ing on 8080\x1b[0m\r\n"),
             Some("listening on 8080".into())
         );
-        assert!(watch.matched());
+        assert_eq!(watch.matched(), Some("listening on 8080"));
         assert_eq!(watch.push(Stream::Pty, b"listening on again\n"), None);
         let mut regex = LineWatch::new(LineMatcher::new("/port \\d+ open/").unwrap());
         assert_eq!(regex.push(Stream::Stdout, b"port x open\n"), None);

@@ -297,6 +297,8 @@ struct Run {
     probes: Vec<ProbeSetup>,
     /// The end of its `start_secs` window, while it lasts: an exit before it is a failed start.
     start_window: Option<tokio::time::Instant>,
+    /// Its readiness line, as its output pumps look for it.
+    readiness_line: Option<ReadinessLine>,
 }
 
 enum Phase {
@@ -673,6 +675,7 @@ impl Agent {
             signalled: false,
             probes: vec![],
             start_window: None,
+            readiness_line: None,
         });
         let pid = run.child.pid();
         {
@@ -852,6 +855,10 @@ impl Agent {
                     number,
                     std::mem::take(&mut run.probes),
                 );
+                // A line printed before the probes were armed was reported to no one.
+                if let Some(line) = run.readiness_line.as_ref().and_then(ReadinessLine::seen) {
+                    self.probes.line_seen(self.id(), number, &line);
+                }
                 let state = if run.start_window.is_some() {
                     AgentState::Starting
                 } else {
@@ -999,6 +1006,7 @@ impl Agent {
         };
         let probes = probe_setups(&spec, Some(&launch))?;
         let run_number = self.handle.info().run + 1;
+        let readiness_line = ReadinessLine::of(&spec, &self.probes, run_number);
         let run_id = self.services.history.next_run_id(now_ms());
         let output = OutputSink {
             handle: Arc::clone(&self.handle),
@@ -1008,7 +1016,7 @@ impl Agent {
             services: Arc::clone(&self.services),
             approvals: self.approvals.clone(),
             masker,
-            readiness_line: ReadinessLine::of(&spec, &self.probes, run_number),
+            readiness_line: readiness_line.clone(),
         };
         let launch = launch.resolve().map_err(|e| e.to_string())?;
         let keeper = self.services.keeper().map_err(|e| e.message)?;
@@ -1058,6 +1066,7 @@ impl Agent {
             settings,
             signalled: false,
             probes,
+            readiness_line,
             start_window: spec
                 .start_secs
                 .filter(|&secs| secs > 0)
@@ -1871,7 +1880,8 @@ fn probe_setups(
     Ok(setups)
 }
 
-/// A run's readiness line (`readiness.line`), looked for in its output until it shows.
+/// A run's readiness line (`readiness.line`), looked for in its output until it shows. A line
+/// seen before the run's probes were armed is reported again once they are (see `spawn`).
 #[derive(Clone)]
 struct ReadinessLine {
     watch: Arc<Mutex<celistra_core::probe::LineWatch>>,
@@ -1892,12 +1902,18 @@ impl ReadinessLine {
 
     fn look(&self, agent_id: &str, stream: Stream, chunk: &[u8]) {
         let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
-        if watch.matched() {
+        if watch.matched().is_some() {
             return;
         }
         if let Some(line) = watch.push(stream, chunk) {
             self.probes.line_seen(agent_id, self.run, &line);
         }
+    }
+
+    /// The line that matched, if one did.
+    fn seen(&self) -> Option<String> {
+        let watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        watch.matched().map(str::to_owned)
     }
 }
 

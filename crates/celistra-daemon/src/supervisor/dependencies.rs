@@ -130,6 +130,9 @@ impl Supervisor {
 
     /// Starts every waiting agent whose dependencies are now met.
     async fn start_met_waiters(&self) {
+        if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let waiting: Vec<Arc<AgentHandle>> = self
             .read()
             .by_id

@@ -242,7 +242,11 @@ fn lines(path: &std::path::Path) -> Vec<String> {
 async fn wait_for_lines(path: &std::path::Path, count: usize) -> Vec<String> {
     let deadline = Instant::now() + PATIENCE;
     while lines(path).len() < count {
-        assert!(Instant::now() < deadline, "only {:?} in {path:?}", lines(path));
+        assert!(
+            Instant::now() < deadline,
+            "only {:?} in {path:?}",
+            lines(path)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     lines(path)
@@ -292,6 +296,13 @@ async fn dependencies_order_the_start_and_reverse_the_stop() {
     std::fs::write(&log_path, "").expect("clear log");
     daemon.signal_and_wait("TERM");
     assert_eq!(lines(&log_path), ["stop web", "stop api", "stop db"]);
+    // and brings them back in order when it starts again.
+    std::fs::write(&log_path, "").expect("clear log");
+    daemon.restart_process().await;
+    assert_eq!(
+        wait_for_lines(&log_path, 3).await,
+        ["start db", "start api", "start web"]
+    );
 }
 
 #[tokio::test]
