@@ -835,6 +835,11 @@ fn fake_agents(count: usize) -> Vec<AgentInfo> {
             next_run_at_ms: None,
             next_restart_cron_at_ms: None,
             worktree: None,
+            ready: None,
+            readiness: None,
+            liveness: None,
+            waiting_for: None,
+            depends_on: vec![],
         })
         .collect()
 }
