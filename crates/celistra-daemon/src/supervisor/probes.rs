@@ -23,6 +23,9 @@ use crate::actor::Actor;
 use crate::now_ms;
 use crate::services::Services;
 
+/// Where an armed run keeps its line probe (readiness only, so at most one).
+const LINE_SLOT: usize = 0;
+
 /// One probe of a run, as the agent's task arms it.
 pub(crate) struct ProbeSetup {
     pub kind: ProbeKind,
@@ -95,11 +98,10 @@ impl Probes {
 
     /// The run printed its readiness line.
     pub(crate) fn line_seen(&self, agent_id: &str, run: u64, line: &str) {
-        let slot_of_line = 0;
         let _ = self.sender.send(Message::Result {
             agent_id: agent_id.to_owned(),
             run,
-            slot: slot_of_line,
+            slot: LINE_SLOT,
             ok: true,
             message: format!("line: {}", clip(line)),
         });
@@ -161,7 +163,7 @@ impl Scheduler {
                 let now = Instant::now();
                 let agent_id = handle.id.clone();
                 let mut armed = vec![];
-                // The line probe (readiness only) takes slot 0, as `line_seen` reports it.
+                // The line probe takes `LINE_SLOT`, where `line_seen` reports it.
                 let mut probes = probes;
                 probes.sort_by_key(|p| !matches!(p.check, Check::Line(_)));
                 for (slot, setup) in probes.into_iter().enumerate() {
@@ -380,11 +382,7 @@ async fn exec_status(launch: &Launch, timeout: Duration) -> (bool, String) {
     let mut child = spawned.child;
     let pid = child.pid();
     let reading = async {
-        use tokio::io::AsyncReadExt;
-        let (mut out, mut err) = (vec![], vec![]);
-        let mut stdout = spawned.stdout.take(4096);
-        let mut stderr = spawned.stderr.take(4096);
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        let (out, err) = tokio::join!(read_capped(spawned.stdout), read_capped(spawned.stderr));
         let status = child.wait().await;
         (status, if err.is_empty() { out } else { err })
     };
@@ -413,6 +411,19 @@ async fn exec_status(launch: &Launch, timeout: Duration) -> (bool, String) {
             )
         }
     }
+}
+
+/// What a command prints, to its end, keeping the first 4 KiB: a chatty check never blocks on a
+/// full pipe.
+async fn read_capped(mut stream: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    const KEPT: usize = 4096;
+    let (mut kept, mut buffer) = (Vec::new(), [0u8; KEPT]);
+    while let Ok(read @ 1..) = stream.read(&mut buffer).await {
+        let room = KEPT - kept.len();
+        kept.extend_from_slice(&buffer[..read.min(room)]);
+    }
+    kept
 }
 
 /// At most 200 characters of what a check found.
