@@ -24,3 +24,4 @@ export type Activity = Schemas["Activity"];
 export type ActivityInfo = Schemas["ActivityInfo"];
 export type ExitClassification = Schemas["ExitClassification"];
 export type LimitWait = Schemas["LimitWait"];
+export type ProbeStatus = Schemas["ProbeStatus"];

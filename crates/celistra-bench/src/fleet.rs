@@ -836,6 +836,11 @@ fn fake_agents(count: usize) -> Vec<AgentInfo> {
             next_restart_cron_at_ms: None,
             worktree: None,
             watch: None,
+            ready: None,
+            readiness: None,
+            liveness: None,
+            waiting_for: None,
+            depends_on: vec![],
         })
         .collect()
 }

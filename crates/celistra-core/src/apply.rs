@@ -34,6 +34,32 @@ pub fn plan(
     }
     let existing: BTreeMap<&str, &AgentSpec> =
         current.iter().map(|s| (s.name.as_str(), s)).collect();
+    // The agents there will be: the file's, and (without prune) the others already here.
+    let kept = current
+        .iter()
+        .filter(|s| !prune && !seen.contains(s.name.as_str()));
+    let after: Vec<&AgentSpec> = desired.iter().chain(kept).collect();
+    for wanted in desired {
+        if let Some(missing) = wanted
+            .depends_on
+            .iter()
+            .find(|d| !after.iter().any(|s| s.name == d.agent))
+        {
+            return Err(format!(
+                "agent `{}`: depends_on names `{}`, which is neither in this file nor an agent \
+                 here; add it to the file",
+                wanted.name, missing.agent
+            ));
+        }
+    }
+    crate::depends::refuse_cycles(
+        &crate::depends::graph(
+            after
+                .iter()
+                .map(|s| (s.name.as_str(), s.depends_on.as_slice())),
+        ),
+        None,
+    )?;
     let mut plan = ApplyPlan::default();
     for wanted in desired {
         match existing.get(wanted.name.as_str()) {
@@ -74,6 +100,34 @@ mod tests {
         assert_eq!(kept.unchanged, ["a"]);
         assert!(kept.remove.is_empty());
         assert_eq!(plan(&current, &desired, true).unwrap().remove, ["c"]);
+    }
+
+    #[test]
+    fn refuses_a_dependency_cycle_and_an_agent_nobody_defines() {
+        let on = |name: &str, deps: &[&str]| AgentSpec {
+            depends_on: deps
+                .iter()
+                .map(|d| celistra_proto::Dependency {
+                    agent: (*d).into(),
+                    condition: celistra_proto::DependencyCondition::Ready,
+                })
+                .collect(),
+            ..spec(name, "x")
+        };
+        let current = [on("db", &["web"])];
+        let cycle = plan(&current, &[on("web", &["db"])], false).unwrap_err();
+        assert!(
+            cycle.starts_with("depends_on cycle: db → web → db"),
+            "{cycle}"
+        );
+        // Pruned, the old `db` is gone: the file must define what it names.
+        let unknown = plan(&current, &[on("web", &["db"])], true).unwrap_err();
+        assert!(
+            unknown.contains("names `db`, which is neither"),
+            "{unknown}"
+        );
+        let ordered = plan(&[], &[on("web", &["db"]), on("db", &[])], true).unwrap();
+        assert_eq!(ordered.create.len(), 2);
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub fn validate(spec: &AgentSpec, name_required: bool) -> Result<(), String> {
     }
     check_exit_codes(&spec.expected_exit_codes)?;
     check_replicas(spec)?;
+    check_health_and_order(spec)?;
     check_settings(spec).map_err(|(field, message)| format!("{field}: {message}"))
 }
 
@@ -186,6 +187,25 @@ pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// Checks the probes, the start window and the dependency list.
+fn check_health_and_order(spec: &AgentSpec) -> Result<(), String> {
+    use crate::probe::{ProbeKind, check};
+    if let Some(probe) = &spec.readiness {
+        check(probe, ProbeKind::Readiness)?;
+    }
+    if let Some(probe) = &spec.liveness {
+        check(probe, ProbeKind::Liveness)?;
+    }
+    if let Some(secs) = spec.start_secs
+        && secs > 86_400
+    {
+        return Err(format!(
+            "start_secs: {secs} is out of range; use 0 to 86400"
+        ));
+    }
+    crate::depends::check_list(&spec.name, &spec.depends_on)
+}
+
 /// Smallest memory ceiling accepted: below it even a shell cannot start.
 pub const MIN_MEMORY_MAX: u64 = 4 * 1024 * 1024;
 
@@ -216,6 +236,12 @@ pub fn check_update(update: &UpdateRequest) -> Result<(), String> {
     }
     if update.clear_watch && update.watch.is_some() {
         return Err("watch and clear_watch were both given; give one".into());
+    }
+    if update.clear_readiness && update.readiness.is_some() {
+        return Err("readiness and clear_readiness were both given; give one".into());
+    }
+    if update.clear_liveness && update.liveness.is_some() {
+        return Err("liveness and clear_liveness were both given; give one".into());
     }
     Ok(())
 }
@@ -260,6 +286,12 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         no_autostart,
         instances,
         socket,
+        readiness,
+        liveness,
+        clear_readiness,
+        clear_liveness,
+        start_secs,
+        depends_on,
     } = update.clone();
     if let Some(name) = name {
         spec.name = name;
@@ -327,6 +359,22 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     }
     spec.instances = instances.or(spec.instances);
     spec.socket = socket.or(spec.socket.take());
+    spec.readiness = readiness.or(spec.readiness.take());
+    spec.liveness = liveness.or(spec.liveness.take());
+    if clear_readiness {
+        spec.readiness = None;
+    }
+    if clear_liveness {
+        spec.liveness = None;
+    }
+    match start_secs {
+        Some(0) => spec.start_secs = None,
+        Some(secs) => spec.start_secs = Some(secs),
+        None => {}
+    }
+    if let Some(depends_on) = depends_on {
+        spec.depends_on = depends_on;
+    }
 }
 
 #[cfg(test)]

@@ -57,8 +57,8 @@ pub enum Reaction {
 }
 
 impl Reaction {
-    /// The reaction to changes in `state`; none when an operator stopped the agent or it
-    /// finished its work (exited 0).
+    /// The reaction to changes in `state`; none when an operator stopped the agent, it finished
+    /// its work (exited 0), or it waits for its dependencies.
     pub fn to_changes_in(state: AgentState) -> Option<Reaction> {
         match state {
             AgentState::Starting
@@ -66,7 +66,11 @@ impl Reaction {
             | AgentState::WaitingApproval
             | AgentState::Backoff => Some(Reaction::Restart),
             AgentState::Failed | AgentState::CrashedOut => Some(Reaction::Start),
-            AgentState::Stopping | AgentState::Stopped | AgentState::Exited => None,
+            // One waiting for its dependencies starts with the changed files anyway.
+            AgentState::Waiting
+            | AgentState::Stopping
+            | AgentState::Stopped
+            | AgentState::Exited => None,
         }
     }
 

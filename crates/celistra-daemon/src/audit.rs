@@ -406,6 +406,19 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             agent_id.clone(),
             json!({ "name": name, "action": action, "paths": paths, "changes": changes, "error": error }),
         ),
+        // The daemon restarts an agent on its own because its liveness probe failed.
+        EventKind::AgentUnhealthy {
+            agent_id,
+            name,
+            run,
+            failures,
+            reason,
+        } => (
+            Actor::system(),
+            "agent_unhealthy",
+            agent_id.clone(),
+            json!({ "name": name, "run": run, "failures": failures, "reason": reason }),
+        ),
         // Settings changes are recorded with their values by the update itself, runs with their
         // confinement when they start; the rest only reports state.
         EventKind::AgentUpdated { .. }
@@ -426,6 +439,7 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
         | EventKind::AgentActivity { .. }
         | EventKind::AgentWaitingLimit { .. }
         | EventKind::AgentModelErrorsExhausted { .. }
+        | EventKind::AgentReady { .. }
         | EventKind::Resync { .. } => return None,
     };
     Some(entry)

@@ -30,6 +30,8 @@ pub enum AgentState {
     Stopped,
     /// It hit its restart ceiling and will not be restarted until started again.
     CrashedOut,
+    /// It should run and waits for its dependencies (`waiting_for` names them).
+    Waiting,
 }
 
 impl AgentState {
@@ -56,6 +58,7 @@ impl AgentState {
             AgentState::Failed => "failed",
             AgentState::Stopped => "stopped",
             AgentState::CrashedOut => "crashed-out",
+            AgentState::Waiting => "waiting",
         }
     }
 }
@@ -208,6 +211,22 @@ pub struct AgentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 108)]
     pub socket: Option<String>,
+    /// Decides `ready` (`--ready-http`, `--ready-tcp`, `--ready-cmd`, `--ready-line`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<crate::Probe>,
+    /// Restarts the agent after `failure_threshold` failures in a row (`--live-http`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<crate::Probe>,
+    /// Start-success window in seconds (supervisord `startsecs`, PM2 `min_uptime`): a run that
+    /// ends sooner is a failed start, retried within the restart ceiling even without
+    /// `auto_restart`; one that lives that long is `running`. Absent: running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400)]
+    pub start_secs: Option<u64>,
+    /// Agents that must be started, ready or completed before this one starts (`--depends-on`);
+    /// they stop after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<crate::Dependency>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -330,6 +349,23 @@ pub struct UpdateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 108)]
     pub socket: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<crate::Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<crate::Probe>,
+    /// Remove the readiness probe (`set --no-ready`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clear_readiness: bool,
+    /// Remove the liveness probe (`set --no-live`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clear_liveness: bool,
+    /// 0 removes the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 86_400)]
+    pub start_secs: Option<u64>,
+    /// Replaces the dependencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<crate::Dependency>>,
 }
 
 /// Body of `POST /v1/agents/{agent}/rename`.
@@ -450,6 +486,22 @@ pub struct AgentInfo {
     /// Its file watching (from its spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<crate::Watch>,
+    /// Whether its readiness probe passes in this run; absent without a readiness probe. A
+    /// rolling restart waits for `ready != false` and state `running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Its readiness probe's last result in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<crate::ProbeStatus>,
+    /// Its liveness probe's last result in this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<crate::ProbeStatus>,
+    /// What it waits for (state `waiting`), e.g. `db (ready)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// Its spec's `depends_on`: what it starts after and stops before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<crate::Dependency>,
 }
 
 /// Body of `POST /v1/apply`: make the daemon's agents match `agents`.

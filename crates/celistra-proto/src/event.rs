@@ -16,6 +16,8 @@ pub enum ExitCause {
     Operator,
     /// The daemon was shutting down.
     Shutdown,
+    /// Its liveness probe failed: the daemon stopped it to restart it.
+    Unhealthy,
 }
 
 /// One event. `actor` names the credential whose request caused it (`system` for the daemon itself).
@@ -262,6 +264,24 @@ pub enum EventKind {
         model_errors: u32,
         window_secs: u64,
     },
+    /// An agent's readiness changed (see `AgentInfo::ready`).
+    AgentReady {
+        agent_id: String,
+        name: String,
+        run: u64,
+        ready: bool,
+        /// The check that decided it.
+        probe: crate::ProbeStatus,
+    },
+    /// An agent's liveness probe failed `failures` times in a row: it is restarted.
+    AgentUnhealthy {
+        agent_id: String,
+        name: String,
+        run: u64,
+        failures: u32,
+        /// The last check's finding.
+        reason: String,
+    },
     /// A schedule or `restart_cron` fell due: `action` is `started`, `restarted`, `replaced`,
     /// `queued`, `skipped` (overlap) or `missed` (a run missed while the daemon was down, started).
     AgentScheduled {
@@ -310,6 +330,9 @@ impl EventKind {
             | EventKind::AgentModelErrorsExhausted { agent_id, .. }
             | EventKind::AgentScheduled { agent_id, .. }
             | EventKind::AgentWatchTriggered { agent_id, .. } => Some(agent_id),
+            EventKind::AgentReady { agent_id, .. } | EventKind::AgentUnhealthy { agent_id, .. } => {
+                Some(agent_id)
+            }
             _ => None,
         }
     }
@@ -354,6 +377,8 @@ impl EventKind {
             EventKind::AgentModelErrorsExhausted { .. } => "agent_model_errors_exhausted",
             EventKind::AgentScheduled { .. } => "agent_scheduled",
             EventKind::AgentWatchTriggered { .. } => "agent_watch_triggered",
+            EventKind::AgentReady { .. } => "agent_ready",
+            EventKind::AgentUnhealthy { .. } => "agent_unhealthy",
         }
     }
 }

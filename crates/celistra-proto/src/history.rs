@@ -21,6 +21,10 @@ pub enum RunCause {
     Shutdown,
     /// The daemon died while it ran; its end was recorded at the next start.
     DaemonLost,
+    /// Its liveness probe failed `failure_threshold` times in a row, so the daemon restarted it.
+    Unhealthy,
+    /// It ended before its `start_secs` window passed: a failed start.
+    FailedStart,
 }
 
 impl RunCause {
@@ -32,6 +36,8 @@ impl RunCause {
             RunCause::Operator => "operator",
             RunCause::Shutdown => "shutdown",
             RunCause::DaemonLost => "daemon-lost",
+            RunCause::Unhealthy => "unhealthy",
+            RunCause::FailedStart => "failed-start",
         }
     }
 
@@ -43,6 +49,8 @@ impl RunCause {
             RunCause::Operator,
             RunCause::Shutdown,
             RunCause::DaemonLost,
+            RunCause::Unhealthy,
+            RunCause::FailedStart,
         ]
         .into_iter()
         .find(|cause| cause.as_str() == text)

@@ -6,7 +6,7 @@
 import { api, on } from "../api";
 import { clear, clock, duration, h } from "../dom";
 import { store, type Machine } from "../store";
-import type { AgentInfo } from "../types";
+import type { AgentInfo, ProbeStatus } from "../types";
 import { activityBadge } from "./agents";
 import { relative, resetText } from "../awareness";
 
@@ -103,6 +103,7 @@ export class AgentDetailView {
         row("Worktree", agent.worktree ? h("code", { "data-field": "worktree" }, agent.worktree) : "—"),
         row("Secrets", agent.env_keys.length ? h("span", { "data-field": "secrets" }, agent.env_keys.join(", ")) : "none"),
       ),
+      healthFacts(agent, row, when),
       h("h2", {}, "Activity"),
       info
         ? h(
@@ -155,4 +156,20 @@ export class AgentDetailView {
     );
     if (refocus) this.body.querySelector<HTMLElement>(`[data-action="${refocus}"]`)?.focus();
   }
+}
+
+type FactRow = (label: string, ...value: (Node | string | null)[]) => Node[];
+
+/** Readiness, probe results and what the agent waits for; nothing for an agent without them. */
+function healthFacts(agent: AgentInfo, row: FactRow, when: (ms: number) => string): Node[] | null {
+  const probe = (status: ProbeStatus | null | undefined) =>
+    status ? `${status.ok ? "ok" : `failing ×${status.failures}`}: ${status.message} at ${when(status.at_ms)}` : "not checked yet";
+  const rows: Node[] = [];
+  if (agent.waiting_for) rows.push(...row("Waiting for", h("span", { "data-field": "waiting-for" }, agent.waiting_for)));
+  if (agent.ready !== null && agent.ready !== undefined) {
+    rows.push(...row("Ready", h("strong", { "data-field": "ready" }, agent.ready ? "yes" : "no")));
+    rows.push(...row("Readiness", probe(agent.readiness)));
+  }
+  if (agent.liveness) rows.push(...row("Liveness", probe(agent.liveness)));
+  return rows.length ? [h("h2", {}, "Health"), h("dl", { class: "facts", "data-section": "health" }, ...rows)] : null;
 }

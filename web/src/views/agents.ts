@@ -23,6 +23,7 @@ const STATE_ICON: Record<AgentState, string> = {
   failed: "✕",
   stopped: "■",
   "crashed-out": "⚠",
+  waiting: "⧗",
 };
 
 export interface Row {
@@ -103,7 +104,7 @@ function compare(a: Row, b: Row, key: SortKey, now: number): number {
     case "state": {
       // Waiting for a person first, then trouble, then the rest.
       const rank = (s: AgentState) =>
-        ["waiting-approval", "crashed-out", "failed", "backoff", "starting", "running", "stopping", "exited", "stopped"].indexOf(s);
+        ["waiting-approval", "crashed-out", "failed", "backoff", "waiting", "starting", "running", "stopping", "exited", "stopped"].indexOf(s);
       return rank(a.agent.state) - rank(b.agent.state);
     }
     case "activity":

@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 
 use super::activity;
 use super::fanout::{Fanout, InputOp};
+use super::probes::{ProbeSetup, Probes};
 use crate::actor::Actor;
 use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
@@ -64,6 +65,10 @@ pub(crate) enum Command {
     AwaitReset(LimitWait, Reply),
     /// Take over a run the keeper held while no daemon ran (it may have ended meanwhile).
     Adopt(Box<Adoption>, Reply),
+    /// Run number `.0`'s liveness probe failed (`.1` says how): stop it and restart it.
+    Unhealthy(u64, String, Reply),
+    /// Wait for dependencies (`.0` names them) before starting: state `waiting`.
+    Wait(String, Reply),
 }
 
 /// A run to take over from the keeper, with what the daemon that spawned it noted.
@@ -288,6 +293,12 @@ struct Run {
     settings: EffectiveSettings,
     /// An operator signalled this run: its end is the operator's doing and is not restarted.
     signalled: bool,
+    /// Its probes, until the run counts as running and they are armed.
+    probes: Vec<ProbeSetup>,
+    /// The end of its `start_secs` window, while it lasts: an exit before it is a failed start.
+    start_window: Option<tokio::time::Instant>,
+    /// Its readiness line, as its output pumps look for it.
+    readiness_line: Option<ReadinessLine>,
 }
 
 enum Phase {
@@ -308,6 +319,8 @@ struct Agent {
     model_errors: ModelErrorBudget,
     /// Who gave the command being carried out.
     actor: Actor,
+    /// The probe scheduler, which checks this agent's runs.
+    probes: Probes,
 }
 
 /// Runs the agent's task until it is removed or the daemon stops.
@@ -315,11 +328,13 @@ pub(crate) async fn run(
     services: Arc<Services>,
     approvals: ApprovalFlow,
     handle: Arc<AgentHandle>,
+    probes: Probes,
     mut commands: mpsc::UnboundedReceiver<Order>,
 ) {
     let mut agent = Agent {
         services,
         approvals,
+        probes,
         handle,
         tracker: RestartTracker::default(),
         attempt: 0,
@@ -357,6 +372,10 @@ pub(crate) async fn run(
                 tokio::select! {
                     () = sleep_until_ms(resume_at) => {
                         agent.resume_after_limit(run).await
+                    }
+                    () = sleep_until_instant(run.start_window) => {
+                        agent.started_for_good(&mut run);
+                        Phase::Running(run)
                     }
                     _ = resume.changed() => Phase::Running(run),
                     exit = run.child.wait() => {
@@ -476,6 +495,19 @@ impl Agent {
                 let _ = reply.send(Ok(()));
                 phase
             }
+            Command::Wait(waiting_for, reply) => {
+                self.handle.info_mut().waiting_for = Some(waiting_for);
+                self.set_state(AgentState::Waiting, None);
+                // Still "should run": a daemon restart waits again.
+                self.persist(AgentState::Running);
+                let _ = reply.send(Ok(()));
+                Phase::Idle
+            }
+            // The run it was about has ended.
+            Command::Unhealthy(_, _, reply) => {
+                let _ = reply.send(Ok(()));
+                Phase::Idle
+            }
         }
     }
 
@@ -497,8 +529,11 @@ impl Agent {
                 let _ = reply.send(Ok(()));
                 self.await_reset(limit)
             }
-            // Only sent to an agent that is idle, right after the daemon started.
-            Command::Adopt(_, reply) => {
+            // Only sent to an agent that is idle, right after the daemon started; the run an
+            // unhealthy report was about has ended; waiting is for agents that are not running.
+            Command::Adopt(_, reply)
+            | Command::Unhealthy(_, _, reply)
+            | Command::Wait(_, reply) => {
                 let _ = reply.send(Ok(()));
                 Phase::Idle
             }
@@ -558,8 +593,16 @@ impl Agent {
                 let _ = reply.send(Ok(()));
                 Phase::Ended
             }
+            Command::Unhealthy(number, reason, reply) => {
+                let _ = reply.send(Ok(()));
+                if number == self.handle.info().run {
+                    self.restart_unhealthy(run, reason).await
+                } else {
+                    Phase::Running(run)
+                }
+            }
             // Only sent to an agent that is not running yet.
-            Command::AwaitReset(_, reply) | Command::Adopt(_, reply) => {
+            Command::AwaitReset(_, reply) | Command::Adopt(_, reply) | Command::Wait(_, reply) => {
                 let _ = reply.send(Ok(()));
                 Phase::Running(run)
             }
@@ -587,6 +630,7 @@ impl Agent {
             services: Arc::clone(&self.services),
             approvals: self.approvals.clone(),
             masker,
+            readiness_line: None,
         };
         let kept_bytes: usize = adopted.output.iter().map(|o| o.bytes.len()).sum();
         output.keep(&adopted.output);
@@ -629,6 +673,9 @@ impl Agent {
             ready: None,
             settings: live.settings.clone(),
             signalled: false,
+            probes: vec![],
+            start_window: None,
+            readiness_line: None,
         });
         let pid = run.child.pid();
         {
@@ -671,6 +718,7 @@ impl Agent {
             kept_bytes: kept_bytes as u64,
             dropped_bytes: adopted.run.dropped_bytes,
         });
+        self.rearm_probes(&spec, live.run);
         self.set_state(AgentState::Running, Some(pid));
         self.persist(AgentState::Running);
         match adopted.run.exit {
@@ -721,6 +769,7 @@ impl Agent {
             let mut info = self.handle.info_mut();
             info.activity = None;
             info.limit = None;
+            info.waiting_for = None;
         }
         self.handle.resume.send_replace(None);
         self.set_state(AgentState::Stopped, None);
@@ -765,6 +814,10 @@ impl Agent {
                     info.limit = None;
                     info.settings = run.settings.clone();
                     info.sandbox = Some(run.sandbox.clone());
+                    info.waiting_for = None;
+                    info.ready = info.ready.map(|_| false);
+                    info.readiness = None;
+                    info.liveness = None;
                     if is_restart {
                         info.restarts += 1;
                     }
@@ -796,7 +849,22 @@ impl Agent {
                     });
                 }
                 self.record_start(&run);
-                self.set_state(AgentState::Running, Some(pid));
+                let number = self.handle.info().run;
+                self.probes.arm(
+                    Arc::clone(&self.handle),
+                    number,
+                    std::mem::take(&mut run.probes),
+                );
+                // A line printed before the probes were armed was reported to no one.
+                if let Some(line) = run.readiness_line.as_ref().and_then(ReadinessLine::seen) {
+                    self.probes.line_seen(self.id(), number, &line);
+                }
+                let state = if run.start_window.is_some() {
+                    AgentState::Starting
+                } else {
+                    AgentState::Running
+                };
+                self.set_state(state, Some(pid));
                 self.handle
                     .fanout
                     .announce(&TerminalServerMessage::Restarted {
@@ -944,6 +1012,9 @@ impl Agent {
                 .sandbox
                 .audit_login_uid(confinement.credentials.as_ref()),
         };
+        let probes = probe_setups(&spec, Some(&launch))?;
+        let run_number = self.handle.info().run + 1;
+        let readiness_line = ReadinessLine::of(&spec, &self.probes, run_number);
         let run_id = self.services.history.next_run_id(now_ms());
         let output = OutputSink {
             handle: Arc::clone(&self.handle),
@@ -953,6 +1024,7 @@ impl Agent {
             services: Arc::clone(&self.services),
             approvals: self.approvals.clone(),
             masker,
+            readiness_line: readiness_line.clone(),
         };
         let launch = launch.resolve().map_err(|e| e.to_string())?;
         let keeper = self.services.keeper().map_err(|e| e.message)?;
@@ -1008,6 +1080,12 @@ impl Agent {
             ready,
             settings,
             signalled: false,
+            probes,
+            readiness_line,
+            start_window: spec
+                .start_secs
+                .filter(|&secs| secs > 0)
+                .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs)),
         })
     }
 
@@ -1093,12 +1171,71 @@ impl Agent {
         });
         let run_id = run.id;
         self.finish(run, exit, cause, None);
-        let cause = if cause == ExitCause::Shutdown {
-            RunCause::Shutdown
-        } else {
-            RunCause::Operator
+        let cause = match cause {
+            ExitCause::Shutdown => RunCause::Shutdown,
+            ExitCause::Unhealthy => RunCause::Unhealthy,
+            ExitCause::Exited | ExitCause::Operator => RunCause::Operator,
         };
         self.record_end(run_id, exit, cause, None);
+    }
+
+    /// The run lived through its `start_secs` window: it counts as started.
+    fn started_for_good(&mut self, run: &mut Run) {
+        run.start_window = None;
+        if self.handle.info().state == AgentState::Starting {
+            self.set_state(AgentState::Running, Some(run.child.pid()));
+        }
+    }
+
+    /// The run ended inside its `start_secs` window: a failed start. Like supervisord's
+    /// `startretries`, it is retried within the restart ceiling even without `auto_restart`.
+    fn after_failed_start(&mut self, run: Box<Run>, exit: ExitInfo) -> Phase {
+        let run_id = run.id;
+        let window = self.handle.spec().start_secs.unwrap_or_default();
+        let uptime_ms = self.finish(run, exit, ExitCause::Exited, None);
+        self.handle.info_mut().last_error = Some(format!(
+            "failed start: it ended ({}) {uptime_ms} ms after starting, within its start window \
+             of {window} s; it is retried within the restart ceiling",
+            match (exit.code, exit.signal) {
+                (Some(code), _) => format!("exit code {code}"),
+                (None, Some(signal)) => format!("killed by {}", signal_name(signal)),
+                (None, None) => "ended".into(),
+            }
+        ));
+        let phase = self.restart_within_ceiling(uptime_ms);
+        let cause = if self.handle.info().state == AgentState::CrashedOut {
+            RunCause::CrashedOut
+        } else {
+            RunCause::FailedStart
+        };
+        self.record_end(run_id, exit, cause, None);
+        phase
+    }
+
+    /// The run's liveness probe failed: it is stopped and restarted, whatever `auto_restart`
+    /// says, and the restart counts toward the ceiling like a crash.
+    async fn restart_unhealthy(&mut self, run: Box<Run>, reason: String) -> Phase {
+        self.actor = Actor::system();
+        let uptime_ms = u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(agent = self.id(), "restarting: {reason}");
+        self.stop(run, ExitCause::Unhealthy).await;
+        self.restart_within_ceiling(uptime_ms)
+    }
+
+    /// Arms the probes of a run taken over from the keeper: network probes as usual; a line or
+    /// exec readiness probe is taken as passed (the run was ready enough to be left running).
+    fn rearm_probes(&self, spec: &AgentSpec, run_number: u64) {
+        let assumed_ready = spec
+            .readiness
+            .as_ref()
+            .map(|probe| probe.line.is_some() || probe.exec.is_some());
+        self.handle.info_mut().ready = assumed_ready;
+        match probe_setups(spec, None) {
+            Ok(setups) => self
+                .probes
+                .arm(Arc::clone(&self.handle), run_number, setups),
+            Err(e) => tracing::warn!(agent = self.id(), "cannot arm the probes: {e}"),
+        }
     }
 
     /// Cleans up after a run's leader exited, records how it ended and publishes it.
@@ -1125,6 +1262,8 @@ impl Agent {
         let uptime_ms = u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (name, run_number) = {
             let mut info = self.handle.info_mut();
+            self.probes.disarm(&self.handle.id, info.run);
+            info.ready = info.ready.map(|_| false);
             info.exit_code = exit.code;
             info.exit_signal = exit.signal.map(signal_name);
             info.exited_at_ms = Some(run.child.ended().map_or_else(now_ms, |e| e.at_ms));
@@ -1166,6 +1305,9 @@ impl Agent {
             self.record_end(run_id, exit, RunCause::Operator, None);
             self.mark_stopped();
             return Phase::Idle;
+        }
+        if run.start_window.is_some() {
+            return self.after_failed_start(run, exit);
         }
         // The run's last words say why it ended: read them all before classifying.
         kill_everything(&run);
@@ -1412,10 +1554,7 @@ impl Agent {
     /// After a run died by itself (or could not start): restart with backoff, crash out, or rest.
     /// `clean` is an expected exit: with `expected_exit_codes` listed, one is not restarted.
     fn decide_after_death(&mut self, uptime_ms: u64, clean: bool) -> Phase {
-        let (auto_restart, settings) = {
-            let info = self.handle.info();
-            (info.auto_restart, info.settings.clone())
-        };
+        let auto_restart = self.handle.info().auto_restart;
         let restarts_only_unexpected = !self.handle.spec().expected_exit_codes.is_empty();
         if !auto_restart || (clean && restarts_only_unexpected) {
             let state = if clean {
@@ -1427,6 +1566,12 @@ impl Agent {
             self.persist(state);
             return Phase::Idle;
         }
+        self.restart_within_ceiling(uptime_ms)
+    }
+
+    /// Restarts with backoff, or crashes out at the restart ceiling.
+    fn restart_within_ceiling(&mut self, uptime_ms: u64) -> Phase {
+        let settings = self.handle.info().settings.clone();
         let policy = restart_policy(&settings);
         match self
             .tracker
@@ -1559,6 +1704,8 @@ struct OutputSink {
     approvals: ApprovalFlow,
     /// Masks the values of the run's secrets (each stream its own copy, see `pump`).
     masker: Masker,
+    /// The readiness line to look for, if the agent has one.
+    readiness_line: Option<ReadinessLine>,
 }
 
 impl OutputSink {
@@ -1667,6 +1814,9 @@ impl OutputSink {
         }
         self.handle.fanout.push(&chunk);
         activity::on_output(&self.handle, &self.services, &chunk);
+        if let Some(line) = &self.readiness_line {
+            line.look(&self.agent_id, stream, &chunk);
+        }
         self.history.room_for(chunk.len()).await;
         self.history
             .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
@@ -1699,6 +1849,91 @@ impl OutputSink {
                 ),
             }
         });
+    }
+}
+
+/// Sleeps until `at`; forever when there is none.
+async fn sleep_until_instant(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A run's probes. `launch` is the run's own spawn, whose sandbox, user, environment and
+/// directory an exec probe's command gets; without it (a run taken over from the keeper) exec and
+/// line probes are left out.
+fn probe_setups(
+    spec: &AgentSpec,
+    launch: Option<&SpawnSpec<'_>>,
+) -> Result<Vec<ProbeSetup>, String> {
+    use celistra_core::probe::{Check, ProbeKind, Timing, check};
+    let mut setups = vec![];
+    for (kind, probe) in [
+        (ProbeKind::Readiness, &spec.readiness),
+        (ProbeKind::Liveness, &spec.liveness),
+    ] {
+        let Some(probe) = probe else { continue };
+        let check = check(probe, kind)?;
+        let exec = match (&check, launch) {
+            (Check::Exec(command), Some(launch)) => Some(
+                SpawnSpec {
+                    args: vec!["-c".into(), command.clone()],
+                    cgroup: None,
+                    limits: None,
+                    audit_login_uid: None,
+                    ..launch.clone()
+                }
+                .resolve()
+                .map_err(|e| format!("{}: {e}", kind.as_str()))?,
+            ),
+            (Check::Exec(_) | Check::Line(_), None) => continue,
+            _ => None,
+        };
+        setups.push(ProbeSetup {
+            kind,
+            check,
+            timing: Timing::of(probe),
+            exec,
+        });
+    }
+    Ok(setups)
+}
+
+/// A run's readiness line (`readiness.line`), looked for in its output until it shows. A line
+/// seen before the run's probes were armed is reported again once they are (see `spawn`).
+#[derive(Clone)]
+struct ReadinessLine {
+    watch: Arc<Mutex<celistra_core::probe::LineWatch>>,
+    probes: Probes,
+    run: u64,
+}
+
+impl ReadinessLine {
+    fn of(spec: &AgentSpec, probes: &Probes, run: u64) -> Option<ReadinessLine> {
+        let pattern = spec.readiness.as_ref()?.line.as_ref()?;
+        let matcher = celistra_core::probe::LineMatcher::new(pattern).ok()?;
+        Some(ReadinessLine {
+            watch: Arc::new(Mutex::new(celistra_core::probe::LineWatch::new(matcher))),
+            probes: probes.clone(),
+            run,
+        })
+    }
+
+    fn look(&self, agent_id: &str, stream: Stream, chunk: &[u8]) {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        if watch.matched().is_some() {
+            return;
+        }
+        if let Some(line) = watch.push(stream, chunk) {
+            self.probes.line_seen(agent_id, self.run, &line);
+        }
+    }
+
+    /// The line that matched, if one did.
+    fn seen(&self) -> Option<String> {
+        let watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        watch.matched().map(str::to_owned)
     }
 }
 

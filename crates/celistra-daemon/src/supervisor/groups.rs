@@ -22,7 +22,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Whether a restarted instance may take traffic, so a rolling restart can go on to the next: its
 /// process runs and no readiness probe says otherwise.
 fn ready_for_traffic(info: &AgentInfo) -> bool {
-    info.state == AgentState::Running
+    info.state == AgentState::Running && info.ready != Some(false)
 }
 
 /// Instance `index`'s spec: the template with its own name and number, and no `instances`.

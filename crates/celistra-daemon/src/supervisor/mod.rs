@@ -4,8 +4,10 @@
 
 mod activity;
 mod agent;
+mod dependencies;
 pub(crate) mod fanout;
 mod groups;
+mod probes;
 mod reader_thread;
 
 use std::collections::HashMap;
@@ -78,6 +80,8 @@ pub(crate) struct Supervisor {
     pub approvals: ApprovalFlow,
     registry: RwLock<Registry>,
     shutting_down: AtomicBool,
+    /// The one scheduler of every agent's probes.
+    probes: probes::Probes,
 }
 
 /// Looks at every running agent's activity once a second (see `activity::tick`) while the
@@ -107,7 +111,7 @@ fn not_found(key: &str) -> ApiError {
 
 impl Supervisor {
     pub(crate) fn new(services: Arc<Services>) -> Arc<Supervisor> {
-        Arc::new_cyclic(|me: &Weak<Supervisor>| {
+        let supervisor = Arc::new_cyclic(|me: &Weak<Supervisor>| {
             let agents: Weak<dyn AgentDirectory> = me.clone();
             Supervisor {
                 approvals: ApprovalFlow::new(
@@ -116,11 +120,14 @@ impl Supervisor {
                     Arc::clone(&services) as Arc<dyn crate::services::Announce>,
                     agents,
                 ),
+                probes: probes::Probes::start(Arc::clone(&services)),
                 services,
                 registry: RwLock::default(),
                 shutting_down: AtomicBool::new(false),
             }
-        })
+        });
+        tokio::spawn(dependencies::start_when_met(Arc::downgrade(&supervisor)));
+        supervisor
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Registry> {
@@ -258,6 +265,17 @@ impl Supervisor {
     /// it is once the spawn was attempted.
     pub(crate) async fn spawn(
         &self,
+        spec: AgentSpec,
+        source: &str,
+        actor: &Actor,
+    ) -> Result<AgentInfo, ApiError> {
+        self.check_dependencies(&spec, None)?;
+        self.create(spec, source, actor).await
+    }
+
+    /// [`Supervisor::spawn`] once its dependencies are checked (`apply` checks a whole file's).
+    async fn create(
+        &self,
         mut spec: AgentSpec,
         source: &str,
         actor: &Actor,
@@ -330,7 +348,7 @@ impl Supervisor {
             return Ok(handle.info().clone());
         }
         // A failed spawn is reported in the agent's state and `last_error`; the agent exists.
-        let _ = handle.ask(actor, Command::Start).await;
+        let _ = self.start_or_wait(&handle, actor).await;
         Ok(handle.info().clone())
     }
 
@@ -345,7 +363,12 @@ impl Supervisor {
         let mut info = AgentInfo {
             id: stored.id.clone(),
             name: String::new(),
-            state: stored.state,
+            // A new agent that should run is not running until its task says so: what depends
+            // on it must not start before.
+            state: match stored.state {
+                AgentState::Running => AgentState::Starting,
+                state => state,
+            },
             pid: None,
             restarts: stored.restarts,
             exit_code: stored.exit_code,
@@ -375,6 +398,11 @@ impl Supervisor {
             next_restart_cron_at_ms: None,
             worktree: None,
             watch: None,
+            ready: None,
+            readiness: None,
+            liveness: None,
+            waiting_for: None,
+            depends_on: vec![],
         };
         self.describe(&mut info, &stored.spec);
         let handle = Arc::new(AgentHandle {
@@ -398,6 +426,7 @@ impl Supervisor {
             Arc::clone(&self.services),
             self.approvals.clone(),
             Arc::clone(&handle),
+            self.probes.clone(),
             receiver,
         );
         let id = stored.id.clone();
@@ -446,6 +475,9 @@ impl Supervisor {
         info.schedule = spec.schedule.clone();
         info.restart_cron = spec.restart_cron.clone();
         info.watch = spec.watch.clone();
+        // Without a readiness probe there is no readiness; a new probe has not passed yet.
+        info.ready = spec.readiness.as_ref().map(|_| info.ready.unwrap_or(false));
+        info.depends_on.clone_from(&spec.depends_on);
         (info.next_run_at_ms, info.next_restart_cron_at_ms) = celistra_core::schedule::next_times(
             spec.schedule.as_ref(),
             spec.restart_cron.as_ref(),
@@ -564,7 +596,7 @@ impl Supervisor {
             async move {
                 match waiting {
                     Some(limit) => handle.ask(system, |r| Command::AwaitReset(limit, r)).await,
-                    None => handle.ask(system, Command::Start).await,
+                    None => self.start_or_wait(&handle, system).await,
                 }
             }
         });
@@ -620,6 +652,7 @@ impl Supervisor {
         }
         spec_rules::apply_update(&mut spec, update);
         self.check_spec(&spec, true)?;
+        self.check_dependencies(&spec, Some(&handle.id))?;
         // A rename cannot make an agent give its secrets away; any other change could.
         let rename_only = UpdateRequest {
             name: None,
@@ -718,10 +751,24 @@ impl Supervisor {
             .await
     }
 
+    /// Starts an agent, or, when its dependencies are not met, makes it wait for them.
     pub(crate) async fn start(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
-        self.lifecycle(key, actor, Command::Start, start_requested)
-            .await
+        // A group's name starts every instance.
+        let handles = self.agent_or_group(key)?;
+        for handle in &handles {
+            let name = handle.info().name.clone();
+            self.services
+                .events
+                .publish(start_requested(handle.id.clone(), name, actor));
+            if handle.info().state.is_active() {
+                handle.ask(actor, Command::Start).await?;
+            } else {
+                self.start_or_wait(handle, actor).await?;
+            }
+        }
+        self.sync().await?;
+        Ok(handles[0].info().clone())
     }
 
     pub(crate) async fn restart(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
@@ -933,7 +980,7 @@ impl Supervisor {
         let creations = plan
             .create
             .into_iter()
-            .map(|spec| self.spawn(spec, source, actor));
+            .map(|spec| self.create(spec, source, actor));
         for created in futures_util::future::join_all(creations).await {
             created?;
         }
@@ -944,21 +991,22 @@ impl Supervisor {
     /// Leaves every agent running in the keeper for the next daemon: each task stops reading and
     /// writing its run and ends, the processes untouched.
     pub(crate) async fn leave(&self) {
-        self.end_every_task(Command::Leave).await;
-    }
-
-    /// Stops every agent (each with its own grace period, all at once) without changing what should
-    /// run after the next start.
-    pub(crate) async fn shutdown(&self) {
-        self.end_every_task(Command::Shutdown).await;
-    }
-
-    /// The daemon is stopping: every agent's task is told `command` (all at once) and ends.
-    async fn end_every_task(&self, command: fn(agent::Reply) -> Command) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
         let system = Actor::system();
-        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, command))).await;
+        futures_util::future::join_all(handles.iter().map(|h| h.ask(&system, Command::Leave)))
+            .await;
+    }
+
+    /// Stops every agent without changing what should run after the next start: dependents
+    /// before what they depend on, each wave all at once (each agent with its own grace period).
+    pub(crate) async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let system = Actor::system();
+        for wave in self.stop_waves() {
+            futures_util::future::join_all(wave.iter().map(|h| h.ask(&system, Command::Shutdown)))
+                .await;
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use celistra_proto::{
 use clap::Args;
 use futures_util::StreamExt;
 
+use super::health::{ClearHealthArgs, HealthArgs};
 use super::schedule::{ClearScheduleArgs, ScheduleArgs, next_run_badge, status_lines};
 use super::table::{compact_duration, exit_text, now_ms, render, uptime_text};
 use super::watch::{ClearWatchArgs, WatchArgs};
@@ -143,6 +144,8 @@ pub(crate) struct SettingArgs {
     /// IP:PORT, or an absolute Unix socket path.
     #[arg(long, value_name = "ADDR")]
     socket: Option<String>,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
@@ -193,6 +196,7 @@ impl SettingArgs {
         };
         self.schedule.fill(&mut update)?;
         self.watch.fill(&mut update)?;
+        self.health.fill(&mut update)?;
         Ok(update)
     }
 
@@ -576,7 +580,8 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
     let more = status_lines(&agent)
         .into_iter()
         .chain(super::watch::status_lines(&agent));
-    for (label, value) in lines.into_iter().chain(more) {
+    let health = super::health::status_lines(&agent);
+    for (label, value) in lines.into_iter().chain(health).chain(more) {
         println!("{:<14}{value}", format!("{label}:"));
     }
     Ok(())
@@ -607,17 +612,23 @@ fn sandbox_text(agent: &AgentInfo) -> String {
     }
 }
 
+/// Stops agents; of those named, dependents stop before what they depend on.
 pub(crate) async fn stop(client: &Client, args: ManyAgents) -> CtlResult {
-    each(client, args, "stopped", async |c, key| {
+    let waves = super::health::stop_waves(client, &args.agents).await?;
+    each(client, waves, &args.json, "stopped", async |c, key| {
         c.stop_agent(key).await
     })
     .await
 }
 
 pub(crate) async fn start(client: &Client, args: ManyAgents) -> CtlResult {
-    each(client, args, "started", async |c, key| {
-        c.start_agent(key).await
-    })
+    each(
+        client,
+        vec![args.agents],
+        &args.json,
+        "started",
+        async |c, key| c.start_agent(key).await,
+    )
     .await
 }
 
@@ -634,9 +645,13 @@ pub(crate) struct RestartArgs {
 
 pub(crate) async fn restart(client: &Client, args: RestartArgs) -> CtlResult {
     if !args.rolling {
-        return each(client, args.agents, "restarted", async |c, key| {
-            c.restart_agent(key).await
-        })
+        return each(
+            client,
+            vec![args.agents.agents],
+            &args.agents.json,
+            "restarted",
+            async |c, key| c.restart_agent(key).await,
+        )
         .await;
     }
     for key in &args.agents.agents {
@@ -702,40 +717,49 @@ pub(crate) async fn remove(client: &Client, args: RemoveArgs) -> CtlResult {
         keep_worktree: args.keep_worktree,
         discard_worktree: args.discard_worktree,
     };
-    each(client, args.agents, "removed", async |c, key| {
-        c.remove_agent(key, &query).await
-    })
+    let agents = args.agents;
+    each(
+        client,
+        vec![agents.agents],
+        &agents.json,
+        "removed",
+        async |c, key| c.remove_agent(key, &query).await,
+    )
     .await
 }
 
 /// Most requests `each` has in flight at once.
 const AT_ONCE: usize = 64;
 
-/// Runs `operation` on every agent, concurrently (stopping a hundred agents, each with its grace
-/// period, takes about as long as the slowest), and reports each as `done`, in the order given;
-/// fails if any failed.
+/// Runs `operation` on every agent, wave after wave, each wave's agents concurrently (stopping a
+/// hundred agents, each with its grace period, takes about as long as the slowest), and reports
+/// each as `done`, in the order given; fails if any failed.
 async fn each(
     client: &Client,
-    args: ManyAgents,
+    waves: Vec<Vec<String>>,
+    json: &JsonFlag,
     done: &str,
     operation: impl AsyncFn(&Client, &str) -> Result<AgentInfo, ClientError>,
 ) -> CtlResult {
-    let targets = args
-        .agents
-        .iter()
-        .map(|key| on_machine_of(client, key).map(|(client, agent)| (key, client, agent)))
-        .collect::<Result<Vec<_>, Failure>>()?;
     let operation = &operation;
-    let outcomes: Vec<_> = futures_util::stream::iter(targets)
-        .map(|(key, client, agent)| async move { (key, operation(&client, agent).await) })
-        .buffered(AT_ONCE)
-        .collect()
-        .await;
+    let mut outcomes = vec![];
+    for wave in &waves {
+        let targets = wave
+            .iter()
+            .map(|key| on_machine_of(client, key).map(|(client, agent)| (key, client, agent)))
+            .collect::<Result<Vec<_>, Failure>>()?;
+        let wave_outcomes: Vec<_> = futures_util::stream::iter(targets)
+            .map(|(key, client, agent)| async move { (key, operation(&client, agent).await) })
+            .buffered(AT_ONCE)
+            .collect()
+            .await;
+        outcomes.extend(wave_outcomes);
+    }
     let mut failed = vec![];
     let mut results = vec![];
     for (key, result) in outcomes {
         match result {
-            Ok(agent) if args.json.json => results.push(agent),
+            Ok(agent) if json.json => results.push(agent),
             // A group's name answers with its first instance, having acted on every one.
             Ok(agent) if ![&agent.id, &agent.name].contains(&&group_or_agent(key)) => {
                 println!("{done} group {} (every instance)", group_or_agent(key));
@@ -744,7 +768,7 @@ async fn each(
             Err(e) => failed.push(format!("{key}: {e}")),
         }
     }
-    if args.json.json {
+    if json.json {
         print_json(&results);
     }
     if failed.is_empty() {
@@ -806,6 +830,8 @@ pub(crate) struct SetArgs {
     clear: ClearScheduleArgs,
     #[command(flatten)]
     clear_watch: ClearWatchArgs,
+    #[command(flatten)]
+    clear_health: ClearHealthArgs,
     /// Stop giving the agent its secrets (`--secret`; `secret:NAME` values of `--env` stay until
     /// replaced).
     #[arg(long, conflicts_with = "secrets")]
@@ -826,6 +852,7 @@ pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
     };
     args.clear.fill(&mut update);
     args.clear_watch.fill(&mut update);
+    args.clear_health.fill(&mut update);
     if args.no_secrets {
         update.secrets = Some(vec![]);
     }

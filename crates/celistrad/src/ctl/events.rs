@@ -352,6 +352,24 @@ fn describe(event: &Event) -> String {
                 paths.join(", ")
             ),
         },
+        EventKind::AgentReady {
+            agent_id,
+            name,
+            run,
+            ready,
+            probe,
+        } => format!(
+            "{agent_id} ({name}) run {run} {}: {}",
+            if *ready { "ready" } else { "not ready" },
+            probe.message
+        ),
+        EventKind::AgentUnhealthy {
+            agent_id,
+            name,
+            run,
+            reason,
+            ..
+        } => format!("{agent_id} ({name}) run {run} restarted: {reason}"),
     };
     format!(
         "{:>6}  {}  {:<20} {detail}",

@@ -10,6 +10,7 @@ mod context;
 mod daemon;
 mod events;
 mod fleet;
+mod health;
 mod history;
 mod hook;
 mod hooks;

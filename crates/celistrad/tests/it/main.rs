@@ -24,6 +24,7 @@ mod import;
 mod machine;
 mod netns;
 mod notifications;
+mod probes;
 mod recipes;
 mod remote;
 mod replicas;
