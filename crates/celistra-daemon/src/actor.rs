@@ -9,6 +9,9 @@ pub(crate) const SYSTEM: &str = "system";
 /// The actor of what the daemon does because a schedule or `restart_cron` said so.
 pub(crate) const SCHEDULE: &str = "schedule";
 
+/// The actor of what the daemon does because an agent's memory stayed above its `memory_restart`.
+pub(crate) const MEMORY: &str = "memory";
+
 /// Who asked for something: a credential's name as recorded (`machine-secret`, `token:<name>`,
 /// `session:<id>`, `link:<channel>`) and its role, or the daemon itself (`system`, no role).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,14 @@ impl Actor {
     pub(crate) fn schedule() -> Actor {
         Actor {
             name: SCHEDULE.to_owned(),
+            role: None,
+        }
+    }
+
+    /// The usage sampler's memory restarts (`usage.rs`).
+    pub(crate) fn memory() -> Actor {
+        Actor {
+            name: MEMORY.to_owned(),
             role: None,
         }
     }

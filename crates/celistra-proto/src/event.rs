@@ -271,6 +271,16 @@ pub enum EventKind {
         /// The time the cron expression named.
         due_at_ms: u64,
     },
+    /// An agent's memory stayed above its `memory_restart` (two samples in a row): the daemon
+    /// restarts it (an `agent_start_requested` by the actor `memory` follows).
+    AgentMemoryRestart {
+        agent_id: String,
+        name: String,
+        /// Its memory at the last sample, in bytes.
+        memory_bytes: u64,
+        /// Its `memory_restart`, in bytes.
+        limit_bytes: u64,
+    },
 }
 
 impl EventKind {
@@ -292,7 +302,8 @@ impl EventKind {
             | EventKind::AgentActivity { agent_id, .. }
             | EventKind::AgentWaitingLimit { agent_id, .. }
             | EventKind::AgentModelErrorsExhausted { agent_id, .. }
-            | EventKind::AgentScheduled { agent_id, .. } => Some(agent_id),
+            | EventKind::AgentScheduled { agent_id, .. }
+            | EventKind::AgentMemoryRestart { agent_id, .. } => Some(agent_id),
             _ => None,
         }
     }
@@ -336,6 +347,7 @@ impl EventKind {
             EventKind::AgentWaitingLimit { .. } => "agent_waiting_limit",
             EventKind::AgentModelErrorsExhausted { .. } => "agent_model_errors_exhausted",
             EventKind::AgentScheduled { .. } => "agent_scheduled",
+            EventKind::AgentMemoryRestart { .. } => "agent_memory_restart",
         }
     }
 }

@@ -338,6 +338,16 @@ fn describe(event: &Event) -> String {
             "{agent_id} ({name}) schedule due {}: {action}",
             celistra_core::clock::format_rfc3339_ms(*due_at_ms)
         ),
+        EventKind::AgentMemoryRestart {
+            agent_id,
+            name,
+            memory_bytes,
+            limit_bytes,
+        } => format!(
+            "{agent_id} ({name}) memory {} above --max-memory {}: restarting",
+            celistra_core::duration::format_bytes(*memory_bytes),
+            celistra_core::duration::format_bytes(*limit_bytes)
+        ),
     };
     format!(
         "{:>6}  {}  {:<20} {detail}",

@@ -21,6 +21,7 @@ mod fuzz;
 mod history;
 mod hooks;
 mod machine;
+mod metrics;
 mod netns;
 mod notifications;
 mod recipes;
@@ -35,6 +36,7 @@ mod survival;
 mod terminal;
 mod tidy;
 mod tls;
+mod usage;
 mod worktree;
 
 use std::path::{Path, PathBuf};
@@ -516,7 +518,7 @@ pub(crate) fn marker() -> String {
 }
 
 /// A `GET` of `path` as written: its status and whole body.
-async fn get_raw(client: &Client, path: &str) -> (hyper::StatusCode, Vec<u8>) {
+pub(crate) async fn get_raw(client: &Client, path: &str) -> (hyper::StatusCode, Vec<u8>) {
     let response = client
         .send(hyper::Method::GET, path, None)
         .await
