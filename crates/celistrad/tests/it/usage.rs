@@ -132,3 +132,15 @@ async fn an_agent_whose_memory_stays_above_max_memory_is_restarted_and_one_under
     let bad = daemon.ctl(&["set", "greedy", "--max-memory", "lots"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
 }
+
+#[tokio::test]
+async fn top_without_a_terminal_is_a_usage_error_that_points_to_ls() {
+    let daemon = Daemon::start().await;
+    let top = daemon.ctl(&["top"]);
+    assert_eq!(top.status.code(), Some(2), "{top:?}");
+    let said = String::from_utf8_lossy(&top.stderr);
+    assert!(
+        said.contains("terminal") && said.contains("ctl ls"),
+        "{said}"
+    );
+}
