@@ -835,6 +835,7 @@ fn fake_agents(count: usize) -> Vec<AgentInfo> {
             next_run_at_ms: None,
             next_restart_cron_at_ms: None,
             worktree: None,
+            usage: None,
         })
         .collect()
 }

@@ -1,6 +1,6 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]; upgrades in place in [`upgrade`]), each phase against a
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]; upgrades in place in [`upgrade`]; the cost of watching idle agents in [`monitor`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
 #![allow(
@@ -18,6 +18,7 @@ mod audit;
 mod auth;
 mod fleet;
 mod logs;
+mod monitor;
 mod sandbox;
 mod terminal;
 mod upgrade;
@@ -736,6 +737,8 @@ enum Only {
     Upgrade,
     /// Only the restart latency of the agents phases (to compare builds quickly).
     Restart,
+    /// The daemon's CPU with many idle agents, with and without extra settings ([`monitor`]).
+    Monitor,
 }
 
 struct Args {
@@ -743,12 +746,14 @@ struct Args {
     /// `--baseline PATH`: another `celistrad` to compare `ctl ls` at 1000 agents with.
     baseline: Option<PathBuf>,
     only: Only,
+    monitor: monitor::MonitorOptions,
 }
 
 fn parse_args() -> Result<Args> {
     let mut daemon = None;
     let mut baseline = None;
     let mut only = Only::All;
+    let mut monitor = monitor::MonitorOptions::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -773,14 +778,34 @@ fn parse_args() -> Result<Args> {
                     Some("fleet") => Only::Fleet,
                     Some("upgrade") => Only::Upgrade,
                     Some("restart") => Only::Restart,
+                    Some("monitor") => Only::Monitor,
                     _ => bail!(
-                        "--only needs `agents`, `restart`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth`, `fleet` or `upgrade`"
+                        "--only needs `agents`, `restart`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth`, `fleet`, `upgrade` or `monitor`"
                     ),
                 }
             }
+            "--agents" => {
+                monitor.agents = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .context("--agents needs a number")?
+            }
+            "--window" => {
+                monitor.window = Duration::from_secs(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .context("--window needs a number of seconds")?,
+                )
+            }
+            "--agent-spec-json" => {
+                let text = args.next().context("--agent-spec-json needs a JSON object")?;
+                monitor.agent_spec_json = serde_json::from_str(&text)
+                    .with_context(|| format!("--agent-spec-json `{text}`"))?;
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|restart|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet|upgrade]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|restart|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet|upgrade|monitor]\n\
+                     \x20      [--agents N] [--window SECS] [--agent-spec-json JSON]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --baseline PATH: another celistrad (an older build) whose `ctl ls` at 1000 agents\n\
                      is timed with this one's, the runs interleaved.\n\
@@ -796,7 +821,10 @@ fn parse_args() -> Result<Args> {
                      --only fleet: a hub with real and simulated nodes: fleet ls, hub memory per node,\n\
                      idle link traffic, keystroke echo, partitions and a hub restart (about 6 min).\n\
                      --only upgrade: 5 upgrades in place (SIGHUP) with 100 agents and an attached\n\
-                     terminal; the keeper's memory idle and with 100 agents."
+                     terminal; the keeper's memory idle and with 100 agents.\n\
+                     --only monitor: the daemon's CPU per second with no agent, with --agents N idle agents\n\
+                     (default 1000), and with them each given --agent-spec-json (default\n\
+                     {{\"memory_restart\": 1073741824}}), each over --window SECS (default 30)."
                 );
                 std::process::exit(0);
             }
@@ -814,6 +842,7 @@ fn parse_args() -> Result<Args> {
         daemon,
         baseline,
         only,
+        monitor,
     })
 }
 
@@ -854,6 +883,7 @@ async fn bench() -> Result<()> {
         daemon: binary,
         baseline,
         only,
+        monitor,
     } = parse_args()?;
     if !binary.is_file() {
         bail!(
@@ -910,6 +940,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Upgrade) {
         results.extend(upgrade::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Monitor) {
+        results.extend(monitor::phases(&binary, &monitor, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {

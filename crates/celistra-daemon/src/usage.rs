@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use celistra_core::duration::format_bytes;
 use celistra_core::logtext::Stream;
-use celistra_proto::{AgentUsage, EventKind, Usage};
+use celistra_proto::{AgentState, AgentUsage, EventKind, Usage};
 use celistra_sandbox::{ProcessTable, ResourceUse, UsageScope, cgroup_use};
 
 use crate::actor::Actor;
@@ -64,9 +64,9 @@ fn sample(supervisor: &Arc<Supervisor>, previous: &mut HashMap<String, Previous>
     let now = now_ms();
     let mut seen = Vec::with_capacity(handles.len());
     for handle in handles {
-        let (pid, run) = {
+        let (pid, run, state) = {
             let info = handle.info();
-            (info.pid, info.run)
+            (info.pid, info.run, info.state)
         };
         let Some(pid) = pid else {
             if handle.info().usage.is_some() {
@@ -91,7 +91,9 @@ fn sample(supervisor: &Arc<Supervisor>, previous: &mut HashMap<String, Previous>
             continue;
         };
         seen.push(handle.id.clone());
-        let cpu_percent = record(supervisor, &handle, previous, run, reading);
+        // Only a run that is up is restarted: one being stopped or started is left to that.
+        let up = matches!(state, AgentState::Running | AgentState::WaitingApproval);
+        let cpu_percent = record(supervisor, &handle, previous, run, up, reading);
         *handle.sampled() = Some(AgentUsage {
             agent_id: handle.id.clone(),
             cpu_usec: reading.cpu_usec,
@@ -109,12 +111,13 @@ fn sample(supervisor: &Arc<Supervisor>, previous: &mut HashMap<String, Previous>
 }
 
 /// Compares a reading with the agent's previous one: its CPU load, and whether its memory has now
-/// stayed above its `memory_restart` long enough to restart it.
+/// stayed above its `memory_restart` long enough to restart it (when its run is `up`).
 fn record(
     supervisor: &Arc<Supervisor>,
     handle: &Arc<AgentHandle>,
     previous: &mut HashMap<String, Previous>,
     run: u64,
+    up: bool,
     reading: ResourceUse,
 ) -> Option<f32> {
     let now = Instant::now();
@@ -145,6 +148,7 @@ fn record(
     }
     if let Some(limit) = limit
         && entry.above >= SAMPLES_ABOVE
+        && up
         && !entry.restarting
     {
         entry.restarting = true;
