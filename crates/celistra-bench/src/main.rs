@@ -798,7 +798,9 @@ fn parse_args() -> Result<Args> {
                 )
             }
             "--agent-spec-json" => {
-                let text = args.next().context("--agent-spec-json needs a JSON object")?;
+                let text = args
+                    .next()
+                    .context("--agent-spec-json needs a JSON object")?;
                 monitor.agent_spec_json = serde_json::from_str(&text)
                     .with_context(|| format!("--agent-spec-json `{text}`"))?;
             }

@@ -42,7 +42,14 @@ pub(crate) async fn phases(
     report: &mut Report,
 ) -> Vec<Result<()>> {
     let limit = options.window * 4 + Duration::from_secs(240);
-    vec![phase_within(limit, "monitoring cost", monitoring(binary, options, report)).await]
+    vec![
+        phase_within(
+            limit,
+            "monitoring cost",
+            monitoring(binary, options, report),
+        )
+        .await,
+    ]
 }
 
 /// `sleepers(count)` with `extra` merged into each spec; a field `AgentSpec` does not have is an
@@ -130,7 +137,10 @@ async fn daemon_cpu(binary: &Path, agents: Vec<AgentSpec>, window: Duration) -> 
             })
             .await?;
         if applied.created.len() != count {
-            bail!("apply created {} agents, not {count}", applied.created.len());
+            bail!(
+                "apply created {} agents, not {count}",
+                applied.created.len()
+            );
         }
         daemon.wait_running(count).await?;
     }
