@@ -102,10 +102,15 @@ fn sample(supervisor: &Arc<Supervisor>, previous: &mut HashMap<String, Previous>
             time_ms: now,
             cpu_percent,
         });
-        handle.info_mut().usage = Some(Usage {
+        let usage = Some(Usage {
             cpu_percent: cpu_percent.unwrap_or(0.0),
             memory_bytes: reading.memory_bytes,
         });
+        // Written only when it changed: a write drops the agent's cached JSON, which `ls` of
+        // many (mostly idle) agents reuses.
+        if handle.info().usage != usage {
+            handle.info_mut().usage = usage;
+        }
     }
     previous.retain(|id, _| seen.contains(id));
 }
