@@ -221,7 +221,7 @@ export class Store {
         "agent_crashed_out", "agent_spawn_failed", "agent_renamed", "agent_updated",
         "agent_signalled", "agent_removed", "agent_unsandboxed", "agent_activity",
         "agent_waiting_limit", "agent_model_errors_exhausted", "agent_scheduled", "agent_ready",
-        "agent_unhealthy", "approval_requested",
+        "agent_unhealthy", "agent_memory_restart", "approval_requested",
         "approval_decided", "resync", "daemon_started",
       ],
       onOpen: () => void this.reload(machine),
@@ -273,17 +273,18 @@ export class Store {
     }
   }
 
-  /// Reads CPU time and memory; the load is the CPU time used between two readings.
+  /// Reads CPU time and memory as the daemon last sampled them (every 2 s): the load is the
+  /// daemon's `cpu_percent`, else (an older daemon) the CPU time used between two readings.
   async pollUsage(): Promise<void> {
     const machine = this.current();
     if (!machine || machine.status !== "up" || machine.offline !== null || document.hidden || !can("viewer")) return;
     try {
-      const readings = await api<{ agent_id: string; cpu_usec: number; memory_bytes: number; time_ms: number }[]>("GET", on("/v1/usage", machine.name));
+      const readings = await api<{ agent_id: string; cpu_usec: number; memory_bytes: number; time_ms: number; cpu_percent?: number | null }[]>("GET", on("/v1/usage", machine.name));
       const next = new Map<string, { cpu: number | null; memory: number; cpuUsec: number; time: number }>();
       for (const r of readings) {
         const before = machine.usage.get(r.agent_id);
         const elapsed = before ? r.time_ms - before.time : 0;
-        const cpu = before && elapsed > 0 ? Math.max(0, ((r.cpu_usec - before.cpuUsec) / 1000 / elapsed) * 100) : null;
+        const cpu = r.cpu_percent ?? (before && elapsed > 0 ? Math.max(0, ((r.cpu_usec - before.cpuUsec) / 1000 / elapsed) * 100) : before?.cpu ?? null);
         next.set(r.agent_id, { cpu, memory: r.memory_bytes, cpuUsec: r.cpu_usec, time: r.time_ms });
       }
       machine.usage = next;

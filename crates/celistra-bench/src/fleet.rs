@@ -841,6 +841,7 @@ fn fake_agents(count: usize) -> Vec<AgentInfo> {
             liveness: None,
             waiting_for: None,
             depends_on: vec![],
+            usage: None,
         })
         .collect()
 }

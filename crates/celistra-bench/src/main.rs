@@ -1,6 +1,6 @@
 //! `celistra-bench`: owns the benchmark of a release `celistrad` (daemon RSS, spawn, restart, stop
 //! and `ctl ls` latency; log throughput and search in [`logs`]; terminal fan-out in [`terminal`];
-//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]; upgrades in place in [`upgrade`]; a socket shared by instances in [`socket`]), each phase against a
+//! sandbox cost in [`sandbox`]; the audit log's own figures in [`audit`]; authentication per request in [`auth`]; a hub and its nodes in [`fleet`]; upgrades in place in [`upgrade`]; a socket shared by instances in [`socket`]; the cost of watching idle agents in [`monitor`]), each phase against a
 //! fresh daemon in its own temporary state directory.
 
 #![allow(
@@ -18,6 +18,7 @@ mod audit;
 mod auth;
 mod fleet;
 mod logs;
+mod monitor;
 mod sandbox;
 mod socket;
 mod terminal;
@@ -739,6 +740,8 @@ enum Only {
     Restart,
     /// Request throughput through a socket shared by 1 and 2 instances ([`socket`]).
     Socket,
+    /// The daemon's CPU with many idle agents, with and without extra settings ([`monitor`]).
+    Monitor,
 }
 
 struct Args {
@@ -746,12 +749,14 @@ struct Args {
     /// `--baseline PATH`: another `celistrad` to compare `ctl ls` at 1000 agents with.
     baseline: Option<PathBuf>,
     only: Only,
+    monitor: monitor::MonitorOptions,
 }
 
 fn parse_args() -> Result<Args> {
     let mut daemon = None;
     let mut baseline = None;
     let mut only = Only::All;
+    let mut monitor = monitor::MonitorOptions::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -777,14 +782,36 @@ fn parse_args() -> Result<Args> {
                     Some("upgrade") => Only::Upgrade,
                     Some("restart") => Only::Restart,
                     Some("socket") => Only::Socket,
+                    Some("monitor") => Only::Monitor,
                     _ => bail!(
-                        "--only needs `agents`, `restart`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth`, `fleet`, `upgrade` or `socket`"
+                        "--only needs `agents`, `restart`, `logs`, `throughput`, `terminal`, `sandbox`, `audit`, `approvals`, `auth`, `fleet`, `upgrade`, `socket` or `monitor`"
                     ),
                 }
             }
+            "--agents" => {
+                monitor.agents = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .context("--agents needs a number")?
+            }
+            "--window" => {
+                monitor.window = Duration::from_secs(
+                    args.next()
+                        .and_then(|n| n.parse().ok())
+                        .context("--window needs a number of seconds")?,
+                )
+            }
+            "--agent-spec-json" => {
+                let text = args
+                    .next()
+                    .context("--agent-spec-json needs a JSON object")?;
+                monitor.agent_spec_json = serde_json::from_str(&text)
+                    .with_context(|| format!("--agent-spec-json `{text}`"))?;
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|restart|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet|upgrade|socket]\n\n\
+                    "usage: celistra-bench [--daemon PATH] [--baseline PATH] [--only agents|restart|logs|throughput|terminal|sandbox|audit|approvals|auth|fleet|upgrade|socket|monitor]\n\
+                     \x20      [--agents N] [--window SECS] [--agent-spec-json JSON]\n\n\
                      Benchmarks a celistrad (default: `celistrad` next to this executable).\n\
                      --baseline PATH: another celistrad (an older build) whose `ctl ls` at 1000 agents\n\
                      is timed with this one's, the runs interleaved.\n\
@@ -802,7 +829,10 @@ fn parse_args() -> Result<Args> {
                      --only upgrade: 5 upgrades in place (SIGHUP) with 100 agents and an attached\n\
                      terminal; the keeper's memory idle and with 100 agents.\n\
                      --only socket: requests/s, p50 and p99 through one --socket served by 1, then 2\n\
-                     --instances (a Python server with CPU work per request, fresh connections)."
+                     --instances (a Python server with CPU work per request, fresh connections).\n\
+                     --only monitor: the daemon's CPU per second with no agent, with --agents N idle agents\n\
+                     (default 1000), and with them each given --agent-spec-json (default\n\
+                     {{\"memory_restart\": 1073741824}}), each over --window SECS (default 30)."
                 );
                 std::process::exit(0);
             }
@@ -820,6 +850,7 @@ fn parse_args() -> Result<Args> {
         daemon,
         baseline,
         only,
+        monitor,
     })
 }
 
@@ -860,6 +891,7 @@ async fn bench() -> Result<()> {
         daemon: binary,
         baseline,
         only,
+        monitor,
     } = parse_args()?;
     if !binary.is_file() {
         bail!(
@@ -919,6 +951,9 @@ async fn bench() -> Result<()> {
     }
     if matches!(only, Only::All | Only::Socket) {
         results.extend(socket::phases(&binary, &mut report).await);
+    }
+    if matches!(only, Only::All | Only::Monitor) {
+        results.extend(monitor::phases(&binary, &monitor, &mut report).await);
     }
     for result in results {
         if let Err(e) = result {

@@ -1,5 +1,5 @@
 //! Human durations and sizes for the CLI: `500ms`, `10s`, `2m`, `1h30m` (a bare number is seconds);
-//! `512M`, `2G`, `64MiB` (binary units; a bare number is bytes).
+//! `512M`, `2G`, `64MiB` (binary units; a bare number is bytes); and sizes shown (`612.0 MiB`).
 
 /// Parses a size into bytes: `K`, `M`, `G`, `T` (with or without `iB`/`B`) are powers of 1024.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -20,6 +20,23 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     number
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+/// `612.0 MiB`: a size in binary units with one decimal (`512 B` below a KiB), as tables, notes
+/// and the dashboard show memory.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// Parses a duration into milliseconds.
@@ -65,7 +82,15 @@ pub fn parse_millis(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_bytes, parse_millis};
+    use super::{format_bytes, parse_bytes, parse_millis};
+
+    #[test]
+    fn shows_sizes_in_binary_units() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(300 << 10), "300.0 KiB");
+        assert_eq!(format_bytes(500 << 20), "500.0 MiB");
+        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+    }
 
     #[test]
     fn sizes() {

@@ -184,6 +184,12 @@ pub fn check_settings(spec: &AgentSpec) -> Result<(), (&'static str, String)> {
         1,
         u64::from(MAX_SCROLLBACK_KB),
     )?;
+    within(
+        "memory_restart",
+        spec.memory_restart,
+        MIN_MEMORY_RESTART,
+        u64::MAX,
+    )?;
     Ok(())
 }
 
@@ -205,6 +211,9 @@ fn check_health_and_order(spec: &AgentSpec) -> Result<(), String> {
     }
     crate::depends::check_list(&spec.name, &spec.depends_on)
 }
+
+/// Smallest memory restart threshold accepted: below it a shell alone would be restarted forever.
+pub const MIN_MEMORY_RESTART: u64 = 1024 * 1024;
 
 /// Smallest memory ceiling accepted: below it even a shell cannot start.
 pub const MIN_MEMORY_MAX: u64 = 4 * 1024 * 1024;
@@ -242,6 +251,9 @@ pub fn check_update(update: &UpdateRequest) -> Result<(), String> {
     }
     if update.clear_liveness && update.liveness.is_some() {
         return Err("liveness and clear_liveness were both given; give one".into());
+    }
+    if update.clear_memory_restart && update.memory_restart.is_some() {
+        return Err("memory_restart and clear_memory_restart were both given; give one".into());
     }
     Ok(())
 }
@@ -292,6 +304,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
         clear_liveness,
         start_secs,
         depends_on,
+        memory_restart,
+        clear_memory_restart,
     } = update.clone();
     if let Some(name) = name {
         spec.name = name;
@@ -375,6 +389,10 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     if let Some(depends_on) = depends_on {
         spec.depends_on = depends_on;
     }
+    spec.memory_restart = memory_restart.or(spec.memory_restart);
+    if clear_memory_restart {
+        spec.memory_restart = None;
+    }
 }
 
 #[cfg(test)]
@@ -447,6 +465,38 @@ mod tests {
                 .starts_with("memory_max")
         );
         assert!(with(|s| s.memory_max = Some(64 << 20)).is_ok());
+        assert!(
+            with(|s| s.memory_restart = Some(4096))
+                .unwrap_err()
+                .starts_with("memory_restart")
+        );
+        assert!(with(|s| s.memory_restart = Some(500 << 20)).is_ok());
+    }
+
+    #[test]
+    fn memory_restart_is_set_kept_and_cleared_by_updates() {
+        let mut s = spec("x");
+        apply_update(
+            &mut s,
+            &UpdateRequest {
+                memory_restart: Some(1 << 30),
+                ..UpdateRequest::default()
+            },
+        );
+        assert_eq!(s.memory_restart, Some(1 << 30));
+        apply_update(&mut s, &UpdateRequest::default());
+        assert_eq!(s.memory_restart, Some(1 << 30));
+        let clear = UpdateRequest {
+            clear_memory_restart: true,
+            ..UpdateRequest::default()
+        };
+        apply_update(&mut s, &clear);
+        assert_eq!(s.memory_restart, None);
+        let both = UpdateRequest {
+            memory_restart: Some(1 << 30),
+            ..clear
+        };
+        assert!(check_update(&both).is_err());
     }
 
     #[test]

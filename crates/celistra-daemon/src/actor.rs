@@ -11,6 +11,8 @@ pub(crate) const SCHEDULE: &str = "schedule";
 
 /// The actor of what the daemon does because files an agent watches changed.
 pub(crate) const WATCH: &str = "watch";
+/// The actor of what the daemon does because an agent's memory stayed above its `memory_restart`.
+pub(crate) const MEMORY: &str = "memory";
 
 /// Who asked for something: a credential's name as recorded (`machine-secret`, `token:<name>`,
 /// `session:<id>`, `link:<channel>`) and its role, or the daemon itself (`system`, no role).
@@ -40,6 +42,14 @@ impl Actor {
     pub(crate) fn watch() -> Actor {
         Actor {
             name: WATCH.to_owned(),
+            role: None,
+        }
+    }
+
+    /// The usage sampler's memory restarts (`usage.rs`).
+    pub(crate) fn memory() -> Actor {
+        Actor {
+            name: MEMORY.to_owned(),
             role: None,
         }
     }

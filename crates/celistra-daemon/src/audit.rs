@@ -419,6 +419,18 @@ fn privileged_action(event: &EventKind) -> Option<(Actor, &'static str, String, 
             agent_id.clone(),
             json!({ "name": name, "run": run, "failures": failures, "reason": reason }),
         ),
+        // The daemon restarts an agent on its own because its memory stayed above its threshold.
+        EventKind::AgentMemoryRestart {
+            agent_id,
+            name,
+            memory_bytes,
+            limit_bytes,
+        } => (
+            Actor::memory(),
+            "agent_memory_restart",
+            agent_id.clone(),
+            json!({ "name": name, "memory_bytes": memory_bytes, "limit_bytes": limit_bytes }),
+        ),
         // Settings changes are recorded with their values by the update itself, runs with their
         // confinement when they start; the rest only reports state.
         EventKind::AgentUpdated { .. }

@@ -13,6 +13,7 @@ mod events;
 mod file_watch;
 mod fleet;
 mod home;
+mod metrics;
 mod notify;
 mod sandbox;
 mod scheduler;
@@ -305,11 +306,15 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
         main: tokio::runtime::Handle::current(),
         agent_rules: agent_rules::AgentRules::new(home.dir.join("agent-rules.json")),
         zone: zone::machine_zone(),
+        metrics: metrics::Metrics::new(),
     });
+    let metrics_follower =
+        tokio::spawn(Arc::clone(&services.metrics).follow(services.events.subscribe(None).live));
     let supervisor = supervisor::Supervisor::new(Arc::clone(&services));
     let directory: Arc<dyn services::AgentDirectory> = Arc::clone(&supervisor) as _;
     let block_monitor = blocks::report_blocks(&services, Arc::downgrade(&directory));
     let activity_watch = tokio::spawn(supervisor::watch_activity(Arc::downgrade(&supervisor)));
+    let usage_sampler = tokio::spawn(usage::run(Arc::downgrade(&supervisor)));
     let announcer = tokio::spawn(announce_history(
         history_announcements,
         Arc::clone(&services),
@@ -570,6 +575,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
     .await;
     announcer.abort();
     activity_watch.abort();
+    usage_sampler.abort();
+    metrics_follower.abort();
     // Left agents keep their cgroups, their sockets and the binary their sandboxes see.
     if !keep_agents {
         if let Some(root) = &services.cgroups {

@@ -62,6 +62,8 @@ pub(crate) struct Services {
     pub agent_rules: crate::agent_rules::AgentRules,
     /// The machine's time zone, for reset times that name none.
     pub zone: chrono_tz::Tz,
+    /// What `GET /metrics` shows that is counted nowhere else.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An agent as services see it.

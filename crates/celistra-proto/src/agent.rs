@@ -227,6 +227,12 @@ pub struct AgentSpec {
     /// they stop after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<crate::Dependency>,
+    /// Restart the agent (gracefully, like `restart`) when its memory stays above this many bytes
+    /// (`--max-memory 500M`; PM2's `max_memory_restart`). Sampled every 2 s: two samples in a row
+    /// above it restart it. Unlike `memory_max`, nothing is killed by the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1_048_576)]
+    pub memory_restart: Option<u64>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -366,6 +372,12 @@ pub struct UpdateRequest {
     /// Replaces the dependencies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depends_on: Option<Vec<crate::Dependency>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1_048_576)]
+    pub memory_restart: Option<u64>,
+    /// Remove the memory restart threshold (`set --no-max-memory`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub clear_memory_restart: bool,
 }
 
 /// Body of `POST /v1/agents/{agent}/rename`.
@@ -502,7 +514,23 @@ pub struct AgentInfo {
     /// Its spec's `depends_on`: what it starts after and stops before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<crate::Dependency>,
+    /// CPU and memory as last sampled (every 2 s) while it has a process; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
+
+/// An agent's resource use as the daemon last sampled it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// CPU load over the last sampling interval, in percent of one core (200 is two busy cores).
+    pub cpu_percent: f32,
+    /// Memory in use, in bytes (see [`AgentUsage::scope`]).
+    pub memory_bytes: u64,
+}
+
+/// `cpu_percent` is computed from two CPU-time counters and a positive interval, never NaN, so
+/// equality is total.
+impl Eq for Usage {}
 
 /// Body of `POST /v1/apply`: make the daemon's agents match `agents`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -601,20 +629,23 @@ pub struct AuditHealth {
     pub last_verification: Option<crate::AuditVerification>,
 }
 
-/// One running agent's resource use, from `GET /v1/usage`. A client computes CPU load from two
-/// readings: `Δcpu_usec / Δtime`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// One running agent's resource use, from `GET /v1/usage`: the daemon's last sample (every 2 s).
+/// CPU load is `cpu_percent`, or from two readings `Δcpu_usec / Δtime`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AgentUsage {
     pub agent_id: String,
     /// CPU time used by the agent's processes, in microseconds.
     pub cpu_usec: u64,
     /// Memory in use, in bytes.
     pub memory_bytes: u64,
-    /// `cgroup`: the whole agent (every process it started), or `process`: its leader process only
-    /// (no per-agent cgroup on this machine).
+    /// `cgroup`: the whole agent (every process it started), or `process`: its process tree from
+    /// `/proc` (no per-agent cgroup on this machine; the sum of the processes' resident sets).
     pub scope: String,
     /// When it was read (ms since the epoch).
     pub time_ms: u64,
+    /// CPU load since the previous reading, in percent of one core; absent for a run's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f32>,
 }
 
 /// Body of `POST /v1/groups/{group}/scale`.
@@ -636,3 +667,5 @@ pub struct GroupInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
 }
+/// See [`Usage`]: `cpu_percent` is never NaN.
+impl Eq for AgentUsage {}

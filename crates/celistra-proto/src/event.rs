@@ -307,6 +307,16 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An agent's memory stayed above its `memory_restart` (two samples in a row): the daemon
+    /// restarts it (an `agent_start_requested` by the actor `memory` follows).
+    AgentMemoryRestart {
+        agent_id: String,
+        name: String,
+        /// Its memory at the last sample, in bytes.
+        memory_bytes: u64,
+        /// Its `memory_restart`, in bytes.
+        limit_bytes: u64,
+    },
 }
 
 impl EventKind {
@@ -333,6 +343,7 @@ impl EventKind {
             EventKind::AgentReady { agent_id, .. } | EventKind::AgentUnhealthy { agent_id, .. } => {
                 Some(agent_id)
             }
+            EventKind::AgentMemoryRestart { agent_id, .. } => Some(agent_id),
             _ => None,
         }
     }
@@ -379,6 +390,7 @@ impl EventKind {
             EventKind::AgentWatchTriggered { .. } => "agent_watch_triggered",
             EventKind::AgentReady { .. } => "agent_ready",
             EventKind::AgentUnhealthy { .. } => "agent_unhealthy",
+            EventKind::AgentMemoryRestart { .. } => "agent_memory_restart",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! else rlimits) come from [`ResourceLimits`]. [`SystemTool`] runs a system tool (`systemctl`, …)
 //! with a timeout and its output captured; [`Git`] is that for `git` (the daemon's worktrees), as
 //! a given user. [`release_executable_pages`] gives back the daemon's start-up code pages.
+//! [`cgroup_use`] and [`ProcessTable`] read what agents use (CPU time, memory).
 
 // The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
 // where they belong.
@@ -32,6 +33,7 @@ mod seatbelt;
 #[allow(unsafe_code, reason = "pre_exec, fork-time syscalls")]
 mod spawn;
 mod tool;
+mod usage;
 
 pub use audit::{
     AttributedBlock, BlockMonitor, Blocked, KernelBlock, MonitorError, StartReport, agent_of_pid,
@@ -57,6 +59,7 @@ pub use reaper::{BINARY_ENV, become_subreaper, reap_orphans, reexec};
 pub use seatbelt::sandbox_exec_argv;
 pub use seatbelt::seatbelt_profile;
 pub use tool::{SystemTool, ToolError, ToolOutput};
+pub use usage::{ProcessTable, ResourceUse, UsageScope, cgroup_use};
 /// The PTY types handed out with a spawned child.
 pub mod pty {
     pub use pty_process::{OwnedReadPty, OwnedWritePty, Pty};

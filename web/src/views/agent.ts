@@ -1,13 +1,14 @@
-// One agent in detail (`#/agent/<id>[/<machine>]`): what kind of AI agent it is, its activity with
-// the full evidence, how its last run ended, the usage limit it waits on, its model errors, its
-// schedules with their next times, its worktree and the secrets it gets (names only). Live: it is
-// drawn again whenever the store's agents change (the selected machine's stream), and ticks.
+// One agent in detail (`#/agent/<id>[/<machine>]`): what kind of AI agent it is, its CPU, memory
+// and restarts, its activity with the full evidence, how its last run ended, the usage limit it
+// waits on, its model errors, its schedules with their next times, its worktree and the secrets it
+// gets (names only). Live: it is drawn again whenever the store's agents change (the selected
+// machine's stream), and ticks.
 
 import { api, on } from "../api";
 import { clear, clock, duration, h } from "../dom";
 import { store, type Machine } from "../store";
 import type { AgentInfo, ProbeStatus } from "../types";
-import { activityBadge } from "./agents";
+import { activityBadge, cpuText, memoryText } from "./agents";
 import { relative, resetText } from "../awareness";
 
 export class AgentDetailView {
@@ -102,6 +103,9 @@ export class AgentDetailView {
         row("Workspace", h("code", {}, agent.workspace)),
         row("Worktree", agent.worktree ? h("code", { "data-field": "worktree" }, agent.worktree) : "—"),
         row("Secrets", agent.env_keys.length ? h("span", { "data-field": "secrets" }, agent.env_keys.join(", ")) : "none"),
+        row("CPU", h("span", { "data-field": "cpu" }, cpuText({ machine, agent }))),
+        row("Memory", h("span", { "data-field": "memory" }, memoryText({ machine, agent }))),
+        row("Restarts", String(agent.restarts)),
       ),
       healthFacts(agent, row, when),
       h("h2", {}, "Activity"),

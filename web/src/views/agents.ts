@@ -80,12 +80,12 @@ function usageOf(row: Row) {
   return row.agent.pid === null ? undefined : row.machine.usage.get(row.agent.id);
 }
 
-function cpuText(row: Row): string {
+export function cpuText(row: Row): string {
   const cpu = usageOf(row)?.cpu;
   return cpu === null || cpu === undefined ? "—" : `${cpu < 10 ? cpu.toFixed(1) : Math.round(cpu)}%`;
 }
 
-function memoryText(row: Row): string {
+export function memoryText(row: Row): string {
   const bytes = usageOf(row)?.memory;
   if (bytes === undefined) return "—";
   if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KiB`;

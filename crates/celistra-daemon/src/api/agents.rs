@@ -240,8 +240,8 @@ pub(crate) async fn apply(
     Ok(Json(supervisor.apply(request, &source, &actor).await?))
 }
 
-/// CPU time and memory of every agent with a live process (from its cgroup, else its leader
-/// process). Read twice to get a CPU load.
+/// CPU time, load and memory of every agent with a live process, as last sampled (every 2 s; from
+/// its cgroup, else its process tree).
 #[utoipa::path(
     get,
     path = "/v1/usage",
@@ -250,10 +250,5 @@ pub(crate) async fn apply(
     responses((status = 200, body = Vec<AgentUsage>))
 )]
 pub(crate) async fn usage(State(supervisor): State<Arc<Supervisor>>) -> Json<Vec<AgentUsage>> {
-    let supervisor = std::sync::Arc::clone(&supervisor);
-    Json(
-        tokio::task::spawn_blocking(move || supervisor.usage())
-            .await
-            .unwrap_or_default(),
-    )
+    Json(supervisor.usage())
 }

@@ -12,6 +12,7 @@ mod events;
 mod fleet;
 mod groups;
 mod history;
+mod metrics;
 mod notifications;
 mod openapi;
 mod responses;
@@ -490,8 +491,12 @@ pub(crate) fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .with_state(state)
+        .with_state(state.clone())
         .merge(public)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.supervisor.services.metrics),
+            crate::metrics::time_requests,
+        ))
 }
 
 /// Daemon status.

@@ -14,7 +14,7 @@ use utoipa::openapi::{Content, OpenApi, Ref, ResponseBuilder};
 use utoipa_axum::routes;
 
 use super::{
-    AppState, agents, approvals, audit, daemon, decide, events, fleet, groups, history,
+    AppState, agents, approvals, audit, daemon, decide, events, fleet, groups, history, metrics,
     notifications, openapi, sandbox, secrets, sessions, terminal, tokens,
 };
 
@@ -125,6 +125,8 @@ pub(crate) fn table() -> Vec<Route> {
         route!(Any, openapi::document),
         route!(owner, daemon::stop),
         route!(owner, daemon::upgrade),
+        // Prometheus scrapes `/metrics` by default; this machine's only (a hub does not forward it).
+        route!(viewer, metrics::metrics),
         // Agents.
         route!(viewer, agents::list, via_hub),
         route!(operator, agents::spawn, via_hub),

@@ -51,8 +51,8 @@ struct Track {
     screen_dirty: bool,
     screen_checked: Option<Instant>,
     last_output: Option<Instant>,
-    /// The CPU time the agent had used at a moment, for the quiet rule.
-    cpu_sample: Option<(Instant, u64)>,
+    /// The sampler's reading (time in ms since the epoch, CPU time used) the quiet rule last saw.
+    cpu_sample: Option<(u64, u64)>,
     /// A failure a hook reported (Claude Code's `StopFailure`), until the agent works again.
     failure: Option<ExitClassification>,
     /// The activity (and its start) already notified.
@@ -441,11 +441,7 @@ fn wait_for_limit(handle: &AgentHandle, services: &Services, reset_at_ms: Option
 
 /// Once a second for every agent with a process: the screen rules of output that came since the
 /// last look, the quiet-and-no-CPU rule, and notifications of activities that lasted.
-pub(crate) fn tick(
-    handle: &AgentHandle,
-    services: &Services,
-    cgroup_root: Option<&std::path::Path>,
-) {
+pub(crate) fn tick(handle: &AgentHandle, services: &Services) {
     publish_held(handle, services);
     notify_if_due(handle, services);
     let (pid, kind) = {
@@ -473,17 +469,18 @@ pub(crate) fn tick(
         .unwrap_or(DEFAULT_QUIET_IDLE_SECS);
     let current = handle.info().activity.as_ref().map(|a| a.activity);
     let may_idle = !hook_spoke && matches!(current, None | Some(Activity::Working));
-    if let (true, Some(pid), Some(quiet)) = (may_idle, pid, quiet_for)
+    if let (true, Some(_), Some(quiet)) = (may_idle, pid, quiet_for)
         && quiet.as_secs() >= quiet_idle_secs
     {
-        let cgroup = cgroup_root.map(|root| root.join(&handle.id));
-        let used = crate::usage::read(&handle.id, cgroup.as_deref(), pid, now_ms());
+        let used = handle.sampled().clone();
         let idle = used.and_then(|usage| {
             let mut track = handle.activity.lock();
-            let previous = track.cpu_sample.replace((Instant::now(), usage.cpu_usec));
-            let (at, cpu_usec) = previous?;
-            let elapsed_usec = at.elapsed().as_micros() as f64;
-            let share = usage.cpu_usec.saturating_sub(cpu_usec) as f64 / elapsed_usec.max(1.0);
+            let previous = track.cpu_sample.replace((usage.time_ms, usage.cpu_usec));
+            let (at_ms, cpu_usec) = previous?;
+            // Two different readings of the sampler: the CPU share between them.
+            let elapsed_usec =
+                usage.time_ms.checked_sub(at_ms).filter(|&ms| ms > 0)? as f64 * 1000.0;
+            let share = usage.cpu_usec.saturating_sub(cpu_usec) as f64 / elapsed_usec;
             Some(share < IDLE_CPU_SHARE)
         });
         if idle == Some(true) {

@@ -111,6 +111,10 @@ pub(crate) struct AgentHandle {
     pub activity: super::activity::Tracker,
     /// When a running agent waiting on a usage limit is resumed (its task sleeps until then).
     pub resume: tokio::sync::watch::Sender<Option<u64>>,
+    /// The usage sampler's last reading while the agent has a process (see `usage.rs`).
+    pub sampled: Mutex<Option<celistra_proto::AgentUsage>>,
+    /// Bytes of output read from the agent since the daemon started (`/metrics`).
+    pub output_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// An agent's [`AgentInfo`] with its JSON cached: `ls` of many agents copies bytes instead of
@@ -189,6 +193,11 @@ impl AgentHandle {
 
     pub(crate) fn spec(&self) -> MutexGuard<'_, AgentSpec> {
         self.spec.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The usage sampler's last reading, while the agent has a process.
+    pub(crate) fn sampled(&self) -> MutexGuard<'_, Option<celistra_proto::AgentUsage>> {
+        self.sampled.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends a command and waits for its reply.
@@ -1803,6 +1812,9 @@ impl OutputSink {
             }
             let chunk = Bytes::from(masked);
             self.handle.fanout.push(&chunk);
+            self.handle
+                .output_bytes
+                .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.history
                 .append(&self.agent_id, self.run_id, stream, kept.at_ms, chunk);
         }
@@ -1813,6 +1825,9 @@ impl OutputSink {
             return;
         }
         self.handle.fanout.push(&chunk);
+        self.handle
+            .output_bytes
+            .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
         activity::on_output(&self.handle, &self.services, &chunk);
         if let Some(line) = &self.readiness_line {
             line.look(&self.agent_id, stream, &chunk);

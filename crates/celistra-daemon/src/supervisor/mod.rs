@@ -94,10 +94,8 @@ pub(crate) async fn watch_activity(supervisor: Weak<Supervisor>) {
         let Some(supervisor) = supervisor.upgrade() else {
             return;
         };
-        let handles: Vec<Arc<AgentHandle>> = supervisor.read().by_id.values().cloned().collect();
-        let cgroups = supervisor.services.cgroups.as_ref().map(|c| c.path());
-        for handle in handles {
-            activity::tick(&handle, &supervisor.services, cgroups);
+        for handle in supervisor.handles() {
+            activity::tick(&handle, &supervisor.services);
         }
     }
 }
@@ -141,7 +139,7 @@ impl Supervisor {
     }
 
     /// Every agent's handle, oldest first.
-    fn oldest_first(&self) -> Vec<Arc<AgentHandle>> {
+    pub(crate) fn oldest_first(&self) -> Vec<Arc<AgentHandle>> {
         let mut handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
         handles.sort_by_cached_key(|h| (h.info().created_at_ms, h.id.clone()));
         handles
@@ -171,23 +169,17 @@ impl Supervisor {
         json
     }
 
-    /// CPU time and memory of every agent with a live process.
+    /// CPU time and memory of every agent with a live process, as last sampled (`usage.rs`).
     pub(crate) fn usage(&self) -> Vec<celistra_proto::AgentUsage> {
-        let handles: Vec<Arc<AgentHandle>> = self.read().by_id.values().cloned().collect();
-        let now = now_ms();
-        let root = self
-            .services
-            .cgroups
-            .as_ref()
-            .map(|c| c.path().to_path_buf());
-        handles
+        self.oldest_first()
             .iter()
-            .filter_map(|handle| {
-                let pid = handle.info().pid?;
-                let cgroup = root.as_ref().map(|r| r.join(&handle.id));
-                crate::usage::read(&handle.id, cgroup.as_deref(), pid, now)
-            })
+            .filter_map(|handle| handle.sampled().clone())
             .collect()
+    }
+
+    /// Every agent's handle, in no particular order.
+    pub(crate) fn handles(&self) -> Vec<Arc<AgentHandle>> {
+        self.read().by_id.values().cloned().collect()
     }
 
     /// Finds an agent by id or by name.
@@ -392,6 +384,7 @@ impl Supervisor {
             exit_class: None,
             limit: None,
             model_errors: 0,
+            usage: None,
             schedule: None,
             restart_cron: None,
             next_run_at_ms: None,
@@ -414,6 +407,8 @@ impl Supervisor {
             history_run: std::sync::atomic::AtomicU64::new(0),
             activity: activity::Tracker::default(),
             resume: tokio::sync::watch::Sender::new(None),
+            sampled: std::sync::Mutex::new(None),
+            output_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         self.services.asks.open(&stored.id, self.approvals.clone());
         registry

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use celistra_client::{Client, ClientError};
-use celistra_core::duration::{parse_bytes, parse_millis};
+use celistra_core::duration::{format_bytes, parse_bytes, parse_millis};
 use celistra_proto::{
     Activity, ActivityNotify, AgentInfo, AgentSpec, GroupInfo, IoMode, KillRequest, RemoveQuery,
     RenameRequest, ScaleRequest, Signal, SignalTier, UpdateRequest,
@@ -146,6 +146,11 @@ pub(crate) struct SettingArgs {
     socket: Option<String>,
     #[command(flatten)]
     health: HealthArgs,
+    /// Restart the agent (gracefully) when its memory stays above this, e.g. 500M, 1G, 300K
+    /// (checked every 2 s; two samples in a row above it). Unlike --memory-max, the kernel kills
+    /// nothing; restarts for memory do not count toward --restart-max.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    max_memory: Option<u64>,
 }
 
 /// `needs-input:60s` → notify when the agent has needed input for 60 s.
@@ -192,6 +197,7 @@ impl SettingArgs {
             expected_exit_codes: (!self.expected_exit_codes.is_empty())
                 .then(|| self.expected_exit_codes.clone()),
             socket: self.socket.clone(),
+            memory_restart: self.max_memory,
             ..UpdateRequest::default()
         };
         self.schedule.fill(&mut update)?;
@@ -339,8 +345,9 @@ pub(crate) async fn list(client: &Client, args: LsArgs) -> CtlResult {
     Ok(())
 }
 
-const AGENT_COLUMNS: [&str; 10] = [
-    "ID", "NAME", "STATE", "ACTIVITY", "PID", "RESTARTS", "EXIT", "UPTIME", "SANDBOX", "COMMAND",
+const AGENT_COLUMNS: [&str; 12] = [
+    "ID", "NAME", "STATE", "ACTIVITY", "PID", "RESTARTS", "CPU", "MEM", "EXIT", "UPTIME",
+    "SANDBOX", "COMMAND",
 ];
 
 /// `ls --all-machines`: one table, a MACHINE column first; an offline machine's agents are as the
@@ -388,11 +395,27 @@ fn agent_row(a: &AgentInfo) -> Vec<String> {
         activity_text(a),
         a.pid.map_or("-".into(), |p| p.to_string()),
         a.restarts.to_string(),
+        cpu_text(a),
+        memory_text(a),
         exit_text(a),
         next_run_badge(a).unwrap_or_else(|| uptime_text(a)),
         sandbox_badge(a).to_owned(),
         a.command.clone(),
     ]
+}
+
+/// CPU load as last sampled, `12.5%` (of one core), or `-` without a process.
+pub(crate) fn cpu_text(agent: &AgentInfo) -> String {
+    agent
+        .usage
+        .map_or("-".into(), |u| format!("{:.1}%", u.cpu_percent))
+}
+
+/// Memory as last sampled, `45.2 MiB`, or `-` without a process.
+pub(crate) fn memory_text(agent: &AgentInfo) -> String {
+    agent
+        .usage
+        .map_or("-".into(), |u| format_bytes(u.memory_bytes))
 }
 
 /// `ls`'s ACTIVITY column: the activity, with the reset of a usage limit it waits on.
@@ -506,6 +529,8 @@ pub(crate) async fn status(client: &Client, args: OneAgent) -> CtlResult {
         ("pid", agent.pid.map_or("-".into(), |p| p.to_string())),
         ("uptime", uptime_text(&agent)),
         ("restarts", agent.restarts.to_string()),
+        ("cpu", cpu_text(&agent)),
+        ("memory", memory_text(&agent)),
         ("last exit", exit_text(&agent)),
         ("command", agent.command.clone()),
         ("workspace", agent.workspace.clone()),
@@ -836,6 +861,9 @@ pub(crate) struct SetArgs {
     /// replaced).
     #[arg(long, conflicts_with = "secrets")]
     no_secrets: bool,
+    /// Stop restarting the agent for its memory (`--max-memory`).
+    #[arg(long, conflicts_with = "max_memory")]
+    no_max_memory: bool,
     /// Restart the agent now so the change applies.
     #[arg(long)]
     restart: bool,
@@ -856,6 +884,7 @@ pub(crate) async fn set(client: &Client, args: SetArgs) -> CtlResult {
     if args.no_secrets {
         update.secrets = Some(vec![]);
     }
+    update.clear_memory_restart = args.no_max_memory;
     let (client, key) = on_machine_of(client, &args.agent)?;
     let agent: AgentInfo = client.update_agent(key, &update).await?;
     if args.json.json {

@@ -370,6 +370,16 @@ fn describe(event: &Event) -> String {
             reason,
             ..
         } => format!("{agent_id} ({name}) run {run} restarted: {reason}"),
+        EventKind::AgentMemoryRestart {
+            agent_id,
+            name,
+            memory_bytes,
+            limit_bytes,
+        } => format!(
+            "{agent_id} ({name}) memory {} above --max-memory {}: restarting",
+            celistra_core::duration::format_bytes(*memory_bytes),
+            celistra_core::duration::format_bytes(*limit_bytes)
+        ),
     };
     format!(
         "{:>6}  {}  {:<20} {detail}",

@@ -23,6 +23,7 @@ mod secrets;
 mod sessions;
 mod table;
 mod tokens;
+mod top;
 mod watch;
 
 use std::process::ExitCode;
@@ -55,7 +56,7 @@ impl Ctl {
     /// Whether the verb holds the user's terminal in raw mode, which it must restore on every way
     /// out: such a verb cannot be left to die of SIGPIPE.
     pub(crate) fn holds_the_terminal(&self) -> bool {
-        matches!(self.verb, Verb::Attach(_))
+        matches!(self.verb, Verb::Attach(_) | Verb::Top(_))
     }
 }
 
@@ -67,6 +68,9 @@ enum Verb {
     Ls(agents::LsArgs),
     /// Show one agent.
     Status(agents::OneAgent),
+    /// A live view of the agents (state, CPU, memory, restarts) and the selected one's output,
+    /// like `pm2 monit`; q quits.
+    Top(top::TopArgs),
     /// Stop agents gracefully (stop signal, grace period, then SIGKILL of the whole group).
     Stop(agents::ManyAgents),
     /// Start stopped agents.
@@ -245,6 +249,7 @@ async fn dispatch(client: &Client, verb: Verb) -> CtlResult {
     match verb {
         Verb::Spawn(args) => agents::spawn(client, args).await,
         Verb::Ls(args) => agents::list(client, args).await,
+        Verb::Top(args) => top::run(client, args).await,
         Verb::Status(args) => agents::status(client, args).await,
         Verb::Stop(args) => agents::stop(client, args).await,
         Verb::Start(args) => agents::start(client, args).await,

@@ -350,11 +350,19 @@ async fn usage_reports_cpu_time_and_memory_of_running_agents() {
     daemon
         .wait_state(&agent.id, celistra_proto::AgentState::Running)
         .await;
-    let usage: Vec<celistra_proto::AgentUsage> = daemon.client.list_usage().await.unwrap();
-    let mine = usage
-        .iter()
-        .find(|u| u.agent_id == agent.id)
-        .expect("the running agent's usage");
+    // The sampler reads every agent every 2 s: a new agent's first reading comes at the next.
+    let deadline = std::time::Instant::now() + crate::PATIENCE;
+    let mine = loop {
+        let usage: Vec<celistra_proto::AgentUsage> = daemon.client.list_usage().await.unwrap();
+        if let Some(mine) = usage.into_iter().find(|u| u.agent_id == agent.id) {
+            break mine;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running agent was never sampled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(mine.memory_bytes > 0, "{mine:?}");
     assert!(mine.scope == "cgroup" || mine.scope == "process");
 }

@@ -22,6 +22,7 @@ mod history;
 mod hooks;
 mod import;
 mod machine;
+mod metrics;
 mod netns;
 mod notifications;
 mod probes;
@@ -38,6 +39,7 @@ mod survival;
 mod terminal;
 mod tidy;
 mod tls;
+mod usage;
 mod watch;
 mod worktree;
 
@@ -520,7 +522,7 @@ pub(crate) fn marker() -> String {
 }
 
 /// A `GET` of `path` as written: its status and whole body.
-async fn get_raw(client: &Client, path: &str) -> (hyper::StatusCode, Vec<u8>) {
+pub(crate) async fn get_raw(client: &Client, path: &str) -> (hyper::StatusCode, Vec<u8>) {
     let response = client
         .send(hyper::Method::GET, path, None)
         .await
