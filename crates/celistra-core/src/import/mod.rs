@@ -2,7 +2,6 @@
 //! file, with a note for every source key that was not mapped one to one. Pure: the caller reads
 //! the files, resolves supervisord's includes and evaluates PM2's JavaScript, and passes text in.
 
-mod pending;
 pub mod pm2;
 pub mod supervisord;
 mod tree;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use celistra_proto::{AgentSpec, RestartCron, Signal};
 
 use super::tree::{Node, Value};
-use super::{Import, ImportError, KEEPS_HISTORY, Note, NoteKind, Place, pending};
+use super::{Import, ImportError, KEEPS_HISTORY, Note, NoteKind, Place};
 
 /// PM2 waits this long after its stop signal before SIGKILL (`kill_timeout`), in milliseconds.
 const PM2_KILL_TIMEOUT_MS: u64 = 1600;
@@ -24,6 +24,8 @@ pub struct Options {
     pub base_dir: String,
     /// `--env NAME`: `env_NAME` is merged over `env`.
     pub env_name: Option<String>,
+    /// The machine's CPUs, for `instances: max` (and `-1`, one fewer).
+    pub cpus: u32,
 }
 
 /// Imports a JSON or YAML file (YAML 1.2 reads both, keeping the line of every key).
@@ -170,6 +172,8 @@ fn app(
     let mut restart_delay = None;
     let mut exp_backoff = false;
     let mut watch = None;
+    let mut watch_ignore = None;
+    let mut watch_delay_ms = None;
     for (key, key_line, value) in &entries {
         let place = Place {
             line: *key_line,
@@ -210,16 +214,12 @@ fn app(
             }
             "instances" => {
                 let count = match &value.value {
-                    Value::Int(1) => None,
-                    Value::Int(n) if *n > 1 => Some(n.to_string()),
-                    Value::Int(0 | -1) => Some(if matches!(value.value, Value::Int(0)) {
-                        "max".into()
-                    } else {
-                        "max - 1".into()
-                    }),
-                    Value::Text(t) if t == "max" => Some("max".into()),
-                    Value::Text(t) if t.parse::<i64>().is_ok_and(|n| n >= 1) => {
-                        (t != "1").then(|| t.clone())
+                    Value::Int(n) if *n >= 1 => u32::try_from(*n).unwrap_or(u32::MAX),
+                    Value::Int(0) => options.cpus,
+                    Value::Int(-1) => options.cpus.saturating_sub(1).max(1),
+                    Value::Text(t) if t == "max" => options.cpus,
+                    Value::Text(t) if t.parse::<u32>().is_ok_and(|n| n >= 1) => {
+                        t.parse().unwrap_or(1)
                     }
                     _ => {
                         return Err(fail(format!(
@@ -229,19 +229,27 @@ fn app(
                         )));
                     }
                 };
-                if let Some(count) = count
-                    && let Err(why) = pending::instances(&mut spec, &count)
-                {
-                    notes.push(place.note(NoteKind::Unsupported, why));
+                if count > 1 {
+                    spec.instances = Some(count.min(crate::spec::MAX_INSTANCES));
+                    notes.push(place.note(
+                        NoteKind::Mapped,
+                        format!(
+                            "instances {count}: a group of agents NAME-0 … NAME-{}, each with \
+                            CELISTRA_INSTANCE (PM2's NODE_APP_INSTANCE)",
+                            count - 1
+                        ),
+                    ));
                 }
             }
             "exec_mode" => match text(value).map_err(fail)?.as_str() {
                 "fork" | "fork_mode" => {}
-                "cluster" | "cluster_mode" => {
-                    if let Err(why) = pending::cluster_mode(&mut spec) {
-                        notes.push(place.note(NoteKind::Unsupported, why));
-                    }
-                }
+                "cluster" | "cluster_mode" => notes.push(place.note(
+                    NoteKind::Unsupported,
+                    "cluster mode shares the port a Node app listens on through Node's cluster \
+                    module; Celistra shares one socket between the instances of any program: \
+                    give the group `--socket PORT` (`socket` in the spec) and have the app \
+                    accept on fd 3 (LISTEN_FDS, systemd socket activation)",
+                )),
                 other => return Err(fail(format!("`{other}` is not fork or cluster"))),
             },
             "autorestart" => spec.auto_restart = boolean(value).map_err(fail)?,
@@ -263,9 +271,11 @@ fn app(
             }
             "min_uptime" => {
                 let ms = millis(value).map_err(fail)?;
-                if let Err(why) = pending::start_secs(&mut spec, ms.div_ceil(1000)) {
-                    notes.push(place.note(NoteKind::Unsupported, why));
-                }
+                spec.start_secs = Some(ms.div_ceil(1000)).filter(|secs| *secs > 0);
+                notes.push(place.note(
+                    NoteKind::Mapped,
+                    "start_secs, in whole seconds: a run that ends sooner is a failed start",
+                ));
             }
             "restart_delay" => restart_delay = Some((millis(value).map_err(fail)?, place.clone())),
             "exp_backoff_restart_delay" => {
@@ -294,9 +304,12 @@ fn app(
                         )));
                     }
                 };
-                if let Err(why) = pending::memory_restart(&mut spec, bytes) {
-                    notes.push(place.note(NoteKind::Unsupported, why));
-                }
+                spec.memory_restart = Some(bytes.max(crate::spec::MIN_MEMORY_RESTART));
+                notes.push(place.note(
+                    NoteKind::Mapped,
+                    "memory_restart: checked every 2 s, restarted after two samples in a row \
+                    above it (PM2 checks every 30 s)",
+                ));
             }
             "cron_restart" => {
                 let cron = text(value).map_err(fail)?;
@@ -323,11 +336,8 @@ fn app(
                 Value::Bool(true) => watch = Some((None, place.clone())),
                 _ => watch = Some((Some(strings(value).map_err(fail)?), place.clone())),
             },
-            "ignore_watch" => {
-                if let Err(why) = pending::watch_ignore(&mut spec, &strings(value).map_err(fail)?) {
-                    notes.push(place.note(NoteKind::Unsupported, why));
-                }
-            }
+            "ignore_watch" => watch_ignore = Some(strings(value).map_err(fail)?),
+            "watch_delay" => watch_delay_ms = Some(millis(value).map_err(fail)?),
             "kill_timeout" => spec.stop_timeout_ms = Some(millis(value).map_err(fail)?),
             "wait_ready" => wait_ready = Some((boolean(value).map_err(fail)?, place.clone())),
             "listen_timeout" => {
@@ -377,30 +387,29 @@ fn app(
             ));
         }
     }
-    match (wait_ready, listen_timeout_ms) {
-        (Some((true, place)), timeout) => {
-            if let Err(why) = pending::readiness(&mut spec, timeout.as_ref().map(|(ms, _)| *ms)) {
-                notes.push(place.note(NoteKind::Unsupported, why));
-            }
-            if let Some((_, place)) = timeout {
-                notes.push(place.note(
-                    NoteKind::Unsupported,
-                    "not supported yet: comes with `wait_ready`, see there",
-                ));
-            }
-        }
-        (_, Some((ms, place))) => {
-            if let Err(why) = pending::readiness(&mut spec, Some(ms)) {
-                notes.push(place.note(NoteKind::Unsupported, why));
-            }
-        }
-        _ => {}
+    if let Some((true, place)) = wait_ready {
+        notes.push(place.note(NoteKind::Unsupported, WAIT_READY));
+    }
+    if let Some((ms, place)) = listen_timeout_ms {
+        notes.push(place.note(
+            NoteKind::Unsupported,
+            format!("{WAIT_READY}; give the probe a {ms} ms timeout (`--probe-timeout`)"),
+        ));
     }
     if let Some((paths, place)) = watch {
-        let paths = paths.unwrap_or_else(|| spec.workspace.clone().into_iter().collect());
-        if let Err(why) = pending::watch(&mut spec, &paths) {
-            notes.push(place.note(NoteKind::Unsupported, why));
-        }
+        // `watch: true` watches the app's directory.
+        let paths = paths.unwrap_or_else(|| vec![".".to_owned()]);
+        spec.watch = Some(celistra_proto::Watch {
+            paths,
+            ignore: watch_ignore,
+            delay_ms: watch_delay_ms,
+        });
+        notes.push(place.note(
+            NoteKind::Mapped,
+            "watch: a change restarts the agent once changes have been quiet for watch_delay \
+            (1 s by default); without ignore_watch, hidden paths and node_modules are ignored, \
+            as in PM2",
+        ));
     }
     let selected = selected_env.is_some();
     env.extend(selected_env.unwrap_or_default());
@@ -410,6 +419,11 @@ fn app(
         .map_err(|m| app_place.error(format!("agent `{}`: {m}", spec.name)))?;
     Ok((spec, selected))
 }
+
+/// Why `wait_ready` (and `listen_timeout`) do not map: the app tells PM2 over Node's IPC channel.
+const WAIT_READY: &str = "PM2 waits for the app's process.send('ready'), a Node IPC message \
+    Celistra does not receive; give the agent a readiness probe instead: a line it prints \
+    (`--ready-line listening`), a TCP connect (`--ready-tcp 127.0.0.1:3000`) or an HTTP GET";
 
 /// App keys that map to no setting, with what to do instead.
 const ADVICE: &[(&[&str], &str)] = &[
@@ -436,12 +450,14 @@ const ADVICE: &[(&[&str], &str)] = &[
         "Celistra stamps every line of output as it arrives: `ctl logs NAME -t` shows the times",
     ),
     (
-        &["watch_delay", "watch_options"],
-        "not supported yet: comes with `watch`",
+        &["watch_options"],
+        "chokidar's options have no equivalent: Celistra watches with inotify; use \
+        ignore_watch globs and watch_delay",
     ),
     (
         &["increment_var", "instance_var"],
-        "not supported yet: comes with `instances` (each copy gets CELISTRA_INSTANCE)",
+        "each instance gets CELISTRA_INSTANCE (0, 1, …); derive the variable from it in the \
+        command, e.g. `PORT=$((8000 + CELISTRA_INSTANCE)) node app.js`",
     ),
     (
         &["gid"],
@@ -631,6 +647,7 @@ mod tests {
             file: "ecosystem.config.yaml".into(),
             base_dir: "/srv/app".into(),
             env_name: env_name.map(Into::into),
+            cpus: 4,
         }
     }
 
@@ -796,7 +813,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_of_fields_not_built_yet_are_reported_as_such() {
+    fn replicas_memory_start_window_and_watch_are_mapped_and_ipc_readiness_is_not() {
         let got = import(
             "apps:
 - script: a.js
@@ -805,33 +822,41 @@ mod tests {
   max_memory_restart: 300K
   min_uptime: 5s
   watch: [src]
-  ignore_watch: [node_modules]
+  ignore_watch: [node_modules, '*.log']
+  watch_delay: 500
   wait_ready: true
   listen_timeout: 8000
   increment_var: PORT
 ",
         );
-        for key in [
-            "instances",
-            "exec_mode",
-            "max_memory_restart",
-            "min_uptime",
-            "watch",
-            "ignore_watch",
-            "wait_ready",
-            "listen_timeout",
-            "increment_var",
-        ] {
+        let spec = &got.agents[0];
+        assert_eq!(spec.instances, Some(4), "max: the CPUs");
+        assert_eq!(spec.memory_restart, Some(crate::spec::MIN_MEMORY_RESTART));
+        assert_eq!(spec.start_secs, Some(5));
+        assert_eq!(
+            spec.watch,
+            Some(celistra_proto::Watch {
+                paths: vec!["src".into()],
+                ignore: Some(vec!["node_modules".into(), "*.log".into()]),
+                delay_ms: Some(500),
+            })
+        );
+        for key in ["instances", "max_memory_restart", "min_uptime", "watch"] {
+            assert_eq!(note(&got, key).kind, NoteKind::Mapped, "{key}");
+        }
+        for key in ["exec_mode", "wait_ready", "listen_timeout", "increment_var"] {
             let n = note(&got, key);
             assert_eq!(n.kind, NoteKind::Unsupported, "{key}");
-            assert!(n.message.starts_with("not supported yet"), "{n}");
+            assert!(!n.message.contains("not supported yet"), "{n}");
         }
-        assert!(
-            note(&got, "max_memory_restart")
-                .message
-                .contains("307200 bytes")
-        );
-        assert!(note(&got, "wait_ready").message.contains("within 8000 ms"));
+        assert!(note(&got, "exec_mode").message.contains("--socket"));
+        assert!(note(&got, "wait_ready").message.contains("--ready-line"));
+        assert!(note(&got, "listen_timeout").message.contains("8000 ms"));
+        let whole_dir = import("apps:\n- script: a.js\n  watch: true\n  instances: -1\n");
+        let spec = &whole_dir.agents[0];
+        assert_eq!(spec.watch.as_ref().unwrap().paths, ["."]);
+        assert_eq!(spec.watch.as_ref().unwrap().ignore, None);
+        assert_eq!(spec.instances, Some(3), "-1: one fewer than the CPUs");
         let trivial = "apps:\n- script: a.js\n  instances: 1\n  exec_mode: fork\n  watch: false\n";
         assert!(import(trivial).notes.is_empty());
         assert!(from_text("apps:\n- script: a.js\n  instances: lots\n", &options(None)).is_err());

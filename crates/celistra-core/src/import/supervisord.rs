@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use celistra_proto::{AgentSpec, Signal};
+use celistra_proto::{AgentSpec, Dependency, DependencyCondition, Signal};
 
-use super::{Import, ImportError, KEEPS_HISTORY, Note, NoteKind, Place, pending};
+use super::{Import, ImportError, KEEPS_HISTORY, Note, NoteKind, Place};
 
 /// One parsed file.
 #[derive(Debug, Clone)]
@@ -311,11 +311,13 @@ pub fn convert(files: &[IniFile], context: &Context) -> Result<Import, ImportErr
     ordered.sort_by_key(|(priority, _)| *priority);
     let priorities: Vec<i64> = ordered.iter().map(|(priority, _)| *priority).collect();
     import.agents = ordered.into_iter().map(|(_, spec)| spec).collect();
-    if !priority_keys.is_empty()
-        && let Err(why) = pending::start_order(&mut import.agents, &priorities)
-    {
+    if !priority_keys.is_empty() {
+        start_order(&mut import.agents, &priorities);
         let noted = priority_keys.into_iter().map(|key| Note {
-            message: why.clone(),
+            kind: NoteKind::Mapped,
+            message: "start order: the agent depends on (condition `started`) the programs of \
+                the next lower priority that start by themselves; they stop in reverse order"
+                .into(),
             ..key
         });
         import.notes.extend(noted);
@@ -535,9 +537,7 @@ fn program<'a>(
                 "startsecs" => {
                     let secs = u64::try_from(number(&entry.value).map_err(fail)?)
                         .map_err(|_| fail("startsecs is negative".into()))?;
-                    if let Err(why) = pending::start_secs(&mut spec, secs) {
-                        note(place.note(NoteKind::Unsupported, why));
-                    }
+                    spec.start_secs = Some(secs).filter(|secs| *secs > 0);
                 }
                 "startretries" => {
                     let retries = u32::try_from(number(&entry.value).map_err(fail)?)
@@ -708,6 +708,26 @@ fn environment(text: &str) -> Result<BTreeMap<String, String>, String> {
         env.insert(key.trim().to_owned(), unquoted.to_owned());
     }
     Ok(env)
+}
+
+/// supervisord's `priority` as dependencies: `agents`, sorted by `priorities` (lowest first, one
+/// per agent), each wait (condition `started`) for the agents of the next lower priority that
+/// start by themselves (one created stopped would hold them back for ever).
+fn start_order(agents: &mut [AgentSpec], priorities: &[i64]) {
+    for index in 0..agents.len() {
+        let own = priorities[index];
+        let Some(&below) = priorities[..index].iter().rfind(|p| **p < own) else {
+            continue;
+        };
+        let depends_on: Vec<Dependency> = (0..index)
+            .filter(|&i| priorities[i] == below && !agents[i].no_autostart)
+            .map(|i| Dependency {
+                agent: agents[i].name.clone(),
+                condition: DependencyCondition::Started,
+            })
+            .collect();
+        agents[index].depends_on = depends_on;
+    }
 }
 
 #[cfg(test)]
@@ -901,13 +921,35 @@ redirect_stderr=true
     }
 
     #[test]
-    fn keys_of_fields_not_built_yet_are_reported_as_such() {
-        let got = import("[program:p]\ncommand=x\nstartsecs=5\npriority=10\n");
-        for key in ["startsecs", "priority"] {
-            let note = notes_of(&got, key)[0];
-            assert_eq!(note.kind, NoteKind::Unsupported);
-            assert!(note.message.starts_with("not supported yet"), "{note}");
-        }
+    fn startsecs_is_the_start_window_and_priorities_become_dependencies() {
+        let got = import(
+            "[program:db]\ncommand=db\npriority=1\nstartsecs=5\n\
+             [program:cache]\ncommand=cache\npriority=1\nstartsecs=0\n\
+             [program:manual]\ncommand=m\npriority=1\nautostart=false\n\
+             [program:web]\ncommand=web\npriority=10\n\
+             [program:worker]\ncommand=worker\npriority=20\n",
+        );
+        let by_name = |name: &str| got.agents.iter().find(|a| a.name == name).unwrap();
+        assert_eq!(by_name("db").start_secs, Some(5));
+        assert_eq!(by_name("cache").start_secs, None);
+        let depends = |name: &str| -> Vec<(String, DependencyCondition)> {
+            by_name(name)
+                .depends_on
+                .iter()
+                .map(|d| (d.agent.clone(), d.condition))
+                .collect()
+        };
+        let started = DependencyCondition::Started;
+        // The next lower priority only, and not an agent that waits for an operator.
+        assert_eq!(
+            depends("web"),
+            [("db".to_owned(), started), ("cache".to_owned(), started)]
+        );
+        assert_eq!(depends("worker"), [("web".to_owned(), started)]);
+        assert!(depends("db").is_empty());
+        let priority = notes_of(&got, "priority")[0];
+        assert_eq!(priority.kind, NoteKind::Mapped);
+        assert!(priority.message.contains("reverse"), "{priority}");
     }
 
     #[test]
@@ -964,12 +1006,8 @@ bogus=1
         );
         let priorities = notes_of(&got, "priority");
         assert_eq!(priorities.len(), 2, "the group's and b's");
-        assert!(
-            priorities
-                .iter()
-                .all(|n| n.kind == NoteKind::Unsupported
-                    && n.message.starts_with("not supported yet"))
-        );
+        assert!(priorities.iter().all(|n| n.kind == NoteKind::Mapped));
+        assert_eq!(got.agents[1].depends_on[0].agent, "b");
         let programs = notes_of(&got, "programs")[0];
         assert!(programs.message.contains("ctl stop a b"), "{programs}");
         assert_eq!(notes_of(&got, "bogus")[0].line, Some(21));

@@ -207,6 +207,7 @@ async fn read(args: &ImportArgs) -> Result<Import, Failure> {
                 file: shown.clone(),
                 base_dir: here.clone(),
                 env_name: args.env.clone(),
+                cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             };
             if is_javascript(&args.file) {
                 let value = evaluate(&args.file, &here).await?;

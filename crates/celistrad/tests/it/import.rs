@@ -293,18 +293,22 @@ setInterval(() => {}, 1000);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(
-            "ecosystem.config.js: apps[0] (api) instances: not imported: not supported yet"
-        ),
+        stderr
+            .contains("ecosystem.config.js: apps[0] (api) instances: mapped: instances 2: a group"),
         "{stderr}"
     );
-    daemon.wait_state("api", AgentState::Running).await;
-    crate::approvals::wait_output(
-        &daemon,
-        "api",
-        "api in production on 4321 with --mode|fast lane",
-    )
-    .await;
+    // Two instances of the group `api`, each its own agent with the app's settings.
+    for instance in ["api-0", "api-1"] {
+        daemon.wait_state(instance, AgentState::Running).await;
+        crate::approvals::wait_output(
+            &daemon,
+            instance,
+            "api in production on 4321 with --mode|fast lane",
+        )
+        .await;
+        let spec = daemon.client.get_agent_spec(instance).await.expect("spec");
+        assert_eq!(spec.memory_restart, Some(500 * 1024 * 1024));
+    }
     let yaml = write(
         dir,
         "ecosystem.yaml",
@@ -375,7 +379,7 @@ async fn strict_refuses_a_file_with_keys_not_imported_and_applies_nothing() {
     let conf = write(
         daemon.work.path(),
         "app.conf",
-        "[program:app]\ncommand=sleep 300\nstartsecs=5\n",
+        "[program:app]\ncommand=sleep 300\nstdout_logfile=/tmp/app.log\n",
     );
     let out = import(
         &daemon,
@@ -385,7 +389,7 @@ async fn strict_refuses_a_file_with_keys_not_imported_and_applies_nothing() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("app.conf:3: [program:app] startsecs: not imported: not supported yet"),
+        stderr.contains("app.conf:3: [program:app] stdout_logfile: not imported: Celistra keeps"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was applied"), "{stderr}");
