@@ -55,6 +55,7 @@ fn with_query(path: &str, query: &impl Serialize) -> String {
 const VIA_HUB: &[&str] = &[
     "/v1/health",
     "/v1/agents",
+    "/v1/groups",
     "/v1/apply",
     "/v1/usage",
     "/v1/logs",

@@ -9,6 +9,7 @@ mod approvals;
 mod asks;
 mod audit;
 mod blocks;
+mod code_pages;
 mod events;
 mod file_watch;
 mod fleet;
@@ -512,11 +513,10 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
             router: in_process,
         });
     }
-    // Start-up code does not run again: its pages go back (they stay in the page cache).
-    tokio::task::spawn_blocking(|| match celistra_sandbox::release_executable_pages() {
-        Ok(bytes) => tracing::debug!(bytes, "released the executable's start-up pages"),
-        Err(e) => tracing::debug!("the executable's start-up pages stay: {e}"),
-    });
+    let code_pages = tokio::spawn(code_pages::release_when_quiet(
+        Arc::clone(&services.events),
+        stopping.clone(),
+    ));
 
     let keeper_lost = async {
         match &services.keeper {
@@ -547,6 +547,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
     stopping.cancel();
     let _ = scheduler.await;
     let _ = file_watch.await;
+    let _ = code_pages.await;
     if keep_agents {
         supervisor.leave().await;
     } else {
