@@ -73,6 +73,14 @@ struct Registry {
     groups: std::collections::BTreeMap<String, crate::store::StoredGroup>,
 }
 
+/// An operator's stop, start or restart (`Supervisor::lifecycle`).
+#[derive(Clone, Copy)]
+enum Lifecycle {
+    Stop,
+    Start,
+    Restart,
+}
+
 #[derive(Debug)]
 pub(crate) struct Supervisor {
     pub services: Arc<Services>,
@@ -742,52 +750,44 @@ impl Supervisor {
     }
 
     pub(crate) async fn stop(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
-        self.lifecycle(key, actor, Command::Stop, stop_requested)
-            .await
+        self.lifecycle(key, actor, Lifecycle::Stop).await
     }
 
     /// Starts an agent, or, when its dependencies are not met, makes it wait for them.
     pub(crate) async fn start(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
-        // A group's name starts every instance.
-        let handles = self.agent_or_group(key)?;
-        for handle in &handles {
-            let name = handle.info().name.clone();
-            self.services
-                .events
-                .publish(start_requested(handle.id.clone(), name, actor));
-            if handle.info().state.is_active() {
-                handle.ask(actor, Command::Start).await?;
-            } else {
-                self.start_or_wait(handle, actor).await?;
-            }
-        }
-        self.sync().await?;
-        Ok(handles[0].info().clone())
+        self.lifecycle(key, actor, Lifecycle::Start).await
     }
 
     pub(crate) async fn restart(&self, key: &str, actor: &Actor) -> Result<AgentInfo, ApiError> {
         self.refuse_if_stopping()?;
-        self.lifecycle(key, actor, Command::Restart, start_requested)
-            .await
+        self.lifecycle(key, actor, Lifecycle::Restart).await
     }
 
-    /// Publishes the operator's request, has the agent's task carry it out, and waits until the
-    /// resulting desired state is on disk.
+    /// Publishes the operator's request for the agent (or every instance of the group `key`
+    /// names), has its task carry it out, and waits until the resulting desired state is on disk.
     async fn lifecycle(
         &self,
         key: &str,
         actor: &Actor,
-        command: fn(agent::Reply) -> Command,
-        requested: fn(String, String, &Actor) -> EventKind,
+        act: Lifecycle,
     ) -> Result<AgentInfo, ApiError> {
         let handles = self.agent_or_group(key)?;
         for handle in &handles {
-            let name = handle.info().name.clone();
-            self.services
-                .events
-                .publish(requested(handle.id.clone(), name, actor));
-            handle.ask(actor, command).await?;
+            let (id, name) = (handle.id.clone(), handle.info().name.clone());
+            let requested = match act {
+                Lifecycle::Stop => stop_requested(id, name, actor),
+                Lifecycle::Start | Lifecycle::Restart => start_requested(id, name, actor),
+            };
+            self.services.events.publish(requested);
+            match act {
+                Lifecycle::Stop => handle.ask(actor, Command::Stop).await?,
+                Lifecycle::Restart => handle.ask(actor, Command::Restart).await?,
+                Lifecycle::Start if handle.info().state.is_active() => {
+                    handle.ask(actor, Command::Start).await?;
+                }
+                Lifecycle::Start => self.start_or_wait(handle, actor).await?,
+            }
         }
         self.sync().await?;
         Ok(handles[0].info().clone())

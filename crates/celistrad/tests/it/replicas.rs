@@ -436,14 +436,8 @@ fn listening_sockets(port: u16) -> usize {
 async fn a_privileged_malformed_or_taken_socket_address_is_refused_saying_why() {
     let daemon = Daemon::start().await;
     let work = daemon.work.path().display().to_string();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken_port = taken.local_addr().unwrap().port().to_string();
-    for (socket, says) in [
-        ("80", "below 1024"),
-        ("localhost:8080", "neither a port"),
-        (taken_port.as_str(), "another program listens there"),
-    ] {
-        let output = daemon.ctl(&[
+    let spawn_group = |socket: &str| {
+        daemon.ctl(&[
             "spawn",
             "--name",
             "svc",
@@ -455,7 +449,16 @@ async fn a_privileged_malformed_or_taken_socket_address_is_refused_saying_why() 
             socket,
             "--",
             "sleep 600",
-        ]);
+        ])
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    for (socket, says) in [
+        ("80", "below 1024"),
+        ("localhost:8080", "neither a port"),
+        (taken_port.as_str(), "another program listens there"),
+    ] {
+        let output = spawn_group(socket);
         assert_eq!(output.status.code(), Some(1), "{socket}: {output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(says), "{socket}: {stderr}");
@@ -463,19 +466,7 @@ async fn a_privileged_malformed_or_taken_socket_address_is_refused_saying_why() 
     assert!(daemon.client.list_agents().await.unwrap().is_empty());
     // Nothing of the refused groups is left: the name is free.
     drop(taken);
-    let output = daemon.ctl(&[
-        "spawn",
-        "--name",
-        "svc",
-        "--workspace",
-        &work,
-        "--instances",
-        "2",
-        "--socket",
-        &taken_port,
-        "--",
-        "sleep 600",
-    ]);
+    let output = spawn_group(&taken_port);
     assert!(output.status.success(), "{output:?}");
 }
 
