@@ -123,10 +123,17 @@ fn bind(address: &ListenAddr) -> std::io::Result<OwnedFd> {
             Ok(OwnedFd::from(listener))
         }
         ListenAddr::Unix(path) => {
-            // A socket file left by a daemon that stopped or crashed; anything else is refused.
+            // A socket file left by a daemon that stopped or crashed goes; a socket someone still
+            // accepts on is another program's, and anything else is refused by the bind.
             if let Ok(meta) = std::fs::symlink_metadata(path)
                 && std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type())
             {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("another program listens on {path}"),
+                    ));
+                }
                 std::fs::remove_file(path)?;
             }
             let listener = std::os::unix::net::UnixListener::bind(path)?;
@@ -183,5 +190,23 @@ mod tests {
         let first = sockets.get(&port.to_string()).unwrap();
         let again = sockets.get(&format!("127.0.0.1:{port}")).unwrap();
         assert!(Arc::ptr_eq(&first, &again));
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_left_behind_is_replaced_and_a_live_one_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.sock");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let sockets = SharedSockets::default();
+        let error = sockets.get(&path.display().to_string()).unwrap_err();
+        assert!(
+            error.message.contains("another program listens"),
+            "{}",
+            error.message
+        );
+        assert!(path.exists(), "the other program's socket stays");
+        // Its program gone, the file is a leftover and makes room for a new socket.
+        drop(live);
+        assert!(sockets.get(&path.display().to_string()).is_ok());
     }
 }
