@@ -685,6 +685,35 @@ impl Supervisor {
         Ok(handle.info().clone())
     }
 
+    /// Agents that depend on an agent renamed from `old_name` follow it to `new_name` (their specs,
+    /// stored too); returns their ids and names.
+    fn follow_rename(
+        &self,
+        registry: &Registry,
+        old_name: &str,
+        new_name: &str,
+    ) -> Vec<(String, String)> {
+        let mut followers = vec![];
+        for other in registry.by_id.values() {
+            let mut spec = other.spec().clone();
+            let mut changed = false;
+            for dependency in spec.depends_on.iter_mut().filter(|d| d.agent == old_name) {
+                dependency.agent = new_name.to_owned();
+                changed = true;
+            }
+            if !changed {
+                continue;
+            }
+            self.describe(&mut other.info_mut(), &spec);
+            *other.spec() = spec.clone();
+            followers.push((other.id.clone(), spec.name.clone()));
+            self.services
+                .store
+                .update(&other.id, |stored| stored.spec = spec);
+        }
+        followers
+    }
+
     /// Installs a new spec for an agent (renaming it in the registry if needed) and publishes it.
     fn replace_spec(
         &self,
@@ -694,6 +723,7 @@ impl Supervisor {
         actor: &Actor,
     ) -> Result<(), ApiError> {
         let renamed = spec.name != old_name;
+        let mut followers = vec![];
         {
             let mut registry = self.write();
             if renamed {
@@ -716,6 +746,9 @@ impl Supervisor {
             self.services
                 .store
                 .update(&handle.id, |stored| stored.spec = spec.clone());
+            if renamed {
+                followers = self.follow_rename(&registry, old_name, &spec.name);
+            }
         }
         if renamed {
             self.services.events.publish(EventKind::AgentRenamed {
@@ -732,6 +765,14 @@ impl Supervisor {
             actor: actor.name.clone(),
             actor_role: actor.role,
         });
+        for (agent_id, name) in followers {
+            self.services.events.publish(EventKind::AgentUpdated {
+                agent_id,
+                name,
+                actor: actor.name.clone(),
+                actor_role: actor.role,
+            });
+        }
         Ok(())
     }
 

@@ -332,13 +332,21 @@ async fn a_start_waits_for_stopped_dependencies_and_cycles_are_refused_naming_th
         (waiting.state, waiting.waiting_for.as_deref()),
         (AgentState::Waiting, Some("db (ready)"))
     );
-    daemon.client.start_agent("db").await.expect("start db");
+    // Renamed meanwhile, db takes its dependents along: app now waits for `base`.
+    let renamed = daemon.ctl(&["rename", "db", "base"]);
+    assert!(renamed.status.success(), "{renamed:?}");
+    let follower = daemon.client.get_agent_spec("app").await.expect("spec");
+    assert_eq!(follower.depends_on[0].agent, "base");
+    daemon.client.start_agent("base").await.expect("start base");
     daemon.wait_state("app", AgentState::Running).await;
 
-    let cycle = daemon.ctl(&["set", "db", "--depends-on", "app:started"]);
+    let cycle = daemon.ctl(&["set", "base", "--depends-on", "app:started"]);
     assert_eq!(cycle.status.code(), Some(1), "{cycle:?}");
     let said = String::from_utf8_lossy(&cycle.stderr);
-    assert!(said.contains("depends_on cycle: db → app → db"), "{said}");
+    assert!(
+        said.contains("depends_on cycle: base → app → base"),
+        "{said}"
+    );
     let unknown = daemon.ctl(&[
         "spawn",
         "--name",
