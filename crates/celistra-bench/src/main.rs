@@ -247,6 +247,24 @@ impl Daemon {
         Ok(agents)
     }
 
+    /// Creates `agents` in one apply; an error unless every one of them was created.
+    async fn create_all(&self, agents: Vec<AgentSpec>) -> Result<()> {
+        let count = agents.len();
+        let request = ApplyRequest {
+            agents,
+            prune: false,
+            dry_run: false,
+        };
+        let applied: ApplyReport = self.client().apply(&request).await?;
+        if applied.created.len() != count {
+            bail!(
+                "apply created {} agents, not {count}",
+                applied.created.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Polls until `count` agents are listed and all are running.
     async fn wait_running(&mut self, count: usize) -> Result<()> {
         loop {
@@ -455,17 +473,11 @@ async fn idle_rss(binary: &Path, report: &mut Report) -> Result<()> {
 /// Figures 2, 3, 5: Spawn 100 in one apply, RSS with 100, `ctl ls` with 100, stop all 100 concurrently.
 async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
     let mut daemon = Daemon::start(binary, None).await?;
-    let request = ApplyRequest {
-        agents: sleepers(100),
-        prune: false,
-        dry_run: false,
-    };
+    let agents = sleepers(100);
+    let names: Vec<String> = agents.iter().map(|spec| spec.name.clone()).collect();
     let started = Instant::now();
-    let applied: ApplyReport = daemon.client().apply(&request).await?;
+    daemon.create_all(agents).await?;
     let answered = started.elapsed();
-    if applied.created.len() != 100 {
-        bail!("apply created {} agents, not 100", applied.created.len());
-    }
     daemon.wait_running(100).await?;
     let all_running = started.elapsed();
     report.add(
@@ -499,10 +511,9 @@ async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
     let started = Instant::now();
     let client = daemon.client();
     let answers = join_all(
-        request
-            .agents
+        names
             .iter()
-            .map(|spec| async move { client.stop_agent(&spec.name).await }),
+            .map(|name| async move { client.stop_agent(name).await }),
     )
     .await;
     let answered = started.elapsed();

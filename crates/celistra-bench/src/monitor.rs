@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use celistra_proto::{AgentSpec, ApplyReport, ApplyRequest};
+use anyhow::{Context, Result};
+use celistra_proto::AgentSpec;
 
 use crate::{Daemon, Report, ms, phase_within, sleepers};
 
@@ -128,20 +128,7 @@ async fn daemon_cpu(binary: &Path, agents: Vec<AgentSpec>, window: Duration) -> 
     let mut daemon = Daemon::start(binary, None).await?;
     let count = agents.len();
     if count > 0 {
-        let applied: ApplyReport = daemon
-            .client()
-            .apply(&ApplyRequest {
-                agents,
-                prune: false,
-                dry_run: false,
-            })
-            .await?;
-        if applied.created.len() != count {
-            bail!(
-                "apply created {} agents, not {count}",
-                applied.created.len()
-            );
-        }
+        daemon.create_all(agents).await?;
         daemon.wait_running(count).await?;
     }
     let cgroups = if daemon.client().get_health().await?.cgroups {

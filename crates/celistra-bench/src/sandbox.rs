@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use celistra_proto::{AgentInfo, AgentSpec, ApplyReport, ApplyRequest, EventsQuery};
+use celistra_proto::{AgentInfo, AgentSpec, EventsQuery};
 
 use crate::{Daemon, Report, median_p95, ms, phase};
 
@@ -143,17 +143,7 @@ async fn hundred_sandboxed(binary: &Path, report: &mut Report) -> Result<()> {
         })
         .collect();
     let started = Instant::now();
-    let applied: ApplyReport = daemon
-        .client()
-        .apply(&ApplyRequest {
-            agents,
-            prune: false,
-            dry_run: false,
-        })
-        .await?;
-    if applied.created.len() != 100 {
-        bail!("apply created {} agents, not 100", applied.created.len());
-    }
+    daemon.create_all(agents).await?;
     daemon.wait_running(100).await?;
     let all_running = started.elapsed();
     while sleeping(&tag) < 100 {

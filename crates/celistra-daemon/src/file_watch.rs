@@ -54,9 +54,12 @@ impl Shared {
         });
         batch.last_change = Instant::now();
         batch.changes += 1;
-        let shown = path.display().to_string();
-        if batch.paths.len() < PATHS_SHOWN && !batch.paths.contains(&shown) {
-            batch.paths.push(shown);
+        // A flood of changes only counts once the paths shown are gathered.
+        if batch.paths.len() < PATHS_SHOWN {
+            let shown = path.display().to_string();
+            if !batch.paths.contains(&shown) {
+                batch.paths.push(shown);
+            }
         }
         drop(batches);
         self.wake.notify_one();
