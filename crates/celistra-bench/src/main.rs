@@ -579,9 +579,11 @@ async fn next_restart(events: &mut SseStream, agent_id: &str, old: u32) -> Resul
     }
 }
 
-/// Figure 4: latency from SIGKILL of an auto-restarting agent to its `agent_restarted` event, with
-/// default settings except that every crash counts as the first of a streak (the first restart after
-/// a healthy run, which the policy makes immediate).
+/// Figure 4: latency from SIGKILL of an auto-restarting agent's program to its `agent_restarted`
+/// event, with default settings except that every crash counts as the first of a streak (the first
+/// restart after a healthy run, which the policy makes immediate). Sandboxed, the program is the
+/// process below the two bubblewrap processes (as `../shared/bench` kills it, and as a crash ends
+/// it), and the event comes once the new program runs inside its sandbox.
 async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) -> Result<()> {
     let mut daemon = Daemon::start(binary, None).await?;
     let mut spec = AgentSpec {
@@ -607,7 +609,12 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
     let mut samples = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let target = Pid::from_raw(pid as i32).context("bad pid")?;
+        let program = if sandboxed {
+            below_bubblewrap(pid).context("no program below the sandbox's bubblewrap")?
+        } else {
+            pid
+        };
+        let target = Pid::from_raw(program as i32).context("bad pid")?;
         let started = Instant::now();
         rustix::process::kill_process(target, Signal::KILL)
             .with_context(|| format!("kill -9 {pid}"))?;
@@ -620,10 +627,10 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
     let measured = format!("median {:.1} ms, p95 {:.1} ms", ms(median), ms(p95));
     if sandboxed {
         report.add(
-            "first restart after SIGKILL, sandboxed (until the program runs again)",
-            "none (the sandbox's own cost: see spawn)",
+            "first restart after SIGKILL of the program, sandboxed (until it runs again inside)",
+            "median <= 5 ms, p95 <= 10 ms",
             measured,
-            None,
+            Some(median <= Duration::from_millis(5) && p95 <= Duration::from_millis(10)),
         );
     } else {
         report.add(
@@ -634,6 +641,21 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
         );
     }
     Ok(())
+}
+
+/// The first process below `pid` (and the bubblewrap processes under it) that is not bubblewrap.
+fn below_bubblewrap(pid: u32) -> Option<u32> {
+    let mut current = pid;
+    for _ in 0..4 {
+        let comm = std::fs::read_to_string(format!("/proc/{current}/comm")).ok()?;
+        if comm.trim_end() != "bwrap" {
+            return Some(current);
+        }
+        let children = std::fs::read_to_string(format!("/proc/{current}/task/{current}/children"))
+            .ok()?;
+        current = children.split_whitespace().filter_map(|p| p.parse().ok()).min()?;
+    }
+    None
 }
 
 /// Starts a daemon and one apply of 1000 sleepers; the time until all run.
@@ -827,7 +849,7 @@ fn parse_args() -> Result<Args> {
                      --baseline PATH: another celistrad (an older build) whose `ctl ls` at 1000 agents\n\
                      is timed with this one's, the runs interleaved.\n\
                      --only agents: memory, spawn, restart, stop and `ctl ls` phases.\n\
-                     --only restart: the restart latency of the agents phases only.\n\
+                     --only restart: the restart latency of the agents phases, and sandboxed.\n\
                      --only logs: log throughput (PTY, pipe) and search phases.\n\
                      --only throughput: log throughput phases only.\n\
                      --only terminal: terminal fan-out to 1, 10 and 100 viewers.\n\
@@ -926,6 +948,7 @@ async fn bench() -> Result<()> {
     }
     if only == Only::Restart {
         results.push(phase("restart", restart_latency(&binary, &mut report, false)).await);
+        results.push(phase("sandboxed restart", restart_latency(&binary, &mut report, true)).await);
     }
     if only == Only::All || only == Only::Agents {
         results.extend([phase_within(

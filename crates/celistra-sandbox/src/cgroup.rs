@@ -231,6 +231,27 @@ impl CgroupRoot {
         Ok(AgentCgroup { dir })
     }
 
+    /// The cgroup of agent `id` for a new run: made anew when the one of an earlier run is empty,
+    /// else (stragglers still dying) reused. Linux 6.18 kills every child started with
+    /// `CLONE_INTO_CGROUP` in a cgroup that `cgroup.kill` was ever written to (it compares the
+    /// kill counts of the parent's cgroup and of the target), so a run starts in a fresh one
+    /// where it can; the spawn notices the other case and joins by writing `cgroup.procs`.
+    pub fn agent_for_run(&self, id: &str) -> Result<AgentCgroup, Error> {
+        let dir = self.dir.join(id);
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EBUSY)) => {}
+            Err(source) => {
+                return Err(Error::Cgroup {
+                    path: dir.display().to_string(),
+                    source,
+                });
+            }
+        }
+        create_or_reuse(&dir)?;
+        Ok(AgentCgroup { dir })
+    }
+
     /// Kills every process below this cgroup and removes it.
     pub fn destroy(&self) {
         destroy_instance(&self.dir, CgroupVersion::V2);
@@ -381,6 +402,9 @@ pub(crate) fn remove_cgroup(dir: &Path, version: CgroupVersion) {
 /// SIGKILLs every process in cgroup `dir` (v2: and below it).
 pub(crate) fn kill_all(dir: &Path, version: CgroupVersion) {
     match version {
+        // An empty cgroup is left alone: a write to cgroup.kill marks it for good (see
+        // `CgroupRoot::agent_for_run`).
+        CgroupVersion::V2 if !populated(dir) => {}
         CgroupVersion::V2 => {
             if let Err(e) = fs::write(dir.join("cgroup.kill"), "1")
                 && e.kind() != ErrorKind::NotFound
@@ -389,6 +413,15 @@ pub(crate) fn kill_all(dir: &Path, version: CgroupVersion) {
             }
         }
         CgroupVersion::V1 => kill_listed(dir),
+    }
+}
+
+/// Whether a v2 cgroup or one below it holds a live process (`populated` in `cgroup.events`);
+/// true when that cannot be read.
+fn populated(dir: &Path) -> bool {
+    match fs::read_to_string(dir.join("cgroup.events")) {
+        Ok(events) => !events.lines().any(|line| line == "populated 0"),
+        Err(e) => e.kind() != ErrorKind::NotFound,
     }
 }
 

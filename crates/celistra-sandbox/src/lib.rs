@@ -25,12 +25,14 @@ mod guard;
 pub mod keeper;
 mod limits;
 mod linux;
+#[allow(unsafe_code, reason = "clone3, execve and _exit in the child")]
+mod fork;
 #[allow(unsafe_code, reason = "madvise on the executable's own mappings")]
 mod memory;
 mod policy;
 mod reaper;
 mod seatbelt;
-#[allow(unsafe_code, reason = "pre_exec, fork-time syscalls")]
+#[allow(unsafe_code, reason = "fork-time syscalls on raw descriptors")]
 mod spawn;
 mod tool;
 mod usage;

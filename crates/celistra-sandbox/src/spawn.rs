@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -13,11 +13,13 @@ use rustix::process::{Gid, Pid, Signal, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{join_cgroup, procs_path_c};
-use crate::limits::LaunchLimits;
+use crate::fork::{self, Forked, Image};
+use crate::limits::{ChildLimits, LaunchLimits};
 use crate::{AgentCgroup, AgentLimits, Credentials, Error, SandboxPlan};
 
 /// Serialises every fork of this process. pty-process opens a PTY master and only then marks it
 /// close-on-exec; a fork from another thread in between would leak one agent's terminal into another.
+/// It also keeps the orphan reaper from reaping a child before a [`Child`] owns it.
 static SPAWN_LOCK: Mutex<()> = Mutex::new(());
 
 /// Pids of children that a [`Child`] owns and will reap itself; the orphan reaper leaves them alone.
@@ -65,9 +67,9 @@ pub struct SpawnSpec<'a> {
 /// A spawned child with its standard streams on pipes.
 pub struct SpawnedPipes {
     pub child: Child,
-    pub stdin: tokio::process::ChildStdin,
-    pub stdout: tokio::process::ChildStdout,
-    pub stderr: tokio::process::ChildStderr,
+    pub stdin: tokio::net::unix::pipe::Sender,
+    pub stdout: tokio::net::unix::pipe::Receiver,
+    pub stderr: tokio::net::unix::pipe::Receiver,
     /// For a sandboxed child: when its program starts (see [`SandboxReady`]).
     pub ready: Option<SandboxReady>,
 }
@@ -151,22 +153,24 @@ impl ExitInfo {
 /// A child process that this crate reaps. Its pid is also its session id and process-group id.
 #[derive(Debug)]
 pub struct Child {
-    inner: tokio::process::Child,
+    pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
     pid: u32,
     /// The process is bubblewrap, which reports the program's death by signal as an exit code.
     sandboxed: bool,
+    /// How it ended, once reaped.
+    ended: Option<ExitInfo>,
 }
 
 impl Child {
-    fn adopt(inner: tokio::process::Child, sandboxed: bool) -> Result<Child, std::io::Error> {
-        let pid = inner
-            .id()
-            .ok_or_else(|| std::io::Error::other("child exited before its pid was read"))?;
-        owned_pids().get_or_insert_with(HashSet::new).insert(pid);
+    fn adopt(forked: Forked, sandboxed: bool) -> Result<Child, std::io::Error> {
+        owned_pids()
+            .get_or_insert_with(HashSet::new)
+            .insert(forked.pid);
         Ok(Child {
-            inner,
-            pid,
+            pidfd: crate::keeper::wire::register(forked.pidfd, tokio::io::Interest::READABLE)?,
+            pid: forked.pid,
             sandboxed,
+            ended: None,
         })
     }
 
@@ -177,15 +181,28 @@ impl Child {
     /// Waits for the process to exit and reaps it. For a sandboxed child, an exit code of 128+N
     /// from bubblewrap is reported as signal N (see [`ExitInfo`]).
     pub async fn wait(&mut self) -> std::io::Result<ExitInfo> {
-        let status = self.inner.wait().await?;
-        Ok(if self.sandboxed {
-            ExitInfo::of_sandboxed(status.code(), status.signal())
-        } else {
-            ExitInfo {
-                code: status.code(),
-                signal: status.signal(),
+        loop {
+            if let Some(ended) = self.ended {
+                return Ok(ended);
             }
-        })
+            // A pidfd is readable once its process has exited.
+            let mut readable = self.pidfd.readable().await?;
+            let reaped = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(self.pidfd.get_ref().as_fd()),
+                rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+            )?;
+            let Some(status) = reaped else {
+                readable.clear_ready();
+                continue;
+            };
+            let code = status.exit_status().filter(|_| status.exited());
+            let signal = status.terminating_signal();
+            self.ended = Some(if self.sandboxed {
+                ExitInfo::of_sandboxed(code, signal)
+            } else {
+                ExitInfo { code, signal }
+            });
+        }
     }
 }
 
@@ -301,15 +318,6 @@ impl SpawnSpec<'_> {
     }
 }
 
-/// Where the child's standard streams are.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Streams {
-    /// A PTY whose session pty-process creates; fd 0 is its slave side.
-    Pty,
-    /// Pipes; the child makes its own session.
-    Pipes,
-}
-
 impl Launch {
     /// The agent's v2 cgroup, if it has one.
     pub fn cgroup(&self) -> Option<&std::path::Path> {
@@ -325,8 +333,8 @@ impl Launch {
     }
 
     /// A close-on-exec pipe for a sandboxed spawn's readiness; the child keeps the write end
-    /// across exec (see `supervise_child`). The write end is above [`LISTENER_FD`], which a shared
-    /// listening socket takes in the child.
+    /// across exec (see [`ChildSetup::enter`]). The write end is above [`LISTENER_FD`], which a
+    /// shared listening socket takes in the child.
     fn readiness_pipe(&self) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {
         if !self.sandboxed {
             return Ok(None);
@@ -338,105 +346,82 @@ impl Launch {
         Ok(Some((reader, writer)))
     }
 
-    /// What the child does between fork and exec: its own session, its cgroup (while still
-    /// root), its user, death with its parent, and for a sandbox the signals bubblewrap must
-    /// ignore. Everything it needs is prepared before the fork.
-    fn supervise_child(
+    /// Starts the child with `streams` as its fds 0 to 2: in its cgroup from its first
+    /// instruction, then [`ChildSetup::enter`], then `execve`.
+    fn start(
         &self,
-        streams: Streams,
-        ready_fd: Option<std::os::fd::RawFd>,
-        listener: Option<std::os::fd::RawFd>,
-    ) -> Result<impl FnMut() -> std::io::Result<()> + Send + Sync + 'static, Error> {
-        let cgroup_procs: Option<CString> = self
+        streams: Streams<'_>,
+        ready_fd: Option<RawFd>,
+        listener: Option<RawFd>,
+    ) -> Result<Child, Error> {
+        let mut env = self.env.clone();
+        if let Some(fd) = ready_fd {
+            env.push((READY_FD_ENV.to_owned(), fd.to_string()));
+        }
+        let image = Image::new(&self.program, &self.args, &env).map_err(|e| self.error(e))?;
+        let setup = self
+            .child_setup(streams, ready_fd, listener)
+            .map_err(|e| self.error(e))?;
+        let cgroup = self
             .cgroup
             .as_deref()
-            .map(procs_path_c)
-            .transpose()
-            .map_err(|e| self.error(e))?;
-        let identity = self.identity.clone().map(|identity| {
-            (
-                Uid::from_raw(identity.uid),
-                Gid::from_raw(identity.gid),
-                identity
-                    .groups
-                    .iter()
-                    .map(|&g| Gid::from_raw(g))
-                    .collect::<Vec<_>>(),
-            )
-        });
-        let sandboxed = self.sandboxed;
-        let limits = self.limits.for_child().map_err(|e| self.error(e))?;
-        let audit_login = self.audit_login_uid.map(|uid| uid.to_string());
-        let parent_pid = rustix::process::getpid();
-        Ok(move || {
-            if streams == Streams::Pipes {
-                rustix::process::setsid()?;
-            }
-            if let Some((uid, gid, _)) = identity.as_ref().filter(|_| streams == Streams::Pty) {
-                // SAFETY: fd 0 is the PTY slave, open for the whole closure.
-                let slave = unsafe { BorrowedFd::borrow_raw(0) };
-                rustix::fs::fchown(slave, Some(*uid), Some(*gid))?;
-            }
-            // Joining a cgroup needs the spawner's privileges: before giving them up.
-            if let Some(procs) = &cgroup_procs {
-                join_cgroup(procs)?;
-            }
-            limits.enter()?;
-            if let Some(uid) = &audit_login {
-                // Needs CAP_AUDIT_CONTROL, so before the credentials change. Best effort: without
-                // it blocks are still enforced, only attributed by cgroup instead.
-                if let Ok(fd) = rustix::fs::open(
-                    c"/proc/self/loginuid",
-                    rustix::fs::OFlags::WRONLY,
+            .map(|dir| {
+                rustix::fs::open(
+                    dir,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
                     rustix::fs::Mode::empty(),
-                ) {
-                    let _ = rustix::io::write(&fd, uid.as_bytes());
-                }
-            }
-            if let Some((uid, gid, groups)) = &identity {
-                // The child has one thread, so the per-thread system calls change the process.
-                rustix::thread::set_thread_groups(groups)?;
-                rustix::thread::set_thread_gid(*gid)?;
-                rustix::thread::set_thread_uid(*uid)?;
-            }
-            // After the credential change, which clears the death signal.
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            if rustix::process::getppid() != Some(parent_pid) {
-                // The spawner died between fork and prctl: do not run unsupervised.
-                rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
-            }
-            if let Some(fd) = listener {
-                if fd == LISTENER_FD {
-                    // SAFETY: the caller keeps the socket open until the spawn returned.
-                    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-                } else {
-                    // SAFETY: both numbers are descriptors of this process; dup2 makes the copy
-                    // without close-on-exec. fd 3 held nothing the child needs (the readiness
-                    // pipe is above it, the PTY or pipes are 0 to 2).
-                    if unsafe { libc::dup2(fd, LISTENER_FD) } < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-            }
-            if let Some(fd) = ready_fd {
-                // SAFETY: the parent keeps the write end open until the spawn returned.
-                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            }
-            if sandboxed {
-                for signal in IGNORED_ABOVE_THE_SANDBOX {
-                    // SAFETY: sets a disposition, no handler; async-signal-safe.
-                    unsafe { libc::signal(signal, libc::SIG_IGN) };
-                }
-            }
-            Ok(())
+                )
+            })
+            .transpose()
+            .map_err(|e| self.error(e.into()))?;
+        let forked = fork::spawn(cgroup.as_ref().map(AsFd::as_fd), &image, &mut |in_cgroup| {
+            setup.enter(in_cgroup)
+        })
+        .map_err(|e| self.error(e))?;
+        Child::adopt(forked, self.sandboxed).map_err(|e| self.error(e))
+    }
+
+    /// What the child does between fork and exec, prepared before the fork.
+    fn child_setup(
+        &self,
+        streams: Streams<'_>,
+        ready_fd: Option<RawFd>,
+        listener: Option<RawFd>,
+    ) -> std::io::Result<ChildSetup> {
+        Ok(ChildSetup {
+            streams: streams.raw(),
+            cwd: CString::new(self.cwd.as_os_str().as_bytes()).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the working directory holds a NUL byte",
+                )
+            })?,
+            cgroup_procs: self.cgroup.as_deref().map(procs_path_c).transpose()?,
+            identity: self.identity.clone().map(|identity| {
+                (
+                    Uid::from_raw(identity.uid),
+                    Gid::from_raw(identity.gid),
+                    identity
+                        .groups
+                        .iter()
+                        .map(|&g| Gid::from_raw(g))
+                        .collect::<Vec<_>>(),
+                )
+            }),
+            sandboxed: self.sandboxed,
+            limits: self.limits.for_child()?,
+            audit_login: self.audit_login_uid.map(|uid| uid.to_string()),
+            parent_pid: rustix::process::getpid(),
+            ready_fd,
+            listener,
         })
     }
 
     /// Spawns the program in a new PTY of `size`. The child is the leader of a new session whose
-    /// controlling terminal is that PTY, gets SIGKILL if the spawning thread dies, and joins its
-    /// cgroup before exec.
+    /// controlling terminal is that PTY, gets SIGKILL if the spawning thread dies, and starts in
+    /// its cgroup.
     ///
     /// Call it from a long-lived thread (a tokio worker), never from `spawn_blocking`: the death
     /// signal is tied to the spawning thread.
@@ -449,24 +434,15 @@ impl Launch {
     ) -> Result<SpawnedPty, Error> {
         let ready = self.readiness_pipe()?;
         let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
-        let listener = listener.map(|fd| fd.as_raw_fd());
-        let setup = self.supervise_child(Streams::Pty, ready_fd, listener)?;
-        let mut command = pty_process::Command::new(&self.program)
-            .args(&self.args)
-            .current_dir(&self.cwd)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())));
-        // SAFETY: the closure only issues syscalls (fchown, open, write, close, setrlimit,
-        // setgroups, setgid, setuid, prctl, getppid, kill, sigaction) on data prepared before
-        // fork; it allocates nothing and takes no locks. pty-process makes the session.
-        command = unsafe { command.pre_exec(setup) };
         let _forking = spawn_lock();
         let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;
         pty.resize(pty_process::Size::new(size.rows, size.cols))
             .map_err(|e| Error::Pty(pty_error(e)))?;
-        let child = command.spawn(pts).map_err(|e| self.error(pty_error(e)))?;
-        let child = Child::adopt(child, self.sandboxed).map_err(|e| self.error(e))?;
+        let child = self.start(
+            Streams::Pty(pts.as_fd()),
+            ready_fd,
+            listener.map(|fd| fd.as_raw_fd()),
+        )?;
         Ok(SpawnedPty {
             child,
             pty,
@@ -482,42 +458,173 @@ impl Launch {
     ) -> Result<SpawnedPipes, Error> {
         let ready = self.readiness_pipe()?;
         let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
-        let listener = listener.map(|fd| fd.as_raw_fd());
-        let setup = self.supervise_child(Streams::Pipes, ready_fd, listener)?;
-        let mut command = tokio::process::Command::new(&self.program);
-        command
-            .args(&self.args)
-            .current_dir(&self.cwd)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(ready_fd.map(|fd| (READY_FD_ENV, fd.to_string())))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(false);
-        // SAFETY: as in `spawn_in_pty`; setsid is one more syscall.
-        unsafe {
-            command.pre_exec(setup);
-        }
-        let _forking = spawn_lock();
-        let mut child = command.spawn().map_err(|e| self.error(e))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(self.error(std::io::Error::other("pipes were not created")));
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| self.error(e.into()))
         };
-        for pipe in [stdout.as_fd(), stderr.as_fd()] {
+        let (stdin_reader, stdin_writer) = pipe()?;
+        let (stdout_reader, stdout_writer) = pipe()?;
+        let (stderr_reader, stderr_writer) = pipe()?;
+        for reader in [&stdout_reader, &stderr_reader] {
             // A larger pipe only saves syscalls; the default size works too.
-            let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
+            let _ = rustix::pipe::fcntl_setpipe_size(reader, PIPE_SIZE);
         }
-        let child = Child::adopt(child, self.sandboxed).map_err(|e| self.error(e))?;
+        let child = {
+            let _forking = spawn_lock();
+            self.start(
+                Streams::Pipes([
+                    stdin_reader.as_fd(),
+                    stdout_writer.as_fd(),
+                    stderr_writer.as_fd(),
+                ]),
+                ready_fd,
+                listener.map(|fd| fd.as_raw_fd()),
+            )?
+        };
+        // The child's ends are closed here, so a read sees the end once the child's are closed.
+        drop((stdin_reader, stdout_writer, stderr_writer));
+        let io = |e: std::io::Error| self.error(e);
         Ok(SpawnedPipes {
             child,
-            stdin,
-            stdout,
-            stderr,
+            stdin: tokio::net::unix::pipe::Sender::from_owned_fd(stdin_writer).map_err(io)?,
+            stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_reader).map_err(io)?,
+            stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_reader).map_err(io)?,
             ready: ready.map(|(reader, _)| SandboxReady { reader }),
         })
+    }
+}
+
+/// Where the child's standard streams are.
+#[derive(Clone, Copy)]
+enum Streams<'a> {
+    /// The slave side of a fresh PTY, which becomes the controlling terminal of the child's
+    /// session.
+    Pty(BorrowedFd<'a>),
+    /// Pipes for stdin, stdout and stderr; the child's session has no terminal.
+    Pipes([BorrowedFd<'a>; 3]),
+}
+
+impl Streams<'_> {
+    fn raw(self) -> RawStreams {
+        match self {
+            Streams::Pty(slave) => RawStreams::Pty(slave.as_raw_fd()),
+            Streams::Pipes(fds) => RawStreams::Pipes(fds.map(|fd| fd.as_raw_fd())),
+        }
+    }
+}
+
+/// [`Streams`] as the child takes them: descriptors the caller keeps open until the spawn returned.
+#[derive(Clone, Copy)]
+enum RawStreams {
+    Pty(RawFd),
+    Pipes([RawFd; 3]),
+}
+
+/// Everything the child does between fork and exec, as data prepared before the fork: its
+/// standard streams and session, its working directory, its cgroups (while still root), its user,
+/// death with its parent, and for a sandbox the signals bubblewrap must ignore.
+struct ChildSetup {
+    streams: RawStreams,
+    cwd: CString,
+    /// To join by writing, where the kernel could not start the child in its cgroup.
+    cgroup_procs: Option<CString>,
+    identity: Option<(Uid, Gid, Vec<Gid>)>,
+    sandboxed: bool,
+    limits: ChildLimits,
+    audit_login: Option<String>,
+    parent_pid: Pid,
+    ready_fd: Option<RawFd>,
+    listener: Option<RawFd>,
+}
+
+impl ChildSetup {
+    /// Runs in the child: only system calls on the prepared data; it allocates nothing and takes
+    /// no lock.
+    fn enter(&self, in_cgroup: bool) -> std::io::Result<()> {
+        // The signal mask and SIGPIPE (which Rust ignores) are inherited across exec: reset them.
+        // SAFETY: an empty set for sigprocmask, a default disposition; async-signal-safe.
+        unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        rustix::process::setsid()?;
+        let standard = match self.streams {
+            RawStreams::Pty(slave) => {
+                // SAFETY: the caller keeps the PTY slave open until the spawn returned.
+                let slave_fd = unsafe { BorrowedFd::borrow_raw(slave) };
+                rustix::process::ioctl_tiocsctty(slave_fd)?;
+                if let Some((uid, gid, _)) = &self.identity {
+                    rustix::fs::fchown(slave_fd, Some(*uid), Some(*gid))?;
+                }
+                [slave; 3]
+            }
+            RawStreams::Pipes(fds) => fds,
+        };
+        for (target, fd) in standard.into_iter().enumerate() {
+            // SAFETY: both numbers are descriptors of this process (fd is kept open by the
+            // caller); dup2 makes a copy without close-on-exec. The sources are above 2, since
+            // this process's own 0 to 2 are open.
+            if unsafe { libc::dup2(fd, target as RawFd) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        rustix::process::chdir(self.cwd.as_c_str())?;
+        // Joining a cgroup needs the spawner's privileges: before giving them up.
+        if let Some(procs) = self.cgroup_procs.as_ref().filter(|_| !in_cgroup) {
+            join_cgroup(procs)?;
+        }
+        self.limits.enter()?;
+        if let Some(uid) = &self.audit_login {
+            // Needs CAP_AUDIT_CONTROL, so before the credentials change. Best effort: without
+            // it blocks are still enforced, only attributed by cgroup instead.
+            if let Ok(fd) = rustix::fs::open(
+                c"/proc/self/loginuid",
+                rustix::fs::OFlags::WRONLY,
+                rustix::fs::Mode::empty(),
+            ) {
+                let _ = rustix::io::write(&fd, uid.as_bytes());
+            }
+        }
+        if let Some((uid, gid, groups)) = &self.identity {
+            // The child has one thread, so the per-thread system calls change the process.
+            rustix::thread::set_thread_groups(groups)?;
+            rustix::thread::set_thread_gid(*gid)?;
+            rustix::thread::set_thread_uid(*uid)?;
+        }
+        // After the credential change, which clears the death signal.
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        if rustix::process::getppid() != Some(self.parent_pid) {
+            // The spawner died between fork and prctl: do not run unsupervised.
+            rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
+        }
+        if let Some(fd) = self.listener {
+            if fd == LISTENER_FD {
+                // SAFETY: the caller keeps the socket open until the spawn returned.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            } else {
+                // SAFETY: both numbers are descriptors of this process; dup2 makes the copy
+                // without close-on-exec. fd 3 held nothing the child needs (the readiness
+                // pipe is above it, the PTY or pipes are 0 to 2 by now).
+                if unsafe { libc::dup2(fd, LISTENER_FD) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        if let Some(fd) = self.ready_fd {
+            // SAFETY: the parent keeps the write end open until the spawn returned.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+        }
+        if self.sandboxed {
+            for signal in IGNORED_ABOVE_THE_SANDBOX {
+                // SAFETY: sets a disposition, no handler; async-signal-safe.
+                unsafe { libc::signal(signal, libc::SIG_IGN) };
+            }
+        }
+        Ok(())
     }
 }
 

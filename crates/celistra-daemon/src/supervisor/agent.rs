@@ -991,7 +991,7 @@ impl Agent {
             env.push(("PATH".into(), format!("{bin_dir}:{path}")));
         }
         let cgroup = match &self.services.cgroups {
-            Some(root) => Some(root.agent(self.id()).map_err(|e| e.to_string())?),
+            Some(root) => Some(root.agent_for_run(self.id()).map_err(|e| e.to_string())?),
             None => None,
         };
         let limits = self

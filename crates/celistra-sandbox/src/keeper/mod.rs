@@ -9,7 +9,7 @@
 
 mod client;
 mod server;
-mod wire;
+pub(crate) mod wire;
 
 use std::io::Write;
 use std::path::Path;

@@ -15,6 +15,7 @@ const UNSAFE_FILES: &[&str] = &[
     "crates/celistra-sandbox/src/linux/syscall_filter.rs",
     "crates/celistra-sandbox/src/linux/plan.rs",
     "crates/celistra-sandbox/src/memory.rs",
+    "crates/celistra-sandbox/src/fork.rs",
     "crates/celistra-sandbox/src/audit/live_tests.rs",
 ];
 
