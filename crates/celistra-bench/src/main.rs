@@ -651,9 +651,12 @@ fn below_bubblewrap(pid: u32) -> Option<u32> {
         if comm.trim_end() != "bwrap" {
             return Some(current);
         }
-        let children = std::fs::read_to_string(format!("/proc/{current}/task/{current}/children"))
-            .ok()?;
-        current = children.split_whitespace().filter_map(|p| p.parse().ok()).min()?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{current}/task/{current}/children")).ok()?;
+        current = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .min()?;
     }
     None
 }
@@ -948,7 +951,13 @@ async fn bench() -> Result<()> {
     }
     if only == Only::Restart {
         results.push(phase("restart", restart_latency(&binary, &mut report, false)).await);
-        results.push(phase("sandboxed restart", restart_latency(&binary, &mut report, true)).await);
+        results.push(
+            phase(
+                "sandboxed restart",
+                restart_latency(&binary, &mut report, true),
+            )
+            .await,
+        );
     }
     if only == Only::All || only == Only::Agents {
         results.extend([phase_within(

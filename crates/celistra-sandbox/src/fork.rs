@@ -175,15 +175,20 @@ fn start(
     image: &Image,
     setup: &mut dyn FnMut(bool) -> io::Result<()>,
 ) -> io::Result<Start> {
-    let (report_reader, report_writer) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (report_reader, report_writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let (pid, pidfd) = clone(cgroup)?;
     if pid == 0 {
         let _ = rustix::io::write(&report_writer, &[STARTED]);
         let error = setup(cgroup.is_some()).err().unwrap_or_else(|| {
             // SAFETY: every pointer is of `image`, which outlives this call; on success execve
             // does not return.
-            unsafe { libc::execve(image.program.as_ptr(), image.argv.as_ptr(), image.envp.as_ptr()) };
+            unsafe {
+                libc::execve(
+                    image.program.as_ptr(),
+                    image.argv.as_ptr(),
+                    image.envp.as_ptr(),
+                )
+            };
             io::Error::last_os_error()
         });
         let code = error.raw_os_error().unwrap_or(libc::EINVAL);
@@ -267,4 +272,128 @@ fn clone(cgroup: Option<BorrowedFd<'_>>) -> io::Result<(i32, Option<OwnedFd>)> {
     }
     // SAFETY: the kernel opened this pidfd for this process alone.
     Ok((pid, Some(unsafe { OwnedFd::from_raw_fd(pidfd) })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CgroupRoot;
+
+    /// Removes the test's cgroups and what runs in them, even when the test fails.
+    struct Instance(CgroupRoot);
+
+    impl Drop for Instance {
+        fn drop(&mut self) {
+            self.0.destroy();
+        }
+    }
+
+    fn open_dir(dir: &Path) -> OwnedFd {
+        rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open the cgroup directory")
+    }
+
+    /// Starts `sleep 30` in `dir`; `placed` is what the child must be told, when given.
+    fn sleeper_in(dir: &Path, placed: Option<bool>) -> io::Result<Forked> {
+        let image = Image::new(Path::new("sleep"), &["30".to_owned()], &[])?;
+        let procs = crate::cgroup::procs_path_c(dir)?;
+        let cgroup = open_dir(dir);
+        spawn(Some(cgroup.as_fd()), &image, &mut |in_cgroup| {
+            if placed.is_some_and(|placed| placed != in_cgroup) {
+                return Err(io::Error::from_raw_os_error(libc::EDOM));
+            }
+            if !in_cgroup {
+                crate::cgroup::join_cgroup(&procs)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn cgroup_of(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the child's cgroups")
+    }
+
+    fn killed(forked: &Forked) -> Option<i32> {
+        rustix::process::waitid(
+            rustix::process::WaitId::PidFd(forked.pidfd.as_fd()),
+            rustix::process::WaitIdOptions::EXITED,
+        )
+        .expect("wait")
+        .expect("an exit")
+        .terminating_signal()
+    }
+
+    #[test]
+    fn a_child_starts_in_its_cgroup_and_one_killed_there_before_still_gets_in() {
+        let tag = format!("fork-test-{}", std::process::id());
+        let Some(root) = CgroupRoot::create(&tag, std::process::id()) else {
+            eprintln!("skipped: no writable cgroup v2 here");
+            return;
+        };
+        let root = Instance(root);
+        let agent = root.0.agent_for_run("ag-fork").expect("agent cgroup");
+        let line = format!(
+            "/{}/ag-fork",
+            root.0.path().file_name().unwrap().to_string_lossy()
+        );
+
+        let first = sleeper_in(agent.path(), Some(true)).expect("placed by the kernel");
+        assert!(
+            cgroup_of(first.pid).contains(&line),
+            "{}",
+            cgroup_of(first.pid)
+        );
+        agent.kill();
+        assert_eq!(killed(&first), Some(libc::SIGKILL));
+
+        // The same cgroup, written to cgroup.kill once: the child still runs, inside it.
+        let again = sleeper_in(agent.path(), None).expect("started after a cgroup.kill");
+        assert!(
+            cgroup_of(again.pid).contains(&line),
+            "{}",
+            cgroup_of(again.pid)
+        );
+        agent.kill();
+        assert_eq!(killed(&again), Some(libc::SIGKILL));
+
+        // The next run's cgroup is made anew, so the kernel places the child again.
+        let fresh = root.0.agent_for_run("ag-fork").expect("fresh agent cgroup");
+        let third = sleeper_in(fresh.path(), Some(true)).expect("placed in the fresh cgroup");
+        assert!(
+            cgroup_of(third.pid).contains(&line),
+            "{}",
+            cgroup_of(third.pid)
+        );
+        fresh.kill();
+        assert_eq!(killed(&third), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn a_failed_exec_is_the_spawns_error_and_a_bare_name_is_looked_up_in_path() {
+        let missing = Image::new(Path::new("celistra-no-such-program"), &[], &[]);
+        assert_eq!(
+            missing.err().map(|e| e.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
+        let path = [("PATH".to_owned(), "/nonexistent:/bin".to_owned())];
+        let image = Image::new(Path::new("true"), &[], &path).expect("true is in /bin");
+        assert_eq!(image.program.as_bytes(), b"/bin/true");
+        let error = spawn(None, &image, &mut |_| {
+            Err(io::Error::from_raw_os_error(libc::EDOM))
+        })
+        .err()
+        .expect("the setup's error");
+        assert_eq!(error.raw_os_error(), Some(libc::EDOM));
+        let not_executable = Image::new(Path::new("/"), &[], &[]).expect("a path");
+        let error = spawn(None, &not_executable, &mut |_| Ok(()))
+            .err()
+            .expect("execve's error");
+        assert_eq!(error.raw_os_error(), Some(libc::EACCES));
+    }
 }

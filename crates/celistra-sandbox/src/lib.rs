@@ -20,13 +20,13 @@ mod audit;
 mod browser;
 mod cgroup;
 mod credentials;
+#[allow(unsafe_code, reason = "clone3, execve and _exit in the child")]
+mod fork;
 mod git;
 mod guard;
 pub mod keeper;
 mod limits;
 mod linux;
-#[allow(unsafe_code, reason = "clone3, execve and _exit in the child")]
-mod fork;
 #[allow(unsafe_code, reason = "madvise on the executable's own mappings")]
 mod memory;
 mod policy;

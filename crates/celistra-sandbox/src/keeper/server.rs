@@ -534,9 +534,18 @@ impl Keeper {
                 let spawned = launch
                     .spawn_with_pipes(listener)
                     .map_err(|e| e.to_string())?;
-                let stdout = spawned.stdout.into_nonblocking_fd().map_err(|e| e.to_string())?;
-                let stderr = spawned.stderr.into_nonblocking_fd().map_err(|e| e.to_string())?;
-                let stdin = spawned.stdin.into_nonblocking_fd().map_err(|e| e.to_string())?;
+                let stdout = spawned
+                    .stdout
+                    .into_nonblocking_fd()
+                    .map_err(|e| e.to_string())?;
+                let stderr = spawned
+                    .stderr
+                    .into_nonblocking_fd()
+                    .map_err(|e| e.to_string())?;
+                let stdin = spawned
+                    .stdin
+                    .into_nonblocking_fd()
+                    .map_err(|e| e.to_string())?;
                 (
                     spawned.child,
                     vec![
