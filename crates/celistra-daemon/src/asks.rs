@@ -7,6 +7,7 @@
 //! sandboxed one finds it at `AGENT_BIN_INSIDE`).
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
@@ -41,7 +42,8 @@ pub(crate) const ASK_SOCKET_ENV: &str = "CELISTRA_ASK_SOCKET";
 #[derive(Debug)]
 pub(crate) struct AskSockets {
     dir: PathBuf,
-    servers: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Each agent's server, and a copy of its listening socket to hand to the next image.
+    servers: Mutex<HashMap<String, (JoinHandle<()>, OwnedFd)>>,
     /// `bin/`, holding `celistrad` (a link to the daemon's binary), when the daemon knows its
     /// binary.
     bin: Option<PathBuf>,
@@ -99,34 +101,26 @@ impl AskSockets {
         self.dir.join(agent_id).join("ask.sock")
     }
 
-    fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+    fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<String, (JoinHandle<()>, OwnedFd)>> {
         self.servers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens agent `agent_id`'s socket (0600) and serves it, asking through `flow`. A failure is
-    /// logged: the agent runs, it only cannot ask.
+    /// Opens agent `agent_id`'s socket (0600), or takes the one the previous image handed over
+    /// (an upgrade: no connection is refused meanwhile), and serves it, asking through `flow`. A
+    /// failure is logged: the agent runs, it only cannot ask.
     pub(crate) fn open<A: Answerer>(&self, agent_id: &str, flow: A) {
         let path = self.path(agent_id);
-        let own_dir = self.dir.join(agent_id);
-        // 0711 like the directory above it: its user reaches the socket, lists nothing.
-        if let Err(e) = std::fs::create_dir_all(&own_dir).and_then(|()| {
-            std::fs::set_permissions(&own_dir, std::fs::Permissions::from_mode(0o711))
-        }) {
-            tracing::warn!(agent = agent_id, "cannot make {}: {e}", own_dir.display());
+        let Some(listener) = inherited(agent_id, &path).or_else(|| self.bind(agent_id, &path))
+        else {
             return;
-        }
-        let _ = std::fs::remove_file(&path);
-        let listener = match tokio::net::UnixListener::bind(&path) {
-            Ok(listener) => listener,
+        };
+        let copy = match listener.as_fd().try_clone_to_owned() {
+            Ok(copy) => copy,
             Err(e) => {
-                tracing::warn!(agent = agent_id, "cannot open {}: {e}", path.display());
+                tracing::warn!(agent = agent_id, "cannot keep {}: {e}", path.display());
                 return;
             }
         };
-        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)) {
-            tracing::warn!(agent = agent_id, "cannot restrict {}: {e}", path.display());
-            return;
-        }
         let router = Router::new()
             .route("/v1/ask", post(ask::<A>))
             .route("/v1/hook", post(hook::<A>))
@@ -144,9 +138,42 @@ impl AskSockets {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        if let Some(old) = self.servers().insert(agent_id.to_owned(), server) {
+        if let Some((old, _)) = self.servers().insert(agent_id.to_owned(), (server, copy)) {
             old.abort();
         }
+    }
+
+    /// Binds agent `agent_id`'s socket at `path` (0600), in a directory of its own.
+    fn bind(&self, agent_id: &str, path: &std::path::Path) -> Option<tokio::net::UnixListener> {
+        let own_dir = self.dir.join(agent_id);
+        // 0711 like the directory above it: its user reaches the socket, lists nothing.
+        if let Err(e) = std::fs::create_dir_all(&own_dir).and_then(|()| {
+            std::fs::set_permissions(&own_dir, std::fs::Permissions::from_mode(0o711))
+        }) {
+            tracing::warn!(agent = agent_id, "cannot make {}: {e}", own_dir.display());
+            return None;
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = match tokio::net::UnixListener::bind(path) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(agent = agent_id, "cannot open {}: {e}", path.display());
+                return None;
+            }
+        };
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(agent = agent_id, "cannot restrict {}: {e}", path.display());
+            return None;
+        }
+        Some(listener)
+    }
+
+    /// Copies of every agent's socket, named for the next image (see `celistra_sandbox::reexec`).
+    pub(crate) fn for_handover(&self) -> Vec<(String, OwnedFd)> {
+        self.servers()
+            .iter()
+            .filter_map(|(agent_id, (_, fd))| Some((handover_name(agent_id), fd.try_clone().ok()?)))
+            .collect()
     }
 
     /// Hands the socket to the user a run executes as, so it can connect.
@@ -163,7 +190,7 @@ impl AskSockets {
 
     /// Closes and removes an agent's socket (the agent is removed).
     pub(crate) fn close(&self, agent_id: &str) {
-        if let Some(server) = self.servers().remove(agent_id) {
+        if let Some((server, _)) = self.servers().remove(agent_id) {
             server.abort();
         }
         let _ = std::fs::remove_dir_all(self.dir.join(agent_id));
@@ -171,11 +198,34 @@ impl AskSockets {
 
     /// Closes every socket and removes the directory (the daemon stops).
     pub(crate) fn close_all(&self) {
-        for (_, server) in self.servers().drain() {
+        for (_, (server, _)) in self.servers().drain() {
             server.abort();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The name of agent `agent_id`'s socket in the handover list (agent ids hold neither `,` nor
+/// `=`).
+fn handover_name(agent_id: &str) -> String {
+    format!("ask-{agent_id}")
+}
+
+/// The socket of agent `agent_id` that the previous image handed over, if it is still the one
+/// bound at `path`.
+fn inherited(agent_id: &str, path: &std::path::Path) -> Option<tokio::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::from(celistra_sandbox::inherited_listener(
+        &handover_name(agent_id),
+    )?);
+    let bound_here = listener
+        .local_addr()
+        .is_ok_and(|address| address.as_pathname() == Some(path))
+        && path.exists();
+    if !bound_here {
+        return None;
+    }
+    listener.set_nonblocking(true).ok()?;
+    tokio::net::UnixListener::from_std(listener).ok()
 }
 
 #[derive(Clone)]

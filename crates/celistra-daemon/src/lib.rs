@@ -598,6 +598,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
             listeners
                 .into_iter()
                 .chain(services.sockets.for_handover())
+                .chain(services.asks.for_handover())
                 .collect()
         } else {
             vec![]

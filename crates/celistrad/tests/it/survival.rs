@@ -484,6 +484,17 @@ async fn a_new_binary_that_cannot_run_or_fails_at_once_loses_no_agent() {
     assert_eq!((back.pid, back.run), (agent.pid, agent.run));
 }
 
+/// Agent `agent_id`'s socket (a root daemon's, in `/run/celistra-TAG/AGENT/ask.sock`).
+fn ask_socket_of(agent_id: &str) -> std::path::PathBuf {
+    std::fs::read_dir("/run")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("celistra-"))
+        .map(|entry| entry.path().join(agent_id).join("ask.sock"))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no socket of {agent_id} in /run/celistra-*"))
+}
+
 /// Replaces the file at `path` the way a package upgrade does: a new file renamed over it.
 fn replace(path: &std::path::Path, content: &[u8]) {
     use std::os::unix::fs::PermissionsExt;
@@ -513,7 +524,16 @@ async fn a_sandboxed_agent_reaches_the_daemon_through_its_socket_after_an_upgrad
         agent.sandbox.as_ref().is_some_and(|s| s.sandboxed),
         "{agent:?}"
     );
+    let socket = ask_socket_of(&agent.id);
+    // A socket bound again is a new file: its birth time tells (its inode number may be reused).
+    let born = || std::fs::metadata(&socket).unwrap().created().unwrap();
+    let before = born();
     upgrade(&mut daemon).await;
+    assert_eq!(
+        before,
+        born(),
+        "the same socket, handed to the new image, not bound again"
+    );
     std::fs::write(&go, "").unwrap();
     let agent = daemon
         .wait_agent(&agent.id, "told by its hook", |a| {
