@@ -570,7 +570,12 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
     writer_stop.cancel();
     let _ = writer.await;
     let _ = tokio::task::spawn_blocking(move || {
-        history.close();
+        // The next image opens the database at once: it takes the WAL as it is.
+        if leaving == Leaving::Upgrade {
+            history.leave();
+        } else {
+            history.close();
+        }
         drop(reader_thread);
     })
     .await;

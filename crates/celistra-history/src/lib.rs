@@ -139,6 +139,8 @@ pub(crate) struct Inner {
     /// Until when (ms since the epoch) output counts as flowing; background copying waits for it.
     busy_until: AtomicU64,
     stopping: AtomicBool,
+    /// Set by [`History::leave`]: the WAL stays as it is for the next process, uncopied.
+    keep_wal: AtomicBool,
 }
 
 /// Wall-clock time in ms since the epoch.
@@ -194,6 +196,7 @@ impl History {
             last_run_id: AtomicU64::new(now_ms.saturating_mul(1000)),
             busy_until: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            keep_wal: AtomicBool::new(false),
         });
         let (sender, receiver) = mpsc::channel();
         let mut writer = writer::Writer::new(Arc::clone(&inner), receiver, limits, events);
@@ -327,14 +330,27 @@ impl History {
         lock(&self.inner.health).clone()
     }
 
-    /// Writes what is queued and stops the writer. Blocks.
+    /// Writes what is queued and stops the writer, copying the WAL into the database. Blocks.
     pub fn close(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         let _ = self.sender.send(Message::Stop);
         let threads = std::mem::take(&mut *lock(&self.threads));
         for thread in threads {
+            // The checkpointer sleeps between looks at the WAL: wake it to see `stopping`.
+            thread.thread().unpark();
             let _ = thread.join();
         }
-        lock(&self.inner.readers).clear();
+        let readers = std::mem::take(&mut *lock(&self.inner.readers));
+        for (_, reader) in &readers {
+            schema::keep_wal_on_close(reader, &self.inner);
+        }
+    }
+
+    /// [`History::close`] for a process that hands the database to the next one at once (an
+    /// upgrade): the WAL is left for it to open, not copied and truncated, which on a WAL of some
+    /// MiB takes tens of milliseconds of fsync and truncation.
+    pub fn leave(&self) {
+        self.inner.keep_wal.store(true, Ordering::SeqCst);
+        self.close();
     }
 }

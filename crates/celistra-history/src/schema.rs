@@ -114,6 +114,17 @@ fn open_file(path: &Path) -> Result<Connection, Error> {
 }
 
 /// Opens a connection that only reads.
+/// Marks `conn` to leave the WAL alone when it closes, if [`crate::History::leave`] asked: the
+/// last connection to close would otherwise copy it into the database.
+pub(crate) fn keep_wal_on_close(conn: &Connection, inner: &Inner) {
+    if inner.keep_wal.load(Ordering::SeqCst) {
+        let _ = conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        );
+    }
+}
+
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, Error> {
     let conn = Connection::open_with_flags(
         path,
@@ -197,7 +208,8 @@ pub(crate) fn checkpoint_loop(inner: &Inner) {
     let mut conn: Option<(u64, Connection)> = None;
     let mut last = Instant::now();
     while !inner.stopping.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
+        // Unparked by `History::close`; a spurious wake-up only looks at the WAL early.
+        std::thread::park_timeout(Duration::from_millis(200));
         let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
         // During a burst the WAL may grow (disk, not memory) so that copying it does not compete with
         // saving the burst; it is copied once output is quiet, or when it gets large.
@@ -229,6 +241,9 @@ pub(crate) fn checkpoint_loop(inner: &Inner) {
             let _ = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
         }
         last = Instant::now();
+    }
+    if let Some((_, c)) = &conn {
+        keep_wal_on_close(c, inner);
     }
 }
 

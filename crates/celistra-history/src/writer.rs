@@ -327,7 +327,11 @@ impl Writer {
     fn shut_down(mut self) {
         self.report_drops(true);
         if let Some(conn) = self.conn.take() {
-            let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+            if self.inner.keep_wal.load(Ordering::SeqCst) {
+                crate::schema::keep_wal_on_close(&conn, &self.inner);
+            } else {
+                let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+            }
         }
     }
 

@@ -336,3 +336,25 @@ fn maintenance_keeps_up_with_output_that_never_pauses() {
         "the old line was never removed while output kept coming"
     );
 }
+
+#[test]
+fn leaving_keeps_the_wal_for_the_next_process_and_closing_copies_it() {
+    let store = Store::open();
+    let agent: Arc<str> = Arc::from("ag-wal");
+    let lines: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
+    store.append_commits(&agent, &lines, 0);
+    let wal = store.dir.path().join("history.db-wal");
+    let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    store.history.leave();
+    assert!(
+        wal_size() > 0,
+        "the WAL was copied and truncated on leaving"
+    );
+
+    // The next process reads every line from the WAL it was left, then closes for good.
+    let Store { dir, .. } = store;
+    let next = Store::open_in(dir);
+    assert_eq!(next.lines("ag-wal"), lines);
+    next.history.close();
+    assert_eq!(wal_size(), 0, "closing copies the WAL into the database");
+}
