@@ -602,7 +602,8 @@ async fn recipe_codex_notify_model_error_and_usage_limit() {
     let out = wait_output(&daemon, &waiting.id, "usage limit").await;
     assert!(!out.contains("cannot write"), "{out}");
     assert!(!out.contains("wrote outside its grants"), "{out}");
-    assert!(!out.contains("401"), "{out}");
+    // The stand-in's own words without a key; a bare "401" would also match a pid.
+    assert!(!out.contains("401 Unauthorized"), "{out}");
     let listed = daemon.ctl(&["ls"]);
     assert!(
         text(&listed.stdout).contains("waiting-limit (resets in"),
