@@ -100,6 +100,15 @@ impl SandboxControl {
                 ));
             }
         };
+        if let Some(tools) = launcher.clone().and_then(|daemon| Tools::find(daemon).ok())
+            && tools.launcher == tools.daemon
+        {
+            tracing::info!(
+                "celistra-launch is not next to {}: sandboxed agents start through `celistrad \
+                 __sandbox-exec`, about 2 ms slower each; install both binaries together",
+                tools.daemon.display()
+            );
+        }
         let state_dir = std::fs::canonicalize(&home.dir).unwrap_or_else(|_| home.dir.clone());
         Ok(SandboxControl {
             switch_path,

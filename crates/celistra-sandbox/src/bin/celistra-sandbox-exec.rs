@@ -1,5 +1,6 @@
-//! A stand-alone sandbox launcher, for the crate's tests and for debugging a plan by hand. The
-//! daemon uses its own binary (`celistrad __sandbox-exec …`) instead.
+//! The sandbox launcher for this crate's own tests (which cannot reach the `celistrad` package's
+//! binaries) and for debugging a plan by hand. An installed daemon uses `celistra-launch`, the
+//! same launcher in the `celistrad` package.
 
 fn main() {
     celistra_sandbox::launcher_main()

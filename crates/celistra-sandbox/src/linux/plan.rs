@@ -105,6 +105,7 @@ impl SandboxPlan {
             writes: existing(&policy.write, "write", &mut notes)?,
             execs: existing(&policy.exec, "exec", &mut notes)?,
             launcher: absolute(&tools.launcher)?,
+            daemon: absolute(&tools.daemon)?,
         };
         let runtime = if policy.read_anywhere {
             Vec::new()
@@ -176,6 +177,7 @@ struct GrantedPaths<'a> {
     writes: Vec<&'a str>,
     execs: Vec<&'a str>,
     launcher: &'a str,
+    daemon: &'a str,
 }
 
 /// A runtime directory of this host, as the sandbox recreates it.
@@ -266,8 +268,8 @@ fn bwrap_options(
         options.add(&["--bind", path, path]);
     }
     options.add(&["--ro-bind", paths.launcher, paths.launcher]);
-    // The daemon's binary again, as the agent's own `celistrad` (ask, hook), in its private /tmp.
-    options.add(&["--ro-bind", paths.launcher, &agent_binary()]);
+    // The daemon's binary, as the agent's own `celistrad` (ask, hook), in its private /tmp.
+    options.add(&["--ro-bind", paths.daemon, &agent_binary()]);
     bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
     bound.push(paths.workspace);
     // Last, so a hidden path inside the workspace or a bound path is masked all the same.
@@ -488,7 +490,8 @@ mod tests {
     fn tools() -> Tools {
         Tools {
             bwrap: PathBuf::from("/usr/bin/bwrap"),
-            launcher: PathBuf::from("/opt/celistra/celistrad"),
+            launcher: PathBuf::from("/opt/celistra/celistra-launch"),
+            daemon: PathBuf::from("/opt/celistra/celistrad"),
         }
     }
 
@@ -548,12 +551,12 @@ mod tests {
             &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"],
         );
         let workspace = position(&argv, &["--bind", ws, ws]);
-        let launcher = "/opt/celistra/celistrad";
+        let launcher = "/opt/celistra/celistra-launch";
         let launcher_bind = position(&argv, &["--ro-bind", launcher, launcher]);
-        // The agent's own `celistrad`: the same binary, read-only, in its private /tmp, and
+        // The agent's own `celistrad`: the daemon's binary, read-only, in its private /tmp, and
         // executable whatever its capabilities.
         let agent_bin = "/tmp/.celistra/bin/celistrad";
-        let agent_bin_bind = position(&argv, &["--ro-bind", launcher, agent_bin]);
+        let agent_bin_bind = position(&argv, &["--ro-bind", "/opt/celistra/celistrad", agent_bin]);
         assert_eq!(
             plan.confinement.paths.get(Path::new(agent_bin)),
             Some(&Rights::READ_EXECUTE)

@@ -386,6 +386,35 @@ async fn a_stop_right_after_spawn_reaches_the_sandboxed_program() {
 }
 
 #[tokio::test]
+async fn the_launcher_beside_celistrad_confines_the_agent_and_celistrad_stays_inside() {
+    let daemon = Daemon::start().await;
+    let launcher = std::path::Path::new(crate::BIN).with_file_name("celistra-launch");
+    assert!(
+        launcher.is_file(),
+        "cargo builds {} with the tests",
+        launcher.display()
+    );
+    let agent = daemon
+        .spawn(spec("launched", "celistrad --version; exec sleep 600"))
+        .await;
+    assert_eq!(agent.state, AgentState::Running, "{agent:?}");
+    let bwrap = std::fs::read(format!("/proc/{}/cmdline", agent.pid.unwrap())).unwrap();
+    let argv: Vec<String> = bwrap
+        .split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    let launched = argv.iter().position(|arg| arg == "--").unwrap() + 1;
+    assert_eq!(
+        argv[launched..launched + 2],
+        [launcher.display().to_string(), "__sandbox-exec".to_owned()],
+        "{argv:?}"
+    );
+    // The agent's own `celistrad` is still the daemon's binary.
+    let out = wait_output(&daemon, "launched", |out| out.contains("celistrad ")).await;
+    assert!(!out.contains("celistra sandbox:"), "{out}");
+}
+
+#[tokio::test]
 async fn a_denial_loop_is_rate_limited_and_counted() {
     let daemon = Daemon::start().await;
     let ws = workspace(Some(test_user()));
