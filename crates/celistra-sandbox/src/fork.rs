@@ -117,6 +117,16 @@ fn resolve(program: &Path, env: &[(String, String)]) -> io::Result<PathBuf> {
         })
 }
 
+/// A cgroup directory opened the way `CLONE_INTO_CGROUP` takes it.
+pub(crate) fn open_cgroup(dir: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
 /// A started child: its pid and a pidfd to wait for it with.
 pub(crate) struct Forked {
     pub(crate) pid: u32,
@@ -288,22 +298,11 @@ mod tests {
         }
     }
 
-    fn open_dir(dir: &Path) -> OwnedFd {
-        rustix::fs::open(
-            dir,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .expect("open the cgroup directory")
-    }
-
     /// Starts `sleep 30` in `dir`; `placed` is what the child must be told, when given.
     fn sleeper_in(dir: &Path, placed: Option<bool>) -> io::Result<Forked> {
         let image = Image::new(Path::new("sleep"), &["30".to_owned()], &[])?;
         let procs = crate::cgroup::procs_path_c(dir)?;
-        let cgroup = open_dir(dir);
+        let cgroup = open_cgroup(dir)?;
         spawn(Some(cgroup.as_fd()), &image, &mut |in_cgroup| {
             if placed.is_some_and(|placed| placed != in_cgroup) {
                 return Err(io::Error::from_raw_os_error(libc::EDOM));
@@ -315,18 +314,23 @@ mod tests {
         })
     }
 
-    fn cgroup_of(pid: u32) -> String {
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the child's cgroups")
-    }
-
-    fn killed(forked: &Forked) -> Option<i32> {
-        rustix::process::waitid(
+    /// Starts `sleep 30` in `agent` (told `placed`, when given), checks that it runs inside it,
+    /// and kills it there.
+    fn starts_inside(agent: &crate::AgentCgroup, placed: Option<bool>) -> io::Result<()> {
+        let forked = sleeper_in(agent.path(), placed)?;
+        let mut names = agent.path().iter().rev();
+        let (leaf, instance) = (names.next().unwrap(), names.next().unwrap());
+        let inside = format!("/{}/{}", instance.to_string_lossy(), leaf.to_string_lossy());
+        let own = std::fs::read_to_string(format!("/proc/{}/cgroup", forked.pid))?;
+        assert!(own.lines().any(|line| line.ends_with(&inside)), "{own}");
+        agent.kill();
+        let status = rustix::process::waitid(
             rustix::process::WaitId::PidFd(forked.pidfd.as_fd()),
             rustix::process::WaitIdOptions::EXITED,
-        )
-        .expect("wait")
-        .expect("an exit")
-        .terminating_signal()
+        )?
+        .expect("an exit");
+        assert_eq!(status.terminating_signal(), Some(libc::SIGKILL));
+        Ok(())
     }
 
     #[test]
@@ -338,40 +342,12 @@ mod tests {
         };
         let root = Instance(root);
         let agent = root.0.agent_for_run("ag-fork").expect("agent cgroup");
-        let line = format!(
-            "/{}/ag-fork",
-            root.0.path().file_name().unwrap().to_string_lossy()
-        );
-
-        let first = sleeper_in(agent.path(), Some(true)).expect("placed by the kernel");
-        assert!(
-            cgroup_of(first.pid).contains(&line),
-            "{}",
-            cgroup_of(first.pid)
-        );
-        agent.kill();
-        assert_eq!(killed(&first), Some(libc::SIGKILL));
-
+        starts_inside(&agent, Some(true)).expect("placed by the kernel");
         // The same cgroup, written to cgroup.kill once: the child still runs, inside it.
-        let again = sleeper_in(agent.path(), None).expect("started after a cgroup.kill");
-        assert!(
-            cgroup_of(again.pid).contains(&line),
-            "{}",
-            cgroup_of(again.pid)
-        );
-        agent.kill();
-        assert_eq!(killed(&again), Some(libc::SIGKILL));
-
+        starts_inside(&agent, None).expect("started after a cgroup.kill");
         // The next run's cgroup is made anew, so the kernel places the child again.
         let fresh = root.0.agent_for_run("ag-fork").expect("fresh agent cgroup");
-        let third = sleeper_in(fresh.path(), Some(true)).expect("placed in the fresh cgroup");
-        assert!(
-            cgroup_of(third.pid).contains(&line),
-            "{}",
-            cgroup_of(third.pid)
-        );
-        fresh.kill();
-        assert_eq!(killed(&third), Some(libc::SIGKILL));
+        starts_inside(&fresh, Some(true)).expect("placed in the fresh cgroup");
     }
 
     #[test]

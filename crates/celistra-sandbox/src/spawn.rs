@@ -365,17 +365,9 @@ impl Launch {
         let cgroup = self
             .cgroup
             .as_deref()
-            .map(|dir| {
-                rustix::fs::open(
-                    dir,
-                    rustix::fs::OFlags::RDONLY
-                        | rustix::fs::OFlags::DIRECTORY
-                        | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-            })
+            .map(fork::open_cgroup)
             .transpose()
-            .map_err(|e| self.error(e.into()))?;
+            .map_err(|e| self.error(e))?;
         let forked = fork::spawn(cgroup.as_ref().map(AsFd::as_fd), &image, &mut |in_cgroup| {
             setup.enter(in_cgroup)
         })
