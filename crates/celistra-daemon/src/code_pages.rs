@@ -1,4 +1,5 @@
-//! The executable's code pages given back (`celistra_sandbox::release_executable_pages`): once the
+//! The executable's code pages and the heap's free memory given back
+//! (`celistra_sandbox::release_executable_pages`, `release_free_heap`): once the
 //! daemon serves, since start-up code does not run again, and again once agents have stopped
 //! starting and stopping for a while, since spawning runs code an idle agent never needs. A page
 //! needed again comes back from the page cache with a minor fault.
@@ -57,7 +58,11 @@ fn touches_spawn_code(kind: &EventKind) -> bool {
 }
 
 async fn release() {
-    let released = tokio::task::spawn_blocking(celistra_sandbox::release_executable_pages).await;
+    let released = tokio::task::spawn_blocking(|| {
+        celistra_sandbox::release_free_heap();
+        celistra_sandbox::release_executable_pages()
+    })
+    .await;
     match released {
         Ok(Ok(bytes)) => tracing::debug!(bytes, "released the executable's resident code pages"),
         Ok(Err(e)) => tracing::debug!("the executable's code pages stay: {e}"),
