@@ -268,7 +268,11 @@ fn bwrap_options(
         options.add(&["--bind", path, path]);
     }
     options.add(&["--ro-bind", paths.launcher, paths.launcher]);
-    // The daemon's binary, as the agent's own `celistrad` (ask, hook), in its private /tmp.
+    // The daemon's binary where it is (hooks may name it by its path, which can be in the private
+    // /tmp), and as the agent's own `celistrad` (ask, hook).
+    if paths.daemon != paths.launcher {
+        options.add(&["--ro-bind", paths.daemon, paths.daemon]);
+    }
     options.add(&["--ro-bind", paths.daemon, &agent_binary()]);
     bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
     bound.push(paths.workspace);
@@ -556,7 +560,9 @@ mod tests {
         // The agent's own `celistrad`: the daemon's binary, read-only, in its private /tmp, and
         // executable whatever its capabilities.
         let agent_bin = "/tmp/.celistra/bin/celistrad";
-        let agent_bin_bind = position(&argv, &["--ro-bind", "/opt/celistra/celistrad", agent_bin]);
+        let daemon = "/opt/celistra/celistrad";
+        let agent_bin_bind = position(&argv, &["--ro-bind", daemon, agent_bin]);
+        assert!(fresh < position(&argv, &["--ro-bind", daemon, daemon]));
         assert_eq!(
             plan.confinement.paths.get(Path::new(agent_bin)),
             Some(&Rights::READ_EXECUTE)
