@@ -20,15 +20,19 @@ impl DeathGuard {
         DeathGuard::for_cgroup(root.path())
     }
 
-    /// Starts a guard that kills the cgroup at `cgroup` when its holder dies.
+    /// Starts a guard that kills the cgroup at `cgroup` when its holder dies, then removes it and
+    /// its agents' cgroups once they are empty (5 s at most): a keeper that ended leaves nothing.
     pub fn for_cgroup(cgroup: &std::path::Path) -> std::io::Result<DeathGuard> {
-        let kill_file = cgroup.join("cgroup.kill");
         let mut command = tokio::process::Command::new("/bin/sh");
         command
             .arg("-c")
-            .arg("cat >/dev/null; [ -e \"$1\" ] && echo 1 >\"$1\"")
+            .arg(
+                "cat >/dev/null; [ -e \"$1/cgroup.kill\" ] || exit 0; echo 1 >\"$1/cgroup.kill\"; \
+                 i=0; while [ $i -lt 100 ]; do rmdir \"$1\"/*/ 2>/dev/null; \
+                 rmdir \"$1\" 2>/dev/null && exit 0; i=$((i+1)); sleep 0.05; done",
+            )
             .arg("celistra-guard")
-            .arg(kill_file)
+            .arg(cgroup)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -545,3 +545,36 @@ async fn a_sandboxed_agent_reaches_the_daemon_through_its_socket_after_an_upgrad
         .await;
     assert_eq!(agent.run, 1, "the same run");
 }
+
+/// This daemon's instance cgroup (`celistra-TAG-KEEPER` beside the test's own cgroup), if any.
+fn instance_cgroup_of(keeper: u32) -> Option<std::path::PathBuf> {
+    let parent = celistra_sandbox::CgroupLayout::detect().ok()?.unified?;
+    let suffix = format!("-{keeper}");
+    std::fs::read_dir(parent)
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy())
+                .is_some_and(|name| name.starts_with("celistra-") && name.ends_with(&suffix))
+        })
+}
+
+#[tokio::test]
+async fn a_keeper_that_ends_with_nothing_to_hold_leaves_no_cgroup_behind() {
+    let mut daemon = Daemon::start().await;
+    let keeper = daemon.keeper_pid().expect("a keeper");
+    let instance = instance_cgroup_of(keeper).expect("the instance cgroup of a root daemon");
+    // Killed outright, the daemon cannot remove it; its keeper, holding no run, ends by itself.
+    assert!(!daemon.signal_and_wait("KILL").success());
+    let deadline = Instant::now() + PATIENCE;
+    while instance.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} is still there",
+            instance.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
