@@ -137,10 +137,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A closed stdout (`ctl events | head -1`) ends a client quietly, killed by SIGPIPE as a Unix
     // filter is (the shell reports 141; a pipeline's status is its last command's). Not for the
-    // daemon, whose writes to a closed connection must stay errors, nor for `ctl attach`, which
-    // must restore the terminal on every way out.
-    let client_without_terminal = match &cli.command {
-        Some(Command::Ctl(ctl)) => !ctl.holds_the_terminal(),
+    // daemon, whose writes to a closed connection must stay errors, nor for the verbs that must
+    // outlive one (`ctl attach` restores the terminal; `ctl daemon stop` polls a daemon going away).
+    let dies_of_sigpipe = match &cli.command {
+        Some(Command::Ctl(ctl)) => !ctl.must_outlive_a_closed_pipe(),
         Some(
             Command::Audit(_)
             | Command::Ask(_)
@@ -151,7 +151,7 @@ fn main() -> ExitCode {
         // A hook exits 0 whatever becomes of its stderr.
         Some(Command::Hook(_)) | None => false,
     };
-    if client_without_terminal {
+    if dies_of_sigpipe {
         celistra_sandbox::default_sigpipe();
     }
     match &cli.command {

@@ -53,10 +53,11 @@ fn parse_machine(text: &str) -> Result<String, String> {
 }
 
 impl Ctl {
-    /// Whether the verb holds the user's terminal in raw mode, which it must restore on every way
-    /// out: such a verb cannot be left to die of SIGPIPE.
-    pub(crate) fn holds_the_terminal(&self) -> bool {
-        matches!(self.verb, Verb::Attach(_) | Verb::Top(_))
+    /// Whether the verb must not die of SIGPIPE: one that holds the user's terminal in raw mode
+    /// must restore it on every way out, and `daemon stop|upgrade` keeps asking a daemon that
+    /// closes its connections as it goes (a write to one is an error it waits past, not its end).
+    pub(crate) fn must_outlive_a_closed_pipe(&self) -> bool {
+        matches!(self.verb, Verb::Attach(_) | Verb::Top(_) | Verb::Daemon(_))
     }
 }
 
