@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use celistra_client::{Client, TerminalEvent};
-use celistra_proto::{AgentSpec, ApplyReport, ApplyRequest, LogsQuery, TerminalRole};
+use celistra_proto::{AgentSpec, LogsQuery, TerminalRole};
 use rustix::process::{Pid, Signal};
 
 use crate::{Daemon, Report, median_p95, mib, ms, phase_within, proc_kib, sleeper};
@@ -240,23 +240,18 @@ async fn upgrades(binary: &Path, report: &mut Report) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = Memory::of(&daemon)?;
     let command = format!("exec '{}' count", std::env::current_exe()?.display());
-    let request = ApplyRequest {
-        agents: (0..AGENTS)
-            .map(|i| AgentSpec {
-                command: command.clone(),
-                ..sleeper(format!("bench-up-{i:03}"))
-            })
-            .collect(),
-        prune: false,
-        dry_run: false,
-    };
-    let applied: ApplyReport = daemon.client().apply(&request).await?;
-    if applied.created.len() != AGENTS {
-        bail!(
-            "apply created {} agents, not {AGENTS}",
-            applied.created.len()
-        );
-    }
+    let names: Vec<String> = (0..AGENTS).map(|i| format!("bench-up-{i:03}")).collect();
+    daemon
+        .create_all(
+            names
+                .iter()
+                .map(|name| AgentSpec {
+                    command: command.clone(),
+                    ..sleeper(name.clone())
+                })
+                .collect(),
+        )
+        .await?;
     daemon.wait_running(AGENTS).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = Memory::of(&daemon)?;
@@ -294,7 +289,7 @@ async fn upgrades(binary: &Path, report: &mut Report) -> Result<()> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watcher = tokio::spawn(watch(
         daemon.client().clone(),
-        request.agents[0].name.clone(),
+        names[0].clone(),
         seen.clone(),
     ));
     tokio::time::sleep(SETTLE).await;
@@ -366,8 +361,8 @@ async fn upgrades(binary: &Path, report: &mut Report) -> Result<()> {
         Some(answered.iter().all(|&d| d <= Duration::from_millis(200))),
     );
     let mut histories = Vec::new();
-    for spec in request.agents.iter().take(HISTORIES) {
-        match check_history(daemon.client(), &spec.name).await {
+    for name in names.iter().take(HISTORIES) {
+        match check_history(daemon.client(), name).await {
             Ok(lines) => histories.push(format!("{lines}")),
             Err(e) => problems.push(format!("{e:#}")),
         }

@@ -162,12 +162,12 @@ impl SandboxControl {
         })
     }
 
-    /// Remembers the audit session of a run that just started, so its blocks are attributed even
-    /// after its processes exit.
-    pub(crate) fn note_run(&self, agent_id: &str, pid: u32) {
+    /// Remembers the audit session of a run that just started (as its keeper read it), so its
+    /// blocks are attributed even after its processes exit.
+    pub(crate) fn note_run(&self, agent_id: &str, audit_session: Option<u32>) {
         let mut sessions = lock(&self.sessions);
         if sessions.reporting
-            && let Some(session) = celistra_sandbox::audit_session_of(pid)
+            && let Some(session) = audit_session
         {
             sessions.insert(session, agent_id);
         }

@@ -324,6 +324,11 @@ impl Launch {
         self.cgroup.as_deref()
     }
 
+    /// Whether the child starts its own kernel audit session (by writing its login uid).
+    pub fn starts_audit_session(&self) -> bool {
+        self.audit_login_uid.is_some()
+    }
+
     fn error(&self, source: std::io::Error) -> Error {
         Error::Spawn {
             program: self.described.clone(),

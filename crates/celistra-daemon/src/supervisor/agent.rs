@@ -801,8 +801,6 @@ impl Agent {
         };
         match started {
             Ok(mut run) => {
-                // Before the program can run into its sandbox: its blocks name this session.
-                self.services.sandbox.note_run(self.id(), run.child.pid());
                 if let Some(ready) = run.ready.take() {
                     // Signals sent before the sandbox is in place would be lost (see
                     // `SandboxReady`): commands wait in the queue until the program starts.
@@ -1072,6 +1070,10 @@ impl Agent {
             )
             .await
             .map_err(|e| e.to_string())?;
+        // Usually before the program can run into its sandbox: its blocks name this session.
+        self.services
+            .sandbox
+            .note_run(self.id(), spawned.audit_session);
         let (child, ready) = (spawned.child, spawned.ready);
         let (input, readers) = attach(&self.services, &self.handle, spawned.fds, mode, &output)
             .map_err(|e| format!("cannot read the agent's output: {e}"))?;

@@ -74,6 +74,8 @@ pub struct SpawnedRun {
     /// A PTY's master, else stdout, stderr, stdin.
     pub fds: Vec<OwnedFd>,
     pub ready: Option<SandboxReady>,
+    /// Its kernel audit session, when it started one.
+    pub audit_session: Option<u32>,
 }
 
 /// A process the keeper holds: its pid, and its end once the keeper reaped it.
@@ -373,6 +375,7 @@ async fn read_news(
                 request,
                 pid,
                 ready,
+                audit_session,
             } => {
                 let mut fds = datagram.fds;
                 let ready = ready
@@ -381,7 +384,12 @@ async fn read_news(
                     .map(SandboxReady::from_fd);
                 let child = cell.watch(pid, None);
                 if let Some(reply) = cell.waiters.spawns.remove(&request) {
-                    let _ = reply.send(Ok(SpawnedRun { child, fds, ready }));
+                    let _ = reply.send(Ok(SpawnedRun {
+                        child,
+                        fds,
+                        ready,
+                        audit_session,
+                    }));
                 }
             }
             FromKeeper::SpawnFailed { request, error } => {

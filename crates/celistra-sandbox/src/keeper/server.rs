@@ -412,13 +412,19 @@ impl Keeper {
                 let listener = datagram.fds.first().map(AsFd::as_fd);
                 let answer = self.spawn(agent_id, run_id, &launch, pty, listener, note);
                 let sent = match answer {
-                    Ok((pid, fds, ready)) => {
+                    Ok(Started {
+                        pid,
+                        fds,
+                        ready,
+                        audit_session,
+                    }) => {
                         socket
                             .send(
                                 &FromKeeper::Spawned {
                                     request,
                                     pid,
                                     ready,
+                                    audit_session,
                                 },
                                 &[],
                                 &borrow_all(&fds),
@@ -512,7 +518,7 @@ impl Keeper {
         pty: Option<(u16, u16)>,
         listener: Option<BorrowedFd<'_>>,
         note: serde_json::Value,
-    ) -> Result<(u32, Vec<OwnedFd>, bool), String> {
+    ) -> Result<Started, String> {
         let (child, outputs, input, ready) = match pty {
             Some((rows, cols)) => {
                 let spawned = launch
@@ -558,6 +564,12 @@ impl Keeper {
             }
         };
         let pid = child.pid();
+        // The child is not reaped before `wait_for` runs, so its session is readable even if it
+        // already ended.
+        let audit_session = launch
+            .starts_audit_session()
+            .then(|| crate::audit_session_of(pid))
+            .flatten();
         let outputs = outputs
             .into_iter()
             .map(|(stream, fd)| {
@@ -590,8 +602,22 @@ impl Keeper {
         }
         self.runs.insert(pid, held);
         tokio::spawn(wait_for(child, self.events.clone()));
-        Ok((pid, fds, has_ready))
+        Ok(Started {
+            pid,
+            fds,
+            ready: has_ready,
+            audit_session,
+        })
     }
+}
+
+/// A run the keeper just started, as the daemon is told of it.
+struct Started {
+    pid: u32,
+    /// Its output (and input) descriptors, then its readiness pipe if `ready`.
+    fds: Vec<OwnedFd>,
+    ready: bool,
+    audit_session: Option<u32>,
 }
 
 async fn wait_for(mut child: Child, events: mpsc::UnboundedSender<Event>) {

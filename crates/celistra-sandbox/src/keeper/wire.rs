@@ -125,6 +125,10 @@ pub(crate) enum FromKeeper {
         pid: u32,
         /// The last descriptor is the sandbox's readiness pipe.
         ready: bool,
+        /// The run's kernel audit session, read before the keeper could reap it, so that blocks
+        /// of a run that is denied and ends at once are still attributed.
+        #[serde(default)]
+        audit_session: Option<u32>,
     },
     SpawnFailed {
         request: u64,
@@ -347,6 +351,24 @@ mod tests {
             }
         ));
         assert_eq!(payload, b"\x00\xffraw bytes");
+    }
+
+    #[test]
+    fn a_keeper_of_an_older_version_is_understood() {
+        // A keeper outlives upgrades, so the daemon reads what an older keeper wrote.
+        let header = br#"{"op":"spawned","request":3,"pid":42,"ready":true}"#;
+        let mut bytes = u32::try_from(header.len()).unwrap().to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        let (decoded, _) = decode::<FromKeeper>(&bytes).unwrap();
+        assert!(matches!(
+            decoded,
+            FromKeeper::Spawned {
+                request: 3,
+                pid: 42,
+                ready: true,
+                audit_session: None
+            }
+        ));
     }
 
     #[test]
