@@ -54,7 +54,7 @@ pub use linux::{
     LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, default_sigpipe, kernel_landlock_abi,
     launcher_main,
 };
-pub use memory::{release_executable_pages, release_free_heap};
+pub use memory::{limit_heap_arenas, release_executable_pages, release_free_heap};
 pub use policy::{AGENT_BIN_INSIDE, ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
 pub use reaper::{BINARY_ENV, become_subreaper, reap_orphans, reexec};
 #[cfg(target_os = "macos")]

@@ -127,6 +127,8 @@ fn main() -> ExitCode {
     {
         celistra_sandbox::launcher_main();
     }
+    // Before any thread exists: threads that allocate each take a heap of their own otherwise.
+    celistra_sandbox::limit_heap_arenas();
     // The keeper, which holds the agents for whichever daemon runs (`keeper` in the sandbox crate).
     if std::env::args_os()
         .nth(1)

@@ -46,7 +46,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use celistra_proto::{Activity, Evidence, SignalTier};
 use regex::Regex;
@@ -92,9 +92,38 @@ pub struct KindRules {
 pub struct Rule {
     pub name: String,
     pub activity: Activity,
-    pub pattern: Regex,
+    pub pattern: RulePattern,
     /// How many of the last non-blank lines it looks at (1 for a title rule).
     pub lines: usize,
+}
+
+/// A rule's pattern, compiled the first time the rule is tried: the daemon holds the rules of
+/// every kind from start, and most kinds never run on a given machine (compiled, the built-in
+/// rules took about 0.8 MiB of an idle daemon's heap).
+#[derive(Debug, Clone)]
+pub struct RulePattern {
+    source: String,
+    compiled: OnceLock<Option<Regex>>,
+}
+
+impl RulePattern {
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether `text` matches. The pattern compiled when the rules were read, so it compiles
+    /// again here; if it ever did not, the rule would match nothing.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.compiled
+            .get_or_init(|| Regex::new(&self.source).ok())
+            .as_ref()
+            .is_some_and(|regex| regex.is_match(text))
+    }
+
+    #[cfg(test)]
+    fn is_compiled(&self) -> bool {
+        self.compiled.get().is_some()
+    }
 }
 
 /// A rule that matched.
@@ -353,9 +382,16 @@ checked!(Lines(usize) from usize, |lines| {
     }
 });
 
-struct Pattern(Regex);
-checked!(Pattern(Regex) from String, |pattern| {
-    Regex::new(&pattern).map_err(|err| format!("bad regex `{pattern}`: {}", regex_reason(&err)))
+/// Checked by compiling it, which is then dropped: the rule compiles it again when first tried.
+struct Pattern(RulePattern);
+checked!(Pattern(RulePattern) from String, |pattern| {
+    match Regex::new(&pattern) {
+        Ok(_) => Ok(RulePattern {
+            source: pattern,
+            compiled: OnceLock::new(),
+        }),
+        Err(err) => Err(format!("bad regex `{pattern}`: {}", regex_reason(&err))),
+    }
 });
 
 /// The one-line reason of a regex error (its display spans several lines with a caret).
@@ -405,6 +441,18 @@ impl fmt::Display for ScreenMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_compiles_when_its_rule_is_first_tried() {
+        let rules = Rules::builtin();
+        let claude = rules.kind("claude");
+        assert!(!claude.rules.is_empty() && !claude.title_rules.is_empty());
+        let compiled = |rules: &[Rule]| rules.iter().filter(|r| r.pattern.is_compiled()).count();
+        assert_eq!(compiled(&claude.rules) + compiled(&claude.title_rules), 0);
+        assert_eq!(claude.title("no rule matches this title"), None);
+        assert_eq!(compiled(&claude.title_rules), claude.title_rules.len());
+        assert_eq!(compiled(&claude.rules), 0);
+    }
     use Activity::{Idle, ModelError, NeedsInput, WaitingApproval, WaitingLimit, Working};
 
     fn screen(kind: &str, text: &str) -> Option<(Activity, String)> {
