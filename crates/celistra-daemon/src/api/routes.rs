@@ -113,6 +113,17 @@ impl Route {
     }
 }
 
+/// A `Vec` of the routes, each made and pushed in turn. Written as `vec![…]`, the whole array of
+/// routes (kilobytes each, with their OpenAPI items) was built on the stack first: 268 KiB of the
+/// main thread's stack, resident for the daemon's life (found with `perf record -e page-faults`).
+macro_rules! one_by_one {
+    ($($route:expr),* $(,)?) => {{
+        let mut table = Vec::new();
+        $(table.push($route);)*
+        table
+    }};
+}
+
 /// Every route of the API.
 pub(crate) fn table() -> Vec<Route> {
     use Access::{Any, Public};
@@ -120,7 +131,7 @@ pub(crate) fn table() -> Vec<Route> {
     let operator = Access::Role(Role::Operator);
     let viewer = Access::Role(Role::Viewer);
     let approver = Access::Role(Role::Approver);
-    vec![
+    one_by_one![
         route!(Any, super::health, via_hub),
         route!(Any, openapi::document),
         route!(owner, daemon::stop),
