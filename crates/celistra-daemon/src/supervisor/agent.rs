@@ -1831,13 +1831,15 @@ impl OutputSink {
         self.handle
             .output_bytes
             .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Saved right after viewers got it, before the screen is read (which compiles a kind's
+        // rules the first time): what a viewer saw must not be lost to a daemon stopping then.
+        self.history.room_for(chunk.len()).await;
+        self.history
+            .append(&self.agent_id, self.run_id, stream, now_ms(), chunk.clone());
         activity::on_output(&self.handle, &self.services, &chunk);
         if let Some(line) = &self.readiness_line {
             line.look(&self.agent_id, stream, &chunk);
         }
-        self.history.room_for(chunk.len()).await;
-        self.history
-            .append(&self.agent_id, self.run_id, stream, now_ms(), chunk);
     }
 
     /// Asks the broker for an approval line the agent printed, and answers it on the agent's
