@@ -1540,9 +1540,8 @@ impl Agent {
         self.actor = Actor::system();
         match (input, self.handle.fanout.input()) {
             (Some(text), Some(sender)) => {
-                let _ = sender
-                    .send(InputOp::Bytes(Bytes::from(format!("{text}\r"))))
-                    .await;
+                // Recorded before it is typed: the prompt hook the agent's CLI sends on reading
+                // it must find the spell of work already begun by the typing.
                 activity::record_activity(
                     &self.handle,
                     &self.services,
@@ -1554,6 +1553,9 @@ impl Agent {
                         at_ms: now_ms(),
                     },
                 );
+                let _ = sender
+                    .send(InputOp::Bytes(Bytes::from(format!("{text}\r"))))
+                    .await;
                 Phase::Running(run)
             }
             _ => {
