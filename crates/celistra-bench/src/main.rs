@@ -582,8 +582,8 @@ async fn next_restart(events: &mut SseStream, agent_id: &str, old: u32) -> Resul
 /// Figure 4: latency from SIGKILL of an auto-restarting agent's program to its `agent_restarted`
 /// event, with default settings except that every crash counts as the first of a streak (the first
 /// restart after a healthy run, which the policy makes immediate). Sandboxed, the program is the
-/// process below the two bubblewrap processes (as `../shared/bench` kills it, and as a crash ends
-/// it), and the event comes once the new program runs inside its sandbox.
+/// process below the sandbox's own (as `../shared/bench` kills it, and as a crash ends it), and the
+/// event comes once the new program runs inside its sandbox.
 async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) -> Result<()> {
     let mut daemon = Daemon::start(binary, None).await?;
     let mut spec = AgentSpec {
@@ -610,7 +610,7 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
     for _ in 0..SAMPLES {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let program = if sandboxed {
-            below_bubblewrap(pid).context("no program below the sandbox's bubblewrap")?
+            below_the_sandbox(pid).context("no program below the sandbox's own processes")?
         } else {
             pid
         };
@@ -643,22 +643,81 @@ async fn restart_latency(binary: &Path, report: &mut Report, sandboxed: bool) ->
     Ok(())
 }
 
-/// The first process below `pid` (and the bubblewrap processes under it) that is not bubblewrap.
-fn below_bubblewrap(pid: u32) -> Option<u32> {
+/// Processes a sandbox adds above the agent's program: the launcher as its init, or (in a daemon
+/// from before issue 18's own sandbox, for same-run comparisons) bubblewrap's two.
+const SANDBOX_PROCESSES: [&str; 2] = ["celistra-launch", "bwrap"];
+
+/// The first process from `pid` down (the first child each time) that is not a sandbox's own.
+fn below_the_sandbox(pid: u32) -> Option<u32> {
+    sandbox_chain(pid).1
+}
+
+/// From `pid` down (the first child each time): the sandbox's own processes, then the first one
+/// that is not (the agent's program), if it is there.
+fn sandbox_chain(pid: u32) -> (Vec<u32>, Option<u32>) {
+    let mut own = Vec::new();
     let mut current = pid;
     for _ in 0..4 {
-        let comm = std::fs::read_to_string(format!("/proc/{current}/comm")).ok()?;
-        if comm.trim_end() != "bwrap" {
-            return Some(current);
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{current}/comm")) else {
+            break;
+        };
+        if !SANDBOX_PROCESSES.contains(&comm.trim_end()) {
+            return (own, Some(current));
         }
-        let children =
-            std::fs::read_to_string(format!("/proc/{current}/task/{current}/children")).ok()?;
-        current = children
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .min()?;
+        own.push(current);
+        let Some(child) = first_child(current) else {
+            break;
+        };
+        current = child;
     }
-    None
+    (own, None)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn first_child(pid: u32) -> Option<u32> {
+    children(pid).into_iter().min()
+}
+
+/// PSS in KiB of the processes a sandbox adds above each of `runs` (the runs' pids).
+fn sandbox_pss(runs: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for &run in runs {
+        for pid in sandbox_chain(run).0 {
+            total += proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss")?;
+        }
+    }
+    Ok(total)
+}
+
+/// PSS in KiB of `roots` and every process below them except the agents' programs (the first
+/// process below each of `runs` that is not a sandbox's own): the daemon and the keeper with
+/// everything they start to keep agents.
+fn tree_pss_without_programs(roots: &[u32], runs: &[u32]) -> Result<u64> {
+    let programs: std::collections::HashSet<u32> = runs
+        .iter()
+        .filter_map(|&run| below_the_sandbox(run))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut pending = roots.to_vec();
+    while let Some(pid) = pending.pop() {
+        if programs.contains(&pid) || !seen.insert(pid) {
+            continue;
+        }
+        // A process may end between the listing and the read.
+        if let Ok(pss) = proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss") {
+            total += pss;
+        }
+        pending.extend(children(pid));
+    }
+    Ok(total)
 }
 
 /// Starts a daemon and one apply of 1000 sleepers; the time until all run.

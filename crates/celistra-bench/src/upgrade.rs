@@ -155,7 +155,7 @@ async fn watch(client: Client, agent: String, seen: Arc<Mutex<Seen>>) {
 }
 
 /// The keeper's pid, from `keeper/keeper.lock` in the state directory.
-fn keeper_pid(daemon: &Daemon) -> Result<u32> {
+pub(crate) fn keeper_pid(daemon: &Daemon) -> Result<u32> {
     let text = std::fs::read_to_string(daemon.home().join("keeper/keeper.lock"))
         .context("reading keeper/keeper.lock")?;
     text.trim().parse().context("keeper.lock holds no pid")

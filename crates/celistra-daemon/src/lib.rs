@@ -82,7 +82,7 @@ pub struct Options {
     /// Become the child subreaper and reap orphaned descendants. Set by the binary; left off by
     /// in-process tests, whose test harness owns the process.
     pub subreaper: bool,
-    /// The binary whose `__sandbox-exec` mode applies Landlock and seccomp inside bubblewrap (the
+    /// The binary whose `__sandbox-exec` mode sets up each sandbox and confines the agent (the
     /// `celistrad` executable). Without it, sandboxed spawns are refused.
     pub launcher: Option<PathBuf>,
     /// Serve the TCP port over HTTPS only (`--tls`, `--tls-cert`/`--tls-key`).

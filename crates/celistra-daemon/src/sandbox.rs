@@ -1,6 +1,6 @@
 //! The daemon's side of the sandbox: the persisted master switch, the grants file read at every
 //! spawn, and turning an agent's spec into the confinement of its next run (capabilities → policy →
-//! bubblewrap/Landlock/seccomp plan, user, resource limits).
+//! namespaces/Landlock/seccomp plan, user, resource limits).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,7 +47,7 @@ pub(crate) struct SandboxControl {
     switch_path: PathBuf,
     grants_path: PathBuf,
     switch: Mutex<SwitchFile>,
-    /// The binary that applies Landlock and seccomp inside bubblewrap (`celistrad` itself); `None`
+    /// The binary whose launcher mode sets up each sandbox (`celistrad` itself); `None`
     /// when the daemon runs inside a program that has no launcher, which then cannot sandbox.
     launcher: Option<PathBuf>,
     /// The daemon's state directory: never visible inside a sandbox.
@@ -191,10 +191,10 @@ impl SandboxControl {
             enabled: switch.enabled,
             changed_by: switch.changed_by,
             changed_at_ms: switch.changed_at_ms,
-            bwrap: tools
+            launcher: tools
                 .as_ref()
                 .ok()
-                .map(|tools| tools.bwrap.display().to_string()),
+                .map(|tools| tools.launcher.display().to_string()),
             problem: tools.err(),
             landlock_abi: celistra_sandbox::kernel_landlock_abi(),
             block_reporting: self
@@ -325,7 +325,7 @@ impl SandboxControl {
         let mut notes = vec![];
         if let Some(because) = &confinement.info.unsandboxed_because {
             notes.push(format!(
-                "runs UNSANDBOXED ({because}): no bubblewrap, Landlock or seccomp apply"
+                "runs UNSANDBOXED ({because}): no namespaces, Landlock or seccomp apply"
             ));
         }
         for token in ["screen_capture", "accessibility", "full_disk_access"] {
@@ -336,19 +336,25 @@ impl SandboxControl {
             }
         }
         let description = confinement.plan.as_ref().map(SandboxPlan::describe);
-        let (bwrap_argv, landlock, seccomp) = match description {
+        let (launch_argv, mounts, landlock, seccomp) = match description {
             Some(description) => {
                 notes.extend(description.notes);
-                let mut argv = description.bwrap_argv;
+                let mut argv = description.launch_argv;
                 argv.extend(["/bin/sh".into(), "-c".into(), spec.command.clone()]);
-                (argv, description.landlock, description.seccomp)
+                (
+                    argv,
+                    description.mounts,
+                    description.landlock,
+                    description.seccomp,
+                )
             }
-            None => (vec![], vec![], vec![]),
+            None => (vec![], vec![], vec![], vec![]),
         };
         Ok(SandboxExplanation {
             run: confinement.info,
             sources: confinement.sources,
-            bwrap_argv,
+            launch_argv,
+            mounts,
             landlock,
             seccomp,
             notes,

@@ -33,10 +33,10 @@ pub struct SandboxStatus {
     pub changed_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_at_ms: Option<u64>,
-    /// Path of bubblewrap, when installed.
+    /// Path of the launcher that sets up each sandbox (namespaces, mounts) and confines the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bwrap: Option<String>,
-    /// Why sandboxed spawns are refused right now (bubblewrap missing), if they are.
+    pub launcher: Option<String>,
+    /// Why sandboxed spawns are refused right now (no launcher), if they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
     /// Landlock ABI version of this kernel (0: none).
@@ -76,8 +76,10 @@ pub struct CapabilitySource {
 pub struct SandboxExplanation {
     pub run: RunSandbox,
     pub sources: Vec<CapabilitySource>,
-    /// The bubblewrap command line (empty when unsandboxed).
-    pub bwrap_argv: Vec<String>,
+    /// The launcher's command line (empty when unsandboxed).
+    pub launch_argv: Vec<String>,
+    /// Namespaces, then the sandbox's filesystem, one mount per line in the order they are made.
+    pub mounts: Vec<String>,
     /// Landlock rules, one per line.
     pub landlock: Vec<String>,
     /// seccomp policy, one rule per line.

@@ -133,7 +133,8 @@ pub(crate) struct Forked {
     pub(crate) pidfd: OwnedFd,
 }
 
-/// Starts a child that runs `setup` and then executes `image`. With `cgroup` (a directory of the
+/// Starts a child that runs `setup` and then executes `image`, in new `namespaces` (`CLONE_NEW*`
+/// flags, 0 for none). With `cgroup` (a directory of the
 /// v2 hierarchy) the kernel places the child there before it runs, and `setup` is told so
 /// (`true`); where it cannot (a kernel before 5.7, `clone3` refused by a seccomp filter, or a
 /// child killed at birth: see [`crate::CgroupRoot::agent_for_run`]), `setup` is told `false` and
@@ -144,11 +145,12 @@ pub(crate) struct Forked {
 /// `execve`, becomes this function's error once the child is reaped.
 pub(crate) fn spawn(
     cgroup: Option<BorrowedFd<'_>>,
+    namespaces: u64,
     image: &Image,
     setup: &mut dyn FnMut(bool) -> io::Result<()>,
 ) -> io::Result<Forked> {
     if cgroup.is_some() {
-        match start(cgroup, image, setup) {
+        match start(cgroup, namespaces, image, setup) {
             Ok(Start::Running(forked)) => return Ok(forked),
             Ok(Start::Failed(error)) => return Err(error),
             // Placed by the kernel and killed there before running, or not placed at all.
@@ -157,7 +159,7 @@ pub(crate) fn spawn(
             Err(_) => {}
         }
     }
-    match start(None, image, setup)? {
+    match start(None, namespaces, image, setup)? {
         Start::Running(forked) => Ok(forked),
         Start::Failed(error) => Err(error),
         Start::KilledAtBirth => Err(io::Error::other(
@@ -182,11 +184,12 @@ const STARTED: u8 = b'+';
 
 fn start(
     cgroup: Option<BorrowedFd<'_>>,
+    namespaces: u64,
     image: &Image,
     setup: &mut dyn FnMut(bool) -> io::Result<()>,
 ) -> io::Result<Start> {
     let (report_reader, report_writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let (pid, pidfd) = clone(cgroup)?;
+    let (pid, pidfd) = clone(cgroup, namespaces)?;
     if pid == 0 {
         let _ = rustix::io::write(&report_writer, &[STARTED]);
         let error = setup(cgroup.is_some()).err().unwrap_or_else(|| {
@@ -241,12 +244,12 @@ fn start(
     })
 }
 
-/// One `clone3` (a `fork` where the kernel has none): the child's pid (0 in the child) and, in the
-/// parent, its pidfd when the kernel gave one.
-fn clone(cgroup: Option<BorrowedFd<'_>>) -> io::Result<(i32, Option<OwnedFd>)> {
+/// One `clone3` (a `fork` where the kernel has none and no namespace is asked for): the child's
+/// pid (0 in the child) and, in the parent, its pidfd when the kernel gave one.
+fn clone(cgroup: Option<BorrowedFd<'_>>, namespaces: u64) -> io::Result<(i32, Option<OwnedFd>)> {
     let mut pidfd: libc::c_int = -1;
     let mut args = CloneArgs {
-        flags: CLONE_PIDFD,
+        flags: CLONE_PIDFD | namespaces,
         pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
@@ -266,7 +269,10 @@ fn clone(cgroup: Option<BorrowedFd<'_>>) -> io::Result<(i32, Option<OwnedFd>)> {
     };
     if pid < 0 {
         let error = io::Error::last_os_error();
-        if cgroup.is_some() || !matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+        if cgroup.is_some()
+            || namespaces != 0
+            || !matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM))
+        {
             return Err(error);
         }
         // SAFETY: as above; fork is what std's spawn uses.
@@ -303,7 +309,7 @@ mod tests {
         let image = Image::new(Path::new("sleep"), &["30".to_owned()], &[])?;
         let procs = crate::cgroup::procs_path_c(dir)?;
         let cgroup = open_cgroup(dir)?;
-        spawn(Some(cgroup.as_fd()), &image, &mut |in_cgroup| {
+        spawn(Some(cgroup.as_fd()), 0, &image, &mut |in_cgroup| {
             if placed.is_some_and(|placed| placed != in_cgroup) {
                 return Err(io::Error::from_raw_os_error(libc::EDOM));
             }
@@ -360,14 +366,14 @@ mod tests {
         let path = [("PATH".to_owned(), "/nonexistent:/bin".to_owned())];
         let image = Image::new(Path::new("true"), &[], &path).expect("true is in /bin");
         assert_eq!(image.program.as_bytes(), b"/bin/true");
-        let error = spawn(None, &image, &mut |_| {
+        let error = spawn(None, 0, &image, &mut |_| {
             Err(io::Error::from_raw_os_error(libc::EDOM))
         })
         .err()
         .expect("the setup's error");
         assert_eq!(error.raw_os_error(), Some(libc::EDOM));
         let not_executable = Image::new(Path::new("/"), &[], &[]).expect("a path");
-        let error = spawn(None, &not_executable, &mut |_| Ok(()))
+        let error = spawn(None, 0, &not_executable, &mut |_| Ok(()))
             .err()
             .expect("execve's error");
         assert_eq!(error.raw_os_error(), Some(libc::EACCES));

@@ -2,7 +2,7 @@
 //! on pipes), session and process group, tracks every descendant in a per-agent cgroup where the kernel offers
 //! one, kills the group (or cgroup) as a whole, and reaps orphans for a daemon that is a subreaper.
 //! Everything that allocates happens before `fork`; code between `fork` and `exec` only makes syscalls.
-//! The kernel sandbox (bubblewrap, Landlock, seccomp; Seatbelt on macOS) is built here from a
+//! The kernel sandbox (namespaces, Landlock, seccomp; Seatbelt on macOS) is built here from a
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
 //! else rlimits) come from [`ResourceLimits`]. [`SystemTool`] runs a system tool (`systemctl`, …)
 //! with a timeout and its output captured; [`Git`] is that for `git` (the daemon's worktrees), as
@@ -89,14 +89,6 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
-    #[error(
-        "bubblewrap (`bwrap`) is not installed or not in $PATH, and a sandboxed agent cannot start \
-         without it. Install it (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora/RHEL: `dnf \
-         install bubblewrap`; Arch: `pacman -S bubblewrap`; Alpine: `apk add bubblewrap`; \
-         openSUSE: `zypper install bubblewrap`), or run agents unsandboxed on purpose: `celistrad \
-         ctl sandbox off` for the whole daemon, or the `privileged` capability for one agent"
-    )]
-    BwrapMissing,
     #[error(
         "the sandbox launcher {} is not an executable file named by an absolute path; give the \
          daemon's own binary (its `__sandbox-exec` mode starts sandboxed programs)",

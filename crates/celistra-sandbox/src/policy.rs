@@ -1,5 +1,5 @@
 //! What a sandboxed process may do, in concrete terms. The daemon turns capability tokens into a
-//! [`Policy`]; every platform's enforcement (bubblewrap + Landlock + seccomp here, Seatbelt on macOS)
+//! [`Policy`]; every platform's enforcement (namespaces + Landlock + seccomp here, Seatbelt on macOS)
 //! is generated from this one value.
 
 use std::path::PathBuf;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{join_cgroup, procs_path_c};
 use crate::fork::{self, Forked, Image};
 use crate::limits::{ChildLimits, LaunchLimits};
+use crate::linux::RunAs;
 use crate::{AgentCgroup, AgentLimits, Credentials, Error, SandboxPlan};
 
 /// Serialises every fork of this process. pty-process opens a PTY master and only then marks it
@@ -50,8 +51,7 @@ pub struct SpawnSpec<'a> {
     pub env: Vec<(String, String)>,
     /// Cgroup the child joins before exec, so every descendant is tracked from its first instruction.
     pub cgroup: Option<&'a AgentCgroup>,
-    /// Run `program args…` in this sandbox: the spawn itself runs bubblewrap and the launcher
-    /// around them.
+    /// Run `program args…` in this sandbox: the spawn itself runs the launcher around them.
     pub sandbox: Option<&'a SandboxPlan>,
     /// Run as this user (its PTY handed over too). Only a root daemon can switch; anyone may pass
     /// their own credentials, which changes nothing.
@@ -93,9 +93,9 @@ pub const LISTENER_FD: std::os::fd::RawFd = 3;
 /// (it removes the variable before the agent's program starts).
 pub(crate) const READY_FD_ENV: &str = "CELISTRA_SANDBOX_READY_FD";
 
-/// When a sandboxed child's own program starts. Until then its processes (bubblewrap, the
-/// launcher) ignore the terminating signals, so a signal sent to the run in that window (about
-/// 10 ms) would be lost: wait for this before signalling the run.
+/// When a sandboxed child's own program starts. Until then its processes (the launcher and the
+/// agent's process before exec) ignore or block the terminating signals, so a signal sent to the
+/// run in that window (a few ms) would be lost: wait for this before signalling the run.
 #[derive(Debug)]
 pub struct SandboxReady {
     reader: OwnedFd,
@@ -135,10 +135,10 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    /// The end of a sandboxed child, as bubblewrap reports it. bubblewrap exits with 128+N when
-    /// the program was killed by signal N, so codes 129..=192 (signals 1 to 64) are read as that
-    /// signal. A program that itself exits with such a code is reported as killed too; shells
-    /// report both the same way. The launcher's own failure is 126, bubblewrap's is 1.
+    /// The end of a sandboxed child, as the launcher (the sandbox's init) reports it. It exits
+    /// with 128+N when the program was killed by signal N, so codes 129..=192 (signals 1 to 64)
+    /// are read as that signal. A program that itself exits with such a code is reported as
+    /// killed too; shells report both the same way. The launcher's own failure is 126.
     fn of_sandboxed(code: Option<i32>, signal: Option<i32>) -> ExitInfo {
         match code {
             Some(code @ 129..=192) => ExitInfo {
@@ -155,7 +155,7 @@ impl ExitInfo {
 pub struct Child {
     pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
     pid: u32,
-    /// The process is bubblewrap, which reports the program's death by signal as an exit code.
+    /// The process is the launcher, which reports the program's death by signal as an exit code.
     sandboxed: bool,
     /// How it ended, once reaped.
     ended: Option<ExitInfo>,
@@ -179,7 +179,7 @@ impl Child {
     }
 
     /// Waits for the process to exit and reaps it. For a sandboxed child, an exit code of 128+N
-    /// from bubblewrap is reported as signal N (see [`ExitInfo`]).
+    /// from the launcher is reported as signal N (see [`ExitInfo`]).
     pub async fn wait(&mut self) -> std::io::Result<ExitInfo> {
         loop {
             if let Some(ended) = self.ended {
@@ -214,10 +214,9 @@ impl Drop for Child {
     }
 }
 
-/// Signals that would kill bubblewrap (its monitor and its init) when sent to the run's process
-/// group, taking the agent down with SIGKILL (`--die-with-parent`) before it could handle them.
-/// They are ignored through bubblewrap and restored to defaults by the launcher before the agent
-/// starts; SIGKILL still ends everything.
+/// Signals that would kill the launcher before it blocks them, when sent to the run's process
+/// group, taking the agent down before it could handle them. They are ignored until then and
+/// restored to defaults before the agent's program starts; SIGKILL still ends everything.
 const IGNORED_ABOVE_THE_SANDBOX: [libc::c_int; 15] = [
     libc::SIGHUP,
     libc::SIGINT,
@@ -269,7 +268,7 @@ impl Identity {
     }
 }
 
-/// A [`SpawnSpec`] resolved into plain data: the exact command line (bubblewrap's, for a
+/// A [`SpawnSpec`] resolved into plain data: the exact command line (the launcher's, for a
 /// sandbox), the cgroups to join, the user and the limits. It is what crosses to the keeper
 /// (`keeper`), which spawns every agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,22 +279,37 @@ pub struct Launch {
     env: Vec<(String, String)>,
     /// The agent's v2 cgroup, joined before exec.
     cgroup: Option<PathBuf>,
-    /// The program runs in bubblewrap (see [`ExitInfo::of_sandboxed`]).
+    /// The program runs in the launcher's sandbox (see [`ExitInfo::of_sandboxed`]).
     sandboxed: bool,
+    /// The user the child switches to; in a sandbox, the launcher's agent does (the child only
+    /// hands the PTY over).
     identity: Option<Identity>,
     limits: LaunchLimits,
     audit_login_uid: Option<u32>,
-    /// How errors name what was started: the agent's program, and bubblewrap around it.
+    /// How errors name what was started: the agent's program, and the launcher around it.
     described: String,
 }
 
 impl SpawnSpec<'_> {
     /// Resolves the spec into what a spawn needs: nothing in it refers to this process.
     pub fn resolve(&self) -> Result<Launch, Error> {
+        let identity = Identity::for_spawn(self.credentials)?;
         let (program, args) = match self.sandbox {
             Some(plan) => {
-                let (bwrap, args) = plan.wrap(&self.program, &self.args);
-                (bwrap.to_path_buf(), args)
+                let user = match &identity {
+                    Some(identity) => Some(RunAs::User {
+                        uid: identity.uid,
+                        gid: identity.gid,
+                        groups: identity.groups.clone(),
+                    }),
+                    None if !rustix::process::geteuid().is_root() => Some(RunAs::Mapped {
+                        uid: rustix::process::geteuid().as_raw(),
+                        gid: rustix::process::getegid().as_raw(),
+                    }),
+                    None => None,
+                };
+                let (launcher, args) = plan.wrap(&self.program, &self.args, user.as_ref())?;
+                (launcher.to_path_buf(), args)
             }
             None => (PathBuf::from(&self.program), self.args.clone()),
         };
@@ -310,7 +324,7 @@ impl SpawnSpec<'_> {
             env: self.env.clone(),
             cgroup: self.cgroup.map(|cgroup| cgroup.path().to_path_buf()),
             sandboxed: self.sandbox.is_some(),
-            identity: Identity::for_spawn(self.credentials)?,
+            identity,
             limits: self.limits.map(AgentLimits::for_launch).unwrap_or_default(),
             audit_login_uid: self.audit_login_uid,
             described,
@@ -373,11 +387,28 @@ impl Launch {
             .map(fork::open_cgroup)
             .transpose()
             .map_err(|e| self.error(e))?;
-        let forked = fork::spawn(cgroup.as_ref().map(AsFd::as_fd), &image, &mut |in_cgroup| {
-            setup.enter(in_cgroup)
-        })
+        let forked = fork::spawn(
+            cgroup.as_ref().map(AsFd::as_fd),
+            self.namespaces(),
+            &image,
+            &mut |in_cgroup| setup.enter(in_cgroup),
+        )
         .map_err(|e| self.error(e))?;
         Child::adopt(forked, self.sandboxed).map_err(|e| self.error(e))
+    }
+
+    /// The namespaces the child starts in: a sandbox's launcher is the first process of a PID
+    /// namespace (and, for an unprivileged daemon, root of a user namespace, to mount).
+    fn namespaces(&self) -> u64 {
+        if !self.sandboxed {
+            return 0;
+        }
+        let pid = libc::CLONE_NEWPID as u64;
+        if rustix::process::geteuid().is_root() {
+            pid
+        } else {
+            pid | libc::CLONE_NEWUSER as u64
+        }
     }
 
     /// What the child does between fork and exec, prepared before the fork.
@@ -408,9 +439,19 @@ impl Launch {
                 )
             }),
             sandboxed: self.sandboxed,
+            own_user_namespace: (self.namespaces() & libc::CLONE_NEWUSER as u64 != 0).then(|| {
+                let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+                (
+                    format!("0 {} 1", uid.as_raw()),
+                    format!("0 {} 1", gid.as_raw()),
+                )
+            }),
             limits: self.limits.for_child()?,
             audit_login: self.audit_login_uid.map(|uid| uid.to_string()),
-            parent_pid: rustix::process::getpid(),
+            parent: rustix::process::pidfd_open(
+                rustix::process::getpid(),
+                rustix::process::PidfdFlags::empty(),
+            )?,
             ready_fd,
             listener,
         })
@@ -519,7 +560,7 @@ enum RawStreams {
 
 /// Everything the child does between fork and exec, as data prepared before the fork: its
 /// standard streams and session, its working directory, its cgroups (while still root), its user,
-/// death with its parent, and for a sandbox the signals bubblewrap must ignore.
+/// death with its parent, and for a sandbox the signals the launcher must ignore.
 struct ChildSetup {
     streams: RawStreams,
     cwd: CString,
@@ -527,9 +568,14 @@ struct ChildSetup {
     cgroup_procs: Option<CString>,
     identity: Option<(Uid, Gid, Vec<Gid>)>,
     sandboxed: bool,
+    /// The uid and gid maps of the user namespace the child starts in: it maps the spawner's
+    /// ids to root there.
+    own_user_namespace: Option<(String, String)>,
     limits: ChildLimits,
     audit_login: Option<String>,
-    parent_pid: Pid,
+    /// A pidfd of the spawner, readable once it has died. The child's parent pid cannot tell:
+    /// in a new PID namespace it is 0 from the start.
+    parent: OwnedFd,
     ready_fd: Option<RawFd>,
     listener: Option<RawFd>,
 }
@@ -545,6 +591,17 @@ impl ChildSetup {
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        if let Some((uid_map, gid_map)) = &self.own_user_namespace {
+            for (file, content) in [
+                (c"/proc/self/uid_map", uid_map.as_str()),
+                (c"/proc/self/setgroups", "deny"),
+                (c"/proc/self/gid_map", gid_map.as_str()),
+            ] {
+                let fd =
+                    rustix::fs::open(file, rustix::fs::OFlags::WRONLY, rustix::fs::Mode::empty())?;
+                rustix::io::write(&fd, content.as_bytes())?;
+            }
         }
         rustix::process::setsid()?;
         let standard = match self.streams {
@@ -584,7 +641,7 @@ impl ChildSetup {
                 let _ = rustix::io::write(&fd, uid.as_bytes());
             }
         }
-        if let Some((uid, gid, groups)) = &self.identity {
+        if let Some((uid, gid, groups)) = self.identity.as_ref().filter(|_| !self.sandboxed) {
             // The child has one thread, so the per-thread system calls change the process.
             rustix::thread::set_thread_groups(groups)?;
             rustix::thread::set_thread_gid(*gid)?;
@@ -592,7 +649,15 @@ impl ChildSetup {
         }
         // After the credential change, which clears the death signal.
         rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-        if rustix::process::getppid() != Some(self.parent_pid) {
+        let mut parent = [rustix::event::PollFd::new(
+            &self.parent,
+            rustix::event::PollFlags::IN,
+        )];
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut parent, Some(&now)).is_ok_and(|ready| ready > 0) {
             // The spawner died between fork and prctl: do not run unsupervised.
             rustix::process::kill_process(rustix::process::getpid(), Signal::KILL)?;
         }
@@ -707,7 +772,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bwrap_codes_above_128_are_signals() {
+    fn launcher_codes_above_128_are_signals() {
         let signal = |n| ExitInfo {
             code: None,
             signal: Some(n),

@@ -1,6 +1,6 @@
-//! End to end through real bubblewrap, Landlock and seccomp: sandboxed `/bin/sh -c` scripts on
+//! End to end through the real launcher (namespaces, mounts), Landlock and seccomp: sandboxed `/bin/sh -c` scripts on
 //! pipes (and a PTY), judged by their exit status and output and by the host's files afterwards.
-//! Needs root (it creates the user `celistra-test` and switches to it) and bubblewrap.
+//! Needs root (it creates the user `celistra-test` and switches to it).
 
 #![allow(
     clippy::disallowed_methods,
@@ -25,7 +25,7 @@ const TEST_USER: &str = "celistra-test";
 const SIGKILL: i32 = 9;
 
 fn tools() -> Tools {
-    Tools::find(PathBuf::from(env!("CARGO_BIN_EXE_celistra-sandbox-exec"))).expect("bwrap")
+    Tools::find(PathBuf::from(env!("CARGO_BIN_EXE_celistra-sandbox-exec"))).expect("the launcher")
 }
 
 /// A directory under /var/tmp (the sandbox's /tmp is private, so the host's must not be used for
@@ -566,7 +566,7 @@ async fn terminate_when_ready(script: &str) -> (ExitInfo, String) {
 }
 
 #[tokio::test]
-async fn term_to_the_group_reaches_the_agent_through_bubblewrap() {
+async fn term_to_the_group_reaches_the_agent_past_the_sandboxs_init() {
     let (exit, rest) =
         terminate_when_ready("trap 'echo bye; exit 3' TERM; echo ready; sleep 1000 & wait").await;
     assert_eq!(rest, "bye\n");
@@ -606,4 +606,59 @@ async fn a_launch_failure_says_what_failed_and_exits_126() {
             .starts_with("celistra sandbox: executing /nonexistent/program: No such file"),
         "{outcome:?}"
     );
+}
+
+#[tokio::test]
+async fn the_agent_sees_only_its_sandbox_and_cannot_end_its_init() {
+    let scratch = scratch();
+    let workspace = dir_with(&scratch, "ws", &[]);
+    let script = format!(
+        "echo \"self=$$\"; test -e /proc/{host} && echo host-visible
+         kill -KILL 1; kill -TERM 1; test -d /proc/1 && echo init-alive
+         echo 1 > /proc/sys/kernel/panic && echo knob-written
+         grep -c . /proc/self/uid_map",
+        host = std::process::id()
+    );
+    let outcome = run(&policy(&workspace), None, &script).await;
+    assert_eq!(outcome.stdout, "self=2\ninit-alive\n1\n", "{outcome:?}");
+    assert!(
+        ["Read-only file system", "Permission denied"]
+            .iter()
+            .any(|refusal| outcome
+                .stderr
+                .contains(&format!("/proc/sys/kernel/panic: {refusal}"))),
+        "{outcome:?}"
+    );
+}
+
+/// Host processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(marker).then_some(cmdline)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn orphans_are_reaped_and_nothing_outlives_the_agent() {
+    let scratch = scratch();
+    let workspace = dir_with(&scratch, "ws", &[]);
+    let marker = format!("7{}.5", std::process::id());
+    // An orphan's zombie stays until the sandbox's init reaps it; the loop is bounded (5 s).
+    let script = format!(
+        "(true &)
+         i=0; while grep -qs ') Z ' /proc/[0-9]*/stat; do
+           i=$((i+1)); [ $i -gt 500 ] && {{ echo zombie-left; break; }}; sleep 0.01
+         done
+         sleep {marker} </dev/null >/dev/null 2>&1 &
+         echo left-behind"
+    );
+    let outcome = run(&policy(&workspace), None, &script).await;
+    assert_eq!(outcome.stdout, "left-behind\n", "{outcome:?}");
+    // The init's exit ended every process of the namespace before the run was reaped.
+    assert_eq!(processes_with(&marker), Vec::<String>::new());
 }

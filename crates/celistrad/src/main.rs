@@ -119,8 +119,8 @@ enum OfflineAuditAction {
 }
 
 fn main() -> ExitCode {
-    // Inside a sandbox this binary is the launcher that bubblewrap runs: it confines itself and
-    // execs the agent's command, before any runtime or thread exists.
+    // Started as a sandbox's launcher, this binary sets the sandbox up and runs the agent's
+    // command in it, before any runtime or thread exists.
     if std::env::args_os()
         .nth(1)
         .is_some_and(|arg| arg == celistra_sandbox::LAUNCHER_ARG)

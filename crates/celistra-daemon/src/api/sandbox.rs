@@ -13,7 +13,7 @@ use super::responses::{BadBody, Internal};
 use super::{Actor, Failure, JsonBody, Source};
 use crate::supervisor::Supervisor;
 
-/// The master switch, bubblewrap, Landlock and how blocks are reported.
+/// The master switch, the launcher, Landlock and how blocks are reported.
 #[utoipa::path(
     get,
     path = "/v1/sandbox",
@@ -53,7 +53,7 @@ pub(crate) async fn switch(
 }
 
 /// What an agent (`agent`) or a prospective spawn (`spec`) runs with: effective capabilities and
-/// where they came from, the user, the bubblewrap command line, Landlock rules and seccomp policy.
+/// where they came from, the user, the launcher command line and mounts, Landlock rules and seccomp policy.
 #[utoipa::path(
     post,
     path = "/v1/sandbox/explain",

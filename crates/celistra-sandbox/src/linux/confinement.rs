@@ -1,4 +1,4 @@
-//! What the launcher enforces on itself inside bubblewrap: the Landlock rules (paths with their
+//! What the launcher enforces on the agent inside the sandbox: the Landlock rules (paths with their
 //! rights, TCP ports, scopes) and the seccomp policy. The daemon computes it once per plan and
 //! passes it encoded on the launcher's command line, so what `describe` shows is what is applied.
 

@@ -1,27 +1,74 @@
-//! The launcher: the first program bubblewrap runs inside the sandbox. It restores the signal
-//! state the agent should start with, confines itself (Landlock, then seccomp) and execs the
-//! agent's program. It runs in a fresh process, so unlike `pre_exec` code it may allocate.
+//! The launcher: the program the keeper starts as the first process of a sandbox's new PID
+//! namespace. It unshares the other namespaces, builds the sandbox's filesystem
+//! ([`super::mounts`]), and starts the agent as its child, which takes its user, drops every
+//! capability, restores the signal state the agent should start with, confines itself (Landlock,
+//! then seccomp) and execs the agent's program. The launcher stays as the namespace's init: it
+//! reaps orphans and exits with the agent's status (128+N for death by signal N); its exit ends
+//! every process left in the namespace. It runs in a fresh process, so unlike code between fork
+//! and exec it may allocate.
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 
+use serde::{Deserialize, Serialize};
+
 use super::confinement::{Confinement, LandlockError};
+use super::mounts::{self, MountError, MountStep};
 use super::syscall_filter;
 
 /// `argv[1]` that makes a binary act as the launcher:
-/// `<launcher> __sandbox-exec <encoded confinement> -- <program> [args…]`.
+/// `<launcher> __sandbox-exec <encoded sandbox> <encoded user> -- <program> [args…]`.
 pub const LAUNCHER_ARG: &str = "__sandbox-exec";
 
 /// Exit status when the launcher cannot start the program (the shell's "cannot execute").
 const CANNOT_EXECUTE: i32 = 126;
 
+/// Everything a plan has the launcher set up, as its command line carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SandboxSetup {
+    pub mounts: Vec<MountStep>,
+    /// The agent's working directory inside.
+    pub workdir: String,
+    /// A network namespace of its own (only loopback), or the host's.
+    pub own_network: bool,
+    pub confinement: Confinement,
+}
+
+/// Who the agent runs as, when not as the launcher itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RunAs {
+    /// A root daemon's agent of another user: the agent switches to it.
+    User {
+        uid: u32,
+        gid: u32,
+        groups: Vec<u32>,
+    },
+    /// An unprivileged daemon's agent. The launcher is root of a user namespace of its own (to
+    /// mount); the agent gets the daemon's ids back through a nested one.
+    Mapped { uid: u32, gid: u32 },
+}
+
 #[derive(Debug, thiserror::Error)]
 enum LaunchError {
-    #[error("bad command line: expected `{LAUNCHER_ARG} <encoded policy> -- <program> [args…]`")]
+    #[error(
+        "bad command line: expected `{LAUNCHER_ARG} <encoded sandbox> <encoded user> -- <program> [args…]`"
+    )]
     Usage,
-    #[error("decoding the policy: {0}")]
+    #[error("decoding the sandbox: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("making the sandbox's namespaces: {0}")]
+    Namespaces(std::io::Error),
+    #[error("building the sandbox's filesystem: {0}")]
+    Mounts(#[from] MountError),
+    #[error("bringing up the sandbox's loopback: {0}")]
+    Loopback(std::io::Error),
+    #[error("starting the agent's process: {0}")]
+    Fork(std::io::Error),
+    #[error("taking the agent's user: {0}")]
+    User(std::io::Error),
+    #[error("dropping capabilities: {0}")]
+    Capabilities(std::io::Error),
     #[error("resetting the signal mask: {0}")]
     Signals(std::io::Error),
     #[error("compiling the seccomp filter: {0}")]
@@ -37,13 +84,19 @@ enum LaunchError {
     },
 }
 
-/// Runs the launcher on this process's arguments and never returns: it execs the program, or
-/// prints `celistra sandbox: <what failed>: <error>` and exits with 126. Call it first thing in
-/// `main` when `argv[1]` is [`LAUNCHER_ARG`].
+/// Runs the launcher on this process's arguments and never returns: it exits with the agent's
+/// status, or prints `celistra sandbox: <what failed>: <error>` and exits with 126. Call it first
+/// thing in `main` when `argv[1]` is [`LAUNCHER_ARG`].
 pub fn launcher_main() -> ! {
     let args: Vec<OsString> = std::env::args_os().skip(2).collect();
     let error = match launch(&args) {
-        Ok(never) => match never {},
+        Ok(agent) => {
+            // What the init keeps for the agent's whole run: nothing from the set-up.
+            drop(args);
+            // SAFETY: returns free heap memory to the kernel; no other thread runs.
+            unsafe { libc::malloc_trim(0) };
+            be_init(agent)
+        }
         Err(error) => error,
     };
     #[allow(
@@ -56,20 +109,75 @@ pub fn launcher_main() -> ! {
     std::process::exit(CANNOT_EXECUTE)
 }
 
-fn launch(args: &[OsString]) -> Result<Infallible, LaunchError> {
-    let [encoded, separator, command @ ..] = args else {
+/// Sets the sandbox up and starts the agent: in the init, returns the agent's pid; in the agent,
+/// returns only an error.
+fn launch(args: &[OsString]) -> Result<libc::pid_t, LaunchError> {
+    let [setup, user, separator, command @ ..] = args else {
         return Err(LaunchError::Usage);
     };
     if separator != "--" || command.is_empty() {
         return Err(LaunchError::Usage);
     }
     let ready = take_ready_fd();
-    let encoded = encoded.to_str().ok_or(LaunchError::Usage)?;
-    let confinement: Confinement = serde_json::from_str(encoded)?;
+    let setup: SandboxSetup = serde_json::from_str(setup.to_str().ok_or(LaunchError::Usage)?)?;
+    let user: Option<RunAs> = serde_json::from_str(user.to_str().ok_or(LaunchError::Usage)?)?;
     let argv = command
         .iter()
         .map(|arg| CString::new(arg.as_bytes()).map_err(|_| LaunchError::Usage))
         .collect::<Result<Vec<CString>, _>>()?;
+    let mut namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    // After joining the agent's cgroup (the keeper started this process in it): it is the root.
+    namespaces |= libc::CLONE_NEWCGROUP;
+    if setup.own_network {
+        namespaces |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: this process has one thread, so unsharing changes all of it.
+    if unsafe { libc::unshare(namespaces) } != 0 {
+        return Err(LaunchError::Namespaces(std::io::Error::last_os_error()));
+    }
+    if setup.own_network {
+        mounts::loopback_up().map_err(LaunchError::Loopback)?;
+    }
+    mounts::build_root(&setup.mounts, &setup.workdir)?;
+    block_all_signals().map_err(LaunchError::Signals)?;
+    // SAFETY: this process has one thread; the child only runs this function's code to exec.
+    let agent = unsafe { libc::fork() };
+    if agent < 0 {
+        return Err(LaunchError::Fork(std::io::Error::last_os_error()));
+    }
+    if agent == 0 {
+        return match start_agent(&setup.confinement, user.as_ref(), ready, &argv) {
+            Ok(never) => match never {},
+            Err(error) => Err(error),
+        };
+    }
+    Ok(agent)
+}
+
+/// The agent's side of the fork: its user, no capability, default signals, Landlock and seccomp,
+/// then its program.
+fn start_agent(
+    confinement: &Confinement,
+    user: Option<&RunAs>,
+    ready: Option<libc::c_int>,
+    argv: &[CString],
+) -> Result<Infallible, LaunchError> {
+    if let Some(RunAs::Mapped { uid, gid }) = user {
+        map_back(*uid, *gid).map_err(LaunchError::User)?;
+    }
+    drop_bounding_capabilities().map_err(LaunchError::Capabilities)?;
+    if let Some(RunAs::User { uid, gid, groups }) = user {
+        let groups: Vec<rustix::process::Gid> = groups
+            .iter()
+            .map(|&g| rustix::process::Gid::from_raw(g))
+            .collect();
+        rustix::thread::set_thread_groups(&groups).map_err(|e| LaunchError::User(e.into()))?;
+        rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(*gid))
+            .map_err(|e| LaunchError::User(e.into()))?;
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(*uid))
+            .map_err(|e| LaunchError::User(e.into()))?;
+    }
+    drop_capabilities().map_err(LaunchError::Capabilities)?;
     reset_signals().map_err(LaunchError::Signals)?;
     let filters = syscall_filter::compile(confinement.subprocess)?;
     confinement.restrict_self()?;
@@ -82,7 +190,106 @@ fn launch(args: &[OsString]) -> Result<Infallible, LaunchError> {
             libc::close(fd);
         }
     }
-    Err(exec(&argv))
+    Err(exec(argv))
+}
+
+/// The init's side: no capability, no descriptor the agent needs to see closed, and reaping until
+/// the agent ends. Signals stay blocked and are only waited for: a terminating signal sent to the
+/// run's process group is the agent's to handle, and the init ignores it.
+fn be_init(agent: libc::pid_t) -> ! {
+    // SAFETY: closes this process's descriptors above the standard streams (the readiness pipe,
+    // a shared listener), which the agent has its own copies of.
+    unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
+    let _ = drop_bounding_capabilities();
+    let _ = drop_capabilities();
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    let all = every_signal();
+    loop {
+        // SAFETY: `all` is an initialised signal set; a null info pointer is allowed.
+        let signal = unsafe { libc::sigwaitinfo(&raw const all, std::ptr::null_mut()) };
+        if signal != libc::SIGCHLD {
+            continue;
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: a valid status pointer; WNOHANG never blocks.
+            let reaped = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+            if reaped <= 0 {
+                break;
+            }
+            if reaped == agent {
+                let code = if libc::WIFSIGNALED(status) {
+                    128 + libc::WTERMSIG(status)
+                } else {
+                    libc::WEXITSTATUS(status)
+                };
+                std::process::exit(code);
+            }
+        }
+    }
+}
+
+/// Blocks every signal, so none is lost between the fork and the init's first wait.
+fn block_all_signals() -> std::io::Result<()> {
+    let all = every_signal();
+    // SAFETY: `all` is an initialised signal set that outlives the call.
+    if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &raw const all, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn every_signal() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset_t is valid storage, and sigfillset initialises it.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&raw mut all);
+        all
+    }
+}
+
+/// Enters a nested user namespace where this process (root of the launcher's) is `uid`:`gid`,
+/// the daemon's own ids.
+fn map_back(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: this process has one thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::fs::write("/proc/self/setgroups", "deny")?;
+    std::fs::write("/proc/self/uid_map", format!("{uid} 0 1"))?;
+    std::fs::write("/proc/self/gid_map", format!("{gid} 0 1"))
+}
+
+/// Removes every capability from the bounding set, so no program executed later gets one back.
+/// Needs CAP_SETPCAP, so before any change of user.
+fn drop_bounding_capabilities() -> std::io::Result<()> {
+    for capability in 0..64 {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) } != 0 {
+            let error = std::io::Error::last_os_error();
+            // Past the kernel's last capability.
+            if error.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// Empties the effective, permitted, inheritable and ambient capability sets.
+fn drop_capabilities() -> std::io::Result<()> {
+    rustix::thread::clear_ambient_capability_set()?;
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )?;
+    Ok(())
 }
 
 /// The descriptor through which the daemon waits for the sandbox to be in place, taken out of the
@@ -103,9 +310,9 @@ pub fn default_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
-/// Gives every signal its default disposition and unblocks all of them. The daemon made the
-/// sandbox's outer processes ignore terminating signals (so a signal to the process group reaches
-/// the agent without killing bubblewrap first); the agent must get them as usual.
+/// Gives every signal its default disposition and unblocks all of them. The keeper made the
+/// launcher ignore terminating signals, and the launcher blocked all of them; the agent must get
+/// them as usual.
 fn reset_signals() -> std::io::Result<()> {
     for signal in 1..=libc::SIGRTMAX() {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {

@@ -1,5 +1,5 @@
-//! The sandbox of one run, computed from a [`Policy`] before fork: bubblewrap's mount and namespace
-//! options, and the [`Confinement`] the launcher applies inside. Also its human-readable
+//! The sandbox of one run, computed from a [`Policy`] before fork: the namespaces and mounts the
+//! launcher makes, and the [`Confinement`] it applies to the agent. Also its human-readable
 //! description for `ctl sandbox explain`.
 //!
 //! Filesystem layering: Landlock, not the mount table, decides what may be written whenever the
@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::confinement::{Confinement, Rights, TcpPorts};
 use super::interp::interpreters;
-use super::launcher::LAUNCHER_ARG;
+use super::launcher::{LAUNCHER_ARG, RunAs, SandboxSetup};
+use super::mounts::MountStep;
 use super::syscall_filter;
 use super::tools::Tools;
 use crate::{Error, Network, Policy};
@@ -34,9 +35,9 @@ const ABI_LOG_NEW_EXEC: u32 = 7;
 const RUNTIME_DIRS: [&str; 8] = [
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
 ];
-/// Filesystems bubblewrap makes fresh inside; readable whatever the policy.
+/// Filesystems the launcher makes fresh inside; readable whatever the policy.
 const SANDBOX_FILESYSTEMS: [&str; 3] = ["/dev", "/proc", "/tmp"];
-/// Device nodes (inside bubblewrap's /dev) that ordinary programs write to or ioctl.
+/// Device nodes (inside the private /dev) that ordinary programs write to or ioctl.
 const WRITABLE_DEVICES: [&str; 9] = [
     "/dev/null",
     "/dev/zero",
@@ -54,10 +55,8 @@ const SHELL: &str = "/bin/sh";
 #[derive(Debug, Clone)]
 pub struct SandboxPlan {
     tools: Tools,
-    /// bubblewrap's options, everything before its `--`.
-    bwrap_options: Vec<String>,
-    confinement: Confinement,
-    /// `confinement` as the launcher reads it.
+    setup: SandboxSetup,
+    /// `setup` as the launcher reads it.
     encoded: String,
     notes: Vec<String>,
 }
@@ -66,7 +65,9 @@ pub struct SandboxPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanDescription {
     /// The command line that precedes the agent's own program and arguments.
-    pub bwrap_argv: Vec<String>,
+    pub launch_argv: Vec<String>,
+    /// Namespaces, then the sandbox's filesystem, one mount per line in the order they are made.
+    pub mounts: Vec<String>,
     /// Landlock rules, one per line.
     pub landlock: Vec<String>,
     /// seccomp denials, one per kind.
@@ -113,60 +114,68 @@ impl SandboxPlan {
             runtime_dirs()?
         };
         let (share_net, tcp) = network(&policy.network, abi, &mut notes);
-        let bwrap_options = bwrap_options(policy, &paths, &runtime, abi, share_net)?;
-        let confinement = confinement(policy, &paths, &runtime, abi, tcp)?;
+        let setup = SandboxSetup {
+            mounts: mounts(policy, &paths, &runtime, abi)?,
+            workdir: paths.workspace.to_owned(),
+            own_network: !share_net,
+            confinement: confinement(policy, &paths, &runtime, abi, tcp)?,
+        };
         kernel_notes(policy, abi, share_net, &mut notes);
-        let encoded = serde_json::to_string(&confinement).map_err(Error::PolicyEncoding)?;
+        let encoded = serde_json::to_string(&setup).map_err(Error::PolicyEncoding)?;
         Ok(SandboxPlan {
             tools: tools.clone(),
-            bwrap_options,
-            confinement,
+            setup,
             encoded,
             notes,
         })
     }
 
-    /// The program and arguments that run `program args…` in this sandbox:
-    /// `bwrap <options> -- <launcher> __sandbox-exec <encoded> -- program args…`.
-    pub(crate) fn wrap(&self, program: &str, args: &[String]) -> (&Path, Vec<String>) {
-        let mut wrapped = self.prefix();
+    /// The program and arguments that run `program args…` in this sandbox as `user`:
+    /// `<launcher> __sandbox-exec <encoded setup> <encoded user> -- program args…`.
+    pub(crate) fn wrap(
+        &self,
+        program: &str,
+        args: &[String],
+        user: Option<&RunAs>,
+    ) -> Result<(&Path, Vec<String>), Error> {
+        let mut wrapped = self.prefix(user)?;
         wrapped.push(program.to_owned());
         wrapped.extend(args.iter().cloned());
-        (&self.tools.bwrap, wrapped)
+        Ok((&self.tools.launcher, wrapped))
     }
 
-    /// bubblewrap's arguments up to the agent's program.
-    fn prefix(&self) -> Vec<String> {
-        let mut prefix = self.bwrap_options.clone();
-        prefix.extend([
-            "--".to_owned(),
-            self.tools.launcher.display().to_string(),
+    /// The launcher's arguments up to the agent's program.
+    fn prefix(&self, user: Option<&RunAs>) -> Result<Vec<String>, Error> {
+        Ok(vec![
             LAUNCHER_ARG.to_owned(),
             self.encoded.clone(),
+            serde_json::to_string(&user).map_err(Error::PolicyEncoding)?,
             "--".to_owned(),
-        ]);
-        prefix
+        ])
     }
 
     pub fn describe(&self) -> PlanDescription {
-        let mut bwrap_argv = vec![self.tools.bwrap.display().to_string()];
-        bwrap_argv.extend(self.prefix());
+        let mut launch_argv = vec![self.tools.launcher.display().to_string()];
+        launch_argv.extend(self.prefix(None).unwrap_or_default());
+        let network = if self.setup.own_network {
+            ", network (loopback only)"
+        } else {
+            ""
+        };
+        let mut mounts = vec![format!(
+            "namespaces: pid, mount, ipc, uts, cgroup{network}; every capability dropped"
+        )];
+        mounts.extend(self.setup.mounts.iter().map(MountStep::describe));
+        mounts.push(format!("chdir {}", self.setup.workdir));
+        let confinement = &self.setup.confinement;
         PlanDescription {
-            bwrap_argv,
-            landlock: self.confinement.describe(),
-            seccomp: syscall_filter::describe(self.confinement.subprocess),
-            landlock_abi: self.confinement.landlock_abi,
+            launch_argv,
+            mounts,
+            landlock: confinement.describe(),
+            seccomp: syscall_filter::describe(confinement.subprocess),
+            landlock_abi: confinement.landlock_abi,
             notes: self.notes.clone(),
         }
-    }
-}
-
-#[derive(Default)]
-struct Options(Vec<String>);
-
-impl Options {
-    fn add(&mut self, parts: &[&str]) {
-        self.0.extend(parts.iter().map(|p| (*p).to_owned()));
     }
 }
 
@@ -215,65 +224,66 @@ fn agent_binary() -> String {
     format!("{}/celistrad", crate::AGENT_BIN_INSIDE)
 }
 
-/// bubblewrap's options: namespaces, then mounts in an order where later ones win.
-fn bwrap_options(
+/// A bind of the host's `source` at `target`. The source's symlinks are resolved here: the
+/// launcher reads it with the host's tree moved aside, where an absolute link would miss.
+fn bind(source: &str, target: &str, writable: bool) -> Result<MountStep, Error> {
+    let resolved =
+        std::fs::canonicalize(source).map_err(|e| path_error(Path::new(source), &e.to_string()))?;
+    Ok(MountStep::Bind {
+        source: text(&resolved)?.to_owned(),
+        target: target.to_owned(),
+        writable,
+    })
+}
+
+/// The sandbox's filesystem, in an order where later mounts win.
+fn mounts(
     policy: &Policy,
     paths: &GrantedPaths<'_>,
     runtime: &[RuntimeDir],
     abi: u32,
-    share_net: bool,
-) -> Result<Vec<String>, Error> {
-    let mut options = Options::default();
-    options.add(&["--unshare-all"]);
-    if share_net {
-        options.add(&["--share-net"]);
-    }
-    // No --new-session: the agent keeps its PTY as controlling terminal (job control, /dev/tty).
-    // The PTY is private to the agent, and seccomp denies TIOCSTI, so nothing can be typed into
-    // another session through it.
-    options.add(&["--die-with-parent", "--cap-drop", "ALL"]);
-
-    let host_bind = if abi >= ABI_DENIES_ALL_WRITES {
-        "--bind"
-    } else {
-        "--ro-bind"
-    };
+) -> Result<Vec<MountStep>, Error> {
+    let host_writable = abi >= ABI_DENIES_ALL_WRITES;
+    let mut steps = Vec::new();
     let mut bound: Vec<&str> = Vec::new();
     if policy.read_anywhere {
-        options.add(&[host_bind, "/", "/"]);
+        steps.push(bind("/", "/", host_writable)?);
         bound.push("/");
     }
+    let mut symlinks = Vec::new();
     for dir in runtime {
         match dir {
             RuntimeDir::Directory(path) => {
-                options.add(&[host_bind, path, path]);
+                steps.push(bind(path, path, host_writable)?);
                 bound.push(path);
             }
-            RuntimeDir::Symlink { path, target } => options.add(&["--symlink", target, path]),
+            RuntimeDir::Symlink { path, target } => symlinks.push(MountStep::Symlink {
+                target: target.clone(),
+                path: (*path).to_owned(),
+            }),
         }
     }
-    options.add(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
     // After the fresh /tmp, so paths below /tmp are visible again. Later binds win over earlier
     // ones, so the workspace and write paths stay writable inside read paths.
+    let mut late = Vec::new();
     for path in paths.reads.iter().chain(&paths.execs) {
-        options.add(&[host_bind, path, path]);
+        late.push(bind(path, path, host_writable)?);
     }
-    let workspace_bind = if policy.workspace_writable {
-        "--bind"
-    } else {
-        host_bind
-    };
-    options.add(&[workspace_bind, paths.workspace, paths.workspace]);
+    late.push(bind(
+        paths.workspace,
+        paths.workspace,
+        policy.workspace_writable || host_writable,
+    )?);
     for path in &paths.writes {
-        options.add(&["--bind", path, path]);
+        late.push(bind(path, path, true)?);
     }
-    options.add(&["--ro-bind", paths.launcher, paths.launcher]);
+    late.push(bind(paths.launcher, paths.launcher, false)?);
     // The daemon's binary where it is (hooks may name it by its path, which can be in the private
     // /tmp), and as the agent's own `celistrad` (ask, hook).
     if paths.daemon != paths.launcher {
-        options.add(&["--ro-bind", paths.daemon, paths.daemon]);
+        late.push(bind(paths.daemon, paths.daemon, false)?);
     }
-    options.add(&["--ro-bind", paths.daemon, &agent_binary()]);
+    late.push(bind(paths.daemon, &agent_binary(), false)?);
     bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
     bound.push(paths.workspace);
     // Last, so a hidden path inside the workspace or a bound path is masked all the same.
@@ -282,11 +292,11 @@ fn bwrap_options(
             continue;
         }
         match std::fs::metadata(hidden) {
-            Ok(meta) if meta.is_dir() => {
-                let hidden = absolute(hidden)?;
-                options.add(&["--tmpfs", hidden, "--remount-ro", hidden]);
-            }
-            Ok(_) => options.add(&["--ro-bind", "/dev/null", absolute(hidden)?]),
+            Ok(meta) if meta.is_dir() => late.push(MountStep::Tmpfs {
+                path: absolute(hidden)?.to_owned(),
+                writable: false,
+            }),
+            Ok(_) => late.push(bind("/dev/null", absolute(hidden)?, false)?),
             Err(_) => {}
         }
     }
@@ -296,10 +306,23 @@ fn bwrap_options(
             path: socket.display().to_string(),
             problem: "has no directory".into(),
         })?;
-        options.add(&["--bind", absolute(dir)?, crate::policy::ASK_DIR_INSIDE]);
+        late.push(bind(absolute(dir)?, crate::policy::ASK_DIR_INSIDE, true)?);
     }
-    options.add(&["--chdir", paths.workspace]);
-    Ok(options.0)
+    steps.extend(symlinks);
+    steps.extend([
+        MountStep::Proc {
+            path: "/proc".to_owned(),
+        },
+        MountStep::Dev {
+            path: "/dev".to_owned(),
+        },
+        MountStep::Tmpfs {
+            path: "/tmp".to_owned(),
+            writable: true,
+        },
+    ]);
+    steps.extend(late);
+    Ok(steps)
 }
 
 /// The Landlock rules and seccomp choice the launcher applies.
@@ -450,7 +473,7 @@ fn existing<'a>(
     Ok(found)
 }
 
-/// An absolute `path` as text, as bubblewrap's command line and the encoded rules need it.
+/// An absolute `path` as text, as the encoded mounts and rules need it.
 fn absolute(path: &Path) -> Result<&str, Error> {
     if !path.is_absolute() {
         return Err(path_error(path, "is not an absolute path"));
@@ -493,7 +516,6 @@ mod tests {
 
     fn tools() -> Tools {
         Tools {
-            bwrap: PathBuf::from("/usr/bin/bwrap"),
             launcher: PathBuf::from("/opt/celistra/celistra-launch"),
             daemon: PathBuf::from("/opt/celistra/celistrad"),
         }
@@ -515,96 +537,133 @@ mod tests {
         }
     }
 
-    fn position(argv: &[String], window: &[&str]) -> usize {
-        argv.windows(window.len())
-            .position(|w| w.iter().zip(window).all(|(a, b)| a == b))
-            .unwrap_or_else(|| panic!("{window:?} not in {argv:?}"))
+    fn bind(source: &str, target: &str, writable: bool) -> MountStep {
+        MountStep::Bind {
+            source: source.to_owned(),
+            target: target.to_owned(),
+            writable,
+        }
+    }
+
+    fn position(steps: &[MountStep], step: &MountStep) -> usize {
+        steps
+            .iter()
+            .position(|s| s == step)
+            .unwrap_or_else(|| panic!("{step:?} not in {steps:#?}"))
+    }
+
+    /// Tools that exist, for a plan whose binds resolve their sources.
+    fn real_tools(dir: &Path) -> Tools {
+        let launcher = dir.join("celistra-launch");
+        let daemon = dir.join("celistrad");
+        std::fs::write(&launcher, "").unwrap();
+        std::fs::write(&daemon, "").unwrap();
+        Tools { launcher, daemon }
     }
 
     #[test]
-    fn default_policy_argv() {
+    fn default_policy_mounts() {
         let dir = tempfile::tempdir().unwrap();
-        let ws = dir.path().to_str().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        let ws = ws.to_str().unwrap();
         let hidden = dir.path().join(".state");
         std::fs::create_dir(&hidden).unwrap();
         let mut policy = policy(dir.path());
         policy.hidden = vec![hidden.clone(), PathBuf::from("/nonexistent/state")];
-        let plan = SandboxPlan::for_landlock_abi(&policy, &tools(), 7).unwrap();
-        let argv = plan.describe().bwrap_argv;
-        let hidden = hidden.to_str().unwrap();
-
-        assert_eq!(
-            argv[..5],
-            [
-                "/usr/bin/bwrap",
-                "--unshare-all",
-                "--die-with-parent",
-                "--cap-drop",
-                "ALL"
-            ]
-        );
-        assert!(
-            !argv
-                .iter()
-                .any(|a| a == "--share-net" || a == "--new-session")
-        );
+        let tools = real_tools(dir.path());
+        let plan = SandboxPlan::for_landlock_abi(&policy, &tools, 7).unwrap();
+        let steps = &plan.setup.mounts;
+        assert!(plan.setup.own_network);
+        assert_eq!(plan.setup.workdir, dir.path().to_str().unwrap());
         // Landlock guards writes, so even system directories are bound read-write.
-        let usr = position(&argv, &["--bind", "/usr", "/usr"]);
-        let fresh = position(
-            &argv,
-            &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"],
+        let usr = position(steps, &bind("/usr", "/usr", true));
+        let proc = position(
+            steps,
+            &MountStep::Proc {
+                path: "/proc".into(),
+            },
         );
-        let workspace = position(&argv, &["--bind", ws, ws]);
-        let launcher = "/opt/celistra/celistra-launch";
-        let launcher_bind = position(&argv, &["--ro-bind", launcher, launcher]);
+        let tmp = position(
+            steps,
+            &MountStep::Tmpfs {
+                path: "/tmp".into(),
+                writable: true,
+            },
+        );
+        let workspace = position(steps, &bind(ws, dir.path().to_str().unwrap(), true));
+        let launcher = tools.launcher.to_str().unwrap();
+        let launcher_bind = position(steps, &bind(launcher, launcher, false));
         // The agent's own `celistrad`: the daemon's binary, read-only, in its private /tmp, and
         // executable whatever its capabilities.
         let agent_bin = "/tmp/.celistra/bin/celistrad";
-        let daemon = "/opt/celistra/celistrad";
-        let agent_bin_bind = position(&argv, &["--ro-bind", daemon, agent_bin]);
-        assert!(fresh < position(&argv, &["--ro-bind", daemon, daemon]));
+        let daemon = tools.daemon.to_str().unwrap();
+        let agent_bin_bind = position(steps, &bind(daemon, agent_bin, false));
+        assert!(tmp < position(steps, &bind(daemon, daemon, false)));
         assert_eq!(
-            plan.confinement.paths.get(Path::new(agent_bin)),
+            plan.setup.confinement.paths.get(Path::new(agent_bin)),
             Some(&Rights::READ_EXECUTE)
         );
-        let mask = position(&argv, &["--tmpfs", hidden, "--remount-ro", hidden]);
-        assert!(usr < fresh && fresh < workspace && workspace < mask && launcher_bind < mask);
-        assert!(fresh < agent_bin_bind);
-        assert!(!argv.iter().any(|a| a.contains("/nonexistent")));
-        let tail = &argv[argv.len() - 7..];
-        assert_eq!(tail[..5], ["--chdir", ws, "--", launcher, LAUNCHER_ARG]);
-        assert_eq!(tail[6], "--");
-        let decoded: Confinement = serde_json::from_str(&tail[5]).unwrap();
-        assert_eq!(decoded, plan.confinement);
+        let mask = position(
+            steps,
+            &MountStep::Tmpfs {
+                path: hidden.to_str().unwrap().into(),
+                writable: false,
+            },
+        );
+        assert!(usr < proc && proc < tmp && tmp < workspace && workspace < mask);
+        assert!(launcher_bind < mask && tmp < agent_bin_bind);
+        let described = plan.describe();
+        assert!(!described.mounts.join("\n").contains("/nonexistent"));
+        assert!(described.mounts[0].contains("network (loopback only)"));
+        let argv = &described.launch_argv;
+        assert_eq!(argv[..2], [launcher, LAUNCHER_ARG]);
+        assert_eq!(argv[3..], ["null", "--"]);
+        let decoded: SandboxSetup = serde_json::from_str(&argv[2]).unwrap();
+        assert_eq!(decoded, plan.setup);
     }
 
     #[test]
-    fn wrapping_appends_the_program() {
+    fn wrapping_appends_the_user_and_the_program() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = SandboxPlan::for_landlock_abi(&policy(dir.path()), &tools(), 7).unwrap();
-        let (bwrap, args) = plan.wrap("/bin/sh", &["-c".to_owned(), "echo hi".to_owned()]);
-        assert_eq!(bwrap, Path::new("/usr/bin/bwrap"));
-        assert_eq!(args[..args.len() - 3], plan.describe().bwrap_argv[1..]);
-        assert_eq!(args[args.len() - 3..], ["/bin/sh", "-c", "echo hi"]);
+        let plan =
+            SandboxPlan::for_landlock_abi(&policy(dir.path()), &real_tools(dir.path()), 7).unwrap();
+        let user = RunAs::Mapped {
+            uid: 1000,
+            gid: 1000,
+        };
+        let (launcher, args) = plan
+            .wrap(
+                "/bin/sh",
+                &["-c".to_owned(), "echo hi".to_owned()],
+                Some(&user),
+            )
+            .unwrap();
+        assert_eq!(launcher, plan.tools.launcher);
+        assert_eq!(args[..2], plan.describe().launch_argv[1..3]);
+        let decoded: Option<RunAs> = serde_json::from_str(&args[2]).unwrap();
+        assert_eq!(decoded, Some(user));
+        assert_eq!(args[3..], ["--", "/bin/sh", "-c", "echo hi"]);
     }
 
     #[test]
     fn old_kernels_get_read_only_mounts_and_say_so() {
         let dir = tempfile::tempdir().unwrap();
-        let ws = dir.path().to_str().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
         let mut policy = policy(dir.path());
         policy.read_anywhere = true;
         policy.network = Network::Ports {
             connect: vec![443],
             bind: Vec::new(),
         };
-        let description = SandboxPlan::for_landlock_abi(&policy, &tools(), 2)
-            .unwrap()
-            .describe();
-        let argv = &description.bwrap_argv;
-        position(argv, &["--ro-bind", "/", "/"]);
-        position(argv, &["--bind", ws, ws]);
-        assert!(!argv.iter().any(|a| a == "--share-net"));
+        let plan = SandboxPlan::for_landlock_abi(&policy, &real_tools(dir.path()), 2).unwrap();
+        let steps = &plan.setup.mounts;
+        position(steps, &bind("/", "/", false));
+        position(
+            steps,
+            &bind(ws.to_str().unwrap(), dir.path().to_str().unwrap(), true),
+        );
+        assert!(plan.setup.own_network);
+        let description = plan.describe();
         let notes = description.notes.join("\n");
         for expected in [
             "read-only",
@@ -615,7 +674,7 @@ mod tests {
         ] {
             assert!(notes.contains(expected), "{expected:?} not in {notes}");
         }
-        let none = SandboxPlan::for_landlock_abi(&policy, &tools(), 0)
+        let none = SandboxPlan::for_landlock_abi(&policy, &real_tools(dir.path()), 0)
             .unwrap()
             .describe();
         assert_eq!(none.landlock_abi, 0);
@@ -638,9 +697,9 @@ mod tests {
         };
         policy.exec = vec![PathBuf::from("/usr/bin/env")];
         policy.read = vec![PathBuf::from("/nonexistent/read")];
-        let description = SandboxPlan::for_landlock_abi(&policy, &tools(), 7)
-            .unwrap()
-            .describe();
+        let plan = SandboxPlan::for_landlock_abi(&policy, &real_tools(dir.path()), 7).unwrap();
+        assert!(!plan.setup.own_network);
+        let description = plan.describe();
         assert_eq!(description.landlock_abi, 7);
         let line = |path: &str| {
             description
@@ -679,7 +738,7 @@ mod tests {
                 .iter()
                 .any(|l| l.contains("clone without CLONE_THREAD"))
         );
-        assert!(description.bwrap_argv.iter().any(|a| a == "--share-net"));
+        assert!(!description.mounts[0].contains("network"));
         assert!(
             description
                 .notes

@@ -624,7 +624,7 @@ fn sandbox_badge(agent: &AgentInfo) -> &'static str {
 /// `status`'s sandbox line.
 fn sandbox_text(agent: &AgentInfo) -> String {
     match &agent.sandbox {
-        Some(run) if run.sandboxed => "on (bubblewrap + Landlock + seccomp)".into(),
+        Some(run) if run.sandboxed => "on (namespaces + Landlock + seccomp)".into(),
         Some(run) => format!(
             "OFF: runs unsandboxed ({})",
             match run.unsandboxed_because.as_deref() {

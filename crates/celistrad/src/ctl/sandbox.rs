@@ -15,7 +15,7 @@ pub(crate) struct SandboxArgs {
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Show the master switch, bubblewrap, Landlock and how blocks are reported.
+    /// Show the master switch, the sandbox launcher, Landlock and how blocks are reported.
     Status(JsonFlag),
     /// Sandbox every agent spawned from now on (the default).
     On,
@@ -23,8 +23,8 @@ enum Action {
     /// sandbox until restarted.
     Off,
     /// Show what an agent (or a prospective spawn, with --name and a command) runs with: effective
-    /// capabilities and where they came from, the user, the bwrap command line, Landlock rules and
-    /// the seccomp policy.
+    /// capabilities and where they came from, the user, the launcher command line, the mounts,
+    /// Landlock rules and the seccomp policy.
     Explain(ExplainArgs),
 }
 
@@ -87,12 +87,12 @@ fn show_status(status: &SandboxStatus, json: bool) {
         _ => String::new(),
     };
     println!("{:<16}{switch}{changed}", "sandbox:");
-    let bwrap = match (&status.bwrap, &status.problem) {
+    let launcher = match (&status.launcher, &status.problem) {
         (_, Some(problem)) => problem.clone(),
         (Some(path), None) => path.clone(),
         (None, None) => "-".into(),
     };
-    println!("{:<16}{bwrap}", "bubblewrap:");
+    println!("{:<16}{launcher}", "launcher:");
     let landlock = match status.landlock_abi {
         0 => "not available in this kernel".to_owned(),
         abi => format!("ABI {abi}"),
@@ -163,19 +163,16 @@ fn render_explanation(e: &SandboxExplanation) -> String {
             source.capabilities.join(" ")
         ));
     }
-    if !e.bwrap_argv.is_empty() {
-        out.push_str("bubblewrap:\n ");
-        // One option per line, and the separator `--` before the launcher and the agent's command.
-        for arg in &e.bwrap_argv {
-            if arg.starts_with("--") {
-                out.push_str(" \\\n   ");
-            }
-            out.push(' ');
-            out.push_str(&celistra_core::shell::quote(arg));
-        }
-        out.push('\n');
+    if !e.launch_argv.is_empty() {
+        let argv: Vec<String> = e
+            .launch_argv
+            .iter()
+            .map(|arg| celistra_core::shell::quote(arg))
+            .collect();
+        out.push_str(&format!("launcher:\n  {}\n", argv.join(" ")));
     }
     for (title, lines) in [
+        ("mounts", &e.mounts),
         ("landlock", &e.landlock),
         ("seccomp", &e.seccomp),
         ("notes", &e.notes),

@@ -265,6 +265,10 @@ async fn escape_suite(mode: Mode) {
             .reported_as("unshare"),
         Attempt::new("signal the daemon", format!("kill -TERM {daemon_pid}"))
             .refused_with(&["No such process"]),
+        Attempt::new("see the daemon", format!("cat /proc/{daemon_pid}/cmdline"))
+            .refused_with(&["No such file"]),
+        Attempt::new("write a kernel knob", "echo 1 > /proc/sys/kernel/panic")
+            .refused_with(&["Read-only file system", "Permission denied"]),
         Attempt::new(
             "talk to the daemon's socket",
             format!("curl -sS --max-time 5 --unix-socket {home}/celistrad.sock http://x/v1/health"),
@@ -376,7 +380,7 @@ async fn a_stop_right_after_spawn_reaches_the_sandboxed_program() {
         let out = daemon.ctl(&["stop", &name]);
         assert!(out.status.success(), "{out:?}");
         let stopped = daemon.agent(&name).await;
-        // A TERM lost while bubblewrap was still setting up would end in SIGKILL after the grace.
+        // A TERM lost while the launcher was still setting up would end in SIGKILL after the grace.
         assert_eq!(
             stopped.exit_signal.as_deref(),
             Some("SIGTERM"),
@@ -398,17 +402,21 @@ async fn the_launcher_beside_celistrad_confines_the_agent_and_celistrad_stays_in
         .spawn(spec("launched", "celistrad --version; exec sleep 600"))
         .await;
     assert_eq!(agent.state, AgentState::Running, "{agent:?}");
-    let bwrap = std::fs::read(format!("/proc/{}/cmdline", agent.pid.unwrap())).unwrap();
-    let argv: Vec<String> = bwrap
+    let pid = agent.pid.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv: Vec<String> = cmdline
         .split(|&b| b == 0)
         .map(|arg| String::from_utf8_lossy(arg).into_owned())
         .collect();
-    let launched = argv.iter().position(|arg| arg == "--").unwrap() + 1;
     assert_eq!(
-        argv[launched..launched + 2],
+        argv[..2],
         [launcher.display().to_string(), "__sandbox-exec".to_owned()],
         "{argv:?}"
     );
+    // The run's process is the launcher, the first process of the sandbox's PID namespace.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ns_pids = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(ns_pids.split_whitespace().last(), Some("1"), "{ns_pids}");
     // The agent's own `celistrad` is still the daemon's binary.
     let out = wait_output(&daemon, "launched", |out| out.contains("celistrad ")).await;
     assert!(!out.contains("celistra sandbox:"), "{out}");
@@ -634,7 +642,12 @@ async fn grants_apply_at_the_next_spawn_and_a_broken_file_refuses_spawns() {
         !explained.sources.iter().any(|s| s.origin == "grant 0"),
         "source is api, not test"
     );
-    assert!(explained.bwrap_argv.iter().any(|a| a == "--cap-drop"));
+    assert!(
+        explained.mounts[0].contains("every capability dropped"),
+        "{:?}",
+        explained.mounts
+    );
+    assert!(explained.mounts.iter().any(|m| m.starts_with("proc ")));
     std::fs::write(
         daemon.home().join("capabilities.json"),
         "{\"version\": 1, \"grants\": [{]}",
@@ -684,7 +697,9 @@ async fn explain_prints_capabilities_and_the_concrete_sandbox() {
         "capabilities:",
         "connect:443",
         "dropped:",
-        "--cap-drop",
+        "launcher:",
+        "mounts:",
+        "every capability dropped",
         "landlock:",
         "seccomp:",
         "ptrace",
@@ -695,16 +710,11 @@ async fn explain_prints_capabilities_and_the_concrete_sandbox() {
 }
 
 #[tokio::test]
-async fn a_missing_bubblewrap_refuses_sandboxed_spawns_with_how_to_install_it() {
+async fn a_sandbox_needs_no_program_from_the_search_path() {
     let daemon = Daemon::start_with_env(&[("PATH", "/nonexistent")]).await;
     let ws = workspace(None);
-    let info = daemon
-        .spawn(AgentSpec {
-            workspace: Some(ws.path().display().to_string()),
-            ..spec("nobwrap", "true")
-        })
-        .await;
-    let error = info.last_error.expect("refused");
-    assert!(error.contains("apt-get install bubblewrap"), "{error}");
-    assert_ne!(info.state, AgentState::Running);
+    let (info, out) = run_agent(&daemon, spec("no-path", "/bin/echo sandboxed"), ws.path()).await;
+    assert_eq!(info.exit_code, Some(0), "{info:?} {out}");
+    assert_eq!(out, "sandboxed\n");
+    assert!(info.last_error.is_none(), "{info:?}");
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 const UNSAFE_FILES: &[&str] = &[
     "crates/celistra-sandbox/src/spawn.rs",
     "crates/celistra-sandbox/src/linux/launcher.rs",
+    "crates/celistra-sandbox/src/linux/mounts.rs",
     "crates/celistra-sandbox/src/linux/syscall_filter.rs",
     "crates/celistra-sandbox/src/linux/plan.rs",
     "crates/celistra-sandbox/src/memory.rs",
