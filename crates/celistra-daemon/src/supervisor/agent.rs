@@ -363,20 +363,31 @@ pub(crate) async fn run(
                 }
                 None => Phase::Ended,
             },
-            Phase::Backoff(deadline) => tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {
-                    agent.attempt += 1;
-                    agent.actor = Actor::system();
-                    Box::pin(agent.spawn(true)).await.0
-                }
-                order = commands.recv() => match order {
-                    Some(order) => {
-                        let command = agent.take(order);
-                        Box::pin(agent.command_in_backoff(command)).await
+            Phase::Backoff(deadline) => {
+                // A restart that is due already does not wait for a timer, which would take until
+                // the runtime's next millisecond tick (about 1 ms of every immediate restart).
+                let due = async {
+                    if deadline > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(deadline).await;
                     }
-                    None => Phase::Ended,
-                },
-            },
+                };
+                tokio::select! {
+                    // An order waiting in the queue (a stop, a removal) comes before the restart.
+                    biased;
+                    order = commands.recv() => match order {
+                        Some(order) => {
+                            let command = agent.take(order);
+                            Box::pin(agent.command_in_backoff(command)).await
+                        }
+                        None => Phase::Ended,
+                    },
+                    () = due => {
+                        agent.attempt += 1;
+                        agent.actor = Actor::system();
+                        Box::pin(agent.spawn(true)).await.0
+                    }
+                }
+            }
             Phase::Running(mut run) => {
                 let resume_at = *resume.borrow_and_update();
                 tokio::select! {
