@@ -483,7 +483,12 @@ async fn agents_run_as_the_given_user_and_a_non_root_daemon_refuses_others() {
     // An unprivileged daemon's launcher is root of its own user namespace while it mounts; its
     // agent has the daemon's ids back.
     let own_ws = workspace(Some(test_user()));
-    let (mine, _) = run_agent(&unprivileged, spec("as-daemon", "id -u; id -g"), own_ws.path()).await;
+    let (mine, _) = run_agent(
+        &unprivileged,
+        spec("as-daemon", "id -u; id -g"),
+        own_ws.path(),
+    )
+    .await;
     let out = wait_output(&unprivileged, &mine.id, |out| out.lines().count() >= 2).await;
     let (uid, gid) = test_user();
     assert_eq!(out, format!("{uid}\n{gid}\n"));
