@@ -11,7 +11,7 @@
 //!   each and memory stays bounded.
 //! - What a trigger does depends on the agent's state (`celistra_core::watch::Reaction`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -128,8 +128,9 @@ pub(crate) async fn run(supervisor: Arc<Supervisor>, stopping: CancellationToken
                         EventKind::AgentSpawned { .. }
                             | EventKind::AgentUpdated { .. }
                             | EventKind::AgentRemoved { .. }
-                    ) {
-                        watches.reconcile();
+                    ) && let Some(agent_id) = event.kind.changed_agent()
+                    {
+                        watches.reconcile_one(agent_id);
                     }
                 }
                 Err(RecvError::Lagged(_)) => watches.reconcile(),
@@ -144,42 +145,72 @@ impl Watches {
     /// for agents without one.
     fn reconcile(&mut self) {
         let agents = self.supervisor.list();
-        self.entries
-            .retain(|id, _| agents.iter().any(|a| a.id == *id && a.watch.is_some()));
+        let watching: HashSet<&str> = agents
+            .iter()
+            .filter(|a| a.watch.is_some())
+            .map(|a| a.id.as_str())
+            .collect();
+        self.entries.retain(|id, _| watching.contains(id.as_str()));
         self.shared
             .batches
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|id, _| self.entries.contains_key(id));
         for agent in &agents {
-            let Some(watch) = &agent.watch else {
-                continue;
-            };
-            let base = PathBuf::from(agent.worktree.as_ref().unwrap_or(&agent.workspace));
-            let made_from = (watch.clone(), base);
-            if self
-                .entries
-                .get(&agent.id)
-                .is_some_and(|e| e.made_from == made_from)
-            {
-                continue;
+            self.reconcile_agent(agent);
+        }
+    }
+
+    /// [`Watches::reconcile`] for the one agent an event named (made, changed or removed): a
+    /// thousand agents made at once cost a thousand looks, not a million.
+    fn reconcile_one(&mut self, agent_id: &str) {
+        let agent = self
+            .supervisor
+            .find(agent_id)
+            .ok()
+            .map(|handle| (*handle.info()).clone());
+        match agent {
+            Some(agent) if agent.watch.is_some() => self.reconcile_agent(&agent),
+            _ => {
+                self.entries.remove(agent_id);
+                self.shared
+                    .batches
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(agent_id);
             }
-            self.entries.remove(&agent.id);
-            match self.start_watching(&agent.id, &made_from) {
-                Ok(watcher) => {
-                    self.entries.insert(
-                        agent.id.clone(),
-                        Entry {
-                            delay: Duration::from_millis(watch.delay_ms()),
-                            made_from,
-                            _watcher: watcher,
-                        },
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(agent = %agent.id, "cannot watch its files: {error}");
-                    self.publish(agent, "failed", None, Some(error));
-                }
+        }
+    }
+
+    /// A watcher for `agent` if it has a watch and none was made from the same one.
+    fn reconcile_agent(&mut self, agent: &AgentInfo) {
+        let Some(watch) = &agent.watch else {
+            return;
+        };
+        let base = PathBuf::from(agent.worktree.as_ref().unwrap_or(&agent.workspace));
+        let made_from = (watch.clone(), base);
+        if self
+            .entries
+            .get(&agent.id)
+            .is_some_and(|e| e.made_from == made_from)
+        {
+            return;
+        }
+        self.entries.remove(&agent.id);
+        match self.start_watching(&agent.id, &made_from) {
+            Ok(watcher) => {
+                self.entries.insert(
+                    agent.id.clone(),
+                    Entry {
+                        delay: Duration::from_millis(watch.delay_ms()),
+                        made_from,
+                        _watcher: watcher,
+                    },
+                );
+            }
+            Err(error) => {
+                tracing::warn!(agent = %agent.id, "cannot watch its files: {error}");
+                self.publish(agent, "failed", None, Some(error));
             }
         }
     }

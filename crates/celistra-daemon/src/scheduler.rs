@@ -13,7 +13,7 @@
 //!   minute per agent is a small price. At daemon start, a time that fell due while the daemon
 //!   was down is a missed run (`missed: run-once` starts it once; `skip` does not).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +91,11 @@ impl Scheduler {
         match kind {
             EventKind::AgentSpawned { .. }
             | EventKind::AgentUpdated { .. }
-            | EventKind::AgentRemoved { .. } => self.reconcile(now_ms(), false),
+            | EventKind::AgentRemoved { .. } => {
+                if let Some(agent_id) = kind.changed_agent() {
+                    self.reconcile_one(agent_id, now_ms());
+                }
+            }
             EventKind::AgentState {
                 agent_id, state, ..
             } if !running(*state) => self.run_ended(agent_id),
@@ -104,41 +108,75 @@ impl Scheduler {
     /// while it was down are caught up.
     fn reconcile(&mut self, now: u64, starting: bool) {
         let agents = self.supervisor.list();
-        self.entries
-            .retain(|id, _| agents.iter().any(|a| a.id == *id && is_scheduled(a)));
+        let scheduled: HashSet<&str> = agents
+            .iter()
+            .filter(|a| is_scheduled(a))
+            .map(|a| a.id.as_str())
+            .collect();
+        self.entries.retain(|id, _| scheduled.contains(id.as_str()));
         let mut due = vec![];
         for agent in agents.iter().filter(|a| is_scheduled(a)) {
-            let made_from = (agent.schedule.clone(), agent.restart_cron.clone());
-            let last_fire = match self.entries.get(&agent.id) {
-                Some(entry) if entry.made_from == made_from => continue,
-                Some(entry) => Some(entry.timer.last_fire()),
-                None => self.stored_last_fire.remove(&agent.id),
-            };
-            let timer = Timer::new(
-                made_from.0.as_ref(),
-                made_from.1.as_ref(),
-                crate::zone::machine_zone(),
-                last_fire,
-                now,
-            );
-            let mut timer = match timer {
-                Ok(timer) => timer,
-                Err(e) => {
-                    // Specs are validated before they are stored; this is a stored file edited by hand.
-                    tracing::warn!(agent = %agent.id, "schedule ignored: {e}");
-                    continue;
-                }
-            };
-            if starting && let Some(decision) = timer.catch_up(now, running(agent.state)) {
+            if let Some(decision) = self.make_timer(agent, now, starting) {
                 due.push((agent.id.clone(), decision));
             }
-            self.entries
-                .insert(agent.id.clone(), Entry { made_from, timer });
         }
         self.publish_times();
         for (id, decision) in due {
             self.carry_out(&id, decision);
         }
+    }
+
+    /// [`Scheduler::reconcile`] for the one agent an event named (made, changed or removed): a
+    /// thousand agents made at once cost a thousand looks, not a million.
+    fn reconcile_one(&mut self, agent_id: &str, now: u64) {
+        let agent = self
+            .supervisor
+            .find(agent_id)
+            .ok()
+            .map(|handle| (*handle.info()).clone());
+        match agent {
+            Some(agent) if is_scheduled(&agent) => {
+                self.make_timer(&agent, now, false);
+            }
+            _ => {
+                self.entries.remove(agent_id);
+            }
+        }
+        self.publish_times();
+    }
+
+    /// A timer for `agent`'s schedule unless one was made from the same spec (keeping the last
+    /// fire); at daemon start (`starting`), what a missed run calls for.
+    fn make_timer(&mut self, agent: &AgentInfo, now: u64, starting: bool) -> Option<Decision> {
+        let made_from = (agent.schedule.clone(), agent.restart_cron.clone());
+        let last_fire = match self.entries.get(&agent.id) {
+            Some(entry) if entry.made_from == made_from => return None,
+            Some(entry) => Some(entry.timer.last_fire()),
+            None => self.stored_last_fire.remove(&agent.id),
+        };
+        let timer = Timer::new(
+            made_from.0.as_ref(),
+            made_from.1.as_ref(),
+            crate::zone::machine_zone(),
+            last_fire,
+            now,
+        );
+        let mut timer = match timer {
+            Ok(timer) => timer,
+            Err(e) => {
+                // Specs are validated before they are stored; this is a stored file edited by hand.
+                tracing::warn!(agent = %agent.id, "schedule ignored: {e}");
+                return None;
+            }
+        };
+        let decision = if starting {
+            timer.catch_up(now, running(agent.state))
+        } else {
+            None
+        };
+        self.entries
+            .insert(agent.id.clone(), Entry { made_from, timer });
+        decision
     }
 
     /// Everything due at `now`.
