@@ -164,12 +164,7 @@ impl Watches {
     /// [`Watches::reconcile`] for the one agent an event named (made, changed or removed): a
     /// thousand agents made at once cost a thousand looks, not a million.
     fn reconcile_one(&mut self, agent_id: &str) {
-        let agent = self
-            .supervisor
-            .find(agent_id)
-            .ok()
-            .map(|handle| (*handle.info()).clone());
-        match agent {
+        match self.supervisor.info_of(agent_id) {
             Some(agent) if agent.watch.is_some() => self.reconcile_agent(&agent),
             _ => {
                 self.entries.remove(agent_id);

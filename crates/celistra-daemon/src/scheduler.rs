@@ -129,12 +129,7 @@ impl Scheduler {
     /// [`Scheduler::reconcile`] for the one agent an event named (made, changed or removed): a
     /// thousand agents made at once cost a thousand looks, not a million.
     fn reconcile_one(&mut self, agent_id: &str, now: u64) {
-        let agent = self
-            .supervisor
-            .find(agent_id)
-            .ok()
-            .map(|handle| (*handle.info()).clone());
-        match agent {
+        match self.supervisor.info_of(agent_id) {
             Some(agent) if is_scheduled(&agent) => {
                 self.make_timer(&agent, now, false);
             }

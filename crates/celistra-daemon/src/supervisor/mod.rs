@@ -161,6 +161,13 @@ impl Supervisor {
             .collect()
     }
 
+    /// A copy of one agent's info, by id; `None` once it is removed.
+    pub(crate) fn info_of(&self, agent_id: &str) -> Option<celistra_proto::AgentInfo> {
+        let handle = self.read().by_id.get(agent_id).cloned()?;
+        let info = (*handle.info()).clone();
+        Some(info)
+    }
+
     /// Every agent, oldest first, as a JSON array. Each agent is serialised under its own lock
     /// rather than cloned first: `ls` of a thousand agents is mostly this.
     pub(crate) fn list_json(&self) -> Vec<u8> {
