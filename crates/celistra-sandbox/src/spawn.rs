@@ -284,6 +284,10 @@ pub struct Launch {
     /// The user the child switches to; in a sandbox, the launcher's agent does (the child only
     /// hands the PTY over).
     identity: Option<Identity>,
+    /// A sandbox of an unprivileged daemon: the uid and gid the child's new user namespace maps
+    /// to root there, so the launcher can mount (its agent gets them back, see `RunAs::Mapped`).
+    #[serde(default)]
+    user_namespace: Option<(u32, u32)>,
     limits: LaunchLimits,
     audit_login_uid: Option<u32>,
     /// How errors name what was started: the agent's program, and the launcher around it.
@@ -294,19 +298,19 @@ impl SpawnSpec<'_> {
     /// Resolves the spec into what a spawn needs: nothing in it refers to this process.
     pub fn resolve(&self) -> Result<Launch, Error> {
         let identity = Identity::for_spawn(self.credentials)?;
+        let euid = rustix::process::geteuid();
+        let user_namespace = (self.sandbox.is_some() && !euid.is_root())
+            .then(|| (euid.as_raw(), rustix::process::getegid().as_raw()));
         let (program, args) = match self.sandbox {
             Some(plan) => {
-                let user = match &identity {
-                    Some(identity) => Some(RunAs::User {
+                let user = match (&identity, user_namespace) {
+                    (Some(identity), _) => Some(RunAs::User {
                         uid: identity.uid,
                         gid: identity.gid,
                         groups: identity.groups.clone(),
                     }),
-                    None if !rustix::process::geteuid().is_root() => Some(RunAs::Mapped {
-                        uid: rustix::process::geteuid().as_raw(),
-                        gid: rustix::process::getegid().as_raw(),
-                    }),
-                    None => None,
+                    (None, Some((uid, gid))) => Some(RunAs::Mapped { uid, gid }),
+                    (None, None) => None,
                 };
                 let (launcher, args) = plan.wrap(&self.program, &self.args, user.as_ref())?;
                 (launcher.to_path_buf(), args)
@@ -325,6 +329,7 @@ impl SpawnSpec<'_> {
             cgroup: self.cgroup.map(|cgroup| cgroup.path().to_path_buf()),
             sandboxed: self.sandbox.is_some(),
             identity,
+            user_namespace,
             limits: self.limits.map(AgentLimits::for_launch).unwrap_or_default(),
             audit_login_uid: self.audit_login_uid,
             described,
@@ -400,14 +405,10 @@ impl Launch {
     /// The namespaces the child starts in: a sandbox's launcher is the first process of a PID
     /// namespace (and, for an unprivileged daemon, root of a user namespace, to mount).
     fn namespaces(&self) -> u64 {
-        if !self.sandboxed {
-            return 0;
-        }
-        let pid = libc::CLONE_NEWPID as u64;
-        if rustix::process::geteuid().is_root() {
-            pid
-        } else {
-            pid | libc::CLONE_NEWUSER as u64
+        match (self.sandboxed, self.user_namespace) {
+            (false, _) => 0,
+            (true, None) => libc::CLONE_NEWPID as u64,
+            (true, Some(_)) => (libc::CLONE_NEWPID | libc::CLONE_NEWUSER) as u64,
         }
     }
 
@@ -439,13 +440,9 @@ impl Launch {
                 )
             }),
             sandboxed: self.sandboxed,
-            own_user_namespace: (self.namespaces() & libc::CLONE_NEWUSER as u64 != 0).then(|| {
-                let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
-                (
-                    format!("0 {} 1", uid.as_raw()),
-                    format!("0 {} 1", gid.as_raw()),
-                )
-            }),
+            own_user_namespace: self
+                .user_namespace
+                .map(|(uid, gid)| (format!("0 {uid} 1"), format!("0 {gid} 1"))),
             limits: self.limits.for_child()?,
             audit_login: self.audit_login_uid.map(|uid| uid.to_string()),
             parent: rustix::process::pidfd_open(

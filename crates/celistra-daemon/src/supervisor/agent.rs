@@ -1636,7 +1636,8 @@ async fn hang_up(services: &Services, run: &mut Run) -> std::io::Result<()> {
                 keeper.hang_up(run.child.pid()).await;
             }
             // In a sandbox the session leader is the launcher, the init of its PID namespace, which
-            // ignores SIGHUP so that the agent can handle it: the agent's group gets it directly, as the leader would have had it.
+            // ignores SIGHUP so that the agent can handle it: the agent's group gets it directly,
+            // as the leader would have had it.
             if run.sandbox.sandboxed {
                 signal_group(run.child.pid(), Signal::Hup.number())?;
             }

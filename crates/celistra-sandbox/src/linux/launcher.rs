@@ -125,9 +125,9 @@ fn launch(args: &[OsString]) -> Result<libc::pid_t, LaunchError> {
         .iter()
         .map(|arg| CString::new(arg.as_bytes()).map_err(|_| LaunchError::Usage))
         .collect::<Result<Vec<CString>, _>>()?;
-    let mut namespaces = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    // After joining the agent's cgroup (the keeper started this process in it): it is the root.
-    namespaces |= libc::CLONE_NEWCGROUP;
+    // The cgroup namespace's root is the agent's cgroup, which the keeper started this process in.
+    let mut namespaces =
+        libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWCGROUP;
     if setup.own_network {
         namespaces |= libc::CLONE_NEWNET;
     }

@@ -73,6 +73,8 @@ const BUILD_BASE: &str = "/tmp";
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// /proc entries that change the kernel: read-only inside.
 const PROC_KNOBS: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
+const READ_ONLY_KNOB: u64 =
+    libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
 
 /// A failed step, naming it.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +100,8 @@ pub(crate) fn build_root(steps: &[MountStep], workdir: &str) -> Result<(), Mount
             .map_err(failed(format!("mkdir {dir}")))?;
     }
     rustix::process::pivot_root(BUILD_BASE, format!("{BUILD_BASE}{OLD_ROOT}").as_str())
-        .map_err(|e| failed("pivoting into the building tmpfs")(e.into()))?;
+        .map_err(io::Error::from)
+        .map_err(failed("pivoting into the building tmpfs"))?;
     std::env::set_current_dir("/").map_err(failed("chdir /"))?;
     mount_tmpfs(NEW_ROOT, "0755", 0).map_err(failed("mounting the sandbox's root"))?;
     for step in steps {
@@ -106,9 +109,11 @@ pub(crate) fn build_root(steps: &[MountStep], workdir: &str) -> Result<(), Mount
     }
     std::env::set_current_dir(NEW_ROOT).map_err(failed("chdir to the sandbox's root"))?;
     rustix::process::pivot_root(".", ".")
-        .map_err(|e| failed("pivoting into the sandbox's root")(e.into()))?;
+        .map_err(io::Error::from)
+        .map_err(failed("pivoting into the sandbox's root"))?;
     rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
-        .map_err(|e| failed("detaching the host's tree")(e.into()))?;
+        .map_err(io::Error::from)
+        .map_err(failed("detaching the host's tree"))?;
     std::env::set_current_dir("/").map_err(failed("chdir /"))?;
     std::env::set_current_dir(workdir).map_err(failed(format!("chdir {workdir}")))
 }
@@ -152,8 +157,7 @@ fn apply(step: &MountStep) -> io::Result<()> {
             for knob in PROC_KNOBS {
                 let knob = path.join(knob);
                 if knob.exists() {
-                    let attrs = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID;
-                    bind(&knob, &knob, attrs | libc::MOUNT_ATTR_NODEV)?;
+                    bind(&knob, &knob, READ_ONLY_KNOB)?;
                 }
             }
             Ok(())
