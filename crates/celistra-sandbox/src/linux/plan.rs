@@ -250,65 +250,18 @@ fn mounts(
         steps.push(bind("/", "/", host_writable)?);
         bound.push("/");
     }
-    let mut symlinks = Vec::new();
     for dir in runtime {
         match dir {
             RuntimeDir::Directory(path) => {
                 steps.push(bind(path, path, host_writable)?);
                 bound.push(path);
             }
-            RuntimeDir::Symlink { path, target } => symlinks.push(MountStep::Symlink {
+            RuntimeDir::Symlink { path, target } => steps.push(MountStep::Symlink {
                 target: target.clone(),
                 path: (*path).to_owned(),
             }),
         }
     }
-    // After the fresh /tmp, so paths below /tmp are visible again. Later binds win over earlier
-    // ones, so the workspace and write paths stay writable inside read paths.
-    let mut late = Vec::new();
-    for path in paths.reads.iter().chain(&paths.execs) {
-        late.push(bind(path, path, host_writable)?);
-    }
-    late.push(bind(
-        paths.workspace,
-        paths.workspace,
-        policy.workspace_writable || host_writable,
-    )?);
-    for path in &paths.writes {
-        late.push(bind(path, path, true)?);
-    }
-    late.push(bind(paths.launcher, paths.launcher, false)?);
-    // The daemon's binary where it is (hooks may name it by its path, which can be in the private
-    // /tmp), and as the agent's own `celistrad` (ask, hook).
-    if paths.daemon != paths.launcher {
-        late.push(bind(paths.daemon, paths.daemon, false)?);
-    }
-    late.push(bind(paths.daemon, &agent_binary(), false)?);
-    bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
-    bound.push(paths.workspace);
-    // Last, so a hidden path inside the workspace or a bound path is masked all the same.
-    for hidden in &policy.hidden {
-        if !bound.iter().any(|b| hidden.starts_with(b)) {
-            continue;
-        }
-        match std::fs::metadata(hidden) {
-            Ok(meta) if meta.is_dir() => late.push(MountStep::Tmpfs {
-                path: absolute(hidden)?.to_owned(),
-                writable: false,
-            }),
-            Ok(_) => late.push(bind("/dev/null", absolute(hidden)?, false)?),
-            Err(_) => {}
-        }
-    }
-    if let Some(socket) = &policy.ask_socket {
-        // Its directory, not the socket: a daemon that starts again binds a new socket there.
-        let dir = socket.parent().ok_or_else(|| Error::SandboxPath {
-            path: socket.display().to_string(),
-            problem: "has no directory".into(),
-        })?;
-        late.push(bind(absolute(dir)?, crate::policy::ASK_DIR_INSIDE, true)?);
-    }
-    steps.extend(symlinks);
     steps.extend([
         MountStep::Proc {
             path: "/proc".to_owned(),
@@ -321,7 +274,50 @@ fn mounts(
             writable: true,
         },
     ]);
-    steps.extend(late);
+    // After the fresh /tmp, so paths below /tmp are visible again. Later binds win over earlier
+    // ones, so the workspace and write paths stay writable inside read paths.
+    for path in paths.reads.iter().chain(&paths.execs) {
+        steps.push(bind(path, path, host_writable)?);
+    }
+    steps.push(bind(
+        paths.workspace,
+        paths.workspace,
+        policy.workspace_writable || host_writable,
+    )?);
+    for path in &paths.writes {
+        steps.push(bind(path, path, true)?);
+    }
+    steps.push(bind(paths.launcher, paths.launcher, false)?);
+    // The daemon's binary where it is (hooks may name it by its path, which can be in the private
+    // /tmp), and as the agent's own `celistrad` (ask, hook).
+    if paths.daemon != paths.launcher {
+        steps.push(bind(paths.daemon, paths.daemon, false)?);
+    }
+    steps.push(bind(paths.daemon, &agent_binary(), false)?);
+    bound.extend(paths.reads.iter().chain(&paths.execs).chain(&paths.writes));
+    bound.push(paths.workspace);
+    // Last, so a hidden path inside the workspace or a bound path is masked all the same.
+    for hidden in &policy.hidden {
+        if !bound.iter().any(|b| hidden.starts_with(b)) {
+            continue;
+        }
+        match std::fs::metadata(hidden) {
+            Ok(meta) if meta.is_dir() => steps.push(MountStep::Tmpfs {
+                path: absolute(hidden)?.to_owned(),
+                writable: false,
+            }),
+            Ok(_) => steps.push(bind("/dev/null", absolute(hidden)?, false)?),
+            Err(_) => {}
+        }
+    }
+    if let Some(socket) = &policy.ask_socket {
+        // Its directory, not the socket: a daemon that starts again binds a new socket there.
+        let dir = socket.parent().ok_or_else(|| Error::SandboxPath {
+            path: socket.display().to_string(),
+            problem: "has no directory".into(),
+        })?;
+        steps.push(bind(absolute(dir)?, crate::policy::ASK_DIR_INSIDE, true)?);
+    }
     Ok(steps)
 }
 
