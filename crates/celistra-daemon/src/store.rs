@@ -2,12 +2,13 @@
 //! made while a write is in flight share the next write, and callers that must not answer before
 //! their change is on disk wait for it with [`Store::sync`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use celistra_proto::{AgentSpec, AgentState};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 
 use crate::home::write_atomic_private;
@@ -68,9 +69,24 @@ struct StoreFile {
     groups: Vec<StoredGroup>,
 }
 
+/// [`StoreFile`] as it is written: each agent's JSON is made when the agent changes, not again
+/// for every write, so a write of many agents costs a copy of the unchanged ones (a thousand
+/// agents starting together made serialising every agent at every write a quarter of the
+/// daemon's work: BENCHMARKS.md, issue 18).
+#[derive(Serialize)]
+struct StoreFileOut<'a> {
+    version: u32,
+    event_seq: u64,
+    agents: Vec<&'a RawValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<&'a StoredGroup>,
+}
+
 #[derive(Debug, Default)]
 struct Pending {
     agents: BTreeMap<String, StoredAgent>,
+    /// Each agent's JSON as last written, by id; dropped when the agent changes.
+    agents_json: HashMap<String, Box<RawValue>>,
     groups: BTreeMap<String, StoredGroup>,
     event_seq: u64,
     generation: u64,
@@ -119,6 +135,7 @@ impl Store {
                 .iter()
                 .map(|g| (g.name.clone(), g.clone()))
                 .collect(),
+            agents_json: HashMap::new(),
             event_seq: file.event_seq,
             generation: 0,
         };
@@ -147,18 +164,37 @@ impl Store {
 
     async fn write_now(&self) {
         let (generation, text) = {
-            let pending = self.lock();
+            let mut pending = self.lock();
             if pending.generation == self.written.borrow().0 {
                 return;
             }
-            let file = StoreFile {
+            let Pending {
+                agents,
+                agents_json,
+                groups,
+                event_seq,
+                generation,
+            } = &mut *pending;
+            for (id, agent) in agents.iter() {
+                if !agents_json.contains_key(id) {
+                    let json = serde_json::to_string_pretty(agent)
+                        .and_then(RawValue::from_string)
+                        .expect("agent records serialise");
+                    agents_json.insert(id.clone(), json);
+                }
+            }
+            let file = StoreFileOut {
                 version: 1,
-                event_seq: pending.event_seq,
-                agents: pending.agents.values().cloned().collect(),
-                groups: pending.groups.values().cloned().collect(),
+                event_seq: *event_seq,
+                agents: agents
+                    .keys()
+                    .filter_map(|id| agents_json.get(id))
+                    .map(|json| &**json)
+                    .collect(),
+                groups: groups.values().collect(),
             };
             (
-                pending.generation,
+                *generation,
                 serde_json::to_vec_pretty(&file).expect("agent records serialise"),
             )
         };
@@ -184,6 +220,7 @@ impl Store {
 
     pub(crate) fn put(&self, agent: StoredAgent) {
         let mut pending = self.lock();
+        pending.agents_json.remove(&agent.id);
         pending.agents.insert(agent.id.clone(), agent);
         self.changed(&mut pending);
     }
@@ -192,12 +229,14 @@ impl Store {
         let mut pending = self.lock();
         if let Some(agent) = pending.agents.get_mut(id) {
             change(agent);
+            pending.agents_json.remove(id);
             self.changed(&mut pending);
         }
     }
 
     pub(crate) fn remove(&self, id: &str) {
         let mut pending = self.lock();
+        pending.agents_json.remove(id);
         if pending.agents.remove(id).is_some() {
             self.changed(&mut pending);
         }
@@ -289,6 +328,45 @@ mod tests {
             &std::fs::metadata(&path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+        stop.cancel();
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_write_has_every_change_since_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agents.json");
+        let (store, _, _) = Store::load(path.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn(Arc::clone(&store).write_loop(stop.clone()));
+        let reloaded = || {
+            let (_, agents, _) = Store::load(path.clone());
+            agents
+        };
+        store.put(agent("ag-aaaa"));
+        store.put(agent("ag-bbbb"));
+        store.put(agent("ag-cccc"));
+        store.sync().await.unwrap();
+        assert_eq!(
+            reloaded(),
+            [agent("ag-aaaa"), agent("ag-bbbb"), agent("ag-cccc")]
+        );
+        // Each kind of change, after a write that had the agents' JSON made once already.
+        store.update("ag-aaaa", |a| a.restarts = 5);
+        store.put(StoredAgent {
+            run: 7,
+            ..agent("ag-bbbb")
+        });
+        store.remove("ag-cccc");
+        store.sync().await.unwrap();
+        let agents = reloaded();
+        assert_eq!(
+            agents
+                .iter()
+                .map(|a| (&*a.id, a.restarts, a.run))
+                .collect::<Vec<_>>(),
+            [("ag-aaaa", 5, 1), ("ag-bbbb", 0, 7)]
+        );
         stop.cancel();
         writer.await.unwrap();
     }
