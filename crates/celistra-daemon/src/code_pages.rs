@@ -1,8 +1,9 @@
-//! The executable's code pages and the heap's free memory given back
-//! (`celistra_sandbox::release_executable_pages`, `release_free_heap`): once the
-//! daemon serves, since start-up code does not run again, and again once agents have stopped
-//! starting and stopping for a while, since spawning runs code an idle agent never needs. A page
-//! needed again comes back from the page cache with a minor fault.
+//! The code pages (the executable's and its libraries') and the heap's free memory given back
+//! (`celistra_sandbox::release_code_pages`, `release_free_heap`): once the daemon serves, since
+//! start-up code does not run again, and again once the daemon has been quiet for a while after
+//! start-up's last work, a burst of agent starts, stops and spawns, or requests, since an idle
+//! daemon never needs that code. A page needed again comes back from the page cache with a minor
+//! fault.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,15 +14,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
 
-/// How long agents must have stayed as they are before the pages go back again.
+/// How long agents must have stayed as they are, and the API unasked, before the pages go back
+/// again.
 const QUIET: Duration = Duration::from_secs(10);
 
-/// Releases the pages now, then after every burst of agent starts, stops and spawns, until
-/// `stopping`.
-pub(crate) async fn release_when_quiet(events: Arc<EventBus>, stopping: CancellationToken) {
+/// Releases the pages now, then once start-up's last work is done (the history's check and first
+/// maintenance, the audit chain's verification run after the daemon serves), and after every
+/// burst of agent starts, stops and spawns or of requests, until `stopping`.
+pub(crate) async fn release_when_quiet(
+    events: Arc<EventBus>,
+    requests: tokio::sync::watch::Receiver<u64>,
+    stopping: CancellationToken,
+) {
+    let mut requests = Some(requests);
     let mut live = events.subscribe(None).live;
     release().await;
-    let mut due = None;
+    let mut due = Some(tokio::time::Instant::now() + QUIET);
     loop {
         let wait_due = async {
             match due {
@@ -35,6 +43,16 @@ pub(crate) async fn release_when_quiet(events: Arc<EventBus>, stopping: Cancella
                 due = None;
                 release().await;
             }
+            answered = async {
+                match requests.as_mut() {
+                    Some(requests) => requests.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => match answered {
+                Ok(()) => due = Some(tokio::time::Instant::now() + QUIET),
+                // The metrics are gone (the daemon is stopping): only agent events count.
+                Err(_) => requests = None,
+            },
             event = live.recv() => match event {
                 Ok(event) if touches_spawn_code(&event.kind) => {
                     due = Some(tokio::time::Instant::now() + QUIET);
@@ -60,12 +78,12 @@ fn touches_spawn_code(kind: &EventKind) -> bool {
 async fn release() {
     let released = tokio::task::spawn_blocking(|| {
         celistra_sandbox::release_free_heap();
-        celistra_sandbox::release_executable_pages()
+        celistra_sandbox::release_code_pages()
     })
     .await;
     match released {
-        Ok(Ok(bytes)) => tracing::debug!(bytes, "released the executable's resident code pages"),
-        Ok(Err(e)) => tracing::debug!("the executable's code pages stay: {e}"),
-        Err(e) => tracing::debug!("releasing the executable's code pages failed: {e}"),
+        Ok(Ok(bytes)) => tracing::debug!(bytes, "released the resident code pages"),
+        Ok(Err(e)) => tracing::debug!("the code pages stay: {e}"),
+        Err(e) => tracing::debug!("releasing the code pages failed: {e}"),
     }
 }

@@ -515,6 +515,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
     }
     let code_pages = tokio::spawn(code_pages::release_when_quiet(
         Arc::clone(&services.events),
+        services.metrics.requests_answered(),
         stopping.clone(),
     ));
 

@@ -66,6 +66,9 @@ pub(crate) struct Metrics {
     /// By decision (`approved`, `denied`).
     approvals: Mutex<HashMap<&'static str, Histogram>>,
     per_agent: Mutex<HashMap<String, AgentCounters>>,
+    /// How many requests were answered, for whoever waits for the API to go quiet
+    /// (`code_pages.rs`).
+    answered: tokio::sync::watch::Sender<u64>,
 }
 
 /// What is counted per agent from events.
@@ -85,10 +88,17 @@ impl Metrics {
             requests: Mutex::new(HashMap::new()),
             approvals: Mutex::new(HashMap::new()),
             per_agent: Mutex::new(HashMap::new()),
+            answered: tokio::sync::watch::channel(0).0,
         })
     }
 
+    /// The count of answered requests, as it changes.
+    pub(crate) fn requests_answered(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.answered.subscribe()
+    }
+
     fn observe_request(&self, route: &str, method: &'static str, took: Duration) {
+        self.answered.send_modify(|n| *n += 1);
         let mut requests = lock(&self.requests);
         let by_method = match requests.get_mut(route) {
             Some(by_method) => by_method,

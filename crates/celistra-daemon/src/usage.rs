@@ -41,12 +41,15 @@ struct Previous {
     restarting: bool,
 }
 
-/// Samples every agent every [`SAMPLE_INTERVAL`] while the supervisor lives.
+/// Samples every agent every [`SAMPLE_INTERVAL`] while the supervisor lives and has agents.
 pub(crate) async fn run(supervisor: Weak<Supervisor>) {
     let mut every = tokio::time::interval(SAMPLE_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous: HashMap<String, Previous> = HashMap::new();
-    loop {
+    let Some(mut count) = supervisor.upgrade().map(|s| s.agent_count()) else {
+        return;
+    };
+    while crate::supervisor::some_agents(&mut count).await {
         every.tick().await;
         let Some(supervisor) = supervisor.upgrade() else {
             return;

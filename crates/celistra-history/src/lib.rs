@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::{JoinHandle, Thread};
 
 use bytes::Bytes;
 use celistra_core::logtext::Stream;
@@ -114,6 +114,8 @@ pub(crate) enum Message {
     SetLimits(Limits),
     /// Writes everything queued before it, then replies.
     Sync(mpsc::SyncSender<()>),
+    /// A reader filled `Inner::damaged`: the writer looks at it now rather than at its next wake.
+    DamageFound,
     Stop,
 }
 
@@ -128,8 +130,13 @@ pub(crate) struct Inner {
     room: tokio::sync::Notify,
     /// Whether output is being saved (the database is open and writes succeed).
     saving: AtomicBool,
-    /// Bumped after every commit; followers wait on it.
+    /// Bumped after every commit of output; followers wait on it.
     flushed: tokio::sync::watch::Sender<u64>,
+    /// Bumped after every write to the database (output, and maintenance's merges and index);
+    /// the checkpointer compares it with the write it last copied.
+    writes: AtomicU64,
+    /// The checkpoint thread, woken by a write: with nothing new to copy it sleeps.
+    checkpointer: OnceLock<Thread>,
     /// Bumped when the file is replaced; pooled readers of an older generation are discarded.
     generation: AtomicU64,
     readers: Mutex<Vec<(u64, Connection)>>,
@@ -141,6 +148,22 @@ pub(crate) struct Inner {
     stopping: AtomicBool,
     /// Set by [`History::leave`]: the WAL stays as it is for the next process, uncopied.
     keep_wal: AtomicBool,
+}
+
+impl Inner {
+    /// Announces a commit of output to followers and to the checkpointer.
+    fn committed(&self) {
+        self.flushed.send_modify(|n| *n += 1);
+        self.wrote();
+    }
+
+    /// Announces a write to the checkpointer.
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if let Some(checkpointer) = self.checkpointer.get() {
+            checkpointer.unpark();
+        }
+    }
 }
 
 /// Wall-clock time in ms since the epoch.
@@ -188,6 +211,8 @@ impl History {
             room: tokio::sync::Notify::new(),
             saving: AtomicBool::new(false),
             flushed: tokio::sync::watch::channel(0).0,
+            writes: AtomicU64::new(0),
+            checkpointer: OnceLock::new(),
             generation: AtomicU64::new(0),
             readers: Mutex::new(Vec::new()),
             damaged: Mutex::new(None),
@@ -214,6 +239,7 @@ impl History {
             .name("history-checkpoint".into())
             .spawn(move || schema::checkpoint_loop(&checkpointer))
         {
+            let _ = inner.checkpointer.set(handle.thread().clone());
             threads.push(handle);
         }
         History {

@@ -9,7 +9,7 @@ use celistra_proto::{ExitClass, IoMode, RunCause, RunRecord};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::marks::{self, Mark};
-use crate::{Error, History, codec, lock, schema};
+use crate::{Error, History, Message, codec, lock, schema};
 
 /// Segments read per query while scanning, so no read transaction stays open for long.
 const PAGE: i64 = 32;
@@ -180,6 +180,7 @@ impl History {
             && schema::is_damage(error)
         {
             *lock(&self.inner.damaged) = Some(error.to_string());
+            let _ = self.sender.send(Message::DamageFound);
         }
         result
     }

@@ -203,14 +203,27 @@ const WAL_LIMIT: u64 = 512 * 1024 * 1024;
 const WAL_TRUNCATE_ABOVE: u64 = 64 * 1024 * 1024;
 
 /// Copies the WAL into the database file in the background, so the writer never waits for it.
+/// Between a full copy and the next commit it sleeps: an idle daemon's checkpointer never wakes.
 pub(crate) fn checkpoint_loop(inner: &Inner) {
     let wal = std::path::PathBuf::from(format!("{}-wal", inner.path.display()));
     let mut conn: Option<(u64, Connection)> = None;
     let mut last = Instant::now();
+    // The write (`Inner::writes`) whose WAL was last copied whole; `None` before the first look.
+    let mut copied: Option<u64> = None;
     while !inner.stopping.load(Ordering::SeqCst) {
-        // Unparked by `History::close`; a spurious wake-up only looks at the WAL early.
+        let writes = inner.writes.load(Ordering::SeqCst);
+        if copied == Some(writes) {
+            // Unparked by the next write or by `History::close`.
+            std::thread::park();
+            continue;
+        }
+        // A spurious wake-up only looks at the WAL early.
         std::thread::park_timeout(Duration::from_millis(200));
         let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if size == 0 {
+            copied = Some(writes);
+            continue;
+        }
         // During a burst the WAL may grow (disk, not memory) so that copying it does not compete with
         // saving the burst; it is copied once output is quiet, or when it gets large.
         let quiet = inner.busy_until.load(Ordering::SeqCst) <= now_ms();
@@ -238,7 +251,19 @@ pub(crate) fn checkpoint_loop(inner: &Inner) {
             } else {
                 "PASSIVE"
             };
-            let _ = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+            // (busy, frames in the WAL, frames copied): all copied means nothing is left to do.
+            let done = c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            });
+            if let Ok((0, frames, copied_frames)) = done
+                && frames == copied_frames
+            {
+                copied = Some(writes);
+            }
         }
         last = Instant::now();
     }

@@ -16,7 +16,7 @@ use crate::marks::{self, Mark};
 pub(crate) const SEGMENT_MAX: usize = 256 * 1024;
 /// Segments smaller than this are merged with their neighbours once they are `SETTLE_MS` old.
 pub(crate) const SMALL_SEGMENT: usize = 64 * 1024;
-const SETTLE_MS: u64 = 60_000;
+pub(crate) const SETTLE_MS: u64 = 60_000;
 /// Idle-time work done in one step (tens of milliseconds): large enough that the search index grows
 /// in few, large commits, small enough that arriving output never waits long.
 const MAINTENANCE_STEP_BYTES: usize = 1024 * 1024;

@@ -15,8 +15,8 @@ use rusqlite::{Connection, params};
 use crate::marks::{self, Mark};
 use crate::schema;
 use crate::segments::{
-    Packing, SEGMENT_MAX, SMALL_SEGMENT, Segment, compress_deferred, delete_oldest, delete_where,
-    index_some, merge_small, write_segments,
+    Packing, SEGMENT_MAX, SETTLE_MS, SMALL_SEGMENT, Segment, compress_deferred, delete_oldest,
+    delete_where, index_some, merge_small, write_segments,
 };
 use crate::{Error, HistoryEvent, Inner, Limits, Message, RunEnd, RunStart, lock, now_ms};
 
@@ -73,6 +73,9 @@ pub(crate) struct Writer {
     total_stored: u64,
     /// Bytes kept but not yet in the search index.
     unindexed: u64,
+    /// When the oldest segment not yet in the index has settled (small output is merged and
+    /// indexed only then); `None` with everything indexed.
+    unindexed_settles_at: Option<Instant>,
     /// Bytes kept as they came (a burst), not yet compressed.
     uncompressed: u64,
     /// Runs that have not ended, kept to re-record them in a replacement database.
@@ -87,6 +90,12 @@ pub(crate) struct Writer {
     last_output: Option<Instant>,
     last_age_sweep: Option<Instant>,
     maintenance_behind: bool,
+    /// Output was committed or cleared since the last maintenance step: there may be segments to
+    /// merge. Without it, and with everything indexed and compressed, an idle writer does no work
+    /// and sleeps until the next age sweep, so an idle daemon's SQLite code stays paged out.
+    changed_since_maintenance: bool,
+    /// The start-up check of the file's structure, while it runs: the writer looks at its verdict.
+    check: Option<std::thread::JoinHandle<()>>,
     /// A run with pending output ended since the last commit.
     run_ended: bool,
 }
@@ -112,6 +121,7 @@ impl Writer {
             agents: HashMap::new(),
             total_stored: 0,
             unindexed: 0,
+            unindexed_settles_at: None,
             uncompressed: 0,
             open_runs: HashMap::new(),
             failing: None,
@@ -123,6 +133,8 @@ impl Writer {
             last_output: None,
             last_age_sweep: None,
             maintenance_behind: true,
+            changed_since_maintenance: true,
+            check: None,
             run_ended: false,
         }
     }
@@ -195,10 +207,10 @@ impl Writer {
 
     /// Runs the full structural check of the file on a thread of its own; a damaged file is replaced
     /// by the writer when the check reports.
-    fn start_check(&self) {
+    fn start_check(&mut self) {
         let inner = Arc::clone(&self.inner);
         let generation = inner.generation.load(Ordering::SeqCst);
-        let _ = std::thread::Builder::new()
+        self.check = std::thread::Builder::new()
             .name("history-check".into())
             .spawn(move || {
                 let result = schema::open_reader(&inner.path).and_then(|conn| schema::check(&conn));
@@ -208,7 +220,8 @@ impl Writer {
                 {
                     *lock(&inner.damaged) = Some(error.to_string());
                 }
-            });
+            })
+            .ok();
     }
 
     /// Moves the damaged file aside and starts a fresh one, keeping the runs that are still open.
@@ -285,6 +298,10 @@ impl Writer {
             }
             self.inner.room.notify_waiters();
             self.take_queue_drops();
+            // The check's handle goes before its verdict is read, so a verdict is never missed.
+            if self.check.as_ref().is_some_and(|c| c.is_finished()) {
+                self.check = None;
+            }
             let damaged = lock(&self.inner.damaged).take();
             if let Some(reason) = damaged {
                 self.replace(&reason, now_ms());
@@ -314,9 +331,10 @@ impl Writer {
                     .last_output
                     .is_none_or(|at| at.elapsed() >= QUIET_BEFORE_MAINTENANCE);
             let since_maintenance = self.last_maintenance.elapsed();
-            if (idle && (self.maintenance_behind || since_maintenance >= MAINTENANCE_INTERVAL))
-                || since_maintenance >= MAINTENANCE_AT_LEAST_EVERY
-            {
+            let step_due = (idle
+                && (self.maintenance_behind || since_maintenance >= MAINTENANCE_INTERVAL))
+                || since_maintenance >= MAINTENANCE_AT_LEAST_EVERY;
+            if step_due && (self.has_maintenance_work() || self.age_sweep_due()) {
                 self.maintain();
             }
         }
@@ -335,9 +353,50 @@ impl Writer {
         }
     }
 
+    /// Whether a maintenance step may find segments to merge, compress or index (small output
+    /// is merged and indexed once it settled, a minute after it was written).
+    fn has_maintenance_work(&self) -> bool {
+        self.changed_since_maintenance
+            || self.maintenance_behind
+            || self.uncompressed > 0
+            || self
+                .unindexed_settles_at
+                .is_some_and(|at| at <= Instant::now())
+    }
+
+    fn age_sweep_due(&self) -> bool {
+        self.last_age_sweep
+            .is_none_or(|at| at.elapsed() >= AGE_SWEEP_INTERVAL)
+    }
+
+    /// When the writer must look again without a message: for a commit, a maintenance step, the
+    /// next age sweep, a drop report, a reopen or the start-up check's verdict. With none of them
+    /// pending it sleeps until the age sweep.
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
-        let mut deadline = now + MAINTENANCE_INTERVAL;
+        let mut deadline = if self.has_maintenance_work() || self.check.is_some() {
+            now + MAINTENANCE_INTERVAL
+        } else {
+            let sweep_at = self
+                .last_age_sweep
+                .map_or(self.last_maintenance + MAINTENANCE_INTERVAL, |at| {
+                    at + AGE_SWEEP_INTERVAL
+                });
+            self.unindexed_settles_at
+                .map_or(sweep_at, |at| at.min(sweep_at))
+        };
+        if !self.unreported_drops.is_empty() {
+            let report_at = self
+                .last_drop_report
+                .map_or(now, |at| at + DROP_REPORT_INTERVAL);
+            deadline = deadline.min(report_at);
+        }
+        if self.conn.is_none() {
+            let reopen_at = self
+                .last_open_attempt
+                .map_or(now, |at| at + REOPEN_INTERVAL);
+            deadline = deadline.min(reopen_at);
+        }
         if let Some(oldest) = self.oldest_pending {
             deadline = deadline.min(oldest + FLUSH_INTERVAL);
         }
@@ -363,10 +422,11 @@ impl Writer {
                 self.add_output(agent_id, run_id, stream, time_ms, &bytes);
             }
             Message::RunStarted(start) => {
-                if let Some(conn) = &self.conn
-                    && let Err(e) = insert_run(conn, &start)
-                {
-                    self.on_error(e);
+                if let Some(conn) = &self.conn {
+                    match insert_run(conn, &start) {
+                        Ok(()) => self.inner.wrote(),
+                        Err(e) => self.on_error(e),
+                    }
                 }
                 self.open_runs.insert(start.run_id, *start);
             }
@@ -379,10 +439,11 @@ impl Writer {
                         self.run_ended = true;
                     }
                 }
-                if let Some(conn) = &self.conn
-                    && let Err(e) = end_run(conn, run_id, &end)
-                {
-                    self.on_error(e);
+                if let Some(conn) = &self.conn {
+                    match end_run(conn, run_id, &end) {
+                        Ok(()) => self.inner.wrote(),
+                        Err(e) => self.on_error(e),
+                    }
                 }
             }
             Message::Clear { agent_id, reply } => {
@@ -398,7 +459,7 @@ impl Writer {
                 self.flush(true, Packing::Now);
                 let _ = reply.send(());
             }
-            Message::SetLimits(_) | Message::Stop => {}
+            Message::SetLimits(_) | Message::DamageFound | Message::Stop => {}
         }
     }
 
@@ -558,6 +619,16 @@ impl Writer {
         ) {
             self.unindexed = bytes.max(0) as u64;
         }
+        if let Ok(oldest) = conn.query_row(
+            "SELECT MIN(t_last) FROM segments WHERE indexed = 0",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        ) {
+            self.unindexed_settles_at = oldest.map(|t_last| {
+                let settled_ms = (t_last.max(0) as u64 + SETTLE_MS).saturating_sub(now_ms());
+                Instant::now() + Duration::from_millis(settled_ms)
+            });
+        }
         if let Ok(bytes) = conn.query_row(
             "SELECT COALESCE(SUM(len), 0) FROM segments WHERE deferred = 1",
             [],
@@ -654,7 +725,8 @@ impl Writer {
                     });
                     self.dropped_while_failing = 0;
                 }
-                self.inner.flushed.send_modify(|n| *n += 1);
+                self.changed_since_maintenance = true;
+                self.inner.committed();
             }
             Err(error) => {
                 let reason = error.to_string();
@@ -722,7 +794,8 @@ impl Writer {
                 let key: Arc<str> = Arc::from(agent_id);
                 let stored = self.agents.get(&key).map_or(0, |l| l.stored);
                 self.forget(vec![(key, stored)]);
-                self.inner.flushed.send_modify(|n| *n += 1);
+                self.changed_since_maintenance = true;
+                self.inner.committed();
                 self.publish_health();
                 Ok(bytes)
             }
@@ -733,6 +806,7 @@ impl Writer {
     /// Idle-time work: age retention, merging small segments, and indexing; a bounded amount per step.
     fn maintain(&mut self) {
         self.last_maintenance = Instant::now();
+        self.changed_since_maintenance = false;
         if self.conn.is_none() {
             self.maintenance_behind = false;
             return;
@@ -755,6 +829,9 @@ impl Writer {
         match step {
             Ok(work) => {
                 self.maintenance_behind = work > 0;
+                if work > 0 {
+                    self.inner.wrote();
+                }
                 self.recount();
                 self.publish_health();
             }
@@ -782,7 +859,7 @@ impl Writer {
         tx.commit()?;
         if !freed.is_empty() {
             self.forget(freed);
-            self.inner.flushed.send_modify(|n| *n += 1);
+            self.inner.committed();
             self.publish_health();
         }
         Ok(())

@@ -358,3 +358,90 @@ fn leaving_keeps_the_wal_for_the_next_process_and_closing_copies_it() {
     next.history.close();
     assert_eq!(wal_size(), 0, "closing copies the WAL into the database");
 }
+
+/// Times the threads of this process named `name` were scheduled off the CPU (voluntarily or
+/// not): a thread that sleeps without waking keeps this count.
+fn switches_of(name: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+#[test]
+fn an_idle_store_sleeps_once_its_work_is_done_and_wakes_for_new_output() {
+    let store = Store::open();
+    let agent: Arc<str> = Arc::from("ag-idle");
+    // Settled lines, so merging and indexing have work; then a burst to copy out of the WAL.
+    let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
+    store.append_commits(&agent, &lines, 120_000);
+    store.history.append(
+        &agent,
+        1,
+        Stream::Stdout,
+        now_ms(),
+        Bytes::from(varied_lines(1 << 20)),
+    );
+    store.history.sync().unwrap();
+    // The writer (merging, indexing, compressing) and the checkpointer (copying the WAL) finish,
+    // then neither wakes for a whole window: they used to look every second and every 200 ms.
+    let threads = || {
+        (
+            switches_of("history-writer"),
+            switches_of("history-checkpo"),
+        )
+    };
+    assert!(threads().0 > 0 && threads().1 > 0, "both threads run");
+    let window = Duration::from_secs(2);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let before = threads();
+        std::thread::sleep(window);
+        let after = threads();
+        if after == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the history threads kept waking: {before:?} then {after:?}"
+        );
+    }
+    // Only output younger than a minute (the burst's small tail) waits to be merged and indexed.
+    let settled = now_ms() - 60_000;
+    assert_eq!(
+        store.count(&format!(
+            "SELECT COUNT(*) FROM segments WHERE (indexed = 0 AND t_last < {settled}) OR deferred = 1"
+        )),
+        0,
+        "everything settled was indexed and compressed before the writer slept"
+    );
+    // New output wakes both: it is saved, and the checkpointer copies it into the main file.
+    let db = store.dir.path().join("history.db");
+    let db_size = || std::fs::metadata(&db).map_or(0, |m| m.len());
+    let size_before = db_size();
+    store.history.append(
+        &agent,
+        1,
+        Stream::Stdout,
+        now_ms(),
+        Bytes::from(varied_lines(1 << 20)),
+    );
+    store.history.sync().unwrap();
+    wait("the new output copied into the database file", || {
+        db_size() > size_before
+    });
+    assert_eq!(
+        store.lines("ag-idle").len(),
+        10 + 2 * varied_lines(1 << 20).lines().count()
+    );
+}

@@ -1,17 +1,17 @@
-//! The daemon's own memory: the pages of its executable that start-up read and an idle daemon
-//! never touches again, and the free memory left inside its heap, given back.
+//! The daemon's own memory: the code pages (its executable's and its shared libraries') that
+//! start-up read and an idle daemon never touches again, and the free memory left inside its
+//! heap, given back.
 //!
 //! Start-up runs code that never runs again (the route table and the OpenAPI document, TLS,
 //! SQLite, restoring agents), and the kernel maps up to 64 KiB around each page it faults in
 //! (fault-around), so an idle daemon kept most of its code resident: 11 of 17 MB of text.
-//! `MADV_DONTNEED` on a read-only, unmodified mapping of the executable only unmaps those pages:
+//! `MADV_DONTNEED` on a read-only, unmodified file mapping only unmaps those pages:
 //! they stay in the page cache, and a page needed again comes back with a minor fault. A mapping
 //! holding a modified private page is left alone, since dropping it would lose the change (the
 //! relocated `.data.rel.ro`, a debugger's breakpoint).
 
 use std::ffi::c_void;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 
 /// One mapping of `/proc/self/smaps`, as far as this module needs it.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,8 +19,7 @@ struct Mapping {
     start: usize,
     end: usize,
     writable: bool,
-    /// Device (major, minor) and inode of the mapped file; (0, 0) and 0 for anonymous memory.
-    device: (u32, u32),
+    /// Inode of the mapped file; 0 for anonymous memory and the kernel's own mappings.
     inode: u64,
     rss_kb: u64,
     /// Pages that differ from the file: private copies made by a write. (`Private_Dirty` would
@@ -28,33 +27,34 @@ struct Mapping {
     modified_kb: u64,
 }
 
-/// Unmaps the resident pages of this process's executable that are read-only and unmodified;
-/// returns how many bytes were resident in the mappings released.
-pub fn release_executable_pages() -> io::Result<u64> {
-    let exe = std::fs::metadata("/proc/self/exe")?;
-    let device = (rustix::fs::major(exe.dev()), rustix::fs::minor(exe.dev()));
+/// Unmaps the resident pages of every read-only, unmodified file mapping of this process: the
+/// executable's code and read-only data, and the shared libraries' (the C library, the loader).
+/// Returns how many bytes were resident in the mappings released. A mapping the kernel refuses
+/// to unmap (a device's) is left as it is.
+pub fn release_code_pages() -> io::Result<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
     for mapping in parse_smaps(&smaps) {
-        let releasable = mapping.device == device
-            && mapping.inode == exe.ino()
+        let releasable = mapping.inode != 0
             && !mapping.writable
             && mapping.modified_kb == 0
             && mapping.rss_kb > 0;
         if !releasable {
             continue;
         }
-        // SAFETY: the range is a whole mapping of the executable that no one can write to (not
+        // SAFETY: the range is a whole mapping of a file that no one can write to through it (not
         // writable) and that holds no page differing from the file, so dropping its pages loses
         // nothing: the next access reads the same bytes back from the page cache.
-        unsafe {
+        let unmapped = unsafe {
             rustix::mm::madvise(
                 mapping.start as *mut c_void,
                 mapping.end - mapping.start,
                 rustix::mm::Advice::LinuxDontNeed,
-            )?;
+            )
+        };
+        if unmapped.is_ok() {
+            released += mapping.rss_kb * 1024;
         }
-        released += mapping.rss_kb * 1024;
     }
     Ok(released)
 }
@@ -125,16 +125,12 @@ fn parse_header(line: &str) -> Option<Mapping> {
     let (start, end) = fields.next()?.split_once('-')?;
     let perms = fields.next()?;
     let _offset = fields.next()?;
-    let (major, minor) = fields.next()?.split_once(':')?;
+    let _device = fields.next()?;
     let inode = fields.next()?.parse().ok()?;
     Some(Mapping {
         start: usize::from_str_radix(start, 16).ok()?,
         end: usize::from_str_radix(end, 16).ok()?,
         writable: perms.as_bytes().get(1) == Some(&b'w'),
-        device: (
-            u32::from_str_radix(major, 16).ok()?,
-            u32::from_str_radix(minor, 16).ok()?,
-        ),
         inode,
         rss_kb: 0,
         modified_kb: 0,
@@ -169,7 +165,6 @@ Rss:                   8 kB
                 start: 0x558e_3dcb_4000,
                 end: 0x558e_3e29_1000,
                 writable: false,
-                device: (0xfe, 0),
                 inode: 6_155_057,
                 rss_kb: 1712,
                 modified_kb: 0,
@@ -181,7 +176,8 @@ Rss:                   8 kB
     }
 
     #[test]
-    fn releasing_the_executables_pages_shrinks_it_and_the_code_still_runs() {
+    fn releasing_the_code_pages_shrinks_the_executable_and_the_code_still_runs() {
+        use std::os::unix::fs::MetadataExt;
         let resident = || -> u64 {
             let exe = std::fs::metadata("/proc/self/exe").unwrap().ino();
             let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
@@ -193,7 +189,7 @@ Rss:                   8 kB
         };
         let before = resident();
         assert!(before > 0, "a running test binary has resident code");
-        let released = release_executable_pages().unwrap();
+        let released = release_code_pages().unwrap();
         assert!(released > 0);
         // This test's own code and the standard library come back as they run.
         let after = resident();

@@ -87,17 +87,22 @@ pub(crate) struct Supervisor {
     /// The approval operations, answering for the agents here.
     pub approvals: ApprovalFlow,
     registry: RwLock<Registry>,
+    /// How many agents there are, for the periodic tasks that have nothing to do without one.
+    agent_count: tokio::sync::watch::Sender<usize>,
     shutting_down: AtomicBool,
     /// The one scheduler of every agent's probes.
     probes: probes::Probes,
 }
 
 /// Looks at every running agent's activity once a second (see `activity::tick`) while the
-/// supervisor lives.
+/// supervisor lives and has agents.
 pub(crate) async fn watch_activity(supervisor: Weak<Supervisor>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let Some(mut count) = supervisor.upgrade().map(|s| s.agent_count()) else {
+        return;
+    };
+    while some_agents(&mut count).await {
         every.tick().await;
         let Some(supervisor) = supervisor.upgrade() else {
             return;
@@ -106,6 +111,13 @@ pub(crate) async fn watch_activity(supervisor: Weak<Supervisor>) {
             activity::tick(&handle, &supervisor.services);
         }
     }
+}
+
+/// Waits until there is an agent; `false` once the supervisor is gone. A periodic task waits
+/// here rather than ticking, so a daemon with no agent sleeps: no wake-up faults its code back
+/// in (`code_pages.rs`).
+pub(crate) async fn some_agents(count: &mut tokio::sync::watch::Receiver<usize>) -> bool {
+    count.wait_for(|n| *n > 0).await.is_ok()
 }
 
 fn not_found(key: &str) -> ApiError {
@@ -129,6 +141,7 @@ impl Supervisor {
                 probes: probes::Probes::start(Arc::clone(&services)),
                 services,
                 registry: RwLock::default(),
+                agent_count: tokio::sync::watch::channel(0).0,
                 shutting_down: AtomicBool::new(false),
             }
         });
@@ -190,6 +203,11 @@ impl Supervisor {
             .iter()
             .filter_map(|handle| handle.sampled().clone())
             .collect()
+    }
+
+    /// How many agents there are, as it changes.
+    pub(crate) fn agent_count(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.agent_count.subscribe()
     }
 
     /// Every agent's handle, in no particular order.
@@ -432,6 +450,7 @@ impl Supervisor {
         registry
             .by_id
             .insert(stored.id.clone(), Arc::clone(&handle));
+        self.agent_count.send_replace(registry.by_id.len());
         let task = agent::run(
             Arc::clone(&self.services),
             self.approvals.clone(),
@@ -897,6 +916,7 @@ impl Supervisor {
             let mut registry = self.write();
             registry.by_id.remove(&handle.id);
             registry.id_by_name.remove(&info.name);
+            self.agent_count.send_replace(registry.by_id.len());
         }
         self.services.store.remove(&handle.id);
         handle.fanout.close();

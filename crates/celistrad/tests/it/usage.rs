@@ -1,7 +1,9 @@
 //! Resource use on a real daemon: agents' CPU and memory sampled (`ls`, `status`, the API), an
 //! agent that really allocates past its `--max-memory` restarted (recorded as an event, an audit
-//! entry and a note in its log) while one under its threshold is left alone.
+//! entry and a note in its log) while one under its threshold is left alone; and the daemon's own
+//! use when it has no agent: none of its threads wakes.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use celistra_proto::{AgentSpec, AgentState, AuditQuery, EventKind};
@@ -143,4 +145,64 @@ async fn top_without_a_terminal_is_a_usage_error_that_points_to_ls() {
         said.contains("terminal") && said.contains("ctl ls"),
         "{said}"
     );
+}
+
+/// How often each thread of process `pid` was scheduled off the CPU (voluntarily or not), by
+/// thread id: a thread that sleeps without waking keeps its count.
+fn switches_by_thread(pid: u32) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return counts;
+    };
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        counts.insert(task.file_name().to_string_lossy().into_owned(), switches);
+    }
+    counts
+}
+
+/// Waits (bounded) for a window of two seconds in which no thread of `pid` ran.
+fn wait_until_asleep(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let before = switches_by_thread(pid);
+        std::thread::sleep(Duration::from_secs(2));
+        let after = switches_by_thread(pid);
+        if before == after {
+            return;
+        }
+        let woke: Vec<_> = after
+            .iter()
+            .filter(|(tid, n)| before.get(*tid) != Some(n))
+            .map(|(tid, _)| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")))
+            .filter_map(Result::ok)
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "{what}: threads kept waking: {woke:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_without_agents_sleeps_and_wakes_to_sample_a_new_one() {
+    let daemon = Daemon::start().await;
+    let pid = daemon.pid();
+    // The 1 s activity look, the 2 s sampler, the history's maintenance and WAL copies used to
+    // wake it all the time; with nothing to supervise nothing is due.
+    tokio::task::block_in_place(|| wait_until_asleep(pid, "a daemon without agents"));
+    // An agent wakes the sampler: its memory is read.
+    daemon.spawn(spec("sampled", "exec sleep 600")).await;
+    daemon
+        .wait_agent("sampled", "sampled", |a| a.usage.is_some())
+        .await;
+    // Removed, the daemon sleeps again.
+    let removed = daemon.ctl(&["rm", "sampled"]);
+    assert!(removed.status.success(), "{removed:?}");
+    tokio::task::block_in_place(|| wait_until_asleep(pid, "a daemon whose agent was removed"));
 }
