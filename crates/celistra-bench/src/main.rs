@@ -456,16 +456,29 @@ async fn phase_within<T>(
     }
 }
 
-/// Figure 1: RSS of an idle daemon.
+/// How long after its last request or agent event a daemon has given its code pages back (it
+/// does so after 10 s of quiet: `code_pages.rs`), with a margin.
+const SETTLED: Duration = Duration::from_secs(15);
+
+/// Figure 1: RSS of an idle daemon, right after start and once settled.
 async fn idle_rss(binary: &Path, report: &mut Report) -> Result<()> {
     let daemon = Daemon::start(binary, None).await?;
+    let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let kib = daemon.rss_kib()?;
     report.add(
-        "daemon RSS, idle",
-        "<= 10 MiB",
+        "daemon RSS, 1 s after it answers",
+        "none",
         format!("{:.1} MiB", mib(kib)),
-        Some(kib <= 10 * 1024),
+        None,
+    );
+    tokio::time::sleep(SETTLED.saturating_sub(started.elapsed())).await;
+    let kib = daemon.rss_kib()?;
+    report.add(
+        "daemon RSS, idle (15 s after it answers)",
+        "<= 8 MiB",
+        format!("{:.1} MiB", mib(kib)),
+        Some(kib <= 8 * 1024),
     );
     Ok(())
 }
@@ -494,10 +507,18 @@ async fn hundred(binary: &Path, report: &mut Report) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let kib = daemon.rss_kib()?;
     report.add(
-        "daemon RSS, 100 agents",
-        "<= 25 MiB",
+        "daemon RSS, 100 agents, 1 s after all run",
+        "none",
         format!("{:.1} MiB", mib(kib)),
-        Some(kib <= 25 * 1024),
+        None,
+    );
+    tokio::time::sleep(SETTLED - Duration::from_secs(1)).await;
+    let kib = daemon.rss_kib()?;
+    report.add(
+        "daemon RSS, 100 agents (15 s after all run)",
+        "<= 16 MiB",
+        format!("{:.1} MiB", mib(kib)),
+        Some(kib <= 16 * 1024),
     );
 
     let (median, p95) = median_p95(daemon.ctl_ls_samples().await?);
