@@ -385,14 +385,17 @@ fn an_idle_store_sleeps_once_its_work_is_done_and_wakes_for_new_output() {
     // Settled lines, so merging and indexing have work; then a burst to copy out of the WAL.
     let lines: Vec<String> = (0..10).map(|i| format!("line {i}")).collect();
     store.append_commits(&agent, &lines, 120_000);
-    store.history.append(
-        &agent,
-        1,
-        Stream::Stdout,
-        now_ms(),
-        Bytes::from(varied_lines(1 << 20)),
-    );
-    store.history.sync().unwrap();
+    let burst = || {
+        store.history.append(
+            &agent,
+            1,
+            Stream::Stdout,
+            now_ms(),
+            Bytes::from(varied_lines(1 << 20)),
+        );
+        store.history.sync().unwrap();
+    };
+    burst();
     // The writer (merging, indexing, compressing) and the checkpointer (copying the WAL) finish,
     // then neither wakes for a whole window: they used to look every second and every 200 ms.
     let threads = || {
@@ -429,14 +432,7 @@ fn an_idle_store_sleeps_once_its_work_is_done_and_wakes_for_new_output() {
     let db = store.dir.path().join("history.db");
     let db_size = || std::fs::metadata(&db).map_or(0, |m| m.len());
     let size_before = db_size();
-    store.history.append(
-        &agent,
-        1,
-        Stream::Stdout,
-        now_ms(),
-        Bytes::from(varied_lines(1 << 20)),
-    );
-    store.history.sync().unwrap();
+    burst();
     wait("the new output copied into the database file", || {
         db_size() > size_before
     });
