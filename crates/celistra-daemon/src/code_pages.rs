@@ -23,10 +23,9 @@ const QUIET: Duration = Duration::from_secs(10);
 /// burst of agent starts, stops and spawns or of requests, until `stopping`.
 pub(crate) async fn release_when_quiet(
     events: Arc<EventBus>,
-    requests: tokio::sync::watch::Receiver<u64>,
+    mut requests: tokio::sync::watch::Receiver<u64>,
     stopping: CancellationToken,
 ) {
-    let mut requests = Some(requests);
     let mut live = events.subscribe(None).live;
     release().await;
     let mut due = Some(tokio::time::Instant::now() + QUIET);
@@ -43,15 +42,10 @@ pub(crate) async fn release_when_quiet(
                 due = None;
                 release().await;
             }
-            answered = async {
-                match requests.as_mut() {
-                    Some(requests) => requests.changed().await,
-                    None => std::future::pending().await,
-                }
-            } => match answered {
+            answered = requests.changed() => match answered {
                 Ok(()) => due = Some(tokio::time::Instant::now() + QUIET),
-                // The metrics are gone (the daemon is stopping): only agent events count.
-                Err(_) => requests = None,
+                // The metrics are gone: the daemon is stopping.
+                Err(_) => return,
             },
             event = live.recv() => match event {
                 Ok(event) if touches_spawn_code(&event.kind) => {

@@ -2,7 +2,7 @@
 //! made while a write is in flight share the next write, and callers that must not answer before
 //! their change is on disk wait for it with [`Store::sync`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -82,11 +82,22 @@ struct StoreFileOut<'a> {
     groups: Vec<&'a StoredGroup>,
 }
 
+/// One agent's record, and its JSON as last written (`None` once the record changed).
+#[derive(Debug)]
+struct Record {
+    agent: StoredAgent,
+    json: Option<Box<RawValue>>,
+}
+
+impl Record {
+    fn new(agent: StoredAgent) -> Record {
+        Record { agent, json: None }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Pending {
-    agents: BTreeMap<String, StoredAgent>,
-    /// Each agent's JSON as last written, by id; dropped when the agent changes.
-    agents_json: HashMap<String, Box<RawValue>>,
+    agents: BTreeMap<String, Record>,
     groups: BTreeMap<String, StoredGroup>,
     event_seq: u64,
     generation: u64,
@@ -128,14 +139,13 @@ impl Store {
             agents: file
                 .agents
                 .iter()
-                .map(|a| (a.id.clone(), a.clone()))
+                .map(|a| (a.id.clone(), Record::new(a.clone())))
                 .collect(),
             groups: file
                 .groups
                 .iter()
                 .map(|g| (g.name.clone(), g.clone()))
                 .collect(),
-            agents_json: HashMap::new(),
             event_seq: file.event_seq,
             generation: 0,
         };
@@ -168,33 +178,26 @@ impl Store {
             if pending.generation == self.written.borrow().0 {
                 return;
             }
-            let Pending {
-                agents,
-                agents_json,
-                groups,
-                event_seq,
-                generation,
-            } = &mut *pending;
-            for (id, agent) in agents.iter() {
-                if !agents_json.contains_key(id) {
-                    let json = serde_json::to_string_pretty(agent)
+            for record in pending.agents.values_mut() {
+                if record.json.is_none() {
+                    let json = serde_json::to_string_pretty(&record.agent)
                         .and_then(RawValue::from_string)
                         .expect("agent records serialise");
-                    agents_json.insert(id.clone(), json);
+                    record.json = Some(json);
                 }
             }
             let file = StoreFileOut {
                 version: 1,
-                event_seq: *event_seq,
-                agents: agents
-                    .keys()
-                    .filter_map(|id| agents_json.get(id))
-                    .map(|json| &**json)
+                event_seq: pending.event_seq,
+                agents: pending
+                    .agents
+                    .values()
+                    .filter_map(|record| record.json.as_deref())
                     .collect(),
-                groups: groups.values().collect(),
+                groups: pending.groups.values().collect(),
             };
             (
-                *generation,
+                pending.generation,
                 serde_json::to_vec_pretty(&file).expect("agent records serialise"),
             )
         };
@@ -220,23 +223,21 @@ impl Store {
 
     pub(crate) fn put(&self, agent: StoredAgent) {
         let mut pending = self.lock();
-        pending.agents_json.remove(&agent.id);
-        pending.agents.insert(agent.id.clone(), agent);
+        pending.agents.insert(agent.id.clone(), Record::new(agent));
         self.changed(&mut pending);
     }
 
     pub(crate) fn update(&self, id: &str, change: impl FnOnce(&mut StoredAgent)) {
         let mut pending = self.lock();
-        if let Some(agent) = pending.agents.get_mut(id) {
-            change(agent);
-            pending.agents_json.remove(id);
+        if let Some(record) = pending.agents.get_mut(id) {
+            change(&mut record.agent);
+            record.json = None;
             self.changed(&mut pending);
         }
     }
 
     pub(crate) fn remove(&self, id: &str) {
         let mut pending = self.lock();
-        pending.agents_json.remove(id);
         if pending.agents.remove(id).is_some() {
             self.changed(&mut pending);
         }

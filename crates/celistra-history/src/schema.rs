@@ -227,8 +227,7 @@ pub(crate) fn checkpoint_loop(inner: &Inner) {
         // During a burst the WAL may grow (disk, not memory) so that copying it does not compete with
         // saving the burst; it is copied once output is quiet, or when it gets large.
         let quiet = inner.busy_until.load(Ordering::SeqCst) <= now_ms();
-        let due =
-            size > WAL_LIMIT || (size > 0 && quiet && last.elapsed() >= Duration::from_secs(1));
+        let due = size > WAL_LIMIT || (quiet && last.elapsed() >= Duration::from_secs(1));
         if !due {
             continue;
         }
