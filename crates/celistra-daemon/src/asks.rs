@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use celistra_proto::{ApiError, Approval, AskQuery, AskRequest, ErrorCode, HookReport};
 use tokio::task::JoinHandle;
 
@@ -47,6 +47,9 @@ pub(crate) struct AskSockets {
     /// `bin/`, holding `celistrad` (a link to the daemon's binary), when the daemon knows its
     /// binary.
     bin: Option<PathBuf>,
+    /// The routes every socket serves, made once (at the first socket, with the approval flow
+    /// every socket asks through): a route table of its own cost each agent 3 KiB.
+    routes: OnceLock<Router>,
 }
 
 impl AskSockets {
@@ -87,6 +90,7 @@ impl AskSockets {
             dir,
             servers: Mutex::default(),
             bin,
+            routes: OnceLock::new(),
         })
     }
 
@@ -121,22 +125,14 @@ impl AskSockets {
                 return;
             }
         };
-        let router = Router::new()
-            .route("/v1/ask", post(ask::<A>))
-            .route("/v1/hook", post(hook::<A>))
-            .fallback(|| async {
-                failure(
-                    ErrorCode::NotFound,
-                    "an agent's socket only takes POST /v1/ask and POST /v1/hook; deciding needs \
-                     the machine secret",
-                )
-            })
-            .with_state(Asker {
-                flow,
-                agent_id: agent_id.to_owned(),
-            });
+        let routes = self.routes.get_or_init(|| routes(flow)).clone();
+        let agent = FromAgent(Arc::from(agent_id));
+        let service = tower::ServiceExt::map_request(routes, move |mut request: Request| {
+            request.extensions_mut().insert(agent.clone());
+            request
+        });
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(listener, axum::ServiceExt::into_make_service(service)).await;
         });
         if let Some((old, _)) = self.servers().insert(agent_id.to_owned(), (server, copy)) {
             old.abort();
@@ -228,32 +224,45 @@ fn inherited(agent_id: &str, path: &std::path::Path) -> Option<tokio::net::UnixL
     tokio::net::UnixListener::from_std(listener).ok()
 }
 
-#[derive(Clone)]
-struct Asker<A> {
-    flow: A,
-    agent_id: String,
+/// What every agent's socket serves, asking through `flow`.
+fn routes<A: Answerer>(flow: A) -> Router {
+    Router::new()
+        .route("/v1/ask", post(ask::<A>))
+        .route("/v1/hook", post(hook::<A>))
+        .fallback(|| async {
+            failure(
+                ErrorCode::NotFound,
+                "an agent's socket only takes POST /v1/ask and POST /v1/hook; deciding needs the \
+                 machine secret",
+            )
+        })
+        .with_state(flow)
 }
+
+/// The agent whose socket a request came in on, which its server puts in every request.
+#[derive(Clone)]
+struct FromAgent(Arc<str>);
 
 /// `POST /v1/ask` on an agent's socket: asks as that agent and answers once decided.
 async fn ask<A: Answerer>(
-    State(asker): State<Asker<A>>,
+    State(flow): State<A>,
+    Extension(FromAgent(agent_id)): Extension<FromAgent>,
     Query(query): Query<AskQuery>,
     JsonBody(request): JsonBody<AskRequest>,
 ) -> Result<Json<Approval>, Failure> {
     Ok(Json(
-        asker
-            .flow
-            .answer(&asker.agent_id, query.origin.as_str(), request)
+        flow.answer(&agent_id, query.origin.as_str(), request)
             .await?,
     ))
 }
 
 /// `POST /v1/hook` on an agent's socket: a structured signal of what the agent is doing.
 async fn hook<A: Answerer>(
-    State(asker): State<Asker<A>>,
+    State(flow): State<A>,
+    Extension(FromAgent(agent_id)): Extension<FromAgent>,
     JsonBody(report): JsonBody<HookReport>,
 ) -> Result<axum::http::StatusCode, Failure> {
-    asker.flow.report(&asker.agent_id, &report)?;
+    flow.report(&agent_id, &report)?;
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 

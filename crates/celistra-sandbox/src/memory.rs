@@ -1,6 +1,6 @@
 //! The daemon's own memory: the code pages (its executable's and its shared libraries') that
 //! start-up read and an idle daemon never touches again, and the free memory left inside its
-//! heap, given back.
+//! heap, given back; and the sandbox init's set-up memory, given back whole.
 //!
 //! Start-up runs code that never runs again (the route table and the OpenAPI document, TLS,
 //! SQLite, restoring agents), and the kernel maps up to 64 KiB around each page it faults in
@@ -19,6 +19,8 @@ struct Mapping {
     start: usize,
     end: usize,
     writable: bool,
+    /// Copy-on-write (`p`), not shared with other processes (`s`).
+    private: bool,
     /// Inode of the mapped file; 0 for anonymous memory and the kernel's own mappings.
     inode: u64,
     rss_kb: u64,
@@ -70,6 +72,77 @@ pub fn release_free_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Most private writable mappings [`give_back_private_memory`] handles: a dynamically linked
+/// launcher has about ten (its own data, the C library's and the loader's, heap, stack).
+const MOST_WRITABLE_MAPPINGS: usize = 32;
+
+/// Gives back every page of this process's private writable memory (its data, heap and stack,
+/// its libraries' data) except the pages holding the addresses in `keep` and the stack from just
+/// below this call's frame up (the caller's frame and those above it). A page of a file's data
+/// reads as the file again if touched, any other as zeros.
+///
+/// For the sandbox's init: once the agent is started it only waits for children, and the
+/// memory its set-up dirtied (decoding the plan, building the root, the C library's start-up)
+/// is 17 private pages, kept for the agent's whole run, in each of a thousand sandboxes.
+///
+/// # Safety
+///
+/// The process must have one thread, and afterwards must read nothing it had stored outside the
+/// kept pages and the stack above this call: no allocation, no standard library, no C library
+/// function that keeps state (`syscall` keeps only `errno`, in its thread's TLS, which `keep`
+/// should hold; `_exit` keeps nothing).
+pub(crate) unsafe fn give_back_private_memory<const N: usize>(keep: [usize; N]) -> io::Result<()> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    // On this frame's stack, which stays: the heap is among what goes.
+    let mut writable = [(0usize, 0usize); MOST_WRITABLE_MAPPINGS];
+    let mut count = 0;
+    for mapping in maps.lines().filter_map(parse_header) {
+        if mapping.writable && mapping.private && count < writable.len() {
+            writable[count] = (mapping.start, mapping.end);
+            count += 1;
+        }
+    }
+    drop(maps);
+    let page = rustix::param::page_size();
+    // This frame is far smaller than a page, so everything a page under its array is unused.
+    let stack_kept_from = (&raw const writable as usize / page - 1) * page;
+    let mut kept = keep.map(|address| (address / page * page, address / page * page + page));
+    kept.sort_unstable();
+    for &(start, end) in &writable[..count] {
+        if start >= stack_kept_from {
+            continue;
+        }
+        let end = end.min(stack_kept_from);
+        let mut from = start;
+        for &(kept_start, kept_end) in &kept {
+            if kept_end <= from || kept_start >= end {
+                continue;
+            }
+            if kept_start > from {
+                forget(from, kept_start);
+            }
+            from = from.max(kept_end);
+        }
+        if from < end {
+            forget(from, end);
+        }
+    }
+    Ok(())
+}
+
+/// `MADV_DONTNEED` on `start..end`, page-aligned and inside one private mapping.
+fn forget(start: usize, end: usize) {
+    // SAFETY: the caller of `give_back_private_memory` vouched that nothing reads this range again;
+    // dropping its pages cannot affect another process (private) or unmap anything.
+    let _ = unsafe {
+        rustix::mm::madvise(
+            start as *mut c_void,
+            end - start,
+            rustix::mm::Advice::LinuxDontNeed,
+        )
+    };
 }
 
 /// Most heaps (glibc arenas) the allocator makes. By default glibc makes up to eight per core
@@ -131,6 +204,7 @@ fn parse_header(line: &str) -> Option<Mapping> {
         start: usize::from_str_radix(start, 16).ok()?,
         end: usize::from_str_radix(end, 16).ok()?,
         writable: perms.as_bytes().get(1) == Some(&b'w'),
+        private: perms.as_bytes().get(3) == Some(&b'p'),
         inode,
         rss_kb: 0,
         modified_kb: 0,
@@ -165,6 +239,7 @@ Rss:                   8 kB
                 start: 0x558e_3dcb_4000,
                 end: 0x558e_3e29_1000,
                 writable: false,
+                private: true,
                 inode: 6_155_057,
                 rss_kb: 1712,
                 modified_kb: 0,
@@ -198,6 +273,73 @@ Rss:                   8 kB
             "{after} kB resident after, {before} kB before"
         );
         assert_eq!(parse_smaps(SMAPS).len(), 3);
+    }
+
+    /// KiB resident in the mapping of process `pid` that holds `address`.
+    fn resident_kib_around(pid: libc::pid_t, address: usize) -> u64 {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        parse_smaps(&smaps)
+            .into_iter()
+            .find(|m| m.start <= address && address < m.end)
+            .map(|m| m.rss_kb)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_process_that_gives_its_private_memory_back_keeps_its_stack_and_still_runs() {
+        use std::os::fd::AsRawFd;
+        // 4 MiB written in small blocks, on a heap a forked child has too.
+        let blocks: Vec<Box<[u8; 1024]>> = (0..4096).map(|_| Box::new([1u8; 1024])).collect();
+        let address = &raw const *blocks[2048] as usize;
+        let (from_child, to_parent) = rustix::pipe::pipe().unwrap();
+        let to_parent_fd = to_parent.as_raw_fd();
+        // SAFETY: the child has one thread and, once it gave its memory back, only makes system
+        // calls with what is on this frame, until the parent kills it.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", io::Error::last_os_error());
+        if child == 0 {
+            // SAFETY: as above.
+            unsafe {
+                let _ = give_back_private_memory([
+                    libc::__errno_location() as usize,
+                    libc::pthread_self() as usize,
+                ]);
+                libc::syscall(libc::SYS_write, to_parent_fd, b"g".as_ptr(), 1usize);
+                loop {
+                    libc::syscall(libc::SYS_pause);
+                }
+            }
+        }
+        drop(to_parent);
+        let mut ready = [rustix::event::PollFd::new(
+            &from_child,
+            rustix::event::PollFlags::IN,
+        )];
+        let limit = rustix::event::Timespec {
+            tv_sec: 20,
+            tv_nsec: 0,
+        };
+        let mut said = [0u8; 1];
+        if rustix::event::poll(&mut ready, Some(&limit)).unwrap() == 1 {
+            let _ = rustix::io::read(&from_child, &mut said);
+        }
+        let in_child = resident_kib_around(child, address);
+        let in_parent = resident_kib_around(std::process::id().cast_signed(), address);
+        // SAFETY: signals and reaps this test's own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert_eq!(
+            &said, b"g",
+            "the child did not run on after giving its memory back"
+        );
+        assert!(in_parent >= 4096, "{in_parent} KiB resident in the parent");
+        assert!(
+            in_child <= 8,
+            "{in_child} KiB of the blocks' mapping still resident in the child"
+        );
+        drop(blocks);
     }
 
     /// Anonymous memory resident in this process, in KiB.

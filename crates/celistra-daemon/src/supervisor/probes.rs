@@ -296,10 +296,10 @@ impl Scheduler {
                     reason: reason.clone(),
                 });
                 let (reply, _) = tokio::sync::oneshot::channel();
-                let _ = handle.commands.send(Order {
+                let _ = handle.commands.send(Box::new(Order {
                     command: Command::Unhealthy(run, reason, reply),
                     actor: Actor::system(),
-                });
+                }));
             }
         }
     }

@@ -38,7 +38,11 @@ struct Kept {
 
 /// One run the keeper holds.
 struct Held {
+    /// Its `note` is `null`: see `note`.
     run: HeldRun,
+    /// What the daemon noted with the run, as JSON text: parsed, it was a tree of small
+    /// allocations (maps, strings), 5 KiB per run.
+    note: Box<str>,
     outputs: Vec<(OutputStream, Arc<AsyncFd<OwnedFd>>)>,
     input: Option<OwnedFd>,
     /// The agent's cgroup: what its leader leaves behind is killed when no daemon does it.
@@ -48,6 +52,15 @@ struct Held {
 }
 
 impl Held {
+    /// The run as a daemon is told of it, with `dropped` bytes of its output not kept.
+    fn told(&self, dropped: u64) -> HeldRun {
+        HeldRun {
+            dropped_bytes: dropped,
+            note: serde_json::from_str(&self.note).unwrap_or_default(),
+            ..self.run.clone()
+        }
+    }
+
     fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -361,10 +374,7 @@ impl Keeper {
         let mut frames = Vec::new();
         for held in self.runs.values() {
             let kept = held.kept();
-            let run = HeldRun {
-                dropped_bytes: kept.dropped,
-                ..held.run.clone()
-            };
+            let run = held.told(kept.dropped);
             frames.push(super::wire::encode(
                 &FromKeeper::Held {
                     run,
@@ -473,10 +483,7 @@ impl Keeper {
             let fds = held.descriptors();
             let (run, chunks) = {
                 let mut kept = held.kept();
-                let run = HeldRun {
-                    dropped_bytes: kept.dropped,
-                    ..held.run.clone()
-                };
+                let run = held.told(kept.dropped);
                 kept.bytes = 0;
                 kept.dropped = 0;
                 (run, std::mem::take(&mut kept.chunks))
@@ -587,8 +594,9 @@ impl Keeper {
                 exit: None,
                 dropped_bytes: 0,
                 unattended_since_ms: None,
-                note,
+                note: serde_json::Value::Null,
             },
+            note: note.to_string().into_boxed_str(),
             outputs,
             input,
             cgroup: launch.cgroup().map(Path::to_path_buf),

@@ -193,9 +193,10 @@ fn start_agent(
     Err(exec(argv))
 }
 
-/// The init's side: no capability, no descriptor the agent needs to see closed, and reaping until
-/// the agent ends. Signals stay blocked and are only waited for: a terminating signal sent to the
-/// run's process group is the agent's to handle, and the init ignores it.
+/// The init's side: no capability, no descriptor the agent needs to see closed, none of the
+/// set-up's memory, and reaping until the agent ends. Signals stay blocked and are only waited
+/// for: a terminating signal sent to the run's process group is the agent's to handle, and the
+/// init ignores it.
 fn be_init(agent: libc::pid_t) -> ! {
     // SAFETY: closes this process's descriptors above the standard streams (the readiness pipe,
     // a shared listener), which the agent has its own copies of.
@@ -204,30 +205,60 @@ fn be_init(agent: libc::pid_t) -> ! {
     let _ = drop_capabilities();
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     let all = every_signal();
+    // SAFETY: one thread; from here on the init runs only this loop: `libc::syscall`, whose only
+    // state is `errno`, in the TLS kept (beside the thread's control block, kept too), and
+    // `_exit`. Everything it reads is on this frame.
+    let _ = unsafe {
+        crate::memory::give_back_private_memory([
+            libc::__errno_location() as usize,
+            libc::pthread_self() as usize,
+        ])
+    };
     loop {
-        // SAFETY: `all` is an initialised signal set; a null info pointer is allowed.
-        let signal = unsafe { libc::sigwaitinfo(&raw const all, std::ptr::null_mut()) };
-        if signal != libc::SIGCHLD {
+        // SAFETY: `all` is an initialised signal set, of which the kernel reads its 64 signals;
+        // null info and timeout pointers are allowed (`sigwaitinfo`).
+        let signal = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigtimedwait,
+                &raw const all,
+                std::ptr::null_mut::<libc::siginfo_t>(),
+                std::ptr::null::<libc::timespec>(),
+                KERNEL_SIGSET_BYTES,
+            )
+        };
+        if signal != libc::c_long::from(libc::SIGCHLD) {
             continue;
         }
         loop {
-            let mut status = 0;
-            // SAFETY: a valid status pointer; WNOHANG never blocks.
-            let reaped = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+            let mut status: libc::c_int = 0;
+            // SAFETY: a valid status pointer and a null rusage; WNOHANG never blocks (`waitpid`).
+            let reaped = unsafe {
+                libc::syscall(
+                    libc::SYS_wait4,
+                    libc::c_long::from(-1),
+                    &raw mut status,
+                    libc::c_long::from(libc::WNOHANG),
+                    std::ptr::null_mut::<libc::rusage>(),
+                )
+            };
             if reaped <= 0 {
                 break;
             }
-            if reaped == agent {
+            if reaped == libc::c_long::from(agent) {
                 let code = if libc::WIFSIGNALED(status) {
                     128 + libc::WTERMSIG(status)
                 } else {
                     libc::WEXITSTATUS(status)
                 };
-                std::process::exit(code);
+                // SAFETY: ends the process at once, running nothing of its memory.
+                unsafe { libc::_exit(code) };
             }
         }
     }
 }
+
+/// The size of the kernel's signal set (`_NSIG / 8`), which `rt_sigtimedwait` takes.
+const KERNEL_SIGSET_BYTES: libc::size_t = 8;
 
 /// Blocks every signal, so none is lost between the fork and the init's first wait.
 fn block_all_signals() -> std::io::Result<()> {
