@@ -308,6 +308,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> Result<Stoppe
         agent_rules: agent_rules::AgentRules::new(home.dir.join("agent-rules.json")),
         zone: zone::machine_zone(),
         metrics: metrics::Metrics::new(),
+        spawning: tokio::sync::Semaphore::new(services::SPAWNS_AT_ONCE),
     });
     let metrics_follower =
         tokio::spawn(Arc::clone(&services.metrics).follow(services.events.subscribe(None).live));

@@ -925,6 +925,8 @@ impl Agent {
         worktree: Option<&crate::worktree::Worktree>,
         is_restart: bool,
     ) -> Result<Run, String> {
+        // Never closed, so `acquire` only waits.
+        let _starting = self.services.spawning.acquire().await;
         let config = self.services.config().map_err(|e| e.to_string())?;
         // Retention settings apply from the next spawn on, like every other setting of config.json.
         self.services.history.set_limits(crate::log_limits(&config));
