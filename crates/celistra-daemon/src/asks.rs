@@ -48,7 +48,7 @@ pub(crate) struct AskSockets {
     /// binary.
     bin: Option<PathBuf>,
     /// The routes every socket serves, made once (at the first socket, with the approval flow
-    /// every socket asks through): a route table of its own cost each agent 3 KiB.
+    /// every socket asks through): a route table of its own cost each agent 3.5 KiB.
     routes: OnceLock<Router>,
 }
 

@@ -41,7 +41,7 @@ struct Held {
     /// Its `note` is `null`: see `note`.
     run: HeldRun,
     /// What the daemon noted with the run, as JSON text: parsed, it was a tree of small
-    /// allocations (maps, strings), 5 KiB per run.
+    /// allocations (maps, strings) kept for the run's whole life.
     note: Box<str>,
     outputs: Vec<(OutputStream, Arc<AsyncFd<OwnedFd>>)>,
     input: Option<OwnedFd>,
