@@ -121,21 +121,27 @@ pub(crate) unsafe fn give_back_private_memory<const N: usize>(keep: [usize; N]) 
                 continue;
             }
             if kept_start > from {
-                forget(from, kept_start);
+                // SAFETY: neither kept nor the stack in use, so the caller vouched for it.
+                unsafe { forget(from, kept_start) };
             }
             from = from.max(kept_end);
         }
         if from < end {
-            forget(from, end);
+            // SAFETY: as above.
+            unsafe { forget(from, end) };
         }
     }
     Ok(())
 }
 
 /// `MADV_DONTNEED` on `start..end`, page-aligned and inside one private mapping.
-fn forget(start: usize, end: usize) {
-    // SAFETY: the caller of `give_back_private_memory` vouched that nothing reads this range again;
-    // dropping its pages cannot affect another process (private) or unmap anything.
+///
+/// # Safety
+///
+/// Nothing may read what the range held again: it reads as zeros (or as the mapped file) after.
+unsafe fn forget(start: usize, end: usize) {
+    // SAFETY: the caller vouched for the range; dropping the pages of a private mapping cannot
+    // affect another process or unmap anything.
     let _ = unsafe {
         rustix::mm::madvise(
             start as *mut c_void,
