@@ -18,7 +18,11 @@ use std::io;
 struct Mapping {
     start: usize,
     end: usize,
+    readable: bool,
     writable: bool,
+    executable: bool,
+    /// One of the kernel's own (`[vvar]`, `[vdso]`, …), not the heap's or the stack's.
+    special: bool,
     /// Copy-on-write (`p`), not shared with other processes (`s`).
     private: bool,
     /// Inode of the mapped file; 0 for anonymous memory and the kernel's own mappings.
@@ -27,6 +31,19 @@ struct Mapping {
     /// Pages that differ from the file: private copies made by a write. (`Private_Dirty` would
     /// also count page-cache pages not yet written back, e.g. of a binary just linked.)
     modified_kb: u64,
+}
+
+impl Mapping {
+    /// Private memory a write may have copied or filled: writable data, heap and stack, and
+    /// read-only data of a file (relocated at start-up, then made read-only). Not code, nor the
+    /// kernel's own mappings.
+    fn may_hold_writes(&self) -> bool {
+        self.private
+            && self.readable
+            && !self.executable
+            && !self.special
+            && (self.writable || self.inode != 0)
+    }
 }
 
 /// Unmaps the resident pages of every read-only, unmodified file mapping of this process: the
@@ -74,79 +91,215 @@ pub fn release_free_heap() {
     }
 }
 
-/// Most private writable mappings [`give_back_private_memory`] handles: a dynamically linked
-/// launcher has about ten (its own data, the C library's and the loader's, heap, stack).
-const MOST_WRITABLE_MAPPINGS: usize = 32;
+/// Most mappings [`give_back_private_memory`] gives back: a dynamically linked launcher has about
+/// twenty (its own data and read-only data, the C library's and the loader's, heap, stack).
+const MOST_MAPPINGS_GIVEN_BACK: usize = 64;
 
-/// Gives back every page of this process's private writable memory (its data, heap and stack,
-/// its libraries' data) except the pages holding the addresses in `keep` and the stack from just
-/// below this call's frame up (the caller's frame and those above it). A page of a file's data
-/// reads as the file again if touched, any other as zeros.
+/// Whether this architecture has [`syscall_without_libc`]'s instruction, and so whether a
+/// process can give its memory back and still make system calls.
+pub(crate) const CAN_GIVE_BACK: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// Gives back every private page this process's start-up and set-up wrote: its data and relocated
+/// read-only data, heap, TLS and stack, and its libraries'. It keeps the stack from a page below
+/// this call's frame up to a page past `frame` (an address in the caller's frame), and the pages of
+/// its command line, which `ps` reads. A page of a file reads as the file again if touched, any
+/// other as zeros.
 ///
 /// For the sandbox's init: once the agent is started it only waits for children, and the
-/// memory its set-up dirtied (decoding the plan, building the root, the C library's start-up)
-/// is 17 private pages, kept for the agent's whole run, in each of a thousand sandboxes.
+/// memory its set-up wrote (decoding the plan, building the root, the C library's start-up and
+/// its relocations) is kept for the agent's whole run, in each of a thousand sandboxes.
 ///
 /// # Safety
 ///
-/// The process must have one thread, and afterwards must read nothing it had stored outside the
-/// kept pages and the stack above this call: no allocation, no standard library, no C library
-/// function that keeps state (`syscall` keeps only `errno`, in its thread's TLS, which `keep`
-/// should hold; `_exit` keeps nothing).
-pub(crate) unsafe fn give_back_private_memory<const N: usize>(keep: [usize; N]) -> io::Result<()> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    // On this frame's stack, which stays: the heap is among what goes.
-    let mut writable = [(0usize, 0usize); MOST_WRITABLE_MAPPINGS];
-    let mut count = 0;
-    for mapping in maps.lines().filter_map(parse_header) {
-        if mapping.writable && mapping.private && count < writable.len() {
-            writable[count] = (mapping.start, mapping.end);
-            count += 1;
-        }
+/// The process must have one thread. The caller's frame, which holds `frame` and is smaller than
+/// a page, must never return, and afterwards the process may read nothing else it had stored:
+/// no allocation, no standard library, no C library (its calls go through relocated tables and
+/// `errno` is in its TLS). It makes system calls with [`syscall_without_libc`]. Nothing is given
+/// back if `/proc/self` cannot be read.
+pub(crate) unsafe fn give_back_private_memory(frame: usize) {
+    let Ok(pages) = pages_to_give_back(frame, below_this_frame()) else {
+        return;
+    };
+    // From the first range on, this loop calls nothing (`forget` is inlined): a call may go
+    // through a relocated table that goes too (even to `max`, in a position-independent build).
+    let mut next = 0;
+    while next < pages.count {
+        let (start, end) = pages.ranges[next];
+        // SAFETY: not kept, so the caller vouched that nothing reads it again.
+        unsafe { forget(start, end) };
+        next += 1;
     }
-    drop(maps);
-    let page = rustix::param::page_size();
-    // This frame is far smaller than a page, so everything a page under its array is unused.
-    let stack_kept_from = (&raw const writable as usize / page - 1) * page;
-    let mut kept = keep.map(|address| (address / page * page, address / page * page + page));
-    kept.sort_unstable();
-    for &(start, end) in &writable[..count] {
-        if start >= stack_kept_from {
-            continue;
-        }
-        let end = end.min(stack_kept_from);
-        let mut from = start;
-        for &(kept_start, kept_end) in &kept {
-            if kept_end <= from || kept_start >= end {
-                continue;
-            }
-            if kept_start > from {
-                // SAFETY: neither kept nor the stack in use, so the caller vouched for it.
-                unsafe { forget(from, kept_start) };
-            }
-            from = from.max(kept_end);
-        }
-        if from < end {
-            // SAFETY: as above.
-            unsafe { forget(from, end) };
-        }
-    }
-    Ok(())
 }
 
-/// `MADV_DONTNEED` on `start..end`, page-aligned and inside one private mapping.
+/// Page ranges [`give_back_private_memory`] drops, worked out before the first goes.
+#[derive(Clone, Copy)]
+struct PagesToGiveBack {
+    /// Each mapping holds the kept ranges at most once each: two more pieces than mappings.
+    ranges: [(usize, usize); MOST_MAPPINGS_GIVEN_BACK + 2],
+    count: usize,
+}
+
+/// Every page of the mappings that may hold writes, but the stack from a page under `stack_used`
+/// (an address under the frame that drops the pages) to a page past `frame`, and the command
+/// line's pages.
+fn pages_to_give_back(frame: usize, stack_used: usize) -> io::Result<PagesToGiveBack> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let command_line = command_line_range(&std::fs::read_to_string("/proc/self/stat")?)
+        .ok_or_else(|| io::Error::other("/proc/self/stat has no command line range"))?;
+    let page = rustix::param::page_size();
+    let page_of = |address: usize| address / page * page;
+    // The frames in use: the dropping one and its calls, up to the caller's (each far smaller
+    // than a page in a release build).
+    let mut kept = [
+        (page_of(stack_used) - page, page_of(frame) + 2 * page),
+        (page_of(command_line.0), page_of(command_line.1) + page),
+    ];
+    kept.sort_unstable();
+    let mut pages = PagesToGiveBack {
+        ranges: [(0, 0); MOST_MAPPINGS_GIVEN_BACK + 2],
+        count: 0,
+    };
+    let mut add = |start: usize, end: usize| {
+        if start < end && pages.count < pages.ranges.len() {
+            pages.ranges[pages.count] = (start, end);
+            pages.count += 1;
+        }
+    };
+    let written = maps.lines().filter_map(parse_header);
+    for mapping in written
+        .filter(Mapping::may_hold_writes)
+        .take(MOST_MAPPINGS_GIVEN_BACK)
+    {
+        let mut from = mapping.start;
+        for (kept_start, kept_end) in kept {
+            if kept_end <= from || kept_start >= mapping.end {
+                continue;
+            }
+            add(from, kept_start);
+            from = from.max(kept_end);
+        }
+        add(from, mapping.end);
+    }
+    Ok(pages)
+}
+
+/// An address under the caller's frame: this call's own frame is below it, where the caller's
+/// next calls go too.
+#[inline(never)]
+fn below_this_frame() -> usize {
+    let marker = 0u8;
+    std::hint::black_box(&raw const marker) as usize
+}
+
+/// `arg_start` and `arg_end` of `/proc/self/stat`: where the command line's strings are.
+fn command_line_range(stat: &str) -> Option<(usize, usize)> {
+    // Fields from the third (`state`) on follow the command's name, which may hold spaces.
+    let mut fields = stat.rsplit_once(')')?.1.split_ascii_whitespace().skip(45);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+/// A system call made by its instruction, touching no memory of the C library (no `errno`, no
+/// relocated table): what a process calls once it gave its memory back. Its arguments are
+/// scalars, so that no call builds them (a compiler may copy an array with `memcpy`). Returns
+/// the kernel's answer, a negative errno on failure.
+///
+/// # Safety
+///
+/// As for the system call `number` with these arguments.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)] // No call: in a position-independent build, one may go through a relocated table.
+pub(crate) unsafe fn syscall_without_libc(
+    number: libc::c_long,
+    first: usize,
+    second: usize,
+    third: usize,
+    fourth: usize,
+) -> isize {
+    let answer: isize;
+    // SAFETY: the caller vouched for the call; `syscall` takes these registers, answers in rax
+    // and overwrites rcx and r11.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") number as isize => answer,
+            in("rdi") first,
+            in("rsi") second,
+            in("rdx") third,
+            in("r10") fourth,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    answer
+}
+
+/// See the x86-64 version.
+///
+/// # Safety
+///
+/// As for the system call `number` with these arguments.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)] // See the x86-64 version.
+pub(crate) unsafe fn syscall_without_libc(
+    number: libc::c_long,
+    first: usize,
+    second: usize,
+    third: usize,
+    fourth: usize,
+) -> isize {
+    let answer: isize;
+    // SAFETY: the caller vouched for the call; `svc 0` takes the number in x8 and the arguments
+    // in x0 to x3, and answers in x0.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") number,
+            inlateout("x0") first => answer,
+            in("x1") second,
+            in("x2") third,
+            in("x3") fourth,
+            options(nostack),
+        );
+    }
+    answer
+}
+
+/// Elsewhere the C library's `syscall` (see [`CAN_GIVE_BACK`]): -1 on failure.
+///
+/// # Safety
+///
+/// As for the system call `number` with these arguments.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub(crate) unsafe fn syscall_without_libc(
+    number: libc::c_long,
+    first: usize,
+    second: usize,
+    third: usize,
+    fourth: usize,
+) -> isize {
+    // SAFETY: the caller vouched for the call.
+    unsafe { libc::syscall(number, first, second, third, fourth) as isize }
+}
+
+/// `MADV_DONTNEED` on `start..end`, page-aligned and inside one private mapping. By the
+/// instruction: once a relocated table is dropped, a call through it (the C library's) would
+/// jump to what the file holds there.
 ///
 /// # Safety
 ///
 /// Nothing may read what the range held again: it reads as zeros (or as the mapped file) after.
+#[inline(always)] // As `syscall_without_libc`.
 unsafe fn forget(start: usize, end: usize) {
     // SAFETY: the caller vouched for the range; dropping the pages of a private mapping cannot
     // affect another process or unmap anything.
-    let _ = unsafe {
-        rustix::mm::madvise(
-            start as *mut c_void,
+    unsafe {
+        syscall_without_libc(
+            libc::SYS_madvise,
+            start,
             end - start,
-            rustix::mm::Advice::LinuxDontNeed,
+            libc::MADV_DONTNEED as usize,
+            0,
         )
     };
 }
@@ -206,11 +359,16 @@ fn parse_header(line: &str) -> Option<Mapping> {
     let _offset = fields.next()?;
     let _device = fields.next()?;
     let inode = fields.next()?.parse().ok()?;
+    let path = fields.next().unwrap_or("");
+    let perm = |at: usize, letter: u8| perms.as_bytes().get(at) == Some(&letter);
     Some(Mapping {
         start: usize::from_str_radix(start, 16).ok()?,
         end: usize::from_str_radix(end, 16).ok()?,
-        writable: perms.as_bytes().get(1) == Some(&b'w'),
-        private: perms.as_bytes().get(3) == Some(&b'p'),
+        readable: perm(0, b'r'),
+        writable: perm(1, b'w'),
+        executable: perm(2, b'x'),
+        special: path.starts_with('[') && path != "[heap]" && path != "[stack]",
+        private: perm(3, b'p'),
         inode,
         rss_kb: 0,
         modified_kb: 0,
@@ -244,7 +402,10 @@ Rss:                   8 kB
             Mapping {
                 start: 0x558e_3dcb_4000,
                 end: 0x558e_3e29_1000,
+                readable: true,
                 writable: false,
+                executable: false,
+                special: false,
                 private: true,
                 inode: 6_155_057,
                 rss_kb: 1712,
@@ -291,30 +452,60 @@ Rss:                   8 kB
             .unwrap()
     }
 
+    /// The mappings of process `pid` holding anonymous pages (its own copies), with how many KiB.
+    fn anonymous_mappings(pid: libc::pid_t) -> String {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+        let mut listed = String::new();
+        let mut header = "";
+        for line in smaps.lines() {
+            if parse_header(line).is_some() {
+                header = line;
+            } else if let Some(kb) = line.strip_prefix("Anonymous:")
+                && kb.trim() != "0 kB"
+            {
+                listed.push_str(&format!("{} {header}\n", kb.trim()));
+            }
+        }
+        listed
+    }
+
+    /// The forked child's side: gives its memory back, says so through `to_parent` with its own
+    /// frame and system calls alone, and waits to be killed.
+    #[inline(never)]
+    fn give_back_and_say_so(to_parent: std::os::fd::RawFd) -> ! {
+        let said = *b"g";
+        // SAFETY: the child has one thread and never returns from here; from now on it reads
+        // only this frame (`said`) and makes system calls by their instruction.
+        unsafe {
+            give_back_private_memory(&raw const said as usize);
+            syscall_without_libc(
+                libc::SYS_write,
+                to_parent as usize,
+                &raw const said as usize,
+                1,
+                0,
+            );
+            loop {
+                syscall_without_libc(libc::SYS_pause, 0, 0, 0, 0);
+            }
+        }
+    }
+
     #[test]
-    fn a_process_that_gives_its_private_memory_back_keeps_its_stack_and_still_runs() {
+    fn a_process_that_gives_its_private_memory_back_keeps_its_frame_and_command_line_and_runs() {
         use std::os::fd::AsRawFd;
+        if !CAN_GIVE_BACK {
+            return;
+        }
         // 4 MiB written in small blocks, on a heap a forked child has too.
         let blocks: Vec<Box<[u8; 1024]>> = (0..4096).map(|_| Box::new([1u8; 1024])).collect();
         let address = &raw const *blocks[2048] as usize;
         let (from_child, to_parent) = rustix::pipe::pipe().unwrap();
-        let to_parent_fd = to_parent.as_raw_fd();
-        // SAFETY: the child has one thread and, once it gave its memory back, only makes system
-        // calls with what is on this frame, until the parent kills it.
+        // SAFETY: the child has one thread and only runs `give_back_and_say_so`.
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork: {}", io::Error::last_os_error());
         if child == 0 {
-            // SAFETY: as above.
-            unsafe {
-                let _ = give_back_private_memory([
-                    libc::__errno_location() as usize,
-                    libc::pthread_self() as usize,
-                ]);
-                libc::syscall(libc::SYS_write, to_parent_fd, b"g".as_ptr(), 1usize);
-                loop {
-                    libc::syscall(libc::SYS_pause);
-                }
-            }
+            give_back_and_say_so(to_parent.as_raw_fd());
         }
         drop(to_parent);
         let mut ready = [rustix::event::PollFd::new(
@@ -331,6 +522,10 @@ Rss:                   8 kB
         }
         let in_child = resident_kib_around(child, address);
         let in_parent = resident_kib_around(std::process::id().cast_signed(), address);
+        let child_wrote = anonymous_kb(child);
+        let child_maps = anonymous_mappings(child);
+        let command_line = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
+        let own_command_line = std::fs::read("/proc/self/cmdline").unwrap();
         // SAFETY: signals and reaps this test's own child.
         unsafe {
             libc::kill(child, libc::SIGKILL);
@@ -345,12 +540,32 @@ Rss:                   8 kB
             in_child <= 8,
             "{in_child} KiB of the blocks' mapping still resident in the child"
         );
+        // Its stack pages, its command line's, page tables' neighbours: not the test binary's
+        // relocated data, TLS and stack (well over 100 KiB before).
+        assert!(
+            child_wrote <= 48,
+            "the child still has {child_wrote} KiB of its own:\n{child_maps}"
+        );
+        assert_eq!(
+            command_line, own_command_line,
+            "what `ps` shows of the child"
+        );
         drop(blocks);
     }
 
-    /// Anonymous memory resident in this process, in KiB.
-    fn anonymous_kb() -> u64 {
-        std::fs::read_to_string("/proc/self/status")
+    #[test]
+    fn the_command_line_range_is_read_after_the_name_of_the_command() {
+        // Fields 3 to 47, then arg_start (48) and arg_end (49).
+        let stat = "7 (a (b) c) S 1 7 7 0 -1 4194560 108 0 0 0 0 0 0 0 20 0 1 0 40 2281472 \
+                    123 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0 \
+                    4210688 4211000 4214784 140723 140799 140799 140800 0";
+        assert_eq!(command_line_range(stat), Some((140_723, 140_799)));
+        assert_eq!(command_line_range("7 (x) S 1"), None);
+    }
+
+    /// Anonymous memory resident in process `pid` (its own pages, copies of a file's too), in KiB.
+    fn anonymous_kb(pid: libc::pid_t) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()
             .lines()
             .find_map(|line| line.strip_prefix("RssAnon:"))
@@ -366,9 +581,9 @@ Rss:                   8 kB
         let blocks: Vec<Box<[u8; 1024]>> = (0..32 * 1024).map(|_| Box::new([1u8; 1024])).collect();
         let top = Box::new([1u8; 1024]);
         drop(blocks);
-        let before = anonymous_kb();
+        let before = anonymous_kb(std::process::id().cast_signed());
         release_free_heap();
-        let after = anonymous_kb();
+        let after = anonymous_kb(std::process::id().cast_signed());
         assert!(
             before.saturating_sub(after) >= 16 * 1024,
             "{before} KiB before, {after} KiB after"

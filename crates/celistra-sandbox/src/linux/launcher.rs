@@ -204,54 +204,63 @@ fn be_init(agent: libc::pid_t) -> ! {
     let _ = drop_bounding_capabilities();
     let _ = drop_capabilities();
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    wait_as_init(agent)
+}
+
+/// The init's loop, in a frame of its own that it never returns from: it gives back all the
+/// memory the launcher wrote but that frame (and its command line), then waits for signals and
+/// reaps with system calls made by their instruction.
+#[inline(never)]
+fn wait_as_init(agent: libc::pid_t) -> ! {
+    use crate::memory::syscall_without_libc;
     let all = every_signal();
-    // SAFETY: one thread; from here on the init runs only this loop: `libc::syscall`, whose only
-    // state is `errno`, in the TLS kept (beside the thread's control block, kept too), and
-    // `_exit`. Everything it reads is on this frame.
-    let _ = unsafe {
-        crate::memory::give_back_private_memory([
-            libc::__errno_location() as usize,
-            libc::pthread_self() as usize,
-        ])
-    };
+    if crate::memory::CAN_GIVE_BACK {
+        // SAFETY: one thread, and this frame never returns: from here on the init reads only
+        // `all`, `agent` and `status`, here, and calls nothing but `syscall_without_libc`.
+        unsafe { crate::memory::give_back_private_memory(&raw const all as usize) };
+    }
     loop {
         // SAFETY: `all` is an initialised signal set, of which the kernel reads its 64 signals;
         // null info and timeout pointers are allowed (`sigwaitinfo`).
         let signal = unsafe {
-            libc::syscall(
+            syscall_without_libc(
                 libc::SYS_rt_sigtimedwait,
-                &raw const all,
-                std::ptr::null_mut::<libc::siginfo_t>(),
-                std::ptr::null::<libc::timespec>(),
+                &raw const all as usize,
+                0,
+                0,
                 KERNEL_SIGSET_BYTES,
             )
         };
-        if signal != libc::c_long::from(libc::SIGCHLD) {
+        if signal != libc::SIGCHLD as isize {
             continue;
         }
         loop {
             let mut status: libc::c_int = 0;
             // SAFETY: a valid status pointer and a null rusage; WNOHANG never blocks (`waitpid`).
             let reaped = unsafe {
-                libc::syscall(
+                syscall_without_libc(
                     libc::SYS_wait4,
-                    libc::c_long::from(-1),
-                    &raw mut status,
-                    libc::c_long::from(libc::WNOHANG),
-                    std::ptr::null_mut::<libc::rusage>(),
+                    usize::MAX, // -1: any child
+                    &raw mut status as usize,
+                    libc::WNOHANG as usize,
+                    0,
                 )
             };
             if reaped <= 0 {
                 break;
             }
-            if reaped == libc::c_long::from(agent) {
-                let code = if libc::WIFSIGNALED(status) {
-                    128 + libc::WTERMSIG(status)
+            if reaped == agent as isize {
+                // Without WUNTRACED or WCONTINUED, an exit or a killing signal (its number in the
+                // low 7 bits), told apart as `WIFSIGNALED` does, but calling nothing.
+                let signal = status & 0x7f;
+                let code = if signal == 0 {
+                    (status >> 8) & 0xff
                 } else {
-                    libc::WEXITSTATUS(status)
+                    128 + signal
                 };
-                // SAFETY: ends the process at once, running nothing of its memory.
-                unsafe { libc::_exit(code) };
+                // SAFETY: ends the process at once, running nothing of its memory; it does not
+                // return.
+                unsafe { syscall_without_libc(libc::SYS_exit_group, code as usize, 0, 0, 0) };
             }
         }
     }
