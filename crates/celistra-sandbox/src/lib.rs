@@ -27,7 +27,10 @@ mod guard;
 pub mod keeper;
 mod limits;
 mod linux;
-#[allow(unsafe_code, reason = "madvise on its own mappings, system calls by their instruction")]
+#[allow(
+    unsafe_code,
+    reason = "madvise on its own mappings, system calls by their instruction"
+)]
 mod memory;
 mod policy;
 mod reaper;
