@@ -494,7 +494,7 @@ async fn input(handle: &AgentHandle, client: &Client, bytes: Bytes) {
     }
     let delivered = match handle.fanout.input() {
         // Waits while the program is not reading: this client's frames are then read more slowly.
-        Some(input) => input.send(InputOp::Bytes(bytes)).await.is_ok(),
+        Some(input) => input.send(Box::new(InputOp::Bytes(bytes))).await.is_ok(),
         None => false,
     };
     if !delivered {
@@ -540,7 +540,7 @@ async fn resize(handle: &AgentHandle, client: &Client, size: TermSize) {
         );
     }
     if let Some(input) = handle.fanout.resize(size) {
-        let _ = input.send(InputOp::Resize(size)).await;
+        let _ = input.send(Box::new(InputOp::Resize(size))).await;
     }
 }
 

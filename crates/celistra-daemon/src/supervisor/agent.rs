@@ -247,10 +247,10 @@ const INPUT_QUEUE: usize = 64;
 
 impl Input {
     /// Writes clients' input and applies resizes, in the order they came, until the run ends.
-    async fn feed(mut self, mut ops: mpsc::Receiver<InputOp>) {
+    async fn feed(mut self, mut ops: mpsc::Receiver<Box<InputOp>>) {
         while let Some(op) = ops.recv().await {
             // A failed write means the program is gone; the run's end closes the channel.
-            match (&mut self, op) {
+            match (&mut self, *op) {
                 (Input::Pty(pty), InputOp::Bytes(bytes)) => {
                     let _ = pty.write_all(&bytes).await;
                 }
@@ -1569,7 +1569,7 @@ impl Agent {
                     },
                 );
                 let _ = sender
-                    .send(InputOp::Bytes(Bytes::from(format!("{text}\r"))))
+                    .send(Box::new(InputOp::Bytes(Bytes::from(format!("{text}\r")))))
                     .await;
                 Phase::Running(run)
             }
@@ -1877,7 +1877,9 @@ impl OutputSink {
                     };
                     let answer = response_line(id.as_deref().unwrap_or(&approval.id), decision);
                     if let Some(input) = handle.fanout.input() {
-                        let _ = input.send(InputOp::Bytes(Bytes::from(answer))).await;
+                        let _ = input
+                            .send(Box::new(InputOp::Bytes(Bytes::from(answer))))
+                            .await;
                     }
                 }
                 Err(e) => tracing::warn!(

@@ -72,6 +72,11 @@ pub(crate) enum InputOp {
     Resize(TermSize),
 }
 
+/// The way into a run's input. Its ops travel boxed: the channel allocates room for 32 of what it
+/// carries as soon as it is made, 256 bytes of boxes instead of 1.3 KiB of ops, for every running
+/// agent whether anyone types or not.
+pub(crate) type InputSender = mpsc::Sender<Box<InputOp>>;
+
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Delivery>,
@@ -168,7 +173,7 @@ struct State {
     title: Option<String>,
     titles: TitleScanner,
     /// The running program's input; `None` while no run is alive.
-    input: Option<mpsc::Sender<InputOp>>,
+    input: Option<InputSender>,
     /// The agent was removed: no more clients.
     closed: bool,
 }
@@ -338,17 +343,17 @@ impl Fanout {
     }
 
     /// Connects a new run's input, or disconnects it (`None`) when the run ends.
-    pub(crate) fn set_input(&self, input: Option<mpsc::Sender<InputOp>>) {
+    pub(crate) fn set_input(&self, input: Option<InputSender>) {
         self.lock().input = input;
     }
 
     /// The running program's input, if a run is alive.
-    pub(crate) fn input(&self) -> Option<mpsc::Sender<InputOp>> {
+    pub(crate) fn input(&self) -> Option<InputSender> {
         self.lock().input.clone()
     }
 
     /// A writer's size: kept for later runs, sent to the program, and announced to every client.
-    pub(crate) fn resize(&self, size: TermSize) -> Option<mpsc::Sender<InputOp>> {
+    pub(crate) fn resize(&self, size: TermSize) -> Option<InputSender> {
         let mut state = self.lock();
         if state.size != size {
             state.size = size;

@@ -28,6 +28,11 @@ pub const KEPT_PER_RUN: usize = 8 * 1024 * 1024;
 /// Longest wait for a run's last output once its leader exited and no daemon is there.
 const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
+/// How long the keeper must have had nothing to do before it gives back its code pages and its
+/// heap's free memory, as the daemon does (`code_pages.rs` there): what it spawned with, and the
+/// requests of a burst of spawns, are not needed while its agents just run.
+const QUIET: Duration = Duration::from_secs(10);
+
 /// Output read while no daemon was connected.
 #[derive(Default)]
 struct Kept {
@@ -195,7 +200,7 @@ pub async fn serve(dir: &Path, ready: impl FnOnce()) -> i32 {
         if keeper.handle(event).await {
             break;
         }
-        next = incoming.recv().await;
+        next = next_or_release_when_quiet(&mut incoming).await;
     }
     accepting.abort();
     reaping.abort();
@@ -203,6 +208,23 @@ pub async fn serve(dir: &Path, ready: impl FnOnce()) -> i32 {
     drop(keeper.guard.take());
     drop(lock);
     0
+}
+
+/// The next event; if none comes for [`QUIET`], the memory a burst of work left resident goes
+/// back first (the code pages come back from the page cache when they run again).
+async fn next_or_release_when_quiet(
+    incoming: &mut mpsc::UnboundedReceiver<Event>,
+) -> Option<Event> {
+    match tokio::time::timeout(QUIET, incoming.recv()).await {
+        Ok(event) => event,
+        Err(_) => {
+            crate::release_free_heap();
+            if let Err(e) = crate::release_code_pages() {
+                tracing::debug!("the keeper's code pages stay: {e}");
+            }
+            incoming.recv().await
+        }
+    }
 }
 
 fn lock(dir: &Path) -> std::io::Result<OwnedFd> {

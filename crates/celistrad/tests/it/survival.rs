@@ -578,3 +578,35 @@ async fn a_keeper_that_ends_with_nothing_to_hold_leaves_no_cgroup_behind() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `RssFile` of process `pid`, in KiB: the pages of its executable and libraries it has resident.
+fn resident_file_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("the process lives")
+        .lines()
+        .find_map(|line| line.strip_prefix("RssFile:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        .expect("an RssFile line")
+}
+
+#[tokio::test]
+async fn a_keeper_with_nothing_to_do_gives_its_code_pages_back() {
+    let daemon = Daemon::start().await;
+    let agent = daemon.spawn(spec("quiet", "exec sleep 600")).await;
+    assert_eq!(agent.state, AgentState::Running, "{agent:?}");
+    let keeper = daemon.keeper_pid().expect("a keeper");
+    let after_spawn = resident_file_kib(keeper);
+    // Ten seconds after its last event (`QUIET` in the keeper), its code goes back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = resident_file_kib(keeper);
+        if now * 2 < after_spawn {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the keeper still has {now} KiB of its files resident ({after_spawn} KiB after the spawn)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
