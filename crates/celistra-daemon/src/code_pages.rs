@@ -1,5 +1,5 @@
 //! The code pages (the executable's and its libraries') and the heap's free memory given back
-//! (`celistra_sandbox::release_code_pages`, `release_free_heap`): once the daemon serves, since
+//! (`celistra_sandbox::release_idle_memory`): once the daemon serves, since
 //! start-up code does not run again, and again once the daemon has been quiet for a while after
 //! start-up's last work, a burst of agent starts, stops and spawns, or requests, since an idle
 //! daemon never needs that code. A page needed again comes back from the page cache with a minor
@@ -70,11 +70,7 @@ fn touches_spawn_code(kind: &EventKind) -> bool {
 }
 
 async fn release() {
-    let released = tokio::task::spawn_blocking(|| {
-        celistra_sandbox::release_free_heap();
-        celistra_sandbox::release_code_pages()
-    })
-    .await;
+    let released = tokio::task::spawn_blocking(celistra_sandbox::release_idle_memory).await;
     match released {
         Ok(Ok(bytes)) => tracing::debug!(bytes, "released the resident code pages"),
         Ok(Err(e)) => tracing::debug!("the code pages stay: {e}"),

@@ -6,7 +6,7 @@
 //! [`Policy`], children can run as another user ([`Credentials`]), and resource limits (cgroups,
 //! else rlimits) come from [`ResourceLimits`]. [`SystemTool`] runs a system tool (`systemctl`, …)
 //! with a timeout and its output captured; [`Git`] is that for `git` (the daemon's worktrees), as
-//! a given user. [`release_code_pages`] gives back the daemon's start-up code pages.
+//! a given user. [`release_idle_memory`] gives back a quiet process's code pages and free heap.
 //! [`cgroup_use`] and [`ProcessTable`] read what agents use (CPU time, memory).
 
 // The workspace's clippy.toml refuses process creation and signals everywhere else; this crate is
@@ -57,7 +57,7 @@ pub use linux::{
     LAUNCHER_ARG, PlanDescription, SandboxPlan, Tools, default_sigpipe, kernel_landlock_abi,
     launcher_main,
 };
-pub use memory::{limit_heap_arenas, release_code_pages, release_free_heap};
+pub use memory::{limit_heap_arenas, release_idle_memory};
 pub use policy::{AGENT_BIN_INSIDE, ASK_SOCKET_INSIDE, MacosGrants, Network, Policy};
 pub use reaper::{BINARY_ENV, become_subreaper, reap_orphans, reexec};
 #[cfg(target_os = "macos")]

@@ -1,6 +1,7 @@
-//! The daemon's own memory: the code pages (its executable's and its shared libraries') that
-//! start-up read and an idle daemon never touches again, and the free memory left inside its
-//! heap, given back; and the sandbox init's set-up memory, given back whole.
+//! The daemon's and the keeper's own memory: the code pages (the executable's and its shared
+//! libraries') that start-up or a burst of work read and an idle process never touches again,
+//! and the free memory left inside the heap, given back ([`release_idle_memory`]); and the
+//! sandbox init's set-up memory, given back whole.
 //!
 //! Start-up runs code that never runs again (the route table and the OpenAPI document, TLS,
 //! SQLite, restoring agents), and the kernel maps up to 64 KiB around each page it faults in
@@ -50,7 +51,7 @@ impl Mapping {
 /// executable's code and read-only data, and the shared libraries' (the C library, the loader).
 /// Returns how many bytes were resident in the mappings released. A mapping the kernel refuses
 /// to unmap (a device's) is left as it is.
-pub fn release_code_pages() -> io::Result<u64> {
+fn release_code_pages() -> io::Result<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
     for mapping in parse_smaps(&smaps) {
@@ -82,13 +83,21 @@ pub fn release_code_pages() -> io::Result<u64> {
 /// a burst of spawns allocated and freed stays mapped otherwise, about 1 MiB of an idle daemon's
 /// 7 MiB of anonymous memory (BENCHMARKS.md, issue 18). Does nothing where the C library has no
 /// `malloc_trim`.
-pub fn release_free_heap() {
+fn release_free_heap() {
     #[cfg(target_env = "gnu")]
     // SAFETY: glibc's malloc_trim takes the allocator's locks itself and only releases free
     // chunks; it may run at any time from any thread.
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// What a process that has been quiet for a while no longer needs resident: the heap's free
+/// memory ([`release_free_heap`]), then the code pages ([`release_code_pages`]). Returns the
+/// bytes of code pages released. The daemon and the keeper call it once quiet after a burst.
+pub fn release_idle_memory() -> io::Result<u64> {
+    release_free_heap();
+    release_code_pages()
 }
 
 /// Most mappings [`give_back_private_memory`] gives back: a dynamically linked launcher has about
@@ -201,12 +210,12 @@ fn command_line_range(stat: &str) -> Option<(usize, usize)> {
 /// A system call made by its instruction, touching no memory of the C library (no `errno`, no
 /// relocated table): what a process calls once it gave its memory back. Its arguments are
 /// scalars, so that no call builds them (a compiler may copy an array with `memcpy`). Returns
-/// the kernel's answer, a negative errno on failure.
+/// the kernel's answer, a negative errno on failure; where [`CAN_GIVE_BACK`] is false, the C
+/// library's `syscall` (-1 on failure).
 ///
 /// # Safety
 ///
 /// As for the system call `number` with these arguments.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)] // No call: in a position-independent build, one may go through a relocated table.
 pub(crate) unsafe fn syscall_without_libc(
     number: libc::c_long,
@@ -216,6 +225,7 @@ pub(crate) unsafe fn syscall_without_libc(
     fourth: usize,
 ) -> isize {
     let answer: isize;
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller vouched for the call; `syscall` takes these registers, answers in rax
     // and overwrites rcx and r11.
     unsafe {
@@ -231,24 +241,7 @@ pub(crate) unsafe fn syscall_without_libc(
             options(nostack),
         );
     }
-    answer
-}
-
-/// See the x86-64 version.
-///
-/// # Safety
-///
-/// As for the system call `number` with these arguments.
-#[cfg(target_arch = "aarch64")]
-#[inline(always)] // See the x86-64 version.
-pub(crate) unsafe fn syscall_without_libc(
-    number: libc::c_long,
-    first: usize,
-    second: usize,
-    third: usize,
-    fourth: usize,
-) -> isize {
-    let answer: isize;
+    #[cfg(target_arch = "aarch64")]
     // SAFETY: the caller vouched for the call; `svc 0` takes the number in x8 and the arguments
     // in x0 to x3, and answers in x0.
     unsafe {
@@ -262,24 +255,12 @@ pub(crate) unsafe fn syscall_without_libc(
             options(nostack),
         );
     }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        // SAFETY: the caller vouched for the call.
+        answer = unsafe { libc::syscall(number, first, second, third, fourth) } as isize;
+    }
     answer
-}
-
-/// Elsewhere the C library's `syscall` (see [`CAN_GIVE_BACK`]): -1 on failure.
-///
-/// # Safety
-///
-/// As for the system call `number` with these arguments.
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-pub(crate) unsafe fn syscall_without_libc(
-    number: libc::c_long,
-    first: usize,
-    second: usize,
-    third: usize,
-    fourth: usize,
-) -> isize {
-    // SAFETY: the caller vouched for the call.
-    unsafe { libc::syscall(number, first, second, third, fourth) as isize }
 }
 
 /// `MADV_DONTNEED` on `start..end`, page-aligned and inside one private mapping. By the

@@ -218,8 +218,7 @@ async fn next_or_release_when_quiet(
     match tokio::time::timeout(QUIET, incoming.recv()).await {
         Ok(event) => event,
         Err(_) => {
-            crate::release_free_heap();
-            if let Err(e) = crate::release_code_pages() {
+            if let Err(e) = crate::release_idle_memory() {
                 tracing::debug!("the keeper's code pages stay: {e}");
             }
             incoming.recv().await
