@@ -72,7 +72,7 @@ pub mod pty {
 
 pub use spawn::{
     Child, ExitInfo, LISTENER_FD, LISTENERS_ENV, Launch, PtySize, SandboxReady, SpawnSpec,
-    SpawnedPipes, SpawnedPty, inherited_listener, resize_pty, signal_group, spawn_in_pty,
+    SpawnedPipes, SpawnedPty, Wake, inherited_listener, resize_pty, signal_group, spawn_in_pty,
     spawn_with_pipes,
 };
 

@@ -535,6 +535,11 @@ impl AgentLimits {
         &self.applied
     }
 
+    /// Whether the limits put the agent in v1 cgroups (where the v2 controllers are missing).
+    pub fn has_v1_cgroups(&self) -> bool {
+        !self.v1_dirs.is_empty()
+    }
+
     /// SIGKILLs every process in the agent's v1 cgroups (v1 has no `cgroup.kill`, so they are
     /// killed one by one; the v2 [`AgentCgroup::kill`] covers them too where it exists).
     pub fn kill(&self) {

@@ -72,6 +72,8 @@ pub struct SpawnedPipes {
     pub stderr: tokio::net::unix::pipe::Receiver,
     /// For a sandboxed child: when its program starts (see [`SandboxReady`]).
     pub ready: Option<SandboxReady>,
+    /// For a standby: what starts its program (see [`Wake`]).
+    pub wake: Option<Wake>,
 }
 
 /// Size asked of the kernel for output pipes: fewer, larger reads for chatty programs.
@@ -83,6 +85,8 @@ pub struct SpawnedPty {
     pub pty: pty_process::Pty,
     /// For a sandboxed child: when its program starts (see [`SandboxReady`]).
     pub ready: Option<SandboxReady>,
+    /// For a standby: what starts its program (see [`Wake`]).
+    pub wake: Option<Wake>,
 }
 
 /// The descriptor a shared listening socket has in an agent: the first after the standard streams,
@@ -92,6 +96,27 @@ pub const LISTENER_FD: std::os::fd::RawFd = 3;
 /// Variable naming the descriptor through which the launcher tells that the sandbox is in place
 /// (it removes the variable before the agent's program starts).
 pub(crate) const READY_FD_ENV: &str = "CELISTRA_SANDBOX_READY_FD";
+
+/// Variable naming the descriptor on which a standby sandbox's agent waits, all set up, to be
+/// woken (see [`Wake`]; the launcher removes the variable too).
+pub(crate) const WAKE_FD_ENV: &str = "CELISTRA_SANDBOX_WAKE_FD";
+
+/// The spawner's end of a standby sandbox: the launcher has built the sandbox and its agent
+/// process has taken its user, Landlock and seccomp, and waits before `execve`. Waking it starts
+/// the program at once; dropping it ends the standby without running anything. A restart that
+/// finds one ready skips the sandbox's whole set-up.
+#[derive(Debug)]
+pub struct Wake {
+    writer: OwnedFd,
+}
+
+impl Wake {
+    /// Starts the standby's program.
+    pub fn wake(self) -> std::io::Result<()> {
+        rustix::io::write(&self.writer, b"w")?;
+        Ok(())
+    }
+}
 
 /// When a sandboxed child's own program starts. Until then its processes (the launcher and the
 /// agent's process before exec) ignore or block the terminating signals, so a signal sent to the
@@ -356,18 +381,37 @@ impl Launch {
         }
     }
 
-    /// A close-on-exec pipe for a sandboxed spawn's readiness; the child keeps the write end
-    /// across exec (see [`ChildSetup::enter`]). The write end is above [`LISTENER_FD`], which a
-    /// shared listening socket takes in the child.
-    fn readiness_pipe(&self) -> Result<Option<(OwnedFd, OwnedFd)>, Error> {
-        if !self.sandboxed {
-            return Ok(None);
+    /// The pipes of a sandboxed spawn: its readiness, and a standby's wake.
+    fn sandbox_pipes(&self, standby: bool) -> Result<SandboxPipes, Error> {
+        if standby && !self.sandboxed {
+            return Err(self.error(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "only a sandboxed run can wait as a standby",
+            )));
         }
+        let ready = self
+            .sandboxed
+            .then(|| self.pipe_for_child(ChildEnd::Writes))
+            .transpose()?;
+        let wake = standby
+            .then(|| self.pipe_for_child(ChildEnd::Reads))
+            .transpose()?;
+        Ok(SandboxPipes { ready, wake })
+    }
+
+    /// A close-on-exec pipe of which the child keeps one end across exec (see
+    /// [`ChildSetup::enter`]): `(the spawner's end, the child's end)`. The child's end is above
+    /// [`LISTENER_FD`], which a shared listening socket takes in the child.
+    fn pipe_for_child(&self, child: ChildEnd) -> Result<(OwnedFd, OwnedFd), Error> {
         let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| self.error(e.into()))?;
-        let writer = rustix::io::fcntl_dupfd_cloexec(&writer, LISTENER_FD + 1)
+        let (own, childs) = match child {
+            ChildEnd::Writes => (reader, writer),
+            ChildEnd::Reads => (writer, reader),
+        };
+        let childs = rustix::io::fcntl_dupfd_cloexec(&childs, LISTENER_FD + 1)
             .map_err(|e| self.error(e.into()))?;
-        Ok(Some((reader, writer)))
+        Ok((own, childs))
     }
 
     /// Starts the child with `streams` as its fds 0 to 2: in its cgroup from its first
@@ -375,16 +419,19 @@ impl Launch {
     fn start(
         &self,
         streams: Streams<'_>,
-        ready_fd: Option<RawFd>,
+        pipes: &SandboxPipes,
         listener: Option<RawFd>,
     ) -> Result<Child, Error> {
         let mut env = self.env.clone();
-        if let Some(fd) = ready_fd {
-            env.push((READY_FD_ENV.to_owned(), fd.to_string()));
+        let kept = pipes.childs_ends();
+        for (variable, fd) in [(READY_FD_ENV, kept[0]), (WAKE_FD_ENV, kept[1])] {
+            if let Some(fd) = fd {
+                env.push((variable.to_owned(), fd.to_string()));
+            }
         }
         let image = Image::new(&self.program, &self.args, &env).map_err(|e| self.error(e))?;
         let setup = self
-            .child_setup(streams, ready_fd, listener)
+            .child_setup(streams, kept, listener)
             .map_err(|e| self.error(e))?;
         let cgroup = self
             .cgroup
@@ -416,7 +463,7 @@ impl Launch {
     fn child_setup(
         &self,
         streams: Streams<'_>,
-        ready_fd: Option<RawFd>,
+        kept: [Option<RawFd>; 2],
         listener: Option<RawFd>,
     ) -> std::io::Result<ChildSetup> {
         Ok(ChildSetup {
@@ -449,7 +496,7 @@ impl Launch {
                 rustix::process::getpid(),
                 rustix::process::PidfdFlags::empty(),
             )?,
-            ready_fd,
+            kept,
             listener,
         })
     }
@@ -462,26 +509,30 @@ impl Launch {
     /// signal is tied to the spawning thread.
     ///
     /// A `listener` becomes the child's fd 3 (see [`LISTENER_FD`]).
+    ///
+    /// A `standby` (sandboxed only) waits, all set up, until [`Wake::wake`].
     pub fn spawn_in_pty(
         &self,
         size: PtySize,
         listener: Option<BorrowedFd<'_>>,
+        standby: bool,
     ) -> Result<SpawnedPty, Error> {
-        let ready = self.readiness_pipe()?;
-        let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
+        let pipes = self.sandbox_pipes(standby)?;
         let _forking = spawn_lock();
         let (pty, pts) = pty_process::open().map_err(|e| Error::Pty(pty_error(e)))?;
         pty.resize(pty_process::Size::new(size.rows, size.cols))
             .map_err(|e| Error::Pty(pty_error(e)))?;
         let child = self.start(
             Streams::Pty(pts.as_fd()),
-            ready_fd,
+            &pipes,
             listener.map(|fd| fd.as_raw_fd()),
         )?;
+        let (ready, wake) = pipes.spawners_ends();
         Ok(SpawnedPty {
             child,
             pty,
-            ready: ready.map(|(reader, _)| SandboxReady { reader }),
+            ready,
+            wake,
         })
     }
 
@@ -490,9 +541,9 @@ impl Launch {
     pub fn spawn_with_pipes(
         &self,
         listener: Option<BorrowedFd<'_>>,
+        standby: bool,
     ) -> Result<SpawnedPipes, Error> {
-        let ready = self.readiness_pipe()?;
-        let ready_fd = ready.as_ref().map(|(_, writer)| writer.as_raw_fd());
+        let pipes = self.sandbox_pipes(standby)?;
         let pipe = || {
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(|e| self.error(e.into()))
@@ -512,20 +563,50 @@ impl Launch {
                     stdout_writer.as_fd(),
                     stderr_writer.as_fd(),
                 ]),
-                ready_fd,
+                &pipes,
                 listener.map(|fd| fd.as_raw_fd()),
             )?
         };
         // The child's ends are closed here, so a read sees the end once the child's are closed.
         drop((stdin_reader, stdout_writer, stderr_writer));
         let io = |e: std::io::Error| self.error(e);
+        let (ready, wake) = pipes.spawners_ends();
         Ok(SpawnedPipes {
             child,
             stdin: tokio::net::unix::pipe::Sender::from_owned_fd(stdin_writer).map_err(io)?,
             stdout: tokio::net::unix::pipe::Receiver::from_owned_fd(stdout_reader).map_err(io)?,
             stderr: tokio::net::unix::pipe::Receiver::from_owned_fd(stderr_reader).map_err(io)?,
-            ready: ready.map(|(reader, _)| SandboxReady { reader }),
+            ready,
+            wake,
         })
+    }
+}
+
+/// Which end of a pipe the child keeps.
+#[derive(Clone, Copy)]
+enum ChildEnd {
+    Reads,
+    Writes,
+}
+
+/// A sandboxed spawn's pipes, each as `(the spawner's end, the child's end)`: its readiness, and
+/// a standby's wake. The child's ends close in the spawner once the spawn returned.
+struct SandboxPipes {
+    ready: Option<(OwnedFd, OwnedFd)>,
+    wake: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl SandboxPipes {
+    /// The descriptors the child keeps across exec: the readiness pipe's, then the wake's.
+    fn childs_ends(&self) -> [Option<RawFd>; 2] {
+        [&self.ready, &self.wake].map(|pipe| pipe.as_ref().map(|(_, child)| child.as_raw_fd()))
+    }
+
+    fn spawners_ends(self) -> (Option<SandboxReady>, Option<Wake>) {
+        (
+            self.ready.map(|(reader, _)| SandboxReady { reader }),
+            self.wake.map(|(writer, _)| Wake { writer }),
+        )
     }
 }
 
@@ -573,7 +654,8 @@ struct ChildSetup {
     /// A pidfd of the spawner, readable once it has died. The child's parent pid cannot tell:
     /// in a new PID namespace it is 0 from the start.
     parent: OwnedFd,
-    ready_fd: Option<RawFd>,
+    /// Descriptors the child keeps across exec: the readiness pipe's, a standby's wake.
+    kept: [Option<RawFd>; 2],
     listener: Option<RawFd>,
 }
 
@@ -672,8 +754,8 @@ impl ChildSetup {
                 }
             }
         }
-        if let Some(fd) = self.ready_fd {
-            // SAFETY: the parent keeps the write end open until the spawn returned.
+        for fd in self.kept.into_iter().flatten() {
+            // SAFETY: the parent keeps the child's ends open until the spawn returned.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
             rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
         }
@@ -695,12 +777,12 @@ pub fn resize_pty(pty: &pty_process::OwnedWritePty, size: PtySize) -> Result<(),
 
 /// Spawns `spawn.program` in a new PTY of `size` (see [`Launch::spawn_in_pty`]).
 pub fn spawn_in_pty(spawn: &SpawnSpec<'_>, size: PtySize) -> Result<SpawnedPty, Error> {
-    spawn.resolve()?.spawn_in_pty(size, None)
+    spawn.resolve()?.spawn_in_pty(size, None, false)
 }
 
 /// Spawns `spawn.program` with its standard streams on pipes (see [`Launch::spawn_with_pipes`]).
 pub fn spawn_with_pipes(spawn: &SpawnSpec<'_>) -> Result<SpawnedPipes, Error> {
-    spawn.resolve()?.spawn_with_pipes(None)
+    spawn.resolve()?.spawn_with_pipes(None, false)
 }
 
 /// Sends signal number `signal` to every process in process group `pgid`. A group that no longer

@@ -662,3 +662,82 @@ async fn orphans_are_reaped_and_nothing_outlives_the_agent() {
     // The init's exit ended every process of the namespace before the run was reaped.
     assert_eq!(processes_with(&marker), Vec::<String>::new());
 }
+
+/// Waits (bounded) until the agent process of standby `launcher` has set everything up and sits
+/// in `read` of its wake pipe, as `/proc/PID/syscall` shows; returns its pid.
+async fn standby_waiting(launcher: u32) -> u32 {
+    let deadline = Instant::now() + TIME_LIMIT;
+    loop {
+        let agent = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .find_map(|pid| pid.parse::<u32>().ok());
+        let in_read = agent.and_then(|agent| {
+            let syscall = std::fs::read_to_string(format!("/proc/{agent}/syscall")).ok()?;
+            let number: i64 = syscall.split_whitespace().next()?.parse().ok()?;
+            (number == libc::SYS_read).then_some(agent)
+        });
+        if let Some(agent) = in_read {
+            return agent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby's agent never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_standby_runs_nothing_until_woken_and_nothing_at_all_when_dropped() {
+    let scratch = scratch();
+    let workspace = dir_with(&scratch, "ws", &[]);
+    let plan = SandboxPlan::new(&policy(&workspace), &tools()).unwrap();
+    let script = "echo ran >> ran; echo woken";
+    let launch = shell(&workspace, script, Some(&plan), None)
+        .resolve()
+        .unwrap();
+
+    let mut woken = launch.spawn_with_pipes(None, true).unwrap();
+    standby_waiting(woken.child.pid()).await;
+    assert!(
+        !workspace.join("ran").exists(),
+        "it ran before it was woken"
+    );
+    woken.wake.take().expect("a standby's wake").wake().unwrap();
+    assert!(woken.ready.take().unwrap().wait(TIME_LIMIT).await);
+    read_until(&mut woken.stdout, "woken").await;
+    let exit = tokio::time::timeout(TIME_LIMIT, woken.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("ran")).unwrap(),
+        "ran\n"
+    );
+
+    let mut dropped = launch.spawn_with_pipes(None, true).unwrap();
+    let agent = standby_waiting(dropped.child.pid()).await;
+    drop(dropped.wake.take());
+    assert!(
+        !dropped.ready.take().unwrap().wait(TIME_LIMIT).await,
+        "a dropped standby said its program starts"
+    );
+    let exit = tokio::time::timeout(TIME_LIMIT, dropped.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code, Some(0), "its agent process left quietly");
+    let mut printed = String::new();
+    dropped.stdout.read_to_string(&mut printed).await.unwrap();
+    assert_eq!(printed, "");
+    assert!(!Path::new(&format!("/proc/{agent}")).exists());
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("ran")).unwrap(),
+        "ran\n"
+    );
+
+    let unsandboxed = shell(&workspace, script, None, None).resolve().unwrap();
+    assert!(unsandboxed.spawn_with_pipes(None, true).is_err());
+}

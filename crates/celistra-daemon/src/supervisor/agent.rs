@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use super::activity;
 use super::fanout::{Fanout, InputOp};
 use super::probes::{ProbeSetup, Probes};
+use super::standby::{self, Standby};
 use crate::actor::Actor;
 use crate::approval_flow::ApprovalFlow;
 use crate::now_ms;
@@ -312,6 +313,40 @@ struct Run {
     readiness_line: Option<ReadinessLine>,
 }
 
+/// What a run starts with, worked out before anything starts (see `Agent::plan_run`).
+struct RunPlan {
+    spec: AgentSpec,
+    settings: EffectiveSettings,
+    workspace: String,
+    confinement: crate::sandbox::Confinement,
+    env: Vec<(String, String)>,
+    masker: Masker,
+    cgroup: Option<AgentCgroup>,
+    limits: AgentLimits,
+    /// A shared listening socket (`spec.socket`).
+    listener: Option<Arc<OwnedFd>>,
+    mode: IoMode,
+    /// The PTY's size; none on pipes.
+    size: Option<PtySize>,
+    audit_login_uid: Option<u32>,
+}
+
+impl RunPlan {
+    fn spawn_spec(&self) -> SpawnSpec<'_> {
+        SpawnSpec {
+            program: "/bin/sh".into(),
+            args: shell_args(&self.spec.command, self.listener.is_some()),
+            cwd: self.workspace.clone().into(),
+            env: self.env.clone(),
+            cgroup: self.cgroup.as_ref(),
+            sandbox: self.confinement.plan.as_ref(),
+            credentials: self.confinement.credentials.as_ref(),
+            limits: Some(&self.limits),
+            audit_login_uid: self.audit_login_uid,
+        }
+    }
+}
+
 enum Phase {
     Idle,
     Backoff(tokio::time::Instant),
@@ -332,6 +367,8 @@ struct Agent {
     actor: Actor,
     /// The probe scheduler, which checks this agent's runs.
     probes: Probes,
+    /// The next run's sandbox, set up ahead once the agent was restarted automatically.
+    standby: Option<Box<Standby>>,
 }
 
 /// Runs the agent's task until it is removed or the daemon stops. Each step is boxed while it
@@ -352,6 +389,7 @@ pub(crate) async fn run(
         attempt: 0,
         model_errors: ModelErrorBudget::default(),
         actor: Actor::system(),
+        standby: None,
     };
     let mut resume = agent.handle.resume.subscribe();
     let mut phase = Phase::Idle;
@@ -418,6 +456,10 @@ pub(crate) async fn run(
                 }
             }
         };
+        if matches!(phase, Phase::Idle) {
+            // Stopped, exited for good or crashed out: no restart comes to use it.
+            agent.standby = None;
+        }
     }
 }
 
@@ -809,7 +851,9 @@ impl Agent {
             Ok(worktree) => {
                 self.handle.info_mut().worktree =
                     worktree.as_ref().map(|w| w.path.display().to_string());
-                self.start_process(worktree.as_ref(), is_restart).await
+                let standby = self.standby.take();
+                self.start_process(worktree.as_ref(), is_restart, standby)
+                    .await
             }
             Err(e) => Err(e.message),
         };
@@ -902,6 +946,9 @@ impl Agent {
                     });
                 }
                 self.persist(AgentState::Running);
+                if is_restart && self.actor.is_system() && self.handle.info().auto_restart {
+                    self.standby = self.make_standby().await;
+                }
                 (Phase::Running(Box::new(run)), Ok(()))
             }
             Err(error) => {
@@ -919,14 +966,137 @@ impl Agent {
     }
 
     /// Starts a run, in `worktree` (its `cwd`) for a `--worktree` agent; `is_restart` when it
-    /// counts as a restart.
+    /// counts as a restart. A `standby` set up for exactly this run is woken instead of starting
+    /// another sandbox; one that no longer fits (the spec, config or grants changed) is ended.
     async fn start_process(
         &self,
         worktree: Option<&crate::worktree::Worktree>,
         is_restart: bool,
+        standby: Option<Box<Standby>>,
     ) -> Result<Run, String> {
         // Never closed, so `acquire` only waits.
         let _starting = self.services.spawning.acquire().await;
+        let plan = self.plan_run(worktree)?;
+        let spec = &plan.spec;
+        let probes = probe_setups(spec, Some(&plan.spawn_spec()))?;
+        let run_number = self.handle.info().run + 1;
+        let readiness_line = ReadinessLine::of(spec, &self.probes, run_number);
+        let run_id = self.services.history.next_run_id(now_ms());
+        let output = OutputSink {
+            handle: Arc::clone(&self.handle),
+            agent_id: Arc::from(self.id()),
+            history: self.services.history.clone(),
+            run_id,
+            services: Arc::clone(&self.services),
+            approvals: self.approvals.clone(),
+            masker: plan.masker.clone(),
+            readiness_line: readiness_line.clone(),
+        };
+        let launch = plan.spawn_spec().resolve().map_err(|e| e.to_string())?;
+        let keeper = self.services.keeper().map_err(|e| e.message)?;
+        let sandbox = RunSandbox {
+            limits: plan
+                .limits
+                .applied()
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            ..plan.confinement.info.clone()
+        };
+        // What the next daemon needs of the run if it has to take it over.
+        let (run, restarts) = {
+            let info = self.handle.info();
+            (info.run + 1, info.restarts + u32::from(is_restart))
+        };
+        let note = RunNote {
+            run,
+            restarts,
+            started_at_ms: now_ms(),
+            settings: plan.settings.clone(),
+            sandbox: sandbox.clone(),
+        };
+        let note = serde_json::to_value(note).map_err(|e| e.to_string())?;
+        let spawned = match standby::take_fitting(standby, &launch, plan.size) {
+            Some(standby) => standby.wake(keeper, run_id, note, plan.size).await,
+            None => {
+                keeper
+                    .spawn(
+                        self.id(),
+                        run_id,
+                        launch,
+                        plan.size,
+                        plan.listener.as_deref().map(std::os::fd::AsFd::as_fd),
+                        note,
+                        false,
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        // Usually before the program can run into its sandbox: its blocks name this session.
+        self.services
+            .sandbox
+            .note_run(self.id(), spawned.audit_session);
+        let (child, ready) = (spawned.child, spawned.ready);
+        let (input, readers) = attach(
+            &self.services,
+            &self.handle,
+            spawned.fds,
+            plan.mode,
+            &output,
+        )
+        .map_err(|e| format!("cannot read the agent's output: {e}"))?;
+        Ok(Run {
+            child,
+            id: run_id,
+            mode: plan.mode,
+            input: Some(input),
+            readers,
+            started: Instant::now(),
+            cgroup: plan.cgroup,
+            sandbox,
+            capability_sources: plan.confinement.sources,
+            limits: plan.limits,
+            ready,
+            settings: plan.settings,
+            signalled: false,
+            probes,
+            readiness_line,
+            start_window: spec
+                .start_secs
+                .filter(|&secs| secs > 0)
+                .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs)),
+        })
+    }
+
+    /// Sets up the sandbox of the agent's next run ahead, waiting to be woken (see
+    /// `standby.rs`), if the agent may have one.
+    async fn make_standby(&self) -> Option<Box<Standby>> {
+        let spec = self.handle.spec().clone();
+        if !standby::may_have_one(&spec) {
+            return None;
+        }
+        let _starting = self.services.spawning.acquire().await;
+        let plan = match self.plan_run(None) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::debug!(agent = self.id(), "no standby: {e}");
+                return None;
+            }
+        };
+        if plan.confinement.plan.is_none() || plan.limits.has_v1_cgroups() {
+            return None;
+        }
+        let launch = plan.spawn_spec().resolve().ok()?;
+        let keeper = self.services.keeper().ok()?;
+        Standby::start(keeper, self.id(), launch, plan.size).await
+    }
+
+    /// Works out what the next run starts with: config.json's settings, the workspace, the
+    /// sandbox and the grants, the environment and secrets, the cgroup and its limits. Each is
+    /// read afresh: an edit applies from the next run on.
+    fn plan_run(&self, worktree: Option<&crate::worktree::Worktree>) -> Result<RunPlan, String> {
         let config = self.services.config().map_err(|e| e.to_string())?;
         // Retention settings apply from the next spawn on, like every other setting of config.json.
         self.services.history.set_limits(crate::log_limits(&config));
@@ -1021,98 +1191,29 @@ impl Agent {
             }
             None => None,
         };
-        let launch = SpawnSpec {
-            program: "/bin/sh".into(),
-            args: shell_args(&spec.command, listener.is_some()),
-            cwd: workspace.into(),
-            env,
-            cgroup: cgroup.as_ref(),
-            sandbox: confinement.plan.as_ref(),
-            credentials: confinement.credentials.as_ref(),
-            limits: Some(&limits),
-            audit_login_uid: self
-                .services
-                .sandbox
-                .audit_login_uid(confinement.credentials.as_ref()),
-        };
-        let probes = probe_setups(&spec, Some(&launch))?;
-        let run_number = self.handle.info().run + 1;
-        let readiness_line = ReadinessLine::of(&spec, &self.probes, run_number);
-        let run_id = self.services.history.next_run_id(now_ms());
-        let output = OutputSink {
-            handle: Arc::clone(&self.handle),
-            agent_id: Arc::from(self.id()),
-            history: self.services.history.clone(),
-            run_id,
-            services: Arc::clone(&self.services),
-            approvals: self.approvals.clone(),
-            masker,
-            readiness_line: readiness_line.clone(),
-        };
-        let launch = launch.resolve().map_err(|e| e.to_string())?;
-        let keeper = self.services.keeper().map_err(|e| e.message)?;
         let mode = if spec.no_pty {
             IoMode::Pipes
         } else {
             IoMode::Pty
         };
-        // A restarted agent starts with the size its writers last gave it.
-        let size = (mode == IoMode::Pty).then(|| pty_size(self.handle.fanout.size()));
-        let sandbox = RunSandbox {
-            limits: limits.applied().0.iter().map(ToString::to_string).collect(),
-            ..confinement.info
-        };
-        // What the next daemon needs of the run if it has to take it over.
-        let (run, restarts) = {
-            let info = self.handle.info();
-            (info.run + 1, info.restarts + u32::from(is_restart))
-        };
-        let note = RunNote {
-            run,
-            restarts,
-            started_at_ms: now_ms(),
-            settings: settings.clone(),
-            sandbox: sandbox.clone(),
-        };
-        let note = serde_json::to_value(note).map_err(|e| e.to_string())?;
-        let spawned = keeper
-            .spawn(
-                self.id(),
-                run_id,
-                launch,
-                size,
-                listener.as_deref().map(std::os::fd::AsFd::as_fd),
-                note,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        // Usually before the program can run into its sandbox: its blocks name this session.
-        self.services
+        let audit_login_uid = self
+            .services
             .sandbox
-            .note_run(self.id(), spawned.audit_session);
-        let (child, ready) = (spawned.child, spawned.ready);
-        let (input, readers) = attach(&self.services, &self.handle, spawned.fds, mode, &output)
-            .map_err(|e| format!("cannot read the agent's output: {e}"))?;
-        Ok(Run {
-            child,
-            id: run_id,
-            mode,
-            input: Some(input),
-            readers,
-            started: Instant::now(),
-            cgroup,
-            sandbox,
-            capability_sources: confinement.sources,
-            limits,
-            ready,
+            .audit_login_uid(confinement.credentials.as_ref());
+        Ok(RunPlan {
+            // A restarted agent starts with the size its writers last gave it.
+            size: (mode == IoMode::Pty).then(|| pty_size(self.handle.fanout.size())),
+            spec,
             settings,
-            signalled: false,
-            probes,
-            readiness_line,
-            start_window: spec
-                .start_secs
-                .filter(|&secs| secs > 0)
-                .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs)),
+            workspace,
+            confinement,
+            env,
+            masker,
+            cgroup,
+            limits,
+            listener,
+            mode,
+            audit_login_uid,
         })
     }
 
@@ -1188,7 +1289,7 @@ impl Agent {
                     agent = self.id(),
                     "still running after {grace:?}; sending SIGKILL"
                 );
-                kill_everything(&run);
+                kill_everything(&run, self.standby.is_some());
                 run.child.wait().await
             }
         };
@@ -1274,7 +1375,7 @@ impl Agent {
         class: Option<ExitClassification>,
     ) -> u64 {
         // Whatever the leader left behind (background jobs, daemonised children) ends with it.
-        kill_everything(&run);
+        kill_everything(&run, self.standby.is_some());
         let services = Arc::clone(&self.services);
         let pid = run.child.pid();
         tokio::spawn(async move {
@@ -1337,7 +1438,7 @@ impl Agent {
             return self.after_failed_start(run, exit);
         }
         // The run's last words say why it ended: read them all before classifying.
-        kill_everything(&run);
+        kill_everything(&run, self.standby.is_some());
         let readers = std::mem::take(&mut run.readers);
         let _ =
             tokio::time::timeout(OUTPUT_DRAIN_LIMIT, futures_util::future::join_all(readers)).await;
@@ -1705,9 +1806,14 @@ fn attach(
     Ok((tokio::spawn(input.feed(received)), readers))
 }
 
-/// SIGKILLs the run's process group and, when there is one, its whole cgroup.
-fn kill_everything(run: &Run) {
+/// SIGKILLs the run's process group and, when there is one, its whole cgroup. A sandboxed run
+/// with a `standby` beside it in the cgroup is ended by its group's kill alone: the group holds
+/// the init of the run's PID namespace, whose end takes every process of the sandbox along.
+fn kill_everything(run: &Run, standby: bool) {
     let _ = signal_group(run.child.pid(), Signal::Kill.number());
+    if standby && run.sandbox.sandboxed {
+        return;
+    }
     if let Some(cgroup) = &run.cgroup {
         cgroup.kill();
     }

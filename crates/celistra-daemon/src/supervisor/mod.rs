@@ -9,6 +9,7 @@ pub(crate) mod fanout;
 mod groups;
 mod probes;
 mod reader_thread;
+mod standby;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

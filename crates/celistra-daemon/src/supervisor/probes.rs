@@ -374,7 +374,7 @@ async fn http_get(target: &HttpTarget) -> (bool, String) {
 
 /// Runs the exec command to its end; on timeout its process group is killed.
 async fn exec_status(launch: &Launch, timeout: Duration) -> (bool, String) {
-    let spawned = match launch.spawn_with_pipes(None) {
+    let spawned = match launch.spawn_with_pipes(None, false) {
         Ok(spawned) => spawned,
         Err(e) => return (false, format!("cannot run the command: {e}")),
     };

@@ -111,6 +111,25 @@ impl KeptChild {
         Ok(ended.info())
     }
 
+    /// Whether the process ended, without waiting (a keeper that is gone took it along).
+    pub fn has_ended(&mut self) -> bool {
+        if self.ended.is_some() {
+            return true;
+        }
+        let exit = match self.exit.as_mut().map(oneshot::Receiver::try_recv) {
+            Some(Err(oneshot::error::TryRecvError::Empty)) => return false,
+            Some(Ok(exit)) => exit,
+            Some(Err(oneshot::error::TryRecvError::Closed)) | None => KeptExit {
+                code: None,
+                signal: Some(libc::SIGKILL),
+                at_ms: super::now_ms(),
+            },
+        };
+        self.exit = None;
+        self.ended = Some(exit);
+        true
+    }
+
     /// When and how the process ended, once [`KeptChild::wait`] returned.
     pub fn ended(&self) -> Option<KeptExit> {
         self.ended
@@ -255,7 +274,13 @@ impl Keeper {
     }
 
     /// Spawns `launch` through the keeper: in a PTY of `pty`, else on pipes. The keeper keeps
-    /// `note` with the run and gives it to the daemon that takes the run over.
+    /// `note` with the run and gives it to the daemon that takes the run over. A `standby`
+    /// (sandboxed only) is set up and waits until [`Keeper::wake`]; until then it is not a run:
+    /// its readiness pipe stays silent and the keeper ends it if this daemon goes.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the fields of one `ToKeeper::Spawn`"
+    )]
     pub async fn spawn(
         &self,
         agent_id: &str,
@@ -264,6 +289,7 @@ impl Keeper {
         pty: Option<PtySize>,
         listener: Option<BorrowedFd<'_>>,
         note: serde_json::Value,
+        standby: bool,
     ) -> Result<SpawnedRun, KeeperError> {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
@@ -281,6 +307,7 @@ impl Keeper {
             launch: Box::new(launch),
             pty: pty.map(|size| (size.rows, size.cols)),
             note,
+            standby,
         };
         let fds: Vec<BorrowedFd<'_>> = listener.into_iter().collect();
         if self.socket.send(&message, &[], &fds).await.is_err() {
@@ -288,6 +315,20 @@ impl Keeper {
             return Err(KeeperError::Gone);
         }
         answer.await.map_err(|_| KeeperError::Gone)?
+    }
+
+    /// Starts standby `pid`'s program, as run `run_id` (with `note`) from now on.
+    pub async fn wake(
+        &self,
+        pid: u32,
+        run_id: u64,
+        note: serde_json::Value,
+    ) -> Result<(), KeeperError> {
+        let message = ToKeeper::Wake { pid, run_id, note };
+        self.socket
+            .send(&message, &[], &[])
+            .await
+            .map_err(|_| KeeperError::Gone)
     }
 
     /// Tells the keeper the end of run `pid` is recorded: it forgets the run.

@@ -20,7 +20,7 @@ use super::wire::{
     borrow_all,
 };
 use super::{LEFTOVER_FILE, LOCK_FILE, SOCKET_FILE, now_ms};
-use crate::{Child, DeathGuard, ExitInfo, PtySize};
+use crate::{Child, DeathGuard, ExitInfo, PtySize, Wake};
 
 /// Output kept per run while no daemon reads it; the rest is read, dropped and counted.
 pub const KEPT_PER_RUN: usize = 8 * 1024 * 1024;
@@ -54,6 +54,8 @@ struct Held {
     cgroup: Option<PathBuf>,
     kept: Arc<Mutex<Kept>>,
     readers: Vec<JoinHandle<()>>,
+    /// Set while the run is a standby nobody woke yet.
+    wake: Option<Wake>,
 }
 
 impl Held {
@@ -322,7 +324,10 @@ impl Keeper {
                     at_ms: now_ms(),
                 };
                 let attended = self.link.is_some();
-                if let Some(held) = self.runs.get_mut(&pid) {
+                if self.runs.get(&pid).is_some_and(|held| held.wake.is_some()) {
+                    // A standby nobody woke: nothing of an agent ran, nothing is to be told later.
+                    self.runs.remove(&pid);
+                } else if let Some(held) = self.runs.get_mut(&pid) {
                     held.run.exit = Some(exit);
                     if !attended {
                         held.kill_leftovers();
@@ -338,16 +343,31 @@ impl Keeper {
         }
     }
 
-    /// No daemon reads any more: keep every run's output from now on.
+    /// No daemon reads any more: keep every run's output from now on. Standbys end: only the
+    /// daemon that asked for them knows what they are for.
     fn detach(&mut self) {
         if let Some((_, _, reader)) = self.link.take() {
             reader.abort();
+            self.discard_standbys();
             self.unattended_since = Some(now_ms());
             for held in self.runs.values_mut() {
                 held.run.unattended_since_ms = self.unattended_since;
                 held.read_unattended();
             }
         }
+    }
+
+    /// Ends every standby nobody woke, and forgets them: their wake pipes close, so their agent
+    /// processes exit without running anything, and the kill ends each sandbox at once. Only
+    /// their process groups, never the cgroup, which a standby shares with its agent's run.
+    fn discard_standbys(&mut self) {
+        self.runs.retain(|&pid, held| {
+            if held.wake.is_none() {
+                return true;
+            }
+            let _ = crate::signal_group(pid, libc::SIGKILL);
+            false
+        });
     }
 
     fn live_runs(&self) -> usize {
@@ -439,9 +459,10 @@ impl Keeper {
                 launch,
                 pty,
                 note,
+                standby,
             } => {
                 let listener = datagram.fds.first().map(AsFd::as_fd);
-                let answer = self.spawn(agent_id, run_id, &launch, pty, listener, note);
+                let answer = self.spawn(agent_id, run_id, &launch, pty, listener, note, standby);
                 let sent = match answer {
                     Ok(Started {
                         pid,
@@ -472,6 +493,17 @@ impl Keeper {
                     tracing::warn!("keeper: cannot answer a spawn: {e}");
                 }
             }
+            ToKeeper::Wake { pid, run_id, note } => {
+                if let Some(held) = self.runs.get_mut(&pid)
+                    && let Some(wake) = held.wake.take()
+                {
+                    held.run.run_id = run_id;
+                    held.note = note.to_string().into_boxed_str();
+                    if let Err(e) = wake.wake() {
+                        tracing::warn!("keeper: cannot wake standby {pid}: {e}");
+                    }
+                }
+            }
             ToKeeper::Forget { pid } => {
                 if let Some(mut held) = self.runs.remove(&pid) {
                     held.stop_reading();
@@ -484,7 +516,10 @@ impl Keeper {
                     held.input = None;
                 }
             }
-            ToKeeper::Exit => self.exiting = true,
+            ToKeeper::Exit => {
+                self.discard_standbys();
+                self.exiting = true;
+            }
         }
     }
 
@@ -536,8 +571,12 @@ impl Keeper {
         let _ = socket.send(&FromKeeper::WelcomeDone, &[], &[]).await;
     }
 
-    /// Spawns a run; answers its pid, the daemon's descriptors and whether the last one is the
-    /// sandbox's readiness pipe.
+    /// Spawns a run (a `standby` waits to be woken); answers its pid, the daemon's descriptors
+    /// and whether the last one is the sandbox's readiness pipe.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the fields of one `ToKeeper::Spawn`, taken apart by the caller's match"
+    )]
     fn spawn(
         &mut self,
         agent_id: String,
@@ -546,11 +585,12 @@ impl Keeper {
         pty: Option<(u16, u16)>,
         listener: Option<BorrowedFd<'_>>,
         note: serde_json::Value,
+        standby: bool,
     ) -> Result<Started, String> {
-        let (child, outputs, input, ready) = match pty {
+        let (child, outputs, input, ready, wake) = match pty {
             Some((rows, cols)) => {
                 let spawned = launch
-                    .spawn_in_pty(PtySize { rows, cols }, listener)
+                    .spawn_in_pty(PtySize { rows, cols }, listener, standby)
                     .map_err(|e| e.to_string())?;
                 let master = spawned
                     .pty
@@ -562,11 +602,12 @@ impl Keeper {
                     vec![(OutputStream::Pty, master)],
                     None,
                     spawned.ready,
+                    spawned.wake,
                 )
             }
             None => {
                 let spawned = launch
-                    .spawn_with_pipes(listener)
+                    .spawn_with_pipes(listener, standby)
                     .map_err(|e| e.to_string())?;
                 let stdout = spawned
                     .stdout
@@ -588,6 +629,7 @@ impl Keeper {
                     ],
                     Some(stdin),
                     spawned.ready,
+                    spawned.wake,
                 )
             }
         };
@@ -623,6 +665,7 @@ impl Keeper {
             cgroup: launch.cgroup().map(Path::to_path_buf),
             kept: Arc::default(),
             readers: Vec::new(),
+            wake,
         };
         let mut fds = held.descriptors();
         let has_ready = ready.is_some();

@@ -94,6 +94,18 @@ pub(crate) enum ToKeeper {
         pty: Option<(u16, u16)>,
         /// Kept with the run, for the daemon that takes it over.
         note: serde_json::Value,
+        /// A standby: the sandbox is set up and its agent waits before `execve` until
+        /// [`ToKeeper::Wake`]. It is never handed to another daemon: the keeper ends it when the
+        /// daemon goes, and forgets it when it ends unwoken (the daemon drops one it will not use
+        /// by killing it).
+        #[serde(default)]
+        standby: bool,
+    },
+    /// Start standby `pid`'s program, as run `run_id` with `note` from now on.
+    Wake {
+        pid: u32,
+        run_id: u64,
+        note: serde_json::Value,
     },
     /// The daemon has recorded the end of this run: the keeper forgets it.
     Forget { pid: u32 },

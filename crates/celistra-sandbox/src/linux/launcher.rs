@@ -5,7 +5,8 @@
 //! then seccomp) and execs the agent's program. The launcher stays as the namespace's init: it
 //! reaps orphans and exits with the agent's status (128+N for death by signal N); its exit ends
 //! every process left in the namespace. It runs in a fresh process, so unlike code between fork
-//! and exec it may allocate.
+//! and exec it may allocate. A standby's agent waits, confined, for the keeper's wake before it
+//! execs (see `Wake`).
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
@@ -118,7 +119,8 @@ fn launch(args: &[OsString]) -> Result<libc::pid_t, LaunchError> {
     if separator != "--" || command.is_empty() {
         return Err(LaunchError::Usage);
     }
-    let ready = take_ready_fd();
+    let ready = take_fd(crate::spawn::READY_FD_ENV);
+    let wake = take_fd(crate::spawn::WAKE_FD_ENV);
     let setup: SandboxSetup = serde_json::from_str(setup.to_str().ok_or(LaunchError::Usage)?)?;
     let user: Option<RunAs> = serde_json::from_str(user.to_str().ok_or(LaunchError::Usage)?)?;
     let argv = command
@@ -146,7 +148,7 @@ fn launch(args: &[OsString]) -> Result<libc::pid_t, LaunchError> {
         return Err(LaunchError::Fork(std::io::Error::last_os_error()));
     }
     if agent == 0 {
-        return match start_agent(&setup.confinement, user.as_ref(), ready, &argv) {
+        return match start_agent(&setup.confinement, user.as_ref(), ready, wake, &argv) {
             Ok(never) => match never {},
             Err(error) => Err(error),
         };
@@ -155,11 +157,12 @@ fn launch(args: &[OsString]) -> Result<libc::pid_t, LaunchError> {
 }
 
 /// The agent's side of the fork: its user, no capability, default signals, Landlock and seccomp,
-/// then its program.
+/// then its program. A standby sandbox (`wake`) waits, all set up, until the keeper wakes it.
 fn start_agent(
     confinement: &Confinement,
     user: Option<&RunAs>,
     ready: Option<libc::c_int>,
+    wake: Option<libc::c_int>,
     argv: &[CString],
 ) -> Result<Infallible, LaunchError> {
     if let Some(RunAs::Mapped { uid, gid }) = user {
@@ -182,6 +185,9 @@ fn start_agent(
     let filters = syscall_filter::compile(confinement.subprocess)?;
     confinement.restrict_self()?;
     syscall_filter::install(&filters).map_err(LaunchError::InstallSeccomp)?;
+    if let Some(fd) = wake {
+        wait_to_be_woken(fd);
+    }
     if let Some(fd) = ready {
         // SAFETY: a descriptor the daemon handed down for this purpose; written once, then closed
         // (the program must not inherit it).
@@ -334,11 +340,30 @@ fn drop_capabilities() -> std::io::Result<()> {
 
 /// The descriptor through which the daemon waits for the sandbox to be in place, taken out of the
 /// environment so the agent's program never sees it.
-fn take_ready_fd() -> Option<libc::c_int> {
-    let fd = std::env::var(crate::spawn::READY_FD_ENV).ok()?.parse().ok();
+fn take_fd(variable: &str) -> Option<libc::c_int> {
+    let fd = std::env::var(variable).ok()?.parse().ok();
     // SAFETY: the launcher is single-threaded; nothing reads the environment concurrently.
-    unsafe { std::env::remove_var(crate::spawn::READY_FD_ENV) };
+    unsafe { std::env::remove_var(variable) };
     fd
+}
+
+/// Blocks until the keeper wakes this standby (one byte on `fd`). If the keeper drops the standby
+/// instead (or dies), the pipe ends and the process exits without running anything.
+fn wait_to_be_woken(fd: libc::c_int) {
+    let mut byte = 0u8;
+    let woken = loop {
+        // SAFETY: reads one byte into a local from a descriptor the keeper handed down.
+        let read = unsafe { libc::read(fd, (&raw mut byte).cast(), 1) };
+        if read >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break read == 1;
+        }
+    };
+    // SAFETY: the descriptor is not used again; the program must not inherit it.
+    unsafe { libc::close(fd) };
+    if !woken {
+        // SAFETY: ends this process at once; nothing of the agent ran.
+        unsafe { libc::_exit(0) };
+    }
 }
 
 /// Gives SIGPIPE its default disposition, which Rust's runtime sets to ignored: a command-line

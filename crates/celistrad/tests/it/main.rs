@@ -34,6 +34,7 @@ mod sandbox;
 mod schedule;
 mod secrets;
 mod service;
+mod standby;
 mod supervision;
 mod survival;
 mod terminal;
