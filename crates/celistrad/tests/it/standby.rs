@@ -43,7 +43,7 @@ async fn wait_ended(pid: u32) {
     loop {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().chars().next()?));
+            .and_then(|stat| stat.rsplit_once(')')?.1.trim_start().chars().next());
         if matches!(state, None | Some('Z')) {
             return;
         }
