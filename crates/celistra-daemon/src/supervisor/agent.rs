@@ -369,6 +369,8 @@ struct Agent {
     probes: Probes,
     /// The next run's sandbox, set up ahead once the agent was restarted automatically.
     standby: Option<Box<Standby>>,
+    /// When to set the standby up (see `standby::AFTER_START`).
+    standby_due: Option<tokio::time::Instant>,
 }
 
 /// Runs the agent's task until it is removed or the daemon stops. Each step is boxed while it
@@ -390,6 +392,7 @@ pub(crate) async fn run(
         model_errors: ModelErrorBudget::default(),
         actor: Actor::system(),
         standby: None,
+        standby_due: None,
     };
     let mut resume = agent.handle.resume.subscribe();
     let mut phase = Phase::Idle;
@@ -430,7 +433,13 @@ pub(crate) async fn run(
             }
             Phase::Running(mut run) => {
                 let resume_at = *resume.borrow_and_update();
+                let standby_due = agent.standby_due;
                 tokio::select! {
+                    () = sleep_until_instant(standby_due) => {
+                        agent.standby_due = None;
+                        agent.standby = Box::pin(agent.make_standby()).await;
+                        Phase::Running(run)
+                    }
                     () = sleep_until_ms(resume_at) => {
                         Box::pin(agent.resume_after_limit(run)).await
                     }
@@ -456,6 +465,9 @@ pub(crate) async fn run(
                 }
             }
         };
+        if !matches!(phase, Phase::Running(_)) {
+            agent.standby_due = None;
+        }
         if matches!(phase, Phase::Idle) {
             // Stopped, exited for good or crashed out: no restart comes to use it.
             agent.standby = None;
@@ -947,7 +959,7 @@ impl Agent {
                 }
                 self.persist(AgentState::Running);
                 if is_restart && self.actor.is_system() && self.handle.info().auto_restart {
-                    self.standby = self.make_standby().await;
+                    self.standby_due = Some(tokio::time::Instant::now() + standby::AFTER_START);
                 }
                 (Phase::Running(Box::new(run)), Ok(()))
             }

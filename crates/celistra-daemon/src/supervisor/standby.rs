@@ -2,7 +2,7 @@
 //! restart lets a program into a ready sandbox instead of building one first (namespaces, mounts,
 //! Landlock and seccomp: most of a sandboxed restart's time). An agent gets one once it was
 //! restarted automatically (the agent that crashed is the one likely to crash again; agents that
-//! just run pay nothing). It shares the agent's cgroup, and a restart uses it only if it would
+//! just run pay nothing), [`AFTER_START`] into its new run. It shares the agent's cgroup, and a restart uses it only if it would
 //! launch exactly what the standby was set up with; otherwise, and whenever the agent stops, the
 //! standby is killed. The keeper ends every standby when the daemon goes.
 
@@ -11,6 +11,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use celistra_proto::AgentSpec;
 use celistra_sandbox::keeper::{Keeper, KeeperError, SpawnedRun};
 use celistra_sandbox::{Launch, PtySize};
+
+/// How long after a restart the next standby is set up: the new run starts first, without the
+/// standby's set-up (some milliseconds of CPU) competing with it.
+pub(super) const AFTER_START: std::time::Duration = std::time::Duration::from_millis(50);
 
 pub(super) struct Standby {
     /// What it was set up to run, and whether on a terminal (else on pipes).

@@ -23,13 +23,14 @@ fn comm(pid: u32) -> String {
         .to_owned()
 }
 
-/// The sandboxes under the keeper whose agent process has not exec'd yet (still the launcher's
-/// image): the standbys.
-fn standbys(keeper: u32) -> Vec<u32> {
+/// The sandboxes under the keeper, other than run `run`'s, whose agent process has not exec'd
+/// (still the launcher's image): the standbys.
+fn standbys(keeper: u32, run: Option<u32>) -> Vec<u32> {
     children(keeper)
         .into_iter()
         .filter(|&launcher| {
-            comm(launcher) == "celistra-launch"
+            Some(launcher) != run
+                && comm(launcher) == "celistra-launch"
                 && children(launcher)
                     .first()
                     .is_some_and(|&agent| comm(agent) == "celistra-launch")
@@ -52,12 +53,14 @@ async fn wait_ended(pid: u32) {
     }
 }
 
-/// Waits (bounded) until the keeper holds exactly `count` standbys; returns them.
-async fn wait_standbys(daemon: &Daemon, count: usize) -> Vec<u32> {
+/// Waits (bounded) until the keeper holds exactly `count` standbys beside `agent`'s run; returns
+/// them.
+async fn wait_standbys(daemon: &Daemon, agent: &AgentInfo, count: usize) -> Vec<u32> {
     let keeper = daemon.keeper_pid().expect("a keeper");
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let found = standbys(keeper);
+        let run = daemon.agent(&agent.id).await.pid;
+        let found = standbys(keeper, run);
         if found.len() == count {
             return found;
         }
@@ -69,27 +72,64 @@ async fn wait_standbys(daemon: &Daemon, count: usize) -> Vec<u32> {
     }
 }
 
-/// The process running the agent's command inside its sandbox (`sleep MARKER`).
-fn program(run: u32, marker: &str) -> u32 {
-    let mut current = run;
-    for _ in 0..4 {
-        let cmdline = std::fs::read(format!("/proc/{current}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline)
-            .replace('\0', " ")
-            .trim_end()
-            == format!("sleep {marker}")
-        {
-            return current;
+/// Waits (bounded) until the keeper holds no sandbox at all, standby or run.
+async fn wait_no_sandbox(daemon: &Daemon) {
+    let keeper = daemon.keeper_pid().expect("a keeper");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left: Vec<u32> = children(keeper)
+            .into_iter()
+            .filter(|&pid| comm(pid) == "celistra-launch")
+            .collect();
+        if left.is_empty() {
+            return;
         }
-        current = *children(current).first().expect("a child");
+        assert!(
+            Instant::now() < deadline,
+            "sandboxes {left:?} outlived the agent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("no `sleep {marker}` below {run}")
+}
+
+/// Waits (bounded) for the process running the agent's command inside its sandbox (`sleep
+/// MARKER`, the first descendant of `run` down the first children).
+async fn program(run: u32, marker: &str) -> u32 {
+    let command = format!("sleep {marker}");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut current = Some(run);
+        for _ in 0..4 {
+            let Some(pid) = current else { break };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .trim_end()
+                == command
+            {
+                return pid;
+            }
+            current = children(pid).first().copied();
+        }
+        assert!(Instant::now() < deadline, "no `{command}` below {run}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded) until the agent's runs counted `count` in all.
+async fn wait_runs_counted(daemon: &Daemon, count: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while runs_counted(daemon) < count {
+        assert!(Instant::now() < deadline, "the runs never counted {count}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runs_counted(daemon), count);
 }
 
 /// Kills the agent's program and waits for run `next`.
 async fn crash(daemon: &Daemon, agent: &AgentInfo, marker: &str, next: u64) -> AgentInfo {
     let now = daemon.agent(&agent.id).await;
-    let pid = program(now.pid.expect("running"), marker);
+    let pid = program(now.pid.expect("running"), marker).await;
     crate::run_kill("KILL", pid);
     daemon
         .wait_agent(&agent.id, "running again", |a| {
@@ -130,37 +170,26 @@ async fn a_restart_wakes_the_standby_which_ran_nothing_before_and_a_stop_ends_it
     let marker = marker();
     let agent = counting_agent(&daemon, "standby", &marker).await;
     assert!(
-        wait_standbys(&daemon, 0).await.is_empty(),
+        wait_standbys(&daemon, &agent, 0).await.is_empty(),
         "an agent that never restarted has none"
     );
     crash(&daemon, &agent, &marker, 2).await;
-    let standby = wait_standbys(&daemon, 1).await[0];
-    assert_eq!(runs_counted(&daemon), 2, "the standby ran nothing");
+    wait_runs_counted(&daemon, 2).await;
+    let standby = wait_standbys(&daemon, &agent, 1).await[0];
+    assert_eq!(runs_counted(&daemon), 2, "the standby ran something");
 
     let third = crash(&daemon, &agent, &marker, 3).await;
     assert_eq!(third.pid, Some(standby), "the restart woke the standby");
     assert_eq!(third.restarts, 2);
-    program(standby, &marker);
-    let next = wait_standbys(&daemon, 1).await[0];
+    program(standby, &marker).await;
+    let next = wait_standbys(&daemon, &agent, 1).await[0];
     assert_ne!(next, standby, "a new standby for the next restart");
-    let deadline = Instant::now() + PATIENCE;
-    while runs_counted(&daemon) < 3 {
-        assert!(Instant::now() < deadline, "the woken run never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(runs_counted(&daemon), 3);
+    wait_runs_counted(&daemon, 3).await;
 
     let stopped = daemon.ctl(&["stop", "standby"]);
     assert!(stopped.status.success(), "{stopped:?}");
-    assert!(wait_standbys(&daemon, 0).await.is_empty());
     crate::wait_no_process_with(&marker).await;
-    let keeper = daemon.keeper_pid().expect("a keeper");
-    assert!(
-        !children(keeper)
-            .into_iter()
-            .any(|pid| comm(pid) == "celistra-launch"),
-        "a sandbox outlived the stop"
-    );
+    wait_no_sandbox(&daemon).await;
     assert_eq!(runs_counted(&daemon), 3);
 }
 
@@ -170,7 +199,7 @@ async fn a_standby_that_no_longer_fits_is_ended_and_the_restart_builds_a_new_san
     let marker = marker();
     let agent = counting_agent(&daemon, "regranted", &marker).await;
     crash(&daemon, &agent, &marker, 2).await;
-    let standby = wait_standbys(&daemon, 1).await[0];
+    let standby = wait_standbys(&daemon, &agent, 1).await[0];
     // A grant read at the next spawn changes the sandbox the standby was built without.
     let outside = tempfile::tempdir_in("/var/tmp").unwrap();
     let granted = format!("write:{}", outside.path().display());
@@ -188,11 +217,11 @@ async fn a_standby_that_no_longer_fits_is_ended_and_the_restart_builds_a_new_san
         "{third:?}"
     );
     wait_ended(standby).await;
-    assert_eq!(runs_counted(&daemon), 3);
+    wait_runs_counted(&daemon, 3).await;
     let removed = daemon.ctl(&["rm", "regranted"]);
     assert!(removed.status.success(), "{removed:?}");
     crate::wait_no_process_with(&marker).await;
-    assert!(wait_standbys(&daemon, 0).await.is_empty());
+    wait_no_sandbox(&daemon).await;
 }
 
 #[tokio::test]
@@ -201,7 +230,8 @@ async fn the_keeper_ends_standbys_when_the_daemon_dies_and_the_next_daemon_adopt
     let marker = marker();
     let agent = counting_agent(&daemon, "orphan", &marker).await;
     let second = crash(&daemon, &agent, &marker, 2).await;
-    let standby = wait_standbys(&daemon, 1).await[0];
+    wait_runs_counted(&daemon, 2).await;
+    let standby = wait_standbys(&daemon, &agent, 1).await[0];
     assert!(!daemon.signal_and_wait("KILL").success());
     wait_ended(standby).await;
     daemon.restart_process().await;
