@@ -23,6 +23,12 @@ fn comm(pid: u32) -> String {
         .to_owned()
 }
 
+/// A sandbox's launcher: `celistra-launch`, or `celistrad __sandbox-exec` where the daemon's
+/// binary was installed without it (as an unprivileged test daemon's copy is).
+fn is_launcher(pid: u32) -> bool {
+    matches!(comm(pid).as_str(), "celistra-launch" | "celistrad")
+}
+
 /// The sandboxes under the keeper, other than run `run`'s, whose agent process has not exec'd
 /// (still the launcher's image): the standbys.
 fn standbys(keeper: u32, run: Option<u32>) -> Vec<u32> {
@@ -30,10 +36,10 @@ fn standbys(keeper: u32, run: Option<u32>) -> Vec<u32> {
         .into_iter()
         .filter(|&launcher| {
             Some(launcher) != run
-                && comm(launcher) == "celistra-launch"
+                && is_launcher(launcher)
                 && children(launcher)
                     .first()
-                    .is_some_and(|&agent| comm(agent) == "celistra-launch")
+                    .is_some_and(|&agent| comm(agent) == comm(launcher))
         })
         .collect()
 }
@@ -79,7 +85,7 @@ async fn wait_no_sandbox(daemon: &Daemon) {
     loop {
         let left: Vec<u32> = children(keeper)
             .into_iter()
-            .filter(|&pid| comm(pid) == "celistra-launch")
+            .filter(|&pid| is_launcher(pid))
             .collect();
         if left.is_empty() {
             return;
@@ -166,31 +172,42 @@ fn runs_counted(daemon: &Daemon) -> usize {
 
 #[tokio::test]
 async fn a_restart_wakes_the_standby_which_ran_nothing_before_and_a_stop_ends_it() {
-    let daemon = Daemon::start().await;
+    restart_into_the_standby(&Daemon::start().await).await;
+}
+
+#[tokio::test]
+async fn an_unprivileged_daemon_restarts_into_its_standby_too() {
+    let daemon = Daemon::start_as(crate::sandbox::test_user()).await;
+    restart_into_the_standby(&daemon).await;
+}
+
+/// An agent restarted once has a standby that ran nothing; the next restart wakes it; a stop
+/// leaves no sandbox.
+async fn restart_into_the_standby(daemon: &Daemon) {
     let marker = marker();
-    let agent = counting_agent(&daemon, "standby", &marker).await;
+    let agent = counting_agent(daemon, "standby", &marker).await;
     assert!(
-        wait_standbys(&daemon, &agent, 0).await.is_empty(),
+        wait_standbys(daemon, &agent, 0).await.is_empty(),
         "an agent that never restarted has none"
     );
-    crash(&daemon, &agent, &marker, 2).await;
-    wait_runs_counted(&daemon, 2).await;
-    let standby = wait_standbys(&daemon, &agent, 1).await[0];
-    assert_eq!(runs_counted(&daemon), 2, "the standby ran something");
+    crash(daemon, &agent, &marker, 2).await;
+    wait_runs_counted(daemon, 2).await;
+    let standby = wait_standbys(daemon, &agent, 1).await[0];
+    assert_eq!(runs_counted(daemon), 2, "the standby ran something");
 
-    let third = crash(&daemon, &agent, &marker, 3).await;
+    let third = crash(daemon, &agent, &marker, 3).await;
     assert_eq!(third.pid, Some(standby), "the restart woke the standby");
     assert_eq!(third.restarts, 2);
     program(standby, &marker).await;
-    let next = wait_standbys(&daemon, &agent, 1).await[0];
+    let next = wait_standbys(daemon, &agent, 1).await[0];
     assert_ne!(next, standby, "a new standby for the next restart");
-    wait_runs_counted(&daemon, 3).await;
+    wait_runs_counted(daemon, 3).await;
 
     let stopped = daemon.ctl(&["stop", "standby"]);
     assert!(stopped.status.success(), "{stopped:?}");
     crate::wait_no_process_with(&marker).await;
-    wait_no_sandbox(&daemon).await;
-    assert_eq!(runs_counted(&daemon), 3);
+    wait_no_sandbox(daemon).await;
+    assert_eq!(runs_counted(daemon), 3);
 }
 
 #[tokio::test]
