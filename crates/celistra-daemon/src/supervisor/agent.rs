@@ -1086,7 +1086,8 @@ impl Agent {
     /// `standby.rs`), if the agent may have one.
     async fn make_standby(&self) -> Option<Box<Standby>> {
         let spec = self.handle.spec().clone();
-        if !standby::may_have_one(&spec) {
+        let keeper = self.services.keeper().ok()?;
+        if !standby::may_have_one(&spec) || !keeper.sets_up_standbys() {
             return None;
         }
         let _starting = self.services.spawning.acquire().await;
@@ -1101,7 +1102,6 @@ impl Agent {
             return None;
         }
         let launch = plan.spawn_spec().resolve().ok()?;
-        let keeper = self.services.keeper().ok()?;
         Standby::start(keeper, self.id(), launch, plan.size).await
     }
 

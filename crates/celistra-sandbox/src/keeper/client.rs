@@ -149,6 +149,8 @@ struct Waiters {
 pub struct Keeper {
     socket: Arc<Socket>,
     pid: u32,
+    /// It sets standbys up (a keeper started by an older daemon may not).
+    standbys: bool,
     next_request: AtomicU64,
     waiters: Arc<Mutex<WaitersCell>>,
     reader: tokio::task::JoinHandle<()>,
@@ -207,11 +209,15 @@ impl Keeper {
             .send(&ToKeeper::Hello, &[], &[])
             .await
             .map_err(|_| KeeperError::Gone)?;
-        let pid = match receive(&socket).await? {
+        let (pid, standbys) = match receive(&socket).await? {
             Datagram {
-                message: FromKeeper::Welcome { keeper_pid },
+                message:
+                    FromKeeper::Welcome {
+                        keeper_pid,
+                        standbys,
+                    },
                 ..
-            } => keeper_pid,
+            } => (keeper_pid, standbys),
             other => return Err(KeeperError::Protocol(format!("{:?}", other.message))),
         };
         let mut waiters = WaitersCell::default();
@@ -248,6 +254,7 @@ impl Keeper {
             Keeper {
                 socket,
                 pid,
+                standbys,
                 next_request: AtomicU64::new(1),
                 waiters,
                 reader,
@@ -260,6 +267,12 @@ impl Keeper {
     /// The keeper's pid.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether the keeper sets standbys up: one started by a daemon from before them, and kept
+    /// across upgrades, does not.
+    pub fn sets_up_standbys(&self) -> bool {
+        self.standbys
     }
 
     /// Whether the keeper is still there.
@@ -291,6 +304,11 @@ impl Keeper {
         note: serde_json::Value,
         standby: bool,
     ) -> Result<SpawnedRun, KeeperError> {
+        if standby && !self.standbys {
+            return Err(KeeperError::Spawn(
+                "this keeper predates standbys: it would start the program at once".into(),
+            ));
+        }
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         {

@@ -527,7 +527,14 @@ impl Keeper {
     async fn welcome(&mut self, socket: &Socket) {
         let keeper_pid = std::process::id();
         if socket
-            .send(&FromKeeper::Welcome { keeper_pid }, &[], &[])
+            .send(
+                &FromKeeper::Welcome {
+                    keeper_pid,
+                    standbys: true,
+                },
+                &[],
+                &[],
+            )
             .await
             .is_err()
         {

@@ -121,6 +121,11 @@ pub(crate) enum ToKeeper {
 pub(crate) enum FromKeeper {
     Welcome {
         keeper_pid: u32,
+        /// It sets standbys up (`Spawn { standby }`, `Wake`). A keeper from before them, which a
+        /// daemon upgraded in place still talks to, answers without this: a daemon must then never
+        /// ask it for one, since it would start the program at once.
+        #[serde(default)]
+        standbys: bool,
     },
     Held {
         run: HeldRun,
@@ -379,6 +384,21 @@ mod tests {
                 pid: 42,
                 ready: true,
                 audit_session: None
+            }
+        ));
+    }
+
+    #[test]
+    fn a_keeper_from_before_standbys_is_not_asked_for_one() {
+        let header = br#"{"op":"welcome","keeper_pid":42}"#;
+        let mut bytes = u32::try_from(header.len()).unwrap().to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        let (decoded, _) = decode::<FromKeeper>(&bytes).unwrap();
+        assert!(matches!(
+            decoded,
+            FromKeeper::Welcome {
+                keeper_pid: 42,
+                standbys: false
             }
         ));
     }
