@@ -101,6 +101,11 @@ pub(crate) const READY_FD_ENV: &str = "CELISTRA_SANDBOX_READY_FD";
 /// woken (see [`Wake`]; the launcher removes the variable too).
 pub(crate) const WAKE_FD_ENV: &str = "CELISTRA_SANDBOX_WAKE_FD";
 
+/// What stands between the encoded user and the program in a standby's launcher arguments,
+/// instead of `--`: a launcher from before standbys refuses it rather than start the program at
+/// once.
+pub(crate) const STANDBY_SEPARATOR: &str = "--standby";
+
 /// The spawner's end of a standby sandbox: the launcher has built the sandbox and its agent
 /// process has taken its user, Landlock and seccomp, and waits before `execve`. Waking it starts
 /// the program at once; dropping it ends the standby without running anything. A restart that
@@ -429,7 +434,11 @@ impl Launch {
                 env.push((variable.to_owned(), fd.to_string()));
             }
         }
-        let image = Image::new(&self.program, &self.args, &env).map_err(|e| self.error(e))?;
+        let args = match pipes.wake {
+            Some(_) => standby_args(&self.args),
+            None => self.args.clone(),
+        };
+        let image = Image::new(&self.program, &args, &env).map_err(|e| self.error(e))?;
         let setup = self
             .child_setup(streams, kept, listener)
             .map_err(|e| self.error(e))?;
@@ -580,6 +589,16 @@ impl Launch {
             wake,
         })
     }
+}
+
+/// A standby's launcher arguments: the first `--` (the one after the encoded user) becomes
+/// [`STANDBY_SEPARATOR`].
+fn standby_args(args: &[String]) -> Vec<String> {
+    let mut args = args.to_vec();
+    if let Some(separator) = args.iter_mut().find(|arg| *arg == "--") {
+        STANDBY_SEPARATOR.clone_into(separator);
+    }
+    args
 }
 
 /// Which end of a pipe the child keeps.

@@ -741,3 +741,26 @@ async fn a_standby_runs_nothing_until_woken_and_nothing_at_all_when_dropped() {
     let unsandboxed = shell(&workspace, script, None, None).resolve().unwrap();
     assert!(unsandboxed.spawn_with_pipes(None, true).is_err());
 }
+
+#[test]
+fn a_launcher_told_to_wait_without_a_wake_pipe_refuses_before_anything_runs() {
+    let scratch = scratch();
+    let workspace = dir_with(&scratch, "ws", &[]);
+    let plan = SandboxPlan::new(&policy(&workspace), &tools()).unwrap();
+    let mut argv = plan.describe().launch_argv;
+    let separator = argv.iter().position(|arg| arg == "--").expect("a separator");
+    argv[separator] = "--standby".into();
+    argv.extend(["/bin/sh".into(), "-c".into(), "echo ran >> ran".into()]);
+    let output = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(&workspace)
+        .env_remove("CELISTRA_SANDBOX_WAKE_FD")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(126), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("wake pipe"),
+        "{output:?}"
+    );
+    assert!(!workspace.join("ran").exists());
+}

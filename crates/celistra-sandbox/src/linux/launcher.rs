@@ -53,9 +53,11 @@ pub(crate) enum RunAs {
 #[derive(Debug, thiserror::Error)]
 enum LaunchError {
     #[error(
-        "bad command line: expected `{LAUNCHER_ARG} <encoded sandbox> <encoded user> -- <program> [args…]`"
+        "bad command line: expected `{LAUNCHER_ARG} <encoded sandbox> <encoded user> -- <program> [args…]` (`--standby` instead of `--` for a standby)"
     )]
     Usage,
+    #[error("a standby needs its wake pipe (CELISTRA_SANDBOX_WAKE_FD)")]
+    StandbyWithoutWake,
     #[error("decoding the sandbox: {0}")]
     Decode(#[from] serde_json::Error),
     #[error("making the sandbox's namespaces: {0}")]
@@ -116,11 +118,21 @@ fn launch(args: &[OsString]) -> Result<libc::pid_t, LaunchError> {
     let [setup, user, separator, command @ ..] = args else {
         return Err(LaunchError::Usage);
     };
-    if separator != "--" || command.is_empty() {
+    let standby = match separator.to_str() {
+        Some("--") => false,
+        Some(crate::spawn::STANDBY_SEPARATOR) => true,
+        _ => return Err(LaunchError::Usage),
+    };
+    if command.is_empty() {
         return Err(LaunchError::Usage);
     }
     let ready = take_fd(crate::spawn::READY_FD_ENV);
     let wake = take_fd(crate::spawn::WAKE_FD_ENV);
+    let wake = match (standby, wake) {
+        (true, None) => return Err(LaunchError::StandbyWithoutWake),
+        (true, wake) => wake,
+        (false, _) => None,
+    };
     let setup: SandboxSetup = serde_json::from_str(setup.to_str().ok_or(LaunchError::Usage)?)?;
     let user: Option<RunAs> = serde_json::from_str(user.to_str().ok_or(LaunchError::Usage)?)?;
     let argv = command
