@@ -748,7 +748,10 @@ fn a_launcher_told_to_wait_without_a_wake_pipe_refuses_before_anything_runs() {
     let workspace = dir_with(&scratch, "ws", &[]);
     let plan = SandboxPlan::new(&policy(&workspace), &tools()).unwrap();
     let mut argv = plan.describe().launch_argv;
-    let separator = argv.iter().position(|arg| arg == "--").expect("a separator");
+    let separator = argv
+        .iter()
+        .position(|arg| arg == "--")
+        .expect("a separator");
     argv[separator] = "--standby".into();
     argv.extend(["/bin/sh".into(), "-c".into(), "echo ran >> ran".into()]);
     let output = std::process::Command::new(&argv[0])

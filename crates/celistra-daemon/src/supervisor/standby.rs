@@ -2,9 +2,10 @@
 //! restart lets a program into a ready sandbox instead of building one first (namespaces, mounts,
 //! Landlock and seccomp: most of a sandboxed restart's time). An agent gets one once it was
 //! restarted automatically (the agent that crashed is the one likely to crash again; agents that
-//! just run pay nothing), [`AFTER_START`] into its new run. It shares the agent's cgroup, and a restart uses it only if it would
-//! launch exactly what the standby was set up with; otherwise, and whenever the agent stops, the
-//! standby is killed. The keeper ends every standby when the daemon goes.
+//! just run pay nothing), [`AFTER_START`] into its new run. It shares the agent's cgroup, and a
+//! restart uses it only if it would launch exactly what the standby was set up with; otherwise,
+//! and whenever the agent stops, the standby is killed. The keeper ends every standby when the
+//! daemon goes.
 
 use std::os::fd::{AsFd, OwnedFd};
 
