@@ -370,13 +370,18 @@ mod tests {
         assert_eq!(payload, b"\x00\xffraw bytes");
     }
 
-    #[test]
-    fn a_keeper_of_an_older_version_is_understood() {
-        // A keeper outlives upgrades, so the daemon reads what an older keeper wrote.
-        let header = br#"{"op":"spawned","request":3,"pid":42,"ready":true}"#;
+    /// What an older keeper sent with `header`: a keeper outlives upgrades, so the daemon reads
+    /// what a keeper of an older version writes.
+    fn from_an_older_keeper(header: &[u8]) -> FromKeeper {
         let mut bytes = u32::try_from(header.len()).unwrap().to_le_bytes().to_vec();
         bytes.extend_from_slice(header);
-        let (decoded, _) = decode::<FromKeeper>(&bytes).unwrap();
+        decode::<FromKeeper>(&bytes).unwrap().0
+    }
+
+    #[test]
+    fn a_keeper_of_an_older_version_is_understood() {
+        let decoded =
+            from_an_older_keeper(br#"{"op":"spawned","request":3,"pid":42,"ready":true}"#);
         assert!(matches!(
             decoded,
             FromKeeper::Spawned {
@@ -390,10 +395,7 @@ mod tests {
 
     #[test]
     fn a_keeper_from_before_standbys_is_not_asked_for_one() {
-        let header = br#"{"op":"welcome","keeper_pid":42}"#;
-        let mut bytes = u32::try_from(header.len()).unwrap().to_le_bytes().to_vec();
-        bytes.extend_from_slice(header);
-        let (decoded, _) = decode::<FromKeeper>(&bytes).unwrap();
+        let decoded = from_an_older_keeper(br#"{"op":"welcome","keeper_pid":42}"#);
         assert!(matches!(
             decoded,
             FromKeeper::Welcome {
