@@ -434,9 +434,10 @@ impl Launch {
                 env.push((variable.to_owned(), fd.to_string()));
             }
         }
+        // A run's arguments as they are; only a standby's are rewritten.
         let args = match pipes.wake {
-            Some(_) => standby_args(&self.args),
-            None => self.args.clone(),
+            Some(_) => std::borrow::Cow::Owned(standby_args(&self.args)),
+            None => std::borrow::Cow::Borrowed(self.args.as_slice()),
         };
         let image = Image::new(&self.program, &args, &env).map_err(|e| self.error(e))?;
         let setup = self
