@@ -856,8 +856,14 @@ impl Agent {
     /// Starts a new run. On failure the agent is treated as if the run had died at once.
     async fn spawn(&mut self, is_restart: bool) -> (Phase, Result<(), ApiError>) {
         self.set_state(AgentState::Starting, None);
-        // Before the process exists: its first output belongs to the new run.
+        // Before the process exists: its first output belongs to the new run, and what the
+        // screen shows of it (read while the sandbox reports ready) must not be wiped after.
         self.handle.activity.new_run();
+        {
+            let mut info = self.handle.info_mut();
+            info.activity = None;
+            info.limit = None;
+        }
         let spec = self.handle.spec().clone();
         let started = match crate::worktree::for_run(&self.services, &spec).await {
             Ok(worktree) => {
@@ -887,8 +893,6 @@ impl Agent {
                     info.exit_code = None;
                     info.exit_signal = None;
                     info.last_error = None;
-                    info.activity = None;
-                    info.limit = None;
                     info.settings = run.settings.clone();
                     info.sandbox = Some(run.sandbox.clone());
                     info.waiting_for = None;

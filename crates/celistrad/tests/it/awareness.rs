@@ -57,9 +57,11 @@ async fn model_errors_restart_outside_the_crash_ceiling_until_their_budget_is_sp
     let current = waiting.activity.clone().expect("an activity");
     assert_eq!(current.activity, Activity::ModelError);
     // The model-error backoff: 1–2 s for the first, not the crash backoff's immediate restart.
-    // It counts from when the run's last output was read, up to 500 ms after the exit.
+    // It counts from when the run's last output was read, up to 500 ms after the exit; the upper
+    // end leaves a loaded machine its scheduling delays (the delay's own bounds are unit-tested
+    // in celistra-core).
     let delay = waiting.next_restart_at_ms.unwrap() - waiting.exited_at_ms.unwrap();
-    assert!((900..=2_700).contains(&delay), "{delay} ms");
+    assert!((900..=4_000).contains(&delay), "{delay} ms");
     let failed = daemon
         .wait_agent(&agent.id, "stopped by its budget", |a| {
             a.state == AgentState::Failed
@@ -78,14 +80,10 @@ async fn model_errors_restart_outside_the_crash_ceiling_until_their_budget_is_sp
         EventKind::AgentExited { class: Some(c), .. } if c.class == ExitClass::ModelOverloaded
     )));
     let runs = daemon
-        .client
-        .list_runs(&celistra_proto::HistoryQuery {
-            agent: Some(agent.id.clone()),
-            ..Default::default()
+        .wait_runs(&agent.id, |r| {
+            r.len() == 2 && r.iter().all(|r| r.cause.is_some())
         })
-        .await
-        .unwrap();
-    assert_eq!(runs.len(), 2);
+        .await;
     assert!(
         runs.iter()
             .all(|r| r.exit_class == Some(ExitClass::ModelOverloaded)),

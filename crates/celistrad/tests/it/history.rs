@@ -31,36 +31,6 @@ async fn wait_logs(daemon: &Daemon, path: &str, done: impl Fn(&str) -> bool) -> 
     }
 }
 
-async fn runs(daemon: &Daemon, agent: &str) -> Vec<RunRecord> {
-    daemon
-        .client
-        .list_runs(&celistra_proto::HistoryQuery {
-            agent: Some(agent.to_owned()),
-            ..Default::default()
-        })
-        .await
-        .expect("history")
-}
-
-async fn wait_runs(
-    daemon: &Daemon,
-    agent: &str,
-    done: impl Fn(&[RunRecord]) -> bool,
-) -> Vec<RunRecord> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let runs = runs(daemon, agent).await;
-        if done(&runs) {
-            return runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "history of {agent} never matched: {runs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn history_files(daemon: &Daemon) -> Vec<u8> {
     let mut bytes = vec![];
     for name in ["history.db", "history.db-wal"] {
@@ -85,16 +55,17 @@ async fn runs_are_recorded_with_env_values_redacted() {
     let out = daemon.ctl(&["stop", "stopped"]);
     assert!(out.status.success(), "{out:?}");
 
-    let failed = wait_runs(&daemon, "redacted", |r| {
-        r.len() == 1 && r[0].cause.is_some()
-    })
-    .await;
+    let failed = daemon
+        .wait_runs("redacted", |r| r.len() == 1 && r[0].cause.is_some())
+        .await;
     assert_eq!(failed[0].exit_code, Some(3));
     assert_eq!(failed[0].cause, Some(RunCause::Crashed));
     assert_eq!(failed[0].env_keys, vec!["API_TOKEN".to_owned()]);
     assert_eq!((failed[0].run, failed[0].attempt), (1, 0));
     assert_eq!(failed[0].settings.stop_timeout_ms, 10_000);
-    let stopped = wait_runs(&daemon, "stopped", |r| r.len() == 1 && r[0].cause.is_some()).await;
+    let stopped = daemon
+        .wait_runs("stopped", |r| r.len() == 1 && r[0].cause.is_some())
+        .await;
     assert_eq!(stopped[0].cause, Some(RunCause::Operator));
     assert_eq!(stopped[0].stopped_by.as_deref(), Some("machine-secret"));
     assert_eq!(stopped[0].exit_signal.as_deref(), Some("SIGTERM"));
@@ -202,7 +173,9 @@ async fn logs_filter_by_run_tail_time_and_keep_raw_bytes() {
 
     // A second run: --run picks one, timestamps prefix each line.
     assert!(daemon.ctl(&["start", "filters"]).status.success());
-    wait_runs(&daemon, "filters", |r| r.len() == 2 && r[1].cause.is_some()).await;
+    daemon
+        .wait_runs("filters", |r| r.len() == 2 && r[1].cause.is_some())
+        .await;
     let both = wait_logs(&daemon, "/v1/agents/filters/logs", |t| {
         t.matches("line 5").count() == 2
     })
@@ -462,7 +435,7 @@ async fn kill_9_mid_write_loses_only_what_the_daemon_had_read_and_not_stored() {
         "{gaps} gaps, {} torn lines, {dropped_bytes} bytes dropped",
         torn.len()
     );
-    let first = wait_runs(&daemon, "writer", |r| !r.is_empty()).await;
+    let first = daemon.wait_runs("writer", |r| !r.is_empty()).await;
     assert_eq!(
         first[0].cause,
         Some(RunCause::Operator),

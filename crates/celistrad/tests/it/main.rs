@@ -49,7 +49,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use celistra_client::{Client, next_chunk};
-use celistra_proto::{AgentInfo, AgentSpec, AgentState, Event, EventsQuery};
+use celistra_proto::{
+    AgentInfo, AgentSpec, AgentState, Event, EventsQuery, HistoryQuery, RunRecord,
+};
 use http_body_util::BodyExt;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_celistrad");
@@ -297,6 +299,34 @@ impl Daemon {
                 "agent {key} never became {what}: {agent:?}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls the agent's run history until `done` holds (bounded by [`PATIENCE`]): a run's
+    /// record is written after its end is seen.
+    pub(crate) async fn wait_runs(
+        &self,
+        agent: &str,
+        done: impl Fn(&[RunRecord]) -> bool,
+    ) -> Vec<RunRecord> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let runs = self
+                .client
+                .list_runs(&HistoryQuery {
+                    agent: Some(agent.to_owned()),
+                    ..Default::default()
+                })
+                .await
+                .expect("history");
+            if done(&runs) {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "history of {agent} never matched: {runs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
