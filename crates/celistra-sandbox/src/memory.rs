@@ -109,10 +109,10 @@ const MOST_MAPPINGS_GIVEN_BACK: usize = 64;
 pub(crate) const CAN_GIVE_BACK: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
 /// Gives back every private page this process's start-up and set-up wrote: its data and relocated
-/// read-only data, heap, TLS and stack, and its libraries'. It keeps the stack from a page below
-/// this call's frame up to a page past `frame` (an address in the caller's frame), and the pages of
-/// its command line, which `ps` reads. A page of a file reads as the file again if touched, any
-/// other as zeros.
+/// read-only data, heap, TLS and stack, and its libraries'. It keeps the stack from the caller's
+/// frame (into which it is inlined) up to a page past `frame` (an address in that frame), and the
+/// pages of its command line, which `ps` reads. A page of a file reads as the file again if
+/// touched, any other as zeros.
 ///
 /// For the sandbox's init: once the agent is started it only waits for children, and the
 /// memory its set-up wrote (decoding the plan, building the root, the C library's start-up and
@@ -125,6 +125,9 @@ pub(crate) const CAN_GIVE_BACK: bool = cfg!(any(target_arch = "x86_64", target_a
 /// no allocation, no standard library, no C library (its calls go through relocated tables and
 /// `errno` is in its TLS). It makes system calls with [`syscall_without_libc`]. Nothing is given
 /// back if `/proc/self` cannot be read.
+// Inlined, so that the pages go in the caller's frame: the deeper frames that worked them out
+// (reading /proc) are dead by then and go too.
+#[inline(always)]
 pub(crate) unsafe fn give_back_private_memory(frame: usize) {
     let Ok(pages) = pages_to_give_back(frame, below_this_frame()) else {
         return;
@@ -148,19 +151,26 @@ struct PagesToGiveBack {
     count: usize,
 }
 
-/// Every page of the mappings that may hold writes, but the stack from a page under `stack_used`
+/// Room for `/proc/self/maps`, taken before it is read: a heap that grew while it was read would
+/// end past what it lists, and the pages that held the text would be kept.
+const MAPS_ROOM: usize = 16 * 1024;
+
+/// Every page of the mappings that may hold writes, but the stack from the page of `stack_used`
 /// (an address under the frame that drops the pages) to a page past `frame`, and the command
 /// line's pages.
+#[inline(never)]
 fn pages_to_give_back(frame: usize, stack_used: usize) -> io::Result<PagesToGiveBack> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    use std::io::Read;
     let command_line = command_line_range(&std::fs::read_to_string("/proc/self/stat")?)
         .ok_or_else(|| io::Error::other("/proc/self/stat has no command line range"))?;
+    let mut maps = String::with_capacity(MAPS_ROOM);
+    std::fs::File::open("/proc/self/maps")?.read_to_string(&mut maps)?;
     let page = rustix::param::page_size();
     let page_of = |address: usize| address / page * page;
-    // The frames in use: the dropping one and its calls, up to the caller's (each far smaller
-    // than a page in a release build).
+    // The frame that drops the pages, up to the caller's (far smaller than a page in a release
+    // build). Deeper frames, this one's included, are dead by the time the pages go.
     let mut kept = [
-        (page_of(stack_used) - page, page_of(frame) + 2 * page),
+        (page_of(stack_used), page_of(frame) + 2 * page),
         (page_of(command_line.0), page_of(command_line.1) + page),
     ];
     kept.sort_unstable();
@@ -433,18 +443,22 @@ Rss:                   8 kB
             .unwrap()
     }
 
-    /// The mappings of process `pid` holding anonymous pages (its own copies), with how many KiB.
-    fn anonymous_mappings(pid: libc::pid_t) -> String {
+    /// The mappings of process `pid` holding anonymous pages (its own copies): each one's range,
+    /// KiB and smaps header.
+    fn anonymous_mappings(pid: libc::pid_t) -> Vec<(usize, usize, u64, String)> {
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-        let mut listed = String::new();
-        let mut header = "";
+        let mut listed = vec![];
+        let mut current = None;
         for line in smaps.lines() {
-            if parse_header(line).is_some() {
-                header = line;
+            if let Some(mapping) = parse_header(line) {
+                current = Some((mapping.start, mapping.end, line));
             } else if let Some(kb) = line.strip_prefix("Anonymous:")
-                && kb.trim() != "0 kB"
+                && let Some((start, end, header)) = current
             {
-                listed.push_str(&format!("{} {header}\n", kb.trim()));
+                let kb: u64 = kb.trim().trim_end_matches(" kB").parse().unwrap();
+                if kb > 0 {
+                    listed.push((start, end, kb, header.to_owned()));
+                }
             }
         }
         listed
@@ -503,10 +517,12 @@ Rss:                   8 kB
         }
         let in_child = resident_kib_around(child, address);
         let in_parent = resident_kib_around(std::process::id().cast_signed(), address);
-        let child_wrote = anonymous_kb(child);
         let child_maps = anonymous_mappings(child);
         let command_line = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
         let own_command_line = std::fs::read("/proc/self/cmdline").unwrap();
+        let (command_line_start, _) =
+            command_line_range(&std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap())
+                .unwrap();
         // SAFETY: signals and reaps this test's own child.
         unsafe {
             libc::kill(child, libc::SIGKILL);
@@ -521,12 +537,24 @@ Rss:                   8 kB
             in_child <= 8,
             "{in_child} KiB of the blocks' mapping still resident in the child"
         );
-        // Its stack pages, its command line's, page tables' neighbours: not the test binary's
-        // relocated data, TLS and stack (well over 100 KiB before).
-        assert!(
-            child_wrote <= 48,
-            "the child still has {child_wrote} KiB of its own:\n{child_maps}"
-        );
+        // The child ran on this thread's stack, deeper down.
+        let on_this_stack = &raw const said as usize;
+        let listed: String = child_maps
+            .iter()
+            .map(|(_, _, kb, header)| format!("{kb} kB {header}\n"))
+            .collect();
+        for (start, end, kb, _) in &child_maps {
+            let holds = |address: usize| *start <= address && address < *end;
+            // Not the heap, the test binary's relocated data and TLS (well over 100 KiB before),
+            // nor the pages that held what was read of /proc to work the pages out.
+            assert!(
+                holds(on_this_stack) || holds(command_line_start),
+                "the child kept memory besides its frame and command line:\n{listed}"
+            );
+            // The dropping frame's page or two (the frames under it went too), and the command
+            // line's.
+            assert!(*kb <= 12, "the child kept {kb} KiB of a stack:\n{listed}");
+        }
         assert_eq!(
             command_line, own_command_line,
             "what `ps` shows of the child"
@@ -561,6 +589,8 @@ Rss:                   8 kB
         // above them so that freeing them leaves a hole the heap's top cannot shrink over.
         let blocks: Vec<Box<[u8; 1024]>> = (0..32 * 1024).map(|_| Box::new([1u8; 1024])).collect();
         let top = Box::new([1u8; 1024]);
+        // Seen as used, so that an optimised build allocates them at all.
+        std::hint::black_box((&blocks, &top));
         drop(blocks);
         let before = anonymous_kb(std::process::id().cast_signed());
         release_free_heap();
