@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, State};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use celistra_proto::{ApiError, Approval, AskQuery, AskRequest, ErrorCode, HookReport};
@@ -127,13 +127,15 @@ impl AskSockets {
         };
         let routes = self.routes.get_or_init(|| routes(flow)).clone();
         let agent = FromAgent(Arc::from(agent_id));
-        let service = tower::ServiceExt::map_request(routes, move |mut request: Request| {
-            request.extensions_mut().insert(agent.clone());
-            request
-        });
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, axum::ServiceExt::into_make_service(service)).await;
-        });
+        let service = tower::ServiceExt::map_request(
+            routes,
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(agent.clone());
+                request
+            },
+        );
+        let server = tokio::spawn(serve(listener, service));
         if let Some((old, _)) = self.servers().insert(agent_id.to_owned(), (server, copy)) {
             old.abort();
         }
@@ -225,6 +227,37 @@ fn inherited(agent_id: &str, path: &std::path::Path) -> Option<tokio::net::UnixL
 }
 
 /// What every agent's socket serves, asking through `flow`.
+/// Serves one agent's socket, each connection in a task of its own. Not `axum::serve`, which
+/// keeps two watch channels and a boxed future per listener: about 1.3 KiB of every agent.
+async fn serve<S>(mut listener: tokio::net::UnixListener, service: S)
+where
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        // Retries by itself after a failed accept (a full descriptor table: a second later).
+        let (stream, _) = axum::serve::Listener::accept(&mut listener).await;
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("an agent's connection ended: {e}");
+            }
+        });
+    }
+}
+
 fn routes<A: Answerer>(flow: A) -> Router {
     Router::new()
         .route("/v1/ask", post(ask::<A>))

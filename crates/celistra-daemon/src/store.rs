@@ -82,16 +82,34 @@ struct StoreFileOut<'a> {
     groups: Vec<&'a StoredGroup>,
 }
 
-/// One agent's record, and its JSON as last written (`None` once the record changed).
+/// One agent's record: changed since the last write, or, once written, only its JSON. A thousand
+/// agents' records would otherwise be kept twice, parsed and as text (about 2 KiB each).
 #[derive(Debug)]
-struct Record {
-    agent: StoredAgent,
-    json: Option<Box<RawValue>>,
+enum Record {
+    Changed(Box<StoredAgent>),
+    Written(Box<RawValue>),
 }
 
 impl Record {
-    fn new(agent: StoredAgent) -> Record {
-        Record { agent, json: None }
+    /// The record as it is written.
+    fn written(agent: &StoredAgent) -> Record {
+        let json = serde_json::to_string_pretty(agent)
+            .and_then(RawValue::from_string)
+            .expect("agent records serialise");
+        Record::Written(json)
+    }
+
+    /// The record to change: parsed again from its JSON if it was written.
+    fn agent_mut(&mut self) -> &mut StoredAgent {
+        if let Record::Written(json) = self {
+            let agent =
+                serde_json::from_str(json.get()).expect("a record this store wrote parses again");
+            *self = Record::Changed(Box::new(agent));
+        }
+        match self {
+            Record::Changed(agent) => agent,
+            Record::Written(_) => unreachable!("parsed just above"),
+        }
     }
 }
 
@@ -139,7 +157,7 @@ impl Store {
             agents: file
                 .agents
                 .iter()
-                .map(|a| (a.id.clone(), Record::new(a.clone())))
+                .map(|a| (a.id.clone(), Record::written(a)))
                 .collect(),
             groups: file
                 .groups
@@ -179,11 +197,8 @@ impl Store {
                 return;
             }
             for record in pending.agents.values_mut() {
-                if record.json.is_none() {
-                    let json = serde_json::to_string_pretty(&record.agent)
-                        .and_then(RawValue::from_string)
-                        .expect("agent records serialise");
-                    record.json = Some(json);
+                if let Record::Changed(agent) = record {
+                    *record = Record::written(agent);
                 }
             }
             let file = StoreFileOut {
@@ -192,7 +207,10 @@ impl Store {
                 agents: pending
                     .agents
                     .values()
-                    .filter_map(|record| record.json.as_deref())
+                    .filter_map(|record| match record {
+                        Record::Written(json) => Some(&**json),
+                        Record::Changed(_) => None,
+                    })
                     .collect(),
                 groups: pending.groups.values().collect(),
             };
@@ -223,15 +241,16 @@ impl Store {
 
     pub(crate) fn put(&self, agent: StoredAgent) {
         let mut pending = self.lock();
-        pending.agents.insert(agent.id.clone(), Record::new(agent));
+        pending
+            .agents
+            .insert(agent.id.clone(), Record::Changed(Box::new(agent)));
         self.changed(&mut pending);
     }
 
     pub(crate) fn update(&self, id: &str, change: impl FnOnce(&mut StoredAgent)) {
         let mut pending = self.lock();
         if let Some(record) = pending.agents.get_mut(id) {
-            change(&mut record.agent);
-            record.json = None;
+            change(record.agent_mut());
             self.changed(&mut pending);
         }
     }
