@@ -295,7 +295,7 @@ fn observe(handle: &AgentHandle, services: &Services, observation: Observation) 
             // over, and must not type into or restart the agent at the reset.
             let outlived = handle.info_mut().limit.take();
             if let Some(limit) = outlived {
-                handle.resume.send_replace(None);
+                handle.resume.set(None);
                 track.outlived_limit = Some((limit.reset_at_ms, limit.said));
             }
         } else if observation.tier == SignalTier::Hook
@@ -431,7 +431,7 @@ fn wait_for_limit(handle: &AgentHandle, services: &Services, reset_at_ms: Option
         info.limit = Some(limit.clone());
         limit
     };
-    handle.resume.send_replace(Some(limit.resume_at_ms));
+    handle.resume.set(Some(limit.resume_at_ms));
     services.events.publish(EventKind::AgentWaitingLimit {
         agent_id: handle.id.clone(),
         name: handle.info().name.clone(),

@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 
 use super::activity;
 use super::fanout::{Fanout, InputOp};
+use super::mailbox::{Orders, ResumeAt};
 use super::probes::{ProbeSetup, Probes};
 use super::standby::{self, Standby};
 use crate::actor::Actor;
@@ -105,15 +106,14 @@ pub(crate) struct AgentHandle {
     pub info: InfoCell,
     pub spec: Mutex<AgentSpec>,
     pub fanout: Fanout,
-    /// Boxed: the channel allocates room for 32 of what it carries at once, 256 bytes of boxes
-    /// instead of 3.8 KiB of `Order`s per agent.
-    pub commands: mpsc::UnboundedSender<Box<Order>>,
+    /// Orders for its task; boxed, since an order is large and most agents have none waiting.
+    pub orders: Orders<Box<Order>>,
     /// History id of the current (or last) run, where the daemon's notes about the agent go.
     pub history_run: std::sync::atomic::AtomicU64,
     /// What has been seen of the current run's activity.
     pub activity: super::activity::Tracker,
     /// When a running agent waiting on a usage limit is resumed (its task sleeps until then).
-    pub resume: tokio::sync::watch::Sender<Option<u64>>,
+    pub resume: ResumeAt,
     /// The usage sampler's last reading while the agent has a process (see `usage.rs`).
     pub sampled: Mutex<Option<celistra_proto::AgentUsage>>,
     /// Bytes of output read from the agent since the daemon started (`/metrics`).
@@ -215,7 +215,7 @@ impl AgentHandle {
             command: make(reply),
             actor: actor.clone(),
         });
-        if self.commands.send(order).is_err() {
+        if self.orders.give(order).is_err() {
             return Err(gone(&self.id));
         }
         answer.await.unwrap_or_else(|_| Err(gone(&self.id)))
@@ -381,8 +381,9 @@ pub(crate) async fn run(
     approvals: ApprovalFlow,
     handle: Arc<AgentHandle>,
     probes: Probes,
-    mut commands: mpsc::UnboundedReceiver<Box<Order>>,
 ) {
+    // Its own handle on the orders, so that waiting for one borrows nothing of `agent`.
+    let orders = Arc::clone(&handle);
     let mut agent = Agent {
         services,
         approvals,
@@ -395,18 +396,17 @@ pub(crate) async fn run(
         standby: None,
         standby_due: None,
     };
-    let mut resume = agent.handle.resume.subscribe();
     let mut phase = Phase::Idle;
     loop {
         phase = match phase {
-            Phase::Ended => return,
-            Phase::Idle => match commands.recv().await {
-                Some(order) => {
-                    let command = agent.take(*order);
-                    Box::pin(agent.command_when_idle(command)).await
-                }
-                None => Phase::Ended,
-            },
+            Phase::Ended => {
+                orders.orders.close();
+                return;
+            }
+            Phase::Idle => {
+                let command = agent.take(*orders.orders.next().await);
+                Box::pin(agent.command_when_idle(command)).await
+            }
             Phase::Backoff(deadline) => {
                 // A restart that is due already does not wait for a timer, which would take until
                 // the runtime's next millisecond tick (about 1 ms of every immediate restart).
@@ -418,13 +418,10 @@ pub(crate) async fn run(
                 tokio::select! {
                     // An order waiting in the queue (a stop, a removal) comes before the restart.
                     biased;
-                    order = commands.recv() => match order {
-                        Some(order) => {
-                            let command = agent.take(*order);
-                            Box::pin(agent.command_in_backoff(command)).await
-                        }
-                        None => Phase::Ended,
-                    },
+                    order = orders.orders.next() => {
+                        let command = agent.take(*order);
+                        Box::pin(agent.command_in_backoff(command)).await
+                    }
                     () = due => {
                         agent.attempt += 1;
                         agent.actor = Actor::system();
@@ -433,7 +430,7 @@ pub(crate) async fn run(
                 }
             }
             Phase::Running(mut run) => {
-                let resume_at = *resume.borrow_and_update();
+                let resume_at = orders.resume.get();
                 let standby_due = agent.standby_due;
                 tokio::select! {
                     () = sleep_until_instant(standby_due) => {
@@ -448,21 +445,15 @@ pub(crate) async fn run(
                         agent.started_for_good(&mut run);
                         Phase::Running(run)
                     }
-                    _ = resume.changed() => Phase::Running(run),
+                    () = orders.resume.changed() => Phase::Running(run),
                     exit = run.child.wait() => {
                         let cause = if run.signalled { ExitCause::Operator } else { ExitCause::Exited };
                         Box::pin(agent.after_exit(run, exit.unwrap_or(ExitInfo { code: None, signal: None }), cause)).await
                     }
-                    order = commands.recv() => match order {
-                        Some(order) => {
-                            let command = agent.take(*order);
-                            Box::pin(agent.command_when_running(run, command)).await
-                        }
-                        None => {
-                            Box::pin(agent.stop(run, ExitCause::Operator)).await;
-                            Phase::Ended
-                        }
-                    },
+                    order = orders.orders.next() => {
+                        let command = agent.take(*order);
+                        Box::pin(agent.command_when_running(run, command)).await
+                    }
                 }
             }
         };
@@ -849,7 +840,7 @@ impl Agent {
             info.limit = None;
             info.waiting_for = None;
         }
-        self.handle.resume.send_replace(None);
+        self.handle.resume.set(None);
         self.set_state(AgentState::Stopped, None);
         self.persist(AgentState::Stopped);
     }
@@ -908,7 +899,7 @@ impl Agent {
                 self.handle
                     .history_run
                     .store(run.id, std::sync::atomic::Ordering::SeqCst);
-                self.handle.resume.send_replace(None);
+                self.handle.resume.set(None);
                 self.services.audit.record(
                     &self.actor,
                     "agent_run_started",
@@ -1667,7 +1658,7 @@ impl Agent {
 
     /// A running agent's usage limit reset: type its `limit_input`, or restart it.
     async fn resume_after_limit(&mut self, run: Box<Run>) -> Phase {
-        self.handle.resume.send_replace(None);
+        self.handle.resume.set(None);
         self.handle.info_mut().limit = None;
         let input = self.handle.spec().limit_input.clone();
         self.actor = Actor::system();
@@ -2177,7 +2168,7 @@ mod tests {
 
     #[test]
     fn an_agent_task_stays_small() {
-        fn size_of_future<A, B, C, D, E, F>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
+        fn size_of_future<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         // Every agent keeps its task for life: 6,224 bytes (this build) before its steps were

@@ -7,6 +7,7 @@ mod agent;
 mod dependencies;
 pub(crate) mod fanout;
 mod groups;
+mod mailbox;
 mod probes;
 mod reader_thread;
 mod standby;
@@ -22,7 +23,6 @@ use celistra_proto::{
     IoMode, RemoveQuery, Signal, UpdateRequest,
 };
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
 
 pub(crate) use agent::AgentHandle;
 use agent::Command;
@@ -380,7 +380,6 @@ impl Supervisor {
 
     /// Registers an agent and starts its task (idle until told to start).
     fn insert(&self, registry: &mut Registry, stored: &StoredAgent) -> Arc<AgentHandle> {
-        let (commands, receiver) = mpsc::unbounded_channel();
         let settings = self
             .services
             .config()
@@ -437,10 +436,10 @@ impl Supervisor {
             info: agent::InfoCell::new(info),
             spec: std::sync::Mutex::new(stored.spec.clone()),
             fanout: Fanout::new(settings.scrollback_kb as usize * 1024),
-            commands,
+            orders: mailbox::Orders::default(),
             history_run: std::sync::atomic::AtomicU64::new(0),
             activity: activity::Tracker::default(),
-            resume: tokio::sync::watch::Sender::new(None),
+            resume: mailbox::ResumeAt::default(),
             sampled: std::sync::Mutex::new(None),
             output_bytes: std::sync::atomic::AtomicU64::new(0),
         });
@@ -457,7 +456,6 @@ impl Supervisor {
             self.approvals.clone(),
             Arc::clone(&handle),
             self.probes.clone(),
-            receiver,
         );
         let id = stored.id.clone();
         let watched = Arc::clone(&handle);
@@ -468,6 +466,8 @@ impl Supervisor {
                 .catch_unwind()
                 .map(move |ended| {
                     if ended.is_err() {
+                        // Its orders would never be taken: whoever gives one hears it is gone.
+                        watched.orders.close();
                         tracing::error!(
                             agent = %id,
                             "agent task panicked; the agent is marked failed"

@@ -296,7 +296,7 @@ impl Scheduler {
                     reason: reason.clone(),
                 });
                 let (reply, _) = tokio::sync::oneshot::channel();
-                let _ = handle.commands.send(Box::new(Order {
+                let _ = handle.orders.give(Box::new(Order {
                     command: Command::Unhealthy(run, reason, reply),
                     actor: Actor::system(),
                 }));
