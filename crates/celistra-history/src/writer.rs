@@ -78,8 +78,9 @@ pub(crate) struct Writer {
     unindexed_settles_at: Option<Instant>,
     /// Bytes kept as they came (a burst), not yet compressed.
     uncompressed: u64,
-    /// Runs that have not ended, kept to re-record them in a replacement database.
-    open_runs: HashMap<u64, RunStart>,
+    /// Runs that have not ended, kept to re-record them in a replacement database. Boxed: the
+    /// table keeps room for more runs than it holds, a pointer each rather than 296 bytes.
+    open_runs: HashMap<u64, Box<RunStart>>,
     /// Why saving fails, while it does; and what was dropped meanwhile.
     failing: Option<String>,
     dropped_while_failing: u64,
@@ -257,7 +258,7 @@ impl Writer {
         self.uncompressed = 0;
         match schema::open_writer(&path) {
             Ok(conn) => {
-                let runs: Vec<RunStart> = self.open_runs.values().cloned().collect();
+                let runs: Vec<Box<RunStart>> = self.open_runs.values().cloned().collect();
                 for run in &runs {
                     if let Err(e) = insert_run(&conn, run) {
                         tracing::warn!("cannot re-record run {}: {e}", run.run_id);
@@ -428,7 +429,7 @@ impl Writer {
                         Err(e) => self.on_error(e),
                     }
                 }
-                self.open_runs.insert(start.run_id, *start);
+                self.open_runs.insert(start.run_id, start);
             }
             Message::RunEnded { run_id, end } => {
                 self.open_runs.remove(&run_id);
