@@ -135,7 +135,7 @@ impl AskSockets {
                 request
             },
         );
-        let server = tokio::spawn(serve(listener, service));
+        let server = tokio::spawn(serve_agent_socket(listener, service));
         if let Some((old, _)) = self.servers().insert(agent_id.to_owned(), (server, copy)) {
             old.abort();
         }
@@ -226,10 +226,9 @@ fn inherited(agent_id: &str, path: &std::path::Path) -> Option<tokio::net::UnixL
     tokio::net::UnixListener::from_std(listener).ok()
 }
 
-/// What every agent's socket serves, asking through `flow`.
 /// Serves one agent's socket, each connection in a task of its own. Not `axum::serve`, which
 /// keeps two watch channels and a boxed future per listener: about 1.3 KiB of every agent.
-async fn serve<S>(mut listener: tokio::net::UnixListener, service: S)
+async fn serve_agent_socket<S>(mut listener: tokio::net::UnixListener, service: S)
 where
     S: tower::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -258,6 +257,7 @@ where
     }
 }
 
+/// What every agent's socket serves, asking through `flow`.
 fn routes<A: Answerer>(flow: A) -> Router {
     Router::new()
         .route("/v1/ask", post(ask::<A>))

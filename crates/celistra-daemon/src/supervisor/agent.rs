@@ -382,8 +382,9 @@ pub(crate) async fn run(
     handle: Arc<AgentHandle>,
     probes: Probes,
 ) {
-    // Its own handle on the orders, so that waiting for one borrows nothing of `agent`.
-    let orders = Arc::clone(&handle);
+    // Its own reference to the handle's mailbox, so that waiting for an order or a resume time
+    // borrows nothing of `agent`.
+    let inbox = Arc::clone(&handle);
     let mut agent = Agent {
         services,
         approvals,
@@ -400,11 +401,11 @@ pub(crate) async fn run(
     loop {
         phase = match phase {
             Phase::Ended => {
-                orders.orders.close();
+                inbox.orders.close();
                 return;
             }
             Phase::Idle => {
-                let command = agent.take(*orders.orders.next().await);
+                let command = agent.take(*inbox.orders.next().await);
                 Box::pin(agent.command_when_idle(command)).await
             }
             Phase::Backoff(deadline) => {
@@ -418,7 +419,7 @@ pub(crate) async fn run(
                 tokio::select! {
                     // An order waiting in the queue (a stop, a removal) comes before the restart.
                     biased;
-                    order = orders.orders.next() => {
+                    order = inbox.orders.next() => {
                         let command = agent.take(*order);
                         Box::pin(agent.command_in_backoff(command)).await
                     }
@@ -430,7 +431,7 @@ pub(crate) async fn run(
                 }
             }
             Phase::Running(mut run) => {
-                let resume_at = orders.resume.get();
+                let resume_at = inbox.resume.get();
                 let standby_due = agent.standby_due;
                 tokio::select! {
                     () = sleep_until_instant(standby_due) => {
@@ -445,12 +446,12 @@ pub(crate) async fn run(
                         agent.started_for_good(&mut run);
                         Phase::Running(run)
                     }
-                    () = orders.resume.changed() => Phase::Running(run),
+                    () = inbox.resume.changed() => Phase::Running(run),
                     exit = run.child.wait() => {
                         let cause = if run.signalled { ExitCause::Operator } else { ExitCause::Exited };
                         Box::pin(agent.after_exit(run, exit.unwrap_or(ExitInfo { code: None, signal: None }), cause)).await
                     }
-                    order = orders.orders.next() => {
+                    order = inbox.orders.next() => {
                         let command = agent.take(*order);
                         Box::pin(agent.command_when_running(run, command)).await
                     }
