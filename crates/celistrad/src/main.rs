@@ -7,6 +7,7 @@
 )]
 
 mod ctl;
+mod keeper_main;
 mod service;
 
 use std::net::SocketAddr;
@@ -130,11 +131,8 @@ fn main() -> ExitCode {
     // Before any thread exists: threads that allocate each take a heap of their own otherwise.
     celistra_sandbox::limit_heap_arenas();
     // The keeper, which holds the agents for whichever daemon runs (`keeper` in the sandbox crate).
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|arg| arg == celistra_sandbox::keeper::KEEPER_ARG)
-    {
-        return run_keeper();
+    if keeper_main::is_keeper() {
+        return keeper_main::run_keeper();
     }
     let cli = Cli::parse();
     // A closed stdout (`ctl events | head -1`) ends a client quietly, killed by SIGPIPE as a Unix
@@ -210,36 +208,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run_keeper() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CELISTRA_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
-    let Some(dir) = std::env::args_os().nth(2).map(PathBuf::from) else {
-        eprintln!("usage: celistrad __keeper DIR (the daemon starts it)");
-        return ExitCode::from(2);
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the keeper's runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = runtime.block_on(celistra_sandbox::keeper::serve(&dir, || {
-        // The daemon waits for this line: the keeper listens.
-        println!("listening");
-    }));
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 async fn run_daemon(cli: Cli) -> anyhow::Result<()> {

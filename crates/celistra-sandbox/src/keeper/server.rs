@@ -1,9 +1,10 @@
-//! The keeper process (`celistrad __keeper DIR`): the parent of every agent. It spawns them for
-//! the daemon, holds a copy of each run's terminal (or pipes), reaps them, and while no daemon is
-//! connected reads their output into a bounded buffer so that they never block, noting when each
-//! byte came. The next daemon takes everything over with `Hello`. It exits once it holds no live
-//! run and no daemon is connected, leaving what the next daemon must still learn (exit statuses,
-//! unread output) in `leftover` beside its socket.
+//! The keeper process (`celistra-launch __keeper DIR`, or `celistrad __keeper DIR` where the
+//! launcher is not installed): the parent of every agent. It spawns them for the daemon, holds a
+//! copy of each run's terminal (or pipes), reaps them, and while no daemon is connected reads
+//! their output into a bounded buffer so that they never block, noting when each byte came. The
+//! next daemon takes everything over with `Hello`. It exits once it holds no live run and no
+//! daemon is connected, leaving what the next daemon must still learn (exit statuses, unread
+//! output) in `leftover` beside its socket.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -390,13 +390,19 @@ async fn a_stop_right_after_spawn_reaches_the_sandboxed_program() {
 }
 
 #[tokio::test]
-async fn the_launcher_beside_celistrad_confines_the_agent_and_celistrad_stays_inside() {
+async fn the_launcher_beside_celistrad_is_the_keeper_confines_the_agent_and_celistrad_stays_inside()
+{
     let daemon = Daemon::start().await;
     let launcher = std::path::Path::new(crate::BIN).with_file_name("celistra-launch");
     assert!(
         launcher.is_file(),
         "cargo builds {} with the tests",
         launcher.display()
+    );
+    let keeper = daemon.keeper_pid().expect("a keeper");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{keeper}/exe")).unwrap(),
+        std::fs::canonicalize(&launcher).unwrap()
     );
     let agent = daemon
         .spawn(spec("launched", "celistrad --version; exec sleep 600"))

@@ -443,6 +443,12 @@ async fn a_new_binary_that_cannot_run_or_fails_at_once_loses_no_agent() {
     let binary = dir.path().join("celistrad");
     std::fs::copy(crate::BIN, &binary).unwrap();
     let mut daemon = Daemon::start_from(&binary).await;
+    // No launcher beside this copy: the daemon's own binary is the keeper.
+    let keeper = daemon.keeper_pid().expect("a keeper");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{keeper}/exe")).unwrap(),
+        binary
+    );
     let tag = marker();
     let agent = daemon
         .spawn(spec("steady", &format!("sleep 600 # {tag}")))
