@@ -1,5 +1,5 @@
-//! The keeper's entry point (`__keeper DIR`), shared by both binaries: the daemon starts
-//! `celistra-launch __keeper DIR` where that small static binary is installed beside it, and
+//! The keeper's entry point (`__keeper DIR`), shared by two binaries: the daemon starts
+//! `celistra-keeper __keeper DIR` where that small binary is installed beside it, and
 //! `celistrad __keeper DIR` where it is not.
 
 use std::path::PathBuf;

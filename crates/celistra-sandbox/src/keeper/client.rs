@@ -182,7 +182,7 @@ fn lock(waiters: &Mutex<WaitersCell>) -> MutexGuard<'_, WaitersCell> {
 impl Keeper {
     /// Connects to the keeper of `dir`, starting one when none listens, and takes over every run
     /// it holds, plus the runs a keeper that ended left in `dir`. `binary` is the daemon's: the
-    /// keeper is the launcher installed beside it, else `binary` itself ([`keeper_binary`]).
+    /// keeper is `celistra-keeper` installed beside it, else `binary` itself.
     pub async fn connect(
         dir: &Path,
         binary: Option<&Path>,
@@ -198,7 +198,7 @@ impl Keeper {
                         source: std::io::Error::other("this daemon does not know its own binary"),
                     });
                 };
-                start(&keeper_binary(binary), dir).await?;
+                start(&crate::linux::keeper_binary(binary), dir).await?;
                 Socket::connect(&path).map_err(|source| KeeperError::Connect {
                     path: path.display().to_string(),
                     source,
@@ -508,14 +508,6 @@ fn left_over(dir: &Path) -> Vec<AdoptedRun> {
     }
     let _ = std::fs::remove_file(&path);
     runs
-}
-
-/// The binary a keeper runs as for the daemon whose binary is `daemon`: the launcher beside it,
-/// a small static binary that spares the keeper the daemon's 1.4 MiB of relocated tables for its
-/// whole life (issue 18), else the daemon's own binary.
-fn keeper_binary(daemon: &Path) -> std::path::PathBuf {
-    crate::Tools::find(daemon.to_path_buf())
-        .map_or_else(|_| daemon.to_path_buf(), |tools| tools.launcher)
 }
 
 /// Starts a keeper for `dir` and waits until it listens (it prints one line then).

@@ -18,8 +18,8 @@ pub use client::{AdoptedRun, Keeper, KeeperError, KeptChild, KeptOutput, Spawned
 pub use server::{KEPT_PER_RUN, serve};
 pub use wire::{HeldRun, KeptExit, OutputStream};
 
-/// The first argument that makes the launcher (or the daemon's binary) a keeper:
-/// `celistra-launch __keeper DIR`.
+/// The first argument that makes `celistra-keeper` (or the daemon's binary) a keeper:
+/// `celistra-keeper __keeper DIR`.
 pub const KEEPER_ARG: &str = "__keeper";
 
 /// The keeper's socket in its directory (0600, in a 0700 directory).

@@ -1,5 +1,5 @@
-//! The keeper process (`celistra-launch __keeper DIR`, or `celistrad __keeper DIR` where the
-//! launcher is not installed): the parent of every agent. It spawns them for the daemon, holds a
+//! The keeper process (`celistra-keeper __keeper DIR`, or `celistrad __keeper DIR` where that
+//! binary is not installed): the parent of every agent. It spawns them for the daemon, holds a
 //! copy of each run's terminal (or pipes), reaps them, and while no daemon is connected reads
 //! their output into a bounded buffer so that they never block, noting when each byte came. The
 //! next daemon takes everything over with `Hello`. It exits once it holds no live run and no

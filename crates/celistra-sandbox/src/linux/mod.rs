@@ -23,3 +23,4 @@ pub(crate) use launcher::RunAs;
 pub use launcher::{LAUNCHER_ARG, default_sigpipe, launcher_main};
 pub use plan::{PlanDescription, SandboxPlan, kernel_landlock_abi};
 pub use tools::Tools;
+pub(crate) use tools::keeper_binary;

@@ -21,6 +21,11 @@ pub struct Tools {
 /// sandbox's init, where a small binary costs less memory.
 pub(crate) const LAUNCHER_BINARY: &str = "celistra-launch";
 
+/// The keeper's own binary, installed next to `celistrad`: a small binary, so that the keeper,
+/// which lives as long as any agent, carries none of the 1.4 MiB of tables the daemon's binary
+/// relocates at start (BENCHMARKS.md, issue 18).
+const KEEPER_BINARY: &str = "celistra-keeper";
+
 impl Tools {
     /// The launcher next to `daemon` (the daemon's binary, an executable file), else `daemon`
     /// itself in its launcher mode.
@@ -28,13 +33,21 @@ impl Tools {
         if !daemon.is_absolute() || !is_executable(&daemon) {
             return Err(Error::LauncherMissing { path: daemon });
         }
-        let launcher = daemon
-            .parent()
-            .map(|dir| dir.join(LAUNCHER_BINARY))
-            .filter(|launcher| is_executable(launcher))
-            .unwrap_or_else(|| daemon.clone());
+        let launcher = beside(&daemon, LAUNCHER_BINARY).unwrap_or_else(|| daemon.clone());
         Ok(Tools { launcher, daemon })
     }
+}
+
+/// The binary a keeper runs as for the daemon whose binary is `daemon`: the keeper's own beside
+/// it, else `daemon` itself in its keeper mode.
+pub(crate) fn keeper_binary(daemon: &Path) -> PathBuf {
+    beside(daemon, KEEPER_BINARY).unwrap_or_else(|| daemon.to_path_buf())
+}
+
+/// The executable file `name` in `binary`'s directory, if there is one.
+fn beside(binary: &Path, name: &str) -> Option<PathBuf> {
+    let candidate = binary.parent()?.join(name);
+    is_executable(&candidate).then_some(candidate)
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -57,7 +70,7 @@ mod tests {
     }
 
     #[test]
-    fn the_launcher_beside_the_daemon_is_used_and_else_the_daemon_itself() {
+    fn the_launcher_and_keeper_beside_the_daemon_are_used_and_else_the_daemon_itself() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let install = |name: &str, mode: u32| {
@@ -78,5 +91,11 @@ mod tests {
         std::fs::set_permissions(&launcher, std::fs::Permissions::from_mode(0o755)).unwrap();
         let beside = Tools::find(daemon.clone()).unwrap();
         assert_eq!((&beside.launcher, &beside.daemon), (&launcher, &daemon));
+        // The keeper: its own binary beside the daemon once it can run, else the daemon's.
+        assert_eq!(keeper_binary(&daemon), daemon);
+        let keeper = install(KEEPER_BINARY, 0o644);
+        assert_eq!(keeper_binary(&daemon), daemon, "a keeper that cannot run");
+        std::fs::set_permissions(&keeper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(keeper_binary(&daemon), keeper);
     }
 }

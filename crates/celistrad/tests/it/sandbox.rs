@@ -390,8 +390,7 @@ async fn a_stop_right_after_spawn_reaches_the_sandboxed_program() {
 }
 
 #[tokio::test]
-async fn the_launcher_beside_celistrad_is_the_keeper_confines_the_agent_and_celistrad_stays_inside()
-{
+async fn the_launcher_beside_celistrad_confines_the_agent_and_celistrad_stays_inside() {
     let daemon = Daemon::start().await;
     let launcher = std::path::Path::new(crate::BIN).with_file_name("celistra-launch");
     assert!(
@@ -399,10 +398,13 @@ async fn the_launcher_beside_celistrad_is_the_keeper_confines_the_agent_and_celi
         "cargo builds {} with the tests",
         launcher.display()
     );
+    // The keeper is its own small binary, beside the daemon's too.
     let keeper = daemon.keeper_pid().expect("a keeper");
     assert_eq!(
         std::fs::read_link(format!("/proc/{keeper}/exe")).unwrap(),
-        std::fs::canonicalize(&launcher).unwrap()
+        std::fs::canonicalize(crate::BIN)
+            .unwrap()
+            .with_file_name("celistra-keeper")
     );
     let agent = daemon
         .spawn(spec("launched", "celistrad --version; exec sleep 600"))
