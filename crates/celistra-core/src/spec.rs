@@ -350,8 +350,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     if let Some(notify_activity) = notify_activity {
         spec.notify_activity = notify_activity;
     }
-    spec.schedule = schedule.or(spec.schedule.take());
-    spec.restart_cron = restart_cron.or(spec.restart_cron.take());
+    spec.schedule = schedule.map(Box::new).or(spec.schedule.take());
+    spec.restart_cron = restart_cron.map(Box::new).or(spec.restart_cron.take());
     if clear_schedule {
         spec.schedule = None;
     }
@@ -361,7 +361,7 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     if let Some(secrets) = secrets {
         spec.secrets = secrets;
     }
-    spec.watch = watch.or(spec.watch.take());
+    spec.watch = watch.map(Box::new).or(spec.watch.take());
     if clear_watch {
         spec.watch = None;
     }
@@ -373,8 +373,8 @@ pub fn apply_update(spec: &mut AgentSpec, update: &UpdateRequest) {
     }
     spec.instances = instances.or(spec.instances);
     spec.socket = socket.or(spec.socket.take());
-    spec.readiness = readiness.or(spec.readiness.take());
-    spec.liveness = liveness.or(spec.liveness.take());
+    spec.readiness = readiness.map(Box::new).or(spec.readiness.take());
+    spec.liveness = liveness.map(Box::new).or(spec.liveness.take());
     if clear_readiness {
         spec.readiness = None;
     }
@@ -581,12 +581,12 @@ mod tests {
     #[test]
     fn a_bad_schedule_is_refused_naming_the_field() {
         let with_cron = |cron: &str| AgentSpec {
-            schedule: Some(celistra_proto::Schedule {
+            schedule: Some(Box::new(celistra_proto::Schedule {
                 cron: cron.into(),
                 time_zone: None,
                 overlap: celistra_proto::Overlap::Skip,
                 missed: celistra_proto::MissedRuns::Skip,
-            }),
+            })),
             ..spec("a")
         };
         assert!(validate(&with_cron("*/5 * * * *"), true).is_ok());
@@ -596,10 +596,10 @@ mod tests {
                 .starts_with("schedule: hour field \"25\"")
         );
         let restart = AgentSpec {
-            restart_cron: Some(celistra_proto::RestartCron {
+            restart_cron: Some(Box::new(celistra_proto::RestartCron {
                 cron: "0 4 * * *".into(),
                 time_zone: Some("Europe/Lisbonn".into()),
-            }),
+            })),
             ..spec("a")
         };
         assert!(
@@ -612,10 +612,10 @@ mod tests {
     #[test]
     fn a_schedule_can_be_cleared_but_not_set_and_cleared_at_once() {
         let mut s = AgentSpec {
-            restart_cron: Some(celistra_proto::RestartCron {
+            restart_cron: Some(Box::new(celistra_proto::RestartCron {
                 cron: "0 4 * * *".into(),
                 time_zone: None,
-            }),
+            })),
             ..spec("a")
         };
         let clear = UpdateRequest {
@@ -626,10 +626,12 @@ mod tests {
         apply_update(&mut s, &clear);
         assert_eq!(s.restart_cron, None);
         let both = UpdateRequest {
-            restart_cron: s.restart_cron.clone().or(Some(celistra_proto::RestartCron {
-                cron: "0 4 * * *".into(),
-                time_zone: None,
-            })),
+            restart_cron: s.restart_cron.as_deref().cloned().or(Some(
+                celistra_proto::RestartCron {
+                    cron: "0 4 * * *".into(),
+                    time_zone: None,
+                },
+            )),
             clear_restart_cron: true,
             ..Default::default()
         };

@@ -183,7 +183,7 @@ impl Watches {
             return;
         };
         let base = PathBuf::from(agent.worktree.as_ref().unwrap_or(&agent.workspace));
-        let made_from = (watch.clone(), base);
+        let made_from = (watch.as_ref().clone(), base);
         if self
             .entries
             .get(&agent.id)

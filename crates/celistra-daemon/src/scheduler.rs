@@ -143,7 +143,10 @@ impl Scheduler {
     /// A timer for `agent`'s schedule unless one was made from the same spec (keeping the last
     /// fire); at daemon start (`starting`), what a missed run calls for.
     fn make_timer(&mut self, agent: &AgentInfo, now: u64, starting: bool) -> Option<Decision> {
-        let made_from = (agent.schedule.clone(), agent.restart_cron.clone());
+        let made_from = (
+            agent.schedule.as_deref().cloned(),
+            agent.restart_cron.as_deref().cloned(),
+        );
         let last_fire = match self.entries.get(&agent.id) {
             Some(entry) if entry.made_from == made_from => return None,
             Some(entry) => Some(entry.timer.last_fire()),

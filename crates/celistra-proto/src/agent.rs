@@ -173,10 +173,10 @@ pub struct AgentSpec {
     pub notify_activity: Vec<crate::ActivityNotify>,
     /// Start the agent at these times (`--schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<crate::Schedule>,
+    pub schedule: Option<Box<crate::Schedule>>,
     /// Restart the agent, when it runs, at these times (`--restart-cron`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_cron: Option<crate::RestartCron>,
+    pub restart_cron: Option<Box<crate::RestartCron>>,
     /// Secrets (`ctl secret set`) given to the agent as environment variables of the same name
     /// (`--secret NAME`); an `env` value `secret:NAME` takes one under another name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -188,7 +188,7 @@ pub struct AgentSpec {
     pub worktree: Option<String>,
     /// Restart the agent when these files change (`--watch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watch: Option<crate::Watch>,
+    pub watch: Option<Box<crate::Watch>>,
     // Importer fields (supervisord `autorestart=unexpected` + `exitcodes`, `autostart=false`).
     /// Exit codes that are expected (`--expected-exit-code`): with `auto_restart`, an exit with
     /// one of them is not restarted and leaves the agent `exited`; any other exit, a signal
@@ -213,10 +213,10 @@ pub struct AgentSpec {
     pub socket: Option<String>,
     /// Decides `ready` (`--ready-http`, `--ready-tcp`, `--ready-cmd`, `--ready-line`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readiness: Option<crate::Probe>,
+    pub readiness: Option<Box<crate::Probe>>,
     /// Restarts the agent after `failure_threshold` failures in a row (`--live-http`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness: Option<crate::Probe>,
+    pub liveness: Option<Box<crate::Probe>>,
     /// Start-success window in seconds (supervisord `startsecs`, PM2 `min_uptime`): a run that
     /// ends sooner is a failed start, retried within the restart ceiling even without
     /// `auto_restart`; one that lives that long is `running`. Absent: running at once.
@@ -473,19 +473,19 @@ pub struct AgentInfo {
     pub activity: Option<crate::ActivityInfo>,
     /// How its last run ended, or its last turn failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_class: Option<crate::ExitClassification>,
+    pub exit_class: Option<Box<crate::ExitClassification>>,
     /// The usage limit it waits on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<crate::LimitWait>,
+    pub limit: Option<Box<crate::LimitWait>>,
     /// Restarts after transient model errors in the current window (`model_error_max`).
     #[serde(default)]
     pub model_errors: u32,
     /// Its schedule (from its spec), for `status` and the dashboard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<crate::Schedule>,
+    pub schedule: Option<Box<crate::Schedule>>,
     /// Its `restart_cron` (from its spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_cron: Option<crate::RestartCron>,
+    pub restart_cron: Option<Box<crate::RestartCron>>,
     /// When its schedule next starts it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_at_ms: Option<u64>,
@@ -497,17 +497,17 @@ pub struct AgentInfo {
     pub worktree: Option<String>,
     /// Its file watching (from its spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watch: Option<crate::Watch>,
+    pub watch: Option<Box<crate::Watch>>,
     /// Whether its readiness probe passes in this run; absent without a readiness probe. A
     /// rolling restart waits for `ready != false` and state `running`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
     /// Its readiness probe's last result in this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readiness: Option<crate::ProbeStatus>,
+    pub readiness: Option<Box<crate::ProbeStatus>>,
     /// Its liveness probe's last result in this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness: Option<crate::ProbeStatus>,
+    pub liveness: Option<Box<crate::ProbeStatus>>,
     /// What it waits for (state `waiting`), e.g. `db (ready)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,

@@ -327,7 +327,7 @@ fn app(
                         time_zone: None,
                     };
                     crate::schedule::check_restart_cron(&restart_cron).map_err(fail)?;
-                    spec.restart_cron = Some(restart_cron);
+                    spec.restart_cron = Some(Box::new(restart_cron));
                 }
             }
             "watch" => match &value.value {
@@ -399,11 +399,11 @@ fn app(
     if let Some((paths, place)) = watch {
         // `watch: true` watches the app's directory.
         let paths = paths.unwrap_or_else(|| vec![".".to_owned()]);
-        spec.watch = Some(celistra_proto::Watch {
+        spec.watch = Some(Box::new(celistra_proto::Watch {
             paths,
             ignore: watch_ignore,
             delay_ms: watch_delay_ms,
-        });
+        }));
         notes.push(place.note(
             NoteKind::Mapped,
             "watch: a change restarts the agent once changes have been quiet for watch_delay \
@@ -834,8 +834,8 @@ mod tests {
         assert_eq!(spec.memory_restart, Some(crate::spec::MIN_MEMORY_RESTART));
         assert_eq!(spec.start_secs, Some(5));
         assert_eq!(
-            spec.watch,
-            Some(celistra_proto::Watch {
+            spec.watch.as_deref(),
+            Some(&celistra_proto::Watch {
                 paths: vec!["src".into()],
                 ignore: Some(vec!["node_modules".into(), "*.log".into()]),
                 delay_ms: Some(500),

@@ -428,7 +428,7 @@ fn wait_for_limit(handle: &AgentHandle, services: &Services, reset_at_ms: Option
             action: action.into(),
             said: clip_said(said),
         };
-        info.limit = Some(limit.clone());
+        info.limit = Some(Box::new(limit.clone()));
         limit
     };
     handle.resume.set(Some(limit.resume_at_ms));

@@ -27,13 +27,12 @@ use celistra_sandbox::keeper::{AdoptedRun, KeptChild, KeptOutput, OutputStream};
 use celistra_sandbox::{
     AgentCgroup, AgentLimits, ExitInfo, PtySize, SandboxReady, SpawnSpec, signal_group,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::activity;
-use super::fanout::{Fanout, InputOp};
+use super::fanout::{Fanout, Input, InputOp};
 use super::mailbox::{Orders, ResumeAt};
 use super::probes::{ProbeSetup, Probes};
 use super::standby::{self, Standby};
@@ -229,51 +228,11 @@ fn gone(id: &str) -> ApiError {
     )
 }
 
-/// Where a run's input goes: the PTY's master (the keeper holds it too: a hang-up asks it to let
-/// go) or the pipe to the program's stdin.
-enum Input {
-    Pty(pipe::Sender),
-    Pipe(pipe::Sender),
-}
-
 /// A terminal size as the sandbox takes it.
 fn pty_size(size: TermSize) -> PtySize {
     PtySize {
         rows: size.rows,
         cols: size.cols,
-    }
-}
-
-/// How many input operations may wait for a program that does not read: then writers wait.
-const INPUT_QUEUE: usize = 64;
-
-impl Input {
-    /// Writes clients' input and applies resizes, in the order they came, until the run ends.
-    async fn feed(mut self, mut ops: mpsc::Receiver<Box<InputOp>>) {
-        while let Some(op) = ops.recv().await {
-            // A failed write means the program is gone; the run's end closes the channel.
-            match (&mut self, *op) {
-                (Input::Pty(pty), InputOp::Bytes(bytes)) => {
-                    let _ = pty.write_all(&bytes).await;
-                }
-                (Input::Pipe(stdin), InputOp::Bytes(bytes)) => {
-                    let _ = stdin.write_all(&bytes).await;
-                }
-                (Input::Pty(pty), InputOp::Resize(size)) => {
-                    let size = rustix::termios::Winsize {
-                        ws_row: size.rows,
-                        ws_col: size.cols,
-                        ws_xpixel: 0,
-                        ws_ypixel: 0,
-                    };
-                    // The kernel sends SIGWINCH to the terminal's foreground process group.
-                    if let Err(e) = rustix::termios::tcsetwinsize(&*pty, size) {
-                        tracing::debug!("cannot resize the terminal: {e}");
-                    }
-                }
-                (Input::Pipe(_), InputOp::Resize(_)) => {}
-            }
-        }
     }
 }
 
@@ -290,8 +249,6 @@ struct Run {
     /// History id of this run: its output and its record carry it.
     id: u64,
     mode: IoMode,
-    /// Owns the run's input (see [`Input::feed`]); aborting it closes the input.
-    input: Option<JoinHandle<()>>,
     readers: Vec<JoinHandle<()>>,
     started: Instant,
     cgroup: Option<AgentCgroup>,
@@ -516,7 +473,8 @@ impl Agent {
                 info.run,
                 // Only a wait between runs is kept: a running agent's ends with the daemon.
                 info.limit
-                    .clone()
+                    .as_deref()
+                    .cloned()
                     .filter(|_| info.state == AgentState::Backoff),
             )
         };
@@ -629,7 +587,7 @@ impl Agent {
             Command::Kill(signal, reply) => {
                 run.signalled = true;
                 let sent = if signal == Signal::Hup {
-                    hang_up(&self.services, &mut run).await
+                    hang_up(&self.services, &self.handle, &mut run).await
                 } else {
                     signal_group(run.child.pid(), signal.number())
                 };
@@ -656,7 +614,7 @@ impl Agent {
                 // What was read is delivered: the readers stop between reads, and the rest
                 // waits in the terminal for the keeper.
                 self.handle.fanout.set_input(None);
-                for task in run.input.take().into_iter().chain(run.readers.drain(..)) {
+                for task in run.readers.drain(..) {
                     task.abort();
                     let _ = task.await;
                 }
@@ -709,18 +667,14 @@ impl Agent {
         } else {
             IoMode::Pipes
         };
-        let attached = if adopted.fds.is_empty() {
-            None
+        let readers = if adopted.fds.is_empty() {
+            vec![]
         } else {
-            match attach(&self.services, &self.handle, adopted.fds, mode, &output) {
-                Ok(attached) => Some(attached),
-                Err(e) => {
-                    tracing::warn!(agent = self.id(), "cannot read the adopted run: {e}");
-                    None
-                }
-            }
+            attach(&self.services, &self.handle, adopted.fds, mode, &output).unwrap_or_else(|e| {
+                tracing::warn!(agent = self.id(), "cannot read the adopted run: {e}");
+                vec![]
+            })
         };
-        let (input, readers) = attached.map_or((None, vec![]), |(i, r)| (Some(i), r));
         let age = Duration::from_millis(now_ms().saturating_sub(live.started_at_ms));
         self.handle
             .fanout
@@ -729,7 +683,6 @@ impl Agent {
             child: adopted.child,
             id: adopted.run.run_id,
             mode,
-            input,
             readers,
             started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             cgroup: self
@@ -802,7 +755,7 @@ impl Agent {
         let now = now_ms();
         {
             let mut info = self.handle.info_mut();
-            info.limit = Some(limit.clone());
+            info.limit = Some(Box::new(limit.clone()));
             info.next_restart_at_ms = Some(limit.resume_at_ms);
         }
         self.set_state(AgentState::Backoff, None);
@@ -1048,7 +1001,7 @@ impl Agent {
             .sandbox
             .note_run(self.id(), spawned.audit_session);
         let (child, ready) = (spawned.child, spawned.ready);
-        let (input, readers) = attach(
+        let readers = attach(
             &self.services,
             &self.handle,
             spawned.fds,
@@ -1060,7 +1013,6 @@ impl Agent {
             child,
             id: run_id,
             mode: plan.mode,
-            input: Some(input),
             readers,
             started: Instant::now(),
             cgroup: plan.cgroup,
@@ -1283,7 +1235,7 @@ impl Agent {
         self.set_state(AgentState::Stopping, Some(run.child.pid()));
         let signal = run.settings.stop_signal;
         let sent = if signal == Signal::Hup {
-            hang_up(&self.services, &mut run).await
+            hang_up(&self.services, &self.handle, &mut run).await
         } else {
             signal_group(run.child.pid(), signal.number())
         };
@@ -1393,9 +1345,6 @@ impl Agent {
             }
         });
         self.handle.fanout.set_input(None);
-        if let Some(input) = &run.input {
-            input.abort();
-        }
         let uptime_ms = u64::try_from(run.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (name, run_number) = {
             let mut info = self.handle.info_mut();
@@ -1406,7 +1355,7 @@ impl Agent {
             info.exited_at_ms = Some(run.child.ended().map_or_else(now_ms, |e| e.at_ms));
             info.activity = None;
             if class.is_some() {
-                info.exit_class.clone_from(&class);
+                info.exit_class = class.clone().map(Box::new);
             }
             (info.name.clone(), info.run)
         };
@@ -1551,7 +1500,7 @@ impl Agent {
         };
         {
             let mut info = self.handle.info_mut();
-            info.limit = Some(limit.clone());
+            info.limit = Some(Box::new(limit.clone()));
             info.next_restart_at_ms = Some(resume_at_ms);
         }
         self.set_state(AgentState::Backoff, None);
@@ -1738,12 +1687,13 @@ impl Agent {
 
 /// Hangs up a run. On a PTY, closing the master makes the kernel hang up the terminal and send SIGHUP
 /// to the session leader; pipes have no terminal, so the group gets SIGHUP directly.
-async fn hang_up(services: &Services, run: &mut Run) -> std::io::Result<()> {
+async fn hang_up(services: &Services, handle: &AgentHandle, run: &mut Run) -> std::io::Result<()> {
     match run.mode {
         IoMode::Pty => {
-            // The input task and the reader each hold the master, and so does the keeper: all
-            // must let go for the terminal to hang up.
-            for task in run.input.take().into_iter().chain(run.readers.drain(..)) {
+            // The input and the reader each hold the master, and so does the keeper: all must
+            // let go for the terminal to hang up.
+            handle.fanout.set_input(None);
+            for task in run.readers.drain(..) {
                 task.abort();
             }
             if let Some(keeper) = &services.keeper {
@@ -1770,7 +1720,7 @@ fn attach(
     fds: Vec<OwnedFd>,
     mode: IoMode,
     output: &OutputSink,
-) -> std::io::Result<(JoinHandle<()>, Vec<JoinHandle<()>>)> {
+) -> std::io::Result<Vec<JoinHandle<()>>> {
     for fd in &fds {
         rustix::io::ioctl_fionbio(fd, true)?;
     }
@@ -1785,10 +1735,7 @@ fn attach(
             let reader = pipe::Receiver::from_owned_fd_unchecked(reading)?;
             let readers = vec![readers_runtime.spawn(output.clone().pump(reader, Stream::Pty))];
             drop(registered_there);
-            (
-                readers,
-                Input::Pty(pipe::Sender::from_owned_fd_unchecked(master)?),
-            )
+            (readers, Input::Pty(master))
         }
         IoMode::Pipes => {
             let (stdout, stderr, stdin) = (
@@ -1804,15 +1751,11 @@ fn attach(
                 readers_runtime.spawn(output.clone().pump(stderr, Stream::Stderr)),
             ];
             drop(registered_there);
-            (
-                readers,
-                Input::Pipe(pipe::Sender::from_owned_fd_unchecked(stdin)?),
-            )
+            (readers, Input::Pipe(stdin))
         }
     };
-    let (ops, received) = mpsc::channel(INPUT_QUEUE);
-    handle.fanout.set_input(Some(ops));
-    Ok((tokio::spawn(input.feed(received)), readers))
+    handle.fanout.set_input(Some(input));
+    Ok(readers)
 }
 
 /// SIGKILLs the run's process group and, when there is one, its whole cgroup. A sandboxed run

@@ -3,13 +3,17 @@
 //! to the running program's input. docs/terminal-protocol.md is the contract.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use celistra_proto::{TermSize, TerminalRole, TerminalServerMessage};
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
 use tokio::sync::{Notify, mpsc};
+use tokio::task::AbortHandle;
 
 /// Output queued for one client beyond which it is skipped and later resynced.
 pub(crate) const HIGH_WATERMARK: usize = 256 * 1024;
@@ -73,9 +77,103 @@ pub(crate) enum InputOp {
 }
 
 /// The way into a run's input. Its ops travel boxed: the channel allocates room for 32 of what it
-/// carries as soon as it is made, 256 bytes of boxes instead of 1.3 KiB of ops, for every running
-/// agent whether anyone types or not.
+/// carries as soon as it is made, 256 bytes of boxes instead of 1.3 KiB of ops.
 pub(crate) type InputSender = mpsc::Sender<Box<InputOp>>;
+
+/// How many input operations may wait for a program that does not read: then writers wait.
+const INPUT_QUEUE: usize = 64;
+
+/// Where a run's input goes: the PTY's master (the keeper holds it too: a hang-up asks it to let
+/// go) or the pipe to the program's stdin. Non-blocking descriptors.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Pty(OwnedFd),
+    Pipe(OwnedFd),
+}
+
+impl Input {
+    /// Writes clients' input and applies resizes, in the order they came, until the run ends.
+    async fn feed(self, mut ops: mpsc::Receiver<Box<InputOp>>) {
+        let (pty, fd) = match self {
+            Input::Pty(fd) => (true, fd),
+            Input::Pipe(fd) => (false, fd),
+        };
+        let mut writer = match pipe::Sender::from_owned_fd_unchecked(fd) {
+            Ok(writer) => writer,
+            Err(e) => {
+                tracing::warn!("the agent's input cannot be written: {e}");
+                return;
+            }
+        };
+        while let Some(op) = ops.recv().await {
+            // A failed write means the program is gone; the run's end closes the channel.
+            match *op {
+                InputOp::Bytes(bytes) => {
+                    let _ = writer.write_all(&bytes).await;
+                }
+                InputOp::Resize(size) if pty => {
+                    let size = rustix::termios::Winsize {
+                        ws_row: size.rows,
+                        ws_col: size.cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    // The kernel sends SIGWINCH to the terminal's foreground process group.
+                    if let Err(e) = rustix::termios::tcsetwinsize(&writer, size) {
+                        tracing::debug!("cannot resize the terminal: {e}");
+                    }
+                }
+                InputOp::Resize(_) => {}
+            }
+        }
+    }
+}
+
+/// A run's input. Most runs are never typed into, so the task that writes, its queue and the
+/// descriptor's registration with the runtime (about 1 KiB per agent) wait for the first input.
+#[derive(Debug)]
+enum InputPort {
+    Unopened(Input),
+    Open {
+        sender: InputSender,
+        _writer: Writer,
+    },
+}
+
+impl InputPort {
+    /// The port, opened if nothing was sent yet, and the way in. In a runtime.
+    fn opened(self) -> (InputPort, InputSender) {
+        match self {
+            InputPort::Open { sender, _writer } => {
+                let way_in = sender.clone();
+                (InputPort::Open { sender, _writer }, way_in)
+            }
+            InputPort::Unopened(input) => {
+                let (sender, ops) = mpsc::channel(INPUT_QUEUE);
+                let writer = Writer(tokio::spawn(input.feed(ops)).abort_handle());
+                let way_in = sender.clone();
+                (
+                    InputPort::Open {
+                        sender,
+                        _writer: writer,
+                    },
+                    way_in,
+                )
+            }
+        }
+    }
+}
+
+/// The task writing a run's input. Dropped, it closes the input at once, even with writes
+/// waiting for a program that does not read.
+#[derive(Debug)]
+struct Writer(AbortHandle);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -173,7 +271,7 @@ struct State {
     title: Option<String>,
     titles: TitleScanner,
     /// The running program's input; `None` while no run is alive.
-    input: Option<InputSender>,
+    input: Option<InputPort>,
     /// The agent was removed: no more clients.
     closed: bool,
 }
@@ -342,14 +440,14 @@ impl Fanout {
         }
     }
 
-    /// Connects a new run's input, or disconnects it (`None`) when the run ends.
-    pub(crate) fn set_input(&self, input: Option<InputSender>) {
-        self.lock().input = input;
+    /// Connects a new run's input, or closes it (`None`) when the run ends or hangs up.
+    pub(crate) fn set_input(&self, input: Option<Input>) {
+        self.lock().input = input.map(InputPort::Unopened);
     }
 
-    /// The running program's input, if a run is alive.
+    /// The running program's input, if a run is alive. In a runtime.
     pub(crate) fn input(&self) -> Option<InputSender> {
-        self.lock().input.clone()
+        open_input(&mut self.lock())
     }
 
     /// A writer's size: kept for later runs, sent to the program, and announced to every client.
@@ -365,13 +463,20 @@ impl Fanout {
                 },
             );
         }
-        state.input.clone()
+        open_input(&mut state)
     }
 
     /// How many clients are attached.
     pub(crate) fn clients(&self) -> usize {
         self.lock().clients.len()
     }
+}
+
+/// The way into the running program's input, opened if nothing was sent yet.
+fn open_input(state: &mut State) -> Option<InputSender> {
+    let (port, sender) = state.input.take()?.opened();
+    state.input = Some(port);
+    Some(sender)
 }
 
 /// Sends a control message to every client, in order with the output: a client that is behind is

@@ -514,8 +514,8 @@ impl Supervisor {
         info.ready = spec.readiness.as_ref().map(|_| info.ready.unwrap_or(false));
         info.depends_on.clone_from(&spec.depends_on);
         (info.next_run_at_ms, info.next_restart_cron_at_ms) = celistra_core::schedule::next_times(
-            spec.schedule.as_ref(),
-            spec.restart_cron.as_ref(),
+            spec.schedule.as_deref(),
+            spec.restart_cron.as_deref(),
             crate::zone::machine_zone(),
             now_ms(),
         );

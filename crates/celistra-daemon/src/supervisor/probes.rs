@@ -263,8 +263,8 @@ impl Scheduler {
                 return;
             }
             match kind {
-                ProbeKind::Readiness => info.readiness.clone_from(&status),
-                ProbeKind::Liveness => info.liveness.clone_from(&status),
+                ProbeKind::Readiness => info.readiness = status.clone().map(Box::new),
+                ProbeKind::Liveness => info.liveness = status.clone().map(Box::new),
             }
             if let Verdict::Ready(ready) = verdict {
                 info.ready = Some(ready);

@@ -22,14 +22,14 @@ fn http_server(delay: &str, port: u16) -> String {
     format!("sleep {delay}; exec python3 -m http.server {port} --bind 127.0.0.1")
 }
 
-fn probe(f: impl FnOnce(&mut Probe)) -> Option<Probe> {
+fn probe(f: impl FnOnce(&mut Probe)) -> Option<Box<Probe>> {
     let mut probe = Probe {
         interval_ms: Some(200),
         timeout_ms: Some(1000),
         ..Probe::default()
     };
     f(&mut probe);
-    Some(probe)
+    Some(Box::new(probe))
 }
 
 #[tokio::test]

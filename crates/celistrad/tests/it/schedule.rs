@@ -61,7 +61,7 @@ async fn an_every_minute_schedule_starts_the_agent_at_the_next_minute_audited_an
     let daemon = Daemon::start().await;
     let created = daemon
         .spawn(celistra_proto::AgentSpec {
-            schedule: Some(every("* * * * *", MissedRuns::Skip)),
+            schedule: Some(Box::new(every("* * * * *", MissedRuns::Skip))),
             ..spec("cron-job", "echo scheduled-run")
         })
         .await;
@@ -165,7 +165,7 @@ async fn a_bad_cron_expression_is_refused_naming_the_field_by_the_api_and_ctl() 
     let daemon = Daemon::start().await;
     let work = daemon.work.path().display().to_string();
     let bad_hour = celistra_proto::AgentSpec {
-        schedule: Some(every("0 25 * * *", MissedRuns::Skip)),
+        schedule: Some(Box::new(every("0 25 * * *", MissedRuns::Skip))),
         workspace: Some(work.clone()),
         ..spec("bad", "true")
     };
@@ -239,7 +239,7 @@ async fn a_bad_cron_expression_is_refused_naming_the_field_by_the_api_and_ctl() 
     );
     let applied = ApplyRequest {
         agents: vec![celistra_proto::AgentSpec {
-            schedule: Some(every("* * * 13 *", MissedRuns::Skip)),
+            schedule: Some(Box::new(every("* * * 13 *", MissedRuns::Skip))),
             workspace: Some(work.clone()),
             ..spec("applied", "true")
         }],
@@ -305,13 +305,13 @@ async fn a_run_missed_while_the_daemon_was_down_starts_once_at_its_next_start() 
     let yearly = "0 0 1 1 *";
     let run_once = daemon
         .spawn(celistra_proto::AgentSpec {
-            schedule: Some(every(yearly, MissedRuns::RunOnce)),
+            schedule: Some(Box::new(every(yearly, MissedRuns::RunOnce))),
             ..spec("catch-up", "echo caught-up")
         })
         .await;
     let skip = daemon
         .spawn(celistra_proto::AgentSpec {
-            schedule: Some(every(yearly, MissedRuns::Skip)),
+            schedule: Some(Box::new(every(yearly, MissedRuns::Skip))),
             ..spec("no-catch-up", "echo never")
         })
         .await;
@@ -379,20 +379,20 @@ async fn a_due_time_queues_behind_a_running_agent_and_restart_cron_restarts_one(
     }
     let queued = daemon
         .spawn(celistra_proto::AgentSpec {
-            schedule: Some(Schedule {
+            schedule: Some(Box::new(Schedule {
                 overlap: Overlap::Queue,
                 ..every("* * * * *", MissedRuns::Skip)
-            }),
+            })),
             ..spec("queued", "sleep 3617")
         })
         .await;
     daemon.client.start_agent("queued").await.expect("start");
     let restarted = daemon
         .spawn(celistra_proto::AgentSpec {
-            restart_cron: Some(RestartCron {
+            restart_cron: Some(Box::new(RestartCron {
                 cron: "* * * * *".into(),
                 time_zone: None,
-            }),
+            })),
             ..spec("restarted", "sleep 3618")
         })
         .await;

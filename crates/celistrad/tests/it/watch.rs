@@ -51,7 +51,11 @@ async fn a_burst_of_changes_restarts_once_and_ignored_paths_restart_nothing() {
     let agent = daemon
         .spawn(celistra_proto::AgentSpec {
             workspace: Some(work.path().display().to_string()),
-            watch: Some(watch(&["src", "logs"], Some(&["*.log", ".*"]), 300)),
+            watch: Some(Box::new(watch(
+                &["src", "logs"],
+                Some(&["*.log", ".*"]),
+                300,
+            ))),
             ..spec("watched", "exec sleep 1000")
         })
         .await;
@@ -118,7 +122,7 @@ async fn a_change_starts_a_failed_agent_and_a_watched_file_is_seen_when_replaced
     let agent = daemon
         .spawn(celistra_proto::AgentSpec {
             workspace: Some(work.path().display().to_string()),
-            watch: Some(watch(&["app.conf"], None, 100)),
+            watch: Some(Box::new(watch(&["app.conf"], None, 100))),
             ..spec(
                 "configured",
                 "grep -q broken app.conf && exit 3; exec sleep 1000",
@@ -156,7 +160,7 @@ async fn bad_watches_are_refused_and_ctl_sets_shows_and_clears_one() {
         .client
         .spawn_agent(&celistra_proto::AgentSpec {
             workspace: Some(workspace.clone()),
-            watch: Some(watch(&["nowhere"], None, 100)),
+            watch: Some(Box::new(watch(&["nowhere"], None, 100))),
             ..spec("missing", "exec sleep 1000")
         })
         .await
@@ -169,7 +173,7 @@ async fn bad_watches_are_refused_and_ctl_sets_shows_and_clears_one() {
         .client
         .spawn_agent(&celistra_proto::AgentSpec {
             workspace: Some(workspace.clone()),
-            watch: Some(watch(&["src"], Some(&["src/["]), 100)),
+            watch: Some(Box::new(watch(&["src"], Some(&["src/["]), 100))),
             ..spec("bad-glob", "exec sleep 1000")
         })
         .await
@@ -204,7 +208,10 @@ async fn bad_watches_are_refused_and_ctl_sets_shows_and_clears_one() {
     ]);
     assert!(spawned.status.success(), "{spawned:?}");
     let agent = daemon.agent("dev").await;
-    assert_eq!(agent.watch, Some(watch(&["src"], Some(&["*.log"]), 250)));
+    assert_eq!(
+        agent.watch.as_deref(),
+        Some(&watch(&["src"], Some(&["*.log"]), 250))
+    );
     let status = daemon.ctl(&["status", "dev"]);
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(
