@@ -21,10 +21,25 @@ pub fn marker(name: &str) -> String {
 pub struct Masker {
     /// (value, marker), longest value first, empty values left out.
     secrets: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Which bytes begin some secret.
-    starts: [bool; 256],
+    /// Which bytes begin some secret, one bit each: every running agent's output carries a
+    /// masker, most with no secret at all.
+    starts: ByteSet,
     /// The tail held back: a proper prefix of some secret.
     held: Vec<u8>,
+}
+
+/// A set of byte values.
+#[derive(Clone, Copy, Default)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    fn insert(&mut self, byte: u8) {
+        self.0[usize::from(byte >> 6)] |= 1 << (byte & 63);
+    }
+
+    fn contains(self, byte: u8) -> bool {
+        self.0[usize::from(byte >> 6)] & (1 << (byte & 63)) != 0
+    }
 }
 
 impl std::fmt::Debug for Masker {
@@ -46,9 +61,9 @@ impl Masker {
             .collect();
         list.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         list.dedup_by(|a, b| a.0 == b.0);
-        let mut starts = [false; 256];
+        let mut starts = ByteSet::default();
         for (value, _) in &list {
-            starts[usize::from(value[0])] = true;
+            starts.insert(value[0]);
         }
         Masker {
             secrets: list,
@@ -96,7 +111,7 @@ impl Masker {
         let mut copied = 0;
         let mut i = 0;
         while i < data.len() {
-            if !self.starts[usize::from(data[i])] {
+            if !self.starts.contains(data[i]) {
                 i += 1;
                 continue;
             }
@@ -147,6 +162,18 @@ pub fn mask_all<N: AsRef<str>, V: AsRef<[u8]>>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_byte_set_holds_exactly_the_bytes_put_in_at_each_word_edge() {
+        let edges = [0u8, 1, 62, 63, 64, 65, 127, 128, 191, 192, 254, 255];
+        for &member in &edges {
+            let mut set = ByteSet::default();
+            set.insert(member);
+            for byte in 0..=u8::MAX {
+                assert_eq!(set.contains(byte), byte == member, "{member} {byte}");
+            }
+        }
+    }
 
     fn masked_in_chunks(secrets: &[(&str, &str)], chunks: &[&str]) -> (String, Vec<usize>) {
         let mut masker = Masker::new(secrets.iter().copied());
