@@ -364,7 +364,8 @@ async fn fan_out(
     report: &mut Report,
 ) -> Result<Duration> {
     let mut daemon = Daemon::start(binary, None).await?;
-    let go = daemon.home().join("go");
+    // In the workspace: a sandboxed agent sees none of the daemon's state directory.
+    let go = daemon.work().join("go");
     let name = "bench-terminal";
     let spec = AgentSpec {
         name: name.into(),
@@ -374,7 +375,7 @@ async fn fan_out(
             go.display(),
             std::env::current_exe()?.display()
         ),
-        workspace: Some(daemon.home().display().to_string()),
+        workspace: Some(daemon.work().display().to_string()),
         ..Default::default()
     };
     let _: AgentInfo = daemon.client().spawn_agent(&spec).await?;
