@@ -653,6 +653,50 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_runs_input_opens_at_its_first_use_and_its_end_closes_it_with_writes_waiting() {
+        use tokio::io::AsyncReadExt;
+        let limit = Duration::from_secs(10);
+        let (read_end, write_end) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::NONBLOCK | rustix::pipe::PipeFlags::CLOEXEC,
+        )
+        .unwrap();
+        let fanout = Fanout::new(1024);
+        fanout.set_input(Some(Input::Pipe(write_end)));
+        assert!(matches!(fanout.lock().input, Some(InputPort::Unopened(_))));
+        let sender = fanout.input().expect("a run's input");
+        assert!(matches!(fanout.lock().input, Some(InputPort::Open { .. })));
+        sender
+            .send(Box::new(InputOp::Bytes(Bytes::from_static(b"typed"))))
+            .await
+            .unwrap();
+        let mut program = pipe::Receiver::from_owned_fd_unchecked(read_end).unwrap();
+        let mut typed = [0u8; 5];
+        tokio::time::timeout(limit, program.read_exact(&mut typed))
+            .await
+            .expect("the input arrives")
+            .unwrap();
+        assert_eq!(&typed, b"typed");
+        // A program that stops reading: more than its pipe holds waits to be written.
+        let more = 1 << 20;
+        sender
+            .send(Box::new(InputOp::Bytes(Bytes::from(vec![b'x'; more]))))
+            .await
+            .unwrap();
+        fanout.set_input(None);
+        assert!(fanout.input().is_none());
+        let mut rest = vec![];
+        tokio::time::timeout(limit, program.read_to_end(&mut rest))
+            .await
+            .expect("the input is closed")
+            .unwrap();
+        assert!(
+            rest.len() < more,
+            "the waiting write went on: {} bytes",
+            rest.len()
+        );
+    }
+
     #[test]
     fn ring_keeps_the_newest_bytes() {
         let fanout = Fanout::new(8);
