@@ -1503,10 +1503,11 @@ impl Agent {
             info.limit = Some(Box::new(limit.clone()));
             info.next_restart_at_ms = Some(resume_at_ms);
         }
+        // Before the state: whoever sees the agent waiting in backoff sees why.
+        self.note_trouble(Activity::WaitingLimit, class);
         self.set_state(AgentState::Backoff, None);
         // Still "should run", with the wait: a daemon restart goes on waiting.
         self.persist(AgentState::Running);
-        self.note_trouble(Activity::WaitingLimit, class);
         self.services.events.publish(EventKind::AgentWaitingLimit {
             agent_id: self.id().to_owned(),
             name: self.name(),
